@@ -1,0 +1,13 @@
+/* m2.h — the whole public C API of the m2lab core. */
+#ifndef M2_H
+#define M2_H
+#include "status.h"
+#include "dtype.h"
+#include "backend.h"
+#include "tensor.h"
+#include "op.h"
+#include "ops.h"
+#include "autograd.h"
+#include "rng.h"
+#include "gradcheck.h"
+#endif

@@ -1,0 +1,95 @@
+/* op.h — the op registry: every op is one m2_op row {name, CPU fwd/bwd, CUDA fwd/bwd}.
+ *
+ * An op is a forward/backward pair that works on an m2_opcall:
+ *   forward  reads in[], attributes, and ALLOCATES out[] (new refs); it may keep
+ *            extra tensors for backward in saved[] (new refs, via m2_save()).
+ *   backward reads dout[] (gradients of the outputs, never NULL), in[], saved[]
+ *            and (if the op has M2_OP_KEEP_OUTPUTS) out[], and for every input i
+ *            with needs_din[i] ALLOCATES din[i] with exactly in[i]'s shape.
+ * Activation gradients are written (=) by ops; the autograd tape does the
+ * accumulation (+=) into parameter gradients. Backward runs with grad mode off,
+ * so it may freely call other ops from ops.h.
+ *
+ * Inputs are made contiguous before forward unless the op has M2_OP_VIEW.
+ * All float ops accept F32 and F64 on CPU (F64 is used by gradient checks). */
+#ifndef M2_OP_H
+#define M2_OP_H
+#include "tensor.h"
+
+#define M2_MAX_IN 8
+#define M2_MAX_OUT 4
+#define M2_MAX_SAVED 8
+#define M2_MAX_IATTR 16
+#define M2_MAX_FATTR 8
+
+struct m2_op;
+
+typedef struct m2_opcall {
+  const struct m2_op *op;
+  int n_in;
+  m2_tensor *in[M2_MAX_IN];        /* inputs (borrowed during forward) */
+  int n_out;
+  m2_tensor *out[M2_MAX_OUT];      /* outputs, set by forward */
+  int n_saved;
+  m2_tensor *saved[M2_MAX_SAVED];  /* kept for backward */
+  int64_t ia[M2_MAX_IATTR];        /* integer attributes; meaning documented per op */
+  double fa[M2_MAX_FATTR];         /* float attributes */
+  /* backward only */
+  m2_tensor *dout[M2_MAX_OUT];     /* dL/d out[i], same shape as out[i] */
+  bool needs_din[M2_MAX_IN];
+  m2_tensor *din[M2_MAX_IN];       /* dL/d in[i], written by backward */
+} m2_opcall;
+
+typedef m2_status (*m2_op_fn)(m2_opcall *c);
+
+enum {
+  M2_OP_VIEW = 1 << 0,          /* inputs are passed as they are (may be strided) */
+  M2_OP_NONDIFF = 1 << 1,       /* outputs never require grad (argmax, comparisons, ...) */
+  M2_OP_KEEP_OUTPUTS = 1 << 2,  /* backward reads out[] (kept as aliases) */
+};
+
+typedef struct m2_op {
+  const char *name;
+  m2_op_fn cpu_fwd, cpu_bwd;
+  m2_op_fn cuda_fwd, cuda_bwd;   /* NULL until a CUDA kernel exists */
+  int flags;
+} m2_op;
+
+/* M2_CUDA(fn) names a CUDA entry point in an op row, or NULL in a CPU-only build. */
+#ifdef M2_HAVE_CUDA
+#define M2_CUDA(fn) fn
+#else
+#define M2_CUDA(fn) NULL
+#endif
+
+/* Start a call of op `op` with the given inputs (n borrowed tensors). */
+void m2_call_init(m2_opcall *c, const m2_op *op, int n_in, m2_tensor *const *in);
+/* Run forward on the inputs' device, record a tape node when grad is needed,
+ * and return out[0] as a new reference (other outputs: m2_call_run). NULL on error. */
+m2_tensor *m2_call1(m2_opcall *c);
+/* Same, but hands all outputs back in outs[0..n_out) (new refs). */
+m2_status m2_call_run(m2_opcall *c, m2_tensor **outs);
+/* Keep t for backward (stores an alias with no history; counts a new ref). */
+void m2_save(m2_opcall *c, m2_tensor *t);
+/* Release everything a call holds (outputs, saved, din). */
+void m2_call_clear(m2_opcall *c);
+
+/* ---- registry ---- */
+/* All registered ops, NULL-terminated (the table lives in core/op_table.c). */
+const m2_op *const *m2_op_list(void);
+const m2_op *m2_op_find(const char *name);
+
+/* ---- helpers for op implementations ---- */
+/* Fail unless t is F32 or F64 (the float dtypes CPU kernels compute in). */
+m2_status m2_check_float(const m2_tensor *t, const char *op, const char *arg);
+m2_status m2_check_same_dtype(const m2_tensor *a, const m2_tensor *b, const char *op);
+/* Broadcast two shapes (numpy rules); fails with a message naming `op`. */
+m2_status m2_broadcast_shapes(int na, const int64_t *sa, int nb, const int64_t *sb,
+                              int *nout, int64_t *sout, const char *op);
+/* Strides (elements) to read a contiguous tensor of shape (n, s) as if broadcast to
+ * shape (nout, sout): 0 on broadcast dimensions. */
+void m2_broadcast_strides(int n, const int64_t *s, int nout, const int64_t *sout, int64_t *stride);
+/* Sum g (shape of a broadcast result) down to `shape` (undo broadcasting). New ref. */
+m2_tensor *m2_sum_to_shape(m2_tensor *g, int ndim, const int64_t *shape);
+
+#endif

@@ -1,0 +1,72 @@
+/* ops.h — the public C API of every op (each is one row of the registry, see op.h).
+ * All return a new reference, or NULL with m2_errmsg() set. Shapes in comments:
+ * "(..., M, K)" means any number of leading batch dims. dims may be negative. */
+#ifndef M2_OPS_H
+#define M2_OPS_H
+#include "op.h"
+
+/* ---- views and copies (core/ops_view.c) ---- */
+m2_tensor *m2_contiguous(m2_tensor *x);                  /* same tensor (new ref) if already contiguous */
+m2_tensor *m2_reshape(m2_tensor *x, int ndim, const int64_t *shape); /* one -1 allowed; copies if needed */
+m2_tensor *m2_narrow(m2_tensor *x, int dim, int64_t start, int64_t len); /* view */
+m2_tensor *m2_transpose(m2_tensor *x, int d0, int d1);   /* view */
+m2_tensor *m2_permute(m2_tensor *x, const int *perm);    /* view; perm has x->ndim entries */
+m2_tensor *m2_expand(m2_tensor *x, int ndim, const int64_t *shape); /* broadcast view; -1 keeps a dim */
+m2_tensor *m2_to_dtype(m2_tensor *x, m2_dtype dt);       /* differentiable between float dtypes */
+m2_tensor *m2_to_device(m2_tensor *x, m2_device dev);    /* differentiable */
+
+/* ---- elementwise (core/ops_elementwise.c); binary ops broadcast (numpy rules) ---- */
+m2_tensor *m2_add(m2_tensor *a, m2_tensor *b);
+m2_tensor *m2_sub(m2_tensor *a, m2_tensor *b);
+m2_tensor *m2_mul(m2_tensor *a, m2_tensor *b);
+m2_tensor *m2_div(m2_tensor *a, m2_tensor *b);
+m2_tensor *m2_scale(m2_tensor *x, double s);             /* x * s */
+m2_tensor *m2_add_scalar(m2_tensor *x, double s);        /* x + s */
+m2_tensor *m2_neg(m2_tensor *x);
+m2_tensor *m2_exp(m2_tensor *x);
+m2_tensor *m2_log(m2_tensor *x);
+m2_tensor *m2_tanh(m2_tensor *x);
+m2_tensor *m2_sigmoid(m2_tensor *x);
+m2_tensor *m2_silu(m2_tensor *x);                        /* x * sigmoid(x) */
+m2_tensor *m2_softplus(m2_tensor *x);                    /* log(1 + exp(x)), stable */
+m2_tensor *m2_relu(m2_tensor *x);
+m2_tensor *m2_square(m2_tensor *x);
+m2_tensor *m2_sqrt(m2_tensor *x);
+m2_tensor *m2_clamp(m2_tensor *x, double lo, double hi); /* grad passes where lo <= x <= hi */
+
+/* ---- reductions, softmax, scans (core/ops_reduce.c) ---- */
+m2_tensor *m2_sum(m2_tensor *x, int dim, bool keepdim);
+m2_tensor *m2_mean(m2_tensor *x, int dim, bool keepdim);
+m2_tensor *m2_max(m2_tensor *x, int dim, bool keepdim);  /* values; grad to the (first) argmax */
+m2_tensor *m2_sum_all(m2_tensor *x);                     /* 0-d */
+m2_tensor *m2_mean_all(m2_tensor *x);                    /* 0-d */
+m2_tensor *m2_max_all(m2_tensor *x);                     /* 0-d */
+m2_tensor *m2_argmax(m2_tensor *x, int dim, bool keepdim); /* I64, not differentiable */
+m2_tensor *m2_eq(m2_tensor *a, m2_tensor *b);            /* F32 0/1, broadcasting, not differentiable */
+m2_tensor *m2_softmax(m2_tensor *x, int dim);
+m2_tensor *m2_log_softmax(m2_tensor *x, int dim);
+m2_tensor *m2_cumsum(m2_tensor *x, int dim);
+
+/* ---- matrix products (core/ops_matmul.c, CBLAS) ---- */
+/* a (..., M, K) (or (..., K, M) if ta), b (..., K, N) (or (..., N, K) if tb) -> (..., M, N).
+ * Batch dims of a and b must be equal, or b may be 2-D (shared by every batch). */
+m2_tensor *m2_matmul(m2_tensor *a, m2_tensor *b, bool ta, bool tb);
+/* x (..., in) @ w (out, in)^T + bias (out) [bias may be NULL] -> (..., out). Composed of ops. */
+m2_tensor *m2_linear(m2_tensor *x, m2_tensor *w, m2_tensor *bias);
+
+/* ---- neural-net ops (core/ops_nn.c) ---- */
+m2_tensor *m2_embedding(m2_tensor *weight, m2_tensor *ids); /* weight (V, d), ids int (...) -> (..., d) */
+/* logits (..., C), targets int (...) -> 0-d mean loss over targets != ignore_index
+ * (0 if none). Fused log-softmax + NLL. */
+m2_tensor *m2_cross_entropy(m2_tensor *logits, m2_tensor *targets, int64_t ignore_index);
+m2_tensor *m2_rmsnorm(m2_tensor *x, m2_tensor *weight, double eps); /* x (..., d), weight (d) or NULL */
+m2_tensor *m2_l2norm(m2_tensor *x, double eps);           /* over the last dim: x / sqrt(sum x^2 + eps) */
+
+/* ---- indexing and joining (core/ops_index.c) ---- */
+m2_tensor *m2_concat(int n, m2_tensor *const *xs, int dim);
+/* Split along dim into n pieces of the given sizes (sum = x->shape[dim]); outs get new refs. */
+m2_status m2_split(m2_tensor *x, int dim, int n, const int64_t *sizes, m2_tensor **outs);
+m2_tensor *m2_gather(m2_tensor *x, int dim, m2_tensor *index);     /* torch.gather semantics */
+m2_tensor *m2_index_select(m2_tensor *x, int dim, m2_tensor *index); /* index 1-D int */
+
+#endif
