@@ -10,4 +10,6 @@
 #include "autograd.h"
 #include "rng.h"
 #include "gradcheck.h"
+#include "ops_mixers.h"
+#include "optim.h"
 #endif

@@ -12,7 +12,8 @@
   X(log_softmax) X(cumsum)                                                                       \
   X(matmul)                                                                                      \
   X(embedding) X(cross_entropy) X(rmsnorm) X(l2norm)                                             \
-  X(concat) X(split) X(gather) X(index_select)
+  X(concat) X(split) X(gather) X(index_select)                                                  \
+  X(conv1d_causal) X(m2rnn) X(gdn) X(gdn_chunked) X(ssd) X(ssd_chunked) X(attention) X(rope)
 
 #define DECLARE(n) extern const m2_op m2_op_##n __attribute__((weak));
 M2_OPS(DECLARE)
