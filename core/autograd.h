@@ -10,6 +10,10 @@
 #define M2_AUTOGRAD_H
 #include "op.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef struct m2_node {
   int refcount;
   uint64_t seq;                /* creation order: the tape position */
@@ -46,4 +50,7 @@ void m2_node_release(m2_node *n);
 long m2_live_nodes(void);
 long m2_live_tensors(void);
 
+#ifdef __cplusplus
+}
+#endif
 #endif

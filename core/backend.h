@@ -5,6 +5,10 @@
 #include "dtype.h"
 #include "status.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef struct m2_backend {
   const char *name;
   /* Allocate nbytes on device `index`; `purpose` names the allocation in OOM messages. */
@@ -31,4 +35,7 @@ size_t m2_mem_peak(m2_devtype t);
 void m2_mem_reset_peak(m2_devtype t);
 void m2_mem_account(m2_devtype t, long long delta);
 
+#ifdef __cplusplus
+}
+#endif
 #endif

@@ -25,11 +25,25 @@ static int cpu_count(void) { return 1; }
 static const m2_backend cpu_backend = {"cpu", cpu_alloc, cpu_free, cpu_memset0, cpu_copy, cpu_sync, cpu_count};
 static const m2_backend *g_backends[2] = {&cpu_backend, NULL};
 
-const m2_backend *m2_backend_get(m2_devtype t) { return (t == M2_CPU || t == M2_CUDA) ? g_backends[t] : NULL; }
+#ifdef M2_HAVE_CUDA
+void m2_cuda_init(void); /* cuda/backend.cu: registers itself when a GPU is present */
+#endif
+
+const m2_backend *m2_backend_get(m2_devtype t) {
+  if (t != M2_CPU && t != M2_CUDA) return NULL;
+#ifdef M2_HAVE_CUDA
+  static int tried;
+  if (t == M2_CUDA && !tried) {
+    tried = 1;
+    m2_cuda_init();
+  }
+#endif
+  return g_backends[t];
+}
 void m2_backend_register(m2_devtype t, const m2_backend *b) { g_backends[t] = b; }
 
 int m2_cuda_device_count(void) {
-  const m2_backend *b = g_backends[M2_CUDA];
+  const m2_backend *b = m2_backend_get(M2_CUDA);
   return b ? b->device_count() : 0;
 }
 

@@ -6,6 +6,10 @@
 #include <stdint.h>
 #include <string.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef enum m2_dtype { M2_F32 = 0, M2_F64, M2_BF16, M2_I32, M2_I64, M2_NDTYPES } m2_dtype;
 
 typedef enum m2_devtype { M2_CPU = 0, M2_CUDA = 1 } m2_devtype;
@@ -69,4 +73,7 @@ static inline int64_t m2_load_int(const void *p, m2_dtype t, int64_t i) {
   return (int64_t)m2_load(p, t, i);
 }
 
+#ifdef __cplusplus
+}
+#endif
 #endif

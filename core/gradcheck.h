@@ -7,6 +7,10 @@
 #define M2_GRADCHECK_H
 #include "tensor.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef m2_tensor *(*m2_gc_fn)(m2_tensor *const *inputs, void *ud);
 
 typedef struct m2_gradcheck_opts {
@@ -23,4 +27,7 @@ typedef struct m2_gradcheck_opts {
 m2_status m2_gradcheck(m2_gc_fn f, void *ud, int n, m2_tensor *const *inputs, const m2_gradcheck_opts *opts,
                        double *max_err);
 
+#ifdef __cplusplus
+}
+#endif
 #endif

@@ -16,6 +16,10 @@
 #define M2_OP_H
 #include "tensor.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 #define M2_MAX_IN 8
 #define M2_MAX_OUT 4
 #define M2_MAX_SAVED 8
@@ -92,4 +96,7 @@ void m2_broadcast_strides(int n, const int64_t *s, int nout, const int64_t *sout
 /* Sum g (shape of a broadcast result) down to `shape` (undo broadcasting). New ref. */
 m2_tensor *m2_sum_to_shape(m2_tensor *g, int ndim, const int64_t *shape);
 
+#ifdef __cplusplus
+}
+#endif
 #endif

@@ -5,6 +5,10 @@
 #define M2_OPS_H
 #include "op.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 /* ---- views and copies (core/ops_view.c) ---- */
 m2_tensor *m2_contiguous(m2_tensor *x);                  /* same tensor (new ref) if already contiguous */
 m2_tensor *m2_reshape(m2_tensor *x, int ndim, const int64_t *shape); /* one -1 allowed; copies if needed */
@@ -69,4 +73,7 @@ m2_status m2_split(m2_tensor *x, int dim, int n, const int64_t *sizes, m2_tensor
 m2_tensor *m2_gather(m2_tensor *x, int dim, m2_tensor *index);     /* torch.gather semantics */
 m2_tensor *m2_index_select(m2_tensor *x, int dim, m2_tensor *index); /* index 1-D int */
 
+#ifdef __cplusplus
+}
+#endif
 #endif

@@ -5,6 +5,10 @@
 #define M2_OPS_MIXERS_H
 #include "op.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 /* Depthwise causal conv1d: x (B, T, C), w (C, W), bias (C) or NULL -> y (B, T, C);
  * y[b,t,c] = bias[c] + sum_j w[c,j] * x[b, t - (W-1) + j, c] (zero before t = 0). */
 m2_tensor *m2_conv1d_causal(m2_tensor *x, m2_tensor *w, m2_tensor *bias);
@@ -44,4 +48,7 @@ m2_tensor *m2_attention(m2_tensor *q, m2_tensor *k, m2_tensor *v, const m2_atten
 /* Rotary embedding on the last dim (pairs (i, i + D/2)), x (B,T,H,D), positions start at `offset`. */
 m2_tensor *m2_rope(m2_tensor *x, double theta, int64_t offset);
 
+#ifdef __cplusplus
+}
+#endif
 #endif

@@ -8,6 +8,10 @@
 #define M2_OPTIM_H
 #include "tensor.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef enum m2_optim_kind { M2_OPTIM_SGD, M2_OPTIM_ADAMW } m2_optim_kind;
 
 typedef struct m2_sgd_opts {
@@ -69,4 +73,7 @@ typedef struct m2_schedule {
 
 double m2_schedule_lr(const m2_schedule *s, int64_t step);
 
+#ifdef __cplusplus
+}
+#endif
 #endif

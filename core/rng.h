@@ -6,6 +6,10 @@
 #define M2_RNG_H
 #include "tensor.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef struct m2_rng {
   uint64_t seed;
   uint64_t stream;  /* independent sequences for the same seed (init, data, dropout, ...) */
@@ -32,4 +36,7 @@ m2_tensor *m2_rand(m2_rng *r, m2_dtype dt, m2_device dev, int ndim, const int64_
 m2_rng *m2_default_rng(void);
 void m2_manual_seed(uint64_t seed);
 
+#ifdef __cplusplus
+}
+#endif
 #endif

@@ -17,12 +17,12 @@ m2_status m2_fail(m2_status code, const char *fmt, ...) {
 }
 
 m2_status m2_fail_context(m2_status code, const char *fmt, ...) {
-  char prefix[512], old[sizeof g_msg];
+  char prefix[512], old[sizeof g_msg - 600];
   va_list ap;
   va_start(ap, fmt);
   vsnprintf(prefix, sizeof prefix, fmt, ap);
   va_end(ap);
-  memcpy(old, g_msg, sizeof old);
+  snprintf(old, sizeof old, "%.*s", (int)sizeof old - 1, g_msg);
   snprintf(g_msg, sizeof g_msg, "%s: %s", prefix, old);
   g_code = code;
   return code;

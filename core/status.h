@@ -7,6 +7,10 @@
 #ifndef M2_STATUS_H
 #define M2_STATUS_H
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef enum m2_status {
   M2_OK = 0,
   M2_ERR_SHAPE,        /* shapes do not fit together */
@@ -41,4 +45,7 @@ const char *m2_status_name(m2_status s);
     if (m2_try_s_ != M2_OK) return m2_try_s_; \
   } while (0)
 
+#ifdef __cplusplus
+}
+#endif
 #endif

@@ -11,6 +11,10 @@
 #include "dtype.h"
 #include "status.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 #define M2_MAX_DIMS 6
 
 typedef struct m2_storage {
@@ -96,4 +100,7 @@ void m2_print(const m2_tensor *t, const char *label);
 /* Format into buf like torch: "tensor([[1, 2], [3, 4]], f32)"; truncated for large tensors. */
 void m2_format(const m2_tensor *t, char *buf, size_t n);
 
+#ifdef __cplusplus
+}
+#endif
 #endif

@@ -1,0 +1,89 @@
+/* backend.cu — CUDA memory backend: stream-ordered allocation (cudaMallocAsync from the device's
+ * default memory pool, kept warm by a high release threshold), copies, synchronisation. */
+#include <cuda_runtime.h>
+#include <stdio.h>
+#include "cuda_backend.h"
+#include "cuda_check.h"
+
+#define M2_MAX_GPUS 16
+static cudaStream_t g_stream[M2_MAX_GPUS];
+static int g_count = -1;
+
+static int device_count(void) {
+  if (g_count < 0) {
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) n = 0; /* no driver / no GPU: CUDA is simply absent */
+    cudaGetLastError();
+    g_count = n > M2_MAX_GPUS ? M2_MAX_GPUS : n;
+  }
+  return g_count;
+}
+
+static m2_status ensure_device(int index) {
+  if (index < 0 || index >= device_count())
+    return m2_fail(M2_ERR_DEVICE, "cuda:%d does not exist (%d CUDA device(s) visible)", index, device_count());
+  M2_CUDA_TRY(cudaSetDevice(index));
+  if (!g_stream[index]) {
+    M2_CUDA_TRY(cudaStreamCreateWithFlags(&g_stream[index], cudaStreamNonBlocking));
+    cudaMemPool_t pool;
+    M2_CUDA_TRY(cudaDeviceGetDefaultMemPool(&pool, index));
+    unsigned long long keep = ~0ull; /* keep freed blocks in the pool: no OS round trips per step */
+    M2_CUDA_TRY(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep));
+  }
+  return M2_OK;
+}
+
+extern "C" cudaStream_t m2_cuda_stream(int index) {
+  if (ensure_device(index) != M2_OK) return 0;
+  return g_stream[index];
+}
+
+static m2_status cu_alloc(int index, size_t nbytes, const char *purpose, void **out) {
+  M2_TRY(ensure_device(index));
+  cudaError_t e = cudaMallocAsync(out, nbytes ? nbytes : 16, g_stream[index]);
+  if (e != cudaSuccess) {
+    cudaGetLastError();
+    size_t freeb = 0, total = 0;
+    cudaMemGetInfo(&freeb, &total);
+    return m2_fail(e == cudaErrorMemoryAllocation ? M2_ERR_OOM : M2_ERR_CUDA,
+                   "cuda:%d: could not allocate %zu bytes for %s: %s (%zu of %zu bytes free)", index, nbytes,
+                   purpose ? purpose : "a tensor", cudaGetErrorString(e), freeb, total);
+  }
+  return M2_OK;
+}
+
+static void cu_free(int index, void *p) {
+  if (p && index >= 0 && index < M2_MAX_GPUS && g_stream[index]) cudaFreeAsync(p, g_stream[index]);
+}
+
+static m2_status cu_memset0(int index, void *p, size_t n) {
+  M2_TRY(ensure_device(index));
+  M2_CUDA_TRY(cudaMemsetAsync(p, 0, n, g_stream[index]));
+  return M2_OK;
+}
+
+static m2_status cu_copy(m2_device dd, void *dst, m2_device sd, const void *src, size_t n) {
+  int index = dd.type == M2_CUDA ? dd.index : sd.index;
+  M2_TRY(ensure_device(index));
+  cudaStream_t s = g_stream[index];
+  if (dd.type == M2_CUDA && sd.type == M2_CUDA && dd.index != sd.index) {
+    M2_CUDA_TRY(cudaMemcpyPeerAsync(dst, dd.index, src, sd.index, n, s));
+  } else {
+    M2_CUDA_TRY(cudaMemcpyAsync(dst, src, n, cudaMemcpyDefault, s));
+  }
+  /* copies touching host memory are synchronous for the caller */
+  if (dd.type == M2_CPU || sd.type == M2_CPU) M2_CUDA_TRY(cudaStreamSynchronize(s));
+  return M2_OK;
+}
+
+static m2_status cu_sync(int index) {
+  M2_TRY(ensure_device(index));
+  M2_CUDA_TRY(cudaStreamSynchronize(g_stream[index]));
+  return M2_OK;
+}
+
+static const m2_backend cuda_backend = {"cuda", cu_alloc, cu_free, cu_memset0, cu_copy, cu_sync, device_count};
+
+extern "C" void m2_cuda_init(void) {
+  if (device_count() > 0) m2_backend_register(M2_CUDA, &cuda_backend);
+}

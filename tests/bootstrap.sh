@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# bootstrap.sh — install missing Debian packages, then configure and build m2lab into build/.
+# Used by the README's two commands (experiments/run.sh, tests/run.sh). Idempotent.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+pkgs=(build-essential cmake ninja-build pkg-config liblua5.4-dev libhdf5-dev libopenblas-dev)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "bootstrap: installing ${missing[*]}"
+  sudo_cmd=""
+  [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+build="${M2_BUILD_DIR:-$root/build}"
+if [ ! -f "$build/build.ninja" ]; then
+  cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release ${M2_CMAKE_ARGS:-} >/dev/null
+fi
+cmake --build "$build" -j "$(nproc)"
