@@ -102,6 +102,11 @@ static m2_status route_grad(m2_tensor *t, m2_tensor *g) {
     return accumulate_into(*slot, g);
   }
   if (!t->requires_grad) return M2_OK;
+  if (!t->grad && g->refcount == 1 && m2_is_contiguous(g) && g->storage->refcount == 1 && g->dtype == t->dtype) {
+    m2_retain(g); /* nobody else holds g: adopt it as the leaf's gradient */
+    t->grad = g;
+    return M2_OK;
+  }
   if (!t->grad) {
     t->grad = m2_clone_raw(g, t->dtype, t->device);
     return t->grad ? M2_OK : m2_errcode();

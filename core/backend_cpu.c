@@ -1,10 +1,19 @@
 /* backend_cpu.c — host memory backend, the backend table, and memory accounting. */
 #include "backend.h"
+#include <malloc.h>
 #include <stdlib.h>
 #include <string.h>
 
 static m2_status cpu_alloc(int index, size_t nbytes, const char *purpose, void **out) {
   (void)index;
+  static int tuned;
+  if (!tuned) {
+    /* A training step frees and reallocates the same large buffers every step: keep them in the
+       heap instead of returning them to the OS (mmap + page faults cost more than the GEMMs). */
+    tuned = 1;
+    mallopt(M_MMAP_THRESHOLD, 1 << 30);
+    mallopt(M_TRIM_THRESHOLD, 1 << 30);
+  }
   void *p = NULL;
   size_t n = nbytes ? (nbytes + 63) / 64 * 64 : 64;
   if (posix_memalign(&p, 64, n) != 0 || !p)
