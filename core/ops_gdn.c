@@ -1,0 +1,517 @@
+/* ops_gdn.c — Gated DeltaNet (DESIGN 3.2): the recurrent reference, the chunked UT/WY form,
+ * and their shared hand-written backward (reverse-time recurrence over checkpointed states).
+ *
+ * Per batch b and head h, with state S (K x V), starting from h0 (or 0):
+ *   S  <- exp(g_t) S
+ *   v' =  beta_t (v_t - S^T k_t)
+ *   S  <- S + k_t v'^T
+ *   o_t = S^T (q_t * scale)
+ * Kernels compute in double (inputs F32 or F64, outputs in the inputs' dtype).
+ *
+ * Op rows "gdn" and "gdn_chunked": in = {q, k, v, g, beta, h0 (or NULL)}, out = {o, hT},
+ * fa[0] = scale (0 -> 1/sqrt(K)), ia[0] = chunk (0 -> 64; for "gdn" it is only the checkpoint
+ * interval of the backward), ia[1] = the checkpoint interval actually used (set by forward).
+ * saved[0] = the states before every ia[1]-th step, (B, H, NS, K, V) F64, NS = ceil(T / ia[1]);
+ * the chunked forward produces exactly these states (one per chunk) as part of its scan.
+ *
+ * Backward (both rows): the recurrent backward. For each checkpoint segment, last first, the
+ * segment's states are recomputed from the checkpoint, then the step gradients are taken in
+ * reverse time. The chunked op reuses it: the gradient of a function does not depend on how
+ * its forward was evaluated, and on the CPU the O(T K V) recurrence is the cheapest backward. */
+#include "ops.h"
+#include "ops_mixers.h"
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---------------- double views of float tensors ---------------- */
+
+/* A tensor's elements as doubles: the data itself for F64, a converted copy for F32. */
+typedef struct dbuf {
+  m2_tensor *t;
+  double *p;
+  bool own;
+  m2_tensor *held; /* an F64 contiguous copy of a strided input (gradients may arrive strided) */
+} dbuf;
+
+static m2_status dbuf_in(dbuf *d, m2_tensor *t) {
+  d->t = t;
+  d->p = NULL;
+  d->own = false;
+  d->held = NULL;
+  if (!t) return M2_OK;
+  if (!m2_is_contiguous(t) || (t->dtype != M2_F64 && t->dtype != M2_F32)) {
+    d->held = m2_clone_raw(t, M2_F64, M2_DEV_CPU);
+    if (!d->held) return m2_errcode();
+    d->p = m2_data(d->held);
+    return M2_OK;
+  }
+  if (t->dtype == M2_F64) { d->p = m2_data(t); return M2_OK; }
+  int64_t n = m2_numel(t);
+  d->p = malloc(sizeof(double) * (size_t)(n ? n : 1));
+  if (!d->p) return m2_fail(M2_ERR_OOM, "gdn: out of host memory");
+  d->own = true;
+  const float *s = m2_data(t);
+  for (int64_t i = 0; i < n; i++) d->p[i] = s[i];
+  return M2_OK;
+}
+
+/* A new zeroed tensor of dtype dt and a double buffer to compute it in (dbuf_store copies it over). */
+static m2_status dbuf_out(dbuf *d, m2_dtype dt, int nd, const int64_t *shape) {
+  d->held = NULL;
+  d->own = false;
+  d->p = NULL;
+  d->t = m2_zeros(dt, M2_DEV_CPU, nd, shape);
+  if (!d->t) return m2_errcode();
+  if (dt == M2_F64) { d->p = m2_data(d->t); return M2_OK; }
+  int64_t n = m2_numel(d->t);
+  d->p = calloc((size_t)(n ? n : 1), sizeof(double));
+  if (!d->p) { m2_release(d->t); d->t = NULL; return m2_fail(M2_ERR_OOM, "gdn: out of host memory"); }
+  d->own = true;
+  return M2_OK;
+}
+
+static void dbuf_store(dbuf *d) {
+  if (!d->own || !d->t) return;
+  float *o = m2_data(d->t);
+  int64_t n = m2_numel(d->t);
+  for (int64_t i = 0; i < n; i++) o[i] = (float)d->p[i];
+}
+
+static void dbuf_free(dbuf *d) {
+  if (d->own) free(d->p);
+  m2_release(d->held);
+  d->held = NULL;
+  d->p = NULL;
+  d->own = false;
+}
+
+/* ---------------- shapes ---------------- */
+
+typedef struct gdn_dims { int64_t B, T, H, K, V; } gdn_dims;
+
+static m2_status want_shape(const m2_tensor *t, const char *op, const char *arg, const char *form, int nd,
+                            const int64_t *shape) {
+  bool ok = t->ndim == nd;
+  for (int i = 0; ok && i < nd; i++) ok = t->shape[i] == shape[i];
+  if (ok) return M2_OK;
+  char a[96], b[96];
+  return m2_fail(M2_ERR_SHAPE, "%s: %s has shape %s, expected %s = %s", op, arg, m2_shape_str(t, a, sizeof a), form,
+                 m2_shape_str_raw(nd, shape, b, sizeof b));
+}
+
+/* in = {q, k, v, g, beta, h0}: check presence, dtypes and shapes; fill d. */
+static m2_status gdn_check(m2_opcall *c, const char *op, gdn_dims *d) {
+  static const char *names[6] = {"q", "k", "v", "g", "beta", "h0"};
+  for (int i = 0; i < 5; i++)
+    if (!c->in[i]) return m2_fail(M2_ERR_VALUE, "%s: %s is NULL (only h0 may be omitted)", op, names[i]);
+  for (int i = 0; i < 6; i++) {
+    if (!c->in[i]) continue;
+    M2_TRY(m2_check_float(c->in[i], op, names[i]));
+    M2_TRY(m2_check_same_dtype(c->in[0], c->in[i], op));
+  }
+  m2_tensor *q = c->in[0];
+  if (q->ndim != 4) {
+    char a[96];
+    return m2_fail(M2_ERR_SHAPE, "%s: q has shape %s, expected 4 dims (B, T, H, K)", op, m2_shape_str(q, a, sizeof a));
+  }
+  d->B = q->shape[0], d->T = q->shape[1], d->H = q->shape[2], d->K = q->shape[3];
+  d->V = c->in[2]->ndim == 4 ? c->in[2]->shape[3] : 0;
+  M2_TRY(want_shape(c->in[1], op, "k", "(B, T, H, K)", 4, q->shape));
+  M2_TRY(want_shape(c->in[2], op, "v", "(B, T, H, V)", 4, (int64_t[]){d->B, d->T, d->H, d->V}));
+  M2_TRY(want_shape(c->in[3], op, "g", "(B, T, H)", 3, q->shape));
+  M2_TRY(want_shape(c->in[4], op, "beta", "(B, T, H)", 3, q->shape));
+  if (c->in[5]) M2_TRY(want_shape(c->in[5], op, "h0", "(B, H, K, V)", 4, (int64_t[]){d->B, d->H, d->K, d->V}));
+  if (d->K < 1 || d->V < 1) return m2_fail(M2_ERR_SHAPE, "%s: K and V must be at least 1", op);
+  if (c->ia[0] < 0) return m2_fail(M2_ERR_VALUE, "%s: chunk must be >= 0 (0 = default 64), got %lld", op, (long long)c->ia[0]);
+  return M2_OK;
+}
+
+/* ---------------- recurrent step ---------------- */
+
+/* One step on S (K x V) in place; o (V) gets S^T q * scale when o != NULL. u (V) is scratch.
+ * q, k (K), v (V) are the token's vectors. */
+static void gdn_step(double *S, int64_t K, int64_t V, const double *q, const double *k, const double *v, double g,
+                     double beta, double scale, double *o, double *u) {
+  double a = exp(g);
+  for (int64_t j = 0; j < V; j++) u[j] = 0;
+  for (int64_t i = 0; i < K; i++) { /* S <- a S ; u = S^T k */
+    double *Si = S + i * V, ki = k[i];
+    for (int64_t j = 0; j < V; j++) { Si[j] *= a; u[j] += ki * Si[j]; }
+  }
+  for (int64_t j = 0; j < V; j++) u[j] = beta * (v[j] - u[j]); /* u becomes v' */
+  if (o)
+    for (int64_t j = 0; j < V; j++) o[j] = 0;
+  for (int64_t i = 0; i < K; i++) { /* S += k v'^T ; o = S^T q * scale */
+    double *Si = S + i * V, ki = k[i], qi = q[i] * scale;
+    for (int64_t j = 0; j < V; j++) Si[j] += ki * u[j];
+    if (o)
+      for (int64_t j = 0; j < V; j++) o[j] += qi * Si[j];
+  }
+}
+
+/* ---------------- forward: recurrent ---------------- */
+
+/* Pointers into the (B, T, H, *) inputs and outputs (all double). */
+typedef struct gdn_io {
+  const double *q, *k, *v, *g, *beta, *h0; /* (B,T,H,K) (B,T,H,K) (B,T,H,V) (B,T,H) (B,T,H) (B,H,K,V)|NULL */
+  double *o, *hT;                          /* (B,T,H,V) (B,H,K,V) */
+  double *ckpt;                            /* (B,H,NS,K,V) or NULL */
+} gdn_io;
+
+static void gdn_rec_bh(const gdn_dims *d, const gdn_io *io, int64_t b, int64_t h, double scale, int64_t seg,
+                       double *u) {
+  int64_t K = d->K, V = d->V, T = d->T, H = d->H, KV = K * V, NS = (T + seg - 1) / seg;
+  double *S = io->hT + (b * H + h) * KV;
+  if (io->h0) memcpy(S, io->h0 + (b * H + h) * KV, sizeof(double) * (size_t)KV);
+  else memset(S, 0, sizeof(double) * (size_t)KV);
+  for (int64_t t = 0; t < T; t++) {
+    if (io->ckpt && t % seg == 0) memcpy(io->ckpt + ((b * H + h) * NS + t / seg) * KV, S, sizeof(double) * (size_t)KV);
+    int64_t r = (b * T + t) * H + h;
+    gdn_step(S, K, V, io->q + r * K, io->k + r * K, io->v + r * V, io->g[r], io->beta[r], scale, io->o + r * V, u);
+  }
+}
+
+/* ---------------- forward: chunked (UT transform / WY factors) ----------------
+ * Within a chunk of L tokens with cumulative log-decay gam_r = g_0 + ... + g_r and the state S
+ * at the chunk start (all indices local to the chunk):
+ *   A_rj = beta_r exp(gam_r - gam_j) k_r.k_j          (j < r; strictly lower, L x L)
+ *   T    = (I + A)^-1                                  (unit lower; forward substitution)
+ *   U    = T diag(beta) V,  W = T diag(beta exp(gam)) K (WY factors: L x V, L x K)
+ *   V'   = U - W S                                     (the v' of every token, L x V)
+ *   o_r  = exp(gam_r) S^T q_r + sum_{j<=r} exp(gam_r - gam_j) (q_r.k_j) v'_j   (q scaled)
+ *   S   <- exp(gam_{L-1}) S + sum_j exp(gam_{L-1} - gam_j) k_j v'_j^T
+ * (unrolling the recurrence: v'_r = beta_r (v_r - exp(gam_r) S^T k_r - sum_{j<r} exp(gam_r - gam_j) (k_r.k_j) v'_j)). */
+
+typedef struct gdn_chunk_work {
+  double *kc, *qc, *vc;  /* (C, K) (C, K) (C, V) the chunk's tokens, q scaled */
+  double *gam, *bet, *eg; /* (C) cumulative log-decay, beta, exp(gam) */
+  double *dec;           /* (C, C) exp(gam_r - gam_j) for j <= r */
+  double *A, *Tm;        /* (C, C) */
+  double *U, *W;         /* (C, V) (C, K); U becomes V' */
+} gdn_chunk_work;
+
+static void gdn_chunked_bh(const gdn_dims *d, const gdn_io *io, int64_t b, int64_t h, double scale, int64_t C,
+                           gdn_chunk_work *w) {
+  int64_t K = d->K, V = d->V, T = d->T, H = d->H, KV = K * V, NS = (T + C - 1) / C;
+  double *S = io->hT + (b * H + h) * KV;
+  if (io->h0) memcpy(S, io->h0 + (b * H + h) * KV, sizeof(double) * (size_t)KV);
+  else memset(S, 0, sizeof(double) * (size_t)KV);
+  for (int64_t t0 = 0; t0 < T; t0 += C) {
+    int64_t L = T - t0 < C ? T - t0 : C;
+    if (io->ckpt) memcpy(io->ckpt + ((b * H + h) * NS + t0 / C) * KV, S, sizeof(double) * (size_t)KV);
+    /* gather the chunk */
+    double acc = 0;
+    for (int64_t r = 0; r < L; r++) {
+      int64_t tok = (b * T + t0 + r) * H + h;
+      for (int64_t i = 0; i < K; i++) {
+        w->kc[r * K + i] = io->k[tok * K + i];
+        w->qc[r * K + i] = io->q[tok * K + i] * scale;
+      }
+      memcpy(w->vc + r * V, io->v + tok * V, sizeof(double) * (size_t)V);
+      acc += io->g[tok];
+      w->gam[r] = acc;
+      w->eg[r] = exp(acc);
+      w->bet[r] = io->beta[tok];
+    }
+    for (int64_t r = 0; r < L; r++)
+      for (int64_t j = 0; j <= r; j++) w->dec[r * C + j] = exp(w->gam[r] - w->gam[j]);
+    /* A (strictly lower) and T = (I + A)^-1: row r of T is e_r - sum_{m<r} A_rm T_m */
+    for (int64_t r = 0; r < L; r++)
+      for (int64_t j = 0; j < r; j++) {
+        double kk = 0;
+        for (int64_t i = 0; i < K; i++) kk += w->kc[r * K + i] * w->kc[j * K + i];
+        w->A[r * C + j] = w->bet[r] * w->dec[r * C + j] * kk;
+      }
+    for (int64_t r = 0; r < L; r++) {
+      double *Tr = w->Tm + r * C;
+      for (int64_t j = 0; j < L; j++) Tr[j] = j == r ? 1.0 : 0.0;
+      for (int64_t m = 0; m < r; m++) {
+        double a = w->A[r * C + m];
+        const double *Tm = w->Tm + m * C;
+        for (int64_t j = 0; j <= m; j++) Tr[j] -= a * Tm[j];
+      }
+    }
+    /* U = T diag(beta) V ; W = T diag(beta exp(gam)) K */
+    for (int64_t r = 0; r < L; r++) {
+      double *Ur = w->U + r * V, *Wr = w->W + r * K;
+      memset(Ur, 0, sizeof(double) * (size_t)V);
+      memset(Wr, 0, sizeof(double) * (size_t)K);
+      for (int64_t j = 0; j <= r; j++) {
+        double tb = w->Tm[r * C + j] * w->bet[j], tbe = tb * w->eg[j];
+        const double *vj = w->vc + j * V, *kj = w->kc + j * K;
+        for (int64_t x = 0; x < V; x++) Ur[x] += tb * vj[x];
+        for (int64_t i = 0; i < K; i++) Wr[i] += tbe * kj[i];
+      }
+    }
+    /* V' = U - W S (in U) */
+    for (int64_t r = 0; r < L; r++) {
+      double *Ur = w->U + r * V;
+      const double *Wr = w->W + r * K;
+      for (int64_t i = 0; i < K; i++) {
+        double wi = Wr[i];
+        const double *Si = S + i * V;
+        for (int64_t x = 0; x < V; x++) Ur[x] -= wi * Si[x];
+      }
+    }
+    /* outputs */
+    for (int64_t r = 0; r < L; r++) {
+      double *o = io->o + ((b * T + t0 + r) * H + h) * V;
+      const double *qr = w->qc + r * K;
+      for (int64_t i = 0; i < K; i++) {
+        double qi = w->eg[r] * qr[i];
+        const double *Si = S + i * V;
+        for (int64_t x = 0; x < V; x++) o[x] += qi * Si[x];
+      }
+      for (int64_t j = 0; j <= r; j++) {
+        double qk = 0;
+        for (int64_t i = 0; i < K; i++) qk += qr[i] * w->kc[j * K + i];
+        qk *= w->dec[r * C + j];
+        const double *vj = w->U + j * V;
+        for (int64_t x = 0; x < V; x++) o[x] += qk * vj[x];
+      }
+    }
+    /* state passing */
+    double eL = w->eg[L - 1];
+    for (int64_t x = 0; x < KV; x++) S[x] *= eL;
+    for (int64_t j = 0; j < L; j++) {
+      double dj = w->dec[(L - 1) * C + j];
+      const double *kj = w->kc + j * K, *vj = w->U + j * V;
+      for (int64_t i = 0; i < K; i++) {
+        double c = dj * kj[i];
+        double *Si = S + i * V;
+        for (int64_t x = 0; x < V; x++) Si[x] += c * vj[x];
+      }
+    }
+  }
+}
+
+/* ---------------- forward op ---------------- */
+
+static m2_status gdn_forward(m2_opcall *c, bool chunked) {
+  const char *op = chunked ? "gdn_chunked" : "gdn";
+  gdn_dims d;
+  M2_TRY(gdn_check(c, op, &d));
+  double scale = c->fa[0] != 0 ? c->fa[0] : 1.0 / sqrt((double)d.K);
+  int64_t seg = c->ia[0] > 0 ? c->ia[0] : 64;
+  c->ia[1] = seg;
+  int64_t NS = (d.T + seg - 1) / seg;
+  bool keep = false; /* a tape node will be recorded: keep the checkpoints */
+  for (int i = 0; i < 6; i++) keep |= c->in[i] && c->in[i]->requires_grad;
+  m2_dtype dt = c->in[0]->dtype;
+
+  dbuf in[6] = {0}, o = {0}, hT = {0};
+  m2_tensor *ck = NULL;
+  double *u = NULL;
+  gdn_chunk_work w = {0};
+  double *wmem = NULL;
+  m2_status s = M2_OK;
+  for (int i = 0; i < 6 && s == M2_OK; i++) s = dbuf_in(&in[i], c->in[i]);
+  if (s == M2_OK) s = dbuf_out(&o, dt, 4, (int64_t[]){d.B, d.T, d.H, d.V});
+  if (s == M2_OK) s = dbuf_out(&hT, dt, 4, (int64_t[]){d.B, d.H, d.K, d.V});
+  if (s == M2_OK && keep) {
+    ck = m2_empty(M2_F64, M2_DEV_CPU, 5, (int64_t[]){d.B, d.H, NS, d.K, d.V});
+    if (!ck) s = m2_errcode();
+  }
+  int64_t C = seg, K = d.K, V = d.V;
+  if (s == M2_OK) {
+    size_t n = chunked ? (size_t)(C * (2 * K + 2 * V) + 3 * C + 3 * C * C + C * K) : (size_t)V;
+    wmem = calloc(n, sizeof(double));
+    if (!wmem) s = m2_fail(M2_ERR_OOM, "%s: out of host memory for the work buffers", op);
+  }
+  if (s == M2_OK) {
+    gdn_io io = {in[0].p, in[1].p, in[2].p, in[3].p, in[4].p, in[5].p, o.p, hT.p, ck ? m2_data(ck) : NULL};
+    if (chunked) {
+      double *p = wmem;
+      w.kc = p, p += C * K;
+      w.qc = p, p += C * K;
+      w.vc = p, p += C * V;
+      w.U = p, p += C * V;
+      w.W = p, p += C * K;
+      w.gam = p, p += C;
+      w.bet = p, p += C;
+      w.eg = p, p += C;
+      w.dec = p, p += C * C;
+      w.A = p, p += C * C;
+      w.Tm = p;
+      for (int64_t b = 0; b < d.B; b++)
+        for (int64_t h = 0; h < d.H; h++) gdn_chunked_bh(&d, &io, b, h, scale, C, &w);
+    } else {
+      u = wmem;
+      for (int64_t b = 0; b < d.B; b++)
+        for (int64_t h = 0; h < d.H; h++) gdn_rec_bh(&d, &io, b, h, scale, seg, u);
+    }
+    dbuf_store(&o);
+    dbuf_store(&hT);
+  }
+  free(wmem);
+  for (int i = 0; i < 6; i++) dbuf_free(&in[i]);
+  dbuf_free(&o);
+  dbuf_free(&hT);
+  if (s != M2_OK) {
+    m2_release(o.t);
+    m2_release(hT.t);
+    m2_release(ck);
+    return s;
+  }
+  c->n_out = 2;
+  c->out[0] = o.t;
+  c->out[1] = hT.t;
+  if (ck) {
+    m2_save(c, ck);
+    m2_release(ck);
+  }
+  return M2_OK;
+}
+
+static m2_status gdn_fwd(m2_opcall *c) { return gdn_forward(c, false); }
+static m2_status gdn_chunked_fwd(m2_opcall *c) { return gdn_forward(c, true); }
+
+/* ---------------- backward (both rows) ----------------
+ * Step t, from its state before (P = S_{t-1}) and after (S = S_t), carrying dS = dL/dS_t:
+ *   dq_t = scale S do_t ;  dS += (scale q_t) do_t^T
+ *   with a = exp(g_t), u = a P^T k_t, v' = beta_t (v_t - u):
+ *   dv' = dS^T k_t ;  dk_t = dS v' + a P du ;  dbeta_t = dv'.(v_t - u)
+ *   dv_t = beta_t dv' ;  du = -beta_t dv'
+ *   dA  = dS + k_t du^T ;  dg_t = a sum(dA * P) ;  dS_{t-1} = a dA
+ * and dh0 = dS_{-1}. */
+
+typedef struct gdn_grads {
+  double *dq, *dk, *dv, *dg, *dbeta, *dh0; /* shapes of the inputs */
+} gdn_grads;
+
+static void gdn_bwd_bh(const gdn_dims *d, const gdn_io *io, const double *dout, const double *dhT, gdn_grads *gr,
+                       int64_t b, int64_t h, double scale, int64_t seg, double *St, double *dS, double *u, double *dvp,
+                       double *du) {
+  int64_t K = d->K, V = d->V, T = d->T, H = d->H, KV = K * V, NS = (T + seg - 1) / seg;
+  if (dhT) memcpy(dS, dhT + (b * H + h) * KV, sizeof(double) * (size_t)KV);
+  else memset(dS, 0, sizeof(double) * (size_t)KV);
+  for (int64_t sg = NS - 1; sg >= 0; sg--) {
+    int64_t t0 = sg * seg, L = T - t0 < seg ? T - t0 : seg;
+    /* recompute the segment's states: St[r] = S_{t0 + r - 1} */
+    memcpy(St, io->ckpt + ((b * H + h) * NS + sg) * KV, sizeof(double) * (size_t)KV);
+    for (int64_t r = 0; r < L; r++) {
+      int64_t tok = (b * T + t0 + r) * H + h;
+      memcpy(St + (r + 1) * KV, St + r * KV, sizeof(double) * (size_t)KV);
+      gdn_step(St + (r + 1) * KV, K, V, io->q + tok * K, io->k + tok * K, io->v + tok * V, io->g[tok], io->beta[tok],
+               scale, NULL, u);
+    }
+    for (int64_t r = L - 1; r >= 0; r--) {
+      int64_t tok = (b * T + t0 + r) * H + h;
+      const double *P = St + r * KV, *S = St + (r + 1) * KV;
+      const double *q = io->q + tok * K, *k = io->k + tok * K, *v = io->v + tok * V, *dov = dout + tok * V;
+      double a = exp(io->g[tok]), beta = io->beta[tok];
+      double *dq = gr->dq + tok * K, *dk = gr->dk + tok * K, *dv = gr->dv + tok * V;
+      for (int64_t j = 0; j < V; j++) u[j] = 0, dvp[j] = 0;
+      for (int64_t i = 0; i < K; i++) {
+        double *dSi = dS + i * V, qi = q[i] * scale, ki = k[i], acc = 0;
+        const double *Si = S + i * V, *Pi = P + i * V;
+        for (int64_t j = 0; j < V; j++) {
+          acc += Si[j] * dov[j];
+          dSi[j] += qi * dov[j];
+          u[j] += ki * Pi[j];
+          dvp[j] += ki * dSi[j];
+        }
+        dq[i] = scale * acc;
+      }
+      double db = 0;
+      for (int64_t j = 0; j < V; j++) {
+        u[j] = v[j] - a * u[j]; /* v - u */
+        db += dvp[j] * u[j];
+        u[j] *= beta; /* v' */
+        dv[j] = beta * dvp[j];
+        du[j] = -beta * dvp[j];
+      }
+      gr->dbeta[tok] = db;
+      double dg = 0;
+      for (int64_t i = 0; i < K; i++) {
+        double *dSi = dS + i * V, ki = k[i], acc = 0, acc2 = 0, acc3 = 0;
+        const double *Pi = P + i * V;
+        for (int64_t j = 0; j < V; j++) {
+          acc += dSi[j] * u[j];
+          acc2 += Pi[j] * du[j];
+          double dA = dSi[j] + ki * du[j];
+          acc3 += dA * Pi[j];
+          dSi[j] = a * dA;
+        }
+        dk[i] = acc + a * acc2;
+        dg += acc3;
+      }
+      gr->dg[tok] = a * dg;
+    }
+  }
+  if (gr->dh0) memcpy(gr->dh0 + (b * H + h) * KV, dS, sizeof(double) * (size_t)KV);
+}
+
+static m2_status gdn_bwd(m2_opcall *c) {
+  const char *op = c->op->name;
+  gdn_dims d;
+  M2_TRY(gdn_check(c, op, &d));
+  if (c->n_saved < 1 || !c->saved[0]) return m2_fail(M2_ERR_AUTOGRAD, "%s: backward without saved states", op);
+  double scale = c->fa[0] != 0 ? c->fa[0] : 1.0 / sqrt((double)d.K);
+  int64_t seg = c->ia[1];
+  int64_t K = d.K, V = d.V, KV = K * V;
+  m2_dtype dt = c->in[0]->dtype;
+  dbuf in[6] = {0}, dO = {0}, dH = {0}, din[6] = {0};
+  double *wmem = NULL;
+  m2_status s = M2_OK;
+  for (int i = 0; i < 6 && s == M2_OK; i++) s = dbuf_in(&in[i], c->in[i]);
+  if (s == M2_OK) s = dbuf_in(&dO, c->dout[0]);
+  if (s == M2_OK) s = dbuf_in(&dH, c->dout[1]);
+  for (int i = 0; i < 6 && s == M2_OK; i++)
+    if (c->in[i]) s = dbuf_out(&din[i], dt, c->in[i]->ndim, c->in[i]->shape);
+  if (s == M2_OK) {
+    wmem = malloc(sizeof(double) * (size_t)((seg + 2) * KV + 3 * V));
+    if (!wmem) s = m2_fail(M2_ERR_OOM, "%s: out of host memory for the backward buffers", op);
+  }
+  if (s == M2_OK) {
+    gdn_io io = {in[0].p, in[1].p, in[2].p, in[3].p, in[4].p, in[5].p, NULL, NULL, m2_data(c->saved[0])};
+    gdn_grads gr = {din[0].p, din[1].p, din[2].p, din[3].p, din[4].p, din[5].p};
+    double *St = wmem, *dS = St + (seg + 1) * KV, *u = dS + KV, *dvp = u + V, *du = dvp + V;
+    for (int64_t b = 0; b < d.B; b++)
+      for (int64_t h = 0; h < d.H; h++)
+        gdn_bwd_bh(&d, &io, dO.p, dH.p, &gr, b, h, scale, seg, St, dS, u, dvp, du);
+    for (int i = 0; i < 6; i++) dbuf_store(&din[i]);
+  }
+  free(wmem);
+  for (int i = 0; i < 6; i++) dbuf_free(&in[i]);
+  dbuf_free(&dO);
+  dbuf_free(&dH);
+  for (int i = 0; i < 6; i++) {
+    dbuf_free(&din[i]);
+    if (s == M2_OK && c->needs_din[i]) c->din[i] = din[i].t;
+    else m2_release(din[i].t);
+  }
+  return s;
+}
+
+const m2_op m2_op_gdn = {"gdn", gdn_fwd, gdn_bwd, NULL, NULL, 0};
+const m2_op m2_op_gdn_chunked = {"gdn_chunked", gdn_chunked_fwd, gdn_bwd, NULL, NULL, 0};
+
+/* ---------------- public API ---------------- */
+
+static m2_status gdn_call(const m2_op *op, m2_tensor *q, m2_tensor *k, m2_tensor *v, m2_tensor *g, m2_tensor *beta,
+                          m2_tensor *h0, const m2_gdn_opts *o, m2_tensor **out, m2_tensor **hT) {
+  m2_tensor *in[6] = {q, k, v, g, beta, h0};
+  m2_opcall c;
+  m2_call_init(&c, op, 6, in);
+  c.fa[0] = o ? o->scale : 0;
+  c.ia[0] = o ? o->chunk : 0;
+  m2_tensor *outs[M2_MAX_OUT] = {0};
+  M2_TRY(m2_call_run(&c, outs));
+  if (out) *out = outs[0];
+  else m2_release(outs[0]);
+  if (hT) *hT = outs[1];
+  else m2_release(outs[1]);
+  return M2_OK;
+}
+
+m2_status m2_gdn(m2_tensor *q, m2_tensor *k, m2_tensor *v, m2_tensor *g, m2_tensor *beta, m2_tensor *h0,
+                 const m2_gdn_opts *o, m2_tensor **out, m2_tensor **hT) {
+  return gdn_call(&m2_op_gdn, q, k, v, g, beta, h0, o, out, hT);
+}
+
+m2_status m2_gdn_chunked(m2_tensor *q, m2_tensor *k, m2_tensor *v, m2_tensor *g, m2_tensor *beta, m2_tensor *h0,
+                         const m2_gdn_opts *o, m2_tensor **out, m2_tensor **hT) {
+  return gdn_call(&m2_op_gdn_chunked, q, k, v, g, beta, h0, o, out, hT);
+}

@@ -1,0 +1,412 @@
+/* ops_ssd.c — Mamba-2 SSD (DESIGN 3.3): the recurrent reference, the chunked (state-space dual)
+ * form, and their shared hand-written backward (reverse-time recurrence over checkpointed states).
+ *
+ * Per batch b and head h (group gi = h / (H / G) supplies B and C), state h (P x N) from h0 (or 0):
+ *   h_t = exp(dt_t A_h) h_{t-1} + dt_t x_t B_t^T
+ *   y_t = h_t C_t                                  (no D skip: the layer adds it)
+ * Kernels compute in double (inputs F32 or F64, outputs in the inputs' dtype).
+ *
+ * Op rows "ssd" and "ssd_chunked": in = {x, dt, A, Bm, Cm, h0 (or NULL)}, out = {y, hT},
+ * ia[0] = chunk (0 -> 256; for "ssd" it is only the checkpoint interval of the backward, default 64),
+ * ia[1] = the checkpoint interval actually used (set by forward).
+ * saved[0] = the states before every ia[1]-th step, (B, H, NS, P, N) F64, NS = ceil(T / ia[1]);
+ * the chunked forward produces exactly these states (one per chunk) as part of its scan.
+ *
+ * Backward (both rows): the recurrent backward, segment by segment from the last, recomputing the
+ * segment's states from its checkpoint. The chunked op reuses it (the gradient does not depend on
+ * how the forward was evaluated; on the CPU the O(T P N) recurrence is the cheapest backward). */
+#include "ops.h"
+#include "ops_mixers.h"
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---------------- double views of float tensors ---------------- */
+
+/* A tensor's elements as doubles: the data itself for F64, a converted copy for F32. */
+typedef struct dbuf {
+  m2_tensor *t;
+  double *p;
+  bool own;
+  m2_tensor *held; /* an F64 contiguous copy of a strided input (gradients may arrive strided) */
+} dbuf;
+
+static m2_status dbuf_in(dbuf *d, m2_tensor *t) {
+  d->t = t;
+  d->p = NULL;
+  d->own = false;
+  d->held = NULL;
+  if (!t) return M2_OK;
+  if (!m2_is_contiguous(t) || (t->dtype != M2_F64 && t->dtype != M2_F32)) {
+    d->held = m2_clone_raw(t, M2_F64, M2_DEV_CPU);
+    if (!d->held) return m2_errcode();
+    d->p = m2_data(d->held);
+    return M2_OK;
+  }
+  if (t->dtype == M2_F64) { d->p = m2_data(t); return M2_OK; }
+  int64_t n = m2_numel(t);
+  d->p = malloc(sizeof(double) * (size_t)(n ? n : 1));
+  if (!d->p) return m2_fail(M2_ERR_OOM, "ssd: out of host memory");
+  d->own = true;
+  const float *s = m2_data(t);
+  for (int64_t i = 0; i < n; i++) d->p[i] = s[i];
+  return M2_OK;
+}
+
+/* A new zeroed tensor of dtype dt and a double buffer to compute it in (dbuf_store copies it over). */
+static m2_status dbuf_out(dbuf *d, m2_dtype dt, int nd, const int64_t *shape) {
+  d->held = NULL;
+  d->own = false;
+  d->p = NULL;
+  d->t = m2_zeros(dt, M2_DEV_CPU, nd, shape);
+  if (!d->t) return m2_errcode();
+  if (dt == M2_F64) { d->p = m2_data(d->t); return M2_OK; }
+  int64_t n = m2_numel(d->t);
+  d->p = calloc((size_t)(n ? n : 1), sizeof(double));
+  if (!d->p) { m2_release(d->t); d->t = NULL; return m2_fail(M2_ERR_OOM, "ssd: out of host memory"); }
+  d->own = true;
+  return M2_OK;
+}
+
+static void dbuf_store(dbuf *d) {
+  if (!d->own || !d->t) return;
+  float *o = m2_data(d->t);
+  int64_t n = m2_numel(d->t);
+  for (int64_t i = 0; i < n; i++) o[i] = (float)d->p[i];
+}
+
+static void dbuf_free(dbuf *d) {
+  if (d->own) free(d->p);
+  m2_release(d->held);
+  d->held = NULL;
+  d->p = NULL;
+  d->own = false;
+}
+
+/* ---------------- shapes ---------------- */
+
+typedef struct ssd_dims { int64_t B, T, H, P, G, N; } ssd_dims;
+
+static m2_status want_shape(const m2_tensor *t, const char *op, const char *arg, const char *form, int nd,
+                            const int64_t *shape) {
+  bool ok = t->ndim == nd;
+  for (int i = 0; ok && i < nd; i++) ok = t->shape[i] == shape[i];
+  if (ok) return M2_OK;
+  char a[96], b[96];
+  return m2_fail(M2_ERR_SHAPE, "%s: %s has shape %s, expected %s = %s", op, arg, m2_shape_str(t, a, sizeof a), form,
+                 m2_shape_str_raw(nd, shape, b, sizeof b));
+}
+
+/* in = {x, dt, A, Bm, Cm, h0}: check presence, dtypes and shapes; fill d. */
+static m2_status ssd_check(m2_opcall *c, const char *op, ssd_dims *d) {
+  static const char *names[6] = {"x", "dt", "A", "Bm", "Cm", "h0"};
+  for (int i = 0; i < 5; i++)
+    if (!c->in[i]) return m2_fail(M2_ERR_VALUE, "%s: %s is NULL (only h0 may be omitted)", op, names[i]);
+  for (int i = 0; i < 6; i++) {
+    if (!c->in[i]) continue;
+    M2_TRY(m2_check_float(c->in[i], op, names[i]));
+    M2_TRY(m2_check_same_dtype(c->in[0], c->in[i], op));
+  }
+  m2_tensor *x = c->in[0], *Bm = c->in[3];
+  char a[96];
+  if (x->ndim != 4)
+    return m2_fail(M2_ERR_SHAPE, "%s: x has shape %s, expected 4 dims (B, T, H, P)", op, m2_shape_str(x, a, sizeof a));
+  if (Bm->ndim != 4)
+    return m2_fail(M2_ERR_SHAPE, "%s: Bm has shape %s, expected 4 dims (B, T, G, N)", op, m2_shape_str(Bm, a, sizeof a));
+  d->B = x->shape[0], d->T = x->shape[1], d->H = x->shape[2], d->P = x->shape[3];
+  d->G = Bm->shape[2], d->N = Bm->shape[3];
+  M2_TRY(want_shape(c->in[1], op, "dt", "(B, T, H)", 3, x->shape));
+  M2_TRY(want_shape(c->in[2], op, "A", "(H)", 1, &d->H));
+  M2_TRY(want_shape(Bm, op, "Bm", "(B, T, G, N)", 4, (int64_t[]){d->B, d->T, d->G, d->N}));
+  M2_TRY(want_shape(c->in[4], op, "Cm", "(B, T, G, N)", 4, Bm->shape));
+  if (c->in[5]) M2_TRY(want_shape(c->in[5], op, "h0", "(B, H, P, N)", 4, (int64_t[]){d->B, d->H, d->P, d->N}));
+  if (d->G < 1 || d->H % d->G != 0)
+    return m2_fail(M2_ERR_SHAPE, "%s: the group count G = %lld of Bm/Cm must divide the head count H = %lld", op,
+                   (long long)d->G, (long long)d->H);
+  if (d->P < 1 || d->N < 1) return m2_fail(M2_ERR_SHAPE, "%s: P and N must be at least 1", op);
+  if (c->ia[0] < 0) return m2_fail(M2_ERR_VALUE, "%s: chunk must be >= 0 (0 = default), got %lld", op, (long long)c->ia[0]);
+  return M2_OK;
+}
+
+/* Pointers into the inputs and outputs (all double). */
+typedef struct ssd_io {
+  const double *x, *dt, *A, *Bm, *Cm, *h0; /* (B,T,H,P) (B,T,H) (H) (B,T,G,N) (B,T,G,N) (B,H,P,N)|NULL */
+  double *y, *hT;                          /* (B,T,H,P) (B,H,P,N) */
+  double *ckpt;                            /* (B,H,NS,P,N) or NULL */
+} ssd_io;
+
+/* ---------------- recurrent step and forward ---------------- */
+
+/* One step on h (P x N) in place; y (P) gets h C when y != NULL. x (P), Bv, Cv (N) are the token's. */
+static void ssd_step(double *hs, int64_t P, int64_t N, const double *x, double dt, double A, const double *Bv,
+                     const double *Cv, double *y) {
+  double a = exp(dt * A);
+  for (int64_t p = 0; p < P; p++) {
+    double *hp = hs + p * N, xp = dt * x[p], acc = 0;
+    for (int64_t n = 0; n < N; n++) {
+      hp[n] = a * hp[n] + xp * Bv[n];
+      acc += hp[n] * Cv[n];
+    }
+    if (y) y[p] = acc;
+  }
+}
+
+static void ssd_rec_bh(const ssd_dims *d, const ssd_io *io, int64_t b, int64_t h, int64_t seg) {
+  int64_t P = d->P, N = d->N, T = d->T, H = d->H, G = d->G, PN = P * N, NS = (T + seg - 1) / seg;
+  int64_t gi = h / (H / G);
+  double *hs = io->hT + (b * H + h) * PN;
+  if (io->h0) memcpy(hs, io->h0 + (b * H + h) * PN, sizeof(double) * (size_t)PN);
+  else memset(hs, 0, sizeof(double) * (size_t)PN);
+  for (int64_t t = 0; t < T; t++) {
+    if (io->ckpt && t % seg == 0) memcpy(io->ckpt + ((b * H + h) * NS + t / seg) * PN, hs, sizeof(double) * (size_t)PN);
+    int64_t r = (b * T + t) * H + h, rg = (b * T + t) * G + gi;
+    ssd_step(hs, P, N, io->x + r * P, io->dt[r], io->A[h], io->Bm + rg * N, io->Cm + rg * N, io->y + r * P);
+  }
+}
+
+/* ---------------- forward: chunked ----------------
+ * Within a chunk of L tokens with cumulative log-decay cs_r = A (dt_0 + ... + dt_r) and the state
+ * h at the chunk start (indices local to the chunk):
+ *   y_r = exp(cs_r) h C_r + sum_{j<=r} exp(cs_r - cs_j) (C_r.B_j) dt_j x_j    (the quadratic form
+ *         with the segment-sum decay mask)
+ *   h  <- exp(cs_{L-1}) h + sum_j exp(cs_{L-1} - cs_j) dt_j x_j B_j^T        (state passing) */
+
+static void ssd_chunked_bh(const ssd_dims *d, const ssd_io *io, int64_t b, int64_t h, int64_t C, double *cs,
+                           double *M) {
+  int64_t P = d->P, N = d->N, T = d->T, H = d->H, G = d->G, PN = P * N, NS = (T + C - 1) / C;
+  int64_t gi = h / (H / G);
+  double A = io->A[h];
+  double *hs = io->hT + (b * H + h) * PN;
+  if (io->h0) memcpy(hs, io->h0 + (b * H + h) * PN, sizeof(double) * (size_t)PN);
+  else memset(hs, 0, sizeof(double) * (size_t)PN);
+  for (int64_t t0 = 0; t0 < T; t0 += C) {
+    int64_t L = T - t0 < C ? T - t0 : C;
+    if (io->ckpt) memcpy(io->ckpt + ((b * H + h) * NS + t0 / C) * PN, hs, sizeof(double) * (size_t)PN);
+    double acc = 0;
+    for (int64_t r = 0; r < L; r++) cs[r] = acc += A * io->dt[(b * T + t0 + r) * H + h];
+    /* M_rj = exp(cs_r - cs_j) (C_r.B_j) dt_j, j <= r */
+    for (int64_t r = 0; r < L; r++) {
+      const double *Cr = io->Cm + ((b * T + t0 + r) * G + gi) * N;
+      for (int64_t j = 0; j <= r; j++) {
+        const double *Bj = io->Bm + ((b * T + t0 + j) * G + gi) * N;
+        double cb = 0;
+        for (int64_t n = 0; n < N; n++) cb += Cr[n] * Bj[n];
+        M[r * C + j] = exp(cs[r] - cs[j]) * cb * io->dt[(b * T + t0 + j) * H + h];
+      }
+    }
+    for (int64_t r = 0; r < L; r++) {
+      int64_t tok = (b * T + t0 + r) * H + h;
+      const double *Cr = io->Cm + ((b * T + t0 + r) * G + gi) * N;
+      double *y = io->y + tok * P, e = exp(cs[r]);
+      for (int64_t p = 0; p < P; p++) {
+        const double *hp = hs + p * N;
+        double s = 0;
+        for (int64_t n = 0; n < N; n++) s += hp[n] * Cr[n];
+        y[p] = e * s;
+      }
+      for (int64_t j = 0; j <= r; j++) {
+        const double *xj = io->x + ((b * T + t0 + j) * H + h) * P;
+        double m = M[r * C + j];
+        for (int64_t p = 0; p < P; p++) y[p] += m * xj[p];
+      }
+    }
+    double eL = exp(cs[L - 1]);
+    for (int64_t i = 0; i < PN; i++) hs[i] *= eL;
+    for (int64_t j = 0; j < L; j++) {
+      int64_t tok = (b * T + t0 + j) * H + h;
+      const double *xj = io->x + tok * P, *Bj = io->Bm + ((b * T + t0 + j) * G + gi) * N;
+      double w = exp(cs[L - 1] - cs[j]) * io->dt[tok];
+      for (int64_t p = 0; p < P; p++) {
+        double c = w * xj[p];
+        double *hp = hs + p * N;
+        for (int64_t n = 0; n < N; n++) hp[n] += c * Bj[n];
+      }
+    }
+  }
+}
+
+/* ---------------- forward op ---------------- */
+
+static m2_status ssd_forward(m2_opcall *c, bool chunked) {
+  const char *op = chunked ? "ssd_chunked" : "ssd";
+  ssd_dims d;
+  M2_TRY(ssd_check(c, op, &d));
+  int64_t seg = c->ia[0] > 0 ? c->ia[0] : (chunked ? 256 : 64);
+  c->ia[1] = seg;
+  int64_t NS = (d.T + seg - 1) / seg;
+  bool keep = false; /* a tape node will be recorded: keep the checkpoints */
+  for (int i = 0; i < 6; i++) keep |= c->in[i] && c->in[i]->requires_grad;
+  m2_dtype dt = c->in[0]->dtype;
+
+  dbuf in[6] = {0}, y = {0}, hT = {0};
+  m2_tensor *ck = NULL;
+  double *wmem = NULL;
+  m2_status s = M2_OK;
+  for (int i = 0; i < 6 && s == M2_OK; i++) s = dbuf_in(&in[i], c->in[i]);
+  if (s == M2_OK) s = dbuf_out(&y, dt, 4, (int64_t[]){d.B, d.T, d.H, d.P});
+  if (s == M2_OK) s = dbuf_out(&hT, dt, 4, (int64_t[]){d.B, d.H, d.P, d.N});
+  if (s == M2_OK && keep) {
+    ck = m2_empty(M2_F64, M2_DEV_CPU, 5, (int64_t[]){d.B, d.H, NS, d.P, d.N});
+    if (!ck) s = m2_errcode();
+  }
+  if (s == M2_OK && chunked) {
+    wmem = malloc(sizeof(double) * (size_t)(seg + seg * seg));
+    if (!wmem) s = m2_fail(M2_ERR_OOM, "%s: out of host memory for a %lld x %lld chunk", op, (long long)seg, (long long)seg);
+  }
+  if (s == M2_OK) {
+    ssd_io io = {in[0].p, in[1].p, in[2].p, in[3].p, in[4].p, in[5].p, y.p, hT.p, ck ? m2_data(ck) : NULL};
+    for (int64_t b = 0; b < d.B; b++)
+      for (int64_t h = 0; h < d.H; h++) {
+        if (chunked) ssd_chunked_bh(&d, &io, b, h, seg, wmem, wmem + seg);
+        else ssd_rec_bh(&d, &io, b, h, seg);
+      }
+    dbuf_store(&y);
+    dbuf_store(&hT);
+  }
+  free(wmem);
+  for (int i = 0; i < 6; i++) dbuf_free(&in[i]);
+  dbuf_free(&y);
+  dbuf_free(&hT);
+  if (s != M2_OK) {
+    m2_release(y.t);
+    m2_release(hT.t);
+    m2_release(ck);
+    return s;
+  }
+  c->n_out = 2;
+  c->out[0] = y.t;
+  c->out[1] = hT.t;
+  if (ck) {
+    m2_save(c, ck);
+    m2_release(ck);
+  }
+  return M2_OK;
+}
+
+static m2_status ssd_fwd(m2_opcall *c) { return ssd_forward(c, false); }
+static m2_status ssd_chunked_fwd(m2_opcall *c) { return ssd_forward(c, true); }
+
+/* ---------------- backward (both rows) ----------------
+ * Step t, with a = exp(dt_t A), states P = h_{t-1} and S = h_t, carrying dh = dL/dh_t:
+ *   dC_t += S^T dy_t ;  dh += dy_t C_t^T
+ *   dx_t = dt_t dh B_t ;  dB_t += dt_t dh^T x_t
+ *   ddt_t = x_t^T dh B_t + a A sum(dh * P) ;  dA += a dt_t sum(dh * P)
+ *   dh_{t-1} = a dh
+ * and dh0 = dh_{-1}. dB and dC add up over the heads of a group. */
+
+typedef struct ssd_grads {
+  double *dx, *ddt, *dA, *dB, *dC, *dh0; /* shapes of the inputs */
+} ssd_grads;
+
+static void ssd_bwd_bh(const ssd_dims *d, const ssd_io *io, const double *dy, const double *dhT, ssd_grads *gr,
+                       int64_t b, int64_t h, int64_t seg, double *St, double *dh) {
+  int64_t P = d->P, N = d->N, T = d->T, H = d->H, G = d->G, PN = P * N, NS = (T + seg - 1) / seg;
+  int64_t gi = h / (H / G);
+  double A = io->A[h], dA = 0;
+  if (dhT) memcpy(dh, dhT + (b * H + h) * PN, sizeof(double) * (size_t)PN);
+  else memset(dh, 0, sizeof(double) * (size_t)PN);
+  for (int64_t sg = NS - 1; sg >= 0; sg--) {
+    int64_t t0 = sg * seg, L = T - t0 < seg ? T - t0 : seg;
+    /* recompute the segment's states: St[r] = h_{t0 + r - 1} */
+    memcpy(St, io->ckpt + ((b * H + h) * NS + sg) * PN, sizeof(double) * (size_t)PN);
+    for (int64_t r = 0; r < L; r++) {
+      int64_t tok = (b * T + t0 + r) * H + h, rg = (b * T + t0 + r) * G + gi;
+      memcpy(St + (r + 1) * PN, St + r * PN, sizeof(double) * (size_t)PN);
+      ssd_step(St + (r + 1) * PN, P, N, io->x + tok * P, io->dt[tok], A, io->Bm + rg * N, io->Cm + rg * N, NULL);
+    }
+    for (int64_t r = L - 1; r >= 0; r--) {
+      int64_t tok = (b * T + t0 + r) * H + h, rg = (b * T + t0 + r) * G + gi;
+      const double *Pv = St + r * PN, *S = St + (r + 1) * PN;
+      const double *x = io->x + tok * P, *dyv = dy + tok * P, *Bv = io->Bm + rg * N, *Cv = io->Cm + rg * N;
+      double *dx = gr->dx + tok * P, *dB = gr->dB + rg * N, *dC = gr->dC + rg * N;
+      double dt = io->dt[tok], a = exp(dt * A), ddt = 0, hp_sum = 0;
+      for (int64_t p = 0; p < P; p++) {
+        double *dhp = dh + p * N, dyp = dyv[p], xp = x[p], db = 0, hs = 0;
+        const double *Sp = S + p * N, *Pp = Pv + p * N;
+        for (int64_t n = 0; n < N; n++) {
+          dC[n] += dyp * Sp[n];
+          dhp[n] += dyp * Cv[n];
+          db += dhp[n] * Bv[n];
+          dB[n] += dt * xp * dhp[n];
+          hs += dhp[n] * Pp[n];
+          dhp[n] *= a;
+        }
+        dx[p] = dt * db;
+        ddt += xp * db;
+        hp_sum += hs;
+      }
+      gr->ddt[tok] = ddt + a * A * hp_sum;
+      dA += a * dt * hp_sum;
+    }
+  }
+  gr->dA[h] += dA;
+  if (gr->dh0) memcpy(gr->dh0 + (b * H + h) * PN, dh, sizeof(double) * (size_t)PN);
+}
+
+static m2_status ssd_bwd(m2_opcall *c) {
+  const char *op = c->op->name;
+  ssd_dims d;
+  M2_TRY(ssd_check(c, op, &d));
+  if (c->n_saved < 1 || !c->saved[0]) return m2_fail(M2_ERR_AUTOGRAD, "%s: backward without saved states", op);
+  int64_t seg = c->ia[1], PN = d.P * d.N;
+  m2_dtype dt = c->in[0]->dtype;
+  dbuf in[6] = {0}, dY = {0}, dH = {0}, din[6] = {0};
+  double *wmem = NULL;
+  m2_status s = M2_OK;
+  for (int i = 0; i < 6 && s == M2_OK; i++) s = dbuf_in(&in[i], c->in[i]);
+  if (s == M2_OK) s = dbuf_in(&dY, c->dout[0]);
+  if (s == M2_OK) s = dbuf_in(&dH, c->dout[1]);
+  for (int i = 0; i < 6 && s == M2_OK; i++)
+    if (c->in[i]) s = dbuf_out(&din[i], dt, c->in[i]->ndim, c->in[i]->shape);
+  if (s == M2_OK) {
+    wmem = malloc(sizeof(double) * (size_t)((seg + 2) * PN));
+    if (!wmem) s = m2_fail(M2_ERR_OOM, "%s: out of host memory for the backward buffers", op);
+  }
+  if (s == M2_OK) {
+    ssd_io io = {in[0].p, in[1].p, in[2].p, in[3].p, in[4].p, in[5].p, NULL, NULL, m2_data(c->saved[0])};
+    ssd_grads gr = {din[0].p, din[1].p, din[2].p, din[3].p, din[4].p, din[5].p};
+    for (int64_t b = 0; b < d.B; b++)
+      for (int64_t h = 0; h < d.H; h++) ssd_bwd_bh(&d, &io, dY.p, dH.p, &gr, b, h, seg, wmem, wmem + (seg + 1) * PN);
+    for (int i = 0; i < 6; i++) dbuf_store(&din[i]);
+  }
+  free(wmem);
+  for (int i = 0; i < 6; i++) dbuf_free(&in[i]);
+  dbuf_free(&dY);
+  dbuf_free(&dH);
+  for (int i = 0; i < 6; i++) {
+    dbuf_free(&din[i]);
+    if (s == M2_OK && c->needs_din[i]) c->din[i] = din[i].t;
+    else m2_release(din[i].t);
+  }
+  return s;
+}
+
+const m2_op m2_op_ssd = {"ssd", ssd_fwd, ssd_bwd, NULL, NULL, 0};
+const m2_op m2_op_ssd_chunked = {"ssd_chunked", ssd_chunked_fwd, ssd_bwd, NULL, NULL, 0};
+
+/* ---------------- public API ---------------- */
+
+static m2_status ssd_call(const m2_op *op, m2_tensor *x, m2_tensor *dt, m2_tensor *A, m2_tensor *Bm, m2_tensor *Cm,
+                          m2_tensor *h0, const m2_ssd_opts *o, m2_tensor **y, m2_tensor **hT) {
+  m2_tensor *in[6] = {x, dt, A, Bm, Cm, h0};
+  m2_opcall c;
+  m2_call_init(&c, op, 6, in);
+  c.ia[0] = o ? o->chunk : 0;
+  m2_tensor *outs[M2_MAX_OUT] = {0};
+  M2_TRY(m2_call_run(&c, outs));
+  if (y) *y = outs[0];
+  else m2_release(outs[0]);
+  if (hT) *hT = outs[1];
+  else m2_release(outs[1]);
+  return M2_OK;
+}
+
+m2_status m2_ssd(m2_tensor *x, m2_tensor *dt, m2_tensor *A, m2_tensor *Bm, m2_tensor *Cm, m2_tensor *h0,
+                 const m2_ssd_opts *o, m2_tensor **y, m2_tensor **hT) {
+  return ssd_call(&m2_op_ssd, x, dt, A, Bm, Cm, h0, o, y, hT);
+}
+
+m2_status m2_ssd_chunked(m2_tensor *x, m2_tensor *dt, m2_tensor *A, m2_tensor *Bm, m2_tensor *Cm, m2_tensor *h0,
+                         const m2_ssd_opts *o, m2_tensor **y, m2_tensor **hT) {
+  return ssd_call(&m2_op_ssd_chunked, x, dt, A, Bm, Cm, h0, o, y, hT);
+}
