@@ -12,8 +12,9 @@
 #include <math.h>
 #include <string.h>
 
-/* for (i in [0, n)) BODY, in blocks of 8 so that GCC vectorises it at -O2 (its default cheap cost
- * model only vectorises loops whose trip count is a known multiple of the vector width). */
+/* for (i in [0, n)) BODY, in blocks of 8, so that GCC vectorises it at -O2 too (the cheap cost model
+ * of -O2 only vectorises loops whose trip count is a known multiple of the vector width; measured
+ * 2.5x on an in-cache f32 add). At -O3 it runs as fast as the plain loop. */
 #define VLOOP(n, ...)                                                         \
   do {                                                                        \
     int64_t vl_n_ = (n), vl_i_ = 0;                                           \
