@@ -1,0 +1,193 @@
+--[==[ m2 — the m2lab Lua library: `local m2 = require "m2"`.
+
+CONVENTIONS
+  * Dims, positions and element indices are 1-BASED, like torch7 and Lua itself:
+      t:size(1) is the first dim, t:sum(2) reduces the second, t:narrow(1, 3, 2) takes
+      positions 3 and 4 of dim 1, t:get(1, 1) is the first element, t[1] the first slice.
+    Negative dims/indices count from the end: t:sum(-1) reduces the last dim, t[-1] is the
+    last slice. Dim 0 is an error.
+  * Tensor CONTENTS stay 0-based: token ids, class targets, m2.argmax results and the index
+    tensors of gather / index_select are data (ids 0 .. V-1), not Lua positions.
+  * Every op returns a new tensor; tensors are freed by the GC, or at once with `<close>`
+    (`local t <close> = m2.zeros(1000, 1000)`) or t:release().
+  * Errors from the core become Lua errors that start with the FILE:LINE of your script
+    (the first stack frame outside lua/m2/), even when the failing call is inside a module.
+  * Default dtype f32 on cpu; options tables take {dtype = "f64", device = "cpu", requires_grad = true}.
+
+CONSTRUCTORS
+  m2.tensor(nested_table | number [, opts])     m2.scalar(v [, opts])
+  m2.zeros / ones / empty(shape... | {shape} [, opts])   m2.full({shape}, v [, opts])
+  m2.randn(shape... [, {mean=0, std=1, ...}])   m2.rand(shape... [, {lo=0, hi=1, ...}])
+  m2.randint(n, shape... [, opts]) (i64 in [0, n))   m2.arange(n) / m2.arange(a, b [, step])
+  m2.seed(n)   m2.rng_state()   m2.set_rng_state(s)   m2.is_tensor(x)
+
+TENSOR METHODS
+  :shape() :size([d]) :dim() :numel() :dtype() :device() :stride() :is_contiguous()
+  :item() :get(i, ...) :set(v, i, ...) :totable() :name([s])
+  :clone() :to(dtype|device|tensor) :float() :double() :long() :contiguous()
+  :reshape(...) (alias :view, one -1 allowed) :narrow(dim, start, len) :transpose([d0, d1])
+  :permute(...) :expand(...) (-1 keeps a dim)
+  :requires_grad() -> bool, :requires_grad(bool) -> self   .grad (nil if none)
+  :backward([grad]) :detach() :zero_grad() :fill_(v) :copy_(src) :is_leaf() :grad_fn()
+  ops as methods: :exp() :sum([dim [, keepdim]]) :matmul(b) :softmax([dim]) ... (see below)
+  metamethods: + - * / with tensors or numbers, unary -, ^ (2, 0.5, 1, -1), #t (size of
+  dim 1), t[i] (slice along dim 1, a number for 1-D), t[i] = v, tostring(t), a == b (same tensor)
+
+OPS  (m2.<op>(...); those marked * are also methods)
+  add* sub* mul* div* scale* add_scalar* neg* exp* log* tanh* sigmoid* silu* softplus* relu*
+  square* sqrt* clamp*(x, lo, hi)
+  sum* mean* max*(x [, dim [, keepdim]]) sum_all* mean_all* max_all* argmax*(x [, dim [, keepdim]])
+  eq*(a, b) softmax* log_softmax*(x [, dim=-1]) cumsum*(x, dim)
+  matmul*(a, b [, ta, tb]) linear*(x, w [, bias]) embedding(w, ids)
+  cross_entropy*(logits, targets [, ignore_index=-100]) rmsnorm*(x, w|nil [, eps]) l2norm*(x [, eps])
+  concat({xs}, dim) split*(x, dim, sizes|chunk) gather*(x, dim, idx) index_select*(x, dim, idx)
+  conv1d_causal(x, w [, b]) m2rnn(q, k, v, W, f [, h0] [, {grad_clip}]) -> y, hT
+  gdn / gdn_chunked(q, k, v, g, beta [, h0] [, {scale, chunk}]) -> o, hT
+  ssd / ssd_chunked(x, dt, A, B, C [, h0] [, {chunk}]) -> y, hT
+  attention(q, k, v [, {scale, causal=true}]) rope*(x [, theta=10000 [, offset=0]])
+  views as functions: m2.reshape(t, ...) narrow transpose permute expand contiguous to clone detach
+
+AUTOGRAD
+  m2.no_grad(fn, ...) -> fn(...) with recording off (restored even on error)   m2.grad_enabled()
+  m2.gradcheck(fn, {inputs}, {eps, atol, rtol, seed, max_checks}) -> ok, max_err, message
+  m2.live_tensors() m2.live_nodes()   (leak tests; call collectgarbage() first)
+
+RUNS
+  m2.args (key=value overrides, typed)   m2.config(defaults) -> defaults with overrides applied
+  m2.interrupted() (Ctrl-C seen; polling it lets a loop save a checkpoint before stopping)
+  m2.exe  m2.script  m2.mode ("run" / "test" / subcommand)  m2.lua_dir  m2.source_dir  m2.version
+  m2.error(msg) raises msg located at the caller's script line (for library code)
+
+SUBMODULES (loaded on first use): m2.nn  m2.optim  m2.test  (and m2.<name> for any lua/m2/<name>.lua)
+]==]
+
+local core = require "m2.core"
+
+local m2 = {}
+for k, v in pairs(core) do m2[k] = v end
+m2.core = core
+m2.Tensor = core.Tensor -- the tensor method table: Lua code may add methods to it
+m2.args = core.args or {}
+m2.args_raw = core.args_raw or {}
+m2.mode = core.mode or "run"
+
+-- ---------------------------------------------------------------------------------------
+-- m2.config(defaults): a copy of defaults with the command-line overrides applied.
+--   Each override must name a key of defaults ("a.b=..." reaches nested tables) and is
+--   converted to the default's type: integer, number, boolean (true/false/1/0/yes/no/on/off),
+--   string, or a list ("betas=0.9,0.95" for a default {0.9, 0.999}).
+-- ---------------------------------------------------------------------------------------
+
+local function is_list(t)
+  return type(t) == "table" and rawget(t, 1) ~= nil
+end
+
+local function deepcopy(v)
+  if type(v) ~= "table" or m2.is_tensor(v) or getmetatable(v) then return v end
+  local out = {}
+  for k, x in pairs(v) do out[k] = deepcopy(x) end
+  return out
+end
+
+local function known_keys(defaults, prefix, out)
+  out = out or {}
+  for k, v in pairs(defaults) do
+    if type(k) == "string" then
+      if type(v) == "table" and not is_list(v) and not getmetatable(v) then
+        known_keys(v, prefix .. k .. ".", out)
+      else
+        out[#out + 1] = prefix .. k
+      end
+    end
+  end
+  table.sort(out)
+  return out
+end
+
+local truthy = { ["true"] = true, ["1"] = true, yes = true, on = true }
+local falsy = { ["false"] = false, ["0"] = false, no = false, off = false }
+
+-- Convert one override (raw text, parsed value) to the type of def.
+local function coerce(key, raw, parsed, def)
+  local function bad(want)
+    m2.error(string.format("m2.config: override %s=%s: expected %s", key, raw, want))
+  end
+  local td = type(def)
+  if td == "number" then
+    local n = tonumber(parsed)
+    if type(parsed) ~= "number" or n == nil then bad(math.type(def) == "integer" and "an integer" or "a number") end
+    if math.type(def) == "integer" then
+      local i = math.tointeger(n)
+      if not i then bad("an integer") end
+      return i
+    end
+    return n + 0.0
+  elseif td == "boolean" then
+    local b = truthy[raw]
+    if b == nil then b = falsy[raw] end
+    if b == nil then bad("a boolean (true/false)") end
+    return b
+  elseif td == "string" then
+    return raw
+  elseif td == "table" and is_list(def) then
+    local out = {}
+    for item in (raw .. ","):gmatch("([^,]*),") do
+      local parsedi = tonumber(item)
+      if parsedi == nil then parsedi = item end
+      out[#out + 1] = coerce(key, item, parsedi, def[1])
+    end
+    return out
+  elseif td == "table" then
+    m2.error(string.format("m2.config: '%s' is a table of settings; override its fields as %s.<name>=...", key, key))
+  end
+  bad("a value of type " .. td .. " (this setting cannot be overridden)")
+end
+
+function m2.config(defaults, args)
+  if type(defaults) ~= "table" then m2.error("m2.config: defaults must be a table, got " .. type(defaults)) end
+  args = args or m2.args
+  local raws = args == m2.args and m2.args_raw or {}
+  local out = deepcopy(defaults)
+  local keys = {}
+  for k in pairs(args) do keys[#keys + 1] = k end
+  table.sort(keys)
+  for _, key in ipairs(keys) do
+    local parsed, raw = args[key], raws[key] or tostring(args[key])
+    local node, dnode, last = out, defaults, nil
+    local parts = {}
+    for part in key:gmatch("[^.]+") do parts[#parts + 1] = part end
+    for i = 1, #parts - 1 do
+      dnode = type(dnode) == "table" and dnode[parts[i]] or nil
+      node = type(node) == "table" and node[parts[i]] or nil
+    end
+    last = parts[#parts]
+    local def = nil
+    if type(dnode) == "table" and not is_list(dnode) then def = dnode[last] end
+    if def == nil then
+      m2.error(string.format("m2.config: unknown override '%s' (known keys: %s)", key,
+        table.concat(known_keys(defaults, ""), ", ")))
+    end
+    node[last] = coerce(key, raw, parsed, def)
+  end
+  m2.config_used = out
+  return out
+end
+
+-- ---------------------------------------------------------------------------------------
+-- submodules, loaded on first use: m2.nn, m2.optim, m2.test, m2.<name> for lua/m2/<name>.lua
+-- ---------------------------------------------------------------------------------------
+setmetatable(m2, {
+  __index = function(t, k)
+    if type(k) ~= "string" or not k:match("^[%w_]+$") then return nil end
+    local name = "m2." .. k
+    if package.loaded[name] == nil and not package.preload[name] and not package.searchpath(name, package.path) then
+      return nil
+    end
+    local mod = require(name)
+    rawset(t, k, mod)
+    return mod
+  end,
+})
+
+package.loaded["m2"] = m2
+return m2

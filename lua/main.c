@@ -1,0 +1,91 @@
+/* main.c — the m2lab executable: parses the subcommand and dispatches through one table.
+ *
+ * Adding a subcommand is one row in g_cmds:
+ *   - implemented in Lua:  {"sweep", "SWEEP.lua [key=value ...]", "run every member of a sweep",
+ *                           NULL, "m2.sweep"}   -- calls require("m2.sweep").main(positional_args),
+ *     with key=value words in m2.args as for `run`; main may return an integer exit code.
+ *   - implemented in C:    {"name", "ARGS", "help line", cmd_name, NULL} with
+ *                           int cmd_name(const m2host_cmd *c, int argc, char **argv) in its own file. */
+#include <lua.h>
+#include <stdio.h>
+#include <string.h>
+#include "host.h"
+
+static int cmd_run(const m2host_cmd *c, int argc, char **argv);
+static int cmd_version(const m2host_cmd *c, int argc, char **argv);
+static int cmd_help(const m2host_cmd *c, int argc, char **argv);
+
+static const m2host_cmd g_cmds[] = {
+    {"run", "SCRIPT.lua [key=value ...]", "run an experiment script; key=value words override m2.config defaults",
+     cmd_run, NULL},
+    {"test", "SCRIPT.lua [key=value ...]", "run a test script (m2.test); exit status 1 if any check failed",
+     cmd_run, NULL},
+    {"version", "", "print the version, git revision, Lua version and backends", cmd_version, NULL},
+    {"help", "", "this help (also --help, -h)", cmd_help, NULL},
+};
+#define NCMDS (int)(sizeof g_cmds / sizeof g_cmds[0])
+
+static void usage(FILE *f) {
+  fprintf(f, "usage: m2lab COMMAND [ARGS]\n\ncommands:\n");
+  for (int i = 0; i < NCMDS; i++) {
+    char head[96];
+    snprintf(head, sizeof head, "%s %s", g_cmds[i].name, g_cmds[i].usage);
+    fprintf(f, "  %-36s %s\n", head, g_cmds[i].help);
+  }
+  fprintf(f,
+          "\nScripts load the library with `local m2 = require \"m2\"` (lua/m2/; M2LAB_LUA_DIR overrides it).\n"
+          "Exit status: 0 ok, 1 script error or failed checks, 2 usage error, 130 interrupted.\n"
+          "Ctrl-C stops the script at its current line; a script that polls m2.interrupted() can first\n"
+          "save a checkpoint (a second Ctrl-C stops it at once).\n");
+}
+
+static int cmd_run(const m2host_cmd *c, int argc, char **argv) {
+  if (argc < 1) {
+    fprintf(stderr, "m2lab %s: missing script (usage: m2lab %s %s)\n", c->name, c->name, c->usage);
+    return M2HOST_USAGE;
+  }
+  m2host_opts o = {c->name, argv[0], NULL, argc - 1, argv + 1};
+  return m2host_run(&o);
+}
+
+static int cmd_version(const m2host_cmd *c, int argc, char **argv) {
+  (void)c, (void)argc, (void)argv;
+#ifdef M2_HAVE_CUDA
+  const char *cuda = "cuda";
+#else
+  const char *cuda = "no cuda";
+#endif
+  printf("m2lab %s (git %s), %s, backends: cpu, %s\n", M2_VERSION, M2_GIT_REV[0] ? M2_GIT_REV : "unknown",
+         LUA_RELEASE, cuda);
+  return M2HOST_OK;
+}
+
+static int cmd_help(const m2host_cmd *c, int argc, char **argv) {
+  (void)c, (void)argc, (void)argv;
+  usage(stdout);
+  return M2HOST_OK;
+}
+
+int main(int argc, char **argv) {
+  m2host_set_exe(argv[0]);
+  if (argc < 2) {
+    usage(stderr);
+    return M2HOST_USAGE;
+  }
+  const char *name = argv[1];
+  if (strcmp(name, "--help") == 0 || strcmp(name, "-h") == 0) name = "help";
+  if (strcmp(name, "--version") == 0) name = "version";
+  for (int i = 0; i < NCMDS; i++) {
+    const m2host_cmd *c = &g_cmds[i];
+    if (strcmp(c->name, name) != 0) continue;
+    if (c->run) return c->run(c, argc - 2, argv + 2);
+    m2host_opts o = {c->name, NULL, c->module, argc - 2, argv + 2};
+    return m2host_run(&o);
+  }
+  /* `m2lab script.lua k=v` is short for `m2lab run script.lua k=v` */
+  size_t n = strlen(name);
+  if (n > 4 && strcmp(name + n - 4, ".lua") == 0) return cmd_run(&g_cmds[0], argc - 1, argv + 1);
+  fprintf(stderr, "m2lab: unknown command '%s'\n\n", name);
+  usage(stderr);
+  return M2HOST_USAGE;
+}
