@@ -281,5 +281,6 @@ int luaopen_m2_core(lua_State *L) {
   m2lua_open_ops(L);
   m2lua_open_autograd(L);
   m2lua_open_optim(L);
+  if (m2lua_open_data) m2lua_open_data(L);
   return 1;
 }

@@ -34,7 +34,9 @@ static size_t g_gc_debt;
 #define GC_CHARGE_BYTES (4u << 20)
 
 void m2lua_account(lua_State *L, const m2_tensor *t) {
-  if (!t || !t->storage || t->storage->refcount != 1) return; /* views are charged once, via their base */
+  /* charge tensors that span their whole storage (fresh results; views of a part are free).
+     Saved-for-backward aliases share the storage, so its refcount says nothing here. */
+  if (!t || !t->storage || t->offset != 0 || (size_t)m2_numel(t) * m2_elsize(t) != t->storage->nbytes) return;
   g_gc_debt += t->storage->nbytes + sizeof *t;
   if (g_gc_debt >= GC_CHARGE_BYTES) {
     int kb = (int)(g_gc_debt / 1024 > 1 << 20 ? 1 << 20 : g_gc_debt / 1024);

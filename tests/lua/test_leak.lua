@@ -82,4 +82,13 @@ T.case("the Lua GC is charged for tensor memory", function()
     peak = math.max(peak, m2.live_tensors() - base)
   end
   T.ok(peak < 40, "at most a few dozen 1 MB tensors alive at once, saw " .. peak)
+  -- results that autograd also keeps for backward (tanh saves its output) are charged too
+  local w = m2.randn(512, 512, { requires_grad = true })
+  base = select(1, live())
+  peak = 0
+  for _ = 1, 120 do
+    local y = w:tanh()
+    peak = math.max(peak, m2.live_tensors() - base)
+  end
+  T.ok(peak < 60, "recorded results are collected as well, saw " .. peak .. " live tensors")
 end)
