@@ -1,0 +1,146 @@
+/* runfile_int.h — internals shared by runfile*.c and inspect.c: the m2_run struct, the
+ * HDF5 check macro, attribute/type helpers. Not part of the public API. */
+#ifndef M2_RUNFILE_INT_H
+#define M2_RUNFILE_INT_H
+#include <hdf5.h>
+#include "runfile.h"
+
+/* Check an HDF5 call. On a negative result: st = M2_ERR_IO with the message
+ * "<file>: <object>: <HDF5's innermost error message> [<call text> at <src>:<line>]" and
+ * `goto fail`. The enclosing function declares `m2_status st`, names the file and the object
+ * it works on in `const char *h5file, *h5obj` (updated as it moves between objects), and has a
+ * `fail:` label that releases what it holds. */
+#define H5CHK(expr)                                                          \
+  do {                                                                       \
+    if ((expr) < 0) {                                                        \
+      st = m2_h5_fail(h5file, h5obj, #expr, __FILE__, __LINE__);             \
+      goto fail;                                                             \
+    }                                                                        \
+  } while (0)
+
+/* Fail with a non-HDF5 reason and jump to fail: */
+#define RF_FAIL(code, ...)            \
+  do {                                \
+    st = m2_fail(code, __VA_ARGS__);  \
+    goto fail;                        \
+  } while (0)
+#define RF_TRY(expr)                  \
+  do {                                \
+    st = (expr);                      \
+    if (st != M2_OK) goto fail;       \
+  } while (0)
+
+m2_status m2_h5_fail(const char *file, const char *obj, const char *call, const char *src, int line);
+/* The innermost message of HDF5's current error stack ("" when empty); clears the stack. */
+void m2_h5_last_error(char *buf, size_t n);
+/* Turn off HDF5's error printing (once per process) and initialise the library. */
+void m2_h5_init(void);
+/* Close any HDF5 id (file, group, dataset, dataspace, datatype, attribute, property list),
+ * ignoring errors; sets *id = -1. */
+void m2_h5_close(hid_t *id);
+
+/* File access property list: latest format, HDF5 file locking off, strong close degree;
+ * writers additionally get metadata-cache evictions off. */
+hid_t m2_h5_fapl(bool writer);
+/* Open for reading (SWMR read when possible), retrying while a writer is EXCLUSIVE and
+ * clearing stale "open for write" flags (unless no_repair). Returns the file id or -1 with
+ * m2_errmsg set. */
+hid_t m2_h5_open_read(const char *path, double timeout, bool no_repair);
+/* Is an m2lab writer holding the file (its OFD lock)? */
+bool m2_run_writer_alive(const char *path);
+/* Take the writer lock on an open fd without waiting (fcntl result: 0, or -1 with errno). */
+int m2_rf_lock_fd(int fd);
+
+/* Types */
+hid_t m2_h5_bool_type(void);  /* new enum {FALSE=0, TRUE=1} over int8 (close it) */
+hid_t m2_h5_str_type(void);   /* new variable-length UTF-8 string type (close it) */
+hid_t m2_h5_bf16_type(void);  /* new float type with bf16 bit fields (close it) */
+/* File and memory types of a dtype (new ids, close them). */
+m2_status m2_h5_dtype_types(m2_dtype dt, hid_t *file_type, hid_t *mem_type, const char *file, const char *obj);
+/* The dtype of a stored type, or M2_ERR_DTYPE naming file/obj. */
+m2_status m2_h5_dtype_of(hid_t type, m2_dtype *out, const char *file, const char *obj);
+
+/* Attributes on an object (replaces an existing one of that name). */
+m2_status m2_h5_attr_write(hid_t obj, const char *key, m2_value v, const char *file, const char *obj_name);
+/* Read a scalar attribute as an m2_value (strings owned by out). M2_ERR_INDEX when absent. */
+m2_status m2_h5_attr_read(hid_t obj, const char *key, m2_value *out, const char *file, const char *obj_name);
+/* Sorted attribute names of an object. */
+m2_status m2_h5_attr_names(hid_t obj, m2_strlist *out, const char *file, const char *obj_name);
+/* Sorted names of the links in a group of the given object type (H5O_TYPE_GROUP/DATASET, or
+ * -1 for any); an absent group gives an empty list. */
+m2_status m2_h5_list(hid_t loc, const char *group, int obj_type, m2_strlist *out, const char *file);
+m2_status m2_h5_exists(hid_t loc, const char *path, bool *out, const char *file);
+
+/* Names */
+bool m2_rf_valid_name(const char *s);       /* an attribute/series name */
+bool m2_rf_valid_tensor_path(const char *s);
+m2_status m2_rf_check_group(const char *group); /* "metrics" or "eval" */
+void m2_rf_iso_time(double unix_seconds, char *buf, size_t n);
+double m2_rf_now(void);       /* wall clock, seconds since the epoch */
+double m2_rf_monotonic(void);
+int m2_rf_default_goal(const char *name);
+char *m2_rf_strdup(const char *s);
+m2_status m2_strlist_push(m2_strlist *l, const char *s);
+void m2_strlist_sort(m2_strlist *l);
+/* A checkpoint group name ("123") -> step; false for anything else (".tmp-5", "abc", "-1"). */
+bool m2_rf_parse_step(const char *name, int64_t *step);
+
+/* ---- the run handle ---- */
+typedef struct m2_rf_series {
+  char group[8];   /* "metrics" / "eval" */
+  char *name;
+  bool in_file;    /* datasets exist in the file */
+  bool has_time;
+  hid_t ds_step, ds_value, ds_time; /* open while the writer holds them, else -1 */
+  int64_t nfile;   /* entries on disk */
+  int64_t nbuf, cap;
+  int64_t *step;   /* (nbuf) pending */
+  double *value, *time;
+  int goal;        /* 0 unset, +1 max, -1 min */
+  bool goal_dirty; /* goal not yet written */
+} m2_rf_series;
+
+typedef struct m2_rf_pending { char *key; m2_value v; } m2_rf_pending;
+
+struct m2_run {
+  char *path;
+  m2_run_mode mode;
+  bool writer;
+  hid_t file;          /* -1 when not open (after a failed switch) */
+  hid_t fapl;          /* writer's file access property list */
+  bool swmr;           /* writer is APPEND (SWMR write) */
+  bool broken;         /* a mode switch failed: the handle only closes */
+  int lock_fd;         /* writer's OFD lock, -1 for readers */
+  double flush_interval, last_flush;
+  int keep_last;
+  bool no_time, no_fsync;
+  double start_unix;
+  int nseries, capseries;
+  m2_rf_series *series;
+  int npending;
+  m2_rf_pending *pending;  /* root attributes to write at the next EXCLUSIVE moment */
+  int64_t nbuffered;       /* total pending metric entries */
+  /* the checkpoint being written */
+  bool in_ckpt;
+  int64_t ckpt_step;
+  hid_t ckpt_group;
+  char ckpt_tmp[64];       /* "/checkpoints/.tmp-<step>" */
+};
+
+/* Writer state switches (runfile.c) */
+m2_status m2_rf_to_exclusive(m2_run *r);
+m2_status m2_rf_to_append(m2_run *r);   /* writes pending attrs & series, then H5Fstart_swmr_write */
+m2_status m2_rf_write_pending_attrs(m2_run *r);
+m2_status m2_rf_check_open(m2_run *r, bool need_writer, const char *what);
+m2_status m2_rf_fsync(m2_run *r);
+/* Metrics (runfile_metrics.c) */
+m2_status m2_rf_series_load(m2_run *r);          /* resume: find existing series, trim to len(step) */
+m2_status m2_rf_series_write_all(m2_run *r);     /* create missing series, write buffers */
+bool m2_rf_series_need_exclusive(const m2_run *r);
+void m2_rf_series_close_ids(m2_run *r);
+void m2_rf_series_free_all(m2_run *r);
+/* Checkpoints (runfile_ckpt.c) */
+m2_status m2_rf_ckpt_cleanup(m2_run *r);         /* resume: delete incomplete checkpoints */
+bool m2_rf_ckpt_is_complete(hid_t file, const char *name);
+
+#endif
