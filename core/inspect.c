@@ -125,7 +125,7 @@ static void header(insp *c) {
     size_t lines = 0, n = strlen(v.s);
     for (size_t i = 0; i < n; i++) lines += v.s[i] == '\n';
     if (n && v.s[n - 1] != '\n') lines++;
-    fprintf(c->out, "%-12s%zu lines, %zu bytes", "script", lines, n);
+    fprintf(c->out, "%-12s%zu line%s, %zu bytes", "script", lines, lines == 1 ? "" : "s", n);
     if (n) {
       char first[128];
       size_t k = strcspn(v.s, "\n");

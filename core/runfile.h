@@ -32,7 +32,11 @@
  *      returns to APPEND with H5Fstart_swmr_write. Meanwhile the superblock marks the file
  *      "open for write" and readers' opens fail; readers retry (m2_run_open for
  *      opts.open_timeout seconds, notebooks/m2lab_runs.py likewise). A reader that keeps the
- *      file open sees new datasets' data through refresh(), but new objects only after it reopens.
+ *      file open sees appended data through refresh() (H5Drefresh) for a while, but HDF5 1.10's
+ *      SWMR assumes the writer never leaves SWMR mode: after some EXCLUSIVE switches a
+ *      long-lived reader's view stops growing (stale, never wrong, in our tests), and it never
+ *      sees new series or checkpoints. Readers should reopen the file to poll (m2_run_open /
+ *      load_run per poll; a poll of a small run takes milliseconds).
  *   A new or resumed run stays EXCLUSIVE from open until its first flush, so the attributes
  *   set right after open cost no extra switch. A metric name logged for the first time, an
  *   attribute or the status set later cost one switch at the next flush (automatic every
@@ -220,6 +224,9 @@ m2_tensor *m2_run_ckpt_read(m2_run *r, int64_t step, const char *path);
 /* Read into an existing tensor of the same shape (any device; the dtype is converted). */
 m2_status m2_run_ckpt_read_into(m2_run *r, int64_t step, const char *path, m2_tensor *dst);
 m2_status m2_run_ckpt_get(m2_run *r, int64_t step, const char *key, m2_value *out);
+/* Read every tensor of a checkpoint (checking the checksums) and discard it: M2_OK when the
+ * whole checkpoint reads back, else the first error. A resume can fall back to an older one. */
+m2_status m2_run_ckpt_verify(m2_run *r, int64_t step);
 m2_status m2_run_ckpt_attr_names(m2_run *r, int64_t step, m2_strlist *out);
 
 /* ---- inspection ----

@@ -485,3 +485,16 @@ m2_status m2_run_ckpt_attr_names(m2_run *r, int64_t step, m2_strlist *out) {
   m2_h5_close(&g);
   return st;
 }
+
+m2_status m2_run_ckpt_verify(m2_run *r, int64_t step) {
+  m2_strlist paths;
+  M2_TRY(m2_run_ckpt_tensors(r, step, &paths));
+  m2_status st = M2_OK;
+  for (int i = 0; i < paths.n && st == M2_OK; i++) {
+    m2_tensor *t;
+    st = read_tensor(r, step, paths.v[i], &t);
+    m2_release(t);
+  }
+  m2_strlist_free(&paths);
+  return st;
+}

@@ -573,6 +573,8 @@ static void bad_files(const char *good) {
   CHECK_FAILS(m2_run_ckpt_read(r, 320, "params/blocks.0.mlp.up.weight") == NULL, M2_ERR_IO, "checksum");
   m2_tensor *ok = m2_run_ckpt_read(r, 320, "params/blocks.0.mlp.up.bias");
   CHECK(ok && same_bits(ok, g_ck[3].t[1]), "an undamaged tensor still reads");
+  CHECK_FAILS(m2_run_ckpt_verify(r, 320) != M2_OK, M2_ERR_IO, "Fletcher32 checksum");
+  CHECK_OK(m2_run_ckpt_verify(r, 300)); /* the previous checkpoint is intact: resume from it */
   m2_release(ok);
   m2_run_close(r);
 
