@@ -208,8 +208,14 @@ hid_t m2_h5_open_read(const char *path, double timeout, bool no_repair) {
       }
     }
     if (m2_rf_monotonic() > deadline) {
-      m2_fail(M2_ERR_IO, "%s: a writer kept the file open for write (not SWMR) for more than %g s: %s", path,
-              timeout > 0 ? timeout : 10.0, msg);
+      if (m2_run_writer_alive(path))
+        m2_fail(M2_ERR_IO, "%s: the writer kept the file in EXCLUSIVE mode for more than %g s: %s", path,
+                timeout > 0 ? timeout : 10.0, msg);
+      else
+        m2_fail(M2_ERR_IO,
+                "%s: marked open for writing, no m2lab writer holds it, and the mark could not be cleared "
+                "(a read-only file, or another program writing it?): %s",
+                path, msg);
       break;
     }
     struct timespec ts = {0, 20 * 1000 * 1000};

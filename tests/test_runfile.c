@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <hdf5.h>
 #include <inttypes.h>
+#include <stdint.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -661,6 +662,52 @@ static void space_reuse(m2_rng *rng) {
   m2_release(w);
 }
 
+/* ---------------- 7. unusual tensors ---------------- */
+
+static void edge_tensors(m2_rng *rng) {
+  m2_run_opts o = {0};
+  o.mode = M2_RUN_CREATE;
+  o.no_fsync = true;
+  m2_run *r = m2_run_open(tmp_path("edge.h5"), &o);
+  CHECK_NOTNULL(r);
+  if (!r) return;
+  m2_tensor *empty = m2_empty(M2_F32, M2_DEV_CPU, 2, (int64_t[]){0, 5});
+  m2_tensor *six = rand_i64(rng, 6, (int64_t[]){1, 2, 1, 2, 1, 2});
+  m2_tensor *big = m2_randn(rng, M2_F64, M2_DEV_CPU, 1, (int64_t[]){100000}); /* several checksum blocks */
+  m2_ckpt_tensor t[] = {{"empty", empty}, {"six/dims", six}, {"big", big}};
+  const m2_kv a[] = {{"note", m2_vstr("")}, {"neg", m2_vi64(INT64_MIN)}, {"nan", m2_vf64(NAN)}};
+  CHECK_OK(m2_run_ckpt_write(r, 0, t, 3, a, 3));
+  /* a failing put inside ckpt_write aborts the whole checkpoint */
+  m2_ckpt_tensor bad[] = {{"ok", six}, {"bad path/", six}};
+  CHECK_FAILS(m2_run_ckpt_write(r, 5, bad, 2, NULL, 0) != M2_OK, M2_ERR_VALUE, "bad tensor path");
+  CHECK_OK(m2_run_close(r));
+  r = m2_run_open(tmp_path("edge.h5"), NULL);
+  CHECK_NOTNULL(r);
+  if (!r) return;
+  m2_i64list l;
+  CHECK(m2_run_ckpt_list(r, &l) == M2_OK && l.n == 1 && l.v[0] == 0, "step 0 kept, aborted step 5 absent");
+  m2_i64list_free(&l);
+  m2_tensor *e = m2_run_ckpt_read(r, 0, "empty");
+  CHECK(e && e->ndim == 2 && e->shape[0] == 0 && e->shape[1] == 5 && e->dtype == M2_F32, "empty tensor round trip");
+  m2_tensor *x = m2_run_ckpt_read(r, 0, "six/dims");
+  CHECK(same_bits(x, six), "6-d tensor round trip");
+  m2_tensor *b = m2_run_ckpt_read(r, 0, "big");
+  CHECK(same_bits(b, big), "large tensor round trip");
+  m2_value v;
+  CHECK(m2_run_ckpt_get(r, 0, "neg", &v) == M2_OK && v.kind == M2_VAL_I64 && v.i == INT64_MIN, "INT64_MIN attribute");
+  CHECK(m2_run_ckpt_get(r, 0, "nan", &v) == M2_OK && v.kind == M2_VAL_F64 && isnan(v.f), "NaN attribute");
+  CHECK(m2_run_ckpt_get(r, 0, "note", &v) == M2_OK && v.kind == M2_VAL_STR && v.s[0] == 0, "empty string attribute");
+  m2_value_free(&v);
+  m2_run_close(r);
+  m2_release(e);
+  m2_release(x);
+  m2_release(b);
+  m2_release(empty);
+  m2_release(six);
+  m2_release(big);
+  unlink(tmp_path("edge.h5"));
+}
+
 int main(void) {
   snprintf(g_dir, sizeof g_dir, "/tmp/m2rf-XXXXXX");
   if (!mkdtemp(g_dir)) {
@@ -678,6 +725,7 @@ int main(void) {
   inspect_run(path);
   bad_files(path);
   space_reuse(&rng);
+  edge_tensors(&rng);
 
   for (int k = 0; k < 4; k++)
     for (int i = 0; i < NTENS; i++) m2_release(g_ck[k].t[i]);
