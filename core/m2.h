@@ -12,4 +12,6 @@
 #include "gradcheck.h"
 #include "ops_mixers.h"
 #include "optim.h"
+#include "runfile.h"
+#include "data_groups.h"
 #endif
