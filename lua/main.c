@@ -10,16 +10,40 @@
 #include <stdio.h>
 #include <string.h>
 #include "host.h"
+#include "runfile_sweep.h"
 
 static int cmd_run(const m2host_cmd *c, int argc, char **argv);
+/* inspect: C only, no Lua state: nothing from the file is executed */
+static int cmd_inspect(const m2host_cmd *c, int argc, char **argv) {
+  if (argc != 1) {
+    fprintf(stderr, "m2lab %s: expected one file (usage: m2lab %s %s)\n", c->name, c->name, c->usage);
+    return M2HOST_USAGE;
+  }
+  m2_status st = m2_inspect_any(argv[0], stdout);
+  fflush(stdout);
+  if (st != M2_OK) {
+    fprintf(stderr, "m2lab inspect: %s\n", m2_errmsg());
+    return M2HOST_FAIL;
+  }
+  return M2HOST_OK;
+}
+
 static int cmd_version(const m2host_cmd *c, int argc, char **argv);
 static int cmd_help(const m2host_cmd *c, int argc, char **argv);
+static int cmd_inspect(const m2host_cmd *c, int argc, char **argv);
 
 static const m2host_cmd g_cmds[] = {
     {"run", "SCRIPT.lua [key=value ...]", "run an experiment script; key=value words override m2.config defaults",
      cmd_run, NULL},
     {"test", "SCRIPT.lua [key=value ...]", "run a test script (m2.test); exit status 1 if any check failed",
      cmd_run, NULL},
+    {"resume", "RUN.h5 [key=value ...]",
+     "continue a run from its last checkpoint; EXECUTES THE SCRIPT STORED IN RUN.h5",
+     NULL, "m2.resume"},
+    {"inspect", "RUN.h5 | SWEEP/index.h5", "summary of a run, or a table of a sweep's members; executes nothing",
+     cmd_inspect, NULL},
+    {"sweep", "SWEEP.lua [parallel=N]",
+     "run every member of a sweep (m2.sweep), N at a time; re-running skips finished members", NULL, "m2.sweep"},
     {"version", "", "print the version, git revision, Lua version and backends", cmd_version, NULL},
     {"help", "", "this help (also --help, -h)", cmd_help, NULL},
 };
@@ -32,6 +56,11 @@ static void usage(FILE *f) {
     snprintf(head, sizeof head, "%s %s", g_cmds[i].name, g_cmds[i].usage);
     fprintf(f, "  %-36s %s\n", head, g_cmds[i].help);
   }
+  fprintf(f,
+          "\nresume runs Lua code taken from the run file (the experiment script stored when the run\n"
+          "started, not the file on disk): resume only run files you trust. inspect shows that script's size\n"
+          "and first line without running anything. Every experiment script accepts steps= seed= device=\n"
+          "out= checkpoint_every= eval_every= overwrite= on the command line (m2.config, m2.train).\n");
   fprintf(f,
           "\nScripts load the library with `local m2 = require \"m2\"` (lua/m2/; M2LAB_LUA_DIR overrides it).\n"
           "Exit status: 0 ok, 1 script error or failed checks, 2 usage error, 130 interrupted.\n"

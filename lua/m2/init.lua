@@ -54,6 +54,9 @@ AUTOGRAD
 
 RUNS
   m2.args (key=value overrides, typed)   m2.config(defaults) -> defaults with overrides applied
+    (every script also accepts steps= seed= device= out= checkpoint_every= eval_every= overwrite=)
+  m2.train{model, data, steps, optim, ...} -> summary: the training loop writing an HDF5 run file
+    (lua/m2/train.lua); m2.sweep{...} (lua/m2/sweep.lua); m2.runs (reading run files)
   m2.interrupted() (Ctrl-C seen; polling it lets a loop save a checkpoint before stopping)
   m2.exe  m2.script  m2.mode ("run" / "test" / subcommand)  m2.lua_dir  m2.source_dir  m2.version
   m2.error(msg) raises msg located at the caller's script line (for library code)
@@ -76,7 +79,16 @@ m2.mode = core.mode or "run"
 --   Each override must name a key of defaults ("a.b=..." reaches nested tables) and is
 --   converted to the default's type: integer, number, boolean (true/false/1/0/yes/no/on/off),
 --   string, or a list ("betas=0.9,0.95" for a default {0.9, 0.999}).
+--   The common overrides every experiment accepts are allowed even when defaults does not
+--   list them: steps, seed, checkpoint_every, eval_every (integers), device, out (strings),
+--   overwrite (boolean). They then appear in the returned config; m2.train reads them from
+--   the command line itself, and a seed= that defaults does not list seeds the default RNG
+--   (m2.seed) at once, before the script builds its model.
 -- ---------------------------------------------------------------------------------------
+
+-- the common overrides and a value of their type
+local COMMON = { steps = 0, seed = 0, checkpoint_every = 0, eval_every = 0, device = "", out = "", overwrite = false }
+m2.COMMON_OVERRIDES = COMMON
 
 local function is_list(t)
   return type(t) == "table" and rawget(t, 1) ~= nil
@@ -163,11 +175,15 @@ function m2.config(defaults, args)
     last = parts[#parts]
     local def = nil
     if type(dnode) == "table" and not is_list(dnode) then def = dnode[last] end
+    local common = def == nil and #parts == 1 and COMMON[key] ~= nil
+    if common then def = COMMON[key] end
     if def == nil then
-      m2.error(string.format("m2.config: unknown override '%s' (known keys: %s)", key,
+      m2.error(string.format("m2.config: unknown override '%s' (known keys: %s); every script also accepts " ..
+        "checkpoint_every, device, eval_every, out, overwrite, seed, steps", key,
         table.concat(known_keys(defaults, ""), ", ")))
     end
     node[last] = coerce(key, raw, parsed, def)
+    if common and key == "seed" then m2.seed(node[last]) end
   end
   m2.config_used = out
   return out
