@@ -40,6 +40,7 @@ function resume.main(args)
   if info.status == "done" and m2.args.steps == nil then
     io.stdout:write(string.format("m2lab resume: %s: the run is already done (step %s); pass steps=N to extend it\n",
       path, tostring(info.latest)))
+    return 0
   end
   -- overrides: the stored ones, then the command line's, with out= forced to this file
   local order, raw = {}, {}

@@ -266,8 +266,9 @@ local function check_config(path, stored, now, train_part)
   end
 end
 
-local function load_checkpoint(st, step)
-  local r, path = st.run, st.run:path()
+-- check that checkpoint `step` of run r fits the model (names and shapes) -> the set of its tensors
+local function check_checkpoint(st, r, step)
+  local path = r:path()
   local have = {}
   for _, name in ipairs(r:ckpt_tensors(step)) do have[name] = true end
   local want = {}
@@ -291,6 +292,12 @@ local function load_checkpoint(st, step)
         "no longer matches the run", path, step, name:sub(8)))
     end
   end
+  return have
+end
+
+local function load_checkpoint(st, step)
+  local r, path = st.run, st.run:path()
+  local have = check_checkpoint(st, r, step)
   for _, p in ipairs(st.params) do r:ckpt_read_into(step, "params/" .. p.name, p.tensor) end
   st.opt:init_state()
   for j, sname in ipairs(st.opt:state_names()) do
@@ -344,24 +351,40 @@ end
 local function open_run(st, s)
   local path = s.out
   if m2.resuming then
+    -- first read-only: a config or model that no longer matches leaves the file untouched
+    local prev_status, latest
+    do
+      local rd <close> = core.run_open(path, { mode = "read" })
+      prev_status = rd:get_attr("status") or "running"
+      local cj = rd:get_attr("config_json")
+      if cj then
+        local stored = runs.json_decode(cj)
+        check_config(path, stored.config or {}, s.config)
+        local now = runs.json_decode(st.config_json)
+        check_config(path, stored.train or {}, now.train or {}, true)
+      end
+      latest = rd:ckpt_latest()
+      if latest then check_checkpoint(st, rd, latest) end
+    end
     local r = core.run_open(path, { mode = "resume", flush_interval = s.flush_interval, keep_last = s.keep_checkpoints })
     st.run = r
-    local cj = r:get_attr("config_json")
-    if cj then
-      local stored = runs.json_decode(cj)
-      check_config(path, stored.config or {}, s.config)
-      local now = runs.json_decode(st.config_json)
-      check_config(path, stored.train or {}, now.train or {}, true)
+    local ok, err = pcall(function()
+      latest = r:ckpt_latest()
+      if latest then
+        load_checkpoint(st, latest)
+        st.resumed_from = latest
+      else
+        st.resumed_from = 0
+      end
+      r:truncate(st.step)
+      r:set_attr("overrides_json", runs.json_encode_list(overrides_list()))
+    end)
+    if not ok then -- e.g. a damaged checkpoint: put the status back and let go of the file
+      st.run = nil
+      pcall(r.set_status, r, prev_status)
+      pcall(r.close, r)
+      error(err, 0)
     end
-    local latest = r:ckpt_latest()
-    if latest then
-      load_checkpoint(st, latest)
-      st.resumed_from = latest
-    else
-      st.resumed_from = 0
-    end
-    r:truncate(st.step)
-    r:set_attr("overrides_json", runs.json_encode_list(overrides_list()))
     m2.resuming.used = true
     return
   end

@@ -169,6 +169,8 @@ T.case("resume refuses a changed config, naming file and key; steps= extends a f
   -- nothing was changed by the refused resume
   local after = read_all(a)
   T.eq(after.metrics.loss.values, reference.metrics.loss.values)
+  T.eq(after.status, "done")
+  T.eq(after.resume_count, 0)
   code, out = m2lab { "resume", a, "steps=" .. (2 * N + 4) }
   T.eq(code, 0, out)
   local ext = read_all(a)

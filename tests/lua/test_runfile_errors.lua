@@ -81,6 +81,9 @@ T.case("damaged checkpoint tensor: error names file and dataset, the older check
   local c, o = m2lab("resume", bad, "steps=30")
   T.eq(c, 1, o)
   T.ok(o:find(bad, 1, true) and o:find("lm_head.weight", 1, true), "resume names file and dataset: " .. o)
+  local info = runs.info(bad)
+  T.eq(info.status, "done", "the failed resume left the status as it was")
+  T.eq(info.checkpoints, { 10, 20 })
 end)
 
 T.case("unwritable out path and missing files", function()
@@ -122,6 +125,8 @@ T.case("resume with parameters that no longer match; a run file without a script
   -- the refused resume left the run as it was
   local steps = runs.series(p, "metrics", "loss")
   T.eq(#steps, 4)
+  T.eq(runs.info(p).status, "done")
+  T.eq(runs.info(p).resume_count, 0, "refused before the file was opened for writing")
   -- run files written from a test have the test script stored, so resume would re-run it: build
   -- one without a script with the raw API
   local noscript = dir .. "/noscript.h5"
