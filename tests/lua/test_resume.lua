@@ -163,7 +163,10 @@ end)
 
 T.case("resume refuses a changed config, naming file and key; steps= extends a finished run", function()
   local a = dir .. "/a.h5"
-  local code, out = m2lab { "resume", a, "d=32" }
+  local code, out = m2lab { "resume", a }
+  T.eq(code, 0, out)
+  T.ok(out:find("the run is already done (step " .. 2 * N .. "); pass steps=N to extend it", 1, true), out)
+  code, out = m2lab { "resume", a, "steps=" .. (2 * N + 4), "d=32" }
   T.eq(code, 1, out)
   T.ok(out:find(a, 1, true) and out:find("config key 'd' is 16 in the run file but 32 now", 1, true), out)
   -- nothing was changed by the refused resume
