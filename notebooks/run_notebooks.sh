@@ -17,7 +17,8 @@ venv=$build/notebook-venv
 py=$venv/bin/python
 if ! [ -x "$py" ] || ! "$py" -c "import h5py, pandas, matplotlib, nbformat, nbclient, ipykernel" 2>/dev/null; then
   echo "run_notebooks.sh: creating $venv (PyPI: notebooks/requirements.txt)"
-  python3 -m venv "$venv"
+  rm -rf "$venv"
+  python3 -m venv "$venv" || { echo "run_notebooks.sh: python3 -m venv failed (on Debian: apt-get install python3-venv)" >&2; exit 1; }
   "$py" -m pip install --quiet --disable-pip-version-check -r "$root/notebooks/requirements.txt"
 fi
 
