@@ -27,7 +27,7 @@ end
 
 -- the settings of every run here (throttle keeps a run slow enough to be killed mid-way)
 local function settings(out)
-  return { "steps=" .. 2 * N, "checkpoint_every=" .. N, "eval_every=5", "throttle=0.04", "d=16", "out=" .. out }
+  return { "steps=" .. 2 * N, "checkpoint_every=" .. N, "eval_every=5", "throttle=0.08", "d=16", "out=" .. out }
 end
 
 local function read_all(path)

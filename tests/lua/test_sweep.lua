@@ -93,7 +93,7 @@ T.case("re-running skips finished members; a killed member is resumed", function
   os.remove(vpath)
   local argv = { m2.exe, "run", m2.source_dir .. "/experiments/tiny_lm.lua" }
   for k, v in pairs(victim.hparams) do argv[#argv + 1] = k .. "=" .. tostring(v) end
-  argv[#argv + 1] = "throttle=0.05"
+  argv[#argv + 1] = "throttle=0.1"
   argv[#argv + 1] = "out=" .. vpath
   local pid = core.spawn(argv, { stdout = dir .. "/victim.log" })
   local t0, latest = core.clock(), nil
