@@ -1,0 +1,286 @@
+/* bench_m2rnn.cu — times the fused M2RNN kernels (cuda/m2rnn.h) on the paper's layer shapes (400M:
+ * B=8 T=4096 N=84 K=64 V=16; 7B: B=4 N=132) and prints a table: median of timed repeats (CUDA events,
+ * after warm-up) for each variant, against the Triton reference figures of shared/GPU.md. Also checks,
+ * at full size, that the fast path agrees with the general fallback (a race or indexing error there
+ * shows as a large difference). Usage: bench_m2rnn [reps] */
+#include <cuda_runtime.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <algorithm>
+#include <vector>
+#include "m2rnn.h"
+
+#define CK(x)                                                                                  \
+  do {                                                                                         \
+    cudaError_t e_ = (x);                                                                      \
+    if (e_ != cudaSuccess) {                                                                   \
+      fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_));      \
+      exit(1);                                                                                 \
+    }                                                                                          \
+  } while (0)
+#define MT(x)                                                                                  \
+  do {                                                                                         \
+    if ((x) != M2_OK) {                                                                        \
+      fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #x, m2_errmsg());                \
+      exit(1);                                                                                 \
+    }                                                                                          \
+  } while (0)
+
+/* ---- random fill on the device (hash -> approx. normal from 4 uniforms) ---- */
+__device__ float hrand(uint64_t i, uint32_t seed) {
+  uint64_t x = i * 0x9E3779B97F4A7C15ull + seed * 0xD1B54A32D192ED03ull;
+  float s = 0.f;
+  for (int r = 0; r < 4; r++) {
+    x ^= x >> 31, x *= 0xBF58476D1CE4E5B9ull, x ^= x >> 27, x *= 0x94D049BB133111EBull, x ^= x >> 33;
+    s += (float)(x >> 40) * (1.f / 16777216.f);
+  }
+  return (s - 2.f) * 1.7320508f; /* mean 0, variance 1 */
+}
+__global__ void fill_bf16(uint16_t *p, size_t n, uint32_t seed, float scale) {
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+    float v = scale * hrand(i, seed);
+    uint32_t u = __float_as_uint(v);
+    p[i] = (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+  }
+}
+/* mode 0: scale * N(0,1); 1: gate in (0.05, 0.99); 2: identity + scale * N(0,1) for (n, 16, 16) */
+__global__ void fill_f32(float *p, size_t n, uint32_t seed, float scale, int mode) {
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+    float r = hrand(i, seed);
+    if (mode == 1) p[i] = 0.05f + 0.94f / (1.f + expf(-2.f * r));
+    else if (mode == 2) p[i] = scale * r + ((i % 256) / 16 == (i % 16) ? 0.8f : 0.f);
+    else p[i] = scale * r;
+  }
+}
+
+template <typename T>
+static T *dalloc(size_t n) {
+  T *p = nullptr;
+  CK(cudaMalloc(&p, n * sizeof(T) + 256));
+  return p;
+}
+
+struct Layer {
+  const char *name;
+  m2_m2rnn_dims d;
+  double triton_fwd, triton_fb; /* ms, shared/GPU.md */
+  uint16_t *q, *k, *v, *y, *dy, *dq, *dk, *dv;
+  float *W, *f, *hT, *ckpt, *dW, *df, *dh0, *dhT;
+  void *work;
+  size_t work_bytes;
+};
+
+static void layer_alloc(Layer &L) {
+  const m2_m2rnn_dims &d = L.d;
+  const size_t BT = (size_t)d.B * d.T, KV = (size_t)d.K * d.V;
+  L.q = dalloc<uint16_t>(BT * d.Nq * d.K), L.k = dalloc<uint16_t>(BT * d.Nk * d.K);
+  L.v = dalloc<uint16_t>(BT * d.Nv * d.V), L.y = dalloc<uint16_t>(BT * d.N * d.V), L.dy = dalloc<uint16_t>(BT * d.N * d.V);
+  L.dq = dalloc<uint16_t>(BT * d.Nq * d.K), L.dk = dalloc<uint16_t>(BT * d.Nk * d.K), L.dv = dalloc<uint16_t>(BT * d.Nv * d.V);
+  L.W = dalloc<float>((size_t)d.Nw * d.V * d.V), L.f = dalloc<float>(BT * d.Nf), L.hT = dalloc<float>((size_t)d.B * d.N * KV);
+  L.dW = dalloc<float>((size_t)d.Nw * d.V * d.V), L.df = dalloc<float>(BT * d.Nf), L.dh0 = dalloc<float>((size_t)d.B * d.N * KV);
+  L.dhT = dalloc<float>((size_t)d.B * d.N * KV);
+  m2_m2rnn_cuda_opts og = {1.f, 64, M2_M2RNN_GENERAL, 0, 0}, o32 = {1.f, 8, M2_M2RNN_FAST, 0, 0}; /* the smallest interval benched */
+  size_t ck = std::max(m2_m2rnn_ckpt_floats(&d, &og), m2_m2rnn_ckpt_floats(&d, &o32));
+  L.ckpt = dalloc<float>(ck);
+  L.work_bytes = std::max(m2_m2rnn_bwd_work_bytes(&d, &og), m2_m2rnn_bwd_work_bytes(&d, &o32));
+  L.work = dalloc<char>(L.work_bytes);
+  fill_bf16<<<1024, 256>>>(L.q, BT * d.Nq * d.K, 1, 0.5f);
+  fill_bf16<<<1024, 256>>>(L.k, BT * d.Nk * d.K, 2, 0.5f);
+  fill_bf16<<<1024, 256>>>(L.v, BT * d.Nv * d.V, 3, 0.5f);
+  fill_bf16<<<1024, 256>>>(L.dy, BT * d.N * d.V, 4, 1.f);
+  fill_f32<<<1024, 256>>>(L.W, (size_t)d.Nw * 256, 5, 0.03f, 2); /* 0.8 I + 0.03 N: contractive */
+  fill_f32<<<1024, 256>>>(L.f, BT * d.Nf, 6, 1.f, 1);
+  fill_f32<<<1024, 256>>>(L.dhT, (size_t)d.B * d.N * KV, 7, 0.5f, 0);
+  CK(cudaGetLastError());
+  CK(cudaDeviceSynchronize());
+}
+
+static void layer_free(Layer &L) {
+  void *ps[] = {L.q, L.k, L.v, L.y, L.dy, L.dq, L.dk, L.dv, L.W, L.f, L.hT, L.ckpt, L.dW, L.df, L.dh0, L.dhT, L.work};
+  for (void *p : ps) cudaFree(p);
+}
+
+static m2_m2rnn_fwd_args fargs(Layer &L, bool train) {
+  m2_m2rnn_fwd_args a = {L.y, L.hT, train ? L.ckpt : nullptr, L.q, L.k, L.v, L.W, L.f, nullptr};
+  return a;
+}
+static m2_m2rnn_bwd_args bargs(Layer &L) {
+  m2_m2rnn_bwd_args a = {L.dq, L.dk, L.dv, L.dW, L.df, L.dh0, L.dy, L.dhT, L.ckpt, L.q, L.k, L.v, L.W, L.f, L.work};
+  return a;
+}
+
+/* median and min of `reps` timed runs of fn (ms), after 2 warm-up runs */
+template <typename F>
+static void timeit(F fn, int reps, double *med, double *mn) {
+  cudaEvent_t a, b;
+  CK(cudaEventCreate(&a));
+  CK(cudaEventCreate(&b));
+  for (int i = 0; i < 2; i++) fn();
+  CK(cudaDeviceSynchronize());
+  std::vector<double> t;
+  for (int i = 0; i < reps; i++) {
+    CK(cudaEventRecord(a));
+    fn();
+    CK(cudaEventRecord(b));
+    CK(cudaEventSynchronize(b));
+    float ms = 0;
+    CK(cudaEventElapsedTime(&ms, a, b));
+    t.push_back(ms);
+  }
+  CK(cudaGetLastError());
+  std::sort(t.begin(), t.end());
+  *med = t[t.size() / 2];
+  *mn = t[0];
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+}
+
+static void row(const Layer &L, const char *what, double med, double mn, double ref) {
+  const double tok = (double)L.d.B * L.d.T;
+  printf("| %-5s | %-34s | %8.3f | %8.3f | %7.2f M | %s", L.name, what, med, mn, tok / med / 1e3, ref > 0 ? "" : "\n");
+  if (ref > 0) printf("%5.2fx vs Triton %.2f ms |\n", ref / med, ref);
+  fflush(stdout);
+}
+
+/* host copies for the fast-vs-general check */
+static std::vector<float> host_bf16(const uint16_t *p, size_t n) {
+  std::vector<uint16_t> h(n);
+  CK(cudaMemcpy(h.data(), p, n * 2, cudaMemcpyDeviceToHost));
+  std::vector<float> r(n);
+  for (size_t i = 0; i < n; i++) {
+    uint32_t u = (uint32_t)h[i] << 16;
+    memcpy(&r[i], &u, 4);
+  }
+  return r;
+}
+static std::vector<float> host_f32(const float *p, size_t n) {
+  std::vector<float> r(n);
+  CK(cudaMemcpy(r.data(), p, n * 4, cudaMemcpyDeviceToHost));
+  return r;
+}
+static double nrel(const std::vector<float> &a, const std::vector<float> &b) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < a.size(); i++) {
+    double d = (double)a[i] - b[i];
+    if (!std::isfinite(a[i])) return INFINITY;
+    num += d * d, den += (double)b[i] * b[i];
+  }
+  return sqrt(num) / (den > 0 ? sqrt(den) : 1);
+}
+
+int main(int argc, char **argv) {
+  const int reps = argc > 1 ? atoi(argv[1]) : 15;
+  cudaDeviceProp prop;
+  CK(cudaGetDeviceProperties(&prop, 0));
+  int clk = 0;
+  cudaDeviceGetAttribute(&clk, cudaDevAttrClockRate, 0);
+  printf("# bench_m2rnn on %s (%d SMs, %.0f MHz max clock)\n", prop.name, prop.multiProcessorCount, clk / 1e3);
+  Layer layers[2] = {
+      {"400M", {8, 4096, 84, 64, 16, 1, 1, 84, 84, 84}, 4.11, 18.6},
+      {"7B", {4, 4096, 132, 64, 16, 1, 1, 132, 132, 132}, 3.93, 15.9},
+  };
+  printf("\n| layer | variant                            | ms (med) | ms (min) | tokens/s | vs reference |\n");
+  printf("|---|---|---|---|---|---|\n");
+  for (Layer &L : layers) {
+    layer_alloc(L);
+    const m2_m2rnn_dims *d = &L.d;
+    cudaStream_t s = 0;
+    double med, mn, fwd_train = 0, bwd = 0;
+    m2_m2rnn_cuda_opts o = {1.f, 64, M2_M2RNN_FAST, M2_M2RNN_TANH_DEFAULT, 0};
+    m2_m2rnn_fwd_args fi = fargs(L, false), ft = fargs(L, true);
+    m2_m2rnn_bwd_args ba = bargs(L);
+    timeit([&] { MT(m2_m2rnn_fwd_cuda(d, &o, &fi, s)); }, reps, &med, &mn);
+    row(L, "fast fwd (inference), default", med, mn, L.triton_fwd);
+    timeit([&] { MT(m2_m2rnn_fwd_cuda(d, &o, &ft, s)); }, reps, &med, &mn);
+    row(L, "fast fwd (training, ckpt 64)", med, mn, L.triton_fwd);
+    fwd_train = med;
+    MT(m2_m2rnn_fwd_cuda(d, &o, &ft, s));
+    timeit([&] { MT(m2_m2rnn_bwd_cuda(d, &o, &ba, s)); }, reps, &med, &mn);
+    row(L, "fast bwd (ckpt 64)", med, mn, 0);
+    bwd = med;
+    timeit([&] { MT(m2_m2rnn_fwd_cuda(d, &o, &ft, s)); MT(m2_m2rnn_bwd_cuda(d, &o, &ba, s)); }, reps, &med, &mn);
+    row(L, "fast fwd+bwd (ckpt 64), default", med, mn, L.triton_fb);
+    printf("| %-5s | (sum of the two above: %.3f ms) | | | | |\n", L.name, fwd_train + bwd);
+
+    {
+      m2_m2rnn_cuda_opts o32 = o;
+      o32.fwd_rows_per_warp = 32;
+      timeit([&] { MT(m2_m2rnn_fwd_cuda(d, &o32, &fi, s)); }, reps, &med, &mn);
+      row(L, "fast fwd, 32-row warps", med, mn, L.triton_fwd);
+    }
+    {
+      m2_m2rnn_cuda_opts oz = o;
+      oz.bwd_store_tanh = 1;
+      MT(m2_m2rnn_fwd_cuda(d, &oz, &ft, s));
+      timeit([&] { MT(m2_m2rnn_bwd_cuda(d, &oz, &ba, s)); }, reps, &med, &mn);
+      row(L, "fast bwd, tanh kept (sub-chunk 4)", med, mn, 0);
+      m2_m2rnn_cuda_opts o16 = o;
+      o16.fwd_rows_per_warp = 16;
+      timeit([&] { MT(m2_m2rnn_fwd_cuda(d, &o16, &fi, s)); }, reps, &med, &mn);
+      row(L, "fast fwd, 16-row warps", med, mn, L.triton_fwd);
+    }
+    const int modes[2] = {M2_M2RNN_TANH_MIX4, M2_M2RNN_TANH_MIX8};
+    const char *mname[2] = {"4/16 poly", "8/16 poly"};
+    for (int mi = 0; mi < 2; mi++) {
+      m2_m2rnn_cuda_opts om = o;
+      om.tanh_mode = modes[mi];
+      char what[64];
+      snprintf(what, sizeof what, "fast fwd, tanh %s", mname[mi]);
+      timeit([&] { MT(m2_m2rnn_fwd_cuda(d, &om, &fi, s)); }, reps, &med, &mn);
+      row(L, what, med, mn, L.triton_fwd);
+      snprintf(what, sizeof what, "fast bwd, tanh %s", mname[mi]);
+      MT(m2_m2rnn_fwd_cuda(d, &om, &ft, s));
+      timeit([&] { MT(m2_m2rnn_bwd_cuda(d, &om, &ba, s)); }, reps, &med, &mn);
+      row(L, what, med, mn, 0);
+    }
+    const int cks[3] = {8, 16, 32};
+    for (int ci = 0; ci < 3; ci++) {
+      m2_m2rnn_cuda_opts oc = o;
+      oc.ckpt_every = cks[ci];
+      char what[64];
+      snprintf(what, sizeof what, "fast fwd+bwd, ckpt %d", cks[ci]);
+      timeit([&] { MT(m2_m2rnn_fwd_cuda(d, &oc, &ft, s)); MT(m2_m2rnn_bwd_cuda(d, &oc, &ba, s)); }, reps, &med, &mn);
+      row(L, what, med, mn, L.triton_fb);
+    }
+    const int hpbs[2] = {1, 2};
+    for (int hp : hpbs) {
+      if (d->N % hp) continue;
+      m2_m2rnn_cuda_opts oh = o;
+      oh.heads_per_block = hp;
+      char what[64];
+      snprintf(what, sizeof what, "fast fwd+bwd, %d head(s)/block", hp);
+      timeit([&] { MT(m2_m2rnn_fwd_cuda(d, &oh, &ft, s)); MT(m2_m2rnn_bwd_cuda(d, &oh, &ba, s)); }, reps, &med, &mn);
+      row(L, what, med, mn, L.triton_fb);
+    }
+
+    if (&L == &layers[0]) { /* fast vs general at full size, and the general path's time */
+      const size_t BT = (size_t)d->B * d->T;
+      MT(m2_m2rnn_fwd_cuda(d, &o, &ft, s));
+      MT(m2_m2rnn_bwd_cuda(d, &o, &ba, s));
+      CK(cudaDeviceSynchronize());
+      std::vector<float> fy = host_bf16(L.y, BT * d->N * 16), fdq = host_bf16(L.dq, BT * d->Nq * 64),
+                         fdk = host_bf16(L.dk, BT * d->Nk * 64), fdv = host_bf16(L.dv, BT * d->Nv * 16),
+                         fdW = host_f32(L.dW, (size_t)d->Nw * 256), fdf = host_f32(L.df, BT * d->Nf),
+                         fh = host_f32(L.hT, (size_t)d->B * d->N * 1024), fdh = host_f32(L.dh0, (size_t)d->B * d->N * 1024);
+      m2_m2rnn_cuda_opts og = o;
+      og.path = M2_M2RNN_GENERAL;
+      timeit([&] { MT(m2_m2rnn_fwd_cuda(d, &og, &ft, s)); }, 1, &med, &mn);
+      row(L, "general fwd (training)", med, mn, L.triton_fwd);
+      timeit([&] { MT(m2_m2rnn_bwd_cuda(d, &og, &ba, s)); }, 1, &med, &mn);
+      row(L, "general bwd", med, mn, 0);
+      CK(cudaDeviceSynchronize());
+      printf("\nfast vs general at full size (||fast - general|| / ||general||): y %.2e hT %.2e dq %.2e dk %.2e dv %.2e "
+             "dW %.2e df %.2e dh0 %.2e\n\n",
+             nrel(fy, host_bf16(L.y, BT * d->N * 16)), nrel(fh, host_f32(L.hT, (size_t)d->B * d->N * 1024)),
+             nrel(fdq, host_bf16(L.dq, BT * d->Nq * 64)), nrel(fdk, host_bf16(L.dk, BT * d->Nk * 64)),
+             nrel(fdv, host_bf16(L.dv, BT * d->Nv * 16)), nrel(fdW, host_f32(L.dW, (size_t)d->Nw * 256)),
+             nrel(fdf, host_f32(L.df, BT * d->Nf)), nrel(fdh, host_f32(L.dh0, (size_t)d->B * d->N * 1024)));
+      printf("| layer | variant                            | ms (med) | ms (min) | tokens/s | vs reference |\n");
+      printf("|---|---|---|---|---|---|\n");
+    }
+    layer_free(L);
+  }
+  return 0;
+}

@@ -1,0 +1,95 @@
+/* m2rnn.h — fused CUDA kernels for the M2RNN recurrence (DESIGN 3.1): launchers on raw device pointers.
+ *
+ * Per chain (b, n), state H (K, V) in fp32, W_n (V, V), gate f_t in (0, 1):
+ *   Z_t = tanh(H_{t-1} W_n + k_t v_t^T),  H_t = f_t H_{t-1} + (1 - f_t) Z_t,  y_t = q_t^T H_t.
+ * Layouts are contiguous, batch-major, no strides:
+ *   q (B,T,Nq,K) bf16   k (B,T,Nk,K) bf16   v (B,T,Nv,V) bf16   W (Nw,V,V) fp32   f (B,T,Nf) fp32
+ *   h0, hT, dh0, dhT (B,N,K,V) fp32         y, dy (B,T,N,V) bf16
+ * Head sharing: N = max(Nq, Nk, Nv, Nf, Nw), every count divides N, head n reads index n / (N / Nx).
+ * bf16 is passed as raw uint16_t bits. Compute: bf16 tensor-core products with fp32 accumulation,
+ * fp32 state, fp32 gate and gradients of the state.
+ *
+ * Two paths, chosen by m2_m2rnn_cuda_path():
+ *   fast    V == 16, K % 16 == 0, K <= 384 (<= 192 if K % 32 != 0; paper: K = 64): a warp advances 16 or 32 rows
+ *           of one head with mma.sync m16n8k16, state and W in registers, inputs staged by cp.async;
+ *   general any K, V (K * V <= 8192): one block per chain, state in shared memory, plain fp32 loops.
+ * The choice depends only on dims and opts; pass the same ones to the forward and the backward.
+ *
+ * Training: the forward saves the state every opts.ckpt_every steps into `ckpt`, (B, N, S, K, V) fp32 with
+ * S = ceil(T / ckpt_every) (m2_m2rnn_ckpt_floats() floats); the backward recomputes the states
+ * in between from those checkpoints. Backward gradients are WRITTEN (=), never accumulated: dq, dk,
+ * dv, df and dW are summed over the heads (and for dW the batch rows) that share them.
+ * Every launcher is asynchronous on `stream` and returns M2_OK or an m2_status with a message. */
+#ifndef M2_CUDA_M2RNN_H
+#define M2_CUDA_M2RNN_H
+#include <cuda_runtime.h>
+#include <stddef.h>
+#include <stdint.h>
+#include "status.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct m2_m2rnn_dims {
+  int B, T, N, K, V;
+  int Nq, Nk, Nv, Nf, Nw; /* head counts; each divides N = the largest */
+} m2_m2rnn_dims;
+
+enum { M2_M2RNN_AUTO = 0, M2_M2RNN_GENERAL = 1, M2_M2RNN_FAST = 2 };
+/* tanh: MUFU.TANH for every element, or 4 / 6 / 8 of every 16 through an FMA-pipe polynomial (abs error 8e-4) */
+enum { M2_M2RNN_TANH_DEFAULT = 0, M2_M2RNN_TANH_MUFU = 1, M2_M2RNN_TANH_MIX4 = 2, M2_M2RNN_TANH_MIX6 = 3,
+       M2_M2RNN_TANH_MIX8 = 4 };
+
+/* Zero-initialised = the defaults. */
+typedef struct m2_m2rnn_cuda_opts {
+  float grad_clip;     /* backward: clamp the carried state gradient to [-c, c] before each step; <= 0: off */
+  int ckpt_every;      /* training: steps between saved states (fast path: a multiple of 8); 0 -> 64 */
+  int path;            /* M2_M2RNN_AUTO (fast when it applies), _GENERAL, or _FAST (fails when it does not) */
+  int tanh_mode;       /* fast path: M2_M2RNN_TANH_* (default: the fastest measured split) */
+  int heads_per_block; /* fast path: 0 -> chosen from the SM count; else must divide N */
+  int fwd_rows_per_warp; /* fast forward: state rows per warp, 16 or 32; 0 -> 16 */
+  int bwd_store_tanh;  /* fast backward: 1 keeps tanh values (f16) instead of recomputing them; 0 (default) recomputes */
+} m2_m2rnn_cuda_opts;
+
+typedef struct m2_m2rnn_fwd_args {
+  uint16_t *y;                    /* (B,T,N,V) bf16, out */
+  float *hT;                      /* (B,N,K,V) out, or NULL */
+  float *ckpt;                    /* m2_m2rnn_ckpt_floats() floats, out; NULL = inference (nothing saved) */
+  const uint16_t *q, *k, *v;      /* (B,T,Nq,K), (B,T,Nk,K), (B,T,Nv,V) bf16 */
+  const float *W;                 /* (Nw,V,V) */
+  const float *f;                 /* (B,T,Nf) */
+  const float *h0;                /* (B,N,K,V) or NULL (zeros) */
+} m2_m2rnn_fwd_args;
+
+typedef struct m2_m2rnn_bwd_args {
+  uint16_t *dq, *dk, *dv;         /* like q, k, v; out */
+  float *dW;                      /* (Nw,V,V) out */
+  float *df;                      /* (B,T,Nf) out */
+  float *dh0;                     /* (B,N,K,V) out = dL/dH_0 (not clipped), or NULL */
+  const uint16_t *dy;             /* (B,T,N,V) bf16 */
+  const float *dhT;               /* (B,N,K,V) or NULL (zeros) */
+  const float *ckpt;              /* what the training forward saved */
+  const uint16_t *q, *k, *v;
+  const float *W, *f;
+  void *work;                     /* m2_m2rnn_bwd_work_bytes() bytes of device scratch, 256-byte aligned */
+} m2_m2rnn_bwd_args;
+
+/* Check dims and opts; M2_OK or a message naming the bad size. */
+m2_status m2_m2rnn_cuda_check(const m2_m2rnn_dims *d, const m2_m2rnn_cuda_opts *o);
+/* The path a call with these dims and opts takes (M2_M2RNN_GENERAL or M2_M2RNN_FAST), or -1 if invalid. */
+int m2_m2rnn_cuda_path(const m2_m2rnn_dims *d, const m2_m2rnn_cuda_opts *o);
+/* Floats of the checkpoint buffer the training forward fills. */
+size_t m2_m2rnn_ckpt_floats(const m2_m2rnn_dims *d, const m2_m2rnn_cuda_opts *o);
+/* Bytes of scratch the backward needs. */
+size_t m2_m2rnn_bwd_work_bytes(const m2_m2rnn_dims *d, const m2_m2rnn_cuda_opts *o);
+
+m2_status m2_m2rnn_fwd_cuda(const m2_m2rnn_dims *d, const m2_m2rnn_cuda_opts *o, const m2_m2rnn_fwd_args *a,
+                            cudaStream_t stream);
+m2_status m2_m2rnn_bwd_cuda(const m2_m2rnn_dims *d, const m2_m2rnn_cuda_opts *o, const m2_m2rnn_bwd_args *a,
+                            cudaStream_t stream);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,638 @@
+/* m2rnn_bwd.cu — M2RNN backward on the GPU (DESIGN 3.1): the fast tensor-core kernel (V = 16), the
+ * general fallback kernel, and m2_m2rnn_bwd_cuda. Going backwards, with G = dL/dH_t carried:
+ *   G <- clamp(G, -c, c);  D = q_t dy_t^T + G;  df_t = sum D (H_{t-1} - Z_t);  dX = (1 - f_t) D (1 - Z_t^2)
+ *   G <- f_t D + dX W^T;  dW += H_{t-1}^T dX;  dv_t = dX^T k_t;  dk_t = dX v_t;  dq_t = H_t dy_t
+ * The states come back from the forward's checkpoints (one every ck steps). Fast path, per checkpoint
+ * segment of ck steps, in sub-chunks of SC = 4 steps: one pass forward over the segment saves the fp32
+ * state at each sub-chunk start (scratch in global memory, L2-resident); then for each sub-chunk from
+ * the last: recompute its SC states into shared memory as bf16 (the very values the forward's products
+ * used, so Z_t is replayed exactly) and the tanh values Z_t as f16, computing dq on the way, and run the
+ * SC backward steps, which then need no tanh and no product for Z. */
+#include <cuda_runtime.h>
+#include <math.h>
+#include <string.h>
+#include "cuda_check.h"
+#include "m2rnn.h"
+#include "m2rnn_dev.cuh"
+
+static size_t al256(size_t x) { return (x + 255) & ~(size_t)255; }
+
+/* Scratch regions of the backward, byte offsets into args->work. */
+typedef struct BwdWork {
+  size_t sub, dq32, dk32, dv32, hist, zs, total;
+  int use_dq32, use_dk32, use_dv32;
+} BwdWork;
+
+static BwdWork bwd_work(const M2Geom *g, int path) {
+  BwdWork w;
+  memset(&w, 0, sizeof w);
+  const size_t KV = (size_t)g->K * g->V, BT = (size_t)g->B * g->T;
+  const int fast = path == M2_M2RNN_FAST;
+  w.use_dq32 = !fast || g->Nq < g->N; /* fast path: bf16 written directly when a tensor is not shared */
+  w.use_dk32 = !fast || g->Nk < g->N;
+  w.use_dv32 = !fast || g->Nv < g->N;
+  size_t o = 0;
+  if (fast) {
+    w.sub = o;
+    o += al256((size_t)g->B * g->N * (g->ck / M2R_BWD_SC_Z) * KV * 4); /* enough for either sub-chunk size */
+  } else {
+    w.hist = o;
+    o += al256((size_t)g->B * g->N * (g->ck + 1) * KV * 4);
+    w.zs = o;
+    o += al256((size_t)g->B * g->N * g->ck * KV * 4);
+  }
+  w.dq32 = o;
+  if (w.use_dq32) o += al256(BT * g->Nq * g->K * 4);
+  w.dk32 = o;
+  if (w.use_dk32) o += al256(BT * g->Nk * g->K * 4);
+  w.dv32 = o;
+  if (w.use_dv32) o += al256(BT * g->Nv * g->V * 4);
+  w.total = o;
+  return w;
+}
+
+extern "C" size_t m2_m2rnn_bwd_work_bytes(const m2_m2rnn_dims *d, const m2_m2rnn_cuda_opts *o) {
+  const int path = m2_m2rnn_cuda_path(d, o);
+  if (path < 0) return 0;
+  M2Geom g = m2r_geom(d, o);
+  return bwd_work(&g, path).total;
+}
+
+/* ======================= fast kernel ======================= */
+
+struct FastBwdP {
+  M2Geom g;
+  M2Stage st;
+  int hpb, wph, msub;
+  float clip;
+  uint16_t *dq, *dk, *dv;     /* bf16 outputs, written directly when the tensor is not shared */
+  float *dq32, *dk32, *dv32;  /* fp32 sums (zeroed) when it is shared, else NULL */
+  float *dW, *df, *dh0;       /* dW zeroed; df zeroed when Nf < N */
+  const uint16_t *dy;
+  const float *dhT, *ckpt;
+  const uint16_t *q, *k, *v;
+  const float *W, *f;
+  float *sub;                 /* fp32 state at each sub-chunk start: [b][n][msub][K * 16] (fast layout) */
+};
+
+/* One (K, 16) state in the plain layout; this lane's elements of the warp's rows r0 .. r0 + 8 NT - 1. */
+template <int NT>
+__device__ __forceinline__ void state_load(const float *src, int r0, int lane, float h[NT][4]) {
+  src += (r0 + 2 * (lane & 3)) * 16 + (lane >> 2);
+#pragma unroll
+  for (int j = 0; j < NT; j++)
+#pragma unroll
+    for (int e = 0; e < 4; e++) h[j][e] = src[(8 * j + (e & 1)) * 16 + 8 * (e >> 1)];
+}
+template <int NT>
+__device__ __forceinline__ void state_store(float *dst, int r0, int lane, const float h[NT][4]) {
+  dst += (r0 + 2 * (lane & 3)) * 16 + (lane >> 2);
+#pragma unroll
+  for (int j = 0; j < NT; j++)
+#pragma unroll
+    for (int e = 0; e < 4; e++) dst[(8 * j + (e & 1)) * 16 + 8 * (e >> 1)] = h[j][e];
+}
+
+/* Sub-chunk schedule of one segment c with ns sub-chunks: items p = 0 .. 2 ns - 2; p < ns - 1 advances
+ * through sub-chunk p (forward only), the rest run sub-chunk 2 ns - 2 - p backward. */
+struct Item {
+  int c, p;
+};
+template <int SC>
+__device__ __forceinline__ int seg_nsub(const M2Geom &g, int c) {
+  return (min(g.ck, g.T - c * g.ck) + SC - 1) / SC;
+}
+template <int SC>
+__device__ __forceinline__ Item item_next(const M2Geom &g, Item it) {
+  if (it.p + 1 < 2 * seg_nsub<SC>(g, it.c) - 1) return Item{it.c, it.p + 1};
+  return Item{it.c - 1, 0};
+}
+
+/* ZST: the history pass stores Z (f16) and the backward steps read it (sub-chunks of SC = 4, for shared
+ * memory); else the backward steps recompute Z with one more product and tanh (sub-chunks of SC = 8). */
+template <int NT, int NPE, bool ZST>
+__global__ void __launch_bounds__(M2R_MAX_WARPS * 32, 1) m2r_bwd_fast(const FastBwdP p) {
+  extern __shared__ __align__(16) char sm[];
+  const M2Geom &g = p.g;
+  const M2Stage &st = p.st;
+  constexpr int SC = ZST ? M2R_BWD_SC_Z : M2R_BWD_SC;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, gl = lane >> 2, tq = lane & 3;
+  const int hb = warp / p.wph, rg = warp - hb * p.wph, nw = p.hpb * p.wph;
+  const int bpb = g.N / p.hpb;
+  const int b = blockIdx.x / bpb, n0 = (blockIdx.x - b * bpb) * p.hpb, n = n0 + hb;
+  const int r0 = rg * 8 * NT;
+  const int sq = st.nsq == 1 ? 0 : hb, sk = st.nsk == 1 ? 0 : hb;
+  const uint32_t vmask = tq == 0 ? 0xffffu : 0u;
+  const size_t KS = (size_t)g.K * 16;
+
+  /* shared memory: 2 staging buffers, bf16 states, per-step partial sums */
+  uint4 *hist = (uint4 *)(sm + 2 * (size_t)st.bytes);                  /* [SC+1][nw][NT/2][32] */
+  uint4 *zst = hist + (size_t)(SC + 1) * nw * (NT / 2) * 32;           /* [SC][nw][NT/2][32] f16 tanh (ZST) */
+  float *dvp = (float *)(zst + (ZST ? (size_t)SC * nw * (NT / 2) * 32 : 0)); /* [SC][hpb][wph][16] */
+  float *dkp = dvp + SC * nw * 16;                                      /* [SC][hpb][K] */
+  float *dqp = dkp + SC * p.hpb * g.K;                                  /* [SC][hpb][K] */
+  float *dfp = dqp + SC * p.hpb * g.K;                                  /* [SC][hpb][wph] */
+
+  const float *Wn = p.W + (size_t)(n / g.gw) * 256;
+  uint32_t wa[4], wb[4];
+  m2r_load_wt(Wn, gl, tq, wa); /* W^T: forward product */
+  m2r_load_w(Wn, gl, tq, wb);  /* W: G <- ... + dX W^T, computed as W dX^T */
+
+  float G[NT][4], dWa[2][4];
+#pragma unroll
+  for (int j = 0; j < NT; j++)
+#pragma unroll
+    for (int e = 0; e < 4; e++) {
+      const int kr = r0 + 8 * j + 2 * tq + (e & 1), vc = gl + 8 * (e >> 1);
+      G[j][e] = p.dhT ? p.dhT[(((size_t)b * g.N + n) * g.K + kr) * 16 + vc] : 0.f;
+    }
+#pragma unroll
+  for (int i = 0; i < 2; i++)
+#pragma unroll
+    for (int e = 0; e < 4; e++) dWa[i][e] = 0.f;
+  float h[NT][4];
+
+  const float *ckpt_n = p.ckpt + ((size_t)b * g.N + n) * g.nck * KS;
+  float *sub_n = p.sub + ((size_t)b * g.N + n) * p.msub * KS;
+
+  /* stage item `it` into buffer `bi` (advance items need k, v, f only) */
+  auto stage = [&](Item it, int bi) {
+    if (it.c < 0) return;
+    const int ns = seg_nsub<SC>(g, it.c);
+    const bool back = it.p >= ns - 1;
+    const int sb = back ? 2 * ns - 2 - it.p : it.p;
+    const int s0 = it.c * g.ck + sb * SC;
+    const M2StageSrc src = {back ? p.q : nullptr, p.k, p.v, back ? p.dy : nullptr, p.f};
+    m2r_stage(g, st, src, sm + (size_t)bi * st.bytes, b, n0, s0, min(SC, g.T - s0));
+  };
+
+  /* where item `nx` takes its starting state from, given that item `cur` ran just before it (cur.c < 0:
+     none): 0 = nothing (the registers already hold it), 1 = the segment's checkpoint, 2 = the sub-chunk scratch */
+  auto state_src = [&](Item cur, Item nx) -> int {
+    const int ns = seg_nsub<SC>(g, nx.c);
+    const bool back = nx.p >= ns - 1;
+    const int sb = back ? 2 * ns - 2 - nx.p : nx.p;
+    if (cur.c == nx.c && cur.p + 1 == nx.p && nx.p <= ns - 1 && sb > 0) return 0; /* right after ADV(sb - 1) */
+    return sb == 0 ? 1 : 2;
+  };
+  auto load_state = [&](Item cur, Item nx) {
+    const int src = state_src(cur, nx);
+    const int ns = seg_nsub<SC>(g, nx.c);
+    const int sb = nx.p >= ns - 1 ? 2 * ns - 2 - nx.p : nx.p;
+    if (src == 1) state_load<NT>(ckpt_n + (size_t)nx.c * KS, r0, lane, h);
+    else if (src == 2) state_load<NT>(sub_n + (size_t)sb * KS, r0, lane, h);
+  };
+
+  Item it = {g.nck - 1, 0};
+  load_state(Item{-1, 0}, it);
+  stage(it, 0);
+  m2r_cp_commit();
+  stage(item_next<SC>(g, it), 1);
+  m2r_cp_commit();
+  int bi = 0;
+  while (it.c >= 0) {
+    m2r_cp_wait<1>();
+    __syncthreads();
+    const char *buf = sm + (size_t)bi * st.bytes;
+    const int ns = seg_nsub<SC>(g, it.c);
+    const bool back = it.p >= ns - 1;
+    const int sb = back ? 2 * ns - 2 - it.p : it.p;
+    const int s0 = it.c * g.ck + sb * SC, len = min(SC, g.T - s0);
+    const uint16_t *kbase = (const uint16_t *)(buf + st.off_k) + (size_t)sk * SC * g.K;
+    const uint16_t *qbase = (const uint16_t *)(buf + st.off_q) + (size_t)sq * SC * g.K;
+    const uint16_t *vbase = (const uint16_t *)(buf + st.off_v) + hb * SC * 16;
+    const uint16_t *dybase = (const uint16_t *)(buf + st.off_dy) + hb * SC * 16;
+    const float *fbase = (const float *)(buf + st.off_f) + hb * SC;
+
+    /* the state at the sub-chunk start is in h (loaded at the end of the previous item) */
+
+    uint32_t P[NT][2];
+#pragma unroll
+    for (int j = 0; j < NT; j++) {
+      P[j][0] = m2r_pack_bf16(h[j][0], h[j][1]);
+      P[j][1] = m2r_pack_bf16(h[j][2], h[j][3]);
+    }
+    uint4 *hw = hist + (size_t)warp * (NT / 2) * 32 + lane; /* this lane's slot of step 0 */
+    uint4 *zw = zst + (size_t)warp * (NT / 2) * 32 + lane;
+    const size_t hstep = (size_t)nw * (NT / 2) * 32;
+    if (back) {
+#pragma unroll
+      for (int q2 = 0; q2 < NT / 2; q2++)
+        hw[q2 * 32] = make_uint4(P[2 * q2][0], P[2 * q2][1], P[2 * q2 + 1][0], P[2 * q2 + 1][1]);
+    }
+    /* ---- forward over the sub-chunk (states kept when going back; dq_t = H_t dy_t on the way) ---- */
+#pragma unroll
+    for (int i = 0; i < SC; i++) {
+      if (i >= len) break;
+      const uint16_t *kt = kbase + (size_t)i * g.K;
+      const uint32_t va0 = (uint32_t)vbase[i * 16 + gl] & vmask, va1 = (uint32_t)vbase[i * 16 + gl + 8] & vmask;
+      const float f = fbase[i];
+      uint32_t bt[NT][2];
+#pragma unroll
+      for (int j = 0; j < NT; j++) {
+        bt[j][0] = m2r_movt(P[j][0]);
+        bt[j][1] = m2r_movt(P[j][1]);
+      }
+      if (back && i > 0) { /* dq_{i-1} = H dy_{i-1}: A = dy (every row), B = H^T */
+        const uint32_t *dy32 = (const uint32_t *)(dybase + (i - 1) * 16);
+        const uint32_t ad[4] = {dy32[tq], dy32[tq], dy32[4 + tq], dy32[4 + tq]};
+#pragma unroll
+        for (int j = 0; j < NT; j++) {
+          float c4[4] = {0.f, 0.f, 0.f, 0.f};
+          m2r_mma16816(c4, ad, bt[j][0], bt[j][1]);
+          if (gl == 0) *(float2 *)(dqp + ((i - 1) * p.hpb + hb) * g.K + r0 + 8 * j + 2 * tq) = make_float2(c4[0], c4[1]);
+        }
+      }
+      uint32_t Zp[NT][2];
+#pragma unroll
+      for (int j = 0; j < NT; j++) {
+        float z[4] = {0.f, 0.f, 0.f, 0.f};
+        m2r_mma1688(z, va0, va1, (uint32_t)kt[r0 + 8 * j + gl]);
+        m2r_mma16816(z, wa, bt[j][0], bt[j][1]);
+        m2r_tanh_tile<NT, NPE>(j, z);
+#pragma unroll
+        for (int e = 0; e < 4; e++) h[j][e] = fmaf(f, h[j][e] - z[e], z[e]);
+        P[j][0] = m2r_pack_bf16(h[j][0], h[j][1]);
+        P[j][1] = m2r_pack_bf16(h[j][2], h[j][3]);
+        if (ZST) {
+          Zp[j][0] = m2r_pack_f16(z[0], z[1]);
+          Zp[j][1] = m2r_pack_f16(z[2], z[3]);
+        }
+      }
+      if (back) {
+#pragma unroll
+        for (int q2 = 0; q2 < NT / 2; q2++) {
+          hw[(i + 1) * hstep + q2 * 32] = make_uint4(P[2 * q2][0], P[2 * q2][1], P[2 * q2 + 1][0], P[2 * q2 + 1][1]);
+          if (ZST) zw[i * hstep + q2 * 32] = make_uint4(Zp[2 * q2][0], Zp[2 * q2][1], Zp[2 * q2 + 1][0], Zp[2 * q2 + 1][1]);
+        }
+      }
+    }
+    if (!back) {
+      if (sb + 1 < ns - 1) state_store<NT>(sub_n + (size_t)(sb + 1) * KS, r0, lane, h); /* BWD(ns-1) uses h */
+    } else {
+      { /* dq of the last step */
+        const uint32_t *dy32 = (const uint32_t *)(dybase + (len - 1) * 16);
+        const uint32_t ad[4] = {dy32[tq], dy32[tq], dy32[4 + tq], dy32[4 + tq]};
+#pragma unroll
+        for (int j = 0; j < NT; j++) {
+          float c4[4] = {0.f, 0.f, 0.f, 0.f};
+          m2r_mma16816(c4, ad, m2r_movt(P[j][0]), m2r_movt(P[j][1]));
+          if (gl == 0)
+            *(float2 *)(dqp + ((len - 1) * p.hpb + hb) * g.K + r0 + 8 * j + 2 * tq) = make_float2(c4[0], c4[1]);
+        }
+      }
+      /* ---- backward over the sub-chunk ---- */
+      const int K = g.K, hK = p.hpb * K, hw16 = p.hpb * p.wph * 16, hwf = p.hpb * p.wph;
+      float dfv[SC]; /* per-step partial df, reduced over the warp after the loop (off the G chain) */
+#pragma unroll
+      for (int ii = 0; ii < SC; ii++) {
+        const int i = SC - 1 - ii;
+        dfv[i] = 0.f;
+        if (i >= len) continue;
+        const uint16_t *kt = kbase + (size_t)i * K, *qt = qbase + (size_t)i * K;
+        const uint16_t *vt = vbase + i * 16, *dyt = dybase + i * 16;
+        const float *fpp = fbase + i;
+        const uint4 *hr = hw + (size_t)i * hstep, *zr = zw + (size_t)i * hstep;
+        float *dkw = dkp + i * hK + hb * K + r0 + 2 * tq;
+        float *dvw = dvp + i * hw16 + (hb * p.wph + rg) * 16 + gl + 8 * tq;
+        const uint32_t da0 = (uint32_t)dyt[gl] & vmask, da1 = (uint32_t)dyt[gl + 8] & vmask;
+        const uint32_t va0 = (uint32_t)vt[gl] & vmask, va1 = (uint32_t)vt[gl + 8] & vmask;
+        const float f = *fpp, a = 1.f - f;
+        uint32_t Zp[NT][2];
+#pragma unroll
+        for (int q2 = 0; q2 < NT / 2; q2++) {
+          const uint4 u = hr[q2 * 32];
+          P[2 * q2][0] = u.x, P[2 * q2][1] = u.y, P[2 * q2 + 1][0] = u.z, P[2 * q2 + 1][1] = u.w;
+          if (ZST) {
+            const uint4 zz = zr[q2 * 32];
+            Zp[2 * q2][0] = zz.x, Zp[2 * q2][1] = zz.y, Zp[2 * q2 + 1][0] = zz.z, Zp[2 * q2 + 1][1] = zz.w;
+          }
+        }
+        const uint32_t *v32 = (const uint32_t *)vt;
+        const uint32_t av[4] = {v32[tq], v32[tq], v32[4 + tq], v32[4 + tq]};
+        uint32_t Q[NT][2];
+        float dfs = 0.f;
+#pragma unroll
+        for (int j = 0; j < NT; j++) {
+          float z[4];
+          if (ZST) {
+            z[0] = m2r_f16_lo(Zp[j][0]), z[1] = m2r_f16_hi(Zp[j][0]), z[2] = m2r_f16_lo(Zp[j][1]), z[3] = m2r_f16_hi(Zp[j][1]);
+          } else { /* replay Z_t exactly as the forward computed it */
+            z[0] = z[1] = z[2] = z[3] = 0.f;
+            m2r_mma1688(z, va0, va1, (uint32_t)kt[r0 + 8 * j + gl]);
+            m2r_mma16816(z, wa, m2r_movt(P[j][0]), m2r_movt(P[j][1]));
+            m2r_tanh_tile<NT, NPE>(j, z);
+          }
+          float d[4];
+#pragma unroll
+          for (int e = 0; e < 4; e++) d[e] = fminf(fmaxf(G[j][e], -p.clip), p.clip);
+          m2r_mma1688(d, da0, da1, (uint32_t)qt[r0 + 8 * j + gl]); /* D = dy q^T (transposed) + clamp(G) */
+          const float hp[4] = {m2r_bf16_lo(P[j][0]), m2r_bf16_hi(P[j][0]), m2r_bf16_lo(P[j][1]), m2r_bf16_hi(P[j][1])};
+          float dx[4];
+#pragma unroll
+          for (int e = 0; e < 4; e++) {
+            dfs = fmaf(d[e], hp[e] - z[e], dfs);
+            const float ad = a * d[e];
+            dx[e] = fmaf(-ad * z[e], z[e], ad);
+            G[j][e] = f * d[e];
+          }
+          Q[j][0] = m2r_pack_bf16(dx[0], dx[1]);
+          Q[j][1] = m2r_pack_bf16(dx[2], dx[3]);
+          const uint32_t qt0 = m2r_movt(Q[j][0]), qt1 = m2r_movt(Q[j][1]); /* dX^T as a B operand */
+          m2r_mma16816(G[j], wb, qt0, qt1);                               /* G = f D + W dX^T (transposed) */
+          float c4[4] = {0.f, 0.f, 0.f, 0.f};
+          m2r_mma16816(c4, av, qt0, qt1); /* dk = v^T dX^T */
+          if (gl == 0) *(float2 *)(dkw + 8 * j) = make_float2(c4[0], c4[1]);
+        }
+        const uint32_t *k32 = (const uint32_t *)kt + r0 / 2 + tq;
+        float cv[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+        for (int ib = 0; ib < NT / 2; ib++) {
+          const uint32_t ah[4] = {P[2 * ib][0], P[2 * ib][1], P[2 * ib + 1][0], P[2 * ib + 1][1]};
+          m2r_mma16816(dWa[0], ah, Q[2 * ib][0], Q[2 * ib + 1][0]); /* dW += H^T dX */
+          m2r_mma16816(dWa[1], ah, Q[2 * ib][1], Q[2 * ib + 1][1]);
+          const uint32_t ax[4] = {Q[2 * ib][0], Q[2 * ib][1], Q[2 * ib + 1][0], Q[2 * ib + 1][1]};
+          m2r_mma16816(cv, ax, k32[8 * ib], k32[8 * ib + 4]); /* dv = dX^T k */
+        }
+        if (tq < 2) *dvw = tq ? cv[2] : cv[0];
+        dfv[i] = dfs;
+      }
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1)
+#pragma unroll
+        for (int i = 0; i < SC; i++) dfv[i] += __shfl_xor_sync(0xffffffffu, dfv[i], o);
+      if (lane < SC && lane < len) {
+        float v = dfv[0];
+#pragma unroll
+        for (int i = 1; i < SC; i++) v = lane == i ? dfv[i] : v;
+        dfp[lane * hwf + hb * p.wph + rg] = v;
+      }
+    }
+    const Item nx = item_next<SC>(g, it);
+    if (nx.c >= 0) load_state(it, nx); /* in flight during the barrier and the writes below */
+    __syncthreads();
+    if (back) { /* ---- write this sub-chunk's dq, dk, dv, df ---- */
+      const int tid = threadIdx.x, nth = blockDim.x, K = g.K;
+      const size_t row0 = (size_t)b * g.T + s0;
+      if (!p.dv32) {
+        for (int task = tid; task < len * p.hpb * 2; task += nth) {
+          const int half = task & 1, r = task >> 1, hh = r % p.hpb, i = r / p.hpb;
+          float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+          for (int w = 0; w < p.wph; w++)
+#pragma unroll
+            for (int e = 0; e < 8; e++) acc[e] += dvp[((i * p.hpb + hh) * p.wph + w) * 16 + half * 8 + e];
+          uint4 o = make_uint4(m2r_pack_bf16(acc[0], acc[1]), m2r_pack_bf16(acc[2], acc[3]),
+                               m2r_pack_bf16(acc[4], acc[5]), m2r_pack_bf16(acc[6], acc[7]));
+          *(uint4 *)(p.dv + ((row0 + i) * g.N + n0 + hh) * 16 + half * 8) = o;
+        }
+      } else {
+        for (int task = tid; task < len * p.hpb * 16; task += nth) {
+          const int vv = task & 15, r = task >> 4, hh = r % p.hpb, i = r / p.hpb;
+          float acc = 0.f;
+          for (int w = 0; w < p.wph; w++) acc += dvp[((i * p.hpb + hh) * p.wph + w) * 16 + vv];
+          atomicAdd(p.dv32 + ((row0 + i) * g.Nv + (n0 + hh) / g.gv) * 16 + vv, acc);
+        }
+      }
+#pragma unroll
+      for (int w2 = 0; w2 < 2; w2++) { /* dk, then dq */
+        const float *src = w2 ? dqp : dkp;
+        uint16_t *out = w2 ? p.dq : p.dk;
+        float *out32 = w2 ? p.dq32 : p.dk32;
+        const int ns2 = w2 ? st.nsq : st.nsk, grp = w2 ? g.gq : g.gk, Nx = w2 ? g.Nq : g.Nk;
+        if (!out32) { /* not shared: one head per index */
+          for (int task = tid; task < len * p.hpb * (K / 8); task += nth) {
+            const int c8 = task % (K / 8), r = task / (K / 8), hh = r % p.hpb, i = r / p.hpb;
+            const float *s8 = src + (i * p.hpb + hh) * K + c8 * 8;
+            uint4 o = make_uint4(m2r_pack_bf16(s8[0], s8[1]), m2r_pack_bf16(s8[2], s8[3]), m2r_pack_bf16(s8[4], s8[5]),
+                                 m2r_pack_bf16(s8[6], s8[7]));
+            *(uint4 *)(out + ((row0 + i) * g.N + n0 + hh) * K + c8 * 8) = o;
+          }
+        } else {
+          for (int task = tid; task < len * ns2 * K; task += nth) {
+            const int kk = task % K, r = task / K, sl = r % ns2, i = r / ns2;
+            float acc = 0.f;
+            if (ns2 == 1)
+              for (int hh = 0; hh < p.hpb; hh++) acc += src[(i * p.hpb + hh) * K + kk];
+            else
+              acc = src[(i * p.hpb + sl) * K + kk];
+            atomicAdd(out32 + ((row0 + i) * Nx + (ns2 == 1 ? n0 : n0 + sl) / grp) * K + kk, acc);
+          }
+        }
+      }
+      for (int task = tid; task < len * p.hpb; task += nth) {
+        const int hh = task % p.hpb, i = task / p.hpb;
+        float acc = 0.f;
+        for (int w = 0; w < p.wph; w++) acc += dfp[(i * p.hpb + hh) * p.wph + w];
+        float *dst = p.df + (row0 + i) * g.Nf + (n0 + hh) / g.gf;
+        if (g.Nf == g.N) *dst = acc;
+        else atomicAdd(dst, acc);
+      }
+    }
+    /* next item: refill the buffer just used with the item after the next */
+    it = nx;
+    stage(item_next<SC>(g, it), bi);
+    m2r_cp_commit();
+    bi ^= 1;
+  }
+  if (p.dh0) {
+#pragma unroll
+    for (int j = 0; j < NT; j++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) {
+        const int kr = r0 + 8 * j + 2 * tq + (e & 1), vc = gl + 8 * (e >> 1);
+        p.dh0[(((size_t)b * g.N + n) * g.K + kr) * 16 + vc] = G[j][e];
+      }
+  }
+  float *dWn = p.dW + (size_t)(n / g.gw) * 256;
+#pragma unroll
+  for (int i = 0; i < 2; i++)
+#pragma unroll
+    for (int e = 0; e < 4; e++) atomicAdd(dWn + (gl + 8 * (e >> 1)) * 16 + 8 * i + 2 * tq + (e & 1), dWa[i][e]);
+}
+
+/* ======================= general kernel ======================= */
+
+struct GenBwdP {
+  M2Geom g;
+  float clip;
+  float *dq32, *dk32, *dv32, *dW, *df, *dh0; /* all zeroed first except dh0 */
+  const uint16_t *dy;
+  const float *dhT, *ckpt;
+  const uint16_t *q, *k, *v;
+  const float *W, *f;
+  float *hist, *zs; /* per chain: ck + 1 states and ck tanh values of one segment */
+};
+
+__global__ void __launch_bounds__(256) m2r_bwd_general(const GenBwdP p) {
+  extern __shared__ __align__(16) float gsm[];
+  const M2Geom &g = p.g;
+  const int K = g.K, V = g.V, KV = K * V, tid = threadIdx.x, nth = blockDim.x;
+  const int b = blockIdx.x / g.N, n = blockIdx.x % g.N;
+  float *Ws = gsm, *G = Ws + V * V, *D = G + KV, *dX = D + KV, *dWs = dX + KV, *kk = dWs + V * V, *qq = kk + K,
+        *vv = qq + K, *dyv = vv + V, *red = dyv + V;
+  float *Hs = p.hist + (size_t)blockIdx.x * (g.ck + 1) * KV, *Zs = p.zs + (size_t)blockIdx.x * g.ck * KV;
+  const float *Wg = p.W + (size_t)(n / g.gw) * V * V;
+  for (int e = tid; e < V * V; e += nth) Ws[e] = Wg[e], dWs[e] = 0.f;
+  for (int e = tid; e < KV; e += nth) G[e] = p.dhT ? p.dhT[((size_t)b * g.N + n) * KV + e] : 0.f;
+  __syncthreads();
+  for (int c = g.nck - 1; c >= 0; c--) {
+    const int t0 = c * g.ck, L = min(g.ck, g.T - t0);
+    for (int e = tid; e < KV; e += nth) Hs[e] = p.ckpt[(((size_t)b * g.N + n) * g.nck + c) * KV + e];
+    __syncthreads();
+    for (int i = 0; i < L; i++) {
+      const size_t row = (size_t)b * g.T + t0 + i;
+      for (int r = tid; r < K; r += nth) kk[r] = m2r_bf16(p.k[(row * g.Nk + n / g.gk) * K + r]);
+      for (int j = tid; j < V; j += nth) vv[j] = m2r_bf16(p.v[(row * g.Nv + n / g.gv) * V + j]);
+      const float f = p.f[row * g.Nf + n / g.gf];
+      __syncthreads();
+      const float *Hp = Hs + (size_t)i * KV;
+      for (int e = tid; e < KV; e += nth) {
+        const int r = e / V, j = e - r * V;
+        float acc = kk[r] * vv[j];
+        for (int m = 0; m < V; m++) acc = fmaf(Hp[r * V + m], Ws[m * V + j], acc);
+        const float z = tanhf(acc);
+        Zs[(size_t)i * KV + e] = z;
+        Hs[(size_t)(i + 1) * KV + e] = fmaf(f, Hp[e] - z, z);
+      }
+      __syncthreads();
+    }
+    for (int i = L - 1; i >= 0; i--) {
+      const size_t row = (size_t)b * g.T + t0 + i;
+      for (int r = tid; r < K; r += nth) {
+        kk[r] = m2r_bf16(p.k[(row * g.Nk + n / g.gk) * K + r]);
+        qq[r] = m2r_bf16(p.q[(row * g.Nq + n / g.gq) * K + r]);
+      }
+      for (int j = tid; j < V; j += nth) {
+        vv[j] = m2r_bf16(p.v[(row * g.Nv + n / g.gv) * V + j]);
+        dyv[j] = m2r_bf16(p.dy[(row * g.N + n) * V + j]);
+      }
+      const float f = p.f[row * g.Nf + n / g.gf];
+      __syncthreads();
+      const float *Hp = Hs + (size_t)i * KV, *Hc = Hp + KV, *Z = Zs + (size_t)i * KV;
+      float dfs = 0.f;
+      for (int e = tid; e < KV; e += nth) {
+        const int r = e / V, j = e - r * V;
+        const float d = fminf(fmaxf(G[e], -p.clip), p.clip) + qq[r] * dyv[j];
+        const float z = Z[e];
+        D[e] = d;
+        dfs += d * (Hp[e] - z);
+        dX[e] = (1.f - f) * d * (1.f - z * z);
+      }
+      for (int o = 16; o > 0; o >>= 1) dfs += __shfl_xor_sync(0xffffffffu, dfs, o);
+      if ((tid & 31) == 0) red[tid >> 5] = dfs;
+      __syncthreads();
+      if (tid == 0) {
+        float s = 0.f;
+        for (int w = 0; w < nth / 32; w++) s += red[w];
+        atomicAdd(p.df + row * g.Nf + n / g.gf, s);
+      }
+      for (int e = tid; e < KV; e += nth) {
+        const int r = e / V, j = e - r * V;
+        float acc = f * D[e];
+        for (int m = 0; m < V; m++) acc = fmaf(dX[r * V + m], Ws[j * V + m], acc);
+        G[e] = acc;
+      }
+      for (int e = tid; e < V * V; e += nth) {
+        const int a = e / V, bb = e - a * V;
+        float acc = 0.f;
+        for (int r = 0; r < K; r++) acc = fmaf(Hp[r * V + a], dX[r * V + bb], acc);
+        dWs[e] += acc;
+      }
+      for (int j = tid; j < V; j += nth) {
+        float acc = 0.f;
+        for (int r = 0; r < K; r++) acc = fmaf(dX[r * V + j], kk[r], acc);
+        atomicAdd(p.dv32 + (row * g.Nv + n / g.gv) * V + j, acc);
+      }
+      for (int r = tid; r < K; r += nth) {
+        float ak = 0.f, aq = 0.f;
+        for (int j = 0; j < V; j++) {
+          ak = fmaf(dX[r * V + j], vv[j], ak);
+          aq = fmaf(Hc[r * V + j], dyv[j], aq);
+        }
+        atomicAdd(p.dk32 + (row * g.Nk + n / g.gk) * K + r, ak);
+        atomicAdd(p.dq32 + (row * g.Nq + n / g.gq) * K + r, aq);
+      }
+      __syncthreads();
+    }
+  }
+  if (p.dh0)
+    for (int e = tid; e < KV; e += nth) p.dh0[((size_t)b * g.N + n) * KV + e] = G[e];
+  for (int e = tid; e < V * V; e += nth) atomicAdd(p.dW + (size_t)(n / g.gw) * V * V + e, dWs[e]);
+}
+
+__global__ void m2r_to_bf16(const float *src, uint16_t *dst, size_t n) {
+  for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+    dst[i] = (uint16_t)(m2r_pack_bf16(src[i], 0.f) & 0xffffu);
+}
+
+/* ======================= launcher ======================= */
+
+static m2_status to_bf16(const float *src, uint16_t *dst, size_t n, cudaStream_t s) {
+  if (!n) return M2_OK;
+  const size_t blocks = (n + 255) / 256;
+  m2r_to_bf16<<<(unsigned)(blocks < 4096 ? blocks : 4096), 256, 0, s>>>(src, dst, n);
+  M2_CUDA_LAUNCH_CHECK("m2r_to_bf16");
+  return M2_OK;
+}
+
+extern "C" m2_status m2_m2rnn_bwd_cuda(const m2_m2rnn_dims *d, const m2_m2rnn_cuda_opts *o, const m2_m2rnn_bwd_args *a,
+                                       cudaStream_t stream) {
+  M2_TRY(m2_m2rnn_cuda_check(d, o));
+  if (!a || !a->dq || !a->dk || !a->dv || !a->dW || !a->df || !a->dy || !a->q || !a->k || !a->v || !a->W || !a->f)
+    return m2_fail(M2_ERR_VALUE, "m2rnn cuda backward: dq, dk, dv, dW, df, dy, q, k, v, W and f must be given");
+  const int path = m2_m2rnn_cuda_path(d, o);
+  if (path < 0) return m2_fail(M2_ERR_SHAPE, "m2rnn cuda backward: the fast path does not apply (K=%d V=%d)", d->K, d->V);
+  M2Geom g = m2r_geom(d, o);
+  const size_t KV = (size_t)g.K * g.V, BT = (size_t)g.B * g.T;
+  const float clip = (o && o->grad_clip > 0) ? o->grad_clip : INFINITY;
+  M2_CUDA_TRY(cudaMemsetAsync(a->dW, 0, (size_t)g.Nw * g.V * g.V * 4, stream));
+  if (g.T == 0) {
+    if (a->dh0) {
+      if (a->dhT) M2_CUDA_TRY(cudaMemcpyAsync(a->dh0, a->dhT, (size_t)g.B * g.N * KV * 4, cudaMemcpyDeviceToDevice, stream));
+      else M2_CUDA_TRY(cudaMemsetAsync(a->dh0, 0, (size_t)g.B * g.N * KV * 4, stream));
+    }
+    return M2_OK;
+  }
+  if (!a->ckpt || !a->work)
+    return m2_fail(M2_ERR_VALUE, "m2rnn cuda backward: needs the forward's ckpt and a work buffer "
+                                 "(m2_m2rnn_bwd_work_bytes = %zu bytes)", m2_m2rnn_bwd_work_bytes(d, o));
+  const BwdWork w = bwd_work(&g, path);
+  char *work = (char *)a->work;
+  float *dq32 = w.use_dq32 ? (float *)(work + w.dq32) : nullptr;
+  float *dk32 = w.use_dk32 ? (float *)(work + w.dk32) : nullptr;
+  float *dv32 = w.use_dv32 ? (float *)(work + w.dv32) : nullptr;
+  if (dq32) M2_CUDA_TRY(cudaMemsetAsync(dq32, 0, BT * g.Nq * g.K * 4, stream));
+  if (dk32) M2_CUDA_TRY(cudaMemsetAsync(dk32, 0, BT * g.Nk * g.K * 4, stream));
+  if (dv32) M2_CUDA_TRY(cudaMemsetAsync(dv32, 0, BT * g.Nv * g.V * 4, stream));
+  if (path == M2_M2RNN_GENERAL || g.Nf < g.N) M2_CUDA_TRY(cudaMemsetAsync(a->df, 0, BT * g.Nf * 4, stream));
+
+  if (path == M2_M2RNN_GENERAL) {
+    GenBwdP p = {g, clip, dq32, dk32, dv32, a->dW, a->df, a->dh0, a->dy, a->dhT, a->ckpt, a->q, a->k, a->v, a->W, a->f,
+                 (float *)(work + w.hist), (float *)(work + w.zs)};
+    const size_t smem = (2 * (size_t)g.V * g.V + 3 * KV + 2 * g.K + 2 * g.V + 32) * 4;
+    if (smem > 48 * 1024)
+      M2_CUDA_TRY(cudaFuncSetAttribute(m2r_bwd_general, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    m2r_bwd_general<<<g.B * g.N, 256, smem, stream>>>(p);
+    M2_CUDA_LAUNCH_CHECK("m2r_bwd_general");
+  } else {
+    M2Plan pl;
+    M2_TRY(m2r_plan(&g, o, 1, &pl));
+    FastBwdP p = {g, pl.st, pl.hpb, pl.wph, g.ck / (pl.zst ? M2R_BWD_SC_Z : M2R_BWD_SC), clip, a->dq, a->dk, a->dv, dq32, dk32, dv32, a->dW,
+                  a->df, a->dh0, a->dy, a->dhT, a->ckpt, a->q, a->k, a->v, a->W, a->f, (float *)(work + w.sub)};
+    typedef void (*Kern)(const FastBwdP);
+    /* [rows 32/16][tanh: MUFU / 4 of 16 on the FMA pipe][recompute Z / store Z] */
+    static const Kern kt[2][2][2] = {{{m2r_bwd_fast<4, 0, false>, m2r_bwd_fast<4, 0, true>},
+                                      {m2r_bwd_fast<4, 4, false>, m2r_bwd_fast<4, 4, true>}},
+                                     {{m2r_bwd_fast<2, 0, false>, m2r_bwd_fast<2, 0, true>},
+                                      {m2r_bwd_fast<2, 4, false>, m2r_bwd_fast<2, 4, true>}}};
+    Kern kern = kt[pl.nt == 4 ? 0 : 1][m2r_tanh_mode(o) == 0 ? 0 : 1][pl.zst ? 1 : 0];
+    if (pl.smem > 48 * 1024)
+      M2_CUDA_TRY(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)pl.smem));
+    kern<<<pl.nblocks, pl.threads, pl.smem, stream>>>(p);
+    M2_CUDA_LAUNCH_CHECK("m2r_bwd_fast");
+  }
+  if (dq32) M2_TRY(to_bf16(dq32, a->dq, BT * g.Nq * g.K, stream));
+  if (dk32) M2_TRY(to_bf16(dk32, a->dk, BT * g.Nk * g.K, stream));
+  if (dv32) M2_TRY(to_bf16(dv32, a->dv, BT * g.Nv * g.V, stream));
+  return M2_OK;
+}

@@ -1,0 +1,210 @@
+/* m2rnn_dev.cuh — internals shared by m2rnn_fwd.cu and m2rnn_bwd.cu: geometry, the fast path's
+ * plan (heads per block, shared-memory layout), tensor-core fragment helpers, cp.async staging.
+ *
+ * Fast-path register layout ("orientation T"): a warp owns rows r0 .. r0 + 8 NT of the state H (K, V)
+ * of one head and keeps H^T (V, K) as NT accumulator tiles of mma m16n8k16 (16 v-rows x 8 k-columns):
+ * lane l (g = l / 4, t = l % 4) holds, in tile j,
+ *   h[j][0..1] = H[k = r0 + 8j + 2t + {0,1}][v = g],  h[j][2..3] = the same k, v = g + 8.
+ * One step is  H^T <- tanh(W^T H^T + v k^T)  per tile: A = W^T (registers), B = H^T as bf16, which is
+ * the packed accumulator after an 8x8 transpose (movmatrix); v k^T enters as an m16n8k8 product of
+ * rank 1. The packed accumulator itself is the A operand of every product that reduces over K
+ * (y = H^T q, dv = dX^T k, dW = H^T dX), so those need no transpose. */
+#ifndef M2_CUDA_M2RNN_DEV_CUH
+#define M2_CUDA_M2RNN_DEV_CUH
+#include <cuda_runtime.h>
+#include <stdint.h>
+#include "m2rnn.h"
+
+#define M2R_FWD_CT 32  /* fast forward: steps staged per chunk (double-buffered) */
+#define M2R_BWD_SC 8   /* fast backward: steps per sub-chunk (states as bf16 in shared memory), Z recomputed */
+#define M2R_BWD_SC_Z 4 /* the same when the tanh values are kept too (f16), opts.bwd_store_tanh */
+#define M2R_MAX_WARPS 12 /* fast path, 32-row warps: warps per block (384 threads; the kernels' launch bound) */
+#define M2R_MAX_WARPS16 24 /* fast forward, 16-row warps: warps per block (768 threads, <= 85 registers) */
+
+/* Sizes and head-sharing group sizes (gx = N / Nx: head n reads index n / gx). */
+typedef struct M2Geom {
+  int B, T, N, K, V;
+  int Nq, Nk, Nv, Nf, Nw;
+  int gq, gk, gv, gf, gw;
+  int ck, nck; /* checkpoint interval, number of checkpoints ceil(T / ck) */
+} M2Geom;
+
+/* Shared-memory staging buffer for `ct` steps of inputs: q and k rows for nsq / nsk slots, v and dy
+ * (V = 16) and f for each of the block's hpb heads. Offsets in bytes, all multiples of 16. */
+typedef struct M2Stage {
+  int ct, nsq, nsk, hpb;
+  uint32_t off_q, off_k, off_v, off_dy, off_f, bytes;
+} M2Stage;
+
+/* The fast path's launch plan. */
+typedef struct M2Plan {
+  int nt;      /* 8-row tiles per warp: 4 (K % 32 == 0) or 2 */
+  int wph;     /* warps per head = K / (8 nt) */
+  int hpb;     /* heads per block (divides N) */
+  int nblocks; /* B N / hpb */
+  int threads; /* 32 wph hpb */
+  int zst;     /* backward: keep the tanh values of a sub-chunk instead of recomputing them */
+  M2Stage st;  /* one staging buffer */
+  size_t smem; /* dynamic shared memory per block */
+} M2Plan;
+
+/* ---------------- host side (defined in m2rnn_fwd.cu) ---------------- */
+M2Geom m2r_geom(const m2_m2rnn_dims *d, const m2_m2rnn_cuda_opts *o);
+/* Fill a plan for the forward (bwd = 0) or backward (bwd = 1) fast kernel; M2_OK or why it cannot run.
+ * The forward uses 16-row warps (more warps to hide latency), the backward 32-row warps (fewer registers
+ * per element of state). The checkpoints are in the plain (K, V) layout, so the two need not agree. */
+m2_status m2r_plan(const M2Geom *g, const m2_m2rnn_cuda_opts *o, int bwd, M2Plan *p);
+int m2r_tanh_mode(const m2_m2rnn_cuda_opts *o);
+
+/* ---------------- device helpers ---------------- */
+#ifdef __CUDACC__
+
+__device__ __forceinline__ uint32_t m2r_pack_bf16(float lo, float hi) {
+  uint32_t r;
+  asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+  return r;
+}
+__device__ __forceinline__ float m2r_bf16_lo(uint32_t x) { return __uint_as_float(x << 16); }
+__device__ __forceinline__ float m2r_bf16_hi(uint32_t x) { return __uint_as_float(x & 0xffff0000u); }
+__device__ __forceinline__ float m2r_bf16(uint16_t x) { return __uint_as_float((uint32_t)x << 16); }
+
+/* 8x8 b16 transpose across the warp (thread l holds row l/4, columns 2(l%4), +1). */
+__device__ __forceinline__ uint32_t m2r_movt(uint32_t x) {
+  uint32_t r;
+  asm("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;" : "=r"(r) : "r"(x));
+  return r;
+}
+
+/* c += A (16x16 bf16) B (16x8 bf16), fp32 accumulate. */
+__device__ __forceinline__ void m2r_mma16816(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+/* c += A (16x8 bf16) B (8x8 bf16). */
+__device__ __forceinline__ void m2r_mma1688(float c[4], uint32_t a0, uint32_t a1, uint32_t b0) {
+  asm("mma.sync.aligned.m16n8k8.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5}, {%6}, {%0,%1,%2,%3};"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a0), "r"(a1), "r"(b0));
+}
+
+__device__ __forceinline__ float m2r_tanh_f32(float x) {
+  float r;
+  asm("tanh.approx.f32 %0, %1;" : "=f"(r) : "f"(x));
+  return r;
+}
+/* tanh on the FMA pipe (no MUFU): u P(u^2) with u = clamp(x / 3.9, -1, 1), P of degree 8 fitted minimax;
+ * max abs error 8.2e-4 over all x (mostly the saturation 1 - tanh(3.9)), 12 instructions. */
+__device__ __forceinline__ float m2r_tanh_poly(float x) {
+  const float t = __saturatef(fmaf(x, 0.5f / 3.9f, 0.5f));
+  const float u = fmaf(t, 2.f, -1.f), s = u * u;
+  float p = 9.942228485e+01f;
+  p = fmaf(p, s, -4.657172460e+02f);
+  p = fmaf(p, s, 9.250213315e+02f);
+  p = fmaf(p, s, -1.019394938e+03f);
+  p = fmaf(p, s, 6.876291511e+02f);
+  p = fmaf(p, s, -2.982048826e+02f);
+  p = fmaf(p, s, 8.683975308e+01f);
+  p = fmaf(p, s, -1.848011686e+01f);
+  p = fmaf(p, s, 3.884535510e+00f);
+  return u * p;
+}
+/* tanh of accumulator tile j (4 values): of a thread's 4 NT values, the first NPE16 * NT / 4 go through the
+ * FMA-pipe polynomial, the rest through MUFU.TANH (8 per clock per SM on Hopper, the bottleneck). The split
+ * is fixed by position, so a replay (backward) computes bit-identical values. */
+template <int NT, int NPE16>
+__device__ __forceinline__ void m2r_tanh_tile(int j, float c[4]) {
+#pragma unroll
+  for (int e = 0; e < 4; e++) c[e] = (4 * j + e < NPE16 * NT / 4) ? m2r_tanh_poly(c[e]) : m2r_tanh_f32(c[e]);
+}
+__device__ __forceinline__ uint32_t m2r_pack_f16(float lo, float hi) {
+  uint32_t r;
+  asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+  return r;
+}
+__device__ __forceinline__ float m2r_f16_lo(uint32_t x) {
+  float r;
+  asm("{ .reg .b16 l, h; mov.b32 {l, h}, %1; cvt.f32.f16 %0, l; }" : "=f"(r) : "r"(x));
+  return r;
+}
+__device__ __forceinline__ float m2r_f16_hi(uint32_t x) {
+  float r;
+  asm("{ .reg .b16 l, h; mov.b32 {l, h}, %1; cvt.f32.f16 %0, h; }" : "=f"(r) : "r"(x));
+  return r;
+}
+
+/* A fragment of W^T (A[m][i] = W[i][m]) and of W (A[m][i] = W[m][i]) in bf16, W (16, 16) fp32 row-major. */
+__device__ __forceinline__ void m2r_load_wt(const float *W, int g, int t, uint32_t a[4]) {
+  a[0] = m2r_pack_bf16(W[(2 * t) * 16 + g], W[(2 * t + 1) * 16 + g]);
+  a[1] = m2r_pack_bf16(W[(2 * t) * 16 + g + 8], W[(2 * t + 1) * 16 + g + 8]);
+  a[2] = m2r_pack_bf16(W[(2 * t + 8) * 16 + g], W[(2 * t + 9) * 16 + g]);
+  a[3] = m2r_pack_bf16(W[(2 * t + 8) * 16 + g + 8], W[(2 * t + 9) * 16 + g + 8]);
+}
+__device__ __forceinline__ void m2r_load_w(const float *W, int g, int t, uint32_t a[4]) {
+  a[0] = m2r_pack_bf16(W[g * 16 + 2 * t], W[g * 16 + 2 * t + 1]);
+  a[1] = m2r_pack_bf16(W[(g + 8) * 16 + 2 * t], W[(g + 8) * 16 + 2 * t + 1]);
+  a[2] = m2r_pack_bf16(W[g * 16 + 2 * t + 8], W[g * 16 + 2 * t + 9]);
+  a[3] = m2r_pack_bf16(W[(g + 8) * 16 + 2 * t + 8], W[(g + 8) * 16 + 2 * t + 9]);
+}
+
+__device__ __forceinline__ void m2r_cp16(void *smem, const void *gmem) {
+  uint32_t s = (uint32_t)__cvta_generic_to_shared(smem);
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(s), "l"(gmem));
+}
+__device__ __forceinline__ void m2r_cp4(void *smem, const void *gmem) {
+  uint32_t s = (uint32_t)__cvta_generic_to_shared(smem);
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(s), "l"(gmem));
+}
+__device__ __forceinline__ void m2r_cp_commit() { asm volatile("cp.async.commit_group;"); }
+template <int N>
+__device__ __forceinline__ void m2r_cp_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N)); }
+
+/* Sources of one staging pass; NULL members are skipped. */
+struct M2StageSrc {
+  const uint16_t *q, *k, *v, *dy;
+  const float *f;
+};
+
+/* Issue cp.async copies of steps t0 .. t0 + len - 1 of batch row b for the block's heads n0 .. n0 + hpb - 1
+ * into buf (layout st). q/k slot s holds index (nsx == 1 ? n0 : n0 + s) / gx. All threads take part; one
+ * task copies one whole row (a step of one slot or head), so the index arithmetic is per row, not per 16 B. */
+__device__ __forceinline__ void m2r_stage(const M2Geom &g, const M2Stage &st, const M2StageSrc &src, char *buf, int b,
+                                          int n0, int t0, int len) {
+  const int K = g.K, kp = K / 8;
+  const size_t row0 = (size_t)b * g.T + t0;
+  const int nq = src.q ? st.nsq * len : 0, nk = src.k ? st.nsk * len : 0;
+  const int nv = src.v ? st.hpb * len : 0, ndy = src.dy ? st.hpb * len : 0, nf = src.f ? st.hpb * len : 0;
+  for (int task = threadIdx.x; task < nq + nk + nv + ndy + nf; task += blockDim.x) {
+    int i = task;
+    if (i < nq + nk) { /* a q or k row: K bf16 */
+      const bool isk = i >= nq;
+      if (isk) i -= nq;
+      const int sl = i / len, t = i - sl * len;
+      const int ns = isk ? st.nsk : st.nsq, grp = isk ? g.gk : g.gq, Nx = isk ? g.Nk : g.Nq;
+      const int nx = (ns == 1 ? n0 : n0 + sl) / grp;
+      uint16_t *d = (uint16_t *)(buf + (isk ? st.off_k : st.off_q)) + ((size_t)sl * st.ct + t) * K;
+      const uint16_t *s = (isk ? src.k : src.q) + ((row0 + t) * Nx + nx) * K;
+      for (int c = 0; c < kp; c++) m2r_cp16(d + c * 8, s + c * 8);
+      continue;
+    }
+    i -= nq + nk;
+    if (i < nv + ndy) { /* a v or dy row: 16 bf16 */
+      const bool isdy = i >= nv;
+      if (isdy) i -= nv;
+      const int hb = i / len, t = i - hb * len;
+      const int nx = isdy ? n0 + hb : (n0 + hb) / g.gv, Nx = isdy ? g.N : g.Nv;
+      uint16_t *d = (uint16_t *)(buf + (isdy ? st.off_dy : st.off_v)) + ((size_t)hb * st.ct + t) * 16;
+      const uint16_t *s = (isdy ? src.dy : src.v) + ((row0 + t) * Nx + nx) * 16;
+      m2r_cp16(d, s);
+      m2r_cp16(d + 8, s + 8);
+      continue;
+    }
+    i -= nv + ndy;
+    const int hb = i / len, t = i - hb * len;
+    m2r_cp4((float *)(buf + st.off_f) + hb * st.ct + t, src.f + (row0 + t) * g.Nf + (n0 + hb) / g.gf);
+  }
+}
+
+#endif /* __CUDACC__ */
+#endif

@@ -1,0 +1,414 @@
+/* m2rnn_fwd.cu — M2RNN forward on the GPU: the fast tensor-core kernel (V = 16), the general
+ * fallback kernel (any K, V), the launch plan shared with the backward, and m2_m2rnn_fwd_cuda.
+ * See m2rnn.h for the API and m2rnn_dev.cuh for the register layout. */
+#include <cuda_runtime.h>
+#include <stdio.h>
+#include <string.h>
+#include "cuda_check.h"
+#include "m2rnn.h"
+#include "m2rnn_dev.cuh"
+
+/* ======================= host: sizes, checks, plan ======================= */
+
+M2Geom m2r_geom(const m2_m2rnn_dims *d, const m2_m2rnn_cuda_opts *o) {
+  M2Geom g;
+  memset(&g, 0, sizeof g);
+  g.B = d->B, g.T = d->T, g.N = d->N, g.K = d->K, g.V = d->V;
+  g.Nq = d->Nq, g.Nk = d->Nk, g.Nv = d->Nv, g.Nf = d->Nf, g.Nw = d->Nw;
+  if (g.Nq > 0) g.gq = g.N / g.Nq;
+  if (g.Nk > 0) g.gk = g.N / g.Nk;
+  if (g.Nv > 0) g.gv = g.N / g.Nv;
+  if (g.Nf > 0) g.gf = g.N / g.Nf;
+  if (g.Nw > 0) g.gw = g.N / g.Nw;
+  g.ck = (o && o->ckpt_every > 0) ? o->ckpt_every : 64;
+  g.nck = g.T > 0 ? (g.T + g.ck - 1) / g.ck : 0;
+  return g;
+}
+
+/* Elements (of every 16) whose tanh runs on the FMA pipe for a tanh_mode; the default is the measured best. */
+int m2r_tanh_mode(const m2_m2rnn_cuda_opts *o) {
+  switch (o ? o->tanh_mode : 0) {
+    case M2_M2RNN_TANH_MUFU: return 0;
+    case M2_M2RNN_TANH_MIX4: return 4;
+    case M2_M2RNN_TANH_MIX8: return 8;
+    case M2_M2RNN_TANH_MIX6: return 6;
+    default: return 0; /* measured: the FMA-pipe polynomial only slows the kernel down (RESULTS.md) */
+  }
+}
+
+extern "C" m2_status m2_m2rnn_cuda_check(const m2_m2rnn_dims *d, const m2_m2rnn_cuda_opts *o) {
+  if (!d) return m2_fail(M2_ERR_VALUE, "m2rnn cuda: dims is NULL");
+  if (d->B < 1 || d->T < 0 || d->K < 1 || d->V < 1)
+    return m2_fail(M2_ERR_SHAPE, "m2rnn cuda: need B >= 1, T >= 0, K >= 1, V >= 1, got B=%d T=%d K=%d V=%d", d->B,
+                   d->T, d->K, d->V);
+  const int hc[5] = {d->Nq, d->Nk, d->Nv, d->Nf, d->Nw};
+  const char *nm[5] = {"Nq", "Nk", "Nv", "Nf", "Nw"};
+  int mx = 0;
+  for (int i = 0; i < 5; i++) mx = hc[i] > mx ? hc[i] : mx;
+  if (d->N != mx)
+    return m2_fail(M2_ERR_SHAPE, "m2rnn cuda: N = %d must be the largest head count max(Nq,Nk,Nv,Nf,Nw) = %d", d->N, mx);
+  for (int i = 0; i < 5; i++)
+    if (hc[i] < 1 || d->N % hc[i] != 0)
+      return m2_fail(M2_ERR_SHAPE, "m2rnn cuda: %s = %d must divide N = %d", nm[i], hc[i], d->N);
+  if (o && o->ckpt_every < 0) return m2_fail(M2_ERR_VALUE, "m2rnn cuda: ckpt_every = %d < 0", o->ckpt_every);
+  if (o && (o->path < M2_M2RNN_AUTO || o->path > M2_M2RNN_FAST))
+    return m2_fail(M2_ERR_VALUE, "m2rnn cuda: unknown path %d", o->path);
+  if ((long long)d->K * d->V > 8192 && !(d->V == 16 && d->K % 16 == 0))
+    return m2_fail(M2_ERR_SHAPE, "m2rnn cuda: K * V = %d * %d is too large for the general kernel (<= 8192)", d->K,
+                   d->V);
+  return M2_OK;
+}
+
+/* Device facts, read once per device. */
+typedef struct { int sms, smem_optin; } DevInfo;
+static DevInfo dev_info(void) {
+  static DevInfo cache[16];
+  static int have[16];
+  int dev = 0;
+  cudaGetDevice(&dev);
+  if (dev < 0 || dev >= 16) dev = 0;
+  if (!have[dev]) {
+    DevInfo di = {132, 227 * 1024};
+    cudaDeviceGetAttribute(&di.sms, cudaDevAttrMultiProcessorCount, dev);
+    cudaDeviceGetAttribute(&di.smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+    cudaGetLastError();
+    cache[dev] = di;
+    have[dev] = 1;
+  }
+  return cache[dev];
+}
+
+static uint32_t align16(size_t x) { return (uint32_t)((x + 15) & ~(size_t)15); }
+
+static M2Stage stage_layout(const M2Geom *g, int ct, int hpb, int with_dy) {
+  M2Stage s;
+  s.ct = ct;
+  s.hpb = hpb;
+  s.nsq = (g->gq % hpb == 0) ? 1 : hpb;
+  s.nsk = (g->gk % hpb == 0) ? 1 : hpb;
+  s.off_q = 0;
+  s.off_k = align16(s.off_q + (size_t)s.nsq * ct * g->K * 2);
+  s.off_v = align16(s.off_k + (size_t)s.nsk * ct * g->K * 2);
+  s.off_dy = align16(s.off_v + (size_t)hpb * ct * 32);
+  s.off_f = align16(s.off_dy + (with_dy ? (size_t)hpb * ct * 32 : 0));
+  s.bytes = align16(s.off_f + (size_t)hpb * ct * 4);
+  return s;
+}
+
+static size_t plan_smem(const M2Geom *g, int nt, int wph, int hpb, int bwd, int zst, M2Stage *st) {
+  if (!bwd) {
+    *st = stage_layout(g, M2R_FWD_CT, hpb, 0);
+    return 2 * (size_t)st->bytes + (size_t)M2R_FWD_CT * hpb * wph * 16 * 4; /* + y partial sums */
+  }
+  const int SC = zst ? M2R_BWD_SC_Z : M2R_BWD_SC, nw = hpb * wph;
+  *st = stage_layout(g, SC, hpb, 1);
+  size_t s = 2 * (size_t)st->bytes;
+  s += (size_t)(SC + 1) * nw * nt * 2 * 32 * 4;            /* bf16 states of a sub-chunk */
+  if (zst) s += (size_t)SC * nw * nt * 2 * 32 * 4;          /* f16 tanh values of a sub-chunk */
+  s += (size_t)SC * nw * 16 * 4;                 /* dv partial sums */
+  s += 2 * (size_t)SC * hpb * g->K * 4;          /* dk, dq per head */
+  s += (size_t)SC * nw * 4;                      /* df partial sums */
+  return s;
+}
+
+m2_status m2r_plan(const M2Geom *g, const m2_m2rnn_cuda_opts *o, int bwd, M2Plan *p) {
+  if (g->V != 16 || g->K % 16 != 0)
+    return m2_fail(M2_ERR_SHAPE, "m2rnn cuda: the fast path needs V == 16 and K %% 16 == 0, got K=%d V=%d", g->K, g->V);
+  if (g->ck % M2R_BWD_SC != 0)
+    return m2_fail(M2_ERR_VALUE, "m2rnn cuda: the fast path needs ckpt_every %% %d == 0, got %d", M2R_BWD_SC, g->ck);
+  memset(p, 0, sizeof *p);
+  DevInfo di = dev_info();
+  p->zst = bwd && o && o->bwd_store_tanh;
+  /* forward: 16-row warps by default (twice the warps of 32-row ones to hide latency; measured faster on
+     both paper layers, RESULTS.md) */
+  const int fwd_rows = (o && o->fwd_rows_per_warp) ? o->fwd_rows_per_warp : 16;
+  const int rows = bwd ? (g->K % 32 == 0 ? 32 : 16) : ((fwd_rows == 32 && g->K % 32 == 0) ? 32 : 16);
+  p->nt = rows / 8;
+  p->wph = g->K / rows;
+  const int maxw = (!bwd && p->nt == 2) ? M2R_MAX_WARPS16 : M2R_MAX_WARPS;
+  if (p->wph > maxw)
+    return m2_fail(M2_ERR_SHAPE, "m2rnn cuda: the fast path handles K <= %d, got K=%d", maxw * rows, g->K);
+  const int want = o ? o->heads_per_block : 0;
+  if (want > 0 && (g->N % want != 0 || want * p->wph > maxw))
+    return m2_fail(M2_ERR_VALUE, "m2rnn cuda: heads_per_block = %d must divide N = %d and keep <= %d warps (%d each)",
+                   want, g->N, maxw, p->wph);
+  long best_cost = -1;
+  for (int h = 1; h * p->wph <= maxw && h <= g->N; h++) {
+    if (g->N % h != 0 || (want > 0 && h != want)) continue;
+    M2Stage st;
+    size_t smem = plan_smem(g, p->nt, p->wph, h, bwd, p->zst, &st);
+    if (smem > (size_t)di.smem_optin) continue;
+    long nb = (long)g->B * g->N / h;
+    long cost = (long)h * ((nb + di.sms - 1) / di.sms); /* heads on the busiest SM */
+    if (best_cost < 0 || cost <= best_cost) {        /* ties: more heads per block (fewer atomics) */
+      best_cost = cost;
+      p->hpb = h;
+      p->st = st;
+      p->smem = smem;
+    }
+  }
+  if (best_cost < 0)
+    return m2_fail(M2_ERR_SHAPE, "m2rnn cuda: no heads-per-block fits in shared memory (K=%d, N=%d)", g->K, g->N);
+  p->nblocks = g->B * g->N / p->hpb;
+  p->threads = 32 * p->wph * p->hpb;
+  return M2_OK;
+}
+
+extern "C" int m2_m2rnn_cuda_path(const m2_m2rnn_dims *d, const m2_m2rnn_cuda_opts *o) {
+  if (m2_m2rnn_cuda_check(d, o) != M2_OK) return -1;
+  const int want = o ? o->path : M2_M2RNN_AUTO;
+  if (want == M2_M2RNN_GENERAL) return M2_M2RNN_GENERAL;
+  const int fast_shape = d->V == 16 && d->K % 16 == 0 && d->K / (d->K % 32 == 0 ? 32 : 16) <= M2R_MAX_WARPS &&
+                         d->K / 16 <= M2R_MAX_WARPS16 &&
+                         ((o && o->ckpt_every > 0) ? o->ckpt_every : 64) % M2R_BWD_SC == 0;
+  if (want == M2_M2RNN_FAST) return fast_shape ? M2_M2RNN_FAST : -1;
+  return fast_shape ? M2_M2RNN_FAST : M2_M2RNN_GENERAL;
+}
+
+extern "C" size_t m2_m2rnn_ckpt_floats(const m2_m2rnn_dims *d, const m2_m2rnn_cuda_opts *o) {
+  M2Geom g = m2r_geom(d, o);
+  return (size_t)g.B * g.N * g.nck * g.K * g.V; /* both paths: one (K, V) state per checkpoint */
+}
+
+/* ======================= fast kernel ======================= */
+
+struct FastFwdP {
+  M2Geom g;
+  M2Stage st;
+  int hpb, wph;
+  uint16_t *y;
+  float *hT, *ckpt;
+  const uint16_t *q, *k, *v;
+  const float *W, *f, *h0;
+};
+
+/* Offset of chain (b, n)'s checkpoint j: [b][n][j][K][V], the same layout as the general path's. */
+__device__ __forceinline__ size_t ckpt_base(const M2Geom &g, int b, int n, int j) {
+  return (((size_t)b * g.N + n) * g.nck + j) * (size_t)g.K * 16;
+}
+
+template <int NT, int NPE>
+__global__ void __launch_bounds__(NT == 2 ? M2R_MAX_WARPS16 * 32 : M2R_MAX_WARPS * 32, 1) m2r_fwd_fast(const FastFwdP p) {
+  extern __shared__ __align__(16) char sm[];
+  const M2Geom &g = p.g;
+  const M2Stage &st = p.st;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, gl = lane >> 2, tq = lane & 3;
+  const int hb = warp / p.wph, rg = warp - hb * p.wph;
+  const int bpb = g.N / p.hpb;
+  const int b = blockIdx.x / bpb, n0 = (blockIdx.x - b * bpb) * p.hpb, n = n0 + hb;
+  const int r0 = rg * 8 * NT;
+  const int sq = st.nsq == 1 ? 0 : hb, sk = st.nsk == 1 ? 0 : hb;
+  const uint32_t vmask = tq == 0 ? 0xffffu : 0u; /* the rank-1 product uses column 0 of its A tile only */
+
+  uint32_t wa[4];
+  m2r_load_wt(p.W + (size_t)(n / g.gw) * 256, gl, tq, wa);
+
+  float h[NT][4];
+#pragma unroll
+  for (int j = 0; j < NT; j++)
+#pragma unroll
+    for (int e = 0; e < 4; e++) {
+      const int kr = r0 + 8 * j + 2 * tq + (e & 1), vc = gl + 8 * (e >> 1);
+      h[j][e] = p.h0 ? p.h0 [(((size_t)b * g.N + n) * g.K + kr) * 16 + vc] : 0.f;
+    }
+  uint32_t P[NT][2];
+#pragma unroll
+  for (int j = 0; j < NT; j++) {
+    P[j][0] = m2r_pack_bf16(h[j][0], h[j][1]);
+    P[j][1] = m2r_pack_bf16(h[j][2], h[j][3]);
+  }
+
+  float *ypart = (float *)(sm + 2 * (size_t)st.bytes);
+  const M2StageSrc src = {p.q, p.k, p.v, nullptr, p.f};
+  const int CT = M2R_FWD_CT, nch = (g.T + CT - 1) / CT;
+  m2r_stage(g, st, src, sm, b, n0, 0, min(CT, g.T));
+  m2r_cp_commit();
+  if (nch > 1) m2r_stage(g, st, src, sm + st.bytes, b, n0, CT, min(CT, g.T - CT));
+  m2r_cp_commit();
+
+  int next_ck = p.ckpt ? 0 : g.T; /* next step whose incoming state is saved */
+  for (int c = 0; c < nch; c++) {
+    m2r_cp_wait<1>();
+    __syncthreads();
+    const char *buf = sm + (size_t)(c & 1) * st.bytes;
+    const int t0 = c * CT, len = min(CT, g.T - t0);
+    /* per-lane pointers into the staged chunk, advanced by one step per iteration */
+    const uint16_t *kp = (const uint16_t *)(buf + st.off_k) + (size_t)sk * CT * g.K + r0 + gl;
+    const uint32_t *qp = (const uint32_t *)(buf + st.off_q) + ((size_t)sq * CT * g.K + r0) / 2 + tq;
+    const uint16_t *vp = (const uint16_t *)(buf + st.off_v) + hb * CT * 16 + gl;
+    const float *fp = (const float *)(buf + st.off_f) + hb * CT;
+    float *yp = ypart + (hb * p.wph + rg) * 16 + gl + 8 * tq;
+    const int kstep = g.K, qstep = g.K / 2, ystep = p.hpb * p.wph * 16;
+#pragma unroll 4
+    for (int i = 0; i < len; i++, kp += kstep, qp += qstep, vp += 16, fp++, yp += ystep) {
+      const int s = t0 + i;
+      if (s == next_ck) {
+        float *cp = p.ckpt + ckpt_base(g, b, n, s / g.ck);
+        next_ck += g.ck;
+#pragma unroll
+        for (int j = 0; j < NT; j++)
+#pragma unroll
+          for (int e = 0; e < 4; e++) cp[(r0 + 8 * j + 2 * tq + (e & 1)) * 16 + gl + 8 * (e >> 1)] = h[j][e];
+      }
+      const uint32_t va0 = (uint32_t)vp[0] & vmask, va1 = (uint32_t)vp[8] & vmask;
+      const float f = *fp;
+      uint32_t bt[NT][2];
+#pragma unroll
+      for (int j = 0; j < NT; j++) {
+        bt[j][0] = m2r_movt(P[j][0]);
+        bt[j][1] = m2r_movt(P[j][1]);
+      }
+#pragma unroll
+      for (int j = 0; j < NT; j++) {
+        float z[4] = {0.f, 0.f, 0.f, 0.f};
+        m2r_mma1688(z, va0, va1, (uint32_t)kp[8 * j]); /* v k^T */
+        m2r_mma16816(z, wa, bt[j][0], bt[j][1]);        /* + W^T H^T */
+        m2r_tanh_tile<NT, NPE>(j, z);
+#pragma unroll
+        for (int e = 0; e < 4; e++) h[j][e] = fmaf(f, h[j][e] - z[e], z[e]);
+        P[j][0] = m2r_pack_bf16(h[j][0], h[j][1]);
+        P[j][1] = m2r_pack_bf16(h[j][2], h[j][3]);
+      }
+      /* y partial over this warp's rows: H^T (v, k) q (k) */
+      float yc[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+      for (int ib = 0; ib < NT / 2; ib++) {
+        const uint32_t a[4] = {P[2 * ib][0], P[2 * ib][1], P[2 * ib + 1][0], P[2 * ib + 1][1]};
+        m2r_mma16816(yc, a, qp[8 * ib], qp[8 * ib + 4]);
+      }
+      if (tq < 2) *yp = tq ? yc[2] : yc[0];
+    }
+    __syncthreads();
+    /* y for this chunk: sum the warps of each head, 8 values (16 bytes) per task */
+    for (int task = threadIdx.x; task < len * p.hpb * 2; task += blockDim.x) {
+      const int half = task & 1, r = task >> 1, hh = r % p.hpb, i = r / p.hpb;
+      float acc[8];
+#pragma unroll
+      for (int e = 0; e < 8; e++) acc[e] = 0.f;
+      for (int w = 0; w < p.wph; w++) {
+        const float4 *src4 = (const float4 *)(ypart + ((i * p.hpb + hh) * p.wph + w) * 16 + half * 8);
+        const float4 u0 = src4[0], u1 = src4[1];
+        acc[0] += u0.x, acc[1] += u0.y, acc[2] += u0.z, acc[3] += u0.w;
+        acc[4] += u1.x, acc[5] += u1.y, acc[6] += u1.z, acc[7] += u1.w;
+      }
+      uint4 o;
+      o.x = m2r_pack_bf16(acc[0], acc[1]);
+      o.y = m2r_pack_bf16(acc[2], acc[3]);
+      o.z = m2r_pack_bf16(acc[4], acc[5]);
+      o.w = m2r_pack_bf16(acc[6], acc[7]);
+      *(uint4 *)(p.y + (((size_t)b * g.T + t0 + i) * g.N + n0 + hh) * 16 + half * 8) = o;
+    }
+    if (c + 2 < nch) m2r_stage(g, st, src, sm + (size_t)(c & 1) * st.bytes, b, n0, (c + 2) * CT, min(CT, g.T - (c + 2) * CT));
+    m2r_cp_commit();
+  }
+  if (p.hT) {
+#pragma unroll
+    for (int j = 0; j < NT; j++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) {
+        const int kr = r0 + 8 * j + 2 * tq + (e & 1), vc = gl + 8 * (e >> 1);
+        p.hT[(((size_t)b * g.N + n) * g.K + kr) * 16 + vc] = h[j][e];
+      }
+  }
+}
+
+/* ======================= general kernel ======================= */
+
+struct GenFwdP {
+  M2Geom g;
+  uint16_t *y;
+  float *hT, *ckpt;
+  const uint16_t *q, *k, *v;
+  const float *W, *f, *h0;
+};
+
+/* One block per chain (b, n); state, W and the step's inputs in shared memory; fp32 and tanhf. */
+__global__ void __launch_bounds__(256) m2r_fwd_general(const GenFwdP p) {
+  extern __shared__ __align__(16) float gsm[];
+  const M2Geom &g = p.g;
+  const int K = g.K, V = g.V, KV = K * V, tid = threadIdx.x, nth = blockDim.x;
+  const int b = blockIdx.x / g.N, n = blockIdx.x % g.N;
+  float *Ws = gsm, *H = Ws + V * V, *Z = H + KV, *kk = Z + KV, *qq = kk + K, *vv = qq + K;
+  const float *Wg = p.W + (size_t)(n / g.gw) * V * V;
+  for (int e = tid; e < V * V; e += nth) Ws[e] = Wg[e];
+  for (int e = tid; e < KV; e += nth) H[e] = p.h0 ? p.h0[((size_t)b * g.N + n) * KV + e] : 0.f;
+  __syncthreads();
+  for (int s = 0; s < g.T; s++) {
+    const size_t row = (size_t)b * g.T + s;
+    if (p.ckpt && s % g.ck == 0)
+      for (int e = tid; e < KV; e += nth) p.ckpt[(((size_t)b * g.N + n) * g.nck + s / g.ck) * KV + e] = H[e];
+    for (int i = tid; i < K; i += nth) {
+      kk[i] = m2r_bf16(p.k[(row * g.Nk + n / g.gk) * K + i]);
+      qq[i] = m2r_bf16(p.q[(row * g.Nq + n / g.gq) * K + i]);
+    }
+    for (int j = tid; j < V; j += nth) vv[j] = m2r_bf16(p.v[(row * g.Nv + n / g.gv) * V + j]);
+    const float f = p.f[row * g.Nf + n / g.gf];
+    __syncthreads();
+    for (int e = tid; e < KV; e += nth) {
+      const int i = e / V, j = e - i * V;
+      float acc = kk[i] * vv[j];
+      for (int m = 0; m < V; m++) acc = fmaf(H[i * V + m], Ws[m * V + j], acc);
+      Z[e] = tanhf(acc);
+    }
+    __syncthreads();
+    for (int e = tid; e < KV; e += nth) H[e] = fmaf(f, H[e] - Z[e], Z[e]);
+    __syncthreads();
+    for (int j = tid; j < V; j += nth) {
+      float acc = 0.f;
+      for (int i = 0; i < K; i++) acc = fmaf(qq[i], H[i * V + j], acc);
+      p.y[(row * g.N + n) * V + j] = (uint16_t)(m2r_pack_bf16(acc, 0.f) & 0xffffu);
+    }
+    __syncthreads();
+  }
+  if (p.hT)
+    for (int e = tid; e < KV; e += nth) p.hT[((size_t)b * g.N + n) * KV + e] = H[e];
+}
+
+/* ======================= launcher ======================= */
+
+template <typename Kern>
+static m2_status set_smem(Kern kern, size_t smem) {
+  if (smem > 48 * 1024) M2_CUDA_TRY(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+  return M2_OK;
+}
+
+extern "C" m2_status m2_m2rnn_fwd_cuda(const m2_m2rnn_dims *d, const m2_m2rnn_cuda_opts *o, const m2_m2rnn_fwd_args *a,
+                                       cudaStream_t stream) {
+  M2_TRY(m2_m2rnn_cuda_check(d, o));
+  if (!a || !a->y || !a->q || !a->k || !a->v || !a->W || !a->f)
+    return m2_fail(M2_ERR_VALUE, "m2rnn cuda forward: y, q, k, v, W and f must be given");
+  const int path = m2_m2rnn_cuda_path(d, o);
+  if (path < 0)
+    return m2_fail(M2_ERR_SHAPE, "m2rnn cuda forward: the fast path was asked for but needs V == 16, K %% 16 == 0, "
+                                 "K / 32 <= %d and ckpt_every %% %d == 0 (K=%d V=%d)",
+                   M2R_MAX_WARPS, M2R_BWD_SC, d->K, d->V);
+  M2Geom g = m2r_geom(d, o);
+  const size_t KV = (size_t)g.K * g.V;
+  if (g.T == 0) { /* nothing to run: hT = h0 */
+    if (a->hT) {
+      if (a->h0) M2_CUDA_TRY(cudaMemcpyAsync(a->hT, a->h0, (size_t)g.B * g.N * KV * 4, cudaMemcpyDeviceToDevice, stream));
+      else M2_CUDA_TRY(cudaMemsetAsync(a->hT, 0, (size_t)g.B * g.N * KV * 4, stream));
+    }
+    return M2_OK;
+  }
+  if (path == M2_M2RNN_GENERAL) {
+    GenFwdP p = {g, a->y, a->hT, a->ckpt, a->q, a->k, a->v, a->W, a->f, a->h0};
+    const size_t smem = ((size_t)g.V * g.V + 2 * KV + 2 * g.K + g.V) * 4;
+    M2_TRY(set_smem(m2r_fwd_general, smem));
+    m2r_fwd_general<<<g.B * g.N, 256, smem, stream>>>(p);
+    M2_CUDA_LAUNCH_CHECK("m2r_fwd_general");
+    return M2_OK;
+  }
+  M2Plan pl;
+  M2_TRY(m2r_plan(&g, o, 0, &pl));
+  FastFwdP p = {g, pl.st, pl.hpb, pl.wph, a->y, a->hT, a->ckpt, a->q, a->k, a->v, a->W, a->f, a->h0};
+  typedef void (*Kern)(const FastFwdP);
+  static const Kern k4[4] = {m2r_fwd_fast<4, 0>, m2r_fwd_fast<4, 4>, m2r_fwd_fast<4, 6>, m2r_fwd_fast<4, 8>};
+  static const Kern k2[4] = {m2r_fwd_fast<2, 0>, m2r_fwd_fast<2, 4>, m2r_fwd_fast<2, 6>, m2r_fwd_fast<2, 8>};
+  const int npe = m2r_tanh_mode(o), ti = npe == 0 ? 0 : npe == 4 ? 1 : npe == 6 ? 2 : 3;
+  Kern kern = pl.nt == 4 ? k4[ti] : k2[ti];
+  M2_TRY(set_smem(kern, pl.smem));
+  kern<<<pl.nblocks, pl.threads, pl.smem, stream>>>(p);
+  M2_CUDA_LAUNCH_CHECK("m2r_fwd_fast");
+  return M2_OK;
+}

@@ -1,0 +1,208 @@
+/* cuda_m2rnn.c — the fused M2RNN CUDA kernels (cuda/m2rnn.h) against the CPU reference op m2rnn
+ * (core/ops_m2rnn.c, float64) on fresh random inputs: forward y, hT and every gradient (dq, dk, dv, dW,
+ * df, dh0), both paths, head sharing, h0, active state-gradient clipping, T not a multiple of the chunk.
+ * GPU inputs are bf16 (q, k, v, dy) / fp32 (W, f, h0, dhT); the reference gets the same rounded values.
+ * Outputs are poisoned (NaN) before each run. Skips (exit 77) without a GPU. */
+#include <math.h>
+#include <string.h>
+#include "check.h"
+
+#ifndef M2_HAVE_CUDA
+int main(void) {
+  printf("cuda_m2rnn: built without CUDA, skipped\n");
+  return 77;
+}
+#else
+#include "../cuda/m2rnn.h"
+
+extern const m2_op m2_op_m2rnn;
+
+typedef struct tcase {
+  const char *name;
+  int B, T, N, K, V, Nq, Nk, Nv, Nf, Nw;
+  int h0;        /* pass an initial state */
+  float clip;    /* state-gradient clipping (<= 0: off) */
+  int path, ck, tanh_mode, hpb;
+  int zst;       /* backward keeps tanh values (opts.bwd_store_tanh) */
+  double tol;    /* on ||gpu - ref|| / ||ref|| */
+} tcase;
+
+static const tcase CASES[] = {
+    /* name                      B  T    N  K   V   Nq Nk Nv Nf Nw h0 clip  path              ck  tanh hpb zst tol */
+    {"paper-like fast",          2, 203, 4, 64, 16, 1, 1, 4, 4, 4, 0, 1.f, M2_M2RNN_AUTO, 64, 0, 4, 0, 1e-2},
+    {"sharing+h0+clip fast",     2, 150, 6, 32, 16, 2, 3, 6, 3, 2, 1, .05f, M2_M2RNN_FAST, 32, 3, 2, 1, 1e-2},
+    {"K=48 unshared fast",       1, 77, 3, 48, 16, 3, 3, 3, 3, 3, 1, 0.f, M2_M2RNN_FAST, 24, 1, 3, 0, 1e-2},
+    {"paper-like hpb=1 mix8 zst", 2, 203, 4, 64, 16, 1, 1, 4, 4, 4, 1, 1.f, M2_M2RNN_FAST, 64, 4, 1, 1, 1e-2},
+    {"paper-like general",       1, 100, 2, 64, 16, 1, 1, 2, 2, 2, 1, 1.f, M2_M2RNN_GENERAL, 64, 0, 0, 0, 1e-2},
+    {"K=24 V=8 general",         2, 50, 4, 24, 8, 2, 1, 4, 2, 1, 1, .5f, M2_M2RNN_AUTO, 16, 0, 0, 0, 1e-2},
+};
+
+static float bf16r(double x) { return m2_bf16_to_f32(m2_f32_to_bf16((float)x)); }
+
+/* A random host array of n values: scale * N(0, 1) rounded to bf16 (bf = 1) or f32. */
+static double *rnd(m2_rng *r, int64_t n, double scale, double shift, int bf) {
+  int64_t sh[1] = {n};
+  m2_tensor *t = m2_randn(r, M2_F64, M2_DEV_CPU, 1, sh);
+  double *x = malloc(sizeof(double) * (size_t)n);
+  m2_to_host(t, M2_F64, x);
+  m2_release(t);
+  for (int64_t i = 0; i < n; i++) x[i] = bf ? bf16r(shift + scale * x[i]) : (float)(shift + scale * x[i]);
+  return x;
+}
+
+static m2_tensor *cpu64(const double *x, int nd, const int64_t *shape) {
+  return m2_from_data(M2_F64, M2_DEV_CPU, nd, shape, x);
+}
+/* A device tensor of dtype dt holding x. */
+static m2_tensor *dev(const double *x, m2_dtype dt, int nd, const int64_t *shape) {
+  int64_t n = 1;
+  for (int i = 0; i < nd; i++) n *= shape[i];
+  void *buf = malloc((size_t)n * 4 + 4);
+  for (int64_t i = 0; i < n; i++) {
+    if (dt == M2_BF16) ((uint16_t *)buf)[i] = m2_f32_to_bf16((float)x[i]);
+    else ((float *)buf)[i] = (float)x[i];
+  }
+  m2_tensor *t = m2_from_data(dt, (m2_device){M2_CUDA, 0}, nd, shape, buf);
+  free(buf);
+  return t;
+}
+static m2_tensor *dev_empty(m2_dtype dt, int nd, const int64_t *shape) {
+  m2_tensor *t = m2_empty(dt, (m2_device){M2_CUDA, 0}, nd, shape);
+  return t;
+}
+static void poison(m2_tensor *t) {
+  if (t) cudaMemset(m2_data(t), 0xff, (size_t)m2_numel(t) * m2_elsize(t)); /* NaN in bf16 and f32 */
+}
+
+/* ||a - b|| / ||b|| and max |a - b| / max |b| of a device/host tensor a against host tensor b; NaN -> inf. */
+static void compare(const m2_tensor *a, const m2_tensor *b, double *nrel, double *mrel) {
+  int64_t n = m2_numel(b);
+  double *x = malloc(sizeof(double) * (size_t)n), *y = malloc(sizeof(double) * (size_t)n);
+  m2_to_host(a, M2_F64, x);
+  m2_to_host(b, M2_F64, y);
+  double num = 0, den = 0, mx = 0, my = 0;
+  for (int64_t i = 0; i < n; i++) {
+    double d = x[i] - y[i];
+    if (isnan(x[i]) || isinf(x[i])) d = INFINITY;
+    num += d * d, den += y[i] * y[i];
+    if (fabs(d) > mx || isinf(d)) mx = fabs(d);
+    if (fabs(y[i]) > my) my = fabs(y[i]);
+  }
+  *nrel = isinf(num) ? INFINITY : sqrt(num) / (den > 0 ? sqrt(den) : 1);
+  *mrel = mx / (my > 0 ? my : 1);
+  free(x);
+  free(y);
+}
+
+static void run_case(const tcase *tc, uint64_t seed) {
+  m2_m2rnn_dims d = {tc->B, tc->T, tc->N, tc->K, tc->V, tc->Nq, tc->Nk, tc->Nv, tc->Nf, tc->Nw};
+  m2_m2rnn_cuda_opts o = {tc->clip, tc->ck, tc->path, tc->tanh_mode, tc->hpb, 0, tc->zst};
+  const int B = tc->B, T = tc->T, N = tc->N, K = tc->K, V = tc->V;
+  const int path = m2_m2rnn_cuda_path(&d, &o);
+  CHECK(path == (tc->path == M2_M2RNN_GENERAL || V != 16 ? M2_M2RNN_GENERAL : M2_M2RNN_FAST), "%s: path %d", tc->name,
+        path);
+  m2_rng r = m2_rng_make(seed, 0);
+  int64_t sq[4] = {B, T, tc->Nq, K}, sk[4] = {B, T, tc->Nk, K}, sv[4] = {B, T, tc->Nv, V}, sw[3] = {tc->Nw, V, V},
+          sf[3] = {B, T, tc->Nf}, sh[4] = {B, N, K, V}, sy[4] = {B, T, N, V};
+  double *q = rnd(&r, (int64_t)B * T * tc->Nq * K, 0.5, 0, 1), *k = rnd(&r, (int64_t)B * T * tc->Nk * K, 0.5, 0, 1),
+         *v = rnd(&r, (int64_t)B * T * tc->Nv * V, 0.5, 0, 1), *W = rnd(&r, (int64_t)tc->Nw * V * V, 0.03, 0, 0),
+         *f = rnd(&r, (int64_t)B * T * tc->Nf, 1, 0, 0), *h0 = rnd(&r, (int64_t)B * N * K * V, 0.5, 0, 0),
+         *dy = rnd(&r, (int64_t)B * T * N * V, 1, 0, 1), *dhT = rnd(&r, (int64_t)B * N * K * V, 0.5, 0, 0);
+  for (int w = 0; w < tc->Nw; w++)
+    for (int i = 0; i < V; i++) W[(w * V + i) * V + i] = (float)(W[(w * V + i) * V + i] + 0.8);
+  /* W = 0.8 I + 0.03 N(0,1) keeps the recurrence contractive. With W = I + 0.25 N(0,1) it is chaotic: rounding
+     W alone to bf16 moves the float64 reference's y by 9.5%, so no bf16 kernel could be compared with it. */
+  for (int64_t i = 0; i < (int64_t)B * T * tc->Nf; i++) f[i] = (float)(0.05 + 0.94 / (1 + exp(-2 * f[i]))); /* (0.05, 0.99) */
+
+  /* reference: the CPU op in float64 */
+  m2_tensor *cin[6] = {cpu64(q, 4, sq), cpu64(k, 4, sk), cpu64(v, 4, sv), cpu64(W, 3, sw), cpu64(f, 3, sf),
+                       tc->h0 ? cpu64(h0, 4, sh) : NULL};
+  m2_tensor *cdy = cpu64(dy, 4, sy), *cdhT = cpu64(dhT, 4, sh);
+  m2_opcall c;
+  m2_call_init(&c, &m2_op_m2rnn, 6, cin);
+  c.fa[0] = tc->clip;
+  CHECK_OK(m2_op_m2rnn.cpu_fwd(&c));
+  c.dout[0] = cdy;
+  c.dout[1] = cdhT;
+  for (int i = 0; i < 6; i++) c.needs_din[i] = cin[i] != NULL;
+  CHECK_OK(m2_op_m2rnn.cpu_bwd(&c));
+
+  /* GPU */
+  m2_tensor *gq = dev(q, M2_BF16, 4, sq), *gk = dev(k, M2_BF16, 4, sk), *gv = dev(v, M2_BF16, 4, sv),
+            *gW = dev(W, M2_F32, 3, sw), *gf = dev(f, M2_F32, 3, sf), *gh0 = tc->h0 ? dev(h0, M2_F32, 4, sh) : NULL,
+            *gdy = dev(dy, M2_BF16, 4, sy), *gdhT = dev(dhT, M2_F32, 4, sh);
+  int64_t nck[1] = {(int64_t)m2_m2rnn_ckpt_floats(&d, &o) + 1}, nwk[1] = {(int64_t)(m2_m2rnn_bwd_work_bytes(&d, &o) / 4 + 64)};
+  m2_tensor *y = dev_empty(M2_BF16, 4, sy), *y2 = dev_empty(M2_BF16, 4, sy), *hT = dev_empty(M2_F32, 4, sh),
+            *ck = dev_empty(M2_F32, 1, nck), *work = dev_empty(M2_F32, 1, nwk), *dq = dev_empty(M2_BF16, 4, sq),
+            *dk = dev_empty(M2_BF16, 4, sk), *dv = dev_empty(M2_BF16, 4, sv), *dW = dev_empty(M2_F32, 3, sw),
+            *df = dev_empty(M2_F32, 3, sf), *dh0 = dev_empty(M2_F32, 4, sh);
+  cudaDeviceSynchronize(); /* the backend allocates and copies on its own stream */
+  m2_tensor *outs[] = {y, y2, hT, dq, dk, dv, dW, df, dh0};
+  for (size_t i = 0; i < sizeof outs / sizeof outs[0]; i++) poison(outs[i]);
+  m2_m2rnn_fwd_args fa = {m2_data(y), m2_data(hT), m2_data(ck), m2_data(gq), m2_data(gk), m2_data(gv),
+                          m2_data(gW), m2_data(gf), gh0 ? m2_data(gh0) : NULL};
+  CHECK_OK(m2_m2rnn_fwd_cuda(&d, &o, &fa, 0));
+  m2_m2rnn_fwd_args fi = fa; /* inference: no checkpoints, same y */
+  fi.y = m2_data(y2), fi.hT = NULL, fi.ckpt = NULL;
+  CHECK_OK(m2_m2rnn_fwd_cuda(&d, &o, &fi, 0));
+  m2_m2rnn_bwd_args ba = {m2_data(dq), m2_data(dk), m2_data(dv), m2_data(dW), m2_data(df), m2_data(dh0),
+                          m2_data(gdy), m2_data(gdhT), m2_data(ck), m2_data(gq), m2_data(gk), m2_data(gv),
+                          m2_data(gW), m2_data(gf), m2_data(work)};
+  CHECK_OK(m2_m2rnn_bwd_cuda(&d, &o, &ba, 0));
+  cudaError_t e = cudaDeviceSynchronize();
+  CHECK(e == cudaSuccess, "%s: %s", tc->name, cudaGetErrorString(e));
+
+  const char *names[8] = {"y", "hT", "dq", "dk", "dv", "dW", "df", "dh0"};
+  m2_tensor *got[8] = {y, hT, dq, dk, dv, dW, df, dh0};
+  m2_tensor *want[8] = {c.out[0], c.out[1], c.din[0], c.din[1], c.din[2], c.din[3], c.din[4], NULL};
+  if (tc->h0) want[7] = c.din[5]; /* without h0 the reference returns no dL/dH_0 */
+  printf("%-26s path %-7s", tc->name, path == M2_M2RNN_FAST ? "fast" : "general");
+  for (int i = 0; i < 8; i++) {
+    if (!want[i]) continue;
+    double nrel, mrel;
+    compare(got[i], want[i], &nrel, &mrel);
+    printf(" %s %.1e/%.1e", names[i], nrel, mrel);
+    CHECK(nrel <= tc->tol && mrel <= 6 * tc->tol, "%s: %s: ||err||/||ref|| = %.3g, max err / max ref = %.3g",
+          tc->name, names[i], nrel, mrel);
+  }
+  printf("\n");
+  double nr, mr;
+  compare(y2, y, &nr, &mr);
+  CHECK(nr == 0, "%s: inference y differs from training y by %.3g", tc->name, nr);
+
+  c.dout[0] = c.dout[1] = NULL;
+  m2_call_clear(&c);
+  for (int i = 0; i < 6; i++) m2_release(cin[i]);
+  m2_tensor *rel[] = {cdy, cdhT, gq, gk, gv, gW, gf, gh0, gdy, gdhT, y, y2, hT, ck, work, dq, dk, dv, dW, df, dh0};
+  for (size_t i = 0; i < sizeof rel / sizeof rel[0]; i++) m2_release(rel[i]);
+  double *hb[] = {q, k, v, W, f, h0, dy, dhT};
+  for (size_t i = 0; i < sizeof hb / sizeof hb[0]; i++) free(hb[i]);
+}
+
+int main(void) {
+  /* argument checks (no GPU needed) */
+  m2_m2rnn_dims bad = {1, 8, 4, 64, 16, 3, 1, 4, 4, 4};
+  CHECK_FAILS(m2_m2rnn_cuda_check(&bad, NULL) != M2_OK, M2_ERR_SHAPE, "Nq = 3 must divide N = 4");
+  m2_m2rnn_dims bad2 = {1, 8, 5, 64, 16, 1, 1, 4, 4, 4};
+  CHECK_FAILS(m2_m2rnn_cuda_check(&bad2, NULL) != M2_OK, M2_ERR_SHAPE, "largest head count");
+  m2_m2rnn_dims small = {1, 8, 4, 24, 8, 1, 1, 4, 4, 4};
+  m2_m2rnn_cuda_opts fast = {0, 0, M2_M2RNN_FAST, 0, 0};
+  CHECK(m2_m2rnn_cuda_path(&small, &fast) == -1, "fast path refused for V = 8");
+  CHECK(m2_m2rnn_cuda_path(&small, NULL) == M2_M2RNN_GENERAL, "auto path for V = 8 is general");
+  m2_m2rnn_dims paper = {8, 4096, 84, 64, 16, 1, 1, 84, 84, 84};
+  CHECK(m2_m2rnn_cuda_path(&paper, NULL) == M2_M2RNN_FAST, "auto path for the paper shape is fast");
+  m2_m2rnn_cuda_opts ck10 = {0, 10, M2_M2RNN_AUTO, 0, 0};
+  CHECK(m2_m2rnn_cuda_path(&paper, &ck10) == M2_M2RNN_GENERAL, "ckpt_every 10 is not a multiple of 8: general");
+  CHECK(m2_m2rnn_ckpt_floats(&paper, NULL) == (size_t)8 * 84 * 64 * 64 * 16, "checkpoint size");
+  if (m2_cuda_device_count() == 0) {
+    printf("cuda_m2rnn: no CUDA device, skipped (%d argument checks, %d failed)\n", g_checks, g_failures);
+    return g_failures ? 1 : 77;
+  }
+  m2_m2rnn_fwd_args none = {0};
+  CHECK_FAILS(m2_m2rnn_fwd_cuda(&paper, NULL, &none, 0) != M2_OK, M2_ERR_VALUE, "must be given");
+  for (size_t i = 0; i < sizeof CASES / sizeof CASES[0]; i++) run_case(&CASES[i], 100 + i);
+  CHECK(m2_live_tensors() == 0, "leaked %ld tensors", m2_live_tensors());
+  CHECK(m2_live_nodes() == 0, "leaked %ld nodes", m2_live_nodes());
+  return check_finish("cuda_m2rnn");
+}
+#endif /* M2_HAVE_CUDA */
