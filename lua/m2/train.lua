@@ -585,7 +585,17 @@ function train.train(spec)
   st.lossfn = s.loss or default_loss
   st.config_json = runs.json_encode { config = s.config, train = train_record(s, st.opt, st.sched) }
   if m2.resuming and not s.out then fail("resuming needs a run file") end
-  if s.out then open_run(st, s) end
+  if s.out then
+    local ok, err = pcall(open_run, st, s)
+    if not ok then
+      if st.run then -- created, then a later step failed: the file says so
+        pcall(st.run.set_status, st.run, "failed: " .. tostring(err):match("^[^\n]*"):sub(1, 500))
+        pcall(st.run.close, st.run)
+        st.run = nil
+      end
+      error(err, 0)
+    end
+  end
   st.start_step = st.step
   if not s.quiet then
     local head = st.resumed_from and string.format("resuming %s at step %d of %d", s.out, st.step, s.steps) or
