@@ -27,6 +27,10 @@
  */
 #include "ops.h"
 #include "ops_mixers.h"
+#include "ops_m2rnn.h"
+#ifdef M2_HAVE_CUDA
+#include "../cuda/ops_m2rnn_entry.h"
+#endif
 #include <cblas.h>
 #include <math.h>
 #include <pthread.h>
@@ -77,19 +81,13 @@ static inline double m2rnn_tanh(double x) {
 
 /* ---------------- shapes ---------------- */
 
-typedef struct m2rnn_geom {
-  int64_t B, T, N, K, V;
-  int64_t nq, nk, nv, nf, nw; /* head counts of q, k, v, f, W */
-  int64_t S;                  /* checkpoints: ceil(T / M2RNN_CKPT) */
-} m2rnn_geom;
-
 static const char *const IN_NAMES[6] = {"q", "k", "v", "W", "f", "h0"};
 static const char *const IN_LAYOUT[6] = {"(B, T, Nq, K)", "(B, T, Nk, K)", "(B, T, Nv, V)", "(Nw, V, V)",
                                          "(B, T, Nf)", "(B, N, K, V)"};
 static const int IN_NDIM[6] = {4, 4, 4, 3, 3, 4};
 
 /* Check q, k, v, W, f, h0 (h0 may be NULL) and fill g. Messages name the shapes. */
-static m2_status m2rnn_check(m2_tensor *const *in, m2rnn_geom *g) {
+m2_status m2rnn_check(m2_tensor *const *in, m2rnn_geom *g) {
   char s0[96], s1[96], s2[96];
   for (int i = 0; i < 6; i++) {
     if (!in[i]) {
@@ -474,7 +472,7 @@ static m2_status m2rnn_bwd(m2_opcall *c) {
   return s;
 }
 
-const m2_op m2_op_m2rnn = {"m2rnn", m2rnn_fwd, m2rnn_bwd, NULL, NULL, 0};
+const m2_op m2_op_m2rnn = {"m2rnn", m2rnn_fwd, m2rnn_bwd, M2_CUDA(m2_cuda_m2rnn_fwd), M2_CUDA(m2_cuda_m2rnn_bwd), 0};
 
 m2_status m2_m2rnn(m2_tensor *q, m2_tensor *k, m2_tensor *v, m2_tensor *W, m2_tensor *f, m2_tensor *h0,
                    const m2_m2rnn_opts *o, m2_tensor **y, m2_tensor **hT) {
