@@ -19,7 +19,8 @@
 
 static const char *const standard_attrs[] = {
     "format_version", "m2lab_version", "git_rev", "start_time", "start_unix",   "host",
-    "device",         "script",        "config_json", "status", "resume_count", "last_resume"};
+    "device",         "script",        "config_json", "status", "resume_count", "last_resume",
+    "script_path",    "script_sha256", "overrides_json", "num_params"};
 
 bool m2_run_is_standard_attr(const char *key) {
   for (size_t i = 0; i < sizeof standard_attrs / sizeof *standard_attrs; i++)

@@ -38,6 +38,7 @@ __all__ = ["load_run", "load_sweep", "open_run_file", "Run"]
 STANDARD_ATTRS = {
     "format_version", "m2lab_version", "git_rev", "start_time", "start_unix", "host", "device",
     "script", "config_json", "status", "resume_count", "last_resume",
+    "script_path", "script_sha256", "overrides_json", "num_params",
 }
 _LOCK_BYTE = 1 << 62  # the byte an m2lab writer holds an OFD lock on (core/runfile_h5.c)
 
