@@ -10,6 +10,9 @@
  * Computed in double; the loops run over c innermost (contiguous). */
 #include "ops.h"
 #include "ops_mixers.h"
+#ifdef M2_HAVE_CUDA
+#include "../cuda/cuda_ops.h" /* the CUDA entry points named in the op rows */
+#endif
 #include <stdlib.h>
 #include <string.h>
 
@@ -142,7 +145,8 @@ static m2_status conv_bwd(m2_opcall *c) {
   return s;
 }
 
-const m2_op m2_op_conv1d_causal = {"conv1d_causal", conv_fwd, conv_bwd, NULL, NULL, 0};
+const m2_op m2_op_conv1d_causal = {"conv1d_causal", conv_fwd, conv_bwd, M2_CUDA(m2_cuda_conv1d_causal_fwd),
+                                   M2_CUDA(m2_cuda_conv1d_causal_bwd), 0};
 
 m2_tensor *m2_conv1d_causal(m2_tensor *x, m2_tensor *w, m2_tensor *bias) {
   if (conv_check(x, w, bias) != M2_OK) return NULL;

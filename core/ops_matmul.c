@@ -7,6 +7,9 @@
  *   d op(a) = dc op(b)^T  (M, K),   d op(b) = op(a)^T dc  (K, N),
  * transposed back to the stored layouts; a shared b sums its gradient over the batch. */
 #include "ops.h"
+#ifdef M2_HAVE_CUDA
+#include "../cuda/cuda_ops.h" /* the CUDA entry points named in the op rows */
+#endif
 #include <cblas.h>
 #include <limits.h>
 #include <string.h>
@@ -154,7 +157,8 @@ static m2_status matmul_bwd(m2_opcall *c) {
   return s;
 }
 
-const m2_op m2_op_matmul = {"matmul", matmul_fwd, matmul_bwd, NULL, NULL, 0};
+const m2_op m2_op_matmul = {"matmul", matmul_fwd, matmul_bwd, M2_CUDA(m2_cuda_matmul_fwd), M2_CUDA(m2_cuda_matmul_bwd),
+                            0};
 
 m2_tensor *m2_matmul(m2_tensor *a, m2_tensor *b, bool ta, bool tb) {
   mm_geom g;

@@ -1,6 +1,9 @@
 /* ops_view.c — views (reshape, narrow, transpose, permute, expand), contiguous copies,
  * dtype and device conversion. All differentiable. */
 #include "ops.h"
+#ifdef M2_HAVE_CUDA
+#include "../cuda/cuda_ops.h" /* the CUDA entry points named in the op rows */
+#endif
 #include <string.h>
 
 /* ---- contiguous: in (any) -> out (contiguous copy) ---- */
@@ -14,7 +17,7 @@ static m2_status pass_bwd(m2_opcall *c) {
   c->din[0] = c->dout[0];
   return M2_OK;
 }
-const m2_op m2_op_contiguous = {"contiguous", contiguous_fwd, pass_bwd, M2_CUDA(contiguous_fwd), M2_CUDA(pass_bwd),
+const m2_op m2_op_contiguous = {"contiguous", contiguous_fwd, pass_bwd, M2_CUDA(m2_cuda_contiguous_fwd), M2_CUDA(pass_bwd),
                                 M2_OP_VIEW};
 
 m2_tensor *m2_contiguous(m2_tensor *x) {
@@ -102,7 +105,8 @@ static m2_status narrow_bwd(m2_opcall *c) {
   c->din[0] = g;
   return M2_OK;
 }
-const m2_op m2_op_narrow = {"narrow", narrow_fwd, narrow_bwd, M2_CUDA(narrow_fwd), M2_CUDA(narrow_bwd), M2_OP_VIEW};
+const m2_op m2_op_narrow = {"narrow", narrow_fwd, narrow_bwd, M2_CUDA(narrow_fwd), M2_CUDA(m2_cuda_narrow_bwd),
+                            M2_OP_VIEW};
 
 m2_tensor *m2_narrow(m2_tensor *x, int dim, int64_t start, int64_t len) {
   int d;
@@ -225,7 +229,8 @@ static m2_status to_dtype_bwd(m2_opcall *c) {
   c->din[0] = m2_clone_raw(c->dout[0], c->in[0]->dtype, c->in[0]->device);
   return c->din[0] ? M2_OK : m2_errcode();
 }
-const m2_op m2_op_to_dtype = {"to_dtype", to_dtype_fwd, to_dtype_bwd, M2_CUDA(to_dtype_fwd), M2_CUDA(to_dtype_bwd),
+const m2_op m2_op_to_dtype = {"to_dtype", to_dtype_fwd, to_dtype_bwd, M2_CUDA(m2_cuda_to_dtype_fwd),
+                              M2_CUDA(m2_cuda_to_dtype_bwd),
                               M2_OP_VIEW};
 
 m2_tensor *m2_to_dtype(m2_tensor *x, m2_dtype dt) {

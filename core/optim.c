@@ -21,7 +21,8 @@
  *   float like the CUDA kernel will, the f64 kernel in double.
  *
  *   Global grad norm:  norm = sqrt(sum over params in the given order, elements in memory order,
- *     of g^2), accumulated in one double (deterministic). If norm is finite, max_norm > 0 and
+ *     of g^2), accumulated in one double (deterministic; a CUDA grad contributes its own sum, computed
+ *     in double on the device over a fixed decomposition). If norm is finite, max_norm > 0 and
  *     norm > max_norm, every grad is scaled by max_norm / (norm + 1e-6). A NaN/inf norm is
  *     returned as is (status M2_OK) and the grads are left untouched: the caller skips the step.
  *
@@ -37,6 +38,10 @@
  *   its D-th step (COSINE s = W + D, WSD s = W + S + D) and stays there. */
 #include "optim.h"
 #include "autograd.h"
+#include "backend.h"
+#ifdef M2_HAVE_CUDA
+#include "../cuda/cuda_ops.h" /* the CUDA twins of the kernels below (cuda/ops_optim.cu) */
+#endif
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -275,12 +280,31 @@ m2_status m2_optim_init_state(m2_optim *o) {
 
 /* ---------------- step ---------------- */
 
+#ifdef M2_HAVE_CUDA
+/* t really lives on an available CUDA device (header and memory agree) */
+static bool on_cuda(const m2_tensor *t) {
+  return t->device.type == M2_CUDA && t->device.index < m2_cuda_device_count() && t->storage->device.type == M2_CUDA &&
+         t->storage->device.index == t->device.index;
+}
+#endif
+
 /* Can parameter i be updated on this machine with its current grad? (nothing is modified) */
 static m2_status check_param(const m2_optim *o, int i) {
   const optim_param *e = &o->ps[i];
   const m2_tensor *p = e->p, *g = p->grad;
-  if (p->device.type != M2_CPU)
-    return m2_fail(M2_ERR_DEVICE, "optim step: parameter '%s' is on cuda: no CUDA kernel yet", e->name);
+  if (p->device.type != M2_CPU) {
+#ifdef M2_HAVE_CUDA
+    if (!on_cuda(p) || (g && !on_cuda(g)))
+      return m2_fail(M2_ERR_DEVICE, "optim step: parameter '%s' or its grad is not in the memory of an available CUDA "
+                                    "device: no CUDA kernel yet can run on it", e->name);
+    if (p->dtype != M2_F32)
+      return m2_fail(M2_ERR_DTYPE, "optim step: parameter '%s' is %s on cuda; the CUDA optimizer updates f32 "
+                                   "(master) parameters", e->name, m2_dtype_name(p->dtype));
+#else
+    return m2_fail(M2_ERR_DEVICE, "optim step: parameter '%s' is on cuda: no CUDA kernel yet (built without CUDA)",
+                   e->name);
+#endif
+  }
   if (!m2_is_contiguous(p))
     return m2_fail(M2_ERR_UNSUPPORTED, "optim step: parameter '%s' is not contiguous", e->name);
   if (g->dtype != p->dtype)
@@ -298,24 +322,34 @@ static m2_status check_param(const m2_optim *o, int i) {
   return M2_OK;
 }
 
-static void update_param(m2_optim *o, optim_param *e, int64_t t, double lr) {
+static m2_status update_param(m2_optim *o, optim_param *e, int64_t t, double lr) {
   m2_tensor *p = e->p;
   int64_t n = m2_numel(p);
-  bool f32 = p->dtype == M2_F32;
-  void *pd = m2_data(p), *gd = m2_data(p->grad);
+  bool f32 = p->dtype == M2_F32, cuda = p->device.type == M2_CUDA;
   if (o->kind == M2_OPTIM_SGD) {
     sgd_scalars s = {lr, o->sgd.momentum, e->no_decay ? 0.0 : o->sgd.weight_decay, o->sgd.nesterov};
+#ifdef M2_HAVE_CUDA
+    if (cuda) return m2_cuda_sgd_update(p, p->grad, e->state[0], s.lr, s.momentum, s.wd, s.nesterov);
+#endif
+    (void)cuda;
+    void *pd = m2_data(p), *gd = m2_data(p->grad);
     void *buf = e->state[0] ? m2_data(e->state[0]) : NULL;
     if (f32) sgd_update_cpu_f32(pd, gd, buf, n, s);
     else sgd_update_cpu_f64(pd, gd, buf, n, s);
-    return;
+    return M2_OK;
   }
   const m2_adamw_opts *a = &o->adamw;
   adamw_scalars s = {lr, a->beta1, a->beta2, a->eps, e->no_decay ? 0.0 : a->weight_decay,
                      1.0 - pow(a->beta1, (double)t), 1.0 - pow(a->beta2, (double)t)};
+#ifdef M2_HAVE_CUDA
+  if (cuda)
+    return m2_cuda_adamw_update(p, p->grad, e->state[0], e->state[1], s.lr, s.beta1, s.beta2, s.eps, s.wd, s.bc1, s.bc2);
+#endif
+  void *pd = m2_data(p), *gd = m2_data(p->grad);
   void *m = m2_data(e->state[0]), *v = m2_data(e->state[1]);
   if (f32) adamw_update_cpu_f32(pd, gd, m, v, n, s);
   else adamw_update_cpu_f64(pd, gd, m, v, n, s);
+  return M2_OK;
 }
 
 m2_status m2_optim_step(m2_optim *o, double lr) {
@@ -328,7 +362,7 @@ m2_status m2_optim_step(m2_optim *o, double lr) {
     if (o->ps[i].p->grad) M2_TRY(ensure_state(o, i));
   int64_t t = o->steps + 1;
   for (int i = 0; i < o->n; i++)
-    if (o->ps[i].p->grad) update_param(o, &o->ps[i], t, lr);
+    if (o->ps[i].p->grad) M2_TRY(update_param(o, &o->ps[i], t, lr));
   o->steps = t;
   return M2_OK;
 }
@@ -349,16 +383,37 @@ m2_status m2_clip_grad_norm(m2_tensor *const *params, int n, double max_norm, do
     if (!params[i]) return m2_fail(M2_ERR_VALUE, "clip_grad_norm: parameter %d is NULL", i);
     const m2_tensor *g = params[i]->grad;
     if (!g) continue;
-    if (g->device.type != M2_CPU)
-      return m2_fail(M2_ERR_DEVICE, "clip_grad_norm: grad %d is on cuda: no CUDA kernel yet", i);
-    if (g->dtype != M2_F32 && g->dtype != M2_F64)
+    if (g->device.type != M2_CPU) {
+#ifdef M2_HAVE_CUDA
+      if (!on_cuda(g))
+        return m2_fail(M2_ERR_DEVICE, "clip_grad_norm: grad %d is not in the memory of an available CUDA device: "
+                                      "no CUDA kernel yet can run on it", i);
+      if (g->dtype != M2_F32 && g->dtype != M2_BF16)
+        return m2_fail(M2_ERR_DTYPE, "clip_grad_norm: grad %d is %s on cuda; f32 or bf16 expected", i,
+                       m2_dtype_name(g->dtype));
+#else
+      return m2_fail(M2_ERR_DEVICE, "clip_grad_norm: grad %d is on cuda: no CUDA kernel yet (built without CUDA)", i);
+#endif
+    } else if (g->dtype != M2_F32 && g->dtype != M2_F64)
       return m2_fail(M2_ERR_DTYPE, "clip_grad_norm: grad %d is %s; f32 or f64 expected", i, m2_dtype_name(g->dtype));
     if (!m2_is_contiguous(g)) return m2_fail(M2_ERR_UNSUPPORTED, "clip_grad_norm: grad %d is not contiguous", i);
   }
-  double ss = 0;
+  double ss = 0, *dev_ss = NULL; /* dev_ss[i]: sum of squares of CUDA grad i */
+#ifdef M2_HAVE_CUDA
+  m2_tensor **dev_g = calloc((size_t)(n > 0 ? n : 1), sizeof *dev_g);
+  dev_ss = calloc((size_t)(n > 0 ? n : 1), sizeof *dev_ss);
+  bool any_dev = false;
+  m2_status ds = dev_g && dev_ss ? M2_OK : m2_fail(M2_ERR_OOM, "clip_grad_norm: out of host memory");
+  for (int i = 0; ds == M2_OK && i < n; i++)
+    if (params[i]->grad && params[i]->grad->device.type == M2_CUDA) { dev_g[i] = params[i]->grad; any_dev = true; }
+  if (ds == M2_OK && any_dev) ds = m2_cuda_sumsq_many(dev_g, n, dev_ss);
+  free(dev_g);
+  if (ds != M2_OK) { free(dev_ss); return ds; }
+#endif
   for (int i = 0; i < n; i++) {
     const m2_tensor *g = params[i]->grad;
     if (!g) continue;
+    if (g->device.type != M2_CPU) { ss += dev_ss[i]; continue; }
     int64_t k = m2_numel(g);
     if (g->dtype == M2_F32) {
       const float *x = m2_data(g);
@@ -368,6 +423,7 @@ m2_status m2_clip_grad_norm(m2_tensor *const *params, int n, double max_norm, do
       for (int64_t j = 0; j < k; j++) ss += x[j] * x[j];
     }
   }
+  free(dev_ss);
   double total = sqrt(ss);
   if (norm) *norm = total;
   if (!isfinite(total) || !(max_norm > 0) || total <= max_norm) return M2_OK;
@@ -375,6 +431,12 @@ m2_status m2_clip_grad_norm(m2_tensor *const *params, int n, double max_norm, do
   for (int i = 0; i < n; i++) {
     m2_tensor *g = params[i]->grad;
     if (!g) continue;
+#ifdef M2_HAVE_CUDA
+    if (g->device.type == M2_CUDA) {
+      M2_TRY(m2_cuda_scale_(g, scale));
+      continue;
+    }
+#endif
     int64_t k = m2_numel(g);
     if (g->dtype == M2_F32) {
       float *x = m2_data(g), sf = (float)scale;

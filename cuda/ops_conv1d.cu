@@ -1,0 +1,134 @@
+/* ops_conv1d.cu — CUDA depthwise causal conv1d (the short conv in front of the mixers), f32 / bf16 in fp32.
+ *   x (B, T, C), w (C, W), bias (C) or NULL -> y (B, T, C)
+ *   y[b,t,c] = bias[c] + sum_j w[c,j] x[b, t-(W-1)+j, c]
+ *   dx[b,s,c] = sum_j w[c,j] dy[b, s+(W-1)-j, c];   dw[c,j] = sum_{b,t} dy[b,t,c] x[b, t-(W-1)+j, c];
+ *   dbias[c] = sum_{b,t} dy[b,t,c]  (dw and dbias in one deterministic column reduction). */
+#include "ops_common.cuh"
+
+template <class T>
+__global__ void k_conv_fwd(const T *x, const T *w, const T *bias, int64_t Tn, int64_t C, int64_t W, int64_t total,
+                           T *y) {
+  CU_GRID_STRIDE(i, total) {
+    int64_t c = i % C, row = i / C, t = row % Tn; /* row = b*T + t */
+    float s = bias ? to_f(bias[c]) : 0.0f;
+    for (int64_t j = 0; j < W; j++) {
+      int64_t ts = t - (W - 1) + j;
+      if (ts >= 0) s += to_f(w[c * W + j]) * to_f(x[(row - t + ts) * C + c]);
+    }
+    y[i] = from_f<T>(s);
+  }
+}
+template <class T>
+__global__ void k_conv_dx(const T *dy, const T *w, int64_t Tn, int64_t C, int64_t W, int64_t total, T *dx) {
+  CU_GRID_STRIDE(i, total) {
+    int64_t c = i % C, row = i / C, s = row % Tn;
+    float acc = 0;
+    for (int64_t j = 0; j < W; j++) {
+      int64_t t = s + (W - 1) - j;
+      if (t < Tn) acc += to_f(w[c * W + j]) * to_f(dy[(row - s + t) * C + c]);
+    }
+    dx[i] = from_f<T>(acc);
+  }
+}
+/* a < W: dy[k, c] x[k - (W-1) + a, c] (0 before t = 0); a == W: dy[k, c]. k = b*T + t. */
+template <class T> struct load_conv_dw {
+  const T *x, *dy;
+  int64_t Tn, C, W;
+  __device__ float operator()(int64_t a, int64_t k, int64_t c) const {
+    float g = to_f(dy[k * C + c]);
+    if (a == W) return g;
+    int64_t t = k % Tn, ts = t - (W - 1) + a;
+    return ts < 0 ? 0.0f : g * to_f(x[(k - (W - 1) + a) * C + c]);
+  }
+};
+
+static m2_status conv_check(const m2_tensor *x, const m2_tensor *w, const m2_tensor *bias) {
+  char a[96], b[96];
+  if (!x || !w) return m2_fail(M2_ERR_VALUE, "conv1d_causal: x (B, T, C) and w (C, W) are required (bias may be NULL)");
+  M2_TRY(cu_check_float(x, "conv1d_causal", "x"));
+  M2_TRY(cu_check_float(w, "conv1d_causal", "w"));
+  M2_TRY(m2_check_same_dtype(x, w, "conv1d_causal"));
+  if (x->ndim != 3) return m2_fail(M2_ERR_SHAPE, "conv1d_causal: x must be (B, T, C), got %s", m2_shape_str(x, a, sizeof a));
+  if (w->ndim != 2 || w->shape[0] != x->shape[2] || w->shape[1] < 1)
+    return m2_fail(M2_ERR_SHAPE, "conv1d_causal: w must be (C, W) with C = %lld from x %s and W >= 1, got %s",
+                   (long long)x->shape[2], m2_shape_str(x, a, sizeof a), m2_shape_str(w, b, sizeof b));
+  if (bias) {
+    M2_TRY(m2_check_same_dtype(x, bias, "conv1d_causal"));
+    if (bias->ndim != 1 || bias->shape[0] != x->shape[2])
+      return m2_fail(M2_ERR_SHAPE, "conv1d_causal: bias must be (C) with C = %lld from x %s, got %s",
+                     (long long)x->shape[2], m2_shape_str(x, a, sizeof a), m2_shape_str(bias, b, sizeof b));
+  }
+  return M2_OK;
+}
+
+/* in: x, w, bias (may be NULL). out: y (B, T, C). */
+extern "C" m2_status m2_cuda_conv1d_causal_fwd(m2_opcall *c) {
+  m2_tensor *x = c->in[0], *w = c->in[1], *bias = c->n_in > 2 ? c->in[2] : NULL;
+  M2_TRY(conv_check(x, w, bias));
+  int64_t Tn = x->shape[1], C = x->shape[2], W = w->shape[1], total = m2_numel(x);
+  m2_tensor *y = m2_empty(x->dtype, x->device, 3, x->shape);
+  if (!y) return m2_errcode();
+  c->n_out = 1;
+  c->out[0] = y;
+  if (total == 0) return M2_OK;
+  cudaStream_t st;
+  M2_TRY(cu_stream(x->device, &st));
+  CU_FLOAT_DISPATCH(x->dtype, k_conv_fwd<T><<<cu_grid(total, 256), 256, 0, st>>>(
+                                  (const T *)m2_data(x), (const T *)m2_data(w), bias ? (const T *)m2_data(bias) : (const T *)NULL,
+                                  Tn, C, W, total, (T *)m2_data(y)));
+  M2_CUDA_LAUNCH_CHECK("conv1d_causal");
+  return M2_OK;
+}
+
+extern "C" m2_status m2_cuda_conv1d_causal_bwd(m2_opcall *c) {
+  m2_tensor *x = c->in[0], *w = c->in[1], *bias = c->n_in > 2 ? c->in[2] : NULL;
+  int64_t B = x->shape[0], Tn = x->shape[1], C = x->shape[2], W = w->shape[1], total = m2_numel(x);
+  m2_tensor *dy = cu_as(c->dout[0], x->dtype);
+  if (!dy) return m2_errcode();
+  cudaStream_t st;
+  m2_status s = cu_stream(x->device, &st);
+  if (s == M2_OK && c->needs_din[0]) {
+    m2_tensor *dx = m2_empty(x->dtype, x->device, 3, x->shape);
+    if (!dx) s = m2_errcode();
+    else {
+      c->din[0] = dx;
+      if (total > 0) {
+        CU_FLOAT_DISPATCH(x->dtype, k_conv_dx<T><<<cu_grid(total, 256), 256, 0, st>>>(
+                                        (const T *)m2_data(dy), (const T *)m2_data(w), Tn, C, W, total, (T *)m2_data(dx)));
+        cudaError_t e = cudaGetLastError();
+        if (e != cudaSuccess) s = m2_fail(M2_ERR_CUDA, "conv1d_causal backward: launch failed: %s", cudaGetErrorString(e));
+      }
+    }
+  }
+  bool need_w = c->needs_din[1], need_b = bias && c->needs_din[2];
+  if (s == M2_OK && (need_w || need_b)) {
+    int64_t sh[2] = {W + 1, C};
+    m2_tensor *acc = m2_empty(M2_F32, x->device, 2, sh); /* rows 0..W-1: dw transposed (W, C); row W: dbias */
+    if (!acc) s = m2_errcode();
+    else if (B * Tn == 0) s = m2_cuda_fill(acc, 0.0);
+    else
+      CU_FLOAT_DISPATCH(x->dtype, {
+        load_conv_dw<T> L = {(const T *)m2_data(x), (const T *)m2_data(dy), Tn, C, W};
+        s = cu_reduce(L, W + 1, B * Tn, C, 1.0f, (float *)m2_data(acc), x->device);
+      });
+    if (s == M2_OK && need_w) {
+      int64_t shw[2] = {C, W}, stw[2] = {1, C};
+      m2_tensor *v = m2_view_raw(acc, 2, shw, stw, 0); /* (C, W) view of the (W, C) rows */
+      m2_tensor *dw = m2_empty(w->dtype, w->device, 2, w->shape);
+      s = v && dw ? m2_cuda_copy(dw, v) : m2_errcode();
+      if (dw) c->din[1] = dw;
+      m2_release(v);
+    }
+    if (s == M2_OK && need_b) {
+      int64_t one = 1;
+      m2_tensor *v = m2_view_raw(acc, 1, &C, &one, W * C); /* row W */
+      m2_tensor *db = m2_empty(bias->dtype, bias->device, 1, bias->shape);
+      s = v && db ? m2_cuda_copy(db, v) : m2_errcode();
+      if (db) c->din[2] = db;
+      m2_release(v);
+    }
+    m2_release(acc);
+  }
+  m2_release(dy);
+  return s;
+}

@@ -1,0 +1,233 @@
+/* ops_elementwise.cu — CUDA kernels of the broadcasting binary ops (add, sub, mul, div) and the unary
+ * maps (neg ... clamp) with their backwards; f32 / bf16 storage, fp32 arithmetic. The binary ops'
+ * backwards are the CPU file's composites (other ops), which run here too. */
+#include "ops_common.cuh"
+
+/* ================= broadcasting binary ops ================= */
+
+enum { B_ADD, B_SUB, B_MUL, B_DIV };
+
+template <int K> __device__ __forceinline__ float bin_apply(float x, float y) {
+  if (K == B_ADD) return x + y;
+  if (K == B_SUB) return x - y;
+  if (K == B_MUL) return x * y;
+  return x / y;
+}
+
+/* Broadcast iteration space with size-1 dims dropped and mergeable dims merged (as on the CPU). */
+typedef struct bin_plan {
+  int nd;
+  int64_t shape[M2_MAX_DIMS];
+  int64_t sa[M2_MAX_DIMS], sb[M2_MAX_DIMS]; /* element strides, 0 where broadcast */
+} bin_plan;
+
+static void bin_plan_make(int nd, const int64_t *shape, const int64_t *sa, const int64_t *sb, bin_plan *p) {
+  p->nd = 0;
+  for (int d = 0; d < nd; d++) {
+    if (shape[d] == 1) continue;
+    int k = p->nd - 1;
+    if (k >= 0 && p->sa[k] == sa[d] * shape[d] && p->sb[k] == sb[d] * shape[d]) {
+      p->shape[k] *= shape[d];
+      p->sa[k] = sa[d];
+      p->sb[k] = sb[d];
+    } else {
+      p->shape[k + 1] = shape[d];
+      p->sa[k + 1] = sa[d];
+      p->sb[k + 1] = sb[d];
+      p->nd++;
+    }
+  }
+  if (p->nd == 0) {
+    p->nd = 1;
+    p->shape[0] = 1;
+    p->sa[0] = p->sb[0] = 1;
+  }
+}
+
+/* o[i] = a[i * sa] (op) b[i * sb], sa and sb 0 or 1 (one flat loop) */
+template <class T, int K>
+__global__ void k_bin_flat(const T *a, int64_t sa, const T *b, int64_t sb, T *o, int64_t n) {
+  CU_GRID_STRIDE(i, n) o[i] = from_f<T>(bin_apply<K>(to_f(a[i * sa]), to_f(b[i * sb])));
+}
+
+/* general broadcast: output row-major over the plan, operands through their strides */
+template <class T, int K, class I>
+__global__ void k_bin_nd(const T *a, const T *b, T *o, bin_plan p, I n) {
+  for (I i = (I)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (I)gridDim.x * blockDim.x) {
+    I r = i, oa = 0, ob = 0;
+    for (int d = p.nd - 1; d > 0; d--) {
+      I sh = (I)p.shape[d], q = r / sh, k = r - q * sh;
+      oa += k * (I)p.sa[d];
+      ob += k * (I)p.sb[d];
+      r = q;
+    }
+    oa += r * (I)p.sa[0];
+    ob += r * (I)p.sb[0];
+    o[i] = from_f<T>(bin_apply<K>(to_f(a[oa]), to_f(b[ob])));
+  }
+}
+
+template <class T, int K>
+static void bin_launch(const void *a, const void *b, void *o, const bin_plan *p, int64_t n, cudaStream_t st) {
+  if (p->nd == 1) {
+    k_bin_flat<T, K><<<cu_grid(n, 256), 256, 0, st>>>((const T *)a, p->sa[0], (const T *)b, p->sb[0], (T *)o, n);
+  } else if (n < 0x7fffffffLL) {
+    k_bin_nd<T, K, int32_t><<<cu_grid(n, 256), 256, 0, st>>>((const T *)a, (const T *)b, (T *)o, *p, (int32_t)n);
+  } else {
+    k_bin_nd<T, K, int64_t><<<cu_grid(n, 256), 256, 0, st>>>((const T *)a, (const T *)b, (T *)o, *p, n);
+  }
+}
+
+template <int K>
+static m2_status binary_fwd(m2_opcall *c) {
+  m2_tensor *a = c->in[0], *b = c->in[1];
+  const char *name = c->op->name;
+  M2_TRY(cu_check_float(a, name, "a"));
+  M2_TRY(cu_check_float(b, name, "b"));
+  M2_TRY(m2_check_same_dtype(a, b, name));
+  int nd;
+  int64_t shape[M2_MAX_DIMS], sa[M2_MAX_DIMS], sb[M2_MAX_DIMS];
+  M2_TRY(m2_broadcast_shapes(a->ndim, a->shape, b->ndim, b->shape, &nd, shape, name));
+  m2_broadcast_strides(a->ndim, a->shape, nd, shape, sa);
+  m2_broadcast_strides(b->ndim, b->shape, nd, shape, sb);
+  m2_tensor *o = m2_empty(a->dtype, a->device, nd, shape);
+  if (!o) return m2_errcode();
+  c->n_out = 1;
+  c->out[0] = o;
+  int64_t n = m2_numel(o);
+  if (n == 0) return M2_OK;
+  cudaStream_t st;
+  M2_TRY(cu_stream(a->device, &st));
+  bin_plan p;
+  bin_plan_make(nd, shape, sa, sb, &p);
+  CU_FLOAT_DISPATCH(a->dtype, bin_launch<T, K>(m2_data(a), m2_data(b), m2_data(o), &p, n, st));
+  M2_CUDA_LAUNCH_CHECK(name);
+  return M2_OK;
+}
+
+extern "C" m2_status m2_cuda_add_fwd(m2_opcall *c) { return binary_fwd<B_ADD>(c); }
+extern "C" m2_status m2_cuda_sub_fwd(m2_opcall *c) { return binary_fwd<B_SUB>(c); }
+extern "C" m2_status m2_cuda_mul_fwd(m2_opcall *c) { return binary_fwd<B_MUL>(c); }
+extern "C" m2_status m2_cuda_div_fwd(m2_opcall *c) { return binary_fwd<B_DIV>(c); }
+
+/* ================= unary maps: x (...) -> y (...) ================= */
+
+enum { U_NEG, U_SCALE, U_ADD_SCALAR, U_EXP, U_LOG, U_TANH, U_SIGMOID, U_SILU, U_SOFTPLUS, U_RELU, U_SQUARE, U_SQRT,
+       U_CLAMP };
+
+/* y = f(x); s0, s1: the op's scalars (scale / add_scalar: s0; clamp: lo, hi) */
+template <int K> __device__ __forceinline__ float un_fwd(float x, float s0, float s1) {
+  switch (K) {
+    case U_NEG: return -x;
+    case U_SCALE: return x * s0;
+    case U_ADD_SCALAR: return x + s0;
+    case U_EXP: return expf(x);
+    case U_LOG: return logf(x);
+    case U_TANH: return tanhf(x);
+    case U_SIGMOID: return 1.0f / (1.0f + expf(-x));
+    case U_SILU: return x / (1.0f + expf(-x));
+    case U_SOFTPLUS: return x > 20.0f ? x : fmaxf(x, 0.0f) + log1pf(expf(-fabsf(x)));
+    case U_RELU: return x > 0.0f ? x : 0.0f;
+    case U_SQUARE: return x * x;
+    case U_SQRT: return sqrtf(x);
+    default: return x < s0 ? s0 : x > s1 ? s1 : x; /* U_CLAMP */
+  }
+}
+/* dx = g f'(x), from x or (exp, tanh, sigmoid, sqrt: ops that keep outputs) from y */
+template <int K> __device__ __forceinline__ float un_bwd(float g, float x, float y, float s0, float s1) {
+  switch (K) {
+    case U_NEG: return -g;
+    case U_SCALE: return g * s0;
+    case U_ADD_SCALAR: return g;
+    case U_EXP: return g * y;
+    case U_LOG: return g / x;
+    case U_TANH: return g * (1.0f - y * y);
+    case U_SIGMOID: return g * y * (1.0f - y);
+    case U_SILU: { float s = 1.0f / (1.0f + expf(-x)); return g * s * (1.0f + x * (1.0f - s)); }
+    case U_SOFTPLUS: return x > 20.0f ? g : g / (1.0f + expf(-x));
+    case U_RELU: return x > 0.0f ? g : 0.0f;
+    case U_SQUARE: return 2.0f * x * g;
+    case U_SQRT: return g / (2.0f * y);
+    default: return (x >= s0 && x <= s1) ? g : 0.0f; /* U_CLAMP */
+  }
+}
+/* ops whose backward reads y = out[0] (the rows carry M2_OP_KEEP_OUTPUTS) */
+template <int K> struct un_uses_y { static const bool v = K == U_EXP || K == U_TANH || K == U_SIGMOID || K == U_SQRT; };
+
+template <class T, int K>
+__global__ void k_un_fwd(const T *x, T *y, int64_t n, float s0, float s1) {
+  CU_GRID_STRIDE(i, n) y[i] = from_f<T>(un_fwd<K>(to_f(x[i]), s0, s1));
+}
+template <class T, int K>
+__global__ void k_un_bwd(const T *g, const T *x, const T *y, T *dx, int64_t n, float s0, float s1) {
+  CU_GRID_STRIDE(i, n) {
+    float yv = un_uses_y<K>::v ? to_f(y[i]) : 0.0f, xv = un_uses_y<K>::v ? 0.0f : to_f(x[i]);
+    dx[i] = from_f<T>(un_bwd<K>(to_f(g[i]), xv, yv, s0, s1));
+  }
+}
+
+template <int K>
+static m2_status unary_fwd(m2_opcall *c) {
+  m2_tensor *x = c->in[0];
+  M2_TRY(cu_check_float(x, c->op->name, "x"));
+  m2_tensor *y = m2_empty(x->dtype, x->device, x->ndim, x->shape);
+  if (!y) return m2_errcode();
+  c->n_out = 1;
+  c->out[0] = y;
+  int64_t n = m2_numel(x);
+  if (n == 0) return M2_OK;
+  cudaStream_t st;
+  M2_TRY(cu_stream(x->device, &st));
+  float s0 = (float)c->fa[0], s1 = (float)c->fa[1];
+  CU_FLOAT_DISPATCH(x->dtype, k_un_fwd<T, K><<<cu_grid(n, 256), 256, 0, st>>>((const T *)m2_data(x), (T *)m2_data(y),
+                                                                               n, s0, s1));
+  M2_CUDA_LAUNCH_CHECK(c->op->name);
+  return M2_OK;
+}
+
+template <int K>
+static m2_status unary_bwd(m2_opcall *c) {
+  m2_tensor *x = c->in[0], *y = c->out[0]; /* y is set only for ops that keep outputs */
+  if (un_uses_y<K>::v && !y) return m2_fail(M2_ERR_AUTOGRAD, "%s backward: the forward output was not kept", c->op->name);
+  m2_tensor *g = cu_as(c->dout[0], x->dtype);
+  if (!g) return m2_errcode();
+  m2_tensor *dx = m2_empty(x->dtype, x->device, x->ndim, x->shape);
+  if (!dx) { m2_release(g); return m2_errcode(); }
+  c->din[0] = dx;
+  int64_t n = m2_numel(x);
+  cudaStream_t st;
+  m2_status s = cu_stream(x->device, &st);
+  if (s == M2_OK && n > 0) {
+    float s0 = (float)c->fa[0], s1 = (float)c->fa[1];
+    const void *py = y ? m2_data(y) : NULL;
+    CU_FLOAT_DISPATCH(x->dtype, k_un_bwd<T, K><<<cu_grid(n, 256), 256, 0, st>>>(
+                                    (const T *)m2_data(g), (const T *)m2_data(x), (const T *)py, (T *)m2_data(dx), n, s0, s1));
+    cudaError_t e = cudaGetLastError();
+    if (e != cudaSuccess) s = m2_fail(M2_ERR_CUDA, "%s backward launch failed: %s", c->op->name, cudaGetErrorString(e));
+  }
+  m2_release(g);
+  return s;
+}
+
+#define UNARY_ENTRY(name, K)                                                    \
+  extern "C" m2_status m2_cuda_##name##_fwd(m2_opcall *c) { return unary_fwd<K>(c); } \
+  extern "C" m2_status m2_cuda_##name##_bwd(m2_opcall *c) { return unary_bwd<K>(c); }
+UNARY_ENTRY(neg, U_NEG)
+UNARY_ENTRY(scale, U_SCALE)
+UNARY_ENTRY(exp, U_EXP)
+UNARY_ENTRY(log, U_LOG)
+UNARY_ENTRY(tanh, U_TANH)
+UNARY_ENTRY(sigmoid, U_SIGMOID)
+UNARY_ENTRY(silu, U_SILU)
+UNARY_ENTRY(softplus, U_SOFTPLUS)
+UNARY_ENTRY(relu, U_RELU)
+UNARY_ENTRY(square, U_SQUARE)
+UNARY_ENTRY(sqrt, U_SQRT)
+UNARY_ENTRY(clamp, U_CLAMP)
+
+extern "C" m2_status m2_cuda_add_scalar_fwd(m2_opcall *c) { return unary_fwd<U_ADD_SCALAR>(c); }
+/* dx = g: the same tensor, in x's dtype */
+extern "C" m2_status m2_cuda_add_scalar_bwd(m2_opcall *c) {
+  c->din[0] = cu_as(c->dout[0], c->in[0]->dtype);
+  return c->din[0] ? M2_OK : m2_errcode();
+}
