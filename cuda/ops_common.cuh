@@ -234,6 +234,9 @@ static m2_status cu_reduce(L load, int64_t outer, int64_t n, int64_t inner, floa
     return M2_OK;
   }
   int64_t colblocks = (inner + 31) / 32, want, maxc;
+  if (outer * colblocks > 0x7fffffffLL)
+    return m2_fail(M2_ERR_UNSUPPORTED, "reduction of %lld x %lld values: too many for one launch", (long long)outer,
+                   (long long)inner);
   if (inner == 1) {
     want = outer >= 1024 ? 1 : (1024 + outer - 1) / outer;
     maxc = (n + 4095) / 4096; /* at least 4096 values per chunk */

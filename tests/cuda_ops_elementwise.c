@@ -46,6 +46,8 @@ int main(void) {
       snprintf(name, sizeof name, "%s/%s", bn[k], pats[p].name);
       par_case pc = {name, f_bin, (void *)fns[k], 2, {a, b}, {true, true}};
       pc.btol[1] = 2e-2; /* composite backwards round every intermediate to bf16 */
+      /* a 0-d operand's gradient is one fp32 sum of 2664 products with cancellation (CPU: double) */
+      if (pats[p].nb == 0) pc.btol[0] = 1e-4;
       par_run(&pc);
       m2_release(a);
       m2_release(b);
