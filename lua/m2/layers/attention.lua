@@ -1,0 +1,74 @@
+--[==[ m2.layers.attention — causal multi-head softmax attention (DESIGN 3.4).
+
+  local Attention = require "m2.layers.attention"
+  local mix = Attention(d, { heads = 16, head_dim = 64, rope = false }, { layers = 24 })
+
+Settings: heads (H) = 8, head_dim (D) = 64, kv_heads (divides H; default H), rope = false
+(RoPE only in the pure-attention baseline; hybrids are NoPE), theta = 10000.
+Forward, x (B, T, d): q, k, v projections (no bias) -> (B,T,H|Hkv,D), optional RoPE on q and k,
+m2.attention(q, k, v, {causal = true}) with scale 1/sqrt(D), o_proj (H D -> d, no bias).
+opts (third argument): layers (L) and init_std = 0.02: projections N(0, init_std), the output
+projection N(0, init_std / sqrt(2 L)).
+]==]
+
+local m2 = require "m2"
+local nn = m2.nn
+local C = require "m2.layers.common"
+
+local Attention = nn.class("Attention")
+
+local DEFAULTS = { heads = 8, head_dim = 64, kv_heads = false, rope = false, theta = 10000 }
+
+function Attention.resolve(d, cfg)
+  local ctor = "Attention"
+  C.pos_int(d, "d (model width)", ctor)
+  local c = C.resolve(cfg, DEFAULTS, ctor)
+  C.pos_int(c.heads, "heads", ctor)
+  C.pos_int(c.head_dim, "head_dim", ctor)
+  c.kv_heads = C.pos_int(c.kv_heads or c.heads, "kv_heads", ctor)
+  if c.heads % c.kv_heads ~= 0 then
+    m2.error(string.format("Attention: kv_heads = %d does not divide heads = %d", c.kv_heads, c.heads))
+  end
+  return c
+end
+
+function Attention.param_shapes(d, cfg)
+  local c = Attention.resolve(d, cfg)
+  local S = C.shapes()
+  S:linear("q_proj", d, c.heads * c.head_dim):linear("k_proj", d, c.kv_heads * c.head_dim)
+  S:linear("v_proj", d, c.kv_heads * c.head_dim):linear("o_proj", c.heads * c.head_dim, d)
+  return S.list
+end
+
+function Attention:__init(d, cfg, opts)
+  local c = Attention.resolve(d, cfg)
+  local L = opts and opts.layers or 1
+  local std = opts and opts.init_std or 0.02
+  self.cfg, self.d = c, d
+  local lin = { bias = false, init_std = std }
+  self.q_proj = nn.Linear(d, c.heads * c.head_dim, lin)
+  self.k_proj = nn.Linear(d, c.kv_heads * c.head_dim, lin)
+  self.v_proj = nn.Linear(d, c.kv_heads * c.head_dim, lin)
+  self.o_proj = nn.Linear(c.heads * c.head_dim, d, { bias = false, init_std = std / math.sqrt(2 * L) })
+end
+
+-- forward(x (B, T, d)) -> (B, T, d)
+function Attention:forward(x)
+  local c = self.cfg
+  local s = x:shape()
+  local B, T = s[1], s[2]
+  local q = self.q_proj(x):reshape(B, T, c.heads, c.head_dim)
+  local k = self.k_proj(x):reshape(B, T, c.kv_heads, c.head_dim)
+  local v = self.v_proj(x):reshape(B, T, c.kv_heads, c.head_dim)
+  if c.rope then q, k = m2.rope(q, c.theta), m2.rope(k, c.theta) end
+  local o = m2.attention(q, k, v, { causal = true })
+  return self.o_proj(o:reshape(B, T, c.heads * c.head_dim))
+end
+
+function Attention:extra_repr()
+  local c = self.cfg
+  return string.format("d=%d, heads=%d x %d%s%s", self.d, c.heads, c.head_dim,
+    c.kv_heads ~= c.heads and (", kv_heads " .. c.kv_heads) or "", c.rope and ", RoPE" or ", NoPE")
+end
+
+return Attention

@@ -1,0 +1,115 @@
+--[==[ m2.layers.gdn — the Gated DeltaNet mixer layer (DESIGN 3.2).
+
+  local GDN = require "m2.layers.gdn"
+  local mix = GDN(d, { heads = 2, k = 256, v = 512, allow_neg_eigval = false }, { layers = 24 })
+  local y = mix(x)                 -- x (B, T, d) -> (B, T, d)
+
+Settings: heads (H) = 4, k (K) = 64, v (V) = 64, conv = 4 (0: no short conv), allow_neg_eigval
+= false (beta in (0, 2) instead of (0, 1)), chunked = false (m2.gdn, the recurrent form, is
+the faster one on CPU; true uses m2.gdn_chunked with `chunk`), chunk = 64, A_range = {0, 16},
+dt_min/dt_max/dt_floor as for M2RNN, norm_eps = 1e-5.
+
+Forward, x (B, T, d):
+  q, k, v = SiLU(conv(q_proj x)), SiLU(conv(k_proj x)), SiLU(conv(v_proj x))   (B,T,H,K|V)
+  q, k    = l2norm(q), l2norm(k)                                               eps 1e-6
+  g       = -exp(A_log) * softplus(a_proj x + dt_bias)                         (B, T, H)
+  beta    = sigmoid(b_proj x)  (x 2 with allow_neg_eigval)                     (B, T, H)
+  o       = gdn(q, k, v, g, beta)                                              (B, T, H, V)
+  out     = out_proj(RMSNorm_per_head(o) * SiLU(g_proj x))
+opts (third argument): layers (L) and init_std = 0.02: projections N(0, init_std), the output
+projection N(0, init_std / sqrt(2 L)).
+]==]
+
+local m2 = require "m2"
+local nn = m2.nn
+local C = require "m2.layers.common"
+
+local GDN = nn.class("GatedDeltaNet")
+
+local DEFAULTS = {
+  heads = 4, k = 64, v = 64, conv = 4, allow_neg_eigval = false, chunked = false, chunk = 64, A_range = { 0, 16 },
+  dt_min = 1e-3, dt_max = 0.1, dt_floor = 1e-4, norm_eps = 1e-5,
+}
+
+function GDN.resolve(d, cfg)
+  local ctor = "GDN"
+  C.pos_int(d, "d (model width)", ctor)
+  local c = C.resolve(cfg, DEFAULTS, ctor)
+  C.pos_int(c.heads, "heads", ctor)
+  C.pos_int(c.k, "k (key dim K)", ctor)
+  C.pos_int(c.v, "v (value dim V)", ctor)
+  C.pos_int(c.chunk, "chunk", ctor)
+  if math.type(c.conv) ~= "integer" or c.conv < 0 then m2.error("GDN: conv must be a kernel size >= 0") end
+  c.state = c.heads * c.k * c.v
+  return c
+end
+
+function GDN.param_shapes(d, cfg)
+  local c = GDN.resolve(d, cfg)
+  local H, K, V = c.heads, c.k, c.v
+  local S = C.shapes()
+  if c.conv > 0 then
+    S:add("q_conv", { H * K, c.conv }):add("k_conv", { H * K, c.conv }):add("v_conv", { H * V, c.conv })
+  end
+  S:add("A_log", { H }, true):add("dt_bias", { H }, true)
+  S:linear("q_proj", d, H * K):linear("k_proj", d, H * K):linear("v_proj", d, H * V)
+  S:linear("a_proj", d, H):linear("b_proj", d, H):linear("g_proj", d, H * V)
+  S:rmsnorm("o_norm", V):linear("out_proj", H * V, d)
+  return S.list
+end
+
+function GDN:__init(d, cfg, opts)
+  local c = GDN.resolve(d, cfg)
+  local L = opts and opts.layers or 1
+  local std = opts and opts.init_std or 0.02
+  local H, K, V = c.heads, c.k, c.v
+  self.cfg, self.d = c, d
+  local lin = { bias = false, init_std = std }
+  self.q_proj = nn.Linear(d, H * K, lin)
+  self.k_proj = nn.Linear(d, H * K, lin)
+  self.v_proj = nn.Linear(d, H * V, lin)
+  self.a_proj = nn.Linear(d, H, lin)
+  self.b_proj = nn.Linear(d, H, lin)
+  self.g_proj = nn.Linear(d, H * V, lin)
+  if c.conv > 0 then
+    self:param("q_conv", C.conv_weight(H * K, c.conv))
+    self:param("k_conv", C.conv_weight(H * K, c.conv))
+    self:param("v_conv", C.conv_weight(H * V, c.conv))
+  end
+  self:param("A_log", C.A_log(H, c.A_range[1], c.A_range[2]), { no_decay = true })
+  self:param("dt_bias", C.dt_bias(H, c.dt_min, c.dt_max, c.dt_floor), { no_decay = true })
+  self.o_norm = nn.RMSNorm(V, { eps = c.norm_eps })
+  self.out_proj = nn.Linear(H * V, d, { bias = false, init_std = std / math.sqrt(2 * L) })
+end
+
+-- forward(x [, {state = h0 (B,H,K,V), return_state = false}]) -> y (B,T,d) [, hT]
+function GDN:forward(x, o)
+  local c = self.cfg
+  local s = x:shape()
+  local B, T, H = s[1], s[2], c.heads
+  local function branch(proj, w)
+    local t = proj(x)
+    if w then t = m2.conv1d_causal(t, w) end
+    return m2.silu(t)
+  end
+  local q = m2.l2norm(branch(self.q_proj, self.q_conv):reshape(B, T, H, c.k), 1e-6)
+  local k = m2.l2norm(branch(self.k_proj, self.k_conv):reshape(B, T, H, c.k), 1e-6)
+  local v = branch(self.v_proj, self.v_conv):reshape(B, T, H, c.v)
+  local g = -(m2.exp(self.A_log) * m2.softplus(self.a_proj(x) + self.dt_bias))   -- (B, T, H)
+  local beta = m2.sigmoid(self.b_proj(x))
+  if c.allow_neg_eigval then beta = beta * 2 end
+  local run = c.chunked and m2.gdn_chunked or m2.gdn
+  local out, hT = run(q, k, v, g, beta, o and o.state or nil, { chunk = c.chunk })
+  out = self.o_norm(out) * m2.silu(self.g_proj(x):reshape(B, T, H, c.v))          -- (B, T, H, V)
+  out = self.out_proj(out:reshape(B, T, H * c.v))
+  if o and o.return_state then return out, hT end
+  return out
+end
+
+function GDN:extra_repr()
+  local c = self.cfg
+  return string.format("d=%d, H=%d, K=%d, V=%d%s%s, state %d", self.d, c.heads, c.k, c.v,
+    c.allow_neg_eigval and ", beta in (0,2)" or "", c.chunked and (", chunked " .. c.chunk) or "", c.state)
+end
+
+return GDN

@@ -1,0 +1,123 @@
+--[==[ m2.layers.m2rnn — the M2RNN mixer layer (DESIGN 3.1): projections, short conv, gate,
+the non-linear matrix-state recurrence m2.m2rnn, D skip, output gate, norm, out_proj.
+
+  local M2RNN = require "m2.layers.m2rnn"
+  local mix = M2RNN(d, { k = 64, v = 16, heads = 84, q_heads = 1, k_heads = 1 }, { layers = 24 })
+  local y = mix(x)                 -- x (B, T, d) -> y (B, T, d)
+  local y, hT = mix:forward(x, { state = h0, return_state = true })   -- hT (B, N, K, V)
+
+Settings (cfg): k (K) = 64, v (V) = 16, heads = 8 (the default for Nv, Nf, Ng, Nw),
+q_heads = 1, k_heads = 1, v_heads, f_heads, g_heads, w_heads (each divides N = max of them),
+conv = 4 (kernel; 0 turns the short conv off), grad_clip = 1 (state-gradient clipping; 0 off),
+A_range = {0, 16}, dt_min = 1e-3, dt_max = 0.1, dt_floor = 1e-4, norm_eps = 1e-5.
+opts: layers (L) scales the out_proj init N(0, init_std / sqrt(2 L)); init_std = 0.02 (projections).
+
+Forward, x (B, T, d):
+  [qkv | f_raw | g] = in_proj(x)                      (B,T,Nq K + Nk K + Nv V), (B,T,Nf), (B,T,Ng V)
+  qkv = SiLU(conv1d_causal(qkv, conv_weight))
+  f   = exp(-exp(A_log) * softplus(f_raw + dt_bias))  (B, T, Nf)
+  y   = m2rnn(q, k, v, W, f) + D * v                  (B, T, N, V)
+  out = out_proj(RMSNorm(y * SiLU(g)))                norm over N V
+]==]
+
+local m2 = require "m2"
+local nn = m2.nn
+local C = require "m2.layers.common"
+
+local M2RNN = nn.class("M2RNN")
+
+local DEFAULTS = {
+  k = 64, v = 16, heads = 8, q_heads = 1, k_heads = 1, v_heads = false, f_heads = false, g_heads = false,
+  w_heads = false, conv = 4, grad_clip = 1.0, A_range = { 0, 16 }, dt_min = 1e-3, dt_max = 0.1, dt_floor = 1e-4,
+  norm_eps = 1e-5,
+}
+
+-- resolve and check the settings -> cfg with Nq, Nk, Nv, Nf, Ng, Nw, N filled in
+function M2RNN.resolve(d, cfg)
+  local ctor = "M2RNN"
+  C.pos_int(d, "d (model width)", ctor)
+  local c = C.resolve(cfg, DEFAULTS, ctor)
+  C.pos_int(c.k, "k (key dim K)", ctor)
+  C.pos_int(c.v, "v (value dim V)", ctor)
+  C.pos_int(c.heads, "heads", ctor)
+  c.Nq, c.Nk = C.pos_int(c.q_heads, "q_heads", ctor), C.pos_int(c.k_heads, "k_heads", ctor)
+  c.Nv = C.pos_int(c.v_heads or c.heads, "v_heads", ctor)
+  c.Nf = C.pos_int(c.f_heads or c.heads, "f_heads", ctor)
+  c.Ng = C.pos_int(c.g_heads or c.heads, "g_heads", ctor)
+  c.Nw = C.pos_int(c.w_heads or c.heads, "w_heads", ctor)
+  c.N = math.max(c.Nq, c.Nk, c.Nv, c.Nf, c.Ng, c.Nw)
+  for _, h in ipairs { { c.Nq, "q_heads" }, { c.Nk, "k_heads" }, { c.Nv, "v_heads" }, { c.Nf, "f_heads" },
+                       { c.Ng, "g_heads" }, { c.Nw, "w_heads" } } do
+    C.divides(h[1], c.N, h[2], ctor)
+  end
+  if math.type(c.conv) ~= "integer" or c.conv < 0 then m2.error("M2RNN: conv must be a kernel size >= 0") end
+  c.C_qkv = c.Nq * c.k + c.Nk * c.k + c.Nv * c.v
+  c.C_in = c.C_qkv + c.Nf + c.Ng * c.v
+  c.state = c.N * c.k * c.v
+  return c
+end
+
+-- ordered {name, shape, no_decay} of the parameters an instance allocates
+function M2RNN.param_shapes(d, cfg)
+  local c = M2RNN.resolve(d, cfg)
+  local S = C.shapes():linear("in_proj", d, c.C_in)
+  if c.conv > 0 then S:add("conv_weight", { c.C_qkv, c.conv }) end
+  S:add("W", { c.Nw, c.v, c.v }):add("A_log", { c.Nf }, true):add("dt_bias", { c.Nf }, true)
+  S:add("D", { c.N, c.v }, true):rmsnorm("norm", c.N * c.v):linear("out_proj", c.N * c.v, d)
+  return S.list
+end
+
+function M2RNN:__init(d, cfg, opts)
+  local c = M2RNN.resolve(d, cfg)
+  local L = opts and opts.layers or 1
+  local std = opts and opts.init_std or 0.02
+  self.cfg, self.d = c, d
+  self.in_proj = nn.Linear(d, c.C_in, { bias = false, init_std = std })
+  if c.conv > 0 then self:param("conv_weight", C.conv_weight(c.C_qkv, c.conv)) end
+  -- W = identity per head (Nw, V, V)
+  local eye = {}
+  for n = 1, c.Nw do
+    eye[n] = {}
+    for i = 1, c.v do
+      eye[n][i] = {}
+      for j = 1, c.v do eye[n][i][j] = i == j and 1 or 0 end
+    end
+  end
+  self:param("W", m2.tensor(eye))
+  self:param("A_log", C.A_log(c.Nf, c.A_range[1], c.A_range[2]), { no_decay = true })
+  self:param("dt_bias", C.dt_bias(c.Nf, c.dt_min, c.dt_max, c.dt_floor), { no_decay = true })
+  self:param("D", m2.ones(c.N, c.v), { no_decay = true })
+  self.norm = nn.RMSNorm(c.N * c.v, { eps = c.norm_eps })
+  self.out_proj = nn.Linear(c.N * c.v, d, { bias = false, init_std = std / math.sqrt(2 * L) })
+end
+
+-- forward(x [, {state = h0 (B,N,K,V), return_state = false}]) -> y (B,T,d) [, hT]
+function M2RNN:forward(x, o)
+  local c = self.cfg
+  local s = x:shape()
+  local B, T = s[1], s[2]
+  local parts = m2.split(self.in_proj(x), 3, { c.C_qkv, c.Nf, c.Ng * c.v })
+  local qkv, f_raw, g = parts[1], parts[2], parts[3]
+  if c.conv > 0 then qkv = m2.conv1d_causal(qkv, self.conv_weight) end
+  qkv = m2.silu(qkv)
+  local p = m2.split(qkv, 3, { c.Nq * c.k, c.Nk * c.k, c.Nv * c.v })
+  local q = p[1]:reshape(B, T, c.Nq, c.k)
+  local k = p[2]:reshape(B, T, c.Nk, c.k)
+  local v = p[3]:reshape(B, T, c.Nv, c.v)
+  -- f = exp(-exp(A_log) * softplus(f_raw + dt_bias))   (B, T, Nf)
+  local f = m2.exp(-(m2.exp(self.A_log) * m2.softplus(f_raw + self.dt_bias)))
+  local y, hT = m2.m2rnn(q, k, v, self.W, f, o and o.state or nil, { grad_clip = c.grad_clip })
+  y = y + self.D * C.repeat_heads(v, c.N)                                     -- (B, T, N, V)
+  y = y:reshape(B, T, c.N * c.v) * m2.silu(C.repeat_heads(g:reshape(B, T, c.Ng, c.v), c.N):reshape(B, T, c.N * c.v))
+  local out = self.out_proj(self.norm(y))
+  if o and o.return_state then return out, hT end
+  return out
+end
+
+function M2RNN:extra_repr()
+  local c = self.cfg
+  return string.format("d=%d, K=%d, V=%d, N=%d (q %d, k %d, v %d, f %d, g %d, w %d), state %d", self.d, c.k, c.v, c.N,
+    c.Nq, c.Nk, c.Nv, c.Nf, c.Ng, c.Nw, c.state)
+end
+
+return M2RNN

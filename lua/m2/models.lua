@@ -1,0 +1,309 @@
+--[==[ m2.models — model builders: the pre-norm language model over a layer pattern, and a
+parameter / state summary that works on a spec without allocating it (for the 400M and
+7B configs in experiments/configs/).
+
+  local model = m2.models.lm{ vocab = 256, d = 256, layers = "MMAM",
+    m2rnn = { k = 64, v = 16, heads = 8 }, attention = { heads = 4 },
+    mlp = { kind = "swiglu", hidden = 688 } }
+  local logits = model(ids)                   -- ids (B, T) int64 -> (B, T, vocab)
+  local loss = model:loss(ids, targets)       -- mean cross-entropy, targets -100 ignored
+  print(model:param_count())
+  m2.models.summary(model)                    -- or m2.models.summary(spec): nothing allocated
+  local spec = m2.models.load("400m-hybrid-m2rnn")   -- experiments/configs/400m-hybrid-m2rnn.lua
+
+Spec fields:
+  vocab, d            sizes (vocab is both the input and the output vocabulary)
+  layers              pattern string, one letter per block, first block first:
+                        M = M2RNN, G = Gated DeltaNet, S = Mamba-2 (SSD), A = softmax attention
+  m2rnn, gdn, mamba2, attention   settings of each mixer kind (see lua/m2/layers/*.lua)
+  mlp                 { kind = "swiglu" (default) | "moe" | "none", hidden = 8/3 d rounded up to 64,
+                        experts, top_k, expert_hidden, shared_hidden (moe) }
+  tie = false         true shares the embedding with the LM head (the paper's models are untied)
+  norm_eps = 1e-5     RMSNorm eps
+  init_std = 0.02     std of the embedding and projection inits (the paper's value at d = 1024;
+                      small models learn faster with about 1/sqrt(d))
+  name                optional label (printed by summary)
+Block i: x = x + Mixer(RMSNorm(x)); x = x + MLP(RMSNorm(x)); then a final RMSNorm and the LM
+head (Linear d -> vocab, no bias). Inits: embedding and projections N(0, init_std); the output
+projection of each mixer and the MLP's down projection N(0, init_std / sqrt(2 L)).
+Parameter paths: embed.weight, blocks.<i>.{norm1, mixer, norm2, mlp}..., norm.weight, lm_head.weight.
+]==]
+
+local m2 = require "m2"
+local nn = m2.nn
+local C = require "m2.layers.common"
+
+local models = {}
+
+-- the mixer kinds by pattern letter
+local KINDS = {
+  M = { key = "m2rnn", module = "m2.layers.m2rnn", label = "M2RNN" },
+  G = { key = "gdn", module = "m2.layers.gdn", label = "GDN" },
+  S = { key = "mamba2", module = "m2.layers.mamba2", label = "Mamba2" },
+  A = { key = "attention", module = "m2.layers.attention", label = "Attention" },
+}
+models.KINDS = KINDS
+
+local SPEC_KEYS = { vocab = true, d = true, layers = true, m2rnn = true, gdn = true, mamba2 = true, attention = true,
+                    mlp = true, tie = true, norm_eps = true, name = true, init_std = true }
+
+local function kind_class(letter) return require(KINDS[letter].module) end
+
+-- check a spec and fill defaults -> a new table; errors are located at the caller's script line
+function models.resolve(spec)
+  if type(spec) ~= "table" then m2.error("m2.models.lm: expected a table of settings, got " .. type(spec)) end
+  for k in pairs(spec) do
+    if not SPEC_KEYS[k] then
+      local names = {}
+      for n in pairs(SPEC_KEYS) do names[#names + 1] = n end
+      table.sort(names)
+      m2.error(string.format("m2.models.lm: unknown setting '%s' (known: %s)", tostring(k), table.concat(names, ", ")))
+    end
+  end
+  local s = {}
+  for k, v in pairs(spec) do s[k] = v end
+  C.pos_int(s.vocab, "vocab", "m2.models.lm")
+  C.pos_int(s.d, "d", "m2.models.lm")
+  if type(s.layers) ~= "string" or #s.layers == 0 then
+    m2.error("m2.models.lm: layers must be a non-empty pattern string such as \"MMAM\" (M = M2RNN, G = GDN, " ..
+      "S = Mamba-2, A = attention), got " .. tostring(s.layers))
+  end
+  for i = 1, #s.layers do
+    local ch = s.layers:sub(i, i)
+    if not KINDS[ch] then
+      m2.error(string.format("m2.models.lm: unknown layer letter '%s' at position %d of \"%s\" (M = M2RNN, " ..
+        "G = GDN, S = Mamba-2, A = attention)", ch, i, s.layers))
+    end
+  end
+  s.tie = s.tie or false
+  s.norm_eps = s.norm_eps or 1e-5
+  s.init_std = s.init_std or 0.02
+  if type(s.init_std) ~= "number" or s.init_std <= 0 then m2.error("m2.models.lm: init_std must be a positive number") end
+  local mlp = {}
+  for k, v in pairs(s.mlp or {}) do mlp[k] = v end
+  mlp.kind = mlp.kind or "swiglu"
+  if mlp.kind == "swiglu" then
+    for k in pairs(mlp) do
+      if k ~= "kind" and k ~= "hidden" then
+        m2.error("m2.models.lm: mlp setting '" .. tostring(k) .. "' is not one of a swiglu MLP (kind, hidden)")
+      end
+    end
+    mlp.hidden = mlp.hidden or 64 * math.ceil(8 * s.d / 3 / 64)
+    C.pos_int(mlp.hidden, "mlp.hidden", "m2.models.lm")
+  elseif mlp.kind == "moe" then
+    local moe = {}
+    for k, v in pairs(mlp) do if k ~= "kind" then moe[k] = v end end
+    require("m2.layers.moe").resolve(s.d, moe) -- validates
+  elseif mlp.kind ~= "none" then
+    m2.error("m2.models.lm: mlp.kind must be \"swiglu\", \"moe\" or \"none\", got " .. tostring(mlp.kind))
+  end
+  s.mlp = mlp
+  -- validate the settings of every mixer kind the pattern uses (and only those)
+  for letter, k in pairs(KINDS) do
+    if s.layers:find(letter, 1, true) then kind_class(letter).resolve(s.d, s[k.key]) end
+  end
+  return s
+end
+
+local function moe_cfg(mlp)
+  local c = {}
+  for k, v in pairs(mlp) do if k ~= "kind" then c[k] = v end end
+  return c
+end
+
+-- ---------------------------------------------------------------------------------------
+-- modules
+-- ---------------------------------------------------------------------------------------
+
+local Block = nn.class("Block")
+models.Block = Block
+
+-- Block(d, letter, spec (resolved), L)
+function Block:__init(d, letter, s, L)
+  self.kind = letter
+  self.norm1 = nn.RMSNorm(d, { eps = s.norm_eps })
+  self.mixer = kind_class(letter)(d, s[KINDS[letter].key], { layers = L, init_std = s.init_std })
+  if s.mlp.kind == "swiglu" then
+    self.norm2 = nn.RMSNorm(d, { eps = s.norm_eps })
+    self.mlp = nn.SwiGLU(d, s.mlp.hidden, { init_std = s.init_std })
+    self.mlp.down:param("weight", m2.randn({ d, s.mlp.hidden }, { std = s.init_std / math.sqrt(2 * L) }))
+  elseif s.mlp.kind == "moe" then
+    self.norm2 = nn.RMSNorm(d, { eps = s.norm_eps })
+    self.mlp = require("m2.layers.moe")(d, moe_cfg(s.mlp))
+  end
+end
+
+function Block:forward(x)
+  x = x + self.mixer(self.norm1(x))
+  if self.mlp then x = x + self.mlp(self.norm2(x)) end
+  return x
+end
+
+local LM = nn.class("LM")
+models.LM = LM
+
+function LM:__init(spec)
+  local s = models.resolve(spec)
+  rawset(self, "spec", s)
+  -- a MoE MLP cannot be built yet: fail before allocating anything (a 7B embedding is 0.6 GB)
+  if s.mlp.kind == "moe" then require("m2.layers.moe")(s.d, moe_cfg(s.mlp)) end
+  local L = #s.layers
+  self.embed = nn.Embedding(s.vocab, s.d, { init_std = s.init_std })
+  local blocks = {}
+  for i = 1, L do blocks[i] = Block(s.d, s.layers:sub(i, i), s, L) end
+  self.blocks = blocks
+  self.norm = nn.RMSNorm(s.d, { eps = s.norm_eps })
+  if not s.tie then self.lm_head = nn.Linear(s.d, s.vocab, { bias = false, init_std = s.init_std }) end
+end
+
+-- hidden(ids (B, T)) -> final normed hidden states (B, T, d)
+function LM:hidden(ids)
+  local x = self.embed(ids)
+  for _, b in ipairs(self.blocks) do x = b(x) end
+  return self.norm(x)
+end
+
+-- forward(ids (B, T) int64, 0-based) -> logits (B, T, vocab)
+function LM:forward(ids)
+  local h = self:hidden(ids)
+  if self.lm_head then return self.lm_head(h) end
+  return m2.linear(h, self.embed.weight)
+end
+
+-- loss(ids, targets (B, T) int64, -100 ignored) -> 0-d mean cross-entropy [, logits]
+function LM:loss(ids, targets)
+  local logits = self:forward(ids)
+  return m2.cross_entropy(logits, targets, -100), logits
+end
+
+function LM:param_count() return self:num_parameters() end
+
+function LM:extra_repr()
+  local s = self.spec
+  return string.format("%svocab=%d, d=%d, layers=\"%s\", mlp=%s%s", s.name and (s.name .. ": ") or "", s.vocab, s.d,
+    s.layers, s.mlp.kind, s.tie and ", tied" or "")
+end
+
+function models.lm(spec) return LM(spec) end
+
+-- load(name_or_path) -> spec: a config file returning a spec table; a bare name is looked up
+-- in experiments/configs/ of the source tree ("400m-hybrid-m2rnn", "7b-gdn+m2rnn-5l", ...)
+function models.load(name)
+  if type(name) ~= "string" then m2.error("m2.models.load: expected a config name or path") end
+  local path = name
+  if not name:find("/", 1, true) and not name:match("%.lua$") then
+    path = (m2.source_dir or ".") .. "/experiments/configs/" .. name .. ".lua"
+  end
+  local chunk, err = loadfile(path)
+  if not chunk then m2.error("m2.models.load: cannot load config '" .. name .. "': " .. tostring(err)) end
+  local ok, spec = pcall(chunk)
+  if not ok then m2.error("m2.models.load: config '" .. name .. "' failed: " .. tostring(spec)) end
+  if type(spec) ~= "table" then m2.error("m2.models.load: config '" .. name .. "' did not return a table") end
+  return spec
+end
+
+-- ---------------------------------------------------------------------------------------
+-- counting without allocating
+-- ---------------------------------------------------------------------------------------
+
+-- every parameter of the model a spec describes, in {name, shape, no_decay} records
+-- (the same names and shapes model:parameters() has; nothing is allocated)
+function models.param_shapes(spec)
+  local s = models.resolve(spec)
+  local S = C.shapes():add("embed.weight", { s.vocab, s.d })
+  for i = 1, #s.layers do
+    local letter = s.layers:sub(i, i)
+    local p = "blocks." .. i
+    S:rmsnorm(p .. ".norm1", s.d)
+    S:sub(p .. ".mixer", kind_class(letter).param_shapes(s.d, s[KINDS[letter].key]))
+    if s.mlp.kind == "swiglu" then
+      S:rmsnorm(p .. ".norm2", s.d):swiglu(p .. ".mlp", s.d, s.mlp.hidden)
+    elseif s.mlp.kind == "moe" then
+      S:rmsnorm(p .. ".norm2", s.d):sub(p .. ".mlp", require("m2.layers.moe").param_shapes(s.d, moe_cfg(s.mlp)))
+    end
+  end
+  S:rmsnorm("norm", s.d)
+  if not s.tie then S:linear("lm_head", s.d, s.vocab) end
+  return S.list
+end
+
+-- the numbers summary prints, for a spec or a model
+function models.count(model_or_spec)
+  local s = model_or_spec.spec and models.resolve(model_or_spec.spec) or models.resolve(model_or_spec)
+  local shapes = models.param_shapes(s)
+  local by = {}
+  local total = 0
+  for _, p in ipairs(shapes) do
+    local n = C.numel(p.shape)
+    total = total + n
+    local blk, part = p.name:match("^blocks%.(%d+)%.(%w+)")
+    local key = blk and (blk .. "." .. part) or p.name:match("^([%w_]+)")
+    by[key] = (by[key] or 0) + n
+  end
+  local out = { spec = s, total = total, layers = {}, embedding = by.embed or 0, lm_head = by.lm_head or 0,
+                state = 0 }
+  out.active = total
+  local moe_active = s.mlp.kind == "moe" and require("m2.layers.moe").active_params(s.d, moe_cfg(s.mlp)) or nil
+  for i = 1, #s.layers do
+    local letter = s.layers:sub(i, i)
+    local cls = kind_class(letter)
+    local c = cls.resolve(s.d, s[KINDS[letter].key])
+    local state = letter == "S" and c.state_size or (letter == "A" and 0 or c.state)
+    local row = { index = i, letter = letter, label = KINDS[letter].label, mixer = by[i .. ".mixer"] or 0,
+                  mlp = by[i .. ".mlp"] or 0, norms = (by[i .. ".norm1"] or 0) + (by[i .. ".norm2"] or 0),
+                  state = state }
+    row.mlp_active = moe_active or row.mlp
+    out.active = out.active - row.mlp + row.mlp_active
+    out.state = out.state + state
+    out.layers[i] = row
+  end
+  if model_or_spec.spec and model_or_spec.param_count then
+    out.allocated = model_or_spec:param_count()
+  end
+  return out
+end
+
+function models.param_count(model_or_spec)
+  if model_or_spec.param_count then return model_or_spec:param_count() end
+  return models.count(model_or_spec).total
+end
+
+local function human(n)
+  if n >= 1e9 then return string.format("%.3fB", n / 1e9) end
+  if n >= 1e6 then return string.format("%.2fM", n / 1e6) end
+  if n >= 1e3 then return string.format("%.1fK", n / 1e3) end
+  return tostring(n)
+end
+models.human = human
+
+-- summary(model_or_spec [, {quiet = false}]) -> the count table; prints a dry-run table
+function models.summary(model_or_spec, opts)
+  local c = models.count(model_or_spec)
+  if opts and opts.quiet then return c end
+  local s = c.spec
+  local w = io.stdout
+  w:write(string.format("%s  vocab %d, d %d, %d layers \"%s\", mlp %s%s\n", s.name or "model", s.vocab, s.d,
+    #s.layers, s.layers, s.mlp.kind, s.tie and ", tied embeddings" or ", untied embeddings"))
+  -- blocks count from 1 here; the paper numbers layers from 0
+  w:write(string.format("  %-6s %-10s %12s %12s %12s %12s\n", "block", "mixer", "mixer", "mlp", "mlp active", "state"))
+  -- consecutive identical rows are folded into one line "i-j"
+  local i = 1
+  while i <= #c.layers do
+    local r, j = c.layers[i], i
+    while j < #c.layers and c.layers[j + 1].letter == r.letter and c.layers[j + 1].mixer == r.mixer do j = j + 1 end
+    local idx = i == j and tostring(i) or (i .. "-" .. j)
+    w:write(string.format("  %-6s %-10s %12s %12s %12s %12s\n", idx, r.label, human(r.mixer), human(r.mlp),
+      human(r.mlp_active), r.state > 0 and tostring(r.state) or "-"))
+    i = j + 1
+  end
+  w:write(string.format("  embedding %s, lm head %s%s\n", human(c.embedding), human(c.lm_head),
+    s.tie and " (tied)" or ""))
+  w:write(string.format("  params: total %s (%d); without the LM head %s; active per token %s\n", human(c.total),
+    c.total, human(c.total - c.lm_head), human(c.active)))
+  w:write(string.format("  recurrent state per sequence: %d numbers (%s) over all layers\n", c.state, human(c.state)))
+  if c.allocated then w:write(string.format("  allocated: %d parameters\n", c.allocated)) end
+  w:flush()
+  return c
+end
+
+return models
