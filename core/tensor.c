@@ -2,6 +2,9 @@
 #include "tensor.h"
 #include "autograd.h"
 #include "backend.h"
+#ifdef M2_HAVE_CUDA
+#include "../cuda/cuda_ops.h" /* m2_cuda_copy, m2_cuda_fill: device-side strided copies and fills */
+#endif
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -273,7 +276,7 @@ static m2_status elem_offset(const m2_tensor *t, const int64_t *idx, int64_t *of
 }
 
 m2_status m2_get(const m2_tensor *t, const int64_t *idx, double *out) {
-  int64_t o;
+  int64_t o = 0;
   M2_TRY(elem_offset(t, idx, &o));
   char tmp[8];
   size_t es = m2_elsize(t);
@@ -283,7 +286,7 @@ m2_status m2_get(const m2_tensor *t, const int64_t *idx, double *out) {
 }
 
 m2_status m2_set(m2_tensor *t, const int64_t *idx, double v) {
-  int64_t o;
+  int64_t o = 0;
   M2_TRY(elem_offset(t, idx, &o));
   char tmp[8];
   size_t es = m2_elsize(t);
@@ -308,6 +311,9 @@ m2_status m2_fill_(m2_tensor *t, double v) {
   int64_t n = m2_numel(t);
   if (n == 0) return M2_OK;
   size_t es = m2_elsize(t);
+#ifdef M2_HAVE_CUDA
+  if (t->device.type == M2_CUDA) return m2_cuda_fill(t, v);
+#endif
   if (t->device.type != M2_CPU || !m2_is_contiguous(t)) {
     /* build on the host, then copy in */
     m2_tensor *h = m2_full(t->dtype, M2_DEV_CPU, t->ndim, t->shape, v);
@@ -335,6 +341,20 @@ m2_status m2_copy_(m2_tensor *dst, const m2_tensor *src) {
   size_t es = m2_elsize(dst);
   bool fast = dst->dtype == src->dtype && m2_is_contiguous(dst) && m2_is_contiguous(src);
   if (fast) return m2_memcpy(dst->device, m2_data(dst), src->device, m2_data(src), (size_t)n * es);
+#ifdef M2_HAVE_CUDA
+  if (dst->device.type == M2_CUDA) {
+    if (m2_device_eq(dst->device, src->device)) return m2_cuda_copy(dst, (m2_tensor *)src);
+    /* from elsewhere: gather src on the host, upload it contiguous, then copy on the device */
+    m2_tensor *host = m2_clone_raw(src, src->dtype, M2_DEV_CPU);
+    m2_tensor *staged = host ? m2_empty(src->dtype, dst->device, src->ndim, src->shape) : NULL;
+    m2_status s = staged ? m2_memcpy(dst->device, m2_data(staged), M2_DEV_CPU, m2_data(host), (size_t)n * m2_elsize(src))
+                         : m2_errcode();
+    if (s == M2_OK) s = m2_cuda_copy(dst, staged);
+    m2_release(staged);
+    m2_release(host);
+    return s;
+  }
+#endif
   if (dst->device.type == M2_CPU) {
     void *buf;
     M2_TRY(host_contig_bytes(src, &buf));
