@@ -1,0 +1,179 @@
+-- state_tracking.lua — the group word problem (DESIGN 5): train a small model of one mixer kind at
+-- length train_len, evaluate per-position and whole-sequence accuracy at 1x, 2x, 4x, 8x train_len.
+--
+--   m2lab run experiments/state_tracking.lua arch=m2rnn seed=0
+--   m2lab run experiments/state_tracking.lua arch=gdn_neg steps=2000 train_len=64
+--
+-- arch: m2rnn | gdn | gdn_neg (GDN with beta in (0, 2)) | mamba2 | attention (RoPE).
+-- Model: embedding (|G| ids) -> `layers` pre-norm blocks of that mixer (+ SwiGLU MLP when mlp=true)
+-- -> final RMSNorm -> per-position classifier over the |G| elements (m2.models.lm with vocab |G|).
+-- heads / k / v = 0 take the architecture's defaults below (what each number means per arch is
+-- listed there). Training is m2.train (AdamW, cosine schedule, grad clipping); the run file holds
+-- the metrics and /eval/acc_len<L>, /eval/seqacc_len<L> (and /eval/wall_time_s) at every eval and
+-- after the last step; the final table is printed.
+local m2 = require "m2"
+
+-- The defaults are the setup tuned (experiments/RESULTS.md) so that M2RNN learns S3 within ~3-5 CPU
+-- minutes on 2 cores: 2 small blocks, lengths 1..16 then 1..32 (curriculum), AdamW lr 1e-2 with weight
+-- decay 0.1, batch 16, 5000 steps. Every architecture gets the same recipe and budget.
+local cfg = m2.config {
+  arch = "m2rnn", group = "S3", seed = 0,
+  train_len = 32, random_length = true, -- train on lengths uniform in 1..train_len
+  curriculum = 2000, curriculum_start = 16, -- > 0: train_len starts at curriculum_start and doubles
+                                            -- every `curriculum` steps until it reaches train_len
+  steps = 5000, batch = 16, lr = 1e-2, min_lr = 1e-4, warmup = 50, weight_decay = 0.1, clip = 1.0,
+  d = 32, layers = 2, mlp = true, init_std = 0.18, -- init_std ~ 1/sqrt(d) (the paper's 0.02 is for d = 1024)
+  heads = 0, k = 0, v = 0, -- 0: the architecture's default below
+  grad_clip = 1.0,         -- M2RNN state-gradient clipping (the paper's 1)
+  dt_min = 0.5, dt_max = 2.0, -- M2RNN gate init range: f = exp(-A softplus(f_raw + dt_bias)) starts mostly
+                              -- small (0: the paper's 1e-3 .. 0.1); GDN / Mamba-2 keep the paper's init
+  conv = 0,                   -- short causal conv kernel of m2rnn, gdn, mamba2 (0: none; the paper's 4)
+  eval_mults = { 1, 2, 4, 8 }, eval_batches = 4, eval_batch = 64, eval_every = 1000, log_every = 50,
+  out = "",     -- the run file; default runs/state_tracking-<arch>-<seed>.h5
+  overwrite = false,
+}
+
+-- M2RNN: the gate init range and the conv
+local function m2rnn_opts(t)
+  if cfg.dt_min > 0 then t.dt_min = cfg.dt_min end
+  if cfg.dt_max > 0 then t.dt_max = cfg.dt_max end
+  t.conv = cfg.conv
+  return t
+end
+-- GDN / Mamba-2: the conv only
+local function with_conv(t)
+  t.conv = cfg.conv
+  return t
+end
+
+-- per-architecture mixer settings: heads / k / v of the config map to these fields; the defaults
+-- give every recurrent layer a state of 128 numbers
+local ARCH = {
+  m2rnn = { letter = "M", heads = 4, k = 2, v = 16,                 -- N heads, K, V; Nq = Nk = 1
+            make = function(c) return { m2rnn = m2rnn_opts { heads = c.heads, k = c.k, v = c.v,
+                                                             grad_clip = c.grad_clip } } end },
+  gdn = { letter = "G", heads = 4, k = 4, v = 8,                    -- H heads, dk, dv
+          make = function(c) return { gdn = with_conv { heads = c.heads, k = c.k, v = c.v } } end },
+  gdn_neg = { letter = "G", heads = 4, k = 4, v = 8,
+              make = function(c) return { gdn = with_conv { heads = c.heads, k = c.k, v = c.v,
+                                                            allow_neg_eigval = true } } end },
+  mamba2 = { letter = "S", heads = 4, k = 4, v = 8,                 -- H heads, state N = k, head dim P = v
+             make = function(c) return { mamba2 = with_conv { heads = c.heads, state = c.k, head_dim = c.v } } end },
+  attention = { letter = "A", heads = 4, k = 8, v = 8,              -- H heads of dim k (v unused), RoPE
+                make = function(c) return { attention = { heads = c.heads, head_dim = c.k, rope = true } } end },
+}
+
+local A = ARCH[cfg.arch]
+if not A then
+  local names = {}
+  for n in pairs(ARCH) do names[#names + 1] = n end
+  table.sort(names)
+  m2.error("state_tracking: unknown arch '" .. cfg.arch .. "' (known: " .. table.concat(names, ", ") .. ")")
+end
+for _, key in ipairs { "heads", "k", "v" } do
+  if cfg[key] == 0 then cfg[key] = A[key] end
+end
+if cfg.out == "" then cfg.out = string.format("runs/state_tracking-%s-%d.h5", cfg.arch, cfg.seed) end
+
+m2.seed(cfg.seed)
+local data = m2.data.state_tracking { group = cfg.group, length = cfg.train_len, batch = cfg.batch, seed = cfg.seed,
+                                      random_length = cfg.random_length }
+-- the training batches: a length curriculum when asked (batch(index) stays deterministic in index)
+local train_data = data
+if cfg.curriculum > 0 and cfg.curriculum_start < cfg.train_len then
+  local stages, L = {}, cfg.curriculum_start
+  while L < cfg.train_len do
+    stages[#stages + 1] = m2.data.state_tracking { group = cfg.group, length = L, batch = cfg.batch,
+                                                   seed = cfg.seed, random_length = cfg.random_length }
+    L = L * 2
+  end
+  stages[#stages + 1] = data
+  train_data = { batch = function(_, index) return stages[math.min(index // cfg.curriculum + 1, #stages)]:batch(index) end }
+end
+local spec = { name = "state_tracking-" .. cfg.arch, vocab = data.order, d = cfg.d, init_std = cfg.init_std,
+               layers = string.rep(A.letter, cfg.layers), mlp = { kind = cfg.mlp and "swiglu" or "none" } }
+for k, v in pairs(A.make(cfg)) do spec[k] = v end
+local model = m2.models.lm(spec)
+
+-- accuracy at one length over cfg.eval_batches held-out batches -> per-position acc, sequence acc
+local function evaluate(length)
+  local correct, total, seq_ok, seqs, by_pos = 0, 0, 0, 0, {}
+  for t = 1, length do by_pos[t] = 0 end
+  model:eval()
+  m2.no_grad(function()
+    for i = 0, cfg.eval_batches - 1 do
+      local x, y = data:eval_batch(length, i, cfg.eval_batch)
+      local hit = m2.eq(m2.argmax(model(x), -1), y)     -- (B, T) 0/1
+      correct = correct + hit:sum_all():item()
+      total = total + hit:numel()
+      local per_seq = hit:sum(2):totable()                -- (B) correct positions per sequence
+      for _, c in ipairs(per_seq) do
+        if c == length then seq_ok = seq_ok + 1 end
+      end
+      seqs = seqs + #per_seq
+      for t, c in ipairs(hit:sum(1):totable()) do by_pos[t] = by_pos[t] + c end
+    end
+  end)
+  model:train()
+  for t = 1, length do by_pos[t] = by_pos[t] / seqs end
+  return correct / total, seq_ok / seqs, by_pos
+end
+
+-- "acc by position" in a few numbers: positions 1, 2, 3, 4, 8, 16, ... and the last
+local function pos_summary(by_pos)
+  local parts, t = {}, 1
+  while t <= #by_pos do
+    parts[#parts + 1] = string.format("%d:%.2f", t, by_pos[t])
+    t = t < 4 and t + 1 or t * 2
+  end
+  if parts[#parts]:match("^(%d+)") ~= tostring(#by_pos) then
+    parts[#parts + 1] = string.format("%d:%.2f", #by_pos, by_pos[#by_pos])
+  end
+  local first = nil
+  for i, a in ipairs(by_pos) do
+    if a < 0.99 then first = i; break end
+  end
+  return table.concat(parts, " ") .. (first and string.format("  (first < 0.99 at %d)", first) or "  (all >= 0.99)")
+end
+
+-- eval for m2.train: per-position and whole-sequence accuracy at every eval length
+-- -> /eval/acc_len<L>, /eval/seqacc_len<L>, /eval/wall_time_s (seconds since the start)
+local t_start = m2.core.clock()
+local last_by_pos = nil
+local function eval_fn(_, step)
+  local out = {}
+  for _, mult in ipairs(cfg.eval_mults) do
+    local L = mult * cfg.train_len
+    local acc, seqacc, by_pos = evaluate(L)
+    out["acc_len" .. L], out["seqacc_len" .. L] = acc, seqacc
+    last_by_pos = by_pos
+  end
+  out.wall_time_s = m2.core.clock() - t_start
+  return out
+end
+
+print(string.format("state tracking: %s, %s, train_len %d%s, %d steps x batch %d, seed %d", cfg.arch, data.group_name,
+  cfg.train_len, cfg.random_length and " (random 1..L)" or "", cfg.steps, cfg.batch, cfg.seed))
+m2.models.summary(model)
+
+local summary = m2.train {
+  model = model, data = train_data, steps = cfg.steps,
+  optim = m2.optim.adamw { lr = cfg.lr, betas = { 0.9, 0.95 }, eps = 1e-10, weight_decay = cfg.weight_decay },
+  schedule = { kind = "cosine", warmup = cfg.warmup, min_lr = cfg.min_lr },
+  clip = cfg.clip, eval_every = cfg.eval_every, eval = eval_fn, out = cfg.out, config = cfg,
+  log_every = cfg.log_every,
+}
+
+local ev = summary.eval or {}
+print(string.format("\n%s seed %d: %d steps, %.1fs (training and evals)", cfg.arch, cfg.seed, summary.step,
+  ev.wall_time_s or summary.time))
+print(string.format("  %-6s %-7s %-10s %-10s", "mult", "length", "acc", "seq acc"))
+for _, mult in ipairs(cfg.eval_mults) do
+  local L = mult * cfg.train_len
+  print(string.format("  %-6s %-7d %-10.4f %-10.4f", mult .. "x", L, ev["acc_len" .. L] or 0 / 0,
+    ev["seqacc_len" .. L] or 0 / 0))
+end
+if last_by_pos then
+  print("  by position at " .. #last_by_pos .. ": " .. pos_summary(last_by_pos))
+end
+if summary.out then print("run file: " .. summary.out) end
