@@ -17,6 +17,9 @@
  * how the forward was evaluated; on the CPU the O(T P N) recurrence is the cheapest backward). */
 #include "ops.h"
 #include "ops_mixers.h"
+#ifdef M2_HAVE_CUDA
+#include "../cuda/ops_mixers_entry.h"
+#endif
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -381,8 +384,9 @@ static m2_status ssd_bwd(m2_opcall *c) {
   return s;
 }
 
-const m2_op m2_op_ssd = {"ssd", ssd_fwd, ssd_bwd, NULL, NULL, 0};
-const m2_op m2_op_ssd_chunked = {"ssd_chunked", ssd_chunked_fwd, ssd_bwd, NULL, NULL, 0};
+const m2_op m2_op_ssd = {"ssd", ssd_fwd, ssd_bwd, M2_CUDA(m2_cuda_ssd_fwd), M2_CUDA(m2_cuda_ssd_bwd), 0};
+const m2_op m2_op_ssd_chunked = {"ssd_chunked", ssd_chunked_fwd, ssd_bwd, M2_CUDA(m2_cuda_ssd_chunked_fwd),
+                                  M2_CUDA(m2_cuda_ssd_bwd), 0};
 
 /* ---------------- public API ---------------- */
 
