@@ -96,6 +96,7 @@ for k, v in pairs(A.make(cfg)) do spec[k] = v end
 local model = m2.models.lm(spec)
 
 -- accuracy at one length over cfg.eval_batches held-out batches -> per-position acc, sequence acc
+local device = m2.args.device or "cpu" -- the common override m2.train reads too
 local function evaluate(length)
   local correct, total, seq_ok, seqs, by_pos = 0, 0, 0, 0, {}
   for t = 1, length do by_pos[t] = 0 end
@@ -103,6 +104,7 @@ local function evaluate(length)
   m2.no_grad(function()
     for i = 0, cfg.eval_batches - 1 do
       local x, y = data:eval_batch(length, i, cfg.eval_batch)
+      if device ~= "cpu" then x, y = x:to(device), y:to(device) end -- the model's device (device=cuda)
       local hit = m2.eq(m2.argmax(model(x), -1), y)     -- (B, T) 0/1
       correct = correct + hit:sum_all():item()
       total = total + hit:numel()
