@@ -7,6 +7,7 @@
  *   d op(a) = dc op(b)^T  (M, K),   d op(b) = op(a)^T dc  (K, N),
  * transposed back to the stored layouts; a shared b sums its gradient over the batch. */
 #include "ops.h"
+#include "ops_matmul.h"
 #ifdef M2_HAVE_CUDA
 #include "../cuda/cuda_ops.h" /* the CUDA entry points named in the op rows */
 #endif
@@ -46,17 +47,9 @@ static void bgemm(m2_dtype dt, bool tx, bool ty, int64_t batch, int64_t rows, in
   if (batch == 0 && sc == 0 && beta == 0) gemm(dt, tx, ty, rows, cols, 0, X, Y, 0, C); /* empty sum = 0 */
 }
 
-/* The geometry of one matmul call, checked. */
-typedef struct mm_geom {
-  bool ta, tb, shared; /* shared: b is 2-D and a has batch dims */
-  int64_t batch, M, N, K;
-} mm_geom;
-
-static m2_status mm_check(const m2_tensor *a, const m2_tensor *b, bool ta, bool tb, mm_geom *g) {
+/* The geometry of one matmul call (dtypes are checked by each device's entry point). */
+m2_status m2_matmul_geom(const m2_tensor *a, const m2_tensor *b, bool ta, bool tb, mm_geom *g) {
   char sa[96], sb[96];
-  M2_TRY(m2_check_float(a, "matmul", "a"));
-  M2_TRY(m2_check_float(b, "matmul", "b"));
-  M2_TRY(m2_check_same_dtype(a, b, "matmul"));
   if (a->ndim < 2 || b->ndim < 2)
     return m2_fail(M2_ERR_SHAPE, "matmul: a %s and b %s must both have at least 2 dims", m2_shape_str(a, sa, sizeof sa),
                    m2_shape_str(b, sb, sizeof sb));
@@ -83,10 +76,17 @@ static m2_status mm_check(const m2_tensor *a, const m2_tensor *b, bool ta, bool 
   g->batch = 1;
   for (int i = 0; i < a->ndim - 2; i++) g->batch *= a->shape[i];
   int64_t big = g->shared ? g->batch * g->M : g->M;
-  if (big > INT_MAX || g->N > INT_MAX || g->K > INT_MAX)
+  if (big > INT_MAX || g->N > INT_MAX || g->K > INT_MAX || g->batch > INT_MAX)
     return m2_fail(M2_ERR_SHAPE, "matmul: a %s, b %s: a matrix dim exceeds the BLAS int range",
                    m2_shape_str(a, sa, sizeof sa), m2_shape_str(b, sb, sizeof sb));
   return M2_OK;
+}
+
+static m2_status mm_check(const m2_tensor *a, const m2_tensor *b, bool ta, bool tb, mm_geom *g) {
+  M2_TRY(m2_check_float(a, "matmul", "a"));
+  M2_TRY(m2_check_float(b, "matmul", "b"));
+  M2_TRY(m2_check_same_dtype(a, b, "matmul"));
+  return m2_matmul_geom(a, b, ta, tb, g);
 }
 
 static m2_status matmul_fwd(m2_opcall *c) {

@@ -6,6 +6,7 @@
 #include <limits.h>
 #include <string.h>
 #include "ops_common.cuh"
+#include "../core/ops_matmul.h"
 
 #define M2_CUBLAS_TRY(call)                                                                              \
   do {                                                                                                   \
@@ -69,46 +70,11 @@ static m2_status bgemm(m2_device dev, m2_dtype dt, bool tx, bool ty, int64_t bat
   return M2_OK;
 }
 
-typedef struct mm_geom {
-  bool ta, tb, shared;
-  int64_t batch, M, N, K;
-} mm_geom;
-
 static m2_status mm_check(const m2_tensor *a, const m2_tensor *b, bool ta, bool tb, mm_geom *g) {
-  char sa[96], sb[96];
   M2_TRY(cu_check_float(a, "matmul", "a"));
   M2_TRY(cu_check_float(b, "matmul", "b"));
   M2_TRY(m2_check_same_dtype(a, b, "matmul"));
-  if (a->ndim < 2 || b->ndim < 2)
-    return m2_fail(M2_ERR_SHAPE, "matmul: a %s and b %s must both have at least 2 dims", m2_shape_str(a, sa, sizeof sa),
-                   m2_shape_str(b, sb, sizeof sb));
-  g->ta = ta;
-  g->tb = tb;
-  g->shared = b->ndim == 2 && a->ndim > 2;
-  if (!g->shared) {
-    bool same = a->ndim == b->ndim;
-    for (int i = 0; same && i < a->ndim - 2; i++) same = a->shape[i] == b->shape[i];
-    if (!same)
-      return m2_fail(M2_ERR_SHAPE, "matmul: batch dims of a %s and b %s differ (b must have the same batch dims or be 2-D)",
-                     m2_shape_str(a, sa, sizeof sa), m2_shape_str(b, sb, sizeof sb));
-  }
-  int64_t ar = a->shape[a->ndim - 2], ac = a->shape[a->ndim - 1];
-  int64_t br = b->shape[b->ndim - 2], bc = b->shape[b->ndim - 1];
-  g->M = ta ? ac : ar;
-  g->K = ta ? ar : ac;
-  int64_t kb = tb ? bc : br;
-  g->N = tb ? br : bc;
-  if (g->K != kb)
-    return m2_fail(M2_ERR_SHAPE, "matmul: inner dims differ: a %s%s gives K=%lld but b %s%s gives K=%lld",
-                   m2_shape_str(a, sa, sizeof sa), ta ? " (transposed)" : "", (long long)g->K,
-                   m2_shape_str(b, sb, sizeof sb), tb ? " (transposed)" : "", (long long)kb);
-  g->batch = 1;
-  for (int i = 0; i < a->ndim - 2; i++) g->batch *= a->shape[i];
-  int64_t big = g->shared ? g->batch * g->M : g->M;
-  if (big > INT_MAX || g->N > INT_MAX || g->K > INT_MAX || g->batch > INT_MAX)
-    return m2_fail(M2_ERR_SHAPE, "matmul: a %s, b %s: a matrix dim exceeds the cuBLAS int range",
-                   m2_shape_str(a, sa, sizeof sa), m2_shape_str(b, sb, sizeof sb));
-  return M2_OK;
+  return m2_matmul_geom(a, b, ta, tb, g); /* shapes: core/ops_matmul.c, the same words as on the CPU */
 }
 
 extern "C" m2_status m2_cuda_matmul_fwd(m2_opcall *c) {
