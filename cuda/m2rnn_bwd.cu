@@ -110,7 +110,7 @@ __device__ __forceinline__ Item item_next(const M2Geom &g, Item it) {
 
 /* ZST: the history pass stores Z (f16) and the backward steps read it (sub-chunks of SC = 4, for shared
  * memory); else the backward steps recompute Z with one more product and tanh (sub-chunks of SC = 8). */
-template <int NT, int NPE, bool ZST, bool CLIP>
+template <int NT, int NPE, bool ZST>
 __global__ void __launch_bounds__(M2R_MAX_WARPS * 32, 1) m2r_bwd_fast(const FastBwdP p) {
   extern __shared__ __align__(16) char sm[];
   const M2Geom &g = p.g;
@@ -323,18 +323,17 @@ __global__ void __launch_bounds__(M2R_MAX_WARPS * 32, 1) m2r_bwd_fast(const Fast
             m2r_mma16816(z, wa, m2r_movt(P[j][0]), m2r_movt(P[j][1]));
             m2r_tanh_tile<NT, NPE>(j, z);
           }
-          /* off the G chain: dy q^T (transposed), H_{t-1} - Z_t and (1 - f)(1 - Z_t^2) */
-          float d[4] = {0.f, 0.f, 0.f, 0.f};
-          m2r_mma1688(d, da0, da1, (uint32_t)qt[r0 + 8 * j + gl]);
+          float d[4];
+#pragma unroll
+          for (int e = 0; e < 4; e++) d[e] = fminf(fmaxf(G[j][e], -p.clip), p.clip);
+          m2r_mma1688(d, da0, da1, (uint32_t)qt[r0 + 8 * j + gl]); /* D = dy q^T (transposed) + clamp(G) */
           const float hp[4] = {m2r_bf16_lo(P[j][0]), m2r_bf16_hi(P[j][0]), m2r_bf16_lo(P[j][1]), m2r_bf16_hi(P[j][1])};
           float dx[4];
 #pragma unroll
           for (int e = 0; e < 4; e++) {
-            const float wz = fmaf(-a * z[e], z[e], a);
-            /* on the chain: D = clamp(G) + dy q^T, dX = D wz, G = f D (+ W dX^T below) */
-            d[e] += CLIP ? fminf(fmaxf(G[j][e], -p.clip), p.clip) : G[j][e];
             dfs = fmaf(d[e], hp[e] - z[e], dfs);
-            dx[e] = d[e] * wz;
+            const float ad = a * d[e];
+            dx[e] = fmaf(-ad * z[e], z[e], ad);
             G[j][e] = f * d[e];
           }
           Q[j][0] = m2r_pack_bf16(dx[0], dx[1]);
@@ -622,14 +621,11 @@ extern "C" m2_status m2_m2rnn_bwd_cuda(const m2_m2rnn_dims *d, const m2_m2rnn_cu
                   a->df, a->dh0, a->dy, a->dhT, a->ckpt, a->q, a->k, a->v, a->W, a->f, (float *)(work + w.sub)};
     typedef void (*Kern)(const FastBwdP);
     /* [rows 32/16][tanh: MUFU / 4 of 16 on the FMA pipe][recompute Z / store Z] */
-    static const Kern kt[2][2][2] = {{{m2r_bwd_fast<4, 0, false, true>, m2r_bwd_fast<4, 0, true, true>},
-                                      {m2r_bwd_fast<4, 4, false, true>, m2r_bwd_fast<4, 4, true, true>}},
-                                     {{m2r_bwd_fast<2, 0, false, true>, m2r_bwd_fast<2, 0, true, true>},
-                                      {m2r_bwd_fast<2, 4, false, true>, m2r_bwd_fast<2, 4, true, true>}}};
-    /* no clipping (the common case): the default variants without the clamp */
-    static const Kern kn[2] = {m2r_bwd_fast<4, 0, false, false>, m2r_bwd_fast<2, 0, false, false>};
-    const int plain = isinf(clip) && m2r_tanh_mode(o) == 0 && !pl.zst;
-    Kern kern = plain ? kn[pl.nt == 4 ? 0 : 1] : kt[pl.nt == 4 ? 0 : 1][m2r_tanh_mode(o) == 0 ? 0 : 1][pl.zst ? 1 : 0];
+    static const Kern kt[2][2][2] = {{{m2r_bwd_fast<4, 0, false>, m2r_bwd_fast<4, 0, true>},
+                                      {m2r_bwd_fast<4, 4, false>, m2r_bwd_fast<4, 4, true>}},
+                                     {{m2r_bwd_fast<2, 0, false>, m2r_bwd_fast<2, 0, true>},
+                                      {m2r_bwd_fast<2, 4, false>, m2r_bwd_fast<2, 4, true>}}};
+    Kern kern = kt[pl.nt == 4 ? 0 : 1][m2r_tanh_mode(o) == 0 ? 0 : 1][pl.zst ? 1 : 0];
     if (pl.smem > 48 * 1024)
       M2_CUDA_TRY(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)pl.smem));
     kern<<<pl.nblocks, pl.threads, pl.smem, stream>>>(p);
