@@ -223,6 +223,10 @@ static m2_status open_resume(m2_run *r, const m2_run_opts *o) {
     if (strstr(msg, "signature")) RF_FAIL(M2_ERR_IO, "%s: not an HDF5 file (file signature not found)", r->path);
     RF_FAIL(M2_ERR_IO, "%s: cannot open for writing: %s", r->path, msg);
   }
+  /* A writer killed in the middle of an exclusive-mode flush can leave the superblock's end-of-allocation
+     behind data it had already written; new metadata would then be placed over it ("addr overflow" at the
+     next flush). Move the EOA to at least the end of the file first, as h5clear --increment does. */
+  H5CHK(H5Fincrement_filesize(r->file, 0));
   RF_TRY(check_format(r));
   RF_TRY(read_start_unix(r));
   RF_TRY(m2_rf_ckpt_cleanup(r));
