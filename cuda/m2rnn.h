@@ -49,7 +49,6 @@ typedef struct m2_m2rnn_cuda_opts {
   int tanh_mode;       /* fast path: M2_M2RNN_TANH_* (default: the fastest measured split) */
   int heads_per_block; /* fast path: 0 -> chosen from the SM count; else must divide N */
   int fwd_rows_per_warp; /* fast forward: state rows per warp, 16 or 32; 0 -> 16 */
-  int bwd_store_tanh;  /* fast backward: 1 keeps tanh values (f16) instead of recomputing them; 0 (default) recomputes */
 } m2_m2rnn_cuda_opts;
 
 typedef struct m2_m2rnn_fwd_args {

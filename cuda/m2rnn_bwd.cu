@@ -3,11 +3,11 @@
  *   G <- clamp(G, -c, c);  D = q_t dy_t^T + G;  df_t = sum D (H_{t-1} - Z_t);  dX = (1 - f_t) D (1 - Z_t^2)
  *   G <- f_t D + dX W^T;  dW += H_{t-1}^T dX;  dv_t = dX^T k_t;  dk_t = dX v_t;  dq_t = H_t dy_t
  * The states come back from the forward's checkpoints (one every ck steps). Fast path, per checkpoint
- * segment of ck steps, in sub-chunks of SC = 4 steps: one pass forward over the segment saves the fp32
+ * segment of ck steps, in sub-chunks of SC = 8 steps: one pass forward over the segment saves the fp32
  * state at each sub-chunk start (scratch in global memory, L2-resident); then for each sub-chunk from
  * the last: recompute its SC states into shared memory as bf16 (the very values the forward's products
- * used, so Z_t is replayed exactly) and the tanh values Z_t as f16, computing dq on the way, and run the
- * SC backward steps, which then need no tanh and no product for Z. */
+ * used, so Z_t is replayed exactly), computing dq on the way, and run the SC backward steps, which
+ * recompute Z_t from those states with one more product and tanh. */
 #include <cuda_runtime.h>
 #include <math.h>
 #include <string.h>
@@ -34,7 +34,7 @@ static BwdWork bwd_work(const M2Geom *g, int path) {
   size_t o = 0;
   if (fast) {
     w.sub = o;
-    o += al256((size_t)g->B * g->N * (g->ck / M2R_BWD_SC_Z) * KV * 4); /* enough for either sub-chunk size */
+    o += al256((size_t)g->B * g->N * (g->ck / M2R_BWD_SC) * KV * 4);
   } else {
     w.hist = o;
     o += al256((size_t)g->B * g->N * (g->ck + 1) * KV * 4);
@@ -63,7 +63,7 @@ extern "C" size_t m2_m2rnn_bwd_work_bytes(const m2_m2rnn_dims *d, const m2_m2rnn
 struct FastBwdP {
   M2Geom g;
   M2Stage st;
-  int hpb, wph, msub;
+  int hpb, wph, msub, pfl;    /* heads per block, warps per head, sub-chunks per segment, floats per partial buffer */
   float clip;
   uint16_t *dq, *dk, *dv;     /* bf16 outputs, written directly when the tensor is not shared */
   float *dq32, *dk32, *dv32;  /* fp32 sums (zeroed) when it is shared, else NULL */
@@ -72,7 +72,7 @@ struct FastBwdP {
   const float *dhT, *ckpt;
   const uint16_t *q, *k, *v;
   const float *W, *f;
-  float *sub;                 /* fp32 state at each sub-chunk start: [b][n][msub][K * 16] (fast layout) */
+  float *sub;                 /* fp32 state at each sub-chunk start: [b][n][msub][K * 16] (plain layout) */
 };
 
 /* One (K, 16) state in the plain layout; this lane's elements of the warp's rows r0 .. r0 + 8 NT - 1. */
@@ -93,118 +93,185 @@ __device__ __forceinline__ void state_store(float *dst, int r0, int lane, const 
     for (int e = 0; e < 4; e++) dst[(8 * j + (e & 1)) * 16 + 8 * (e >> 1)] = h[j][e];
 }
 
-/* Sub-chunk schedule of one segment c with ns sub-chunks: items p = 0 .. 2 ns - 2; p < ns - 1 advances
- * through sub-chunk p (forward only), the rest run sub-chunk 2 ns - 2 - p backward. */
+/* Work items of one segment c (ck steps from checkpoint c, ns = ceil(len / SC) sub-chunks): p = 0 .. ns - 2
+ * advance through sub-chunk p (forward only, saving the next sub-chunk's start state), p = ns - 1 .. 2 ns - 2
+ * run sub-chunk 2 ns - 2 - p backward. Segments run from the last to the first. */
 struct Item {
   int c, p;
 };
-template <int SC>
 __device__ __forceinline__ int seg_nsub(const M2Geom &g, int c) {
-  return (min(g.ck, g.T - c * g.ck) + SC - 1) / SC;
+  return (min(g.ck, g.T - c * g.ck) + M2R_BWD_SC - 1) / M2R_BWD_SC;
 }
-template <int SC>
 __device__ __forceinline__ Item item_next(const M2Geom &g, Item it) {
-  if (it.p + 1 < 2 * seg_nsub<SC>(g, it.c) - 1) return Item{it.c, it.p + 1};
+  if (it.c < 0) return it;
+  if (it.p + 1 < 2 * seg_nsub(g, it.c) - 1) return Item{it.c, it.p + 1};
   return Item{it.c - 1, 0};
 }
 
-/* ZST: the history pass stores Z (f16) and the backward steps read it (sub-chunks of SC = 4, for shared
- * memory); else the backward steps recompute Z with one more product and tanh (sub-chunks of SC = 8). */
-template <int NT, int NPE, bool ZST>
+__device__ __forceinline__ void add4_global(float *dst, float4 v) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  atomicAdd((float4 *)dst, v); /* one vector reduction (16-byte aligned: K % 4 == 0, V = 16) */
+#else
+  atomicAdd(dst, v.x), atomicAdd(dst + 1, v.y), atomicAdd(dst + 2, v.z), atomicAdd(dst + 3, v.w);
+#endif
+}
+__device__ __forceinline__ float4 f4add(float4 a, float4 b) { return make_float4(a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w); }
+
+/* The block's partial sums of one back item (steps s0 .. s0 + len - 1) -> dv, dk, dq, df in global memory.
+ * Partial buffer: dv [SC][nw][16] (per warp), dk and dq [SC][hpb][K] (per head), df [SC][nw]. */
+template <int KC>
+__device__ __forceinline__ void bwd_flush(const FastBwdP &p, const float *part, int b, int n0, int s0, int len) {
+  constexpr int SC = M2R_BWD_SC;
+  const M2Geom &g = p.g;
+  const int K = KC ? KC : g.K, hpb = p.hpb, wph = p.wph, nw = hpb * wph;
+  const int tid = threadIdx.x, nth = blockDim.x;
+  const size_t row0 = (size_t)b * g.T + s0;
+  const float *dvp = part, *dkp = part + SC * nw * 16, *dqp = dkp + SC * hpb * K, *dfp = dqp + SC * hpb * K;
+  /* dv: the head's warps summed, 4 values a task */
+  for (int task = tid; task < len * hpb * 4; task += nth) {
+    const int c4 = task & 3, r = task >> 2, hh = r % hpb, i = r / hpb;
+    const float4 *s4 = (const float4 *)(dvp + (i * nw + hh * wph) * 16) + c4;
+    float4 acc = s4[0];
+    for (int w = 1; w < wph; w++) acc = f4add(acc, s4[4 * w]);
+    if (p.dv32) add4_global(p.dv32 + ((row0 + i) * g.Nv + (n0 + hh) / g.gv) * 16 + 4 * c4, acc);
+    else
+      *(uint2 *)(p.dv + ((row0 + i) * g.N + n0 + hh) * 16 + 4 * c4) =
+          make_uint2(m2r_pack_bf16(acc.x, acc.y), m2r_pack_bf16(acc.z, acc.w));
+  }
+  /* dk, dq: summed over the heads that share an index, 4 values a task */
+#pragma unroll
+  for (int w2 = 0; w2 < 2; w2++) {
+    const float *src = w2 ? dqp : dkp;
+    uint16_t *out = w2 ? p.dq : p.dk;
+    float *out32 = w2 ? p.dq32 : p.dk32;
+    const int ns2 = w2 ? p.st.nsq : p.st.nsk, grp = w2 ? g.gq : g.gk, Nx = w2 ? g.Nq : g.Nk;
+    const int K4 = K / 4;
+    if (out32 && ns2 == 1) { /* every head of the block reads the same index */
+      for (int task = tid; task < len * K4; task += nth) {
+        const int c4 = task % K4, i = task / K4;
+        const float4 *s4 = (const float4 *)(src + i * hpb * K) + c4;
+        float4 acc = s4[0];
+        for (int hh = 1; hh < hpb; hh++) acc = f4add(acc, s4[hh * K4]);
+        add4_global(out32 + ((row0 + i) * Nx + n0 / grp) * K + 4 * c4, acc);
+      }
+    } else {
+      for (int task = tid; task < len * hpb * K4; task += nth) {
+        const int c4 = task % K4, r = task / K4, hh = r % hpb, i = r / hpb;
+        const float4 acc = ((const float4 *)(src + (i * hpb + hh) * K))[c4];
+        if (out32) add4_global(out32 + ((row0 + i) * Nx + (n0 + hh) / grp) * K + 4 * c4, acc);
+        else
+          *(uint2 *)(out + ((row0 + i) * g.N + n0 + hh) * K + 4 * c4) =
+              make_uint2(m2r_pack_bf16(acc.x, acc.y), m2r_pack_bf16(acc.z, acc.w));
+      }
+    }
+  }
+  for (int task = tid; task < len * hpb; task += nth) {
+    const int hh = task % hpb, i = task / hpb;
+    float acc = 0.f;
+    for (int w = 0; w < wph; w++) acc += dfp[i * nw + hh * wph + w];
+    float *dst = p.df + (row0 + i) * g.Nf + (n0 + hh) / g.gf;
+    if (g.Nf == g.N) *dst = acc;
+    else atomicAdd(dst, acc);
+  }
+}
+
+/* Block = hpb heads of one batch row, warp = 8 NT rows of one head (orientation T, m2rnn_dev.cuh). One
+ * __syncthreads per work item: inputs are staged three items ahead... two items ahead into three buffers, so the
+ * buffer refilled after an item's barrier is the one the previous item read; the cross-warp partial sums are
+ * double-buffered and the previous back item's are flushed by the whole block right after the barrier.
+ * KC: K as a compile-time constant (0: runtime), so every shared-memory offset of a step is an immediate. */
+template <int NT, int NPE, int KC>
 __global__ void __launch_bounds__(M2R_MAX_WARPS * 32, 1) m2r_bwd_fast(const FastBwdP p) {
   extern __shared__ __align__(16) char sm[];
+  constexpr int SC = M2R_BWD_SC, NQ = NT / 2;
   const M2Geom &g = p.g;
   const M2Stage &st = p.st;
-  constexpr int SC = ZST ? M2R_BWD_SC_Z : M2R_BWD_SC;
+  const int K = KC ? KC : g.K;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, gl = lane >> 2, tq = lane & 3;
-  const int hb = warp / p.wph, rg = warp - hb * p.wph, nw = p.hpb * p.wph;
-  const int bpb = g.N / p.hpb;
-  const int b = blockIdx.x / bpb, n0 = (blockIdx.x - b * bpb) * p.hpb, n = n0 + hb;
+  const int hpb = p.hpb, wph = p.wph, nw = hpb * wph;
+  const int hb = warp / wph, rg = warp - hb * wph;
+  const int bpb = g.N / hpb;
+  const int b = blockIdx.x / bpb, n0 = (blockIdx.x - b * bpb) * hpb, n = n0 + hb;
   const int r0 = rg * 8 * NT;
   const int sq = st.nsq == 1 ? 0 : hb, sk = st.nsk == 1 ? 0 : hb;
-  const uint32_t vmask = tq == 0 ? 0xffffu : 0u;
-  const size_t KS = (size_t)g.K * 16;
+  const uint32_t vmask = tq == 0 ? 0xffffu : 0u; /* rank-1 products use column 0 of their A tile only */
+  const size_t KS = (size_t)K * 16;
 
-  /* shared memory: 2 staging buffers, bf16 states, per-step partial sums */
-  uint4 *hist = (uint4 *)(sm + 2 * (size_t)st.bytes);                  /* [SC+1][nw][NT/2][32] */
-  uint4 *zst = hist + (size_t)(SC + 1) * nw * (NT / 2) * 32;           /* [SC][nw][NT/2][32] f16 tanh (ZST) */
-  float *dvp = (float *)(zst + (ZST ? (size_t)SC * nw * (NT / 2) * 32 : 0)); /* [SC][hpb][wph][16] */
-  float *dkp = dvp + SC * nw * 16;                                      /* [SC][hpb][K] */
-  float *dqp = dkp + SC * p.hpb * g.K;                                  /* [SC][hpb][K] */
-  float *dfp = dqp + SC * p.hpb * g.K;                                  /* [SC][hpb][wph] */
+  /* shared memory: 3 staging buffers | bf16 states [SC+1][nw][NQ][32] uint4 | 2 partial-sum buffers */
+  const int hstep = nw * NQ * 32;
+  uint4 *hw = (uint4 *)(sm + 3 * (size_t)st.bytes) + warp * NQ * 32 + lane; /* this lane's slot, step 0 */
+  float *part0 = (float *)((uint4 *)(sm + 3 * (size_t)st.bytes) + (SC + 1) * hstep);
 
   const float *Wn = p.W + (size_t)(n / g.gw) * 256;
   uint32_t wa[4], wb[4];
   m2r_load_wt(Wn, gl, tq, wa); /* W^T: forward product */
   m2r_load_w(Wn, gl, tq, wb);  /* W: G <- ... + dX W^T, computed as W dX^T */
 
-  float G[NT][4], dWa[2][4];
+  float G[NT][4], dWa[2][4], h[NT][4];
 #pragma unroll
   for (int j = 0; j < NT; j++)
 #pragma unroll
     for (int e = 0; e < 4; e++) {
       const int kr = r0 + 8 * j + 2 * tq + (e & 1), vc = gl + 8 * (e >> 1);
-      G[j][e] = p.dhT ? p.dhT[(((size_t)b * g.N + n) * g.K + kr) * 16 + vc] : 0.f;
+      G[j][e] = p.dhT ? p.dhT[(((size_t)b * g.N + n) * K + kr) * 16 + vc] : 0.f;
     }
 #pragma unroll
   for (int i = 0; i < 2; i++)
 #pragma unroll
     for (int e = 0; e < 4; e++) dWa[i][e] = 0.f;
-  float h[NT][4];
 
   const float *ckpt_n = p.ckpt + ((size_t)b * g.N + n) * g.nck * KS;
   float *sub_n = p.sub + ((size_t)b * g.N + n) * p.msub * KS;
 
-  /* stage item `it` into buffer `bi` (advance items need k, v, f only) */
-  auto stage = [&](Item it, int bi) {
+  auto decode = [&](Item it, bool &back, int &sb, int &s0, int &len) {
+    const int ns = seg_nsub(g, it.c);
+    back = it.p >= ns - 1;
+    sb = back ? 2 * ns - 2 - it.p : it.p;
+    s0 = it.c * g.ck + sb * SC;
+    len = min(SC, g.T - s0);
+  };
+  auto stage = [&](Item it, int bi) { /* advance items need k, v, f only */
     if (it.c < 0) return;
-    const int ns = seg_nsub<SC>(g, it.c);
-    const bool back = it.p >= ns - 1;
-    const int sb = back ? 2 * ns - 2 - it.p : it.p;
-    const int s0 = it.c * g.ck + sb * SC;
+    bool back;
+    int sb, s0, len;
+    decode(it, back, sb, s0, len);
     const M2StageSrc src = {back ? p.q : nullptr, p.k, p.v, back ? p.dy : nullptr, p.f};
-    m2r_stage(g, st, src, sm + (size_t)bi * st.bytes, b, n0, s0, min(SC, g.T - s0));
-  };
-
-  /* where item `nx` takes its starting state from, given that item `cur` ran just before it (cur.c < 0:
-     none): 0 = nothing (the registers already hold it), 1 = the segment's checkpoint, 2 = the sub-chunk scratch */
-  auto state_src = [&](Item cur, Item nx) -> int {
-    const int ns = seg_nsub<SC>(g, nx.c);
-    const bool back = nx.p >= ns - 1;
-    const int sb = back ? 2 * ns - 2 - nx.p : nx.p;
-    if (cur.c == nx.c && cur.p + 1 == nx.p && nx.p <= ns - 1 && sb > 0) return 0; /* right after ADV(sb - 1) */
-    return sb == 0 ? 1 : 2;
-  };
-  auto load_state = [&](Item cur, Item nx) {
-    const int src = state_src(cur, nx);
-    const int ns = seg_nsub<SC>(g, nx.c);
-    const int sb = nx.p >= ns - 1 ? 2 * ns - 2 - nx.p : nx.p;
-    if (src == 1) state_load<NT>(ckpt_n + (size_t)nx.c * KS, r0, lane, h);
-    else if (src == 2) state_load<NT>(sub_n + (size_t)sb * KS, r0, lane, h);
+    m2r_stage(g, st, src, sm + (size_t)bi * st.bytes, b, n0, s0, len);
   };
 
   Item it = {g.nck - 1, 0};
-  load_state(Item{-1, 0}, it);
+  Item it1 = item_next(g, it);
   stage(it, 0);
   m2r_cp_commit();
-  stage(item_next<SC>(g, it), 1);
+  stage(it1, 1);
   m2r_cp_commit();
-  int bi = 0;
+  state_load<NT>(ckpt_n + (size_t)it.c * KS, r0, lane, h); /* the first item starts at its segment's checkpoint */
+  int s = 0, pb_back = 0, pb_s0 = 0, pb_len = 0;
   while (it.c >= 0) {
     m2r_cp_wait<1>();
     __syncthreads();
-    const char *buf = sm + (size_t)bi * st.bytes;
-    const int ns = seg_nsub<SC>(g, it.c);
-    const bool back = it.p >= ns - 1;
-    const int sb = back ? 2 * ns - 2 - it.p : it.p;
-    const int s0 = it.c * g.ck + sb * SC, len = min(SC, g.T - s0);
-    const uint16_t *kbase = (const uint16_t *)(buf + st.off_k) + (size_t)sk * SC * g.K;
-    const uint16_t *qbase = (const uint16_t *)(buf + st.off_q) + (size_t)sq * SC * g.K;
-    const uint16_t *vbase = (const uint16_t *)(buf + st.off_v) + hb * SC * 16;
-    const uint16_t *dybase = (const uint16_t *)(buf + st.off_dy) + hb * SC * 16;
-    const float *fbase = (const float *)(buf + st.off_f) + hb * SC;
+    const Item it2 = item_next(g, it1);
+    stage(it2, (s + 2) % 3);
+    m2r_cp_commit();
+    if (pb_back) bwd_flush<KC>(p, part0 + ((s + 1) & 1) * p.pfl, b, n0, pb_s0, pb_len);
 
-    /* the state at the sub-chunk start is in h (loaded at the end of the previous item) */
+    bool back;
+    int sb, s0, len;
+    decode(it, back, sb, s0, len);
+    const int ns = seg_nsub(g, it.c);
+    const char *buf = sm + (size_t)(s % 3) * st.bytes;
+    float *part = part0 + (s & 1) * p.pfl;
+    float *dvp = part, *dkp = part + SC * nw * 16, *dqp = dkp + SC * hpb * K, *dfp = dqp + SC * hpb * K;
+    /* this lane's views of the staged inputs (step i at + i * K, + i * 16, ...) */
+    const uint16_t *kl = (const uint16_t *)(buf + st.off_k) + sk * SC * K + r0 + gl;
+    const uint32_t *k32 = (const uint32_t *)(buf + st.off_k) + (sk * SC * K + r0) / 2 + tq;
+    const uint16_t *ql = (const uint16_t *)(buf + st.off_q) + sq * SC * K + r0 + gl;
+    const uint16_t *vl = (const uint16_t *)(buf + st.off_v) + hb * SC * 16 + gl;
+    const uint32_t *v32 = (const uint32_t *)(buf + st.off_v) + hb * SC * 8 + tq;
+    const uint16_t *dyl = (const uint16_t *)(buf + st.off_dy) + hb * SC * 16 + gl;
+    const uint32_t *dy32 = (const uint32_t *)(buf + st.off_dy) + hb * SC * 8 + tq;
+    const float *fb = (const float *)(buf + st.off_f) + hb * SC;
+    float *dkw = dkp + hb * K + r0 + 2 * tq, *dqw = dqp + hb * K + r0 + 2 * tq;
 
     uint32_t P[NT][2];
 #pragma unroll
@@ -212,21 +279,16 @@ __global__ void __launch_bounds__(M2R_MAX_WARPS * 32, 1) m2r_bwd_fast(const Fast
       P[j][0] = m2r_pack_bf16(h[j][0], h[j][1]);
       P[j][1] = m2r_pack_bf16(h[j][2], h[j][3]);
     }
-    uint4 *hw = hist + (size_t)warp * (NT / 2) * 32 + lane; /* this lane's slot of step 0 */
-    uint4 *zw = zst + (size_t)warp * (NT / 2) * 32 + lane;
-    const size_t hstep = (size_t)nw * (NT / 2) * 32;
     if (back) {
 #pragma unroll
-      for (int q2 = 0; q2 < NT / 2; q2++)
-        hw[q2 * 32] = make_uint4(P[2 * q2][0], P[2 * q2][1], P[2 * q2 + 1][0], P[2 * q2 + 1][1]);
+      for (int q2 = 0; q2 < NQ; q2++) hw[q2 * 32] = make_uint4(P[2 * q2][0], P[2 * q2][1], P[2 * q2 + 1][0], P[2 * q2 + 1][1]);
     }
-    /* ---- forward over the sub-chunk (states kept when going back; dq_t = H_t dy_t on the way) ---- */
+    /* ---- forward over the sub-chunk (back items keep the bf16 states and compute dq_t = H_t dy_t) ---- */
 #pragma unroll
     for (int i = 0; i < SC; i++) {
       if (i >= len) break;
-      const uint16_t *kt = kbase + (size_t)i * g.K;
-      const uint32_t va0 = (uint32_t)vbase[i * 16 + gl] & vmask, va1 = (uint32_t)vbase[i * 16 + gl + 8] & vmask;
-      const float f = fbase[i];
+      const uint32_t va0 = (uint32_t)vl[i * 16] & vmask, va1 = (uint32_t)vl[i * 16 + 8] & vmask;
+      const float f = fb[i];
       uint32_t bt[NT][2];
 #pragma unroll
       for (int j = 0; j < NT; j++) {
@@ -234,100 +296,74 @@ __global__ void __launch_bounds__(M2R_MAX_WARPS * 32, 1) m2r_bwd_fast(const Fast
         bt[j][1] = m2r_movt(P[j][1]);
       }
       if (back && i > 0) { /* dq_{i-1} = H dy_{i-1}: A = dy (every row), B = H^T */
-        const uint32_t *dy32 = (const uint32_t *)(dybase + (i - 1) * 16);
-        const uint32_t ad[4] = {dy32[tq], dy32[tq], dy32[4 + tq], dy32[4 + tq]};
+        const uint32_t ad[4] = {dy32[(i - 1) * 8], dy32[(i - 1) * 8], dy32[(i - 1) * 8 + 4], dy32[(i - 1) * 8 + 4]};
 #pragma unroll
         for (int j = 0; j < NT; j++) {
           float c4[4] = {0.f, 0.f, 0.f, 0.f};
           m2r_mma16816(c4, ad, bt[j][0], bt[j][1]);
-          if (gl == 0) *(float2 *)(dqp + ((i - 1) * p.hpb + hb) * g.K + r0 + 8 * j + 2 * tq) = make_float2(c4[0], c4[1]);
+          if (gl == 0) *(float2 *)(dqw + (i - 1) * hpb * K + 8 * j) = make_float2(c4[0], c4[1]);
         }
       }
-      uint32_t Zp[NT][2];
 #pragma unroll
       for (int j = 0; j < NT; j++) {
         float z[4] = {0.f, 0.f, 0.f, 0.f};
-        m2r_mma1688(z, va0, va1, (uint32_t)kt[r0 + 8 * j + gl]);
-        m2r_mma16816(z, wa, bt[j][0], bt[j][1]);
+        m2r_mma1688(z, va0, va1, (uint32_t)kl[i * K + 8 * j]); /* v k^T */
+        m2r_mma16816(z, wa, bt[j][0], bt[j][1]);                /* + W^T H^T */
         m2r_tanh_tile<NT, NPE>(j, z);
 #pragma unroll
         for (int e = 0; e < 4; e++) h[j][e] = fmaf(f, h[j][e] - z[e], z[e]);
         P[j][0] = m2r_pack_bf16(h[j][0], h[j][1]);
         P[j][1] = m2r_pack_bf16(h[j][2], h[j][3]);
-        if (ZST) {
-          Zp[j][0] = m2r_pack_f16(z[0], z[1]);
-          Zp[j][1] = m2r_pack_f16(z[2], z[3]);
-        }
       }
       if (back) {
 #pragma unroll
-        for (int q2 = 0; q2 < NT / 2; q2++) {
+        for (int q2 = 0; q2 < NQ; q2++)
           hw[(i + 1) * hstep + q2 * 32] = make_uint4(P[2 * q2][0], P[2 * q2][1], P[2 * q2 + 1][0], P[2 * q2 + 1][1]);
-          if (ZST) zw[i * hstep + q2 * 32] = make_uint4(Zp[2 * q2][0], Zp[2 * q2][1], Zp[2 * q2 + 1][0], Zp[2 * q2 + 1][1]);
-        }
       }
     }
     if (!back) {
-      if (sb + 1 < ns - 1) state_store<NT>(sub_n + (size_t)(sb + 1) * KS, r0, lane, h); /* BWD(ns-1) uses h */
+      if (sb + 1 < ns - 1) state_store<NT>(sub_n + (size_t)(sb + 1) * KS, r0, lane, h); /* the last stays in h */
     } else {
       { /* dq of the last step */
-        const uint32_t *dy32 = (const uint32_t *)(dybase + (len - 1) * 16);
-        const uint32_t ad[4] = {dy32[tq], dy32[tq], dy32[4 + tq], dy32[4 + tq]};
+        const uint32_t ad[4] = {dy32[(len - 1) * 8], dy32[(len - 1) * 8], dy32[(len - 1) * 8 + 4], dy32[(len - 1) * 8 + 4]};
 #pragma unroll
         for (int j = 0; j < NT; j++) {
           float c4[4] = {0.f, 0.f, 0.f, 0.f};
           m2r_mma16816(c4, ad, m2r_movt(P[j][0]), m2r_movt(P[j][1]));
-          if (gl == 0)
-            *(float2 *)(dqp + ((len - 1) * p.hpb + hb) * g.K + r0 + 8 * j + 2 * tq) = make_float2(c4[0], c4[1]);
+          if (gl == 0) *(float2 *)(dqw + (len - 1) * hpb * K + 8 * j) = make_float2(c4[0], c4[1]);
         }
       }
       /* ---- backward over the sub-chunk ---- */
-      const int K = g.K, hK = p.hpb * K, hw16 = p.hpb * p.wph * 16, hwf = p.hpb * p.wph;
+      const float clip = p.clip;
       float dfv[SC]; /* per-step partial df, reduced over the warp after the loop (off the G chain) */
 #pragma unroll
       for (int ii = 0; ii < SC; ii++) {
         const int i = SC - 1 - ii;
         dfv[i] = 0.f;
         if (i >= len) continue;
-        const uint16_t *kt = kbase + (size_t)i * K, *qt = qbase + (size_t)i * K;
-        const uint16_t *vt = vbase + i * 16, *dyt = dybase + i * 16;
-        const float *fpp = fbase + i;
-        const uint4 *hr = hw + (size_t)i * hstep, *zr = zw + (size_t)i * hstep;
-        float *dkw = dkp + i * hK + hb * K + r0 + 2 * tq;
-        float *dvw = dvp + i * hw16 + (hb * p.wph + rg) * 16 + gl + 8 * tq;
-        const uint32_t da0 = (uint32_t)dyt[gl] & vmask, da1 = (uint32_t)dyt[gl + 8] & vmask;
-        const uint32_t va0 = (uint32_t)vt[gl] & vmask, va1 = (uint32_t)vt[gl + 8] & vmask;
-        const float f = *fpp, a = 1.f - f;
-        uint32_t Zp[NT][2];
+        const uint32_t da0 = (uint32_t)dyl[i * 16] & vmask, da1 = (uint32_t)dyl[i * 16 + 8] & vmask;
+        const uint32_t va0 = (uint32_t)vl[i * 16] & vmask, va1 = (uint32_t)vl[i * 16 + 8] & vmask;
+        const uint32_t av[4] = {v32[i * 8], v32[i * 8], v32[i * 8 + 4], v32[i * 8 + 4]};
+        const float f = fb[i], a = 1.f - f;
+        uint32_t Pp[NT][2]; /* H_{t-1} in bf16 */
 #pragma unroll
-        for (int q2 = 0; q2 < NT / 2; q2++) {
-          const uint4 u = hr[q2 * 32];
-          P[2 * q2][0] = u.x, P[2 * q2][1] = u.y, P[2 * q2 + 1][0] = u.z, P[2 * q2 + 1][1] = u.w;
-          if (ZST) {
-            const uint4 zz = zr[q2 * 32];
-            Zp[2 * q2][0] = zz.x, Zp[2 * q2][1] = zz.y, Zp[2 * q2 + 1][0] = zz.z, Zp[2 * q2 + 1][1] = zz.w;
-          }
+        for (int q2 = 0; q2 < NQ; q2++) {
+          const uint4 u = hw[i * hstep + q2 * 32];
+          Pp[2 * q2][0] = u.x, Pp[2 * q2][1] = u.y, Pp[2 * q2 + 1][0] = u.z, Pp[2 * q2 + 1][1] = u.w;
         }
-        const uint32_t *v32 = (const uint32_t *)vt;
-        const uint32_t av[4] = {v32[tq], v32[tq], v32[4 + tq], v32[4 + tq]};
         uint32_t Q[NT][2];
         float dfs = 0.f;
 #pragma unroll
         for (int j = 0; j < NT; j++) {
-          float z[4];
-          if (ZST) {
-            z[0] = m2r_f16_lo(Zp[j][0]), z[1] = m2r_f16_hi(Zp[j][0]), z[2] = m2r_f16_lo(Zp[j][1]), z[3] = m2r_f16_hi(Zp[j][1]);
-          } else { /* replay Z_t exactly as the forward computed it */
-            z[0] = z[1] = z[2] = z[3] = 0.f;
-            m2r_mma1688(z, va0, va1, (uint32_t)kt[r0 + 8 * j + gl]);
-            m2r_mma16816(z, wa, m2r_movt(P[j][0]), m2r_movt(P[j][1]));
-            m2r_tanh_tile<NT, NPE>(j, z);
-          }
+          float z[4] = {0.f, 0.f, 0.f, 0.f}; /* replay Z_t exactly as the forward computed it */
+          m2r_mma1688(z, va0, va1, (uint32_t)kl[i * K + 8 * j]);
+          m2r_mma16816(z, wa, m2r_movt(Pp[j][0]), m2r_movt(Pp[j][1]));
+          m2r_tanh_tile<NT, NPE>(j, z);
           float d[4];
 #pragma unroll
-          for (int e = 0; e < 4; e++) d[e] = fminf(fmaxf(G[j][e], -p.clip), p.clip);
-          m2r_mma1688(d, da0, da1, (uint32_t)qt[r0 + 8 * j + gl]); /* D = dy q^T (transposed) + clamp(G) */
-          const float hp[4] = {m2r_bf16_lo(P[j][0]), m2r_bf16_hi(P[j][0]), m2r_bf16_lo(P[j][1]), m2r_bf16_hi(P[j][1])};
+          for (int e = 0; e < 4; e++) d[e] = fminf(fmaxf(G[j][e], -clip), clip);
+          m2r_mma1688(d, da0, da1, (uint32_t)ql[i * K + 8 * j]); /* D = dy q^T (transposed) + clamp(G) */
+          const float hp[4] = {m2r_bf16_lo(Pp[j][0]), m2r_bf16_hi(Pp[j][0]), m2r_bf16_lo(Pp[j][1]), m2r_bf16_hi(Pp[j][1])};
           float dx[4];
 #pragma unroll
           for (int e = 0; e < 4; e++) {
@@ -342,105 +378,54 @@ __global__ void __launch_bounds__(M2R_MAX_WARPS * 32, 1) m2r_bwd_fast(const Fast
           m2r_mma16816(G[j], wb, qt0, qt1);                               /* G = f D + W dX^T (transposed) */
           float c4[4] = {0.f, 0.f, 0.f, 0.f};
           m2r_mma16816(c4, av, qt0, qt1); /* dk = v^T dX^T */
-          if (gl == 0) *(float2 *)(dkw + 8 * j) = make_float2(c4[0], c4[1]);
+          if (gl == 0) *(float2 *)(dkw + i * hpb * K + 8 * j) = make_float2(c4[0], c4[1]);
         }
-        const uint32_t *k32 = (const uint32_t *)kt + r0 / 2 + tq;
         float cv[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
-        for (int ib = 0; ib < NT / 2; ib++) {
-          const uint32_t ah[4] = {P[2 * ib][0], P[2 * ib][1], P[2 * ib + 1][0], P[2 * ib + 1][1]};
+        for (int ib = 0; ib < NQ; ib++) {
+          const uint32_t ah[4] = {Pp[2 * ib][0], Pp[2 * ib][1], Pp[2 * ib + 1][0], Pp[2 * ib + 1][1]};
           m2r_mma16816(dWa[0], ah, Q[2 * ib][0], Q[2 * ib + 1][0]); /* dW += H^T dX */
           m2r_mma16816(dWa[1], ah, Q[2 * ib][1], Q[2 * ib + 1][1]);
           const uint32_t ax[4] = {Q[2 * ib][0], Q[2 * ib][1], Q[2 * ib + 1][0], Q[2 * ib + 1][1]};
-          m2r_mma16816(cv, ax, k32[8 * ib], k32[8 * ib + 4]); /* dv = dX^T k */
+          m2r_mma16816(cv, ax, k32[i * K / 2 + 8 * ib], k32[i * K / 2 + 8 * ib + 4]); /* dv = dX^T k */
         }
-        if (tq < 2) *dvw = tq ? cv[2] : cv[0];
+        if (tq < 2) dvp[(i * nw + warp) * 16 + gl + 8 * tq] = tq ? cv[2] : cv[0];
         dfv[i] = dfs;
       }
 #pragma unroll
       for (int o = 16; o > 0; o >>= 1)
 #pragma unroll
         for (int i = 0; i < SC; i++) dfv[i] += __shfl_xor_sync(0xffffffffu, dfv[i], o);
-      if (lane < SC && lane < len) {
+      if (lane < len) {
         float v = dfv[0];
 #pragma unroll
         for (int i = 1; i < SC; i++) v = lane == i ? dfv[i] : v;
-        dfp[lane * hwf + hb * p.wph + rg] = v;
+        dfp[lane * nw + warp] = v;
       }
     }
-    const Item nx = item_next<SC>(g, it);
-    if (nx.c >= 0) load_state(it, nx); /* in flight during the barrier and the writes below */
-    __syncthreads();
-    if (back) { /* ---- write this sub-chunk's dq, dk, dv, df ---- */
-      const int tid = threadIdx.x, nth = blockDim.x, K = g.K;
-      const size_t row0 = (size_t)b * g.T + s0;
-      if (!p.dv32) {
-        for (int task = tid; task < len * p.hpb * 2; task += nth) {
-          const int half = task & 1, r = task >> 1, hh = r % p.hpb, i = r / p.hpb;
-          float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-          for (int w = 0; w < p.wph; w++)
-#pragma unroll
-            for (int e = 0; e < 8; e++) acc[e] += dvp[((i * p.hpb + hh) * p.wph + w) * 16 + half * 8 + e];
-          uint4 o = make_uint4(m2r_pack_bf16(acc[0], acc[1]), m2r_pack_bf16(acc[2], acc[3]),
-                               m2r_pack_bf16(acc[4], acc[5]), m2r_pack_bf16(acc[6], acc[7]));
-          *(uint4 *)(p.dv + ((row0 + i) * g.N + n0 + hh) * 16 + half * 8) = o;
-        }
-      } else {
-        for (int task = tid; task < len * p.hpb * 16; task += nth) {
-          const int vv = task & 15, r = task >> 4, hh = r % p.hpb, i = r / p.hpb;
-          float acc = 0.f;
-          for (int w = 0; w < p.wph; w++) acc += dvp[((i * p.hpb + hh) * p.wph + w) * 16 + vv];
-          atomicAdd(p.dv32 + ((row0 + i) * g.Nv + (n0 + hh) / g.gv) * 16 + vv, acc);
-        }
-      }
-#pragma unroll
-      for (int w2 = 0; w2 < 2; w2++) { /* dk, then dq */
-        const float *src = w2 ? dqp : dkp;
-        uint16_t *out = w2 ? p.dq : p.dk;
-        float *out32 = w2 ? p.dq32 : p.dk32;
-        const int ns2 = w2 ? st.nsq : st.nsk, grp = w2 ? g.gq : g.gk, Nx = w2 ? g.Nq : g.Nk;
-        if (!out32) { /* not shared: one head per index */
-          for (int task = tid; task < len * p.hpb * (K / 8); task += nth) {
-            const int c8 = task % (K / 8), r = task / (K / 8), hh = r % p.hpb, i = r / p.hpb;
-            const float *s8 = src + (i * p.hpb + hh) * K + c8 * 8;
-            uint4 o = make_uint4(m2r_pack_bf16(s8[0], s8[1]), m2r_pack_bf16(s8[2], s8[3]), m2r_pack_bf16(s8[4], s8[5]),
-                                 m2r_pack_bf16(s8[6], s8[7]));
-            *(uint4 *)(out + ((row0 + i) * g.N + n0 + hh) * K + c8 * 8) = o;
-          }
-        } else {
-          for (int task = tid; task < len * ns2 * K; task += nth) {
-            const int kk = task % K, r = task / K, sl = r % ns2, i = r / ns2;
-            float acc = 0.f;
-            if (ns2 == 1)
-              for (int hh = 0; hh < p.hpb; hh++) acc += src[(i * p.hpb + hh) * K + kk];
-            else
-              acc = src[(i * p.hpb + sl) * K + kk];
-            atomicAdd(out32 + ((row0 + i) * Nx + (ns2 == 1 ? n0 : n0 + sl) / grp) * K + kk, acc);
-          }
-        }
-      }
-      for (int task = tid; task < len * p.hpb; task += nth) {
-        const int hh = task % p.hpb, i = task / p.hpb;
-        float acc = 0.f;
-        for (int w = 0; w < p.wph; w++) acc += dfp[(i * p.hpb + hh) * p.wph + w];
-        float *dst = p.df + (row0 + i) * g.Nf + (n0 + hh) / g.gf;
-        if (g.Nf == g.N) *dst = acc;
-        else atomicAdd(dst, acc);
-      }
+    /* the next item's start state: the registers already hold it right after the advance item before it;
+       else the segment's checkpoint (sub-chunk 0) or the scratch an advance item saved */
+    if (it1.c >= 0) {
+      bool nback;
+      int nsb, ns0, nlen;
+      decode(it1, nback, nsb, ns0, nlen);
+      const bool in_regs = it1.c == it.c && it1.p == it.p + 1 && !back && nsb > 0;
+      if (!in_regs) state_load<NT>(nsb == 0 ? ckpt_n + (size_t)it1.c * KS : sub_n + (size_t)nsb * KS, r0, lane, h);
     }
-    /* next item: refill the buffer just used with the item after the next */
-    it = nx;
-    stage(item_next<SC>(g, it), bi);
-    m2r_cp_commit();
-    bi ^= 1;
+    pb_back = back, pb_s0 = s0, pb_len = len;
+    it = it1;
+    it1 = it2;
+    s++;
   }
+  __syncthreads();
+  if (pb_back) bwd_flush<KC>(p, part0 + ((s + 1) & 1) * p.pfl, b, n0, pb_s0, pb_len);
   if (p.dh0) {
 #pragma unroll
     for (int j = 0; j < NT; j++)
 #pragma unroll
       for (int e = 0; e < 4; e++) {
         const int kr = r0 + 8 * j + 2 * tq + (e & 1), vc = gl + 8 * (e >> 1);
-        p.dh0[(((size_t)b * g.N + n) * g.K + kr) * 16 + vc] = G[j][e];
+        p.dh0[(((size_t)b * g.N + n) * K + kr) * 16 + vc] = G[j][e];
       }
   }
   float *dWn = p.dW + (size_t)(n / g.gw) * 256;
@@ -617,15 +602,16 @@ extern "C" m2_status m2_m2rnn_bwd_cuda(const m2_m2rnn_dims *d, const m2_m2rnn_cu
   } else {
     M2Plan pl;
     M2_TRY(m2r_plan(&g, o, 1, &pl));
-    FastBwdP p = {g, pl.st, pl.hpb, pl.wph, g.ck / (pl.zst ? M2R_BWD_SC_Z : M2R_BWD_SC), clip, a->dq, a->dk, a->dv, dq32, dk32, dv32, a->dW,
-                  a->df, a->dh0, a->dy, a->dhT, a->ckpt, a->q, a->k, a->v, a->W, a->f, (float *)(work + w.sub)};
+    FastBwdP p = {g, pl.st, pl.hpb, pl.wph, g.ck / M2R_BWD_SC, m2r_bwd_part_floats(&g, pl.hpb, pl.hpb * pl.wph), clip,
+                  a->dq, a->dk, a->dv, dq32, dk32, dv32, a->dW, a->df, a->dh0, a->dy, a->dhT, a->ckpt, a->q, a->k, a->v,
+                  a->W, a->f, (float *)(work + w.sub)};
     typedef void (*Kern)(const FastBwdP);
-    /* [rows 32/16][tanh: MUFU / 4 of 16 on the FMA pipe][recompute Z / store Z] */
-    static const Kern kt[2][2][2] = {{{m2r_bwd_fast<4, 0, false>, m2r_bwd_fast<4, 0, true>},
-                                      {m2r_bwd_fast<4, 4, false>, m2r_bwd_fast<4, 4, true>}},
-                                     {{m2r_bwd_fast<2, 0, false>, m2r_bwd_fast<2, 0, true>},
-                                      {m2r_bwd_fast<2, 4, false>, m2r_bwd_fast<2, 4, true>}}};
-    Kern kern = kt[pl.nt == 4 ? 0 : 1][m2r_tanh_mode(o) == 0 ? 0 : 1][pl.zst ? 1 : 0];
+    /* the replay must use the forward's tanh split to reproduce its Z exactly; K = 64 (the paper's) compiled apart */
+    static const Kern k4[4] = {m2r_bwd_fast<4, 0, 0>, m2r_bwd_fast<4, 4, 0>, m2r_bwd_fast<4, 6, 0>, m2r_bwd_fast<4, 8, 0>};
+    static const Kern k2[4] = {m2r_bwd_fast<2, 0, 0>, m2r_bwd_fast<2, 4, 0>, m2r_bwd_fast<2, 6, 0>, m2r_bwd_fast<2, 8, 0>};
+    const int npe = m2r_tanh_mode(o), ti = npe == 0 ? 0 : npe == 4 ? 1 : npe == 6 ? 2 : 3;
+    Kern kern = pl.nt == 4 ? k4[ti] : k2[ti];
+    if (pl.nt == 4 && g.K == 64 && npe == 0) kern = m2r_bwd_fast<4, 0, 64>;
     if (pl.smem > 48 * 1024)
       M2_CUDA_TRY(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)pl.smem));
     kern<<<pl.nblocks, pl.threads, pl.smem, stream>>>(p);

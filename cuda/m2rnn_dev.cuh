@@ -17,7 +17,6 @@
 
 #define M2R_FWD_CT 32  /* fast forward: steps staged per chunk (double-buffered) */
 #define M2R_BWD_SC 8   /* fast backward: steps per sub-chunk (states as bf16 in shared memory), Z recomputed */
-#define M2R_BWD_SC_Z 4 /* the same when the tanh values are kept too (f16), opts.bwd_store_tanh */
 #define M2R_MAX_WARPS 12 /* fast path, 32-row warps: warps per block (384 threads; the kernels' launch bound) */
 #define M2R_MAX_WARPS16 24 /* fast forward, 16-row warps: warps per block (768 threads, <= 85 registers) */
 
@@ -43,7 +42,6 @@ typedef struct M2Plan {
   int hpb;     /* heads per block (divides N) */
   int nblocks; /* B N / hpb */
   int threads; /* 32 wph hpb */
-  int zst;     /* backward: keep the tanh values of a sub-chunk instead of recomputing them */
   M2Stage st;  /* one staging buffer */
   size_t smem; /* dynamic shared memory per block */
 } M2Plan;
@@ -55,6 +53,8 @@ M2Geom m2r_geom(const m2_m2rnn_dims *d, const m2_m2rnn_cuda_opts *o);
  * per element of state). The checkpoints are in the plain (K, V) layout, so the two need not agree. */
 m2_status m2r_plan(const M2Geom *g, const m2_m2rnn_cuda_opts *o, int bwd, M2Plan *p);
 int m2r_tanh_mode(const m2_m2rnn_cuda_opts *o);
+/* Floats of one of the fast backward's two partial-sum buffers (a multiple of 4). */
+int m2r_bwd_part_floats(const M2Geom *g, int hpb, int nw);
 
 /* ---------------- device helpers ---------------- */
 #ifdef __CUDACC__

@@ -95,19 +95,22 @@ static M2Stage stage_layout(const M2Geom *g, int ct, int hpb, int with_dy) {
   return s;
 }
 
-static size_t plan_smem(const M2Geom *g, int nt, int wph, int hpb, int bwd, int zst, M2Stage *st) {
+/* Floats of one of the backward's two partial-sum buffers: dv [SC][nw][16], dk and dq [SC][hpb][K], df [SC][nw]. */
+int m2r_bwd_part_floats(const M2Geom *g, int hpb, int nw) {
+  const int f = M2R_BWD_SC * nw * 16 + 2 * M2R_BWD_SC * hpb * g->K + M2R_BWD_SC * nw;
+  return (f + 3) & ~3;
+}
+
+static size_t plan_smem(const M2Geom *g, int nt, int wph, int hpb, int bwd, M2Stage *st) {
   if (!bwd) {
     *st = stage_layout(g, M2R_FWD_CT, hpb, 0);
     return 2 * (size_t)st->bytes + (size_t)M2R_FWD_CT * hpb * wph * 16 * 4; /* + y partial sums */
   }
-  const int SC = zst ? M2R_BWD_SC_Z : M2R_BWD_SC, nw = hpb * wph;
+  const int SC = M2R_BWD_SC, nw = hpb * wph;
   *st = stage_layout(g, SC, hpb, 1);
-  size_t s = 2 * (size_t)st->bytes;
-  s += (size_t)(SC + 1) * nw * nt * 2 * 32 * 4;            /* bf16 states of a sub-chunk */
-  if (zst) s += (size_t)SC * nw * nt * 2 * 32 * 4;          /* f16 tanh values of a sub-chunk */
-  s += (size_t)SC * nw * 16 * 4;                 /* dv partial sums */
-  s += 2 * (size_t)SC * hpb * g->K * 4;          /* dk, dq per head */
-  s += (size_t)SC * nw * 4;                      /* df partial sums */
+  size_t s = 3 * (size_t)st->bytes;                      /* staging, triple-buffered */
+  s += (size_t)(SC + 1) * nw * nt * 2 * 32 * 4;          /* bf16 states of a sub-chunk */
+  s += 2 * (size_t)m2r_bwd_part_floats(g, hpb, nw) * 4;  /* partial sums, double-buffered */
   return s;
 }
 
@@ -118,7 +121,6 @@ m2_status m2r_plan(const M2Geom *g, const m2_m2rnn_cuda_opts *o, int bwd, M2Plan
     return m2_fail(M2_ERR_VALUE, "m2rnn cuda: the fast path needs ckpt_every %% %d == 0, got %d", M2R_BWD_SC, g->ck);
   memset(p, 0, sizeof *p);
   DevInfo di = dev_info();
-  p->zst = bwd && o && o->bwd_store_tanh;
   /* forward: 16-row warps by default (twice the warps of 32-row ones to hide latency; measured faster on
      both paper layers, RESULTS.md) */
   const int fwd_rows = (o && o->fwd_rows_per_warp) ? o->fwd_rows_per_warp : 16;
@@ -136,7 +138,7 @@ m2_status m2r_plan(const M2Geom *g, const m2_m2rnn_cuda_opts *o, int bwd, M2Plan
   for (int h = 1; h * p->wph <= maxw && h <= g->N; h++) {
     if (g->N % h != 0 || (want > 0 && h != want)) continue;
     M2Stage st;
-    size_t smem = plan_smem(g, p->nt, p->wph, h, bwd, p->zst, &st);
+    size_t smem = plan_smem(g, p->nt, p->wph, h, bwd, &st);
     if (smem > (size_t)di.smem_optin) continue;
     long nb = (long)g->B * g->N / h;
     long cost = (long)h * ((nb + di.sms - 1) / di.sms); /* heads on the busiest SM */
@@ -187,10 +189,12 @@ __device__ __forceinline__ size_t ckpt_base(const M2Geom &g, int b, int n, int j
   return (((size_t)b * g.N + n) * g.nck + j) * (size_t)g.K * 16;
 }
 
-template <int NT, int NPE>
+/* KC: K as a compile-time constant (0: runtime), so a step's shared-memory offsets are immediates. */
+template <int NT, int NPE, int KC>
 __global__ void __launch_bounds__(NT == 2 ? M2R_MAX_WARPS16 * 32 : M2R_MAX_WARPS * 32, 1) m2r_fwd_fast(const FastFwdP p) {
   extern __shared__ __align__(16) char sm[];
   const M2Geom &g = p.g;
+  const int K = KC ? KC : g.K;
   const M2Stage &st = p.st;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, gl = lane >> 2, tq = lane & 3;
   const int hb = warp / p.wph, rg = warp - hb * p.wph;
@@ -209,7 +213,7 @@ __global__ void __launch_bounds__(NT == 2 ? M2R_MAX_WARPS16 * 32 : M2R_MAX_WARPS
 #pragma unroll
     for (int e = 0; e < 4; e++) {
       const int kr = r0 + 8 * j + 2 * tq + (e & 1), vc = gl + 8 * (e >> 1);
-      h[j][e] = p.h0 ? p.h0 [(((size_t)b * g.N + n) * g.K + kr) * 16 + vc] : 0.f;
+      h[j][e] = p.h0 ? p.h0[(((size_t)b * g.N + n) * K + kr) * 16 + vc] : 0.f;
     }
   uint32_t P[NT][2];
 #pragma unroll
@@ -226,32 +230,35 @@ __global__ void __launch_bounds__(NT == 2 ? M2R_MAX_WARPS16 * 32 : M2R_MAX_WARPS
   if (nch > 1) m2r_stage(g, st, src, sm + st.bytes, b, n0, CT, min(CT, g.T - CT));
   m2r_cp_commit();
 
+  /* checkpoints: when ck is a multiple of the chunk, only a chunk's first step can be one (checked per chunk) */
+  const bool ck_chunk = g.ck % CT == 0;
   int next_ck = p.ckpt ? 0 : g.T; /* next step whose incoming state is saved */
+  auto save = [&](int s) {
+    float *cp = p.ckpt + ckpt_base(g, b, n, s / g.ck);
+#pragma unroll
+    for (int j = 0; j < NT; j++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) cp[(r0 + 8 * j + 2 * tq + (e & 1)) * 16 + gl + 8 * (e >> 1)] = h[j][e];
+  };
   for (int c = 0; c < nch; c++) {
     m2r_cp_wait<1>();
     __syncthreads();
     const char *buf = sm + (size_t)(c & 1) * st.bytes;
     const int t0 = c * CT, len = min(CT, g.T - t0);
     /* per-lane pointers into the staged chunk, advanced by one step per iteration */
-    const uint16_t *kp = (const uint16_t *)(buf + st.off_k) + (size_t)sk * CT * g.K + r0 + gl;
-    const uint32_t *qp = (const uint32_t *)(buf + st.off_q) + ((size_t)sq * CT * g.K + r0) / 2 + tq;
+    const uint16_t *kp = (const uint16_t *)(buf + st.off_k) + sk * CT * K + r0 + gl;
+    const uint32_t *qp = (const uint32_t *)(buf + st.off_q) + (sq * CT * K + r0) / 2 + tq;
     const uint16_t *vp = (const uint16_t *)(buf + st.off_v) + hb * CT * 16 + gl;
     const float *fp = (const float *)(buf + st.off_f) + hb * CT;
     float *yp = ypart + (hb * p.wph + rg) * 16 + gl + 8 * tq;
-    const int kstep = g.K, qstep = g.K / 2, ystep = p.hpb * p.wph * 16;
-#pragma unroll 4
-    for (int i = 0; i < len; i++, kp += kstep, qp += qstep, vp += 16, fp++, yp += ystep) {
-      const int s = t0 + i;
-      if (s == next_ck) {
-        float *cp = p.ckpt + ckpt_base(g, b, n, s / g.ck);
-        next_ck += g.ck;
-#pragma unroll
-        for (int j = 0; j < NT; j++)
-#pragma unroll
-          for (int e = 0; e < 4; e++) cp[(r0 + 8 * j + 2 * tq + (e & 1)) * 16 + gl + 8 * (e >> 1)] = h[j][e];
-      }
-      const uint32_t va0 = (uint32_t)vp[0] & vmask, va1 = (uint32_t)vp[8] & vmask;
-      const float f = *fp;
+    const int ystep = p.hpb * p.wph * 16;
+    if (ck_chunk && t0 == next_ck) {
+      save(t0);
+      next_ck += g.ck;
+    }
+    auto step = [&](int i) {
+      const uint32_t va0 = (uint32_t)vp[i * 16] & vmask, va1 = (uint32_t)vp[i * 16 + 8] & vmask;
+      const float f = fp[i];
       uint32_t bt[NT][2];
 #pragma unroll
       for (int j = 0; j < NT; j++) {
@@ -261,8 +268,8 @@ __global__ void __launch_bounds__(NT == 2 ? M2R_MAX_WARPS16 * 32 : M2R_MAX_WARPS
 #pragma unroll
       for (int j = 0; j < NT; j++) {
         float z[4] = {0.f, 0.f, 0.f, 0.f};
-        m2r_mma1688(z, va0, va1, (uint32_t)kp[8 * j]); /* v k^T */
-        m2r_mma16816(z, wa, bt[j][0], bt[j][1]);        /* + W^T H^T */
+        m2r_mma1688(z, va0, va1, (uint32_t)kp[i * K + 8 * j]); /* v k^T */
+        m2r_mma16816(z, wa, bt[j][0], bt[j][1]);                /* + W^T H^T */
         m2r_tanh_tile<NT, NPE>(j, z);
 #pragma unroll
         for (int e = 0; e < 4; e++) h[j][e] = fmaf(f, h[j][e] - z[e], z[e]);
@@ -274,9 +281,21 @@ __global__ void __launch_bounds__(NT == 2 ? M2R_MAX_WARPS16 * 32 : M2R_MAX_WARPS
 #pragma unroll
       for (int ib = 0; ib < NT / 2; ib++) {
         const uint32_t a[4] = {P[2 * ib][0], P[2 * ib][1], P[2 * ib + 1][0], P[2 * ib + 1][1]};
-        m2r_mma16816(yc, a, qp[8 * ib], qp[8 * ib + 4]);
+        m2r_mma16816(yc, a, qp[i * K / 2 + 8 * ib], qp[i * K / 2 + 8 * ib + 4]);
       }
-      if (tq < 2) *yp = tq ? yc[2] : yc[0];
+      if (tq < 2) yp[i * ystep] = tq ? yc[2] : yc[0];
+    };
+    if (len == CT && (ck_chunk || !p.ckpt)) {
+#pragma unroll 4
+      for (int i = 0; i < CT; i++) step(i);
+    } else {
+      for (int i = 0; i < len; i++) {
+        if (!ck_chunk && t0 + i == next_ck) {
+          save(t0 + i);
+          next_ck += g.ck;
+        }
+        step(i);
+      }
     }
     __syncthreads();
     /* y for this chunk: sum the warps of each head, 8 values (16 bytes) per task */
@@ -307,7 +326,7 @@ __global__ void __launch_bounds__(NT == 2 ? M2R_MAX_WARPS16 * 32 : M2R_MAX_WARPS
 #pragma unroll
       for (int e = 0; e < 4; e++) {
         const int kr = r0 + 8 * j + 2 * tq + (e & 1), vc = gl + 8 * (e >> 1);
-        p.hT[(((size_t)b * g.N + n) * g.K + kr) * 16 + vc] = h[j][e];
+        p.hT[(((size_t)b * g.N + n) * K + kr) * 16 + vc] = h[j][e];
       }
   }
 }
@@ -403,10 +422,11 @@ extern "C" m2_status m2_m2rnn_fwd_cuda(const m2_m2rnn_dims *d, const m2_m2rnn_cu
   M2_TRY(m2r_plan(&g, o, 0, &pl));
   FastFwdP p = {g, pl.st, pl.hpb, pl.wph, a->y, a->hT, a->ckpt, a->q, a->k, a->v, a->W, a->f, a->h0};
   typedef void (*Kern)(const FastFwdP);
-  static const Kern k4[4] = {m2r_fwd_fast<4, 0>, m2r_fwd_fast<4, 4>, m2r_fwd_fast<4, 6>, m2r_fwd_fast<4, 8>};
-  static const Kern k2[4] = {m2r_fwd_fast<2, 0>, m2r_fwd_fast<2, 4>, m2r_fwd_fast<2, 6>, m2r_fwd_fast<2, 8>};
+  static const Kern k4[4] = {m2r_fwd_fast<4, 0, 0>, m2r_fwd_fast<4, 4, 0>, m2r_fwd_fast<4, 6, 0>, m2r_fwd_fast<4, 8, 0>};
+  static const Kern k2[4] = {m2r_fwd_fast<2, 0, 0>, m2r_fwd_fast<2, 4, 0>, m2r_fwd_fast<2, 6, 0>, m2r_fwd_fast<2, 8, 0>};
   const int npe = m2r_tanh_mode(o), ti = npe == 0 ? 0 : npe == 4 ? 1 : npe == 6 ? 2 : 3;
   Kern kern = pl.nt == 4 ? k4[ti] : k2[ti];
+  if (g.K == 64 && npe == 0) kern = pl.nt == 4 ? m2r_fwd_fast<4, 0, 64> : m2r_fwd_fast<2, 0, 64>; /* the paper's K */
   M2_TRY(set_smem(kern, pl.smem));
   kern<<<pl.nblocks, pl.threads, pl.smem, stream>>>(p);
   M2_CUDA_LAUNCH_CHECK("m2r_fwd_fast");

@@ -172,6 +172,9 @@ static double nrel(const std::vector<float> &a, const std::vector<float> &b) {
 
 int main(int argc, char **argv) {
   const int reps = argc > 1 ? atoi(argv[1]) : 15;
+  /* M2_BENCH_QUICK=1: only the 400M layer's default rows (for profilers and quick A/B runs) */
+  const char *qe = getenv("M2_BENCH_QUICK");
+  const bool quick = qe && atoi(qe) > 0;
   cudaDeviceProp prop;
   CK(cudaGetDeviceProperties(&prop, 0));
   int clk = 0;
@@ -203,23 +206,16 @@ int main(int argc, char **argv) {
     timeit([&] { MT(m2_m2rnn_fwd_cuda(d, &o, &ft, s)); MT(m2_m2rnn_bwd_cuda(d, &o, &ba, s)); }, reps, &med, &mn);
     row(L, "fast fwd+bwd (ckpt 64), default", med, mn, L.triton_fb);
     printf("| %-5s | (sum of the two above: %.3f ms) | | | | |\n", L.name, fwd_train + bwd);
+    if (quick) {
+      layer_free(L);
+      break;
+    }
 
     {
       m2_m2rnn_cuda_opts o32 = o;
       o32.fwd_rows_per_warp = 32;
       timeit([&] { MT(m2_m2rnn_fwd_cuda(d, &o32, &fi, s)); }, reps, &med, &mn);
       row(L, "fast fwd, 32-row warps", med, mn, L.triton_fwd);
-    }
-    {
-      m2_m2rnn_cuda_opts oz = o;
-      oz.bwd_store_tanh = 1;
-      MT(m2_m2rnn_fwd_cuda(d, &oz, &ft, s));
-      timeit([&] { MT(m2_m2rnn_bwd_cuda(d, &oz, &ba, s)); }, reps, &med, &mn);
-      row(L, "fast bwd, tanh kept (sub-chunk 4)", med, mn, 0);
-      m2_m2rnn_cuda_opts o16 = o;
-      o16.fwd_rows_per_warp = 16;
-      timeit([&] { MT(m2_m2rnn_fwd_cuda(d, &o16, &fi, s)); }, reps, &med, &mn);
-      row(L, "fast fwd, 16-row warps", med, mn, L.triton_fwd);
     }
     const int modes[2] = {M2_M2RNN_TANH_MIX4, M2_M2RNN_TANH_MIX8};
     const char *mname[2] = {"4/16 poly", "8/16 poly"};

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# profile_m2rnn.sh OUTDIR — on the GPU machine: build the M2RNN benchmark (Lua not needed), dump the SASS
+# of the fast kernels and profile one forward and one backward launch of the 400M layer with Nsight
+# Compute (per-instruction execution counts, warp stalls). Writes at most 6 files into OUTDIR.
+# Environment: M2_PROFILE_KERNELS (regex, default "m2r_(fwd|bwd)_fast"), M2_GPU_BUILD (build folder).
+set -uo pipefail
+out=${1:?usage: cuda/bench/profile_m2rnn.sh OUTDIR}
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+build="${M2_GPU_BUILD:-$root/build-prof}"
+mkdir -p "$out" "$build"
+re="${M2_PROFILE_KERNELS:-m2r_(fwd|bwd)_fast}"
+inc="-I$root/core -I$root/cuda"
+cd "$build" || exit 2
+nvcc -O3 -arch=sm_90 -lineinfo $inc -o bench_m2rnn "$root"/cuda/bench/bench_m2rnn.cu "$root"/cuda/m2rnn_fwd.cu \
+  "$root"/cuda/m2rnn_bwd.cu "$root"/core/status.c -Xptxas -v >"$out/build.log" 2>&1 || { tail -30 "$out/build.log"; exit 3; }
+grep -E "Compiling entry|registers|spill" "$out/build.log" | grep -B1 -A1 fast | head -60
+cuobjdump -sass -fun "$(cuobjdump -symbols bench_m2rnn 2>/dev/null | grep -o '_Z12m2r_bwd_fastILi4ELi0ELb0E[A-Za-z0-9_]*' | head -1)" bench_m2rnn >"$out/bwd.sass" 2>&1
+cuobjdump -sass -fun "$(cuobjdump -symbols bench_m2rnn 2>/dev/null | grep -o '_Z12m2r_fwd_fastILi2ELi0E[A-Za-z0-9_]*' | head -1)" bench_m2rnn >"$out/fwd.sass" 2>&1
+wc -l "$out"/*.sass
+M2_BENCH_QUICK=1 ./bench_m2rnn 3 | tee "$out/bench_quick.txt"
+for k in fwd bwd; do
+  M2_BENCH_QUICK=1 timeout 300 ncu --kernel-name "regex:m2r_${k}_fast" --launch-skip 1 --launch-count 1 \
+    --section SourceCounters --section WarpStateStats --section SchedulerStats --section ComputeWorkloadAnalysis \
+    --section InstructionStats -f -o "$build/$k" ./bench_m2rnn 1 >"$build/ncu_$k.log" 2>&1
+  ncu -i "$build/$k.ncu-rep" --page details >"$out/ncu_${k}_details.txt" 2>&1
+  ncu -i "$build/$k.ncu-rep" --page source --csv --print-source sass >"$build/${k}_src.csv" 2>&1
+  ncu -i "$build/$k.ncu-rep" --page source --csv --print-source cuda >"$build/${k}_cu.csv" 2>&1
+  python3 - "$build/${k}_cu.csv" >>"$out/ncu_${k}_details.txt" <<'PY'
+import csv, sys
+rows = list(csv.reader(open(sys.argv[1], errors="replace")))
+print("\n== per CUDA source line (instructions executed, % of the kernel)")
+hdr = next((i for i, r in enumerate(rows) if any(c.startswith("Instructions Executed") for c in r)), None)
+if hdr is None:
+    print("no table:"); [print(r[:6]) for r in rows[:8]]; sys.exit()
+h = rows[hdr]; ie = [j for j, c in enumerate(h) if c.startswith("Instructions Executed")][0]
+li = h.index("Line") if "Line" in h else 0; so = h.index("Source") if "Source" in h else 1
+file = ""; items = []; tot = 0
+for r in rows[hdr + 1:]:
+    if len(r) <= ie: continue
+    try: n = float(r[ie].replace(",", ""))
+    except: continue
+    tot += n; items.append((n, r[li], r[so].strip()[:110]))
+for n, l, s in sorted(items, reverse=True)[:70]:
+    if n > 0: print(f"{100*n/tot:5.1f}% {n:11.4g} L{l:>4} {s}")
+PY
+  python3 - "$build/${k}_src.csv" >>"$out/ncu_${k}_details.txt" <<'PY'
+import csv, sys, collections
+rows = list(csv.reader(open(sys.argv[1], errors="replace")))
+hdr = None
+for i, r in enumerate(rows):
+    if "Source" in r and any("Instructions Executed" in c for c in r):
+        hdr = i; break
+if hdr is None:
+    print("no source table; first lines:"); [print(r) for r in rows[:5]]; sys.exit()
+h = rows[hdr]; src = h.index("Source"); ie = [j for j, c in enumerate(h) if c.startswith("Instructions Executed")][0]
+addr = h.index("Address") if "Address" in h else None
+tot = 0; ops = collections.Counter(); lines = []
+for r in rows[hdr + 1:]:
+    try: n = float(r[ie].replace(",", ""))
+    except: continue
+    tot += n; op = r[src].split()[0] if r[src].split() else "?"
+    if op.startswith("@"): op = r[src].split()[1]
+    ops[op.split(".")[0]] += n; lines.append((n, r[addr] if addr is not None else "", r[src]))
+print(f"\n== warp instructions executed: {tot:.4g}")
+for op, n in ops.most_common(30): print(f"{op:12s} {n:12.4g} {100*n/tot:5.1f}%")
+print("\n== hottest 60 SASS lines")
+for n, a, s in sorted(lines, reverse=True)[:60]: print(f"{n:12.4g} {a} {s}")
+PY
+done
+ls -la "$out"
