@@ -48,7 +48,8 @@ typedef struct m2_m2rnn_cuda_opts {
   int path;            /* M2_M2RNN_AUTO (fast when it applies), _GENERAL, or _FAST (fails when it does not) */
   int tanh_mode;       /* fast path: M2_M2RNN_TANH_* (default: the fastest measured split) */
   int heads_per_block; /* fast path: 0 -> chosen from the SM count; else must divide N */
-  int fwd_rows_per_warp; /* fast forward: state rows per warp, 16 or 32; 0 -> 16 */
+  int fwd_rows_per_warp; /* fast forward: state rows per warp, 8, 16 or 32; 0 -> the measured best */
+  int bwd_rows_per_warp; /* fast backward: 16 or 32 (needs K % 32 == 0); 0 -> the measured best */
 } m2_m2rnn_cuda_opts;
 
 typedef struct m2_m2rnn_fwd_args {

@@ -181,7 +181,7 @@ __device__ __forceinline__ void bwd_flush(const FastBwdP &p, const float *part, 
  * double-buffered and the previous back item's are flushed by the whole block right after the barrier.
  * KC: K as a compile-time constant (0: runtime), so every shared-memory offset of a step is an immediate. */
 template <int NT, int NPE, int KC>
-__global__ void __launch_bounds__(M2R_MAX_WARPS * 32, 1) m2r_bwd_fast(const FastBwdP p) {
+__global__ void __launch_bounds__(NT == 2 ? M2R_MAX_WARPS16 * 32 : M2R_MAX_WARPS * 32, 1) m2r_bwd_fast(const FastBwdP p) {
   extern __shared__ __align__(16) char sm[];
   constexpr int SC = M2R_BWD_SC, NQ = NT / 2;
   const M2Geom &g = p.g;
@@ -611,7 +611,7 @@ extern "C" m2_status m2_m2rnn_bwd_cuda(const m2_m2rnn_dims *d, const m2_m2rnn_cu
     static const Kern k2[4] = {m2r_bwd_fast<2, 0, 0>, m2r_bwd_fast<2, 4, 0>, m2r_bwd_fast<2, 6, 0>, m2r_bwd_fast<2, 8, 0>};
     const int npe = m2r_tanh_mode(o), ti = npe == 0 ? 0 : npe == 4 ? 1 : npe == 6 ? 2 : 3;
     Kern kern = pl.nt == 4 ? k4[ti] : k2[ti];
-    if (pl.nt == 4 && g.K == 64 && npe == 0) kern = m2r_bwd_fast<4, 0, 64>;
+    if (g.K == 64 && npe == 0) kern = pl.nt == 4 ? m2r_bwd_fast<4, 0, 64> : m2r_bwd_fast<2, 0, 64>;
     if (pl.smem > 48 * 1024)
       M2_CUDA_TRY(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)pl.smem));
     kern<<<pl.nblocks, pl.threads, pl.smem, stream>>>(p);

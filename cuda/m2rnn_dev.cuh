@@ -18,7 +18,8 @@
 #define M2R_FWD_CT 32  /* fast forward: steps staged per chunk (double-buffered) */
 #define M2R_BWD_SC 8   /* fast backward: steps per sub-chunk (states as bf16 in shared memory), Z recomputed */
 #define M2R_MAX_WARPS 12 /* fast path, 32-row warps: warps per block (384 threads; the kernels' launch bound) */
-#define M2R_MAX_WARPS16 24 /* fast forward, 16-row warps: warps per block (768 threads, <= 85 registers) */
+#define M2R_MAX_WARPS16 24 /* 16-row warps: warps per block (768 threads, <= 85 registers) */
+#define M2R_MAX_WARPS8 24  /* fast forward, 8-row warps: warps per block (768 threads, 2 blocks per SM, <= 42 registers) */
 
 /* Sizes and head-sharing group sizes (gx = N / Nx: head n reads index n / gx). */
 typedef struct M2Geom {

@@ -124,10 +124,12 @@ m2_status m2r_plan(const M2Geom *g, const m2_m2rnn_cuda_opts *o, int bwd, M2Plan
   /* forward: 16-row warps by default (twice the warps of 32-row ones to hide latency; measured faster on
      both paper layers, RESULTS.md) */
   const int fwd_rows = (o && o->fwd_rows_per_warp) ? o->fwd_rows_per_warp : 16;
-  const int rows = bwd ? (g->K % 32 == 0 ? 32 : 16) : ((fwd_rows == 32 && g->K % 32 == 0) ? 32 : 16);
+  const int bwd_rows = (o && o->bwd_rows_per_warp) ? o->bwd_rows_per_warp : 32;
+  const int want_rows = bwd ? bwd_rows : fwd_rows;
+  const int rows = (want_rows == 32 && g->K % 32 == 0) ? 32 : (want_rows == 8 && !bwd) ? 8 : 16;
   p->nt = rows / 8;
   p->wph = g->K / rows;
-  const int maxw = (!bwd && p->nt == 2) ? M2R_MAX_WARPS16 : M2R_MAX_WARPS;
+  const int maxw = p->nt == 1 ? M2R_MAX_WARPS8 : p->nt == 2 ? M2R_MAX_WARPS16 : M2R_MAX_WARPS;
   if (p->wph > maxw)
     return m2_fail(M2_ERR_SHAPE, "m2rnn cuda: the fast path handles K <= %d, got K=%d", maxw * rows, g->K);
   const int want = o ? o->heads_per_block : 0;
@@ -191,7 +193,8 @@ __device__ __forceinline__ size_t ckpt_base(const M2Geom &g, int b, int n, int j
 
 /* KC: K as a compile-time constant (0: runtime), so a step's shared-memory offsets are immediates. */
 template <int NT, int NPE, int KC>
-__global__ void __launch_bounds__(NT == 2 ? M2R_MAX_WARPS16 * 32 : M2R_MAX_WARPS * 32, 1) m2r_fwd_fast(const FastFwdP p) {
+__global__ void __launch_bounds__(NT == 1 ? M2R_MAX_WARPS8 * 32 : NT == 2 ? M2R_MAX_WARPS16 * 32 : M2R_MAX_WARPS * 32,
+                                  NT == 1 ? 2 : 1) m2r_fwd_fast(const FastFwdP p) {
   extern __shared__ __align__(16) char sm[];
   const M2Geom &g = p.g;
   const int K = KC ? KC : g.K;
@@ -230,8 +233,6 @@ __global__ void __launch_bounds__(NT == 2 ? M2R_MAX_WARPS16 * 32 : M2R_MAX_WARPS
   if (nch > 1) m2r_stage(g, st, src, sm + st.bytes, b, n0, CT, min(CT, g.T - CT));
   m2r_cp_commit();
 
-  /* checkpoints: when ck is a multiple of the chunk, only a chunk's first step can be one (checked per chunk) */
-  const bool ck_chunk = g.ck % CT == 0;
   int next_ck = p.ckpt ? 0 : g.T; /* next step whose incoming state is saved */
   auto save = [&](int s) {
     float *cp = p.ckpt + ckpt_base(g, b, n, s / g.ck);
@@ -250,12 +251,10 @@ __global__ void __launch_bounds__(NT == 2 ? M2R_MAX_WARPS16 * 32 : M2R_MAX_WARPS
     const uint32_t *qp = (const uint32_t *)(buf + st.off_q) + (sq * CT * K + r0) / 2 + tq;
     const uint16_t *vp = (const uint16_t *)(buf + st.off_v) + hb * CT * 16 + gl;
     const float *fp = (const float *)(buf + st.off_f) + hb * CT;
-    float *yp = ypart + (hb * p.wph + rg) * 16 + gl + 8 * tq;
+    /* y partial sums [step][warp][gl][2] = (y[gl], y[gl + 8]); the 4 lanes of a gl hold the same pair and all
+       store it (same value, same address: no branch in the step) */
+    float *yp = ypart + (hb * p.wph + rg) * 16 + 2 * gl;
     const int ystep = p.hpb * p.wph * 16;
-    if (ck_chunk && t0 == next_ck) {
-      save(t0);
-      next_ck += g.ck;
-    }
     auto step = [&](int i) {
       const uint32_t va0 = (uint32_t)vp[i * 16] & vmask, va1 = (uint32_t)vp[i * 16 + 8] & vmask;
       const float f = fp[i];
@@ -276,39 +275,49 @@ __global__ void __launch_bounds__(NT == 2 ? M2R_MAX_WARPS16 * 32 : M2R_MAX_WARPS
         P[j][0] = m2r_pack_bf16(h[j][0], h[j][1]);
         P[j][1] = m2r_pack_bf16(h[j][2], h[j][3]);
       }
-      /* y partial over this warp's rows: H^T (v, k) q (k) */
+      /* y partial over this warp's rows: H^T (v, k) q (k); every column of the product is y */
       float yc[4] = {0.f, 0.f, 0.f, 0.f};
+      if (NT == 1) {
+        m2r_mma1688(yc, P[0][0], P[0][1], qp[i * K / 2]);
+      } else {
 #pragma unroll
-      for (int ib = 0; ib < NT / 2; ib++) {
-        const uint32_t a[4] = {P[2 * ib][0], P[2 * ib][1], P[2 * ib + 1][0], P[2 * ib + 1][1]};
-        m2r_mma16816(yc, a, qp[i * K / 2 + 8 * ib], qp[i * K / 2 + 8 * ib + 4]);
-      }
-      if (tq < 2) yp[i * ystep] = tq ? yc[2] : yc[0];
-    };
-    if (len == CT && (ck_chunk || !p.ckpt)) {
-#pragma unroll 4
-      for (int i = 0; i < CT; i++) step(i);
-    } else {
-      for (int i = 0; i < len; i++) {
-        if (!ck_chunk && t0 + i == next_ck) {
-          save(t0 + i);
-          next_ck += g.ck;
+        for (int ib = 0; ib < NT / 2; ib++) {
+          const uint32_t a[4] = {P[2 * ib][0], P[2 * ib][1], P[2 * ib + 1][0], P[2 * ib + 1][1]};
+          m2r_mma16816(yc, a, qp[i * K / 2 + 8 * ib], qp[i * K / 2 + 8 * ib + 4]);
         }
-        step(i);
       }
+      *(float2 *)(yp + i * ystep) = make_float2(yc[0], yc[2]);
+    };
+    /* groups of 8 steps (ck is a multiple of 8, so a checkpoint can only fall on a group's first step) */
+    int i0 = 0;
+    for (; i0 + 8 <= len; i0 += 8) {
+      if (t0 + i0 == next_ck) {
+        save(t0 + i0);
+        next_ck += g.ck;
+      }
+#pragma unroll
+      for (int i = 0; i < 8; i++) step(i0 + i);
     }
+    if (i0 < len && t0 + i0 == next_ck) {
+      save(t0 + i0);
+      next_ck += g.ck;
+    }
+    for (int i = i0; i < len; i++) step(i);
     __syncthreads();
-    /* y for this chunk: sum the warps of each head, 8 values (16 bytes) per task */
+    /* y for this chunk: sum the warps of each head, 8 values (16 bytes) per task; pairs are (y[v], y[v + 8]) */
     for (int task = threadIdx.x; task < len * p.hpb * 2; task += blockDim.x) {
       const int half = task & 1, r = task >> 1, hh = r % p.hpb, i = r / p.hpb;
       float acc[8];
 #pragma unroll
       for (int e = 0; e < 8; e++) acc[e] = 0.f;
       for (int w = 0; w < p.wph; w++) {
-        const float4 *src4 = (const float4 *)(ypart + ((i * p.hpb + hh) * p.wph + w) * 16 + half * 8);
-        const float4 u0 = src4[0], u1 = src4[1];
-        acc[0] += u0.x, acc[1] += u0.y, acc[2] += u0.z, acc[3] += u0.w;
-        acc[4] += u1.x, acc[5] += u1.y, acc[6] += u1.z, acc[7] += u1.w;
+        const float4 *src4 = (const float4 *)(ypart + ((i * p.hpb + hh) * p.wph + w) * 16);
+#pragma unroll
+        for (int u = 0; u < 4; u++) {
+          const float4 x = src4[u];
+          acc[2 * u] += half ? x.y : x.x;
+          acc[2 * u + 1] += half ? x.w : x.z;
+        }
       }
       uint4 o;
       o.x = m2r_pack_bf16(acc[0], acc[1]);
@@ -425,8 +434,10 @@ extern "C" m2_status m2_m2rnn_fwd_cuda(const m2_m2rnn_dims *d, const m2_m2rnn_cu
   static const Kern k4[4] = {m2r_fwd_fast<4, 0, 0>, m2r_fwd_fast<4, 4, 0>, m2r_fwd_fast<4, 6, 0>, m2r_fwd_fast<4, 8, 0>};
   static const Kern k2[4] = {m2r_fwd_fast<2, 0, 0>, m2r_fwd_fast<2, 4, 0>, m2r_fwd_fast<2, 6, 0>, m2r_fwd_fast<2, 8, 0>};
   const int npe = m2r_tanh_mode(o), ti = npe == 0 ? 0 : npe == 4 ? 1 : npe == 6 ? 2 : 3;
-  Kern kern = pl.nt == 4 ? k4[ti] : k2[ti];
-  if (g.K == 64 && npe == 0) kern = pl.nt == 4 ? m2r_fwd_fast<4, 0, 64> : m2r_fwd_fast<2, 0, 64>; /* the paper's K */
+  static const Kern k1[4] = {m2r_fwd_fast<1, 0, 0>, m2r_fwd_fast<1, 4, 0>, m2r_fwd_fast<1, 6, 0>, m2r_fwd_fast<1, 8, 0>};
+  Kern kern = pl.nt == 4 ? k4[ti] : pl.nt == 2 ? k2[ti] : k1[ti];
+  if (g.K == 64 && npe == 0) /* the paper's K */
+    kern = pl.nt == 4 ? m2r_fwd_fast<4, 0, 64> : pl.nt == 2 ? m2r_fwd_fast<2, 0, 64> : m2r_fwd_fast<1, 0, 64>;
   M2_TRY(set_smem(kern, pl.smem));
   kern<<<pl.nblocks, pl.threads, pl.smem, stream>>>(p);
   M2_CUDA_LAUNCH_CHECK("m2r_fwd_fast");

@@ -24,6 +24,7 @@ typedef struct tcase {
   float clip;    /* state-gradient clipping (<= 0: off) */
   int path, ck, tanh_mode, hpb;
   double tol;    /* on ||gpu - ref|| / ||ref|| */
+  int frows;     /* forward rows per warp (opts.fwd_rows_per_warp; 0: default) */
 } tcase;
 
 static const tcase CASES[] = {
@@ -33,6 +34,8 @@ static const tcase CASES[] = {
     {"K=48 unshared fast",       1, 77, 3, 48, 16, 3, 3, 3, 3, 3, 1, 0.f, M2_M2RNN_FAST, 24, 1, 3, 1e-2},
     {"paper-like hpb=1 mix8",  2, 203, 4, 64, 16, 1, 1, 4, 4, 4, 1, 1.f, M2_M2RNN_FAST, 64, 4, 1, 1e-2},
     {"ckpt 8, no clip, 2 slots", 2, 100, 6, 64, 16, 1, 1, 6, 6, 6, 1, 0.f, M2_M2RNN_FAST, 8, 0, 2, 1e-2},
+    {"8-row forward warps",      2, 130, 6, 64, 16, 1, 1, 6, 6, 6, 1, 1.f, M2_M2RNN_FAST, 16, 0, 3, 1e-2, 8},
+    {"8-row fwd, K=48, mix4",    1, 77, 3, 48, 16, 3, 3, 3, 3, 3, 1, 0.f, M2_M2RNN_FAST, 24, 2, 3, 1e-2, 8},
     {"T=5 < sub-chunk",          1, 5, 2, 64, 16, 1, 1, 2, 2, 2, 0, 1.f, M2_M2RNN_FAST, 64, 0, 2, 1e-2},
     {"paper-like general",       1, 100, 2, 64, 16, 1, 1, 2, 2, 2, 1, 1.f, M2_M2RNN_GENERAL, 64, 0, 0, 1e-2},
     {"K=24 V=8 general",         2, 50, 4, 24, 8, 2, 1, 4, 2, 1, 1, .5f, M2_M2RNN_AUTO, 16, 0, 0, 1e-2},
@@ -97,7 +100,7 @@ static void compare(const m2_tensor *a, const m2_tensor *b, double *nrel, double
 
 static void run_case(const tcase *tc, uint64_t seed) {
   m2_m2rnn_dims d = {tc->B, tc->T, tc->N, tc->K, tc->V, tc->Nq, tc->Nk, tc->Nv, tc->Nf, tc->Nw};
-  m2_m2rnn_cuda_opts o = {tc->clip, tc->ck, tc->path, tc->tanh_mode, tc->hpb, 0};
+  m2_m2rnn_cuda_opts o = {tc->clip, tc->ck, tc->path, tc->tanh_mode, tc->hpb, tc->frows};
   const int B = tc->B, T = tc->T, N = tc->N, K = tc->K, V = tc->V;
   const int path = m2_m2rnn_cuda_path(&d, &o);
   CHECK(path == (tc->path == M2_M2RNN_GENERAL || V != 16 ? M2_M2RNN_GENERAL : M2_M2RNN_FAST), "%s: path %d", tc->name,

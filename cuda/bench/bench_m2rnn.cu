@@ -206,7 +206,43 @@ int main(int argc, char **argv) {
     timeit([&] { MT(m2_m2rnn_fwd_cuda(d, &o, &ft, s)); MT(m2_m2rnn_bwd_cuda(d, &o, &ba, s)); }, reps, &med, &mn);
     row(L, "fast fwd+bwd (ckpt 64), default", med, mn, L.triton_fb);
     printf("| %-5s | (sum of the two above: %.3f ms) | | | | |\n", L.name, fwd_train + bwd);
-    if (quick) {
+    if (quick) { /* + fwd+bwd at the checkpoint intervals listed in M2_BENCH_CKS (e.g. "8,16,32") */
+      const char *cks = getenv("M2_BENCH_CKS");
+      for (const char *c = cks; c && *c;) {
+        m2_m2rnn_cuda_opts oc = o;
+        oc.ckpt_every = atoi(c);
+        char what[64];
+        snprintf(what, sizeof what, "fast fwd (training), ckpt %d", oc.ckpt_every);
+        timeit([&] { MT(m2_m2rnn_fwd_cuda(d, &oc, &ft, s)); }, reps, &med, &mn);
+        row(L, what, med, mn, L.triton_fwd);
+        snprintf(what, sizeof what, "fast fwd+bwd, ckpt %d", oc.ckpt_every);
+        timeit([&] { MT(m2_m2rnn_fwd_cuda(d, &oc, &ft, s)); MT(m2_m2rnn_bwd_cuda(d, &oc, &ba, s)); }, reps, &med, &mn);
+        row(L, what, med, mn, L.triton_fb);
+        c = strchr(c, ',');
+        if (c) c++;
+      }
+      { /* 8-row warps in the forward (2 blocks of 24 warps per SM) */
+        m2_m2rnn_cuda_opts o8 = o;
+        o8.fwd_rows_per_warp = 8;
+        timeit([&] { MT(m2_m2rnn_fwd_cuda(d, &o8, &fi, s)); }, reps, &med, &mn);
+        row(L, "fast fwd (inference), 8-row warps", med, mn, L.triton_fwd);
+        o8.ckpt_every = 8;
+        timeit([&] { MT(m2_m2rnn_fwd_cuda(d, &o8, &ft, s)); }, reps, &med, &mn);
+        row(L, "fast fwd (training, ckpt 8), 8-row warps", med, mn, L.triton_fwd);
+      }
+      { /* 16-row warps in the backward (24 warps per block) */
+        m2_m2rnn_cuda_opts o16 = o;
+        o16.bwd_rows_per_warp = 16;
+        timeit([&] { MT(m2_m2rnn_bwd_cuda(d, &o16, &ba, s)); }, reps, &med, &mn);
+        row(L, "fast bwd (ckpt 64), 16-row warps", med, mn, 0);
+        o16.ckpt_every = 8;
+        MT(m2_m2rnn_fwd_cuda(d, &o16, &ft, s));
+        timeit([&] { MT(m2_m2rnn_bwd_cuda(d, &o16, &ba, s)); }, reps, &med, &mn);
+        row(L, "fast bwd (ckpt 8), 16-row warps", med, mn, 0);
+        o16.bwd_rows_per_warp = 0;
+        timeit([&] { MT(m2_m2rnn_bwd_cuda(d, &o16, &ba, s)); }, reps, &med, &mn);
+        row(L, "fast bwd (ckpt 8), 32-row warps", med, mn, 0);
+      }
       layer_free(L);
       break;
     }

@@ -14,35 +14,20 @@ cd "$build" || exit 2
 nvcc -O3 -arch=sm_90 -lineinfo $inc -o bench_m2rnn "$root"/cuda/bench/bench_m2rnn.cu "$root"/cuda/m2rnn_fwd.cu \
   "$root"/cuda/m2rnn_bwd.cu "$root"/core/status.c -Xptxas -v >"$out/build.log" 2>&1 || { tail -30 "$out/build.log"; exit 3; }
 grep -E "Compiling entry|registers|spill" "$out/build.log" | grep -B1 -A1 fast | head -60
-cuobjdump -sass -fun "$(cuobjdump -symbols bench_m2rnn 2>/dev/null | grep -o '_Z12m2r_bwd_fastILi4ELi0ELb0E[A-Za-z0-9_]*' | head -1)" bench_m2rnn >"$out/bwd.sass" 2>&1
-cuobjdump -sass -fun "$(cuobjdump -symbols bench_m2rnn 2>/dev/null | grep -o '_Z12m2r_fwd_fastILi2ELi0E[A-Za-z0-9_]*' | head -1)" bench_m2rnn >"$out/fwd.sass" 2>&1
+cuobjdump -sass bench_m2rnn >"$build/all.sass" 2>&1
+for k in bwd fwd; do # the paper-shape (K = 64, MUFU tanh) kernel of each direction
+  awk -v pat="m2r_${k}_fastILi[24]ELi0ELi64E" '/Function : /{f = ($0 ~ pat)} f' "$build/all.sass" >"$out/$k.sass"
+done
 wc -l "$out"/*.sass
-M2_BENCH_QUICK=1 ./bench_m2rnn 3 | tee "$out/bench_quick.txt"
+M2_BENCH_QUICK=1 M2_BENCH_CKS="${M2_BENCH_CKS:-8,16,32}" ./bench_m2rnn 5 | tee "$out/bench_quick.txt"
 for k in fwd bwd; do
   M2_BENCH_QUICK=1 timeout 300 ncu --kernel-name "regex:m2r_${k}_fast" --launch-skip 1 --launch-count 1 \
     --section SourceCounters --section WarpStateStats --section SchedulerStats --section ComputeWorkloadAnalysis \
     --section InstructionStats -f -o "$build/$k" ./bench_m2rnn 1 >"$build/ncu_$k.log" 2>&1
   ncu -i "$build/$k.ncu-rep" --page details >"$out/ncu_${k}_details.txt" 2>&1
+  ncu -i "$build/$k.ncu-rep" --page raw 2>&1 | grep -E "issue_stalled|pipe_.*pct|inst_executed_pipe" |
+    sort -k3 -g -r | head -80 >>"$out/ncu_${k}_details.txt"
   ncu -i "$build/$k.ncu-rep" --page source --csv --print-source sass >"$build/${k}_src.csv" 2>&1
-  ncu -i "$build/$k.ncu-rep" --page source --csv --print-source cuda >"$build/${k}_cu.csv" 2>&1
-  python3 - "$build/${k}_cu.csv" >>"$out/ncu_${k}_details.txt" <<'PY'
-import csv, sys
-rows = list(csv.reader(open(sys.argv[1], errors="replace")))
-print("\n== per CUDA source line (instructions executed, % of the kernel)")
-hdr = next((i for i, r in enumerate(rows) if any(c.startswith("Instructions Executed") for c in r)), None)
-if hdr is None:
-    print("no table:"); [print(r[:6]) for r in rows[:8]]; sys.exit()
-h = rows[hdr]; ie = [j for j, c in enumerate(h) if c.startswith("Instructions Executed")][0]
-li = h.index("Line") if "Line" in h else 0; so = h.index("Source") if "Source" in h else 1
-file = ""; items = []; tot = 0
-for r in rows[hdr + 1:]:
-    if len(r) <= ie: continue
-    try: n = float(r[ie].replace(",", ""))
-    except: continue
-    tot += n; items.append((n, r[li], r[so].strip()[:110]))
-for n, l, s in sorted(items, reverse=True)[:70]:
-    if n > 0: print(f"{100*n/tot:5.1f}% {n:11.4g} L{l:>4} {s}")
-PY
   python3 - "$build/${k}_src.csv" >>"$out/ncu_${k}_details.txt" <<'PY'
 import csv, sys, collections
 rows = list(csv.reader(open(sys.argv[1], errors="replace")))
