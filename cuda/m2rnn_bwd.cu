@@ -14,6 +14,7 @@
 #include "cuda_check.h"
 #include "m2rnn.h"
 #include "m2rnn_dev.cuh"
+#include "m2rnn_bwd.cuh"
 
 static size_t al256(size_t x) { return (x + 255) & ~(size_t)255; }
 
@@ -59,121 +60,6 @@ extern "C" size_t m2_m2rnn_bwd_work_bytes(const m2_m2rnn_dims *d, const m2_m2rnn
 }
 
 /* ======================= fast kernel ======================= */
-
-struct FastBwdP {
-  M2Geom g;
-  M2Stage st;
-  int hpb, wph, msub, pfl;    /* heads per block, warps per head, sub-chunks per segment, floats per partial buffer */
-  float clip;
-  uint16_t *dq, *dk, *dv;     /* bf16 outputs, written directly when the tensor is not shared */
-  float *dq32, *dk32, *dv32;  /* fp32 sums (zeroed) when it is shared, else NULL */
-  float *dW, *df, *dh0;       /* dW zeroed; df zeroed when Nf < N */
-  const uint16_t *dy;
-  const float *dhT, *ckpt;
-  const uint16_t *q, *k, *v;
-  const float *W, *f;
-  float *sub;                 /* fp32 state at each sub-chunk start: [b][n][msub][K * 16] (plain layout) */
-};
-
-/* One (K, 16) state in the plain layout; this lane's elements of the warp's rows r0 .. r0 + 8 NT - 1. */
-template <int NT>
-__device__ __forceinline__ void state_load(const float *src, int r0, int lane, float h[NT][4]) {
-  src += (r0 + 2 * (lane & 3)) * 16 + (lane >> 2);
-#pragma unroll
-  for (int j = 0; j < NT; j++)
-#pragma unroll
-    for (int e = 0; e < 4; e++) h[j][e] = src[(8 * j + (e & 1)) * 16 + 8 * (e >> 1)];
-}
-template <int NT>
-__device__ __forceinline__ void state_store(float *dst, int r0, int lane, const float h[NT][4]) {
-  dst += (r0 + 2 * (lane & 3)) * 16 + (lane >> 2);
-#pragma unroll
-  for (int j = 0; j < NT; j++)
-#pragma unroll
-    for (int e = 0; e < 4; e++) dst[(8 * j + (e & 1)) * 16 + 8 * (e >> 1)] = h[j][e];
-}
-
-/* Work items of one segment c (ck steps from checkpoint c, ns = ceil(len / SC) sub-chunks): p = 0 .. ns - 2
- * advance through sub-chunk p (forward only, saving the next sub-chunk's start state), p = ns - 1 .. 2 ns - 2
- * run sub-chunk 2 ns - 2 - p backward. Segments run from the last to the first. */
-struct Item {
-  int c, p;
-};
-__device__ __forceinline__ int seg_nsub(const M2Geom &g, int c) {
-  return (min(g.ck, g.T - c * g.ck) + M2R_BWD_SC - 1) / M2R_BWD_SC;
-}
-__device__ __forceinline__ Item item_next(const M2Geom &g, Item it) {
-  if (it.c < 0) return it;
-  if (it.p + 1 < 2 * seg_nsub(g, it.c) - 1) return Item{it.c, it.p + 1};
-  return Item{it.c - 1, 0};
-}
-
-__device__ __forceinline__ void add4_global(float *dst, float4 v) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  atomicAdd((float4 *)dst, v); /* one vector reduction (16-byte aligned: K % 4 == 0, V = 16) */
-#else
-  atomicAdd(dst, v.x), atomicAdd(dst + 1, v.y), atomicAdd(dst + 2, v.z), atomicAdd(dst + 3, v.w);
-#endif
-}
-__device__ __forceinline__ float4 f4add(float4 a, float4 b) { return make_float4(a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w); }
-
-/* The block's partial sums of one back item (steps s0 .. s0 + len - 1) -> dv, dk, dq, df in global memory.
- * Partial buffer: dv [SC][nw][16] (per warp), dk and dq [SC][hpb][K] (per head), df [SC][nw]. */
-template <int KC>
-__device__ __forceinline__ void bwd_flush(const FastBwdP &p, const float *part, int b, int n0, int s0, int len) {
-  constexpr int SC = M2R_BWD_SC;
-  const M2Geom &g = p.g;
-  const int K = KC ? KC : g.K, hpb = p.hpb, wph = p.wph, nw = hpb * wph;
-  const int tid = threadIdx.x, nth = blockDim.x;
-  const size_t row0 = (size_t)b * g.T + s0;
-  const float *dvp = part, *dkp = part + SC * nw * 16, *dqp = dkp + SC * hpb * K, *dfp = dqp + SC * hpb * K;
-  /* dv: the head's warps summed, 4 values a task */
-  for (int task = tid; task < len * hpb * 4; task += nth) {
-    const int c4 = task & 3, r = task >> 2, hh = r % hpb, i = r / hpb;
-    const float4 *s4 = (const float4 *)(dvp + (i * nw + hh * wph) * 16) + c4;
-    float4 acc = s4[0];
-    for (int w = 1; w < wph; w++) acc = f4add(acc, s4[4 * w]);
-    if (p.dv32) add4_global(p.dv32 + ((row0 + i) * g.Nv + (n0 + hh) / g.gv) * 16 + 4 * c4, acc);
-    else
-      *(uint2 *)(p.dv + ((row0 + i) * g.N + n0 + hh) * 16 + 4 * c4) =
-          make_uint2(m2r_pack_bf16(acc.x, acc.y), m2r_pack_bf16(acc.z, acc.w));
-  }
-  /* dk, dq: summed over the heads that share an index, 4 values a task */
-#pragma unroll
-  for (int w2 = 0; w2 < 2; w2++) {
-    const float *src = w2 ? dqp : dkp;
-    uint16_t *out = w2 ? p.dq : p.dk;
-    float *out32 = w2 ? p.dq32 : p.dk32;
-    const int ns2 = w2 ? p.st.nsq : p.st.nsk, grp = w2 ? g.gq : g.gk, Nx = w2 ? g.Nq : g.Nk;
-    const int K4 = K / 4;
-    if (out32 && ns2 == 1) { /* every head of the block reads the same index */
-      for (int task = tid; task < len * K4; task += nth) {
-        const int c4 = task % K4, i = task / K4;
-        const float4 *s4 = (const float4 *)(src + i * hpb * K) + c4;
-        float4 acc = s4[0];
-        for (int hh = 1; hh < hpb; hh++) acc = f4add(acc, s4[hh * K4]);
-        add4_global(out32 + ((row0 + i) * Nx + n0 / grp) * K + 4 * c4, acc);
-      }
-    } else {
-      for (int task = tid; task < len * hpb * K4; task += nth) {
-        const int c4 = task % K4, r = task / K4, hh = r % hpb, i = r / hpb;
-        const float4 acc = ((const float4 *)(src + (i * hpb + hh) * K))[c4];
-        if (out32) add4_global(out32 + ((row0 + i) * Nx + (n0 + hh) / grp) * K + 4 * c4, acc);
-        else
-          *(uint2 *)(out + ((row0 + i) * g.N + n0 + hh) * K + 4 * c4) =
-              make_uint2(m2r_pack_bf16(acc.x, acc.y), m2r_pack_bf16(acc.z, acc.w));
-      }
-    }
-  }
-  for (int task = tid; task < len * hpb; task += nth) {
-    const int hh = task % hpb, i = task / hpb;
-    float acc = 0.f;
-    for (int w = 0; w < wph; w++) acc += dfp[i * nw + hh * wph + w];
-    float *dst = p.df + (row0 + i) * g.Nf + (n0 + hh) / g.gf;
-    if (g.Nf == g.N) *dst = acc;
-    else atomicAdd(dst, acc);
-  }
-}
 
 /* Block = hpb heads of one batch row, warp = 8 NT rows of one head (orientation T, m2rnn_dev.cuh). One
  * __syncthreads per work item: inputs are staged three items ahead... two items ahead into three buffers, so the
@@ -301,7 +187,7 @@ __global__ void __launch_bounds__(NT == 2 ? M2R_MAX_WARPS16 * 32 : M2R_MAX_WARPS
         for (int j = 0; j < NT; j++) {
           float c4[4] = {0.f, 0.f, 0.f, 0.f};
           m2r_mma16816(c4, ad, bt[j][0], bt[j][1]);
-          if (gl == 0) *(float2 *)(dqw + (i - 1) * hpb * K + 8 * j) = make_float2(c4[0], c4[1]);
+          *(float2 *)(dqw + (i - 1) * hpb * K + 8 * j) = make_float2(c4[0], c4[1]); /* every row is dq */
         }
       }
 #pragma unroll
@@ -330,7 +216,7 @@ __global__ void __launch_bounds__(NT == 2 ? M2R_MAX_WARPS16 * 32 : M2R_MAX_WARPS
         for (int j = 0; j < NT; j++) {
           float c4[4] = {0.f, 0.f, 0.f, 0.f};
           m2r_mma16816(c4, ad, m2r_movt(P[j][0]), m2r_movt(P[j][1]));
-          if (gl == 0) *(float2 *)(dqw + (len - 1) * hpb * K + 8 * j) = make_float2(c4[0], c4[1]);
+          *(float2 *)(dqw + (len - 1) * hpb * K + 8 * j) = make_float2(c4[0], c4[1]);
         }
       }
       /* ---- backward over the sub-chunk ---- */
@@ -378,7 +264,7 @@ __global__ void __launch_bounds__(NT == 2 ? M2R_MAX_WARPS16 * 32 : M2R_MAX_WARPS
           m2r_mma16816(G[j], wb, qt0, qt1);                               /* G = f D + W dX^T (transposed) */
           float c4[4] = {0.f, 0.f, 0.f, 0.f};
           m2r_mma16816(c4, av, qt0, qt1); /* dk = v^T dX^T */
-          if (gl == 0) *(float2 *)(dkw + i * hpb * K + 8 * j) = make_float2(c4[0], c4[1]);
+          *(float2 *)(dkw + i * hpb * K + 8 * j) = make_float2(c4[0], c4[1]); /* every row is dk */
         }
         float cv[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
@@ -389,7 +275,7 @@ __global__ void __launch_bounds__(NT == 2 ? M2R_MAX_WARPS16 * 32 : M2R_MAX_WARPS
           const uint32_t ax[4] = {Q[2 * ib][0], Q[2 * ib][1], Q[2 * ib + 1][0], Q[2 * ib + 1][1]};
           m2r_mma16816(cv, ax, k32[i * K / 2 + 8 * ib], k32[i * K / 2 + 8 * ib + 4]); /* dv = dX^T k */
         }
-        if (tq < 2) dvp[(i * nw + warp) * 16 + gl + 8 * tq] = tq ? cv[2] : cv[0];
+        *(float2 *)(dvp + (i * nw + warp) * 16 + 2 * gl) = make_float2(cv[0], cv[2]); /* (dv[gl], dv[gl + 8]) */
         dfv[i] = dfs;
       }
 #pragma unroll
@@ -605,6 +491,9 @@ extern "C" m2_status m2_m2rnn_bwd_cuda(const m2_m2rnn_dims *d, const m2_m2rnn_cu
     FastBwdP p = {g, pl.st, pl.hpb, pl.wph, g.ck / M2R_BWD_SC, m2r_bwd_part_floats(&g, pl.hpb, pl.hpb * pl.wph), clip,
                   a->dq, a->dk, a->dv, dq32, dk32, dv32, a->dW, a->df, a->dh0, a->dy, a->dhT, a->ckpt, a->q, a->k, a->v,
                   a->W, a->f, (float *)(work + w.sub)};
+    if (g.ck == M2R_BWD_SC && !(o && o->bwd_sequential)) {
+      M2_TRY(m2r_bwd_pipe_launch(pl, p, m2r_tanh_mode(o), stream));
+    } else {
     typedef void (*Kern)(const FastBwdP);
     /* the replay must use the forward's tanh split to reproduce its Z exactly; K = 64 (the paper's) compiled apart */
     static const Kern k4[4] = {m2r_bwd_fast<4, 0, 0>, m2r_bwd_fast<4, 4, 0>, m2r_bwd_fast<4, 6, 0>, m2r_bwd_fast<4, 8, 0>};
@@ -616,6 +505,7 @@ extern "C" m2_status m2_m2rnn_bwd_cuda(const m2_m2rnn_dims *d, const m2_m2rnn_cu
       M2_CUDA_TRY(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)pl.smem));
     kern<<<pl.nblocks, pl.threads, pl.smem, stream>>>(p);
     M2_CUDA_LAUNCH_CHECK("m2r_bwd_fast");
+    }
   }
   if (dq32) M2_TRY(to_bf16(dq32, a->dq, BT * g.Nq * g.K, stream));
   if (dk32) M2_TRY(to_bf16(dk32, a->dk, BT * g.Nk * g.K, stream));

@@ -1,0 +1,136 @@
+/* m2rnn_bwd.cuh — pieces of the fast M2RNN backward shared by its two kernels (m2rnn_bwd.cu: any checkpoint
+ * interval; m2rnn_bwd_pipe.cu: checkpoints every sub-chunk): parameters, state load/store, the work-item
+ * schedule and the flush of the block's partial sums. */
+#ifndef M2_CUDA_M2RNN_BWD_CUH
+#define M2_CUDA_M2RNN_BWD_CUH
+#include "m2rnn_dev.cuh"
+
+struct FastBwdP {
+  M2Geom g;
+  M2Stage st;
+  int hpb, wph, msub, pfl;    /* heads per block, warps per head, sub-chunks per segment, floats per partial buffer */
+  float clip;
+  uint16_t *dq, *dk, *dv;     /* bf16 outputs, written directly when the tensor is not shared */
+  float *dq32, *dk32, *dv32;  /* fp32 sums (zeroed) when it is shared, else NULL */
+  float *dW, *df, *dh0;       /* dW zeroed; df zeroed when Nf < N */
+  const uint16_t *dy;
+  const float *dhT, *ckpt;
+  const uint16_t *q, *k, *v;
+  const float *W, *f;
+  float *sub;                 /* fp32 state at each sub-chunk start: [b][n][msub][K * 16] (plain layout) */
+};
+
+/* One (K, 16) state in the plain layout; this lane's elements of the warp's rows r0 .. r0 + 8 NT - 1. */
+template <int NT>
+__device__ __forceinline__ void state_load(const float *src, int r0, int lane, float h[NT][4]) {
+  src += (r0 + 2 * (lane & 3)) * 16 + (lane >> 2);
+#pragma unroll
+  for (int j = 0; j < NT; j++)
+#pragma unroll
+    for (int e = 0; e < 4; e++) h[j][e] = src[(8 * j + (e & 1)) * 16 + 8 * (e >> 1)];
+}
+template <int NT>
+__device__ __forceinline__ void state_store(float *dst, int r0, int lane, const float h[NT][4]) {
+  dst += (r0 + 2 * (lane & 3)) * 16 + (lane >> 2);
+#pragma unroll
+  for (int j = 0; j < NT; j++)
+#pragma unroll
+    for (int e = 0; e < 4; e++) dst[(8 * j + (e & 1)) * 16 + 8 * (e >> 1)] = h[j][e];
+}
+
+/* Work items of one segment c (ck steps from checkpoint c, ns = ceil(len / SC) sub-chunks): p = 0 .. ns - 2
+ * advance through sub-chunk p (forward only, saving the next sub-chunk's start state), p = ns - 1 .. 2 ns - 2
+ * run sub-chunk 2 ns - 2 - p backward. Segments run from the last to the first. */
+struct Item {
+  int c, p;
+};
+__device__ __forceinline__ int seg_nsub(const M2Geom &g, int c) {
+  return (min(g.ck, g.T - c * g.ck) + M2R_BWD_SC - 1) / M2R_BWD_SC;
+}
+__device__ __forceinline__ Item item_next(const M2Geom &g, Item it) {
+  if (it.c < 0) return it;
+  if (it.p + 1 < 2 * seg_nsub(g, it.c) - 1) return Item{it.c, it.p + 1};
+  return Item{it.c - 1, 0};
+}
+
+__device__ __forceinline__ void add4_global(float *dst, float4 v) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  atomicAdd((float4 *)dst, v); /* one vector reduction (16-byte aligned: K % 4 == 0, V = 16) */
+#else
+  atomicAdd(dst, v.x), atomicAdd(dst + 1, v.y), atomicAdd(dst + 2, v.z), atomicAdd(dst + 3, v.w);
+/* Launch the pipelined kernel (m2rnn_bwd_pipe.cu); needs ck == M2R_BWD_SC and a plan from m2r_plan(.., 1, ..). */
+m2_status m2r_bwd_pipe_launch(const M2Plan &pl, const FastBwdP &p, int npe, cudaStream_t stream);
+
+#endif
+}
+__device__ __forceinline__ float4 f4add(float4 a, float4 b) { return make_float4(a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w); }
+
+/* The block's partial sums of one back item (steps s0 .. s0 + len - 1) -> dv, dk, dq, df in global memory.
+ * Partial buffer: dv [SC][nw][16] (per warp, as pairs (dv[v], dv[v + 8])), dk and dq [SC][hpb][K] (per head),
+ * df [SC][nw]. */
+template <int KC>
+__device__ __forceinline__ void bwd_flush(const FastBwdP &p, const float *part, int b, int n0, int s0, int len) {
+  constexpr int SC = M2R_BWD_SC;
+  const M2Geom &g = p.g;
+  const int K = KC ? KC : g.K, hpb = p.hpb, wph = p.wph, nw = hpb * wph;
+  const int tid = threadIdx.x, nth = blockDim.x;
+  const size_t row0 = (size_t)b * g.T + s0;
+  const float *dvp = part, *dkp = part + SC * nw * 16, *dqp = dkp + SC * hpb * K, *dfp = dqp + SC * hpb * K;
+  /* dv: the head's warps summed, 4 values a task; the partial sums are pairs (dv[v], dv[v + 8]), so a task's
+     4 values are dv[2c], dv[2c + 8], dv[2c + 1], dv[2c + 9] */
+  for (int task = tid; task < len * hpb * 4; task += nth) {
+    const int c4 = task & 3, r = task >> 2, hh = r % hpb, i = r / hpb;
+    const float4 *s4 = (const float4 *)(dvp + (i * nw + hh * wph) * 16) + c4;
+    float4 acc = s4[0];
+    for (int w = 1; w < wph; w++) acc = f4add(acc, s4[4 * w]);
+    if (p.dv32) {
+      float *d32 = p.dv32 + ((row0 + i) * g.Nv + (n0 + hh) / g.gv) * 16 + 2 * c4;
+      atomicAdd(d32, acc.x), atomicAdd(d32 + 1, acc.z), atomicAdd(d32 + 8, acc.y), atomicAdd(d32 + 9, acc.w);
+    } else {
+      uint16_t *d16 = p.dv + ((row0 + i) * g.N + n0 + hh) * 16 + 2 * c4;
+      *(uint32_t *)d16 = m2r_pack_bf16(acc.x, acc.z);
+      *(uint32_t *)(d16 + 8) = m2r_pack_bf16(acc.y, acc.w);
+    }
+  }
+  /* dk, dq: summed over the heads that share an index, 4 values a task */
+#pragma unroll
+  for (int w2 = 0; w2 < 2; w2++) {
+    const float *src = w2 ? dqp : dkp;
+    uint16_t *out = w2 ? p.dq : p.dk;
+    float *out32 = w2 ? p.dq32 : p.dk32;
+    const int ns2 = w2 ? p.st.nsq : p.st.nsk, grp = w2 ? g.gq : g.gk, Nx = w2 ? g.Nq : g.Nk;
+    const int K4 = K / 4;
+    if (out32 && ns2 == 1) { /* every head of the block reads the same index */
+      for (int task = tid; task < len * K4; task += nth) {
+        const int c4 = task % K4, i = task / K4;
+        const float4 *s4 = (const float4 *)(src + i * hpb * K) + c4;
+        float4 acc = s4[0];
+        for (int hh = 1; hh < hpb; hh++) acc = f4add(acc, s4[hh * K4]);
+        add4_global(out32 + ((row0 + i) * Nx + n0 / grp) * K + 4 * c4, acc);
+      }
+    } else {
+      for (int task = tid; task < len * hpb * K4; task += nth) {
+        const int c4 = task % K4, r = task / K4, hh = r % hpb, i = r / hpb;
+        const float4 acc = ((const float4 *)(src + (i * hpb + hh) * K))[c4];
+        if (out32) add4_global(out32 + ((row0 + i) * Nx + (n0 + hh) / grp) * K + 4 * c4, acc);
+        else
+          *(uint2 *)(out + ((row0 + i) * g.N + n0 + hh) * K + 4 * c4) =
+              make_uint2(m2r_pack_bf16(acc.x, acc.y), m2r_pack_bf16(acc.z, acc.w));
+      }
+    }
+  }
+  for (int task = tid; task < len * hpb; task += nth) {
+    const int hh = task % hpb, i = task / hpb;
+    float acc = 0.f;
+    for (int w = 0; w < wph; w++) acc += dfp[i * nw + hh * wph + w];
+    float *dst = p.df + (row0 + i) * g.Nf + (n0 + hh) / g.gf;
+    if (g.Nf == g.N) *dst = acc;
+    else atomicAdd(dst, acc);
+  }
+}
+
+
+/* Launch the pipelined kernel (m2rnn_bwd_pipe.cu); needs ck == M2R_BWD_SC and a plan from m2r_plan(.., 1, ..). */
+m2_status m2r_bwd_pipe_launch(const M2Plan &pl, const FastBwdP &p, int npe, cudaStream_t stream);
+
+#endif
