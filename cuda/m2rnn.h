@@ -50,8 +50,6 @@ typedef struct m2_m2rnn_cuda_opts {
   int heads_per_block; /* fast path: 0 -> chosen from the SM count; else must divide N */
   int fwd_rows_per_warp; /* fast forward: state rows per warp, 8, 16 or 32; 0 -> the measured best */
   int bwd_rows_per_warp; /* fast backward: 16 or 32 (needs K % 32 == 0); 0 -> the measured best */
-  int bwd_sequential;    /* fast backward with ckpt_every == 8: 1 runs the sequential kernel instead of the
-                            pipelined one (replay and backward steps interleaved), for comparison */
 } m2_m2rnn_cuda_opts;
 
 typedef struct m2_m2rnn_fwd_args {

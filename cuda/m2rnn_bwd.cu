@@ -491,9 +491,6 @@ extern "C" m2_status m2_m2rnn_bwd_cuda(const m2_m2rnn_dims *d, const m2_m2rnn_cu
     FastBwdP p = {g, pl.st, pl.hpb, pl.wph, g.ck / M2R_BWD_SC, m2r_bwd_part_floats(&g, pl.hpb, pl.hpb * pl.wph), clip,
                   a->dq, a->dk, a->dv, dq32, dk32, dv32, a->dW, a->df, a->dh0, a->dy, a->dhT, a->ckpt, a->q, a->k, a->v,
                   a->W, a->f, (float *)(work + w.sub)};
-    if (g.ck == M2R_BWD_SC && !(o && o->bwd_sequential)) {
-      M2_TRY(m2r_bwd_pipe_launch(pl, p, m2r_tanh_mode(o), stream));
-    } else {
     typedef void (*Kern)(const FastBwdP);
     /* the replay must use the forward's tanh split to reproduce its Z exactly; K = 64 (the paper's) compiled apart */
     static const Kern k4[4] = {m2r_bwd_fast<4, 0, 0>, m2r_bwd_fast<4, 4, 0>, m2r_bwd_fast<4, 6, 0>, m2r_bwd_fast<4, 8, 0>};
@@ -505,7 +502,6 @@ extern "C" m2_status m2_m2rnn_bwd_cuda(const m2_m2rnn_dims *d, const m2_m2rnn_cu
       M2_CUDA_TRY(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)pl.smem));
     kern<<<pl.nblocks, pl.threads, pl.smem, stream>>>(p);
     M2_CUDA_LAUNCH_CHECK("m2r_bwd_fast");
-    }
   }
   if (dq32) M2_TRY(to_bf16(dq32, a->dq, BT * g.Nq * g.K, stream));
   if (dk32) M2_TRY(to_bf16(dk32, a->dk, BT * g.Nk * g.K, stream));

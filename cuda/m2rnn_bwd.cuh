@@ -1,6 +1,5 @@
-/* m2rnn_bwd.cuh — pieces of the fast M2RNN backward shared by its two kernels (m2rnn_bwd.cu: any checkpoint
- * interval; m2rnn_bwd_pipe.cu: checkpoints every sub-chunk): parameters, state load/store, the work-item
- * schedule and the flush of the block's partial sums. */
+/* m2rnn_bwd.cuh — pieces of the fast M2RNN backward kernel (m2rnn_bwd.cu): parameters, state load/store, the
+ * work-item schedule and the flush of the block's partial sums. */
 #ifndef M2_CUDA_M2RNN_BWD_CUH
 #define M2_CUDA_M2RNN_BWD_CUH
 #include "m2rnn_dev.cuh"
@@ -58,9 +57,6 @@ __device__ __forceinline__ void add4_global(float *dst, float4 v) {
   atomicAdd((float4 *)dst, v); /* one vector reduction (16-byte aligned: K % 4 == 0, V = 16) */
 #else
   atomicAdd(dst, v.x), atomicAdd(dst + 1, v.y), atomicAdd(dst + 2, v.z), atomicAdd(dst + 3, v.w);
-/* Launch the pipelined kernel (m2rnn_bwd_pipe.cu); needs ck == M2R_BWD_SC and a plan from m2r_plan(.., 1, ..). */
-m2_status m2r_bwd_pipe_launch(const M2Plan &pl, const FastBwdP &p, int npe, cudaStream_t stream);
-
 #endif
 }
 __device__ __forceinline__ float4 f4add(float4 a, float4 b) { return make_float4(a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w); }
@@ -129,8 +125,5 @@ __device__ __forceinline__ void bwd_flush(const FastBwdP &p, const float *part, 
   }
 }
 
-
-/* Launch the pipelined kernel (m2rnn_bwd_pipe.cu); needs ck == M2R_BWD_SC and a plan from m2r_plan(.., 1, ..). */
-m2_status m2r_bwd_pipe_launch(const M2Plan &pl, const FastBwdP &p, int npe, cudaStream_t stream);
 
 #endif

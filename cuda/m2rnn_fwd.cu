@@ -110,7 +110,7 @@ static size_t plan_smem(const M2Geom *g, int nt, int wph, int hpb, int bwd, M2St
   *st = stage_layout(g, SC, hpb, 1);
   size_t s = 3 * (size_t)st->bytes;                      /* staging, triple-buffered */
   s += (size_t)(SC + 1) * nw * nt * 2 * 32 * 4;          /* bf16 states of a sub-chunk */
-  s += 3 * (size_t)m2r_bwd_part_floats(g, hpb, nw) * 4;  /* partial sums, three buffers (the pipelined kernel's) */
+  s += 2 * (size_t)m2r_bwd_part_floats(g, hpb, nw) * 4;  /* partial sums, double-buffered */
   return s;
 }
 

@@ -241,10 +241,7 @@ int main(int argc, char **argv) {
         row(L, "fast bwd (ckpt 8), 16-row warps", med, mn, 0);
         o16.bwd_rows_per_warp = 0;
         timeit([&] { MT(m2_m2rnn_bwd_cuda(d, &o16, &ba, s)); }, reps, &med, &mn);
-        row(L, "fast bwd (ckpt 8), pipelined", med, mn, 0);
-        o16.bwd_sequential = 1;
-        timeit([&] { MT(m2_m2rnn_bwd_cuda(d, &o16, &ba, s)); }, reps, &med, &mn);
-        row(L, "fast bwd (ckpt 8), sequential", med, mn, 0);
+        row(L, "fast bwd (ckpt 8), 32-row warps", med, mn, 0);
       }
       layer_free(L);
       break;
