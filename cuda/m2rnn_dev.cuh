@@ -15,7 +15,7 @@
 #include <stdint.h>
 #include "m2rnn.h"
 
-#define M2R_FWD_CT 32  /* fast forward: steps staged per chunk (double-buffered) */
+#define M2R_FWD_CT 64  /* fast forward: steps staged per chunk (double-buffered; 64 has half the block barriers of 32) */
 #define M2R_BWD_SC 8   /* fast backward: steps per sub-chunk (states as bf16 in shared memory), Z recomputed */
 #define M2R_MAX_WARPS 12 /* fast path, 32-row warps: warps per block (384 threads; the kernels' launch bound) */
 #define M2R_MAX_WARPS16 24 /* 16-row warps: warps per block (768 threads, <= 85 registers) */
@@ -112,7 +112,7 @@ __device__ __forceinline__ float m2r_tanh_poly(float x) {
   return u * p;
 }
 /* tanh of accumulator tile j (4 values): of a thread's 4 NT values, the first NPE16 * NT / 4 go through the
- * FMA-pipe polynomial, the rest through MUFU.TANH (8 per clock per SM on Hopper, the bottleneck). The split
+ * FMA-pipe polynomial, the rest through MUFU.TANH (16 per clock per SM on Hopper, measured by bench_mufu). The split
  * is fixed by position, so a replay (backward) computes bit-identical values. */
 template <int NT, int NPE16>
 __device__ __forceinline__ void m2r_tanh_tile(int j, float c[4]) {
