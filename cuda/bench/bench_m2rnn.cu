@@ -191,21 +191,41 @@ int main(int argc, char **argv) {
     const m2_m2rnn_dims *d = &L.d;
     cudaStream_t s = 0;
     double med, mn, fwd_train = 0, bwd = 0;
-    m2_m2rnn_cuda_opts o = {1.f, 64, M2_M2RNN_FAST, M2_M2RNN_TANH_DEFAULT, 0};
+    /* the defaults of the CUDA op (cuda/ops_m2rnn.cu): state-gradient clipping 1 (the paper's), a checkpoint every
+       8 steps (the fastest; 8 x the memory of ckpt 64, which the rows below also time) */
+    m2_m2rnn_cuda_opts o = {1.f, 8, M2_M2RNN_FAST, M2_M2RNN_TANH_DEFAULT, 0};
     m2_m2rnn_fwd_args fi = fargs(L, false), ft = fargs(L, true);
     m2_m2rnn_bwd_args ba = bargs(L);
+    { /* the floor: tanh unit (16 per clock per SM, bench_mufu), bytes at 4.27 TB/s, tensor-core FLOPs as issued */
+      const double el = (double)d->B * d->N * d->T * d->K * d->V, clk_hz = clk * 1e3;
+      const int heads = d->B * d->N, per_sm = (heads + prop.multiProcessorCount - 1) / prop.multiProcessorCount;
+      const double busy = (double)heads / per_sm; /* SMs a whole-head split keeps busy */
+      const double bytes = 2.0 * d->B * d->T * ((d->Nq + d->Nk) * d->K + 2.0 * d->N * d->V) + 4.0 * d->B * d->T * d->Nf;
+      const double ck_bytes = 4.0 * d->B * d->N * ((d->T + 7) / 8) * d->K * d->V;
+      const double mufu = el / (16.0 * busy * clk_hz) * 1e3, flops = el * 64.0 / 1024 * 1024; /* 64 kFLOP per head-step */
+      printf("| %-5s | floor: %.3g G tanh -> %.3f ms fwd on %.0f busy SMs (%.1f ns/step); %.0f MB in/out (+%.0f MB ckpt 8) "
+             "-> %.3f ms; %.0f GFLOP tensor | | | | |\n",
+             L.name, el / 1e9, mufu, busy, mufu * 1e6 / d->T, bytes / 1e6, ck_bytes / 1e6, (bytes + ck_bytes) / 4.27e12 * 1e3,
+             flops / 1e9);
+    }
     timeit([&] { MT(m2_m2rnn_fwd_cuda(d, &o, &fi, s)); }, reps, &med, &mn);
     row(L, "fast fwd (inference), default", med, mn, L.triton_fwd);
     timeit([&] { MT(m2_m2rnn_fwd_cuda(d, &o, &ft, s)); }, reps, &med, &mn);
-    row(L, "fast fwd (training, ckpt 64)", med, mn, L.triton_fwd);
+    row(L, "fast fwd (training, ckpt 8)", med, mn, L.triton_fwd);
     fwd_train = med;
     MT(m2_m2rnn_fwd_cuda(d, &o, &ft, s));
     timeit([&] { MT(m2_m2rnn_bwd_cuda(d, &o, &ba, s)); }, reps, &med, &mn);
-    row(L, "fast bwd (ckpt 64)", med, mn, 0);
+    row(L, "fast bwd (ckpt 8)", med, mn, 0);
     bwd = med;
     timeit([&] { MT(m2_m2rnn_fwd_cuda(d, &o, &ft, s)); MT(m2_m2rnn_bwd_cuda(d, &o, &ba, s)); }, reps, &med, &mn);
-    row(L, "fast fwd+bwd (ckpt 64), default", med, mn, L.triton_fb);
+    row(L, "fast fwd+bwd (ckpt 8), default", med, mn, L.triton_fb);
     printf("| %-5s | (sum of the two above: %.3f ms) | | | | |\n", L.name, fwd_train + bwd);
+    {
+      m2_m2rnn_cuda_opts o64 = o;
+      o64.ckpt_every = 64;
+      timeit([&] { MT(m2_m2rnn_fwd_cuda(d, &o64, &ft, s)); MT(m2_m2rnn_bwd_cuda(d, &o64, &ba, s)); }, reps, &med, &mn);
+      row(L, "fast fwd+bwd (ckpt 64, 1/8 the memory)", med, mn, L.triton_fb);
+    }
     if (quick) { /* + fwd+bwd at the checkpoint intervals listed in M2_BENCH_CKS (e.g. "8,16,32") */
       const char *cks = getenv("M2_BENCH_CKS");
       for (const char *c = cks; c && *c;) {
@@ -233,15 +253,9 @@ int main(int argc, char **argv) {
       { /* 16-row warps in the backward (24 warps per block) */
         m2_m2rnn_cuda_opts o16 = o;
         o16.bwd_rows_per_warp = 16;
-        timeit([&] { MT(m2_m2rnn_bwd_cuda(d, &o16, &ba, s)); }, reps, &med, &mn);
-        row(L, "fast bwd (ckpt 64), 16-row warps", med, mn, 0);
-        o16.ckpt_every = 8;
         MT(m2_m2rnn_fwd_cuda(d, &o16, &ft, s));
         timeit([&] { MT(m2_m2rnn_bwd_cuda(d, &o16, &ba, s)); }, reps, &med, &mn);
         row(L, "fast bwd (ckpt 8), 16-row warps", med, mn, 0);
-        o16.bwd_rows_per_warp = 0;
-        timeit([&] { MT(m2_m2rnn_bwd_cuda(d, &o16, &ba, s)); }, reps, &med, &mn);
-        row(L, "fast bwd (ckpt 8), 32-row warps", med, mn, 0);
       }
       layer_free(L);
       break;
@@ -267,7 +281,7 @@ int main(int argc, char **argv) {
       timeit([&] { MT(m2_m2rnn_bwd_cuda(d, &om, &ba, s)); }, reps, &med, &mn);
       row(L, what, med, mn, 0);
     }
-    const int cks[3] = {8, 16, 32};
+    const int cks[3] = {16, 32, 64};
     for (int ci = 0; ci < 3; ci++) {
       m2_m2rnn_cuda_opts oc = o;
       oc.ckpt_every = cks[ci];
