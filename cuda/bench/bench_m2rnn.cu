@@ -241,6 +241,19 @@ int main(int argc, char **argv) {
         c = strchr(c, ',');
         if (c) c++;
       }
+      for (int hp = 1; hp <= 3; hp++) { /* smaller blocks: several per SM, each with its own barriers */
+        m2_m2rnn_cuda_opts oh = o;
+        oh.heads_per_block = hp;
+        char what[64];
+        snprintf(what, sizeof what, "fast fwd (inference), %d head(s)/block", hp);
+        timeit([&] { MT(m2_m2rnn_fwd_cuda(d, &oh, &fi, s)); }, reps, &med, &mn);
+        row(L, what, med, mn, L.triton_fwd);
+        if (hp < 3) continue;
+        MT(m2_m2rnn_fwd_cuda(d, &oh, &ft, s));
+        snprintf(what, sizeof what, "fast bwd (ckpt 8), %d heads/block", hp);
+        timeit([&] { MT(m2_m2rnn_bwd_cuda(d, &oh, &ba, s)); }, reps, &med, &mn);
+        row(L, what, med, mn, 0);
+      }
       { /* 8-row warps in the forward (2 blocks of 24 warps per SM) */
         m2_m2rnn_cuda_opts o8 = o;
         o8.fwd_rows_per_warp = 8;
