@@ -26,6 +26,7 @@ typedef struct tcase {
   int path, ck, tanh_mode, hpb;
   double tol;    /* on ||gpu - ref|| / ||ref|| */
   int frows;     /* forward rows per warp (opts.fwd_rows_per_warp; 0: default) */
+  int brows;     /* backward rows per warp (opts.bwd_rows_per_warp; 0: default) */
 } tcase;
 
 static const tcase CASES[] = {
@@ -36,6 +37,8 @@ static const tcase CASES[] = {
     {"paper-like hpb=1 mix8",  2, 203, 4, 64, 16, 1, 1, 4, 4, 4, 1, 1.f, M2_M2RNN_FAST, 64, 4, 1, 1e-2},
     {"ckpt 8, no clip, 2 slots", 2, 100, 6, 64, 16, 1, 1, 6, 6, 6, 1, 0.f, M2_M2RNN_FAST, 8, 0, 2, 1e-2},
     {"8-row forward warps",      2, 130, 6, 64, 16, 1, 1, 6, 6, 6, 1, 1.f, M2_M2RNN_FAST, 16, 0, 3, 1e-2, 8},
+    {"16-row backward warps",    2, 77, 6, 64, 16, 1, 1, 6, 6, 6, 1, 1.f, M2_M2RNN_FAST, 8, 0, 6, 1e-2, 0, 16},
+    {"16-row bwd, ckpt 16",      1, 90, 2, 64, 16, 1, 1, 2, 2, 2, 1, .5f, M2_M2RNN_FAST, 16, 0, 2, 1e-2, 0, 16},
     {"8-row fwd, K=48, mix4",    1, 77, 3, 48, 16, 3, 3, 3, 3, 3, 1, 0.f, M2_M2RNN_FAST, 24, 2, 3, 1e-2, 8},
     {"ckpt 8: sharing, K=32",    2, 150, 6, 32, 16, 2, 3, 6, 3, 2, 1, .05f, M2_M2RNN_FAST, 8, 3, 2, 1e-2},
     {"ckpt 8: K=48, mix4",       1, 77, 3, 48, 16, 3, 3, 3, 3, 3, 1, 0.f, M2_M2RNN_FAST, 8, 2, 3, 1e-2},
@@ -105,7 +108,7 @@ static void compare(const m2_tensor *a, const m2_tensor *b, double *nrel, double
 
 static void run_case(const tcase *tc, uint64_t seed) {
   m2_m2rnn_dims d = {tc->B, tc->T, tc->N, tc->K, tc->V, tc->Nq, tc->Nk, tc->Nv, tc->Nf, tc->Nw};
-  m2_m2rnn_cuda_opts o = {tc->clip, tc->ck, tc->path, tc->tanh_mode, tc->hpb, tc->frows};
+  m2_m2rnn_cuda_opts o = {tc->clip, tc->ck, tc->path, tc->tanh_mode, tc->hpb, tc->frows, tc->brows};
   const int B = tc->B, T = tc->T, N = tc->N, K = tc->K, V = tc->V;
   const int path = m2_m2rnn_cuda_path(&d, &o);
   CHECK(path == (tc->path == M2_M2RNN_GENERAL || V != 16 ? M2_M2RNN_GENERAL : M2_M2RNN_FAST), "%s: path %d", tc->name,
