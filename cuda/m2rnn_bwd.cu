@@ -62,9 +62,9 @@ extern "C" size_t m2_m2rnn_bwd_work_bytes(const m2_m2rnn_dims *d, const m2_m2rnn
 /* ======================= fast kernel ======================= */
 
 /* Block = hpb heads of one batch row, warp = 8 NT rows of one head (orientation T, m2rnn_dev.cuh). One
- * __syncthreads per work item: inputs are staged three items ahead... two items ahead into three buffers, so the
- * buffer refilled after an item's barrier is the one the previous item read; the cross-warp partial sums are
- * double-buffered and the previous back item's are flushed by the whole block right after the barrier.
+ * __syncthreads per work item: inputs are staged two items ahead into three buffers, so the buffer refilled
+ * after an item's barrier is the one the previous item read; the cross-warp partial sums are double-buffered
+ * and the previous back item's are flushed by the whole block right after the barrier.
  * KC: K as a compile-time constant (0: runtime), so every shared-memory offset of a step is an immediate. */
 template <int NT, int NPE, int KC>
 __global__ void __launch_bounds__(NT == 2 ? M2R_MAX_WARPS16 * 32 : M2R_MAX_WARPS * 32, 1) m2r_bwd_fast(const FastBwdP p) {
