@@ -15,8 +15,9 @@
  *   general any K, V (K * V <= 8192): one block per chain, state in shared memory, plain fp32 loops.
  * The choice depends only on dims and opts; pass the same ones to the forward and the backward.
  *
- * Training: the forward saves the state every opts.ckpt_every steps into `ckpt`, (B, N, S, K, V) fp32 with
- * S = ceil(T / ckpt_every) (m2_m2rnn_ckpt_floats() floats); the backward recomputes the states
+ * Training: the forward saves the state every opts.ckpt_every steps into `ckpt`, (B, N, S, K * V) fp32 with
+ * S = ceil(T / ckpt_every) (m2_m2rnn_ckpt_floats() floats; each state in (K, V) order on the general path,
+ * in the fast kernels' fragment order on the fast one: opaque, for the backward only); the backward recomputes the states
  * in between from those checkpoints. Backward gradients are WRITTEN (=), never accumulated: dq, dk,
  * dv, df and dW are summed over the heads (and for dW the batch rows) that share them.
  * Every launcher is asynchronous on `stream` and returns M2_OK or an m2_status with a message. */

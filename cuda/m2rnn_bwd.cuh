@@ -19,22 +19,21 @@ struct FastBwdP {
   float *sub;                 /* fp32 state at each sub-chunk start: [b][n][msub][K * 16] (plain layout) */
 };
 
-/* One (K, 16) state in the plain layout; this lane's elements of the warp's rows r0 .. r0 + 8 NT - 1. */
+/* One (K, 16) state in the fast path's fragment order (m2r_frag_index): this lane's elements of the warp's
+ * rows r0 .. r0 + 8 NT - 1, one 16-byte access per tile. Used for the checkpoints and the sub-chunk scratch. */
 template <int NT>
 __device__ __forceinline__ void state_load(const float *src, int r0, int lane, float h[NT][4]) {
-  src += (r0 + 2 * (lane & 3)) * 16 + (lane >> 2);
 #pragma unroll
-  for (int j = 0; j < NT; j++)
-#pragma unroll
-    for (int e = 0; e < 4; e++) h[j][e] = src[(8 * j + (e & 1)) * 16 + 8 * (e >> 1)];
+  for (int j = 0; j < NT; j++) {
+    const float4 x = *(const float4 *)(src + m2r_frag_index(r0 / 8 + j, lane));
+    h[j][0] = x.x, h[j][1] = x.y, h[j][2] = x.z, h[j][3] = x.w;
+  }
 }
 template <int NT>
 __device__ __forceinline__ void state_store(float *dst, int r0, int lane, const float h[NT][4]) {
-  dst += (r0 + 2 * (lane & 3)) * 16 + (lane >> 2);
 #pragma unroll
   for (int j = 0; j < NT; j++)
-#pragma unroll
-    for (int e = 0; e < 4; e++) dst[(8 * j + (e & 1)) * 16 + 8 * (e >> 1)] = h[j][e];
+    *(float4 *)(dst + m2r_frag_index(r0 / 8 + j, lane)) = make_float4(h[j][0], h[j][1], h[j][2], h[j][3]);
 }
 
 /* Work items of one segment c (ck steps from checkpoint c, ns = ceil(len / SC) sub-chunks): p = 0 .. ns - 2

@@ -69,6 +69,12 @@ __device__ __forceinline__ float m2r_bf16_lo(uint32_t x) { return __uint_as_floa
 __device__ __forceinline__ float m2r_bf16_hi(uint32_t x) { return __uint_as_float(x & 0xffff0000u); }
 __device__ __forceinline__ float m2r_bf16(uint16_t x) { return __uint_as_float((uint32_t)x << 16); }
 
+/* The fast path's checkpoint layout of one (K, 16) state, shared by the forward (16-row warps) and the
+ * backward (32-row warps): 8-row tile t, lane l holds floats [(t * 32 + l) * 4, + 4) = the accumulator order
+ * (H[8t + 2(l%4) + {0,1}][l/4], then the same rows at column l/4 + 8), so a warp saves or loads a tile with one
+ * coalesced 16-byte access per lane. */
+__device__ __forceinline__ int m2r_frag_index(int tile, int lane) { return (tile * 32 + lane) * 4; }
+
 /* 8x8 b16 transpose across the warp (thread l holds row l/4, columns 2(l%4), +1). */
 __device__ __forceinline__ uint32_t m2r_movt(uint32_t x) {
   uint32_t r;

@@ -186,7 +186,7 @@ struct FastFwdP {
   const float *W, *f, *h0;
 };
 
-/* Offset of chain (b, n)'s checkpoint j: [b][n][j][K][V], the same layout as the general path's. */
+/* Offset of chain (b, n)'s checkpoint j: [b][n][j][K * 16] (inside: the fast path's fragment order). */
 __device__ __forceinline__ size_t ckpt_base(const M2Geom &g, int b, int n, int j) {
   return (((size_t)b * g.N + n) * g.nck + j) * (size_t)g.K * 16;
 }
@@ -237,9 +237,8 @@ __global__ void __launch_bounds__(NT == 1 ? M2R_MAX_WARPS8 * 32 : NT == 2 ? M2R_
   auto save = [&](int s) {
     float *cp = p.ckpt + ckpt_base(g, b, n, s / g.ck);
 #pragma unroll
-    for (int j = 0; j < NT; j++)
-#pragma unroll
-      for (int e = 0; e < 4; e++) cp[(r0 + 8 * j + 2 * tq + (e & 1)) * 16 + gl + 8 * (e >> 1)] = h[j][e];
+    for (int j = 0; j < NT; j++) /* fragment order (m2r_frag_index): one 16-byte store per tile, coalesced */
+      *(float4 *)(cp + m2r_frag_index(r0 / 8 + j, lane)) = make_float4(h[j][0], h[j][1], h[j][2], h[j][3]);
   };
   for (int c = 0; c < nch; c++) {
     m2r_cp_wait<1>();
