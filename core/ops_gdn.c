@@ -20,7 +20,7 @@
  * its forward was evaluated, and on the CPU the O(T K V) recurrence is the cheapest backward. */
 #include "ops.h"
 #include "ops_mixers.h"
-#include "ops_dbuf.h"
+#include "ops_gdn.h"
 #ifdef M2_HAVE_CUDA
 #include "../cuda/ops_mixers_entry.h"
 #endif
@@ -28,32 +28,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* double views of float tensors: ops_dbuf.h */
+/* double views of float tensors: ops_dbuf.h; the buffer plumbing shared with SSD: ops_mixer_common.h */
 
 /* ---------------- shapes ---------------- */
 
-typedef struct gdn_dims { int64_t B, T, H, K, V; } gdn_dims;
-
-static m2_status want_shape(const m2_tensor *t, const char *op, const char *arg, const char *form, int nd,
-                            const int64_t *shape) {
-  bool ok = t->ndim == nd;
-  for (int i = 0; ok && i < nd; i++) ok = t->shape[i] == shape[i];
-  if (ok) return M2_OK;
-  char a[96], b[96];
-  return m2_fail(M2_ERR_SHAPE, "%s: %s has shape %s, expected %s = %s", op, arg, m2_shape_str(t, a, sizeof a), form,
-                 m2_shape_str_raw(nd, shape, b, sizeof b));
-}
-
-/* in = {q, k, v, g, beta, h0}: check presence, dtypes and shapes; fill d. */
-static m2_status gdn_check(m2_opcall *c, const char *op, gdn_dims *d) {
-  static const char *names[6] = {"q", "k", "v", "g", "beta", "h0"};
-  for (int i = 0; i < 5; i++)
-    if (!c->in[i]) return m2_fail(M2_ERR_VALUE, "%s: %s is NULL (only h0 may be omitted)", op, names[i]);
-  for (int i = 0; i < 6; i++) {
-    if (!c->in[i]) continue;
-    M2_TRY(m2_check_float(c->in[i], op, names[i]));
-    M2_TRY(m2_check_same_dtype(c->in[0], c->in[i], op));
-  }
+m2_status gdn_check(const m2_opcall *c, const char *op, const mixer_rules *rules, gdn_dims *d) {
+  static const char *const names[6] = {"q", "k", "v", "g", "beta", "h0"};
+  M2_TRY(mixer_check_inputs(c->in, names, op, rules));
   m2_tensor *q = c->in[0];
   if (q->ndim != 4) {
     char a[96];
@@ -61,12 +42,14 @@ static m2_status gdn_check(m2_opcall *c, const char *op, gdn_dims *d) {
   }
   d->B = q->shape[0], d->T = q->shape[1], d->H = q->shape[2], d->K = q->shape[3];
   d->V = c->in[2]->ndim == 4 ? c->in[2]->shape[3] : 0;
-  M2_TRY(want_shape(c->in[1], op, "k", "(B, T, H, K)", 4, q->shape));
-  M2_TRY(want_shape(c->in[2], op, "v", "(B, T, H, V)", 4, (int64_t[]){d->B, d->T, d->H, d->V}));
-  M2_TRY(want_shape(c->in[3], op, "g", "(B, T, H)", 3, q->shape));
-  M2_TRY(want_shape(c->in[4], op, "beta", "(B, T, H)", 3, q->shape));
-  if (c->in[5]) M2_TRY(want_shape(c->in[5], op, "h0", "(B, H, K, V)", 4, (int64_t[]){d->B, d->H, d->K, d->V}));
+  int64_t sv[4] = {d->B, d->T, d->H, d->V}, sh[4] = {d->B, d->H, d->K, d->V};
+  M2_TRY(mixer_want_shape(c->in[1], op, "k", "(B, T, H, K)", 4, q->shape));
+  M2_TRY(mixer_want_shape(c->in[2], op, "v", "(B, T, H, V)", 4, sv));
+  M2_TRY(mixer_want_shape(c->in[3], op, "g", "(B, T, H)", 3, q->shape));
+  M2_TRY(mixer_want_shape(c->in[4], op, "beta", "(B, T, H)", 3, q->shape));
+  if (c->in[5]) M2_TRY(mixer_want_shape(c->in[5], op, "h0", "(B, H, K, V)", 4, sh));
   if (d->K < 1 || d->V < 1) return m2_fail(M2_ERR_SHAPE, "%s: K and V must be at least 1", op);
+  M2_TRY(mixer_check_max_dim(d->K, "K", op, rules));
   if (c->ia[0] < 0) return m2_fail(M2_ERR_VALUE, "%s: chunk must be >= 0 (0 = default 64), got %lld", op, (long long)c->ia[0]);
   return M2_OK;
 }
@@ -107,8 +90,7 @@ static void gdn_rec_bh(const gdn_dims *d, const gdn_io *io, int64_t b, int64_t h
                        double *u) {
   int64_t K = d->K, V = d->V, T = d->T, H = d->H, KV = K * V, NS = (T + seg - 1) / seg;
   double *S = io->hT + (b * H + h) * KV;
-  if (io->h0) memcpy(S, io->h0 + (b * H + h) * KV, sizeof(double) * (size_t)KV);
-  else memset(S, 0, sizeof(double) * (size_t)KV);
+  mixer_load(S, io->h0 ? io->h0 + (b * H + h) * KV : NULL, KV);
   for (int64_t t = 0; t < T; t++) {
     if (io->ckpt && t % seg == 0) memcpy(io->ckpt + ((b * H + h) * NS + t / seg) * KV, S, sizeof(double) * (size_t)KV);
     int64_t r = (b * T + t) * H + h;
@@ -139,8 +121,7 @@ static void gdn_chunked_bh(const gdn_dims *d, const gdn_io *io, int64_t b, int64
                            gdn_chunk_work *w) {
   int64_t K = d->K, V = d->V, T = d->T, H = d->H, KV = K * V, NS = (T + C - 1) / C;
   double *S = io->hT + (b * H + h) * KV;
-  if (io->h0) memcpy(S, io->h0 + (b * H + h) * KV, sizeof(double) * (size_t)KV);
-  else memset(S, 0, sizeof(double) * (size_t)KV);
+  mixer_load(S, io->h0 ? io->h0 + (b * H + h) * KV : NULL, KV);
   for (int64_t t0 = 0; t0 < T; t0 += C) {
     int64_t L = T - t0 < C ? T - t0 : C;
     if (io->ckpt) memcpy(io->ckpt + ((b * H + h) * NS + t0 / C) * KV, S, sizeof(double) * (size_t)KV);
@@ -235,37 +216,26 @@ static void gdn_chunked_bh(const gdn_dims *d, const gdn_io *io, int64_t b, int64
 static m2_status gdn_forward(m2_opcall *c, bool chunked) {
   const char *op = chunked ? "gdn_chunked" : "gdn";
   gdn_dims d;
-  M2_TRY(gdn_check(c, op, &d));
+  M2_TRY(gdn_check(c, op, &mixer_rules_cpu, &d));
   double scale = c->fa[0] != 0 ? c->fa[0] : 1.0 / sqrt((double)d.K);
   int64_t seg = c->ia[0] > 0 ? c->ia[0] : 64;
   c->ia[1] = seg;
   int64_t NS = (d.T + seg - 1) / seg;
-  bool keep = false; /* a tape node will be recorded: keep the checkpoints */
-  for (int i = 0; i < 6; i++) keep |= c->in[i] && c->in[i]->requires_grad;
-  m2_dtype dt = c->in[0]->dtype;
-
-  dbuf in[6] = {0}, o = {0}, hT = {0};
-  m2_tensor *ck = NULL;
-  double *u = NULL;
-  gdn_chunk_work w = {0};
-  double *wmem = NULL;
-  m2_status s = M2_OK;
-  for (int i = 0; i < 6 && s == M2_OK; i++) s = dbuf_in(&in[i], c->in[i]);
-  if (s == M2_OK) s = dbuf_out(&o, dt, 4, (int64_t[]){d.B, d.T, d.H, d.V});
-  if (s == M2_OK) s = dbuf_out(&hT, dt, 4, (int64_t[]){d.B, d.H, d.K, d.V});
-  if (s == M2_OK && keep) {
-    ck = m2_empty(M2_F64, M2_DEV_CPU, 5, (int64_t[]){d.B, d.H, NS, d.K, d.V});
-    if (!ck) s = m2_errcode();
-  }
+  mixer_fwd_bufs mb;
+  m2_status s = mixer_fwd_open(c, &mb, (int64_t[]){d.B, d.T, d.H, d.V}, (int64_t[]){d.B, d.H, d.K, d.V},
+                               (int64_t[]){d.B, d.H, NS, d.K, d.V});
   int64_t C = seg, K = d.K, V = d.V;
+  double *wmem = NULL;
   if (s == M2_OK) {
     size_t n = chunked ? (size_t)(C * (2 * K + 2 * V) + 3 * C + 3 * C * C + C * K) : (size_t)V;
     wmem = calloc(n, sizeof(double));
     if (!wmem) s = m2_fail(M2_ERR_OOM, "%s: out of host memory for the work buffers", op);
   }
   if (s == M2_OK) {
-    gdn_io io = {in[0].p, in[1].p, in[2].p, in[3].p, in[4].p, in[5].p, o.p, hT.p, ck ? m2_data(ck) : NULL};
+    const dbuf *in = mb.in;
+    gdn_io io = {in[0].p, in[1].p, in[2].p, in[3].p, in[4].p, in[5].p, mb.y.p, mb.hT.p, mb.ck ? m2_data(mb.ck) : NULL};
     if (chunked) {
+      gdn_chunk_work w;
       double *p = wmem;
       w.kc = p, p += C * K;
       w.qc = p, p += C * K;
@@ -281,31 +251,12 @@ static m2_status gdn_forward(m2_opcall *c, bool chunked) {
       for (int64_t b = 0; b < d.B; b++)
         for (int64_t h = 0; h < d.H; h++) gdn_chunked_bh(&d, &io, b, h, scale, C, &w);
     } else {
-      u = wmem;
       for (int64_t b = 0; b < d.B; b++)
-        for (int64_t h = 0; h < d.H; h++) gdn_rec_bh(&d, &io, b, h, scale, seg, u);
+        for (int64_t h = 0; h < d.H; h++) gdn_rec_bh(&d, &io, b, h, scale, seg, wmem);
     }
-    dbuf_store(&o);
-    dbuf_store(&hT);
   }
   free(wmem);
-  for (int i = 0; i < 6; i++) dbuf_free(&in[i]);
-  dbuf_free(&o);
-  dbuf_free(&hT);
-  if (s != M2_OK) {
-    m2_release(o.t);
-    m2_release(hT.t);
-    m2_release(ck);
-    return s;
-  }
-  c->n_out = 2;
-  c->out[0] = o.t;
-  c->out[1] = hT.t;
-  if (ck) {
-    m2_save(c, ck);
-    m2_release(ck);
-  }
-  return M2_OK;
+  return mixer_fwd_close(c, &mb, s);
 }
 
 static m2_status gdn_fwd(m2_opcall *c) { return gdn_forward(c, false); }
@@ -328,8 +279,7 @@ static void gdn_bwd_bh(const gdn_dims *d, const gdn_io *io, const double *dout, 
                        int64_t b, int64_t h, double scale, int64_t seg, double *St, double *dS, double *u, double *dvp,
                        double *du) {
   int64_t K = d->K, V = d->V, T = d->T, H = d->H, KV = K * V, NS = (T + seg - 1) / seg;
-  if (dhT) memcpy(dS, dhT + (b * H + h) * KV, sizeof(double) * (size_t)KV);
-  else memset(dS, 0, sizeof(double) * (size_t)KV);
+  mixer_load(dS, dhT ? dhT + (b * H + h) * KV : NULL, KV);
   for (int64_t sg = NS - 1; sg >= 0; sg--) {
     int64_t t0 = sg * seg, L = T - t0 < seg ? T - t0 : seg;
     /* recompute the segment's states: St[r] = S_{t0 + r - 1} */
@@ -390,43 +340,29 @@ static void gdn_bwd_bh(const gdn_dims *d, const gdn_io *io, const double *dout, 
 static m2_status gdn_bwd(m2_opcall *c) {
   const char *op = c->op->name;
   gdn_dims d;
-  M2_TRY(gdn_check(c, op, &d));
+  M2_TRY(gdn_check(c, op, &mixer_rules_cpu, &d));
   if (c->n_saved < 1 || !c->saved[0]) return m2_fail(M2_ERR_AUTOGRAD, "%s: backward without saved states", op);
   double scale = c->fa[0] != 0 ? c->fa[0] : 1.0 / sqrt((double)d.K);
   int64_t seg = c->ia[1];
   int64_t K = d.K, V = d.V, KV = K * V;
-  m2_dtype dt = c->in[0]->dtype;
-  dbuf in[6] = {0}, dO = {0}, dH = {0}, din[6] = {0};
+  mixer_bwd_bufs mb;
+  m2_status s = mixer_bwd_open(c, &mb);
   double *wmem = NULL;
-  m2_status s = M2_OK;
-  for (int i = 0; i < 6 && s == M2_OK; i++) s = dbuf_in(&in[i], c->in[i]);
-  if (s == M2_OK) s = dbuf_in(&dO, c->dout[0]);
-  if (s == M2_OK) s = dbuf_in(&dH, c->dout[1]);
-  for (int i = 0; i < 6 && s == M2_OK; i++)
-    if (c->in[i]) s = dbuf_out(&din[i], dt, c->in[i]->ndim, c->in[i]->shape);
   if (s == M2_OK) {
     wmem = malloc(sizeof(double) * (size_t)((seg + 2) * KV + 3 * V));
     if (!wmem) s = m2_fail(M2_ERR_OOM, "%s: out of host memory for the backward buffers", op);
   }
   if (s == M2_OK) {
+    const dbuf *in = mb.in, *din = mb.din;
     gdn_io io = {in[0].p, in[1].p, in[2].p, in[3].p, in[4].p, in[5].p, NULL, NULL, m2_data(c->saved[0])};
     gdn_grads gr = {din[0].p, din[1].p, din[2].p, din[3].p, din[4].p, din[5].p};
     double *St = wmem, *dS = St + (seg + 1) * KV, *u = dS + KV, *dvp = u + V, *du = dvp + V;
     for (int64_t b = 0; b < d.B; b++)
       for (int64_t h = 0; h < d.H; h++)
-        gdn_bwd_bh(&d, &io, dO.p, dH.p, &gr, b, h, scale, seg, St, dS, u, dvp, du);
-    for (int i = 0; i < 6; i++) dbuf_store(&din[i]);
+        gdn_bwd_bh(&d, &io, mb.dy.p, mb.dhT.p, &gr, b, h, scale, seg, St, dS, u, dvp, du);
   }
   free(wmem);
-  for (int i = 0; i < 6; i++) dbuf_free(&in[i]);
-  dbuf_free(&dO);
-  dbuf_free(&dH);
-  for (int i = 0; i < 6; i++) {
-    dbuf_free(&din[i]);
-    if (s == M2_OK && c->needs_din[i]) c->din[i] = din[i].t;
-    else m2_release(din[i].t);
-  }
-  return s;
+  return mixer_bwd_close(c, &mb, s);
 }
 
 const m2_op m2_op_gdn = {"gdn", gdn_fwd, gdn_bwd, M2_CUDA(m2_cuda_gdn_fwd), M2_CUDA(m2_cuda_gdn_bwd), 0};
@@ -435,28 +371,13 @@ const m2_op m2_op_gdn_chunked = {"gdn_chunked", gdn_chunked_fwd, gdn_bwd, M2_CUD
 
 /* ---------------- public API ---------------- */
 
-static m2_status gdn_call(const m2_op *op, m2_tensor *q, m2_tensor *k, m2_tensor *v, m2_tensor *g, m2_tensor *beta,
-                          m2_tensor *h0, const m2_gdn_opts *o, m2_tensor **out, m2_tensor **hT) {
-  m2_tensor *in[6] = {q, k, v, g, beta, h0};
-  m2_opcall c;
-  m2_call_init(&c, op, 6, in);
-  c.fa[0] = o ? o->scale : 0;
-  c.ia[0] = o ? o->chunk : 0;
-  m2_tensor *outs[M2_MAX_OUT] = {0};
-  M2_TRY(m2_call_run(&c, outs));
-  if (out) *out = outs[0];
-  else m2_release(outs[0]);
-  if (hT) *hT = outs[1];
-  else m2_release(outs[1]);
-  return M2_OK;
-}
-
 m2_status m2_gdn(m2_tensor *q, m2_tensor *k, m2_tensor *v, m2_tensor *g, m2_tensor *beta, m2_tensor *h0,
                  const m2_gdn_opts *o, m2_tensor **out, m2_tensor **hT) {
-  return gdn_call(&m2_op_gdn, q, k, v, g, beta, h0, o, out, hT);
+  return mixer_call(&m2_op_gdn, (m2_tensor *[6]){q, k, v, g, beta, h0}, o ? o->scale : 0, o ? o->chunk : 0, out, hT);
 }
 
 m2_status m2_gdn_chunked(m2_tensor *q, m2_tensor *k, m2_tensor *v, m2_tensor *g, m2_tensor *beta, m2_tensor *h0,
                          const m2_gdn_opts *o, m2_tensor **out, m2_tensor **hT) {
-  return gdn_call(&m2_op_gdn_chunked, q, k, v, g, beta, h0, o, out, hT);
+  return mixer_call(&m2_op_gdn_chunked, (m2_tensor *[6]){q, k, v, g, beta, h0}, o ? o->scale : 0, o ? o->chunk : 0,
+                    out, hT);
 }

@@ -17,7 +17,7 @@
  * how the forward was evaluated; on the CPU the O(T P N) recurrence is the cheapest backward). */
 #include "ops.h"
 #include "ops_mixers.h"
-#include "ops_dbuf.h"
+#include "ops_ssd.h"
 #ifdef M2_HAVE_CUDA
 #include "../cuda/ops_mixers_entry.h"
 #endif
@@ -25,32 +25,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* double views of float tensors: ops_dbuf.h */
+/* double views of float tensors: ops_dbuf.h; the buffer plumbing shared with GDN: ops_mixer_common.h */
 
 /* ---------------- shapes ---------------- */
 
-typedef struct ssd_dims { int64_t B, T, H, P, G, N; } ssd_dims;
-
-static m2_status want_shape(const m2_tensor *t, const char *op, const char *arg, const char *form, int nd,
-                            const int64_t *shape) {
-  bool ok = t->ndim == nd;
-  for (int i = 0; ok && i < nd; i++) ok = t->shape[i] == shape[i];
-  if (ok) return M2_OK;
-  char a[96], b[96];
-  return m2_fail(M2_ERR_SHAPE, "%s: %s has shape %s, expected %s = %s", op, arg, m2_shape_str(t, a, sizeof a), form,
-                 m2_shape_str_raw(nd, shape, b, sizeof b));
-}
-
-/* in = {x, dt, A, Bm, Cm, h0}: check presence, dtypes and shapes; fill d. */
-static m2_status ssd_check(m2_opcall *c, const char *op, ssd_dims *d) {
-  static const char *names[6] = {"x", "dt", "A", "Bm", "Cm", "h0"};
-  for (int i = 0; i < 5; i++)
-    if (!c->in[i]) return m2_fail(M2_ERR_VALUE, "%s: %s is NULL (only h0 may be omitted)", op, names[i]);
-  for (int i = 0; i < 6; i++) {
-    if (!c->in[i]) continue;
-    M2_TRY(m2_check_float(c->in[i], op, names[i]));
-    M2_TRY(m2_check_same_dtype(c->in[0], c->in[i], op));
-  }
+m2_status ssd_check(const m2_opcall *c, const char *op, const mixer_rules *rules, ssd_dims *d) {
+  static const char *const names[6] = {"x", "dt", "A", "Bm", "Cm", "h0"};
+  M2_TRY(mixer_check_inputs(c->in, names, op, rules));
   m2_tensor *x = c->in[0], *Bm = c->in[3];
   char a[96];
   if (x->ndim != 4)
@@ -59,15 +40,17 @@ static m2_status ssd_check(m2_opcall *c, const char *op, ssd_dims *d) {
     return m2_fail(M2_ERR_SHAPE, "%s: Bm has shape %s, expected 4 dims (B, T, G, N)", op, m2_shape_str(Bm, a, sizeof a));
   d->B = x->shape[0], d->T = x->shape[1], d->H = x->shape[2], d->P = x->shape[3];
   d->G = Bm->shape[2], d->N = Bm->shape[3];
-  M2_TRY(want_shape(c->in[1], op, "dt", "(B, T, H)", 3, x->shape));
-  M2_TRY(want_shape(c->in[2], op, "A", "(H)", 1, &d->H));
-  M2_TRY(want_shape(Bm, op, "Bm", "(B, T, G, N)", 4, (int64_t[]){d->B, d->T, d->G, d->N}));
-  M2_TRY(want_shape(c->in[4], op, "Cm", "(B, T, G, N)", 4, Bm->shape));
-  if (c->in[5]) M2_TRY(want_shape(c->in[5], op, "h0", "(B, H, P, N)", 4, (int64_t[]){d->B, d->H, d->P, d->N}));
+  int64_t sb[4] = {d->B, d->T, d->G, d->N}, sh[4] = {d->B, d->H, d->P, d->N};
+  M2_TRY(mixer_want_shape(c->in[1], op, "dt", "(B, T, H)", 3, x->shape));
+  M2_TRY(mixer_want_shape(c->in[2], op, "A", "(H)", 1, &d->H));
+  M2_TRY(mixer_want_shape(Bm, op, "Bm", "(B, T, G, N)", 4, sb));
+  M2_TRY(mixer_want_shape(c->in[4], op, "Cm", "(B, T, G, N)", 4, Bm->shape));
+  if (c->in[5]) M2_TRY(mixer_want_shape(c->in[5], op, "h0", "(B, H, P, N)", 4, sh));
   if (d->G < 1 || d->H % d->G != 0)
     return m2_fail(M2_ERR_SHAPE, "%s: the group count G = %lld of Bm/Cm must divide the head count H = %lld", op,
                    (long long)d->G, (long long)d->H);
   if (d->P < 1 || d->N < 1) return m2_fail(M2_ERR_SHAPE, "%s: P and N must be at least 1", op);
+  M2_TRY(mixer_check_max_dim(d->N, "N", op, rules));
   if (c->ia[0] < 0) return m2_fail(M2_ERR_VALUE, "%s: chunk must be >= 0 (0 = default), got %lld", op, (long long)c->ia[0]);
   return M2_OK;
 }
@@ -99,8 +82,7 @@ static void ssd_rec_bh(const ssd_dims *d, const ssd_io *io, int64_t b, int64_t h
   int64_t P = d->P, N = d->N, T = d->T, H = d->H, G = d->G, PN = P * N, NS = (T + seg - 1) / seg;
   int64_t gi = h / (H / G);
   double *hs = io->hT + (b * H + h) * PN;
-  if (io->h0) memcpy(hs, io->h0 + (b * H + h) * PN, sizeof(double) * (size_t)PN);
-  else memset(hs, 0, sizeof(double) * (size_t)PN);
+  mixer_load(hs, io->h0 ? io->h0 + (b * H + h) * PN : NULL, PN);
   for (int64_t t = 0; t < T; t++) {
     if (io->ckpt && t % seg == 0) memcpy(io->ckpt + ((b * H + h) * NS + t / seg) * PN, hs, sizeof(double) * (size_t)PN);
     int64_t r = (b * T + t) * H + h, rg = (b * T + t) * G + gi;
@@ -121,8 +103,7 @@ static void ssd_chunked_bh(const ssd_dims *d, const ssd_io *io, int64_t b, int64
   int64_t gi = h / (H / G);
   double A = io->A[h];
   double *hs = io->hT + (b * H + h) * PN;
-  if (io->h0) memcpy(hs, io->h0 + (b * H + h) * PN, sizeof(double) * (size_t)PN);
-  else memset(hs, 0, sizeof(double) * (size_t)PN);
+  mixer_load(hs, io->h0 ? io->h0 + (b * H + h) * PN : NULL, PN);
   for (int64_t t0 = 0; t0 < T; t0 += C) {
     int64_t L = T - t0 < C ? T - t0 : C;
     if (io->ckpt) memcpy(io->ckpt + ((b * H + h) * NS + t0 / C) * PN, hs, sizeof(double) * (size_t)PN);
@@ -174,57 +155,29 @@ static void ssd_chunked_bh(const ssd_dims *d, const ssd_io *io, int64_t b, int64
 static m2_status ssd_forward(m2_opcall *c, bool chunked) {
   const char *op = chunked ? "ssd_chunked" : "ssd";
   ssd_dims d;
-  M2_TRY(ssd_check(c, op, &d));
+  M2_TRY(ssd_check(c, op, &mixer_rules_cpu, &d));
   int64_t seg = c->ia[0] > 0 ? c->ia[0] : (chunked ? 256 : 64);
   c->ia[1] = seg;
   int64_t NS = (d.T + seg - 1) / seg;
-  bool keep = false; /* a tape node will be recorded: keep the checkpoints */
-  for (int i = 0; i < 6; i++) keep |= c->in[i] && c->in[i]->requires_grad;
-  m2_dtype dt = c->in[0]->dtype;
-
-  dbuf in[6] = {0}, y = {0}, hT = {0};
-  m2_tensor *ck = NULL;
+  mixer_fwd_bufs mb;
+  m2_status s = mixer_fwd_open(c, &mb, (int64_t[]){d.B, d.T, d.H, d.P}, (int64_t[]){d.B, d.H, d.P, d.N},
+                               (int64_t[]){d.B, d.H, NS, d.P, d.N});
   double *wmem = NULL;
-  m2_status s = M2_OK;
-  for (int i = 0; i < 6 && s == M2_OK; i++) s = dbuf_in(&in[i], c->in[i]);
-  if (s == M2_OK) s = dbuf_out(&y, dt, 4, (int64_t[]){d.B, d.T, d.H, d.P});
-  if (s == M2_OK) s = dbuf_out(&hT, dt, 4, (int64_t[]){d.B, d.H, d.P, d.N});
-  if (s == M2_OK && keep) {
-    ck = m2_empty(M2_F64, M2_DEV_CPU, 5, (int64_t[]){d.B, d.H, NS, d.P, d.N});
-    if (!ck) s = m2_errcode();
-  }
   if (s == M2_OK && chunked) {
     wmem = malloc(sizeof(double) * (size_t)(seg + seg * seg));
     if (!wmem) s = m2_fail(M2_ERR_OOM, "%s: out of host memory for a %lld x %lld chunk", op, (long long)seg, (long long)seg);
   }
   if (s == M2_OK) {
-    ssd_io io = {in[0].p, in[1].p, in[2].p, in[3].p, in[4].p, in[5].p, y.p, hT.p, ck ? m2_data(ck) : NULL};
+    const dbuf *in = mb.in;
+    ssd_io io = {in[0].p, in[1].p, in[2].p, in[3].p, in[4].p, in[5].p, mb.y.p, mb.hT.p, mb.ck ? m2_data(mb.ck) : NULL};
     for (int64_t b = 0; b < d.B; b++)
       for (int64_t h = 0; h < d.H; h++) {
         if (chunked) ssd_chunked_bh(&d, &io, b, h, seg, wmem, wmem + seg);
         else ssd_rec_bh(&d, &io, b, h, seg);
       }
-    dbuf_store(&y);
-    dbuf_store(&hT);
   }
   free(wmem);
-  for (int i = 0; i < 6; i++) dbuf_free(&in[i]);
-  dbuf_free(&y);
-  dbuf_free(&hT);
-  if (s != M2_OK) {
-    m2_release(y.t);
-    m2_release(hT.t);
-    m2_release(ck);
-    return s;
-  }
-  c->n_out = 2;
-  c->out[0] = y.t;
-  c->out[1] = hT.t;
-  if (ck) {
-    m2_save(c, ck);
-    m2_release(ck);
-  }
-  return M2_OK;
+  return mixer_fwd_close(c, &mb, s);
 }
 
 static m2_status ssd_fwd(m2_opcall *c) { return ssd_forward(c, false); }
@@ -247,8 +200,7 @@ static void ssd_bwd_bh(const ssd_dims *d, const ssd_io *io, const double *dy, co
   int64_t P = d->P, N = d->N, T = d->T, H = d->H, G = d->G, PN = P * N, NS = (T + seg - 1) / seg;
   int64_t gi = h / (H / G);
   double A = io->A[h], dA = 0;
-  if (dhT) memcpy(dh, dhT + (b * H + h) * PN, sizeof(double) * (size_t)PN);
-  else memset(dh, 0, sizeof(double) * (size_t)PN);
+  mixer_load(dh, dhT ? dhT + (b * H + h) * PN : NULL, PN);
   for (int64_t sg = NS - 1; sg >= 0; sg--) {
     int64_t t0 = sg * seg, L = T - t0 < seg ? T - t0 : seg;
     /* recompute the segment's states: St[r] = h_{t0 + r - 1} */
@@ -290,39 +242,26 @@ static void ssd_bwd_bh(const ssd_dims *d, const ssd_io *io, const double *dy, co
 static m2_status ssd_bwd(m2_opcall *c) {
   const char *op = c->op->name;
   ssd_dims d;
-  M2_TRY(ssd_check(c, op, &d));
+  M2_TRY(ssd_check(c, op, &mixer_rules_cpu, &d));
   if (c->n_saved < 1 || !c->saved[0]) return m2_fail(M2_ERR_AUTOGRAD, "%s: backward without saved states", op);
   int64_t seg = c->ia[1], PN = d.P * d.N;
-  m2_dtype dt = c->in[0]->dtype;
-  dbuf in[6] = {0}, dY = {0}, dH = {0}, din[6] = {0};
+  mixer_bwd_bufs mb;
+  m2_status s = mixer_bwd_open(c, &mb);
   double *wmem = NULL;
-  m2_status s = M2_OK;
-  for (int i = 0; i < 6 && s == M2_OK; i++) s = dbuf_in(&in[i], c->in[i]);
-  if (s == M2_OK) s = dbuf_in(&dY, c->dout[0]);
-  if (s == M2_OK) s = dbuf_in(&dH, c->dout[1]);
-  for (int i = 0; i < 6 && s == M2_OK; i++)
-    if (c->in[i]) s = dbuf_out(&din[i], dt, c->in[i]->ndim, c->in[i]->shape);
   if (s == M2_OK) {
     wmem = malloc(sizeof(double) * (size_t)((seg + 2) * PN));
     if (!wmem) s = m2_fail(M2_ERR_OOM, "%s: out of host memory for the backward buffers", op);
   }
   if (s == M2_OK) {
+    const dbuf *in = mb.in, *din = mb.din;
     ssd_io io = {in[0].p, in[1].p, in[2].p, in[3].p, in[4].p, in[5].p, NULL, NULL, m2_data(c->saved[0])};
     ssd_grads gr = {din[0].p, din[1].p, din[2].p, din[3].p, din[4].p, din[5].p};
     for (int64_t b = 0; b < d.B; b++)
-      for (int64_t h = 0; h < d.H; h++) ssd_bwd_bh(&d, &io, dY.p, dH.p, &gr, b, h, seg, wmem, wmem + (seg + 1) * PN);
-    for (int i = 0; i < 6; i++) dbuf_store(&din[i]);
+      for (int64_t h = 0; h < d.H; h++)
+        ssd_bwd_bh(&d, &io, mb.dy.p, mb.dhT.p, &gr, b, h, seg, wmem, wmem + (seg + 1) * PN);
   }
   free(wmem);
-  for (int i = 0; i < 6; i++) dbuf_free(&in[i]);
-  dbuf_free(&dY);
-  dbuf_free(&dH);
-  for (int i = 0; i < 6; i++) {
-    dbuf_free(&din[i]);
-    if (s == M2_OK && c->needs_din[i]) c->din[i] = din[i].t;
-    else m2_release(din[i].t);
-  }
-  return s;
+  return mixer_bwd_close(c, &mb, s);
 }
 
 const m2_op m2_op_ssd = {"ssd", ssd_fwd, ssd_bwd, M2_CUDA(m2_cuda_ssd_fwd), M2_CUDA(m2_cuda_ssd_bwd), 0};
@@ -331,27 +270,12 @@ const m2_op m2_op_ssd_chunked = {"ssd_chunked", ssd_chunked_fwd, ssd_bwd, M2_CUD
 
 /* ---------------- public API ---------------- */
 
-static m2_status ssd_call(const m2_op *op, m2_tensor *x, m2_tensor *dt, m2_tensor *A, m2_tensor *Bm, m2_tensor *Cm,
-                          m2_tensor *h0, const m2_ssd_opts *o, m2_tensor **y, m2_tensor **hT) {
-  m2_tensor *in[6] = {x, dt, A, Bm, Cm, h0};
-  m2_opcall c;
-  m2_call_init(&c, op, 6, in);
-  c.ia[0] = o ? o->chunk : 0;
-  m2_tensor *outs[M2_MAX_OUT] = {0};
-  M2_TRY(m2_call_run(&c, outs));
-  if (y) *y = outs[0];
-  else m2_release(outs[0]);
-  if (hT) *hT = outs[1];
-  else m2_release(outs[1]);
-  return M2_OK;
-}
-
 m2_status m2_ssd(m2_tensor *x, m2_tensor *dt, m2_tensor *A, m2_tensor *Bm, m2_tensor *Cm, m2_tensor *h0,
                  const m2_ssd_opts *o, m2_tensor **y, m2_tensor **hT) {
-  return ssd_call(&m2_op_ssd, x, dt, A, Bm, Cm, h0, o, y, hT);
+  return mixer_call(&m2_op_ssd, (m2_tensor *[6]){x, dt, A, Bm, Cm, h0}, 0, o ? o->chunk : 0, y, hT);
 }
 
 m2_status m2_ssd_chunked(m2_tensor *x, m2_tensor *dt, m2_tensor *A, m2_tensor *Bm, m2_tensor *Cm, m2_tensor *h0,
                          const m2_ssd_opts *o, m2_tensor **y, m2_tensor **hT) {
-  return ssd_call(&m2_op_ssd_chunked, x, dt, A, Bm, Cm, h0, o, y, hT);
+  return mixer_call(&m2_op_ssd_chunked, (m2_tensor *[6]){x, dt, A, Bm, Cm, h0}, 0, o ? o->chunk : 0, y, hT);
 }

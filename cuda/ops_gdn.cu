@@ -12,57 +12,10 @@
  * time carrying its column of dS. dv and dh0 are per column; dq, dk, dbeta, dg sum over the columns:
  * the warps of a block add theirs in shared memory in a fixed order, and a second kernel adds the
  * blocks' partial sums in a fixed order (deterministic, no atomics). Inputs f32 or bf16, fp32 compute. */
-#include "ops_common.cuh"
+#include "mixer_common.cuh"
 #include "ops_mixers_entry.h"
-
-#define GDN_MAX_K 512 /* 16 rows a lane */
-
-typedef struct gdn_geom { int64_t B, T, H, K, V; } gdn_geom;
-
-/* t as a contiguous tensor of dtype dt on its device (new ref; t itself when it already is). */
-static m2_tensor *gdn_as(m2_tensor *t, m2_dtype dt) {
-  if (t->dtype == dt && m2_is_contiguous(t)) { m2_retain(t); return t; }
-  return m2_clone_raw(t, dt, t->device);
-}
-
-static m2_status gdn_want(const m2_tensor *t, const char *op, const char *arg, const char *form, int nd,
-                          const int64_t *shape) {
-  bool ok = t->ndim == nd;
-  for (int i = 0; ok && i < nd; i++) ok = t->shape[i] == shape[i];
-  if (ok) return M2_OK;
-  char a[96], b[96];
-  return m2_fail(M2_ERR_SHAPE, "%s: %s has shape %s, expected %s = %s", op, arg, m2_shape_str(t, a, sizeof a), form,
-                 m2_shape_str_raw(nd, shape, b, sizeof b));
-}
-
-/* in = {q, k, v, g, beta, h0}: presence, dtypes (f32 / bf16, all the same), shapes. */
-static m2_status gdn_check(m2_opcall *c, const char *op, gdn_geom *d) {
-  static const char *names[6] = {"q", "k", "v", "g", "beta", "h0"};
-  for (int i = 0; i < 5; i++)
-    if (!c->in[i]) return m2_fail(M2_ERR_VALUE, "%s: %s is NULL (only h0 may be omitted)", op, names[i]);
-  for (int i = 0; i < 6; i++) {
-    if (!c->in[i]) continue;
-    M2_TRY(cu_check_float(c->in[i], op, names[i]));
-    M2_TRY(m2_check_same_dtype(c->in[0], c->in[i], op));
-  }
-  m2_tensor *q = c->in[0];
-  char a[96];
-  if (q->ndim != 4)
-    return m2_fail(M2_ERR_SHAPE, "%s: q has shape %s, expected 4 dims (B, T, H, K)", op, m2_shape_str(q, a, sizeof a));
-  d->B = q->shape[0], d->T = q->shape[1], d->H = q->shape[2], d->K = q->shape[3];
-  d->V = c->in[2]->ndim == 4 ? c->in[2]->shape[3] : 0;
-  int64_t sv[4] = {d->B, d->T, d->H, d->V}, sh[4] = {d->B, d->H, d->K, d->V};
-  M2_TRY(gdn_want(c->in[1], op, "k", "(B, T, H, K)", 4, q->shape));
-  M2_TRY(gdn_want(c->in[2], op, "v", "(B, T, H, V)", 4, sv));
-  M2_TRY(gdn_want(c->in[3], op, "g", "(B, T, H)", 3, q->shape));
-  M2_TRY(gdn_want(c->in[4], op, "beta", "(B, T, H)", 3, q->shape));
-  if (c->in[5]) M2_TRY(gdn_want(c->in[5], op, "h0", "(B, H, K, V)", 4, sh));
-  if (d->K < 1 || d->V < 1) return m2_fail(M2_ERR_SHAPE, "%s: K and V must be at least 1", op);
-  if (d->K > GDN_MAX_K)
-    return m2_fail(M2_ERR_UNSUPPORTED, "%s: the CUDA kernels take K <= %d (got K = %lld)", op, GDN_MAX_K,
-                   (long long)d->K);
-  if (c->ia[0] < 0) return m2_fail(M2_ERR_VALUE, "%s: chunk must be >= 0 (0 = default 64), got %lld", op, (long long)c->ia[0]);
-  return M2_OK;
+extern "C" {
+#include "../core/ops_gdn.h"
 }
 
 /* ================= forward ================= */
@@ -196,14 +149,7 @@ __global__ void k_gdn_bwd_seg(const T *q, const T *k, const T *v, const T *g, co
     } else {
       for (int x = lane; x < row; x += 32) my[x] = 0.0f;
     }
-    __syncthreads();
-    float *dst = part + (((int64_t)tile * B * H + bh) * seg + r) * row;
-    for (int x = threadIdx.x; x < row; x += blockDim.x) {
-      float s = 0;
-      for (int ww = 0; ww < W; ww++) s += red[ww * row + x];
-      dst[x] = s;
-    }
-    __syncthreads();
+    mx_sum_warp_rows(red, part + (((int64_t)tile * B * H + bh) * seg + r) * row, row, W);
   }
   if (!on) return;
 #pragma unroll
@@ -238,62 +184,29 @@ __global__ void k_gdn_bwd_finish(const float *part, T *dq, T *dk, T *dbeta, T *d
 
 /* ================= launchers ================= */
 
-static int gdn_rows(int64_t K) { return K <= 32 ? 1 : K <= 64 ? 2 : K <= 128 ? 4 : K <= 256 ? 8 : 16; }
-
-#define GDN_R_DISPATCH(Rn, ...)                                   \
-  do {                                                            \
-    switch (Rn) {                                                 \
-      case 1: { const int R = 1; __VA_ARGS__; } break;            \
-      case 2: { const int R = 2; __VA_ARGS__; } break;            \
-      case 4: { const int R = 4; __VA_ARGS__; } break;            \
-      case 8: { const int R = 8; __VA_ARGS__; } break;            \
-      default: { const int R = 16; __VA_ARGS__; } break;          \
-    }                                                             \
-  } while (0)
-
-#define PT(t) ((t) ? (T *)m2_data(t) : (T *)NULL)
-#define PC(t) ((t) ? (const T *)m2_data(t) : (const T *)NULL)
-
 static m2_status gdn_forward(m2_opcall *c) {
   const char *op = c->op->name;
-  gdn_geom d;
-  M2_TRY(gdn_check(c, op, &d));
+  gdn_dims d;
+  M2_TRY(gdn_check(c, op, &mx_rules_cuda, &d));
   float scale = (float)(c->fa[0] != 0 ? c->fa[0] : 1.0 / sqrt((double)d.K));
   int64_t seg = c->ia[0] > 0 && c->ia[0] < 64 ? c->ia[0] : 64; /* checkpoint interval */
   c->ia[1] = seg;
   int64_t NS = (d.T + seg - 1) / seg;
-  bool keep = false; /* a tape node will be recorded: keep the checkpoints */
-  for (int i = 0; i < 6; i++) keep |= c->in[i] && c->in[i]->requires_grad;
-  m2_device dev = c->in[0]->device;
-  m2_dtype dt = c->in[0]->dtype;
   cudaStream_t st;
-  M2_TRY(cu_stream(dev, &st));
+  M2_TRY(cu_stream(c->in[0]->device, &st));
   int64_t so[4] = {d.B, d.T, d.H, d.V}, sh[4] = {d.B, d.H, d.K, d.V}, sck[5] = {d.B, d.H, NS, d.V, d.K};
-  m2_tensor *o = m2_empty(dt, dev, 4, so), *hT = m2_empty(dt, dev, 4, sh);
-  m2_tensor *ck = keep ? m2_empty(M2_F32, dev, 5, sck) : NULL;
-  m2_status s = (o && hT && (ck || !keep)) ? M2_OK : m2_errcode();
+  m2_tensor *o, *hT, *ck;
+  m2_status s = mx_fwd_outputs(c, so, sh, sck, &o, &hT, &ck);
   int64_t nw = d.B * d.H * d.V;
   if (s == M2_OK && nw > 0) {
     unsigned grid = (unsigned)((nw + 3) / 4);
     m2_tensor **in = c->in;
-    CU_FLOAT_DISPATCH(dt, GDN_R_DISPATCH(gdn_rows(d.K), k_gdn_fwd<T, R><<<grid, 128, 0, st>>>(
+    CU_FLOAT_DISPATCH(c->in[0]->dtype, MX_R_DISPATCH(mx_lane_regs(d.K), k_gdn_fwd<T, R><<<grid, 128, 0, st>>>(
         PC(in[0]), PC(in[1]), PC(in[2]), PC(in[3]), PC(in[4]), PC(in[5]), PT(o), PT(hT),
         ck ? (float *)m2_data(ck) : NULL, d.B, d.T, d.H, (int)d.K, d.V, scale, (int)seg, NS)));
-    cudaError_t e = cudaGetLastError();
-    if (e != cudaSuccess) s = m2_fail(M2_ERR_CUDA, "%s: forward kernel launch failed: %s", op, cudaGetErrorString(e));
+    s = mx_launched(op, "forward");
   }
-  if (s != M2_OK) {
-    m2_release(o), m2_release(hT), m2_release(ck);
-    return s;
-  }
-  c->n_out = 2;
-  c->out[0] = o;
-  c->out[1] = hT;
-  if (ck) {
-    m2_save(c, ck);
-    m2_release(ck);
-  }
-  return M2_OK;
+  return mixer_fwd_finish(c, s, o, hT, ck);
 }
 
 extern "C" m2_status m2_cuda_gdn_fwd(m2_opcall *c) { return gdn_forward(c); }
@@ -301,59 +214,41 @@ extern "C" m2_status m2_cuda_gdn_chunked_fwd(m2_opcall *c) { return gdn_forward(
 
 extern "C" m2_status m2_cuda_gdn_bwd(m2_opcall *c) {
   const char *op = c->op->name;
-  gdn_geom d;
-  M2_TRY(gdn_check(c, op, &d));
+  gdn_dims d;
+  M2_TRY(gdn_check(c, op, &mx_rules_cuda, &d));
   int64_t seg = c->ia[1], NS = seg > 0 ? (d.T + seg - 1) / seg : 0;
-  if (c->n_saved < 1 || !c->saved[0] || seg < 1 || c->saved[0]->dtype != M2_F32 ||
-      m2_numel(c->saved[0]) != d.B * d.H * NS * d.V * d.K)
-    return m2_fail(M2_ERR_AUTOGRAD, "%s: backward without the saved CUDA states", op);
+  M2_TRY(mx_check_saved(c, op, seg, d.B * d.H * NS * d.V * d.K));
   float scale = (float)(c->fa[0] != 0 ? c->fa[0] : 1.0 / sqrt((double)d.K));
-  m2_device dev = c->in[0]->device;
   m2_dtype dt = c->in[0]->dtype;
   cudaStream_t st;
-  M2_TRY(cu_stream(dev, &st));
+  M2_TRY(cu_stream(c->in[0]->device, &st));
   int64_t K = d.K, V = d.V, BH = d.B * d.H, row = 2 * K + 2;
-  int W = (int)(49152 / (row * 4)); /* warps (columns) a block: the block's partial rows fit in 48 KiB */
-  if (W > 32) W = 32;
-  if (W > V) W = (int)V;
-  cudaFuncAttributes fattr; /* and as many as the kernel's registers allow in one block */
+  cudaFuncAttributes fattr; /* a block: as many warps (columns) as the kernel's registers allow */
   cudaError_t fe = cudaSuccess;
-  CU_FLOAT_DISPATCH(dt, GDN_R_DISPATCH(gdn_rows(K), fe = cudaFuncGetAttributes(&fattr, k_gdn_bwd_seg<T, R>)));
+  CU_FLOAT_DISPATCH(dt, MX_R_DISPATCH(mx_lane_regs(K), fe = cudaFuncGetAttributes(&fattr, k_gdn_bwd_seg<T, R>)));
   if (fe != cudaSuccess) return m2_fail(M2_ERR_CUDA, "%s: cudaFuncGetAttributes failed: %s", op, cudaGetErrorString(fe));
-  if (W > fattr.maxThreadsPerBlock / 32) W = fattr.maxThreadsPerBlock / 32;
-  if (W < 1) W = 1;
+  int W = mx_bwd_warps(row, V, fattr.maxThreadsPerBlock);
   int ntile = (int)((V + W - 1) / W);
-  int64_t nscr = BH * V * seg * K, npart = (int64_t)ntile * BH * seg * row, ncar = BH * V * K;
-  m2_tensor *dO = gdn_as(c->dout[0], dt), *dH = gdn_as(c->dout[1], dt);
-  m2_tensor *scr = cu_scratch_f32(dev, nscr > 0 ? nscr : 1), *part = cu_scratch_f32(dev, npart > 0 ? npart : 1);
-  m2_tensor *car = cu_scratch_f32(dev, ncar > 0 ? ncar : 1);
-  m2_tensor *din[6] = {0};
-  m2_status s = (dO && dH && scr && part && car) ? M2_OK : m2_errcode();
-  for (int i = 0; i < 6 && s == M2_OK; i++)
-    if (c->in[i] && c->needs_din[i] && !(din[i] = m2_empty(dt, dev, c->in[i]->ndim, c->in[i]->shape))) s = m2_errcode();
+  mx_bwd_work w;
+  m2_status s = mx_bwd_open(c, BH * V * seg * K, (int64_t)ntile * BH * seg * row, BH * V * K, &w);
+  m2_tensor **din = w.din;
   int64_t NL = NS > 0 ? NS : 1; /* T = 0 still passes dhT to dh0 */
   for (int64_t sg = NL - 1; sg >= 0 && s == M2_OK && BH * V > 0; sg--) {
     int64_t t0 = sg * seg, L = d.T - t0 < seg ? d.T - t0 : seg;
     if (L < 0) L = 0;
     m2_tensor **in = c->in;
-    CU_FLOAT_DISPATCH(dt, GDN_R_DISPATCH(gdn_rows(K), k_gdn_bwd_seg<T, R><<<(unsigned)(BH * ntile), W * 32,
-                                                                              (size_t)W * row * 4, st>>>(
-        PC(in[0]), PC(in[1]), PC(in[2]), PC(in[3]), PC(in[4]), PC(dO), PC(dH), (const float *)m2_data(c->saved[0]),
-        (float *)m2_data(car), (float *)m2_data(scr), (float *)m2_data(part), PT(din[2]), PT(din[5]), d.B, d.T, d.H,
-        (int)K, V, scale, (int)seg, NS, sg, ntile, sg == NL - 1)));
-    cudaError_t e = cudaGetLastError();
-    if (e == cudaSuccess && L > 0 && (din[0] || din[1] || din[3] || din[4])) {
+    CU_FLOAT_DISPATCH(dt, MX_R_DISPATCH(mx_lane_regs(K), k_gdn_bwd_seg<T, R><<<(unsigned)(BH * ntile), W * 32,
+                                                                             (size_t)W * row * 4, st>>>(
+        PC(in[0]), PC(in[1]), PC(in[2]), PC(in[3]), PC(in[4]), PC(w.dy), PC(w.dhT), (const float *)m2_data(c->saved[0]),
+        (float *)m2_data(w.carry), (float *)m2_data(w.states), (float *)m2_data(w.part), PT(din[2]), PT(din[5]), d.B,
+        d.T, d.H, (int)K, V, scale, (int)seg, NS, sg, ntile, sg == NL - 1)));
+    s = mx_launched(op, "backward");
+    if (s == M2_OK && L > 0 && (din[0] || din[1] || din[3] || din[4])) {
       CU_FLOAT_DISPATCH(dt, k_gdn_bwd_finish<T><<<cu_grid(BH * L * row, 256), 256, 0, st>>>(
-          (const float *)m2_data(part), PT(din[0]), PT(din[1]), PT(din[4]), PT(din[3]), d.B, d.T, d.H, (int)K,
+          (const float *)m2_data(w.part), PT(din[0]), PT(din[1]), PT(din[4]), PT(din[3]), d.B, d.T, d.H, (int)K,
           (int)seg, t0, L, ntile));
-      e = cudaGetLastError();
+      s = mx_launched(op, "backward");
     }
-    if (e != cudaSuccess) s = m2_fail(M2_ERR_CUDA, "%s: backward kernel launch failed: %s", op, cudaGetErrorString(e));
   }
-  m2_release(dO), m2_release(dH), m2_release(scr), m2_release(part), m2_release(car);
-  for (int i = 0; i < 6; i++) {
-    if (s == M2_OK) c->din[i] = din[i];
-    else m2_release(din[i]);
-  }
-  return s;
+  return mx_bwd_close(c, &w, s);
 }
