@@ -17,6 +17,7 @@
  * Op row "rope": in = {x}, fa[0] = theta, ia[0] = offset. Backward rotates dy by -a. */
 #include "ops.h"
 #include "ops_mixers.h"
+#include "ops_attention.h"
 #include "ops_dbuf.h"
 #ifdef M2_HAVE_CUDA
 #include "../cuda/ops_mixers_entry.h"
@@ -29,22 +30,21 @@
 
 /* ---------------- attention ---------------- */
 
-typedef struct att_dims { int64_t B, T, H, D, S, Hkv; } att_dims;
-
-static m2_status att_check(m2_opcall *c, att_dims *d) {
+/* Shared with cuda/ops_attention.cu through ops_attention.h. */
+m2_status m2_attention_check(m2_tensor *const *in, m2_float_rule check_float, att_geom *d) {
   static const char *names[3] = {"q", "k", "v"};
   const char *op = "attention";
   for (int i = 0; i < 3; i++) {
-    if (!c->in[i]) return m2_fail(M2_ERR_VALUE, "%s: %s is NULL", op, names[i]);
-    M2_TRY(m2_check_float(c->in[i], op, names[i]));
-    M2_TRY(m2_check_same_dtype(c->in[0], c->in[i], op));
+    if (!in[i]) return m2_fail(M2_ERR_VALUE, "%s: %s is NULL", op, names[i]);
+    M2_TRY(check_float(in[i], op, names[i]));
+    M2_TRY(m2_check_same_dtype(in[0], in[i], op));
   }
-  m2_tensor *q = c->in[0], *k = c->in[1], *v = c->in[2];
+  m2_tensor *q = in[0], *k = in[1], *v = in[2];
   char a[96], b[96];
   for (int i = 0; i < 3; i++)
-    if (c->in[i]->ndim != 4)
+    if (in[i]->ndim != 4)
       return m2_fail(M2_ERR_SHAPE, "%s: %s has shape %s, expected 4 dims (%s)", op, names[i],
-                     m2_shape_str(c->in[i], a, sizeof a), i ? "B, S, Hkv, D" : "B, T, H, D");
+                     m2_shape_str(in[i], a, sizeof a), i ? "B, S, Hkv, D" : "B, T, H, D");
   d->B = q->shape[0], d->T = q->shape[1], d->H = q->shape[2], d->D = q->shape[3];
   d->S = k->shape[1], d->Hkv = k->shape[2];
   if (!m2_same_shape(k, v))
@@ -60,15 +60,15 @@ static m2_status att_check(m2_opcall *c, att_dims *d) {
 }
 
 /* Keys that query t may read: s < att_len(t). */
-static int64_t att_len(const att_dims *d, bool causal, int64_t t) {
+static int64_t att_len(const att_geom *d, bool causal, int64_t t) {
   if (!causal) return d->S;
   int64_t n = t + d->S - d->T + 1;
   return n < 0 ? 0 : n > d->S ? d->S : n;
 }
 
 static m2_status attention_fwd(m2_opcall *c) {
-  att_dims d;
-  M2_TRY(att_check(c, &d));
+  att_geom d;
+  M2_TRY(m2_attention_check(c->in, m2_check_float, &d));
   double scale = c->fa[0];
   bool causal = c->ia[0] != 0;
   int64_t B = d.B, T = d.T, H = d.H, D = d.D, S = d.S, Hkv = d.Hkv, rep = H / Hkv;
@@ -121,8 +121,8 @@ static m2_status attention_fwd(m2_opcall *c) {
 }
 
 static m2_status attention_bwd(m2_opcall *c) {
-  att_dims d;
-  M2_TRY(att_check(c, &d));
+  att_geom d;
+  M2_TRY(m2_attention_check(c->in, m2_check_float, &d));
   if (c->n_saved < 1 || !c->saved[0] || !c->out[0])
     return m2_fail(M2_ERR_AUTOGRAD, "attention: backward without the saved output and log-sum-exp");
   double scale = c->fa[0];
@@ -191,10 +191,11 @@ m2_tensor *m2_attention(m2_tensor *q, m2_tensor *k, m2_tensor *v, const m2_atten
 
 /* ---------------- rope ---------------- */
 
-static m2_status rope_check(m2_opcall *c) {
+/* Shared with cuda/ops_attention.cu through ops_attention.h. */
+m2_status m2_rope_check(const m2_opcall *c, m2_float_rule check_float) {
   m2_tensor *x = c->in[0];
   if (!x) return m2_fail(M2_ERR_VALUE, "rope: x is NULL");
-  M2_TRY(m2_check_float(x, "rope", "x"));
+  M2_TRY(check_float(x, "rope", "x"));
   char a[96];
   if (x->ndim != 4)
     return m2_fail(M2_ERR_SHAPE, "rope: x has shape %s, expected 4 dims (B, T, H, D)", m2_shape_str(x, a, sizeof a));
@@ -246,7 +247,7 @@ static m2_status rope_run(m2_opcall *c, m2_tensor *src, m2_tensor **dst, double 
 }
 
 static m2_status rope_fwd(m2_opcall *c) {
-  M2_TRY(rope_check(c));
+  M2_TRY(m2_rope_check(c, m2_check_float));
   c->n_out = 1;
   return rope_run(c, c->in[0], &c->out[0], 1.0);
 }

@@ -1,6 +1,7 @@
 /* ops_nn.c — embedding, fused cross-entropy, RMSNorm and L2 norm (CPU reference kernels).
  * Row kernels compute in double: an f32 row is widened into a scratch row first. */
 #include "ops.h"
+#include "ops_nn_check.h"
 #ifdef M2_HAVE_CUDA
 #include "../cuda/cuda_ops.h" /* the CUDA entry points named in the op rows */
 #endif
@@ -38,9 +39,10 @@ static m2_status check_int(const m2_tensor *t, const char *op, const char *arg) 
 
 /* ================= embedding: weight (V, d), ids int (...) -> (..., d) ================= */
 
-static m2_status embedding_check(const m2_tensor *w, const m2_tensor *ids) {
+/* Shared with cuda/ops_nn.cu through ops_nn_check.h. */
+m2_status m2_embedding_check(const m2_tensor *w, const m2_tensor *ids, m2_float_rule check_float) {
   char b[96];
-  M2_TRY(m2_check_float(w, "embedding", "weight"));
+  M2_TRY(check_float(w, "embedding", "weight"));
   M2_TRY(check_int(ids, "embedding", "ids"));
   if (w->ndim != 2) return m2_fail(M2_ERR_SHAPE, "embedding: weight must be (V, d), got %s", m2_shape_str(w, b, sizeof b));
   if (ids->ndim + 1 > M2_MAX_DIMS)
@@ -49,9 +51,22 @@ static m2_status embedding_check(const m2_tensor *w, const m2_tensor *ids) {
   return M2_OK;
 }
 
+/* Shared with cuda/ops_nn.cu through ops_nn_check.h. */
+m2_status m2_embedding_output(m2_opcall *c) {
+  m2_tensor *w = c->in[0], *ids = c->in[1];
+  int64_t shape[M2_MAX_DIMS];
+  memcpy(shape, ids->shape, sizeof(int64_t) * (size_t)ids->ndim);
+  shape[ids->ndim] = w->shape[1];
+  m2_tensor *o = m2_empty(w->dtype, w->device, ids->ndim + 1, shape); /* (..., d) */
+  if (!o) return m2_errcode();
+  c->n_out = 1;
+  c->out[0] = o;
+  return M2_OK;
+}
+
 static m2_status embedding_fwd(m2_opcall *c) {
   m2_tensor *w = c->in[0], *ids = c->in[1];
-  M2_TRY(embedding_check(w, ids));
+  M2_TRY(m2_embedding_check(w, ids, m2_check_float));
   int64_t V = w->shape[0], d = w->shape[1], n = m2_numel(ids);
   const void *pi = m2_data(ids);
   for (int64_t i = 0; i < n; i++) {
@@ -60,16 +75,10 @@ static m2_status embedding_fwd(m2_opcall *c) {
       return m2_fail(M2_ERR_INDEX, "embedding: id %lld (at flat position %lld) is out of range for vocabulary size V=%lld",
                      (long long)id, (long long)i, (long long)V);
   }
-  int64_t shape[M2_MAX_DIMS];
-  memcpy(shape, ids->shape, sizeof(int64_t) * (size_t)ids->ndim);
-  shape[ids->ndim] = d;
-  m2_tensor *o = m2_empty(w->dtype, w->device, ids->ndim + 1, shape); /* (..., d) */
-  if (!o) return m2_errcode();
-  c->n_out = 1;
-  c->out[0] = o;
+  M2_TRY(m2_embedding_output(c));
   size_t row = (size_t)d * m2_elsize(w);
   const char *pw = m2_data(w);
-  char *po = m2_data(o);
+  char *po = m2_data(c->out[0]);
   for (int64_t i = 0; i < n; i++) memcpy(po + (size_t)i * row, pw + (size_t)m2_load_int(pi, ids->dtype, i) * row, row);
   return M2_OK;
 }
@@ -101,7 +110,7 @@ const m2_op m2_op_embedding = {"embedding", embedding_fwd, embedding_bwd, M2_CUD
                                M2_CUDA(m2_cuda_embedding_bwd), 0};
 
 m2_tensor *m2_embedding(m2_tensor *weight, m2_tensor *ids) {
-  if (embedding_check(weight, ids) != M2_OK) return NULL;
+  if (m2_embedding_check(weight, ids, m2_check_float) != M2_OK) return NULL;
   m2_tensor *in[2] = {weight, ids};
   m2_opcall c;
   m2_call_init(&c, &m2_op_embedding, 2, in);
@@ -112,9 +121,10 @@ m2_tensor *m2_embedding(m2_tensor *weight, m2_tensor *ids) {
  * loss = mean over kept rows r of (lse_r - logits[r, t_r]), lse_r = log sum_j exp(logits[r, j]).
  * saved[0] = lse (rows) in F64. dlogits[r, j] = g / n_kept * (exp(logits[r, j] - lse_r) - [j == t_r]). */
 
-static m2_status ce_check(const m2_tensor *x, const m2_tensor *t) {
+/* Shared with cuda/ops_nn.cu through ops_nn_check.h. */
+m2_status m2_cross_entropy_check(const m2_tensor *x, const m2_tensor *t, m2_float_rule check_float) {
   char a[96], b[96];
-  M2_TRY(m2_check_float(x, "cross_entropy", "logits"));
+  M2_TRY(check_float(x, "cross_entropy", "logits"));
   M2_TRY(check_int(t, "cross_entropy", "targets"));
   bool ok = x->ndim >= 1 && t->ndim == x->ndim - 1;
   for (int i = 0; ok && i < t->ndim; i++) ok = t->shape[i] == x->shape[i];
@@ -126,7 +136,7 @@ static m2_status ce_check(const m2_tensor *x, const m2_tensor *t) {
 
 static m2_status cross_entropy_fwd(m2_opcall *c) {
   m2_tensor *x = c->in[0], *t = c->in[1];
-  M2_TRY(ce_check(x, t));
+  M2_TRY(m2_cross_entropy_check(x, t, m2_check_float));
   int64_t C = x->shape[x->ndim - 1], rows = m2_numel(t), ign = c->ia[0];
   const void *pt = m2_data(t), *px = m2_data(x);
   for (int64_t r = 0; r < rows; r++) {
@@ -198,7 +208,7 @@ const m2_op m2_op_cross_entropy = {"cross_entropy", cross_entropy_fwd, cross_ent
                                    M2_CUDA(m2_cuda_cross_entropy_fwd), M2_CUDA(m2_cuda_cross_entropy_bwd), 0};
 
 m2_tensor *m2_cross_entropy(m2_tensor *logits, m2_tensor *targets, int64_t ignore_index) {
-  if (ce_check(logits, targets) != M2_OK) return NULL;
+  if (m2_cross_entropy_check(logits, targets, m2_check_float) != M2_OK) return NULL;
   m2_tensor *in[2] = {logits, targets};
   m2_opcall c;
   m2_call_init(&c, &m2_op_cross_entropy, 2, in);
@@ -211,12 +221,13 @@ m2_tensor *m2_cross_entropy(m2_tensor *logits, m2_tensor *targets, int64_t ignor
  * saved[0] = r (rows) in F64. With u = x r and gy = dy * w:
  *   dx = r (gy - u * inv * sum_j gy_j u_j),   dw = sum over rows of dy * u. */
 
-static m2_status norm_check(const m2_tensor *x, const m2_tensor *w, const char *op) {
+/* Shared with cuda/ops_nn.cu through ops_nn_check.h. */
+m2_status m2_norm_check(const m2_tensor *x, const m2_tensor *w, const char *op, m2_float_rule check_float) {
   char a[96], b[96];
-  M2_TRY(m2_check_float(x, op, "x"));
+  M2_TRY(check_float(x, op, "x"));
   if (x->ndim < 1) return m2_fail(M2_ERR_SHAPE, "%s: x must have at least 1 dim", op);
   if (!w) return M2_OK;
-  M2_TRY(m2_check_float(w, op, "weight"));
+  M2_TRY(check_float(w, op, "weight"));
   M2_TRY(m2_check_same_dtype(x, w, op));
   if (w->ndim != 1 || w->shape[0] != x->shape[x->ndim - 1])
     return m2_fail(M2_ERR_SHAPE, "%s: weight %s must be (d) for x %s", op, m2_shape_str(w, a, sizeof a),
@@ -227,7 +238,7 @@ static m2_status norm_check(const m2_tensor *x, const m2_tensor *w, const char *
 /* forward shared by both: in[0] = x, in[1] = weight or NULL (absent for l2norm) */
 static m2_status norm_fwd(m2_opcall *c, bool mean, const char *op) {
   m2_tensor *x = c->in[0], *w = c->n_in > 1 ? c->in[1] : NULL;
-  M2_TRY(norm_check(x, w, op));
+  M2_TRY(m2_norm_check(x, w, op, m2_check_float));
   int64_t d = x->shape[x->ndim - 1], rows = d ? m2_numel(x) / d : 0;
   double eps = c->fa[0], inv = mean ? 1.0 / (double)(d ? d : 1) : 1.0;
   int64_t nr = rows;
@@ -312,7 +323,8 @@ static bool bad_eps(double eps, const char *op) {
 }
 
 m2_tensor *m2_rmsnorm(m2_tensor *x, m2_tensor *weight, double eps) {
-  if (norm_check(x, weight, "rmsnorm") != M2_OK || bad_eps(eps, "rmsnorm")) return NULL;
+  if (m2_norm_check(x, weight, "rmsnorm", m2_check_float) != M2_OK || bad_eps(eps, "rmsnorm"))
+    return NULL;
   m2_tensor *in[2] = {x, weight};
   m2_opcall c;
   m2_call_init(&c, &m2_op_rmsnorm, 2, in); /* in[1] may be NULL: the dispatcher skips it */
@@ -325,7 +337,8 @@ static m2_status l2norm_bwd(m2_opcall *c) { return norm_bwd(c, false, "l2norm");
 const m2_op m2_op_l2norm = {"l2norm", l2norm_fwd, l2norm_bwd, M2_CUDA(m2_cuda_l2norm_fwd), M2_CUDA(m2_cuda_l2norm_bwd), 0};
 
 m2_tensor *m2_l2norm(m2_tensor *x, double eps) {
-  if (norm_check(x, NULL, "l2norm") != M2_OK || bad_eps(eps, "l2norm")) return NULL;
+  if (m2_norm_check(x, NULL, "l2norm", m2_check_float) != M2_OK || bad_eps(eps, "l2norm"))
+    return NULL;
   m2_opcall c;
   m2_call_init(&c, &m2_op_l2norm, 1, &x);
   c.fa[0] = eps;

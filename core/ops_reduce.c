@@ -6,6 +6,7 @@
  * argument and called through FLOAT_KERNEL with a constant F32 or F64, so that the dtype switch in
  * m2_load / m2_store folds away at compile time and each instance is a plain typed loop. */
 #include "ops.h"
+#include "ops_reduce.h"
 #ifdef M2_HAVE_CUDA
 #include "../cuda/cuda_ops.h" /* the CUDA entry points named in the op rows */
 #endif
@@ -21,31 +22,41 @@
     else kernel(M2_F64, __VA_ARGS__);                 \
   } while (0)
 
-typedef struct geom {
-  int64_t outer, n, inner; /* x viewed as (outer, n, inner); the op works along n */
-} geom;
+/* ---- geometry, shared with cuda/ops_reduce.cu through ops_reduce.h ---- */
 
-static geom geom_dim(const m2_tensor *x, int d) {
-  geom g = {1, x->ndim ? x->shape[d] : 1, 1};
+red_geom m2_red_geom_dim(const m2_tensor *x, int d) {
+  red_geom g = {1, x->ndim ? x->shape[d] : 1, 1};
   for (int i = 0; i < d; i++) g.outer *= x->shape[i];
   for (int i = d + 1; i < x->ndim; i++) g.inner *= x->shape[i];
   return g;
 }
-static geom geom_all(const m2_tensor *x) { return (geom){1, m2_numel(x), 1}; }
 
-/* x's shape with dim d removed (or kept as 1); new tensor of dtype dt. */
-static m2_tensor *reduced_like(const m2_tensor *x, int d, bool keepdim, m2_dtype dt) {
+red_geom m2_red_geom(const m2_opcall *c, bool all) {
+  m2_tensor *x = c->in[0];
+  return all ? (red_geom){1, m2_numel(x), 1} : m2_red_geom_dim(x, (int)c->ia[0]);
+}
+
+m2_status m2_red_pick_geom(const m2_opcall *c, bool all, const char *what, red_geom *g) {
+  *g = m2_red_geom(c, all);
+  if (g->n > 0) return M2_OK;
+  char b[96];
+  return m2_fail(M2_ERR_SHAPE, "%s: cannot take the %s over an empty dim of a tensor of shape %s", c->op->name, what,
+                 m2_shape_str(c->in[0], b, sizeof b));
+}
+
+m2_tensor *m2_red_output(const m2_opcall *c, bool all, m2_dtype dt) {
+  m2_tensor *x = c->in[0];
   int64_t shape[M2_MAX_DIMS];
-  int nd = 0;
-  for (int i = 0; i < x->ndim; i++) {
-    if (i == d) { if (keepdim) shape[nd++] = 1; }
+  int nd = 0, d = (int)c->ia[0];
+  for (int i = 0; !all && i < x->ndim; i++) {
+    if (i == d) { if (c->ia[1]) shape[nd++] = 1; }
     else shape[nd++] = x->shape[i];
   }
   return m2_empty(dt, x->device, nd, shape);
 }
 
 /* Scratch of `inner` doubles for the kernels that walk n outside inner (NULL when inner == 1). */
-static m2_status scratch(geom g, double **acc) {
+static m2_status scratch(red_geom g, double **acc) {
   *acc = NULL;
   if (g.inner == 1) return M2_OK;
   *acc = malloc((size_t)g.inner * sizeof(double));
@@ -58,7 +69,7 @@ static m2_status scratch(geom g, double **acc) {
 KERNEL double exp_dt(m2_dtype dt, double v) { return dt == M2_F32 ? (double)expf((float)v) : exp(v); }
 
 /* o (outer, inner) = scale * sum over n of x (outer, n, inner); acc (inner) scratch if inner > 1. */
-KERNEL void sum_kernel(m2_dtype dt, const void *x, void *o, geom g, double scale, double *acc) {
+KERNEL void sum_kernel(m2_dtype dt, const void *x, void *o, red_geom g, double scale, double *acc) {
   for (int64_t a = 0; a < g.outer; a++) {
     if (g.inner == 1) { /* four running sums: independent add chains run in parallel */
       const int64_t base = a * g.n;
@@ -80,7 +91,7 @@ KERNEL void sum_kernel(m2_dtype dt, const void *x, void *o, geom g, double scale
 }
 
 /* dx (outer, n, inner) = scale * gy (outer, inner) broadcast along n. */
-KERNEL void spread_kernel(m2_dtype dt, const void *gy, void *dx, geom g, double scale) {
+KERNEL void spread_kernel(m2_dtype dt, const void *gy, void *dx, red_geom g, double scale) {
   for (int64_t a = 0; a < g.outer; a++)
     for (int64_t k = 0; k < g.n; k++) {
       int64_t row = (a * g.n + k) * g.inner;
@@ -90,7 +101,7 @@ KERNEL void spread_kernel(m2_dtype dt, const void *gy, void *dx, geom g, double 
 
 /* vals (outer, inner) = max over n of x (outer, n, inner) [vals may be NULL], idx (outer, inner) = the
  * first position of the max. NaN counts as the largest value (it propagates, as in torch). */
-KERNEL void max_kernel(m2_dtype dt, const void *x, void *vals, int64_t *idx, geom g) {
+KERNEL void max_kernel(m2_dtype dt, const void *x, void *vals, int64_t *idx, red_geom g) {
   for (int64_t a = 0; a < g.outer; a++)
     for (int64_t b = 0; b < g.inner; b++) {
       int64_t base = a * g.n * g.inner + b, bk = 0;
@@ -105,7 +116,7 @@ KERNEL void max_kernel(m2_dtype dt, const void *x, void *vals, int64_t *idx, geo
 }
 
 /* dx (outer, n, inner) = gy (outer, inner) at position idx (outer, inner) along n, 0 elsewhere. */
-KERNEL void scatter_kernel(m2_dtype dt, const void *gy, const int64_t *idx, void *dx, geom g) {
+KERNEL void scatter_kernel(m2_dtype dt, const void *gy, const int64_t *idx, void *dx, red_geom g) {
   for (int64_t a = 0; a < g.outer; a++)
     for (int64_t b = 0; b < g.inner; b++) {
       for (int64_t k = 0; k < g.n; k++) m2_store(dx, dt, (a * g.n + k) * g.inner + b, 0);
@@ -114,7 +125,7 @@ KERNEL void scatter_kernel(m2_dtype dt, const void *gy, const int64_t *idx, void
 }
 
 /* y = softmax(x) or log_softmax(x) along n; x, y (outer, n, inner). Subtracts the max first. */
-KERNEL void softmax_kernel(m2_dtype dt, const void *x, void *y, geom g, bool log_out) {
+KERNEL void softmax_kernel(m2_dtype dt, const void *x, void *y, red_geom g, bool log_out) {
   const int64_t s = g.inner;
   for (int64_t a = 0; a < g.outer; a++)
     for (int64_t b = 0; b < g.inner; b++) {
@@ -142,7 +153,7 @@ KERNEL void softmax_kernel(m2_dtype dt, const void *x, void *y, geom g, bool log
 
 /* softmax:     dx = y * (gy - sum_n(gy * y));
  * log_softmax: dx = gy - exp(y) * sum_n(gy).     gy, y, dx (outer, n, inner) */
-KERNEL void softmax_bwd_kernel(m2_dtype dt, const void *gy, const void *y, void *dx, geom g, bool log_out) {
+KERNEL void softmax_bwd_kernel(m2_dtype dt, const void *gy, const void *y, void *dx, red_geom g, bool log_out) {
   const int64_t s = g.inner;
   for (int64_t a = 0; a < g.outer; a++)
     for (int64_t b = 0; b < g.inner; b++) {
@@ -161,7 +172,7 @@ KERNEL void softmax_bwd_kernel(m2_dtype dt, const void *gy, const void *y, void 
 }
 
 /* y = running sum of x along n (from the end if reverse); x, y (outer, n, inner); acc (inner). */
-KERNEL void cumsum_kernel(m2_dtype dt, const void *x, void *y, geom g, bool reverse, double *acc) {
+KERNEL void cumsum_kernel(m2_dtype dt, const void *x, void *y, red_geom g, bool reverse, double *acc) {
   for (int64_t a = 0; a < g.outer; a++) {
     if (g.inner == 1) {
       double s = 0;
@@ -189,8 +200,8 @@ KERNEL void cumsum_kernel(m2_dtype dt, const void *x, void *y, geom g, bool reve
 static m2_status sum_mean_fwd(m2_opcall *c, bool mean, bool all) {
   m2_tensor *x = c->in[0];
   M2_TRY(m2_check_float(x, c->op->name, "x"));
-  geom g = all ? geom_all(x) : geom_dim(x, (int)c->ia[0]);
-  m2_tensor *o = all ? m2_empty(x->dtype, x->device, 0, NULL) : reduced_like(x, (int)c->ia[0], c->ia[1], x->dtype);
+  red_geom g = m2_red_geom(c, all);
+  m2_tensor *o = m2_red_output(c, all, x->dtype);
   if (!o) return m2_errcode();
   c->n_out = 1;
   c->out[0] = o;
@@ -202,7 +213,7 @@ static m2_status sum_mean_fwd(m2_opcall *c, bool mean, bool all) {
 }
 static m2_status sum_mean_bwd(m2_opcall *c, bool mean, bool all) {
   m2_tensor *x = c->in[0];
-  geom g = all ? geom_all(x) : geom_dim(x, (int)c->ia[0]);
+  red_geom g = m2_red_geom(c, all);
   m2_tensor *dx = m2_empty_like(x);
   if (!dx) return m2_errcode();
   FLOAT_KERNEL(x->dtype, spread_kernel, m2_data(c->dout[0]), m2_data(dx), g, mean ? 1.0 / (double)g.n : 1.0);
@@ -257,14 +268,9 @@ m2_tensor *m2_mean_all(m2_tensor *x) { return all_op(&m2_op_mean_all, x); }
 static m2_status max_fwd_common(m2_opcall *c, bool all) {
   m2_tensor *x = c->in[0];
   M2_TRY(m2_check_float(x, c->op->name, "x"));
-  int d = all ? 0 : (int)c->ia[0];
-  geom g = all ? geom_all(x) : geom_dim(x, d);
-  if (g.n == 0) {
-    char b[96];
-    return m2_fail(M2_ERR_SHAPE, "%s: cannot take the max over an empty dim of a tensor of shape %s", c->op->name,
-                   m2_shape_str(x, b, sizeof b));
-  }
-  m2_tensor *v = all ? m2_empty(x->dtype, x->device, 0, NULL) : reduced_like(x, d, c->ia[1], x->dtype);
+  red_geom g;
+  M2_TRY(m2_red_pick_geom(c, all, "max", &g));
+  m2_tensor *v = m2_red_output(c, all, x->dtype);
   m2_tensor *idx = v ? m2_empty(M2_I64, x->device, v->ndim, v->shape) : NULL;
   if (!idx) { m2_release(v); return m2_errcode(); }
   FLOAT_KERNEL(x->dtype, max_kernel, m2_data(x), m2_data(v), m2_data(idx), g);
@@ -276,7 +282,7 @@ static m2_status max_fwd_common(m2_opcall *c, bool all) {
 }
 static m2_status max_bwd_common(m2_opcall *c, bool all) {
   m2_tensor *x = c->in[0];
-  geom g = all ? geom_all(x) : geom_dim(x, (int)c->ia[0]);
+  red_geom g = m2_red_geom(c, all);
   m2_tensor *dx = m2_empty_like(x);
   if (!dx) return m2_errcode();
   FLOAT_KERNEL(x->dtype, scatter_kernel, m2_data(c->dout[0]), m2_data(c->saved[0]), m2_data(dx), g);
@@ -298,14 +304,9 @@ m2_tensor *m2_max_all(m2_tensor *x) { return all_op(&m2_op_max_all, x); }
 /* ---- argmax: x (..., n, ...) any dtype -> I64 (..., [1,] ...); first position of the max ---- */
 static m2_status argmax_fwd(m2_opcall *c) {
   m2_tensor *x = c->in[0];
-  int d = (int)c->ia[0];
-  geom g = geom_dim(x, d);
-  if (g.n == 0) {
-    char b[96];
-    return m2_fail(M2_ERR_SHAPE, "argmax: cannot take the argmax over an empty dim of a tensor of shape %s",
-                   m2_shape_str(x, b, sizeof b));
-  }
-  m2_tensor *idx = reduced_like(x, d, c->ia[1], M2_I64);
+  red_geom g;
+  M2_TRY(m2_red_pick_geom(c, false, "argmax", &g));
+  m2_tensor *idx = m2_red_output(c, false, M2_I64);
   if (!idx) return m2_errcode();
   switch (x->dtype) { /* typed loops for the float dtypes; the rest through the generic load */
     case M2_F32: max_kernel(M2_F32, m2_data(x), NULL, m2_data(idx), g); break;
@@ -367,7 +368,7 @@ static m2_status softmax_fwd_common(m2_opcall *c, bool log_out) {
   M2_TRY(m2_check_float(x, c->op->name, "x"));
   m2_tensor *y = m2_empty_like(x);
   if (!y) return m2_errcode();
-  FLOAT_KERNEL(x->dtype, softmax_kernel, m2_data(x), m2_data(y), geom_dim(x, (int)c->ia[0]), log_out);
+  FLOAT_KERNEL(x->dtype, softmax_kernel, m2_data(x), m2_data(y), m2_red_geom_dim(x, (int)c->ia[0]), log_out);
   c->n_out = 1;
   c->out[0] = y;
   return M2_OK;
@@ -377,7 +378,7 @@ static m2_status softmax_bwd_common(m2_opcall *c, bool log_out) {
   m2_tensor *dx = m2_empty_like(x);
   if (!dx) return m2_errcode();
   FLOAT_KERNEL(x->dtype, softmax_bwd_kernel, m2_data(c->dout[0]), m2_data(y), m2_data(dx),
-               geom_dim(x, (int)c->ia[0]), log_out);
+               m2_red_geom_dim(x, (int)c->ia[0]), log_out);
   c->din[0] = dx;
   return M2_OK;
 }
@@ -397,7 +398,7 @@ m2_tensor *m2_log_softmax(m2_tensor *x, int dim) { return dim_op(&m2_op_log_soft
 /* ================= cumsum: x (...) -> y (...) along ia[0] = dim; dx = reverse cumsum of dy ================= */
 
 static m2_status cumsum_run(m2_tensor *x, int d, bool reverse, m2_tensor **out) {
-  geom g = geom_dim(x, d);
+  red_geom g = m2_red_geom_dim(x, d);
   m2_tensor *y = m2_empty_like(x);
   if (!y) return m2_errcode();
   double *acc;

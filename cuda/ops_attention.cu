@@ -15,43 +15,21 @@
  * backward rotates the gradient by the opposite angle. f32 or bf16 storage, fp32 arithmetic. */
 #include "ops_common.cuh"
 #include "ops_mixers_entry.h"
+#include "../core/ops_attention.h"
 
 #define ATT_MAX_D 512 /* 16 dims a lane */
 #define ATT_QW 8      /* query rows (warps) a block */
 #define ATT_KW 8      /* key rows (warps) a block in the dk/dv kernel */
-
-typedef struct att_geom { int64_t B, T, H, D, S, Hkv; } att_geom;
 
 static m2_tensor *att_as(m2_tensor *t, m2_dtype dt) {
   if (t->dtype == dt && m2_is_contiguous(t)) { m2_retain(t); return t; }
   return m2_clone_raw(t, dt, t->device);
 }
 
+/* The check shared with the CPU (core/ops_attention.c), then the limits of these kernels. */
 static m2_status att_check(m2_opcall *c, att_geom *d) {
-  static const char *names[3] = {"q", "k", "v"};
   const char *op = "attention";
-  for (int i = 0; i < 3; i++) {
-    if (!c->in[i]) return m2_fail(M2_ERR_VALUE, "%s: %s is NULL", op, names[i]);
-    M2_TRY(cu_check_float(c->in[i], op, names[i]));
-    M2_TRY(m2_check_same_dtype(c->in[0], c->in[i], op));
-  }
-  m2_tensor *q = c->in[0], *k = c->in[1], *v = c->in[2];
-  char a[96], b[96];
-  for (int i = 0; i < 3; i++)
-    if (c->in[i]->ndim != 4)
-      return m2_fail(M2_ERR_SHAPE, "%s: %s has shape %s, expected 4 dims (%s)", op, names[i],
-                     m2_shape_str(c->in[i], a, sizeof a), i ? "B, S, Hkv, D" : "B, T, H, D");
-  d->B = q->shape[0], d->T = q->shape[1], d->H = q->shape[2], d->D = q->shape[3];
-  d->S = k->shape[1], d->Hkv = k->shape[2];
-  if (!m2_same_shape(k, v))
-    return m2_fail(M2_ERR_SHAPE, "%s: k has shape %s but v has %s; both must be (B, S, Hkv, D)", op,
-                   m2_shape_str(k, a, sizeof a), m2_shape_str(v, b, sizeof b));
-  if (k->shape[0] != d->B || k->shape[3] != d->D)
-    return m2_fail(M2_ERR_SHAPE, "%s: k has shape %s, q has %s; the batch B and head dim D must agree", op,
-                   m2_shape_str(k, a, sizeof a), m2_shape_str(q, b, sizeof b));
-  if (d->Hkv < 1 || d->H % d->Hkv != 0)
-    return m2_fail(M2_ERR_SHAPE, "%s: the kv head count %lld must divide the query head count %lld", op,
-                   (long long)d->Hkv, (long long)d->H);
+  M2_TRY(m2_attention_check(c->in, cu_check_float, d));
   if (d->D < 1) return m2_fail(M2_ERR_SHAPE, "%s: the head dim D must be at least 1", op);
   if (d->D > ATT_MAX_D)
     return m2_fail(M2_ERR_UNSUPPORTED, "%s: the CUDA kernels take head dim D <= %d (got %lld)", op, ATT_MAX_D,
@@ -68,6 +46,61 @@ __device__ __forceinline__ int64_t att_n(int64_t t, int64_t Tq, int64_t S, bool 
   return n < 0 ? 0 : n > S ? S : n;
 }
 
+/* The query row of warp w in a (ceil(T/QW), B*H) grid: batch b, head h, kv head kh, row t (on: t < Tq), the keys
+ * it reads (n) and the most any row of the block reads (nmax: the key tiles the block stages). */
+struct att_qrow { int64_t bh, b, h, kh, t, n, nmax; bool on; };
+__device__ __forceinline__ att_qrow att_qrow_at(int w, int64_t Tq, int64_t H, int64_t S, int64_t Hkv, bool causal) {
+  att_qrow r;
+  r.bh = blockIdx.y, r.b = r.bh / H, r.h = r.bh % H, r.kh = r.h / (H / Hkv);
+  r.t = (int64_t)blockIdx.x * ATT_QW + w;
+  int64_t tlast = (int64_t)blockIdx.x * ATT_QW + ATT_QW - 1;
+  if (tlast >= Tq) tlast = Tq - 1;
+  r.on = r.t < Tq;
+  r.n = r.on ? att_n(r.t, Tq, S, causal) : 0, r.nmax = att_n(tlast, Tq, S, causal);
+  return r;
+}
+
+/* Stage rows r0 .. r0 + 31 of head hh of x and y (B, L, NH, D), batch b, in shared memory as floats: xs with
+ * row stride D + 1, ys with row stride ys_ld; rows past L read 0. Every thread of the block takes part. */
+template <class T>
+__device__ __forceinline__ void att_tile(const T *x, const T *y, int64_t b, int64_t L, int64_t NH, int64_t hh,
+                                         int64_t r0, int D, float *xs, float *ys, int ys_ld) {
+  for (int idx = threadIdx.x; idx < 32 * D; idx += blockDim.x) {
+    int jj = idx / D, dd = idx % D;
+    int64_t r = r0 + jj;
+    float xv = 0, yv = 0;
+    if (r < L) {
+      int64_t off = ((b * L + r) * NH + hh) * D + dd;
+      xv = to_f(x[off]), yv = to_f(y[off]);
+    }
+    xs[jj * (D + 1) + dd] = xv;
+    ys[jj * ys_ld + dd] = yv;
+  }
+}
+
+/* acc[r] (dim lane + 32 r) += sum over j < jmax of lane j's p times row j of xs (row stride ld). */
+template <int R>
+__device__ __forceinline__ void att_accum(float (&acc)[R], float p, const float *xs, int ld, int jmax, int lane, int D) {
+  for (int j = 0; j < jmax; j++) {
+    float pj = __shfl_sync(0xffffffffu, p, j);
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+      int dd = lane + 32 * r;
+      if (dd < D) acc[r] += pj * xs[j * ld + dd];
+    }
+  }
+}
+
+/* row[dd] = acc[r] * f for the dims dd = lane + 32 r < D of this lane. */
+template <class T, int R>
+__device__ __forceinline__ void att_store(T *row, const float (&acc)[R], float f, int lane, int D) {
+#pragma unroll
+  for (int r = 0; r < R; r++) {
+    int dd = lane + 32 * r;
+    if (dd < D) row[dd] = from_f<T>(acc[r] * f);
+  }
+}
+
 /* ================= forward ================= */
 
 /* grid (ceil(T/QW), B*H), block QW warps. smem: Ks (32, D+1), Vs (32, D), qs (QW, D). */
@@ -77,11 +110,7 @@ __global__ void k_att_fwd(const T *q, const T *k, const T *v, T *o, float *lse, 
   extern __shared__ float sm[];
   float *Ks = sm, *Vs = Ks + 32 * (D + 1), *qs = Vs + 32 * D;
   int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
-  int64_t bh = blockIdx.y, b = bh / H, h = bh % H, kh = h / (H / Hkv);
-  int64_t t = (int64_t)blockIdx.x * ATT_QW + w, tlast = (int64_t)blockIdx.x * ATT_QW + ATT_QW - 1;
-  if (tlast >= Tq) tlast = Tq - 1;
-  bool on = t < Tq;
-  int64_t n = on ? att_n(t, Tq, S, causal) : 0, nmax = att_n(tlast, Tq, S, causal);
+  const auto [bh, b, h, kh, t, n, nmax, on] = att_qrow_at(w, Tq, H, S, Hkv, causal);
   if (on)
     for (int dd = lane; dd < D; dd += 32) qs[w * D + dd] = to_f(q[((b * Tq + t) * H + h) * D + dd]);
   float m = -INFINITY, l = 0, acc[R];
@@ -89,17 +118,7 @@ __global__ void k_att_fwd(const T *q, const T *k, const T *v, T *o, float *lse, 
   for (int r = 0; r < R; r++) acc[r] = 0;
   for (int64_t s0 = 0; s0 < nmax; s0 += 32) {
     __syncthreads();
-    for (int idx = threadIdx.x; idx < 32 * D; idx += blockDim.x) {
-      int jj = idx / D, dd = idx % D;
-      int64_t s = s0 + jj;
-      float kv = 0, vv = 0;
-      if (s < S) {
-        int64_t off = ((b * S + s) * Hkv + kh) * D + dd;
-        kv = to_f(k[off]), vv = to_f(v[off]);
-      }
-      Ks[jj * (D + 1) + dd] = kv;
-      Vs[jj * D + dd] = vv;
-    }
+    att_tile(k, v, b, S, Hkv, kh, s0, D, Ks, Vs, D);
     __syncthreads();
     if (!on || s0 >= n) continue; /* warp-uniform */
     int64_t s = s0 + lane;
@@ -114,24 +133,12 @@ __global__ void k_att_fwd(const T *q, const T *k, const T *v, T *o, float *lse, 
     l = l * alpha + warp_sum(p);
 #pragma unroll
     for (int r = 0; r < R; r++) acc[r] *= alpha;
-    int jmax = n - s0 < 32 ? (int)(n - s0) : 32;
-    for (int j = 0; j < jmax; j++) {
-      float pj = __shfl_sync(0xffffffffu, p, j);
-#pragma unroll
-      for (int r = 0; r < R; r++) {
-        int dd = lane + 32 * r;
-        if (dd < D) acc[r] += pj * Vs[j * D + dd];
-      }
-    }
+    att_accum(acc, p, Vs, D, n - s0 < 32 ? (int)(n - s0) : 32, lane, D);
     m = mnew;
   }
   if (!on) return;
   float inv = l > 0 ? 1.0f / l : 0.0f;
-#pragma unroll
-  for (int r = 0; r < R; r++) {
-    int dd = lane + 32 * r;
-    if (dd < D) o[((b * Tq + t) * H + h) * D + dd] = from_f<T>(acc[r] * inv);
-  }
+  att_store(o + ((b * Tq + t) * H + h) * D, acc, inv, lane, D);
   if (lane == 0) lse[bh * Tq + t] = l > 0 ? m + logf(l) : -INFINITY;
 }
 
@@ -145,11 +152,7 @@ __global__ void k_att_bwd_dq(const T *q, const T *k, const T *v, const T *o, con
   extern __shared__ float sm[];
   float *Ks = sm, *Vs = Ks + 32 * (D + 1), *qs = Vs + 32 * (D + 1), *dos = qs + ATT_QW * D;
   int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
-  int64_t bh = blockIdx.y, b = bh / H, h = bh % H, kh = h / (H / Hkv);
-  int64_t t = (int64_t)blockIdx.x * ATT_QW + w, tlast = (int64_t)blockIdx.x * ATT_QW + ATT_QW - 1;
-  if (tlast >= Tq) tlast = Tq - 1;
-  bool on = t < Tq;
-  int64_t n = on ? att_n(t, Tq, S, causal) : 0, nmax = att_n(tlast, Tq, S, causal);
+  const auto [bh, b, h, kh, t, n, nmax, on] = att_qrow_at(w, Tq, H, S, Hkv, causal);
   float Dt = 0, L = 0;
   if (on) {
     int64_t row = ((b * Tq + t) * H + h) * D;
@@ -169,17 +172,7 @@ __global__ void k_att_bwd_dq(const T *q, const T *k, const T *v, const T *o, con
   for (int r = 0; r < R; r++) acc[r] = 0;
   for (int64_t s0 = 0; s0 < nmax; s0 += 32) {
     __syncthreads();
-    for (int idx = threadIdx.x; idx < 32 * D; idx += blockDim.x) {
-      int jj = idx / D, dd = idx % D;
-      int64_t s = s0 + jj;
-      float kv = 0, vv = 0;
-      if (s < S) {
-        int64_t off = ((b * S + s) * Hkv + kh) * D + dd;
-        kv = to_f(k[off]), vv = to_f(v[off]);
-      }
-      Ks[jj * (D + 1) + dd] = kv;
-      Vs[jj * (D + 1) + dd] = vv;
-    }
+    att_tile(k, v, b, S, Hkv, kh, s0, D, Ks, Vs, D + 1);
     __syncthreads();
     if (!on || s0 >= n) continue; /* warp-uniform */
     int64_t s = s0 + lane;
@@ -192,22 +185,10 @@ __global__ void k_att_bwd_dq(const T *q, const T *k, const T *v, const T *o, con
       }
       dS = expf(scale * qk - L) * (dp - Dt);
     }
-    int jmax = n - s0 < 32 ? (int)(n - s0) : 32;
-    for (int j = 0; j < jmax; j++) {
-      float dj = __shfl_sync(0xffffffffu, dS, j);
-#pragma unroll
-      for (int r = 0; r < R; r++) {
-        int dd = lane + 32 * r;
-        if (dd < D) acc[r] += dj * Ks[j * (D + 1) + dd];
-      }
-    }
+    att_accum(acc, dS, Ks, D + 1, n - s0 < 32 ? (int)(n - s0) : 32, lane, D);
   }
   if (!on || !dq) return;
-#pragma unroll
-  for (int r = 0; r < R; r++) {
-    int dd = lane + 32 * r;
-    if (dd < D) dq[((b * Tq + t) * H + h) * D + dd] = from_f<T>(scale * acc[r]);
-  }
+  att_store(dq + ((b * Tq + t) * H + h) * D, acc, scale, lane, D);
 }
 
 /* dk, dv. grid (ceil(S/KW), B*Hkv), block KW warps, warp = key row s; loops over the query heads of the
@@ -239,17 +220,7 @@ __global__ void k_att_bwd_dkv(const T *q, const T *k, const T *v, const T *dout,
     int64_t h = kh * rep + hh, bh = b * H + h;
     for (int64_t t0 = tstart; t0 < Tq; t0 += 32) {
       __syncthreads();
-      for (int idx = threadIdx.x; idx < 32 * D; idx += blockDim.x) {
-        int jj = idx / D, dd = idx % D;
-        int64_t t = t0 + jj;
-        float qv = 0, gv = 0;
-        if (t < Tq) {
-          int64_t off = ((b * Tq + t) * H + h) * D + dd;
-          qv = to_f(q[off]), gv = to_f(dout[off]);
-        }
-        Qs[jj * (D + 1) + dd] = qv;
-        dOs[jj * (D + 1) + dd] = gv;
-      }
+      att_tile(q, dout, b, Tq, H, h, t0, D, Qs, dOs, D + 1);
       if (threadIdx.x < 32) {
         int64_t t = t0 + threadIdx.x;
         ls[threadIdx.x] = t < Tq ? lse[bh * Tq + t] : 0.0f;
@@ -318,6 +289,17 @@ template <class F> static cudaError_t att_smem(F f, size_t bytes) {
   return cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
 }
 
+/* Launch kernel<T, R> (T from dtype dt, R = att_regs(D)) on (grid, warps x 32) with `bytes` of dynamic shared
+ * memory and the arguments that follow (PC / PT may name T); e = the launch's error. */
+#define ATT_LAUNCH(e, dt, D, kernel, grid, warps, bytes, st, ...)             \
+  CU_FLOAT_DISPATCH(dt, ATT_R_DISPATCH(att_regs(D), {                         \
+    e = att_smem(kernel<T, R>, bytes);                                        \
+    if (e == cudaSuccess) {                                                   \
+      kernel<T, R><<<grid, (warps) * 32, bytes, st>>>(__VA_ARGS__);           \
+      e = cudaGetLastError();                                                 \
+    }                                                                         \
+  }))
+
 extern "C" m2_status m2_cuda_attention_fwd(m2_opcall *c) {
   att_geom d;
   M2_TRY(att_check(c, &d));
@@ -337,15 +319,8 @@ extern "C" m2_status m2_cuda_attention_fwd(m2_opcall *c) {
     dim3 grid((unsigned)((d.T + ATT_QW - 1) / ATT_QW), (unsigned)(d.B * d.H));
     m2_tensor **in = c->in;
     cudaError_t e = cudaSuccess;
-    CU_FLOAT_DISPATCH(dt, ATT_R_DISPATCH(att_regs(D), {
-      e = att_smem(k_att_fwd<T, R>, bytes);
-      if (e == cudaSuccess) {
-        k_att_fwd<T, R><<<grid, ATT_QW * 32, bytes, st>>>(PC(in[0]), PC(in[1]), PC(in[2]), PT(o),
-                                                           (float *)m2_data(lse), d.T, d.H, d.S, d.Hkv, D, scale,
-                                                           causal);
-        e = cudaGetLastError();
-      }
-    }));
+    ATT_LAUNCH(e, dt, D, k_att_fwd, grid, ATT_QW, bytes, st, PC(in[0]), PC(in[1]), PC(in[2]), PT(o),
+               (float *)m2_data(lse), d.T, d.H, d.S, d.Hkv, D, scale, causal);
     if (e != cudaSuccess) s = m2_fail(M2_ERR_CUDA, "attention: forward kernel launch failed: %s", cudaGetErrorString(e));
   }
   if (s != M2_OK) {
@@ -383,28 +358,14 @@ extern "C" m2_status m2_cuda_attention_bwd(m2_opcall *c) {
   if (s == M2_OK && d.B * d.H * d.T > 0 && D > 0) {
     size_t bytes = sizeof(float) * (size_t)(64 * (D + 1) + 2 * ATT_QW * D);
     dim3 grid((unsigned)((d.T + ATT_QW - 1) / ATT_QW), (unsigned)(d.B * d.H));
-    CU_FLOAT_DISPATCH(dt, ATT_R_DISPATCH(att_regs(D), {
-      e = att_smem(k_att_bwd_dq<T, R>, bytes);
-      if (e == cudaSuccess) {
-        k_att_bwd_dq<T, R><<<grid, ATT_QW * 32, bytes, st>>>(PC(in[0]), PC(in[1]), PC(in[2]), PC(o), PC(dO), L,
-                                                              (float *)m2_data(Db), PT(din[0]), d.T, d.H, d.S, d.Hkv,
-                                                              D, scale, causal);
-        e = cudaGetLastError();
-      }
-    }));
+    ATT_LAUNCH(e, dt, D, k_att_bwd_dq, grid, ATT_QW, bytes, st, PC(in[0]), PC(in[1]), PC(in[2]), PC(o), PC(dO), L,
+               (float *)m2_data(Db), PT(din[0]), d.T, d.H, d.S, d.Hkv, D, scale, causal);
   }
   if (s == M2_OK && e == cudaSuccess && (din[1] || din[2]) && d.B * d.Hkv * d.S > 0 && d.T > 0 && D > 0) {
     size_t bytes = sizeof(float) * (size_t)(64 * (D + 1) + 2 * ATT_KW * D + 64);
     dim3 grid((unsigned)((d.S + ATT_KW - 1) / ATT_KW), (unsigned)(d.B * d.Hkv));
-    CU_FLOAT_DISPATCH(dt, ATT_R_DISPATCH(att_regs(D), {
-      e = att_smem(k_att_bwd_dkv<T, R>, bytes);
-      if (e == cudaSuccess) {
-        k_att_bwd_dkv<T, R><<<grid, ATT_KW * 32, bytes, st>>>(PC(in[0]), PC(in[1]), PC(in[2]), PC(dO), L,
-                                                               (const float *)m2_data(Db), PT(din[1]), PT(din[2]),
-                                                               d.T, d.H, d.S, d.Hkv, D, scale, causal);
-        e = cudaGetLastError();
-      }
-    }));
+    ATT_LAUNCH(e, dt, D, k_att_bwd_dkv, grid, ATT_KW, bytes, st, PC(in[0]), PC(in[1]), PC(in[2]), PC(dO), L,
+               (const float *)m2_data(Db), PT(din[1]), PT(din[2]), d.T, d.H, d.S, d.Hkv, D, scale, causal);
   }
   if (s == M2_OK && e != cudaSuccess)
     s = m2_fail(M2_ERR_CUDA, "attention: backward kernel launch failed: %s", cudaGetErrorString(e));
@@ -459,21 +420,8 @@ static m2_status rope_run(m2_opcall *c, m2_tensor *src, m2_tensor **dst, float s
   return M2_OK;
 }
 
-static m2_status rope_check(m2_opcall *c) {
-  m2_tensor *x = c->in[0];
-  if (!x) return m2_fail(M2_ERR_VALUE, "rope: x is NULL");
-  M2_TRY(cu_check_float(x, "rope", "x"));
-  char a[96];
-  if (x->ndim != 4)
-    return m2_fail(M2_ERR_SHAPE, "rope: x has shape %s, expected 4 dims (B, T, H, D)", m2_shape_str(x, a, sizeof a));
-  if (x->shape[3] % 2 != 0)
-    return m2_fail(M2_ERR_SHAPE, "rope: the last dim D = %lld must be even (pairs i, i + D/2)", (long long)x->shape[3]);
-  if (!(c->fa[0] > 0) || !isfinite(c->fa[0])) return m2_fail(M2_ERR_VALUE, "rope: theta must be > 0, got %g", c->fa[0]);
-  return M2_OK;
-}
-
 extern "C" m2_status m2_cuda_rope_fwd(m2_opcall *c) {
-  M2_TRY(rope_check(c));
+  M2_TRY(m2_rope_check(c, cu_check_float));
   M2_TRY(rope_run(c, c->in[0], &c->out[0], 1.0f));
   c->n_out = 1;
   return M2_OK;
@@ -481,6 +429,6 @@ extern "C" m2_status m2_cuda_rope_fwd(m2_opcall *c) {
 
 extern "C" m2_status m2_cuda_rope_bwd(m2_opcall *c) {
   if (!c->needs_din[0]) return M2_OK;
-  M2_TRY(rope_check(c));
+  M2_TRY(m2_rope_check(c, cu_check_float));
   return rope_run(c, c->dout[0], &c->din[0], -1.0f);
 }

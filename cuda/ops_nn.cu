@@ -2,8 +2,8 @@
  * f32 / bf16 storage, fp32 arithmetic (the loss total in double). Index checks (ids, targets) run on
  * the device and are read back once per call: a bad index fails the call with the CPU's message.
  * Row statistics kept for backward (lse, 1/rms) are F32 tensors of one value per row. */
-#include <string.h>
 #include "ops_common.cuh"
+#include "../core/ops_nn_check.h"
 
 #define LAUNCH_OK(what)                                                                                   \
   do {                                                                                                    \
@@ -41,27 +41,12 @@ __global__ void k_embed_bwd(const T *g, const void *ids, bool i64, int64_t d, in
   }
 }
 
-static m2_status embedding_check(const m2_tensor *w, const m2_tensor *ids) {
-  char b[96];
-  M2_TRY(cu_check_float(w, "embedding", "weight"));
-  M2_TRY(cu_check_int(ids, "embedding", "ids"));
-  if (w->ndim != 2) return m2_fail(M2_ERR_SHAPE, "embedding: weight must be (V, d), got %s", m2_shape_str(w, b, sizeof b));
-  if (ids->ndim + 1 > M2_MAX_DIMS)
-    return m2_fail(M2_ERR_SHAPE, "embedding: ids %s have too many dims (at most %d)", m2_shape_str(ids, b, sizeof b),
-                   M2_MAX_DIMS - 1);
-  return M2_OK;
-}
-
 extern "C" m2_status m2_cuda_embedding_fwd(m2_opcall *c) {
   m2_tensor *w = c->in[0], *ids = c->in[1];
-  M2_TRY(embedding_check(w, ids));
-  int64_t V = w->shape[0], d = w->shape[1], n = m2_numel(ids), shape[M2_MAX_DIMS];
-  memcpy(shape, ids->shape, sizeof(int64_t) * (size_t)ids->ndim);
-  shape[ids->ndim] = d;
-  m2_tensor *o = m2_empty(w->dtype, w->device, ids->ndim + 1, shape); /* (..., d) */
-  if (!o) return m2_errcode();
-  c->n_out = 1;
-  c->out[0] = o;
+  M2_TRY(m2_embedding_check(w, ids, cu_check_float));
+  int64_t V = w->shape[0], d = w->shape[1], n = m2_numel(ids);
+  M2_TRY(m2_embedding_output(c));
+  m2_tensor *o = c->out[0];
   if (n * d == 0) return M2_OK;
   cudaStream_t st;
   M2_TRY(cu_stream(w->device, &st));
@@ -186,21 +171,9 @@ __global__ void k_ce_bwd(const T *x, const void *tg, bool i64, int64_t C, int64_
   }
 }
 
-static m2_status ce_check(const m2_tensor *x, const m2_tensor *t) {
-  char a[96], b[96];
-  M2_TRY(cu_check_float(x, "cross_entropy", "logits"));
-  M2_TRY(cu_check_int(t, "cross_entropy", "targets"));
-  bool ok = x->ndim >= 1 && t->ndim == x->ndim - 1;
-  for (int i = 0; ok && i < t->ndim; i++) ok = t->shape[i] == x->shape[i];
-  if (!ok)
-    return m2_fail(M2_ERR_SHAPE, "cross_entropy: logits %s must be targets' shape %s plus a class dim",
-                   m2_shape_str(x, a, sizeof a), m2_shape_str(t, b, sizeof b));
-  return M2_OK;
-}
-
 extern "C" m2_status m2_cuda_cross_entropy_fwd(m2_opcall *c) {
   m2_tensor *x = c->in[0], *t = c->in[1];
-  M2_TRY(ce_check(x, t));
+  M2_TRY(m2_cross_entropy_check(x, t, cu_check_float));
   int64_t C = x->shape[x->ndim - 1], rows = m2_numel(t), ign = c->ia[0];
   if (rows > 0x7fffffffLL) return m2_fail(M2_ERR_UNSUPPORTED, "cross_entropy: too many rows (%lld)", (long long)rows);
   cudaStream_t st;
@@ -316,22 +289,9 @@ template <class T> struct load_dw {
   }
 };
 
-static m2_status norm_check(const m2_tensor *x, const m2_tensor *w, const char *op) {
-  char a[96], b[96];
-  M2_TRY(cu_check_float(x, op, "x"));
-  if (x->ndim < 1) return m2_fail(M2_ERR_SHAPE, "%s: x must have at least 1 dim", op);
-  if (!w) return M2_OK;
-  M2_TRY(cu_check_float(w, op, "weight"));
-  M2_TRY(m2_check_same_dtype(x, w, op));
-  if (w->ndim != 1 || w->shape[0] != x->shape[x->ndim - 1])
-    return m2_fail(M2_ERR_SHAPE, "%s: weight %s must be (d) for x %s", op, m2_shape_str(w, a, sizeof a),
-                   m2_shape_str(x, b, sizeof b));
-  return M2_OK;
-}
-
 static m2_status norm_fwd(m2_opcall *c, bool mean, const char *op) {
   m2_tensor *x = c->in[0], *w = c->n_in > 1 ? c->in[1] : NULL;
-  M2_TRY(norm_check(x, w, op));
+  M2_TRY(m2_norm_check(x, w, op, cu_check_float));
   int64_t d = x->shape[x->ndim - 1], rows = d ? m2_numel(x) / d : 0;
   if (rows > 0x7fffffffLL) return m2_fail(M2_ERR_UNSUPPORTED, "%s: too many rows (%lld)", op, (long long)rows);
   float inv = mean ? (float)(1.0 / (double)(d ? d : 1)) : 1.0f, eps = (float)c->fa[0];

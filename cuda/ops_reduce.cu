@@ -1,36 +1,37 @@
 /* ops_reduce.cu — CUDA reductions (sum, mean, max, their *_all forms, argmax), eq, softmax,
  * log_softmax and cumsum, with backwards. A tensor is viewed as (outer, n, inner) around the dim;
- * sums go through the deterministic cu_reduce (fp32 accumulation, fixed decomposition). */
+ * sums go through the deterministic cu_reduce (fp32 accumulation, fixed decomposition). The geometry
+ * and the output shapes are the CPU's (core/ops_reduce.h). */
 #include "ops_common.cuh"
-
-typedef struct geom {
-  int64_t outer, n, inner;
-} geom;
-
-static geom geom_dim(const m2_tensor *x, int d) {
-  geom g = {1, x->ndim ? x->shape[d] : 1, 1};
-  for (int i = 0; i < d; i++) g.outer *= x->shape[i];
-  for (int i = d + 1; i < x->ndim; i++) g.inner *= x->shape[i];
-  return g;
-}
-static geom geom_all(const m2_tensor *x) { return (geom){1, m2_numel(x), 1}; }
-
-/* x's shape with dim d removed (or kept as 1), as a new tensor of dtype dt */
-static m2_tensor *reduced_like(const m2_tensor *x, int d, bool keepdim, m2_dtype dt) {
-  int64_t shape[M2_MAX_DIMS];
-  int nd = 0;
-  for (int i = 0; i < x->ndim; i++) {
-    if (i == d) { if (keepdim) shape[nd++] = 1; }
-    else shape[nd++] = x->shape[i];
-  }
-  return m2_empty(dt, x->device, nd, shape);
-}
+#include "../core/ops_reduce.h"
 
 #define LAUNCH_OK(what)                                                                                   \
   do {                                                                                                    \
     cudaError_t e_ = cudaGetLastError();                                                                  \
     if (e_ != cudaSuccess) return m2_fail(M2_ERR_CUDA, "%s: kernel launch failed: %s", what, cudaGetErrorString(e_)); \
   } while (0)
+
+/* The start of a backward: gy = dout[0] in x's dtype (a new reference, for bwd_end), din[0] = an empty
+ * tensor of x's shape, and the stream. On failure gy is already released. */
+static m2_status bwd_begin(m2_opcall *c, m2_tensor **gy, cudaStream_t *st) {
+  m2_tensor *x = c->in[0];
+  *gy = cu_as(c->dout[0], x->dtype);
+  if (!*gy) return m2_errcode();
+  m2_tensor *dx = m2_empty(x->dtype, x->device, x->ndim, x->shape);
+  m2_status s = dx ? M2_OK : m2_errcode();
+  if (s == M2_OK) {
+    c->din[0] = dx;
+    s = cu_stream(x->device, st);
+  }
+  if (s != M2_OK) m2_release(*gy);
+  return s;
+}
+/* The end of a backward: releases gy and reports a failed launch of `op`. */
+static m2_status bwd_end(m2_tensor *gy, const char *op) {
+  m2_release(gy);
+  LAUNCH_OK(op);
+  return M2_OK;
+}
 
 /* ================= sum, mean, sum_all, mean_all ================= */
 
@@ -52,8 +53,8 @@ __global__ void k_spread(const T *gy, T *dx, int64_t n, int64_t inner, int64_t t
 static m2_status sum_mean_fwd(m2_opcall *c, bool mean, bool all) {
   m2_tensor *x = c->in[0];
   M2_TRY(cu_check_float(x, c->op->name, "x"));
-  geom g = all ? geom_all(x) : geom_dim(x, (int)c->ia[0]);
-  m2_tensor *o = all ? m2_empty(x->dtype, x->device, 0, NULL) : reduced_like(x, (int)c->ia[0], c->ia[1], x->dtype);
+  red_geom g = m2_red_geom(c, all);
+  m2_tensor *o = m2_red_output(c, all, x->dtype);
   if (!o) return m2_errcode();
   c->n_out = 1;
   c->out[0] = o;
@@ -68,23 +69,16 @@ static m2_status sum_mean_fwd(m2_opcall *c, bool mean, bool all) {
 
 static m2_status sum_mean_bwd(m2_opcall *c, bool mean, bool all) {
   m2_tensor *x = c->in[0];
-  geom g = all ? geom_all(x) : geom_dim(x, (int)c->ia[0]);
-  m2_tensor *gy = cu_as(c->dout[0], x->dtype);
-  if (!gy) return m2_errcode();
-  m2_tensor *dx = m2_empty(x->dtype, x->device, x->ndim, x->shape);
-  if (!dx) { m2_release(gy); return m2_errcode(); }
-  c->din[0] = dx;
+  red_geom g = m2_red_geom(c, all);
+  m2_tensor *gy;
+  cudaStream_t st;
+  M2_TRY(bwd_begin(c, &gy, &st));
   int64_t total = m2_numel(x);
   float scale = mean ? (float)(1.0 / (double)g.n) : 1.0f;
-  cudaStream_t st;
-  m2_status s = cu_stream(x->device, &st);
-  if (s == M2_OK && total > 0)
-    CU_FLOAT_DISPATCH(x->dtype, k_spread<T><<<cu_grid(total, 256), 256, 0, st>>>((const T *)m2_data(gy), (T *)m2_data(dx),
-                                                                                  g.n, g.inner, total, scale));
-  m2_release(gy);
-  M2_TRY(s);
-  LAUNCH_OK(c->op->name);
-  return M2_OK;
+  if (total > 0)
+    CU_FLOAT_DISPATCH(x->dtype, k_spread<T><<<cu_grid(total, 256), 256, 0, st>>>(
+                                    (const T *)m2_data(gy), (T *)m2_data(c->din[0]), g.n, g.inner, total, scale));
+  return bwd_end(gy, c->op->name);
 }
 
 extern "C" m2_status m2_cuda_sum_fwd(m2_opcall *c) { return sum_mean_fwd(c, false, false); }
@@ -164,7 +158,7 @@ __global__ void k_max_cols(const T *x, int64_t outer, int64_t n, int64_t inner, 
 }
 
 template <class T, bool VALS>
-static void max_launch(const void *x, geom g, void *vals, int64_t *idx, cudaStream_t st) {
+static void max_launch(const void *x, red_geom g, void *vals, int64_t *idx, cudaStream_t st) {
   if (g.inner == 1)
     k_max_rows<T, VALS><<<(unsigned)g.outer, 256, 0, st>>>((const T *)x, g.n, (T *)vals, idx);
   else
@@ -189,15 +183,10 @@ static m2_status check_rows(int64_t outer, const char *op) {
 static m2_status max_fwd_common(m2_opcall *c, bool all) {
   m2_tensor *x = c->in[0];
   M2_TRY(cu_check_float(x, c->op->name, "x"));
-  int d = all ? 0 : (int)c->ia[0];
-  geom g = all ? geom_all(x) : geom_dim(x, d);
-  if (g.n == 0) {
-    char b[96];
-    return m2_fail(M2_ERR_SHAPE, "%s: cannot take the max over an empty dim of a tensor of shape %s", c->op->name,
-                   m2_shape_str(x, b, sizeof b));
-  }
+  red_geom g;
+  M2_TRY(m2_red_pick_geom(c, all, "max", &g));
   M2_TRY(check_rows(g.outer, c->op->name));
-  m2_tensor *v = all ? m2_empty(x->dtype, x->device, 0, NULL) : reduced_like(x, d, c->ia[1], x->dtype);
+  m2_tensor *v = m2_red_output(c, all, x->dtype);
   m2_tensor *idx = v ? m2_empty(M2_I64, x->device, v->ndim, v->shape) : NULL;
   if (!idx) { m2_release(v); return m2_errcode(); }
   c->n_out = 1;
@@ -213,23 +202,16 @@ static m2_status max_fwd_common(m2_opcall *c, bool all) {
 }
 static m2_status max_bwd_common(m2_opcall *c, bool all) {
   m2_tensor *x = c->in[0];
-  geom g = all ? geom_all(x) : geom_dim(x, (int)c->ia[0]);
-  m2_tensor *gy = cu_as(c->dout[0], x->dtype);
-  if (!gy) return m2_errcode();
-  m2_tensor *dx = m2_empty(x->dtype, x->device, x->ndim, x->shape);
-  if (!dx) { m2_release(gy); return m2_errcode(); }
-  c->din[0] = dx;
-  int64_t total = m2_numel(x);
+  red_geom g = m2_red_geom(c, all);
+  m2_tensor *gy;
   cudaStream_t st;
-  m2_status s = cu_stream(x->device, &st);
-  if (s == M2_OK && total > 0)
+  M2_TRY(bwd_begin(c, &gy, &st));
+  int64_t total = m2_numel(x);
+  if (total > 0)
     CU_FLOAT_DISPATCH(x->dtype, k_max_scatter<T><<<cu_grid(total, 256), 256, 0, st>>>(
-                                    (const T *)m2_data(gy), (const int64_t *)m2_data(c->saved[0]), (T *)m2_data(dx), g.n,
-                                    g.inner, total));
-  m2_release(gy);
-  M2_TRY(s);
-  LAUNCH_OK(c->op->name);
-  return M2_OK;
+                                    (const T *)m2_data(gy), (const int64_t *)m2_data(c->saved[0]),
+                                    (T *)m2_data(c->din[0]), g.n, g.inner, total));
+  return bwd_end(gy, c->op->name);
 }
 extern "C" m2_status m2_cuda_max_fwd(m2_opcall *c) { return max_fwd_common(c, false); }
 extern "C" m2_status m2_cuda_max_bwd(m2_opcall *c) { return max_bwd_common(c, false); }
@@ -239,15 +221,10 @@ extern "C" m2_status m2_cuda_max_all_bwd(m2_opcall *c) { return max_bwd_common(c
 /* argmax: x (..., n, ...) any dtype -> I64 (..., [1,] ...); ia[0] = dim, ia[1] = keepdim */
 extern "C" m2_status m2_cuda_argmax_fwd(m2_opcall *c) {
   m2_tensor *x = c->in[0];
-  int d = (int)c->ia[0];
-  geom g = geom_dim(x, d);
-  if (g.n == 0) {
-    char b[96];
-    return m2_fail(M2_ERR_SHAPE, "argmax: cannot take the argmax over an empty dim of a tensor of shape %s",
-                   m2_shape_str(x, b, sizeof b));
-  }
+  red_geom g;
+  M2_TRY(m2_red_pick_geom(c, false, "argmax", &g));
   M2_TRY(check_rows(g.outer, "argmax"));
-  m2_tensor *idx = reduced_like(x, d, c->ia[1], M2_I64);
+  m2_tensor *idx = m2_red_output(c, false, M2_I64);
   if (!idx) return m2_errcode();
   c->n_out = 1;
   c->out[0] = idx;
@@ -412,7 +389,7 @@ __global__ void k_softmax_bwd_cols(const T *gy, const T *y, T *dx, int64_t outer
 }
 
 template <class T, bool LOG>
-static void softmax_launch(const void *x, void *y, geom g, cudaStream_t st) {
+static void softmax_launch(const void *x, void *y, red_geom g, cudaStream_t st) {
   if (g.inner > 1)
     k_softmax_cols<T, LOG><<<cu_grid(g.outer * g.inner, 256), 256, 0, st>>>((const T *)x, (T *)y, g.outer, g.n, g.inner);
   else if (g.n <= 1024)
@@ -421,7 +398,7 @@ static void softmax_launch(const void *x, void *y, geom g, cudaStream_t st) {
     k_softmax_rows_block<T, LOG><<<(unsigned)g.outer, 512, 0, st>>>((const T *)x, (T *)y, g.n);
 }
 template <class T, bool LOG>
-static void softmax_bwd_launch(const void *gy, const void *y, void *dx, geom g, cudaStream_t st) {
+static void softmax_bwd_launch(const void *gy, const void *y, void *dx, red_geom g, cudaStream_t st) {
   if (g.inner > 1)
     k_softmax_bwd_cols<T, LOG><<<cu_grid(g.outer * g.inner, 256), 256, 0, st>>>((const T *)gy, (const T *)y, (T *)dx,
                                                                                  g.outer, g.n, g.inner);
@@ -433,7 +410,7 @@ static void softmax_bwd_launch(const void *gy, const void *y, void *dx, geom g, 
 static m2_status softmax_fwd_common(m2_opcall *c, bool log_out) {
   m2_tensor *x = c->in[0];
   M2_TRY(cu_check_float(x, c->op->name, "x"));
-  geom g = geom_dim(x, (int)c->ia[0]);
+  red_geom g = m2_red_geom_dim(x, (int)c->ia[0]);
   M2_TRY(check_rows(g.outer, c->op->name));
   m2_tensor *y = m2_empty(x->dtype, x->device, x->ndim, x->shape);
   if (!y) return m2_errcode();
@@ -450,22 +427,16 @@ static m2_status softmax_fwd_common(m2_opcall *c, bool log_out) {
 static m2_status softmax_bwd_common(m2_opcall *c, bool log_out) {
   m2_tensor *x = c->in[0], *y = c->out[0];
   if (!y) return m2_fail(M2_ERR_AUTOGRAD, "%s backward: the forward output was not kept", c->op->name);
-  geom g = geom_dim(x, (int)c->ia[0]);
-  m2_tensor *gy = cu_as(c->dout[0], x->dtype);
-  if (!gy) return m2_errcode();
-  m2_tensor *dx = m2_empty(x->dtype, x->device, x->ndim, x->shape);
-  if (!dx) { m2_release(gy); return m2_errcode(); }
-  c->din[0] = dx;
+  red_geom g = m2_red_geom_dim(x, (int)c->ia[0]);
+  m2_tensor *gy;
   cudaStream_t st;
-  m2_status s = cu_stream(x->device, &st);
-  if (s == M2_OK && m2_numel(x) > 0) {
-    if (log_out) CU_FLOAT_DISPATCH(x->dtype, softmax_bwd_launch<T, true>(m2_data(gy), m2_data(y), m2_data(dx), g, st));
-    else CU_FLOAT_DISPATCH(x->dtype, softmax_bwd_launch<T, false>(m2_data(gy), m2_data(y), m2_data(dx), g, st));
+  M2_TRY(bwd_begin(c, &gy, &st));
+  void *dx = m2_data(c->din[0]);
+  if (m2_numel(x) > 0) {
+    if (log_out) CU_FLOAT_DISPATCH(x->dtype, softmax_bwd_launch<T, true>(m2_data(gy), m2_data(y), dx, g, st));
+    else CU_FLOAT_DISPATCH(x->dtype, softmax_bwd_launch<T, false>(m2_data(gy), m2_data(y), dx, g, st));
   }
-  m2_release(gy);
-  M2_TRY(s);
-  LAUNCH_OK(c->op->name);
-  return M2_OK;
+  return bwd_end(gy, c->op->name);
 }
 extern "C" m2_status m2_cuda_softmax_fwd(m2_opcall *c) { return softmax_fwd_common(c, false); }
 extern "C" m2_status m2_cuda_softmax_bwd(m2_opcall *c) { return softmax_bwd_common(c, false); }
@@ -508,7 +479,7 @@ __global__ void k_cumsum_cols(const T *x, T *y, int64_t outer, int64_t n, int64_
 }
 
 static m2_status cumsum_run(m2_tensor *x, int d, bool reverse, m2_tensor **out) {
-  geom g = geom_dim(x, d);
+  red_geom g = m2_red_geom_dim(x, d);
   m2_tensor *y = m2_empty(x->dtype, x->device, x->ndim, x->shape);
   if (!y) return m2_errcode();
   *out = y;
