@@ -28,6 +28,7 @@
 #include "ops.h"
 #include "ops_mixers.h"
 #include "ops_m2rnn.h"
+#include "ops_mixer_common.h"
 #ifdef M2_HAVE_CUDA
 #include "../cuda/ops_m2rnn_entry.h"
 #endif
@@ -479,14 +480,5 @@ m2_status m2_m2rnn(m2_tensor *q, m2_tensor *k, m2_tensor *v, m2_tensor *W, m2_te
   m2_tensor *in[6] = {q, k, v, W, f, h0};
   m2rnn_geom g;
   M2_TRY(m2rnn_check(in, &g)); /* fail early with the shapes, before the dispatcher touches them */
-  m2_opcall c;
-  m2_call_init(&c, &m2_op_m2rnn, 6, in);
-  c.fa[0] = o ? o->grad_clip : 0;
-  m2_tensor *outs[M2_MAX_OUT] = {0};
-  M2_TRY(m2_call_run(&c, outs));
-  if (y) *y = outs[0];
-  else m2_release(outs[0]);
-  if (hT) *hT = outs[1];
-  else m2_release(outs[1]);
-  return M2_OK;
+  return mixer_call(&m2_op_m2rnn, in, o ? o->grad_clip : 0, 0, y, hT); /* fa[0] = clip; ia[0] unused */
 }

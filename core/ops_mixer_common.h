@@ -1,7 +1,8 @@
 /* ops_mixer_common.h — internal: what the GDN and SSD ops (core/ops_gdn.c, core/ops_ssd.c and their CUDA entry
  * points cuda/ops_gdn.cu, cuda/ops_ssd.cu) do alike: both take in = {6 inputs, the last (h0) optional},
  * return out = {y, hT}, and save one tensor of state checkpoints. Here: the input checks and shape messages
- * (one set of words for both devices), the forward's output/checkpoint bookkeeping, the public-API call, and
+ * (one set of words for both devices), the forward's output/checkpoint bookkeeping, the public-API call (which
+ * the M2RNN op's public function uses too), and
  * (CPU only) the double-buffer plumbing of the reference kernels. The maths stays in each op's file. */
 #ifndef M2_OPS_MIXER_COMMON_H
 #define M2_OPS_MIXER_COMMON_H
