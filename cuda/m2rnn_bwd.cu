@@ -169,135 +169,146 @@ __global__ void __launch_bounds__(NT == 2 ? M2R_MAX_WARPS16 * 32 : M2R_MAX_WARPS
 #pragma unroll
       for (int q2 = 0; q2 < NQ; q2++) hw[q2 * 32] = make_uint4(P[2 * q2][0], P[2 * q2][1], P[2 * q2 + 1][0], P[2 * q2 + 1][1]);
     }
-    /* ---- forward over the sub-chunk (back items keep the bf16 states and compute dq_t = H_t dy_t) ---- */
+    /* The next item's start state: the registers already hold it right after the advance item before it; else the
+       segment's checkpoint (sub-chunk 0) or the scratch an advance item saved. Called at the end of each branch, so
+       that after a back item's replay h is visibly dead (redefined on every path) through the backward steps. */
+    auto next_state = [&](bool after_back) {
+      if (it1.c >= 0) {
+        bool nback;
+        int nsb, ns0, nlen;
+        decode(it1, nback, nsb, ns0, nlen);
+        const bool in_regs = !after_back && it1.c == it.c && it1.p == it.p + 1 && nsb > 0;
+        if (!in_regs) state_load<NT>(nsb == 0 ? ckpt_n + (size_t)it1.c * KS : sub_n + (size_t)nsb * KS, r0, lane, h);
+      } else {
 #pragma unroll
-    for (int i = 0; i < SC; i++) {
-      if (i >= len) break;
-      const uint32_t va0 = (uint32_t)vl[i * 16] & vmask, va1 = (uint32_t)vl[i * 16 + 8] & vmask;
-      const float f = fb[i];
-      uint32_t bt[NT][2];
+        for (int j = 0; j < NT; j++)
 #pragma unroll
-      for (int j = 0; j < NT; j++) {
-        bt[j][0] = m2r_movt(P[j][0]);
-        bt[j][1] = m2r_movt(P[j][1]);
+          for (int e = 0; e < 4; e++) h[j][e] = 0.f; /* unused: the loop ends */
       }
-      if (back && i > 0) { /* dq_{i-1} = H dy_{i-1}: A = dy (every row), B = H^T */
-        const uint32_t ad[4] = {dy32[(i - 1) * 8], dy32[(i - 1) * 8], dy32[(i - 1) * 8 + 4], dy32[(i - 1) * 8 + 4]};
+    };
+    /* The sub-chunk, compiled twice: FULL (len == SC, every item but a short last one) is one straight-line block
+       with no per-step guards, so the compiler can schedule across steps. */
+    auto run = [&](auto full) {
+      constexpr bool FULL = decltype(full)::value;
+      const int L = FULL ? SC : len;
+      /* ---- forward over the sub-chunk (back items keep the bf16 states and compute dq_t = H_t dy_t) ---- */
 #pragma unroll
-        for (int j = 0; j < NT; j++) {
-          float c4[4] = {0.f, 0.f, 0.f, 0.f};
-          m2r_mma16816(c4, ad, bt[j][0], bt[j][1]);
-          *(float2 *)(dqw + (i - 1) * hpb * K + 8 * j) = make_float2(c4[0], c4[1]); /* every row is dq */
-        }
-      }
-#pragma unroll
-      for (int j = 0; j < NT; j++) {
-        float z[4] = {0.f, 0.f, 0.f, 0.f};
-        m2r_mma1688(z, va0, va1, (uint32_t)kl[i * K + 8 * j]); /* v k^T */
-        m2r_mma16816(z, wa, bt[j][0], bt[j][1]);                /* + W^T H^T */
-        m2r_tanh_tile<NT, NPE>(j, z);
-#pragma unroll
-        for (int e = 0; e < 4; e++) h[j][e] = fmaf(f, h[j][e] - z[e], z[e]);
-        P[j][0] = m2r_pack_bf16(h[j][0], h[j][1]);
-        P[j][1] = m2r_pack_bf16(h[j][2], h[j][3]);
-      }
-      if (back) {
-#pragma unroll
-        for (int q2 = 0; q2 < NQ; q2++)
-          hw[(i + 1) * hstep + q2 * 32] = make_uint4(P[2 * q2][0], P[2 * q2][1], P[2 * q2 + 1][0], P[2 * q2 + 1][1]);
-      }
-    }
-    if (!back) {
-      if (sb + 1 < ns - 1) state_store<NT>(sub_n + (size_t)(sb + 1) * KS, r0, lane, h); /* the last stays in h */
-    } else {
-      { /* dq of the last step */
-        const uint32_t ad[4] = {dy32[(len - 1) * 8], dy32[(len - 1) * 8], dy32[(len - 1) * 8 + 4], dy32[(len - 1) * 8 + 4]};
-#pragma unroll
-        for (int j = 0; j < NT; j++) {
-          float c4[4] = {0.f, 0.f, 0.f, 0.f};
-          m2r_mma16816(c4, ad, m2r_movt(P[j][0]), m2r_movt(P[j][1]));
-          *(float2 *)(dqw + (len - 1) * hpb * K + 8 * j) = make_float2(c4[0], c4[1]);
-        }
-      }
-      /* ---- backward over the sub-chunk ---- */
-      const float clip = p.clip;
-      float dfv[SC]; /* per-step partial df, reduced over the warp after the loop (off the G chain) */
-#pragma unroll
-      for (int ii = 0; ii < SC; ii++) {
-        const int i = SC - 1 - ii;
-        dfv[i] = 0.f;
-        if (i >= len) continue;
-        const uint32_t da0 = (uint32_t)dyl[i * 16] & vmask, da1 = (uint32_t)dyl[i * 16 + 8] & vmask;
+      for (int i = 0; i < SC; i++) {
+        if (!FULL && i >= len) break;
         const uint32_t va0 = (uint32_t)vl[i * 16] & vmask, va1 = (uint32_t)vl[i * 16 + 8] & vmask;
-        const uint32_t av[4] = {v32[i * 8], v32[i * 8], v32[i * 8 + 4], v32[i * 8 + 4]};
-        const float f = fb[i], a = 1.f - f;
-        uint32_t Pp[NT][2]; /* H_{t-1} in bf16 */
-#pragma unroll
-        for (int q2 = 0; q2 < NQ; q2++) {
-          const uint4 u = hw[i * hstep + q2 * 32];
-          Pp[2 * q2][0] = u.x, Pp[2 * q2][1] = u.y, Pp[2 * q2 + 1][0] = u.z, Pp[2 * q2 + 1][1] = u.w;
-        }
-        uint32_t Q[NT][2];
-        float dfs = 0.f;
+        const float f = fb[i];
+        uint32_t bt[NT][2];
 #pragma unroll
         for (int j = 0; j < NT; j++) {
-          float z[4] = {0.f, 0.f, 0.f, 0.f}; /* replay Z_t exactly as the forward computed it */
-          m2r_mma1688(z, va0, va1, (uint32_t)kl[i * K + 8 * j]);
-          m2r_mma16816(z, wa, m2r_movt(Pp[j][0]), m2r_movt(Pp[j][1]));
-          m2r_tanh_tile<NT, NPE>(j, z);
-          float d[4];
+          bt[j][0] = m2r_movt(P[j][0]);
+          bt[j][1] = m2r_movt(P[j][1]);
+        }
+        if (back && i > 0) { /* dq_{i-1} = H dy_{i-1}: A = dy (every row), B = H^T */
+          const uint32_t ad[4] = {dy32[(i - 1) * 8], dy32[(i - 1) * 8], dy32[(i - 1) * 8 + 4], dy32[(i - 1) * 8 + 4]};
 #pragma unroll
-          for (int e = 0; e < 4; e++) d[e] = fminf(fmaxf(G[j][e], -clip), clip);
-          m2r_mma1688(d, da0, da1, (uint32_t)ql[i * K + 8 * j]); /* D = dy q^T (transposed) + clamp(G) */
-          const float hp[4] = {m2r_bf16_lo(Pp[j][0]), m2r_bf16_hi(Pp[j][0]), m2r_bf16_lo(Pp[j][1]), m2r_bf16_hi(Pp[j][1])};
-          float dx[4];
-#pragma unroll
-          for (int e = 0; e < 4; e++) {
-            dfs = fmaf(d[e], hp[e] - z[e], dfs);
-            const float ad = a * d[e];
-            dx[e] = fmaf(-ad * z[e], z[e], ad);
-            G[j][e] = f * d[e];
+          for (int j = 0; j < NT; j++) {
+            float c4[4] = {0.f, 0.f, 0.f, 0.f};
+            m2r_mma16816(c4, ad, bt[j][0], bt[j][1]);
+            *(float2 *)(dqw + (i - 1) * hpb * K + 8 * j) = make_float2(c4[0], c4[1]); /* every row is dq */
           }
-          Q[j][0] = m2r_pack_bf16(dx[0], dx[1]);
-          Q[j][1] = m2r_pack_bf16(dx[2], dx[3]);
-          const uint32_t qt0 = m2r_movt(Q[j][0]), qt1 = m2r_movt(Q[j][1]); /* dX^T as a B operand */
-          m2r_mma16816(G[j], wb, qt0, qt1);                               /* G = f D + W dX^T (transposed) */
-          float c4[4] = {0.f, 0.f, 0.f, 0.f};
-          m2r_mma16816(c4, av, qt0, qt1); /* dk = v^T dX^T */
-          *(float2 *)(dkw + i * hpb * K + 8 * j) = make_float2(c4[0], c4[1]); /* every row is dk */
         }
-        float cv[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
-        for (int ib = 0; ib < NQ; ib++) {
-          const uint32_t ah[4] = {Pp[2 * ib][0], Pp[2 * ib][1], Pp[2 * ib + 1][0], Pp[2 * ib + 1][1]};
-          m2r_mma16816(dWa[0], ah, Q[2 * ib][0], Q[2 * ib + 1][0]); /* dW += H^T dX */
-          m2r_mma16816(dWa[1], ah, Q[2 * ib][1], Q[2 * ib + 1][1]);
-          const uint32_t ax[4] = {Q[2 * ib][0], Q[2 * ib][1], Q[2 * ib + 1][0], Q[2 * ib + 1][1]};
-          m2r_mma16816(cv, ax, k32[i * K / 2 + 8 * ib], k32[i * K / 2 + 8 * ib + 4]); /* dv = dX^T k */
+        for (int j = 0; j < NT; j++) {
+          float z[4] = {0.f, 0.f, 0.f, 0.f};
+          m2r_mma1688(z, va0, va1, (uint32_t)kl[i * K + 8 * j]); /* v k^T */
+          m2r_mma16816(z, wa, bt[j][0], bt[j][1]);                /* + W^T H^T */
+          m2r_tanh_tile<NT, NPE>(j, z);
+#pragma unroll
+          for (int e = 0; e < 4; e++) h[j][e] = fmaf(f, h[j][e] - z[e], z[e]);
+          P[j][0] = m2r_pack_bf16(h[j][0], h[j][1]);
+          P[j][1] = m2r_pack_bf16(h[j][2], h[j][3]);
         }
-        *(float2 *)(dvp + (i * nw + warp) * 16 + 2 * gl) = make_float2(cv[0], cv[2]); /* (dv[gl], dv[gl + 8]) */
-        dfv[i] = dfs;
+        if (back) {
+#pragma unroll
+          for (int q2 = 0; q2 < NQ; q2++)
+            hw[(i + 1) * hstep + q2 * 32] = make_uint4(P[2 * q2][0], P[2 * q2][1], P[2 * q2 + 1][0], P[2 * q2 + 1][1]);
+        }
       }
+      if (!back) {
+        if (sb + 1 < ns - 1) state_store<NT>(sub_n + (size_t)(sb + 1) * KS, r0, lane, h); /* the last stays in h */
+        next_state(false);
+      } else {
+        { /* dq of the last step */
+          const uint32_t ad[4] = {dy32[(L - 1) * 8], dy32[(L - 1) * 8], dy32[(L - 1) * 8 + 4], dy32[(L - 1) * 8 + 4]};
 #pragma unroll
-      for (int o = 16; o > 0; o >>= 1)
+          for (int j = 0; j < NT; j++) {
+            float c4[4] = {0.f, 0.f, 0.f, 0.f};
+            m2r_mma16816(c4, ad, m2r_movt(P[j][0]), m2r_movt(P[j][1]));
+            *(float2 *)(dqw + (L - 1) * hpb * K + 8 * j) = make_float2(c4[0], c4[1]);
+          }
+        }
+        /* ---- backward over the sub-chunk ---- */
+        const float clip = p.clip;
+        float dfl = 0.f; /* lane i keeps df of step i: each step's sum is reduced over the warp at once (off the G
+                            chain), so one register holds the sub-chunk's df instead of SC */
 #pragma unroll
-        for (int i = 0; i < SC; i++) dfv[i] += __shfl_xor_sync(0xffffffffu, dfv[i], o);
-      if (lane < len) {
-        float v = dfv[0];
+        for (int ii = 0; ii < SC; ii++) {
+          const int i = SC - 1 - ii;
+          if (!FULL && i >= len) continue;
+          const uint32_t da0 = (uint32_t)dyl[i * 16] & vmask, da1 = (uint32_t)dyl[i * 16 + 8] & vmask;
+          const uint32_t va0 = (uint32_t)vl[i * 16] & vmask, va1 = (uint32_t)vl[i * 16 + 8] & vmask;
+          const uint32_t av[4] = {v32[i * 8], v32[i * 8], v32[i * 8 + 4], v32[i * 8 + 4]};
+          const float f = fb[i], a = 1.f - f;
+          uint32_t Pp[NT][2]; /* H_{t-1} in bf16 */
 #pragma unroll
-        for (int i = 1; i < SC; i++) v = lane == i ? dfv[i] : v;
-        dfp[lane * nw + warp] = v;
+          for (int q2 = 0; q2 < NQ; q2++) {
+            const uint4 u = hw[i * hstep + q2 * 32];
+            Pp[2 * q2][0] = u.x, Pp[2 * q2][1] = u.y, Pp[2 * q2 + 1][0] = u.z, Pp[2 * q2 + 1][1] = u.w;
+          }
+          uint32_t Q[NT][2];
+          float dfs = 0.f;
+#pragma unroll
+          for (int j = 0; j < NT; j++) {
+            float z[4] = {0.f, 0.f, 0.f, 0.f}; /* replay Z_t exactly as the forward computed it */
+            m2r_mma1688(z, va0, va1, (uint32_t)kl[i * K + 8 * j]);
+            m2r_mma16816(z, wa, m2r_movt(Pp[j][0]), m2r_movt(Pp[j][1]));
+            m2r_tanh_tile<NT, NPE>(j, z);
+            float d[4];
+#pragma unroll
+            for (int e = 0; e < 4; e++) d[e] = fminf(fmaxf(G[j][e], -clip), clip);
+            m2r_mma1688(d, da0, da1, (uint32_t)ql[i * K + 8 * j]); /* D = dy q^T (transposed) + clamp(G) */
+            const float hp[4] = {m2r_bf16_lo(Pp[j][0]), m2r_bf16_hi(Pp[j][0]), m2r_bf16_lo(Pp[j][1]), m2r_bf16_hi(Pp[j][1])};
+            float dx[4];
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+              dfs = fmaf(d[e], hp[e] - z[e], dfs);
+              const float ad = a * d[e];
+              dx[e] = fmaf(-ad * z[e], z[e], ad);
+              G[j][e] = f * d[e];
+            }
+            Q[j][0] = m2r_pack_bf16(dx[0], dx[1]);
+            Q[j][1] = m2r_pack_bf16(dx[2], dx[3]);
+            const uint32_t qt0 = m2r_movt(Q[j][0]), qt1 = m2r_movt(Q[j][1]); /* dX^T as a B operand */
+            m2r_mma16816(G[j], wb, qt0, qt1);                               /* G = f D + W dX^T (transposed) */
+            float c4[4] = {0.f, 0.f, 0.f, 0.f};
+            m2r_mma16816(c4, av, qt0, qt1); /* dk = v^T dX^T */
+            *(float2 *)(dkw + i * hpb * K + 8 * j) = make_float2(c4[0], c4[1]); /* every row is dk */
+          }
+          float cv[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+          for (int ib = 0; ib < NQ; ib++) {
+            const uint32_t ah[4] = {Pp[2 * ib][0], Pp[2 * ib][1], Pp[2 * ib + 1][0], Pp[2 * ib + 1][1]};
+            m2r_mma16816(dWa[0], ah, Q[2 * ib][0], Q[2 * ib + 1][0]); /* dW += H^T dX */
+            m2r_mma16816(dWa[1], ah, Q[2 * ib][1], Q[2 * ib + 1][1]);
+            const uint32_t ax[4] = {Q[2 * ib][0], Q[2 * ib][1], Q[2 * ib + 1][0], Q[2 * ib + 1][1]};
+            m2r_mma16816(cv, ax, k32[i * K / 2 + 8 * ib], k32[i * K / 2 + 8 * ib + 4]); /* dv = dX^T k */
+          }
+          *(float2 *)(dvp + (i * nw + warp) * 16 + 2 * gl) = make_float2(cv[0], cv[2]); /* (dv[gl], dv[gl + 8]) */
+#pragma unroll
+          for (int o = 16; o > 0; o >>= 1) dfs += __shfl_xor_sync(0xffffffffu, dfs, o);
+          dfl = lane == i ? dfs : dfl;
+        }
+        if (lane < L) dfp[lane * nw + warp] = dfl;
+        next_state(true);
       }
-    }
-    /* the next item's start state: the registers already hold it right after the advance item before it;
-       else the segment's checkpoint (sub-chunk 0) or the scratch an advance item saved */
-    if (it1.c >= 0) {
-      bool nback;
-      int nsb, ns0, nlen;
-      decode(it1, nback, nsb, ns0, nlen);
-      const bool in_regs = it1.c == it.c && it1.p == it.p + 1 && !back && nsb > 0;
-      if (!in_regs) state_load<NT>(nsb == 0 ? ckpt_n + (size_t)it1.c * KS : sub_n + (size_t)nsb * KS, r0, lane, h);
-    }
+    };
+    if (len == SC) run(M2Const<true>{});
+    else run(M2Const<false>{});
     pb_back = back, pb_s0 = s0, pb_len = len;
     it = it1;
     it1 = it2;

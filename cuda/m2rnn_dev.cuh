@@ -60,6 +60,12 @@ int m2r_bwd_part_floats(const M2Geom *g, int hpb, int nw);
 /* ---------------- device helpers ---------------- */
 #ifdef __CUDACC__
 
+/* A compile-time bool as a value, to instantiate a generic lambda twice (e.g. run(M2Const<true>{})). */
+template <bool B>
+struct M2Const {
+  static constexpr bool value = B;
+};
+
 __device__ __forceinline__ uint32_t m2r_pack_bf16(float lo, float hi) {
   uint32_t r;
   asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));

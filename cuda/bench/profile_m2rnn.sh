@@ -28,6 +28,30 @@ for k in fwd bwd; do
   ncu -i "$build/$k.ncu-rep" --page raw 2>&1 | grep -E "issue_stalled|pipe_.*pct|inst_executed_pipe" |
     sort -k3 -g -r | head -80 >>"$out/ncu_${k}_details.txt"
   ncu -i "$build/$k.ncu-rep" --page source --csv --print-source sass >"$build/${k}_src.csv" 2>&1
+  # stall samples per CUDA source line (where the warps wait, by line of m2rnn_*.cu), the top 60
+  ncu -i "$build/$k.ncu-rep" --page source --csv --print-source cuda >"$build/${k}_cuda.csv" 2>&1
+  python3 - "$build/${k}_cuda.csv" >"$out/ncu_${k}_lines.txt" <<'PY'
+import csv, sys
+rows = list(csv.reader(open(sys.argv[1], errors="replace")))
+hdr = next((i for i, r in enumerate(rows) if any("Warp Stall Sampling (All" in c for c in r)), None)
+if hdr is None:
+    print("no stall column; header candidates:"); [print(r[:12]) for r in rows[:6]]; sys.exit()
+h = rows[hdr]
+col = next(j for j, c in enumerate(h) if c.startswith("Warp Stall Sampling (All"))
+ie = next((j for j, c in enumerate(h) if c.startswith("Instructions Executed")), None)
+ln = h.index("#") if "#" in h else 0
+src = h.index("Source") if "Source" in h else 1
+tot, lines, cur = 0.0, [], ""
+for r in rows[hdr + 1:]:
+    if len(r) <= col: continue
+    if len(r) < 4 and r: cur = r[0]
+    try: n = float(r[col].replace(",", "") or 0)
+    except ValueError: continue
+    ni = float(r[ie].replace(",", "") or 0) if ie is not None and r[ie].strip() else 0.0
+    tot += n; lines.append((n, ni, r[ln], r[src][:110]))
+print(f"stall samples {tot:.0f}; columns: {h[:8]}")
+for n, ni, l, s in sorted(lines, reverse=True)[:60]: print(f"{100*n/max(tot,1):5.1f}% {n:8.0f} inst {ni:10.3g}  L{l}: {s}")
+PY
   python3 - "$build/${k}_src.csv" >>"$out/ncu_${k}_details.txt" <<'PY'
 import csv, sys, collections
 rows = list(csv.reader(open(sys.argv[1], errors="replace")))
