@@ -65,8 +65,10 @@ extern "C" size_t m2_m2rnn_bwd_work_bytes(const m2_m2rnn_dims *d, const m2_m2rnn
  * __syncthreads per work item: inputs are staged two items ahead into three buffers, so the buffer refilled
  * after an item's barrier is the one the previous item read; the cross-warp partial sums are double-buffered
  * and the previous back item's are flushed by the whole block right after the barrier.
- * KC: K as a compile-time constant (0: runtime), so every shared-memory offset of a step is an immediate. */
-template <int NT, int NPE, int KC>
+ * KC: K as a compile-time constant (0: runtime), so every shared-memory offset of a step is an immediate.
+ * ONE: checkpoints every SC steps (the CUDA op's default), so every item is a back item starting at its segment's
+ * checkpoint: the item schedule folds to a countdown over the segments (fewer live registers). */
+template <int NT, int NPE, int KC, bool ONE>
 __global__ void __launch_bounds__(NT == 2 ? M2R_MAX_WARPS16 * 32 : M2R_MAX_WARPS * 32, 1) m2r_bwd_fast(const FastBwdP p) {
   extern __shared__ __align__(16) char sm[];
   constexpr int SC = M2R_BWD_SC, NQ = NT / 2;
@@ -110,10 +112,10 @@ __global__ void __launch_bounds__(NT == 2 ? M2R_MAX_WARPS16 * 32 : M2R_MAX_WARPS
   float *sub_n = p.sub + ((size_t)b * g.N + n) * p.msub * KS;
 
   auto decode = [&](Item it, bool &back, int &sb, int &s0, int &len) {
-    const int ns = seg_nsub(g, it.c);
-    back = it.p >= ns - 1;
-    sb = back ? 2 * ns - 2 - it.p : it.p;
-    s0 = it.c * g.ck + sb * SC;
+    const int ns = ONE ? 1 : seg_nsub(g, it.c);
+    back = ONE || it.p >= ns - 1;
+    sb = ONE ? 0 : back ? 2 * ns - 2 - it.p : it.p;
+    s0 = it.c * (ONE ? SC : g.ck) + sb * SC;
     len = min(SC, g.T - s0);
   };
   auto stage = [&](Item it, int bi) { /* advance items need k, v, f only */
@@ -126,7 +128,8 @@ __global__ void __launch_bounds__(NT == 2 ? M2R_MAX_WARPS16 * 32 : M2R_MAX_WARPS
   };
 
   Item it = {g.nck - 1, 0};
-  Item it1 = item_next(g, it);
+  auto next = [&](Item x) { return ONE ? Item{x.c - 1, 0} : item_next(g, x); };
+  Item it1 = next(it);
   stage(it, 0);
   m2r_cp_commit();
   stage(it1, 1);
@@ -136,7 +139,7 @@ __global__ void __launch_bounds__(NT == 2 ? M2R_MAX_WARPS16 * 32 : M2R_MAX_WARPS
   while (it.c >= 0) {
     m2r_cp_wait<1>();
     __syncthreads();
-    const Item it2 = item_next(g, it1);
+    const Item it2 = next(it1);
     stage(it2, (s + 2) % 3);
     m2r_cp_commit();
     if (pb_back) bwd_flush<KC>(p, part0 + ((s + 1) & 1) * p.pfl, b, n0, pb_s0, pb_len);
@@ -144,7 +147,7 @@ __global__ void __launch_bounds__(NT == 2 ? M2R_MAX_WARPS16 * 32 : M2R_MAX_WARPS
     bool back;
     int sb, s0, len;
     decode(it, back, sb, s0, len);
-    const int ns = seg_nsub(g, it.c);
+    const int ns = ONE ? 1 : seg_nsub(g, it.c);
     const char *buf = sm + (size_t)(s % 3) * st.bytes;
     float *part = part0 + (s & 1) * p.pfl;
     float *dvp = part, *dkp = part + SC * nw * 16, *dqp = dkp + SC * hpb * K, *dfp = dqp + SC * hpb * K;
@@ -504,11 +507,18 @@ extern "C" m2_status m2_m2rnn_bwd_cuda(const m2_m2rnn_dims *d, const m2_m2rnn_cu
                   a->W, a->f, (float *)(work + w.sub)};
     typedef void (*Kern)(const FastBwdP);
     /* the replay must use the forward's tanh split to reproduce its Z exactly; K = 64 (the paper's) compiled apart */
-    static const Kern k4[4] = {m2r_bwd_fast<4, 0, 0>, m2r_bwd_fast<4, 4, 0>, m2r_bwd_fast<4, 6, 0>, m2r_bwd_fast<4, 8, 0>};
-    static const Kern k2[4] = {m2r_bwd_fast<2, 0, 0>, m2r_bwd_fast<2, 4, 0>, m2r_bwd_fast<2, 6, 0>, m2r_bwd_fast<2, 8, 0>};
+    static const Kern k4[4] = {m2r_bwd_fast<4, 0, 0, false>, m2r_bwd_fast<4, 4, 0, false>, m2r_bwd_fast<4, 6, 0, false>,
+                               m2r_bwd_fast<4, 8, 0, false>};
+    static const Kern k2[4] = {m2r_bwd_fast<2, 0, 0, false>, m2r_bwd_fast<2, 4, 0, false>, m2r_bwd_fast<2, 6, 0, false>,
+                               m2r_bwd_fast<2, 8, 0, false>};
     const int npe = m2r_tanh_mode(o), ti = npe == 0 ? 0 : npe == 4 ? 1 : npe == 6 ? 2 : 3;
     Kern kern = pl.nt == 4 ? k4[ti] : k2[ti];
-    if (g.K == 64 && npe == 0) kern = pl.nt == 4 ? m2r_bwd_fast<4, 0, 64> : m2r_bwd_fast<2, 0, 64>;
+    if (g.K == 64 && npe == 0) { /* the paper's K. ONE when checkpoints are every SC steps (the op's default) with
+                                    16-row warps; with 32-row warps ONE measured slower (6.33 vs 5.98 ms, spills) */
+      const bool one = g.ck == M2R_BWD_SC;
+      kern = pl.nt == 4 ? m2r_bwd_fast<4, 0, 64, false>
+                        : (one ? m2r_bwd_fast<2, 0, 64, true> : m2r_bwd_fast<2, 0, 64, false>);
+    }
     if (pl.smem > 48 * 1024)
       M2_CUDA_TRY(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)pl.smem));
     kern<<<pl.nblocks, pl.threads, pl.smem, stream>>>(p);
