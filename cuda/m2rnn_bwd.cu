@@ -139,6 +139,12 @@ __global__ void __launch_bounds__(NT == 2 ? M2R_MAX_WARPS16 * 32 : M2R_MAX_WARPS
   while (it.c >= 0) {
     m2r_cp_wait<1>();
     __syncthreads();
+    if (ONE) { /* everything follows from it.c: nothing else is carried from item to item */
+      it1 = Item{it.c - 1, 0};
+      pb_back = s > 0;
+      pb_s0 = (it.c + 1) * SC;
+      pb_len = min(SC, g.T - pb_s0);
+    }
     const Item it2 = next(it1);
     stage(it2, (s + 2) % 3);
     m2r_cp_commit();
@@ -273,7 +279,7 @@ __global__ void __launch_bounds__(NT == 2 ? M2R_MAX_WARPS16 * 32 : M2R_MAX_WARPS
             m2r_tanh_tile<NT, NPE>(j, z);
             float d[4];
 #pragma unroll
-            for (int e = 0; e < 4; e++) d[e] = fminf(fmaxf(G[j][e], -clip), clip);
+            for (int e = 0; e < 4; e++) d[e] = m2r_clamp_sym(G[j][e], clip);
             m2r_mma1688(d, da0, da1, (uint32_t)ql[i * K + 8 * j]); /* D = dy q^T (transposed) + clamp(G) */
             const float hp[4] = {m2r_bf16_lo(Pp[j][0]), m2r_bf16_hi(Pp[j][0]), m2r_bf16_lo(Pp[j][1]), m2r_bf16_hi(Pp[j][1])};
             float dx[4];

@@ -102,6 +102,18 @@ __device__ __forceinline__ void m2r_mma1688(float c[4], uint32_t a0, uint32_t a1
       : "r"(a0), "r"(a1), "r"(b0));
 }
 
+/* clamp(x, -c, c) for c > 0 (c = INFINITY: x): one min.xorsign.abs on sm_86+ (min(|x|, c) with the sign of x),
+ * two FMNMX before. A NaN x gives c there and -c here; both only ever see finite gradients in practice. */
+__device__ __forceinline__ float m2r_clamp_sym(float x, float c) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 860
+  float r;
+  asm("min.xorsign.abs.f32 %0, %1, %2;" : "=f"(r) : "f"(x), "f"(c));
+  return r;
+#else
+  return fminf(fmaxf(x, -c), c);
+#endif
+}
+
 __device__ __forceinline__ float m2r_tanh_f32(float x) {
   float r;
   asm("tanh.approx.f32 %0, %1;" : "=f"(r) : "f"(x));
