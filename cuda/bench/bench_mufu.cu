@@ -94,6 +94,43 @@ __global__ void kern(float *out, long long *cyc, float seed) {
   if (threadIdx.x == 0) cyc[blockIdx.x] = t1 - t0;
 }
 
+
+/* Latency of a dependent shared-memory load chain in warps 0-3 (one per scheduler) while warps 4-15 of the block either
+ * idle (BUSY = 0) or run independent tanh (BUSY = 1) or FFMA (BUSY = 2) chains: does a load wait behind other warps'
+ * special-function work? (The kernels' per-step input loads and movmatrix sit on the recurrence's chain.) */
+template <int BUSY, int MOVM>
+__global__ void probe(float *out, long long *cyc, float seed) {
+  __shared__ uint32_t nxt[1024];
+  for (int i = threadIdx.x; i < 1024; i += blockDim.x) nxt[i] = (i * 37 + 11) & 1023;
+  __syncthreads();
+  const int warp = threadIdx.x >> 5;
+  if (warp < 4) {
+    uint32_t idx = threadIdx.x & 31;
+    const long long t0 = clock64();
+    if (MOVM)
+      for (int it = 0; it < 2048; it++) asm volatile("movmatrix.sync.aligned.m8n8.trans.b16 %0, %0;" : "+r"(idx));
+    else
+      for (int it = 0; it < 2048; it++) idx = nxt[idx];
+    const long long t1 = clock64();
+    out[blockIdx.x * blockDim.x + threadIdx.x] = (float)idx;
+    if ((threadIdx.x & 31) == 0) cyc[blockIdx.x * 4 + warp] = t1 - t0;
+  } else if (BUSY) {
+    float x[CH];
+#pragma unroll
+    for (int c = 0; c < CH; c++) x[c] = seed * (threadIdx.x + c + 1) * 1e-3f;
+    for (int it = 0; it < 3 * 2048; it++)
+#pragma unroll
+      for (int c = 0; c < CH; c++) {
+        if (BUSY == 1) asm volatile("tanh.approx.f32 %0, %0;" : "+f"(x[c]));
+        if (BUSY == 2) asm volatile("fma.rn.f32 %0, %0, %0, %0;" : "+f"(x[c]));
+      }
+    float s = 0.f;
+#pragma unroll
+    for (int c = 0; c < CH; c++) s += x[c];
+    out[blockIdx.x * blockDim.x + threadIdx.x] = s;
+  }
+}
+
 int main() {
   cudaDeviceProp prop;
   CK(cudaGetDeviceProperties(&prop, 0));
@@ -101,7 +138,7 @@ int main() {
   float *out;
   long long *cyc;
   CK(cudaMalloc(&out, sizeof(float) * blocks * threads));
-  CK(cudaMalloc(&cyc, sizeof(long long) * blocks));
+  CK(cudaMalloc(&cyc, sizeof(long long) * blocks * 4)); /* the probes use 4 per SM */
   printf("# bench_mufu on %s (%d SMs): results per clock per SM, %d threads x %d blocks, %d chains x %d iterations\n\n",
          prop.name, sms, threads, blocks, CH, ITERS);
   printf("| instruction | results per element | results / clock / SM (thread 0's clock) | ms | ms / tanh-only ms |\n|---|---|---|---|---|\n");
@@ -132,6 +169,21 @@ int main() {
     const double res = 2.0 * threads * CH * (double)ITERS * o.per;
     if (ms_tanh == 0.f) ms_tanh = ms;
     printf("| %s | %d | %.2f | %.3f | %.2f |\n", o.name, o.per, res / mc, ms, ms / ms_tanh);
+  }
+  printf("\n| dependent chain in warps 0-3 | warps 4-15 run | cycles per link |\n|---|---|---|\n");
+  struct { const char *name; void (*k)(float *, long long *, float); } probes[] = {
+      {"LDS | nothing", probe<0, 0>}, {"LDS | tanh.approx.f32 (8 chains each)", probe<1, 0>},
+      {"LDS | fma.rn.f32 (8 chains each)", probe<2, 0>}, {"movmatrix | nothing", probe<0, 1>},
+      {"movmatrix | tanh.approx.f32 (8 chains each)", probe<1, 1>}};
+  for (auto &pr : probes) {
+    pr.k<<<sms, 512>>>(out, cyc, 0.5f);
+    pr.k<<<sms, 512>>>(out, cyc, 0.5f);
+    CK(cudaDeviceSynchronize());
+    long long hc[1024];
+    CK(cudaMemcpy(hc, cyc, sizeof(long long) * sms * 4, cudaMemcpyDeviceToHost));
+    double sum = 0;
+    for (int i = 0; i < sms * 4; i++) sum += hc[i];
+    printf("| %s | %.1f |\n", pr.name, sum / (sms * 4) / 2048.0);
   }
   return 0;
 }
