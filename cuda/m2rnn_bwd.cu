@@ -207,11 +207,7 @@ __global__ void __launch_bounds__(NT == 2 ? M2R_MAX_WARPS16 * 32 : M2R_MAX_WARPS
         const uint32_t va0 = (uint32_t)vl[i * 16] & vmask, va1 = (uint32_t)vl[i * 16 + 8] & vmask;
         const float f = fb[i];
         uint32_t bt[NT][2];
-#pragma unroll
-        for (int j = 0; j < NT; j++) {
-          bt[j][0] = m2r_movt(P[j][0]);
-          bt[j][1] = m2r_movt(P[j][1]);
-        }
+        m2r_transpose_state<NT>(P, bt);
         if (back && i > 0) { /* dq_{i-1} = H dy_{i-1}: A = dy (every row), B = H^T */
           const uint32_t ad[4] = {dy32[(i - 1) * 8], dy32[(i - 1) * 8], dy32[(i - 1) * 8 + 4], dy32[(i - 1) * 8 + 4]};
 #pragma unroll
@@ -221,17 +217,7 @@ __global__ void __launch_bounds__(NT == 2 ? M2R_MAX_WARPS16 * 32 : M2R_MAX_WARPS
             *(float2 *)(dqw + (i - 1) * hpb * K + 8 * j) = make_float2(c4[0], c4[1]); /* every row is dq */
           }
         }
-#pragma unroll
-        for (int j = 0; j < NT; j++) {
-          float z[4] = {0.f, 0.f, 0.f, 0.f};
-          m2r_mma1688(z, va0, va1, (uint32_t)kl[i * K + 8 * j]); /* v k^T */
-          m2r_mma16816(z, wa, bt[j][0], bt[j][1]);                /* + W^T H^T */
-          m2r_tanh_tile<NT, NPE>(j, z);
-#pragma unroll
-          for (int e = 0; e < 4; e++) h[j][e] = fmaf(f, h[j][e] - z[e], z[e]);
-          P[j][0] = m2r_pack_bf16(h[j][0], h[j][1]);
-          P[j][1] = m2r_pack_bf16(h[j][2], h[j][3]);
-        }
+        m2r_advance<NT, NPE>(h, P, bt, wa, va0, va1, kl + i * K, f);
         if (back) {
 #pragma unroll
           for (int q2 = 0; q2 < NQ; q2++)

@@ -143,6 +143,35 @@ __device__ __forceinline__ void m2r_tanh_tile(int j, float c[4]) {
 #pragma unroll
   for (int e = 0; e < 4; e++) c[e] = (4 * j + e < NPE16 * NT / 4) ? m2r_tanh_poly(c[e]) : m2r_tanh_f32(c[e]);
 }
+/* The transposed packed state: B operands of the step's product (one movmatrix per 8x8 block). */
+template <int NT>
+__device__ __forceinline__ void m2r_transpose_state(const uint32_t P[NT][2], uint32_t bt[NT][2]) {
+#pragma unroll
+  for (int j = 0; j < NT; j++) {
+    bt[j][0] = m2r_movt(P[j][0]);
+    bt[j][1] = m2r_movt(P[j][1]);
+  }
+}
+/* One recurrence step of a warp's NT tiles (orientation T): H^T <- f H^T + (1 - f) tanh(W^T H^T + v k^T), with bt the
+ * transposed packed state, (va0, va1) the rank-1 A operand holding v, kp this lane's k of the step (tile j at kp[8 j]).
+ * h and its bf16 packing P are updated in place. The forward and the backward's replay both call this, so the replay
+ * reproduces the forward's states bit for bit. */
+template <int NT, int NPE>
+__device__ __forceinline__ void m2r_advance(float h[NT][4], uint32_t P[NT][2], const uint32_t bt[NT][2],
+                                            const uint32_t wa[4], uint32_t va0, uint32_t va1, const uint16_t *kp,
+                                            float f) {
+#pragma unroll
+  for (int j = 0; j < NT; j++) {
+    float z[4] = {0.f, 0.f, 0.f, 0.f};
+    m2r_mma1688(z, va0, va1, (uint32_t)kp[8 * j]); /* v k^T */
+    m2r_mma16816(z, wa, bt[j][0], bt[j][1]);       /* + W^T H^T */
+    m2r_tanh_tile<NT, NPE>(j, z);
+#pragma unroll
+    for (int e = 0; e < 4; e++) h[j][e] = fmaf(f, h[j][e] - z[e], z[e]);
+    P[j][0] = m2r_pack_bf16(h[j][0], h[j][1]);
+    P[j][1] = m2r_pack_bf16(h[j][2], h[j][3]);
+  }
+}
 __device__ __forceinline__ uint32_t m2r_pack_f16(float lo, float hi) {
   uint32_t r;
   asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));

@@ -260,22 +260,8 @@ __global__ void __launch_bounds__(NT == 1 ? M2R_MAX_WARPS8 * 32 : NT == 2 ? M2R_
       const uint32_t va0 = (uint32_t)vp[i * 16] & vmask, va1 = (uint32_t)vp[i * 16 + 8] & vmask;
       const float f = fp[i];
       uint32_t bt[NT][2];
-#pragma unroll
-      for (int j = 0; j < NT; j++) {
-        bt[j][0] = m2r_movt(P[j][0]);
-        bt[j][1] = m2r_movt(P[j][1]);
-      }
-#pragma unroll
-      for (int j = 0; j < NT; j++) {
-        float z[4] = {0.f, 0.f, 0.f, 0.f};
-        m2r_mma1688(z, va0, va1, (uint32_t)kp[i * K + 8 * j]); /* v k^T */
-        m2r_mma16816(z, wa, bt[j][0], bt[j][1]);                /* + W^T H^T */
-        m2r_tanh_tile<NT, NPE>(j, z);
-#pragma unroll
-        for (int e = 0; e < 4; e++) h[j][e] = fmaf(f, h[j][e] - z[e], z[e]);
-        P[j][0] = m2r_pack_bf16(h[j][0], h[j][1]);
-        P[j][1] = m2r_pack_bf16(h[j][2], h[j][3]);
-      }
+      m2r_transpose_state<NT>(P, bt);
+      m2r_advance<NT, NPE>(h, P, bt, wa, va0, va1, kp + i * K, f);
       /* y partial over this warp's rows: H^T (v, k) q (k); every column of the product is y */
       float yc[4] = {0.f, 0.f, 0.f, 0.f};
       if (NT == 1) {
