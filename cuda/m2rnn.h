@@ -12,7 +12,10 @@
  * Two paths, chosen by m2_m2rnn_cuda_path():
  *   fast    V == 16, K % 16 == 0, K <= 384 (<= 192 if K % 32 != 0; paper: K = 64): a warp advances 16 or 32 rows
  *           of one head with mma.sync m16n8k16, state and W in registers, inputs staged by cp.async;
- *   general any K, V (K * V <= 8192): one block per chain, state in shared memory, plain fp32 loops.
+ *   general any K, V (K * V <= 8192): one block per chain, state in shared memory, plain fp32 loops; with
+ *           opts.io_f32 its inputs and outputs are fp32 too (the CUDA op uses that, so that the general path,
+ *           which small-K models take, computes like the CPU reference instead of rounding q, k, v, y and the
+ *           gradients to bf16).
  * The choice depends only on dims and opts; pass the same ones to the forward and the backward.
  *
  * Training: the forward saves the state every opts.ckpt_every steps into `ckpt`, (B, N, S, K * V) fp32 with
@@ -51,27 +54,30 @@ typedef struct m2_m2rnn_cuda_opts {
   int heads_per_block; /* fast path: 0 -> chosen from the SM count; else must divide N */
   int fwd_rows_per_warp; /* fast forward: state rows per warp, 8, 16 or 32; 0 -> the measured best */
   int bwd_rows_per_warp; /* fast backward: 16 or 32 (needs K % 32 == 0); 0 -> the measured best */
+  int io_f32;          /* q, k, v, y, dy, dq, dk, dv are fp32 arrays instead of bf16: general path only (the fast
+                          path's products take bf16), so the whole computation is fp32 */
 } m2_m2rnn_cuda_opts;
 
+/* q, k, v, y, dy, dq, dk, dv: bf16 (uint16_t bits), or float when opts.io_f32. */
 typedef struct m2_m2rnn_fwd_args {
-  uint16_t *y;                    /* (B,T,N,V) bf16, out */
+  void *y;                        /* (B,T,N,V) bf16, out */
   float *hT;                      /* (B,N,K,V) out, or NULL */
   float *ckpt;                    /* m2_m2rnn_ckpt_floats() floats, out; NULL = inference (nothing saved) */
-  const uint16_t *q, *k, *v;      /* (B,T,Nq,K), (B,T,Nk,K), (B,T,Nv,V) bf16 */
+  const void *q, *k, *v;          /* (B,T,Nq,K), (B,T,Nk,K), (B,T,Nv,V) bf16 */
   const float *W;                 /* (Nw,V,V) */
   const float *f;                 /* (B,T,Nf) */
   const float *h0;                /* (B,N,K,V) or NULL (zeros) */
 } m2_m2rnn_fwd_args;
 
 typedef struct m2_m2rnn_bwd_args {
-  uint16_t *dq, *dk, *dv;         /* like q, k, v; out */
+  void *dq, *dk, *dv;             /* like q, k, v; out */
   float *dW;                      /* (Nw,V,V) out */
   float *df;                      /* (B,T,Nf) out */
   float *dh0;                     /* (B,N,K,V) out = dL/dH_0 (not clipped), or NULL */
-  const uint16_t *dy;             /* (B,T,N,V) bf16 */
+  const void *dy;                 /* (B,T,N,V) bf16 */
   const float *dhT;               /* (B,N,K,V) or NULL (zeros) */
   const float *ckpt;              /* what the training forward saved */
-  const uint16_t *q, *k, *v;
+  const void *q, *k, *v;
   const float *W, *f;
   void *work;                     /* m2_m2rnn_bwd_work_bytes() bytes of device scratch, 256-byte aligned */
 } m2_m2rnn_bwd_args;

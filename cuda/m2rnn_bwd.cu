@@ -329,18 +329,20 @@ __global__ void __launch_bounds__(NT == 2 ? M2R_MAX_WARPS16 * 32 : M2R_MAX_WARPS
 
 /* ======================= general kernel ======================= */
 
+template <typename TI> /* the type of q, k, v, dy (uint16_t = bf16 bits, or float) */
 struct GenBwdP {
   M2Geom g;
   float clip;
   float *dq32, *dk32, *dv32, *dW, *df, *dh0; /* all zeroed first except dh0 */
-  const uint16_t *dy;
+  const TI *dy;
   const float *dhT, *ckpt;
-  const uint16_t *q, *k, *v;
+  const TI *q, *k, *v;
   const float *W, *f;
   float *hist, *zs; /* per chain: ck + 1 states and ck tanh values of one segment */
 };
 
-__global__ void __launch_bounds__(256) m2r_bwd_general(const GenBwdP p) {
+template <typename TI>
+__global__ void __launch_bounds__(256) m2r_bwd_general(const GenBwdP<TI> p) {
   extern __shared__ __align__(16) float gsm[];
   const M2Geom &g = p.g;
   const int K = g.K, V = g.V, KV = K * V, tid = threadIdx.x, nth = blockDim.x;
@@ -358,8 +360,8 @@ __global__ void __launch_bounds__(256) m2r_bwd_general(const GenBwdP p) {
     __syncthreads();
     for (int i = 0; i < L; i++) {
       const size_t row = (size_t)b * g.T + t0 + i;
-      for (int r = tid; r < K; r += nth) kk[r] = m2r_bf16(p.k[(row * g.Nk + n / g.gk) * K + r]);
-      for (int j = tid; j < V; j += nth) vv[j] = m2r_bf16(p.v[(row * g.Nv + n / g.gv) * V + j]);
+      for (int r = tid; r < K; r += nth) kk[r] = m2r_ld(p.k + (row * g.Nk + n / g.gk) * K + r);
+      for (int j = tid; j < V; j += nth) vv[j] = m2r_ld(p.v + (row * g.Nv + n / g.gv) * V + j);
       const float f = p.f[row * g.Nf + n / g.gf];
       __syncthreads();
       const float *Hp = Hs + (size_t)i * KV;
@@ -376,12 +378,12 @@ __global__ void __launch_bounds__(256) m2r_bwd_general(const GenBwdP p) {
     for (int i = L - 1; i >= 0; i--) {
       const size_t row = (size_t)b * g.T + t0 + i;
       for (int r = tid; r < K; r += nth) {
-        kk[r] = m2r_bf16(p.k[(row * g.Nk + n / g.gk) * K + r]);
-        qq[r] = m2r_bf16(p.q[(row * g.Nq + n / g.gq) * K + r]);
+        kk[r] = m2r_ld(p.k + (row * g.Nk + n / g.gk) * K + r);
+        qq[r] = m2r_ld(p.q + (row * g.Nq + n / g.gq) * K + r);
       }
       for (int j = tid; j < V; j += nth) {
-        vv[j] = m2r_bf16(p.v[(row * g.Nv + n / g.gv) * V + j]);
-        dyv[j] = m2r_bf16(p.dy[(row * g.N + n) * V + j]);
+        vv[j] = m2r_ld(p.v + (row * g.Nv + n / g.gv) * V + j);
+        dyv[j] = m2r_ld(p.dy + (row * g.N + n) * V + j);
       }
       const float f = p.f[row * g.Nf + n / g.gf];
       __syncthreads();
@@ -475,28 +477,40 @@ extern "C" m2_status m2_m2rnn_bwd_cuda(const m2_m2rnn_dims *d, const m2_m2rnn_cu
                                  "(m2_m2rnn_bwd_work_bytes = %zu bytes)", m2_m2rnn_bwd_work_bytes(d, o));
   const BwdWork w = bwd_work(&g, path);
   char *work = (char *)a->work;
-  float *dq32 = w.use_dq32 ? (float *)(work + w.dq32) : nullptr;
-  float *dk32 = w.use_dk32 ? (float *)(work + w.dk32) : nullptr;
-  float *dv32 = w.use_dv32 ? (float *)(work + w.dv32) : nullptr;
+  const bool f32io = o && o->io_f32; /* general path only (m2_m2rnn_cuda_path): dq, dk, dv are the fp32 sums */
+  float *dq32 = f32io ? (float *)a->dq : w.use_dq32 ? (float *)(work + w.dq32) : nullptr;
+  float *dk32 = f32io ? (float *)a->dk : w.use_dk32 ? (float *)(work + w.dk32) : nullptr;
+  float *dv32 = f32io ? (float *)a->dv : w.use_dv32 ? (float *)(work + w.dv32) : nullptr;
   if (dq32) M2_CUDA_TRY(cudaMemsetAsync(dq32, 0, BT * g.Nq * g.K * 4, stream));
   if (dk32) M2_CUDA_TRY(cudaMemsetAsync(dk32, 0, BT * g.Nk * g.K * 4, stream));
   if (dv32) M2_CUDA_TRY(cudaMemsetAsync(dv32, 0, BT * g.Nv * g.V * 4, stream));
   if (path == M2_M2RNN_GENERAL || g.Nf < g.N) M2_CUDA_TRY(cudaMemsetAsync(a->df, 0, BT * g.Nf * 4, stream));
 
   if (path == M2_M2RNN_GENERAL) {
-    GenBwdP p = {g, clip, dq32, dk32, dv32, a->dW, a->df, a->dh0, a->dy, a->dhT, a->ckpt, a->q, a->k, a->v, a->W, a->f,
-                 (float *)(work + w.hist), (float *)(work + w.zs)};
     const size_t smem = (2 * (size_t)g.V * g.V + 3 * KV + 2 * g.K + 2 * g.V + 32) * 4;
-    if (smem > 48 * 1024)
-      M2_CUDA_TRY(cudaFuncSetAttribute(m2r_bwd_general, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-    m2r_bwd_general<<<g.B * g.N, 256, smem, stream>>>(p);
+    float *hist = (float *)(work + w.hist), *zs = (float *)(work + w.zs);
+    if (f32io) {
+      GenBwdP<float> p = {g, clip, dq32, dk32, dv32, a->dW, a->df, a->dh0, (const float *)a->dy, a->dhT, a->ckpt,
+                          (const float *)a->q, (const float *)a->k, (const float *)a->v, a->W, a->f, hist, zs};
+      if (smem > 48 * 1024)
+        M2_CUDA_TRY(cudaFuncSetAttribute(m2r_bwd_general<float>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+      m2r_bwd_general<float><<<g.B * g.N, 256, smem, stream>>>(p);
+    } else {
+      GenBwdP<uint16_t> p = {g, clip, dq32, dk32, dv32, a->dW, a->df, a->dh0, (const uint16_t *)a->dy, a->dhT, a->ckpt,
+                             (const uint16_t *)a->q, (const uint16_t *)a->k, (const uint16_t *)a->v, a->W, a->f, hist, zs};
+      if (smem > 48 * 1024)
+        M2_CUDA_TRY(
+            cudaFuncSetAttribute(m2r_bwd_general<uint16_t>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+      m2r_bwd_general<uint16_t><<<g.B * g.N, 256, smem, stream>>>(p);
+    }
     M2_CUDA_LAUNCH_CHECK("m2r_bwd_general");
   } else {
     M2Plan pl;
     M2_TRY(m2r_plan(&g, o, 1, &pl));
     FastBwdP p = {g, pl.st, pl.hpb, pl.wph, g.ck / M2R_BWD_SC, m2r_bwd_part_floats(&g, pl.hpb, pl.hpb * pl.wph), clip,
-                  a->dq, a->dk, a->dv, dq32, dk32, dv32, a->dW, a->df, a->dh0, a->dy, a->dhT, a->ckpt, a->q, a->k, a->v,
-                  a->W, a->f, (float *)(work + w.sub)};
+                  (uint16_t *)a->dq, (uint16_t *)a->dk, (uint16_t *)a->dv, dq32, dk32, dv32, a->dW, a->df, a->dh0,
+                  (const uint16_t *)a->dy, a->dhT, a->ckpt, (const uint16_t *)a->q, (const uint16_t *)a->k,
+                  (const uint16_t *)a->v, a->W, a->f, (float *)(work + w.sub)};
     typedef void (*Kern)(const FastBwdP);
     /* the replay must use the forward's tanh split to reproduce its Z exactly; K = 64 (the paper's) compiled apart */
     static const Kern k4[4] = {m2r_bwd_fast<4, 0, 0, false>, m2r_bwd_fast<4, 4, 0, false>, m2r_bwd_fast<4, 6, 0, false>,
@@ -516,8 +530,9 @@ extern "C" m2_status m2_m2rnn_bwd_cuda(const m2_m2rnn_dims *d, const m2_m2rnn_cu
     kern<<<pl.nblocks, pl.threads, pl.smem, stream>>>(p);
     M2_CUDA_LAUNCH_CHECK("m2r_bwd_fast");
   }
-  if (dq32) M2_TRY(to_bf16(dq32, a->dq, BT * g.Nq * g.K, stream));
-  if (dk32) M2_TRY(to_bf16(dk32, a->dk, BT * g.Nk * g.K, stream));
-  if (dv32) M2_TRY(to_bf16(dv32, a->dv, BT * g.Nv * g.V, stream));
+  if (f32io) return M2_OK; /* dq, dk, dv were accumulated in place */
+  if (dq32) M2_TRY(to_bf16(dq32, (uint16_t *)a->dq, BT * g.Nq * g.K, stream));
+  if (dk32) M2_TRY(to_bf16(dk32, (uint16_t *)a->dk, BT * g.Nk * g.K, stream));
+  if (dv32) M2_TRY(to_bf16(dv32, (uint16_t *)a->dv, BT * g.Nv * g.V, stream));
   return M2_OK;
 }

@@ -75,6 +75,12 @@ __device__ __forceinline__ float m2r_bf16_lo(uint32_t x) { return __uint_as_floa
 __device__ __forceinline__ float m2r_bf16_hi(uint32_t x) { return __uint_as_float(x & 0xffff0000u); }
 __device__ __forceinline__ float m2r_bf16(uint16_t x) { return __uint_as_float((uint32_t)x << 16); }
 
+/* Element load / store for the general kernels' I/O type: bf16 bits (uint16_t) or fp32. */
+__device__ __forceinline__ float m2r_ld(const uint16_t *p) { return m2r_bf16(*p); }
+__device__ __forceinline__ float m2r_ld(const float *p) { return *p; }
+__device__ __forceinline__ void m2r_st(uint16_t *p, float x) { *p = (uint16_t)(m2r_pack_bf16(x, 0.f) & 0xffffu); }
+__device__ __forceinline__ void m2r_st(float *p, float x) { *p = x; }
+
 /* The fast path's checkpoint layout of one (K, 16) state, shared by the forward (16-row warps) and the
  * backward (32-row warps): 8-row tile t, lane l holds floats [(t * 32 + l) * 4, + 4) = the accumulator order
  * (H[8t + 2(l%4) + {0,1}][l/4], then the same rows at column l/4 + 8), so a warp saves or loads a tile with one

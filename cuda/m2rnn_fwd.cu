@@ -164,6 +164,7 @@ extern "C" int m2_m2rnn_cuda_path(const m2_m2rnn_dims *d, const m2_m2rnn_cuda_op
   if (m2_m2rnn_cuda_check(d, o) != M2_OK) return -1;
   const int want = o ? o->path : M2_M2RNN_AUTO;
   if (want == M2_M2RNN_GENERAL) return M2_M2RNN_GENERAL;
+  if (o && o->io_f32) return want == M2_M2RNN_FAST ? -1 : M2_M2RNN_GENERAL; /* fp32 I/O: general path only */
   const int fast_shape = d->V == 16 && d->K % 16 == 0 && d->K / (d->K % 32 == 0 ? 32 : 16) <= M2R_MAX_WARPS &&
                          d->K / 16 <= M2R_MAX_WARPS16 &&
                          ((o && o->ckpt_every > 0) ? o->ckpt_every : 64) % M2R_BWD_SC == 0;
@@ -329,16 +330,19 @@ __global__ void __launch_bounds__(NT == 1 ? M2R_MAX_WARPS8 * 32 : NT == 2 ? M2R_
 
 /* ======================= general kernel ======================= */
 
+/* TI: the type of q, k, v and y (uint16_t = bf16 bits, or float) */
+template <typename TI>
 struct GenFwdP {
   M2Geom g;
-  uint16_t *y;
+  TI *y;
   float *hT, *ckpt;
-  const uint16_t *q, *k, *v;
+  const TI *q, *k, *v;
   const float *W, *f, *h0;
 };
 
 /* One block per chain (b, n); state, W and the step's inputs in shared memory; fp32 and tanhf. */
-__global__ void __launch_bounds__(256) m2r_fwd_general(const GenFwdP p) {
+template <typename TI>
+__global__ void __launch_bounds__(256) m2r_fwd_general(const GenFwdP<TI> p) {
   extern __shared__ __align__(16) float gsm[];
   const M2Geom &g = p.g;
   const int K = g.K, V = g.V, KV = K * V, tid = threadIdx.x, nth = blockDim.x;
@@ -353,10 +357,10 @@ __global__ void __launch_bounds__(256) m2r_fwd_general(const GenFwdP p) {
     if (p.ckpt && s % g.ck == 0)
       for (int e = tid; e < KV; e += nth) p.ckpt[(((size_t)b * g.N + n) * g.nck + s / g.ck) * KV + e] = H[e];
     for (int i = tid; i < K; i += nth) {
-      kk[i] = m2r_bf16(p.k[(row * g.Nk + n / g.gk) * K + i]);
-      qq[i] = m2r_bf16(p.q[(row * g.Nq + n / g.gq) * K + i]);
+      kk[i] = m2r_ld(p.k + (row * g.Nk + n / g.gk) * K + i);
+      qq[i] = m2r_ld(p.q + (row * g.Nq + n / g.gq) * K + i);
     }
-    for (int j = tid; j < V; j += nth) vv[j] = m2r_bf16(p.v[(row * g.Nv + n / g.gv) * V + j]);
+    for (int j = tid; j < V; j += nth) vv[j] = m2r_ld(p.v + (row * g.Nv + n / g.gv) * V + j);
     const float f = p.f[row * g.Nf + n / g.gf];
     __syncthreads();
     for (int e = tid; e < KV; e += nth) {
@@ -371,7 +375,7 @@ __global__ void __launch_bounds__(256) m2r_fwd_general(const GenFwdP p) {
     for (int j = tid; j < V; j += nth) {
       float acc = 0.f;
       for (int i = 0; i < K; i++) acc = fmaf(qq[i], H[i * V + j], acc);
-      p.y[(row * g.N + n) * V + j] = (uint16_t)(m2r_pack_bf16(acc, 0.f) & 0xffffu);
+      m2r_st(p.y + (row * g.N + n) * V + j, acc);
     }
     __syncthreads();
   }
@@ -395,8 +399,8 @@ extern "C" m2_status m2_m2rnn_fwd_cuda(const m2_m2rnn_dims *d, const m2_m2rnn_cu
   const int path = m2_m2rnn_cuda_path(d, o);
   if (path < 0)
     return m2_fail(M2_ERR_SHAPE, "m2rnn cuda forward: the fast path was asked for but needs V == 16, K %% 16 == 0, "
-                                 "K / 32 <= %d and ckpt_every %% %d == 0 (K=%d V=%d)",
-                   M2R_MAX_WARPS, M2R_BWD_SC, d->K, d->V);
+                                 "K / 32 <= %d, ckpt_every %% %d == 0 and bf16 I/O (K=%d V=%d io_f32=%d)",
+                   M2R_MAX_WARPS, M2R_BWD_SC, d->K, d->V, o ? o->io_f32 : 0);
   M2Geom g = m2r_geom(d, o);
   const size_t KV = (size_t)g.K * g.V;
   if (g.T == 0) { /* nothing to run: hT = h0 */
@@ -407,16 +411,25 @@ extern "C" m2_status m2_m2rnn_fwd_cuda(const m2_m2rnn_dims *d, const m2_m2rnn_cu
     return M2_OK;
   }
   if (path == M2_M2RNN_GENERAL) {
-    GenFwdP p = {g, a->y, a->hT, a->ckpt, a->q, a->k, a->v, a->W, a->f, a->h0};
     const size_t smem = ((size_t)g.V * g.V + 2 * KV + 2 * g.K + g.V) * 4;
-    M2_TRY(set_smem(m2r_fwd_general, smem));
-    m2r_fwd_general<<<g.B * g.N, 256, smem, stream>>>(p);
+    if (o && o->io_f32) {
+      GenFwdP<float> p = {g, (float *)a->y, a->hT, a->ckpt, (const float *)a->q, (const float *)a->k,
+                          (const float *)a->v, a->W, a->f, a->h0};
+      M2_TRY(set_smem(m2r_fwd_general<float>, smem));
+      m2r_fwd_general<float><<<g.B * g.N, 256, smem, stream>>>(p);
+    } else {
+      GenFwdP<uint16_t> p = {g, (uint16_t *)a->y, a->hT, a->ckpt, (const uint16_t *)a->q, (const uint16_t *)a->k,
+                             (const uint16_t *)a->v, a->W, a->f, a->h0};
+      M2_TRY(set_smem(m2r_fwd_general<uint16_t>, smem));
+      m2r_fwd_general<uint16_t><<<g.B * g.N, 256, smem, stream>>>(p);
+    }
     M2_CUDA_LAUNCH_CHECK("m2r_fwd_general");
     return M2_OK;
   }
   M2Plan pl;
   M2_TRY(m2r_plan(&g, o, 0, &pl));
-  FastFwdP p = {g, pl.st, pl.hpb, pl.wph, a->y, a->hT, a->ckpt, a->q, a->k, a->v, a->W, a->f, a->h0};
+  FastFwdP p = {g, pl.st, pl.hpb, pl.wph, (uint16_t *)a->y, a->hT, a->ckpt, (const uint16_t *)a->q,
+                (const uint16_t *)a->k, (const uint16_t *)a->v, a->W, a->f, a->h0};
   typedef void (*Kern)(const FastFwdP);
   static const Kern k4[4] = {m2r_fwd_fast<4, 0, 0>, m2r_fwd_fast<4, 4, 0>, m2r_fwd_fast<4, 6, 0>, m2r_fwd_fast<4, 8, 0>};
   static const Kern k2[4] = {m2r_fwd_fast<2, 0, 0>, m2r_fwd_fast<2, 4, 0>, m2r_fwd_fast<2, 6, 0>, m2r_fwd_fast<2, 8, 0>};

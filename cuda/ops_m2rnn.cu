@@ -1,5 +1,6 @@
 /* ops_m2rnn.cu — the M2RNN op on CUDA: adapts an m2_opcall (tensors of any float dtype) to the fused
- * kernels of cuda/m2rnn_fwd.cu / m2rnn_bwd.cu (bf16 q, k, v, y; fp32 W, f, state, checkpoints).
+ * kernels of cuda/m2rnn_fwd.cu / m2rnn_bwd.cu (bf16 q, k, v, y; fp32 W, f, state, checkpoints), or to the
+ * general kernel (fp32 throughout) for shapes the fused ones do not take.
  * The forward keeps the fp32 state checkpoints (every 8 steps) as a saved tensor; the backward
  * recomputes the states in between. Outputs and gradients come back in the inputs' dtype. */
 #include <cuda_runtime.h>
@@ -28,10 +29,16 @@ static m2_m2rnn_cuda_opts opts_of(const m2_opcall *c) {
   return o;
 }
 
+/* Shapes the fused kernels do not take (e.g. K % 16 != 0, small models) run the general kernel, and there with
+   fp32 q, k, v, y and gradients, so that it computes like the CPU reference; the fused kernels take bf16. The
+   choice depends only on the shapes, so the forward and the backward agree. */
+static void choose_io(const m2_m2rnn_dims *d, m2_m2rnn_cuda_opts *o) {
+  o->io_f32 = m2_m2rnn_cuda_path(d, o) == M2_M2RNN_GENERAL;
+}
+
 /* t converted to dtype dt (a new reference; t itself when it already is). */
 static m2_tensor *as(m2_tensor *t, m2_dtype dt) { return t ? m2_to_dtype(t, dt) : NULL; }
 
-#define BF(t) ((uint16_t *)m2_data(t))
 #define F32(t) ((float *)m2_data(t))
 
 extern "C" m2_status m2_cuda_m2rnn_fwd(m2_opcall *c) {
@@ -40,19 +47,21 @@ extern "C" m2_status m2_cuda_m2rnn_fwd(m2_opcall *c) {
   m2_m2rnn_dims d = dims_of(&g);
   m2_m2rnn_cuda_opts o = opts_of(c);
   M2_TRY(m2_m2rnn_cuda_check(&d, &o));
+  choose_io(&d, &o);
+  const m2_dtype io = o.io_f32 ? M2_F32 : M2_BF16;
   m2_device dev = c->in[0]->device;
   m2_dtype dt = c->in[0]->dtype;
-  m2_tensor *q = as(c->in[0], M2_BF16), *k = as(c->in[1], M2_BF16), *v = as(c->in[2], M2_BF16);
+  m2_tensor *q = as(c->in[0], io), *k = as(c->in[1], io), *v = as(c->in[2], io);
   m2_tensor *W = as(c->in[3], M2_F32), *f = as(c->in[4], M2_F32), *h0 = as(c->in[5], M2_F32);
   int64_t yshape[4] = {g.B, g.T, g.N, g.V}, hshape[4] = {g.B, g.N, g.K, g.V};
   int64_t nck = (int64_t)m2_m2rnn_ckpt_floats(&d, &o);
-  m2_tensor *y = m2_empty(M2_BF16, dev, 4, yshape), *hT = m2_empty(M2_F32, dev, 4, hshape);
+  m2_tensor *y = m2_empty(io, dev, 4, yshape), *hT = m2_empty(M2_F32, dev, 4, hshape);
   m2_tensor *ck = m2_empty(M2_F32, dev, 1, &nck);
   m2_status s = (q && k && v && W && f && (h0 || !c->in[5]) && y && hT && ck) ? M2_OK : m2_errcode();
   if (s == M2_OK) {
     m2_m2rnn_fwd_args a = {};
-    a.y = BF(y); a.hT = F32(hT); a.ckpt = F32(ck);
-    a.q = BF(q); a.k = BF(k); a.v = BF(v); a.W = F32(W); a.f = F32(f); a.h0 = h0 ? F32(h0) : NULL;
+    a.y = m2_data(y); a.hT = F32(hT); a.ckpt = F32(ck);
+    a.q = m2_data(q); a.k = m2_data(k); a.v = m2_data(v); a.W = F32(W); a.f = F32(f); a.h0 = h0 ? F32(h0) : NULL;
     s = m2_m2rnn_fwd_cuda(&d, &o, &a, m2_cuda_stream(dev.index));
   }
   if (s == M2_OK) {
@@ -72,12 +81,14 @@ extern "C" m2_status m2_cuda_m2rnn_bwd(m2_opcall *c) {
   M2_TRY(m2rnn_check(c->in, &g));
   m2_m2rnn_dims d = dims_of(&g);
   m2_m2rnn_cuda_opts o = opts_of(c);
+  choose_io(&d, &o);
+  const m2_dtype io = o.io_f32 ? M2_F32 : M2_BF16;
   m2_device dev = c->in[0]->device;
-  m2_tensor *q = as(c->in[0], M2_BF16), *k = as(c->in[1], M2_BF16), *v = as(c->in[2], M2_BF16);
+  m2_tensor *q = as(c->in[0], io), *k = as(c->in[1], io), *v = as(c->in[2], io);
   m2_tensor *W = as(c->in[3], M2_F32), *f = as(c->in[4], M2_F32);
-  m2_tensor *dy = as(c->dout[0], M2_BF16), *dhT = as(c->dout[1], M2_F32);
+  m2_tensor *dy = as(c->dout[0], io), *dhT = as(c->dout[1], M2_F32);
   m2_tensor *g_out[6] = {0};
-  static const m2_dtype gdt[6] = {M2_BF16, M2_BF16, M2_BF16, M2_F32, M2_F32, M2_F32};
+  const m2_dtype gdt[6] = {io, io, io, M2_F32, M2_F32, M2_F32};
   for (int i = 0; i < 6; i++)
     if (c->in[i]) g_out[i] = m2_empty(gdt[i], dev, c->in[i]->ndim, c->in[i]->shape);
   int64_t nwork = (int64_t)m2_m2rnn_bwd_work_bytes(&d, &o);
@@ -87,10 +98,10 @@ extern "C" m2_status m2_cuda_m2rnn_bwd(m2_opcall *c) {
     if (c->in[i] && !g_out[i]) s = m2_errcode();
   if (s == M2_OK) {
     m2_m2rnn_bwd_args a = {};
-    a.dq = BF(g_out[0]); a.dk = BF(g_out[1]); a.dv = BF(g_out[2]);
+    a.dq = m2_data(g_out[0]); a.dk = m2_data(g_out[1]); a.dv = m2_data(g_out[2]);
     a.dW = F32(g_out[3]); a.df = F32(g_out[4]); a.dh0 = g_out[5] ? F32(g_out[5]) : NULL;
-    a.dy = BF(dy); a.dhT = F32(dhT); a.ckpt = F32(c->saved[0]);
-    a.q = BF(q); a.k = BF(k); a.v = BF(v); a.W = F32(W); a.f = F32(f);
+    a.dy = m2_data(dy); a.dhT = F32(dhT); a.ckpt = F32(c->saved[0]);
+    a.q = m2_data(q); a.k = m2_data(k); a.v = m2_data(v); a.W = F32(W); a.f = F32(f);
     a.work = m2_data(work);
     s = m2_m2rnn_bwd_cuda(&d, &o, &a, m2_cuda_stream(dev.index));
   }

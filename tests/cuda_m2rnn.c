@@ -27,6 +27,7 @@ typedef struct tcase {
   double tol;    /* on ||gpu - ref|| / ||ref|| */
   int frows;     /* forward rows per warp (opts.fwd_rows_per_warp; 0: default) */
   int brows;     /* backward rows per warp (opts.bwd_rows_per_warp; 0: default) */
+  int io32;      /* fp32 q, k, v, y, dy, dq, dk, dv (opts.io_f32; general path) */
 } tcase;
 
 static const tcase CASES[] = {
@@ -48,6 +49,11 @@ static const tcase CASES[] = {
     {"T=5 < sub-chunk",          1, 5, 2, 64, 16, 1, 1, 2, 2, 2, 0, 1.f, M2_M2RNN_FAST, 64, 0, 2, 1e-2},
     {"paper-like general",       1, 100, 2, 64, 16, 1, 1, 2, 2, 2, 1, 1.f, M2_M2RNN_GENERAL, 64, 0, 0, 1e-2},
     {"K=24 V=8 general",         2, 50, 4, 24, 8, 2, 1, 4, 2, 1, 1, .5f, M2_M2RNN_AUTO, 16, 0, 0, 1e-2},
+    /* fp32 I/O (what the CUDA op uses on the general path): fp32 arithmetic against the float64 reference, so
+       1e-4 fails if anything is rounded to bf16 (that costs ~3e-3) */
+    {"K=24 V=8 general fp32",    2, 50, 4, 24, 8, 2, 1, 4, 2, 1, 1, .5f, M2_M2RNN_AUTO, 16, 0, 0, 1e-4, 0, 0, 1},
+    {"K=2 state-tracking fp32",  2, 40, 4, 2, 16, 1, 1, 4, 4, 4, 0, 1.f, M2_M2RNN_AUTO, 8, 0, 0, 1e-4, 0, 0, 1},
+    {"paper-like general fp32",  1, 60, 2, 64, 16, 1, 1, 2, 2, 2, 1, 1.f, M2_M2RNN_GENERAL, 64, 0, 0, 1e-4, 0, 0, 1},
 };
 
 static float bf16r(double x) { return m2_bf16_to_f32(m2_f32_to_bf16((float)x)); }
@@ -109,11 +115,12 @@ static void compare(const m2_tensor *a, const m2_tensor *b, double *nrel, double
 
 static void run_case(const tcase *tc, uint64_t seed) {
   m2_m2rnn_dims d = {tc->B, tc->T, tc->N, tc->K, tc->V, tc->Nq, tc->Nk, tc->Nv, tc->Nf, tc->Nw};
-  m2_m2rnn_cuda_opts o = {tc->clip, tc->ck, tc->path, tc->tanh_mode, tc->hpb, tc->frows, tc->brows};
+  m2_m2rnn_cuda_opts o = {tc->clip, tc->ck, tc->path, tc->tanh_mode, tc->hpb, tc->frows, tc->brows, tc->io32};
+  const m2_dtype io = tc->io32 ? M2_F32 : M2_BF16;
   const int B = tc->B, T = tc->T, N = tc->N, K = tc->K, V = tc->V;
   const int path = m2_m2rnn_cuda_path(&d, &o);
-  CHECK(path == (tc->path == M2_M2RNN_GENERAL || V != 16 ? M2_M2RNN_GENERAL : M2_M2RNN_FAST), "%s: path %d", tc->name,
-        path);
+  CHECK(path == (tc->path == M2_M2RNN_GENERAL || V != 16 || K % 16 || tc->io32 ? M2_M2RNN_GENERAL : M2_M2RNN_FAST),
+        "%s: path %d", tc->name, path);
   m2_rng r = m2_rng_make(seed, 0);
   int64_t sq[4] = {B, T, tc->Nq, K}, sk[4] = {B, T, tc->Nk, K}, sv[4] = {B, T, tc->Nv, V}, sw[3] = {tc->Nw, V, V},
           sf[3] = {B, T, tc->Nf}, sh[4] = {B, N, K, V}, sy[4] = {B, T, N, V};
@@ -141,13 +148,13 @@ static void run_case(const tcase *tc, uint64_t seed) {
   CHECK_OK(m2_op_m2rnn.cpu_bwd(&c));
 
   /* GPU */
-  m2_tensor *gq = dev(q, M2_BF16, 4, sq), *gk = dev(k, M2_BF16, 4, sk), *gv = dev(v, M2_BF16, 4, sv),
+  m2_tensor *gq = dev(q, io, 4, sq), *gk = dev(k, io, 4, sk), *gv = dev(v, io, 4, sv),
             *gW = dev(W, M2_F32, 3, sw), *gf = dev(f, M2_F32, 3, sf), *gh0 = tc->h0 ? dev(h0, M2_F32, 4, sh) : NULL,
-            *gdy = dev(dy, M2_BF16, 4, sy), *gdhT = dev(dhT, M2_F32, 4, sh);
+            *gdy = dev(dy, io, 4, sy), *gdhT = dev(dhT, M2_F32, 4, sh);
   int64_t nck[1] = {(int64_t)m2_m2rnn_ckpt_floats(&d, &o) + 1}, nwk[1] = {(int64_t)(m2_m2rnn_bwd_work_bytes(&d, &o) / 4 + 64)};
-  m2_tensor *y = dev_empty(M2_BF16, 4, sy), *y2 = dev_empty(M2_BF16, 4, sy), *hT = dev_empty(M2_F32, 4, sh),
-            *ck = dev_empty(M2_F32, 1, nck), *work = dev_empty(M2_F32, 1, nwk), *dq = dev_empty(M2_BF16, 4, sq),
-            *dk = dev_empty(M2_BF16, 4, sk), *dv = dev_empty(M2_BF16, 4, sv), *dW = dev_empty(M2_F32, 3, sw),
+  m2_tensor *y = dev_empty(io, 4, sy), *y2 = dev_empty(io, 4, sy), *hT = dev_empty(M2_F32, 4, sh),
+            *ck = dev_empty(M2_F32, 1, nck), *work = dev_empty(M2_F32, 1, nwk), *dq = dev_empty(io, 4, sq),
+            *dk = dev_empty(io, 4, sk), *dv = dev_empty(io, 4, sv), *dW = dev_empty(M2_F32, 3, sw),
             *df = dev_empty(M2_F32, 3, sf), *dh0 = dev_empty(M2_F32, 4, sh);
   cudaDeviceSynchronize(); /* the backend allocates and copies on its own stream */
   m2_tensor *outs[] = {y, y2, hT, dq, dk, dv, dW, df, dh0};
@@ -206,6 +213,11 @@ int main(void) {
   CHECK(m2_m2rnn_cuda_path(&paper, NULL) == M2_M2RNN_FAST, "auto path for the paper shape is fast");
   m2_m2rnn_cuda_opts ck10 = {0, 10, M2_M2RNN_AUTO, 0, 0};
   CHECK(m2_m2rnn_cuda_path(&paper, &ck10) == M2_M2RNN_GENERAL, "ckpt_every 10 is not a multiple of 8: general");
+  m2_m2rnn_cuda_opts f32io = {0};
+  f32io.io_f32 = 1;
+  CHECK(m2_m2rnn_cuda_path(&paper, &f32io) == M2_M2RNN_GENERAL, "fp32 I/O: general path");
+  f32io.path = M2_M2RNN_FAST;
+  CHECK(m2_m2rnn_cuda_path(&paper, &f32io) == -1, "fp32 I/O refuses the fast path");
   CHECK(m2_m2rnn_ckpt_floats(&paper, NULL) == (size_t)8 * 84 * 64 * 64 * 16, "checkpoint size");
   if (m2_cuda_device_count() == 0) {
     printf("cuda_m2rnn: no CUDA device, skipped (%d argument checks, %d failed)\n", g_checks, g_failures);
