@@ -7,7 +7,9 @@
  * state at each sub-chunk start (scratch in global memory, L2-resident); then for each sub-chunk from
  * the last: recompute its SC states into shared memory as bf16 (the very values the forward's products
  * used, so Z_t is replayed exactly), computing dq on the way, and run the SC backward steps, which
- * recompute Z_t from those states with one more product and tanh. */
+ * recompute Z_t from those states with one more product and tanh. With checkpoints every SC steps (the CUDA
+ * op's default) a segment is one sub-chunk: no forward pass, and the kernel is the ONE variant with 16-row
+ * warps (cuda/bench/RESULTS.md, v11). */
 #include <cuda_runtime.h>
 #include <math.h>
 #include <string.h>
