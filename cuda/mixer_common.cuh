@@ -16,25 +16,6 @@ extern "C" {
 /* The kernels' rules: f32 / bf16 (f64 refused), rows of at most MX_MAX_DIM. */
 static const mixer_rules mx_rules_cuda = {"CUDA", cu_check_float, MX_MAX_DIM};
 
-/* Registers a lane needs for a state row of n elements (one of 1, 2, 4, 8, 16). */
-static inline int mx_lane_regs(int64_t n) { return n <= 32 ? 1 : n <= 64 ? 2 : n <= 128 ? 4 : n <= 256 ? 8 : 16; }
-
-/* Run BODY with const int R = Rn (from mx_lane_regs). */
-#define MX_R_DISPATCH(Rn, ...)                                    \
-  do {                                                            \
-    switch (Rn) {                                                 \
-      case 1: { const int R = 1; __VA_ARGS__; } break;            \
-      case 2: { const int R = 2; __VA_ARGS__; } break;            \
-      case 4: { const int R = 4; __VA_ARGS__; } break;            \
-      case 8: { const int R = 8; __VA_ARGS__; } break;            \
-      default: { const int R = 16; __VA_ARGS__; } break;          \
-    }                                                             \
-  } while (0)
-
-/* A tensor's data as T * / const T * (NULL stays NULL), inside CU_FLOAT_DISPATCH. */
-#define PT(t) ((t) ? (T *)m2_data(t) : (T *)NULL)
-#define PC(t) ((t) ? (const T *)m2_data(t) : (const T *)NULL)
-
 /* dst (row) = the sum over the block's W warps of their rows red (W, row), in warp order. Every thread of the
  * block calls it (two barriers). */
 __device__ __forceinline__ void mx_sum_warp_rows(const float *red, float *dst, int row, int W) {

@@ -267,32 +267,16 @@ __global__ void k_att_bwd_dkv(const T *q, const T *k, const T *v, const T *dout,
 
 /* ================= launchers ================= */
 
-static int att_regs(int64_t D) { return D <= 32 ? 1 : D <= 64 ? 2 : D <= 128 ? 4 : D <= 256 ? 8 : 16; }
-
-#define ATT_R_DISPATCH(Rn, ...)                                   \
-  do {                                                            \
-    switch (Rn) {                                                 \
-      case 1: { const int R = 1; __VA_ARGS__; } break;            \
-      case 2: { const int R = 2; __VA_ARGS__; } break;            \
-      case 4: { const int R = 4; __VA_ARGS__; } break;            \
-      case 8: { const int R = 8; __VA_ARGS__; } break;            \
-      default: { const int R = 16; __VA_ARGS__; } break;          \
-    }                                                             \
-  } while (0)
-
-#define PT(t) ((t) ? (T *)m2_data(t) : (T *)NULL)
-#define PC(t) ((t) ? (const T *)m2_data(t) : (const T *)NULL)
-
 /* Allow `bytes` of dynamic shared memory for kernel f (needed above 48 KiB). */
 template <class F> static cudaError_t att_smem(F f, size_t bytes) {
   if (bytes <= 48 * 1024) return cudaSuccess;
   return cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
 }
 
-/* Launch kernel<T, R> (T from dtype dt, R = att_regs(D)) on (grid, warps x 32) with `bytes` of dynamic shared
+/* Launch kernel<T, R> (T from dtype dt, R = cu_lane_regs(D)) on (grid, warps x 32) with `bytes` of dynamic shared
  * memory and the arguments that follow (PC / PT may name T); e = the launch's error. */
 #define ATT_LAUNCH(e, dt, D, kernel, grid, warps, bytes, st, ...)             \
-  CU_FLOAT_DISPATCH(dt, ATT_R_DISPATCH(att_regs(D), {                         \
+  CU_FLOAT_DISPATCH(dt, CU_R_DISPATCH(cu_lane_regs(D), {                         \
     e = att_smem(kernel<T, R>, bytes);                                        \
     if (e == cudaSuccess) {                                                   \
       kernel<T, R><<<grid, (warps) * 32, bytes, st>>>(__VA_ARGS__);           \

@@ -32,6 +32,26 @@ template <> __device__ __forceinline__ bf16 from_f<bf16>(float v) { return __flo
     }                                          \
   } while (0)
 
+/* Registers a lane needs for a row of n elements spread over a warp (one of 1, 2, 4, 8, 16): the R of the mixer and
+ * attention kernels (n <= 512). */
+static inline int cu_lane_regs(int64_t n) { return n <= 32 ? 1 : n <= 64 ? 2 : n <= 128 ? 4 : n <= 256 ? 8 : 16; }
+
+/* Run BODY with const int R = Rn (from cu_lane_regs). */
+#define CU_R_DISPATCH(Rn, ...)                                    \
+  do {                                                            \
+    switch (Rn) {                                                 \
+      case 1: { const int R = 1; __VA_ARGS__; } break;            \
+      case 2: { const int R = 2; __VA_ARGS__; } break;            \
+      case 4: { const int R = 4; __VA_ARGS__; } break;            \
+      case 8: { const int R = 8; __VA_ARGS__; } break;            \
+      default: { const int R = 16; __VA_ARGS__; } break;          \
+    }                                                             \
+  } while (0)
+
+/* A tensor's data as T * / const T * (NULL stays NULL), inside CU_FLOAT_DISPATCH. */
+#define PT(t) ((t) ? (T *)m2_data(t) : (T *)NULL)
+#define PC(t) ((t) ? (const T *)m2_data(t) : (const T *)NULL)
+
 /* CUDA float ops compute on F32 and BF16 (with fp32 accumulation); F64 is refused with a clear message. */
 static inline m2_status cu_check_float(const m2_tensor *t, const char *op, const char *arg) {
   if (t->dtype == M2_F32 || t->dtype == M2_BF16) return M2_OK;

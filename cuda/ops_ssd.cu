@@ -218,7 +218,7 @@ static m2_status ssd_forward(m2_opcall *c) {
   if (s == M2_OK && nw > 0) {
     unsigned grid = (unsigned)((nw + 3) / 4);
     m2_tensor **in = c->in;
-    CU_FLOAT_DISPATCH(c->in[0]->dtype, MX_R_DISPATCH(mx_lane_regs(d.N), k_ssd_fwd<T, R><<<grid, 128, 0, st>>>(
+    CU_FLOAT_DISPATCH(c->in[0]->dtype, CU_R_DISPATCH(cu_lane_regs(d.N), k_ssd_fwd<T, R><<<grid, 128, 0, st>>>(
         PC(in[0]), PC(in[1]), PC(in[2]), PC(in[3]), PC(in[4]), PC(in[5]), PT(y), PT(hT),
         ck ? (float *)m2_data(ck) : NULL, d.B, d.T, d.H, d.P, d.G, (int)d.N, (int)seg, NS)));
     s = mx_launched(op, "forward");
@@ -242,7 +242,7 @@ extern "C" m2_status m2_cuda_ssd_bwd(m2_opcall *c) {
   int64_t P = d.P, N = d.N, BH = d.B * d.H, row = 2 * N + 1;
   cudaFuncAttributes fattr; /* a block: as many warps (rows) as the kernel's registers allow */
   cudaError_t fe = cudaSuccess;
-  CU_FLOAT_DISPATCH(dt, MX_R_DISPATCH(mx_lane_regs(N), fe = cudaFuncGetAttributes(&fattr, k_ssd_bwd_seg<T, R>)));
+  CU_FLOAT_DISPATCH(dt, CU_R_DISPATCH(cu_lane_regs(N), fe = cudaFuncGetAttributes(&fattr, k_ssd_bwd_seg<T, R>)));
   if (fe != cudaSuccess) return m2_fail(M2_ERR_CUDA, "%s: cudaFuncGetAttributes failed: %s", op, cudaGetErrorString(fe));
   int W = mx_bwd_warps(row, P, fattr.maxThreadsPerBlock);
   int ntile = (int)((P + W - 1) / W);
@@ -257,7 +257,7 @@ extern "C" m2_status m2_cuda_ssd_bwd(m2_opcall *c) {
     int64_t t0 = sg * seg, L = d.T - t0 < seg ? d.T - t0 : seg;
     if (L < 0) L = 0;
     m2_tensor **in = c->in;
-    CU_FLOAT_DISPATCH(dt, MX_R_DISPATCH(mx_lane_regs(N), k_ssd_bwd_seg<T, R><<<(unsigned)(BH * ntile), W * 32,
+    CU_FLOAT_DISPATCH(dt, CU_R_DISPATCH(cu_lane_regs(N), k_ssd_bwd_seg<T, R><<<(unsigned)(BH * ntile), W * 32,
                                                                              (size_t)W * row * 4, st>>>(
         PC(in[0]), PC(in[1]), PC(in[2]), PC(in[3]), PC(in[4]), PC(w.dy), PC(w.dhT), (const float *)m2_data(c->saved[0]),
         (float *)m2_data(w.carry), (float *)m2_data(w.states), (float *)m2_data(w.part), (float *)m2_data(dap),
