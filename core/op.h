@@ -86,6 +86,9 @@ const m2_op *m2_op_find(const char *name);
 /* ---- helpers for op implementations ---- */
 /* Fail unless t is F32 or F64 (the float dtypes CPU kernels compute in). */
 m2_status m2_check_float(const m2_tensor *t, const char *op, const char *arg);
+/* A backend's float dtype rule, for checks shared by the CPU ops and the CUDA entry points: m2_check_float on the
+   CPU, cu_check_float on CUDA (F32 / BF16, no F64). */
+typedef m2_status (*m2_float_rule)(const m2_tensor *t, const char *op, const char *arg);
 m2_status m2_check_same_dtype(const m2_tensor *a, const m2_tensor *b, const char *op);
 /* Broadcast two shapes (numpy rules); fails with a message naming `op`. */
 m2_status m2_broadcast_shapes(int na, const int64_t *sa, int nb, const int64_t *sb,

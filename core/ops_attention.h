@@ -8,9 +8,6 @@
 extern "C" {
 #endif
 
-/* A backend's float dtype rule: m2_check_float on the CPU, cu_check_float on CUDA (no f64 there). */
-typedef m2_status (*m2_float_rule)(const m2_tensor *t, const char *op, const char *arg);
-
 typedef struct att_geom { int64_t B, T, H, D, S, Hkv; } att_geom;
 
 /* Check q (B,T,H,D), k, v (B,S,Hkv,D) (in[0..2], Hkv dividing H) and fill g. Messages name the shapes. */

@@ -6,6 +6,7 @@
  * possible, so that same-shape inputs become one flat loop and (..., n) with (n) or (..., 1) becomes
  * rows of contiguous loops; only the odometer over the outer dims is generic. */
 #include "ops.h"
+#include "ops_elementwise.h"
 #ifdef M2_HAVE_CUDA
 #include "../cuda/cuda_ops.h" /* the CUDA entry points named in the op rows */
 #endif
@@ -64,16 +65,6 @@ static void bin_row_f32(bin_kind k, int64_t n, const float *restrict a, int64_t 
 static void bin_row_f64(bin_kind k, int64_t n, const double *restrict a, int64_t sa, const double *restrict b,
                         int64_t sb, double *restrict o) { BIN_ROW(double) }
 
-/* The broadcast iteration space with size-1 dims dropped and adjacent dims merged wherever both
- * operands step through them as one (e.g. (B, T, d) + (d) -> (B*T, d) with b strides (0, 1)).
- * Inputs are contiguous, so in the last plan dim each stride is 0 or 1, and not both 0. */
-typedef struct bin_plan {
-  int nd;                      /* >= 1 */
-  int64_t shape[M2_MAX_DIMS];  /* (nd) */
-  int64_t sa[M2_MAX_DIMS];     /* (nd) element strides of a; 0 where a is broadcast */
-  int64_t sb[M2_MAX_DIMS];     /* (nd) same for b */
-} bin_plan;
-
 static void bin_plan_make(int nd, const int64_t *shape, const int64_t *sa, const int64_t *sb, bin_plan *p) {
   p->nd = 0;
   for (int d = 0; d < nd; d++) {
@@ -97,12 +88,11 @@ static void bin_plan_make(int nd, const int64_t *shape, const int64_t *sa, const
   }
 }
 
-/* out = a (op) b with numpy broadcasting; a, b contiguous of the same float dtype. */
-static m2_status binary_fwd(m2_opcall *c, bin_kind k) {
+m2_status m2_binary_setup(m2_opcall *c, m2_float_rule check_float, bin_plan *p, int64_t *n) {
   m2_tensor *a = c->in[0], *b = c->in[1];
   const char *name = c->op->name;
-  M2_TRY(m2_check_float(a, name, "a"));
-  M2_TRY(m2_check_float(b, name, "b"));
+  M2_TRY(check_float(a, name, "a"));
+  M2_TRY(check_float(b, name, "b"));
   M2_TRY(m2_check_same_dtype(a, b, name));
   int nd;
   int64_t shape[M2_MAX_DIMS], sa[M2_MAX_DIMS], sb[M2_MAX_DIMS];
@@ -113,11 +103,18 @@ static m2_status binary_fwd(m2_opcall *c, bin_kind k) {
   if (!o) return m2_errcode();
   c->n_out = 1;
   c->out[0] = o;
-  int64_t n = m2_numel(o);
-  if (n == 0) return M2_OK;
+  *n = m2_numel(o);
+  bin_plan_make(nd, shape, sa, sb, p);
+  return M2_OK;
+}
 
+/* out = a (op) b with numpy broadcasting; a, b contiguous of the same float dtype. */
+static m2_status binary_fwd(m2_opcall *c, bin_kind k) {
   bin_plan p;
-  bin_plan_make(nd, shape, sa, sb, &p);
+  int64_t n;
+  M2_TRY(m2_binary_setup(c, m2_check_float, &p, &n));
+  if (n == 0) return M2_OK;
+  m2_tensor *a = c->in[0], *b = c->in[1], *o = c->out[0];
   int last = p.nd - 1;
   int64_t cols = p.shape[last], rows = n / cols; /* the last plan dim is contiguous in out */
   int64_t idx[M2_MAX_DIMS] = {0}, oa = 0, ob = 0;

@@ -8,9 +8,6 @@
 extern "C" {
 #endif
 
-/* A backend's float dtype rule: m2_check_float on the CPU, cu_check_float on CUDA (no f64 there). */
-typedef m2_status (*m2_float_rule)(const m2_tensor *t, const char *op, const char *arg);
-
 /* weight (V, d) float, ids integer (...) with room for one more dim. */
 m2_status m2_embedding_check(const m2_tensor *w, const m2_tensor *ids, m2_float_rule check_float);
 /* out[0] of the embedding call c: a new empty (..., d) tensor for ids = in[1] (...), weight = in[0] (V, d). */

@@ -2,6 +2,7 @@
  * maps (neg ... clamp) with their backwards; f32 / bf16 storage, fp32 arithmetic. The binary ops'
  * backwards are the CPU file's composites (other ops), which run here too. */
 #include "ops_common.cuh"
+#include "../core/ops_elementwise.h"
 
 /* ================= broadcasting binary ops ================= */
 
@@ -14,35 +15,7 @@ template <int K> __device__ __forceinline__ float bin_apply(float x, float y) {
   return x / y;
 }
 
-/* Broadcast iteration space with size-1 dims dropped and mergeable dims merged (as on the CPU). */
-typedef struct bin_plan {
-  int nd;
-  int64_t shape[M2_MAX_DIMS];
-  int64_t sa[M2_MAX_DIMS], sb[M2_MAX_DIMS]; /* element strides, 0 where broadcast */
-} bin_plan;
-
-static void bin_plan_make(int nd, const int64_t *shape, const int64_t *sa, const int64_t *sb, bin_plan *p) {
-  p->nd = 0;
-  for (int d = 0; d < nd; d++) {
-    if (shape[d] == 1) continue;
-    int k = p->nd - 1;
-    if (k >= 0 && p->sa[k] == sa[d] * shape[d] && p->sb[k] == sb[d] * shape[d]) {
-      p->shape[k] *= shape[d];
-      p->sa[k] = sa[d];
-      p->sb[k] = sb[d];
-    } else {
-      p->shape[k + 1] = shape[d];
-      p->sa[k + 1] = sa[d];
-      p->sb[k + 1] = sb[d];
-      p->nd++;
-    }
-  }
-  if (p->nd == 0) {
-    p->nd = 1;
-    p->shape[0] = 1;
-    p->sa[0] = p->sb[0] = 1;
-  }
-}
+/* bin_plan: the broadcast iteration space (core/ops_elementwise.h), made by m2_binary_setup as on the CPU. */
 
 /* o[i] = a[i * sa] (op) b[i * sb], sa and sb 0 or 1 (one flat loop) */
 template <class T, int K>
@@ -80,28 +53,15 @@ static void bin_launch(const void *a, const void *b, void *o, const bin_plan *p,
 
 template <int K>
 static m2_status binary_fwd(m2_opcall *c) {
-  m2_tensor *a = c->in[0], *b = c->in[1];
-  const char *name = c->op->name;
-  M2_TRY(cu_check_float(a, name, "a"));
-  M2_TRY(cu_check_float(b, name, "b"));
-  M2_TRY(m2_check_same_dtype(a, b, name));
-  int nd;
-  int64_t shape[M2_MAX_DIMS], sa[M2_MAX_DIMS], sb[M2_MAX_DIMS];
-  M2_TRY(m2_broadcast_shapes(a->ndim, a->shape, b->ndim, b->shape, &nd, shape, name));
-  m2_broadcast_strides(a->ndim, a->shape, nd, shape, sa);
-  m2_broadcast_strides(b->ndim, b->shape, nd, shape, sb);
-  m2_tensor *o = m2_empty(a->dtype, a->device, nd, shape);
-  if (!o) return m2_errcode();
-  c->n_out = 1;
-  c->out[0] = o;
-  int64_t n = m2_numel(o);
+  bin_plan p;
+  int64_t n;
+  M2_TRY(m2_binary_setup(c, cu_check_float, &p, &n));
   if (n == 0) return M2_OK;
+  m2_tensor *a = c->in[0];
   cudaStream_t st;
   M2_TRY(cu_stream(a->device, &st));
-  bin_plan p;
-  bin_plan_make(nd, shape, sa, sb, &p);
-  CU_FLOAT_DISPATCH(a->dtype, bin_launch<T, K>(m2_data(a), m2_data(b), m2_data(o), &p, n, st));
-  M2_CUDA_LAUNCH_CHECK(name);
+  CU_FLOAT_DISPATCH(a->dtype, bin_launch<T, K>(m2_data(a), m2_data(c->in[1]), m2_data(c->out[0]), &p, n, st));
+  M2_CUDA_LAUNCH_CHECK(c->op->name);
   return M2_OK;
 }
 
