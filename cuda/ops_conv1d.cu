@@ -4,6 +4,7 @@
  *   dx[b,s,c] = sum_j w[c,j] dy[b, s+(W-1)-j, c];   dw[c,j] = sum_{b,t} dy[b,t,c] x[b, t-(W-1)+j, c];
  *   dbias[c] = sum_{b,t} dy[b,t,c]  (dw and dbias in one deterministic column reduction). */
 #include "ops_common.cuh"
+#include "../core/ops_conv1d.h"
 
 template <class T>
 __global__ void k_conv_fwd(const T *x, const T *w, const T *bias, int64_t Tn, int64_t C, int64_t W, int64_t total,
@@ -42,29 +43,10 @@ template <class T> struct load_conv_dw {
   }
 };
 
-static m2_status conv_check(const m2_tensor *x, const m2_tensor *w, const m2_tensor *bias) {
-  char a[96], b[96];
-  if (!x || !w) return m2_fail(M2_ERR_VALUE, "conv1d_causal: x (B, T, C) and w (C, W) are required (bias may be NULL)");
-  M2_TRY(cu_check_float(x, "conv1d_causal", "x"));
-  M2_TRY(cu_check_float(w, "conv1d_causal", "w"));
-  M2_TRY(m2_check_same_dtype(x, w, "conv1d_causal"));
-  if (x->ndim != 3) return m2_fail(M2_ERR_SHAPE, "conv1d_causal: x must be (B, T, C), got %s", m2_shape_str(x, a, sizeof a));
-  if (w->ndim != 2 || w->shape[0] != x->shape[2] || w->shape[1] < 1)
-    return m2_fail(M2_ERR_SHAPE, "conv1d_causal: w must be (C, W) with C = %lld from x %s and W >= 1, got %s",
-                   (long long)x->shape[2], m2_shape_str(x, a, sizeof a), m2_shape_str(w, b, sizeof b));
-  if (bias) {
-    M2_TRY(m2_check_same_dtype(x, bias, "conv1d_causal"));
-    if (bias->ndim != 1 || bias->shape[0] != x->shape[2])
-      return m2_fail(M2_ERR_SHAPE, "conv1d_causal: bias must be (C) with C = %lld from x %s, got %s",
-                     (long long)x->shape[2], m2_shape_str(x, a, sizeof a), m2_shape_str(bias, b, sizeof b));
-  }
-  return M2_OK;
-}
-
 /* in: x, w, bias (may be NULL). out: y (B, T, C). */
 extern "C" m2_status m2_cuda_conv1d_causal_fwd(m2_opcall *c) {
   m2_tensor *x = c->in[0], *w = c->in[1], *bias = c->n_in > 2 ? c->in[2] : NULL;
-  M2_TRY(conv_check(x, w, bias));
+  M2_TRY(m2_conv1d_check(x, w, bias, cu_check_float));
   int64_t Tn = x->shape[1], C = x->shape[2], W = w->shape[1], total = m2_numel(x);
   m2_tensor *y = m2_empty(x->dtype, x->device, 3, x->shape);
   if (!y) return m2_errcode();
