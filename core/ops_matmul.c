@@ -82,25 +82,33 @@ m2_status m2_matmul_geom(const m2_tensor *a, const m2_tensor *b, bool ta, bool t
   return M2_OK;
 }
 
-static m2_status mm_check(const m2_tensor *a, const m2_tensor *b, bool ta, bool tb, mm_geom *g) {
-  M2_TRY(m2_check_float(a, "matmul", "a"));
-  M2_TRY(m2_check_float(b, "matmul", "b"));
+m2_status m2_matmul_check(const m2_tensor *a, const m2_tensor *b, bool ta, bool tb, m2_float_rule check_float,
+                          mm_geom *g) {
+  M2_TRY(check_float(a, "matmul", "a"));
+  M2_TRY(check_float(b, "matmul", "b"));
   M2_TRY(m2_check_same_dtype(a, b, "matmul"));
   return m2_matmul_geom(a, b, ta, tb, g);
+}
+
+m2_status m2_matmul_setup(m2_opcall *c, m2_float_rule check_float, mm_geom *g) {
+  m2_tensor *a = c->in[0], *b = c->in[1];
+  M2_TRY(m2_matmul_check(a, b, c->ia[0] != 0, c->ia[1] != 0, check_float, g));
+  int64_t shape[M2_MAX_DIMS];
+  memcpy(shape, a->shape, sizeof shape);
+  shape[a->ndim - 2] = g->M;
+  shape[a->ndim - 1] = g->N;
+  m2_tensor *o = m2_empty(a->dtype, a->device, a->ndim, shape); /* (..., M, N) */
+  if (!o) return m2_errcode();
+  c->n_out = 1;
+  c->out[0] = o;
+  return M2_OK;
 }
 
 static m2_status matmul_fwd(m2_opcall *c) {
   m2_tensor *a = c->in[0], *b = c->in[1];
   mm_geom g;
-  M2_TRY(mm_check(a, b, c->ia[0] != 0, c->ia[1] != 0, &g));
-  int64_t shape[M2_MAX_DIMS];
-  memcpy(shape, a->shape, sizeof shape);
-  shape[a->ndim - 2] = g.M;
-  shape[a->ndim - 1] = g.N;
-  m2_tensor *o = m2_empty(a->dtype, a->device, a->ndim, shape); /* (..., M, N) */
-  if (!o) return m2_errcode();
-  c->n_out = 1;
-  c->out[0] = o;
+  M2_TRY(m2_matmul_setup(c, m2_check_float, &g));
+  m2_tensor *o = c->out[0];
   const void *pa = m2_data(a), *pb = m2_data(b);
   void *po = m2_data(o);
   if (g.shared && !g.ta) /* (batch*M, K) @ op(b) in one GEMM */
@@ -114,7 +122,7 @@ static m2_status matmul_fwd(m2_opcall *c) {
 static m2_status matmul_bwd(m2_opcall *c) {
   m2_tensor *a = c->in[0], *b = c->in[1];
   mm_geom g;
-  M2_TRY(mm_check(a, b, c->ia[0] != 0, c->ia[1] != 0, &g));
+  M2_TRY(m2_matmul_check(a, b, c->ia[0] != 0, c->ia[1] != 0, m2_check_float, &g));
   m2_tensor *dc = c->dout[0]; /* (..., M, N) */
   m2_tensor *dcc = m2_is_contiguous(dc) && dc->dtype == a->dtype ? (m2_retain(dc), dc)
                                                                   : m2_clone_raw(dc, a->dtype, dc->device);
@@ -162,7 +170,7 @@ const m2_op m2_op_matmul = {"matmul", matmul_fwd, matmul_bwd, M2_CUDA(m2_cuda_ma
 
 m2_tensor *m2_matmul(m2_tensor *a, m2_tensor *b, bool ta, bool tb) {
   mm_geom g;
-  if (mm_check(a, b, ta, tb, &g) != M2_OK) return NULL; /* fail before any contiguous copy */
+  if (m2_matmul_check(a, b, ta, tb, m2_check_float, &g) != M2_OK) return NULL; /* fail before any contiguous copy */
   m2_tensor *in[2] = {a, b};
   m2_opcall c;
   m2_call_init(&c, &m2_op_matmul, 2, in);

@@ -1,8 +1,8 @@
-/* ops_matmul.h — internal: the matmul op's shape check, shared by the CPU op (core/ops_matmul.c)
- * and the CUDA entry points (cuda/ops_matmul.cu). */
+/* ops_matmul.h — internal: the matmul op's checks and output, shared by the CPU op (core/ops_matmul.c)
+ * and the CUDA entry points (cuda/ops_matmul.cu), so both refuse bad input with the same words. */
 #ifndef M2_OPS_MATMUL_H
 #define M2_OPS_MATMUL_H
-#include "tensor.h"
+#include "op.h"
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -14,6 +14,11 @@ typedef struct mm_geom {
 
 /* a (..., M, K) [ta: (..., K, M)] times b (..., K, N) [tb: (..., N, K)], or b 2-D shared. */
 m2_status m2_matmul_geom(const m2_tensor *a, const m2_tensor *b, bool ta, bool tb, mm_geom *g);
+/* The same after checking that a and b are float by the backend's rule and of one dtype. */
+m2_status m2_matmul_check(const m2_tensor *a, const m2_tensor *b, bool ta, bool tb, m2_float_rule check_float,
+                          mm_geom *g);
+/* The forward call c (a = in[0], b = in[1], ta = ia[0], tb = ia[1]): check, create out[0] (..., M, N), fill g. */
+m2_status m2_matmul_setup(m2_opcall *c, m2_float_rule check_float, mm_geom *g);
 
 #ifdef __cplusplus
 }

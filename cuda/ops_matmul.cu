@@ -70,25 +70,11 @@ static m2_status bgemm(m2_device dev, m2_dtype dt, bool tx, bool ty, int64_t bat
   return M2_OK;
 }
 
-static m2_status mm_check(const m2_tensor *a, const m2_tensor *b, bool ta, bool tb, mm_geom *g) {
-  M2_TRY(cu_check_float(a, "matmul", "a"));
-  M2_TRY(cu_check_float(b, "matmul", "b"));
-  M2_TRY(m2_check_same_dtype(a, b, "matmul"));
-  return m2_matmul_geom(a, b, ta, tb, g); /* shapes: core/ops_matmul.c, the same words as on the CPU */
-}
-
 extern "C" m2_status m2_cuda_matmul_fwd(m2_opcall *c) {
   m2_tensor *a = c->in[0], *b = c->in[1];
   mm_geom g;
-  M2_TRY(mm_check(a, b, c->ia[0] != 0, c->ia[1] != 0, &g));
-  int64_t shape[M2_MAX_DIMS];
-  memcpy(shape, a->shape, sizeof shape);
-  shape[a->ndim - 2] = g.M;
-  shape[a->ndim - 1] = g.N;
-  m2_tensor *o = m2_empty(a->dtype, a->device, a->ndim, shape); /* (..., M, N) */
-  if (!o) return m2_errcode();
-  c->n_out = 1;
-  c->out[0] = o;
+  M2_TRY(m2_matmul_setup(c, cu_check_float, &g)); /* checks and out[0]: core/ops_matmul.c, the CPU's words */
+  m2_tensor *o = c->out[0];
   const void *pa = m2_data(a), *pb = m2_data(b);
   void *po = m2_data(o);
   if (g.shared && !g.ta) /* (batch*M, K) @ op(b) in one GEMM */
@@ -100,7 +86,7 @@ extern "C" m2_status m2_cuda_matmul_fwd(m2_opcall *c) {
 extern "C" m2_status m2_cuda_matmul_bwd(m2_opcall *c) {
   m2_tensor *a = c->in[0], *b = c->in[1];
   mm_geom g;
-  M2_TRY(mm_check(a, b, c->ia[0] != 0, c->ia[1] != 0, &g));
+  M2_TRY(m2_matmul_check(a, b, c->ia[0] != 0, c->ia[1] != 0, cu_check_float, &g));
   m2_tensor *dcc = cu_as(c->dout[0], a->dtype); /* (..., M, N) */
   if (!dcc) return m2_errcode();
   m2_dtype dt = a->dtype;
