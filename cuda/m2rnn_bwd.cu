@@ -87,10 +87,12 @@ __global__ void __launch_bounds__(NT == 2 ? M2R_MAX_WARPS16 * 32 : M2R_MAX_WARPS
   const uint32_t vmask = tq == 0 ? 0xffffu : 0u; /* rank-1 products use column 0 of their A tile only */
   const size_t KS = (size_t)K * 16;
 
-  /* shared memory: 3 staging buffers | bf16 states [SC+1][nw][NQ][32] uint4 | 2 partial-sum buffers */
-  const int hstep = nw * NQ * 32;
-  uint4 *hw = (uint4 *)(sm + 3 * (size_t)st.bytes) + warp * NQ * 32 + lane; /* this lane's slot, step 0 */
-  float *part0 = (float *)((uint4 *)(sm + 3 * (size_t)st.bytes) + (SC + 1) * hstep);
+  /* shared memory: 3 staging buffers | bf16 states [nw][SC][NQ][32] uint4 | 2 partial-sum buffers. Every per-step
+     region is indexed [warp or head][step]..., so a step's offsets are immediates (the step loops are unrolled).
+     SC slots: slot i holds H_{t-1} of step i; the state after the last step is never read back. */
+  constexpr int hstep = NQ * 32;
+  uint4 *hw = (uint4 *)(sm + 3 * (size_t)st.bytes) + warp * SC * hstep + lane; /* this lane's slot, step 0 */
+  float *part0 = (float *)((uint4 *)(sm + 3 * (size_t)st.bytes) + nw * SC * hstep);
 
   const float *Wn = p.W + (size_t)(n / g.gw) * 256;
   uint32_t wa[4], wb[4];
@@ -158,7 +160,9 @@ __global__ void __launch_bounds__(NT == 2 ? M2R_MAX_WARPS16 * 32 : M2R_MAX_WARPS
     const int ns = ONE ? 1 : seg_nsub(g, it.c);
     const char *buf = sm + (size_t)(s % 3) * st.bytes;
     float *part = part0 + (s & 1) * p.pfl;
-    float *dvp = part, *dkp = part + SC * nw * 16, *dqp = dkp + SC * hpb * K, *dfp = dqp + SC * hpb * K;
+    /* partial sums: dv [nw][SC][16], dk and dq [hpb][SC][K], df [nw][SC] */
+    float *dvp = part + warp * SC * 16 + 2 * gl, *dkp = part + SC * nw * 16, *dqp = dkp + SC * hpb * K,
+          *dfp = dqp + SC * hpb * K;
     /* this lane's views of the staged inputs (step i at + i * K, + i * 16, ...) */
     const uint16_t *kl = (const uint16_t *)(buf + st.off_k) + sk * SC * K + r0 + gl;
     const uint32_t *k32 = (const uint32_t *)(buf + st.off_k) + (sk * SC * K + r0) / 2 + tq;
@@ -168,7 +172,7 @@ __global__ void __launch_bounds__(NT == 2 ? M2R_MAX_WARPS16 * 32 : M2R_MAX_WARPS
     const uint16_t *dyl = (const uint16_t *)(buf + st.off_dy) + hb * SC * 16 + gl;
     const uint32_t *dy32 = (const uint32_t *)(buf + st.off_dy) + hb * SC * 8 + tq;
     const float *fb = (const float *)(buf + st.off_f) + hb * SC;
-    float *dkw = dkp + hb * K + r0 + 2 * tq, *dqw = dqp + hb * K + r0 + 2 * tq;
+    float *dkw = dkp + hb * SC * K + r0 + 2 * tq, *dqw = dqp + hb * SC * K + r0 + 2 * tq; /* step i at + i * K */
 
     uint32_t P[NT][2];
 #pragma unroll
@@ -216,11 +220,11 @@ __global__ void __launch_bounds__(NT == 2 ? M2R_MAX_WARPS16 * 32 : M2R_MAX_WARPS
           for (int j = 0; j < NT; j++) {
             float c4[4] = {0.f, 0.f, 0.f, 0.f};
             m2r_mma16816(c4, ad, bt[j][0], bt[j][1]);
-            *(float2 *)(dqw + (i - 1) * hpb * K + 8 * j) = make_float2(c4[0], c4[1]); /* every row is dq */
+            *(float2 *)(dqw + (i - 1) * K + 8 * j) = make_float2(c4[0], c4[1]); /* every row is dq */
           }
         }
         m2r_advance<NT, NPE>(h, P, bt, wa, va0, va1, kl + i * K, f);
-        if (back) {
+        if (back && i + 1 < SC) {
 #pragma unroll
           for (int q2 = 0; q2 < NQ; q2++)
             hw[(i + 1) * hstep + q2 * 32] = make_uint4(P[2 * q2][0], P[2 * q2][1], P[2 * q2 + 1][0], P[2 * q2 + 1][1]);
@@ -236,7 +240,7 @@ __global__ void __launch_bounds__(NT == 2 ? M2R_MAX_WARPS16 * 32 : M2R_MAX_WARPS
           for (int j = 0; j < NT; j++) {
             float c4[4] = {0.f, 0.f, 0.f, 0.f};
             m2r_mma16816(c4, ad, m2r_movt(P[j][0]), m2r_movt(P[j][1]));
-            *(float2 *)(dqw + (L - 1) * hpb * K + 8 * j) = make_float2(c4[0], c4[1]);
+            *(float2 *)(dqw + (L - 1) * K + 8 * j) = make_float2(c4[0], c4[1]);
           }
         }
         /* ---- backward over the sub-chunk ---- */
@@ -284,7 +288,7 @@ __global__ void __launch_bounds__(NT == 2 ? M2R_MAX_WARPS16 * 32 : M2R_MAX_WARPS
             m2r_mma16816(G[j], wb, qt0, qt1);                               /* G = f D + W dX^T (transposed) */
             float c4[4] = {0.f, 0.f, 0.f, 0.f};
             m2r_mma16816(c4, av, qt0, qt1); /* dk = v^T dX^T */
-            *(float2 *)(dkw + i * hpb * K + 8 * j) = make_float2(c4[0], c4[1]); /* every row is dk */
+            *(float2 *)(dkw + i * K + 8 * j) = make_float2(c4[0], c4[1]); /* every row is dk */
           }
           float cv[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
@@ -295,12 +299,12 @@ __global__ void __launch_bounds__(NT == 2 ? M2R_MAX_WARPS16 * 32 : M2R_MAX_WARPS
             const uint32_t ax[4] = {Q[2 * ib][0], Q[2 * ib][1], Q[2 * ib + 1][0], Q[2 * ib + 1][1]};
             m2r_mma16816(cv, ax, k32[i * K / 2 + 8 * ib], k32[i * K / 2 + 8 * ib + 4]); /* dv = dX^T k */
           }
-          *(float2 *)(dvp + (i * nw + warp) * 16 + 2 * gl) = make_float2(cv[0], cv[2]); /* (dv[gl], dv[gl + 8]) */
+          *(float2 *)(dvp + i * 16) = make_float2(cv[0], cv[2]); /* (dv[gl], dv[gl + 8]) */
 #pragma unroll
           for (int o = 16; o > 0; o >>= 1) dfs += __shfl_xor_sync(0xffffffffu, dfs, o);
           dfl = lane == i ? dfs : dfl;
         }
-        if (lane < L) dfp[lane * nw + warp] = dfl;
+        if (lane < L) dfp[warp * SC + lane] = dfl;
         next_state(true);
       }
     };

@@ -61,8 +61,8 @@ __device__ __forceinline__ void add4_global(float *dst, float4 v) {
 __device__ __forceinline__ float4 f4add(float4 a, float4 b) { return make_float4(a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w); }
 
 /* The block's partial sums of one back item (steps s0 .. s0 + len - 1) -> dv, dk, dq, df in global memory.
- * Partial buffer: dv [SC][nw][16] (per warp, as pairs (dv[v], dv[v + 8])), dk and dq [SC][hpb][K] (per head),
- * df [SC][nw]. */
+ * Partial buffer: dv [nw][SC][16] (per warp, as pairs (dv[v], dv[v + 8])), dk and dq [hpb][SC][K] (per head),
+ * df [nw][SC]. */
 template <int KC>
 __device__ __forceinline__ void bwd_flush(const FastBwdP &p, const float *part, int b, int n0, int s0, int len) {
   constexpr int SC = M2R_BWD_SC;
@@ -75,9 +75,9 @@ __device__ __forceinline__ void bwd_flush(const FastBwdP &p, const float *part, 
      4 values are dv[2c], dv[2c + 8], dv[2c + 1], dv[2c + 9] */
   for (int task = tid; task < len * hpb * 4; task += nth) {
     const int c4 = task & 3, r = task >> 2, hh = r % hpb, i = r / hpb;
-    const float4 *s4 = (const float4 *)(dvp + (i * nw + hh * wph) * 16) + c4;
+    const float4 *s4 = (const float4 *)(dvp + (hh * wph * SC + i) * 16) + c4;
     float4 acc = s4[0];
-    for (int w = 1; w < wph; w++) acc = f4add(acc, s4[4 * w]);
+    for (int w = 1; w < wph; w++) acc = f4add(acc, s4[4 * SC * w]);
     if (p.dv32) {
       float *d32 = p.dv32 + ((row0 + i) * g.Nv + (n0 + hh) / g.gv) * 16 + 2 * c4;
       atomicAdd(d32, acc.x), atomicAdd(d32 + 1, acc.z), atomicAdd(d32 + 8, acc.y), atomicAdd(d32 + 9, acc.w);
@@ -98,15 +98,15 @@ __device__ __forceinline__ void bwd_flush(const FastBwdP &p, const float *part, 
     if (out32 && ns2 == 1) { /* every head of the block reads the same index */
       for (int task = tid; task < len * K4; task += nth) {
         const int c4 = task % K4, i = task / K4;
-        const float4 *s4 = (const float4 *)(src + i * hpb * K) + c4;
+        const float4 *s4 = (const float4 *)(src + i * K) + c4;
         float4 acc = s4[0];
-        for (int hh = 1; hh < hpb; hh++) acc = f4add(acc, s4[hh * K4]);
+        for (int hh = 1; hh < hpb; hh++) acc = f4add(acc, s4[hh * SC * K4]);
         add4_global(out32 + ((row0 + i) * Nx + n0 / grp) * K + 4 * c4, acc);
       }
     } else {
       for (int task = tid; task < len * hpb * K4; task += nth) {
         const int c4 = task % K4, r = task / K4, hh = r % hpb, i = r / hpb;
-        const float4 acc = ((const float4 *)(src + (i * hpb + hh) * K))[c4];
+        const float4 acc = ((const float4 *)(src + (hh * SC + i) * K))[c4];
         if (out32) add4_global(out32 + ((row0 + i) * Nx + (n0 + hh) / grp) * K + 4 * c4, acc);
         else
           *(uint2 *)(out + ((row0 + i) * g.N + n0 + hh) * K + 4 * c4) =
@@ -117,7 +117,7 @@ __device__ __forceinline__ void bwd_flush(const FastBwdP &p, const float *part, 
   for (int task = tid; task < len * hpb; task += nth) {
     const int hh = task % hpb, i = task / hpb;
     float acc = 0.f;
-    for (int w = 0; w < wph; w++) acc += dfp[i * nw + hh * wph + w];
+    for (int w = 0; w < wph; w++) acc += dfp[(hh * wph + w) * SC + i];
     float *dst = p.df + (row0 + i) * g.Nf + (n0 + hh) / g.gf;
     if (g.Nf == g.N) *dst = acc;
     else atomicAdd(dst, acc);

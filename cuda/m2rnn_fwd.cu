@@ -95,7 +95,7 @@ static M2Stage stage_layout(const M2Geom *g, int ct, int hpb, int with_dy) {
   return s;
 }
 
-/* Floats of one of the backward's two partial-sum buffers: dv [SC][nw][16], dk and dq [SC][hpb][K], df [SC][nw]. */
+/* Floats of one of the backward's two partial-sum buffers: dv [nw][SC][16], dk and dq [hpb][SC][K], df [nw][SC]. */
 int m2r_bwd_part_floats(const M2Geom *g, int hpb, int nw) {
   const int f = M2R_BWD_SC * nw * 16 + 2 * M2R_BWD_SC * hpb * g->K + M2R_BWD_SC * nw;
   return (f + 3) & ~3;
@@ -109,7 +109,7 @@ static size_t plan_smem(const M2Geom *g, int nt, int wph, int hpb, int bwd, M2St
   const int SC = M2R_BWD_SC, nw = hpb * wph;
   *st = stage_layout(g, SC, hpb, 1);
   size_t s = 3 * (size_t)st->bytes;                      /* staging, triple-buffered */
-  s += (size_t)(SC + 1) * nw * nt * 2 * 32 * 4;          /* bf16 states of a sub-chunk */
+  s += (size_t)SC * nw * nt * 2 * 32 * 4;                /* bf16 states of a sub-chunk (H_{t-1} of each step) */
   s += 2 * (size_t)m2r_bwd_part_floats(g, hpb, nw) * 4;  /* partial sums, double-buffered */
   return s;
 }
