@@ -63,9 +63,10 @@ extern "C" size_t m2_m2rnn_bwd_work_bytes(const m2_m2rnn_dims *d, const m2_m2rnn
 
 /* ======================= fast kernel ======================= */
 
-/* Block = hpb heads of one batch row, warp = 8 NT rows of one head (orientation T, m2rnn_dev.cuh). Inputs are staged
- * into three buffers and the cross-warp partial sums go to three buffers, in a pipeline of mbarriers (below) in which
- * a warp may run one work item ahead of the slowest.
+/* Block = hpb heads of one batch row, warp = 8 NT rows of one head (orientation T, m2rnn_dev.cuh). One
+ * __syncthreads per work item: inputs are staged two items ahead into three buffers, so the buffer refilled
+ * after an item's barrier is the one the previous item read; the cross-warp partial sums are double-buffered
+ * and the previous back item's are flushed by the whole block right after the barrier.
  * KC: K as a compile-time constant (0: runtime), so every shared-memory offset of a step is an immediate.
  * ONE: checkpoints every SC steps (the CUDA op's default), so every item is a back item starting at its segment's
  * checkpoint: the item schedule folds to a countdown over the segments (fewer live registers). */
@@ -86,7 +87,7 @@ __global__ void __launch_bounds__(NT == 2 ? M2R_MAX_WARPS16 * 32 : M2R_MAX_WARPS
   const uint32_t vmask = tq == 0 ? 0xffffu : 0u; /* rank-1 products use column 0 of their A tile only */
   const size_t KS = (size_t)K * 16;
 
-  /* shared memory: 3 staging buffers | bf16 states [nw][SC][NQ][32] uint4 | 3 partial-sum buffers. Every per-step
+  /* shared memory: 3 staging buffers | bf16 states [nw][SC][NQ][32] uint4 | 2 partial-sum buffers. Every per-step
      region is indexed [warp or head][step]..., so a step's offsets are immediates (the step loops are unrolled).
      SC slots: slot i holds H_{t-1} of step i; the state after the last step is never read back. */
   constexpr int hstep = NQ * 32;
@@ -130,32 +131,18 @@ __global__ void __launch_bounds__(NT == 2 ? M2R_MAX_WARPS16 * 32 : M2R_MAX_WARPS
     m2r_stage(g, st, src, sm + (size_t)bi * st.bytes, b, n0, s0, len);
   };
 
-  /* The item pipeline, with mbarriers instead of a block barrier per item. Item s reads staging buffer s % 3 and
-     writes partial-sum buffer s % 3. At the end of item s every thread: arrives on done[s % 3]; waits on done of
-     item s - 1 (every thread finished it), flushes its share of item s - 1's partial sums and stages item s + 2 into
-     the buffer item s - 1 read (arriving on full[(s + 2) % 3] once its copies land). Item s starts after full[s % 3].
-     So a warp can be up to one item ahead of the slowest, instead of meeting it at a barrier every item (the barrier
-     held ~15% of the warps' stall samples, RESULTS.md v15). Each barrier's phase k belongs to item 3k + its index. */
-  __shared__ uint64_t bars[6]; /* full[0..2], done[0..2] */
-  const uint32_t full0 = m2r_smem_addr(bars), done0 = full0 + 24;
-  if (threadIdx.x == 0)
-    for (int i = 0; i < 6; i++) m2r_mbar_init(full0 + 8 * i, blockDim.x);
-  __syncthreads();
-
   Item it = {g.nck - 1, 0};
   auto next = [&](Item x) { return ONE ? Item{x.c - 1, 0} : item_next(g, x); };
   Item it1 = next(it);
   stage(it, 0);
-  m2r_mbar_cp_arrive(full0);
-  if (it1.c >= 0) {
-    stage(it1, 1);
-    m2r_mbar_cp_arrive(full0 + 8);
-  }
+  m2r_cp_commit();
+  stage(it1, 1);
+  m2r_cp_commit();
   state_load<NT>(ckpt_n + (size_t)it.c * KS, r0, lane, h); /* the first item starts at its segment's checkpoint */
   int s = 0, pb_back = 0, pb_s0 = 0, pb_len = 0;
   while (it.c >= 0) {
-    const int s3 = s % 3;
-    m2r_mbar_wait(full0 + 8 * s3, (s / 3) & 1);
+    m2r_cp_wait<1>();
+    __syncthreads();
     if (ONE) { /* everything follows from it.c: nothing else is carried from item to item */
       it1 = Item{it.c - 1, 0};
       pb_back = s > 0;
@@ -163,13 +150,16 @@ __global__ void __launch_bounds__(NT == 2 ? M2R_MAX_WARPS16 * 32 : M2R_MAX_WARPS
       pb_len = min(SC, g.T - pb_s0);
     }
     const Item it2 = next(it1);
+    stage(it2, (s + 2) % 3);
+    m2r_cp_commit();
+    if (pb_back) bwd_flush<KC>(p, part0 + ((s + 1) & 1) * p.pfl, b, n0, pb_s0, pb_len);
 
     bool back;
     int sb, s0, len;
     decode(it, back, sb, s0, len);
     const int ns = ONE ? 1 : seg_nsub(g, it.c);
-    const char *buf = sm + (size_t)s3 * st.bytes;
-    float *part = part0 + s3 * p.pfl;
+    const char *buf = sm + (size_t)(s % 3) * st.bytes;
+    float *part = part0 + (s & 1) * p.pfl;
     /* partial sums: dv [nw][SC][16], dk and dq [hpb][SC][K], df [nw][SC] */
     float *dvp = part + warp * SC * 16 + 2 * gl, *dkp = part + SC * nw * 16, *dqp = dkp + SC * hpb * K,
           *dfp = dqp + SC * hpb * K;
@@ -320,23 +310,13 @@ __global__ void __launch_bounds__(NT == 2 ? M2R_MAX_WARPS16 * 32 : M2R_MAX_WARPS
     };
     if (len == SC) run(M2Const<true>{});
     else run(M2Const<false>{});
-    m2r_mbar_arrive(done0 + 8 * s3);
-    const int sp3 = (s + 2) % 3; /* item s - 1's buffers, and item s + 2's */
-    if (s > 0) {
-      m2r_mbar_wait(done0 + 8 * sp3, ((s - 1) / 3) & 1);
-      if (pb_back) bwd_flush<KC>(p, part0 + sp3 * p.pfl, b, n0, pb_s0, pb_len, s * 256);
-    }
-    if (it2.c >= 0) {
-      stage(it2, sp3);
-      m2r_mbar_cp_arrive(full0 + 8 * sp3);
-    }
     pb_back = back, pb_s0 = s0, pb_len = len;
     it = it1;
     it1 = it2;
     s++;
   }
-  m2r_mbar_wait(done0 + 8 * ((s - 1) % 3), ((s - 1) / 3) & 1); /* s >= 1: T > 0 */
-  if (pb_back) bwd_flush<KC>(p, part0 + ((s - 1) % 3) * p.pfl, b, n0, pb_s0, pb_len, s * 256);
+  __syncthreads();
+  if (pb_back) bwd_flush<KC>(p, part0 + ((s + 1) & 1) * p.pfl, b, n0, pb_s0, pb_len);
   if (p.dh0) {
 #pragma unroll
     for (int j = 0; j < NT; j++)

@@ -51,32 +51,6 @@ __device__ __forceinline__ Item item_next(const M2Geom &g, Item it) {
   return Item{it.c - 1, 0};
 }
 
-/* mbarriers (shared memory, sm_80+): the backward's item pipeline (m2r_bwd_fast) uses them instead of a block barrier,
- * so a warp can run up to one work item ahead of the slowest one. addr: a shared-memory address (cvta). */
-__device__ __forceinline__ uint32_t m2r_smem_addr(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
-__device__ __forceinline__ void m2r_mbar_init(uint32_t addr, int count) {
-  asm volatile("mbarrier.init.shared.b64 [%0], %1;" ::"r"(addr), "r"(count));
-}
-__device__ __forceinline__ void m2r_mbar_arrive(uint32_t addr) { /* release: this thread's earlier accesses are done */
-  asm volatile("{ .reg .b64 st; mbarrier.arrive.shared.b64 st, [%0]; }" ::"r"(addr) : "memory");
-}
-/* arrives once this thread's earlier cp.async copies have landed (the count is not raised first: .noinc) */
-__device__ __forceinline__ void m2r_mbar_cp_arrive(uint32_t addr) {
-  asm volatile("cp.async.mbarrier.arrive.noinc.shared.b64 [%0];" ::"r"(addr) : "memory");
-}
-/* wait until the phase with this parity has completed (acquire) */
-__device__ __forceinline__ void m2r_mbar_wait(uint32_t addr, int parity) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 /* try_wait: the hardware may suspend the thread for a while */
-  asm volatile("{ .reg .pred p; WAIT_%=: mbarrier.try_wait.parity.shared.b64 p, [%0], %1; @!p bra WAIT_%=; }" ::"r"(addr),
-               "r"(parity)
-               : "memory");
-#else
-  asm volatile("{ .reg .pred p; WAIT_%=: mbarrier.test_wait.parity.shared.b64 p, [%0], %1; @!p bra WAIT_%=; }" ::"r"(addr),
-               "r"(parity)
-               : "memory");
-#endif
-}
-
 __device__ __forceinline__ void add4_global(float *dst, float4 v) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   atomicAdd((float4 *)dst, v); /* one vector reduction (16-byte aligned: K % 4 == 0, V = 16) */
@@ -90,11 +64,11 @@ __device__ __forceinline__ float4 f4add(float4 a, float4 b) { return make_float4
  * Partial buffer: dv [nw][SC][16] (per warp, as pairs (dv[v], dv[v + 8])), dk and dq [hpb][SC][K] (per head),
  * df [nw][SC]. */
 template <int KC>
-__device__ __forceinline__ void bwd_flush(const FastBwdP &p, const float *part, int b, int n0, int s0, int len, int rot) {
+__device__ __forceinline__ void bwd_flush(const FastBwdP &p, const float *part, int b, int n0, int s0, int len) {
   constexpr int SC = M2R_BWD_SC;
   const M2Geom &g = p.g;
   const int K = KC ? KC : g.K, hpb = p.hpb, wph = p.wph, nw = hpb * wph;
-  const int nth = blockDim.x, tid = (threadIdx.x + rot) % nth; /* rot: which threads take the tasks varies by item */
+  const int tid = threadIdx.x, nth = blockDim.x;
   const size_t row0 = (size_t)b * g.T + s0;
   const float *dvp = part, *dkp = part + SC * nw * 16, *dqp = dkp + SC * hpb * K, *dfp = dqp + SC * hpb * K;
   /* dv: the head's warps summed, 4 values a task; the partial sums are pairs (dv[v], dv[v + 8]), so a task's

@@ -54,7 +54,7 @@ M2Geom m2r_geom(const m2_m2rnn_dims *d, const m2_m2rnn_cuda_opts *o);
  * per element of state). The checkpoints are in the plain (K, V) layout, so the two need not agree. */
 m2_status m2r_plan(const M2Geom *g, const m2_m2rnn_cuda_opts *o, int bwd, M2Plan *p);
 int m2r_tanh_mode(const m2_m2rnn_cuda_opts *o);
-/* Floats of one of the fast backward's three partial-sum buffers (a multiple of 4). */
+/* Floats of one of the fast backward's two partial-sum buffers (a multiple of 4). */
 int m2r_bwd_part_floats(const M2Geom *g, int hpb, int nw);
 
 /* ---------------- device helpers ---------------- */

@@ -95,7 +95,7 @@ static M2Stage stage_layout(const M2Geom *g, int ct, int hpb, int with_dy) {
   return s;
 }
 
-/* Floats of one of the backward's three partial-sum buffers: dv [nw][SC][16], dk and dq [hpb][SC][K], df [nw][SC]. */
+/* Floats of one of the backward's two partial-sum buffers: dv [nw][SC][16], dk and dq [hpb][SC][K], df [nw][SC]. */
 int m2r_bwd_part_floats(const M2Geom *g, int hpb, int nw) {
   const int f = M2R_BWD_SC * nw * 16 + 2 * M2R_BWD_SC * hpb * g->K + M2R_BWD_SC * nw;
   return (f + 3) & ~3;
@@ -110,7 +110,7 @@ static size_t plan_smem(const M2Geom *g, int nt, int wph, int hpb, int bwd, M2St
   *st = stage_layout(g, SC, hpb, 1);
   size_t s = 3 * (size_t)st->bytes;                      /* staging, triple-buffered */
   s += (size_t)SC * nw * nt * 2 * 32 * 4;                /* bf16 states of a sub-chunk (H_{t-1} of each step) */
-  s += 3 * (size_t)m2r_bwd_part_floats(g, hpb, nw) * 4;  /* partial sums, triple-buffered */
+  s += 2 * (size_t)m2r_bwd_part_floats(g, hpb, nw) * 4;  /* partial sums, double-buffered */
   return s;
 }
 
@@ -143,7 +143,7 @@ m2_status m2r_plan(const M2Geom *g, const m2_m2rnn_cuda_opts *o, int bwd, M2Plan
     if (g->N % h != 0 || (want > 0 && h != want)) continue;
     M2Stage st;
     size_t smem = plan_smem(g, p->nt, p->wph, h, bwd, &st);
-    if (smem + (bwd ? 64 : 0) > (size_t)di.smem_optin) continue; /* the backward's mbarriers are static shared memory */
+    if (smem > (size_t)di.smem_optin) continue;
     long nb = (long)g->B * g->N / h;
     long cost = (long)h * ((nb + di.sms - 1) / di.sms); /* heads on the busiest SM */
     if (best_cost < 0 || cost <= best_cost) {        /* ties: more heads per block (fewer atomics) */
