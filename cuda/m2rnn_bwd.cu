@@ -140,6 +140,7 @@ __global__ void __launch_bounds__(NT == 2 ? M2R_MAX_WARPS16 * 32 : M2R_MAX_WARPS
   m2r_cp_commit();
   state_load<NT>(ckpt_n + (size_t)it.c * KS, r0, lane, h); /* the first item starts at its segment's checkpoint */
   int s = 0, pb_back = 0, pb_s0 = 0, pb_len = 0;
+  const int nstage = (st.nsq + st.nsk + 3 * hpb) * SC; /* threads that stage a back item's inputs (m2r_stage) */
   while (it.c >= 0) {
     m2r_cp_wait<1>();
     __syncthreads();
@@ -152,7 +153,7 @@ __global__ void __launch_bounds__(NT == 2 ? M2R_MAX_WARPS16 * 32 : M2R_MAX_WARPS
     const Item it2 = next(it1);
     stage(it2, (s + 2) % 3);
     m2r_cp_commit();
-    if (pb_back) bwd_flush<KC>(p, part0 + ((s + 1) & 1) * p.pfl, b, n0, pb_s0, pb_len);
+    if (pb_back) bwd_flush<KC>(p, part0 + ((s + 1) & 1) * p.pfl, b, n0, pb_s0, pb_len, nstage);
 
     bool back;
     int sb, s0, len;
@@ -316,7 +317,7 @@ __global__ void __launch_bounds__(NT == 2 ? M2R_MAX_WARPS16 * 32 : M2R_MAX_WARPS
     s++;
   }
   __syncthreads();
-  if (pb_back) bwd_flush<KC>(p, part0 + ((s + 1) & 1) * p.pfl, b, n0, pb_s0, pb_len);
+  if (pb_back) bwd_flush<KC>(p, part0 + ((s + 1) & 1) * p.pfl, b, n0, pb_s0, pb_len, nstage);
   if (p.dh0) {
 #pragma unroll
     for (int j = 0; j < NT; j++)

@@ -63,12 +63,22 @@ __device__ __forceinline__ float4 f4add(float4 a, float4 b) { return make_float4
 /* The block's partial sums of one back item (steps s0 .. s0 + len - 1) -> dv, dk, dq, df in global memory.
  * Partial buffer: dv [nw][SC][16] (per warp, as pairs (dv[v], dv[v + 8])), dk and dq [hpb][SC][K] (per head),
  * df [nw][SC]. */
+/* The thread that takes task 0 of a loop whose tasks start at thread `off` (mod nth). */
+__device__ __forceinline__ int bwd_task_tid(int off, int nth) { return (int)((threadIdx.x + (unsigned)(nth - off % nth)) % nth); }
+
 template <int KC>
-__device__ __forceinline__ void bwd_flush(const FastBwdP &p, const float *part, int b, int n0, int s0, int len) {
+__device__ __forceinline__ void bwd_flush(const FastBwdP &p, const float *part, int b, int n0, int s0, int len, int off) {
   constexpr int SC = M2R_BWD_SC;
   const M2Geom &g = p.g;
   const int K = KC ? KC : g.K, hpb = p.hpb, wph = p.wph, nw = hpb * wph;
-  const int tid = threadIdx.x, nth = blockDim.x;
+  const int nth = blockDim.x;
+  /* the loops start at different threads (the first `off` threads stage the next inputs), so no thread takes more
+     than one task when there are fewer tasks than threads: the block barrier waits for the slowest thread */
+  const int ndv = len * hpb * 4, ndk = (p.st.nsk == 1 && p.dk32 ? len * K / 4 : len * hpb * K / 4);
+  const int ndq = (p.st.nsq == 1 && p.dq32 ? len * K / 4 : len * hpb * K / 4);
+  const int tid = bwd_task_tid(off, nth), tidk = bwd_task_tid(off + ndv, nth), tidq = bwd_task_tid(off + ndv + ndk, nth),
+            tidf = bwd_task_tid(off + ndv + ndk + ndq, nth);
+
   const size_t row0 = (size_t)b * g.T + s0;
   const float *dvp = part, *dkp = part + SC * nw * 16, *dqp = dkp + SC * hpb * K, *dfp = dqp + SC * hpb * K;
   /* dv: the head's warps summed, 4 values a task; the partial sums are pairs (dv[v], dv[v + 8]), so a task's
@@ -90,13 +100,14 @@ __device__ __forceinline__ void bwd_flush(const FastBwdP &p, const float *part, 
   /* dk, dq: summed over the heads that share an index, 4 values a task */
 #pragma unroll
   for (int w2 = 0; w2 < 2; w2++) {
+    const int tid2 = w2 ? tidq : tidk;
     const float *src = w2 ? dqp : dkp;
     uint16_t *out = w2 ? p.dq : p.dk;
     float *out32 = w2 ? p.dq32 : p.dk32;
     const int ns2 = w2 ? p.st.nsq : p.st.nsk, grp = w2 ? g.gq : g.gk, Nx = w2 ? g.Nq : g.Nk;
     const int K4 = K / 4;
     if (out32 && ns2 == 1) { /* every head of the block reads the same index */
-      for (int task = tid; task < len * K4; task += nth) {
+      for (int task = tid2; task < len * K4; task += nth) {
         const int c4 = task % K4, i = task / K4;
         const float4 *s4 = (const float4 *)(src + i * K) + c4;
         float4 acc = s4[0];
@@ -104,7 +115,7 @@ __device__ __forceinline__ void bwd_flush(const FastBwdP &p, const float *part, 
         add4_global(out32 + ((row0 + i) * Nx + n0 / grp) * K + 4 * c4, acc);
       }
     } else {
-      for (int task = tid; task < len * hpb * K4; task += nth) {
+      for (int task = tid2; task < len * hpb * K4; task += nth) {
         const int c4 = task % K4, r = task / K4, hh = r % hpb, i = r / hpb;
         const float4 acc = ((const float4 *)(src + (hh * SC + i) * K))[c4];
         if (out32) add4_global(out32 + ((row0 + i) * Nx + (n0 + hh) / grp) * K + 4 * c4, acc);
@@ -114,7 +125,7 @@ __device__ __forceinline__ void bwd_flush(const FastBwdP &p, const float *part, 
       }
     }
   }
-  for (int task = tid; task < len * hpb; task += nth) {
+  for (int task = tidf; task < len * hpb; task += nth) {
     const int hh = task % hpb, i = task / hpb;
     float acc = 0.f;
     for (int w = 0; w < wph; w++) acc += dfp[(hh * wph + w) * SC + i];

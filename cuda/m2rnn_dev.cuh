@@ -15,6 +15,9 @@
 #include <stdint.h>
 #include "m2rnn.h"
 
+#ifndef M2R_AB
+#define M2R_AB 0 /* an experiment in the kernels selected at compile time: cuda/bench/ab_m2rnn.sh builds several values */
+#endif
 #define M2R_FWD_CT 64  /* fast forward: steps staged per chunk (double-buffered; 64 has half the block barriers of 32) */
 #define M2R_BWD_SC 8   /* fast backward: steps per sub-chunk (states as bf16 in shared memory), Z recomputed */
 #define M2R_MAX_WARPS 12 /* fast path, 32-row warps: warps per block (384 threads; the kernels' launch bound) */

@@ -253,10 +253,10 @@ __global__ void __launch_bounds__(NT == 1 ? M2R_MAX_WARPS8 * 32 : NT == 2 ? M2R_
     const uint32_t *qp = (const uint32_t *)(buf + st.off_q) + (sq * CT * K + r0) / 2 + tq;
     const uint16_t *vp = (const uint16_t *)(buf + st.off_v) + hb * CT * 16 + gl;
     const float *fp = (const float *)(buf + st.off_f) + hb * CT;
-    /* y partial sums [step][warp][gl][2] = (y[gl], y[gl + 8]); the 4 lanes of a gl hold the same pair and all
-       store it (same value, same address: no branch in the step) */
-    float *yp = ypart + (hb * p.wph + rg) * 16 + 2 * gl;
-    const int ystep = p.hpb * p.wph * 16;
+    /* y partial sums [warp][step][gl][2] = (y[gl], y[gl + 8]), so a step's offset is an immediate (RESULTS.md v17);
+       the 4 lanes of a gl hold the same pair and all store it (same value, same address: no branch in the step) */
+    float *yp = ypart + (hb * p.wph + rg) * CT * 16 + 2 * gl;
+    constexpr int ystep = 16;
     auto step = [&](int i) {
       const uint32_t va0 = (uint32_t)vp[i * 16] & vmask, va1 = (uint32_t)vp[i * 16 + 8] & vmask;
       const float f = fp[i];
@@ -294,12 +294,12 @@ __global__ void __launch_bounds__(NT == 1 ? M2R_MAX_WARPS8 * 32 : NT == 2 ? M2R_
     __syncthreads();
     /* y for this chunk: sum the warps of each head, 8 values (16 bytes) per task; pairs are (y[v], y[v + 8]) */
     for (int task = threadIdx.x; task < len * p.hpb * 2; task += blockDim.x) {
-      const int half = task & 1, r = task >> 1, hh = r % p.hpb, i = r / p.hpb;
+      const int half = task & 1, r = task >> 1, hh = r / len, i = r - hh * len; /* consecutive lanes: consecutive steps */
       float acc[8];
 #pragma unroll
       for (int e = 0; e < 8; e++) acc[e] = 0.f;
       for (int w = 0; w < p.wph; w++) {
-        const float4 *src4 = (const float4 *)(ypart + ((i * p.hpb + hh) * p.wph + w) * 16);
+        const float4 *src4 = (const float4 *)(ypart + ((hh * p.wph + w) * CT + i) * 16);
 #pragma unroll
         for (int u = 0; u < 4; u++) {
           const float4 x = src4[u];

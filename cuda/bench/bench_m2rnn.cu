@@ -172,9 +172,11 @@ static double nrel(const std::vector<float> &a, const std::vector<float> &b) {
 
 int main(int argc, char **argv) {
   const int reps = argc > 1 ? atoi(argv[1]) : 15;
-  /* M2_BENCH_QUICK=1: only the 400M layer's default rows (for profilers and quick A/B runs) */
+  /* M2_BENCH_QUICK=1: only the 400M layer's default rows and a few variants (for profilers and quick runs);
+     M2_BENCH_QUICK=2: the 400M layer's default rows and ckpt 64 only (cuda/bench/ab_m2rnn.sh) */
   const char *qe = getenv("M2_BENCH_QUICK");
-  const bool quick = qe && atoi(qe) > 0;
+  const int quick_level = qe ? atoi(qe) : 0;
+  const bool quick = quick_level > 0;
   cudaDeviceProp prop;
   CK(cudaGetDeviceProperties(&prop, 0));
   int clk = 0;
@@ -225,6 +227,10 @@ int main(int argc, char **argv) {
       o64.ckpt_every = 64;
       timeit([&] { MT(m2_m2rnn_fwd_cuda(d, &o64, &ft, s)); MT(m2_m2rnn_bwd_cuda(d, &o64, &ba, s)); }, reps, &med, &mn);
       row(L, "fast fwd+bwd (ckpt 64, 1/8 the memory)", med, mn, L.triton_fb);
+    }
+    if (quick_level >= 2) {
+      layer_free(L);
+      break;
     }
     if (quick) { /* + fwd+bwd at the checkpoint intervals listed in M2_BENCH_CKS (e.g. "8,16,32") */
       const char *cks = getenv("M2_BENCH_CKS");
