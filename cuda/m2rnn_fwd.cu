@@ -274,7 +274,8 @@ __global__ void __launch_bounds__(NT == 1 ? M2R_MAX_WARPS8 * 32 : NT == 2 ? M2R_
           m2r_mma16816(yc, a, qp[i * K / 2 + 8 * ib], qp[i * K / 2 + 8 * ib + 4]);
         }
       }
-      *(float2 *)(yp + i * ystep) = make_float2(yc[0], yc[2]);
+      yp[i * ystep] = yc[0]; /* two 4-byte stores: yc[0] and yc[2] are not a register pair (an 8-byte store */
+      yp[i * ystep + 1] = yc[2]; /* needs two moves first; RESULTS.md v18) */
     };
     /* groups of 8 steps (ck is a multiple of 8, so a checkpoint can only fall on a group's first step) */
     int i0 = 0;
