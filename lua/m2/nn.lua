@@ -266,19 +266,7 @@ local function check_pos_int(v, what, ctor)
   return v
 end
 
-local function check_opts(opts, ctor, known)
-  if opts == nil then return {} end
-  if type(opts) ~= "table" then fail(ctor .. ": options must be a table, got " .. type(opts)) end
-  for k in pairs(opts) do
-    if not known[k] then
-      local names = {}
-      for n in pairs(known) do names[#names + 1] = n end
-      table.sort(names)
-      fail(string.format("%s: unknown option '%s' (known: %s)", ctor, tostring(k), table.concat(names, ", ")))
-    end
-  end
-  return opts
-end
+local check_opts = require("m2.opts").check
 
 local function init_normal(shape, std) return m2.randn(shape, { std = std }) end
 

@@ -1,0 +1,25 @@
+--[==[ m2.opts — the check of an options table, shared by the constructors of lua/m2 (nn modules, optimizers).
+
+  O.check(opts, ctor, known) -> opts     nil gives {}; a non-table, or a key that `known` (a set) lacks, is an
+                                         error naming ctor and the known keys, at the caller's script line
+]==]
+
+local m2 = require "m2"
+
+local O = {}
+
+function O.check(opts, ctor, known)
+  if opts == nil then return {} end
+  if type(opts) ~= "table" then m2.error(ctor .. ": options must be a table, got " .. type(opts)) end
+  for k in pairs(opts) do
+    if not known[k] then
+      local names = {}
+      for n in pairs(known) do names[#names + 1] = n end
+      table.sort(names)
+      m2.error(string.format("%s: unknown option '%s' (known: %s)", ctor, tostring(k), table.concat(names, ", ")))
+    end
+  end
+  return opts
+end
+
+return O
