@@ -24,7 +24,8 @@ local optim = {}
 
 local function fail(msg) m2.error(msg) end
 
-local check_opts = require("m2.opts").check
+local O = require "m2.opts"
+local check_opts = O.check
 
 -- Normalise params to an array of {name, tensor, no_decay}.
 function optim.param_list(params)
@@ -96,7 +97,8 @@ function Optimizer:state(i, j) return self._c:state(i, j) end
 function Optimizer:init_state() self._c:init_state() end
 
 -- m2.optim.adamw{params, lr = 1e-3, betas = {0.9, 0.999}, eps = 1e-8, weight_decay = 0.01, schedule}
-function optim.adamw(opts)
+function optim.adamw(opts, extra)
+  O.one_table(extra, "m2.optim.adamw", "m2.optim.adamw{params = model:parameters(), lr = 3e-4}")
   opts = check_opts(opts, "adamw",
     { params = true, lr = true, betas = true, eps = true, weight_decay = true, schedule = true })
   local betas = opts.betas or { 0.9, 0.999 }
@@ -109,7 +111,8 @@ function optim.adamw(opts)
 end
 
 -- m2.optim.sgd{params, lr = 1e-2, momentum = 0, weight_decay = 0, nesterov = false, schedule}
-function optim.sgd(opts)
+function optim.sgd(opts, extra)
+  O.one_table(extra, "m2.optim.sgd", "m2.optim.sgd{params = model:parameters(), lr = 0.1}")
   opts = check_opts(opts, "sgd",
     { params = true, lr = true, momentum = true, weight_decay = true, nesterov = true, schedule = true })
   local c = core.optim_sgd { momentum = opts.momentum or 0, weight_decay = opts.weight_decay or 0,
@@ -132,7 +135,8 @@ function Schedule:lr(step)
   return core.schedule_lr(self.spec, step)
 end
 
-function optim.schedule(opts)
+function optim.schedule(opts, extra)
+  O.one_table(extra, "m2.optim.schedule", "m2.optim.schedule{kind = \"cosine\", lr = 3e-4, warmup = 100, decay = 1000}")
   opts = check_opts(opts, "schedule",
     { kind = true, lr = true, min_lr = true, warmup = true, stable = true, decay = true })
   local kind = opts.kind or "constant"
