@@ -60,12 +60,12 @@ __device__ __forceinline__ void add4_global(float *dst, float4 v) {
 }
 __device__ __forceinline__ float4 f4add(float4 a, float4 b) { return make_float4(a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w); }
 
-/* The block's partial sums of one back item (steps s0 .. s0 + len - 1) -> dv, dk, dq, df in global memory.
- * Partial buffer: dv [nw][SC][16] (per warp, as pairs (dv[v], dv[v + 8])), dk and dq [hpb][SC][K] (per head),
- * df [nw][SC]. */
 /* The thread that takes task 0 of a loop whose tasks start at thread `off` (mod nth). */
 __device__ __forceinline__ int bwd_task_tid(int off, int nth) { return (int)((threadIdx.x + (unsigned)(nth - off % nth)) % nth); }
 
+/* The block's partial sums of one back item (steps s0 .. s0 + len - 1) -> dv, dk, dq, df in global memory.
+ * Partial buffer: dv [nw][SC][16] (per warp, as pairs (dv[v], dv[v + 8])), dk and dq [hpb][SC][K] (per head),
+ * df [nw][SC]. */
 template <int KC>
 __device__ __forceinline__ void bwd_flush(const FastBwdP &p, const float *part, int b, int n0, int s0, int len, int off) {
   constexpr int SC = M2R_BWD_SC;
