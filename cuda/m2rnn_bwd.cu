@@ -246,6 +246,14 @@ __global__ void __launch_bounds__(NT == 2 ? M2R_MAX_WARPS16 * 32 : M2R_MAX_WARPS
         }
         /* ---- backward over the sub-chunk ---- */
         const float clip = p.clip;
+        /* KEEP (32-row warps, 168 registers): dk and dv of the sub-chunk stay in registers (lane gl keeps step gl's dk,
+           lane tq the dv of steps tq and tq + 4) and are stored once after it: shared stores inside the step limit
+           ptxas's scheduling (RESULTS.md v21: ckpt-64 fwd+bwd -4%). With 16-row warps (80 registers) it spills: not. */
+        constexpr bool KEEP = NT == 4;
+        float dkr[KEEP ? NT : 1][2], dvr[2][2];
+#pragma unroll
+        for (int j = 0; j < (KEEP ? NT : 1); j++) dkr[j][0] = dkr[j][1] = 0.f;
+        dvr[0][0] = dvr[0][1] = dvr[1][0] = dvr[1][1] = 0.f;
         float dfl = 0.f; /* lane i keeps df of step i: each step's sum is reduced over the warp at once (off the G
                             chain), so one register holds the sub-chunk's df instead of SC */
 #pragma unroll
@@ -289,7 +297,12 @@ __global__ void __launch_bounds__(NT == 2 ? M2R_MAX_WARPS16 * 32 : M2R_MAX_WARPS
             m2r_mma16816(G[j], wb, qt0, qt1);                               /* G = f D + W dX^T (transposed) */
             float c4[4] = {0.f, 0.f, 0.f, 0.f};
             m2r_mma16816(c4, av, qt0, qt1); /* dk = v^T dX^T */
-            *(float2 *)(dkw + i * K + 8 * j) = make_float2(c4[0], c4[1]); /* every row is dk */
+            if (KEEP) {
+              dkr[j][0] = gl == i ? c4[0] : dkr[j][0];
+              dkr[j][1] = gl == i ? c4[1] : dkr[j][1];
+            } else {
+              *(float2 *)(dkw + i * K + 8 * j) = make_float2(c4[0], c4[1]); /* every row is dk */
+            }
           }
           float cv[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
@@ -300,12 +313,26 @@ __global__ void __launch_bounds__(NT == 2 ? M2R_MAX_WARPS16 * 32 : M2R_MAX_WARPS
             const uint32_t ax[4] = {Q[2 * ib][0], Q[2 * ib][1], Q[2 * ib + 1][0], Q[2 * ib + 1][1]};
             m2r_mma16816(cv, ax, k32[i * K / 2 + 8 * ib], k32[i * K / 2 + 8 * ib + 4]); /* dv = dX^T k */
           }
-          *(float2 *)(dvp + i * 16) = make_float2(cv[0], cv[2]); /* (dv[gl], dv[gl + 8]) */
+          if (KEEP) {
+            dvr[i >> 2][0] = tq == (i & 3) ? cv[0] : dvr[i >> 2][0];
+            dvr[i >> 2][1] = tq == (i & 3) ? cv[2] : dvr[i >> 2][1];
+          } else {
+            *(float2 *)(dvp + i * 16) = make_float2(cv[0], cv[2]); /* (dv[gl], dv[gl + 8]) */
+          }
 #pragma unroll
           for (int o = 16; o > 0; o >>= 1) dfs += __shfl_xor_sync(0xffffffffu, dfs, o);
           dfl = lane == i ? dfs : dfl;
         }
         if (lane < L) dfp[warp * SC + lane] = dfl;
+        if (KEEP) {
+          if (gl < L) {
+#pragma unroll
+            for (int j = 0; j < (KEEP ? NT : 1); j++) *(float2 *)(dkw + gl * K + 8 * j) = make_float2(dkr[j][0], dkr[j][1]);
+          }
+#pragma unroll
+          for (int s2 = 0; s2 < 2; s2++)
+            if (tq + 4 * s2 < L) *(float2 *)(dvp + (tq + 4 * s2) * 16) = make_float2(dvr[s2][0], dvr[s2][1]);
+        }
         next_state(true);
       }
     };
