@@ -128,7 +128,7 @@ __global__ void __launch_bounds__(NT == 2 ? M2R_MAX_WARPS16 * 32 : M2R_MAX_WARPS
     int sb, s0, len;
     decode(it, back, sb, s0, len);
     const M2StageSrc src = {back ? p.q : nullptr, p.k, p.v, back ? p.dy : nullptr, p.f};
-    m2r_stage(g, st, src, sm + (size_t)bi * st.bytes, b, n0, s0, len);
+    m2r_stage<SC>(g, st, src, sm + (size_t)bi * st.bytes, b, n0, s0, len);
   };
 
   Item it = {g.nck - 1, 0};
@@ -541,10 +541,17 @@ extern "C" m2_status m2_m2rnn_bwd_cuda(const m2_m2rnn_dims *d, const m2_m2rnn_cu
   } else {
     M2Plan pl;
     M2_TRY(m2r_plan(&g, o, 1, &pl));
-    FastBwdP p = {g, pl.st, pl.hpb, pl.wph, g.ck / M2R_BWD_SC, m2r_bwd_part_floats(&g, pl.hpb, pl.hpb * pl.wph), clip,
+    FastBwdP p = {g, pl.st, pl.hpb, pl.wph, m2r_magic(pl.hpb), g.ck / M2R_BWD_SC, m2r_bwd_part_floats(&g, pl.hpb, pl.hpb * pl.wph), clip,
                   (uint16_t *)a->dq, (uint16_t *)a->dk, (uint16_t *)a->dv, dq32, dk32, dv32, a->dW, a->df, a->dh0,
                   (const uint16_t *)a->dy, a->dhT, a->ckpt, (const uint16_t *)a->q, (const uint16_t *)a->k,
                   (const uint16_t *)a->v, a->W, a->f, (float *)(work + w.sub)};
+    { /* the flush's task offsets for a full item (bwd_flush; the first nstage threads stage the next inputs) */
+      const int SC = M2R_BWD_SC, nth = pl.threads, K = g.K, hpb = pl.hpb;
+      const int ndv = SC * hpb * 4, ndk = (pl.st.nsk == 1 && dk32 ? SC * K / 4 : SC * hpb * K / 4);
+      const int ndq = (pl.st.nsq == 1 && dq32 ? SC * K / 4 : SC * hpb * K / 4);
+      const int off[4] = {0, ndv, ndv + ndk, ndv + ndk + ndq}, nstage = (pl.st.nsq + pl.st.nsk + 3 * hpb) * SC;
+      for (int i = 0; i < 4; i++) p.fadd[i] = (nth - (nstage + off[i]) % nth) % nth;
+    }
     typedef void (*Kern)(const FastBwdP);
     /* the replay must use the forward's tanh split to reproduce its Z exactly; K = 64 (the paper's) compiled apart */
     static const Kern k4[4] = {m2r_bwd_fast<4, 0, 0, false>, m2r_bwd_fast<4, 4, 0, false>, m2r_bwd_fast<4, 6, 0, false>,

@@ -7,7 +7,9 @@
 struct FastBwdP {
   M2Geom g;
   M2Stage st;
-  int hpb, wph, msub, pfl;    /* heads per block, warps per head, sub-chunks per segment, floats per partial buffer */
+  int hpb, wph;               /* heads per block, warps per head */
+  unsigned long long mhpb;    /* m2r_magic(hpb) */
+  int msub, pfl;              /* sub-chunks per segment, floats per partial buffer */
   float clip;
   uint16_t *dq, *dk, *dv;     /* bf16 outputs, written directly when the tensor is not shared */
   float *dq32, *dk32, *dv32;  /* fp32 sums (zeroed) when it is shared, else NULL */
@@ -17,6 +19,7 @@ struct FastBwdP {
   const uint16_t *q, *k, *v;
   const float *W, *f;
   float *sub;                 /* fp32 state at each sub-chunk start: [b][n][msub][K * 16] (plain layout) */
+  int fadd[4];                /* bwd_flush of a full item: (nth - off % nth) % nth of its four loops (dv, dk, dq, df) */
 };
 
 /* One (K, 16) state in the fast path's fragment order (m2r_frag_index): this lane's elements of the warp's
@@ -60,8 +63,14 @@ __device__ __forceinline__ void add4_global(float *dst, float4 v) {
 }
 __device__ __forceinline__ float4 f4add(float4 a, float4 b) { return make_float4(a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w); }
 
-/* The thread that takes task 0 of a loop whose tasks start at thread `off` (mod nth). */
+/* This thread's first task in a loop whose task 0 goes to thread `off` (mod nth): (threadIdx.x - off) mod nth. */
 __device__ __forceinline__ int bwd_task_tid(int off, int nth) { return (int)((threadIdx.x + (unsigned)(nth - off % nth)) % nth); }
+/* The same from add = (nth - off % nth) % nth, precomputed on the host for full items (FastBwdP::fadd): no division
+ * (two runtime divisions are ~40 instructions, and every thread computes four of these per work item). */
+__device__ __forceinline__ int bwd_task_tid_add(int add, int nth) {
+  const int t = (int)threadIdx.x + add;
+  return t >= nth ? t - nth : t;
+}
 
 /* The block's partial sums of one back item (steps s0 .. s0 + len - 1) -> dv, dk, dq, df in global memory.
  * Partial buffer: dv [nw][SC][16] (per warp, as pairs (dv[v], dv[v + 8])), dk and dq [hpb][SC][K] (per head),
@@ -76,20 +85,23 @@ __device__ __forceinline__ void bwd_flush(const FastBwdP &p, const float *part, 
      than one task when there are fewer tasks than threads: the block barrier waits for the slowest thread */
   const int ndv = len * hpb * 4, ndk = (p.st.nsk == 1 && p.dk32 ? len * K / 4 : len * hpb * K / 4);
   const int ndq = (p.st.nsq == 1 && p.dq32 ? len * K / 4 : len * hpb * K / 4);
-  const int tid = bwd_task_tid(off, nth), tidk = bwd_task_tid(off + ndv, nth), tidq = bwd_task_tid(off + ndv + ndk, nth),
-            tidf = bwd_task_tid(off + ndv + ndk + ndq, nth);
+  const bool full = len == SC; /* every item but a short last one: the offsets mod nth come from the host */
+  const int tid = full ? bwd_task_tid_add(p.fadd[0], nth) : bwd_task_tid(off, nth),
+            tidk = full ? bwd_task_tid_add(p.fadd[1], nth) : bwd_task_tid(off + ndv, nth),
+            tidq = full ? bwd_task_tid_add(p.fadd[2], nth) : bwd_task_tid(off + ndv + ndk, nth),
+            tidf = full ? bwd_task_tid_add(p.fadd[3], nth) : bwd_task_tid(off + ndv + ndk + ndq, nth);
 
   const size_t row0 = (size_t)b * g.T + s0;
   const float *dvp = part, *dkp = part + SC * nw * 16, *dqp = dkp + SC * hpb * K, *dfp = dqp + SC * hpb * K;
   /* dv: the head's warps summed, 4 values a task; the partial sums are pairs (dv[v], dv[v + 8]), so a task's
      4 values are dv[2c], dv[2c + 8], dv[2c + 1], dv[2c + 9] */
   for (int task = tid; task < len * hpb * 4; task += nth) {
-    const int c4 = task & 3, r = task >> 2, hh = r % hpb, i = r / hpb;
+    const int c4 = task & 3, r = task >> 2, i = m2r_div(r, p.mhpb), hh = r - i * hpb;
     const float4 *s4 = (const float4 *)(dvp + (hh * wph * SC + i) * 16) + c4;
     float4 acc = s4[0];
     for (int w = 1; w < wph; w++) acc = f4add(acc, s4[4 * SC * w]);
     if (p.dv32) {
-      float *d32 = p.dv32 + ((row0 + i) * g.Nv + (n0 + hh) / g.gv) * 16 + 2 * c4;
+      float *d32 = p.dv32 + ((row0 + i) * g.Nv + m2r_div(n0 + hh, g.mv)) * 16 + 2 * c4;
       atomicAdd(d32, acc.x), atomicAdd(d32 + 1, acc.z), atomicAdd(d32 + 8, acc.y), atomicAdd(d32 + 9, acc.w);
     } else {
       uint16_t *d16 = p.dv + ((row0 + i) * g.N + n0 + hh) * 16 + 2 * c4;
@@ -104,7 +116,7 @@ __device__ __forceinline__ void bwd_flush(const FastBwdP &p, const float *part, 
     const float *src = w2 ? dqp : dkp;
     uint16_t *out = w2 ? p.dq : p.dk;
     float *out32 = w2 ? p.dq32 : p.dk32;
-    const int ns2 = w2 ? p.st.nsq : p.st.nsk, grp = w2 ? g.gq : g.gk, Nx = w2 ? g.Nq : g.Nk;
+    const int ns2 = w2 ? p.st.nsq : p.st.nsk, Nx = w2 ? g.Nq : g.Nk;
     const int K4 = K / 4;
     if (out32 && ns2 == 1) { /* every head of the block reads the same index */
       for (int task = tid2; task < len * K4; task += nth) {
@@ -112,13 +124,13 @@ __device__ __forceinline__ void bwd_flush(const FastBwdP &p, const float *part, 
         const float4 *s4 = (const float4 *)(src + i * K) + c4;
         float4 acc = s4[0];
         for (int hh = 1; hh < hpb; hh++) acc = f4add(acc, s4[hh * SC * K4]);
-        add4_global(out32 + ((row0 + i) * Nx + n0 / grp) * K + 4 * c4, acc);
+        add4_global(out32 + ((row0 + i) * Nx + m2r_div(n0, w2 ? g.mq : g.mk)) * K + 4 * c4, acc);
       }
     } else {
       for (int task = tid2; task < len * hpb * K4; task += nth) {
-        const int c4 = task % K4, r = task / K4, hh = r % hpb, i = r / hpb;
+        const int c4 = task % K4, r = task / K4, i = m2r_div(r, p.mhpb), hh = r - i * hpb;
         const float4 acc = ((const float4 *)(src + (hh * SC + i) * K))[c4];
-        if (out32) add4_global(out32 + ((row0 + i) * Nx + (n0 + hh) / grp) * K + 4 * c4, acc);
+        if (out32) add4_global(out32 + ((row0 + i) * Nx + m2r_div(n0 + hh, w2 ? g.mq : g.mk)) * K + 4 * c4, acc);
         else
           *(uint2 *)(out + ((row0 + i) * g.N + n0 + hh) * K + 4 * c4) =
               make_uint2(m2r_pack_bf16(acc.x, acc.y), m2r_pack_bf16(acc.z, acc.w));
@@ -126,10 +138,10 @@ __device__ __forceinline__ void bwd_flush(const FastBwdP &p, const float *part, 
     }
   }
   for (int task = tidf; task < len * hpb; task += nth) {
-    const int hh = task % hpb, i = task / hpb;
+    const int i = m2r_div(task, p.mhpb), hh = task - i * hpb;
     float acc = 0.f;
     for (int w = 0; w < wph; w++) acc += dfp[(hh * wph + w) * SC + i];
-    float *dst = p.df + (row0 + i) * g.Nf + (n0 + hh) / g.gf;
+    float *dst = p.df + (row0 + i) * g.Nf + m2r_div(n0 + hh, g.mf);
     if (g.Nf == g.N) *dst = acc;
     else atomicAdd(dst, acc);
   }

@@ -30,7 +30,17 @@ typedef struct M2Geom {
   int Nq, Nk, Nv, Nf, Nw;
   int gq, gk, gv, gf, gw;
   int ck, nck; /* checkpoint interval, number of checkpoints ceil(T / ck) */
+  unsigned long long mq, mk, mv, mf; /* m2r_magic(gq), ... (x / gq = m2r_div(x, mq) in the staging loops) */
 } M2Geom;
+
+/* x / d for 0 <= x < 2^32 / d (d >= 1) as one multiply: m2r_div(x, m2r_magic(d)). A 32-bit division by a
+ * runtime value is ~20 instructions; in the kernels' staging and flush loops it runs every work item. */
+static inline unsigned long long m2r_magic(int d) { return ((1ull << 32) + (unsigned long long)d - 1) / (unsigned long long)d; }
+#ifdef __CUDACC__
+__host__ __device__ __forceinline__ int m2r_div(int x, unsigned long long m) {
+  return (int)(((unsigned long long)(unsigned)x * m) >> 32);
+}
+#endif
 
 /* Shared-memory staging buffer for `ct` steps of inputs: q and k rows for nsq / nsk slots, v and dy
  * (V = 16) and f for each of the block's hpb heads. Offsets in bytes, all multiples of 16. */
@@ -231,7 +241,9 @@ struct M2StageSrc {
 
 /* Issue cp.async copies of steps t0 .. t0 + len - 1 of batch row b for the block's heads n0 .. n0 + hpb - 1
  * into buf (layout st). q/k slot s holds index (nsx == 1 ? n0 : n0 + s) / gx. All threads take part; one
- * task copies one whole row (a step of one slot or head), so the index arithmetic is per row, not per 16 B. */
+ * task copies one whole row (a step of one slot or head), so the index arithmetic is per row, not per 16 B.
+ * CT: the usual len (st.ct) as a constant, so a full chunk's row index needs no division. */
+template <int CT>
 __device__ __forceinline__ void m2r_stage(const M2Geom &g, const M2Stage &st, const M2StageSrc &src, char *buf, int b,
                                           int n0, int t0, int len) {
   const int K = g.K, kp = K / 8;
@@ -243,9 +255,9 @@ __device__ __forceinline__ void m2r_stage(const M2Geom &g, const M2Stage &st, co
     if (i < nq + nk) { /* a q or k row: K bf16 */
       const bool isk = i >= nq;
       if (isk) i -= nq;
-      const int sl = i / len, t = i - sl * len;
-      const int ns = isk ? st.nsk : st.nsq, grp = isk ? g.gk : g.gq, Nx = isk ? g.Nk : g.Nq;
-      const int nx = (ns == 1 ? n0 : n0 + sl) / grp;
+      const int sl = len == CT ? i / CT : i / len, t = i - sl * len;
+      const int ns = isk ? st.nsk : st.nsq, Nx = isk ? g.Nk : g.Nq;
+      const int nx = m2r_div(ns == 1 ? n0 : n0 + sl, isk ? g.mk : g.mq);
       uint16_t *d = (uint16_t *)(buf + (isk ? st.off_k : st.off_q)) + ((size_t)sl * st.ct + t) * K;
       const uint16_t *s = (isk ? src.k : src.q) + ((row0 + t) * Nx + nx) * K;
       for (int c = 0; c < kp; c++) m2r_cp16(d + c * 8, s + c * 8);
@@ -255,8 +267,8 @@ __device__ __forceinline__ void m2r_stage(const M2Geom &g, const M2Stage &st, co
     if (i < nv + ndy) { /* a v or dy row: 16 bf16 */
       const bool isdy = i >= nv;
       if (isdy) i -= nv;
-      const int hb = i / len, t = i - hb * len;
-      const int nx = isdy ? n0 + hb : (n0 + hb) / g.gv, Nx = isdy ? g.N : g.Nv;
+      const int hb = len == CT ? i / CT : i / len, t = i - hb * len;
+      const int nx = isdy ? n0 + hb : m2r_div(n0 + hb, g.mv), Nx = isdy ? g.N : g.Nv;
       uint16_t *d = (uint16_t *)(buf + (isdy ? st.off_dy : st.off_v)) + ((size_t)hb * st.ct + t) * 16;
       const uint16_t *s = (isdy ? src.dy : src.v) + ((row0 + t) * Nx + nx) * 16;
       m2r_cp16(d, s);
@@ -264,8 +276,8 @@ __device__ __forceinline__ void m2r_stage(const M2Geom &g, const M2Stage &st, co
       continue;
     }
     i -= nv + ndy;
-    const int hb = i / len, t = i - hb * len;
-    m2r_cp4((float *)(buf + st.off_f) + hb * st.ct + t, src.f + (row0 + t) * g.Nf + (n0 + hb) / g.gf);
+    const int hb = len == CT ? i / CT : i / len, t = i - hb * len;
+    m2r_cp4((float *)(buf + st.off_f) + hb * st.ct + t, src.f + (row0 + t) * g.Nf + m2r_div(n0 + hb, g.mf));
   }
 }
 

@@ -20,6 +20,7 @@ M2Geom m2r_geom(const m2_m2rnn_dims *d, const m2_m2rnn_cuda_opts *o) {
   if (g.Nv > 0) g.gv = g.N / g.Nv;
   if (g.Nf > 0) g.gf = g.N / g.Nf;
   if (g.Nw > 0) g.gw = g.N / g.Nw;
+  if (g.gq > 0) g.mq = m2r_magic(g.gq), g.mk = m2r_magic(g.gk), g.mv = m2r_magic(g.gv), g.mf = m2r_magic(g.gf);
   g.ck = (o && o->ckpt_every > 0) ? o->ckpt_every : 64;
   g.nck = g.T > 0 ? (g.T + g.ck - 1) / g.ck : 0;
   return g;
@@ -231,9 +232,9 @@ __global__ void __launch_bounds__(NT == 1 ? M2R_MAX_WARPS8 * 32 : NT == 2 ? M2R_
   float *ypart = (float *)(sm + 2 * (size_t)st.bytes);
   const M2StageSrc src = {p.q, p.k, p.v, nullptr, p.f};
   const int CT = M2R_FWD_CT, nch = (g.T + CT - 1) / CT;
-  m2r_stage(g, st, src, sm, b, n0, 0, min(CT, g.T));
+  m2r_stage<M2R_FWD_CT>(g, st, src, sm, b, n0, 0, min(CT, g.T));
   m2r_cp_commit();
-  if (nch > 1) m2r_stage(g, st, src, sm + st.bytes, b, n0, CT, min(CT, g.T - CT));
+  if (nch > 1) m2r_stage<M2R_FWD_CT>(g, st, src, sm + st.bytes, b, n0, CT, min(CT, g.T - CT));
   m2r_cp_commit();
 
   int next_ck = p.ckpt ? 0 : g.T; /* next step whose incoming state is saved */
@@ -315,7 +316,7 @@ __global__ void __launch_bounds__(NT == 1 ? M2R_MAX_WARPS8 * 32 : NT == 2 ? M2R_
       o.w = m2r_pack_bf16(acc[6], acc[7]);
       *(uint4 *)(p.y + (((size_t)b * g.T + t0 + i) * g.N + n0 + hh) * 16 + half * 8) = o;
     }
-    if (c + 2 < nch) m2r_stage(g, st, src, sm + (size_t)(c & 1) * st.bytes, b, n0, (c + 2) * CT, min(CT, g.T - (c + 2) * CT));
+    if (c + 2 < nch) m2r_stage<M2R_FWD_CT>(g, st, src, sm + (size_t)(c & 1) * st.bytes, b, n0, (c + 2) * CT, min(CT, g.T - (c + 2) * CT));
     m2r_cp_commit();
   }
   if (p.hT) {
