@@ -238,8 +238,9 @@ __global__ void __launch_bounds__(NT == 1 ? M2R_MAX_WARPS8 * 32 : NT == 2 ? M2R_
   m2r_cp_commit();
 
   int next_ck = p.ckpt ? 0 : g.T; /* next step whose incoming state is saved */
-  auto save = [&](int s) {
-    float *cp = p.ckpt + ckpt_base(g, b, n, s / g.ck);
+  int ck_j = 0;                     /* its checkpoint index, next_ck / ck (counted: a runtime division is ~20 instructions) */
+  auto save = [&]() {
+    float *cp = p.ckpt + ckpt_base(g, b, n, ck_j++);
 #pragma unroll
     for (int j = 0; j < NT; j++) /* fragment order (m2r_frag_index): one 16-byte store per tile, coalesced */
       *(float4 *)(cp + m2r_frag_index(r0 / 8 + j, lane)) = make_float4(h[j][0], h[j][1], h[j][2], h[j][3]);
@@ -282,14 +283,14 @@ __global__ void __launch_bounds__(NT == 1 ? M2R_MAX_WARPS8 * 32 : NT == 2 ? M2R_
     int i0 = 0;
     for (; i0 + 8 <= len; i0 += 8) {
       if (t0 + i0 == next_ck) {
-        save(t0 + i0);
+        save();
         next_ck += g.ck;
       }
 #pragma unroll
       for (int i = 0; i < 8; i++) step(i0 + i);
     }
     if (i0 < len && t0 + i0 == next_ck) {
-      save(t0 + i0);
+      save();
       next_ck += g.ck;
     }
     for (int i = i0; i < len; i++) step(i);
