@@ -140,7 +140,6 @@ __global__ void __launch_bounds__(NT == 2 ? M2R_MAX_WARPS16 * 32 : M2R_MAX_WARPS
   m2r_cp_commit();
   state_load<NT>(ckpt_n + (size_t)it.c * KS, r0, lane, h); /* the first item starts at its segment's checkpoint */
   int s = 0, pb_back = 0, pb_s0 = 0, pb_len = 0;
-  const int nstage = (st.nsq + st.nsk + 3 * hpb) * SC; /* threads that stage a back item's inputs (m2r_stage) */
   while (it.c >= 0) {
     m2r_cp_wait<1>();
     __syncthreads();
@@ -153,7 +152,7 @@ __global__ void __launch_bounds__(NT == 2 ? M2R_MAX_WARPS16 * 32 : M2R_MAX_WARPS
     const Item it2 = next(it1);
     stage(it2, (s + 2) % 3);
     m2r_cp_commit();
-    if (pb_back) bwd_flush<KC>(p, part0 + ((s + 1) & 1) * p.pfl, b, n0, pb_s0, pb_len, nstage);
+    if (pb_back) bwd_flush<KC>(p, part0 + ((s + 1) & 1) * p.pfl, b, n0, pb_s0, pb_len);
 
     bool back;
     int sb, s0, len;
@@ -344,7 +343,7 @@ __global__ void __launch_bounds__(NT == 2 ? M2R_MAX_WARPS16 * 32 : M2R_MAX_WARPS
     s++;
   }
   __syncthreads();
-  if (pb_back) bwd_flush<KC>(p, part0 + ((s + 1) & 1) * p.pfl, b, n0, pb_s0, pb_len, nstage);
+  if (pb_back) bwd_flush<KC>(p, part0 + ((s + 1) & 1) * p.pfl, b, n0, pb_s0, pb_len);
   if (p.dh0) {
 #pragma unroll
     for (int j = 0; j < NT; j++)
@@ -545,12 +544,10 @@ extern "C" m2_status m2_m2rnn_bwd_cuda(const m2_m2rnn_dims *d, const m2_m2rnn_cu
                   (uint16_t *)a->dq, (uint16_t *)a->dk, (uint16_t *)a->dv, dq32, dk32, dv32, a->dW, a->df, a->dh0,
                   (const uint16_t *)a->dy, a->dhT, a->ckpt, (const uint16_t *)a->q, (const uint16_t *)a->k,
                   (const uint16_t *)a->v, a->W, a->f, (float *)(work + w.sub)};
-    { /* the flush's task offsets for a full item (bwd_flush; the first nstage threads stage the next inputs) */
-      const int SC = M2R_BWD_SC, nth = pl.threads, K = g.K, hpb = pl.hpb;
-      const int ndv = SC * hpb * 4, ndk = (pl.st.nsk == 1 && dk32 ? SC * K / 4 : SC * hpb * K / 4);
-      const int ndq = (pl.st.nsq == 1 && dq32 ? SC * K / 4 : SC * hpb * K / 4);
-      const int off[4] = {0, ndv, ndv + ndk, ndv + ndk + ndq}, nstage = (pl.st.nsq + pl.st.nsk + 3 * hpb) * SC;
-      for (int i = 0; i < 4; i++) p.fadd[i] = (nth - (nstage + off[i]) % nth) % nth;
+    { /* where the flush's loops start for a full item, mod the block size (bwd_flush) */
+      const FlushStart fs = bwd_flush_start(pl.st, pl.hpb, g.K, M2R_BWD_SC, dq32 != nullptr, dk32 != nullptr);
+      const int off[4] = {fs.dv, fs.dk, fs.dq, fs.df}, nth = pl.threads;
+      for (int i = 0; i < 4; i++) p.fadd[i] = (nth - off[i] % nth) % nth;
     }
     typedef void (*Kern)(const FastBwdP);
     /* the replay must use the forward's tanh split to reproduce its Z exactly; K = 64 (the paper's) compiled apart */

@@ -72,24 +72,37 @@ __device__ __forceinline__ int bwd_task_tid_add(int add, int nth) {
   return t >= nth ? t - nth : t;
 }
 
+/* Where bwd_flush's four loops (dv, dk, dq, df) start for an item of len steps: the first nstage threads stage the
+ * next item's inputs (m2r_stage), then each loop starts after the tasks of the ones before it. Shared by the kernel
+ * and the host, which precomputes the offsets of a full item (FastBwdP::fadd). */
+struct FlushStart {
+  int dv, dk, dq, df;
+};
+__host__ __device__ __forceinline__ FlushStart bwd_flush_start(const M2Stage &st, int hpb, int K, int len, bool dq32,
+                                                             bool dk32) {
+  const int nstage = (st.nsq + st.nsk + 3 * hpb) * M2R_BWD_SC;
+  const int ndv = len * hpb * 4, ndk = (st.nsk == 1 && dk32 ? len * K / 4 : len * hpb * K / 4);
+  const int ndq = (st.nsq == 1 && dq32 ? len * K / 4 : len * hpb * K / 4);
+  return FlushStart{nstage, nstage + ndv, nstage + ndv + ndk, nstage + ndv + ndk + ndq};
+}
+
 /* The block's partial sums of one back item (steps s0 .. s0 + len - 1) -> dv, dk, dq, df in global memory.
  * Partial buffer: dv [nw][SC][16] (per warp, as pairs (dv[v], dv[v + 8])), dk and dq [hpb][SC][K] (per head),
  * df [nw][SC]. */
 template <int KC>
-__device__ __forceinline__ void bwd_flush(const FastBwdP &p, const float *part, int b, int n0, int s0, int len, int off) {
+__device__ __forceinline__ void bwd_flush(const FastBwdP &p, const float *part, int b, int n0, int s0, int len) {
   constexpr int SC = M2R_BWD_SC;
   const M2Geom &g = p.g;
   const int K = KC ? KC : g.K, hpb = p.hpb, wph = p.wph, nw = hpb * wph;
   const int nth = blockDim.x;
   /* the loops start at different threads (the first `off` threads stage the next inputs), so no thread takes more
      than one task when there are fewer tasks than threads: the block barrier waits for the slowest thread */
-  const int ndv = len * hpb * 4, ndk = (p.st.nsk == 1 && p.dk32 ? len * K / 4 : len * hpb * K / 4);
-  const int ndq = (p.st.nsq == 1 && p.dq32 ? len * K / 4 : len * hpb * K / 4);
   const bool full = len == SC; /* every item but a short last one: the offsets mod nth come from the host */
-  const int tid = full ? bwd_task_tid_add(p.fadd[0], nth) : bwd_task_tid(off, nth),
-            tidk = full ? bwd_task_tid_add(p.fadd[1], nth) : bwd_task_tid(off + ndv, nth),
-            tidq = full ? bwd_task_tid_add(p.fadd[2], nth) : bwd_task_tid(off + ndv + ndk, nth),
-            tidf = full ? bwd_task_tid_add(p.fadd[3], nth) : bwd_task_tid(off + ndv + ndk + ndq, nth);
+  const FlushStart fs = bwd_flush_start(p.st, hpb, K, len, p.dq32, p.dk32);
+  const int tid = full ? bwd_task_tid_add(p.fadd[0], nth) : bwd_task_tid(fs.dv, nth),
+            tidk = full ? bwd_task_tid_add(p.fadd[1], nth) : bwd_task_tid(fs.dk, nth),
+            tidq = full ? bwd_task_tid_add(p.fadd[2], nth) : bwd_task_tid(fs.dq, nth),
+            tidf = full ? bwd_task_tid_add(p.fadd[3], nth) : bwd_task_tid(fs.df, nth);
 
   const size_t row0 = (size_t)b * g.T + s0;
   const float *dvp = part, *dkp = part + SC * nw * 16, *dqp = dkp + SC * hpb * K, *dfp = dqp + SC * hpb * K;

@@ -20,7 +20,9 @@ M2Geom m2r_geom(const m2_m2rnn_dims *d, const m2_m2rnn_cuda_opts *o) {
   if (g.Nv > 0) g.gv = g.N / g.Nv;
   if (g.Nf > 0) g.gf = g.N / g.Nf;
   if (g.Nw > 0) g.gw = g.N / g.Nw;
-  if (g.gq > 0) g.mq = m2r_magic(g.gq), g.mk = m2r_magic(g.gk), g.mv = m2r_magic(g.gv), g.mf = m2r_magic(g.gf);
+  /* magics only for valid group sizes (a head count of 0 is refused later by m2_m2rnn_cuda_check, not here) */
+  g.mq = g.gq > 0 ? m2r_magic(g.gq) : 0, g.mk = g.gk > 0 ? m2r_magic(g.gk) : 0;
+  g.mv = g.gv > 0 ? m2r_magic(g.gv) : 0, g.mf = g.gf > 0 ? m2r_magic(g.gf) : 0;
   g.ck = (o && o->ckpt_every > 0) ? o->ckpt_every : 64;
   g.nck = g.T > 0 ? (g.T + g.ck - 1) / g.ck : 0;
   return g;
