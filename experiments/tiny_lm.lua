@@ -106,9 +106,15 @@ local model = m2.models.lm(spec)
 
 -- ---- eval ----
 
-local function accuracy(x, y)
+local device = m2.args.device or "cpu" -- the common override m2.train reads (it moves the model and training batches)
+local function on_device(x, y) -- eval batches go to the model's device too (m2.train moves only the training ones)
+  if device ~= "cpu" then return x:to(device), y:to(device) end
+  return x, y
+end
+local function accuracy(x, y) -- x, y on the model's device
   local logits = model(x)
-  local valid = m2.eq(m2.eq(y, m2.full(y:shape(), -100, { dtype = "i64" })), m2.zeros(y:shape()))
+  local opts = { dtype = "i64", device = device }
+  local valid = m2.eq(m2.eq(y, m2.full(y:shape(), -100, opts)), m2.zeros(y:shape(), opts))
   local hit = m2.eq(m2.argmax(logits, -1), y) * valid
   return hit:sum_all():item(), valid:sum_all():item(), logits
 end
@@ -118,7 +124,7 @@ local function evaluate(mdl, step)
   if cfg.task == "markov" then
     local loss, correct, total = 0, 0, 0
     for i = 0, cfg.eval_batches - 1 do
-      local x, y = data:batch(i, 2) -- stream 2: never used for training
+      local x, y = on_device(data:batch(i, 2)) -- stream 2: never used for training
       local c, n, logits = accuracy(x, y)
       loss = loss + m2.cross_entropy(logits, y, -100):item()
       correct, total = correct + c, total + n
@@ -129,7 +135,7 @@ local function evaluate(mdl, step)
     for _, mult in ipairs(cfg.eval_mults) do
       local L, correct, total = mult * cfg.len, 0, 0
       for i = 0, cfg.eval_batches - 1 do
-        local x, y = data:eval_batch(L, i)
+        local x, y = on_device(data:eval_batch(L, i))
         local c, n = accuracy(x, y)
         correct, total = correct + c, total + n
       end
