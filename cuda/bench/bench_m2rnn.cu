@@ -173,7 +173,8 @@ static double nrel(const std::vector<float> &a, const std::vector<float> &b) {
 int main(int argc, char **argv) {
   const int reps = argc > 1 ? atoi(argv[1]) : 15;
   /* M2_BENCH_QUICK=1: only the 400M layer's default rows and a few variants (for profilers and quick runs);
-     M2_BENCH_QUICK=2: the 400M layer's default rows and ckpt 64 only (cuda/bench/ab_m2rnn.sh) */
+     M2_BENCH_QUICK=2: the 400M layer's default rows and ckpt 64 only (cuda/bench/ab_m2rnn.sh);
+     M2_BENCH_QUICK=3: per-SM scaling with the warps per block (480 heads in blocks of 4, 5, 6 heads) */
   const char *qe = getenv("M2_BENCH_QUICK");
   const int quick_level = qe ? atoi(qe) : 0;
   const bool quick = quick_level > 0;
@@ -182,6 +183,26 @@ int main(int argc, char **argv) {
   int clk = 0;
   cudaDeviceGetAttribute(&clk, cudaDevAttrClockRate, 0);
   printf("# bench_m2rnn on %s (%d SMs, %.0f MHz max clock)\n", prop.name, prop.multiProcessorCount, clk / 1e3);
+  if (quick_level == 3) { /* per-SM scaling: the same 480 heads (B=8, N=60) in blocks of 4, 5 or 6 heads (16, 20, 24
+                             warps; 120, 96, 80 blocks: one wave each), to see how an SM's throughput grows with warps */
+    Layer L = {"scan", {8, 4096, 60, 64, 16, 1, 1, 60, 60, 60}, 0, 0};
+    layer_alloc(L);
+    const m2_m2rnn_dims *d = &L.d;
+    m2_m2rnn_fwd_args fi = fargs(L, false), ft = fargs(L, true);
+    m2_m2rnn_bwd_args ba = bargs(L);
+    printf("\n| heads/block | warps/SM | blocks | fwd ms | fwd (train) ms | bwd ms | head-steps/SM/us fwd | bwd |\n|---|---|---|---|---|---|---|---|\n");
+    for (int hp = 4; hp <= 6; hp++) {
+      m2_m2rnn_cuda_opts o = {1.f, 8, M2_M2RNN_FAST, M2_M2RNN_TANH_DEFAULT, hp};
+      double f0, ft0, b0, mn;
+      timeit([&] { MT(m2_m2rnn_fwd_cuda(d, &o, &fi, 0)); }, reps, &f0, &mn);
+      timeit([&] { MT(m2_m2rnn_fwd_cuda(d, &o, &ft, 0)); }, reps, &ft0, &mn);
+      timeit([&] { MT(m2_m2rnn_bwd_cuda(d, &o, &ba, 0)); }, reps, &b0, &mn);
+      const double hs = (double)hp * d->T / 1e3; /* head-steps per SM, in thousands */
+      printf("| %d | %d | %d | %.3f | %.3f | %.3f | %.2f | %.2f |\n", hp, 4 * hp, d->B * d->N / hp, f0, ft0, b0, hs / f0, hs / b0);
+    }
+    layer_free(L);
+    return 0;
+  }
   Layer layers[2] = {
       {"400M", {8, 4096, 84, 64, 16, 1, 1, 84, 84, 84}, 4.11, 18.6},
       {"7B", {4, 4096, 132, 64, 16, 1, 1, 132, 132, 132}, 3.93, 15.9},
