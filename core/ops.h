@@ -57,6 +57,13 @@ m2_tensor *m2_cumsum(m2_tensor *x, int dim);
 m2_tensor *m2_matmul(m2_tensor *a, m2_tensor *b, bool ta, bool tb);
 /* x (..., in) @ w (out, in)^T + bias (out) [bias may be NULL] -> (..., out). Composed of ops. */
 m2_tensor *m2_linear(m2_tensor *x, m2_tensor *w, m2_tensor *bias);
+/* Precision of the products of f32 matmuls (and so of linear) recorded from now on: M2_MM_F32 (the default:
+ * fp32 products) or M2_MM_BF16 (the operands rounded to bf16, fp32 accumulation and result: bf16 tensor cores on
+ * CUDA, like bf16 autocast; the CPU rounds the same way, so it stays the reference). Backward uses the setting
+ * its forward was recorded with. Returns the previous setting. */
+enum { M2_MM_F32 = 0, M2_MM_BF16 = 1 };
+int m2_set_matmul_precision(int p);
+int m2_matmul_precision(void);
 
 /* ---- neural-net ops (core/ops_nn.c) ---- */
 m2_tensor *m2_embedding(m2_tensor *weight, m2_tensor *ids); /* weight (V, d), ids int (...) -> (..., d) */

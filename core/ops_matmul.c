@@ -3,7 +3,9 @@
  * matmul: a (..., M, K) [(..., K, M) if ta], b (..., K, N) [(..., N, K) if tb] -> c (..., M, N).
  * Batch dims of a and b are equal, or b is 2-D and shared by every batch; then, when !ta,
  * a is one (batch*M, K) matrix and the whole product is a single GEMM.
- * Attributes: ia[0] = ta, ia[1] = tb. Backward is GEMMs too:
+ * Attributes: ia[0] = ta, ia[1] = tb, ia[2] = bf16 products (f32 tensors only: the operands of every product,
+ * forward and backward, are rounded to bf16; fp32 accumulation and results; m2_set_matmul_precision). Backward is
+ * GEMMs too:
  *   d op(a) = dc op(b)^T  (M, K),   d op(b) = op(a)^T dc  (K, N),
  * transposed back to the stored layouts; a shared b sums its gradient over the batch. */
 #include "ops.h"
@@ -104,10 +106,32 @@ m2_status m2_matmul_setup(m2_opcall *c, m2_float_rule check_float, mm_geom *g) {
   return M2_OK;
 }
 
+static int g_mm_precision = M2_MM_F32;
+int m2_set_matmul_precision(int p) {
+  const int old = g_mm_precision;
+  g_mm_precision = p == M2_MM_BF16 ? M2_MM_BF16 : M2_MM_F32;
+  return old;
+}
+int m2_matmul_precision(void) { return g_mm_precision; }
+
+/* An operand of a product: t itself (new ref), or with ia[2] an f32 copy of t rounded to bf16 (what the CUDA path
+ * feeds its tensor cores). */
+static m2_tensor *operand(m2_tensor *t, const m2_opcall *c) {
+  if (!c->ia[2] || t->dtype != M2_F32) return m2_retain(t), t;
+  m2_tensor *h = m2_clone_raw(t, M2_BF16, t->device);
+  m2_tensor *r = h ? m2_clone_raw(h, M2_F32, t->device) : NULL;
+  m2_release(h);
+  return r;
+}
+
 static m2_status matmul_fwd(m2_opcall *c) {
-  m2_tensor *a = c->in[0], *b = c->in[1];
   mm_geom g;
   M2_TRY(m2_matmul_setup(c, m2_check_float, &g));
+  m2_tensor *a = operand(c->in[0], c), *b = a ? operand(c->in[1], c) : NULL;
+  if (!a || !b) {
+    m2_release(a);
+    return m2_errcode();
+  }
   m2_tensor *o = c->out[0];
   const void *pa = m2_data(a), *pb = m2_data(b);
   void *po = m2_data(o);
@@ -116,17 +140,25 @@ static m2_status matmul_fwd(m2_opcall *c) {
   else
     bgemm(a->dtype, g.ta, g.tb, g.batch, g.M, g.N, g.K, pa, g.M * g.K, pb, g.shared ? 0 : g.K * g.N, 0, po,
           g.M * g.N);
+  m2_release(a);
+  m2_release(b);
   return M2_OK;
 }
 
 static m2_status matmul_bwd(m2_opcall *c) {
-  m2_tensor *a = c->in[0], *b = c->in[1];
   mm_geom g;
-  M2_TRY(m2_matmul_check(a, b, c->ia[0] != 0, c->ia[1] != 0, m2_check_float, &g));
+  M2_TRY(m2_matmul_check(c->in[0], c->in[1], c->ia[0] != 0, c->ia[1] != 0, m2_check_float, &g));
   m2_tensor *dc = c->dout[0]; /* (..., M, N) */
-  m2_tensor *dcc = m2_is_contiguous(dc) && dc->dtype == a->dtype ? (m2_retain(dc), dc)
-                                                                  : m2_clone_raw(dc, a->dtype, dc->device);
-  if (!dcc) return m2_errcode();
+  m2_tensor *dc0 = m2_is_contiguous(dc) && dc->dtype == c->in[0]->dtype ? (m2_retain(dc), dc)
+                                                                         : m2_clone_raw(dc, c->in[0]->dtype, dc->device);
+  m2_tensor *dcc = dc0 ? operand(dc0, c) : NULL;
+  m2_release(dc0);
+  m2_tensor *a = dcc ? operand(c->in[0], c) : NULL, *b = a ? operand(c->in[1], c) : NULL;
+  if (!b) {
+    m2_release(dcc);
+    m2_release(a);
+    return m2_errcode();
+  }
   m2_dtype dt = a->dtype;
   const void *pa = m2_data(a), *pb = m2_data(b), *pc = m2_data(dcc);
   int64_t MN = g.M * g.N, MK = g.M * g.K, sb = g.shared ? 0 : g.K * g.N;
@@ -162,6 +194,8 @@ static m2_status matmul_bwd(m2_opcall *c) {
     }
   }
   m2_release(dcc);
+  m2_release(a);
+  m2_release(b);
   return s;
 }
 
@@ -176,6 +210,7 @@ m2_tensor *m2_matmul(m2_tensor *a, m2_tensor *b, bool ta, bool tb) {
   m2_call_init(&c, &m2_op_matmul, 2, in);
   c.ia[0] = ta;
   c.ia[1] = tb;
+  c.ia[2] = g_mm_precision == M2_MM_BF16 && a->dtype == M2_F32;
   return m2_call1(&c);
 }
 

@@ -197,6 +197,18 @@ static int l_matmul(lua_State *L) {
   M2LUA_RETURN(L, m2_matmul(a, b, ta, tb));
 }
 
+/* matmul_precision([p]) -> the setting before the call; p = "f32" (fp32 products, the default) or "bf16" (the operands
+ * of f32 matmul and linear rounded to bf16, fp32 accumulation and results: tensor cores on CUDA; core/ops.h) */
+static int l_matmul_precision(lua_State *L) {
+  const int old = m2_matmul_precision();
+  if (!lua_isnoneornil(L, 1)) {
+    static const char *const names[] = {"f32", "bf16", NULL};
+    m2_set_matmul_precision(luaL_checkoption(L, 1, NULL, names) == 1 ? M2_MM_BF16 : M2_MM_F32);
+  }
+  lua_pushstring(L, old == M2_MM_BF16 ? "bf16" : "f32");
+  return 1;
+}
+
 /* linear(x, w [, bias]): x (..., in) @ w (out, in)^T + bias (out) */
 static int l_linear(lua_State *L) {
   m2_tensor *x = m2lua_checktensor(L, 1), *w = m2lua_checktensor(L, 2), *b = m2lua_opttensor(L, 3);
@@ -432,6 +444,7 @@ void m2lua_open_ops(lua_State *L) {
       {"cumsum", l_cumsum},
       {"matmul", l_matmul},
       {"linear", l_linear},
+      {"matmul_precision", l_matmul_precision},
       {"cross_entropy", l_cross_entropy},
       {"rmsnorm", l_rmsnorm},
       {"l2norm", l_l2norm},

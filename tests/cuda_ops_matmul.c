@@ -1,6 +1,7 @@
 /* cuda_ops_matmul.c — CPU-vs-CUDA parity of matmul (cuBLAS, fp32 accumulation) and linear, forward and
  * backward, in f32 and bf16: 2-D with every transpose combination, equal batch dims, a shared 2-D b
- * (one GEMM, or a batch-summed gradient when a is transposed), and empty inner dims. Skips (77) without a GPU. */
+ * (one GEMM, or a batch-summed gradient when a is transposed), empty inner dims, and f32 matmuls with bf16 products
+ * (m2_set_matmul_precision). Skips (77) without a GPU. */
 #include "cuda_parity.h"
 
 typedef struct mm_ud { bool ta, tb; } mm_ud;
@@ -51,6 +52,16 @@ int main(void) {
   par_run(&pl);
   par_case pn = {"linear/no bias", f_linear, NULL, 3, {x, w, NULL}, {true, true, false}};
   par_run(&pn);
+  /* bf16 products of f32 matmuls (m2_set_matmul_precision): both sides round the same operands, so f32 stays at
+     1e-5; a CUDA path that ignored the setting would be ~1e-3 off the rounding CPU */
+  m2_set_matmul_precision(M2_MM_BF16);
+  for (int t = 0; t < 4; t++) mm_case("bf16 products 96x160x72", 0, NULL, 96, 160, 72, t & 1, t & 2, false);
+  mm_case("bf16 products, batched", 2, b2, 17, 64, 24, true, false, false);
+  mm_case("bf16 products, shared b", 1, b1, 19, 40, 33, false, true, true);
+  mm_case("bf16 products, shared b, ta", 1, b1, 19, 40, 33, true, false, true);
+  par_case pb16 = {"linear/bias, bf16 products", f_linear, NULL, 3, {x, w, bias}, {true, true, true}};
+  par_run(&pb16);
+  m2_set_matmul_precision(M2_MM_F32);
   /* shape errors come from the CUDA path too */
   m2_tensor *gx = m2_clone_raw(x, M2_F32, par_gpu), *gw = m2_clone_raw(w, M2_F32, par_gpu);
   CHECK_FAILS(m2_matmul(gx, gw, false, false) == NULL, M2_ERR_SHAPE, "inner dims differ");

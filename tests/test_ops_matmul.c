@@ -131,6 +131,44 @@ int main(void) {
       m2_release(c64); m2_release(c32); m2_release(g64); m2_release(g32);
     }
 
+  /* ---- bf16 products (m2_set_matmul_precision): forward and backward are the f64 products of the bf16-rounded
+     operands, to fp32 accumulation; the backward uses the setting its forward was recorded with ---- */
+  for (int ci = 0; ci < 4; ci++)
+    for (int t = 0; t < 4; t++) {
+      bool ta = t & 1, tb = t & 2;
+      int nda, ndb;
+      int64_t sa[M2_MAX_DIMS], sb[M2_MAX_DIMS];
+      shapes(cases[ci].nb, cases[ci].bd, M, K, N, ta, tb, cases[ci].shared, &nda, sa, &ndb, sb);
+      m2_tensor *a32 = randn(&r, M2_F32, nda, sa, true), *b32 = randn(&r, M2_F32, ndb, sb, true);
+      m2_tensor *round[2] = {NULL, NULL}, *src[2] = {a32, b32};
+      for (int i = 0; i < 2; i++) { /* f64 copies of the bf16-rounded operands, with grad */
+        m2_tensor *h = m2_clone_raw(src[i], M2_BF16, M2_DEV_CPU);
+        round[i] = m2_clone_raw(h, M2_F64, M2_DEV_CPU);
+        m2_release(h);
+        m2_requires_grad_(round[i], true);
+      }
+      CHECK(m2_matmul_precision() == M2_MM_F32, "the default precision is f32");
+      m2_tensor *cf = m2_matmul(a32, b32, ta, tb); /* f32 products */
+      CHECK(m2_set_matmul_precision(M2_MM_BF16) == M2_MM_F32, "set returns the previous setting");
+      m2_tensor *c = m2_matmul(a32, b32, ta, tb);
+      m2_set_matmul_precision(M2_MM_F32); /* backward must still use bf16 products */
+      m2_tensor *c64 = m2_matmul(round[0], round[1], ta, tb);
+      double e = max_rel_diff(c, c64), ef = max_rel_diff(cf, c64);
+      CHECK(e < 1e-5, "bf16 products %s ta=%d tb=%d: rel err %g against the rounded operands' f64 product",
+            cases[ci].name, ta, tb, e);
+      CHECK(ef > 1e-4, "bf16 products %s ta=%d tb=%d: f32 products should differ from them, rel diff %g",
+            cases[ci].name, ta, tb, ef);
+      m2_tensor *g32 = m2_randn(&r, M2_F32, M2_DEV_CPU, c->ndim, c->shape);
+      m2_tensor *gh = m2_clone_raw(g32, M2_BF16, M2_DEV_CPU), *g64 = m2_clone_raw(gh, M2_F64, M2_DEV_CPU);
+      CHECK_OK(m2_backward(c, g32));
+      CHECK_OK(m2_backward(c64, g64));
+      double ea = max_rel_diff(a32->grad, round[0]->grad), eb = max_rel_diff(b32->grad, round[1]->grad);
+      CHECK(ea < 1e-5 && eb < 1e-5, "bf16 products backward %s ta=%d tb=%d: da err %g, db err %g", cases[ci].name, ta,
+            tb, ea, eb);
+      m2_tensor *rel[] = {a32, b32, round[0], round[1], cf, c, c64, g32, gh, g64};
+      for (size_t i = 0; i < sizeof rel / sizeof rel[0]; i++) m2_release(rel[i]);
+    }
+
   /* ---- a strided (transposed view) input equals the ta flag ---- */
   {
     int64_t sa[3] = {2, 5, 3}, sb[3] = {2, 5, 4};

@@ -39,6 +39,8 @@ OPS  (m2.<op>(...); those marked * are also methods)
   sum* mean* max*(x [, dim [, keepdim]]) sum_all* mean_all* max_all* argmax*(x [, dim [, keepdim]])
   eq*(a, b) softmax* log_softmax*(x [, dim=-1]) cumsum*(x, dim)
   matmul*(a, b [, ta, tb]) linear*(x, w [, bias]) embedding(w, ids)
+  matmul_precision(["f32"|"bf16"]) -> the previous setting: "bf16" rounds the operands of f32 matmul/linear
+    to bf16 (fp32 accumulation and result; tensor cores on CUDA, like bf16 autocast); m2.train{precision=}
   cross_entropy*(logits, targets [, ignore_index=-100]) rmsnorm*(x, w|nil [, eps]) l2norm*(x [, eps])
   concat({xs}, dim) split*(x, dim, sizes|chunk) gather*(x, dim, idx) index_select*(x, dim, idx)
   conv1d_causal(x, w [, b]) m2rnn(q, k, v, W, f [, h0] [, {grad_clip}]) -> y, hT

@@ -23,11 +23,13 @@ file (core/runfile.h; DESIGN section 6).
     print_every = nil,                  -- progress lines when stdout is not a terminal (default ~20 per run)
     max_nan_skips = 5,                  -- stop after this many consecutive non-finite steps
     flush_interval = 5, device = "cpu", quiet = false,
+    precision = nil,                    -- "bf16": matmul/linear products in bf16 with fp32 accumulation
+                                        --   (m2.matmul_precision) while training and evaluating; nil/"f32": fp32
   }
   -> { steps, step, final_loss, out, status, resumed_from, nan_skips, tokens, time }
 
 Command-line overrides read here whatever the script passes (every experiment accepts them):
-  steps=  out=  device=  checkpoint_every=  eval_every=  overwrite=   (seed= is applied by m2.config)
+  steps=  out=  device=  checkpoint_every=  eval_every=  overwrite=  precision=   (seed= is applied by m2.config)
 
 Per step: zero grads; for each micro-batch: x, y = data:batch(cursor), cursor += 1, loss, backward
 (scaled by 1/grad_accum); clip (grad_norm = the norm before clipping); when the loss or the norm is
@@ -65,7 +67,7 @@ local KNOWN = {
   model = true, data = true, loss = true, steps = true, grad_accum = true, optim = true, schedule = true, clip = true,
   eval_every = true, eval = true, checkpoint_every = true, keep_checkpoints = true, out = true, overwrite = true,
   config = true, log_every = true, print_every = true, max_nan_skips = true, flush_interval = true, device = true,
-  quiet = true,
+  quiet = true, precision = true,
 }
 -- config keys that may differ between a run and its resume
 local RUN_CONTROL = { steps = true, out = true, device = true, checkpoint_every = true, eval_every = true,
@@ -176,6 +178,10 @@ local function resolve(spec)
   s.config = s.config or m2.config_used or {}
   if type(s.config) ~= "table" then fail("config must be a table") end
   if s.out and type(s.out) ~= "string" then fail("out must be a path string (or false for no run file)") end
+  s.precision = arg_str("precision", s.precision or "f32")
+  if s.precision ~= "f32" and s.precision ~= "bf16" then
+    fail(string.format("precision must be \"f32\" or \"bf16\", got %s", tostring(s.precision)))
+  end
   return s
 end
 
@@ -214,7 +220,7 @@ local function train_record(s, opt, sched)
   return { steps = s.steps, grad_accum = s.grad_accum, clip = s.clip or false, optim = opt.kind, lr = sp.lr,
            schedule = sp.kind, warmup = sp.warmup, decay = sp.decay, stable = sp.stable, min_lr = sp.min_lr,
            checkpoint_every = s.checkpoint_every, eval_every = s.eval_every, log_every = s.log_every,
-           keep_checkpoints = s.keep_checkpoints, device = s.device }
+           keep_checkpoints = s.keep_checkpoints, device = s.device, precision = s.precision }
 end
 
 -- ---------------------------------------------------------------------------------------
@@ -604,7 +610,9 @@ function train.train(spec)
       s.grad_accum))
   end
   st.session_t0 = core.clock()
+  local prev_precision = m2.matmul_precision(s.precision) -- for this run's steps and evals only
   local ok, err = xpcall(loop, debug.traceback, st, s)
+  m2.matmul_precision(prev_precision)
   local status
   if not ok then
     local msg = st.run_failed_msg or tostring(err):match("^[^\n]*")

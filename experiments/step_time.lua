@@ -1,0 +1,67 @@
+-- step_time.lua — what one training step of a model config costs on this machine: m2.train on random
+-- tokens (the loss is meaningless; the time and memory are not). Progress lines give each step's time,
+-- tokens/s and peak memory; the last line a summary. Compare with the PyTorch stack's whole-step figures
+-- in shared/GPU.md (400M models, B=8, T=4096: hybrid-m2rnn 850 ms, hybrid-gdn 426 ms, ...).
+--
+--   m2lab run experiments/step_time.lua device=cuda                                   (400m-hybrid-m2rnn, B=8, T=4096)
+--   m2lab run experiments/step_time.lua device=cuda config=experiments/configs/400m-gdn.lua batch=4
+--   m2lab run experiments/step_time.lua layers=MA d=64 vocab=256 batch=2 len=64     (a quick check on the CPU)
+-- layers / d / vocab override the config's (empty / 0: keep it); steps counts the timed steps after `warmup`;
+-- precision: "bf16" (matmul and linear products in bf16 with fp32 accumulation, like bf16 autocast) or "f32".
+local m2 = require "m2"
+
+local cfg = m2.config {
+  config = "experiments/configs/400m-hybrid-m2rnn.lua", batch = 8, len = 4096, steps = 4, warmup = 1,
+  layers = "", d = 0, vocab = 0, seed = 0, lr = 3e-4, out = "runs/step_time.h5", precision = "bf16",
+}
+m2.seed(cfg.seed)
+
+-- the config path as given, else relative to the repository root (this file's folder's parent)
+local root = (debug.getinfo(1, "S").source:match("^@(.*/)") or "./") .. "../"
+local path = cfg.config
+if not io.open(path) and io.open(root .. path) then path = root .. path end
+if not io.open(path) then m2.error("step_time: config file not found: " .. cfg.config) end
+local spec = dofile(path)
+if type(spec) ~= "table" or not spec.layers then m2.error("step_time: " .. cfg.config .. " returned no model spec") end
+if cfg.layers ~= "" then spec.layers = cfg.layers end
+if cfg.d > 0 then spec.d = cfg.d end
+if cfg.vocab > 0 then spec.vocab = cfg.vocab end
+local model = m2.models.lm(spec)
+
+local data = {}
+function data:batch() -- fresh random tokens every step, made on the CPU (m2.train moves them)
+  return m2.randint(spec.vocab, cfg.batch, cfg.len), m2.randint(spec.vocab, cfg.batch, cfg.len)
+end
+
+local device = m2.args.device or "cpu"
+print(string.format("step_time: %s (%s, d %d, vocab %d, %s parameters) on %s, batch %d x %d tokens, %s products",
+  spec.name or cfg.config, spec.layers, spec.d, spec.vocab, m2.models.human(m2.models.param_count(model)), device,
+  cfg.batch, cfg.len, cfg.precision))
+
+local summary = m2.train {
+  model = model, data = data, steps = cfg.warmup + cfg.steps,
+  optim = m2.optim.adamw { lr = cfg.lr, betas = { 0.9, 0.95 }, eps = 1e-10, weight_decay = 0.1 },
+  schedule = { kind = "constant" }, clip = 1.0, log_every = 1, out = cfg.out, overwrite = true, config = cfg,
+  precision = cfg.precision,
+}
+
+-- the per-step metrics m2.train logged (log_every = 1): tokens/s and peak memory of each step
+local runs = require "m2.runs"
+local steps, tps = runs.series(summary.out, "metrics", "tokens_per_s")
+local _, mem = runs.series(summary.out, "metrics", "peak_mem_mb")
+local times, peak = {}, 0
+for i, step in ipairs(steps) do
+  if step > cfg.warmup and tps[i] > 0 then
+    times[#times + 1] = cfg.batch * cfg.len / tps[i]
+    peak = math.max(peak, mem[i])
+  end
+end
+table.sort(times)
+if #times == 0 then
+  print("step_time: no timed step (steps = 0)")
+else
+  local med = times[(#times + 1) // 2]
+  print(string.format("step_time: %s on %s, " .. cfg.precision .. " products: median step %.1f ms over %d steps (min %.1f), %.1f k tokens/s, " ..
+    "peak memory %.2f GiB (run file %s)", spec.layers, device, med * 1e3, #times, times[1] * 1e3,
+    cfg.batch * cfg.len / med / 1e3, peak / 1024, summary.out))
+end
