@@ -220,7 +220,8 @@ local function train_record(s, opt, sched)
   return { steps = s.steps, grad_accum = s.grad_accum, clip = s.clip or false, optim = opt.kind, lr = sp.lr,
            schedule = sp.kind, warmup = sp.warmup, decay = sp.decay, stable = sp.stable, min_lr = sp.min_lr,
            checkpoint_every = s.checkpoint_every, eval_every = s.eval_every, log_every = s.log_every,
-           keep_checkpoints = s.keep_checkpoints, device = s.device, precision = s.precision }
+           keep_checkpoints = s.keep_checkpoints, device = s.device,
+           precision = s.precision ~= "f32" and s.precision or nil } -- absent = f32 (run files from before the setting)
 end
 
 -- ---------------------------------------------------------------------------------------

@@ -245,4 +245,31 @@ T.case("a reader process sees consistent, growing metrics while the run writes",
   T.eq(prev_steps[#prev_steps], 120, "and finally all 120 steps")
 end)
 
+T.case("precision = bf16: bf16 products while training, the setting restored and recorded", function()
+  -- m2.matmul_precision itself: f32 products of these operands differ from their bf16 products
+  m2.seed(5)
+  local a, b = m2.randn(8, 40), m2.randn(40, 6)
+  T.eq(m2.matmul_precision(), "f32", "the default is f32 products")
+  local c32 = m2.matmul(a, b)
+  T.eq(m2.matmul_precision("bf16"), "f32", "setting returns the previous value")
+  local c16 = m2.matmul(a, b)
+  T.eq(m2.matmul_precision("f32"), "bf16")
+  local ar, br = a:to("bf16"):to("f32"), b:to("bf16"):to("f32")
+  T.ok(m2.square(c16 - m2.matmul(ar, br)):max_all():item() < 1e-10, "bf16 products = f32 products of the rounded operands")
+  T.ok(m2.square(c16 - c32):max_all():item() > 1e-8, "and differ from the f32 products")
+  T.raises(function() m2.matmul_precision("fp8") end, "invalid option")
+  -- m2.train{precision = "bf16"}: trains, restores f32 afterwards, records the setting in the run file
+  local out = dir .. "/bf16.h5"
+  m2.seed(3)
+  local s = m2.train { model = Tiny(), data = data, steps = 30, optim = m2.optim.adamw { lr = 3e-2 }, out = out,
+                       precision = "bf16", quiet = true }
+  T.eq(s.status, "done")
+  T.ok(s.final_loss < 1.0, "learns with bf16 products: loss " .. tostring(s.final_loss))
+  T.eq(m2.matmul_precision(), "f32", "the previous setting is back after the run")
+  local r <close> = runs.open(out)
+  T.eq(runs.json_decode(r:get_attr("config_json")).train.precision, "bf16", "the run file records the precision")
+  T.raises(function() m2.train { model = Tiny(), data = data, steps = 1, out = false, precision = "fp8" } end,
+    'precision must be "f32" or "bf16"')
+end)
+
 os.execute("rm -rf " .. sh_quote(dir))
