@@ -480,5 +480,7 @@ m2_status m2_m2rnn(m2_tensor *q, m2_tensor *k, m2_tensor *v, m2_tensor *W, m2_te
   m2_tensor *in[6] = {q, k, v, W, f, h0};
   m2rnn_geom g;
   M2_TRY(m2rnn_check(in, &g)); /* fail early with the shapes, before the dispatcher touches them */
-  return mixer_call(&m2_op_m2rnn, in, o ? o->grad_clip : 0, 0, y, hT); /* fa[0] = clip; ia[0] unused */
+  if (o && o->ckpt_every < 0) return m2_fail(M2_ERR_VALUE, "m2rnn: ckpt_every = %d must be >= 0 (0: the default)", o->ckpt_every);
+  return mixer_call(&m2_op_m2rnn, in, o ? o->grad_clip : 0, o ? o->ckpt_every : 0, y, hT); /* fa[0] = clip,
+                                                                                          ia[0] = ckpt_every */
 }

@@ -7,12 +7,13 @@
 --   m2lab run experiments/step_time.lua device=cuda config=experiments/configs/400m-gdn.lua batch=4
 --   m2lab run experiments/step_time.lua layers=MA d=64 vocab=256 batch=2 len=64     (a quick check on the CPU)
 -- layers / d / vocab override the config's (empty / 0: keep it); steps counts the timed steps after `warmup`;
--- precision: "bf16" (matmul and linear products in bf16 with fp32 accumulation, like bf16 autocast) or "f32".
+-- precision: "bf16" (matmul and linear products in bf16 with fp32 accumulation, like bf16 autocast) or "f32";
+-- ckpt: the M2RNN layers' steps between kept states (0: the layer's default, 8; 64 keeps 1/8 of that memory).
 local m2 = require "m2"
 
 local cfg = m2.config {
   config = "experiments/configs/400m-hybrid-m2rnn.lua", batch = 8, len = 4096, steps = 4, warmup = 1,
-  layers = "", d = 0, vocab = 0, seed = 0, lr = 3e-4, out = "runs/step_time.h5", precision = "bf16",
+  layers = "", d = 0, vocab = 0, seed = 0, lr = 3e-4, out = "runs/step_time.h5", precision = "bf16", ckpt = 0,
 }
 m2.seed(cfg.seed)
 
@@ -26,6 +27,7 @@ if type(spec) ~= "table" or not spec.layers then m2.error("step_time: " .. cfg.c
 if cfg.layers ~= "" then spec.layers = cfg.layers end
 if cfg.d > 0 then spec.d = cfg.d end
 if cfg.vocab > 0 then spec.vocab = cfg.vocab end
+if cfg.ckpt > 0 and spec.m2rnn then spec.m2rnn.ckpt = cfg.ckpt end
 local model = m2.models.lm(spec)
 
 local data = {}

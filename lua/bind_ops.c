@@ -349,13 +349,13 @@ static int push_two(lua_State *L, m2_tensor **s0, m2_tensor **s1, m2_tensor *a, 
   return 2;
 }
 
-/* m2rnn(q, k, v, W, f [, h0] [, {grad_clip = 0}]) -> y, hT */
+/* m2rnn(q, k, v, W, f [, h0] [, {grad_clip = 0, ckpt_every = 0}]) -> y, hT */
 static int l_m2rnn(lua_State *L) {
   m2_tensor *in[5];
   for (int i = 0; i < 5; i++) in[i] = m2lua_checktensor(L, i + 1);
   int opts;
   m2_tensor *h0 = h0_and_opts(L, 6, &opts);
-  m2_m2rnn_opts o = {m2lua_optfield_num(L, opts, "grad_clip", 0.0)};
+  m2_m2rnn_opts o = {m2lua_optfield_num(L, opts, "grad_clip", 0.0), (int)m2lua_optfield_int(L, opts, "ckpt_every", 0)};
   m2_tensor **s0 = m2lua_newtensor(L), **s1 = m2lua_newtensor(L), *y = NULL, *hT = NULL;
   M2LUA_CHECK(L, m2_m2rnn(in[0], in[1], in[2], in[3], in[4], h0, &o, &y, &hT));
   return push_two(L, s0, s1, y, hT);

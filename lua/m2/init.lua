@@ -43,7 +43,7 @@ OPS  (m2.<op>(...); those marked * are also methods)
     to bf16 (fp32 accumulation and result; tensor cores on CUDA, like bf16 autocast); m2.train{precision=}
   cross_entropy*(logits, targets [, ignore_index=-100]) rmsnorm*(x, w|nil [, eps]) l2norm*(x [, eps])
   concat({xs}, dim) split*(x, dim, sizes|chunk) gather*(x, dim, idx) index_select*(x, dim, idx)
-  conv1d_causal(x, w [, b]) m2rnn(q, k, v, W, f [, h0] [, {grad_clip}]) -> y, hT
+  conv1d_causal(x, w [, b]) m2rnn(q, k, v, W, f [, h0] [, {grad_clip, ckpt_every}]) -> y, hT
   gdn / gdn_chunked(q, k, v, g, beta [, h0] [, {scale, chunk}]) -> o, hT
   ssd / ssd_chunked(x, dt, A, B, C [, h0] [, {chunk}]) -> y, hT
   attention(q, k, v [, {scale, causal=true}]) rope*(x [, theta=10000 [, offset=0]])

@@ -82,3 +82,40 @@ T.case("m2.m2rnn at the fused kernels' shape (K = 64, V = 16): cuda agrees with 
   -- the fused kernels take bf16 q, k, v: an exact match would mean they did not run (RESULTS.md session 5, item 4)
   T.ok(rel > 0, "the fused (bf16) path ran: relative difference " .. rel .. " > 0")
 end)
+
+T.case("m2.m2rnn ckpt_every = 64 (1/8 of the kept states): forward and gradients on cuda agree with cpu", function()
+  m2.seed(2)
+  local B, Tn, N, K, V = 2, 150, 2, 64, 16 -- T spans 3 checkpoint segments, the last one partial
+  local function inputs(dev)
+    m2.seed(3)
+    local t = { m2.randn({ B, Tn, 1, K }) * 0.5, m2.randn({ B, Tn, 1, K }) * 0.5, m2.randn({ B, Tn, N, V }) * 0.5,
+                m2.randn({ N, V, V }) * 0.2, m2.rand({ B, Tn, N }) * 0.5 + 0.25 }
+    for i = 1, #t do
+      t[i] = (dev == "cpu" and t[i] or t[i]:to(dev)):detach()
+      t[i]:requires_grad(true)
+    end
+    return t
+  end
+  local function run(dev, opts)
+    local x = inputs(dev)
+    local y = m2.m2rnn(x[1], x[2], x[3], x[4], x[5], opts)
+    m2.seed(4)
+    local g = m2.randn(y:shape())
+    ;(y * (dev == "cpu" and g or g:to(dev))):sum_all():backward()
+    local out = { y:to("cpu") }
+    for i = 1, #x do out[#out + 1] = x[i].grad:to("cpu") end
+    return out
+  end
+  local ref = run("cpu", { grad_clip = 1 })
+  local names = { "y", "dq", "dk", "dv", "dW", "df" }
+  for _, ck in ipairs { 8, 64 } do
+    local got = run("cuda", { grad_clip = 1, ckpt_every = ck })
+    for i, name in ipairs(names) do
+      local d = got[i] - ref[i]
+      local rel = ((d * d):sum_all():item() / (ref[i] * ref[i]):sum_all():item()) ^ 0.5
+      T.ok(rel == rel and rel < 2e-2, string.format("ckpt_every %d: %s within bf16 tolerance (%.2e)", ck, name, rel))
+    end
+  end
+  local x = inputs("cpu")
+  T.raises(function() m2.m2rnn(x[1], x[2], x[3], x[4], x[5], { ckpt_every = -1 }) end, "ckpt_every = %-1 must be >= 0")
+end)

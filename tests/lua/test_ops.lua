@@ -371,6 +371,9 @@ T.case("mixers: conv1d_causal, m2rnn, attention, rope", function()
   local y2 = m2.m2rnn(q:narrow(2, 3, 2), k:narrow(2, 3, 2), v:narrow(2, 3, 2), Wm, f:narrow(2, 3, 2), h1,
     { grad_clip = 1 })
   T.close(y2:totable(), y:narrow(2, 3, 2):totable(), 1e-12)
+  -- ckpt_every only says how often the CUDA forward keeps a state: the CPU result is the same; < 0 is refused
+  T.close(m2.m2rnn(q, k, v, Wm, f, { ckpt_every = 64 }):totable(), yref, 1e-12)
+  T.raises(function() m2.m2rnn(q, k, v, Wm, f, { ckpt_every = -8 }) end, "ckpt_every = %-8 must be >= 0")
   -- gradient check of the recurrence
   local function leaf(t) return t:detach():requires_grad(true) end
   local gi = { leaf(q), leaf(k), leaf(v), leaf(Wm), leaf(f) }
