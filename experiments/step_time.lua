@@ -6,7 +6,8 @@
 --   m2lab run experiments/step_time.lua device=cuda                                   (400m-hybrid-m2rnn, B=8, T=4096)
 --   m2lab run experiments/step_time.lua device=cuda config=experiments/configs/400m-gdn.lua batch=4
 --   m2lab run experiments/step_time.lua layers=MA d=64 vocab=256 batch=2 len=64     (a quick check on the CPU)
--- layers / d / vocab override the config's (empty / 0: keep it); steps counts the timed steps after `warmup`;
+-- layers / d / vocab override the config's (empty / 0: keep it); steps = all steps run (m2.train reads steps= too),
+-- the first `warmup` of them untimed;
 -- precision: "bf16" (matmul and linear products in bf16 with fp32 accumulation, like bf16 autocast) or "f32";
 -- ckpt: the M2RNN layers' steps between kept states (0: the layer's default, 8; 64 keeps 1/8 of that memory).
 local m2 = require "m2"
@@ -41,7 +42,7 @@ print(string.format("step_time: %s (%s, d %d, vocab %d, %s parameters) on %s, ba
   cfg.batch, cfg.len, cfg.precision))
 
 local summary = m2.train {
-  model = model, data = data, steps = cfg.warmup + cfg.steps,
+  model = model, data = data, steps = cfg.steps,
   optim = m2.optim.adamw { lr = cfg.lr, betas = { 0.9, 0.95 }, eps = 1e-10, weight_decay = 0.1 },
   schedule = { kind = "constant" }, clip = 1.0, log_every = 1, out = cfg.out, overwrite = true, config = cfg,
   precision = cfg.precision,
@@ -60,7 +61,7 @@ for i, step in ipairs(steps) do
 end
 table.sort(times)
 if #times == 0 then
-  print("step_time: no timed step (steps = 0)")
+  print(string.format("step_time: no timed step (steps = %d, warmup = %d)", cfg.steps, cfg.warmup))
 else
   local med = times[(#times + 1) // 2]
   print(string.format("step_time: %s on %s, " .. cfg.precision .. " products: median step %.1f ms over %d steps (min %.1f), %.1f k tokens/s, " ..
