@@ -81,6 +81,11 @@ static inline unsigned cu_grid(int64_t n, int block) {
   if (g > 65535LL * 32) g = 65535LL * 32; /* grid-stride loops cover the rest */
   return (unsigned)(g > 0 ? g : 1);
 }
+/* A 32-bit grid-stride loop over n items is safe when its last increment cannot overflow: n plus the grid's
+ * stride stays below 2^31 (the loop index passes n by up to one stride before the test fails). */
+static inline bool cu_i32_loop_ok(int64_t n, int block) {
+  return n + (int64_t)cu_grid(n, block) * block < 0x7fffffffLL;
+}
 #define CU_GRID_STRIDE(i, n) for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n); \
                                   i += (int64_t)gridDim.x * blockDim.x)
 

@@ -44,7 +44,7 @@ template <class T, int K>
 static void bin_launch(const void *a, const void *b, void *o, const bin_plan *p, int64_t n, cudaStream_t st) {
   if (p->nd == 1) {
     k_bin_flat<T, K><<<cu_grid(n, 256), 256, 0, st>>>((const T *)a, p->sa[0], (const T *)b, p->sb[0], (T *)o, n);
-  } else if (n < 0x7fffffffLL) {
+  } else if (cu_i32_loop_ok(n, 256)) { /* (n < 2^31 alone let i += stride overflow: illegal accesses above ~1.6 G) */
     k_bin_nd<T, K, int32_t><<<cu_grid(n, 256), 256, 0, st>>>((const T *)a, (const T *)b, (T *)o, *p, (int32_t)n);
   } else {
     k_bin_nd<T, K, int64_t><<<cu_grid(n, 256), 256, 0, st>>>((const T *)a, (const T *)b, (T *)o, *p, n);

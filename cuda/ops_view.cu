@@ -93,7 +93,7 @@ static int64_t plan_span(const copy_plan *p, const int64_t *st) {
 
 template <class D, class S>
 static void launch_copy(void *dst, const void *src, const copy_plan *p, int64_t n, cudaStream_t st) {
-  bool small = n < 0x7fffffffLL && plan_span(p, p->sd) < 0x7fffffffLL && plan_span(p, p->ss) < 0x7fffffffLL;
+  bool small = cu_i32_loop_ok(n, 256) && plan_span(p, p->sd) < 0x7fffffffLL && plan_span(p, p->ss) < 0x7fffffffLL;
   if (small) k_copy<D, S, int32_t><<<cu_grid(n, 256), 256, 0, st>>>((D *)dst, (const S *)src, *p, (int32_t)n);
   else k_copy<D, S, int64_t><<<cu_grid(n, 256), 256, 0, st>>>((D *)dst, (const S *)src, *p, n);
 }
@@ -173,7 +173,7 @@ extern "C" m2_status m2_cuda_copy(m2_tensor *dst, const m2_tensor *src) {
 
 template <class D>
 static void launch_fill(void *dst, const copy_plan *p, int64_t n, D v, cudaStream_t st) {
-  if (n < 0x7fffffffLL && plan_span(p, p->sd) < 0x7fffffffLL)
+  if (cu_i32_loop_ok(n, 256) && plan_span(p, p->sd) < 0x7fffffffLL)
     k_fill<D, int32_t><<<cu_grid(n, 256), 256, 0, st>>>((D *)dst, *p, (int32_t)n, v);
   else
     k_fill<D, int64_t><<<cu_grid(n, 256), 256, 0, st>>>((D *)dst, *p, n, v);
