@@ -607,8 +607,8 @@ function train.train(spec)
   if not s.quiet then
     local head = st.resumed_from and string.format("resuming %s at step %d of %d", s.out, st.step, s.steps) or
       string.format("training %d steps%s", s.steps, s.out and (" -> " .. s.out) or "")
-    say(st, s, string.format("m2.train: %s (%d parameters, %s, grad_accum %d)", head, st.num_params, s.device,
-      s.grad_accum))
+    say(st, s, string.format("m2.train: %s (%d parameters, %s, grad_accum %d%s)", head, st.num_params, s.device,
+      s.grad_accum, s.precision == "bf16" and ", bf16 products" or ""))
   end
   st.session_t0 = core.clock()
   local prev_precision = m2.matmul_precision(s.precision) -- for this run's steps and evals only
