@@ -5,7 +5,9 @@
  * h / (H / Hkv)) -> o (B,T,H,D):
  *   o_t = sum_s softmax_s(scale q_t.k_s) v_s    over s <= t + (S - T) when causal, all s otherwise.
  * A causal query that sees no key (T > S, t < T - S) gets o_t = 0 and no gradient.
- * Op row "attention": in = {q, k, v}, fa[0] = scale (resolved, never 0), ia[0] = causal,
+ * Op row "attention": in = {q, k, v}, fa[0] = scale (resolved, never 0), ia[0] = causal, ia[1] = bf16 products
+ * (f32 tensors only, from m2_matmul_precision(): q, k, v and, backward, do are rounded to bf16 as the operands of
+ * every product; the CUDA path then runs on tensor cores, which also round P and dS to bf16 before their products),
  * out = {o} (kept for backward), saved[0] = the log-sum-exp of every row, (B,H,T) F64.
  * Backward (flash-style, no T x S matrix kept): P_ts = exp(scale q_t.k_s - lse_t),
  *   D_t = do_t.o_t ;  dS_ts = P_ts (do_t.v_s - D_t)
@@ -59,6 +61,12 @@ m2_status m2_attention_check(m2_tensor *const *in, m2_float_rule check_float, at
   return M2_OK;
 }
 
+/* With bf16 products (ia[1]) an f32 input's double copy rounded to bf16, as the tensor cores see it. */
+static void att_operand(const m2_opcall *c, dbuf *x) {
+  if (!c->ia[1] || !(x->own || x->held) || !x->t || x->t->dtype != M2_F32) return; /* never round in place */
+  for (int64_t i = 0, n = m2_numel(x->t); i < n; i++) x->p[i] = m2_bf16_to_f32(m2_f32_to_bf16((float)x->p[i]));
+}
+
 /* Keys that query t may read: s < att_len(t). */
 static int64_t att_len(const att_geom *d, bool causal, int64_t t) {
   if (!causal) return d->S;
@@ -78,6 +86,7 @@ static m2_status attention_fwd(m2_opcall *c) {
   m2_status s = dbuf_in(&q, c->in[0]);
   if (s == M2_OK) s = dbuf_in(&k, c->in[1]);
   if (s == M2_OK) s = dbuf_in(&v, c->in[2]);
+  if (s == M2_OK) att_operand(c, &q), att_operand(c, &k), att_operand(c, &v);
   if (s == M2_OK) s = dbuf_out(&o, c->in[0]->dtype, 4, c->in[0]->shape);
   if (s == M2_OK && !(lse = m2_empty(M2_F64, M2_DEV_CPU, 3, (int64_t[]){B, H, T}))) s = m2_errcode();
   if (s == M2_OK && !(p = malloc(sizeof(double) * (size_t)(S ? S : 1)))) s = m2_fail(M2_ERR_OOM, "attention: out of memory");
@@ -135,6 +144,7 @@ static m2_status attention_bwd(m2_opcall *c) {
   if (s == M2_OK) s = dbuf_in(&v, c->in[2]);
   if (s == M2_OK) s = dbuf_in(&o, c->out[0]);
   if (s == M2_OK) s = dbuf_in(&dO, c->dout[0]);
+  if (s == M2_OK) att_operand(c, &q), att_operand(c, &k), att_operand(c, &v), att_operand(c, &dO);
   for (int i = 0; i < 3 && s == M2_OK; i++) s = dbuf_out(&din[i], dt, 4, c->in[i]->shape);
   if (s == M2_OK) {
     const double *L = m2_data(c->saved[0]);
@@ -186,6 +196,7 @@ m2_tensor *m2_attention(m2_tensor *q, m2_tensor *k, m2_tensor *v, const m2_atten
   }
   c.fa[0] = scale;
   c.ia[0] = o ? o->causal : true;
+  c.ia[1] = m2_matmul_precision() == M2_MM_BF16 && q && q->dtype == M2_F32;
   return m2_call1(&c);
 }
 

@@ -1,5 +1,7 @@
 /* ops_attention.cu — softmax attention (DESIGN 3.4, grouped-query heads, causal or full) and rotary
- * embedding on CUDA. Correct, tiled, not yet tuned (no tensor cores).
+ * embedding on CUDA. These kernels compute in fp32 (f32 or bf16 storage) and serve every call except f32 calls with
+ * bf16 products (attr ia[1], m2_matmul_precision) and head dim 32 / 64 / 128, which run on tensor cores
+ * (cuda/attention_tc.cu).
  *
  * attention forward: a block holds 8 query rows of one (b, h), one warp a row (lane l holds the
  * dims d = l + 32 r); keys and values pass through shared memory 32 at a time; each lane scores one
@@ -16,6 +18,7 @@
 #include "ops_common.cuh"
 #include "ops_mixers_entry.h"
 #include "../core/ops_attention.h"
+#include "attention_tc.h"
 
 #define ATT_MAX_D 512 /* 16 dims a lane */
 #define ATT_QW 8      /* query rows (warps) a block */
@@ -297,7 +300,9 @@ extern "C" m2_status m2_cuda_attention_fwd(m2_opcall *c) {
   m2_tensor *o = m2_empty(dt, dev, 4, c->in[0]->shape), *lse = m2_empty(M2_F32, dev, 3, sl);
   m2_status s = (o && lse) ? M2_OK : m2_errcode();
   int64_t nq = d.B * d.H * d.T;
-  if (s == M2_OK && nq > 0) {
+  if (s == M2_OK && nq > 0 && m2_att_tc_applies(c, &d)) {
+    s = m2_att_tc_fwd(c, &d, st, o, lse);
+  } else if (s == M2_OK && nq > 0) {
     int D = (int)d.D;
     size_t bytes = sizeof(float) * (size_t)(32 * (2 * D + 1) + ATT_QW * D);
     dim3 grid((unsigned)((d.T + ATT_QW - 1) / ATT_QW), (unsigned)(d.B * d.H));
@@ -339,13 +344,16 @@ extern "C" m2_status m2_cuda_attention_bwd(m2_opcall *c) {
   m2_tensor **in = c->in;
   const float *L = (const float *)m2_data(c->saved[0]);
   cudaError_t e = cudaSuccess;
-  if (s == M2_OK && d.B * d.H * d.T > 0 && D > 0) {
+  const bool tc = m2_att_tc_applies(c, &d);
+  if (s == M2_OK && tc && d.B * d.H * d.T > 0) {
+    s = m2_att_tc_bwd(c, &d, st, dO, o, L, (float *)m2_data(Db), din);
+  } else if (s == M2_OK && d.B * d.H * d.T > 0 && D > 0) {
     size_t bytes = sizeof(float) * (size_t)(64 * (D + 1) + 2 * ATT_QW * D);
     dim3 grid((unsigned)((d.T + ATT_QW - 1) / ATT_QW), (unsigned)(d.B * d.H));
     ATT_LAUNCH(e, dt, D, k_att_bwd_dq, grid, ATT_QW, bytes, st, PC(in[0]), PC(in[1]), PC(in[2]), PC(o), PC(dO), L,
                (float *)m2_data(Db), PT(din[0]), d.T, d.H, d.S, d.Hkv, D, scale, causal);
   }
-  if (s == M2_OK && e == cudaSuccess && (din[1] || din[2]) && d.B * d.Hkv * d.S > 0 && d.T > 0 && D > 0) {
+  if (s == M2_OK && !tc && e == cudaSuccess && (din[1] || din[2]) && d.B * d.Hkv * d.S > 0 && d.T > 0 && D > 0) {
     size_t bytes = sizeof(float) * (size_t)(64 * (D + 1) + 2 * ATT_KW * D + 64);
     dim3 grid((unsigned)((d.S + ATT_KW - 1) / ATT_KW), (unsigned)(d.B * d.Hkv));
     ATT_LAUNCH(e, dt, D, k_att_bwd_dkv, grid, ATT_KW, bytes, st, PC(in[0]), PC(in[1]), PC(in[2]), PC(dO), L,

@@ -19,6 +19,8 @@ m2_status m2_cuda_ssd_bwd(m2_opcall *c);
 /* Causal / full softmax attention (tiled, online softmax) and rotary embedding. */
 m2_status m2_cuda_attention_fwd(m2_opcall *c);
 m2_status m2_cuda_attention_bwd(m2_opcall *c);
+/* How many attention forward and backward calls ran on the tensor-core path (bf16 products) so far. */
+long m2_cuda_attention_tc_calls(void);
 m2_status m2_cuda_rope_fwd(m2_opcall *c);
 m2_status m2_cuda_rope_bwd(m2_opcall *c);
 #ifdef __cplusplus

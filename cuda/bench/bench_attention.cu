@@ -1,0 +1,101 @@
+/* bench_attention.cu — times the attention op on CUDA (causal, head dim 64) at the paper's attention-layer shapes:
+ * the fp32 kernels (cuda/ops_attention.cu, f32 products) against the tensor-core kernels (cuda/attention_tc.cu,
+ * bf16 products, m2_set_matmul_precision), forward and forward + backward through the public API (m2_attention,
+ * m2_backward), median of timed repeats after a warm-up (CUDA events on the device's stream). TFLOP/s counts the
+ * causal products as flash-attention papers do: forward 2 matmuls of B H D T^2 / 2 multiply-adds each, backward 5
+ * (this backward runs 7: S and dP are recomputed by both the dq and the dk/dv kernels). Also prints how far the two
+ * paths' outputs are apart. Usage: bench_attention [reps] */
+#include <cuda_runtime.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <algorithm>
+#include <vector>
+#include "m2.h"
+#include "cuda_backend.h"
+
+static void die(const char *what) {
+  fprintf(stderr, "bench_attention: %s failed: %s\n", what, m2_errmsg());
+  exit(1);
+}
+
+static m2_tensor *dev_randn(uint64_t seed, const int64_t *shape) {
+  m2_rng r = m2_rng_make(seed, 1);
+  m2_tensor *c = m2_randn(&r, M2_F32, M2_DEV_CPU, 4, shape);
+  m2_tensor *g = c ? m2_clone_raw(c, M2_F32, (m2_device){M2_CUDA, 0}) : NULL;
+  m2_release(c);
+  if (!g) die("input");
+  return g;
+}
+
+struct shape { const char *layer; int64_t B, T, H, D; };
+
+/* Median ms of reps runs of fwd (bwd = false) or fwd + bwd. */
+static double time_it(m2_tensor *q, m2_tensor *k, m2_tensor *v, m2_tensor *dO, bool bwd, int reps) {
+  cudaStream_t st = m2_cuda_stream(0);
+  cudaEvent_t a, b;
+  cudaEventCreate(&a), cudaEventCreate(&b);
+  std::vector<double> ms;
+  for (int i = 0; i < reps + 1; i++) {
+    cudaEventRecord(a, st);
+    m2_tensor *o = m2_attention(q, k, v, NULL);
+    if (!o) die("m2_attention");
+    if (bwd && m2_backward(o, dO) != M2_OK) die("m2_backward");
+    cudaEventRecord(b, st);
+    cudaEventSynchronize(b);
+    m2_release(o);
+    float t = 0;
+    cudaEventElapsedTime(&t, a, b);
+    if (i > 0) ms.push_back(t); /* the first run warms up */
+  }
+  cudaEventDestroy(a), cudaEventDestroy(b);
+  std::sort(ms.begin(), ms.end());
+  return ms[ms.size() / 2];
+}
+
+int main(int argc, char **argv) {
+  int reps = argc > 1 ? atoi(argv[1]) : 5;
+  if (m2_cuda_device_count() == 0) {
+    printf("bench_attention: no CUDA device\n");
+    return 0;
+  }
+  cudaDeviceProp p;
+  cudaGetDeviceProperties(&p, 0);
+  printf("# bench_attention on %s (%d SMs), causal, head dim 64, %d timed repeats (median)\n", p.name,
+         p.multiProcessorCount, reps);
+  printf("| layer | B | T | heads | products | fwd ms | fwd+bwd ms | fwd TFLOP/s | fwd+bwd TFLOP/s | max |o_tc - o_f32| / max |o_f32| |\n");
+  printf("|---|---|---|---|---|---|---|---|---|---|\n");
+  const shape shapes[] = {{"400M", 2, 4096, 16, 64}, {"400M", 8, 4096, 16, 64}, {"7B", 4, 4096, 24, 64}};
+  for (const shape &s : shapes) {
+    int64_t sh[4] = {s.B, s.T, s.H, s.D};
+    m2_tensor *q = dev_randn(1, sh), *k = dev_randn(2, sh), *v = dev_randn(3, sh), *dO = dev_randn(4, sh);
+    m2_requires_grad_(q, true), m2_requires_grad_(k, true), m2_requires_grad_(v, true);
+    double mac = (double)s.B * s.H * s.D * s.T * (s.T + 1) / 2; /* multiply-adds of one causal product */
+    m2_tensor *ref = NULL;
+    for (int tc = 0; tc < 2; tc++) {
+      if (!tc && s.B > 2) continue; /* the fp32 kernels only at the smallest shape (they take ~50 ms there) */
+      m2_set_matmul_precision(tc ? M2_MM_BF16 : M2_MM_F32);
+      double f = time_it(q, k, v, dO, false, reps), fb = time_it(q, k, v, dO, true, reps);
+      double diff = NAN;
+      m2_tensor *o = m2_attention(q, k, v, NULL);
+      if (!o) die("m2_attention");
+      if (!tc) ref = m2_detach(o);
+      else if (ref) {
+        m2_tensor *dd = m2_sub(o, ref), *ad = dd ? m2_square(dd) : NULL, *mx = ad ? m2_max_all(ad) : NULL;
+        m2_tensor *ar = m2_square(ref), *mr = ar ? m2_max_all(ar) : NULL;
+        double a2 = NAN, r2 = NAN;
+        if (mx && mr && m2_item(mx, &a2) == M2_OK && m2_item(mr, &r2) == M2_OK) diff = sqrt(a2 / r2);
+        m2_release(dd), m2_release(ad), m2_release(mx), m2_release(ar), m2_release(mr);
+      }
+      m2_release(o);
+      char dstr[32] = "-";
+      if (!isnan(diff)) snprintf(dstr, sizeof dstr, "%.2e", diff);
+      printf("| %s | %lld | %lld | %lld | %s | %.3f | %.3f | %.1f | %.1f | %s |\n", s.layer, (long long)s.B,
+             (long long)s.T, (long long)s.H, tc ? "bf16 (tensor cores)" : "f32", f, fb, 4 * mac / f * 1e-9,
+             14 * mac / fb * 1e-9, dstr);
+    }
+    m2_set_matmul_precision(M2_MM_F32);
+    m2_release(ref), m2_release(q), m2_release(k), m2_release(v), m2_release(dO);
+  }
+  return 0;
+}

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# quick_attention.sh OUTDIR — on the GPU machine, the short loop for work on the attention kernels: configure (Lua
+# from .deps/, as cuda/gpu_run.sh does) if needed, build the two attention parity tests and the benchmark, run them.
+# The full flow with every CUDA test is cuda/gpu_run.sh.
+set -uo pipefail
+out=${1:?usage: cuda/bench/quick_attention.sh OUTDIR}
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+build="${M2_GPU_BUILD:-$root/build-gpu}"
+mkdir -p "$out" /tmp/lua
+for d in "$root"/.deps/liblua5.4-0_*.deb "$root"/.deps/liblua5.4-dev_*.deb; do dpkg -x "$d" /tmp/lua; done
+[ -f "$build/build.ninja" ] || cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DM2_CUDA=ON \
+  -DCMAKE_CUDA_ARCHITECTURES=90 -DLUA_INCLUDE_DIRS="/tmp/lua/usr/include/lua5.4;/tmp/lua/usr/include/x86_64-linux-gnu" \
+  -DLUA_LIBRARIES=/tmp/lua/usr/lib/x86_64-linux-gnu/liblua5.4.a >"$out/build.log" 2>&1
+ninja -C "$build" cuda_attention_tc cuda_mixers bench_attention >>"$out/build.log" 2>&1 || { tail -30 "$out/build.log"; exit 3; }
+for t in cuda_attention_tc cuda_mixers; do
+  "$build/tests/$t" >"$out/$t.log" 2>&1
+  echo "$t: exit $? ($(tail -1 "$out/$t.log"))"
+done
+grep -E "FAIL|error" "$out/cuda_attention_tc.log" | head -20
+"$build/bench/bench_attention" "${M2_BENCH_REPS:-5}" | tee "$out/bench_attention.txt"
