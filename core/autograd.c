@@ -1,5 +1,6 @@
 /* autograd.c — recording nodes, and the reverse walk over the tape in m2_backward(). */
 #include "autograd.h"
+#include "profile.h"
 #include "ops.h"
 #include <stdlib.h>
 #include <string.h>
@@ -134,7 +135,10 @@ static m2_status run_node(m2_node *n) {
   m2_op_fn bwd = n->out_device.type == M2_CUDA ? c->op->cuda_bwd : c->op->cpu_bwd;
   if (!bwd) return m2_fail(M2_ERR_AUTOGRAD, "%s: no backward for this device", c->op->name);
   for (int i = 0; i < n->n_out; i++) c->dout[i] = n->gout[i];
+  const bool prof = m2_profile_on();
+  const double t0 = prof ? m2_profile_begin(n->out_device) : 0;
   m2_status s = bwd(c);
+  if (prof) m2_profile_end(c->op->name, true, n->out_device, t0);
   if (s != M2_OK) return m2_fail_context(s, "backward of %s", c->op->name);
   for (int i = 0; i < c->n_in && s == M2_OK; i++) {
     if (!c->needs_din[i]) continue;

@@ -14,4 +14,5 @@
 #include "optim.h"
 #include "runfile.h"
 #include "data_groups.h"
+#include "profile.h"
 #endif

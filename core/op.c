@@ -2,6 +2,7 @@
 #include "op.h"
 #include "autograd.h"
 #include "ops.h"
+#include "profile.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -70,7 +71,10 @@ m2_status m2_call_run(m2_opcall *c, m2_tensor **outs) {
       if (c->in[i] && c->in[i]->requires_grad) want_grad = true;
 
   m2_no_grad_push();
+  const bool prof = m2_profile_on();
+  const double t0 = prof ? m2_profile_begin(dev) : 0;
   m2_status s = fwd(c);
+  if (prof) m2_profile_end(op->name, false, dev, t0);
   m2_no_grad_pop();
   if (s == M2_OK) {
     for (int i = 0; i < c->n_out; i++)

@@ -37,6 +37,7 @@
  *   So the warmup ends exactly at lr (s = W - 1), the decay starts at lr and reaches min_lr at
  *   its D-th step (COSINE s = W + D, WSD s = W + S + D) and stays there. */
 #include "optim.h"
+#include "profile.h"
 #include "autograd.h"
 #include "backend.h"
 #ifdef M2_HAVE_CUDA
@@ -352,7 +353,7 @@ static m2_status update_param(m2_optim *o, optim_param *e, int64_t t, double lr)
   return M2_OK;
 }
 
-m2_status m2_optim_step(m2_optim *o, double lr) {
+static m2_status optim_step(m2_optim *o, double lr) {
   if (!o) return m2_fail(M2_ERR_VALUE, "optim step: NULL optimizer");
   if (!isfinite(lr) || lr < 0) return m2_fail(M2_ERR_VALUE, "optim step: learning rate must be finite and >= 0, got %g", lr);
   /* check everything first so that a failure leaves every parameter and state untouched */
@@ -367,6 +368,15 @@ m2_status m2_optim_step(m2_optim *o, double lr) {
   return M2_OK;
 }
 
+m2_status m2_optim_step(m2_optim *o, double lr) {
+  if (!m2_profile_on() || !o) return optim_step(o, lr);
+  const m2_device dev = o->n > 0 ? o->ps[0].p->device : M2_DEV_CPU;
+  const double t0 = m2_profile_begin(dev);
+  m2_status s = optim_step(o, lr);
+  m2_profile_end("(optimizer step)", false, dev, t0);
+  return s;
+}
+
 m2_status m2_optim_zero_grad(m2_optim *o) {
   for (int i = 0; i < o->n; i++)
     if (o->ps[i].p->grad) M2_TRY(m2_zero_(o->ps[i].p->grad));
@@ -375,7 +385,7 @@ m2_status m2_optim_zero_grad(m2_optim *o) {
 
 /* ---------------- global grad-norm clipping ---------------- */
 
-m2_status m2_clip_grad_norm(m2_tensor *const *params, int n, double max_norm, double *norm) {
+static m2_status clip_grad_norm(m2_tensor *const *params, int n, double max_norm, double *norm) {
   if (norm) *norm = 0;
   if (n < 0 || (n > 0 && !params)) return m2_fail(M2_ERR_VALUE, "clip_grad_norm: bad parameter list (n = %d)", n);
   if (isnan(max_norm)) return m2_fail(M2_ERR_VALUE, "clip_grad_norm: max_norm is NaN");
@@ -450,6 +460,15 @@ m2_status m2_clip_grad_norm(m2_tensor *const *params, int n, double max_norm, do
 }
 
 /* ---------------- learning-rate schedules (formulas in the header comment) ---------------- */
+
+m2_status m2_clip_grad_norm(m2_tensor *const *params, int n, double max_norm, double *norm) {
+  if (!m2_profile_on() || n <= 0 || !params || !params[0]) return clip_grad_norm(params, n, max_norm, norm);
+  const m2_device dev = params[0]->device;
+  const double t0 = m2_profile_begin(dev);
+  m2_status s = clip_grad_norm(params, n, max_norm, norm);
+  m2_profile_end("(clip_grad_norm)", false, dev, t0);
+  return s;
+}
 
 double m2_schedule_lr(const m2_schedule *s, int64_t step) {
   if (!s) {

@@ -10,12 +10,15 @@
 -- layers / d / vocab override the config's (empty / 0: keep it); steps = all steps run (m2.train reads steps= too),
 -- the first `warmup` of them untimed;
 -- precision: "bf16" (matmul and linear products in bf16 with fp32 accumulation, like bf16 autocast) or "f32";
--- ckpt: the M2RNN layers' steps between kept states (0: the layer's default, 8; 64 keeps 1/8 of that memory).
+-- ckpt: the M2RNN layers' steps between kept states (0: the layer's default, 8; 64 keeps 1/8 of that memory);
+-- profile=1: after the warm-up, time every op (m2.profile: a device synchronisation per op, so those steps run
+-- slower) and print a table of the ops by time per step.
 local m2 = require "m2"
 
 local cfg = m2.config {
   config = "experiments/configs/400m-hybrid-m2rnn.lua", batch = 4, len = 4096, steps = 4, warmup = 1,
   layers = "", d = 0, vocab = 0, seed = 0, lr = 3e-4, out = "runs/step_time.h5", precision = "bf16", ckpt = 0,
+  profile = 0,
 }
 m2.seed(cfg.seed)
 
@@ -37,8 +40,10 @@ if cfg.vocab > 0 then spec.vocab = cfg.vocab end
 if cfg.ckpt > 0 and spec.m2rnn then spec.m2rnn.ckpt = cfg.ckpt end
 local model = m2.models.lm(spec)
 
-local data = {}
+local data, batches = {}, 0
 function data:batch() -- fresh random tokens every step, made on the CPU (m2.train moves them)
+  batches = batches + 1
+  if cfg.profile ~= 0 and batches == cfg.warmup + 1 then m2.profile.start() end -- the previous step is done
   return m2.randint(spec.vocab, cfg.batch, cfg.len), m2.randint(spec.vocab, cfg.batch, cfg.len)
 end
 
@@ -73,4 +78,12 @@ else
   print(string.format("step_time: %s on %s, " .. cfg.precision .. " products: median step %.1f ms over %d steps (min %.1f), %.1f k tokens/s, " ..
     "peak memory %.2f GiB (run file %s)", spec.layers, device, med * 1e3, #times, times[1] * 1e3,
     cfg.batch * cfg.len / med / 1e3, peak / 1024, summary.out))
+end
+if cfg.profile ~= 0 then
+  m2.profile.stop()
+  local n = cfg.steps - cfg.warmup
+  if n > 0 then
+    print(m2.profile.report { per = n, title = string.format(
+      "\nstep_time: ops by time per step over %d profiled step(s) (each op synchronised: read the shares)", n) })
+  end
 end

@@ -11,7 +11,9 @@
  *   m2.core.wait(pid | -1 [, nohang]) -> pid, exit_code, signal   (pid = nil: still running with
  *        nohang, or the wait was interrupted by a signal; exit_code nil when it was killed)
  *   m2.core.kill(pid, sig)   sig: a number or "KILL" / "TERM" / "INT"
- *   m2.core.mem_current(dev) / mem_peak(dev) / mem_reset_peak(dev)   dev: "cpu" | "cuda" (bytes) */
+ *   m2.core.mem_current(dev) / mem_peak(dev) / mem_reset_peak(dev)   dev: "cpu" | "cuda" (bytes)
+ *   m2.core.profile_enable([on]) -> the setting before   m2.core.profile_reset()
+ *   m2.core.profile_rows() -> {{op, fwd_calls, fwd_s, bwd_calls, bwd_s}, ...} largest total first (core/profile.h) */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -26,6 +28,7 @@
 #include <unistd.h>
 #include "backend.h"
 #include "bind.h"
+#include "profile.h"
 
 extern char **environ;
 
@@ -250,13 +253,44 @@ static int l_mem_reset_peak(lua_State *L) {
   return 0;
 }
 
+static int l_profile(lua_State *L) {
+  bool old = m2_profile_on();
+  if (!lua_isnoneornil(L, 1)) m2_profile_enable(lua_toboolean(L, 1));
+  lua_pushboolean(L, old);
+  return 1;
+}
+
+static int l_profile_reset(lua_State *L) {
+  (void)L;
+  m2_profile_reset();
+  return 0;
+}
+
+static int l_profile_rows(lua_State *L) {
+  m2_profile_row rows[256];
+  int n = m2_profile_rows(rows, 256);
+  if (n > 256) n = 256;
+  lua_createtable(L, n, 0);
+  for (int i = 0; i < n; i++) {
+    lua_createtable(L, 0, 5);
+    lua_pushstring(L, rows[i].op), lua_setfield(L, -2, "op");
+    lua_pushinteger(L, rows[i].fwd_calls), lua_setfield(L, -2, "fwd_calls");
+    lua_pushnumber(L, rows[i].fwd_s), lua_setfield(L, -2, "fwd_s");
+    lua_pushinteger(L, rows[i].bwd_calls), lua_setfield(L, -2, "bwd_calls");
+    lua_pushnumber(L, rows[i].bwd_s), lua_setfield(L, -2, "bwd_s");
+    lua_rawseti(L, -2, i + 1);
+  }
+  return 1;
+}
+
 void m2lua_open_sys(lua_State *L) {
   static const luaL_Reg fns[] = {
       {"clock", l_clock},         {"time", l_time},         {"sleep", l_sleep},
       {"isatty", l_isatty},       {"hostname", l_hostname}, {"getpid", l_getpid},
       {"sha256", l_sha256},       {"mkdir_p", l_mkdir_p},   {"spawn", l_spawn},
       {"wait", l_wait},           {"kill", l_kill},         {"mem_current", l_mem_current},
-      {"mem_peak", l_mem_peak},   {"mem_reset_peak", l_mem_reset_peak}, {NULL, NULL},
+      {"mem_peak", l_mem_peak},   {"mem_reset_peak", l_mem_reset_peak}, {"profile_enable", l_profile},
+      {"profile_reset", l_profile_reset}, {"profile_rows", l_profile_rows}, {NULL, NULL},
   };
   m2lua_setfuncs(L, -1, fns);
 }

@@ -1,0 +1,50 @@
+-- m2.profile — where the time goes, op by op (core/profile.h). While on, every op's forward and backward
+-- synchronises its device before and after, so each op's time is its own (device and host work, no overlap) and
+-- the profiled steps run slower than unprofiled ones: read the shares, not the sum.
+--
+--   m2.profile.start()            forget earlier rows and turn profiling on
+--   m2.profile.stop()             turn it off (the rows stay)
+--   m2.profile.rows() -> { {op, fwd_calls, fwd_s, bwd_calls, bwd_s}, ... } largest total time first
+--   m2.profile.report{per = 1, top = 25, title = nil} -> a markdown table (times divided by `per`, e.g. the
+--                                 number of profiled steps; the ops past `top` summed in one line)
+local core = require "m2.core"
+local P = {}
+
+function P.start()
+  core.profile_reset()
+  core.profile_enable(true)
+end
+
+function P.stop() core.profile_enable(false) end
+
+function P.rows() return core.profile_rows() end
+
+function P.report(o)
+  o = o or {}
+  local per, top = o.per or 1, o.top or 25
+  if type(per) ~= "number" or per <= 0 then error("m2.profile.report: per must be a number > 0", 2) end
+  local rows, total = core.profile_rows(), 0
+  for _, r in ipairs(rows) do total = total + r.fwd_s + r.bwd_s end
+  local out = {}
+  if o.title then out[#out + 1] = o.title end
+  out[#out + 1] = "| op | calls fwd | ms fwd | calls bwd | ms bwd | ms total | share |"
+  out[#out + 1] = "|---|---|---|---|---|---|---|"
+  local function line(name, fc, fs, bc, bs)
+    local t = fs + bs
+    out[#out + 1] = string.format("| %s | %g | %.2f | %g | %.2f | %.2f | %.1f%% |", name, fc / per, fs * 1e3 / per,
+      bc / per, bs * 1e3 / per, t * 1e3 / per, total > 0 and 100 * t / total or 0)
+  end
+  local rest = { 0, 0, 0, 0, 0 }
+  for i, r in ipairs(rows) do
+    if i <= top then line(r.op, r.fwd_calls, r.fwd_s, r.bwd_calls, r.bwd_s)
+    else
+      rest[1], rest[2], rest[3], rest[4], rest[5] = rest[1] + 1, rest[2] + r.fwd_calls, rest[3] + r.fwd_s,
+        rest[4] + r.bwd_calls, rest[5] + r.bwd_s
+    end
+  end
+  if rest[1] > 0 then line(string.format("(%d more ops)", rest[1]), rest[2], rest[3], rest[4], rest[5]) end
+  out[#out + 1] = string.format("| all | | | | | %.2f | 100%% |", total * 1e3 / per)
+  return table.concat(out, "\n")
+end
+
+return P
