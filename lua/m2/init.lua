@@ -63,7 +63,7 @@ RUNS
   m2.exe  m2.script  m2.mode ("run" / "test" / subcommand)  m2.lua_dir  m2.source_dir  m2.version
   m2.error(msg) raises msg located at the caller's script line (for library code)
 
-SUBMODULES (loaded on first use): m2.nn  m2.optim  m2.test  (and m2.<name> for any lua/m2/<name>.lua)
+SUBMODULES (loaded on first use): m2.nn  m2.optim  m2.test  m2.profile (per-op time)  (and m2.<name> for any lua/m2/<name>.lua)
 ]==]
 
 local core = require "m2.core"
