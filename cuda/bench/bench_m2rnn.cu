@@ -174,7 +174,8 @@ int main(int argc, char **argv) {
   const int reps = argc > 1 ? atoi(argv[1]) : 15;
   /* M2_BENCH_QUICK=1: only the 400M layer's default rows and a few variants (for profilers and quick runs);
      M2_BENCH_QUICK=2: the 400M layer's default rows and ckpt 64 only (cuda/bench/ab_m2rnn.sh);
-     M2_BENCH_QUICK=3: per-SM scaling with the warps per block (480 heads in blocks of 4, 5, 6 heads) */
+     M2_BENCH_QUICK=3: per-SM scaling with the warps per block (480 heads in blocks of 4, 5, 6 heads);
+     M2_BENCH_B: the 400M layer's batch size (default 8) */
   const char *qe = getenv("M2_BENCH_QUICK");
   const int quick_level = qe ? atoi(qe) : 0;
   const bool quick = quick_level > 0;
@@ -207,6 +208,10 @@ int main(int argc, char **argv) {
       {"400M", {8, 4096, 84, 64, 16, 1, 1, 84, 84, 84}, 4.11, 18.6},
       {"7B", {4, 4096, 132, 64, 16, 1, 1, 132, 132, 132}, 3.93, 15.9},
   };
+  if (const char *be = getenv("M2_BENCH_B")) { /* M2_BENCH_B=4: the 400M layer at another batch size (as trained) */
+    layers[0].d.B = atoi(be) > 0 ? atoi(be) : layers[0].d.B;
+    printf("(400M layer at B = %d: M2_BENCH_B)\n", layers[0].d.B);
+  }
   printf("\n| layer | variant                            | ms (med) | ms (min) | tokens/s | vs reference |\n");
   printf("|---|---|---|---|---|---|\n");
   for (Layer &L : layers) {
