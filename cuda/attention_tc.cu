@@ -57,6 +57,23 @@ __device__ __forceinline__ void stage(uint16_t *s, const uint16_t *g, int r0, in
   }
 }
 
+/* Start staging key/value tile it + 1 (of ntile, N rows each) into the other half of the double buffers Ks, Vs,
+ * then wait for tile it and for every warp (the caller's previous iteration has finished reading that half). */
+template <int D, int N>
+__device__ __forceinline__ void next_kv(uint16_t *Ks, uint16_t *Vs, const uint16_t *Kg, const uint16_t *Vg, int it,
+                                        int ntile, int S) {
+  if (it + 1 < ntile) {
+    const int nb = ((it + 1) & 1) * N * (D + 8);
+    stage<D, N>(Ks + nb, Kg, (it + 1) * N, S);
+    stage<D, N>(Vs + nb, Vg, (it + 1) * N, S);
+    mma_cp_commit();
+    mma_cp_wait<1>();
+  } else {
+    mma_cp_wait<0>();
+  }
+  __syncthreads();
+}
+
 /* A fragments of this warp's 16 rows (w16 = 16 w) of a staged tile, all D / 16 k-steps. */
 template <int D>
 __device__ __forceinline__ void load_a(uint32_t a[D / 16][4], const uint16_t *s, int w16, int lane) {
@@ -175,16 +192,7 @@ __global__ void __launch_bounds__(NW * 32) k_fwd(const uint16_t *Q, const uint16
   for (int j = 0; j < D / 8; j++) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0;
   uint32_t qa[D / 16][4];
   for (int it = 0; it < ntile; it++) {
-    if (it + 1 < ntile) {
-      const int nb = ((it + 1) & 1) * BN * LD;
-      stage<D, BN>(Ks + nb, Kg, (it + 1) * BN, S);
-      stage<D, BN>(Vs + nb, Vg, (it + 1) * BN, S);
-      mma_cp_commit();
-      mma_cp_wait<1>();
-    } else {
-      mma_cp_wait<0>();
-    }
-    __syncthreads();
+    next_kv<D, BN>(Ks, Vs, Kg, Vg, it, ntile, S);
     if (it == 0) load_a<D>(qa, Qs, 16 * w, lane);
     const uint16_t *Kt = Ks + (it & 1) * BN * LD, *Vt = Vs + (it & 1) * BN * LD;
     float s[BN / 8][4];
@@ -271,16 +279,7 @@ __global__ void __launch_bounds__(NW * 32) k_dq(const uint16_t *Q, const uint16_
   for (int j = 0; j < D / 8; j++) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0;
   uint32_t qa[D / 16][4], da[D / 16][4];
   for (int it = 0; it < ntile; it++) {
-    if (it + 1 < ntile) {
-      const int nb = ((it + 1) & 1) * BN * LD;
-      stage<D, BN>(Ks + nb, Kg, (it + 1) * BN, S);
-      stage<D, BN>(Vs + nb, Vg, (it + 1) * BN, S);
-      mma_cp_commit();
-      mma_cp_wait<1>();
-    } else {
-      mma_cp_wait<0>();
-    }
-    __syncthreads();
+    next_kv<D, BN>(Ks, Vs, Kg, Vg, it, ntile, S);
     if (it == 0) load_a<D>(qa, Qs, 16 * w, lane), load_a<D>(da, Os, 16 * w, lane);
     const uint16_t *Kt = Ks + (it & 1) * BN * LD, *Vt = Vs + (it & 1) * BN * LD;
     float s[BN / 8][4], dp[BN / 8][4];
