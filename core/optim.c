@@ -383,6 +383,13 @@ m2_status m2_optim_zero_grad(m2_optim *o) {
   return M2_OK;
 }
 
+void m2_optim_clear_grads(m2_optim *o) {
+  for (int i = 0; o && i < o->n; i++) {
+    m2_release(o->ps[i].p->grad);
+    o->ps[i].p->grad = NULL;
+  }
+}
+
 /* ---------------- global grad-norm clipping ---------------- */
 
 static m2_status clip_grad_norm(m2_tensor *const *params, int n, double max_norm, double *norm) {

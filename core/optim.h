@@ -41,6 +41,10 @@ m2_tensor *m2_optim_param(const m2_optim *o, int i); /* borrowed */
 m2_status m2_optim_step(m2_optim *o, double lr);
 /* Set every parameter's .grad to zero (keeps the buffers). */
 m2_status m2_optim_zero_grad(m2_optim *o);
+/* Drop every parameter's .grad (set it to none): the next backward adopts its fresh gradient tensors instead of adding
+ * them into zeroed buffers (one add and one copy a parameter a step saved); a parameter that then gets no gradient
+ * is skipped by the next step. What m2.train does between steps. */
+void m2_optim_clear_grads(m2_optim *o);
 int64_t m2_optim_steps(const m2_optim *o);          /* steps taken (AdamW bias correction) */
 void m2_optim_set_steps(m2_optim *o, int64_t steps); /* when restoring a checkpoint */
 

@@ -74,6 +74,11 @@ static int o_zero_grad(lua_State *L) {
   return 0;
 }
 
+static int o_clear_grads(lua_State *L) {
+  m2_optim_clear_grads(check_optim(L, 1));
+  return 0;
+}
+
 static int o_nparams(lua_State *L) {
   lua_pushinteger(L, m2_optim_nparams(check_optim(L, 1)));
   return 1;
@@ -190,6 +195,7 @@ void m2lua_open_optim(lua_State *L) {
   };
   static const luaL_Reg methods[] = {
       {"add", o_add},           {"step", o_step},         {"zero_grad", o_zero_grad},
+      {"clear_grads", o_clear_grads},
       {"nparams", o_nparams},   {"param", o_param},       {"steps", o_steps},
       {"set_steps", o_set_steps}, {"kind", o_kind},       {"state_names", o_state_names},
       {"state", o_state},       {"init_state", o_init_state}, {NULL, NULL},

@@ -144,6 +144,17 @@ static void run_case(const ocase *c, m2_dtype dt, uint64_t seed) {
   for (int64_t i = 0; i < m2_numel(P[0]); i++) allz &= z[i] == 0;
   CHECK(allz, "%s: zero_grad zeroes", c->label);
   CHECK(P[2]->grad == NULL, "zero_grad creates no grad");
+  /* clear_grads drops them (set to none), and a parameter without a grad is then left alone by step */
+  m2_optim_clear_grads(o);
+  CHECK(P[0]->grad == NULL && P[1]->grad == NULL && P[2]->grad == NULL, "%s: clear_grads drops every grad", c->label);
+  double *p0_before = host(P[0]);
+  CHECK_OK(m2_optim_step(o, 0.1));
+  double *p0_after = host(P[0]);
+  bool same = true;
+  for (int64_t i = 0; i < m2_numel(P[0]); i++) same &= p0_before[i] == p0_after[i];
+  CHECK(same, "%s: step without grads changes nothing", c->label);
+  free(p0_before);
+  free(p0_after);
   free(z);
   free(p2_0);
   for (int k = 0; k < 3; k++) {

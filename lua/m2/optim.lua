@@ -88,6 +88,9 @@ function Optimizer:step(lr)
 end
 
 function Optimizer:zero_grad() self._c:zero_grad() end
+-- opt:clear_grads(): drop the parameters' .grad (set to none) so that the next backward adopts fresh gradients
+-- instead of adding them into zeroed buffers; parameters that then get no gradient are skipped by opt:step()
+function Optimizer:clear_grads() self._c:clear_grads() end
 function Optimizer:steps() return self._c:steps() end
 function Optimizer:set_steps(n) self._c:set_steps(n) end
 function Optimizer:nparams() return self._c:nparams() end

@@ -490,7 +490,7 @@ local function one_step(st, s, step)
   local devtype = s.device:match("^cuda") and "cuda" or "cpu"
   core.mem_reset_peak(devtype)
   local t0 = core.clock()
-  opt:zero_grad()
+  opt:clear_grads() -- set to none: backward adopts the new gradients (no add into zeroed buffers)
   local lsum, tokens = 0.0, 0
   for _ = 1, s.grad_accum do
     local x, y = s.data:batch(st.cursor)

@@ -42,6 +42,14 @@ T.case("adamw matches the reference update", function()
   T.close(opt:state(1, 2):totable(), v, 1e-12)
   opt:zero_grad()
   T.eq(p.grad:totable(), { 0, 0, 0 })
+  opt:clear_grads()
+  T.eq(p.grad, nil, "clear_grads drops the grad")
+  local l = m2.sum_all(p * p) -- backward after clear_grads: the fresh gradient, not added to an old one
+  l:backward()
+  T.close(p.grad:totable(), { 2 * p:get(1), 2 * p:get(2), 2 * p:get(3) }, 1e-12)
+  l = m2.sum_all(p * p) -- a second backward accumulates, as always
+  l:backward()
+  T.close(p.grad:totable(), { 4 * p:get(1), 4 * p:get(2), 4 * p:get(3) }, 1e-12)
 end)
 
 T.case("no_decay parameters get no weight decay", function()
