@@ -6,7 +6,7 @@
 #define M2_OPS(X)                                                                               \
   X(contiguous) X(reshape) X(narrow) X(permute) X(expand) X(to_dtype) X(to_device)                \
   X(add) X(sub) X(mul) X(div) X(scale) X(add_scalar) X(neg) X(exp) X(log) X(tanh) X(sigmoid)    \
-  X(silu) X(softplus) X(relu) X(square) X(sqrt) X(clamp)                                         \
+  X(silu) X(swiglu) X(softplus) X(relu) X(square) X(sqrt) X(clamp)                                         \
   X(sum) X(mean) X(max) X(sum_all) X(mean_all) X(max_all) X(argmax) X(eq) X(softmax)             \
   X(log_softmax) X(cumsum)                                                                       \
   X(matmul)                                                                                      \

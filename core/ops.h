@@ -32,6 +32,7 @@ m2_tensor *m2_log(m2_tensor *x);
 m2_tensor *m2_tanh(m2_tensor *x);
 m2_tensor *m2_sigmoid(m2_tensor *x);
 m2_tensor *m2_silu(m2_tensor *x);                        /* x * sigmoid(x) */
+m2_tensor *m2_swiglu(m2_tensor *a, m2_tensor *b);        /* silu(a) * b, one op (same shapes, core/ops_swiglu.c) */
 m2_tensor *m2_softplus(m2_tensor *x);                    /* log(1 + exp(x)), stable */
 m2_tensor *m2_relu(m2_tensor *x);
 m2_tensor *m2_square(m2_tensor *x);

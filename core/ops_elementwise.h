@@ -22,6 +22,10 @@ typedef struct bin_plan {
  * create out[0] (the broadcast shape, on a's device) and fill p; *n = the output's element count (0: done). */
 m2_status m2_binary_setup(m2_opcall *c, m2_float_rule check_float, bin_plan *p, int64_t *n);
 
+/* swiglu's argument check (core/ops_swiglu.c), shared with cuda/ops_swiglu.cu: a and b non-NULL, float by the
+ * backend's rule, the same dtype and shape. */
+m2_status m2_swiglu_check(m2_tensor *a, m2_tensor *b, m2_float_rule check_float);
+
 #ifdef __cplusplus
 }
 #endif

@@ -43,6 +43,9 @@ M2_CUDA_DECL_FB(cumsum)
 m2_status m2_cuda_argmax_fwd(m2_opcall *c);
 m2_status m2_cuda_eq_fwd(m2_opcall *c);
 
+/* ---- swiglu(a, b) = silu(a) * b (cuda/ops_swiglu.cu) ---- */
+M2_CUDA_DECL_FB(swiglu)
+
 /* ---- matrix products (cuda/ops_matmul.cu, cuBLAS, fp32 accumulation) ---- */
 M2_CUDA_DECL_FB(matmul)
 

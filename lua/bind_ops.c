@@ -209,6 +209,12 @@ static int l_matmul_precision(lua_State *L) {
   return 1;
 }
 
+/* swiglu(a, b): silu(a) * b in one op (same shapes) */
+static int l_swiglu(lua_State *L) {
+  m2_tensor *a = m2lua_checktensor(L, 1), *b = m2lua_checktensor(L, 2);
+  M2LUA_RETURN(L, m2_swiglu(a, b));
+}
+
 /* linear(x, w [, bias]): x (..., in) @ w (out, in)^T + bias (out) */
 static int l_linear(lua_State *L) {
   m2_tensor *x = m2lua_checktensor(L, 1), *w = m2lua_checktensor(L, 2), *b = m2lua_opttensor(L, 3);
@@ -426,6 +432,7 @@ void m2lua_open_ops(lua_State *L) {
       {"tanh", l_tanh},
       {"sigmoid", l_sigmoid},
       {"silu", l_silu},
+      {"swiglu", l_swiglu},
       {"softplus", l_softplus},
       {"relu", l_relu},
       {"square", l_square},

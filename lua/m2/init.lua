@@ -34,7 +34,7 @@ TENSOR METHODS
   dim 1), t[i] (slice along dim 1, a number for 1-D), t[i] = v, tostring(t), a == b (same tensor)
 
 OPS  (m2.<op>(...); those marked * are also methods)
-  add* sub* mul* div* scale* add_scalar* neg* exp* log* tanh* sigmoid* silu* softplus* relu*
+  add* sub* mul* div* scale* add_scalar* neg* exp* log* tanh* sigmoid* silu* swiglu*(a, b) softplus* relu*
   square* sqrt* clamp*(x, lo, hi)
   sum* mean* max*(x [, dim [, keepdim]]) sum_all* mean_all* max_all* argmax*(x [, dim [, keepdim]])
   eq*(a, b) softmax* log_softmax*(x [, dim=-1]) cumsum*(x, dim)

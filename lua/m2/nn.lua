@@ -327,7 +327,7 @@ function SwiGLU:__init(d, hidden, opts)
   self.up = Linear(d, hidden, lo)
   self.down = Linear(hidden, d, lo)
 end
-function SwiGLU:forward(x) return self.down(m2.silu(self.gate(x)) * self.up(x)) end
+function SwiGLU:forward(x) return self.down(m2.swiglu(self.gate(x), self.up(x))) end -- silu(gate) * up, one op
 
 -- Sequential(m1, m2, ...): children "1", "2", ...; forward chains them
 local Sequential = nn.class("Sequential")

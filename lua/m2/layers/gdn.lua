@@ -100,7 +100,7 @@ function GDN:forward(x, o)
   if c.allow_neg_eigval then beta = beta * 2 end
   local run = c.chunked and m2.gdn_chunked or m2.gdn
   local out, hT = run(q, k, v, g, beta, o and o.state or nil, { chunk = c.chunk })
-  out = self.o_norm(out) * m2.silu(self.g_proj(x):reshape(B, T, H, c.v))          -- (B, T, H, V)
+  out = m2.swiglu(self.g_proj(x):reshape(B, T, H, c.v), self.o_norm(out))        -- (B, T, H, V): o_norm(out) * silu(g)
   out = self.out_proj(out:reshape(B, T, H * c.v))
   if o and o.return_state then return out, hT end
   return out

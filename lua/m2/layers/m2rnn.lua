@@ -111,7 +111,8 @@ function M2RNN:forward(x, o)
   local f = m2.exp(-(m2.exp(self.A_log) * m2.softplus(f_raw + self.dt_bias)))
   local y, hT = m2.m2rnn(q, k, v, self.W, f, o and o.state or nil, { grad_clip = c.grad_clip, ckpt_every = c.ckpt })
   y = y + self.D * C.repeat_heads(v, c.N)                                     -- (B, T, N, V)
-  y = y:reshape(B, T, c.N * c.v) * m2.silu(C.repeat_heads(g:reshape(B, T, c.Ng, c.v), c.N):reshape(B, T, c.N * c.v))
+  -- y * silu(g), one op
+  y = m2.swiglu(C.repeat_heads(g:reshape(B, T, c.Ng, c.v), c.N):reshape(B, T, c.N * c.v), y:reshape(B, T, c.N * c.v))
   local out = self.out_proj(self.norm(y))
   if o and o.return_state then return out, hT end
   return out

@@ -100,7 +100,7 @@ function Mamba2:forward(x, o)
   local run = c.chunked and m2.ssd_chunked or m2.ssd
   local y, hT = run(xs, dt, A, Bm, Cm, o and o.state or nil, { chunk = c.chunk })
   y = y + self.D:reshape(c.heads, 1) * xs                             -- (B, T, H, P)
-  y = y:reshape(B, T, c.inner) * m2.silu(z)
+  y = m2.swiglu(z, y:reshape(B, T, c.inner))                          -- y * silu(z), one op
   local out = self.out_proj(self.norm(y))
   if o and o.return_state then return out, hT end
   return out
