@@ -2,7 +2,11 @@
  *   x (B, T, C), w (C, W), bias (C) or NULL -> y (B, T, C)
  *   y[b,t,c] = bias[c] + sum_j w[c,j] x[b, t-(W-1)+j, c]
  *   dx[b,s,c] = sum_j w[c,j] dy[b, s+(W-1)-j, c];   dw[c,j] = sum_{b,t} dy[b,t,c] x[b, t-(W-1)+j, c];
- *   dbias[c] = sum_{b,t} dy[b,t,c]  (dw and dbias in one deterministic column reduction). */
+ *   dbias[c] = sum_{b,t} dy[b,t,c]  (dw and dbias in one deterministic column reduction).
+ * Kernel widths 2, 3, 4 (the layers use 4) take the windowed kernels: a thread owns one channel over a chunk of
+ * CONV_CR consecutive rows, keeps the last W - 1 inputs (or the next W gradients) in registers, so each element is
+ * loaded once and the row's time index is counted, not divided; dw and dbias come from per-chunk partial sums
+ * reduced in a fixed order. Other widths take the per-element kernels below them. */
 #include "ops_common.cuh"
 #include "../core/ops_conv1d.h"
 
@@ -43,6 +47,133 @@ template <class T> struct load_conv_dw {
   }
 };
 
+/* ---------------- windowed kernels (W = 2, 3, 4) ---------------- */
+
+#define CONV_CR 64  /* rows (b, t) a chunk */
+#define CONV_CT 128 /* channels (threads) a block */
+
+/* Grid for the windowed kernels: channels in x, chunks of rows in y (a chunk-stride loop covers the rest). */
+static dim3 conv_grid(int64_t rows, int64_t C) {
+  int64_t nch = (rows + CONV_CR - 1) / CONV_CR;
+  return dim3((unsigned)((C + CONV_CT - 1) / CONV_CT), (unsigned)(nch < 65535 ? nch : 65535));
+}
+
+/* y rows of chunks for channel c: win[k] holds x at t - (W - 1) + k (0 before the sequence starts). */
+template <class T, int W>
+__global__ void k_conv_fwd_win(const T *x, const T *w, const T *bias, int64_t Tn, int64_t C, int64_t rows, T *y) {
+  const int64_t c = (int64_t)blockIdx.x * CONV_CT + threadIdx.x;
+  if (c >= C) return;
+  float wr[W], win[W];
+#pragma unroll
+  for (int j = 0; j < W; j++) wr[j] = to_f(w[c * W + j]);
+  const float bz = bias ? to_f(bias[c]) : 0.0f;
+  for (int64_t r0 = (int64_t)blockIdx.y * CONV_CR; r0 < rows; r0 += (int64_t)gridDim.y * CONV_CR) {
+    const int64_t r1 = r0 + CONV_CR < rows ? r0 + CONV_CR : rows;
+    int64_t t = r0 % Tn;
+#pragma unroll
+    for (int k = 0; k < W - 1; k++) win[k] = t - (W - 1) + k >= 0 ? to_f(x[(r0 - (W - 1) + k) * C + c]) : 0.0f;
+    for (int64_t r = r0; r < r1; r++) {
+      win[W - 1] = to_f(x[r * C + c]);
+      float s = bz;
+#pragma unroll
+      for (int j = 0; j < W; j++) s += wr[j] * win[j];
+      y[r * C + c] = from_f<T>(s);
+      if (++t == Tn) { /* the next row starts a new sequence */
+        t = 0;
+#pragma unroll
+        for (int k = 0; k < W - 1; k++) win[k] = 0.0f;
+      } else {
+#pragma unroll
+        for (int k = 0; k < W - 1; k++) win[k] = win[k + 1];
+      }
+    }
+  }
+}
+
+/* dx[s] = sum_j w[j] dy[s + (W - 1) - j]: fut[k] holds dy at s + k (0 past the sequence's end). */
+template <class T, int W>
+__global__ void k_conv_dx_win(const T *dy, const T *w, int64_t Tn, int64_t C, int64_t rows, T *dx) {
+  const int64_t c = (int64_t)blockIdx.x * CONV_CT + threadIdx.x;
+  if (c >= C) return;
+  float wr[W], fut[W];
+#pragma unroll
+  for (int j = 0; j < W; j++) wr[j] = to_f(w[c * W + j]);
+  for (int64_t r0 = (int64_t)blockIdx.y * CONV_CR; r0 < rows; r0 += (int64_t)gridDim.y * CONV_CR) {
+    const int64_t r1 = r0 + CONV_CR < rows ? r0 + CONV_CR : rows;
+    int64_t t = r0 % Tn;
+#pragma unroll
+    for (int k = 0; k < W - 1; k++) fut[k + 1] = t + k < Tn ? to_f(dy[(r0 + k) * C + c]) : 0.0f;
+    for (int64_t r = r0; r < r1; r++) {
+#pragma unroll
+      for (int k = 0; k < W - 1; k++) fut[k] = fut[k + 1];
+      fut[W - 1] = t + W - 1 < Tn ? to_f(dy[(r + W - 1) * C + c]) : 0.0f;
+      float a = 0.0f;
+#pragma unroll
+      for (int j = 0; j < W; j++) a += wr[j] * fut[W - 1 - j];
+      dx[r * C + c] = from_f<T>(a);
+      if (++t == Tn && r + 1 < r1) { /* a new sequence: its first W - 1 gradients */
+        t = 0;
+#pragma unroll
+        for (int k = 0; k < W - 1; k++) fut[k + 1] = k < Tn ? to_f(dy[(r + 1 + k) * C + c]) : 0.0f;
+      }
+    }
+  }
+}
+
+/* part[ch][j][c] (j < W): sum over the chunk's rows of dy x at t - (W - 1) + j; part[ch][W][c]: sum of dy. */
+template <class T, int W>
+__global__ void k_conv_dw_win(const T *x, const T *dy, int64_t Tn, int64_t C, int64_t rows, float *part) {
+  const int64_t c = (int64_t)blockIdx.x * CONV_CT + threadIdx.x;
+  if (c >= C) return;
+  float win[W];
+  for (int64_t r0 = (int64_t)blockIdx.y * CONV_CR; r0 < rows; r0 += (int64_t)gridDim.y * CONV_CR) {
+    const int64_t r1 = r0 + CONV_CR < rows ? r0 + CONV_CR : rows;
+    int64_t t = r0 % Tn;
+    float acc[W + 1];
+#pragma unroll
+    for (int j = 0; j <= W; j++) acc[j] = 0.0f;
+#pragma unroll
+    for (int k = 0; k < W - 1; k++) win[k] = t - (W - 1) + k >= 0 ? to_f(x[(r0 - (W - 1) + k) * C + c]) : 0.0f;
+    for (int64_t r = r0; r < r1; r++) {
+      win[W - 1] = to_f(x[r * C + c]);
+      const float g = to_f(dy[r * C + c]);
+#pragma unroll
+      for (int j = 0; j < W; j++) acc[j] += g * win[j];
+      acc[W] += g;
+      if (++t == Tn) {
+        t = 0;
+#pragma unroll
+        for (int k = 0; k < W - 1; k++) win[k] = 0.0f;
+      } else {
+#pragma unroll
+        for (int k = 0; k < W - 1; k++) win[k] = win[k + 1];
+      }
+    }
+    float *p = part + (r0 / CONV_CR) * (W + 1) * C + c;
+#pragma unroll
+    for (int j = 0; j <= W; j++) p[j * C] = acc[j];
+  }
+}
+
+/* out[i] = sum over nch chunks of part[ch][i] (i < n = (W + 1) C), chunk order fixed. */
+__global__ void k_conv_dw_sum(const float *part, int64_t nch, int64_t n, float *out) {
+  CU_GRID_STRIDE(i, n) {
+    float s = 0.0f;
+    for (int64_t ch = 0; ch < nch; ch++) s += part[ch * n + i];
+    out[i] = s;
+  }
+}
+
+#define CONV_W_DISPATCH(W, ...)                              \
+  do {                                                       \
+    switch (W) {                                             \
+      case 2: { constexpr int KW = 2; __VA_ARGS__; } break;  \
+      case 3: { constexpr int KW = 3; __VA_ARGS__; } break;  \
+      default: { constexpr int KW = 4; __VA_ARGS__; } break; \
+    }                                                        \
+  } while (0)
+static bool conv_windowed(int64_t W) { return W >= 2 && W <= 4; }
+
 /* in: x, w, bias (may be NULL). out: y (B, T, C). */
 extern "C" m2_status m2_cuda_conv1d_causal_fwd(m2_opcall *c) {
   m2_tensor *x = c->in[0], *w = c->in[1], *bias = c->n_in > 2 ? c->in[2] : NULL;
@@ -55,9 +186,13 @@ extern "C" m2_status m2_cuda_conv1d_causal_fwd(m2_opcall *c) {
   if (total == 0) return M2_OK;
   cudaStream_t st;
   M2_TRY(cu_stream(x->device, &st));
-  CU_FLOAT_DISPATCH(x->dtype, k_conv_fwd<T><<<cu_grid(total, 256), 256, 0, st>>>(
-                                  (const T *)m2_data(x), (const T *)m2_data(w), bias ? (const T *)m2_data(bias) : (const T *)NULL,
-                                  Tn, C, W, total, (T *)m2_data(y)));
+  if (conv_windowed(W))
+    CU_FLOAT_DISPATCH(x->dtype, CONV_W_DISPATCH(W, k_conv_fwd_win<T, KW><<<conv_grid(total / C, C), CONV_CT, 0, st>>>(
+                                                       PC(x), PC(w), PC(bias), Tn, C, total / C, PT(y))));
+  else
+    CU_FLOAT_DISPATCH(x->dtype, k_conv_fwd<T><<<cu_grid(total, 256), 256, 0, st>>>(
+                                    (const T *)m2_data(x), (const T *)m2_data(w), bias ? (const T *)m2_data(bias) : (const T *)NULL,
+                                    Tn, C, W, total, (T *)m2_data(y)));
   M2_CUDA_LAUNCH_CHECK("conv1d_causal");
   return M2_OK;
 }
@@ -75,8 +210,12 @@ extern "C" m2_status m2_cuda_conv1d_causal_bwd(m2_opcall *c) {
     else {
       c->din[0] = dx;
       if (total > 0) {
-        CU_FLOAT_DISPATCH(x->dtype, k_conv_dx<T><<<cu_grid(total, 256), 256, 0, st>>>(
-                                        (const T *)m2_data(dy), (const T *)m2_data(w), Tn, C, W, total, (T *)m2_data(dx)));
+        if (conv_windowed(W))
+          CU_FLOAT_DISPATCH(x->dtype, CONV_W_DISPATCH(W, k_conv_dx_win<T, KW><<<conv_grid(total / C, C), CONV_CT, 0, st>>>(
+                                                             PC(dy), PC(w), Tn, C, total / C, PT(dx))));
+        else
+          CU_FLOAT_DISPATCH(x->dtype, k_conv_dx<T><<<cu_grid(total, 256), 256, 0, st>>>(
+                                          (const T *)m2_data(dy), (const T *)m2_data(w), Tn, C, W, total, (T *)m2_data(dx)));
         cudaError_t e = cudaGetLastError();
         if (e != cudaSuccess) s = m2_fail(M2_ERR_CUDA, "conv1d_causal backward: launch failed: %s", cudaGetErrorString(e));
       }
@@ -88,7 +227,20 @@ extern "C" m2_status m2_cuda_conv1d_causal_bwd(m2_opcall *c) {
     m2_tensor *acc = m2_empty(M2_F32, x->device, 2, sh); /* rows 0..W-1: dw transposed (W, C); row W: dbias */
     if (!acc) s = m2_errcode();
     else if (B * Tn == 0) s = m2_cuda_fill(acc, 0.0);
-    else
+    else if (conv_windowed(W)) {
+      const int64_t rows = B * Tn, nch = (rows + CONV_CR - 1) / CONV_CR, n = (W + 1) * C;
+      int64_t np = nch * n;
+      m2_tensor *part = m2_empty(M2_F32, x->device, 1, &np); /* (nch, W + 1, C) partial sums */
+      if (!part) s = m2_errcode();
+      else {
+        CU_FLOAT_DISPATCH(x->dtype, CONV_W_DISPATCH(W, k_conv_dw_win<T, KW><<<conv_grid(rows, C), CONV_CT, 0, st>>>(
+                                                           PC(x), PC(dy), Tn, C, rows, (float *)m2_data(part))));
+        k_conv_dw_sum<<<cu_grid(n, 256), 256, 0, st>>>((const float *)m2_data(part), nch, n, (float *)m2_data(acc));
+        cudaError_t e = cudaGetLastError();
+        if (e != cudaSuccess) s = m2_fail(M2_ERR_CUDA, "conv1d_causal backward: launch failed: %s", cudaGetErrorString(e));
+        m2_release(part);
+      }
+    } else
       CU_FLOAT_DISPATCH(x->dtype, {
         load_conv_dw<T> L = {(const T *)m2_data(x), (const T *)m2_data(dy), Tn, C, W};
         s = cu_reduce(L, W + 1, B * Tn, C, 1.0f, (float *)m2_data(acc), x->device);

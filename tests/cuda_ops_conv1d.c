@@ -21,5 +21,10 @@ int main(void) {
   conv_case("conv1d/W=1", 2, 9, 7, 1, true);
   conv_case("conv1d/T<W", 2, 2, 5, 4, true);
   conv_case("conv1d/long T (chunked dw)", 2, 3000, 64, 4, true);
+  /* the windowed kernels (W 2, 3, 4): chunks of 64 rows that cross several sequence ends, C past one block */
+  conv_case("conv1d/W=2 C300", 3, 130, 300, 2, true);
+  conv_case("conv1d/W=3 T10 (6 sequences a chunk)", 9, 10, 33, 3, true);
+  conv_case("conv1d/W=4 T3 < W", 30, 3, 17, 4, false);
+  conv_case("conv1d/W=5 (per-element kernels)", 2, 40, 20, 5, true);
   return par_finish("cuda_ops_conv1d");
 }
