@@ -10,7 +10,7 @@
   X(sum) X(mean) X(max) X(sum_all) X(mean_all) X(max_all) X(argmax) X(eq) X(softmax)             \
   X(log_softmax) X(cumsum)                                                                       \
   X(matmul)                                                                                      \
-  X(embedding) X(cross_entropy) X(rmsnorm) X(l2norm)                                             \
+  X(embedding) X(cross_entropy) X(linear_cross_entropy) X(rmsnorm) X(l2norm)                                             \
   X(concat) X(split) X(gather) X(index_select)                                                  \
   X(conv1d_causal) X(m2rnn) X(gdn) X(gdn_chunked) X(ssd) X(ssd_chunked) X(attention) X(rope)
 

@@ -71,6 +71,10 @@ m2_tensor *m2_embedding(m2_tensor *weight, m2_tensor *ids); /* weight (V, d), id
 /* logits (..., C), targets int (...) -> 0-d mean loss over targets != ignore_index
  * (0 if none). Fused log-softmax + NLL. */
 m2_tensor *m2_cross_entropy(m2_tensor *logits, m2_tensor *targets, int64_t ignore_index);
+/* The mean cross-entropy of h W^T (h (..., d), W (V, d)) against targets (...) without holding all the logits: rows in
+ * chunks of chunk_rows (0: 2^29 logits a chunk), recomputed in backward (core/ops_lmloss.c). */
+m2_tensor *m2_linear_cross_entropy(m2_tensor *h, m2_tensor *w, m2_tensor *targets, int64_t ignore_index,
+                                   int64_t chunk_rows);
 m2_tensor *m2_rmsnorm(m2_tensor *x, m2_tensor *weight, double eps); /* x (..., d), weight (d) or NULL */
 m2_tensor *m2_l2norm(m2_tensor *x, double eps);           /* over the last dim: x / sqrt(sum x^2 + eps) */
 

@@ -236,6 +236,14 @@ static int l_cross_entropy(lua_State *L) {
   M2LUA_RETURN(L, m2_cross_entropy(x, y, ignore));
 }
 
+/* linear_cross_entropy(h, W, targets [, ignore_index = -100 [, chunk_rows = 0]]): cross_entropy(linear(h, W), targets)
+ * without holding all the logits (core/ops_lmloss.c) */
+static int l_linear_cross_entropy(lua_State *L) {
+  m2_tensor *h = m2lua_checktensor(L, 1), *w = m2lua_checktensor(L, 2), *t = m2lua_checktensor(L, 3);
+  int64_t ignore = m2lua_optint(L, 4, -100), chunk = m2lua_optint(L, 5, 0);
+  M2LUA_RETURN(L, m2_linear_cross_entropy(h, w, t, ignore, chunk));
+}
+
 /* rmsnorm(x, weight or nil [, eps = 1e-5]) */
 static int l_rmsnorm(lua_State *L) {
   m2_tensor *x = m2lua_checktensor(L, 1), *w = m2lua_opttensor(L, 2);
@@ -472,6 +480,7 @@ void m2lua_open_ops(lua_State *L) {
       {"ssd", l_ssd},
       {"ssd_chunked", l_ssd_chunked},
       {"attention", l_attention},
+      {"linear_cross_entropy", l_linear_cross_entropy},
       {NULL, NULL},
   };
   int mod = lua_gettop(L);

@@ -5,6 +5,11 @@
 
 static int f_embed(m2_tensor *const *in, void *ud, m2_tensor **outs) { PAR_ONE(m2_embedding(in[0], in[1])); }
 static int f_ce(m2_tensor *const *in, void *ud, m2_tensor **outs) { PAR_ONE(m2_cross_entropy(in[0], in[1], -100)); }
+/* the head fused with the loss, in chunks of 9 rows (35 rows: 4 chunks, the last short) */
+static int f_lce(m2_tensor *const *in, void *ud, m2_tensor **outs) {
+  (void)ud;
+  PAR_ONE(m2_linear_cross_entropy(in[0], in[1], in[2], -100, 9));
+}
 static int f_rms(m2_tensor *const *in, void *ud, m2_tensor **outs) { PAR_ONE(m2_rmsnorm(in[0], in[1], 1e-5)); }
 static int f_l2(m2_tensor *const *in, void *ud, m2_tensor **outs) { PAR_ONE(m2_l2norm(in[0], 1e-6)); }
 
@@ -43,6 +48,12 @@ int main(void) {
   m2_tensor *tall = m2_full(M2_I64, M2_DEV_CPU, 2, st1, -100);
   par_case pc3 = {"cross_entropy/all ignored", f_ce, NULL, 2, {x1, tall}, {true, false}};
   par_run(&pc3);
+  /* linear_cross_entropy: h (5, 7, 24), W (33, 24), the targets of x1 (some ignored) */
+  int64_t sh[3] = {5, 7, 24}, shw[2] = {33, 24};
+  m2_tensor *lh = par_randn(3, sh), *lw = par_randn(2, shw);
+  par_case pl = {"linear_cross_entropy/chunk 9", f_lce, NULL, 3, {lh, lw, t1}, {true, true, false}};
+  par_run(&pl);
+  m2_release(lh), m2_release(lw);
   /* rmsnorm / l2norm: short rows and long rows */
   int64_t sn1[3] = {3, 5, 48}, sw1[1] = {48}, sn2[2] = {7, 1000}, sw2[1] = {1000};
   m2_tensor *n1 = par_randn(3, sn1), *g1 = par_uniform(1, sw1, 0.5, 1.5);

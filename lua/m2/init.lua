@@ -42,6 +42,8 @@ OPS  (m2.<op>(...); those marked * are also methods)
   matmul_precision(["f32"|"bf16"]) -> the previous setting: "bf16" rounds the operands of f32 matmul/linear
     to bf16 (fp32 accumulation and result; tensor cores on CUDA, like bf16 autocast); m2.train{precision=}
   cross_entropy*(logits, targets [, ignore_index=-100]) rmsnorm*(x, w|nil [, eps]) l2norm*(x [, eps])
+  linear_cross_entropy(h, W, targets [, ignore_index=-100 [, chunk_rows=0]]) = cross_entropy(linear(h, W), targets)
+    without holding all the logits (rows in chunks, recomputed in backward)
   concat({xs}, dim) split*(x, dim, sizes|chunk) gather*(x, dim, idx) index_select*(x, dim, idx)
   conv1d_causal(x, w [, b]) m2rnn(q, k, v, W, f [, h0] [, {grad_clip, ckpt_every}]) -> y, hT
   gdn / gdn_chunked(q, k, v, g, beta [, h0] [, {scale, chunk}]) -> o, hT

@@ -170,10 +170,12 @@ function LM:forward(ids)
   return m2.linear(h, self.embed.weight)
 end
 
--- loss(ids, targets (B, T) int64, -100 ignored) -> 0-d mean cross-entropy [, logits]
+-- loss(ids, targets (B, T) int64, -100 ignored) -> 0-d mean cross-entropy. The head and the loss are one op
+-- (m2.linear_cross_entropy): the (B, T, vocab) logits are never held (13 GB in fp32 at B = 8, T = 4096, 100 k
+-- vocab), only chunks of them; m2.train uses this when the model has it.
 function LM:loss(ids, targets)
-  local logits = self:forward(ids)
-  return m2.cross_entropy(logits, targets, -100), logits
+  local h = self:hidden(ids)
+  return m2.linear_cross_entropy(h, self.lm_head and self.lm_head.weight or self.embed.weight, targets, -100)
 end
 
 function LM:param_count() return self:num_parameters() end

@@ -210,7 +210,10 @@ local function make_optim(s)
   return opt, sched
 end
 
+-- the model's own loss(x, y) when it has one (m2.models.lm: the head fused with the loss, no full logits), else
+-- the mean cross-entropy of its output
 local function default_loss(model, x, y)
+  if type(model.loss) == "function" then return (model:loss(x, y)) end
   return m2.cross_entropy(model(x), y, -100)
 end
 

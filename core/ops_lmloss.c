@@ -1,0 +1,202 @@
+/* ops_lmloss.c — linear_cross_entropy(h, W, targets): the mean cross-entropy of the logits h W^T without ever holding
+ * all of them. A language model's head at B = 8, T = 4096 and a 100 k vocabulary makes 13 GB of fp32 logits and as
+ * much again for their gradient; here the rows go through in chunks (default: 2^29 logits, 2 GB, at a time), forward
+ * and again in backward (the head's product is recomputed: one more (rows x d x V) product a step).
+ *
+ *   h (..., d) float, W (V, d) same dtype, targets (...) i32 / i64 (h's leading shape), ignore_index
+ *   loss = mean over rows r with t_r != ignore_index of (lse_r - logits[r, t_r]),  logits = h W^T
+ *   backward: per chunk, dlogits = g / n_kept (softmax(logits) - onehot(t)) (the cross_entropy op's backward, scaled
+ *   by the chunk's share of the kept rows), dh = dlogits W, dW += dlogits^T h.
+ * The op is a composition of the matmul / linear and cross_entropy ops, so it runs wherever they do (CPU and CUDA)
+ * and is exactly as precise; with bf16 products (m2_matmul_precision, recorded at forward in ia[2]) the backward's
+ * products are bf16 too. Op row "linear_cross_entropy": in = {h, W, targets}, ia[0] = ignore_index, ia[1] = chunk
+ * rows, ia[2] = bf16 products; out = 0-d loss. */
+#include "ops.h"
+#include <stdlib.h>
+
+extern const m2_op m2_op_cross_entropy;
+
+static m2_status lce_check(m2_tensor *h, m2_tensor *w, m2_tensor *t, m2_float_rule check_float) {
+  const char *op = "linear_cross_entropy";
+  if (!h || !w || !t) return m2_fail(M2_ERR_VALUE, "%s: %s is NULL", op, !h ? "h" : !w ? "W" : "targets");
+  M2_TRY(check_float(h, op, "h"));
+  M2_TRY(m2_check_same_dtype(h, w, op));
+  if (t->dtype != M2_I32 && t->dtype != M2_I64)
+    return m2_fail(M2_ERR_DTYPE, "%s: targets must be an integer tensor (i32 or i64), got %s", op,
+                   m2_dtype_name(t->dtype));
+  char a[96], b[96], e[96];
+  bool ok = h->ndim >= 1 && w->ndim == 2 && w->shape[1] == h->shape[h->ndim - 1] && t->ndim == h->ndim - 1;
+  for (int i = 0; ok && i < t->ndim; i++) ok = t->shape[i] == h->shape[i];
+  if (!ok)
+    return m2_fail(M2_ERR_SHAPE, "%s: h %s, W %s and targets %s must be (..., d), (V, d) and (...)", op,
+                   m2_shape_str(h, a, sizeof a), m2_shape_str(w, b, sizeof b), m2_shape_str(t, e, sizeof e));
+  return M2_OK;
+}
+
+/* Rows of a chunk: ia[1], or as many as make 2^29 logits. */
+static int64_t chunk_rows(const m2_opcall *c, int64_t V) {
+  if (c->ia[1] > 0) return c->ia[1];
+  int64_t r = ((int64_t)1 << 29) / (V > 0 ? V : 1);
+  return r > 0 ? r : 1;
+}
+
+/* The kept (non-ignored) rows of every chunk, counted on the host, and their total. Range errors are left to the
+ * cross_entropy op, which names the position. */
+static m2_status kept_rows(m2_tensor *t, int64_t ign, int64_t rows, int64_t ch, int64_t **out, int64_t *total) {
+  m2_tensor *ht = m2_clone_raw(t, M2_I64, M2_DEV_CPU);
+  int64_t nch = (rows + ch - 1) / ch, *k = calloc((size_t)(nch ? nch : 1), sizeof *k);
+  if (!ht || !k) {
+    m2_release(ht), free(k);
+    return m2_errcode() != M2_OK ? m2_errcode() : m2_fail(M2_ERR_OOM, "linear_cross_entropy: out of host memory");
+  }
+  const int64_t *p = m2_data(ht);
+  *total = 0;
+  for (int64_t r = 0; r < rows; r++)
+    if (p[r] != ign) k[r / ch]++, (*total)++;
+  m2_release(ht);
+  *out = k;
+  return M2_OK;
+}
+
+/* The (rows, d) view of h and the (rows) view of the targets (new refs). */
+static m2_status flat(m2_tensor *h, m2_tensor *t, m2_tensor **h2, m2_tensor **t1) {
+  int64_t rows = m2_numel(t), d = h->shape[h->ndim - 1], s2[2] = {rows, d};
+  *h2 = m2_reshape(h, 2, s2);
+  *t1 = *h2 ? m2_reshape(t, 1, &rows) : NULL;
+  if (*h2 && *t1) return M2_OK;
+  m2_release(*h2);
+  return m2_errcode();
+}
+
+static m2_status lce_fwd(m2_opcall *c) {
+  m2_tensor *h = c->in[0], *w = c->in[1], *t = c->in[2];
+  M2_TRY(lce_check(h, w, t, m2_check_float));
+  const int64_t rows = m2_numel(t), ch = chunk_rows(c, w->shape[0]), ign = c->ia[0];
+  int64_t *kept = NULL, total = 0;
+  M2_TRY(kept_rows(t, ign, rows, ch, &kept, &total));
+  m2_tensor *h2 = NULL, *t1 = NULL;
+  m2_status s = flat(h, t, &h2, &t1);
+  const int prec = m2_set_matmul_precision(c->ia[2] ? M2_MM_BF16 : M2_MM_F32);
+  double sum = 0;
+  for (int64_t r0 = 0, i = 0; s == M2_OK && r0 < rows; r0 += ch, i++) {
+    const int64_t len = rows - r0 < ch ? rows - r0 : ch;
+    m2_tensor *hc = m2_narrow(h2, 0, r0, len), *tc = hc ? m2_narrow(t1, 0, r0, len) : NULL;
+    m2_tensor *lg = tc ? m2_linear(hc, w, NULL) : NULL, *ce = lg ? m2_cross_entropy(lg, tc, ign) : NULL;
+    double v = 0;
+    s = ce ? m2_item(ce, &v) : m2_errcode();
+    sum += v * (double)kept[i]; /* the chunk's mean times its kept rows */
+    m2_release(hc), m2_release(tc), m2_release(lg), m2_release(ce);
+  }
+  m2_set_matmul_precision(prec);
+  m2_release(h2), m2_release(t1);
+  free(kept);
+  if (s != M2_OK) return s;
+  c->n_out = 1;
+  c->out[0] = m2_scalar(h->dtype, h->device, total ? sum / (double)total : 0.0);
+  return c->out[0] ? M2_OK : m2_errcode();
+}
+
+/* dlogits of one chunk: the cross_entropy op's own backward (on lg's device) with gradient gc for its mean. */
+static m2_tensor *chunk_dlogits(m2_tensor *lg, m2_tensor *tc, int64_t ign, double gc) {
+  const m2_op *op = &m2_op_cross_entropy;
+  const bool cuda = lg->device.type == M2_CUDA;
+  m2_op_fn fwd = cuda ? op->cuda_fwd : op->cpu_fwd, bwd = cuda ? op->cuda_bwd : op->cpu_bwd;
+  if (!fwd || !bwd) {
+    m2_fail(M2_ERR_DEVICE, "linear_cross_entropy: no cross_entropy kernel for this device");
+    return NULL;
+  }
+  m2_tensor *in[2] = {lg, tc};
+  m2_opcall ce;
+  m2_call_init(&ce, op, 2, in);
+  ce.ia[0] = ign;
+  m2_tensor *g = NULL, *d = NULL;
+  m2_status s = fwd(&ce); /* keeps the rows' lse for the backward */
+  if (s == M2_OK && !(g = m2_scalar(lg->dtype, lg->device, gc))) s = m2_errcode();
+  if (s == M2_OK) {
+    ce.dout[0] = g;
+    ce.needs_din[0] = true;
+    s = bwd(&ce);
+    d = ce.din[0];
+    ce.din[0] = NULL;
+    ce.dout[0] = NULL;
+  }
+  m2_release(g);
+  m2_call_clear(&ce);
+  if (s != M2_OK) {
+    m2_release(d);
+    return NULL;
+  }
+  return d;
+}
+
+static m2_status lce_bwd(m2_opcall *c) {
+  m2_tensor *h = c->in[0], *w = c->in[1], *t = c->in[2];
+  if (!c->needs_din[0] && !c->needs_din[1]) return M2_OK;
+  const int64_t rows = m2_numel(t), d = h->shape[h->ndim - 1], ch = chunk_rows(c, w->shape[0]), ign = c->ia[0];
+  double g;
+  M2_TRY(m2_item(c->dout[0], &g));
+  int64_t *kept = NULL, total = 0;
+  M2_TRY(kept_rows(t, ign, rows, ch, &kept, &total));
+  m2_tensor *h2 = NULL, *t1 = NULL, *dh = NULL, *dw = NULL;
+  m2_status s = flat(h, t, &h2, &t1);
+  int64_t s2[2] = {rows, d};
+  if (s == M2_OK && c->needs_din[0] && !(dh = m2_zeros(h->dtype, h->device, 2, s2))) s = m2_errcode();
+  const int prec = m2_set_matmul_precision(c->ia[2] ? M2_MM_BF16 : M2_MM_F32);
+  for (int64_t r0 = 0, i = 0; s == M2_OK && r0 < rows; r0 += ch, i++) {
+    if (!kept[i]) continue; /* every row of the chunk ignored: no gradient */
+    const int64_t len = rows - r0 < ch ? rows - r0 : ch;
+    m2_tensor *hc = m2_narrow(h2, 0, r0, len), *tc = hc ? m2_narrow(t1, 0, r0, len) : NULL;
+    m2_tensor *lg = tc ? m2_linear(hc, w, NULL) : NULL;
+    m2_tensor *dl = lg ? chunk_dlogits(lg, tc, ign, g * (double)kept[i] / (double)total) : NULL;
+    m2_release(lg);
+    s = dl ? M2_OK : m2_errcode();
+    if (s == M2_OK && dh) { /* dh rows = dlogits W */
+      m2_tensor *dhc = m2_matmul(dl, w, false, false), *slot = dhc ? m2_narrow(dh, 0, r0, len) : NULL;
+      s = slot ? m2_copy_(slot, dhc) : m2_errcode();
+      m2_release(dhc), m2_release(slot);
+    }
+    if (s == M2_OK && c->needs_din[1]) { /* dW += dlogits^T h */
+      m2_tensor *p = m2_matmul(dl, hc, true, false), *sum = p && dw ? m2_add(dw, p) : NULL;
+      if (!p || (dw && !sum)) s = m2_errcode();
+      else if (dw) m2_release(dw), m2_release(p), dw = sum;
+      else dw = p;
+    }
+    m2_release(dl), m2_release(hc), m2_release(tc);
+  }
+  m2_set_matmul_precision(prec);
+  if (s == M2_OK && c->needs_din[1] && !dw && !(dw = m2_zeros(w->dtype, w->device, 2, w->shape))) s = m2_errcode();
+  if (s == M2_OK && dh) {
+    m2_tensor *v = m2_reshape(dh, h->ndim, h->shape);
+    m2_release(dh);
+    dh = v;
+    if (!dh) s = m2_errcode();
+  }
+  m2_release(h2), m2_release(t1);
+  free(kept);
+  if (s != M2_OK) {
+    m2_release(dh), m2_release(dw);
+    return s;
+  }
+  c->din[0] = dh;
+  c->din[1] = dw;
+  return M2_OK;
+}
+
+const m2_op m2_op_linear_cross_entropy = {"linear_cross_entropy", lce_fwd, lce_bwd, lce_fwd, lce_bwd, 0};
+
+m2_tensor *m2_linear_cross_entropy(m2_tensor *h, m2_tensor *w, m2_tensor *targets, int64_t ignore_index,
+                                   int64_t chunk_rows) {
+  if (lce_check(h, w, targets, m2_check_float) != M2_OK) return NULL;
+  if (chunk_rows < 0) {
+    m2_fail(M2_ERR_VALUE, "linear_cross_entropy: chunk rows must be >= 0 (0: automatic), got %lld",
+            (long long)chunk_rows);
+    return NULL;
+  }
+  m2_tensor *in[3] = {h, w, targets};
+  m2_opcall c;
+  m2_call_init(&c, &m2_op_linear_cross_entropy, 3, in);
+  c.ia[0] = ignore_index;
+  c.ia[1] = chunk_rows;
+  c.ia[2] = m2_matmul_precision() == M2_MM_BF16 && h->dtype == M2_F32;
+  return m2_call1(&c);
+}
