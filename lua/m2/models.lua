@@ -23,6 +23,9 @@ Spec fields:
   init_std = 0.02     std of the embedding and projection inits (the paper's value at d = 1024;
                       small models learn faster with about 1/sqrt(d))
   name                optional label (printed by summary)
+  fused_loss = false  true: loss() (and so m2.train) runs the head and the cross-entropy as one op
+                      (m2.linear_cross_entropy), never holding the (B, T, vocab) logits: -13 GB at B = 8, T = 4096,
+                      100 k vocab. Off by default until it has run on a GPU (checked on the CPU: exact).
 Block i: x = x + Mixer(RMSNorm(x)); x = x + MLP(RMSNorm(x)); then a final RMSNorm and the LM
 head (Linear d -> vocab, no bias). Inits: embedding and projections N(0, init_std); the output
 projection of each mixer and the MLP's down projection N(0, init_std / sqrt(2 L)).
@@ -45,7 +48,7 @@ local KINDS = {
 models.KINDS = KINDS
 
 local SPEC_KEYS = { vocab = true, d = true, layers = true, m2rnn = true, gdn = true, mamba2 = true, attention = true,
-                    mlp = true, tie = true, norm_eps = true, name = true, init_std = true }
+                    mlp = true, tie = true, norm_eps = true, name = true, init_std = true, fused_loss = true }
 
 local function kind_class(letter) return require(KINDS[letter].module) end
 
@@ -76,6 +79,8 @@ function models.resolve(spec)
     end
   end
   s.tie = s.tie or false
+  s.fused_loss = s.fused_loss or false
+  if type(s.fused_loss) ~= "boolean" then m2.error("m2.models.lm: fused_loss must be a boolean") end
   s.norm_eps = s.norm_eps or 1e-5
   s.init_std = s.init_std or 0.02
   if type(s.init_std) ~= "number" or s.init_std <= 0 then m2.error("m2.models.lm: init_std must be a positive number") end
@@ -170,10 +175,11 @@ function LM:forward(ids)
   return m2.linear(h, self.embed.weight)
 end
 
--- loss(ids, targets (B, T) int64, -100 ignored) -> 0-d mean cross-entropy. The head and the loss are one op
--- (m2.linear_cross_entropy): the (B, T, vocab) logits are never held (13 GB in fp32 at B = 8, T = 4096, 100 k
--- vocab), only chunks of them; m2.train uses this when the model has it.
+-- loss(ids, targets (B, T) int64, -100 ignored) -> 0-d mean cross-entropy; m2.train uses it. With spec.fused_loss
+-- the head and the loss are one op (m2.linear_cross_entropy): the (B, T, vocab) logits are never held (13 GB in
+-- fp32 at B = 8, T = 4096, 100 k vocab), only chunks of them.
 function LM:loss(ids, targets)
+  if not self.spec.fused_loss then return m2.cross_entropy(self:forward(ids), targets, -100) end
   local h = self:hidden(ids)
   return m2.linear_cross_entropy(h, self.lm_head and self.lm_head.weight or self.embed.weight, targets, -100)
 end

@@ -23,6 +23,26 @@ T.case("lm: forward shapes, blocks, loss and gradients", function()
   local loss = model:loss(ids, ids)
   T.ok(math.abs(loss:item() - math.log(11)) < 0.5, "initial loss near log(vocab): " .. loss:item())
   loss:backward()
+  -- fused_loss: the same loss and gradients without the full logits (the same weights: spec.fused_loss only
+  -- changes LM:loss)
+  do
+    local grads = {}
+    for _, p in ipairs(model:parameters()) do grads[p.name] = p.tensor.grad:clone(); p.tensor:zero_grad() end
+    rawget(model, "spec").fused_loss = true
+    local fl = model:loss(ids, ids)
+    T.close(fl:item(), loss:item(), 1e-6, "fused loss")
+    fl:backward()
+    local worst = 0
+    for _, p in ipairs(model:parameters()) do
+      local d = m2.max_all(m2.square(p.tensor.grad - grads[p.name])):item()
+      worst = math.max(worst, d)
+    end
+    T.ok(worst < 1e-12, "fused loss: same gradients (max square diff " .. worst .. ")")
+    rawget(model, "spec").fused_loss = false
+    for _, p in ipairs(model:parameters()) do p.tensor:zero_grad() end
+    loss = model:loss(ids, ids)
+    loss:backward()
+  end
   local missing = {}
   for _, p in ipairs(model:parameters()) do if not p.tensor.grad then missing[#missing + 1] = p.name end end
   T.eq(missing, {}, "every parameter gets a gradient")
