@@ -100,7 +100,12 @@ static m2_status route_grad(m2_tensor *t, m2_tensor *g) {
       *slot = m2_clone_raw(g, g->dtype, g->device);
       return *slot ? M2_OK : m2_errcode();
     }
-    return accumulate_into(*slot, g);
+    /* a pending gradient is private to this slot (adopted or cloned above): the sum replaces it, no copy back */
+    m2_tensor *sum = m2_add(*slot, g);
+    if (!sum) return m2_errcode();
+    m2_release(*slot);
+    *slot = sum;
+    return M2_OK;
   }
   if (!t->requires_grad) return M2_OK;
   if (!t->grad && g->refcount == 1 && m2_is_contiguous(g) && g->storage->refcount == 1 && g->dtype == t->dtype) {
