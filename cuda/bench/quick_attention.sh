@@ -6,11 +6,7 @@ set -uo pipefail
 out=${1:?usage: cuda/bench/quick_attention.sh OUTDIR}
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 build="${M2_GPU_BUILD:-$root/build-gpu}"
-mkdir -p "$out" /tmp/lua
-for d in "$root"/.deps/liblua5.4-0_*.deb "$root"/.deps/liblua5.4-dev_*.deb; do dpkg -x "$d" /tmp/lua; done
-[ -f "$build/build.ninja" ] || cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DM2_CUDA=ON \
-  -DCMAKE_CUDA_ARCHITECTURES=90 -DLUA_INCLUDE_DIRS="/tmp/lua/usr/include/lua5.4;/tmp/lua/usr/include/x86_64-linux-gnu" \
-  -DLUA_LIBRARIES=/tmp/lua/usr/lib/x86_64-linux-gnu/liblua5.4.a >"$out/build.log" 2>&1
+. "$root/cuda/bench/gpu_configure.sh"
 ninja -C "$build" cuda_attention_tc cuda_mixers bench_attention >>"$out/build.log" 2>&1 || { tail -30 "$out/build.log"; exit 3; }
 for t in cuda_attention_tc cuda_mixers; do
   "$build/tests/$t" >"$out/$t.log" 2>&1
