@@ -157,9 +157,15 @@ static m2_status lce_bwd(m2_opcall *c) {
     }
     if (s == M2_OK && c->needs_din[1]) { /* dW += dlogits^T h */
       m2_tensor *p = m2_matmul(dl, hc, true, false), *sum = p && dw ? m2_add(dw, p) : NULL;
-      if (!p || (dw && !sum)) s = m2_errcode();
-      else if (dw) m2_release(dw), m2_release(p), dw = sum;
-      else dw = p;
+      if (!p || (dw && !sum)) {
+        s = m2_errcode();
+        m2_release(p), m2_release(sum);
+      } else if (dw) {
+        m2_release(dw), m2_release(p);
+        dw = sum;
+      } else {
+        dw = p;
+      }
     }
     m2_release(dl), m2_release(hc), m2_release(tc);
   }
