@@ -466,8 +466,6 @@ static m2_status clip_grad_norm(m2_tensor *const *params, int n, double max_norm
   return M2_OK;
 }
 
-/* ---------------- learning-rate schedules (formulas in the header comment) ---------------- */
-
 m2_status m2_clip_grad_norm(m2_tensor *const *params, int n, double max_norm, double *norm) {
   if (!m2_profile_on() || n <= 0 || !params || !params[0]) return clip_grad_norm(params, n, max_norm, norm);
   const m2_device dev = params[0]->device;
@@ -476,6 +474,8 @@ m2_status m2_clip_grad_norm(m2_tensor *const *params, int n, double max_norm, do
   m2_profile_end("(clip_grad_norm)", false, dev, t0);
   return s;
 }
+
+/* ---------------- learning-rate schedules (formulas in the header comment) ---------------- */
 
 double m2_schedule_lr(const m2_schedule *s, int64_t step) {
   if (!s) {
