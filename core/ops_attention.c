@@ -23,6 +23,10 @@
 #include "ops_dbuf.h"
 #ifdef M2_HAVE_CUDA
 #include "../cuda/ops_mixers_entry.h"
+#else
+/* Without the CUDA backend no call takes the tensor-core path (tests/cuda_attention_tc.c links this and skips). */
+long m2_cuda_attention_tc_calls(void);
+long m2_cuda_attention_tc_calls(void) { return 0; }
 #endif
 #include <math.h>
 #include <stdlib.h>

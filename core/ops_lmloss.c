@@ -1,7 +1,8 @@
 /* ops_lmloss.c — linear_cross_entropy(h, W, targets): the mean cross-entropy of the logits h W^T without ever holding
  * all of them. A language model's head at B = 8, T = 4096 and a 100 k vocabulary makes 13 GB of fp32 logits and as
- * much again for their gradient; here the rows go through in chunks (default: 2^29 logits, 2 GB, at a time), forward
- * and again in backward (the head's product is recomputed: one more (rows x d x V) product a step).
+ * much again for their gradient; here the rows go through in chunks (default: 2^29 logits, 2 GB, at a time). When
+ * the call is recorded for backward, the forward's pass over the chunks also computes dh and dW (the loss is the last
+ * op, so its gradient is known up to the scale g); the backward only scales them.
  *
  *   h (..., d) float, W (V, d) same dtype, targets (...) i32 / i64 (h's leading shape), ignore_index
  *   loss = mean over rows r with t_r != ignore_index of (lse_r - logits[r, t_r]),  logits = h W^T
@@ -10,8 +11,9 @@
  * The op is a composition of the matmul / linear and cross_entropy ops, so it runs wherever they do (CPU and CUDA)
  * and is exactly as precise; with bf16 products (m2_matmul_precision, recorded at forward in ia[2]) the backward's
  * products are bf16 too. Op row "linear_cross_entropy": in = {h, W, targets}, ia[0] = ignore_index, ia[1] = chunk
- * rows, ia[2] = bf16 products; out = 0-d loss. */
+ * rows, ia[2] = bf16 products, ia[3] / ia[4] = compute dh / dW in the forward (saved[0] / saved[1]); out = 0-d loss. */
 #include "ops.h"
+#include "autograd.h"
 #include <stdlib.h>
 
 extern const m2_op m2_op_cross_entropy;
@@ -68,51 +70,23 @@ static m2_status flat(m2_tensor *h, m2_tensor *t, m2_tensor **h2, m2_tensor **t1
   return m2_errcode();
 }
 
-static m2_status lce_fwd(m2_opcall *c) {
-  m2_tensor *h = c->in[0], *w = c->in[1], *t = c->in[2];
-  M2_TRY(lce_check(h, w, t, m2_check_float));
-  const int64_t rows = m2_numel(t), ch = chunk_rows(c, w->shape[0]), ign = c->ia[0];
-  int64_t *kept = NULL, total = 0;
-  M2_TRY(kept_rows(t, ign, rows, ch, &kept, &total));
-  m2_tensor *h2 = NULL, *t1 = NULL;
-  m2_status s = flat(h, t, &h2, &t1);
-  const int prec = m2_set_matmul_precision(c->ia[2] ? M2_MM_BF16 : M2_MM_F32);
-  double sum = 0;
-  for (int64_t r0 = 0, i = 0; s == M2_OK && r0 < rows; r0 += ch, i++) {
-    const int64_t len = rows - r0 < ch ? rows - r0 : ch;
-    m2_tensor *hc = m2_narrow(h2, 0, r0, len), *tc = hc ? m2_narrow(t1, 0, r0, len) : NULL;
-    m2_tensor *lg = tc ? m2_linear(hc, w, NULL) : NULL, *ce = lg ? m2_cross_entropy(lg, tc, ign) : NULL;
-    double v = 0;
-    s = ce ? m2_item(ce, &v) : m2_errcode();
-    sum += v * (double)kept[i]; /* the chunk's mean times its kept rows */
-    m2_release(hc), m2_release(tc), m2_release(lg), m2_release(ce);
-  }
-  m2_set_matmul_precision(prec);
-  m2_release(h2), m2_release(t1);
-  free(kept);
-  if (s != M2_OK) return s;
-  c->n_out = 1;
-  c->out[0] = m2_scalar(h->dtype, h->device, total ? sum / (double)total : 0.0);
-  return c->out[0] ? M2_OK : m2_errcode();
-}
-
-/* dlogits of one chunk: the cross_entropy op's own backward (on lg's device) with gradient gc for its mean. */
-static m2_tensor *chunk_dlogits(m2_tensor *lg, m2_tensor *tc, int64_t ign, double gc) {
+/* One chunk's cross-entropy through the cross_entropy op itself (on lg's device): its forward gives the chunk's mean
+ * loss (*loss, when asked), and when dl != NULL its backward with gradient gc for that mean gives *dl = dlogits. */
+static m2_status chunk_ce(m2_tensor *lg, m2_tensor *tc, int64_t ign, double gc, double *loss, m2_tensor **dl) {
   const m2_op *op = &m2_op_cross_entropy;
   const bool cuda = lg->device.type == M2_CUDA;
   m2_op_fn fwd = cuda ? op->cuda_fwd : op->cpu_fwd, bwd = cuda ? op->cuda_bwd : op->cpu_bwd;
-  if (!fwd || !bwd) {
-    m2_fail(M2_ERR_DEVICE, "linear_cross_entropy: no cross_entropy kernel for this device");
-    return NULL;
-  }
+  if (!fwd || !bwd) return m2_fail(M2_ERR_DEVICE, "linear_cross_entropy: no cross_entropy kernel for this device");
+  const bool grad = dl != NULL;
   m2_tensor *in[2] = {lg, tc};
   m2_opcall ce;
   m2_call_init(&ce, op, 2, in);
   ce.ia[0] = ign;
   m2_tensor *g = NULL, *d = NULL;
   m2_status s = fwd(&ce); /* keeps the rows' lse for the backward */
-  if (s == M2_OK && !(g = m2_scalar(lg->dtype, lg->device, gc))) s = m2_errcode();
-  if (s == M2_OK) {
+  if (s == M2_OK && loss) s = m2_item(ce.out[0], loss);
+  if (s == M2_OK && grad && !(g = m2_scalar(lg->dtype, lg->device, gc))) s = m2_errcode();
+  if (s == M2_OK && grad) {
     ce.dout[0] = g;
     ce.needs_din[0] = true;
     s = bwd(&ce);
@@ -124,45 +98,52 @@ static m2_tensor *chunk_dlogits(m2_tensor *lg, m2_tensor *tc, int64_t ign, doubl
   m2_call_clear(&ce);
   if (s != M2_OK) {
     m2_release(d);
-    return NULL;
+    return s;
   }
-  return d;
+  if (dl) *dl = d;
+  return M2_OK;
 }
 
-static m2_status lce_bwd(m2_opcall *c) {
+/* One pass over the chunks: the loss and (for the forward, g = 1) the gradients of g * loss into *dh
+ * (when want_dh) and *dw (when want_dw). Every chunk: logits = h_c W^T, the cross_entropy op's forward (and backward
+ * with gradient g * kept_c / kept, the chunk's share of the mean), dh_c = dlogits W, dW += dlogits^T h_c. */
+static m2_status lce_pass(m2_opcall *c, double g, bool want_dh, bool want_dw, double *loss, m2_tensor **dh_out,
+                          m2_tensor **dw_out) {
   m2_tensor *h = c->in[0], *w = c->in[1], *t = c->in[2];
-  if (!c->needs_din[0] && !c->needs_din[1]) return M2_OK;
   const int64_t rows = m2_numel(t), d = h->shape[h->ndim - 1], ch = chunk_rows(c, w->shape[0]), ign = c->ia[0];
-  double g;
-  M2_TRY(m2_item(c->dout[0], &g));
+  const bool grad = want_dh || want_dw;
   int64_t *kept = NULL, total = 0;
   M2_TRY(kept_rows(t, ign, rows, ch, &kept, &total));
   m2_tensor *h2 = NULL, *t1 = NULL, *dh = NULL, *dw = NULL;
   m2_status s = flat(h, t, &h2, &t1);
   int64_t s2[2] = {rows, d};
-  if (s == M2_OK && c->needs_din[0] && !(dh = m2_zeros(h->dtype, h->device, 2, s2))) s = m2_errcode();
+  if (s == M2_OK && want_dh && !(dh = m2_zeros(h->dtype, h->device, 2, s2))) s = m2_errcode();
   const int prec = m2_set_matmul_precision(c->ia[2] ? M2_MM_BF16 : M2_MM_F32);
+  double sum = 0;
   for (int64_t r0 = 0, i = 0; s == M2_OK && r0 < rows; r0 += ch, i++) {
-    if (!kept[i]) continue; /* every row of the chunk ignored: no gradient */
+    if (!kept[i]) continue; /* every row of the chunk ignored: no loss, no gradient */
     const int64_t len = rows - r0 < ch ? rows - r0 : ch;
     m2_tensor *hc = m2_narrow(h2, 0, r0, len), *tc = hc ? m2_narrow(t1, 0, r0, len) : NULL;
     m2_tensor *lg = tc ? m2_linear(hc, w, NULL) : NULL;
-    m2_tensor *dl = lg ? chunk_dlogits(lg, tc, ign, g * (double)kept[i] / (double)total) : NULL;
+    double v = 0;
+    m2_tensor *dl = NULL;
+    s = lg ? chunk_ce(lg, tc, ign, g * (double)kept[i] / (double)total, loss ? &v : NULL, grad ? &dl : NULL)
+           : m2_errcode();
+    sum += v * (double)kept[i]; /* the chunk's mean times its kept rows */
     m2_release(lg);
-    s = dl ? M2_OK : m2_errcode();
     if (s == M2_OK && dh) { /* dh rows = dlogits W */
       m2_tensor *dhc = m2_matmul(dl, w, false, false), *slot = dhc ? m2_narrow(dh, 0, r0, len) : NULL;
       s = slot ? m2_copy_(slot, dhc) : m2_errcode();
       m2_release(dhc), m2_release(slot);
     }
-    if (s == M2_OK && c->needs_din[1]) { /* dW += dlogits^T h */
-      m2_tensor *p = m2_matmul(dl, hc, true, false), *sum = p && dw ? m2_add(dw, p) : NULL;
-      if (!p || (dw && !sum)) {
+    if (s == M2_OK && want_dw) { /* dW += dlogits^T h */
+      m2_tensor *p = m2_matmul(dl, hc, true, false), *sum2 = p && dw ? m2_add(dw, p) : NULL;
+      if (!p || (dw && !sum2)) {
         s = m2_errcode();
-        m2_release(p), m2_release(sum);
+        m2_release(p), m2_release(sum2);
       } else if (dw) {
         m2_release(dw), m2_release(p);
-        dw = sum;
+        dw = sum2;
       } else {
         dw = p;
       }
@@ -170,7 +151,7 @@ static m2_status lce_bwd(m2_opcall *c) {
     m2_release(dl), m2_release(hc), m2_release(tc);
   }
   m2_set_matmul_precision(prec);
-  if (s == M2_OK && c->needs_din[1] && !dw && !(dw = m2_zeros(w->dtype, w->device, 2, w->shape))) s = m2_errcode();
+  if (s == M2_OK && want_dw && !dw && !(dw = m2_zeros(w->dtype, w->device, 2, w->shape))) s = m2_errcode();
   if (s == M2_OK && dh) {
     m2_tensor *v = m2_reshape(dh, h->ndim, h->shape);
     m2_release(dh);
@@ -183,8 +164,51 @@ static m2_status lce_bwd(m2_opcall *c) {
     m2_release(dh), m2_release(dw);
     return s;
   }
-  c->din[0] = dh;
-  c->din[1] = dw;
+  if (loss) *loss = total ? sum / (double)total : 0.0;
+  if (dh_out) *dh_out = dh;
+  if (dw_out) *dw_out = dw;
+  return M2_OK;
+}
+
+/* Forward. When the call will be recorded for backward (ia[3]: the gradient of h, ia[4]: of W is wanted), the same
+ * pass also computes the gradients of the loss itself (g = 1) and keeps them in saved[0] / saved[1]: the backward
+ * then only scales them, and no logits are computed twice (the fused loss costs what the unfused ops cost). */
+static m2_status lce_fwd(m2_opcall *c) {
+  M2_TRY(lce_check(c->in[0], c->in[1], c->in[2], m2_check_float));
+  double loss = 0;
+  m2_tensor *dh = NULL, *dw = NULL;
+  M2_TRY(lce_pass(c, 1.0, c->ia[3] != 0, c->ia[4] != 0, &loss, &dh, &dw));
+  c->n_saved = 2;
+  c->saved[0] = dh;
+  c->saved[1] = dw;
+  c->n_out = 1;
+  c->out[0] = m2_scalar(c->in[0]->dtype, c->in[0]->device, loss);
+  return c->out[0] ? M2_OK : m2_errcode();
+}
+
+/* g * (a gradient kept by the forward), handing the kept one over. */
+static m2_status take_scaled(m2_opcall *c, int i, double g, m2_tensor **out) {
+  m2_tensor *k = c->saved[i];
+  c->saved[i] = NULL;
+  if (g == 1.0) {
+    *out = k;
+    return M2_OK;
+  }
+  *out = m2_scale(k, g);
+  m2_release(k);
+  return *out ? M2_OK : m2_errcode();
+}
+
+static m2_status lce_bwd(m2_opcall *c) {
+  const bool want_dh = c->needs_din[0], want_dw = c->needs_din[1];
+  if (!want_dh && !want_dw) return M2_OK;
+  double g;
+  M2_TRY(m2_item(c->dout[0], &g));
+  if ((want_dh && !c->saved[0]) || (want_dw && !c->saved[1]))
+    return m2_fail(M2_ERR_AUTOGRAD, "linear_cross_entropy: the forward kept no gradient of %s (a call not made through "
+                   "m2_linear_cross_entropy, or the graph's second backward)", want_dh && !c->saved[0] ? "h" : "W");
+  if (want_dh) M2_TRY(take_scaled(c, 0, g, &c->din[0]));
+  if (want_dw) M2_TRY(take_scaled(c, 1, g, &c->din[1]));
   return M2_OK;
 }
 
@@ -204,5 +228,8 @@ m2_tensor *m2_linear_cross_entropy(m2_tensor *h, m2_tensor *w, m2_tensor *target
   c.ia[0] = ignore_index;
   c.ia[1] = chunk_rows;
   c.ia[2] = m2_matmul_precision() == M2_MM_BF16 && h->dtype == M2_F32;
+  const bool rec = m2_grad_enabled(); /* the gradients the recorded call's backward will want (see lce_fwd) */
+  c.ia[3] = rec && h->requires_grad;
+  c.ia[4] = rec && w->requires_grad;
   return m2_call1(&c);
 }

@@ -11,7 +11,7 @@
 -- the first `warmup` of them untimed;
 -- precision: "bf16" (matmul and linear products in bf16 with fp32 accumulation, like bf16 autocast) or "f32";
 -- ckpt: the M2RNN layers' steps between kept states (0: the layer's default, 8; 64 keeps 1/8 of that memory);
--- fused_loss=1: the LM head and the loss as one op (m2.linear_cross_entropy: no (B, T, vocab) logits held);
+-- fused_loss=0: the LM head's full (B, T, vocab) logits, then the loss (1, the default: m2.linear_cross_entropy);
 -- profile=1: after the warm-up, time every op (m2.profile: a device synchronisation per op, so those steps run
 -- slower) and print a table of the ops by time per step.
 local m2 = require "m2"
@@ -19,7 +19,7 @@ local m2 = require "m2"
 local cfg = m2.config {
   config = "experiments/configs/400m-hybrid-m2rnn.lua", batch = 4, len = 4096, steps = 4, warmup = 1,
   layers = "", d = 0, vocab = 0, seed = 0, lr = 3e-4, out = "runs/step_time.h5", precision = "bf16", ckpt = 0,
-  profile = 0, fused_loss = 0,
+  profile = 0, fused_loss = 1,
 }
 m2.seed(cfg.seed)
 
@@ -39,7 +39,7 @@ if cfg.layers ~= "" then spec.layers = cfg.layers end
 if cfg.d > 0 then spec.d = cfg.d end
 if cfg.vocab > 0 then spec.vocab = cfg.vocab end
 if cfg.ckpt > 0 and spec.m2rnn then spec.m2rnn.ckpt = cfg.ckpt end
-if cfg.fused_loss ~= 0 then spec.fused_loss = true end
+spec.fused_loss = cfg.fused_loss ~= 0
 local model = m2.models.lm(spec)
 
 local data, batches = {}, 0

@@ -20,6 +20,8 @@ T.case("lm: forward shapes, blocks, loss and gradients", function()
   local ids = m2.randint(11, 2, 7)
   local logits = model(ids)
   T.eq(logits:shape(), { 2, 7, 11 })
+  T.eq(rawget(model, "spec").fused_loss, true, "the fused loss is the default")
+  rawget(model, "spec").fused_loss = false -- the loss from the full logits first
   local loss = model:loss(ids, ids)
   T.ok(math.abs(loss:item() - math.log(11)) < 0.5, "initial loss near log(vocab): " .. loss:item())
   loss:backward()

@@ -489,6 +489,19 @@ T.case("linear_cross_entropy is cross_entropy(linear(h, W)) without the full log
     T.close(h.grad:totable(), rh:totable(), 1e-12, "dh, chunk " .. ch)
     T.close(w.grad:totable(), rw:totable(), 1e-12, "dW, chunk " .. ch)
   end
+  -- the forward computes dh and dW when the call is recorded; backward scales them by the incoming gradient
+  h:zero_grad(); w:zero_grad()
+  m2.mul(m2.linear_cross_entropy(h, w, t, -100, 4), 3):backward()
+  T.close(h.grad:totable(), (rh * 3):totable(), 1e-12, "dh of 3 * loss")
+  T.close(w.grad:totable(), (rw * 3):totable(), 1e-12, "dW of 3 * loss")
+  m2.no_grad(function()
+    T.close(m2.linear_cross_entropy(h, w, t, -100, 4):item(), ref:item(), 1e-12, "loss without gradients")
+  end)
+  local hw = m2.randn({ 2, 13, 6 }, { dtype = "f64", requires_grad = true })
+  local l1 = m2.linear_cross_entropy(hw, w:detach(), t, -100, 4) -- only h wants a gradient
+  l1:backward()
+  T.close(l1:item(), m2.cross_entropy(m2.linear(hw, w), t, -100):item(), 1e-12, "loss, W not differentiated")
+  T.ok(hw.grad ~= nil, "dh without dW")
   local ts = m2.randint(7, 2, 5)
   ts:set(-100, 1, 2)
   local ok, err, msg = m2.gradcheck(function(a, b) return m2.linear_cross_entropy(a, b, ts, -100, 4) end,
