@@ -16,7 +16,7 @@
 #include "autograd.h"
 #include <stdlib.h>
 
-extern const m2_op m2_op_cross_entropy;
+extern const m2_op m2_op_cross_entropy, m2_op_matmul;
 
 static m2_status lce_check(m2_tensor *h, m2_tensor *w, m2_tensor *t, m2_float_rule check_float) {
   const char *op = "linear_cross_entropy";
@@ -68,6 +68,12 @@ static m2_status flat(m2_tensor *h, m2_tensor *t, m2_tensor **h2, m2_tensor **t1
   if (*h2 && *t1) return M2_OK;
   m2_release(*h2);
   return m2_errcode();
+}
+
+/* An op's kernel for a device (the devices' kernels exist: checked by the callers' ops). */
+static m2_op_fn kernel(const m2_op *op, m2_device dev, bool bwd) {
+  if (dev.type == M2_CUDA) return bwd ? op->cuda_bwd : op->cuda_fwd;
+  return bwd ? op->cpu_bwd : op->cpu_fwd;
 }
 
 /* One chunk's cross-entropy through the cross_entropy op itself (on lg's device): its forward gives the chunk's mean
@@ -124,30 +130,42 @@ static m2_status lce_pass(m2_opcall *c, double g, bool want_dh, bool want_dw, do
     if (!kept[i]) continue; /* every row of the chunk ignored: no loss, no gradient */
     const int64_t len = rows - r0 < ch ? rows - r0 : ch;
     m2_tensor *hc = m2_narrow(h2, 0, r0, len), *tc = hc ? m2_narrow(t1, 0, r0, len) : NULL;
-    m2_tensor *lg = tc ? m2_linear(hc, w, NULL) : NULL;
+    s = tc ? M2_OK : m2_errcode();
+    /* logits = hc W^T through the matmul op itself (as m2_linear would call it), so that its backward gives
+       dh_c and dW_c from one bf16 copy of each operand */
+    m2_tensor *in2[2] = {hc, w};
+    m2_opcall mm;
+    m2_call_init(&mm, &m2_op_matmul, 2, in2);
+    mm.ia[1] = 1;       /* W transposed */
+    mm.ia[2] = c->ia[2]; /* bf16 products */
+    if (s == M2_OK) s = kernel(&m2_op_matmul, w->device, false)(&mm);
     double v = 0;
     m2_tensor *dl = NULL;
-    s = lg ? chunk_ce(lg, tc, ign, g * (double)kept[i] / (double)total, loss ? &v : NULL, grad ? &dl : NULL)
-           : m2_errcode();
+    if (s == M2_OK)
+      s = chunk_ce(mm.out[0], tc, ign, g * (double)kept[i] / (double)total, loss ? &v : NULL, grad ? &dl : NULL);
     sum += v * (double)kept[i]; /* the chunk's mean times its kept rows */
-    m2_release(lg);
+    m2_release(mm.out[0]);      /* the chunk's logits */
+    mm.out[0] = NULL;
+    if (s == M2_OK && grad) {
+      mm.dout[0] = dl;
+      mm.needs_din[0] = want_dh;
+      mm.needs_din[1] = want_dw;
+      s = kernel(&m2_op_matmul, w->device, true)(&mm);
+      mm.dout[0] = NULL;
+    }
     if (s == M2_OK && dh) { /* dh rows = dlogits W */
-      m2_tensor *dhc = m2_matmul(dl, w, false, false), *slot = dhc ? m2_narrow(dh, 0, r0, len) : NULL;
-      s = slot ? m2_copy_(slot, dhc) : m2_errcode();
-      m2_release(dhc), m2_release(slot);
+      m2_tensor *slot = m2_narrow(dh, 0, r0, len);
+      s = slot ? m2_copy_(slot, mm.din[0]) : m2_errcode();
+      m2_release(slot);
     }
     if (s == M2_OK && want_dw) { /* dW += dlogits^T h */
-      m2_tensor *p = m2_matmul(dl, hc, true, false), *sum2 = p && dw ? m2_add(dw, p) : NULL;
-      if (!p || (dw && !sum2)) {
-        s = m2_errcode();
-        m2_release(p), m2_release(sum2);
-      } else if (dw) {
-        m2_release(dw), m2_release(p);
-        dw = sum2;
-      } else {
-        dw = p;
-      }
+      m2_tensor *sum2 = dw ? m2_add(dw, mm.din[1]) : mm.din[1];
+      if (!sum2) s = m2_errcode();
+      else if (dw) m2_release(dw);
+      else m2_retain(sum2);
+      dw = sum2;
     }
+    m2_call_clear(&mm);
     m2_release(dl), m2_release(hc), m2_release(tc);
   }
   m2_set_matmul_precision(prec);
