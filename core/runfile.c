@@ -49,6 +49,22 @@ m2_status m2_rf_fsync(m2_run *r) {
   return M2_OK;
 }
 
+volatile int *m2_rf_flush_window;
+
+herr_t m2_rf_h5flush(hid_t file) {
+  if (m2_rf_flush_window) *m2_rf_flush_window = 1;
+  herr_t e = H5Fflush(file, H5F_SCOPE_GLOBAL);
+  if (m2_rf_flush_window) *m2_rf_flush_window = 0;
+  return e;
+}
+
+herr_t m2_rf_h5start_swmr(hid_t file) {
+  if (m2_rf_flush_window) *m2_rf_flush_window = 1;
+  herr_t e = H5Fstart_swmr_write(file);
+  if (m2_rf_flush_window) *m2_rf_flush_window = 0;
+  return e;
+}
+
 /* ---------------- the writer lock ---------------- */
 
 static m2_status lock_acquire(m2_run *r, bool create, bool overwrite, bool *created) {
@@ -125,7 +141,7 @@ m2_status m2_rf_to_append(m2_run *r) {
   if (r->swmr) return M2_OK;
   RF_TRY(m2_rf_write_pending_attrs(r));
   RF_TRY(m2_rf_series_write_all(r));
-  H5CHK(H5Fstart_swmr_write(r->file)); /* flushes everything first */
+  H5CHK(m2_rf_h5start_swmr(r->file)); /* flushes everything first */
   r->swmr = true;
   r->last_flush = m2_rf_monotonic();
   return M2_OK;
@@ -199,7 +215,7 @@ static m2_status open_create(m2_run *r, const m2_run_opts *o) {
     m2_h5_close(&g);
   }
   h5obj = "/";
-  H5CHK(H5Fflush(r->file, H5F_SCOPE_GLOBAL));
+  H5CHK(m2_rf_h5flush(r->file));
   return M2_OK;
 fail:
   m2_h5_close(&g);
@@ -243,7 +259,7 @@ static m2_status open_resume(m2_run *r, const m2_run_opts *o) {
   RF_TRY(m2_h5_attr_write(r->file, "resume_count", m2_vi64(count + 1), r->path, "/"));
   RF_TRY(m2_h5_attr_write(r->file, "last_resume", m2_vstr(iso), r->path, "/"));
   RF_TRY(m2_h5_attr_write(r->file, "status", m2_vstr("running"), r->path, "/"));
-  H5CHK(H5Fflush(r->file, H5F_SCOPE_GLOBAL));
+  H5CHK(m2_rf_h5flush(r->file));
 fail:
   return st;
 }

@@ -47,8 +47,12 @@
  *     disk except raw data written into space the on-disk metadata does not reference yet,
  *     so a killed writer leaves the file as its last flush left it. SWMR flushes are ordered
  *     so the file stays valid even when the writer dies inside one; an EXCLUSIVE flush (a few
- *     per checkpoint) is not atomic: HDF5 1.10 has no journal. (test_runfile_crash kills
- *     writers at random moments; 300 such kills during development left no unreadable file.)
+ *     per checkpoint, one per new series) is not atomic: HDF5 1.10 has no journal. A writer
+ *     killed inside one can leave a damaged file: under a loaded machine (48 runs of
+ *     test_runfile_crash at once, 384 random kills, 69 of them inside such a flush) 3 files had
+ *     a group pointing past the end of the file ("addr overflow" on resume; HDF5 1.10 may even
+ *     crash listing it). Kills anywhere else (315) left no bad file. The fix is a journal for
+ *     those flushes (not built).
  *   - A checkpoint is complete or absent: its tensors and attributes (complete = 1 last) are
  *     written under /checkpoints/.tmp-<step>, flushed and fsync'ed, renamed with H5Lmove to
  *     /checkpoints/<step>, flushed and fsync'ed again. Readers list only groups whose name is

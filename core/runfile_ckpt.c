@@ -110,7 +110,7 @@ m2_status m2_rf_ckpt_cleanup(m2_run *r) {
     return M2_OK;
   }
   RF_TRY(delete_junk(r, &deleted));
-  if (deleted) H5CHK(H5Fflush(r->file, H5F_SCOPE_GLOBAL));
+  if (deleted) H5CHK(m2_rf_h5flush(r->file));
 fail:
   return st;
 }
@@ -133,7 +133,7 @@ m2_status m2_run_ckpt_begin(m2_run *r, int64_t step) {
   RF_TRY(delete_junk(r, &deleted));
   /* Prune now, flush, and the new checkpoint's data reuses the freed space (runfile.h). */
   if (r->keep_last > 0) RF_TRY(prune(r, r->keep_last > 1 ? r->keep_last - 1 : 1, &deleted));
-  if (deleted) H5CHK(H5Fflush(r->file, H5F_SCOPE_GLOBAL));
+  if (deleted) H5CHK(m2_rf_h5flush(r->file));
   H5CHK(r->ckpt_group = H5Gcreate2(r->file, r->ckpt_tmp, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT));
   r->in_ckpt = true;
   r->ckpt_step = step;
@@ -230,7 +230,7 @@ static m2_status finish_ckpt(m2_run *r, m2_status st) {
     snprintf(msg, sizeof msg, "%s", m2_errmsg());
     bool ex = false;
     if (m2_h5_exists(r->file, r->ckpt_tmp, &ex, r->path) == M2_OK && ex) delete_link(r, r->ckpt_tmp);
-    H5Fflush(r->file, H5F_SCOPE_GLOBAL);
+    m2_rf_h5flush(r->file);
     m2_rf_to_append(r);
     H5Eclear2(H5E_DEFAULT);
     return m2_fail(st, "%s", msg);
@@ -250,7 +250,7 @@ m2_status m2_run_ckpt_commit(m2_run *r) {
   RF_TRY(m2_h5_attr_write(r->ckpt_group, "complete", m2_vi64(1), r->path, final));
   m2_h5_close(&r->ckpt_group);
   RF_TRY(m2_rf_series_write_all(r));           /* metrics logged meanwhile */
-  H5CHK(H5Fflush(r->file, H5F_SCOPE_GLOBAL));  /* 1: the data, under the temporary name */
+  H5CHK(m2_rf_h5flush(r->file));  /* 1: the data, under the temporary name */
   RF_TRY(m2_rf_fsync(r));
   bool ex;
   RF_TRY(m2_h5_exists(r->file, final, &ex, r->path));
@@ -259,7 +259,7 @@ m2_status m2_run_ckpt_commit(m2_run *r) {
   H5CHK(H5Lmove(r->file, r->ckpt_tmp, r->file, final, H5P_DEFAULT, H5P_DEFAULT));
   bool deleted = false;
   if (r->keep_last > 0) RF_TRY(prune(r, r->keep_last, &deleted));
-  H5CHK(H5Fflush(r->file, H5F_SCOPE_GLOBAL));  /* 2: the rename (and pruning) */
+  H5CHK(m2_rf_h5flush(r->file));  /* 2: the rename (and pruning) */
   RF_TRY(m2_rf_fsync(r));
 fail:
   return finish_ckpt(r, st);
@@ -271,7 +271,7 @@ m2_status m2_run_ckpt_abort(m2_run *r) {
   const char *h5file = r->path, *h5obj = r->ckpt_tmp;
   m2_h5_close(&r->ckpt_group);
   RF_TRY(delete_link(r, r->ckpt_tmp));
-  H5CHK(H5Fflush(r->file, H5F_SCOPE_GLOBAL));
+  H5CHK(m2_rf_h5flush(r->file));
 fail:
   return finish_ckpt(r, st);
 }
