@@ -137,7 +137,7 @@ static m2_status run_node(m2_node *n) {
       n->gout[i] = m2_zeros(n->out_dtype[i], n->out_device, n->out_ndim[i], n->out_shape[i]);
       if (!n->gout[i]) return m2_errcode();
     }
-  m2_op_fn bwd = n->out_device.type == M2_CUDA ? c->op->cuda_bwd : c->op->cpu_bwd;
+  m2_op_fn bwd = m2_op_kernel(c->op, n->out_device, true);
   if (!bwd) return m2_fail(M2_ERR_AUTOGRAD, "%s: no backward for this device", c->op->name);
   for (int i = 0; i < n->n_out; i++) c->dout[i] = n->gout[i];
   const bool prof = m2_profile_on();

@@ -26,7 +26,7 @@ void m2_call_clear(m2_opcall *c) {
   c->n_saved = 0;
 }
 
-static m2_op_fn pick(const m2_op *op, m2_device dev, bool bwd) {
+m2_op_fn m2_op_kernel(const m2_op *op, m2_device dev, bool bwd) {
   if (dev.type == M2_CUDA) return bwd ? op->cuda_bwd : op->cuda_fwd;
   return bwd ? op->cpu_bwd : op->cpu_fwd;
 }
@@ -46,7 +46,7 @@ m2_status m2_call_run(m2_opcall *c, m2_tensor **outs) {
       return m2_fail(M2_ERR_DEVICE, "%s: input %d is on %s but input %d is on %s", op->name, first + 1, a, i + 1, b);
     }
   }
-  m2_op_fn fwd = pick(op, dev, false);
+  m2_op_fn fwd = m2_op_kernel(op, dev, false);
   if (!fwd) {
     char a[32];
     m2_device_name(dev, a, sizeof a);

@@ -77,6 +77,9 @@ m2_status m2_call_run(m2_opcall *c, m2_tensor **outs);
 void m2_save(m2_opcall *c, m2_tensor *t);
 /* Release everything a call holds (outputs, saved, din). */
 void m2_call_clear(m2_opcall *c);
+/* An op's forward (bwd false) or backward kernel for a device: NULL when the device has none. For ops built from
+ * other ops' kernels (linear_cross_entropy), which call them without dispatch or recording. */
+m2_op_fn m2_op_kernel(const m2_op *op, m2_device dev, bool bwd);
 
 /* ---- registry ---- */
 /* All registered ops, NULL-terminated (the table lives in core/op_table.c). */

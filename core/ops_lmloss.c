@@ -70,18 +70,11 @@ static m2_status flat(m2_tensor *h, m2_tensor *t, m2_tensor **h2, m2_tensor **t1
   return m2_errcode();
 }
 
-/* An op's kernel for a device (the devices' kernels exist: checked by the callers' ops). */
-static m2_op_fn kernel(const m2_op *op, m2_device dev, bool bwd) {
-  if (dev.type == M2_CUDA) return bwd ? op->cuda_bwd : op->cuda_fwd;
-  return bwd ? op->cpu_bwd : op->cpu_fwd;
-}
-
 /* One chunk's cross-entropy through the cross_entropy op itself (on lg's device): its forward gives the chunk's mean
  * loss (*loss, when asked), and when dl != NULL its backward with gradient gc for that mean gives *dl = dlogits. */
 static m2_status chunk_ce(m2_tensor *lg, m2_tensor *tc, int64_t ign, double gc, double *loss, m2_tensor **dl) {
   const m2_op *op = &m2_op_cross_entropy;
-  const bool cuda = lg->device.type == M2_CUDA;
-  m2_op_fn fwd = cuda ? op->cuda_fwd : op->cpu_fwd, bwd = cuda ? op->cuda_bwd : op->cpu_bwd;
+  m2_op_fn fwd = m2_op_kernel(op, lg->device, false), bwd = m2_op_kernel(op, lg->device, true);
   if (!fwd || !bwd) return m2_fail(M2_ERR_DEVICE, "linear_cross_entropy: no cross_entropy kernel for this device");
   const bool grad = dl != NULL;
   m2_tensor *in[2] = {lg, tc};
@@ -138,7 +131,11 @@ static m2_status lce_pass(m2_opcall *c, double g, bool want_dh, bool want_dw, do
     m2_call_init(&mm, &m2_op_matmul, 2, in2);
     mm.ia[1] = 1;       /* W transposed */
     mm.ia[2] = c->ia[2]; /* bf16 products */
-    if (s == M2_OK) s = kernel(&m2_op_matmul, w->device, false)(&mm);
+    m2_op_fn mm_fwd = m2_op_kernel(&m2_op_matmul, w->device, false);
+    m2_op_fn mm_bwd = m2_op_kernel(&m2_op_matmul, w->device, true);
+    if (s == M2_OK && (!mm_fwd || !mm_bwd))
+      s = m2_fail(M2_ERR_DEVICE, "linear_cross_entropy: no matmul kernel for this device");
+    if (s == M2_OK) s = mm_fwd(&mm);
     double v = 0;
     m2_tensor *dl = NULL;
     if (s == M2_OK)
@@ -150,7 +147,7 @@ static m2_status lce_pass(m2_opcall *c, double g, bool want_dh, bool want_dw, do
       mm.dout[0] = dl;
       mm.needs_din[0] = want_dh;
       mm.needs_din[1] = want_dw;
-      s = kernel(&m2_op_matmul, w->device, true)(&mm);
+      s = mm_bwd(&mm);
       mm.dout[0] = NULL;
     }
     if (s == M2_OK && dh) { /* dh rows = dlogits W */
