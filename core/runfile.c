@@ -53,14 +53,27 @@ volatile int *m2_rf_flush_window;
 
 herr_t m2_rf_h5flush(hid_t file) {
   if (m2_rf_flush_window) *m2_rf_flush_window = 1;
+  m2_rf_journal_begin(file);
   herr_t e = H5Fflush(file, H5F_SCOPE_GLOBAL);
+  if (m2_rf_journal_commit(file) < 0) e = -1;
   if (m2_rf_flush_window) *m2_rf_flush_window = 0;
   return e;
 }
 
 herr_t m2_rf_h5start_swmr(hid_t file) {
   if (m2_rf_flush_window) *m2_rf_flush_window = 1;
+  m2_rf_journal_begin(file);
   herr_t e = H5Fstart_swmr_write(file);
+  if (m2_rf_journal_commit(file) < 0) e = -1;
+  if (m2_rf_flush_window) *m2_rf_flush_window = 0;
+  return e;
+}
+
+herr_t m2_rf_h5close(hid_t file, bool swmr) {
+  if (swmr) return H5Fclose(file);
+  if (m2_rf_flush_window) *m2_rf_flush_window = 1;
+  m2_rf_journal_begin(file); /* committed by the driver's close */
+  herr_t e = H5Fclose(file);
   if (m2_rf_flush_window) *m2_rf_flush_window = 0;
   return e;
 }
@@ -181,12 +194,20 @@ static m2_status read_start_unix(m2_run *r) {
   return M2_OK;
 }
 
+static m2_status discard_journal(const char *path) {
+  char j[4096];
+  snprintf(j, sizeof j, "%s-journal", path);
+  if (unlink(j) != 0 && errno != ENOENT) return m2_fail(M2_ERR_IO, "%s: cannot delete: %s", j, strerror(errno));
+  return M2_OK;
+}
+
 static m2_status open_create(m2_run *r, const m2_run_opts *o) {
   m2_status st = M2_OK;
   const char *h5file = r->path, *h5obj = "/";
   bool created = false;
   hid_t g = -1;
   RF_TRY(lock_acquire(r, true, o->overwrite, &created));
+  RF_TRY(discard_journal(r->path)); /* an overwritten file's journal is not this file's */
   H5CHK(r->fapl = m2_h5_fapl(true));
   H5CHK(r->file = H5Fcreate(r->path, H5F_ACC_TRUNC, H5P_DEFAULT, r->fapl));
   r->start_unix = m2_rf_now();
@@ -231,6 +252,7 @@ static m2_status open_resume(m2_run *r, const m2_run_opts *o) {
   const char *h5file = r->path, *h5obj = "/";
   bool created;
   RF_TRY(lock_acquire(r, false, false, &created));
+  RF_TRY(m2_rf_journal_recover(r->path, NULL)); /* a writer killed inside a flush's commit */
   H5CHK(r->fapl = m2_h5_fapl(true));
   r->file = H5Fopen(r->path, H5F_ACC_RDWR, r->fapl);
   if (r->file < 0) {
@@ -357,7 +379,7 @@ m2_status m2_run_close(m2_run *r) {
   if (r->file >= 0) {
     hid_t f = r->file;
     r->file = -1;
-    if (H5Fclose(f) < 0) {
+    if ((r->writer ? m2_rf_h5close(f, r->swmr) : H5Fclose(f)) < 0) {
       m2_status s = m2_h5_fail(h5file, h5obj, "H5Fclose(file)", __FILE__, __LINE__);
       if (st == M2_OK) st = s;
     }

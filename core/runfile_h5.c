@@ -91,6 +91,7 @@ hid_t m2_h5_fapl(bool writer) {
     cfg.flash_incr_mode = H5C_flash_incr__off;
     cfg.decr_mode = H5C_decr__off;
     H5CHK(H5Pset_mdc_config(p, &cfg));
+    H5CHK(H5Pset_driver(p, m2_rf_vfd(), NULL)); /* sec2's I/O plus journaled flushes (runfile_vfd.c) */
     /* The writer holds the m2lab lock, so any "open for write" flags are left by a dead
      * writer: clear them on open (HDF5's private property, the one h5clear -s sets). */
     hbool_t clear = 1;
@@ -177,6 +178,28 @@ hid_t m2_h5_open_read(const char *path, double timeout, bool no_repair) {
   char msg[768];
   hid_t f = -1;
   for (;;) {
+    if (m2_rf_journal_exists(path)) { /* a writer killed inside a commit, or one committing now */
+      int lfd = -1;
+      if (!no_repair && lock_probe(path, true, &lfd) == 0) {
+        m2_status rs = m2_rf_journal_recover(path, NULL);
+        close(lfd);
+        if (rs != M2_OK) break;
+        continue;
+      }
+      if (no_repair && !m2_run_writer_alive(path)) {
+        m2_fail(M2_ERR_IO, "%s: a writer died while committing a flush (%s-journal is there): resume the run to "
+                "replay it", path, path);
+        break;
+      }
+      if (m2_rf_monotonic() > deadline) {
+        m2_fail(M2_ERR_IO, "%s: the writer's flush journal (%s-journal) did not go away in %g s", path, path,
+                timeout > 0 ? timeout : 10.0);
+        break;
+      }
+      struct timespec ts = {0, 5 * 1000 * 1000};
+      nanosleep(&ts, NULL);
+      continue;
+    }
     f = H5Fopen(path, H5F_ACC_RDONLY | H5F_ACC_SWMR_READ, fapl);
     if (f >= 0) break;
     m2_h5_last_error(msg, sizeof msg);

@@ -133,12 +133,23 @@ m2_status m2_rf_to_append(m2_run *r);   /* writes pending attrs & series, then H
 m2_status m2_rf_write_pending_attrs(m2_run *r);
 m2_status m2_rf_check_open(m2_run *r, bool need_writer, const char *what);
 m2_status m2_rf_fsync(m2_run *r);
-/* The writer's flushes outside SWMR mode: H5Fflush (global) and H5Fstart_swmr_write (which flushes everything
- * first). Such a flush is not atomic (runfile.h, "Crash safety"); while one runs, *m2_rf_flush_window is 1 when
- * the pointer is set: a test hook, so that test_runfile_crash knows whether a kill landed inside that window. */
+/* The writer's flushes outside SWMR mode: H5Fflush (global), H5Fstart_swmr_write (which flushes everything first)
+ * and H5Fclose (swmr: whether the file is in SWMR mode, whose flushes need no journal). Each runs inside a journal
+ * window of the writer's file driver (runfile_vfd.c), so that it reaches the file whole or not at all. While one
+ * runs, *m2_rf_flush_window is 1 when the pointer is set: a test hook (test_runfile_crash). */
 extern volatile int *m2_rf_flush_window;
 herr_t m2_rf_h5flush(hid_t file);
 herr_t m2_rf_h5start_swmr(hid_t file);
+herr_t m2_rf_h5close(hid_t file, bool swmr);
+
+/* runfile_vfd.c: the writer's file driver (sec2's POSIX I/O plus a journal for the windows above). */
+hid_t m2_rf_vfd(void);
+void m2_rf_journal_begin(hid_t file);
+herr_t m2_rf_journal_commit(hid_t file);
+/* A complete "<path>-journal" left by a writer killed inside a commit is replayed onto the file (*replayed), an
+ * incomplete one deleted. The caller holds the writer lock. */
+m2_status m2_rf_journal_recover(const char *path, bool *replayed);
+bool m2_rf_journal_exists(const char *path);
 /* Metrics (runfile_metrics.c) */
 m2_status m2_rf_series_load(m2_run *r);          /* resume: find existing series, trim to len(step) */
 m2_status m2_rf_series_write_all(m2_run *r);     /* create missing series, write buffers */
