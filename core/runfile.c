@@ -142,6 +142,7 @@ m2_status m2_rf_to_exclusive(m2_run *r) {
   r->swmr = false;
   H5CHK(H5Fclose(f));
   H5CHK(r->file = H5Fopen(r->path, H5F_ACC_RDWR, r->fapl));
+  m2_rf_vfd_set_sync(r->file, !r->no_fsync);
   return M2_OK;
 fail:
   r->broken = true;
@@ -210,6 +211,7 @@ static m2_status open_create(m2_run *r, const m2_run_opts *o) {
   RF_TRY(discard_journal(r->path)); /* an overwritten file's journal is not this file's */
   H5CHK(r->fapl = m2_h5_fapl(true));
   H5CHK(r->file = H5Fcreate(r->path, H5F_ACC_TRUNC, H5P_DEFAULT, r->fapl));
+  m2_rf_vfd_set_sync(r->file, !r->no_fsync);
   r->start_unix = m2_rf_now();
   char iso[64], host[256] = "";
   m2_rf_iso_time(r->start_unix, iso, sizeof iso);
@@ -261,6 +263,7 @@ static m2_status open_resume(m2_run *r, const m2_run_opts *o) {
     if (strstr(msg, "signature")) RF_FAIL(M2_ERR_IO, "%s: not an HDF5 file (file signature not found)", r->path);
     RF_FAIL(M2_ERR_IO, "%s: cannot open for writing: %s", r->path, msg);
   }
+  m2_rf_vfd_set_sync(r->file, !r->no_fsync);
   /* A writer killed in the middle of an exclusive-mode flush can leave the superblock's end-of-allocation
      behind data it had already written; new metadata would then be placed over it ("addr overflow" at the
      next flush). Move the EOA to at least the end of the file first, as h5clear --increment does. */

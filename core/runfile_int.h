@@ -145,6 +145,7 @@ herr_t m2_rf_h5close(hid_t file, bool swmr);
 /* runfile_vfd.c: the writer's file driver (sec2's POSIX I/O plus a journal for the windows above). */
 hid_t m2_rf_vfd(void);
 void m2_rf_journal_begin(hid_t file);
+void m2_rf_vfd_set_sync(hid_t file, bool sync); /* default true; false for m2_run_opts.no_fsync */
 herr_t m2_rf_journal_commit(hid_t file);
 /* A complete "<path>-journal" left by a writer killed inside a commit is replayed onto the file (*replayed), an
  * incomplete one deleted. The caller holds the writer lock. */

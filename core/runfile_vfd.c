@@ -12,7 +12,8 @@
  * raw data: small; large tensors reach the file at H5Dwrite, outside flushes, in space no on-disk metadata
  * references yet), and reads see them. The commit writes them to "<file>-journal" (header, records, trailer with a count and an
  * FNV-1a checksum), fsyncs it, applies them to the file, fsyncs the file and deletes the journal. A writer killed
- * before the journal is complete leaves the file as the previous commit left it (the partial journal is dropped
+ * before the journal is complete leaves the file as the previous commit left it (the fsyncs, skipped with
+ * m2_run_opts.no_fsync, are for power loss: a killed process's writes survive in the page cache anyway) (the partial journal is dropped
  * on the next open); killed after, the next open replays the journal (m2_rf_journal_recover: resume, and readers
  * when no writer holds the lock). Journal format: "M2JNL001", then records (u64 addr, u64 size, u8 kind: 0 = write
  * of `size` bytes that follow, 1 = truncate to addr), then "M2JNLEND", u64 record count, u64 checksum of all bytes
@@ -49,6 +50,7 @@ typedef struct jfile {
   ino_t ino;
   char *path;
   bool journaling;
+  bool sync; /* fsync the journal and the file at each commit (not with m2_run_opts.no_fsync) */
   jrec *rec;
   size_t nrec, cap;
 } jfile;
@@ -132,8 +134,8 @@ static char *journal_path(const char *path) {
   return j;
 }
 
-/* Write the journal of f's records and fsync it. */
-static int write_journal(const char *jpath, const jrec *rec, size_t n) {
+/* Write the journal of f's records (and fsync it when sync). */
+static int write_journal(const char *jpath, const jrec *rec, size_t n, bool sync) {
   int fd = open(jpath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) return -1;
   uint64_t h = FNV_START;
@@ -155,7 +157,7 @@ static int write_journal(const char *jpath, const jrec *rec, size_t n) {
   uint64_t cnt = n;
   memcpy(tail, JNL_END, 8), memcpy(tail + 8, &cnt, 8), memcpy(tail + 16, &h, 8);
   if (!bad) bad = pwrite_all(fd, tail, sizeof tail, at);
-  if (!bad) bad = fsync(fd);
+  if (!bad && sync) bad = fsync(fd);
   close(fd);
   return bad ? -1 : 0;
 }
@@ -253,8 +255,8 @@ static int commit(jfile *f) {
   int e = 0;
   if (f->nrec) {
     char *jp = journal_path(f->path);
-    bool journaled = jp && write_journal(jp, f->rec, f->nrec) == 0;
-    if (apply(f->fd, f->rec, f->nrec) != 0 || fsync(f->fd) != 0) e = -1;
+    bool journaled = jp && write_journal(jp, f->rec, f->nrec, f->sync) == 0;
+    if (apply(f->fd, f->rec, f->nrec) != 0 || (f->sync && fsync(f->fd) != 0)) e = -1;
     if (journaled && e == 0 && unlink(jp) != 0) e = -1;
     free(jp);
   }
@@ -279,6 +281,7 @@ static H5FD_t *j_open(const char *name, unsigned flags, hid_t fapl, haddr_t maxa
     return NULL;
   }
   f->fd = fd;
+  f->sync = true;
   f->eof = (haddr_t)sb.st_size;
   f->dev = sb.st_dev;
   f->ino = sb.st_ino;
@@ -427,6 +430,11 @@ void m2_rf_journal_begin(hid_t file) {
   if (!f) return;
   drop_records(f);
   f->journaling = true;
+}
+
+void m2_rf_vfd_set_sync(hid_t file, bool sync) {
+  jfile *f = jfile_of(file);
+  if (f) f->sync = sync;
 }
 
 herr_t m2_rf_journal_commit(hid_t file) {
