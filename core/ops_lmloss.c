@@ -71,8 +71,10 @@ static m2_status flat(m2_tensor *h, m2_tensor *t, m2_tensor **h2, m2_tensor **t1
 }
 
 /* One chunk's cross-entropy through the cross_entropy op itself (on lg's device): its forward gives the chunk's mean
- * loss (*loss, when asked), and when dl != NULL its backward with gradient gc for that mean gives *dl = dlogits. */
-static m2_status chunk_ce(m2_tensor *lg, m2_tensor *tc, int64_t ign, double gc, double *loss, m2_tensor **dl) {
+ * loss (*loss, when asked), and when dl != NULL its backward with gradient gc for that mean gives *dl = dlogits
+ * (in bf16 with dl16, CUDA only: what the next bf16 product would round them to anyway). */
+static m2_status chunk_ce(m2_tensor *lg, m2_tensor *tc, int64_t ign, double gc, bool dl16, double *loss,
+                          m2_tensor **dl) {
   const m2_op *op = &m2_op_cross_entropy;
   m2_op_fn fwd = m2_op_kernel(op, lg->device, false), bwd = m2_op_kernel(op, lg->device, true);
   if (!fwd || !bwd) return m2_fail(M2_ERR_DEVICE, "linear_cross_entropy: no cross_entropy kernel for this device");
@@ -81,6 +83,7 @@ static m2_status chunk_ce(m2_tensor *lg, m2_tensor *tc, int64_t ign, double gc, 
   m2_opcall ce;
   m2_call_init(&ce, op, 2, in);
   ce.ia[0] = ign;
+  ce.ia[1] = dl16;
   m2_tensor *g = NULL, *d = NULL;
   m2_status s = fwd(&ce); /* keeps the rows' lse for the backward */
   if (s == M2_OK && loss) s = m2_item(ce.out[0], loss);
@@ -118,6 +121,7 @@ static m2_status lce_pass(m2_opcall *c, double g, bool want_dh, bool want_dw, do
   int64_t s2[2] = {rows, d};
   if (s == M2_OK && want_dh && !(dh = m2_zeros(h->dtype, h->device, 2, s2))) s = m2_errcode();
   const int prec = m2_set_matmul_precision(c->ia[2] ? M2_MM_BF16 : M2_MM_F32);
+  const bool dl16 = c->ia[2] && h->device.type == M2_CUDA; /* the matmul's bf16 products take dlogits as they are */
   double sum = 0;
   for (int64_t r0 = 0, i = 0; s == M2_OK && r0 < rows; r0 += ch, i++) {
     if (!kept[i]) continue; /* every row of the chunk ignored: no loss, no gradient */
@@ -139,7 +143,8 @@ static m2_status lce_pass(m2_opcall *c, double g, bool want_dh, bool want_dw, do
     double v = 0;
     m2_tensor *dl = NULL;
     if (s == M2_OK)
-      s = chunk_ce(mm.out[0], tc, ign, g * (double)kept[i] / (double)total, loss ? &v : NULL, grad ? &dl : NULL);
+      s = chunk_ce(mm.out[0], tc, ign, g * (double)kept[i] / (double)total, dl16, loss ? &v : NULL,
+                   grad ? &dl : NULL);
     sum += v * (double)kept[i]; /* the chunk's mean times its kept rows */
     m2_release(mm.out[0]);      /* the chunk's logits */
     mm.out[0] = NULL;

@@ -92,7 +92,7 @@ extern "C" m2_status m2_cuda_embedding_bwd(m2_opcall *c) {
   return c->din[0] ? M2_OK : m2_errcode();
 }
 
-/* ===== cross_entropy: logits (..., C), targets int (...) -> 0-d mean over kept rows; ia[0] = ignore_index =====
+/* ===== cross_entropy: logits (..., C), targets int (...) -> 0-d mean over kept rows; ia[0] = ignore_index, ia[1] = dlogits in bf16 (f32 logits) =====
  * saved[0] = lse (rows, F32), saved[1] = kept count (0-d I64). */
 
 /* per row (one block): lse[r], loss[r] = lse - x[t] (0 for ignored rows), kept[r] in {0, 1} */
@@ -151,23 +151,25 @@ __global__ void k_ce_total(const float *loss, const int *kept, int64_t rows, T *
     *nkept = sk[0];
   }
 }
-/* dx[r, j] = g / kept * (exp(x[r, j] - lse[r]) - [j == t_r]); ignored rows 0 */
-template <class T>
+/* dx[r, j] = g / kept * (exp(x[r, j] - lse[r]) - [j == t_r]); ignored rows 0. dx is of type TO: T, or bf16 for
+   f32 logits when the caller asks for it (ia[1], used by linear_cross_entropy: its next product rounds dlogits
+   to bf16 anyway, so writing them in bf16 saves that copy and half the bytes) */
+template <class T, class TO>
 __global__ void k_ce_bwd(const T *x, const void *tg, bool i64, int64_t C, int64_t ign, const float *lse,
-                         const int64_t *nkept, const T *gout, T *dx) {
+                         const int64_t *nkept, const T *gout, TO *dx) {
   int64_t r = blockIdx.x;
   int64_t t = ld_index(tg, i64, r);
-  T *drow = dx + r * C;
+  TO *drow = dx + r * C;
   long long kept = *nkept;
   if (t == ign || kept == 0) {
-    for (int64_t j = threadIdx.x; j < C; j += blockDim.x) drow[j] = from_f<T>(0.0f);
+    for (int64_t j = threadIdx.x; j < C; j += blockDim.x) drow[j] = from_f<TO>(0.0f);
     return;
   }
   float scale = to_f(gout[0]) / (float)kept, l = lse[r];
   const T *row = x + r * C;
   for (int64_t j = threadIdx.x; j < C; j += blockDim.x) {
     float p = expf(to_f(row[j]) - l);
-    drow[j] = from_f<T>(scale * (j == t ? p - 1.0f : p));
+    drow[j] = from_f<TO>(scale * (j == t ? p - 1.0f : p));
   }
 }
 
@@ -226,16 +228,25 @@ extern "C" m2_status m2_cuda_cross_entropy_bwd(m2_opcall *c) {
   int64_t C = x->shape[x->ndim - 1], rows = m2_numel(t), ign = c->ia[0];
   m2_tensor *g = cu_as(c->dout[0], x->dtype); /* 0-d, read on the device */
   if (!g) return m2_errcode();
-  m2_tensor *dx = m2_empty(x->dtype, x->device, x->ndim, x->shape);
+  const bool to16 = c->ia[1] && x->dtype == M2_F32; /* dlogits in bf16 (see k_ce_bwd) */
+  m2_tensor *dx = m2_empty(to16 ? M2_BF16 : x->dtype, x->device, x->ndim, x->shape);
   if (!dx) { m2_release(g); return m2_errcode(); }
   c->din[0] = dx;
   cudaStream_t st;
   m2_status s = cu_stream(x->device, &st);
-  if (s == M2_OK && rows > 0 && C > 0) {
-    CU_FLOAT_DISPATCH(x->dtype, k_ce_bwd<T><<<(unsigned)rows, C >= 4096 ? 512 : 128, 0, st>>>(
+  const unsigned nb = (unsigned)rows, nt = C >= 4096 ? 512 : 128;
+  if (s == M2_OK && rows > 0 && C > 0 && to16) {
+    k_ce_bwd<float, bf16><<<nb, nt, 0, st>>>((const float *)m2_data(x), m2_data(t), t->dtype == M2_I64, C, ign,
+                                              (const float *)m2_data(c->saved[0]),
+                                              (const int64_t *)m2_data(c->saved[1]), (const float *)m2_data(g),
+                                              (bf16 *)m2_data(dx));
+  } else if (s == M2_OK && rows > 0 && C > 0) {
+    CU_FLOAT_DISPATCH(x->dtype, k_ce_bwd<T, T><<<nb, nt, 0, st>>>(
                                     (const T *)m2_data(x), m2_data(t), t->dtype == M2_I64, C, ign,
                                     (const float *)m2_data(c->saved[0]), (const int64_t *)m2_data(c->saved[1]),
                                     (const T *)m2_data(g), (T *)m2_data(dx)));
+  }
+  if (s == M2_OK && rows > 0 && C > 0) {
     cudaError_t e = cudaGetLastError();
     if (e != cudaSuccess) s = m2_fail(M2_ERR_CUDA, "cross_entropy backward: launch failed: %s", cudaGetErrorString(e));
   }

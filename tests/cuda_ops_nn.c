@@ -1,6 +1,6 @@
-/* cuda_ops_nn.c — CPU-vs-CUDA parity of embedding, cross_entropy (with ignored targets), rmsnorm (with and
- * without weight) and l2norm, forward and backward, in f32 and bf16; out-of-range ids and targets fail
- * with the CPU's message on cuda too. Skips (77) without a GPU. */
+/* cuda_ops_nn.c — CPU-vs-CUDA parity of embedding, cross_entropy (with ignored targets), linear_cross_entropy (also
+ * with bf16 products), rmsnorm (with and without weight) and l2norm, forward and backward, in f32 and bf16;
+ * out-of-range ids and targets fail with the CPU's message on cuda too. Skips (77) without a GPU. */
 #include "cuda_parity.h"
 
 static int f_embed(m2_tensor *const *in, void *ud, m2_tensor **outs) { PAR_ONE(m2_embedding(in[0], in[1])); }
@@ -53,6 +53,13 @@ int main(void) {
   m2_tensor *lh = par_randn(3, sh), *lw = par_randn(2, shw);
   par_case pl = {"linear_cross_entropy/chunk 9", f_lce, NULL, 3, {lh, lw, t1}, {true, true, false}};
   par_run(&pl);
+  /* with bf16 products (what m2.train's precision = "bf16" sets): the CUDA cross_entropy backward then writes the
+     chunk's dlogits in bf16 for the products (the CPU rounds the same values when it multiplies) */
+  m2_set_matmul_precision(M2_MM_BF16);
+  par_case plb = {"linear_cross_entropy/chunk 9, bf16 products", f_lce, NULL, 3, {lh, lw, t1}, {true, true, false},
+                  {2e-3, 0}, {1e-2, 0}, true};
+  par_run(&plb);
+  m2_set_matmul_precision(M2_MM_F32);
   m2_release(lh), m2_release(lw);
   /* rmsnorm / l2norm: short rows and long rows */
   int64_t sn1[3] = {3, 5, 48}, sw1[1] = {48}, sn2[2] = {7, 1000}, sw2[1] = {1000};
