@@ -73,6 +73,20 @@ static void hook_tests(void) {
   CHECK_OK(m2_cuda_fill(gn, -2.7));
   CHECK(max_rel_diff(gb, hb) == 0, "strided bf16 fill differs");
   CHECK_FAILS(m2_cuda_copy(gd, hs) != M2_OK, M2_ERR_DEVICE, "same CUDA device");
+  /* f32 <-> bf16 of contiguous tensors (the vectorised kernels: n a multiple of 4, 16-byte aligned) and of views
+     that are not (the general kernel): the same bits as the host's rounding, both ways */
+  int64_t sbig[1] = {40000};
+  m2_tensor *big = par_randn(1, sbig), *bigs = m2_scale(big, 3e4), *gbig = m2_clone_raw(bigs, M2_F32, par_gpu);
+  const int64_t starts[3] = {0, 1, 0}, lens[3] = {40000, 39996, 1001};
+  for (int i = 0; i < 3; i++) {
+    m2_tensor *hv32 = m2_narrow(bigs, 0, starts[i], lens[i]), *gv32 = m2_narrow(gbig, 0, starts[i], lens[i]);
+    m2_tensor *h16 = m2_clone_raw(hv32, M2_BF16, M2_DEV_CPU), *g16 = m2_clone_raw(gv32, M2_BF16, par_gpu);
+    m2_tensor *h32 = m2_clone_raw(h16, M2_F32, M2_DEV_CPU), *g32 = m2_clone_raw(g16, M2_F32, par_gpu);
+    CHECK(max_rel_diff(g16, h16) == 0 && max_rel_diff(g32, h32) == 0, "f32 <-> bf16 of %lld from %lld differs",
+          (long long)lens[i], (long long)starts[i]);
+    m2_release(hv32), m2_release(gv32), m2_release(h16), m2_release(g16), m2_release(h32), m2_release(g32);
+  }
+  m2_release(big), m2_release(bigs), m2_release(gbig);
   m2_tensor *all[] = {src, hs, gs, hd, gd, hv, gv, row, row10, grow, he, ge, hi, gi, hf, gf, hsv, gsv, hb, gb, hn, gn};
   for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) m2_release(all[i]);
 }
