@@ -3,8 +3,8 @@
 -- tokens/s and peak memory; the last line a summary. Compare with the PyTorch stack's whole-step figures
 -- in shared/GPU.md (400M models, B=8, T=4096: hybrid-m2rnn 850 ms, hybrid-gdn 426 ms, ...).
 --
---   m2lab run experiments/step_time.lua device=cuda        (400m-hybrid-m2rnn at the paper's B=8, T=4096: 588 ms a
---                                                           step, 55.7 k tokens/s, 125 GiB on an H200)
+--   m2lab run experiments/step_time.lua device=cuda        (400m-hybrid-m2rnn at the paper's B=8, T=4096: 553 ms a
+--                                                           step, 59.2 k tokens/s, 125 GiB on an H200)
 --   m2lab run experiments/step_time.lua device=cuda config=experiments/configs/400m-gdn.lua batch=4
 --   m2lab run experiments/step_time.lua layers=MA d=64 vocab=256 batch=2 len=64     (a quick check on the CPU)
 -- layers / d / vocab override the config's (empty / 0: keep it); steps = all steps run (m2.train reads steps= too),
