@@ -8,9 +8,9 @@
  *   loss = mean over rows r with t_r != ignore_index of (lse_r - logits[r, t_r]),  logits = h W^T
  *   backward: per chunk, dlogits = g / n_kept (softmax(logits) - onehot(t)) (the cross_entropy op's backward, scaled
  *   by the chunk's share of the kept rows), dh = dlogits W, dW += dlogits^T h.
- * The op is a composition of the matmul / linear and cross_entropy ops, so it runs wherever they do (CPU and CUDA)
- * and is exactly as precise; with bf16 products (m2_matmul_precision, recorded at forward in ia[2]) the backward's
- * products are bf16 too. Op row "linear_cross_entropy": in = {h, W, targets}, ia[0] = ignore_index, ia[1] = chunk
+ * The op is built from the matmul and cross_entropy ops' own kernels, so it runs wherever they do (CPU and CUDA)
+ * and is exactly as precise; with bf16 products (m2_matmul_precision at the call, recorded in ia[2]) every product
+ * is bf16, and on CUDA the dlogits are written in bf16 for them. Op row "linear_cross_entropy": in = {h, W, targets}, ia[0] = ignore_index, ia[1] = chunk
  * rows, ia[2] = bf16 products, ia[3] / ia[4] = compute dh / dW in the forward (saved[0] / saved[1]); out = 0-d loss. */
 #include "ops.h"
 #include "autograd.h"
@@ -106,10 +106,10 @@ static m2_status chunk_ce(m2_tensor *lg, m2_tensor *tc, int64_t ign, double gc, 
   return M2_OK;
 }
 
-/* One pass over the chunks: the loss and (for the forward, g = 1) the gradients of g * loss into *dh
- * (when want_dh) and *dw (when want_dw). Every chunk: logits = h_c W^T, the cross_entropy op's forward (and backward
- * with gradient g * kept_c / kept, the chunk's share of the mean), dh_c = dlogits W, dW += dlogits^T h_c. */
-static m2_status lce_pass(m2_opcall *c, double g, bool want_dh, bool want_dw, double *loss, m2_tensor **dh_out,
+/* One pass over the chunks: the loss and the gradients of the loss into *dh (when want_dh) and *dw (when want_dw).
+ * Every chunk: logits = h_c W^T, the cross_entropy op's forward (and backward with gradient kept_c / kept, the
+ * chunk's share of the mean), dh_c = dlogits W, dW += dlogits^T h_c. */
+static m2_status lce_pass(m2_opcall *c, bool want_dh, bool want_dw, double *loss, m2_tensor **dh_out,
                           m2_tensor **dw_out) {
   m2_tensor *h = c->in[0], *w = c->in[1], *t = c->in[2];
   const int64_t rows = m2_numel(t), d = h->shape[h->ndim - 1], ch = chunk_rows(c, w->shape[0]), ign = c->ia[0];
@@ -120,7 +120,6 @@ static m2_status lce_pass(m2_opcall *c, double g, bool want_dh, bool want_dw, do
   m2_status s = flat(h, t, &h2, &t1);
   int64_t s2[2] = {rows, d};
   if (s == M2_OK && want_dh && !(dh = m2_zeros(h->dtype, h->device, 2, s2))) s = m2_errcode();
-  const int prec = m2_set_matmul_precision(c->ia[2] ? M2_MM_BF16 : M2_MM_F32);
   const bool dl16 = c->ia[2] && h->device.type == M2_CUDA; /* the matmul's bf16 products take dlogits as they are */
   double sum = 0;
   for (int64_t r0 = 0, i = 0; s == M2_OK && r0 < rows; r0 += ch, i++) {
@@ -143,8 +142,7 @@ static m2_status lce_pass(m2_opcall *c, double g, bool want_dh, bool want_dw, do
     double v = 0;
     m2_tensor *dl = NULL;
     if (s == M2_OK)
-      s = chunk_ce(mm.out[0], tc, ign, g * (double)kept[i] / (double)total, dl16, loss ? &v : NULL,
-                   grad ? &dl : NULL);
+      s = chunk_ce(mm.out[0], tc, ign, (double)kept[i] / (double)total, dl16, loss ? &v : NULL, grad ? &dl : NULL);
     sum += v * (double)kept[i]; /* the chunk's mean times its kept rows */
     m2_release(mm.out[0]);      /* the chunk's logits */
     mm.out[0] = NULL;
@@ -170,7 +168,6 @@ static m2_status lce_pass(m2_opcall *c, double g, bool want_dh, bool want_dw, do
     m2_call_clear(&mm);
     m2_release(dl), m2_release(hc), m2_release(tc);
   }
-  m2_set_matmul_precision(prec);
   if (s == M2_OK && want_dw && !dw && !(dw = m2_zeros(w->dtype, w->device, 2, w->shape))) s = m2_errcode();
   if (s == M2_OK && dh) {
     m2_tensor *v = m2_reshape(dh, h->ndim, h->shape);
@@ -197,7 +194,7 @@ static m2_status lce_fwd(m2_opcall *c) {
   M2_TRY(lce_check(c->in[0], c->in[1], c->in[2], m2_check_float));
   double loss = 0;
   m2_tensor *dh = NULL, *dw = NULL;
-  M2_TRY(lce_pass(c, 1.0, c->ia[3] != 0, c->ia[4] != 0, &loss, &dh, &dw));
+  M2_TRY(lce_pass(c, c->ia[3] != 0, c->ia[4] != 0, &loss, &dh, &dw));
   c->n_saved = 2;
   c->saved[0] = dh;
   c->saved[1] = dw;
