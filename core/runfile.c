@@ -195,20 +195,13 @@ static m2_status read_start_unix(m2_run *r) {
   return M2_OK;
 }
 
-static m2_status discard_journal(const char *path) {
-  char j[4096];
-  snprintf(j, sizeof j, "%s-journal", path);
-  if (unlink(j) != 0 && errno != ENOENT) return m2_fail(M2_ERR_IO, "%s: cannot delete: %s", j, strerror(errno));
-  return M2_OK;
-}
-
 static m2_status open_create(m2_run *r, const m2_run_opts *o) {
   m2_status st = M2_OK;
   const char *h5file = r->path, *h5obj = "/";
   bool created = false;
   hid_t g = -1;
   RF_TRY(lock_acquire(r, true, o->overwrite, &created));
-  RF_TRY(discard_journal(r->path)); /* an overwritten file's journal is not this file's */
+  RF_TRY(m2_rf_journal_discard(r->path)); /* an overwritten file's journal is not this file's */
   H5CHK(r->fapl = m2_h5_fapl(true));
   H5CHK(r->file = H5Fcreate(r->path, H5F_ACC_TRUNC, H5P_DEFAULT, r->fapl));
   m2_rf_vfd_set_sync(r->file, !r->no_fsync);

@@ -151,6 +151,7 @@ herr_t m2_rf_journal_commit(hid_t file);
  * incomplete one deleted. The caller holds the writer lock. */
 m2_status m2_rf_journal_recover(const char *path, bool *replayed);
 bool m2_rf_journal_exists(const char *path);
+m2_status m2_rf_journal_discard(const char *path); /* a new file's: an older file's journal must not replay */
 /* Metrics (runfile_metrics.c) */
 m2_status m2_rf_series_load(m2_run *r);          /* resume: find existing series, trim to len(step) */
 m2_status m2_rf_series_write_all(m2_run *r);     /* create missing series, write buffers */

@@ -238,6 +238,15 @@ m2_status m2_rf_journal_recover(const char *path, bool *replayed) {
   return st;
 }
 
+m2_status m2_rf_journal_discard(const char *path) {
+  char *jpath = journal_path(path);
+  if (!jpath) return m2_fail(M2_ERR_OOM, "%s: out of memory", path);
+  m2_status st = M2_OK;
+  if (unlink(jpath) != 0 && errno != ENOENT) st = m2_fail(M2_ERR_IO, "%s: cannot delete: %s", jpath, strerror(errno));
+  free(jpath);
+  return st;
+}
+
 bool m2_rf_journal_exists(const char *path) {
   char *jpath = journal_path(path);
   struct stat sb;
@@ -256,6 +265,7 @@ static int commit(jfile *f) {
   if (f->nrec) {
     char *jp = journal_path(f->path);
     bool journaled = jp && write_journal(jp, f->rec, f->nrec, f->sync) == 0;
+    if (jp && !journaled) unlink(jp); /* a journal that may be partial must never be replayed after later commits */
     if (apply(f->fd, f->rec, f->nrec) != 0 || (f->sync && fsync(f->fd) != 0)) e = -1;
     if (journaled && e == 0 && unlink(jp) != 0) e = -1;
     free(jp);
