@@ -248,6 +248,8 @@ static m2_status open_resume(m2_run *r, const m2_run_opts *o) {
   bool created;
   RF_TRY(lock_acquire(r, false, false, &created));
   RF_TRY(m2_rf_journal_recover(r->path, NULL)); /* a writer killed inside a flush's commit */
+  struct stat sb; /* (HDF5 would open an empty file for writing as a new one) */
+  if (stat(r->path, &sb) == 0 && sb.st_size == 0) RF_FAIL(M2_ERR_IO, "%s: empty: a run killed before its first flush (nothing to read or resume; start it again with overwrite)", r->path);
   H5CHK(r->fapl = m2_h5_fapl(true));
   r->file = H5Fopen(r->path, H5F_ACC_RDWR, r->fapl);
   if (r->file < 0) {

@@ -51,7 +51,9 @@
  *     writer's file driver (runfile_vfd.c: POSIX I/O like sec2, the files stay plain HDF5)
  *     journals it: its writes are kept in memory, written to "<file>-journal" with a checksum,
  *     fsync'ed, applied, fsync'ed, and the journal deleted; the next open replays a complete
- *     journal and drops an incomplete one. Measured with test_runfile_crash run 64 times at
+ *     journal and drops an incomplete one. A new file is journaled from its creation to its
+ *     first flush, so a writer killed before that leaves an empty file, which opening and
+ *     resuming report as "a run killed before its first flush". Measured with test_runfile_crash run 64 times at
  *     once on a loaded machine: 512 random kills, 289 of them inside such a flush (213 left a
  *     journal), no bad file; before the journal, 3 of 69 such kills damaged the file ("addr
  *     overflow" on resume, and HDF5 1.10 crashed listing the group).

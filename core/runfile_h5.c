@@ -171,6 +171,7 @@ hid_t m2_h5_open_read(const char *path, double timeout, bool no_repair) {
     m2_fail(M2_ERR_IO, "%s: not a regular file", path);
     return -1;
   }
+
   hid_t fapl = m2_h5_fapl(false);
   if (fapl < 0) return -1;
   double deadline = m2_rf_monotonic() + (timeout > 0 ? timeout : 10.0);
@@ -204,7 +205,11 @@ hid_t m2_h5_open_read(const char *path, double timeout, bool no_repair) {
     if (f >= 0) break;
     m2_h5_last_error(msg, sizeof msg);
     if (strstr(msg, "signature")) {
-      m2_fail(M2_ERR_IO, "%s: not an HDF5 file (file signature not found)", path);
+      struct stat now;
+      if (stat(path, &now) == 0 && now.st_size == 0) /* (after any journal was replayed or dropped above) */
+        m2_fail(M2_ERR_IO, "%s: empty: a run killed before its first flush (nothing to read or resume; start it again with overwrite)", path);
+      else
+        m2_fail(M2_ERR_IO, "%s: not an HDF5 file (file signature not found)", path);
       break;
     }
     bool flagged = strstr(msg, "open for SWMR writing") || strstr(msg, "already open for write");

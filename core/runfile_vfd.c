@@ -292,6 +292,9 @@ static H5FD_t *j_open(const char *name, unsigned flags, hid_t fapl, haddr_t maxa
   }
   f->fd = fd;
   f->sync = true;
+  /* A file being created is journaled from its first byte to its first commit (runfile.c flushes at once): a
+     writer killed before that leaves it empty, never a superblock that promises what was not written. */
+  f->journaling = (flags & (H5F_ACC_TRUNC | H5F_ACC_CREAT)) != 0;
   f->eof = (haddr_t)sb.st_size;
   f->dev = sb.st_dev;
   f->ino = sb.st_ino;
@@ -437,9 +440,7 @@ static jfile *jfile_of(hid_t file) {
 
 void m2_rf_journal_begin(hid_t file) {
   jfile *f = jfile_of(file);
-  if (!f) return;
-  drop_records(f);
-  f->journaling = true;
+  if (f) f->journaling = true; /* (a new file's window is open since its creation: its records stay) */
 }
 
 void m2_rf_vfd_set_sync(hid_t file, bool sync) {

@@ -1,6 +1,7 @@
 /* test_runfile_journal.c — the writer driver's flush journal (core/runfile_vfd.c), deterministically: a complete
  * journal is replayed (writes in order, an overlapping later write wins, then the truncation), an incomplete or
- * corrupted one is dropped without touching the file, none at all is fine; then a real run file: a flush leaves no
+ * corrupted one is dropped without touching the file, none at all is fine; an empty file (a writer killed before its
+ * first flush) is reported as such; then a real run file: a flush leaves no
  * journal behind, and h5py-style reading with the default driver sees what the journaled flushes wrote. (The
  * random kills of test_runfile_crash exercise the same code under a dying writer.) */
 #include <fcntl.h>
@@ -95,6 +96,17 @@ static void test_recover(void) {
   unlink(g_file);
 }
 
+/* A writer killed before its first flush leaves an empty file (its creation is journaled): both reading and resuming
+ * say so, instead of a bare "not an HDF5 file". */
+static void test_empty_file(void) {
+  write_file("");
+  m2_run_opts rs = {0};
+  rs.mode = M2_RUN_RESUME;
+  CHECK_FAILS(m2_run_open(g_file, NULL) == NULL, M2_ERR_IO, "before its first flush");
+  CHECK_FAILS(m2_run_open(g_file, &rs) == NULL, M2_ERR_IO, "before its first flush");
+  unlink(g_file);
+}
+
 static void test_run_file(void) {
   m2_run_opts o = {0};
   o.mode = M2_RUN_CREATE;
@@ -140,6 +152,7 @@ int main(void) {
   snprintf(g_jnl, sizeof g_jnl, "%s-journal", g_file);
   H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
   test_recover();
+  test_empty_file();
   test_run_file();
   unlink(g_jnl);
   rmdir(g_dir);
