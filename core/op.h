@@ -15,6 +15,7 @@
 #ifndef M2_OP_H
 #define M2_OP_H
 #include "tensor.h"
+#include <string.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -25,6 +26,15 @@ extern "C" {
 #define M2_MAX_SAVED 8
 #define M2_MAX_IATTR 16
 #define M2_MAX_FATTR 8
+#define M2_MAX_ATTR 128 /* bytes of an op's typed attribute struct (see M2_ATTR) */
+
+#ifdef __cplusplus
+#define M2_ALIGNED16 alignas(16)
+#define M2_STATIC_ASSERT static_assert
+#else
+#define M2_ALIGNED16 _Alignas(16)
+#define M2_STATIC_ASSERT _Static_assert
+#endif
 
 struct m2_op;
 
@@ -38,6 +48,10 @@ typedef struct m2_opcall {
   m2_tensor *saved[M2_MAX_SAVED];  /* kept for backward */
   int64_t ia[M2_MAX_IATTR];        /* integer attributes; meaning documented per op */
   double fa[M2_MAX_FATTR];         /* float attributes */
+  /* The op's typed attributes (a struct named m2_<op>_attr, declared beside the op), copied in by the public entry
+   * after it validated them (m2_call_set_attr) and kept on the tape node: kernels read them with M2_ATTR and trust
+   * them. */
+  M2_ALIGNED16 unsigned char attr[M2_MAX_ATTR];
   /* backward only */
   m2_tensor *dout[M2_MAX_OUT];     /* dL/d out[i], same shape as out[i] */
   bool needs_din[M2_MAX_IN];
@@ -73,6 +87,17 @@ void m2_call_init(m2_opcall *c, const m2_op *op, int n_in, m2_tensor *const *in)
 m2_tensor *m2_call1(m2_opcall *c);
 /* Same, but hands all outputs back in outs[0..n_out) (new refs). */
 m2_status m2_call_run(m2_opcall *c, m2_tensor **outs);
+/* Copy the op's checked attribute struct into the call (n <= M2_MAX_ATTR; checked at compile time by
+ * M2_SET_ATTR). */
+static inline void m2_call_set_attr(m2_opcall *c, const void *attr, size_t n) { memcpy(c->attr, attr, n); }
+#define M2_SET_ATTR(c, a)                                                                           \
+  do {                                                                                              \
+    M2_STATIC_ASSERT(sizeof(a) <= M2_MAX_ATTR, "attribute struct larger than M2_MAX_ATTR");           \
+    m2_call_set_attr((c), &(a), sizeof(a));                                                         \
+  } while (0)
+/* The call's attributes as a pointer to the op's struct type T (read-only by convention). */
+#define M2_ATTR(c, T) ((const T *)(const void *)(c)->attr)
+
 /* Keep t for backward (stores an alias with no history; counts a new ref). */
 void m2_save(m2_opcall *c, m2_tensor *t);
 /* Release everything a call holds (outputs, saved, din). */
