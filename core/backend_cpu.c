@@ -31,40 +31,45 @@ static m2_status cpu_copy(m2_device dd, void *dst, m2_device sd, const void *src
 static m2_status cpu_sync(int index) { (void)index; return M2_OK; }
 static int cpu_count(void) { return 1; }
 
+/* The CPU's tensor and optimizer work is done by core itself (tensor.c, optim.c): no hooks here. */
 static const m2_backend cpu_backend = {"cpu", cpu_alloc, cpu_free, cpu_memset0, cpu_copy, cpu_sync, cpu_count};
-static const m2_backend *g_backends[2] = {&cpu_backend, NULL};
-
-#ifdef M2_HAVE_CUDA
-void m2_cuda_init(void); /* cuda/backend.cu: registers itself when a GPU is present */
-#endif
+static const m2_backend *g_backends[M2_NUM_DEVTYPES] = {&cpu_backend};
+static void (*g_probe[M2_NUM_DEVTYPES])(void);
 
 const m2_backend *m2_backend_get(m2_devtype t) {
-  if (t != M2_CPU && t != M2_CUDA) return NULL;
-#ifdef M2_HAVE_CUDA
-  static int tried;
-  if (t == M2_CUDA && !tried) {
-    tried = 1;
-    m2_cuda_init();
+  if ((int)t < 0 || (int)t >= M2_NUM_DEVTYPES) return NULL;
+  if (g_probe[t]) {
+    void (*probe)(void) = g_probe[t];
+    g_probe[t] = NULL; /* once */
+    probe();
   }
-#endif
   return g_backends[t];
 }
-void m2_backend_register(m2_devtype t, const m2_backend *b) { g_backends[t] = b; }
+void m2_backend_register(m2_devtype t, const m2_backend *b) {
+  if ((int)t > (int)M2_CPU && (int)t < M2_NUM_DEVTYPES) g_backends[t] = b;
+}
+void m2_backend_register_probe(m2_devtype t, void (*probe)(void)) {
+  if ((int)t > (int)M2_CPU && (int)t < M2_NUM_DEVTYPES) g_probe[t] = probe;
+}
 
-int m2_cuda_device_count(void) {
-  const m2_backend *b = m2_backend_get(M2_CUDA);
+int m2_device_count(m2_devtype t) {
+  const m2_backend *b = m2_backend_get(t);
   return b ? b->device_count() : 0;
 }
 
 m2_status m2_memcpy(m2_device dd, void *dst, m2_device sd, const void *src, size_t n) {
   if (n == 0) return M2_OK;
-  m2_devtype t = dd.type == M2_CUDA ? M2_CUDA : sd.type;
+  m2_devtype t = dd.type != M2_CPU ? dd.type : sd.type; /* the non-host side's backend does the copy */
   const m2_backend *b = m2_backend_get(t);
-  if (!b) return m2_fail(M2_ERR_DEVICE, "no backend for %s", t == M2_CUDA ? "cuda" : "cpu");
+  if (!b) {
+    char a[32];
+    m2_device_name(dd.type != M2_CPU ? dd : sd, a, sizeof a);
+    return m2_fail(M2_ERR_DEVICE, "no backend for %s (built without it, or no such device)", a);
+  }
   return b->copy(dd, dst, sd, src, n);
 }
 
-static size_t g_cur[2], g_peak[2];
+static size_t g_cur[M2_NUM_DEVTYPES], g_peak[M2_NUM_DEVTYPES];
 size_t m2_mem_current(m2_devtype t) { return g_cur[t]; }
 size_t m2_mem_peak(m2_devtype t) { return g_peak[t]; }
 void m2_mem_reset_peak(m2_devtype t) { g_peak[t] = g_cur[t]; }

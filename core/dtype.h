@@ -13,6 +13,7 @@ extern "C" {
 typedef enum m2_dtype { M2_F32 = 0, M2_F64, M2_BF16, M2_I32, M2_I64, M2_NDTYPES } m2_dtype;
 
 typedef enum m2_devtype { M2_CPU = 0, M2_CUDA = 1 } m2_devtype;
+#define M2_NUM_DEVTYPES 2 /* device types a backend can be registered for (core/backend.h) */
 typedef struct m2_device {
   m2_devtype type;
   int index; /* GPU ordinal; 0 for cpu */

@@ -26,9 +26,40 @@ void m2_call_clear(m2_opcall *c) {
   c->n_saved = 0;
 }
 
+/* ---- kernels registered by backends: g_kern[device type][row index] ---- */
+#define M2_MAX_OPS 128
+static struct { m2_op_fn fwd, bwd; } g_kern[M2_NUM_DEVTYPES][M2_MAX_OPS];
+
+static int op_index(const m2_op *op) {
+  const m2_op *const *list = m2_op_list();
+  for (int i = 0; list[i] && i < M2_MAX_OPS; i++)
+    if (list[i] == op) return i;
+  return -1;
+}
+
+m2_status m2_op_register_kernels(m2_devtype t, const m2_kernel_reg *regs, int n) {
+  if ((int)t <= (int)M2_CPU || (int)t >= M2_NUM_DEVTYPES)
+    return m2_fail(M2_ERR_VALUE, "op registry: kernels can be registered for a non-CPU device type only (got %d)", t);
+  for (int i = 0; i < n; i++) {
+    if (!regs[i].op || op_index(regs[i].op) < 0)
+      return m2_fail(M2_ERR_VALUE, "op registry: kernel entry %d names %s", i,
+                     regs[i].op ? "an op that is not in the registry (core/op_table.h)" : "no op");
+  }
+  for (int i = 0; i < n; i++) {
+    int k = op_index(regs[i].op);
+    g_kern[t][k].fwd = regs[i].fwd;
+    g_kern[t][k].bwd = regs[i].bwd;
+  }
+  return M2_OK;
+}
+
 m2_op_fn m2_op_kernel(const m2_op *op, m2_device dev, bool bwd) {
-  if (dev.type == M2_CUDA) return bwd ? op->cuda_bwd : op->cuda_fwd;
-  return bwd ? op->cpu_bwd : op->cpu_fwd;
+  if (dev.type == M2_CPU) return bwd ? op->bwd : op->fwd;
+  if ((int)dev.type < 0 || (int)dev.type >= M2_NUM_DEVTYPES) return NULL;
+  int i = op_index(op);
+  m2_op_fn k = i < 0 ? NULL : bwd ? g_kern[dev.type][i].bwd : g_kern[dev.type][i].fwd;
+  if (!k && (op->flags & (bwd ? M2_OP_ANYDEV_BWD : M2_OP_ANYDEV_FWD))) k = bwd ? op->bwd : op->fwd;
+  return k;
 }
 
 m2_status m2_call_run(m2_opcall *c, m2_tensor **outs) {

@@ -1,4 +1,5 @@
-/* op.h — the op registry: every op is one m2_op row {name, CPU fwd/bwd, CUDA fwd/bwd}.
+/* op.h — the op registry: every op is one m2_op row {name, CPU fwd/bwd, flags}; backends register their
+ * kernels for a row at init (m2_op_register_kernels).
  *
  * An op is a forward/backward pair that works on an m2_opcall:
  *   forward  reads in[], attributes, and ALLOCATES out[] (new refs); it may keep
@@ -64,21 +65,29 @@ enum {
   M2_OP_VIEW = 1 << 0,          /* inputs are passed as they are (may be strided) */
   M2_OP_NONDIFF = 1 << 1,       /* outputs never require grad (argmax, comparisons, ...) */
   M2_OP_KEEP_OUTPUTS = 1 << 2,  /* backward reads out[] (kept as aliases) */
+  /* The row's forward / backward is built from other ops (or only makes views), so it runs on any device as it
+   * is: a backend need not register a kernel for it (one it registers takes precedence). */
+  M2_OP_ANYDEV_FWD = 1 << 3,
+  M2_OP_ANYDEV_BWD = 1 << 4,
 };
 
+/* One op: its name, its CPU reference kernels and its flags. Other backends (cuda/) register their kernels for
+ * a row at init with m2_op_register_kernels; core never names them. */
 typedef struct m2_op {
   const char *name;
-  m2_op_fn cpu_fwd, cpu_bwd;
-  m2_op_fn cuda_fwd, cuda_bwd;   /* NULL until a CUDA kernel exists */
+  m2_op_fn fwd, bwd;  /* the CPU reference forward and backward (bwd NULL only for M2_OP_NONDIFF) */
   int flags;
 } m2_op;
 
-/* M2_CUDA(fn) names a CUDA entry point in an op row, or NULL in a CPU-only build. */
-#ifdef M2_HAVE_CUDA
-#define M2_CUDA(fn) fn
-#else
-#define M2_CUDA(fn) NULL
-#endif
+/* A backend's kernels for one op; fwd or bwd NULL: that direction has no kernel on this backend. */
+typedef struct m2_kernel_reg {
+  const m2_op *op;
+  m2_op_fn fwd, bwd;
+} m2_kernel_reg;
+/* Register n kernel pairs for device type t (a backend calls this once at init; registering an op again
+ * replaces its kernels). Fails, registering nothing, on a NULL or unknown op or on t == M2_CPU (the CPU kernels
+ * are the rows themselves). */
+m2_status m2_op_register_kernels(m2_devtype t, const m2_kernel_reg *regs, int n);
 
 /* Start a call of op `op` with the given inputs (n borrowed tensors). */
 void m2_call_init(m2_opcall *c, const m2_op *op, int n_in, m2_tensor *const *in);
@@ -102,8 +111,9 @@ static inline void m2_call_set_attr(m2_opcall *c, const void *attr, size_t n) { 
 void m2_save(m2_opcall *c, m2_tensor *t);
 /* Release everything a call holds (outputs, saved, din). */
 void m2_call_clear(m2_opcall *c);
-/* An op's forward (bwd false) or backward kernel for a device: NULL when the device has none. For ops built from
- * other ops' kernels (linear_cross_entropy), which call them without dispatch or recording. */
+/* An op's forward (bwd false) or backward kernel for a device: the row's own on the CPU; elsewhere what the device's
+ * backend registered, else the row's own when flagged M2_OP_ANYDEV_*, else NULL. Also for ops built from other
+ * ops' kernels (linear_cross_entropy), which call them without dispatch or recording. */
 m2_op_fn m2_op_kernel(const m2_op *op, m2_device dev, bool bwd);
 
 /* ---- registry ---- */

@@ -21,13 +21,6 @@
 #include "ops_mixers.h"
 #include "ops_attention.h"
 #include "ops_dbuf.h"
-#ifdef M2_HAVE_CUDA
-#include "../cuda/ops_mixers_entry.h"
-#else
-/* Without the CUDA backend no call takes the tensor-core path (tests/cuda_attention_tc.c links this and skips). */
-long m2_cuda_attention_tc_calls(void);
-long m2_cuda_attention_tc_calls(void) { return 0; }
-#endif
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -184,8 +177,7 @@ static m2_status attention_bwd(m2_opcall *c) {
   return s;
 }
 
-const m2_op m2_op_attention = {"attention", attention_fwd, attention_bwd, M2_CUDA(m2_cuda_attention_fwd),
-                                M2_CUDA(m2_cuda_attention_bwd), M2_OP_KEEP_OUTPUTS};
+const m2_op m2_op_attention = {"attention", attention_fwd, attention_bwd, M2_OP_KEEP_OUTPUTS};
 
 /* opts NULL means {scale 1/sqrt(D), causal}. */
 m2_tensor *m2_attention(m2_tensor *q, m2_tensor *k, m2_tensor *v, const m2_attention_opts *o) {
@@ -272,7 +264,7 @@ static m2_status rope_bwd(m2_opcall *c) {
   return rope_run(c, c->dout[0], &c->din[0], -1.0);
 }
 
-const m2_op m2_op_rope = {"rope", rope_fwd, rope_bwd, M2_CUDA(m2_cuda_rope_fwd), M2_CUDA(m2_cuda_rope_bwd), 0};
+const m2_op m2_op_rope = {"rope", rope_fwd, rope_bwd, 0};
 
 m2_tensor *m2_rope(m2_tensor *x, double theta, int64_t offset) {
   m2_tensor *in[1] = {x};

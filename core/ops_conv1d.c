@@ -11,9 +11,6 @@
 #include "ops.h"
 #include "ops_conv1d.h"
 #include "ops_mixers.h"
-#ifdef M2_HAVE_CUDA
-#include "../cuda/cuda_ops.h" /* the CUDA entry points named in the op rows */
-#endif
 #include <stdlib.h>
 #include <string.h>
 
@@ -147,8 +144,7 @@ static m2_status conv_bwd(m2_opcall *c) {
   return s;
 }
 
-const m2_op m2_op_conv1d_causal = {"conv1d_causal", conv_fwd, conv_bwd, M2_CUDA(m2_cuda_conv1d_causal_fwd),
-                                   M2_CUDA(m2_cuda_conv1d_causal_bwd), 0};
+const m2_op m2_op_conv1d_causal = {"conv1d_causal", conv_fwd, conv_bwd, 0};
 
 m2_tensor *m2_conv1d_causal(m2_tensor *x, m2_tensor *w, m2_tensor *bias) {
   if (m2_conv1d_check(x, w, bias, m2_check_float) != M2_OK) return NULL;

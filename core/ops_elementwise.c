@@ -7,9 +7,6 @@
  * rows of contiguous loops; only the odometer over the outer dims is generic. */
 #include "ops.h"
 #include "ops_elementwise.h"
-#ifdef M2_HAVE_CUDA
-#include "../cuda/cuda_ops.h" /* the CUDA entry points named in the op rows */
-#endif
 #include <math.h>
 #include <string.h>
 
@@ -165,7 +162,7 @@ static m2_status add_bwd(m2_opcall *c) {
     if (c->needs_din[i]) { m2_retain(c->dout[0]); M2_TRY(give_din(c, i, c->dout[0])); }
   return M2_OK;
 }
-const m2_op m2_op_add = {"add", add_fwd, add_bwd, M2_CUDA(m2_cuda_add_fwd), M2_CUDA(add_bwd), 0};
+const m2_op m2_op_add = {"add", add_fwd, add_bwd, M2_OP_ANYDEV_BWD};
 m2_tensor *m2_add(m2_tensor *a, m2_tensor *b) { return binary(&m2_op_add, a, b); }
 
 /* ---- sub: da = g, db = -g (each summed to its input's shape) ---- */
@@ -181,7 +178,7 @@ static m2_status sub_bwd(m2_opcall *c) {
   }
   return M2_OK;
 }
-const m2_op m2_op_sub = {"sub", sub_fwd, sub_bwd, M2_CUDA(m2_cuda_sub_fwd), M2_CUDA(sub_bwd), 0};
+const m2_op m2_op_sub = {"sub", sub_fwd, sub_bwd, M2_OP_ANYDEV_BWD};
 m2_tensor *m2_sub(m2_tensor *a, m2_tensor *b) { return binary(&m2_op_sub, a, b); }
 
 /* ---- mul: da = g * b, db = g * a ---- */
@@ -191,7 +188,7 @@ static m2_status mul_bwd(m2_opcall *c) {
   if (c->needs_din[1]) M2_TRY(give_din(c, 1, m2_mul(c->dout[0], c->in[0])));
   return M2_OK;
 }
-const m2_op m2_op_mul = {"mul", mul_fwd, mul_bwd, M2_CUDA(m2_cuda_mul_fwd), M2_CUDA(mul_bwd), 0};
+const m2_op m2_op_mul = {"mul", mul_fwd, mul_bwd, M2_OP_ANYDEV_BWD};
 m2_tensor *m2_mul(m2_tensor *a, m2_tensor *b) { return binary(&m2_op_mul, a, b); }
 
 /* ---- div: t = g / b; da = t, db = -t * a / b ---- */
@@ -214,7 +211,7 @@ static m2_status div_bwd(m2_opcall *c) {
   m2_release(t);
   return s;
 }
-const m2_op m2_op_div = {"div", div_fwd, div_bwd, M2_CUDA(m2_cuda_div_fwd), M2_CUDA(div_bwd), 0};
+const m2_op m2_op_div = {"div", div_fwd, div_bwd, M2_OP_ANYDEV_BWD};
 m2_tensor *m2_div(m2_tensor *a, m2_tensor *b) { return binary(&m2_op_div, a, b); }
 
 /* ================= unary maps: x (...) -> y (...) ================= */
@@ -317,12 +314,12 @@ static m2_tensor *unary(const m2_op *op, m2_tensor *x, double s0, double s1) {
 
 static m2_status neg_fwd(m2_opcall *c) { return unary_fwd(c, U_NEG); }
 static m2_status neg_bwd(m2_opcall *c) { return unary_bwd(c, U_NEG); }
-const m2_op m2_op_neg = {"neg", neg_fwd, neg_bwd, M2_CUDA(m2_cuda_neg_fwd), M2_CUDA(m2_cuda_neg_bwd), 0};
+const m2_op m2_op_neg = {"neg", neg_fwd, neg_bwd, 0};
 m2_tensor *m2_neg(m2_tensor *x) { return unary(&m2_op_neg, x, 0, 0); }
 
 static m2_status scale_fwd(m2_opcall *c) { return unary_fwd(c, U_SCALE); }
 static m2_status scale_bwd(m2_opcall *c) { return unary_bwd(c, U_SCALE); }
-const m2_op m2_op_scale = {"scale", scale_fwd, scale_bwd, M2_CUDA(m2_cuda_scale_fwd), M2_CUDA(m2_cuda_scale_bwd), 0};
+const m2_op m2_op_scale = {"scale", scale_fwd, scale_bwd, 0};
 m2_tensor *m2_scale(m2_tensor *x, double s) { return unary(&m2_op_scale, x, s, 0); }
 
 static m2_status add_scalar_fwd(m2_opcall *c) { return unary_fwd(c, U_ADD_SCALAR); }
@@ -331,65 +328,58 @@ static m2_status add_scalar_bwd(m2_opcall *c) {
   c->din[0] = c->dout[0];
   return M2_OK;
 }
-const m2_op m2_op_add_scalar = {"add_scalar", add_scalar_fwd, add_scalar_bwd, M2_CUDA(m2_cuda_add_scalar_fwd),
-                                M2_CUDA(m2_cuda_add_scalar_bwd), 0};
+const m2_op m2_op_add_scalar = {"add_scalar", add_scalar_fwd, add_scalar_bwd, 0};
 m2_tensor *m2_add_scalar(m2_tensor *x, double s) { return unary(&m2_op_add_scalar, x, s, 0); }
 
 static m2_status exp_fwd(m2_opcall *c) { return unary_fwd(c, U_EXP); }
 static m2_status exp_bwd(m2_opcall *c) { return unary_bwd(c, U_EXP); }
-const m2_op m2_op_exp = {"exp", exp_fwd, exp_bwd, M2_CUDA(m2_cuda_exp_fwd),
-                         M2_CUDA(m2_cuda_exp_bwd), M2_OP_KEEP_OUTPUTS};
+const m2_op m2_op_exp = {"exp", exp_fwd, exp_bwd, M2_OP_KEEP_OUTPUTS};
 m2_tensor *m2_exp(m2_tensor *x) { return unary(&m2_op_exp, x, 0, 0); }
 
 static m2_status log_fwd(m2_opcall *c) { return unary_fwd(c, U_LOG); }
 static m2_status log_bwd(m2_opcall *c) { return unary_bwd(c, U_LOG); }
-const m2_op m2_op_log = {"log", log_fwd, log_bwd, M2_CUDA(m2_cuda_log_fwd), M2_CUDA(m2_cuda_log_bwd), 0};
+const m2_op m2_op_log = {"log", log_fwd, log_bwd, 0};
 m2_tensor *m2_log(m2_tensor *x) { return unary(&m2_op_log, x, 0, 0); }
 
 static m2_status tanh_fwd(m2_opcall *c) { return unary_fwd(c, U_TANH); }
 static m2_status tanh_bwd(m2_opcall *c) { return unary_bwd(c, U_TANH); }
-const m2_op m2_op_tanh = {"tanh", tanh_fwd, tanh_bwd, M2_CUDA(m2_cuda_tanh_fwd),
-                          M2_CUDA(m2_cuda_tanh_bwd), M2_OP_KEEP_OUTPUTS};
+const m2_op m2_op_tanh = {"tanh", tanh_fwd, tanh_bwd, M2_OP_KEEP_OUTPUTS};
 m2_tensor *m2_tanh(m2_tensor *x) { return unary(&m2_op_tanh, x, 0, 0); }
 
 static m2_status sigmoid_fwd(m2_opcall *c) { return unary_fwd(c, U_SIGMOID); }
 static m2_status sigmoid_bwd(m2_opcall *c) { return unary_bwd(c, U_SIGMOID); }
-const m2_op m2_op_sigmoid = {"sigmoid", sigmoid_fwd, sigmoid_bwd, M2_CUDA(m2_cuda_sigmoid_fwd),
-                             M2_CUDA(m2_cuda_sigmoid_bwd), M2_OP_KEEP_OUTPUTS};
+const m2_op m2_op_sigmoid = {"sigmoid", sigmoid_fwd, sigmoid_bwd, M2_OP_KEEP_OUTPUTS};
 m2_tensor *m2_sigmoid(m2_tensor *x) { return unary(&m2_op_sigmoid, x, 0, 0); }
 
 static m2_status silu_fwd(m2_opcall *c) { return unary_fwd(c, U_SILU); }
 static m2_status silu_bwd(m2_opcall *c) { return unary_bwd(c, U_SILU); }
-const m2_op m2_op_silu = {"silu", silu_fwd, silu_bwd, M2_CUDA(m2_cuda_silu_fwd), M2_CUDA(m2_cuda_silu_bwd), 0};
+const m2_op m2_op_silu = {"silu", silu_fwd, silu_bwd, 0};
 m2_tensor *m2_silu(m2_tensor *x) { return unary(&m2_op_silu, x, 0, 0); }
 
 static m2_status softplus_fwd(m2_opcall *c) { return unary_fwd(c, U_SOFTPLUS); }
 static m2_status softplus_bwd(m2_opcall *c) { return unary_bwd(c, U_SOFTPLUS); }
-const m2_op m2_op_softplus = {"softplus", softplus_fwd, softplus_bwd, M2_CUDA(m2_cuda_softplus_fwd),
-                              M2_CUDA(m2_cuda_softplus_bwd), 0};
+const m2_op m2_op_softplus = {"softplus", softplus_fwd, softplus_bwd, 0};
 m2_tensor *m2_softplus(m2_tensor *x) { return unary(&m2_op_softplus, x, 0, 0); }
 
 static m2_status relu_fwd(m2_opcall *c) { return unary_fwd(c, U_RELU); }
 static m2_status relu_bwd(m2_opcall *c) { return unary_bwd(c, U_RELU); }
-const m2_op m2_op_relu = {"relu", relu_fwd, relu_bwd, M2_CUDA(m2_cuda_relu_fwd), M2_CUDA(m2_cuda_relu_bwd), 0};
+const m2_op m2_op_relu = {"relu", relu_fwd, relu_bwd, 0};
 m2_tensor *m2_relu(m2_tensor *x) { return unary(&m2_op_relu, x, 0, 0); }
 
 static m2_status square_fwd(m2_opcall *c) { return unary_fwd(c, U_SQUARE); }
 static m2_status square_bwd(m2_opcall *c) { return unary_bwd(c, U_SQUARE); }
-const m2_op m2_op_square = {"square", square_fwd, square_bwd, M2_CUDA(m2_cuda_square_fwd),
-                            M2_CUDA(m2_cuda_square_bwd), 0};
+const m2_op m2_op_square = {"square", square_fwd, square_bwd, 0};
 m2_tensor *m2_square(m2_tensor *x) { return unary(&m2_op_square, x, 0, 0); }
 
 static m2_status sqrt_fwd(m2_opcall *c) { return unary_fwd(c, U_SQRT); }
 static m2_status sqrt_bwd(m2_opcall *c) { return unary_bwd(c, U_SQRT); }
-const m2_op m2_op_sqrt = {"sqrt", sqrt_fwd, sqrt_bwd, M2_CUDA(m2_cuda_sqrt_fwd),
-                          M2_CUDA(m2_cuda_sqrt_bwd), M2_OP_KEEP_OUTPUTS};
+const m2_op m2_op_sqrt = {"sqrt", sqrt_fwd, sqrt_bwd, M2_OP_KEEP_OUTPUTS};
 m2_tensor *m2_sqrt(m2_tensor *x) { return unary(&m2_op_sqrt, x, 0, 0); }
 
 /* ---- clamp: fa[0] = lo, fa[1] = hi; the gradient passes where lo <= x <= hi ---- */
 static m2_status clamp_fwd(m2_opcall *c) { return unary_fwd(c, U_CLAMP); }
 static m2_status clamp_bwd(m2_opcall *c) { return unary_bwd(c, U_CLAMP); }
-const m2_op m2_op_clamp = {"clamp", clamp_fwd, clamp_bwd, M2_CUDA(m2_cuda_clamp_fwd), M2_CUDA(m2_cuda_clamp_bwd), 0};
+const m2_op m2_op_clamp = {"clamp", clamp_fwd, clamp_bwd, 0};
 m2_tensor *m2_clamp(m2_tensor *x, double lo, double hi) {
   if (!(lo <= hi)) {
     m2_fail(M2_ERR_VALUE, "clamp: lo (%g) must not exceed hi (%g)", lo, hi);

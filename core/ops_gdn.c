@@ -21,9 +21,6 @@
 #include "ops.h"
 #include "ops_mixers.h"
 #include "ops_gdn.h"
-#ifdef M2_HAVE_CUDA
-#include "../cuda/ops_mixers_entry.h"
-#endif
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -365,9 +362,8 @@ static m2_status gdn_bwd(m2_opcall *c) {
   return mixer_bwd_close(c, &mb, s);
 }
 
-const m2_op m2_op_gdn = {"gdn", gdn_fwd, gdn_bwd, M2_CUDA(m2_cuda_gdn_fwd), M2_CUDA(m2_cuda_gdn_bwd), 0};
-const m2_op m2_op_gdn_chunked = {"gdn_chunked", gdn_chunked_fwd, gdn_bwd, M2_CUDA(m2_cuda_gdn_chunked_fwd),
-                                  M2_CUDA(m2_cuda_gdn_bwd), 0};
+const m2_op m2_op_gdn = {"gdn", gdn_fwd, gdn_bwd, 0};
+const m2_op m2_op_gdn_chunked = {"gdn_chunked", gdn_chunked_fwd, gdn_bwd, 0};
 
 /* ---------------- public API ---------------- */
 

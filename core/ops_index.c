@@ -3,9 +3,6 @@
  * backward (float only) copies or scatter-adds gradients back. A tensor is viewed as
  * (outer, n, inner) around the working dim. */
 #include "ops.h"
-#ifdef M2_HAVE_CUDA
-#include "../cuda/cuda_ops.h" /* the CUDA entry points named in the op rows */
-#endif
 #include <stdlib.h>
 #include <string.h>
 
@@ -103,7 +100,7 @@ static m2_status concat_bwd(m2_opcall *c) {
   }
   return M2_OK;
 }
-const m2_op m2_op_concat = {"concat", concat_fwd, concat_bwd, M2_CUDA(m2_cuda_concat_fwd), M2_CUDA(m2_cuda_concat_bwd), 0};
+const m2_op m2_op_concat = {"concat", concat_fwd, concat_bwd, 0};
 
 /* At most M2_MAX_IN tensors per op call: longer lists are concatenated in groups, then the groups. */
 static m2_tensor *concat_any(int n, m2_tensor *const *xs, int d) {
@@ -181,7 +178,7 @@ static m2_status split_bwd(m2_opcall *c) {
   c->din[0] = dx;
   return M2_OK;
 }
-const m2_op m2_op_split = {"split", split_fwd, split_bwd, M2_CUDA(m2_cuda_split_fwd), M2_CUDA(m2_cuda_split_bwd), 0};
+const m2_op m2_op_split = {"split", split_fwd, split_bwd, 0};
 
 m2_status m2_split(m2_tensor *x, int dim, int n, const int64_t *sizes, m2_tensor **outs) {
   int d;
@@ -304,7 +301,7 @@ static m2_status gather_bwd(m2_opcall *c) {
   free(offs);
   return s;
 }
-const m2_op m2_op_gather = {"gather", gather_fwd, gather_bwd, M2_CUDA(m2_cuda_gather_fwd), M2_CUDA(m2_cuda_gather_bwd), 0};
+const m2_op m2_op_gather = {"gather", gather_fwd, gather_bwd, 0};
 
 m2_tensor *m2_gather(m2_tensor *x, int dim, m2_tensor *index) {
   int d;
@@ -381,8 +378,7 @@ static m2_status index_select_bwd(m2_opcall *c) {
   c->din[0] = dx;
   return M2_OK;
 }
-const m2_op m2_op_index_select = {"index_select", index_select_fwd, index_select_bwd, M2_CUDA(m2_cuda_index_select_fwd),
-                                  M2_CUDA(m2_cuda_index_select_bwd), 0};
+const m2_op m2_op_index_select = {"index_select", index_select_fwd, index_select_bwd, 0};
 
 m2_tensor *m2_index_select(m2_tensor *x, int dim, m2_tensor *index) {
   int d;

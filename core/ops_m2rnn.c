@@ -29,9 +29,6 @@
 #include "ops_mixers.h"
 #include "ops_m2rnn.h"
 #include "ops_mixer_common.h"
-#ifdef M2_HAVE_CUDA
-#include "../cuda/ops_m2rnn_entry.h"
-#endif
 #include <cblas.h>
 #include <math.h>
 #include <pthread.h>
@@ -473,7 +470,7 @@ static m2_status m2rnn_bwd(m2_opcall *c) {
   return s;
 }
 
-const m2_op m2_op_m2rnn = {"m2rnn", m2rnn_fwd, m2rnn_bwd, M2_CUDA(m2_cuda_m2rnn_fwd), M2_CUDA(m2_cuda_m2rnn_bwd), 0};
+const m2_op m2_op_m2rnn = {"m2rnn", m2rnn_fwd, m2rnn_bwd, 0};
 
 m2_status m2_m2rnn(m2_tensor *q, m2_tensor *k, m2_tensor *v, m2_tensor *W, m2_tensor *f, m2_tensor *h0,
                    const m2_m2rnn_opts *o, m2_tensor **y, m2_tensor **hT) {

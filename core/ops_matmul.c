@@ -10,9 +10,6 @@
  * transposed back to the stored layouts; a shared b sums its gradient over the batch. */
 #include "ops.h"
 #include "ops_matmul.h"
-#ifdef M2_HAVE_CUDA
-#include "../cuda/cuda_ops.h" /* the CUDA entry points named in the op rows */
-#endif
 #include <cblas.h>
 #include <limits.h>
 #include <string.h>
@@ -199,8 +196,7 @@ static m2_status matmul_bwd(m2_opcall *c) {
   return s;
 }
 
-const m2_op m2_op_matmul = {"matmul", matmul_fwd, matmul_bwd, M2_CUDA(m2_cuda_matmul_fwd), M2_CUDA(m2_cuda_matmul_bwd),
-                            0};
+const m2_op m2_op_matmul = {"matmul", matmul_fwd, matmul_bwd, 0};
 
 m2_tensor *m2_matmul(m2_tensor *a, m2_tensor *b, bool ta, bool tb) {
   mm_geom g;

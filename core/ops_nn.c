@@ -2,9 +2,6 @@
  * Row kernels compute in double: an f32 row is widened into a scratch row first. */
 #include "ops.h"
 #include "ops_nn_check.h"
-#ifdef M2_HAVE_CUDA
-#include "../cuda/cuda_ops.h" /* the CUDA entry points named in the op rows */
-#endif
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -106,8 +103,7 @@ static m2_status embedding_bwd(m2_opcall *c) {
   c->din[0] = dw;
   return M2_OK;
 }
-const m2_op m2_op_embedding = {"embedding", embedding_fwd, embedding_bwd, M2_CUDA(m2_cuda_embedding_fwd),
-                               M2_CUDA(m2_cuda_embedding_bwd), 0};
+const m2_op m2_op_embedding = {"embedding", embedding_fwd, embedding_bwd, 0};
 
 m2_tensor *m2_embedding(m2_tensor *weight, m2_tensor *ids) {
   if (m2_embedding_check(weight, ids, m2_check_float) != M2_OK) return NULL;
@@ -204,8 +200,7 @@ static m2_status cross_entropy_bwd(m2_opcall *c) {
   c->din[0] = dx;
   return M2_OK;
 }
-const m2_op m2_op_cross_entropy = {"cross_entropy", cross_entropy_fwd, cross_entropy_bwd,
-                                   M2_CUDA(m2_cuda_cross_entropy_fwd), M2_CUDA(m2_cuda_cross_entropy_bwd), 0};
+const m2_op m2_op_cross_entropy = {"cross_entropy", cross_entropy_fwd, cross_entropy_bwd, 0};
 
 m2_tensor *m2_cross_entropy(m2_tensor *logits, m2_tensor *targets, int64_t ignore_index) {
   if (m2_cross_entropy_check(logits, targets, m2_check_float) != M2_OK) return NULL;
@@ -313,8 +308,7 @@ static m2_status norm_bwd(m2_opcall *c, bool mean, const char *op) {
 
 static m2_status rmsnorm_fwd(m2_opcall *c) { return norm_fwd(c, true, "rmsnorm"); }
 static m2_status rmsnorm_bwd(m2_opcall *c) { return norm_bwd(c, true, "rmsnorm"); }
-const m2_op m2_op_rmsnorm = {"rmsnorm", rmsnorm_fwd, rmsnorm_bwd, M2_CUDA(m2_cuda_rmsnorm_fwd), M2_CUDA(m2_cuda_rmsnorm_bwd),
-                             0};
+const m2_op m2_op_rmsnorm = {"rmsnorm", rmsnorm_fwd, rmsnorm_bwd, 0};
 
 static bool bad_eps(double eps, const char *op) {
   if (eps >= 0) return false;
@@ -334,7 +328,7 @@ m2_tensor *m2_rmsnorm(m2_tensor *x, m2_tensor *weight, double eps) {
 
 static m2_status l2norm_fwd(m2_opcall *c) { return norm_fwd(c, false, "l2norm"); }
 static m2_status l2norm_bwd(m2_opcall *c) { return norm_bwd(c, false, "l2norm"); }
-const m2_op m2_op_l2norm = {"l2norm", l2norm_fwd, l2norm_bwd, M2_CUDA(m2_cuda_l2norm_fwd), M2_CUDA(m2_cuda_l2norm_bwd), 0};
+const m2_op m2_op_l2norm = {"l2norm", l2norm_fwd, l2norm_bwd, 0};
 
 m2_tensor *m2_l2norm(m2_tensor *x, double eps) {
   if (m2_norm_check(x, NULL, "l2norm", m2_check_float) != M2_OK || bad_eps(eps, "l2norm"))

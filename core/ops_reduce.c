@@ -7,9 +7,6 @@
  * m2_load / m2_store folds away at compile time and each instance is a plain typed loop. */
 #include "ops.h"
 #include "ops_reduce.h"
-#ifdef M2_HAVE_CUDA
-#include "../cuda/cuda_ops.h" /* the CUDA entry points named in the op rows */
-#endif
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -239,26 +236,24 @@ static m2_tensor *all_op(const m2_op *op, m2_tensor *x) {
 /* ---- sum: x (..., n, ...) -> (..., [1,] ...); ia[0] = dim, ia[1] = keepdim ---- */
 static m2_status sum_fwd(m2_opcall *c) { return sum_mean_fwd(c, false, false); }
 static m2_status sum_bwd(m2_opcall *c) { return sum_mean_bwd(c, false, false); }
-const m2_op m2_op_sum = {"sum", sum_fwd, sum_bwd, M2_CUDA(m2_cuda_sum_fwd), M2_CUDA(m2_cuda_sum_bwd), 0};
+const m2_op m2_op_sum = {"sum", sum_fwd, sum_bwd, 0};
 m2_tensor *m2_sum(m2_tensor *x, int dim, bool keepdim) { return dim_op(&m2_op_sum, x, dim, keepdim); }
 
 /* ---- mean: as sum, divided by n ---- */
 static m2_status mean_fwd(m2_opcall *c) { return sum_mean_fwd(c, true, false); }
 static m2_status mean_bwd(m2_opcall *c) { return sum_mean_bwd(c, true, false); }
-const m2_op m2_op_mean = {"mean", mean_fwd, mean_bwd, M2_CUDA(m2_cuda_mean_fwd), M2_CUDA(m2_cuda_mean_bwd), 0};
+const m2_op m2_op_mean = {"mean", mean_fwd, mean_bwd, 0};
 m2_tensor *m2_mean(m2_tensor *x, int dim, bool keepdim) { return dim_op(&m2_op_mean, x, dim, keepdim); }
 
 /* ---- sum_all, mean_all: x (...) -> () ---- */
 static m2_status sum_all_fwd(m2_opcall *c) { return sum_mean_fwd(c, false, true); }
 static m2_status sum_all_bwd(m2_opcall *c) { return sum_mean_bwd(c, false, true); }
-const m2_op m2_op_sum_all = {"sum_all", sum_all_fwd, sum_all_bwd, M2_CUDA(m2_cuda_sum_all_fwd),
-                             M2_CUDA(m2_cuda_sum_all_bwd), 0};
+const m2_op m2_op_sum_all = {"sum_all", sum_all_fwd, sum_all_bwd, 0};
 m2_tensor *m2_sum_all(m2_tensor *x) { return all_op(&m2_op_sum_all, x); }
 
 static m2_status mean_all_fwd(m2_opcall *c) { return sum_mean_fwd(c, true, true); }
 static m2_status mean_all_bwd(m2_opcall *c) { return sum_mean_bwd(c, true, true); }
-const m2_op m2_op_mean_all = {"mean_all", mean_all_fwd, mean_all_bwd, M2_CUDA(m2_cuda_mean_all_fwd),
-                              M2_CUDA(m2_cuda_mean_all_bwd), 0};
+const m2_op m2_op_mean_all = {"mean_all", mean_all_fwd, mean_all_bwd, 0};
 m2_tensor *m2_mean_all(m2_tensor *x) { return all_op(&m2_op_mean_all, x); }
 
 /* ================= max, max_all, argmax ================= */
@@ -292,13 +287,12 @@ static m2_status max_bwd_common(m2_opcall *c, bool all) {
 
 static m2_status max_fwd(m2_opcall *c) { return max_fwd_common(c, false); }
 static m2_status max_bwd(m2_opcall *c) { return max_bwd_common(c, false); }
-const m2_op m2_op_max = {"max", max_fwd, max_bwd, M2_CUDA(m2_cuda_max_fwd), M2_CUDA(m2_cuda_max_bwd), 0};
+const m2_op m2_op_max = {"max", max_fwd, max_bwd, 0};
 m2_tensor *m2_max(m2_tensor *x, int dim, bool keepdim) { return dim_op(&m2_op_max, x, dim, keepdim); }
 
 static m2_status max_all_fwd(m2_opcall *c) { return max_fwd_common(c, true); }
 static m2_status max_all_bwd(m2_opcall *c) { return max_bwd_common(c, true); }
-const m2_op m2_op_max_all = {"max_all", max_all_fwd, max_all_bwd, M2_CUDA(m2_cuda_max_all_fwd),
-                             M2_CUDA(m2_cuda_max_all_bwd), 0};
+const m2_op m2_op_max_all = {"max_all", max_all_fwd, max_all_bwd, 0};
 m2_tensor *m2_max_all(m2_tensor *x) { return all_op(&m2_op_max_all, x); }
 
 /* ---- argmax: x (..., n, ...) any dtype -> I64 (..., [1,] ...); first position of the max ---- */
@@ -317,7 +311,7 @@ static m2_status argmax_fwd(m2_opcall *c) {
   c->out[0] = idx;
   return M2_OK;
 }
-const m2_op m2_op_argmax = {"argmax", argmax_fwd, NULL, M2_CUDA(m2_cuda_argmax_fwd), NULL, M2_OP_NONDIFF};
+const m2_op m2_op_argmax = {"argmax", argmax_fwd, NULL, M2_OP_NONDIFF};
 m2_tensor *m2_argmax(m2_tensor *x, int dim, bool keepdim) { return dim_op(&m2_op_argmax, x, dim, keepdim); }
 
 /* ================= eq: a (...), b (...) broadcast, any dtypes -> F32 0/1 ================= */
@@ -353,7 +347,7 @@ static m2_status eq_fwd(m2_opcall *c) {
   }
   return M2_OK;
 }
-const m2_op m2_op_eq = {"eq", eq_fwd, NULL, M2_CUDA(m2_cuda_eq_fwd), NULL, M2_OP_NONDIFF};
+const m2_op m2_op_eq = {"eq", eq_fwd, NULL, M2_OP_NONDIFF};
 m2_tensor *m2_eq(m2_tensor *a, m2_tensor *b) {
   m2_tensor *in[2] = {a, b};
   m2_opcall c;
@@ -385,14 +379,12 @@ static m2_status softmax_bwd_common(m2_opcall *c, bool log_out) {
 
 static m2_status softmax_fwd(m2_opcall *c) { return softmax_fwd_common(c, false); }
 static m2_status softmax_bwd(m2_opcall *c) { return softmax_bwd_common(c, false); }
-const m2_op m2_op_softmax = {"softmax", softmax_fwd, softmax_bwd, M2_CUDA(m2_cuda_softmax_fwd),
-                             M2_CUDA(m2_cuda_softmax_bwd), M2_OP_KEEP_OUTPUTS};
+const m2_op m2_op_softmax = {"softmax", softmax_fwd, softmax_bwd, M2_OP_KEEP_OUTPUTS};
 m2_tensor *m2_softmax(m2_tensor *x, int dim) { return dim_op(&m2_op_softmax, x, dim, false); }
 
 static m2_status log_softmax_fwd(m2_opcall *c) { return softmax_fwd_common(c, true); }
 static m2_status log_softmax_bwd(m2_opcall *c) { return softmax_bwd_common(c, true); }
-const m2_op m2_op_log_softmax = {"log_softmax", log_softmax_fwd, log_softmax_bwd, M2_CUDA(m2_cuda_log_softmax_fwd),
-                                 M2_CUDA(m2_cuda_log_softmax_bwd), M2_OP_KEEP_OUTPUTS};
+const m2_op m2_op_log_softmax = {"log_softmax", log_softmax_fwd, log_softmax_bwd, M2_OP_KEEP_OUTPUTS};
 m2_tensor *m2_log_softmax(m2_tensor *x, int dim) { return dim_op(&m2_op_log_softmax, x, dim, false); }
 
 /* ================= cumsum: x (...) -> y (...) along ia[0] = dim; dx = reverse cumsum of dy ================= */
@@ -415,6 +407,5 @@ static m2_status cumsum_fwd(m2_opcall *c) {
   return cumsum_run(c->in[0], (int)c->ia[0], false, &c->out[0]);
 }
 static m2_status cumsum_bwd(m2_opcall *c) { return cumsum_run(c->dout[0], (int)c->ia[0], true, &c->din[0]); }
-const m2_op m2_op_cumsum = {"cumsum", cumsum_fwd, cumsum_bwd, M2_CUDA(m2_cuda_cumsum_fwd),
-                            M2_CUDA(m2_cuda_cumsum_bwd), 0};
+const m2_op m2_op_cumsum = {"cumsum", cumsum_fwd, cumsum_bwd, 0};
 m2_tensor *m2_cumsum(m2_tensor *x, int dim) { return dim_op(&m2_op_cumsum, x, dim, false); }

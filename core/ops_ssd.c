@@ -18,9 +18,6 @@
 #include "ops.h"
 #include "ops_mixers.h"
 #include "ops_ssd.h"
-#ifdef M2_HAVE_CUDA
-#include "../cuda/ops_mixers_entry.h"
-#endif
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -264,9 +261,8 @@ static m2_status ssd_bwd(m2_opcall *c) {
   return mixer_bwd_close(c, &mb, s);
 }
 
-const m2_op m2_op_ssd = {"ssd", ssd_fwd, ssd_bwd, M2_CUDA(m2_cuda_ssd_fwd), M2_CUDA(m2_cuda_ssd_bwd), 0};
-const m2_op m2_op_ssd_chunked = {"ssd_chunked", ssd_chunked_fwd, ssd_bwd, M2_CUDA(m2_cuda_ssd_chunked_fwd),
-                                  M2_CUDA(m2_cuda_ssd_bwd), 0};
+const m2_op m2_op_ssd = {"ssd", ssd_fwd, ssd_bwd, 0};
+const m2_op m2_op_ssd_chunked = {"ssd_chunked", ssd_chunked_fwd, ssd_bwd, 0};
 
 /* ---------------- public API ---------------- */
 

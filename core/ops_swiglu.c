@@ -6,9 +6,6 @@
  * Op row "swiglu": in = {a, b}, out = {y}. */
 #include "ops.h"
 #include "ops_elementwise.h"
-#ifdef M2_HAVE_CUDA
-#include "../cuda/cuda_ops.h"
-#endif
 #include <math.h>
 
 static m2_status swiglu_check(m2_tensor *a, m2_tensor *b, m2_float_rule check_float) {
@@ -88,8 +85,7 @@ static m2_status swiglu_bwd(m2_opcall *c) {
   return M2_OK;
 }
 
-const m2_op m2_op_swiglu = {"swiglu", swiglu_fwd, swiglu_bwd, M2_CUDA(m2_cuda_swiglu_fwd), M2_CUDA(m2_cuda_swiglu_bwd),
-                            0};
+const m2_op m2_op_swiglu = {"swiglu", swiglu_fwd, swiglu_bwd, 0};
 
 m2_tensor *m2_swiglu(m2_tensor *a, m2_tensor *b) {
   if (swiglu_check(a, b, m2_check_float) != M2_OK) return NULL;

@@ -40,9 +40,6 @@
 #include "profile.h"
 #include "autograd.h"
 #include "backend.h"
-#ifdef M2_HAVE_CUDA
-#include "../cuda/cuda_ops.h" /* the CUDA twins of the kernels below (cuda/ops_optim.cu) */
-#endif
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -281,30 +278,41 @@ m2_status m2_optim_init_state(m2_optim *o) {
 
 /* ---------------- step ---------------- */
 
-#ifdef M2_HAVE_CUDA
-/* t really lives on an available CUDA device (header and memory agree) */
-static bool on_cuda(const m2_tensor *t) {
-  return t->device.type == M2_CUDA && t->device.index < m2_cuda_device_count() && t->storage->device.type == M2_CUDA &&
-         t->storage->device.index == t->device.index;
+/* t really lives on an available device of its type (header and memory agree) */
+static bool on_device(const m2_tensor *t) {
+  return t->device.index < m2_device_count(t->device.type) && m2_device_eq(t->storage->device, t->device);
 }
-#endif
+
+/* The backend that updates t in place (t not on the CPU), or NULL with a message naming what is missing. */
+static const m2_backend *device_backend(const m2_tensor *t, const char *what, const char *name) {
+  char d[32];
+  m2_device_name(t->device, d, sizeof d);
+  if (!on_device(t)) {
+    m2_fail(M2_ERR_DEVICE, "%s: %s is not in the memory of an available %s device (built without its backend, or no "
+                           "such device)", what, name, d);
+    return NULL;
+  }
+  return m2_backend_get(t->device.type);
+}
 
 /* Can parameter i be updated on this machine with its current grad? (nothing is modified) */
 static m2_status check_param(const m2_optim *o, int i) {
   const optim_param *e = &o->ps[i];
   const m2_tensor *p = e->p, *g = p->grad;
   if (p->device.type != M2_CPU) {
-#ifdef M2_HAVE_CUDA
-    if (!on_cuda(p) || (g && !on_cuda(g)))
-      return m2_fail(M2_ERR_DEVICE, "optim step: parameter '%s' or its grad is not in the memory of an available CUDA "
-                                    "device: no CUDA kernel yet can run on it", e->name);
+    char what[160];
+    snprintf(what, sizeof what, "parameter '%s' or its grad", e->name);
+    const m2_backend *b = device_backend(p, "optim step", what);
+    if (!b || (g && !device_backend(g, "optim step", what))) return m2_errcode();
+    if (!(o->kind == M2_OPTIM_SGD ? b->sgd_update : b->adamw_update)) {
+      char d[32];
+      m2_device_name(p->device, d, sizeof d);
+      return m2_fail(M2_ERR_UNSUPPORTED, "optim step: the %s backend has no %s kernel (parameter '%s')", d,
+                     o->kind == M2_OPTIM_SGD ? "SGD" : "AdamW", e->name);
+    }
     if (p->dtype != M2_F32)
-      return m2_fail(M2_ERR_DTYPE, "optim step: parameter '%s' is %s on cuda; the CUDA optimizer updates f32 "
+      return m2_fail(M2_ERR_DTYPE, "optim step: parameter '%s' is %s on a device; the device optimizer updates f32 "
                                    "(master) parameters", e->name, m2_dtype_name(p->dtype));
-#else
-    return m2_fail(M2_ERR_DEVICE, "optim step: parameter '%s' is on cuda: no CUDA kernel yet (built without CUDA)",
-                   e->name);
-#endif
   }
   if (!m2_is_contiguous(p))
     return m2_fail(M2_ERR_UNSUPPORTED, "optim step: parameter '%s' is not contiguous", e->name);
@@ -326,13 +334,11 @@ static m2_status check_param(const m2_optim *o, int i) {
 static m2_status update_param(m2_optim *o, optim_param *e, int64_t t, double lr) {
   m2_tensor *p = e->p;
   int64_t n = m2_numel(p);
-  bool f32 = p->dtype == M2_F32, cuda = p->device.type == M2_CUDA;
+  bool f32 = p->dtype == M2_F32;
+  const m2_backend *dev = p->device.type != M2_CPU ? m2_backend_get(p->device.type) : NULL; /* checked in check_param */
   if (o->kind == M2_OPTIM_SGD) {
     sgd_scalars s = {lr, o->sgd.momentum, e->no_decay ? 0.0 : o->sgd.weight_decay, o->sgd.nesterov};
-#ifdef M2_HAVE_CUDA
-    if (cuda) return m2_cuda_sgd_update(p, p->grad, e->state[0], s.lr, s.momentum, s.wd, s.nesterov);
-#endif
-    (void)cuda;
+    if (dev) return dev->sgd_update(p, p->grad, e->state[0], s.lr, s.momentum, s.wd, s.nesterov);
     void *pd = m2_data(p), *gd = m2_data(p->grad);
     void *buf = e->state[0] ? m2_data(e->state[0]) : NULL;
     if (f32) sgd_update_cpu_f32(pd, gd, buf, n, s);
@@ -342,10 +348,8 @@ static m2_status update_param(m2_optim *o, optim_param *e, int64_t t, double lr)
   const m2_adamw_opts *a = &o->adamw;
   adamw_scalars s = {lr, a->beta1, a->beta2, a->eps, e->no_decay ? 0.0 : a->weight_decay,
                      1.0 - pow(a->beta1, (double)t), 1.0 - pow(a->beta2, (double)t)};
-#ifdef M2_HAVE_CUDA
-  if (cuda)
-    return m2_cuda_adamw_update(p, p->grad, e->state[0], e->state[1], s.lr, s.beta1, s.beta2, s.eps, s.wd, s.bc1, s.bc2);
-#endif
+  if (dev)
+    return dev->adamw_update(p, p->grad, e->state[0], e->state[1], s.lr, s.beta1, s.beta2, s.eps, s.wd, s.bc1, s.bc2);
   void *pd = m2_data(p), *gd = m2_data(p->grad);
   void *m = m2_data(e->state[0]), *v = m2_data(e->state[1]);
   if (f32) adamw_update_cpu_f32(pd, gd, m, v, n, s);
@@ -401,32 +405,41 @@ static m2_status clip_grad_norm(m2_tensor *const *params, int n, double max_norm
     const m2_tensor *g = params[i]->grad;
     if (!g) continue;
     if (g->device.type != M2_CPU) {
-#ifdef M2_HAVE_CUDA
-      if (!on_cuda(g))
-        return m2_fail(M2_ERR_DEVICE, "clip_grad_norm: grad %d is not in the memory of an available CUDA device: "
-                                      "no CUDA kernel yet can run on it", i);
+      char what[32];
+      snprintf(what, sizeof what, "grad %d", i);
+      const m2_backend *b = device_backend(g, "clip_grad_norm", what);
+      if (!b) return m2_errcode();
+      if (!b->sumsq_many || !b->scale_)
+        return m2_fail(M2_ERR_UNSUPPORTED, "clip_grad_norm: the %s backend has no norm / scale kernels (grad %d)",
+                       b->name, i);
       if (g->dtype != M2_F32 && g->dtype != M2_BF16)
-        return m2_fail(M2_ERR_DTYPE, "clip_grad_norm: grad %d is %s on cuda; f32 or bf16 expected", i,
-                       m2_dtype_name(g->dtype));
-#else
-      return m2_fail(M2_ERR_DEVICE, "clip_grad_norm: grad %d is on cuda: no CUDA kernel yet (built without CUDA)", i);
-#endif
+        return m2_fail(M2_ERR_DTYPE, "clip_grad_norm: grad %d is %s on %s; f32 or bf16 expected", i,
+                       m2_dtype_name(g->dtype), b->name);
     } else if (g->dtype != M2_F32 && g->dtype != M2_F64)
       return m2_fail(M2_ERR_DTYPE, "clip_grad_norm: grad %d is %s; f32 or f64 expected", i, m2_dtype_name(g->dtype));
     if (!m2_is_contiguous(g)) return m2_fail(M2_ERR_UNSUPPORTED, "clip_grad_norm: grad %d is not contiguous", i);
   }
-  double ss = 0, *dev_ss = NULL; /* dev_ss[i]: sum of squares of CUDA grad i */
-#ifdef M2_HAVE_CUDA
+  /* dev_ss[i]: sum of squares of grad i when it is on a device; one call per device type (its backend orders and
+   * synchronises the work), over the grads of that type */
+  double ss = 0, *dev_ss = calloc((size_t)(n > 0 ? n : 1), sizeof *dev_ss);
   m2_tensor **dev_g = calloc((size_t)(n > 0 ? n : 1), sizeof *dev_g);
-  dev_ss = calloc((size_t)(n > 0 ? n : 1), sizeof *dev_ss);
-  bool any_dev = false;
   m2_status ds = dev_g && dev_ss ? M2_OK : m2_fail(M2_ERR_OOM, "clip_grad_norm: out of host memory");
-  for (int i = 0; ds == M2_OK && i < n; i++)
-    if (params[i]->grad && params[i]->grad->device.type == M2_CUDA) { dev_g[i] = params[i]->grad; any_dev = true; }
-  if (ds == M2_OK && any_dev) ds = m2_cuda_sumsq_many(dev_g, n, dev_ss);
+  for (int t = M2_CPU + 1; ds == M2_OK && t < M2_NUM_DEVTYPES; t++) {
+    bool any = false;
+    for (int i = 0; i < n; i++) {
+      const m2_tensor *g = params[i]->grad;
+      dev_g[i] = g && (int)g->device.type == t ? params[i]->grad : NULL;
+      any = any || dev_g[i];
+    }
+    double *part = any ? calloc((size_t)n, sizeof *part) : NULL;
+    if (any && !part) ds = m2_fail(M2_ERR_OOM, "clip_grad_norm: out of host memory");
+    if (any && part) ds = m2_backend_get((m2_devtype)t)->sumsq_many(dev_g, n, part);
+    for (int i = 0; part && ds == M2_OK && i < n; i++)
+      if (dev_g[i]) dev_ss[i] = part[i];
+    free(part);
+  }
   free(dev_g);
   if (ds != M2_OK) { free(dev_ss); return ds; }
-#endif
   for (int i = 0; i < n; i++) {
     const m2_tensor *g = params[i]->grad;
     if (!g) continue;
@@ -448,12 +461,10 @@ static m2_status clip_grad_norm(m2_tensor *const *params, int n, double max_norm
   for (int i = 0; i < n; i++) {
     m2_tensor *g = params[i]->grad;
     if (!g) continue;
-#ifdef M2_HAVE_CUDA
-    if (g->device.type == M2_CUDA) {
-      M2_TRY(m2_cuda_scale_(g, scale));
+    if (g->device.type != M2_CPU) {
+      M2_TRY(m2_backend_get(g->device.type)->scale_(g, scale));
       continue;
     }
-#endif
     int64_t k = m2_numel(g);
     if (g->dtype == M2_F32) {
       float *x = m2_data(g), sf = (float)scale;

@@ -2,9 +2,6 @@
 #include "tensor.h"
 #include "autograd.h"
 #include "backend.h"
-#ifdef M2_HAVE_CUDA
-#include "../cuda/cuda_ops.h" /* m2_cuda_copy, m2_cuda_fill: device-side strided copies and fills */
-#endif
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -311,9 +308,10 @@ m2_status m2_fill_(m2_tensor *t, double v) {
   int64_t n = m2_numel(t);
   if (n == 0) return M2_OK;
   size_t es = m2_elsize(t);
-#ifdef M2_HAVE_CUDA
-  if (t->device.type == M2_CUDA) return m2_cuda_fill(t, v);
-#endif
+  if (t->device.type != M2_CPU) { /* the device's own fill, when its backend has one */
+    const m2_backend *b = m2_backend_get(t->device.type);
+    if (b && b->fill) return b->fill(t, v);
+  }
   if (t->device.type != M2_CPU || !m2_is_contiguous(t)) {
     /* build on the host, then copy in */
     m2_tensor *h = m2_full(t->dtype, M2_DEV_CPU, t->ndim, t->shape, v);
@@ -341,20 +339,19 @@ m2_status m2_copy_(m2_tensor *dst, const m2_tensor *src) {
   size_t es = m2_elsize(dst);
   bool fast = dst->dtype == src->dtype && m2_is_contiguous(dst) && m2_is_contiguous(src);
   if (fast) return m2_memcpy(dst->device, m2_data(dst), src->device, m2_data(src), (size_t)n * es);
-#ifdef M2_HAVE_CUDA
-  if (dst->device.type == M2_CUDA) {
-    if (m2_device_eq(dst->device, src->device)) return m2_cuda_copy(dst, (m2_tensor *)src);
+  const m2_backend *db = dst->device.type != M2_CPU ? m2_backend_get(dst->device.type) : NULL;
+  if (db && db->copy_tensor) { /* strided or converting copy on the device */
+    if (m2_device_eq(dst->device, src->device)) return db->copy_tensor(dst, src);
     /* from elsewhere: gather src on the host, upload it contiguous, then copy on the device */
     m2_tensor *host = m2_clone_raw(src, src->dtype, M2_DEV_CPU);
     m2_tensor *staged = host ? m2_empty(src->dtype, dst->device, src->ndim, src->shape) : NULL;
     m2_status s = staged ? m2_memcpy(dst->device, m2_data(staged), M2_DEV_CPU, m2_data(host), (size_t)n * m2_elsize(src))
                          : m2_errcode();
-    if (s == M2_OK) s = m2_cuda_copy(dst, staged);
+    if (s == M2_OK) s = db->copy_tensor(dst, staged);
     m2_release(staged);
     m2_release(host);
     return s;
   }
-#endif
   if (dst->device.type == M2_CPU) {
     void *buf;
     M2_TRY(host_contig_bytes(src, &buf));

@@ -4,6 +4,8 @@
 #include <stdio.h>
 #include "cuda_backend.h"
 #include "cuda_check.h"
+#include "cuda_ops.h"
+#include "m2cuda.h"
 
 #define M2_MAX_GPUS 16
 static cudaStream_t g_stream[M2_MAX_GPUS];
@@ -82,8 +84,21 @@ static m2_status cu_sync(int index) {
   return M2_OK;
 }
 
-static const m2_backend cuda_backend = {"cuda", cu_alloc, cu_free, cu_memset0, cu_copy, cu_sync, device_count};
+/* The table core calls for CUDA tensors: memory here, strided copies and fills (ops_view.cu), optimizer updates
+ * and the clipping reductions (ops_optim.cu). */
+static const m2_backend cuda_backend = {
+    "cuda",           cu_alloc,          cu_free,           cu_memset0,           cu_copy,        cu_sync,
+    device_count,     m2_cuda_copy,      m2_cuda_fill,      m2_cuda_sgd_update,   m2_cuda_adamw_update,
+    m2_cuda_sumsq_many, m2_cuda_scale_};
 
-extern "C" void m2_cuda_init(void) {
+static void probe(void) {
   if (device_count() > 0) m2_backend_register(M2_CUDA, &cuda_backend);
+}
+
+extern "C" m2_status m2_cuda_register(void) {
+#define M2_CUDA_REGISTER_FILE(f) M2_TRY(m2_cuda_register_##f());
+  M2_CUDA_OP_FILES(M2_CUDA_REGISTER_FILE)
+#undef M2_CUDA_REGISTER_FILE
+  m2_backend_register_probe(M2_CUDA, probe);
+  return M2_OK;
 }

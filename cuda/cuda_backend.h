@@ -5,8 +5,6 @@
 #ifdef __cplusplus
 extern "C" {
 #endif
-/* Register the CUDA backend (idempotent). Called by m2_backend_get(M2_CUDA). */
-void m2_cuda_init(void);
 #ifdef __CUDACC__
 /* The stream all m2lab work on device `index` is ordered on. */
 cudaStream_t m2_cuda_stream(int index);

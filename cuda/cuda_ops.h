@@ -1,5 +1,6 @@
-/* cuda_ops.h — every CUDA op entry point (same protocol as the CPU rows, see core/op.h) and the
- * device hooks that core/tensor.c and core/optim.c call. C-callable; needs no CUDA headers.
+/* cuda_ops.h — every CUDA op entry point (same protocol as the CPU rows, see core/op.h), the backend-table hooks
+ * (strided copy and fill, optimizer updates, clipping reductions) that backend.cu hands to core, and the per-file
+ * registration functions. C-callable; needs no CUDA headers.
  *
  * Float kernels accept F32 and BF16 (all float inputs of one call share a dtype), accumulate in fp32
  * and write the input dtype; gradients come out in the input's dtype. F64 is refused with M2_ERR_DTYPE.
@@ -7,13 +8,22 @@
  * must reach the host (index checks, the loss's target check, grad norms). */
 #ifndef M2_CUDA_OPS_H
 #define M2_CUDA_OPS_H
-#include "../core/op.h"
+#include "op.h"
 
 #ifdef __cplusplus
 extern "C" {
 #endif
 
-/* ---- hooks for core/tensor.c (cuda/ops_view.cu) ---- */
+/* ---- the files that register op kernels: each cuda/X.cu defines m2_cuda_register_X() (a table of
+ * {row, fwd, bwd} at its end); m2_cuda_register (backend.cu) calls them all. A new kernel file adds one name. ---- */
+#define M2_CUDA_OP_FILES(X)                                                                                    \
+  X(ops_view) X(ops_elementwise) X(ops_swiglu) X(ops_reduce) X(ops_matmul) X(ops_nn) X(ops_index) X(ops_conv1d) \
+  X(ops_m2rnn) X(ops_gdn) X(ops_ssd) X(ops_attention)
+#define M2_CUDA_DECL_REGISTER(f) m2_status m2_cuda_register_##f(void);
+M2_CUDA_OP_FILES(M2_CUDA_DECL_REGISTER)
+#undef M2_CUDA_DECL_REGISTER
+
+/* ---- backend-table hooks for strided copies and fills (cuda/ops_view.cu) ---- */
 /* dst = src elementwise, both on the same CUDA device, any strides (dst may be a strided view,
  * src may have 0 strides), any dtypes (converted like m2_store); numel must match (row-major order). */
 m2_status m2_cuda_copy(m2_tensor *dst, const m2_tensor *src);
@@ -58,7 +68,8 @@ M2_CUDA_DECL_FB(concat) M2_CUDA_DECL_FB(split) M2_CUDA_DECL_FB(gather) M2_CUDA_D
 /* ---- depthwise causal conv1d (cuda/ops_conv1d.cu) ---- */
 M2_CUDA_DECL_FB(conv1d_causal)
 
-/* ---- optimizer kernels for core/optim.c (cuda/ops_optim.cu); p, g, state contiguous F32 on one device ---- */
+/* ---- optimizer kernels and clipping reductions, the backend table's (cuda/ops_optim.cu); p, g, state contiguous
+ * F32 on one device ---- */
 /* SGD (optim.c's maths): d = g + wd p; buf = mu buf + d (buf may be NULL when mu == 0);
  * d = nesterov ? d + mu buf : buf; p -= lr d. */
 m2_status m2_cuda_sgd_update(m2_tensor *p, const m2_tensor *g, m2_tensor *buf, double lr, double momentum, double wd,

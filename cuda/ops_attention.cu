@@ -15,6 +15,7 @@
  *
  * rope: one thread a pair (i, i + D/2); the angle (t + offset) theta^(-2i/D) in double, as on the CPU;
  * backward rotates the gradient by the opposite angle. f32 or bf16 storage, fp32 arithmetic. */
+#include "op_table.h"
 #include "ops_common.cuh"
 #include "ops_mixers_entry.h"
 #include "../core/ops_attention.h"
@@ -423,4 +424,13 @@ extern "C" m2_status m2_cuda_rope_bwd(m2_opcall *c) {
   if (!c->needs_din[0]) return M2_OK;
   M2_TRY(m2_rope_check(c, cu_check_float));
   return rope_run(c, c->dout[0], &c->din[0], -1.0f);
+}
+
+/* ---- registration: this file's kernels in core's op registry (called by m2_cuda_register) ---- */
+extern "C" m2_status m2_cuda_register_ops_attention(void) {
+  static const m2_kernel_reg regs[] = {
+      {&m2_op_attention, m2_cuda_attention_fwd, m2_cuda_attention_bwd},
+      {&m2_op_rope, m2_cuda_rope_fwd, m2_cuda_rope_bwd},
+  };
+  return m2_op_register_kernels(M2_CUDA, regs, (int)(sizeof regs / sizeof regs[0]));
 }

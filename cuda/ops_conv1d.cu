@@ -7,6 +7,7 @@
  * CONV_CR consecutive rows, keeps the last W - 1 inputs (or the next W gradients) in registers, so each element is
  * loaded once and the row's time index is counted, not divided; dw and dbias come from per-chunk partial sums
  * reduced in a fixed order. Other widths take the per-element kernels below them. */
+#include "op_table.h"
 #include "ops_common.cuh"
 #include "../core/ops_conv1d.h"
 
@@ -265,4 +266,12 @@ extern "C" m2_status m2_cuda_conv1d_causal_bwd(m2_opcall *c) {
   }
   m2_release(dy);
   return s;
+}
+
+/* ---- registration: this file's kernels in core's op registry (called by m2_cuda_register) ---- */
+extern "C" m2_status m2_cuda_register_ops_conv1d(void) {
+  static const m2_kernel_reg regs[] = {
+      {&m2_op_conv1d_causal, m2_cuda_conv1d_causal_fwd, m2_cuda_conv1d_causal_bwd},
+  };
+  return m2_op_register_kernels(M2_CUDA, regs, (int)(sizeof regs / sizeof regs[0]));
 }

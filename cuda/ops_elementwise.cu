@@ -1,6 +1,7 @@
 /* ops_elementwise.cu — CUDA kernels of the broadcasting binary ops (add, sub, mul, div) and the unary
  * maps (neg ... clamp) with their backwards; f32 / bf16 storage, fp32 arithmetic. The binary ops'
  * backwards are the CPU file's composites (other ops), which run here too. */
+#include "op_table.h"
 #include "ops_common.cuh"
 #include "../core/ops_elementwise.h"
 
@@ -190,4 +191,28 @@ extern "C" m2_status m2_cuda_add_scalar_fwd(m2_opcall *c) { return unary_fwd<U_A
 extern "C" m2_status m2_cuda_add_scalar_bwd(m2_opcall *c) {
   c->din[0] = cu_as(c->dout[0], c->in[0]->dtype);
   return c->din[0] ? M2_OK : m2_errcode();
+}
+
+/* ---- registration: this file's kernels in core's op registry (called by m2_cuda_register) ---- */
+extern "C" m2_status m2_cuda_register_ops_elementwise(void) {
+  static const m2_kernel_reg regs[] = {
+      {&m2_op_add, m2_cuda_add_fwd, NULL},
+      {&m2_op_sub, m2_cuda_sub_fwd, NULL},
+      {&m2_op_mul, m2_cuda_mul_fwd, NULL},
+      {&m2_op_div, m2_cuda_div_fwd, NULL},
+      {&m2_op_neg, m2_cuda_neg_fwd, m2_cuda_neg_bwd},
+      {&m2_op_scale, m2_cuda_scale_fwd, m2_cuda_scale_bwd},
+      {&m2_op_add_scalar, m2_cuda_add_scalar_fwd, m2_cuda_add_scalar_bwd},
+      {&m2_op_exp, m2_cuda_exp_fwd, m2_cuda_exp_bwd},
+      {&m2_op_log, m2_cuda_log_fwd, m2_cuda_log_bwd},
+      {&m2_op_tanh, m2_cuda_tanh_fwd, m2_cuda_tanh_bwd},
+      {&m2_op_sigmoid, m2_cuda_sigmoid_fwd, m2_cuda_sigmoid_bwd},
+      {&m2_op_silu, m2_cuda_silu_fwd, m2_cuda_silu_bwd},
+      {&m2_op_softplus, m2_cuda_softplus_fwd, m2_cuda_softplus_bwd},
+      {&m2_op_relu, m2_cuda_relu_fwd, m2_cuda_relu_bwd},
+      {&m2_op_square, m2_cuda_square_fwd, m2_cuda_square_bwd},
+      {&m2_op_sqrt, m2_cuda_sqrt_fwd, m2_cuda_sqrt_bwd},
+      {&m2_op_clamp, m2_cuda_clamp_fwd, m2_cuda_clamp_bwd},
+  };
+  return m2_op_register_kernels(M2_CUDA, regs, (int)(sizeof regs / sizeof regs[0]));
 }

@@ -12,6 +12,7 @@
  * time carrying its column of dS. dv and dh0 are per column; dq, dk, dbeta, dg sum over the columns:
  * the warps of a block add theirs in shared memory in a fixed order, and a second kernel adds the
  * blocks' partial sums in a fixed order (deterministic, no atomics). Inputs f32 or bf16, fp32 compute. */
+#include "op_table.h"
 #include "mixer_common.cuh"
 #include "ops_mixers_entry.h"
 extern "C" {
@@ -251,4 +252,13 @@ extern "C" m2_status m2_cuda_gdn_bwd(m2_opcall *c) {
     }
   }
   return mx_bwd_close(c, &w, s);
+}
+
+/* ---- registration: this file's kernels in core's op registry (called by m2_cuda_register) ---- */
+extern "C" m2_status m2_cuda_register_ops_gdn(void) {
+  static const m2_kernel_reg regs[] = {
+      {&m2_op_gdn, m2_cuda_gdn_fwd, m2_cuda_gdn_bwd},
+      {&m2_op_gdn_chunked, m2_cuda_gdn_chunked_fwd, m2_cuda_gdn_bwd},
+  };
+  return m2_op_register_kernels(M2_CUDA, regs, (int)(sizeof regs / sizeof regs[0]));
 }

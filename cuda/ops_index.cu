@@ -2,6 +2,7 @@
  * copies into / out of narrow views (m2_cuda_copy, any dtype); gather and index_select copy raw
  * elements (any dtype) and their backwards scatter-add in fp32 (atomics). Indices are checked on the
  * device and read back once per call. */
+#include "op_table.h"
 #include <string.h>
 #include "ops_common.cuh"
 
@@ -355,4 +356,15 @@ extern "C" m2_status m2_cuda_index_select_bwd(m2_opcall *c) {
   m2_release(gy);
   if (s != M2_OK) { m2_release(acc); return s; }
   return give_acc(c, 0, acc, x->dtype);
+}
+
+/* ---- registration: this file's kernels in core's op registry (called by m2_cuda_register) ---- */
+extern "C" m2_status m2_cuda_register_ops_index(void) {
+  static const m2_kernel_reg regs[] = {
+      {&m2_op_concat, m2_cuda_concat_fwd, m2_cuda_concat_bwd},
+      {&m2_op_split, m2_cuda_split_fwd, m2_cuda_split_bwd},
+      {&m2_op_gather, m2_cuda_gather_fwd, m2_cuda_gather_bwd},
+      {&m2_op_index_select, m2_cuda_index_select_fwd, m2_cuda_index_select_bwd},
+  };
+  return m2_op_register_kernels(M2_CUDA, regs, (int)(sizeof regs / sizeof regs[0]));
 }

@@ -3,6 +3,7 @@
  * general kernel (fp32 throughout) for shapes the fused ones do not take.
  * The forward keeps the fp32 state checkpoints (every 8 steps) as a saved tensor; the backward
  * recomputes the states in between. Outputs and gradients come back in the inputs' dtype. */
+#include "op_table.h"
 #include <cuda_runtime.h>
 #include "cuda_backend.h"
 #include "m2rnn.h"
@@ -114,4 +115,12 @@ extern "C" m2_status m2_cuda_m2rnn_bwd(m2_opcall *c) {
   for (size_t i = 0; i < sizeof tmp / sizeof tmp[0]; i++) m2_release(tmp[i]);
   for (int i = 0; i < 6; i++) m2_release(g_out[i]);
   return s;
+}
+
+/* ---- registration: this file's kernels in core's op registry (called by m2_cuda_register) ---- */
+extern "C" m2_status m2_cuda_register_ops_m2rnn(void) {
+  static const m2_kernel_reg regs[] = {
+      {&m2_op_m2rnn, m2_cuda_m2rnn_fwd, m2_cuda_m2rnn_bwd},
+  };
+  return m2_op_register_kernels(M2_CUDA, regs, (int)(sizeof regs / sizeof regs[0]));
 }

@@ -2,6 +2,7 @@
  * (CUBLAS_COMPUTE_32F: bf16 runs on tensor cores; f32 is full fp32, no TF32). Same geometry as
  * core/ops_matmul.c: a (..., M, K) [(..., K, M) if ta], b (..., K, N) [(..., N, K) if tb] -> (..., M, N),
  * batch dims equal or b 2-D and shared; a shared b with !ta is one (batch*M, K) GEMM. */
+#include "op_table.h"
 #include <cublas_v2.h>
 #include <limits.h>
 #include <string.h>
@@ -148,4 +149,12 @@ extern "C" m2_status m2_cuda_matmul_bwd(m2_opcall *c) {
   m2_release(a16);
   m2_release(b16);
   return s;
+}
+
+/* ---- registration: this file's kernels in core's op registry (called by m2_cuda_register) ---- */
+extern "C" m2_status m2_cuda_register_ops_matmul(void) {
+  static const m2_kernel_reg regs[] = {
+      {&m2_op_matmul, m2_cuda_matmul_fwd, m2_cuda_matmul_bwd},
+  };
+  return m2_op_register_kernels(M2_CUDA, regs, (int)(sizeof regs / sizeof regs[0]));
 }

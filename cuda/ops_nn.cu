@@ -2,6 +2,7 @@
  * f32 / bf16 storage, fp32 arithmetic (the loss total in double). Index checks (ids, targets) run on
  * the device and are read back once per call: a bad index fails the call with the CPU's message.
  * Row statistics kept for backward (lse, 1/rms) are F32 tensors of one value per row. */
+#include "op_table.h"
 #include "ops_common.cuh"
 #include "../core/ops_nn_check.h"
 
@@ -370,3 +371,14 @@ extern "C" m2_status m2_cuda_rmsnorm_fwd(m2_opcall *c) { return norm_fwd(c, true
 extern "C" m2_status m2_cuda_rmsnorm_bwd(m2_opcall *c) { return norm_bwd(c, true, "rmsnorm"); }
 extern "C" m2_status m2_cuda_l2norm_fwd(m2_opcall *c) { return norm_fwd(c, false, "l2norm"); }
 extern "C" m2_status m2_cuda_l2norm_bwd(m2_opcall *c) { return norm_bwd(c, false, "l2norm"); }
+
+/* ---- registration: this file's kernels in core's op registry (called by m2_cuda_register) ---- */
+extern "C" m2_status m2_cuda_register_ops_nn(void) {
+  static const m2_kernel_reg regs[] = {
+      {&m2_op_embedding, m2_cuda_embedding_fwd, m2_cuda_embedding_bwd},
+      {&m2_op_cross_entropy, m2_cuda_cross_entropy_fwd, m2_cuda_cross_entropy_bwd},
+      {&m2_op_rmsnorm, m2_cuda_rmsnorm_fwd, m2_cuda_rmsnorm_bwd},
+      {&m2_op_l2norm, m2_cuda_l2norm_fwd, m2_cuda_l2norm_bwd},
+  };
+  return m2_op_register_kernels(M2_CUDA, regs, (int)(sizeof regs / sizeof regs[0]));
+}

@@ -2,6 +2,7 @@
  * log_softmax and cumsum, with backwards. A tensor is viewed as (outer, n, inner) around the dim;
  * sums go through the deterministic cu_reduce (fp32 accumulation, fixed decomposition). The geometry
  * and the output shapes are the CPU's (core/ops_reduce.h). */
+#include "op_table.h"
 #include "ops_common.cuh"
 #include "../core/ops_reduce.h"
 
@@ -506,4 +507,22 @@ extern "C" m2_status m2_cuda_cumsum_bwd(m2_opcall *c) {
   m2_status s = cumsum_run(g, (int)c->ia[0], true, &c->din[0]);
   m2_release(g);
   return s;
+}
+
+/* ---- registration: this file's kernels in core's op registry (called by m2_cuda_register) ---- */
+extern "C" m2_status m2_cuda_register_ops_reduce(void) {
+  static const m2_kernel_reg regs[] = {
+      {&m2_op_sum, m2_cuda_sum_fwd, m2_cuda_sum_bwd},
+      {&m2_op_mean, m2_cuda_mean_fwd, m2_cuda_mean_bwd},
+      {&m2_op_sum_all, m2_cuda_sum_all_fwd, m2_cuda_sum_all_bwd},
+      {&m2_op_mean_all, m2_cuda_mean_all_fwd, m2_cuda_mean_all_bwd},
+      {&m2_op_max, m2_cuda_max_fwd, m2_cuda_max_bwd},
+      {&m2_op_max_all, m2_cuda_max_all_fwd, m2_cuda_max_all_bwd},
+      {&m2_op_argmax, m2_cuda_argmax_fwd, NULL},
+      {&m2_op_eq, m2_cuda_eq_fwd, NULL},
+      {&m2_op_softmax, m2_cuda_softmax_fwd, m2_cuda_softmax_bwd},
+      {&m2_op_log_softmax, m2_cuda_log_softmax_fwd, m2_cuda_log_softmax_bwd},
+      {&m2_op_cumsum, m2_cuda_cumsum_fwd, m2_cuda_cumsum_bwd},
+  };
+  return m2_op_register_kernels(M2_CUDA, regs, (int)(sizeof regs / sizeof regs[0]));
 }

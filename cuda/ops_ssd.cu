@@ -12,6 +12,7 @@
  * dx and dh0 are per row; dB, dC (summed over the rows and the heads of a group), ddt (over rows) and
  * dA (over rows, time and batch) are added in a fixed order: warps of a block in shared memory, then
  * the blocks' partial sums in a second kernel (deterministic, no atomics). f32 or bf16, fp32 compute. */
+#include "op_table.h"
 #include "mixer_common.cuh"
 #include "ops_mixers_entry.h"
 extern "C" {
@@ -286,4 +287,13 @@ extern "C" m2_status m2_cuda_ssd_bwd(m2_opcall *c) {
   }
   m2_release(dap);
   return mx_bwd_close(c, &w, s);
+}
+
+/* ---- registration: this file's kernels in core's op registry (called by m2_cuda_register) ---- */
+extern "C" m2_status m2_cuda_register_ops_ssd(void) {
+  static const m2_kernel_reg regs[] = {
+      {&m2_op_ssd, m2_cuda_ssd_fwd, m2_cuda_ssd_bwd},
+      {&m2_op_ssd_chunked, m2_cuda_ssd_chunked_fwd, m2_cuda_ssd_bwd},
+  };
+  return m2_op_register_kernels(M2_CUDA, regs, (int)(sizeof regs / sizeof regs[0]));
 }

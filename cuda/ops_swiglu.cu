@@ -1,6 +1,7 @@
 /* ops_swiglu.cu — swiglu(a, b) = silu(a) * b on CUDA (core/ops_swiglu.c): one grid-stride pass each way, f32 or
  * bf16 storage, fp32 arithmetic (sigmoid through expf). Backward: s = sigmoid(a), da = g b s (1 + a (1 - s)),
  * db = g a s; a gradient that is not needed is not written. */
+#include "op_table.h"
 #include "ops_common.cuh"
 #include "../core/ops_elementwise.h"
 
@@ -65,4 +66,12 @@ extern "C" m2_status m2_cuda_swiglu_bwd(m2_opcall *c) {
   c->din[0] = da;
   c->din[1] = db;
   return M2_OK;
+}
+
+/* ---- registration: this file's kernels in core's op registry (called by m2_cuda_register) ---- */
+extern "C" m2_status m2_cuda_register_ops_swiglu(void) {
+  static const m2_kernel_reg regs[] = {
+      {&m2_op_swiglu, m2_cuda_swiglu_fwd, m2_cuda_swiglu_bwd},
+  };
+  return m2_op_register_kernels(M2_CUDA, regs, (int)(sizeof regs / sizeof regs[0]));
 }

@@ -1,5 +1,6 @@
 /* ops_view.cu — the strided copy kernel (any strides, any dtype conversion) behind contiguous, to_dtype,
  * narrow's backward and m2_copy_ on a device, and the strided fill behind m2_fill_ on a device. */
+#include "op_table.h"
 #include "ops_common.cuh"
 #include <string.h>
 
@@ -286,4 +287,14 @@ extern "C" m2_status m2_cuda_narrow_bwd(m2_opcall *c) {
   if (s != M2_OK) { m2_release(g); return s; }
   c->din[0] = g;
   return M2_OK;
+}
+
+/* ---- registration: this file's kernels in core's op registry (called by m2_cuda_register) ---- */
+extern "C" m2_status m2_cuda_register_ops_view(void) {
+  static const m2_kernel_reg regs[] = {
+      {&m2_op_contiguous, m2_cuda_contiguous_fwd, NULL},
+      {&m2_op_narrow, NULL, m2_cuda_narrow_bwd},
+      {&m2_op_to_dtype, m2_cuda_to_dtype_fwd, m2_cuda_to_dtype_bwd},
+  };
+  return m2_op_register_kernels(M2_CUDA, regs, (int)(sizeof regs / sizeof regs[0]));
 }

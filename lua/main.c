@@ -10,6 +10,9 @@
 #include <stdio.h>
 #include <string.h>
 #include "host.h"
+#ifdef M2_HAVE_CUDA
+#include "m2cuda.h"
+#endif
 #include "runfile_sweep.h"
 
 static int cmd_run(const m2host_cmd *c, int argc, char **argv);
@@ -97,6 +100,13 @@ static int cmd_help(const m2host_cmd *c, int argc, char **argv) {
 
 int main(int argc, char **argv) {
   m2host_set_exe(argv[0]);
+#ifdef M2_HAVE_CUDA
+  /* the CUDA library registers its kernels and a device probe into core (no device is touched until asked for) */
+  if (m2_cuda_register() != M2_OK) {
+    fprintf(stderr, "m2lab: could not register the CUDA backend: %s\n", m2_errmsg());
+    return 1;
+  }
+#endif
   if (argc < 2) {
     usage(stderr);
     return M2HOST_USAGE;

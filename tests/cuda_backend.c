@@ -1,9 +1,22 @@
-/* cuda_backend.c — CUDA memory backend: allocation, host<->device round trips, strided reads,
- * device errors. Skips (exit 77) when no GPU is present. */
+/* cuda_backend.c — the CUDA library's registration (every op of the registry has a CUDA forward and, unless
+ * non-differentiable, a backward; the backend table's hooks are set), then the memory backend: allocation,
+ * host<->device round trips, strided reads, device errors. The registration part needs no GPU; the rest skips
+ * (exit 77) when none is present. */
 #include "check.h"
+#include "cuda_init.h"
 
 int main(void) {
-  if (m2_cuda_device_count() == 0) {
+  int ngpu = m2test_cuda_devices(); /* registers the library */
+  const m2_device cu = {M2_CUDA, 0};
+  int nops = 0;
+  for (const m2_op *const *p = m2_op_list(); *p; p++, nops++) {
+    CHECK(m2_op_kernel(*p, cu, false) != NULL, "%s has no CUDA forward", (*p)->name);
+    CHECK(m2_op_kernel(*p, cu, true) != NULL || ((*p)->flags & M2_OP_NONDIFF), "%s has no CUDA backward",
+          (*p)->name);
+  }
+  printf("cuda_backend: %d ops, each with CUDA kernels\n", nops);
+  if (ngpu == 0) {
+    if (g_failures > 0) return check_finish("cuda_backend");
     printf("cuda_backend: no CUDA device, skipped\n");
     return 77;
   }

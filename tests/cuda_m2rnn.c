@@ -7,6 +7,7 @@
 #include <math.h>
 #include <string.h>
 #include "check.h"
+#include "cuda_init.h"
 
 #ifndef M2_HAVE_CUDA
 int main(void) {
@@ -141,11 +142,11 @@ static void run_case(const tcase *tc, uint64_t seed) {
   m2_opcall c;
   m2_call_init(&c, &m2_op_m2rnn, 6, cin);
   c.fa[0] = tc->clip;
-  CHECK_OK(m2_op_m2rnn.cpu_fwd(&c));
+  CHECK_OK(m2_op_m2rnn.fwd(&c));
   c.dout[0] = cdy;
   c.dout[1] = cdhT;
   for (int i = 0; i < 6; i++) c.needs_din[i] = cin[i] != NULL;
-  CHECK_OK(m2_op_m2rnn.cpu_bwd(&c));
+  CHECK_OK(m2_op_m2rnn.bwd(&c));
 
   /* GPU */
   m2_tensor *gq = dev(q, io, 4, sq), *gk = dev(k, io, 4, sk), *gv = dev(v, io, 4, sv),
@@ -219,7 +220,7 @@ int main(void) {
   f32io.path = M2_M2RNN_FAST;
   CHECK(m2_m2rnn_cuda_path(&paper, &f32io) == -1, "fp32 I/O refuses the fast path");
   CHECK(m2_m2rnn_ckpt_floats(&paper, NULL) == (size_t)8 * 84 * 64 * 64 * 16, "checkpoint size");
-  if (m2_cuda_device_count() == 0) {
+  if (m2test_cuda_devices() == 0) {
     printf("cuda_m2rnn: no CUDA device, skipped (%d argument checks, %d failed)\n", g_checks, g_failures);
     return g_failures ? 1 : 77;
   }

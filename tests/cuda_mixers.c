@@ -11,6 +11,7 @@
 #include <math.h>
 #include <string.h>
 #include "check.h"
+#include "cuda_init.h"
 
 #ifndef M2_HAVE_CUDA
 int main(void) {
@@ -147,8 +148,8 @@ static void run_dtype(const pcase *pc, m2_dtype dt, uint64_t seed) {
   m2_call_init(&gc, pc->op, pc->n_in, gin);
   cc.ia[0] = gc.ia[0] = pc->ia0;
   cc.fa[0] = gc.fa[0] = pc->fa0;
-  CHECK_OK(pc->op->cpu_fwd(&cc));
-  m2_status gs = pc->op->cuda_fwd(&gc);
+  CHECK_OK(pc->op->fwd(&cc));
+  m2_status gs = m2_op_kernel(pc->op, (m2_device){M2_CUDA, 0}, false)(&gc);
   CHECK(gs == M2_OK, "%s %s: cuda forward failed", pc->name, dn);
   CHECK(gpu_sync_ok(), "%s %s: forward kernels failed", pc->name, dn);
   double wf = 0, wb = 0;
@@ -174,8 +175,8 @@ static void run_dtype(const pcase *pc, m2_dtype dt, uint64_t seed) {
     gc.dout[j] = gdo[j];
   }
   for (int i = 0; i < pc->n_in; i++) cc.needs_din[i] = gc.needs_din[i] = cin[i] != NULL;
-  CHECK_OK(pc->op->cpu_bwd(&cc));
-  gs = pc->op->cuda_bwd(&gc);
+  CHECK_OK(pc->op->bwd(&cc));
+  gs = m2_op_kernel(pc->op, (m2_device){M2_CUDA, 0}, true)(&gc);
   CHECK(gs == M2_OK, "%s %s: cuda backward failed", pc->name, dn);
   CHECK(gpu_sync_ok(), "%s %s: backward kernels failed", pc->name, dn);
   for (int i = 0; gs == M2_OK && i < pc->n_in; i++) {
@@ -195,7 +196,7 @@ static void run_dtype(const pcase *pc, m2_dtype dt, uint64_t seed) {
     if (cin[i]) last = i;
   }
   for (int i = 0; i < pc->n_in; i++) gc.needs_din[i] = i == last;
-  gs = pc->op->cuda_bwd(&gc);
+  gs = m2_op_kernel(pc->op, (m2_device){M2_CUDA, 0}, true)(&gc);
   CHECK(gs == M2_OK && gpu_sync_ok(), "%s %s: partial cuda backward failed", pc->name, dn);
   for (int i = 0; gs == M2_OK && i < pc->n_in; i++) {
     if (i != last) {
@@ -356,7 +357,7 @@ static void api_and_errors(void) {
 }
 
 int main(void) {
-  if (m2_cuda_device_count() == 0) {
+  if (m2test_cuda_devices() == 0) {
     printf("cuda_mixers: no CUDA device, skipped\n");
     return 77;
   }

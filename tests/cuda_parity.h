@@ -10,6 +10,7 @@
 #ifndef M2_CUDA_PARITY_H
 #define M2_CUDA_PARITY_H
 #include "check.h"
+#include "cuda_init.h"
 
 #define PAR_MAX_OUT 4
 typedef int (*par_fn)(m2_tensor *const *in, void *ud, m2_tensor **outs); /* number of outputs, -1 on error */
@@ -187,7 +188,7 @@ static inline int par_finish(const char *name) {
 
 #define PAR_SKIP_WITHOUT_GPU(name)                                \
   do {                                                            \
-    if (m2_cuda_device_count() == 0) {                            \
+    if (m2test_cuda_devices() == 0) {                            \
       printf("%s: no CUDA device, skipped\n", name);              \
       return 77;                                                  \
     }                                                             \

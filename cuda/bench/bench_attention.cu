@@ -5,6 +5,7 @@
  * causal products as flash-attention papers do: forward 2 matmuls of B H D T^2 / 2 multiply-adds each, backward 5
  * (this backward runs 7: S and dP are recomputed by both the dq and the dk/dv kernels). Also prints how far the two
  * paths' outputs are apart. Usage: bench_attention [reps] */
+#include "m2cuda.h"
 #include <cuda_runtime.h>
 #include <math.h>
 #include <stdio.h>
@@ -55,7 +56,7 @@ static double time_it(m2_tensor *q, m2_tensor *k, m2_tensor *v, m2_tensor *dO, b
 
 int main(int argc, char **argv) {
   int reps = argc > 1 ? atoi(argv[1]) : 5;
-  if (m2_cuda_device_count() == 0) {
+  if (m2_cuda_register() != M2_OK || m2_device_count(M2_CUDA) == 0) {
     printf("bench_attention: no CUDA device\n");
     return 0;
   }

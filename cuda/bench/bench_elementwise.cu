@@ -6,6 +6,7 @@
  * (4.27 TB/s, read + write). Session 8 found the f32 <-> bf16 copies (one element a thread) far below that ceiling
  * (a 4-wide rewrite took 35 ms off a 588 ms training step); this table is where to look for the next such case.
  * Usage: bench_elementwise [reps] */
+#include "m2cuda.h"
 #include <cuda_runtime.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -80,7 +81,7 @@ static void row(const char *op, const char *shape, double bytes, double ms) {
 
 int main(int argc, char **argv) {
   int reps = argc > 1 ? atoi(argv[1]) : 10;
-  if (m2_cuda_device_count() == 0) {
+  if (m2_cuda_register() != M2_OK || m2_device_count(M2_CUDA) == 0) {
     printf("bench_elementwise: no CUDA device\n");
     return 0;
   }

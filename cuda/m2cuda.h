@@ -1,0 +1,21 @@
+/* m2cuda.h — the CUDA backend library's public entry: what a program linking it (the m2lab host, the CUDA tests and
+ * benchmarks) calls once at start-up. Core never includes this file. */
+#ifndef M2_CUDA_H
+#define M2_CUDA_H
+#include "status.h"
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Register the CUDA backend into core: every CUDA op kernel into the op registry (op.h), and a probe that, on the
+ * first m2_backend_get(M2_CUDA), looks for GPUs and registers the memory / copy / fill / optimizer table when one is
+ * present. Touches no device itself (a host without a GPU pays nothing). Idempotent. */
+m2_status m2_cuda_register(void);
+
+/* Calls of the tensor-core attention kernels so far (tests check that a call took that path). */
+long m2_cuda_attention_tc_calls(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
