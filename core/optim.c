@@ -304,7 +304,7 @@ static m2_status check_param(const m2_optim *o, int i) {
     snprintf(what, sizeof what, "parameter '%s' or its grad", e->name);
     const m2_backend *b = device_backend(p, "optim step", what);
     if (!b || (g && !device_backend(g, "optim step", what))) return m2_errcode();
-    if (!(o->kind == M2_OPTIM_SGD ? b->sgd_update : b->adamw_update)) {
+    if (o->kind == M2_OPTIM_SGD ? !b->sgd_update : !b->adamw_update) {
       char d[32];
       m2_device_name(p->device, d, sizeof d);
       return m2_fail(M2_ERR_UNSUPPORTED, "optim step: the %s backend has no %s kernel (parameter '%s')", d,
