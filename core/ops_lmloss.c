@@ -14,6 +14,7 @@
  * rows, ia[2] = bf16 products, ia[3] / ia[4] = compute dh / dW in the forward (saved[0] / saved[1]); out = 0-d loss. */
 #include "ops.h"
 #include "autograd.h"
+#include "ops_matmul.h"
 #include <stdlib.h>
 
 extern const m2_op m2_op_cross_entropy, m2_op_matmul;
@@ -132,8 +133,8 @@ static m2_status lce_pass(m2_opcall *c, bool want_dh, bool want_dw, double *loss
     m2_tensor *in2[2] = {hc, w};
     m2_opcall mm;
     m2_call_init(&mm, &m2_op_matmul, 2, in2);
-    mm.ia[1] = 1;       /* W transposed */
-    mm.ia[2] = c->ia[2]; /* bf16 products */
+    m2_matmul_attr mma = {.tb = true, .bf16 = c->ia[2] != 0}; /* W transposed; bf16 products as the call's */
+    M2_SET_ATTR(&mm, mma);
     m2_op_fn mm_fwd = m2_op_kernel(&m2_op_matmul, w->device, false);
     m2_op_fn mm_bwd = m2_op_kernel(&m2_op_matmul, w->device, true);
     if (s == M2_OK && (!mm_fwd || !mm_bwd))
