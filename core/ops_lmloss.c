@@ -15,6 +15,7 @@
 #include "ops.h"
 #include "autograd.h"
 #include "ops_matmul.h"
+#include "ops_nn_check.h"
 #include <stdlib.h>
 
 extern const m2_op m2_op_cross_entropy, m2_op_matmul;
@@ -83,8 +84,8 @@ static m2_status chunk_ce(m2_tensor *lg, m2_tensor *tc, int64_t ign, double gc, 
   m2_tensor *in[2] = {lg, tc};
   m2_opcall ce;
   m2_call_init(&ce, op, 2, in);
-  ce.ia[0] = ign;
-  ce.ia[1] = dl16;
+  m2_cross_entropy_attr cea = {.ignore_index = ign, .bf16_dlogits = dl16};
+  M2_SET_ATTR(&ce, cea);
   m2_tensor *g = NULL, *d = NULL;
   m2_status s = fwd(&ce); /* keeps the rows' lse for the backward */
   if (s == M2_OK && loss) s = m2_item(ce.out[0], loss);
