@@ -220,8 +220,8 @@ typedef enum {
   U_NEG, U_SCALE, U_ADD_SCALAR, U_EXP, U_LOG, U_TANH, U_SIGMOID, U_SILU, U_SOFTPLUS, U_RELU, U_SQUARE, U_SQRT, U_CLAMP
 } un_kind;
 
-/* y = f(x) over n elements; s0, s1 are the op's scalars (scale / add_scalar: s0; clamp: lo, hi), kept in
- * double so that F32 rounds the exact x * s or x + s once. */
+/* y = f(x) over n elements; s0, s1 are the op's scalars (m2_unary_attr: scale / add_scalar: s0; clamp: lo, hi),
+ * kept in double so that F32 rounds the exact x * s or x + s once. */
 #define UNARY_FWD(T)                                                                    \
   switch (k) {                                                                          \
     case U_NEG: VLOOP(n, y[i] = -x[i]); break;                                          \
@@ -274,9 +274,10 @@ static void unary_bwd_f64(un_kind k, int64_t n, const double *restrict g, const 
   UNARY_BWD(double)
 }
 
-/* fa[0], fa[1]: the op's scalars (see un_kind). */
+/* The op's scalars: m2_unary_attr (core/ops_elementwise.h). */
 static m2_status unary_fwd(m2_opcall *c, un_kind k) {
   m2_tensor *x = c->in[0];
+  const m2_unary_attr *a = M2_ATTR(c, m2_unary_attr);
   M2_TRY(m2_check_float(x, c->op->name, "x"));
   m2_tensor *y = m2_empty_like(x);
   if (!y) return m2_errcode();
@@ -284,22 +285,23 @@ static m2_status unary_fwd(m2_opcall *c, un_kind k) {
   c->out[0] = y;
   int64_t n = m2_numel(x);
   if (x->dtype == M2_F32)
-    unary_fwd_f32(k, n, m2_data(x), m2_data(y), c->fa[0], c->fa[1]);
+    unary_fwd_f32(k, n, m2_data(x), m2_data(y), a->s0, a->s1);
   else
-    unary_fwd_f64(k, n, m2_data(x), m2_data(y), c->fa[0], c->fa[1]);
+    unary_fwd_f64(k, n, m2_data(x), m2_data(y), a->s0, a->s1);
   return M2_OK;
 }
 
 static m2_status unary_bwd(m2_opcall *c, un_kind k) {
   m2_tensor *x = c->in[0], *g = c->dout[0], *y = c->out[0]; /* y is set only with M2_OP_KEEP_OUTPUTS */
+  const m2_unary_attr *a = M2_ATTR(c, m2_unary_attr);
   m2_tensor *dx = m2_empty_like(x);
   if (!dx) return m2_errcode();
   int64_t n = m2_numel(x);
   const void *py = y ? m2_data(y) : NULL;
   if (x->dtype == M2_F32)
-    unary_bwd_f32(k, n, m2_data(g), m2_data(x), py, m2_data(dx), c->fa[0], c->fa[1]);
+    unary_bwd_f32(k, n, m2_data(g), m2_data(x), py, m2_data(dx), a->s0, a->s1);
   else
-    unary_bwd_f64(k, n, m2_data(g), m2_data(x), py, m2_data(dx), c->fa[0], c->fa[1]);
+    unary_bwd_f64(k, n, m2_data(g), m2_data(x), py, m2_data(dx), a->s0, a->s1);
   c->din[0] = dx;
   return M2_OK;
 }
@@ -307,8 +309,8 @@ static m2_status unary_bwd(m2_opcall *c, un_kind k) {
 static m2_tensor *unary(const m2_op *op, m2_tensor *x, double s0, double s1) {
   m2_opcall c;
   m2_call_init(&c, op, 1, &x);
-  c.fa[0] = s0;
-  c.fa[1] = s1;
+  m2_unary_attr a = {.s0 = s0, .s1 = s1};
+  M2_SET_ATTR(&c, a);
   return m2_call1(&c);
 }
 
@@ -376,7 +378,7 @@ static m2_status sqrt_bwd(m2_opcall *c) { return unary_bwd(c, U_SQRT); }
 const m2_op m2_op_sqrt = {"sqrt", sqrt_fwd, sqrt_bwd, M2_OP_KEEP_OUTPUTS};
 m2_tensor *m2_sqrt(m2_tensor *x) { return unary(&m2_op_sqrt, x, 0, 0); }
 
-/* ---- clamp: fa[0] = lo, fa[1] = hi; the gradient passes where lo <= x <= hi ---- */
+/* ---- clamp: m2_unary_attr s0 = lo, s1 = hi; the gradient passes where lo <= x <= hi ---- */
 static m2_status clamp_fwd(m2_opcall *c) { return unary_fwd(c, U_CLAMP); }
 static m2_status clamp_bwd(m2_opcall *c) { return unary_bwd(c, U_CLAMP); }
 const m2_op m2_op_clamp = {"clamp", clamp_fwd, clamp_bwd, 0};

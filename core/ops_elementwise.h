@@ -1,12 +1,21 @@
 /* ops_elementwise.h — internal: the broadcasting binary ops' (add, sub, mul, div) argument checks, output and
- * iteration plan, shared by the CPU ops (core/ops_elementwise.c) and the CUDA entry points
- * (cuda/ops_elementwise.cu), so both refuse bad input with the same words and walk the same plan. */
+ * iteration plan, and the unary maps' typed attributes, shared by the CPU ops (core/ops_elementwise.c) and the
+ * CUDA entry points (cuda/ops_elementwise.cu), so both refuse bad input with the same words and walk the same
+ * plan. */
 #ifndef M2_OPS_ELEMENTWISE_H
 #define M2_OPS_ELEMENTWISE_H
 #include "op.h"
 #ifdef __cplusplus
 extern "C" {
 #endif
+
+/* The unary maps' scalars (0 for the ops that take none), checked by the public entry:
+ *   scale: s0 = the factor;  add_scalar: s0 = the addend;  clamp: s0 = lo, s1 = hi (lo <= hi).
+ * Kept in double so that F32 rounds the exact x * s or x + s once. */
+typedef struct m2_unary_attr {
+  double s0; /* scale: factor; add_scalar: addend; clamp: lo */
+  double s1; /* clamp: hi */
+} m2_unary_attr;
 
 /* The broadcast iteration space with size-1 dims dropped and adjacent dims merged wherever both
  * operands step through them as one (e.g. (B, T, d) + (d) -> (B*T, d) with b strides (0, 1)).

@@ -2,6 +2,7 @@
  * Forward copies are dtype-agnostic (bytes), so integer tensors can be joined and indexed too;
  * backward (float only) copies or scatter-adds gradients back. A tensor is viewed as
  * (outer, n, inner) around the working dim. */
+#include "ops_index.h"
 #include "ops.h"
 #include <stdlib.h>
 #include <string.h>
@@ -32,7 +33,7 @@ static void add_into(void *dst, const void *src, int64_t n, m2_dtype dt) {
   }
 }
 
-/* ================= concat: xs[i] (..., n_i, ...) -> (..., sum n_i, ...); ia[0] = dim ================= */
+/* ============ concat: xs[i] (..., n_i, ...) -> (..., sum n_i, ...) along m2_index_attr.dim ============ */
 
 /* Same dtype, ndim and shape except dim d. `first` numbers the inputs in messages. */
 static m2_status concat_check(int n, m2_tensor *const *xs, int d, int first) {
@@ -56,7 +57,7 @@ static m2_status concat_check(int n, m2_tensor *const *xs, int d, int first) {
 }
 
 static m2_status concat_fwd(m2_opcall *c) {
-  int d = (int)c->ia[0], n = c->n_in;
+  int d = M2_ATTR(c, m2_index_attr)->dim, n = c->n_in;
   M2_TRY(concat_check(n, c->in, d, 0));
   int64_t shape[M2_MAX_DIMS], outer, inner;
   memcpy(shape, c->in[0]->shape, sizeof shape);
@@ -79,7 +80,7 @@ static m2_status concat_fwd(m2_opcall *c) {
 }
 
 static m2_status concat_bwd(m2_opcall *c) {
-  int d = (int)c->ia[0];
+  int d = M2_ATTR(c, m2_index_attr)->dim;
   m2_tensor *g = c->dout[0]; /* (..., sum n_i, ...) */
   int64_t outer, inner;
   around(g, d, &outer, &inner);
@@ -107,7 +108,8 @@ static m2_tensor *concat_any(int n, m2_tensor *const *xs, int d) {
   if (n <= M2_MAX_IN) {
     m2_opcall c;
     m2_call_init(&c, &m2_op_concat, n, xs);
-    c.ia[0] = d;
+    m2_index_attr a = {.dim = d};
+    M2_SET_ATTR(&c, a);
     return m2_call1(&c);
   }
   int ng = (n + M2_MAX_IN - 1) / M2_MAX_IN;
@@ -135,18 +137,19 @@ m2_tensor *m2_concat(int n, m2_tensor *const *xs, int dim) {
 }
 
 /* ======= split: x (..., n, ...) -> up to 4 pieces (..., len_i, ...) per op call =======
- * ia[0] = dim, ia[1] = k pieces, ia[2 + i] = start_i, ia[6 + i] = len_i. m2_split makes as many
+ * m2_split_attr: the dim and each piece's start and length. m2_split makes as many
  * calls as it needs (4 pieces each); each call's backward writes its pieces' gradients into a
  * zero gradient of x and the tape sums the calls. */
 static m2_status split_fwd(m2_opcall *c) {
   m2_tensor *x = c->in[0];
-  int d = (int)c->ia[0], k = (int)c->ia[1];
+  const m2_split_attr *a = M2_ATTR(c, m2_split_attr);
+  int d = a->dim, k = a->k;
   int64_t outer, inner, n = x->shape[d];
   around(x, d, &outer, &inner);
   size_t es = m2_elsize(x);
   c->n_out = k;
   for (int i = 0; i < k; i++) {
-    int64_t shape[M2_MAX_DIMS], start = c->ia[2 + i], len = c->ia[6 + i];
+    int64_t shape[M2_MAX_DIMS], start = a->start[i], len = a->len[i];
     memcpy(shape, x->shape, sizeof shape);
     shape[d] = len;
     m2_tensor *o = m2_empty(x->dtype, x->device, x->ndim, shape);
@@ -162,7 +165,8 @@ static m2_status split_fwd(m2_opcall *c) {
 
 static m2_status split_bwd(m2_opcall *c) {
   m2_tensor *x = c->in[0];
-  int d = (int)c->ia[0], k = (int)c->ia[1];
+  const m2_split_attr *a = M2_ATTR(c, m2_split_attr);
+  int d = a->dim, k = a->k;
   int64_t outer, inner, n = x->shape[d];
   around(x, d, &outer, &inner);
   m2_tensor *dx = m2_zeros(c->dout[0]->dtype, x->device, x->ndim, x->shape);
@@ -170,7 +174,7 @@ static m2_status split_bwd(m2_opcall *c) {
   size_t es = m2_elsize(dx);
   char *pd = m2_data(dx);
   for (int i = 0; i < k; i++) {
-    int64_t start = c->ia[2 + i], len = c->ia[6 + i];
+    int64_t start = a->start[i], len = a->len[i];
     size_t bytes = (size_t)(len * inner) * es;
     const char *pg = m2_data(c->dout[i]);
     for (int64_t r = 0; r < outer; r++) memcpy(pd + (size_t)((r * n + start) * inner) * es, pg + (size_t)r * bytes, bytes);
@@ -201,13 +205,13 @@ m2_status m2_split(m2_tensor *x, int dim, int n, const int64_t *sizes, m2_tensor
     int k = n - i0 < M2_MAX_OUT ? n - i0 : M2_MAX_OUT;
     m2_opcall c;
     m2_call_init(&c, &m2_op_split, 1, &x);
-    c.ia[0] = d;
-    c.ia[1] = k;
+    m2_split_attr a = {.dim = d, .k = k};
     for (int i = 0; i < k; i++) {
-      c.ia[2 + i] = start;
-      c.ia[6 + i] = sizes[i0 + i];
+      a.start[i] = start;
+      a.len[i] = sizes[i0 + i];
       start += sizes[i0 + i];
     }
+    M2_SET_ATTR(&c, a);
     m2_tensor *got[M2_MAX_OUT] = {0};
     m2_status s = m2_call_run(&c, got);
     if (s != M2_OK) {
@@ -219,7 +223,7 @@ m2_status m2_split(m2_tensor *x, int dim, int n, const int64_t *sizes, m2_tensor
   return M2_OK;
 }
 
-/* ======= gather: x (...), index int with x's ndim -> index's shape; ia[0] = dim =======
+/* ======= gather: x (...), index int with x's ndim -> index's shape; along m2_index_attr.dim =======
  * out[i_0, .., i_k] = x[i_0, .., index[i_0, .., i_k], .., i_k] (index at position dim);
  * index.shape[j] <= x.shape[j] for j != dim. Backward scatter-adds. */
 
@@ -258,7 +262,7 @@ static m2_status gather_offsets(const m2_tensor *x, int d, const m2_tensor *idx,
 
 static m2_status gather_fwd(m2_opcall *c) {
   m2_tensor *x = c->in[0], *idx = c->in[1];
-  int d = (int)c->ia[0];
+  int d = M2_ATTR(c, m2_index_attr)->dim;
   M2_TRY(gather_check(x, d, idx));
   int64_t n = m2_numel(idx);
   int64_t *offs = malloc(sizeof(int64_t) * (size_t)(n ? n : 1));
@@ -282,7 +286,7 @@ static m2_status gather_bwd(m2_opcall *c) {
   if (!c->needs_din[0]) return M2_OK;
   m2_tensor *x = c->in[0], *idx = c->in[1], *g = c->dout[0]; /* g: index's shape */
   M2_TRY(m2_check_float(g, "gather backward", "gradient"));
-  int d = (int)c->ia[0];
+  int d = M2_ATTR(c, m2_index_attr)->dim;
   int64_t n = m2_numel(idx);
   int64_t *offs = malloc(sizeof(int64_t) * (size_t)(n ? n : 1));
   if (!offs) return m2_fail(M2_ERR_OOM, "gather: out of memory");
@@ -309,11 +313,12 @@ m2_tensor *m2_gather(m2_tensor *x, int dim, m2_tensor *index) {
   m2_tensor *in[2] = {x, index};
   m2_opcall c;
   m2_call_init(&c, &m2_op_gather, 2, in);
-  c.ia[0] = d;
+  m2_index_attr a = {.dim = d};
+  M2_SET_ATTR(&c, a);
   return m2_call1(&c);
 }
 
-/* ======= index_select: x (..., n, ...), index int (L) -> (..., L, ...); ia[0] = dim ======= */
+/* ======= index_select: x (..., n, ...), index int (L) -> (..., L, ...); along m2_index_attr.dim ======= */
 
 static m2_status index_select_check(const m2_tensor *x, const m2_tensor *idx) {
   char b[96];
@@ -337,7 +342,7 @@ static m2_status index_select_range(const m2_tensor *x, int d, const m2_tensor *
 
 static m2_status index_select_fwd(m2_opcall *c) {
   m2_tensor *x = c->in[0], *idx = c->in[1];
-  int d = (int)c->ia[0];
+  int d = M2_ATTR(c, m2_index_attr)->dim;
   M2_TRY(index_select_check(x, idx));
   M2_TRY(index_select_range(x, d, idx));
   int64_t outer, inner, n = x->shape[d], L = idx->shape[0], shape[M2_MAX_DIMS];
@@ -362,7 +367,7 @@ static m2_status index_select_bwd(m2_opcall *c) {
   if (!c->needs_din[0]) return M2_OK;
   m2_tensor *x = c->in[0], *idx = c->in[1], *g = c->dout[0]; /* g (..., L, ...) */
   M2_TRY(m2_check_float(g, "index_select backward", "gradient"));
-  int d = (int)c->ia[0];
+  int d = M2_ATTR(c, m2_index_attr)->dim;
   int64_t outer, inner, n = x->shape[d], L = idx->shape[0];
   around(x, d, &outer, &inner);
   m2_tensor *dx = m2_zeros(g->dtype, x->device, x->ndim, x->shape);
@@ -386,6 +391,7 @@ m2_tensor *m2_index_select(m2_tensor *x, int dim, m2_tensor *index) {
   m2_tensor *in[2] = {x, index};
   m2_opcall c;
   m2_call_init(&c, &m2_op_index_select, 2, in);
-  c.ia[0] = d;
+  m2_index_attr a = {.dim = d};
+  M2_SET_ATTR(&c, a);
   return m2_call1(&c);
 }

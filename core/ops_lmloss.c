@@ -9,14 +9,30 @@
  *   backward: per chunk, dlogits = g / n_kept (softmax(logits) - onehot(t)) (the cross_entropy op's backward, scaled
  *   by the chunk's share of the kept rows), dh = dlogits W, dW += dlogits^T h.
  * The op is built from the matmul and cross_entropy ops' own kernels, so it runs wherever they do (CPU and CUDA)
- * and is exactly as precise; with bf16 products (m2_matmul_precision at the call, recorded in ia[2]) every product
- * is bf16, and on CUDA the dlogits are written in bf16 for them. Op row "linear_cross_entropy": in = {h, W, targets}, ia[0] = ignore_index, ia[1] = chunk
- * rows, ia[2] = bf16 products, ia[3] / ia[4] = compute dh / dW in the forward (saved[0] / saved[1]); out = 0-d loss. */
+ * and is exactly as precise; with bf16 products (m2_matmul_precision at the call, recorded in the attributes) every
+ * product is bf16, and on CUDA the dlogits are written in bf16 for them. Op row "linear_cross_entropy":
+ * in = {h, W, targets}, attributes m2_linear_cross_entropy_attr (below), out = 0-d loss; saved[0] / saved[1] = dh / dW
+ * when the forward computed them. */
 #include "ops.h"
 #include "autograd.h"
+#include "ops_matmul.h"
+#include "ops_nn_check.h"
 #include <stdlib.h>
 
 extern const m2_op m2_op_cross_entropy, m2_op_matmul;
+
+/* Logits per chunk when the caller leaves the chunk size to the op (chunk_rows 0): 2^29, 2 GB of fp32. */
+#define LCE_CHUNK_LOGITS ((int64_t)1 << 29)
+
+/* The op's attributes, resolved by m2_linear_cross_entropy (the only place that builds the call); read by the kernel,
+ * which is the same on every device. */
+typedef struct m2_linear_cross_entropy_attr {
+  int64_t ignore_index; /* rows whose target equals it count neither in the loss nor in the mean */
+  int64_t chunk_rows;   /* rows of logits per chunk, >= 1 (0 at the entry: as many as make LCE_CHUNK_LOGITS) */
+  bool bf16;            /* bf16 products (f32 h and W, m2_matmul_precision at the call) */
+  bool want_dh;         /* the forward also computes the gradient of h (the call is recorded and h needs it) */
+  bool want_dw;         /* the same for W */
+} m2_linear_cross_entropy_attr;
 
 static m2_status lce_check(m2_tensor *h, m2_tensor *w, m2_tensor *t, m2_float_rule check_float) {
   const char *op = "linear_cross_entropy";
@@ -35,10 +51,10 @@ static m2_status lce_check(m2_tensor *h, m2_tensor *w, m2_tensor *t, m2_float_ru
   return M2_OK;
 }
 
-/* Rows of a chunk: ia[1], or as many as make 2^29 logits. */
-static int64_t chunk_rows(const m2_opcall *c, int64_t V) {
-  if (c->ia[1] > 0) return c->ia[1];
-  int64_t r = ((int64_t)1 << 29) / (V > 0 ? V : 1);
+/* Rows of a chunk: the caller's chunk_rows when > 0, or as many as make LCE_CHUNK_LOGITS logits of V classes. */
+static int64_t resolve_chunk_rows(int64_t chunk_rows, int64_t V) {
+  if (chunk_rows > 0) return chunk_rows;
+  int64_t r = LCE_CHUNK_LOGITS / (V > 0 ? V : 1);
   return r > 0 ? r : 1;
 }
 
@@ -82,8 +98,8 @@ static m2_status chunk_ce(m2_tensor *lg, m2_tensor *tc, int64_t ign, double gc, 
   m2_tensor *in[2] = {lg, tc};
   m2_opcall ce;
   m2_call_init(&ce, op, 2, in);
-  ce.ia[0] = ign;
-  ce.ia[1] = dl16;
+  m2_cross_entropy_attr cea = {.ignore_index = ign, .bf16_dlogits = dl16};
+  M2_SET_ATTR(&ce, cea);
   m2_tensor *g = NULL, *d = NULL;
   m2_status s = fwd(&ce); /* keeps the rows' lse for the backward */
   if (s == M2_OK && loss) s = m2_item(ce.out[0], loss);
@@ -112,7 +128,8 @@ static m2_status chunk_ce(m2_tensor *lg, m2_tensor *tc, int64_t ign, double gc, 
 static m2_status lce_pass(m2_opcall *c, bool want_dh, bool want_dw, double *loss, m2_tensor **dh_out,
                           m2_tensor **dw_out) {
   m2_tensor *h = c->in[0], *w = c->in[1], *t = c->in[2];
-  const int64_t rows = m2_numel(t), d = h->shape[h->ndim - 1], ch = chunk_rows(c, w->shape[0]), ign = c->ia[0];
+  const m2_linear_cross_entropy_attr *a = M2_ATTR(c, m2_linear_cross_entropy_attr);
+  const int64_t rows = m2_numel(t), d = h->shape[h->ndim - 1], ch = a->chunk_rows, ign = a->ignore_index;
   const bool grad = want_dh || want_dw;
   int64_t *kept = NULL, total = 0;
   M2_TRY(kept_rows(t, ign, rows, ch, &kept, &total));
@@ -120,7 +137,7 @@ static m2_status lce_pass(m2_opcall *c, bool want_dh, bool want_dw, double *loss
   m2_status s = flat(h, t, &h2, &t1);
   int64_t s2[2] = {rows, d};
   if (s == M2_OK && want_dh && !(dh = m2_zeros(h->dtype, h->device, 2, s2))) s = m2_errcode();
-  const bool dl16 = c->ia[2] && h->device.type == M2_CUDA; /* the matmul's bf16 products take dlogits as they are */
+  const bool dl16 = a->bf16 && h->device.type == M2_CUDA; /* the matmul's bf16 products take dlogits as they are */
   double sum = 0;
   for (int64_t r0 = 0, i = 0; s == M2_OK && r0 < rows; r0 += ch, i++) {
     if (!kept[i]) continue; /* every row of the chunk ignored: no loss, no gradient */
@@ -132,8 +149,8 @@ static m2_status lce_pass(m2_opcall *c, bool want_dh, bool want_dw, double *loss
     m2_tensor *in2[2] = {hc, w};
     m2_opcall mm;
     m2_call_init(&mm, &m2_op_matmul, 2, in2);
-    mm.ia[1] = 1;       /* W transposed */
-    mm.ia[2] = c->ia[2]; /* bf16 products */
+    m2_matmul_attr mma = {.tb = true, .bf16 = a->bf16}; /* W transposed; bf16 products as the call's */
+    M2_SET_ATTR(&mm, mma);
     m2_op_fn mm_fwd = m2_op_kernel(&m2_op_matmul, w->device, false);
     m2_op_fn mm_bwd = m2_op_kernel(&m2_op_matmul, w->device, true);
     if (s == M2_OK && (!mm_fwd || !mm_bwd))
@@ -187,14 +204,15 @@ static m2_status lce_pass(m2_opcall *c, bool want_dh, bool want_dw, double *loss
   return M2_OK;
 }
 
-/* Forward. When the call will be recorded for backward (ia[3]: the gradient of h, ia[4]: of W is wanted), the same
+/* Forward. When the call will be recorded for backward (want_dh: the gradient of h, want_dw: of W is wanted), the same
  * pass also computes the gradients of the loss itself (g = 1) and keeps them in saved[0] / saved[1]: the backward
  * then only scales them, and no logits are computed twice (the fused loss costs what the unfused ops cost). */
 static m2_status lce_fwd(m2_opcall *c) {
   M2_TRY(lce_check(c->in[0], c->in[1], c->in[2], m2_check_float));
   double loss = 0;
   m2_tensor *dh = NULL, *dw = NULL;
-  M2_TRY(lce_pass(c, c->ia[3] != 0, c->ia[4] != 0, &loss, &dh, &dw));
+  const m2_linear_cross_entropy_attr *a = M2_ATTR(c, m2_linear_cross_entropy_attr);
+  M2_TRY(lce_pass(c, a->want_dh, a->want_dw, &loss, &dh, &dw));
   c->n_saved = 2;
   c->saved[0] = dh;
   c->saved[1] = dw;
@@ -242,11 +260,14 @@ m2_tensor *m2_linear_cross_entropy(m2_tensor *h, m2_tensor *w, m2_tensor *target
   m2_tensor *in[3] = {h, w, targets};
   m2_opcall c;
   m2_call_init(&c, &m2_op_linear_cross_entropy, 3, in);
-  c.ia[0] = ignore_index;
-  c.ia[1] = chunk_rows;
-  c.ia[2] = m2_matmul_precision() == M2_MM_BF16 && h->dtype == M2_F32;
   const bool rec = m2_grad_enabled(); /* the gradients the recorded call's backward will want (see lce_fwd) */
-  c.ia[3] = rec && h->requires_grad;
-  c.ia[4] = rec && w->requires_grad;
+  m2_linear_cross_entropy_attr a = {
+      .ignore_index = ignore_index,
+      .chunk_rows = resolve_chunk_rows(chunk_rows, w->shape[0]),
+      .bf16 = m2_matmul_precision() == M2_MM_BF16 && h->dtype == M2_F32,
+      .want_dh = rec && h->requires_grad,
+      .want_dw = rec && w->requires_grad,
+  };
+  M2_SET_ATTR(&c, a);
   return m2_call1(&c);
 }

@@ -3,9 +3,9 @@
  * matmul: a (..., M, K) [(..., K, M) if ta], b (..., K, N) [(..., N, K) if tb] -> c (..., M, N).
  * Batch dims of a and b are equal, or b is 2-D and shared by every batch; then, when !ta,
  * a is one (batch*M, K) matrix and the whole product is a single GEMM.
- * Attributes: ia[0] = ta, ia[1] = tb, ia[2] = bf16 products (f32 tensors only: the operands of every product,
- * forward and backward, are rounded to bf16; fp32 accumulation and results; m2_set_matmul_precision). Backward is
- * GEMMs too:
+ * Attributes: m2_matmul_attr (core/ops_matmul.h): ta, tb, and bf16 products (f32 tensors only: the operands of
+ * every product, forward and backward, are rounded to bf16; fp32 accumulation and results; m2_set_matmul_precision).
+ * Backward is GEMMs too:
  *   d op(a) = dc op(b)^T  (M, K),   d op(b) = op(a)^T dc  (K, N),
  * transposed back to the stored layouts; a shared b sums its gradient over the batch. */
 #include "ops.h"
@@ -91,7 +91,8 @@ m2_status m2_matmul_check(const m2_tensor *a, const m2_tensor *b, bool ta, bool 
 
 m2_status m2_matmul_setup(m2_opcall *c, m2_float_rule check_float, mm_geom *g) {
   m2_tensor *a = c->in[0], *b = c->in[1];
-  M2_TRY(m2_matmul_check(a, b, c->ia[0] != 0, c->ia[1] != 0, check_float, g));
+  const m2_matmul_attr *at = M2_ATTR(c, m2_matmul_attr);
+  M2_TRY(m2_matmul_check(a, b, at->ta, at->tb, check_float, g));
   int64_t shape[M2_MAX_DIMS];
   memcpy(shape, a->shape, sizeof shape);
   shape[a->ndim - 2] = g->M;
@@ -111,10 +112,10 @@ int m2_set_matmul_precision(int p) {
 }
 int m2_matmul_precision(void) { return g_mm_precision; }
 
-/* An operand of a product: t itself (new ref), or with ia[2] an f32 copy of t rounded to bf16 (what the CUDA path
- * feeds its tensor cores). */
+/* An operand of a product: t itself (new ref), or with bf16 products an f32 copy of t rounded to bf16 (what the CUDA
+ * path feeds its tensor cores). */
 static m2_tensor *operand(m2_tensor *t, const m2_opcall *c) {
-  if (!c->ia[2] || t->dtype != M2_F32) return m2_retain(t), t;
+  if (!M2_ATTR(c, m2_matmul_attr)->bf16 || t->dtype != M2_F32) return m2_retain(t), t;
   m2_tensor *h = m2_clone_raw(t, M2_BF16, t->device);
   m2_tensor *r = h ? m2_clone_raw(h, M2_F32, t->device) : NULL;
   m2_release(h);
@@ -143,8 +144,9 @@ static m2_status matmul_fwd(m2_opcall *c) {
 }
 
 static m2_status matmul_bwd(m2_opcall *c) {
+  const m2_matmul_attr *at = M2_ATTR(c, m2_matmul_attr);
   mm_geom g;
-  M2_TRY(m2_matmul_check(c->in[0], c->in[1], c->ia[0] != 0, c->ia[1] != 0, m2_check_float, &g));
+  M2_TRY(m2_matmul_check(c->in[0], c->in[1], at->ta, at->tb, m2_check_float, &g));
   m2_tensor *dc = c->dout[0]; /* (..., M, N) */
   m2_tensor *dc0 = m2_is_contiguous(dc) && dc->dtype == c->in[0]->dtype ? (m2_retain(dc), dc)
                                                                          : m2_clone_raw(dc, c->in[0]->dtype, dc->device);
@@ -204,9 +206,8 @@ m2_tensor *m2_matmul(m2_tensor *a, m2_tensor *b, bool ta, bool tb) {
   m2_tensor *in[2] = {a, b};
   m2_opcall c;
   m2_call_init(&c, &m2_op_matmul, 2, in);
-  c.ia[0] = ta;
-  c.ia[1] = tb;
-  c.ia[2] = g_mm_precision == M2_MM_BF16 && a->dtype == M2_F32;
+  m2_matmul_attr at = {.ta = ta, .tb = tb, .bf16 = g_mm_precision == M2_MM_BF16 && a->dtype == M2_F32};
+  M2_SET_ATTR(&c, at);
   return m2_call1(&c);
 }
 

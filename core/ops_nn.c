@@ -113,7 +113,7 @@ m2_tensor *m2_embedding(m2_tensor *weight, m2_tensor *ids) {
   return m2_call1(&c);
 }
 
-/* ===== cross_entropy: logits (..., C), targets int (...) -> 0-d; ia[0] = ignore_index =====
+/* ===== cross_entropy: logits (..., C), targets int (...) -> 0-d; m2_cross_entropy_attr (ignore_index) =====
  * loss = mean over kept rows r of (lse_r - logits[r, t_r]), lse_r = log sum_j exp(logits[r, j]).
  * saved[0] = lse (rows) in F64. dlogits[r, j] = g / n_kept * (exp(logits[r, j] - lse_r) - [j == t_r]). */
 
@@ -133,7 +133,7 @@ m2_status m2_cross_entropy_check(const m2_tensor *x, const m2_tensor *t, m2_floa
 static m2_status cross_entropy_fwd(m2_opcall *c) {
   m2_tensor *x = c->in[0], *t = c->in[1];
   M2_TRY(m2_cross_entropy_check(x, t, m2_check_float));
-  int64_t C = x->shape[x->ndim - 1], rows = m2_numel(t), ign = c->ia[0];
+  int64_t C = x->shape[x->ndim - 1], rows = m2_numel(t), ign = M2_ATTR(c, m2_cross_entropy_attr)->ignore_index;
   const void *pt = m2_data(t), *px = m2_data(x);
   for (int64_t r = 0; r < rows; r++) {
     int64_t k = m2_load_int(pt, t->dtype, r);
@@ -173,7 +173,8 @@ static m2_status cross_entropy_fwd(m2_opcall *c) {
 static m2_status cross_entropy_bwd(m2_opcall *c) {
   if (!c->needs_din[0]) return M2_OK;
   m2_tensor *x = c->in[0], *t = c->in[1], *lse = c->saved[0];
-  int64_t C = x->shape[x->ndim - 1], rows = m2_numel(t), ign = c->ia[0], kept = 0;
+  int64_t C = x->shape[x->ndim - 1], rows = m2_numel(t), kept = 0;
+  const int64_t ign = M2_ATTR(c, m2_cross_entropy_attr)->ignore_index;
   const void *pt = m2_data(t), *px = m2_data(x);
   for (int64_t r = 0; r < rows; r++) kept += m2_load_int(pt, t->dtype, r) != ign;
   double g;
@@ -207,11 +208,12 @@ m2_tensor *m2_cross_entropy(m2_tensor *logits, m2_tensor *targets, int64_t ignor
   m2_tensor *in[2] = {logits, targets};
   m2_opcall c;
   m2_call_init(&c, &m2_op_cross_entropy, 2, in);
-  c.ia[0] = ignore_index;
+  m2_cross_entropy_attr a = {.ignore_index = ignore_index};
+  M2_SET_ATTR(&c, a);
   return m2_call1(&c);
 }
 
-/* ======= rmsnorm and l2norm: x (..., d) [, weight (d)] -> (..., d); fa[0] = eps =======
+/* ======= rmsnorm and l2norm: x (..., d) [, weight (d)] -> (..., d); m2_norm_attr (eps) =======
  * y = x * r * w with r = 1 / sqrt(ss * inv + eps), ss = sum_j x_j^2, inv = 1/d (rms) or 1 (l2).
  * saved[0] = r (rows) in F64. With u = x r and gy = dy * w:
  *   dx = r (gy - u * inv * sum_j gy_j u_j),   dw = sum over rows of dy * u. */
@@ -235,7 +237,7 @@ static m2_status norm_fwd(m2_opcall *c, bool mean, const char *op) {
   m2_tensor *x = c->in[0], *w = c->n_in > 1 ? c->in[1] : NULL;
   M2_TRY(m2_norm_check(x, w, op, m2_check_float));
   int64_t d = x->shape[x->ndim - 1], rows = d ? m2_numel(x) / d : 0;
-  double eps = c->fa[0], inv = mean ? 1.0 / (double)(d ? d : 1) : 1.0;
+  double eps = M2_ATTR(c, m2_norm_attr)->eps, inv = mean ? 1.0 / (double)(d ? d : 1) : 1.0;
   int64_t nr = rows;
   m2_tensor *o = m2_empty(x->dtype, x->device, x->ndim, x->shape), *rt = m2_empty(M2_F64, x->device, 1, &nr);
   double *tmp = scratch(d), *y = scratch(d), *wv = scratch(d);
@@ -322,7 +324,8 @@ m2_tensor *m2_rmsnorm(m2_tensor *x, m2_tensor *weight, double eps) {
   m2_tensor *in[2] = {x, weight};
   m2_opcall c;
   m2_call_init(&c, &m2_op_rmsnorm, 2, in); /* in[1] may be NULL: the dispatcher skips it */
-  c.fa[0] = eps;
+  m2_norm_attr a = {.eps = eps};
+  M2_SET_ATTR(&c, a);
   return m2_call1(&c);
 }
 
@@ -335,6 +338,7 @@ m2_tensor *m2_l2norm(m2_tensor *x, double eps) {
     return NULL;
   m2_opcall c;
   m2_call_init(&c, &m2_op_l2norm, 1, &x);
-  c.fa[0] = eps;
+  m2_norm_attr a = {.eps = eps};
+  M2_SET_ATTR(&c, a);
   return m2_call1(&c);
 }

@@ -30,7 +30,7 @@ red_geom m2_red_geom_dim(const m2_tensor *x, int d) {
 
 red_geom m2_red_geom(const m2_opcall *c, bool all) {
   m2_tensor *x = c->in[0];
-  return all ? (red_geom){1, m2_numel(x), 1} : m2_red_geom_dim(x, (int)c->ia[0]);
+  return all ? (red_geom){1, m2_numel(x), 1} : m2_red_geom_dim(x, M2_ATTR(c, m2_reduce_attr)->dim);
 }
 
 m2_status m2_red_pick_geom(const m2_opcall *c, bool all, const char *what, red_geom *g) {
@@ -43,10 +43,11 @@ m2_status m2_red_pick_geom(const m2_opcall *c, bool all, const char *what, red_g
 
 m2_tensor *m2_red_output(const m2_opcall *c, bool all, m2_dtype dt) {
   m2_tensor *x = c->in[0];
+  const m2_reduce_attr *a = M2_ATTR(c, m2_reduce_attr);
   int64_t shape[M2_MAX_DIMS];
-  int nd = 0, d = (int)c->ia[0];
+  int nd = 0;
   for (int i = 0; !all && i < x->ndim; i++) {
-    if (i == d) { if (c->ia[1]) shape[nd++] = 1; }
+    if (i == a->dim) { if (a->keepdim) shape[nd++] = 1; }
     else shape[nd++] = x->shape[i];
   }
   return m2_empty(dt, x->device, nd, shape);
@@ -193,7 +194,7 @@ KERNEL void cumsum_kernel(m2_dtype dt, const void *x, void *y, red_geom g, bool 
 
 /* ================= sum and mean (along a dim, and over everything) ================= */
 
-/* ia[0] = dim, ia[1] = keepdim for the dim versions; `all` reduces everything to 0-d. */
+/* m2_reduce_attr {dim, keepdim} for the dim versions; `all` reduces everything to 0-d. */
 static m2_status sum_mean_fwd(m2_opcall *c, bool mean, bool all) {
   m2_tensor *x = c->in[0];
   M2_TRY(m2_check_float(x, c->op->name, "x"));
@@ -223,8 +224,8 @@ static m2_tensor *dim_op(const m2_op *op, m2_tensor *x, int dim, bool keepdim) {
   if (m2_norm_dim(x, dim, &d, op->name) != M2_OK) return NULL;
   m2_opcall c;
   m2_call_init(&c, op, 1, &x);
-  c.ia[0] = d;
-  c.ia[1] = keepdim;
+  m2_reduce_attr a = {.dim = d, .keepdim = keepdim};
+  M2_SET_ATTR(&c, a);
   return m2_call1(&c);
 }
 static m2_tensor *all_op(const m2_op *op, m2_tensor *x) {
@@ -233,7 +234,7 @@ static m2_tensor *all_op(const m2_op *op, m2_tensor *x) {
   return m2_call1(&c);
 }
 
-/* ---- sum: x (..., n, ...) -> (..., [1,] ...); ia[0] = dim, ia[1] = keepdim ---- */
+/* ---- sum: x (..., n, ...) -> (..., [1,] ...) along dim; m2_reduce_attr ---- */
 static m2_status sum_fwd(m2_opcall *c) { return sum_mean_fwd(c, false, false); }
 static m2_status sum_bwd(m2_opcall *c) { return sum_mean_bwd(c, false, false); }
 const m2_op m2_op_sum = {"sum", sum_fwd, sum_bwd, 0};
@@ -259,7 +260,7 @@ m2_tensor *m2_mean_all(m2_tensor *x) { return all_op(&m2_op_mean_all, x); }
 /* ================= max, max_all, argmax ================= */
 
 /* max: x (..., n, ...) -> values (..., [1,] ...); saved[0] = argmax (I64, the values' shape);
- * the gradient goes to the first argmax. ia[0] = dim, ia[1] = keepdim. max_all: -> (), flat argmax. */
+ * the gradient goes to the first argmax. m2_reduce_attr {dim, keepdim}. max_all: -> (), flat argmax. */
 static m2_status max_fwd_common(m2_opcall *c, bool all) {
   m2_tensor *x = c->in[0];
   M2_TRY(m2_check_float(x, c->op->name, "x"));
@@ -355,14 +356,14 @@ m2_tensor *m2_eq(m2_tensor *a, m2_tensor *b) {
   return m2_call1(&c);
 }
 
-/* ================= softmax, log_softmax: x (...) -> y (...) along ia[0] = dim ================= */
+/* ========= softmax, log_softmax: x (...) -> y (...) along m2_reduce_attr.dim ========= */
 
 static m2_status softmax_fwd_common(m2_opcall *c, bool log_out) {
   m2_tensor *x = c->in[0];
   M2_TRY(m2_check_float(x, c->op->name, "x"));
   m2_tensor *y = m2_empty_like(x);
   if (!y) return m2_errcode();
-  FLOAT_KERNEL(x->dtype, softmax_kernel, m2_data(x), m2_data(y), m2_red_geom_dim(x, (int)c->ia[0]), log_out);
+  FLOAT_KERNEL(x->dtype, softmax_kernel, m2_data(x), m2_data(y), m2_red_geom(c, false), log_out);
   c->n_out = 1;
   c->out[0] = y;
   return M2_OK;
@@ -371,8 +372,8 @@ static m2_status softmax_bwd_common(m2_opcall *c, bool log_out) {
   m2_tensor *x = c->in[0], *y = c->out[0];
   m2_tensor *dx = m2_empty_like(x);
   if (!dx) return m2_errcode();
-  FLOAT_KERNEL(x->dtype, softmax_bwd_kernel, m2_data(c->dout[0]), m2_data(y), m2_data(dx),
-               m2_red_geom_dim(x, (int)c->ia[0]), log_out);
+  FLOAT_KERNEL(x->dtype, softmax_bwd_kernel, m2_data(c->dout[0]), m2_data(y), m2_data(dx), m2_red_geom(c, false),
+               log_out);
   c->din[0] = dx;
   return M2_OK;
 }
@@ -387,10 +388,11 @@ static m2_status log_softmax_bwd(m2_opcall *c) { return softmax_bwd_common(c, tr
 const m2_op m2_op_log_softmax = {"log_softmax", log_softmax_fwd, log_softmax_bwd, M2_OP_KEEP_OUTPUTS};
 m2_tensor *m2_log_softmax(m2_tensor *x, int dim) { return dim_op(&m2_op_log_softmax, x, dim, false); }
 
-/* ================= cumsum: x (...) -> y (...) along ia[0] = dim; dx = reverse cumsum of dy ================= */
+/* ========= cumsum: x (...) -> y (...) along m2_reduce_attr.dim; dx = reverse cumsum of dy ========= */
 
-static m2_status cumsum_run(m2_tensor *x, int d, bool reverse, m2_tensor **out) {
-  red_geom g = m2_red_geom_dim(x, d);
+/* *out = the running sum of x (in[0]'s shape: x itself, or the gradient) along the call's dim. */
+static m2_status cumsum_run(const m2_opcall *c, m2_tensor *x, bool reverse, m2_tensor **out) {
+  red_geom g = m2_red_geom_dim(x, M2_ATTR(c, m2_reduce_attr)->dim);
   m2_tensor *y = m2_empty_like(x);
   if (!y) return m2_errcode();
   double *acc;
@@ -404,8 +406,8 @@ static m2_status cumsum_run(m2_tensor *x, int d, bool reverse, m2_tensor **out) 
 static m2_status cumsum_fwd(m2_opcall *c) {
   M2_TRY(m2_check_float(c->in[0], "cumsum", "x"));
   c->n_out = 1;
-  return cumsum_run(c->in[0], (int)c->ia[0], false, &c->out[0]);
+  return cumsum_run(c, c->in[0], false, &c->out[0]);
 }
-static m2_status cumsum_bwd(m2_opcall *c) { return cumsum_run(c->dout[0], (int)c->ia[0], true, &c->din[0]); }
+static m2_status cumsum_bwd(m2_opcall *c) { return cumsum_run(c, c->dout[0], true, &c->din[0]); }
 const m2_op m2_op_cumsum = {"cumsum", cumsum_fwd, cumsum_bwd, 0};
 m2_tensor *m2_cumsum(m2_tensor *x, int dim) { return dim_op(&m2_op_cumsum, x, dim, false); }

@@ -1,5 +1,6 @@
 /* ops_view.c — views (reshape, narrow, transpose, permute, expand), contiguous copies,
  * dtype and device conversion. All differentiable. */
+#include "ops_view.h"
 #include "ops.h"
 #include <string.h>
 
@@ -23,17 +24,16 @@ m2_tensor *m2_contiguous(m2_tensor *x) {
   return m2_call1(&c);
 }
 
-/* ---- reshape: ia[0] = ndim, ia[1..] = shape ---- */
+/* ---- reshape: x (...) -> (shape), the same elements; m2_shape_attr ---- */
 static m2_status reshape_fwd(m2_opcall *c) {
   m2_tensor *x = c->in[0];
-  int nd = (int)c->ia[0];
-  int64_t shape[M2_MAX_DIMS], st[M2_MAX_DIMS];
-  for (int i = 0; i < nd; i++) shape[i] = c->ia[1 + i];
+  const m2_shape_attr *a = M2_ATTR(c, m2_shape_attr);
+  int64_t st[M2_MAX_DIMS];
   m2_tensor *src = m2_is_contiguous(x) ? (m2_retain(x), x) : m2_clone_raw(x, x->dtype, x->device);
   if (!src) return m2_errcode();
-  m2_contiguous_strides(nd, shape, st);
+  m2_contiguous_strides(a->ndim, a->shape, st);
   c->n_out = 1;
-  c->out[0] = m2_view_raw(src, nd, shape, st, src->offset);
+  c->out[0] = m2_view_raw(src, a->ndim, a->shape, st, src->offset);
   m2_release(src);
   return c->out[0] ? M2_OK : m2_errcode();
 }
@@ -45,7 +45,8 @@ const m2_op m2_op_reshape = {"reshape", reshape_fwd, reshape_bwd, M2_OP_VIEW | M
 
 m2_tensor *m2_reshape(m2_tensor *x, int ndim, const int64_t *shape) {
   if (ndim < 0 || ndim > M2_MAX_DIMS) { m2_fail(M2_ERR_SHAPE, "reshape: at most %d dims", M2_MAX_DIMS); return NULL; }
-  int64_t s[M2_MAX_DIMS], known = 1;
+  m2_shape_attr a = {.ndim = ndim};
+  int64_t *s = a.shape, known = 1;
   int infer = -1;
   for (int i = 0; i < ndim; i++) {
     s[i] = shape[i];
@@ -69,31 +70,30 @@ m2_tensor *m2_reshape(m2_tensor *x, int ndim, const int64_t *shape) {
   }
   m2_opcall c;
   m2_call_init(&c, &m2_op_reshape, 1, &x);
-  c.ia[0] = ndim;
-  for (int i = 0; i < ndim; i++) c.ia[1 + i] = s[i];
+  M2_SET_ATTR(&c, a);
   return m2_call1(&c);
 }
 
-/* ---- narrow: ia[0] = dim, ia[1] = start, ia[2] = len ---- */
+/* ---- narrow: x (..., n, ...) -> the view (..., len, ...) from start along dim; m2_narrow_attr ---- */
 static m2_status narrow_fwd(m2_opcall *c) {
   m2_tensor *x = c->in[0];
-  int d = (int)c->ia[0];
+  const m2_narrow_attr *a = M2_ATTR(c, m2_narrow_attr);
   int64_t shape[M2_MAX_DIMS];
   memcpy(shape, x->shape, sizeof shape);
-  shape[d] = c->ia[2];
+  shape[a->dim] = a->len;
   c->n_out = 1;
-  c->out[0] = m2_view_raw(x, x->ndim, shape, x->stride, x->offset + c->ia[1] * x->stride[d]);
+  c->out[0] = m2_view_raw(x, x->ndim, shape, x->stride, x->offset + a->start * x->stride[a->dim]);
   return c->out[0] ? M2_OK : m2_errcode();
 }
 static m2_status narrow_bwd(m2_opcall *c) {
   m2_tensor *x = c->in[0];
   m2_tensor *g = m2_zeros(c->dout[0]->dtype, x->device, x->ndim, x->shape);
   if (!g) return m2_errcode();
-  int d = (int)c->ia[0];
+  const m2_narrow_attr *a = M2_ATTR(c, m2_narrow_attr);
   int64_t shape[M2_MAX_DIMS];
   memcpy(shape, x->shape, sizeof shape);
-  shape[d] = c->ia[2];
-  m2_tensor *slice = m2_view_raw(g, g->ndim, shape, g->stride, c->ia[1] * g->stride[d]);
+  shape[a->dim] = a->len;
+  m2_tensor *slice = m2_view_raw(g, g->ndim, shape, g->stride, a->start * g->stride[a->dim]);
   m2_status s = slice ? m2_copy_(slice, c->dout[0]) : m2_errcode();
   m2_release(slice);
   if (s != M2_OK) { m2_release(g); return s; }
@@ -113,27 +113,28 @@ m2_tensor *m2_narrow(m2_tensor *x, int dim, int64_t start, int64_t len) {
   }
   m2_opcall c;
   m2_call_init(&c, &m2_op_narrow, 1, &x);
-  c.ia[0] = d;
-  c.ia[1] = start;
-  c.ia[2] = len;
+  m2_narrow_attr a = {.dim = d, .start = start, .len = len};
+  M2_SET_ATTR(&c, a);
   return m2_call1(&c);
 }
 
-/* ---- permute: ia[0..ndim) = perm (transpose is a permute) ---- */
+/* ---- permute: x -> the view with dims reordered; m2_permute_attr (transpose is a permute) ---- */
 static m2_status permute_fwd(m2_opcall *c) {
   m2_tensor *x = c->in[0];
+  const int *perm = M2_ATTR(c, m2_permute_attr)->perm;
   int64_t shape[M2_MAX_DIMS], st[M2_MAX_DIMS];
   for (int i = 0; i < x->ndim; i++) {
-    shape[i] = x->shape[c->ia[i]];
-    st[i] = x->stride[c->ia[i]];
+    shape[i] = x->shape[perm[i]];
+    st[i] = x->stride[perm[i]];
   }
   c->n_out = 1;
   c->out[0] = m2_view_raw(x, x->ndim, shape, st, x->offset);
   return c->out[0] ? M2_OK : m2_errcode();
 }
 static m2_status permute_bwd(m2_opcall *c) {
+  const int *perm = M2_ATTR(c, m2_permute_attr)->perm;
   int inv[M2_MAX_DIMS];
-  for (int i = 0; i < c->in[0]->ndim; i++) inv[c->ia[i]] = i;
+  for (int i = 0; i < c->in[0]->ndim; i++) inv[perm[i]] = i;
   c->din[0] = m2_permute(c->dout[0], inv);
   return c->din[0] ? M2_OK : m2_errcode();
 }
@@ -141,8 +142,7 @@ const m2_op m2_op_permute = {"permute", permute_fwd, permute_bwd, M2_OP_VIEW | M
 
 m2_tensor *m2_permute(m2_tensor *x, const int *perm) {
   bool used[M2_MAX_DIMS] = {0};
-  m2_opcall c;
-  m2_call_init(&c, &m2_op_permute, 1, &x);
+  m2_permute_attr a = {{0}};
   for (int i = 0; i < x->ndim; i++) {
     int p = perm[i] < 0 ? perm[i] + x->ndim : perm[i];
     if (p < 0 || p >= x->ndim || used[p]) {
@@ -150,8 +150,11 @@ m2_tensor *m2_permute(m2_tensor *x, const int *perm) {
       return NULL;
     }
     used[p] = true;
-    c.ia[i] = p;
+    a.perm[i] = p;
   }
+  m2_opcall c;
+  m2_call_init(&c, &m2_op_permute, 1, &x);
+  M2_SET_ATTR(&c, a);
   return m2_call1(&c);
 }
 
@@ -165,18 +168,18 @@ m2_tensor *m2_transpose(m2_tensor *x, int d0, int d1) {
   return m2_permute(x, perm);
 }
 
-/* ---- expand: ia[0] = ndim, ia[1..] = shape ---- */
+/* ---- expand: x (...) -> the view (shape), size-1 dims (and new leading dims) broadcast with stride 0;
+ * m2_shape_attr ---- */
 static m2_status expand_fwd(m2_opcall *c) {
   m2_tensor *x = c->in[0];
-  int nd = (int)c->ia[0];
-  int64_t shape[M2_MAX_DIMS], st[M2_MAX_DIMS];
-  for (int i = 0; i < nd; i++) {
-    shape[i] = c->ia[1 + i];
-    int j = x->ndim - nd + i;
-    st[i] = (j >= 0 && x->shape[j] == shape[i]) ? x->stride[j] : 0;
+  const m2_shape_attr *a = M2_ATTR(c, m2_shape_attr);
+  int64_t st[M2_MAX_DIMS];
+  for (int i = 0; i < a->ndim; i++) {
+    int j = x->ndim - a->ndim + i;
+    st[i] = (j >= 0 && x->shape[j] == a->shape[i]) ? x->stride[j] : 0;
   }
   c->n_out = 1;
-  c->out[0] = m2_view_raw(x, nd, shape, st, x->offset);
+  c->out[0] = m2_view_raw(x, a->ndim, a->shape, st, x->offset);
   return c->out[0] ? M2_OK : m2_errcode();
 }
 static m2_status expand_bwd(m2_opcall *c) {
@@ -195,9 +198,7 @@ m2_tensor *m2_expand(m2_tensor *x, int ndim, const int64_t *shape) {
     m2_fail(M2_ERR_SHAPE, "expand: cannot expand %d dims to %d", x->ndim, ndim);
     return NULL;
   }
-  m2_opcall c;
-  m2_call_init(&c, &m2_op_expand, 1, &x);
-  c.ia[0] = ndim;
+  m2_shape_attr a = {.ndim = ndim};
   for (int i = 0; i < ndim; i++) {
     int j = x->ndim - ndim + i;
     int64_t have = j >= 0 ? x->shape[j] : 1, want = shape[i] == -1 ? have : shape[i];
@@ -207,15 +208,18 @@ m2_tensor *m2_expand(m2_tensor *x, int ndim, const int64_t *shape) {
               m2_shape_str_raw(ndim, shape, b, sizeof b));
       return NULL;
     }
-    c.ia[1 + i] = want;
+    a.shape[i] = want;
   }
+  m2_opcall c;
+  m2_call_init(&c, &m2_op_expand, 1, &x);
+  M2_SET_ATTR(&c, a);
   return m2_call1(&c);
 }
 
-/* ---- to_dtype: ia[0] = dtype ---- */
+/* ---- to_dtype: x -> a copy in another dtype; m2_to_dtype_attr ---- */
 static m2_status to_dtype_fwd(m2_opcall *c) {
   c->n_out = 1;
-  c->out[0] = m2_clone_raw(c->in[0], (m2_dtype)c->ia[0], c->in[0]->device);
+  c->out[0] = m2_clone_raw(c->in[0], M2_ATTR(c, m2_to_dtype_attr)->dtype, c->in[0]->device);
   return c->out[0] ? M2_OK : m2_errcode();
 }
 static m2_status to_dtype_bwd(m2_opcall *c) {
@@ -228,15 +232,15 @@ m2_tensor *m2_to_dtype(m2_tensor *x, m2_dtype dt) {
   if (x->dtype == dt) { m2_retain(x); return x; }
   m2_opcall c;
   m2_call_init(&c, &m2_op_to_dtype, 1, &x);
-  c.ia[0] = dt;
+  m2_to_dtype_attr a = {.dtype = dt};
+  M2_SET_ATTR(&c, a);
   return m2_call1(&c);
 }
 
-/* ---- to_device: ia[0] = type, ia[1] = index. Registered for both devices. ---- */
+/* ---- to_device: x -> a copy on another device; m2_to_device_attr. Registered for both devices. ---- */
 static m2_status to_device_fwd(m2_opcall *c) {
-  m2_device d = {(m2_devtype)c->ia[0], (int)c->ia[1]};
   c->n_out = 1;
-  c->out[0] = m2_clone_raw(c->in[0], c->in[0]->dtype, d);
+  c->out[0] = m2_clone_raw(c->in[0], c->in[0]->dtype, M2_ATTR(c, m2_to_device_attr)->device);
   return c->out[0] ? M2_OK : m2_errcode();
 }
 static m2_status to_device_bwd(m2_opcall *c) {
@@ -249,7 +253,7 @@ m2_tensor *m2_to_device(m2_tensor *x, m2_device dev) {
   if (m2_device_eq(x->device, dev)) { m2_retain(x); return x; }
   m2_opcall c;
   m2_call_init(&c, &m2_op_to_device, 1, &x);
-  c.ia[0] = dev.type;
-  c.ia[1] = dev.index;
+  m2_to_device_attr a = {.device = dev};
+  M2_SET_ATTR(&c, a);
   return m2_call1(&c);
 }

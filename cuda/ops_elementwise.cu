@@ -139,7 +139,8 @@ static m2_status unary_fwd(m2_opcall *c) {
   if (n == 0) return M2_OK;
   cudaStream_t st;
   M2_TRY(cu_stream(x->device, &st));
-  float s0 = (float)c->fa[0], s1 = (float)c->fa[1];
+  const m2_unary_attr *a = M2_ATTR(c, m2_unary_attr); /* the op's scalars (core/ops_elementwise.h) */
+  float s0 = (float)a->s0, s1 = (float)a->s1;
   CU_FLOAT_DISPATCH(x->dtype, k_un_fwd<T, K><<<cu_grid(n, 256), 256, 0, st>>>((const T *)m2_data(x), (T *)m2_data(y),
                                                                                n, s0, s1));
   M2_CUDA_LAUNCH_CHECK(c->op->name);
@@ -159,7 +160,8 @@ static m2_status unary_bwd(m2_opcall *c) {
   cudaStream_t st;
   m2_status s = cu_stream(x->device, &st);
   if (s == M2_OK && n > 0) {
-    float s0 = (float)c->fa[0], s1 = (float)c->fa[1];
+    const m2_unary_attr *a = M2_ATTR(c, m2_unary_attr); /* the op's scalars (core/ops_elementwise.h) */
+    float s0 = (float)a->s0, s1 = (float)a->s1;
     const void *py = y ? m2_data(y) : NULL;
     CU_FLOAT_DISPATCH(x->dtype, k_un_bwd<T, K><<<cu_grid(n, 256), 256, 0, st>>>(
                                     (const T *)m2_data(g), (const T *)m2_data(x), (const T *)py, (T *)m2_data(dx), n, s0, s1));

@@ -5,6 +5,7 @@
 #include "op_table.h"
 #include <string.h>
 #include "ops_common.cuh"
+#include "../core/ops_index.h"
 
 #define LAUNCH_OK(what)                                                                                   \
   do {                                                                                                    \
@@ -29,7 +30,7 @@ static m2_status copy_slice(m2_tensor *big, int d, int64_t start, m2_tensor *pie
   return s;
 }
 
-/* ================= concat: xs[i] (..., n_i, ...) -> (..., sum n_i, ...); ia[0] = dim ================= */
+/* ============ concat: xs[i] (..., n_i, ...) -> (..., sum n_i, ...) along m2_index_attr.dim ============ */
 
 static m2_status concat_check(int n, m2_tensor *const *xs, int d) {
   char a[96], b[96];
@@ -52,7 +53,7 @@ static m2_status concat_check(int n, m2_tensor *const *xs, int d) {
 }
 
 extern "C" m2_status m2_cuda_concat_fwd(m2_opcall *c) {
-  int d = (int)c->ia[0], n = c->n_in;
+  int d = M2_ATTR(c, m2_index_attr)->dim, n = c->n_in;
   M2_TRY(concat_check(n, c->in, d));
   int64_t shape[M2_MAX_DIMS];
   memcpy(shape, c->in[0]->shape, sizeof shape);
@@ -71,7 +72,7 @@ extern "C" m2_status m2_cuda_concat_fwd(m2_opcall *c) {
 }
 
 extern "C" m2_status m2_cuda_concat_bwd(m2_opcall *c) {
-  int d = (int)c->ia[0];
+  int d = M2_ATTR(c, m2_index_attr)->dim;
   m2_tensor *g = c->dout[0];
   int64_t at = 0;
   for (int i = 0; i < c->n_in; i++) {
@@ -87,35 +88,37 @@ extern "C" m2_status m2_cuda_concat_bwd(m2_opcall *c) {
   return M2_OK;
 }
 
-/* ======= split: ia[0] = dim, ia[1] = k pieces, ia[2 + i] = start_i, ia[6 + i] = len_i ======= */
+/* ======= split: m2_split_attr, k pieces [start_i, start_i + len_i) of dim `dim` ======= */
 
 extern "C" m2_status m2_cuda_split_fwd(m2_opcall *c) {
   m2_tensor *x = c->in[0];
-  int d = (int)c->ia[0], k = (int)c->ia[1];
+  const m2_split_attr *a = M2_ATTR(c, m2_split_attr);
+  int d = a->dim, k = a->k;
   c->n_out = k;
   for (int i = 0; i < k; i++) {
     int64_t shape[M2_MAX_DIMS];
     memcpy(shape, x->shape, sizeof shape);
-    shape[d] = c->ia[6 + i];
+    shape[d] = a->len[i];
     m2_tensor *o = m2_empty(x->dtype, x->device, x->ndim, shape);
     if (!o) return m2_errcode();
     c->out[i] = o;
-    M2_TRY(copy_slice(x, d, c->ia[2 + i], o, false));
+    M2_TRY(copy_slice(x, d, a->start[i], o, false));
   }
   return M2_OK;
 }
 
 extern "C" m2_status m2_cuda_split_bwd(m2_opcall *c) {
   m2_tensor *x = c->in[0];
-  int d = (int)c->ia[0], k = (int)c->ia[1];
+  const m2_split_attr *a = M2_ATTR(c, m2_split_attr);
+  int d = a->dim, k = a->k;
   m2_tensor *dx = cu_zeros(c->dout[0]->dtype, x->device, x->ndim, x->shape);
   if (!dx) return m2_errcode();
   c->din[0] = dx;
-  for (int i = 0; i < k; i++) M2_TRY(copy_slice(dx, d, c->ia[2 + i], c->dout[i], true));
+  for (int i = 0; i < k; i++) M2_TRY(copy_slice(dx, d, a->start[i], c->dout[i], true));
   return M2_OK;
 }
 
-/* ======= gather: x (...), index int with x's ndim -> index's shape; ia[0] = dim ======= */
+/* ======= gather: x (...), index int with x's ndim -> index's shape; along m2_index_attr.dim ======= */
 
 typedef struct gather_geom {
   int nd, d;
@@ -180,7 +183,7 @@ static gather_geom gather_geom_make(const m2_tensor *x, int d, const m2_tensor *
 
 extern "C" m2_status m2_cuda_gather_fwd(m2_opcall *c) {
   m2_tensor *x = c->in[0], *idx = c->in[1];
-  int d = (int)c->ia[0];
+  int d = M2_ATTR(c, m2_index_attr)->dim;
   M2_TRY(gather_check(x, d, idx));
   int64_t n = m2_numel(idx);
   m2_tensor *o = m2_empty(x->dtype, x->device, idx->ndim, idx->shape); /* index's shape */
@@ -227,7 +230,7 @@ extern "C" m2_status m2_cuda_gather_bwd(m2_opcall *c) {
   if (!c->needs_din[0]) return M2_OK;
   m2_tensor *x = c->in[0], *idx = c->in[1];
   M2_TRY(cu_check_float(x, "gather backward", "x"));
-  int d = (int)c->ia[0];
+  int d = M2_ATTR(c, m2_index_attr)->dim;
   int64_t n = m2_numel(idx);
   m2_tensor *gy = cu_as(c->dout[0], x->dtype); /* index's shape */
   if (!gy) return m2_errcode();
@@ -246,7 +249,7 @@ extern "C" m2_status m2_cuda_gather_bwd(m2_opcall *c) {
   return give_acc(c, 0, acc, x->dtype);
 }
 
-/* ======= index_select: x (outer, n, inner), index int (L) -> (outer, L, inner); ia[0] = dim ======= */
+/* ======= index_select: x (outer, n, inner), index int (L) -> (outer, L, inner); along m2_index_attr.dim ======= */
 
 __global__ void k_index_check(const void *idx, bool i64, int64_t L, int64_t n, unsigned long long *flag) {
   CU_GRID_STRIDE(j, L) {
@@ -291,7 +294,7 @@ static void around(const m2_tensor *x, int d, int64_t *outer, int64_t *inner) {
 
 extern "C" m2_status m2_cuda_index_select_fwd(m2_opcall *c) {
   m2_tensor *x = c->in[0], *idx = c->in[1];
-  int d = (int)c->ia[0];
+  int d = M2_ATTR(c, m2_index_attr)->dim;
   M2_TRY(index_select_check(x, idx));
   int64_t outer, inner, n = x->shape[d], L = idx->shape[0], shape[M2_MAX_DIMS];
   around(x, d, &outer, &inner);
@@ -337,7 +340,7 @@ extern "C" m2_status m2_cuda_index_select_bwd(m2_opcall *c) {
   if (!c->needs_din[0]) return M2_OK;
   m2_tensor *x = c->in[0], *idx = c->in[1];
   M2_TRY(cu_check_float(x, "index_select backward", "x"));
-  int d = (int)c->ia[0];
+  int d = M2_ATTR(c, m2_index_attr)->dim;
   int64_t outer, inner, n = x->shape[d], L = idx->shape[0];
   around(x, d, &outer, &inner);
   m2_tensor *gy = cu_as(c->dout[0], x->dtype); /* (..., L, ...) */

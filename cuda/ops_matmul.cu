@@ -78,7 +78,7 @@ extern "C" m2_status m2_cuda_matmul_fwd(m2_opcall *c) {
   mm_geom g;
   M2_TRY(m2_matmul_setup(c, cu_check_float, &g)); /* checks and out[0]: core/ops_matmul.c, the CPU's words */
   m2_tensor *o = c->out[0];
-  const bool x16 = c->ia[2] && a->dtype == M2_F32; /* bf16 products (m2_set_matmul_precision) */
+  const bool x16 = M2_ATTR(c, m2_matmul_attr)->bf16; /* bf16 products of f32 tensors (m2_set_matmul_precision) */
   m2_tensor *a16 = x16 ? cu_as(a, M2_BF16) : NULL, *b16 = x16 && a16 ? cu_as(b, M2_BF16) : NULL;
   if (x16 && !b16) {
     m2_release(a16);
@@ -99,9 +99,10 @@ extern "C" m2_status m2_cuda_matmul_fwd(m2_opcall *c) {
 
 extern "C" m2_status m2_cuda_matmul_bwd(m2_opcall *c) {
   m2_tensor *a = c->in[0], *b = c->in[1];
+  const m2_matmul_attr *at = M2_ATTR(c, m2_matmul_attr);
   mm_geom g;
-  M2_TRY(m2_matmul_check(a, b, c->ia[0] != 0, c->ia[1] != 0, cu_check_float, &g));
-  const bool x16 = c->ia[2] && a->dtype == M2_F32; /* bf16 products: every operand rounded to bf16 */
+  M2_TRY(m2_matmul_check(a, b, at->ta, at->tb, cu_check_float, &g));
+  const bool x16 = at->bf16; /* bf16 products of f32 tensors: every operand rounded to bf16 */
   m2_tensor *dcc = cu_as(c->dout[0], x16 ? M2_BF16 : a->dtype); /* (..., M, N) */
   if (!dcc) return m2_errcode();
   m2_tensor *a16 = x16 ? cu_as(a, M2_BF16) : NULL, *b16 = x16 && a16 ? cu_as(b, M2_BF16) : NULL;

@@ -93,7 +93,8 @@ extern "C" m2_status m2_cuda_embedding_bwd(m2_opcall *c) {
   return c->din[0] ? M2_OK : m2_errcode();
 }
 
-/* ===== cross_entropy: logits (..., C), targets int (...) -> 0-d mean over kept rows; ia[0] = ignore_index, ia[1] = dlogits in bf16 (f32 logits) =====
+/* ===== cross_entropy: logits (..., C), targets int (...) -> 0-d mean over kept rows; m2_cross_entropy_attr
+ * (core/ops_nn_check.h): ignore_index, dlogits in bf16 (f32 logits) =====
  * saved[0] = lse (rows, F32), saved[1] = kept count (0-d I64). */
 
 /* per row (one block): lse[r], loss[r] = lse - x[t] (0 for ignored rows), kept[r] in {0, 1} */
@@ -153,7 +154,7 @@ __global__ void k_ce_total(const float *loss, const int *kept, int64_t rows, T *
   }
 }
 /* dx[r, j] = g / kept * (exp(x[r, j] - lse[r]) - [j == t_r]); ignored rows 0. dx is of type TO: T, or bf16 for
-   f32 logits when the caller asks for it (ia[1], used by linear_cross_entropy: its next product rounds dlogits
+   f32 logits when the caller asks for it (bf16_dlogits, set by linear_cross_entropy: its next product rounds dlogits
    to bf16 anyway, so writing them in bf16 saves that copy and half the bytes) */
 template <class T, class TO>
 __global__ void k_ce_bwd(const T *x, const void *tg, bool i64, int64_t C, int64_t ign, const float *lse,
@@ -177,7 +178,7 @@ __global__ void k_ce_bwd(const T *x, const void *tg, bool i64, int64_t C, int64_
 extern "C" m2_status m2_cuda_cross_entropy_fwd(m2_opcall *c) {
   m2_tensor *x = c->in[0], *t = c->in[1];
   M2_TRY(m2_cross_entropy_check(x, t, cu_check_float));
-  int64_t C = x->shape[x->ndim - 1], rows = m2_numel(t), ign = c->ia[0];
+  int64_t C = x->shape[x->ndim - 1], rows = m2_numel(t), ign = M2_ATTR(c, m2_cross_entropy_attr)->ignore_index;
   if (rows > 0x7fffffffLL) return m2_fail(M2_ERR_UNSUPPORTED, "cross_entropy: too many rows (%lld)", (long long)rows);
   cudaStream_t st;
   M2_TRY(cu_stream(x->device, &st));
@@ -226,10 +227,10 @@ extern "C" m2_status m2_cuda_cross_entropy_fwd(m2_opcall *c) {
 extern "C" m2_status m2_cuda_cross_entropy_bwd(m2_opcall *c) {
   if (!c->needs_din[0]) return M2_OK;
   m2_tensor *x = c->in[0], *t = c->in[1];
-  int64_t C = x->shape[x->ndim - 1], rows = m2_numel(t), ign = c->ia[0];
+  int64_t C = x->shape[x->ndim - 1], rows = m2_numel(t), ign = M2_ATTR(c, m2_cross_entropy_attr)->ignore_index;
   m2_tensor *g = cu_as(c->dout[0], x->dtype); /* 0-d, read on the device */
   if (!g) return m2_errcode();
-  const bool to16 = c->ia[1] && x->dtype == M2_F32; /* dlogits in bf16 (see k_ce_bwd) */
+  const bool to16 = M2_ATTR(c, m2_cross_entropy_attr)->bf16_dlogits; /* dlogits in bf16 (see k_ce_bwd) */
   m2_tensor *dx = m2_empty(to16 ? M2_BF16 : x->dtype, x->device, x->ndim, x->shape);
   if (!dx) { m2_release(g); return m2_errcode(); }
   c->din[0] = dx;
@@ -255,7 +256,7 @@ extern "C" m2_status m2_cuda_cross_entropy_bwd(m2_opcall *c) {
   return s;
 }
 
-/* ======= rmsnorm and l2norm: x (..., d) [, weight (d)] -> (..., d); fa[0] = eps =======
+/* ======= rmsnorm and l2norm: x (..., d) [, weight (d)] -> (..., d); m2_norm_attr (eps) =======
  * y = x r w, r = 1 / sqrt(inv * sum x^2 + eps), inv = 1/d (rms) or 1 (l2); saved[0] = r (rows, F32).
  * Backward: gy = dy w, dx = r (gy - x r inv sum_j gy_j x_j r), dw = sum over rows of dy x r. */
 
@@ -306,7 +307,7 @@ static m2_status norm_fwd(m2_opcall *c, bool mean, const char *op) {
   M2_TRY(m2_norm_check(x, w, op, cu_check_float));
   int64_t d = x->shape[x->ndim - 1], rows = d ? m2_numel(x) / d : 0;
   if (rows > 0x7fffffffLL) return m2_fail(M2_ERR_UNSUPPORTED, "%s: too many rows (%lld)", op, (long long)rows);
-  float inv = mean ? (float)(1.0 / (double)(d ? d : 1)) : 1.0f, eps = (float)c->fa[0];
+  float inv = mean ? (float)(1.0 / (double)(d ? d : 1)) : 1.0f, eps = (float)M2_ATTR(c, m2_norm_attr)->eps;
   m2_tensor *o = m2_empty(x->dtype, x->device, x->ndim, x->shape);
   if (!o) return m2_errcode();
   c->n_out = 1;

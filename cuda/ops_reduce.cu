@@ -219,7 +219,7 @@ extern "C" m2_status m2_cuda_max_bwd(m2_opcall *c) { return max_bwd_common(c, fa
 extern "C" m2_status m2_cuda_max_all_fwd(m2_opcall *c) { return max_fwd_common(c, true); }
 extern "C" m2_status m2_cuda_max_all_bwd(m2_opcall *c) { return max_bwd_common(c, true); }
 
-/* argmax: x (..., n, ...) any dtype -> I64 (..., [1,] ...); ia[0] = dim, ia[1] = keepdim */
+/* argmax: x (..., n, ...) any dtype -> I64 (..., [1,] ...); m2_reduce_attr {dim, keepdim} */
 extern "C" m2_status m2_cuda_argmax_fwd(m2_opcall *c) {
   m2_tensor *x = c->in[0];
   red_geom g;
@@ -299,7 +299,7 @@ extern "C" m2_status m2_cuda_eq_fwd(m2_opcall *c) {
   return M2_OK;
 }
 
-/* ================= softmax, log_softmax along ia[0] ================= */
+/* ================= softmax, log_softmax along m2_reduce_attr.dim ================= */
 
 /* rows (inner == 1), one warp per row (8 rows a block) */
 template <class T, bool LOG>
@@ -411,7 +411,7 @@ static void softmax_bwd_launch(const void *gy, const void *y, void *dx, red_geom
 static m2_status softmax_fwd_common(m2_opcall *c, bool log_out) {
   m2_tensor *x = c->in[0];
   M2_TRY(cu_check_float(x, c->op->name, "x"));
-  red_geom g = m2_red_geom_dim(x, (int)c->ia[0]);
+  red_geom g = m2_red_geom(c, false);
   M2_TRY(check_rows(g.outer, c->op->name));
   m2_tensor *y = m2_empty(x->dtype, x->device, x->ndim, x->shape);
   if (!y) return m2_errcode();
@@ -428,7 +428,7 @@ static m2_status softmax_fwd_common(m2_opcall *c, bool log_out) {
 static m2_status softmax_bwd_common(m2_opcall *c, bool log_out) {
   m2_tensor *x = c->in[0], *y = c->out[0];
   if (!y) return m2_fail(M2_ERR_AUTOGRAD, "%s backward: the forward output was not kept", c->op->name);
-  red_geom g = m2_red_geom_dim(x, (int)c->ia[0]);
+  red_geom g = m2_red_geom(c, false);
   m2_tensor *gy;
   cudaStream_t st;
   M2_TRY(bwd_begin(c, &gy, &st));
@@ -444,7 +444,7 @@ extern "C" m2_status m2_cuda_softmax_bwd(m2_opcall *c) { return softmax_bwd_comm
 extern "C" m2_status m2_cuda_log_softmax_fwd(m2_opcall *c) { return softmax_fwd_common(c, true); }
 extern "C" m2_status m2_cuda_log_softmax_bwd(m2_opcall *c) { return softmax_bwd_common(c, true); }
 
-/* ================= cumsum along ia[0]; backward = reverse cumsum ================= */
+/* ================= cumsum along m2_reduce_attr.dim; backward = reverse cumsum ================= */
 
 /* rows (inner == 1): one warp per row, 32-wide inclusive scans with a running carry */
 template <class T>
@@ -499,12 +499,12 @@ static m2_status cumsum_run(m2_tensor *x, int d, bool reverse, m2_tensor **out) 
 extern "C" m2_status m2_cuda_cumsum_fwd(m2_opcall *c) {
   M2_TRY(cu_check_float(c->in[0], "cumsum", "x"));
   c->n_out = 1;
-  return cumsum_run(c->in[0], (int)c->ia[0], false, &c->out[0]);
+  return cumsum_run(c->in[0], M2_ATTR(c, m2_reduce_attr)->dim, false, &c->out[0]);
 }
 extern "C" m2_status m2_cuda_cumsum_bwd(m2_opcall *c) {
   m2_tensor *g = cu_as(c->dout[0], c->in[0]->dtype);
   if (!g) return m2_errcode();
-  m2_status s = cumsum_run(g, (int)c->ia[0], true, &c->din[0]);
+  m2_status s = cumsum_run(g, M2_ATTR(c, m2_reduce_attr)->dim, true, &c->din[0]);
   m2_release(g);
   return s;
 }

@@ -2,6 +2,7 @@
  * narrow's backward and m2_copy_ on a device, and the strided fill behind m2_fill_ on a device. */
 #include "op_table.h"
 #include "ops_common.cuh"
+#include "../core/ops_view.h"
 #include <string.h>
 
 /* ---- conversion between any two dtypes, as m2_store(m2_load(...)) does on the host ---- */
@@ -255,10 +256,10 @@ extern "C" m2_status m2_cuda_contiguous_fwd(m2_opcall *c) {
   return m2_cuda_copy(o, x);
 }
 
-/* to_dtype: ia[0] = dtype; backward converts the gradient back to the input's dtype */
+/* to_dtype: m2_to_dtype_attr (core/ops_view.h); backward converts the gradient back to the input's dtype */
 extern "C" m2_status m2_cuda_to_dtype_fwd(m2_opcall *c) {
   m2_tensor *x = c->in[0];
-  m2_tensor *o = m2_empty((m2_dtype)c->ia[0], x->device, x->ndim, x->shape);
+  m2_tensor *o = m2_empty(M2_ATTR(c, m2_to_dtype_attr)->dtype, x->device, x->ndim, x->shape);
   if (!o) return m2_errcode();
   c->n_out = 1;
   c->out[0] = o;
@@ -272,16 +273,17 @@ extern "C" m2_status m2_cuda_to_dtype_bwd(m2_opcall *c) {
   return m2_cuda_copy(d, c->dout[0]);
 }
 
-/* narrow backward: zeros of x's shape with dout copied into the slice [ia[1], ia[1] + ia[2]) of dim ia[0] */
+/* narrow backward: zeros of x's shape with dout copied into the slice [start, start + len) of dim `dim`
+   (m2_narrow_attr, core/ops_view.h) */
 extern "C" m2_status m2_cuda_narrow_bwd(m2_opcall *c) {
   m2_tensor *x = c->in[0];
   m2_tensor *g = cu_zeros(c->dout[0]->dtype, x->device, x->ndim, x->shape);
   if (!g) return m2_errcode();
-  int d = (int)c->ia[0];
+  const m2_narrow_attr *a = M2_ATTR(c, m2_narrow_attr);
   int64_t shape[M2_MAX_DIMS];
   memcpy(shape, x->shape, sizeof shape);
-  shape[d] = c->ia[2];
-  m2_tensor *slice = m2_view_raw(g, g->ndim, shape, g->stride, c->ia[1] * g->stride[d]);
+  shape[a->dim] = a->len;
+  m2_tensor *slice = m2_view_raw(g, g->ndim, shape, g->stride, a->start * g->stride[a->dim]);
   m2_status s = slice ? m2_cuda_copy(slice, c->dout[0]) : m2_errcode();
   m2_release(slice);
   if (s != M2_OK) { m2_release(g); return s; }
