@@ -13,6 +13,5 @@
 #include "ops_mixers.h"
 #include "optim.h"
 #include "runfile.h"
-#include "data_groups.h"
 #include "profile.h"
 #endif

@@ -18,7 +18,7 @@ m2_tensor *m2_conv1d_causal(m2_tensor *x, m2_tensor *w, m2_tensor *bias);
  * Outputs y (B,T,N,V) and the final state hT (B,N,K,V). grad_clip > 0 clamps the carried
  * state gradient to [-grad_clip, grad_clip] at every step (<= 0: no clipping).
  * ckpt_every (CUDA): steps between the states the forward keeps for the backward, B N ceil(T / ckpt_every) K V
- * fp32 (0: 8, the fastest; 64 keeps 1/8 of that memory for a ~25% slower backward, cuda/bench/RESULTS.md; a
+ * fp32 (0: 8, the fastest; 64 keeps 1/8 of that memory for a ~25% slower backward, cuda/bench/results/RESULTS.md; a
  * multiple of 8 keeps the fused kernels, others run the general one). The CPU keeps every state. */
 typedef struct m2_m2rnn_opts { double grad_clip; int ckpt_every; } m2_m2rnn_opts;
 m2_status m2_m2rnn(m2_tensor *q, m2_tensor *k, m2_tensor *v, m2_tensor *W, m2_tensor *f, m2_tensor *h0,

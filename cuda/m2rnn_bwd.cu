@@ -9,7 +9,7 @@
  * used, so Z_t is replayed exactly), computing dq on the way, and run the SC backward steps, which
  * recompute Z_t from those states with one more product and tanh. With checkpoints every SC steps (the CUDA
  * op's default) a segment is one sub-chunk: no forward pass, and the kernel is the ONE variant with 16-row
- * warps (cuda/bench/RESULTS.md, v11). */
+ * warps (cuda/bench/results/RESULTS.md, v11). */
 #include <cuda_runtime.h>
 #include <math.h>
 #include <string.h>
@@ -247,7 +247,7 @@ __global__ void __launch_bounds__(NT == 2 ? M2R_MAX_WARPS16 * 32 : M2R_MAX_WARPS
         const float clip = p.clip;
         /* KEEP (32-row warps, 168 registers): dk and dv of the sub-chunk stay in registers (lane gl keeps step gl's dk,
            lane tq the dv of steps tq and tq + 4) and are stored once after it: shared stores inside the step limit
-           ptxas's scheduling (RESULTS.md v21: ckpt-64 fwd+bwd -4%). With 16-row warps (80 registers) it spills: not. */
+           ptxas's scheduling (cuda/bench/results/RESULTS.md v21: ckpt-64 fwd+bwd -4%). With 16-row warps (80 registers) it spills: not. */
         constexpr bool KEEP = NT == 4;
         float dkr[KEEP ? NT : 1][2], dvr[2][2];
 #pragma unroll

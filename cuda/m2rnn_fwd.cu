@@ -35,7 +35,7 @@ int m2r_tanh_mode(const m2_m2rnn_cuda_opts *o) {
     case M2_M2RNN_TANH_MIX4: return 4;
     case M2_M2RNN_TANH_MIX8: return 8;
     case M2_M2RNN_TANH_MIX6: return 6;
-    default: return 0; /* measured: the FMA-pipe polynomial only slows the kernel down (RESULTS.md) */
+    default: return 0; /* measured: the FMA-pipe polynomial only slows the kernel down (cuda/bench/results/RESULTS.md) */
   }
 }
 
@@ -125,7 +125,7 @@ m2_status m2r_plan(const M2Geom *g, const m2_m2rnn_cuda_opts *o, int bwd, M2Plan
   memset(p, 0, sizeof *p);
   DevInfo di = dev_info();
   /* forward: 16-row warps by default (twice the warps of 32-row ones to hide latency; measured faster on
-     both paper layers, RESULTS.md) */
+     both paper layers, cuda/bench/results/RESULTS.md) */
   const int fwd_rows = (o && o->fwd_rows_per_warp) ? o->fwd_rows_per_warp : 16;
   /* backward: 16-row warps when checkpoints are every SC steps (the op's default; measured 5.65 vs 5.98 ms at 400M),
      else 32-row ones (fewer registers per element of state for the longer item schedule) */
@@ -257,7 +257,7 @@ __global__ void __launch_bounds__(NT == 1 ? M2R_MAX_WARPS8 * 32 : NT == 2 ? M2R_
     const uint32_t *qp = (const uint32_t *)(buf + st.off_q) + (sq * CT * K + r0) / 2 + tq;
     const uint16_t *vp = (const uint16_t *)(buf + st.off_v) + hb * CT * 16 + gl;
     const float *fp = (const float *)(buf + st.off_f) + hb * CT;
-    /* y partial sums [warp][step][gl][2] = (y[gl], y[gl + 8]), so a step's offset is an immediate (RESULTS.md v17);
+    /* y partial sums [warp][step][gl][2] = (y[gl], y[gl + 8]), so a step's offset is an immediate (cuda/bench/results/RESULTS.md v17);
        the 4 lanes of a gl hold the same pair and all store it (same value, same address: no branch in the step) */
     float *yp = ypart + (hb * p.wph + rg) * CT * 16 + 2 * gl;
     constexpr int ystep = 16;
@@ -279,7 +279,7 @@ __global__ void __launch_bounds__(NT == 1 ? M2R_MAX_WARPS8 * 32 : NT == 2 ? M2R_
         }
       }
       yp[i * ystep] = yc[0]; /* two 4-byte stores: yc[0] and yc[2] are not a register pair (an 8-byte store */
-      yp[i * ystep + 1] = yc[2]; /* needs two moves first; RESULTS.md v18) */
+      yp[i * ystep + 1] = yc[2]; /* needs two moves first; cuda/bench/results/RESULTS.md v18) */
     };
     /* groups of 8 steps (ck is a multiple of 8, so a checkpoint can only fall on a group's first step) */
     int i0 = 0;

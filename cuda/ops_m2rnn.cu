@@ -24,7 +24,7 @@ static m2_m2rnn_cuda_opts opts_of(const m2_opcall *c) {
   m2_m2rnn_cuda_opts o = {};
   o.grad_clip = (float)c->fa[0];
   /* a checkpoint every 8 steps: the backward then replays each 8-step sub-chunk once instead of a whole 64-step
-     segment first (400M layer fwd+bwd 7.8 vs 9.1 ms on H200, cuda/bench/RESULTS.md) for 8 x the checkpoint
+     segment first (400M layer fwd+bwd 7.8 vs 9.1 ms on H200, cuda/bench/results/RESULTS.md) for 8 x the checkpoint
      memory: B N ceil(T / 8) K V fp32, 1.4 GB for the 400M layer at B = 8, T = 4096 */
   o.ckpt_every = c->ia[0] > 0 ? (int)c->ia[0] : 8; /* m2_m2rnn_opts.ckpt_every */
   return o;

@@ -1,4 +1,4 @@
-/* bind_data.c — core/data_groups.h for Lua: the m2.Group userdata (the group word problem of
+/* bind_data.c — datasets/groups.h for Lua: the m2.Group userdata (the group word problem of
  * DESIGN section 5). lua/m2/data.lua wraps it into m2.data.state_tracking{...}.
  *
  *   local g <close> = m2.core.group("S3")       -- "S3", "S5", "A5", "Z7", ... (case-insensitive)
@@ -7,7 +7,7 @@
  *     -> x, y: (B, T) int64 tensors; y[t] = x_1 * ... * x_t, -100 past a random length */
 #include <string.h>
 #include "bind.h"
-#include "data_groups.h"
+#include "../datasets/groups.h"
 
 #define M2LUA_GROUP "m2.Group"
 

@@ -1,7 +1,7 @@
 /* test_data_groups.c — group tables (orders, identity, associativity, inverses, non-abelian S3),
  * word-problem batches (prefix products, determinism, variable lengths), bad names. */
 #include "check.h"
-#include "../core/data_groups.h"
+#include "../datasets/groups.h"
 
 static void check_group_axioms(const char *name, int order) {
   m2_group *g = m2_group_new(name);

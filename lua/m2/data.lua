@@ -6,7 +6,7 @@
   local x, y = data:eval_batch(256, i [, B])     -- held-out batch i (0, 1, ...) at length 256
   data.order, data.vocab, data.classes            -- |G| (inputs and targets are element ids 0 .. |G|-1)
 
-state_tracking: the group word problem (DESIGN 5, core/data_groups.c). x_t are i.i.d. uniform
+state_tracking: the group word problem (DESIGN 5, datasets/groups.c). x_t are i.i.d. uniform
 group elements, y_t = x_1 * ... * x_t (the running product). Batches are deterministic in
 (seed, index) and independent of each other, so a resumed run sees the same data.
 random_length: each training sequence gets a length uniform in 1..length; later positions have

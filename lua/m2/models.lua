@@ -123,19 +123,30 @@ end
 local Block = nn.class("Block")
 models.Block = Block
 
+-- the parameters of block (d, letter, spec (resolved), L), once: norm1, mixer, norm2, mlp
+function Block.params(d, letter, s, L)
+  local mlp = false
+  if s.mlp.kind == "swiglu" then
+    -- down projection N(0, init_std / sqrt(2 L)); its init first draws (and drops) one N(0, init_std) of its size,
+    -- as the MLP used to be built at init_std and then redrawn: the same seed keeps giving the same model
+    local down = nn.init.normal(s.init_std / math.sqrt(2 * L))
+    mlp = nn.child("mlp", nn.SwiGLU, d, s.mlp.hidden,
+      { init_std = s.init_std, down_init = nn.init.after_discard(nn.init.normal(s.init_std), down) })
+  elseif s.mlp.kind == "moe" then
+    mlp = nn.child("mlp", require("m2.layers.moe"), d, moe_cfg(s.mlp), { layers = L, init_std = s.init_std })
+  end
+  return {
+    nn.child("norm1", nn.RMSNorm, d, { eps = s.norm_eps }),
+    nn.child("mixer", kind_class(letter), d, s[KINDS[letter].key], { layers = L, init_std = s.init_std }),
+    mlp and nn.child("norm2", nn.RMSNorm, d, { eps = s.norm_eps }),
+    mlp,
+  }
+end
+
 -- Block(d, letter, spec (resolved), L)
 function Block:__init(d, letter, s, L)
   self.kind = letter
-  self.norm1 = nn.RMSNorm(d, { eps = s.norm_eps })
-  self.mixer = kind_class(letter)(d, s[KINDS[letter].key], { layers = L, init_std = s.init_std })
-  if s.mlp.kind == "swiglu" then
-    self.norm2 = nn.RMSNorm(d, { eps = s.norm_eps })
-    self.mlp = nn.SwiGLU(d, s.mlp.hidden, { init_std = s.init_std })
-    self.mlp.down:param("weight", m2.randn({ d, s.mlp.hidden }, { std = s.init_std / math.sqrt(2 * L) }))
-  elseif s.mlp.kind == "moe" then
-    self.norm2 = nn.RMSNorm(d, { eps = s.norm_eps })
-    self.mlp = require("m2.layers.moe")(d, moe_cfg(s.mlp))
-  end
+  self:build(Block.params(d, letter, s, L))
 end
 
 function Block:forward(x)
@@ -147,18 +158,27 @@ end
 local LM = nn.class("LM")
 models.LM = LM
 
-function LM:__init(spec)
+-- the parameters of the model a spec describes, once: embed, blocks.1 .. blocks.L, norm, lm_head (untied)
+-- -> list, resolved spec
+function LM.params(spec)
   local s = models.resolve(spec)
+  local L = #s.layers
+  local blocks = {}
+  for i = 1, L do blocks[i] = nn.child(i, Block, s.d, s.layers:sub(i, i), s, L) end
+  return {
+    nn.child("embed", nn.Embedding, s.vocab, s.d, { init_std = s.init_std }),
+    nn.child_list("blocks", blocks),
+    nn.child("norm", nn.RMSNorm, s.d, { eps = s.norm_eps }),
+    not s.tie and nn.child("lm_head", nn.Linear, s.d, s.vocab, { bias = false, init_std = s.init_std }),
+  }, s
+end
+
+function LM:__init(spec)
+  local list, s = LM.params(spec)
   rawset(self, "spec", s)
   -- a MoE MLP cannot be built yet: fail before allocating anything (a 7B embedding is 0.6 GB)
   if s.mlp.kind == "moe" then require("m2.layers.moe")(s.d, moe_cfg(s.mlp)) end
-  local L = #s.layers
-  self.embed = nn.Embedding(s.vocab, s.d, { init_std = s.init_std })
-  local blocks = {}
-  for i = 1, L do blocks[i] = Block(s.d, s.layers:sub(i, i), s, L) end
-  self.blocks = blocks
-  self.norm = nn.RMSNorm(s.d, { eps = s.norm_eps })
-  if not s.tie then self.lm_head = nn.Linear(s.d, s.vocab, { bias = false, init_std = s.init_std }) end
+  self:build(list)
 end
 
 -- hidden(ids (B, T)) -> final normed hidden states (B, T, d)
@@ -214,25 +234,10 @@ end
 -- counting without allocating
 -- ---------------------------------------------------------------------------------------
 
--- every parameter of the model a spec describes, in {name, shape, no_decay} records
--- (the same names and shapes model:parameters() has; nothing is allocated)
+-- every parameter of the model a spec describes, in {name, shape, no_decay} records: the same names,
+-- shapes and order as model:parameters(), from the same declarations (LM.params); nothing is allocated
 function models.param_shapes(spec)
-  local s = models.resolve(spec)
-  local S = C.shapes():add("embed.weight", { s.vocab, s.d })
-  for i = 1, #s.layers do
-    local letter = s.layers:sub(i, i)
-    local p = "blocks." .. i
-    S:rmsnorm(p .. ".norm1", s.d)
-    S:sub(p .. ".mixer", kind_class(letter).param_shapes(s.d, s[KINDS[letter].key]))
-    if s.mlp.kind == "swiglu" then
-      S:rmsnorm(p .. ".norm2", s.d):swiglu(p .. ".mlp", s.d, s.mlp.hidden)
-    elseif s.mlp.kind == "moe" then
-      S:rmsnorm(p .. ".norm2", s.d):sub(p .. ".mlp", require("m2.layers.moe").param_shapes(s.d, moe_cfg(s.mlp)))
-    end
-  end
-  S:rmsnorm("norm", s.d)
-  if not s.tie then S:linear("lm_head", s.d, s.vocab) end
-  return S.list
+  return nn.param_shapes(LM, spec)
 end
 
 -- the numbers summary prints, for a spec or a model

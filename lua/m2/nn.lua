@@ -9,16 +9,31 @@ Module basics
   * Fields assigned in __init are recorded in assignment order. Parameters are registered with
     self:param(name, tensor [, {no_decay = true}]); modules (or lists of modules) assigned to
     fields become children. Parameter names are module paths: "blocks.1.mlp.up.weight".
-  * model:parameters() -> ordered array of {name = path, tensor = t, no_decay = bool};
-    model:named_parameters() iterates name, tensor in the same deterministic order.
+  * model:parameters() -> ordered array of {name = path, tensor = t, no_decay = bool} (a module's
+    own parameters first, then its children's, depth-first); model:named_parameters() iterates
+    name, tensor in the same deterministic order.
   * Parameters are f32 leaves with requires_grad, initialised N(0, 0.02) from the default RNG
     (m2.seed(n) first for reproducible inits); biases and norm weights are no_decay.
   * model:train() / model:eval() set .training on the whole tree; model:to("f64") converts
     every parameter (e.g. for m2.gradcheck); state_dict / load_state_dict by path.
 
+Declaring parameters once
+  A module class lists its parameters and children once, in the order they are made (the order of
+  the RNG draws), with the constructor's arguments: Class.params(args...) -> list of entries
+    { name, shape, init, decay = bool }   a parameter: init(shape) -> f32 tensor (nn.init.*);
+                                          decay = false: no weight decay (no_decay in parameters())
+    nn.child(name, Class, args...)        a child module, declared by Class.params(args...)
+    nn.child_list(name, {nn.child(1, ...), ...})   a list of child modules ("blocks.1", ...)
+    false                                 nothing (an entry the settings leave out: `cond and {...}`)
+  self:build(list) in __init makes them in that order; nn.param_shapes(Class, args...) -> the
+  {name, shape, no_decay} of every parameter, in model:parameters() order, with nothing allocated
+  (m2.models counts a 7B model that way). Inits: nn.init.normal(std), uniform(lo, hi), zeros, ones,
+  after_discard(first, init); the mixer layers add theirs (lua/m2/layers/common.lua).
+
 Defining a module
   local Block = nn.class("Block")
-  function Block:__init(d) self.norm = nn.RMSNorm(d); self.mlp = nn.SwiGLU(d, 4 * d) end
+  function Block.params(d) return { nn.child("norm", nn.RMSNorm, d), nn.child("mlp", nn.SwiGLU, d, 4 * d) } end
+  function Block:__init(d) self:build(Block.params(d)) end
   function Block:forward(x) return x + self.mlp(self.norm(x)) end
 ]==]
 
@@ -91,6 +106,88 @@ function Module:param(name, t, opts)
   self._pmeta[name] = { no_decay = opts and opts.no_decay or false }
   self[name] = t
   return t
+end
+
+-- ---------------------------------------------------------------------------------------
+-- parameters declared once: Class.params(args...) -> entries; self:build(entries)
+-- ---------------------------------------------------------------------------------------
+
+-- nn.child(name, Class, args...): a child module entry (Class(args...) when built)
+function nn.child(name, cls, ...)
+  return { child = name, class = cls, args = table.pack(...) }
+end
+
+-- nn.child_list(name, {nn.child(1, Class, args...), ...}): a field holding a list of modules
+function nn.child_list(name, items)
+  return { child_list = name, items = items }
+end
+
+local function entry_error(e, i, what)
+  fail(string.format("parameter list entry %d (%s): %s", i, tostring(type(e) == "table" and (e[1] or e.child or
+    e.child_list) or e), what))
+end
+
+-- check a parameter entry {name, shape, init, decay = bool}
+local function check_param_entry(e, i)
+  if type(e[1]) ~= "string" then entry_error(e, i, "expected {name, shape, init, decay = bool}") end
+  if type(e[2]) ~= "table" then entry_error(e, i, "shape must be a list of sizes") end
+  if type(e[3]) ~= "function" then entry_error(e, i, "init must be a function(shape) -> tensor (nn.init.*)") end
+  if type(e.decay) ~= "boolean" then entry_error(e, i, "give decay = true or decay = false (weight decay or not)") end
+end
+
+-- self:build(list): make every entry in list order (parameters through self:param, children by calling
+-- their class) -> self
+function Module:build(list)
+  for i, e in ipairs(list) do
+    if e == false then -- left out by the settings
+    elseif type(e) ~= "table" then entry_error(e, i, "expected a table or false")
+    elseif e.child ~= nil then
+      self[e.child] = e.class(table.unpack(e.args, 1, e.args.n))
+    elseif e.child_list ~= nil then
+      local ms = {}
+      for j, c in ipairs(e.items) do ms[j] = c.class(table.unpack(c.args, 1, c.args.n)) end
+      self[e.child_list] = ms
+    else
+      check_param_entry(e, i)
+      if e[1]:find(".", 1, true) then entry_error(e, i, "a parameter name has no '.'; declare a child instead") end
+      self:param(e[1], e[3](e[2]), { no_decay = not e.decay })
+    end
+  end
+  return self
+end
+
+-- every parameter a declaration list makes, {name = path, shape, no_decay}, in the order of
+-- model:parameters(): the module's own parameters first, then each child's in field order
+local function declared(list, prefix, out)
+  local function path(name) return prefix == "" and tostring(name) or prefix .. "." .. tostring(name) end
+  for i, e in ipairs(list) do
+    if e ~= false and e.child == nil and e.child_list == nil then
+      check_param_entry(e, i)
+      out[#out + 1] = { name = path(e[1]), shape = e[2], no_decay = not e.decay }
+    end
+  end
+  local function sub(name, c)
+    if type(c.class) ~= "table" or type(c.class.params) ~= "function" then
+      fail(string.format("child '%s': its class declares no params(...)", path(name)))
+    end
+    declared(c.class.params(table.unpack(c.args, 1, c.args.n)), path(name), out)
+  end
+  for _, e in ipairs(list) do
+    if e and e.child ~= nil then sub(e.child, e) end
+    if e and e.child_list ~= nil then
+      for j, c in ipairs(e.items) do sub(e.child_list .. "." .. j, c) end
+    end
+  end
+  return out
+end
+
+-- nn.param_shapes(Class, args...) -> {name, shape, no_decay} of every parameter Class(args...) would
+-- make, nothing allocated
+function nn.param_shapes(cls, ...)
+  if type(cls) ~= "table" or type(cls.params) ~= "function" then
+    fail("nn.param_shapes: " .. tostring(type(cls) == "table" and cls.__name or cls) .. " declares no params(...)")
+  end
+  return declared(cls.params(...), "", {})
 end
 
 -- iterate (key, value) of recorded fields in order
@@ -268,22 +365,46 @@ end
 
 local check_opts = require("m2.opts").check
 
-local function init_normal(shape, std) return m2.randn(shape, { std = std }) end
+-- ---------------------------------------------------------------------------------------
+-- inits: init(shape) -> a new f32 tensor, drawn from the default RNG
+-- ---------------------------------------------------------------------------------------
+
+local init = {}
+nn.init = init
+function init.normal(std) return function(shape) return m2.randn(shape, { std = std }) end end
+function init.uniform(lo, hi) return function(shape) return m2.rand(shape, { lo = lo, hi = hi }) end end
+function init.zeros(shape) return m2.zeros(shape) end
+function init.ones(shape) return m2.ones(shape) end
+-- draw `first` and drop it, then draw `then_init`: keeps later draws where they were when a parameter's init
+-- changed after a first draw (a seed then still gives the models it gave before)
+function init.after_discard(first, then_init)
+  return function(shape)
+    first(shape)
+    return then_init(shape)
+  end
+end
 
 -- ---------------------------------------------------------------------------------------
 -- layers
 -- ---------------------------------------------------------------------------------------
 
--- Linear(in, out [, {bias = true, init_std = 0.02}]): y = x W^T + b, W (out, in)
+-- Linear(in, out [, {bias = true, init_std = 0.02, init}]): y = x W^T + b, W (out, in)
+-- init: the weight's init (default nn.init.normal(init_std)); the bias starts at 0
 local Linear = nn.class("Linear")
 nn.Linear = Linear
-function Linear:__init(din, dout, opts)
+function Linear.params(din, dout, opts)
   check_pos_int(din, "in_features", "Linear")
   check_pos_int(dout, "out_features", "Linear")
-  opts = check_opts(opts, "Linear", { bias = true, init_std = true })
+  opts = check_opts(opts, "Linear", { bias = true, init_std = true, init = true })
+  return {
+    { "weight", { dout, din }, opts.init or init.normal(opts.init_std or 0.02), decay = true },
+    opts.bias ~= false and { "bias", { dout }, init.zeros, decay = false },
+  }
+end
+function Linear:__init(din, dout, opts)
+  local list = Linear.params(din, dout, opts)
   self.in_features, self.out_features = din, dout
-  self:param("weight", init_normal({ dout, din }, opts.init_std or 0.02))
-  if opts.bias ~= false then self:param("bias", m2.zeros(dout), { no_decay = true }) end
+  self:build(list)
 end
 function Linear:forward(x) return m2.linear(x, self.weight, self.bias) end
 function Linear:extra_repr()
@@ -293,12 +414,16 @@ end
 -- Embedding(V, d [, {init_std = 0.02}]): ids (...) int, 0-based -> (..., d)
 local Embedding = nn.class("Embedding")
 nn.Embedding = Embedding
-function Embedding:__init(V, d, opts)
+function Embedding.params(V, d, opts)
   check_pos_int(V, "num_embeddings", "Embedding")
   check_pos_int(d, "dim", "Embedding")
   opts = check_opts(opts, "Embedding", { init_std = true })
+  return { { "weight", { V, d }, init.normal(opts.init_std or 0.02), decay = true } }
+end
+function Embedding:__init(V, d, opts)
+  local list = Embedding.params(V, d, opts)
   self.num_embeddings, self.dim = V, d
-  self:param("weight", init_normal({ V, d }, opts.init_std or 0.02))
+  self:build(list)
 end
 function Embedding:forward(ids) return m2.embedding(self.weight, ids) end
 function Embedding:extra_repr() return string.format("%d, %d", self.num_embeddings, self.dim) end
@@ -306,27 +431,35 @@ function Embedding:extra_repr() return string.format("%d, %d", self.num_embeddin
 -- RMSNorm(d [, {eps = 1e-5}]): x / rms(x) * weight over the last dim; weight starts at 1
 local RMSNorm = nn.class("RMSNorm")
 nn.RMSNorm = RMSNorm
-function RMSNorm:__init(d, opts)
+function RMSNorm.params(d, opts)
   check_pos_int(d, "dim", "RMSNorm")
-  opts = check_opts(opts, "RMSNorm", { eps = true })
-  self.dim, self.eps = d, opts.eps or 1e-5
-  self:param("weight", m2.ones(d), { no_decay = true })
+  check_opts(opts, "RMSNorm", { eps = true })
+  return { { "weight", { d }, init.ones, decay = false } }
+end
+function RMSNorm:__init(d, opts)
+  local list = RMSNorm.params(d, opts)
+  self.dim, self.eps = d, opts and opts.eps or 1e-5
+  self:build(list)
 end
 function RMSNorm:forward(x) return m2.rmsnorm(x, self.weight, self.eps) end
 function RMSNorm:extra_repr() return string.format("%d, eps=%g", self.dim, self.eps) end
 
--- SwiGLU(d, hidden [, {init_std = 0.02, bias = false}]): down(silu(gate(x)) * up(x))
+-- SwiGLU(d, hidden [, {init_std = 0.02, bias = false, down_init}]): down(silu(gate(x)) * up(x))
+-- down_init: the init of down.weight (default nn.init.normal(init_std), as gate and up)
 local SwiGLU = nn.class("SwiGLU")
 nn.SwiGLU = SwiGLU
-function SwiGLU:__init(d, hidden, opts)
+function SwiGLU.params(d, hidden, opts)
   check_pos_int(d, "dim", "SwiGLU")
   check_pos_int(hidden, "hidden", "SwiGLU")
-  opts = check_opts(opts, "SwiGLU", { init_std = true, bias = true })
+  opts = check_opts(opts, "SwiGLU", { init_std = true, bias = true, down_init = true })
   local lo = { bias = opts.bias or false, init_std = opts.init_std }
-  self.gate = Linear(d, hidden, lo)
-  self.up = Linear(d, hidden, lo)
-  self.down = Linear(hidden, d, lo)
+  return {
+    nn.child("gate", Linear, d, hidden, lo),
+    nn.child("up", Linear, d, hidden, lo),
+    nn.child("down", Linear, hidden, d, { bias = lo.bias, init_std = lo.init_std, init = opts.down_init }),
+  }
 end
+function SwiGLU:__init(d, hidden, opts) self:build(SwiGLU.params(d, hidden, opts)) end
 function SwiGLU:forward(x) return self.down(m2.swiglu(self.gate(x), self.up(x))) end -- silu(gate) * up, one op
 
 -- Sequential(m1, m2, ...): children "1", "2", ...; forward chains them

@@ -79,7 +79,7 @@ T.case("m2.m2rnn at the fused kernels' shape (K = 64, V = 16): cuda agrees with 
   local rel = ((d * d):sum_all():item() / (y_cpu * y_cpu):sum_all():item()) ^ 0.5
   print(string.format("  m2rnn cuda vs cpu at K=64, V=16: relative difference %.3e", rel))
   T.ok(rel == rel and rel < 2e-2, "within bf16 tolerance: " .. rel)
-  -- the fused kernels take bf16 q, k, v: an exact match would mean they did not run (RESULTS.md session 5, item 4)
+  -- the fused kernels take bf16 q, k, v: an exact match would mean they did not run (cuda/bench/results/RESULTS.md session 5, item 4)
   T.ok(rel > 0, "the fused (bf16) path ran: relative difference " .. rel .. " > 0")
 end)
 

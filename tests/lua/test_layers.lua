@@ -1,6 +1,6 @@
--- test_layers.lua — the mixer layers (lua/m2/layers/*.lua): shapes, parameter lists against
--- param_shapes, the paper inits, the M2RNN layer against a plain-Lua reference, causality,
--- gradient checks in f64 at tiny sizes, and errors located at the caller's line.
+-- test_layers.lua — the mixer layers (lua/m2/layers/*.lua): shapes, the parameters built against
+-- their declarations (params, counted by nn.param_shapes), the paper inits, the M2RNN layer against a
+-- plain-Lua reference, causality, gradient checks in f64 at tiny sizes, and errors located at the caller's line.
 local m2 = require "m2"
 local T = m2.test
 local C = require "m2.layers.common"
@@ -44,16 +44,64 @@ T.case("shapes and parameter lists", function()
     local y = mod(x)
     T.eq(y:shape(), { 2, 5, D }, name .. " output shape")
     T.eq(y:dtype(), "f32", name .. " dtype")
-    local ok, msg = C.check_shapes(mod, cls.param_shapes(D, cfg))
+    local ok, msg = C.check_shapes(mod, m2.nn.param_shapes(cls, D, cfg))
     T.ok(ok, name .. ": " .. tostring(msg))
+    -- the declaration also gives the order of model:parameters()
+    local got, want = {}, {}
+    for i, p in ipairs(mod:parameters()) do got[i] = p.name end
+    for i, p in ipairs(m2.nn.param_shapes(cls, D, cfg)) do want[i] = p.name end
+    T.eq(got, want, name .. ": parameter order")
     -- batch rows are independent: row 2 alone gives the same output as inside the batch
     local y2 = mod(x:narrow(1, 2, 1):contiguous())
     T.close(y2, y:narrow(1, 2, 1), 1e-5, name .. " batch independence")
   end
   -- check_shapes itself detects a wrong list
   local mod = M2RNN(D, { k = 3, v = 2, heads = 2 })
-  local wrong = M2RNN.param_shapes(D, { k = 3, v = 2, heads = 4 })
+  local wrong = m2.nn.param_shapes(M2RNN, D, { k = 3, v = 2, heads = 4 })
   T.eq((C.check_shapes(mod, wrong)), false, "check_shapes must notice a different head count")
+end)
+
+T.case("declarations: one list builds the module and counts it", function()
+  local nn = m2.nn
+  -- a module declared with every kind of entry
+  local Toy = nn.class("Toy")
+  function Toy.params(d, with_bias)
+    return {
+      { "w", { d, 2 }, nn.init.normal(0.5), decay = true },
+      with_bias and { "b", { d }, nn.init.zeros, decay = false },
+      nn.child("norm", nn.RMSNorm, d),
+      nn.child_list("layers", { nn.child(1, nn.Linear, d, 3), nn.child(2, nn.Linear, 3, d, { bias = false }) }),
+      { "eye", { 2, 3, 3 }, C.init_eye, decay = true },
+    }
+  end
+  function Toy:__init(d, with_bias) self:build(Toy.params(d, with_bias)) end
+  for _, with_bias in ipairs { true, false } do
+    local t = Toy(4, with_bias)
+    local names, want = {}, {}
+    for i, p in ipairs(t:parameters()) do names[i] = p.name end
+    for i, p in ipairs(m2.nn.param_shapes(Toy, 4, with_bias)) do want[i] = p.name end
+    T.eq(names, want, "order, bias " .. tostring(with_bias))
+    T.ok((C.check_shapes(t, m2.nn.param_shapes(Toy, 4, with_bias))))
+    T.eq(t.b ~= nil, with_bias)
+    T.eq(t.layers[2].bias, nil)
+  end
+  T.eq(Toy(4, true).eye:totable()[2], { { 1, 0, 0 }, { 0, 1, 0 }, { 0, 0, 1 } }, "identity per head")
+  -- the same seed gives the same values, drawn in the list's order
+  m2.seed(5)
+  local a = Toy(4, true)
+  m2.seed(5)
+  local w = m2.randn({ 4, 2 }, { std = 0.5 })
+  T.close(a.w, w, 0, "the first entry draws first")
+  -- bad entries are named
+  local Bad = nn.class("Bad")
+  function Bad:__init(e) self:build({ e }) end
+  T.raises(function() Bad({ "w", { 2 }, nn.init.zeros }) end, "give decay = true or decay = false")
+  T.raises(function() Bad({ "w", { 2 }, 3, decay = true }) end, "init must be a function")
+  T.raises(function() Bad({ "a.w", { 2 }, nn.init.zeros, decay = true }) end, "declare a child instead")
+  T.raises(function() m2.nn.param_shapes(Bad) end, "Bad declares no params")
+  local Outer = nn.class("Outer")
+  function Outer.params() return { nn.child("c", Bad) } end
+  T.raises(function() m2.nn.param_shapes(Outer) end, "child 'c': its class declares no params")
 end)
 
 T.case("return_state gives the recurrent state", function()
@@ -269,7 +317,7 @@ T.case("errors name the problem and the script line", function()
   T.raises(function() MoE(D, {}) end, "MoE MLP not implemented yet (issue: MoE)")
   -- but MoE can count: router + experts + shared expert
   local n = 0
-  for _, s in ipairs(MoE.param_shapes(8, { experts = 4, top_k = 2, expert_hidden = 3, shared_hidden = 5 })) do
+  for _, s in ipairs(m2.nn.param_shapes(MoE, 8, { experts = 4, top_k = 2, expert_hidden = 3, shared_hidden = 5 })) do
     n = n + C.numel(s.shape)
   end
   T.eq(n, 4 * 8 + 4 * 3 * 8 * 3 + 3 * 8 * 5)

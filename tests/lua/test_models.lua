@@ -66,6 +66,11 @@ T.case("param_shapes / count without allocating", function()
   local model = m2.models.lm(SMALL)
   local ok, msg = C.check_shapes(model, m2.models.param_shapes(SMALL))
   T.ok(ok, msg)
+  -- one declaration (LM.params) drives both: the same names in the same order
+  local got, want = {}, {}
+  for i, p in ipairs(model:parameters()) do got[i] = p.name end
+  for i, p in ipairs(m2.models.param_shapes(SMALL)) do want[i] = p.name end
+  T.eq(got, want, "parameter order")
   local c = m2.models.summary(SMALL, { quiet = true })
   T.eq(c.total, model:param_count())
   T.eq(m2.models.param_count(SMALL), model:param_count())

@@ -32,24 +32,23 @@ function Attention.resolve(d, cfg)
   return c
 end
 
-function Attention.param_shapes(d, cfg)
+-- the parameters, once: q, k, v projections N(0, init_std), o_proj N(0, init_std / sqrt(2 L)) -> list, cfg
+function Attention.params(d, cfg, opts)
   local c = Attention.resolve(d, cfg)
-  local S = C.shapes()
-  S:linear("q_proj", d, c.heads * c.head_dim):linear("k_proj", d, c.kv_heads * c.head_dim)
-  S:linear("v_proj", d, c.kv_heads * c.head_dim):linear("o_proj", c.heads * c.head_dim, d)
-  return S.list
+  local L, std = C.scale(opts)
+  local lin = { bias = false, init_std = std }
+  return {
+    nn.child("q_proj", nn.Linear, d, c.heads * c.head_dim, lin),
+    nn.child("k_proj", nn.Linear, d, c.kv_heads * c.head_dim, lin),
+    nn.child("v_proj", nn.Linear, d, c.kv_heads * c.head_dim, lin),
+    nn.child("o_proj", nn.Linear, c.heads * c.head_dim, d, { bias = false, init_std = std / math.sqrt(2 * L) }),
+  }, c
 end
 
 function Attention:__init(d, cfg, opts)
-  local c = Attention.resolve(d, cfg)
-  local L = opts and opts.layers or 1
-  local std = opts and opts.init_std or 0.02
+  local list, c = Attention.params(d, cfg, opts)
   self.cfg, self.d = c, d
-  local lin = { bias = false, init_std = std }
-  self.q_proj = nn.Linear(d, c.heads * c.head_dim, lin)
-  self.k_proj = nn.Linear(d, c.kv_heads * c.head_dim, lin)
-  self.v_proj = nn.Linear(d, c.kv_heads * c.head_dim, lin)
-  self.o_proj = nn.Linear(c.heads * c.head_dim, d, { bias = false, init_std = std / math.sqrt(2 * L) })
+  self:build(list)
 end
 
 -- forward(x (B, T, d)) -> (B, T, d)

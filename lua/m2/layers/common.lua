@@ -3,18 +3,22 @@
   C.resolve(cfg, defaults, ctor)   copy of cfg with defaults filled in; unknown keys are errors
   C.pos_int(v, what, ctor)         check a positive integer (error at the caller's script line)
   C.divides(a, n, what, ctor)      check that the head count a divides n
-  C.A_log(n, lo, hi)               log(A), A ~ U(lo, hi)                        (n)
-  C.dt_bias(n)                     dt = exp(U(log 1e-3, log 0.1)) clamped >= 1e-4;
-                                   dt + log(-expm1(-dt)) so that softplus(dt_bias) = dt (n)
-  C.conv_weight(c, w)              depthwise conv weight (c, w), U(-1/sqrt(w), 1/sqrt(w))
+  C.scale(opts)                    L, std from a layer's opts {layers = 1, init_std = 0.02}
   C.repeat_heads(x, n)             (B, T, Nx, E) -> (B, T, n, E), head i reads head i // (n / Nx)
   C.numel(shape)                   product of a shape list
-  C.check_shapes(module, shapes)   compare module:parameters() with a param_shapes list
+  C.check_shapes(module, shapes)   compare module:parameters() with a {name, shape, no_decay} list
                                    (returns ok, message) -- used by the tests
+Inits of the mixer parameters (init(shape) -> f32 tensor, drawn from the default RNG; see nn.init):
+  C.init_A_log(lo, hi)             log(A), A ~ U(lo, hi)                                      (n)
+  C.init_dt_bias(min, max, floor)  dt = exp(U(log min, log max)) clamped >= floor;
+                                   dt + log(-expm1(-dt)) so that softplus(dt_bias) = dt     (n)
+  C.init_conv(w)                   depthwise conv weight (c, w) or bias (c), U(-1/sqrt(w), 1/sqrt(w))
+  C.init_eye                       the identity in every head                              (n, V, V)
 
-Every layer module exposes LayerClass.param_shapes(d, cfg, opts) -> ordered list of
-{name = "in_proj.weight", shape = {...}, no_decay = bool} that matches the parameters its
-instances allocate, so m2.models.summary can count a 7B model without allocating it.
+Every layer class declares each parameter once, as {name, shape, init, decay = bool} (lua/m2/nn.lua,
+"Declaring parameters once"): LayerClass.params(d, cfg, opts) -> the declaration list and the resolved cfg.
+Its constructor builds that list; nn.param_shapes(LayerClass, d, cfg) counts it without allocating
+(m2.models.summary of a 7B model).
 ]==]
 
 local m2 = require "m2"
@@ -59,32 +63,51 @@ function C.numel(shape)
   return n
 end
 
--- log(A), A ~ U(lo, hi), as an f32 tensor (n)
-function C.A_log(n, lo, hi)
-  local u = m2.rand(n, { lo = lo, hi = hi }):totable()
-  for i = 1, n do u[i] = math.log(math.max(u[i], 1e-4)) end
-  return m2.tensor(u)
+-- the init scale of a layer: opts.layers (L, scales the output projection by 1/sqrt(2 L)) and opts.init_std
+function C.scale(opts)
+  return opts and opts.layers or 1, opts and opts.init_std or 0.02
 end
 
--- inverse-softplus of dt, dt = exp(U(log 1e-3, log 0.1)) clamped >= 1e-4 (n)
-function C.dt_bias(n, dt_min, dt_max, floor)
-  dt_min, dt_max, floor = dt_min or 1e-3, dt_max or 0.1, floor or 1e-4
-  local u = m2.rand(n, { lo = math.log(dt_min), hi = math.log(dt_max) }):totable()
-  for i = 1, n do
-    local dt = math.max(math.exp(u[i]), floor)
-    u[i] = dt + math.log(1 - math.exp(-dt)) -- dt + log(-expm1(-dt))
+-- log(A), A ~ U(lo, hi) (n)
+function C.init_A_log(lo, hi)
+  return function(shape)
+    local n = C.numel(shape)
+    local u = m2.rand(shape, { lo = lo, hi = hi }):totable()
+    for i = 1, n do u[i] = math.log(math.max(u[i], 1e-4)) end
+    return m2.tensor(u)
   end
-  return m2.tensor(u)
 end
 
-function C.conv_weight(c, w)
-  local b = 1 / math.sqrt(w)
-  return m2.rand({ c, w }, { lo = -b, hi = b })
+-- inverse-softplus of dt, dt = exp(U(log dt_min, log dt_max)) clamped >= floor (n)
+function C.init_dt_bias(dt_min, dt_max, floor)
+  return function(shape)
+    local n = C.numel(shape)
+    local u = m2.rand(shape, { lo = math.log(dt_min), hi = math.log(dt_max) }):totable()
+    for i = 1, n do
+      local dt = math.max(math.exp(u[i]), floor)
+      u[i] = dt + math.log(1 - math.exp(-dt)) -- dt + log(-expm1(-dt))
+    end
+    return m2.tensor(u)
+  end
 end
 
-function C.conv_bias(c, w)
+-- depthwise conv weight (c, w) or bias (c) of a kernel of width w: U(-1/sqrt(w), 1/sqrt(w))
+function C.init_conv(w)
   local b = 1 / math.sqrt(w)
-  return m2.rand(c, { lo = -b, hi = b })
+  return function(shape) return m2.rand(shape, { lo = -b, hi = b }) end
+end
+
+-- the identity in every head (n, V, V)
+function C.init_eye(shape)
+  local eye = {}
+  for n = 1, shape[1] do
+    eye[n] = {}
+    for i = 1, shape[2] do
+      eye[n][i] = {}
+      for j = 1, shape[3] do eye[n][i][j] = i == j and 1 or 0 end
+    end
+  end
+  return m2.tensor(eye)
 end
 
 -- (B, T, Nx, E) -> (B, T, n, E): head i of the result is head floor(i / (n / Nx)) of x
@@ -96,7 +119,7 @@ function C.repeat_heads(x, n)
   return x:reshape(s[1], s[2], nx, 1, s[4]):expand(-1, -1, -1, r, -1):reshape(s[1], s[2], n, s[4])
 end
 
--- compare a module's parameters with a param_shapes list (as sets, by name) -> ok, message
+-- compare a module's parameters with a {name, shape, no_decay} list (as sets, by name) -> ok, message
 function C.check_shapes(module, shapes)
   local ps = module:parameters()
   local byname = function(a, b) return a.name < b.name end
@@ -106,42 +129,17 @@ function C.check_shapes(module, shapes)
   table.sort(sorted, byname)
   shapes = sorted
   if #ps ~= #shapes then
-    return false, string.format("%d parameters, param_shapes lists %d", #ps, #shapes)
+    return false, string.format("%d parameters, the list has %d", #ps, #shapes)
   end
   for i, p in ipairs(ps) do
     local want = shapes[i]
     local got = table.concat(p.tensor:shape(), ",")
     if p.name ~= want.name or got ~= table.concat(want.shape, ",") or p.no_decay ~= (want.no_decay or false) then
-      return false, string.format("parameter %d: module has %s (%s)%s, param_shapes says %s (%s)%s", i, p.name, got,
+      return false, string.format("parameter %d: module has %s (%s)%s, the list says %s (%s)%s", i, p.name, got,
         p.no_decay and " no_decay" or "", want.name, table.concat(want.shape, ","), want.no_decay and " no_decay" or "")
     end
   end
   return true
-end
-
--- shape-list builder used by param_shapes: S:add(name, shape [, no_decay]); S:linear(name, din, dout [, bias])
-local Shapes = {}
-Shapes.__index = Shapes
-function C.shapes() return setmetatable({ list = {} }, Shapes) end
-function Shapes:add(name, shape, no_decay)
-  self.list[#self.list + 1] = { name = name, shape = shape, no_decay = no_decay or false }
-  return self
-end
-function Shapes:linear(name, din, dout, bias)
-  self:add(name .. ".weight", { dout, din })
-  if bias then self:add(name .. ".bias", { dout }, true) end
-  return self
-end
-function Shapes:rmsnorm(name, d) return self:add(name .. ".weight", { d }, true) end
-function Shapes:swiglu(name, d, hidden)
-  self:linear(name .. ".gate", d, hidden)
-  self:linear(name .. ".up", d, hidden)
-  return self:linear(name .. ".down", hidden, d)
-end
--- nest another list under a prefix
-function Shapes:sub(prefix, list)
-  for _, s in ipairs(list) do self:add(prefix .. "." .. s.name, s.shape, s.no_decay) end
-  return self
 end
 
 return C

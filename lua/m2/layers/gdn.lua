@@ -44,42 +44,34 @@ function GDN.resolve(d, cfg)
   return c
 end
 
-function GDN.param_shapes(d, cfg)
+-- the parameters, once (in the order of the RNG draws) -> list, resolved cfg
+function GDN.params(d, cfg, opts)
   local c = GDN.resolve(d, cfg)
+  local L, std = C.scale(opts)
   local H, K, V = c.heads, c.k, c.v
-  local S = C.shapes()
-  if c.conv > 0 then
-    S:add("q_conv", { H * K, c.conv }):add("k_conv", { H * K, c.conv }):add("v_conv", { H * V, c.conv })
-  end
-  S:add("A_log", { H }, true):add("dt_bias", { H }, true)
-  S:linear("q_proj", d, H * K):linear("k_proj", d, H * K):linear("v_proj", d, H * V)
-  S:linear("a_proj", d, H):linear("b_proj", d, H):linear("g_proj", d, H * V)
-  S:rmsnorm("o_norm", V):linear("out_proj", H * V, d)
-  return S.list
+  local lin = { bias = false, init_std = std }
+  local conv = c.conv > 0
+  return {
+    nn.child("q_proj", nn.Linear, d, H * K, lin),
+    nn.child("k_proj", nn.Linear, d, H * K, lin),
+    nn.child("v_proj", nn.Linear, d, H * V, lin),
+    nn.child("a_proj", nn.Linear, d, H, lin),
+    nn.child("b_proj", nn.Linear, d, H, lin),
+    nn.child("g_proj", nn.Linear, d, H * V, lin),
+    conv and { "q_conv", { H * K, c.conv }, C.init_conv(c.conv), decay = true },
+    conv and { "k_conv", { H * K, c.conv }, C.init_conv(c.conv), decay = true },
+    conv and { "v_conv", { H * V, c.conv }, C.init_conv(c.conv), decay = true },
+    { "A_log", { H }, C.init_A_log(c.A_range[1], c.A_range[2]), decay = false },
+    { "dt_bias", { H }, C.init_dt_bias(c.dt_min, c.dt_max, c.dt_floor), decay = false },
+    nn.child("o_norm", nn.RMSNorm, V, { eps = c.norm_eps }),
+    nn.child("out_proj", nn.Linear, H * V, d, { bias = false, init_std = std / math.sqrt(2 * L) }),
+  }, c
 end
 
 function GDN:__init(d, cfg, opts)
-  local c = GDN.resolve(d, cfg)
-  local L = opts and opts.layers or 1
-  local std = opts and opts.init_std or 0.02
-  local H, K, V = c.heads, c.k, c.v
+  local list, c = GDN.params(d, cfg, opts)
   self.cfg, self.d = c, d
-  local lin = { bias = false, init_std = std }
-  self.q_proj = nn.Linear(d, H * K, lin)
-  self.k_proj = nn.Linear(d, H * K, lin)
-  self.v_proj = nn.Linear(d, H * V, lin)
-  self.a_proj = nn.Linear(d, H, lin)
-  self.b_proj = nn.Linear(d, H, lin)
-  self.g_proj = nn.Linear(d, H * V, lin)
-  if c.conv > 0 then
-    self:param("q_conv", C.conv_weight(H * K, c.conv))
-    self:param("k_conv", C.conv_weight(H * K, c.conv))
-    self:param("v_conv", C.conv_weight(H * V, c.conv))
-  end
-  self:param("A_log", C.A_log(H, c.A_range[1], c.A_range[2]), { no_decay = true })
-  self:param("dt_bias", C.dt_bias(H, c.dt_min, c.dt_max, c.dt_floor), { no_decay = true })
-  self.o_norm = nn.RMSNorm(V, { eps = c.norm_eps })
-  self.out_proj = nn.Linear(H * V, d, { bias = false, init_std = std / math.sqrt(2 * L) })
+  self:build(list)
 end
 
 -- forward(x [, {state = h0 (B,H,K,V), return_state = false}]) -> y (B,T,d) [, hT]

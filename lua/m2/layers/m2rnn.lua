@@ -60,38 +60,27 @@ function M2RNN.resolve(d, cfg)
   return c
 end
 
--- ordered {name, shape, no_decay} of the parameters an instance allocates
-function M2RNN.param_shapes(d, cfg)
+-- the parameters, once: in_proj, the short conv, W = identity per head, A_log, dt_bias, D = 1, norm, out_proj
+-- (in the order of the RNG draws) -> list, resolved cfg
+function M2RNN.params(d, cfg, opts)
   local c = M2RNN.resolve(d, cfg)
-  local S = C.shapes():linear("in_proj", d, c.C_in)
-  if c.conv > 0 then S:add("conv_weight", { c.C_qkv, c.conv }) end
-  S:add("W", { c.Nw, c.v, c.v }):add("A_log", { c.Nf }, true):add("dt_bias", { c.Nf }, true)
-  S:add("D", { c.N, c.v }, true):rmsnorm("norm", c.N * c.v):linear("out_proj", c.N * c.v, d)
-  return S.list
+  local L, std = C.scale(opts)
+  return {
+    nn.child("in_proj", nn.Linear, d, c.C_in, { bias = false, init_std = std }),
+    c.conv > 0 and { "conv_weight", { c.C_qkv, c.conv }, C.init_conv(c.conv), decay = true },
+    { "W", { c.Nw, c.v, c.v }, C.init_eye, decay = true },
+    { "A_log", { c.Nf }, C.init_A_log(c.A_range[1], c.A_range[2]), decay = false },
+    { "dt_bias", { c.Nf }, C.init_dt_bias(c.dt_min, c.dt_max, c.dt_floor), decay = false },
+    { "D", { c.N, c.v }, nn.init.ones, decay = false },
+    nn.child("norm", nn.RMSNorm, c.N * c.v, { eps = c.norm_eps }),
+    nn.child("out_proj", nn.Linear, c.N * c.v, d, { bias = false, init_std = std / math.sqrt(2 * L) }),
+  }, c
 end
 
 function M2RNN:__init(d, cfg, opts)
-  local c = M2RNN.resolve(d, cfg)
-  local L = opts and opts.layers or 1
-  local std = opts and opts.init_std or 0.02
+  local list, c = M2RNN.params(d, cfg, opts)
   self.cfg, self.d = c, d
-  self.in_proj = nn.Linear(d, c.C_in, { bias = false, init_std = std })
-  if c.conv > 0 then self:param("conv_weight", C.conv_weight(c.C_qkv, c.conv)) end
-  -- W = identity per head (Nw, V, V)
-  local eye = {}
-  for n = 1, c.Nw do
-    eye[n] = {}
-    for i = 1, c.v do
-      eye[n][i] = {}
-      for j = 1, c.v do eye[n][i][j] = i == j and 1 or 0 end
-    end
-  end
-  self:param("W", m2.tensor(eye))
-  self:param("A_log", C.A_log(c.Nf, c.A_range[1], c.A_range[2]), { no_decay = true })
-  self:param("dt_bias", C.dt_bias(c.Nf, c.dt_min, c.dt_max, c.dt_floor), { no_decay = true })
-  self:param("D", m2.ones(c.N, c.v), { no_decay = true })
-  self.norm = nn.RMSNorm(c.N * c.v, { eps = c.norm_eps })
-  self.out_proj = nn.Linear(c.N * c.v, d, { bias = false, init_std = std / math.sqrt(2 * L) })
+  self:build(list)
 end
 
 -- forward(x [, {state = h0 (B,N,K,V), return_state = false}]) -> y (B,T,d) [, hT]

@@ -56,30 +56,27 @@ function Mamba2.resolve(d, cfg)
   return c
 end
 
-function Mamba2.param_shapes(d, cfg)
+-- the parameters, once (in the order of the RNG draws) -> list, resolved cfg
+function Mamba2.params(d, cfg, opts)
   local c = Mamba2.resolve(d, cfg)
-  local S = C.shapes()
-  if c.conv > 0 then S:add("conv_weight", { c.C_xbc, c.conv }):add("conv_bias", { c.C_xbc }, true) end
-  S:add("A_log", { c.heads }, true):add("dt_bias", { c.heads }, true):add("D", { c.heads }, true)
-  S:linear("in_proj", d, c.C_in):rmsnorm("norm", c.inner):linear("out_proj", c.inner, d)
-  return S.list
+  local L, std = C.scale(opts)
+  local conv = c.conv > 0
+  return {
+    nn.child("in_proj", nn.Linear, d, c.C_in, { bias = false, init_std = std }),
+    conv and { "conv_weight", { c.C_xbc, c.conv }, C.init_conv(c.conv), decay = true },
+    conv and { "conv_bias", { c.C_xbc }, C.init_conv(c.conv), decay = false },
+    { "A_log", { c.heads }, C.init_A_log(c.A_range[1], c.A_range[2]), decay = false },
+    { "dt_bias", { c.heads }, C.init_dt_bias(c.dt_min, c.dt_max, c.dt_floor), decay = false },
+    { "D", { c.heads }, nn.init.ones, decay = false },
+    nn.child("norm", nn.RMSNorm, c.inner, { eps = c.norm_eps }),
+    nn.child("out_proj", nn.Linear, c.inner, d, { bias = false, init_std = std / math.sqrt(2 * L) }),
+  }, c
 end
 
 function Mamba2:__init(d, cfg, opts)
-  local c = Mamba2.resolve(d, cfg)
-  local L = opts and opts.layers or 1
-  local std = opts and opts.init_std or 0.02
+  local list, c = Mamba2.params(d, cfg, opts)
   self.cfg, self.d = c, d
-  self.in_proj = nn.Linear(d, c.C_in, { bias = false, init_std = std })
-  if c.conv > 0 then
-    self:param("conv_weight", C.conv_weight(c.C_xbc, c.conv))
-    self:param("conv_bias", C.conv_bias(c.C_xbc, c.conv), { no_decay = true })
-  end
-  self:param("A_log", C.A_log(c.heads, c.A_range[1], c.A_range[2]), { no_decay = true })
-  self:param("dt_bias", C.dt_bias(c.heads, c.dt_min, c.dt_max, c.dt_floor), { no_decay = true })
-  self:param("D", m2.ones(c.heads), { no_decay = true })
-  self.norm = nn.RMSNorm(c.inner, { eps = c.norm_eps })
-  self.out_proj = nn.Linear(c.inner, d, { bias = false, init_std = std / math.sqrt(2 * L) })
+  self:build(list)
 end
 
 -- forward(x [, {state = h0 (B,H,P,N), return_state = false}]) -> y (B,T,d) [, hT]

@@ -3,8 +3,10 @@
 
 Settings: experts (E) = 128, top_k = 8, expert_hidden = 256 (each expert a SwiGLU d -> h -> d),
 shared_hidden = 1024 (a shared SwiGLU expert; 0: none), aux_loss_coef = 0.001.
-Parameters: router (E, d); experts.gate / experts.up (E, h, d), experts.down (E, d, h);
-shared.{gate,up,down} as nn.SwiGLU. Active per token: router + top_k experts + shared.
+Parameters (MoE.params): router (E, d); experts.gate / experts.up (E, h, d), experts.down (E, d, h);
+shared.{gate,up,down} as nn.SwiGLU. Active per token: router + top_k experts + shared. The inits declared
+here (N(0, init_std); the down projections N(0, init_std / sqrt(2 L)), as the dense MLP's) are provisional:
+nothing builds them until the MoE issue.
 ]==]
 
 local m2 = require "m2"
@@ -31,13 +33,28 @@ function MoE.resolve(d, cfg)
   return c
 end
 
-function MoE.param_shapes(d, cfg)
+-- the E experts' weights, stacked (declared only, like MoE)
+local Experts = nn.class("Experts")
+MoE.Experts = Experts
+function Experts.params(d, E, h, opts)
+  local L, std = C.scale(opts)
+  return {
+    { "gate", { E, h, d }, nn.init.normal(std), decay = true },
+    { "up", { E, h, d }, nn.init.normal(std), decay = true },
+    { "down", { E, d, h }, nn.init.normal(std / math.sqrt(2 * L)), decay = true },
+  }
+end
+
+-- the parameters, once -> list, resolved cfg
+function MoE.params(d, cfg, opts)
   local c = MoE.resolve(d, cfg)
-  local E, h = c.experts, c.expert_hidden
-  local S = C.shapes():add("router.weight", { E, d })
-  S:add("experts.gate", { E, h, d }):add("experts.up", { E, h, d }):add("experts.down", { E, d, h })
-  if c.shared_hidden > 0 then S:swiglu("shared", d, c.shared_hidden) end
-  return S.list
+  local L, std = C.scale(opts)
+  return {
+    nn.child("router", nn.Linear, d, c.experts, { bias = false, init_std = std }),
+    nn.child("experts", Experts, d, c.experts, c.expert_hidden, opts),
+    c.shared_hidden > 0 and nn.child("shared", nn.SwiGLU, d, c.shared_hidden,
+      { init_std = std, down_init = nn.init.normal(std / math.sqrt(2 * L)) }),
+  }, c
 end
 
 -- parameters one token uses: the router, top_k experts and the shared expert

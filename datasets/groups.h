@@ -1,9 +1,10 @@
-/* data_groups.h — the group word problem (state tracking, DESIGN section 5).
+/* groups.h — the group word problem (state tracking, DESIGN section 5): group tables and batches.
+ * A dataset above core: it uses core's tensor API and RNG; core does not include it.
  * Elements of S_n (and A_n) are permutations of {0..n-1} in lexicographic order, identity = 0;
  * Z_n elements are 0..n-1 with addition mod n. Product (p*q)[i] = q[p[i]].
  * Input x_1..x_T i.i.d. uniform elements; target y_t = x_1 * x_2 * ... * x_t. */
-#ifndef M2_DATA_GROUPS_H
-#define M2_DATA_GROUPS_H
+#ifndef M2_DATASETS_GROUPS_H
+#define M2_DATASETS_GROUPS_H
 #include "tensor.h"
 #ifdef __cplusplus
 extern "C" {

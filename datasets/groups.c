@@ -1,5 +1,5 @@
-/* data_groups.c — group tables (S_n, A_n, Z_n) and deterministic batches of the word problem. */
-#include "data_groups.h"
+/* groups.c — group tables (S_n, A_n, Z_n) and deterministic batches of the word problem. */
+#include "groups.h"
 #include "rng.h"
 #include <ctype.h>
 #include <stdio.h>
