@@ -43,7 +43,7 @@ m2_status m2_op_register_kernels(m2_devtype t, const m2_kernel_reg *regs, int n)
   for (int i = 0; i < n; i++) {
     if (!regs[i].op || op_index(regs[i].op) < 0)
       return m2_fail(M2_ERR_VALUE, "op registry: kernel entry %d names %s", i,
-                     regs[i].op ? "an op that is not in the registry (core/op_table.h)" : "no op");
+                     regs[i].op ? "an op that is not in the registry (M2_OPS, core/ops.h)" : "no op");
   }
   for (int i = 0; i < n; i++) {
     int k = op_index(regs[i].op);

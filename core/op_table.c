@@ -1,6 +1,6 @@
-/* op_table.c — the registry: the rows named in op_table.h, in that order, and their keys.
+/* op_table.c — the registry: the rows named in ops.h (M2_OPS), in that order, and their keys.
  * tests/test_registry.c checks every row (names unique, kernels present, a test case each). */
-#include "op_table.h"
+#include "ops.h"
 
 #define ROW(n) &m2_op_##n,
 static const m2_op *const g_table[] = {M2_OPS(ROW) NULL};

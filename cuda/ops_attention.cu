@@ -15,7 +15,7 @@
  *
  * rope: one thread a pair (i, i + D/2); the angle (t + offset) theta^(-2i/D) in double, as on the CPU;
  * backward rotates the gradient by the opposite angle. f32 or bf16 storage, fp32 arithmetic. */
-#include "op_table.h"
+#include "ops.h"
 #include "ops_common.cuh"
 #include "ops_mixers_entry.h"
 #include "../core/ops_attention.h"

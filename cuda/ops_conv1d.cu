@@ -7,7 +7,7 @@
  * CONV_CR consecutive rows, keeps the last W - 1 inputs (or the next W gradients) in registers, so each element is
  * loaded once and the row's time index is counted, not divided; dw and dbias come from per-chunk partial sums
  * reduced in a fixed order. Other widths take the per-element kernels below them. */
-#include "op_table.h"
+#include "ops.h"
 #include "ops_common.cuh"
 #include "../core/ops_conv1d.h"
 

@@ -1,7 +1,7 @@
 /* ops_elementwise.cu — CUDA kernels of the broadcasting binary ops (add, sub, mul, div) and the unary
  * maps (neg ... clamp) with their backwards; f32 / bf16 storage, fp32 arithmetic. The binary ops'
  * backwards are the CPU file's composites (other ops), which run here too. */
-#include "op_table.h"
+#include "ops.h"
 #include "ops_common.cuh"
 #include "../core/ops_elementwise.h"
 

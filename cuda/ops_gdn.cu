@@ -12,7 +12,7 @@
  * time carrying its column of dS. dv and dh0 are per column; dq, dk, dbeta, dg sum over the columns:
  * the warps of a block add theirs in shared memory in a fixed order, and a second kernel adds the
  * blocks' partial sums in a fixed order (deterministic, no atomics). Inputs f32 or bf16, fp32 compute. */
-#include "op_table.h"
+#include "ops.h"
 #include "mixer_common.cuh"
 #include "ops_mixers_entry.h"
 extern "C" {

@@ -2,7 +2,7 @@
  * copies into / out of narrow views (m2_cuda_copy, any dtype); gather and index_select copy raw
  * elements (any dtype) and their backwards scatter-add in fp32 (atomics). Indices are checked on the
  * device and read back once per call. */
-#include "op_table.h"
+#include "ops.h"
 #include <string.h>
 #include "ops_common.cuh"
 #include "../core/ops_index.h"

@@ -3,7 +3,6 @@
  * general kernel (fp32 throughout) for shapes the fused ones do not take.
  * The forward keeps the fp32 state checkpoints (every 8 steps) as a saved tensor; the backward
  * recomputes the states in between. Outputs and gradients come back in the inputs' dtype. */
-#include "op_table.h"
 #include <cuda_runtime.h>
 #include "cuda_backend.h"
 #include "m2rnn.h"

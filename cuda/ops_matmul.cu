@@ -2,7 +2,7 @@
  * (CUBLAS_COMPUTE_32F: bf16 runs on tensor cores; f32 is full fp32, no TF32). Same geometry as
  * core/ops_matmul.c: a (..., M, K) [(..., K, M) if ta], b (..., K, N) [(..., N, K) if tb] -> (..., M, N),
  * batch dims equal or b 2-D and shared; a shared b with !ta is one (batch*M, K) GEMM. */
-#include "op_table.h"
+#include "ops.h"
 #include <cublas_v2.h>
 #include <limits.h>
 #include <string.h>

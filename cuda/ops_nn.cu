@@ -2,7 +2,7 @@
  * f32 / bf16 storage, fp32 arithmetic (the loss total in double). Index checks (ids, targets) run on
  * the device and are read back once per call: a bad index fails the call with the CPU's message.
  * Row statistics kept for backward (lse, 1/rms) are F32 tensors of one value per row. */
-#include "op_table.h"
+#include "ops.h"
 #include "ops_common.cuh"
 #include "../core/ops_nn_check.h"
 

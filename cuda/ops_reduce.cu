@@ -2,7 +2,7 @@
  * log_softmax and cumsum, with backwards. A tensor is viewed as (outer, n, inner) around the dim;
  * sums go through the deterministic cu_reduce (fp32 accumulation, fixed decomposition). The geometry
  * and the output shapes are the CPU's (core/ops_reduce.h). */
-#include "op_table.h"
+#include "ops.h"
 #include "ops_common.cuh"
 #include "../core/ops_reduce.h"
 

@@ -12,7 +12,7 @@
  * dx and dh0 are per row; dB, dC (summed over the rows and the heads of a group), ddt (over rows) and
  * dA (over rows, time and batch) are added in a fixed order: warps of a block in shared memory, then
  * the blocks' partial sums in a second kernel (deterministic, no atomics). f32 or bf16, fp32 compute. */
-#include "op_table.h"
+#include "ops.h"
 #include "mixer_common.cuh"
 #include "ops_mixers_entry.h"
 extern "C" {

@@ -1,7 +1,7 @@
 /* ops_swiglu.cu — swiglu(a, b) = silu(a) * b on CUDA (core/ops_swiglu.c): one grid-stride pass each way, f32 or
  * bf16 storage, fp32 arithmetic (sigmoid through expf). Backward: s = sigmoid(a), da = g b s (1 + a (1 - s)),
  * db = g a s; a gradient that is not needed is not written. */
-#include "op_table.h"
+#include "ops.h"
 #include "ops_common.cuh"
 #include "../core/ops_elementwise.h"
 

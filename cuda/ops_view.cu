@@ -1,6 +1,6 @@
 /* ops_view.cu — the strided copy kernel (any strides, any dtype conversion) behind contiguous, to_dtype,
  * narrow's backward and m2_copy_ on a device, and the strided fill behind m2_fill_ on a device. */
-#include "op_table.h"
+#include "ops.h"
 #include "ops_common.cuh"
 #include "../core/ops_view.h"
 #include <string.h>
