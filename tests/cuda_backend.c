@@ -1,12 +1,9 @@
 /* cuda_backend.c — CUDA memory backend: allocation, host<->device round trips, strided reads,
  * device errors. Skips (exit 77) when no GPU is present. */
-#include "check.h"
+#include "cuda_parity.h"
 
 int main(void) {
-  if (m2_cuda_device_count() == 0) {
-    printf("cuda_backend: no CUDA device, skipped\n");
-    return 77;
-  }
+  PAR_SKIP_WITHOUT_GPU("cuda_backend");
   m2_device gpu = {M2_CUDA, 0};
   m2_rng r = m2_rng_make(3, 0);
   int64_t sh[2] = {37, 129};

@@ -6,7 +6,7 @@
  * Outputs are poisoned (NaN) before each run. Skips (exit 77) without a GPU. */
 #include <math.h>
 #include <string.h>
-#include "check.h"
+#include "cuda_parity.h"
 
 #ifndef M2_HAVE_CUDA
 int main(void) {
@@ -219,8 +219,8 @@ int main(void) {
   f32io.path = M2_M2RNN_FAST;
   CHECK(m2_m2rnn_cuda_path(&paper, &f32io) == -1, "fp32 I/O refuses the fast path");
   CHECK(m2_m2rnn_ckpt_floats(&paper, NULL) == (size_t)8 * 84 * 64 * 64 * 16, "checkpoint size");
-  if (m2_cuda_device_count() == 0) {
-    printf("cuda_m2rnn: no CUDA device, skipped (%d argument checks, %d failed)\n", g_checks, g_failures);
+  if (parity_init("cuda_m2rnn")) {
+    printf("cuda_m2rnn: %d argument checks, %d failed\n", g_checks, g_failures);
     return g_failures ? 1 : 77;
   }
   m2_m2rnn_fwd_args none = {0};

@@ -10,7 +10,7 @@
  * Skips (exit 77) without a GPU. */
 #include <math.h>
 #include <string.h>
-#include "check.h"
+#include "cuda_parity.h"
 
 #ifndef M2_HAVE_CUDA
 int main(void) {
@@ -356,10 +356,7 @@ static void api_and_errors(void) {
 }
 
 int main(void) {
-  if (m2_cuda_device_count() == 0) {
-    printf("cuda_mixers: no CUDA device, skipped\n");
-    return 77;
-  }
+  PAR_SKIP_WITHOUT_GPU("cuda_mixers");
   uint64_t seed = 500;
   /* gated deltanet: both rows (same CUDA kernels); checkpoint segments 64 / 16 / 64 / 7 */
   gdn_case(&m2_op_gdn, 2, 77, 3, 32, 24, true, 0, 0, seed += 10);
