@@ -1,4 +1,4 @@
-/* cuda_m2rnn.c — the fused M2RNN CUDA kernels (cuda/m2rnn.h) against the CPU reference op m2rnn
+/* cuda_ops_m2rnn.c — the fused M2RNN CUDA kernels (cuda/m2rnn.h) against the CPU reference op m2rnn
  * (core/ops_m2rnn.c, float64) on fresh random inputs: forward y, hT and every gradient (dq, dk, dv, dW,
  * df, dh0), both paths, head sharing, h0, active state-gradient clipping, T not a multiple of the chunk,
  * checkpoint intervals from 8 (no segment replay) to 64.
@@ -10,7 +10,7 @@
 
 #ifndef M2_HAVE_CUDA
 int main(void) {
-  printf("cuda_m2rnn: built without CUDA, skipped\n");
+  printf("cuda_ops_m2rnn: built without CUDA, skipped\n");
   return 77;
 }
 #else
@@ -219,8 +219,8 @@ int main(void) {
   f32io.path = M2_M2RNN_FAST;
   CHECK(m2_m2rnn_cuda_path(&paper, &f32io) == -1, "fp32 I/O refuses the fast path");
   CHECK(m2_m2rnn_ckpt_floats(&paper, NULL) == (size_t)8 * 84 * 64 * 64 * 16, "checkpoint size");
-  if (parity_init("cuda_m2rnn")) {
-    printf("cuda_m2rnn: %d argument checks, %d failed\n", g_checks, g_failures);
+  if (parity_init("cuda_ops_m2rnn")) {
+    printf("cuda_ops_m2rnn: %d argument checks, %d failed\n", g_checks, g_failures);
     return g_failures ? 1 : 77;
   }
   m2_m2rnn_fwd_args none = {0};
@@ -228,6 +228,6 @@ int main(void) {
   for (size_t i = 0; i < sizeof CASES / sizeof CASES[0]; i++) run_case(&CASES[i], 100 + i);
   CHECK(m2_live_tensors() == 0, "leaked %ld tensors", m2_live_tensors());
   CHECK(m2_live_nodes() == 0, "leaked %ld nodes", m2_live_nodes());
-  return check_finish("cuda_m2rnn");
+  return check_finish("cuda_ops_m2rnn");
 }
 #endif /* M2_HAVE_CUDA */
