@@ -99,21 +99,24 @@ static inline void par_run_dtype(const par_case *pc, m2_dtype dt) {
         sg = m2_backward(yg[0], dyg);
         m2_release(dy); m2_release(dyr); m2_release(dyc); m2_release(dyg);
       } else {
+        bool okc = true, okg = true; /* every term made (a failed one must not shorten the loss) */
         for (int j = 0; j < nc; j++) {
           m2_rng r = m2_rng_make(par_seed++, 7);
           m2_tensor *dy = m2_randn(&r, M2_F32, M2_DEV_CPU, yc[j]->ndim, yc[j]->shape);
           m2_tensor *dyr = par_round(dy, dt);
           m2_tensor *dyc = m2_clone_raw(dyr, yc[j]->dtype, M2_DEV_CPU), *dyg = m2_clone_raw(dyr, yg[j]->dtype, par_gpu);
           m2_tensor *pcj = m2_mul(yc[j], dyc), *pgj = m2_mul(yg[j], dyg);
-          m2_tensor *scj = m2_sum_all(pcj), *sgj = m2_sum_all(pgj);
-          m2_tensor *nlc = lc ? m2_add(lc, scj) : (m2_retain(scj), scj), *nlg = lg ? m2_add(lg, sgj) : (m2_retain(sgj), sgj);
+          m2_tensor *scj = pcj ? m2_sum_all(pcj) : NULL, *sgj = pgj ? m2_sum_all(pgj) : NULL;
+          m2_tensor *nlc = !scj ? NULL : lc ? m2_add(lc, scj) : (m2_retain(scj), scj);
+          m2_tensor *nlg = !sgj ? NULL : lg ? m2_add(lg, sgj) : (m2_retain(sgj), sgj);
+          okc &= nlc != NULL, okg &= nlg != NULL;
           m2_release(lc); m2_release(lg);
           lc = nlc; lg = nlg;
           m2_release(dy); m2_release(dyr); m2_release(dyc); m2_release(dyg);
           m2_release(pcj); m2_release(pgj); m2_release(scj); m2_release(sgj);
         }
-        sc = lc ? m2_backward(lc, NULL) : M2_ERR_VALUE;
-        sg = lg ? m2_backward(lg, NULL) : M2_ERR_VALUE;
+        sc = okc && lc ? m2_backward(lc, NULL) : M2_ERR_VALUE;
+        sg = okg && lg ? m2_backward(lg, NULL) : M2_ERR_VALUE;
       }
       CHECK(sc == M2_OK, "%s %s: cpu backward failed", pc->name, dn);
       CHECK(sg == M2_OK, "%s %s: cuda backward failed", pc->name, dn);
