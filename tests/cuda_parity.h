@@ -1,4 +1,5 @@
-/* cuda_parity.h — CPU-vs-CUDA parity harness for the tests/cuda_ops_*.c tests.
+/* cuda_parity.h — CPU-vs-CUDA parity harness for the tests/cuda_*.c tests (the per-op tests cuda_ops_*.c and the
+ * runner of the shared case table, cuda_op_cases.c), and the one start-up of every CUDA test (parity_init).
  *
  * A case is a function building an op's outputs from its inputs plus the CPU inputs (fresh random
  * F32 values; integer tensors as they are). For each dtype under test (F32, BF16) the float inputs
