@@ -1,15 +1,10 @@
-/* cuda_ops_nn.c — CPU-vs-CUDA parity of embedding, cross_entropy (with ignored targets), linear_cross_entropy (also
- * with bf16 products), rmsnorm (with and without weight) and l2norm, forward and backward, in f32 and bf16;
- * out-of-range ids and targets fail with the CPU's message on cuda too. Skips (77) without a GPU. */
+/* cuda_ops_nn.c — CPU-vs-CUDA parity of embedding, cross_entropy (with ignored targets), rmsnorm (with and without
+ * weight) and l2norm, forward and backward, in f32 and bf16; out-of-range ids and targets fail with the CPU's
+ * message on cuda too (linear_cross_entropy: cuda_ops_lmloss.c). Skips (77) without a GPU. */
 #include "cuda_parity.h"
 
 static int f_embed(m2_tensor *const *in, void *ud, m2_tensor **outs) { PAR_ONE(m2_embedding(in[0], in[1])); }
 static int f_ce(m2_tensor *const *in, void *ud, m2_tensor **outs) { PAR_ONE(m2_cross_entropy(in[0], in[1], -100)); }
-/* the head fused with the loss, in chunks of 9 rows (35 rows: 4 chunks, the last short) */
-static int f_lce(m2_tensor *const *in, void *ud, m2_tensor **outs) {
-  (void)ud;
-  PAR_ONE(m2_linear_cross_entropy(in[0], in[1], in[2], -100, 9));
-}
 static int f_rms(m2_tensor *const *in, void *ud, m2_tensor **outs) { PAR_ONE(m2_rmsnorm(in[0], in[1], 1e-5)); }
 static int f_l2(m2_tensor *const *in, void *ud, m2_tensor **outs) { PAR_ONE(m2_l2norm(in[0], 1e-6)); }
 
@@ -48,19 +43,6 @@ int main(void) {
   m2_tensor *tall = m2_full(M2_I64, M2_DEV_CPU, 2, st1, -100);
   par_case pc3 = {"cross_entropy/all ignored", f_ce, NULL, 2, {x1, tall}, {true, false}};
   par_run(&pc3);
-  /* linear_cross_entropy: h (5, 7, 24), W (33, 24), the targets of x1 (some ignored) */
-  int64_t sh[3] = {5, 7, 24}, shw[2] = {33, 24};
-  m2_tensor *lh = par_randn(3, sh), *lw = par_randn(2, shw);
-  par_case pl = {"linear_cross_entropy/chunk 9", f_lce, NULL, 3, {lh, lw, t1}, {true, true, false}};
-  par_run(&pl);
-  /* with bf16 products (what m2.train's precision = "bf16" sets): the CUDA cross_entropy backward then writes the
-     chunk's dlogits in bf16 for the products (the CPU rounds the same values when it multiplies) */
-  m2_set_matmul_precision(M2_MM_BF16);
-  par_case plb = {"linear_cross_entropy/chunk 9, bf16 products", f_lce, NULL, 3, {lh, lw, t1}, {true, true, false},
-                  {2e-3, 0}, {1e-2, 0}, true};
-  par_run(&plb);
-  m2_set_matmul_precision(M2_MM_F32);
-  m2_release(lh), m2_release(lw);
   /* rmsnorm / l2norm: short rows and long rows */
   int64_t sn1[3] = {3, 5, 48}, sw1[1] = {48}, sn2[2] = {7, 1000}, sw2[1] = {1000};
   m2_tensor *n1 = par_randn(3, sn1), *g1 = par_uniform(1, sw1, 0.5, 1.5);

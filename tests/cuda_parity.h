@@ -1,4 +1,5 @@
-/* cuda_parity.h — CPU-vs-CUDA parity harness for the tests/cuda_ops_*.c tests.
+/* cuda_parity.h — CPU-vs-CUDA parity harness for the tests/cuda_*.c tests (the per-op tests cuda_ops_*.c and the
+ * runner of the shared case table, cuda_op_cases.c), and the one start-up of every CUDA test (parity_init).
  *
  * A case is a function building an op's outputs from its inputs plus the CPU inputs (fresh random
  * F32 values; integer tensors as they are). For each dtype under test (F32, BF16) the float inputs
@@ -100,21 +101,24 @@ static inline void par_run_dtype(const par_case *pc, m2_dtype dt) {
         sg = m2_backward(yg[0], dyg);
         m2_release(dy); m2_release(dyr); m2_release(dyc); m2_release(dyg);
       } else {
+        bool okc = true, okg = true; /* every term made (a failed one must not shorten the loss) */
         for (int j = 0; j < nc; j++) {
           m2_rng r = m2_rng_make(par_seed++, 7);
           m2_tensor *dy = m2_randn(&r, M2_F32, M2_DEV_CPU, yc[j]->ndim, yc[j]->shape);
           m2_tensor *dyr = par_round(dy, dt);
           m2_tensor *dyc = m2_clone_raw(dyr, yc[j]->dtype, M2_DEV_CPU), *dyg = m2_clone_raw(dyr, yg[j]->dtype, par_gpu);
           m2_tensor *pcj = m2_mul(yc[j], dyc), *pgj = m2_mul(yg[j], dyg);
-          m2_tensor *scj = m2_sum_all(pcj), *sgj = m2_sum_all(pgj);
-          m2_tensor *nlc = lc ? m2_add(lc, scj) : (m2_retain(scj), scj), *nlg = lg ? m2_add(lg, sgj) : (m2_retain(sgj), sgj);
+          m2_tensor *scj = pcj ? m2_sum_all(pcj) : NULL, *sgj = pgj ? m2_sum_all(pgj) : NULL;
+          m2_tensor *nlc = !scj ? NULL : lc ? m2_add(lc, scj) : (m2_retain(scj), scj);
+          m2_tensor *nlg = !sgj ? NULL : lg ? m2_add(lg, sgj) : (m2_retain(sgj), sgj);
+          okc &= nlc != NULL, okg &= nlg != NULL;
           m2_release(lc); m2_release(lg);
           lc = nlc; lg = nlg;
           m2_release(dy); m2_release(dyr); m2_release(dyc); m2_release(dyg);
           m2_release(pcj); m2_release(pgj); m2_release(scj); m2_release(sgj);
         }
-        sc = lc ? m2_backward(lc, NULL) : M2_ERR_VALUE;
-        sg = lg ? m2_backward(lg, NULL) : M2_ERR_VALUE;
+        sc = okc && lc ? m2_backward(lc, NULL) : M2_ERR_VALUE;
+        sg = okg && lg ? m2_backward(lg, NULL) : M2_ERR_VALUE;
       }
       CHECK(sc == M2_OK, "%s %s: cpu backward failed", pc->name, dn);
       CHECK(sg == M2_OK, "%s %s: cuda backward failed", pc->name, dn);
@@ -186,12 +190,21 @@ static inline int par_finish(const char *name) {
   return check_finish(name);
 }
 
-#define PAR_SKIP_WITHOUT_GPU(name)                                \
-  do {                                                            \
-    if (m2test_cuda_devices() == 0) {                            \
-      printf("%s: no CUDA device, skipped\n", name);              \
-      return 77;                                                  \
-    }                                                             \
+/* The start of every CUDA test, the one place that sets the CUDA backend up for the tests: 0 when a CUDA device
+ * is there, else 77 (CTest's "skipped") after saying so under the test's name. */
+static inline int parity_init(const char *name) {
+  if (m2test_cuda_devices() == 0) {
+    printf("%s: no CUDA device, skipped\n", name);
+    return 77;
+  }
+  return 0;
+}
+
+/* In main: return 77 from the test unless parity_init finds a device. */
+#define PAR_SKIP_WITHOUT_GPU(name)          \
+  do {                                      \
+    int par_rc_ = parity_init(name);        \
+    if (par_rc_) return par_rc_;            \
   } while (0)
 
 #endif

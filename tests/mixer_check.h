@@ -1,4 +1,4 @@
-/* mixer_check.h — the checks tests/test_gdn.c and tests/test_ssd.c share. Both ops take six inputs (h0 last,
+/* mixer_check.h — the checks tests/test_ops_gdn.c and tests/test_ops_ssd.c share. Both ops take six inputs (h0 last,
  * may be NULL) and give y and hT, with a recurrent and a chunked row; written once here against an mx_op that
  * says how to call one of them: forward vs the test's naive loop, chunked == recurrent (values and all
  * gradients), gradcheck, F32 vs F64 gradients, timings. The loss L = sum(y * w1) + sum(hT * w2) feeds both

@@ -1,7 +1,7 @@
-/* test_ssd.c — Mamba-2 SSD: recurrent op vs a naive loop, chunked == recurrent (values and
+/* test_ops_ssd.c — Mamba-2 SSD: recurrent op vs a naive loop, chunked == recurrent (values and
  * gradients, T not a multiple of the chunk, small chunks), gradcheck of every input incl. h0 and
  * groups G < H, F32, shape/dtype errors, timings at a training-loop size. The checks shared with
- * test_gdn.c live in mixer_check.h; the inputs, the naive loop and the SSD-only cases are here. */
+ * test_ops_gdn.c live in mixer_check.h; the inputs, the naive loop and the SSD-only cases are here. */
 #include "mixer_check.h"
 
 enum { X, DT, A, BM, CM, H0 };
@@ -144,5 +144,5 @@ int main(void) {
 
   CHECK(m2_live_nodes() == 0, "nodes leaked: %ld", m2_live_nodes());
   CHECK(m2_live_tensors() == 0, "tensors leaked: %ld", m2_live_tensors());
-  return check_finish("test_ssd");
+  return check_finish("test_ops_ssd");
 }

@@ -1,4 +1,4 @@
-/* test_m2rnn.c — the M2RNN recurrence op (DESIGN 3.1):
+/* test_ops_m2rnn.c — the M2RNN recurrence op (DESIGN 3.1):
  *   forward vs plain loops (F64 and F32, head sharing, h0, T across checkpoint boundaries,
  *   T = 1, B = 1, T = 0); gradient checks in F64 of every input; the clipped backward vs a
  *   plain-loop backward; the backward vs autograd through the per-step form built from
@@ -509,5 +509,5 @@ int main(void) {
 
   CHECK(m2_live_nodes() == 0, "nodes leaked: %ld", m2_live_nodes());
   CHECK(m2_live_tensors() == 0, "tensors leaked: %ld", m2_live_tensors());
-  return check_finish("test_m2rnn");
+  return check_finish("test_ops_m2rnn");
 }

@@ -1,7 +1,7 @@
-/* test_gdn.c — Gated DeltaNet: recurrent op vs a naive loop, chunked == recurrent (values and
+/* test_ops_gdn.c — Gated DeltaNet: recurrent op vs a naive loop, chunked == recurrent (values and
  * gradients, T not a multiple of the chunk, small chunks), gradcheck of every input incl. h0,
  * beta in (0, 2), F32, shape/dtype errors, timings at a training-loop size. The checks shared with
- * test_ssd.c live in mixer_check.h; the inputs, the naive loop and the GDN-only cases are here. */
+ * test_ops_ssd.c live in mixer_check.h; the inputs, the naive loop and the GDN-only cases are here. */
 #include "mixer_check.h"
 
 enum { Q, KK, VV, G, BETA, H0 };
@@ -197,5 +197,5 @@ int main(void) {
 
   CHECK(m2_live_nodes() == 0, "nodes leaked: %ld", m2_live_nodes());
   CHECK(m2_live_tensors() == 0, "tensors leaked: %ld", m2_live_tensors());
-  return check_finish("test_gdn");
+  return check_finish("test_ops_gdn");
 }

@@ -1,23 +1,20 @@
-/* cuda_m2rnn.c — the fused M2RNN CUDA kernels (cuda/m2rnn.h) against the CPU reference op m2rnn
- * (core/ops_m2rnn.c, float64) on fresh random inputs: forward y, hT and every gradient (dq, dk, dv, dW,
- * df, dh0), both paths, head sharing, h0, active state-gradient clipping, T not a multiple of the chunk,
+/* cuda_ops_m2rnn.c — the fused M2RNN CUDA kernels (cuda/m2rnn.h) against the CPU reference op m2rnn
+ * (core/ops_m2rnn.c, float64, through m2_m2rnn) on fresh random inputs: forward y, hT and every gradient (dq, dk,
+ * dv, dW, df, dh0), both paths, head sharing, h0, active state-gradient clipping, T not a multiple of the chunk,
  * checkpoint intervals from 8 (no segment replay) to 64.
  * GPU inputs are bf16 (q, k, v, dy) / fp32 (W, f, h0, dhT); the reference gets the same rounded values.
  * Outputs are poisoned (NaN) before each run. Skips (exit 77) without a GPU. */
 #include <math.h>
 #include <string.h>
-#include "check.h"
-#include "cuda_init.h"
+#include "cuda_parity.h"
 
 #ifndef M2_HAVE_CUDA
 int main(void) {
-  printf("cuda_m2rnn: built without CUDA, skipped\n");
+  printf("cuda_ops_m2rnn: built without CUDA, skipped\n");
   return 77;
 }
 #else
 #include "../cuda/m2rnn.h"
-
-extern const m2_op m2_op_m2rnn;
 
 typedef struct tcase {
   const char *name;
@@ -114,6 +111,16 @@ static void compare(const m2_tensor *a, const m2_tensor *b, double *nrel, double
   free(y);
 }
 
+/* backward of L = <y, dy> + <hT, dhT> */
+static m2_status backward2(m2_tensor *y, m2_tensor *dy, m2_tensor *hT, m2_tensor *dhT) {
+  if (!y || !hT) return m2_errcode();
+  m2_tensor *p1 = m2_mul(y, dy), *p2 = m2_mul(hT, dhT), *s1 = p1 ? m2_sum_all(p1) : NULL,
+            *s2 = p2 ? m2_sum_all(p2) : NULL, *L = s1 && s2 ? m2_add(s1, s2) : NULL;
+  m2_status st = L ? m2_backward(L, NULL) : m2_errcode();
+  m2_release(p1), m2_release(p2), m2_release(s1), m2_release(s2), m2_release(L);
+  return st;
+}
+
 static void run_case(const tcase *tc, uint64_t seed) {
   m2_m2rnn_dims d = {tc->B, tc->T, tc->N, tc->K, tc->V, tc->Nq, tc->Nk, tc->Nv, tc->Nf, tc->Nw};
   m2_m2rnn_cuda_opts o = {tc->clip, tc->ck, tc->path, tc->tanh_mode, tc->hpb, tc->frows, tc->brows, tc->io32};
@@ -135,18 +142,16 @@ static void run_case(const tcase *tc, uint64_t seed) {
      W alone to bf16 moves the float64 reference's y by 9.5%, so no bf16 kernel could be compared with it. */
   for (int64_t i = 0; i < (int64_t)B * T * tc->Nf; i++) f[i] = (float)(0.05 + 0.94 / (1 + exp(-2 * f[i]))); /* (0.05, 0.99) */
 
-  /* reference: the CPU op in float64 */
+  /* reference: the CPU op in float64 through its public entry; the loss <y, dy> + <hT, dhT> hands its backward
+     exactly dy and dhT */
   m2_tensor *cin[6] = {cpu64(q, 4, sq), cpu64(k, 4, sk), cpu64(v, 4, sv), cpu64(W, 3, sw), cpu64(f, 3, sf),
                        tc->h0 ? cpu64(h0, 4, sh) : NULL};
-  m2_tensor *cdy = cpu64(dy, 4, sy), *cdhT = cpu64(dhT, 4, sh);
-  m2_opcall c;
-  m2_call_init(&c, &m2_op_m2rnn, 6, cin);
-  c.fa[0] = tc->clip;
-  CHECK_OK(m2_op_m2rnn.fwd(&c));
-  c.dout[0] = cdy;
-  c.dout[1] = cdhT;
-  for (int i = 0; i < 6; i++) c.needs_din[i] = cin[i] != NULL;
-  CHECK_OK(m2_op_m2rnn.bwd(&c));
+  m2_tensor *cdy = cpu64(dy, 4, sy), *cdhT = cpu64(dhT, 4, sh), *ry = NULL, *rhT = NULL;
+  for (int i = 0; i < 6; i++)
+    if (cin[i]) m2_requires_grad_(cin[i], true);
+  m2_m2rnn_opts ro = {tc->clip, 0};
+  CHECK_OK(m2_m2rnn(cin[0], cin[1], cin[2], cin[3], cin[4], cin[5], &ro, &ry, &rhT));
+  CHECK_OK(backward2(ry, cdy, rhT, cdhT));
 
   /* GPU */
   m2_tensor *gq = dev(q, io, 4, sq), *gk = dev(k, io, 4, sk), *gv = dev(v, io, 4, sv),
@@ -175,11 +180,14 @@ static void run_case(const tcase *tc, uint64_t seed) {
 
   const char *names[8] = {"y", "hT", "dq", "dk", "dv", "dW", "df", "dh0"};
   m2_tensor *got[8] = {y, hT, dq, dk, dv, dW, df, dh0};
-  m2_tensor *want[8] = {c.out[0], c.out[1], c.din[0], c.din[1], c.din[2], c.din[3], c.din[4], NULL};
-  if (tc->h0) want[7] = c.din[5]; /* without h0 the reference returns no dL/dH_0 */
+  m2_tensor *want[8] = {ry, rhT, cin[0]->grad, cin[1]->grad, cin[2]->grad, cin[3]->grad, cin[4]->grad, NULL};
+  if (tc->h0) want[7] = cin[5]->grad; /* without h0 the reference has no dL/dH_0 */
   printf("%-26s path %-7s", tc->name, path == M2_M2RNN_FAST ? "fast" : "general");
   for (int i = 0; i < 8; i++) {
-    if (!want[i]) continue;
+    if (!want[i]) {
+      CHECK(i == 7, "%s: the reference has no %s", tc->name, names[i]);
+      continue;
+    }
     double nrel, mrel;
     compare(got[i], want[i], &nrel, &mrel);
     printf(" %s %.1e/%.1e", names[i], nrel, mrel);
@@ -191,10 +199,8 @@ static void run_case(const tcase *tc, uint64_t seed) {
   compare(y2, y, &nr, &mr);
   CHECK(nr == 0, "%s: inference y differs from training y by %.3g", tc->name, nr);
 
-  c.dout[0] = c.dout[1] = NULL;
-  m2_call_clear(&c);
   for (int i = 0; i < 6; i++) m2_release(cin[i]);
-  m2_tensor *rel[] = {cdy, cdhT, gq, gk, gv, gW, gf, gh0, gdy, gdhT, y, y2, hT, ck, work, dq, dk, dv, dW, df, dh0};
+  m2_tensor *rel[] = {ry, rhT, cdy, cdhT, gq, gk, gv, gW, gf, gh0, gdy, gdhT, y, y2, hT, ck, work, dq, dk, dv, dW, df, dh0};
   for (size_t i = 0; i < sizeof rel / sizeof rel[0]; i++) m2_release(rel[i]);
   double *hb[] = {q, k, v, W, f, h0, dy, dhT};
   for (size_t i = 0; i < sizeof hb / sizeof hb[0]; i++) free(hb[i]);
@@ -220,8 +226,8 @@ int main(void) {
   f32io.path = M2_M2RNN_FAST;
   CHECK(m2_m2rnn_cuda_path(&paper, &f32io) == -1, "fp32 I/O refuses the fast path");
   CHECK(m2_m2rnn_ckpt_floats(&paper, NULL) == (size_t)8 * 84 * 64 * 64 * 16, "checkpoint size");
-  if (m2test_cuda_devices() == 0) {
-    printf("cuda_m2rnn: no CUDA device, skipped (%d argument checks, %d failed)\n", g_checks, g_failures);
+  if (parity_init("cuda_ops_m2rnn")) {
+    printf("cuda_ops_m2rnn: %d argument checks, %d failed\n", g_checks, g_failures);
     return g_failures ? 1 : 77;
   }
   m2_m2rnn_fwd_args none = {0};
@@ -229,6 +235,6 @@ int main(void) {
   for (size_t i = 0; i < sizeof CASES / sizeof CASES[0]; i++) run_case(&CASES[i], 100 + i);
   CHECK(m2_live_tensors() == 0, "leaked %ld tensors", m2_live_tensors());
   CHECK(m2_live_nodes() == 0, "leaked %ld nodes", m2_live_nodes());
-  return check_finish("cuda_m2rnn");
+  return check_finish("cuda_ops_m2rnn");
 }
 #endif /* M2_HAVE_CUDA */

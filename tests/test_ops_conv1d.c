@@ -1,4 +1,4 @@
-/* test_conv1d.c — depthwise causal conv1d: forward vs a plain-loop reference (F64, F32, with and
+/* test_ops_conv1d.c — depthwise causal conv1d: forward vs a plain-loop reference (F64, F32, with and
  * without bias, kernel longer than the sequence), gradient checks of x, w, bias, and errors. */
 #include "check.h"
 
@@ -128,5 +128,5 @@ int main(void) {
 
   CHECK(m2_live_nodes() == 0, "nodes leaked: %ld", m2_live_nodes());
   CHECK(m2_live_tensors() == 0, "tensors leaked: %ld", m2_live_tensors());
-  return check_finish("test_conv1d");
+  return check_finish("test_ops_conv1d");
 }

@@ -1,4 +1,4 @@
-/* test_attention.c — softmax attention (causal with S >= T and S < T, non-causal, GQA, custom
+/* test_ops_attention.c — softmax attention (causal with S >= T and S < T, non-causal, GQA, custom
  * scale, huge logits) and RoPE against naive loops; gradchecks of every input; F32; errors; timings. */
 #include "check.h"
 #include <string.h>
@@ -264,5 +264,5 @@ int main(void) {
 
   CHECK(m2_live_nodes() == 0, "nodes leaked: %ld", m2_live_nodes());
   CHECK(m2_live_tensors() == 0, "tensors leaked: %ld", m2_live_tensors());
-  return check_finish("test_attention");
+  return check_finish("test_ops_attention");
 }

@@ -1,0 +1,404 @@
+/* op_cases.c — the case table of tests/op_cases.h: at least one case per registered op, grouped like the op files
+ * (core/ops_view.c, ops_elementwise.c, ops_swiglu.c, ops_reduce.c, ops_matmul.c, ops_nn.c, ops_lmloss.c,
+ * ops_index.c, ops_conv1d.c, ops_m2rnn.c, ops_gdn.c, ops_ssd.c, ops_attention.c). Shapes are small: every float
+ * input element costs two forwards in the float64 gradient check. */
+#include "op_cases.h"
+#include <math.h>
+#include <string.h>
+
+/* ---------------- input makers ---------------- */
+
+/* (ndim, shape) of a literal shape: S(2, 3, 4) */
+#define S(...) (int)(sizeof((int64_t[]){__VA_ARGS__}) / sizeof(int64_t)), (int64_t[]){__VA_ARGS__}
+
+/* scale * N(0, 1), F64 */
+static m2_tensor *rn(m2_rng *r, int nd, const int64_t *shape, double scale) {
+  m2_tensor *t = m2_empty(M2_F64, M2_DEV_CPU, nd, shape);
+  if (t) m2_rng_normal_(r, t, 0, scale);
+  return t;
+}
+/* uniform in [lo, hi), F64 */
+static m2_tensor *un(m2_rng *r, int nd, const int64_t *shape, double lo, double hi) {
+  m2_tensor *t = m2_empty(M2_F64, M2_DEV_CPU, nd, shape);
+  if (t) m2_rng_uniform_(r, t, lo, hi);
+  return t;
+}
+/* integers uniform in [lo, hi) of dtype dt (I32, I64 or a float dtype); those below `keep` become -100 (ignored
+ * targets) */
+static m2_tensor *ints(m2_rng *r, m2_dtype dt, int nd, const int64_t *shape, int64_t lo, int64_t hi, int64_t keep) {
+  m2_tensor *t = m2_empty(dt, M2_DEV_CPU, nd, shape);
+  if (!t) return NULL;
+  int64_t n = m2_numel(t);
+  for (int64_t i = 0; i < n; i++) {
+    int64_t v = lo + m2_rng_randint(r, hi - lo);
+    m2_store(m2_data(t), dt, i, (double)(v < keep ? -100 : v));
+  }
+  return t;
+}
+/* every last-dim vector of an F64 tensor scaled to unit length (GDN's q and k come L2-normalised) */
+static m2_tensor *unit_rows(m2_tensor *t) {
+  if (!t) return NULL;
+  int64_t d = t->shape[t->ndim - 1], rows = d ? m2_numel(t) / d : 0;
+  double *x = m2_data(t);
+  for (int64_t r = 0; r < rows; r++) {
+    double s = 0;
+    for (int64_t i = 0; i < d; i++) s += x[r * d + i] * x[r * d + i];
+    for (int64_t i = 0; i < d; i++) x[r * d + i] /= sqrt(s + 1e-12);
+  }
+  return t;
+}
+
+static void add(oc_inputs *in, m2_tensor *t, bool grad) {
+  in->t[in->n] = t;
+  in->grad[in->n] = grad && t && m2_dtype_is_float(t->dtype);
+  in->n++;
+}
+
+/* one output from an expression giving a tensor */
+#define ONE(expr)                \
+  do {                           \
+    outs[0] = (expr);            \
+    return outs[0] ? 1 : -1;     \
+  } while (0)
+
+/* outs[0] = f(tmp), releasing tmp (a view or step before the op under test) */
+#define THEN(tmp, expr)                     \
+  do {                                      \
+    m2_tensor *tmp_ = (tmp);                \
+    outs[0] = tmp_ ? (expr) : NULL;         \
+    m2_release(tmp_);                       \
+    return outs[0] ? 1 : -1;                \
+  } while (0)
+
+/* ---------------- views and conversions (core/ops_view.c) ---------------- */
+
+static void mk_x234(m2_rng *r, oc_inputs *in) { add(in, rn(r, S(2, 3, 4), 1), true); }
+static void mk_x314(m2_rng *r, oc_inputs *in) { add(in, rn(r, S(3, 1, 4), 1), true); }
+
+static int run_contiguous(m2_tensor *const *in, m2_tensor **outs) {
+  THEN(m2_permute(in[0], (int[]){2, 0, 1}), m2_contiguous(tmp_));
+}
+static int run_reshape(m2_tensor *const *in, m2_tensor **outs) { ONE(m2_reshape(in[0], S(4, -1))); }
+static int run_reshape_strided(m2_tensor *const *in, m2_tensor **outs) {
+  THEN(m2_transpose(in[0], 0, 2), m2_reshape(tmp_, S(-1, 6)));
+}
+static int run_narrow(m2_tensor *const *in, m2_tensor **outs) { ONE(m2_narrow(in[0], 1, 1, 2)); }
+static int run_permute(m2_tensor *const *in, m2_tensor **outs) { ONE(m2_permute(in[0], (int[]){2, 0, 1})); }
+static int run_expand(m2_tensor *const *in, m2_tensor **outs) { ONE(m2_expand(in[0], S(2, 3, 5, 4))); }
+/* there and back through another float dtype (F64 -> F32, F32 -> BF16, BF16 -> F32): the op runs twice */
+static int run_to_dtype(m2_tensor *const *in, m2_tensor **outs) {
+  m2_dtype dt = in[0]->dtype, mid = dt == M2_F64 ? M2_F32 : dt == M2_F32 ? M2_BF16 : M2_F32;
+  THEN(m2_to_dtype(in[0], mid), m2_to_dtype(tmp_, dt));
+}
+/* to the CPU and back to the input's device: on a CUDA input both directions run */
+static int run_to_device(m2_tensor *const *in, m2_tensor **outs) {
+  THEN(m2_to_device(in[0], M2_DEV_CPU), m2_to_device(tmp_, in[0]->device));
+}
+
+/* ---------------- elementwise (core/ops_elementwise.c, ops_swiglu.c) ---------------- */
+
+static void mk_bin(m2_rng *r, oc_inputs *in) {
+  add(in, rn(r, S(2, 3, 4), 1), true);
+  add(in, rn(r, S(3, 1), 1), true); /* broadcast over the batch and the last dim */
+}
+static void mk_div(m2_rng *r, oc_inputs *in) {
+  add(in, rn(r, S(2, 3, 4), 1), true);
+  add(in, un(r, S(3, 1), 0.5, 2.0), true); /* away from 0 */
+}
+static void mk_x35(m2_rng *r, oc_inputs *in) { add(in, rn(r, S(3, 5), 1), true); }
+static void mk_pos35(m2_rng *r, oc_inputs *in) { add(in, un(r, S(3, 5), 0.2, 3.0), true); }
+static void mk_wide35(m2_rng *r, oc_inputs *in) { add(in, un(r, S(3, 5), -6, 6), true); }
+static void mk_swiglu(m2_rng *r, oc_inputs *in) {
+  add(in, un(r, S(3, 5), -4, 4), true);
+  add(in, rn(r, S(3, 5), 1), true);
+}
+
+static int run_add(m2_tensor *const *in, m2_tensor **outs) { ONE(m2_add(in[0], in[1])); }
+static int run_sub(m2_tensor *const *in, m2_tensor **outs) { ONE(m2_sub(in[0], in[1])); }
+static int run_mul(m2_tensor *const *in, m2_tensor **outs) { ONE(m2_mul(in[0], in[1])); }
+static int run_div(m2_tensor *const *in, m2_tensor **outs) { ONE(m2_div(in[0], in[1])); }
+static int run_scale(m2_tensor *const *in, m2_tensor **outs) { ONE(m2_scale(in[0], -1.75)); }
+static int run_add_scalar(m2_tensor *const *in, m2_tensor **outs) { ONE(m2_add_scalar(in[0], 0.625)); }
+static int run_neg(m2_tensor *const *in, m2_tensor **outs) { ONE(m2_neg(in[0])); }
+static int run_exp(m2_tensor *const *in, m2_tensor **outs) { ONE(m2_exp(in[0])); }
+static int run_log(m2_tensor *const *in, m2_tensor **outs) { ONE(m2_log(in[0])); }
+static int run_tanh(m2_tensor *const *in, m2_tensor **outs) { ONE(m2_tanh(in[0])); }
+static int run_sigmoid(m2_tensor *const *in, m2_tensor **outs) { ONE(m2_sigmoid(in[0])); }
+static int run_silu(m2_tensor *const *in, m2_tensor **outs) { ONE(m2_silu(in[0])); }
+static int run_swiglu(m2_tensor *const *in, m2_tensor **outs) { ONE(m2_swiglu(in[0], in[1])); }
+static int run_softplus(m2_tensor *const *in, m2_tensor **outs) { ONE(m2_softplus(in[0])); }
+static int run_relu(m2_tensor *const *in, m2_tensor **outs) { ONE(m2_relu(in[0])); }
+static int run_square(m2_tensor *const *in, m2_tensor **outs) { ONE(m2_square(in[0])); }
+static int run_sqrt(m2_tensor *const *in, m2_tensor **outs) { ONE(m2_sqrt(in[0])); }
+static int run_clamp(m2_tensor *const *in, m2_tensor **outs) { ONE(m2_clamp(in[0], -0.5, 0.75)); }
+
+/* ---------------- reductions, softmax, scans (core/ops_reduce.c) ---------------- */
+
+static void mk_x354(m2_rng *r, oc_inputs *in) { add(in, rn(r, S(3, 5, 4), 1), true); }
+/* small integers as floats, so that some elements are equal */
+static void mk_eq_floats(m2_rng *r, oc_inputs *in) {
+  add(in, ints(r, M2_F64, S(4, 5), 0, 3, 0), false);
+  add(in, ints(r, M2_F64, S(5), 0, 3, 0), false);
+}
+static void mk_eq_ints(m2_rng *r, oc_inputs *in) {
+  add(in, ints(r, M2_I64, S(4, 5), 0, 3, 0), false);
+  add(in, ints(r, M2_I32, S(5), 0, 3, 0), false);
+}
+
+static int run_sum(m2_tensor *const *in, m2_tensor **outs) { ONE(m2_sum(in[0], 1, false)); }
+static int run_mean(m2_tensor *const *in, m2_tensor **outs) { ONE(m2_mean(in[0], -1, true)); }
+static int run_max(m2_tensor *const *in, m2_tensor **outs) { ONE(m2_max(in[0], 0, false)); }
+static int run_sum_all(m2_tensor *const *in, m2_tensor **outs) { ONE(m2_sum_all(in[0])); }
+static int run_mean_all(m2_tensor *const *in, m2_tensor **outs) { ONE(m2_mean_all(in[0])); }
+static int run_max_all(m2_tensor *const *in, m2_tensor **outs) { ONE(m2_max_all(in[0])); }
+static int run_argmax(m2_tensor *const *in, m2_tensor **outs) { ONE(m2_argmax(in[0], 1, false)); }
+static int run_eq(m2_tensor *const *in, m2_tensor **outs) { ONE(m2_eq(in[0], in[1])); }
+static int run_softmax(m2_tensor *const *in, m2_tensor **outs) { ONE(m2_softmax(in[0], 1)); }
+static int run_log_softmax(m2_tensor *const *in, m2_tensor **outs) { ONE(m2_log_softmax(in[0], -1)); }
+static int run_cumsum(m2_tensor *const *in, m2_tensor **outs) { ONE(m2_cumsum(in[0], 1)); }
+
+/* ---------------- matrix products (core/ops_matmul.c) ---------------- */
+
+static void mk_mm(m2_rng *r, oc_inputs *in) {
+  add(in, rn(r, S(2, 3, 4), 1), true);
+  add(in, rn(r, S(2, 4, 5), 1), true);
+}
+static void mk_mm_tt(m2_rng *r, oc_inputs *in) {
+  add(in, rn(r, S(2, 4, 3), 1), true); /* a^T */
+  add(in, rn(r, S(5, 4), 1), true);    /* b^T, shared by the batch */
+}
+static int run_matmul(m2_tensor *const *in, m2_tensor **outs) { ONE(m2_matmul(in[0], in[1], false, false)); }
+static int run_matmul_tt(m2_tensor *const *in, m2_tensor **outs) { ONE(m2_matmul(in[0], in[1], true, true)); }
+
+/* ---------------- neural-net ops (core/ops_nn.c, ops_lmloss.c) ---------------- */
+
+static void mk_embedding(m2_rng *r, oc_inputs *in) {
+  add(in, rn(r, S(7, 4), 1), true);
+  add(in, ints(r, M2_I64, S(2, 5), 0, 7, 0), false); /* 10 ids of 7: some repeat */
+}
+static void mk_ce(m2_rng *r, oc_inputs *in) {
+  add(in, rn(r, S(3, 4, 6), 1), true);
+  add(in, ints(r, M2_I64, S(3, 4), -2, 6, 0), false); /* about one in four ignored (-100) */
+}
+static void mk_lce(m2_rng *r, oc_inputs *in) {
+  add(in, rn(r, S(2, 5, 3), 1), true);
+  add(in, rn(r, S(7, 3), 1), true);
+  add(in, ints(r, M2_I64, S(2, 5), -2, 7, 0), false);
+}
+static void mk_rmsnorm(m2_rng *r, oc_inputs *in) {
+  add(in, rn(r, S(3, 5), 1), true);
+  add(in, un(r, S(5), 0.5, 1.5), true);
+}
+
+static int run_embedding(m2_tensor *const *in, m2_tensor **outs) { ONE(m2_embedding(in[0], in[1])); }
+static int run_ce(m2_tensor *const *in, m2_tensor **outs) { ONE(m2_cross_entropy(in[0], in[1], -100)); }
+/* chunks of 4 rows: 10 rows make 3 chunks, the last short */
+static int run_lce(m2_tensor *const *in, m2_tensor **outs) {
+  ONE(m2_linear_cross_entropy(in[0], in[1], in[2], -100, 4));
+}
+static int run_rmsnorm(m2_tensor *const *in, m2_tensor **outs) { ONE(m2_rmsnorm(in[0], in[1], 1e-5)); }
+static int run_rmsnorm_nw(m2_tensor *const *in, m2_tensor **outs) { ONE(m2_rmsnorm(in[0], NULL, 1e-5)); }
+static int run_l2norm(m2_tensor *const *in, m2_tensor **outs) { ONE(m2_l2norm(in[0], 1e-6)); }
+
+/* ---------------- indexing and joining (core/ops_index.c) ---------------- */
+
+static void mk_concat(m2_rng *r, oc_inputs *in) {
+  add(in, rn(r, S(2, 3, 4), 1), true);
+  add(in, rn(r, S(2, 1, 4), 1), true);
+  add(in, rn(r, S(2, 2, 4), 1), true);
+}
+static void mk_split(m2_rng *r, oc_inputs *in) { add(in, rn(r, S(3, 7, 2), 1), true); }
+static void mk_gather(m2_rng *r, oc_inputs *in) {
+  add(in, rn(r, S(3, 5, 4), 1), true);
+  add(in, ints(r, M2_I64, S(3, 6, 4), 0, 5, 0), false);
+}
+static void mk_index_select(m2_rng *r, oc_inputs *in) {
+  add(in, rn(r, S(3, 5, 4), 1), true);
+  add(in, ints(r, M2_I64, S(7), 0, 5, 0), false); /* repeats accumulate */
+}
+
+static int run_concat(m2_tensor *const *in, m2_tensor **outs) { ONE(m2_concat(3, in, 1)); }
+static int run_split(m2_tensor *const *in, m2_tensor **outs) {
+  return m2_split(in[0], 1, 3, (int64_t[]){2, 4, 1}, outs) == M2_OK ? 3 : -1;
+}
+static int run_gather(m2_tensor *const *in, m2_tensor **outs) { ONE(m2_gather(in[0], 1, in[1])); }
+static int run_index_select(m2_tensor *const *in, m2_tensor **outs) { ONE(m2_index_select(in[0], 1, in[1])); }
+
+/* ---------------- sequence mixers (core/ops_conv1d.c, ops_m2rnn.c, ops_gdn.c, ops_ssd.c, ops_attention.c) ------ */
+
+static void mk_conv1d(m2_rng *r, oc_inputs *in) {
+  add(in, rn(r, S(2, 6, 3), 1), true);
+  add(in, rn(r, S(3, 4), 1), true);
+  add(in, rn(r, S(3), 1), true);
+}
+static int run_conv1d(m2_tensor *const *in, m2_tensor **outs) { ONE(m2_conv1d_causal(in[0], in[1], in[2])); }
+
+/* B 2, T 5, K 3, V 2; Nq = Nk = 1, Nv = Nf = Nw = N = 2 (head sharing); h0 given; f in (0.05, 0.95) */
+static void mk_m2rnn(m2_rng *r, oc_inputs *in) {
+  add(in, rn(r, S(2, 5, 1, 3), 0.5), true);
+  add(in, rn(r, S(2, 5, 1, 3), 0.5), true);
+  add(in, rn(r, S(2, 5, 2, 2), 1.0), true);
+  add(in, rn(r, S(2, 2, 2), 0.4), true);
+  add(in, un(r, S(2, 5, 2), 0.05, 0.95), true);
+  add(in, rn(r, S(2, 2, 3, 2), 0.5), true);
+}
+static int m2rnn_with(m2_tensor *const *in, m2_tensor **outs, double clip) {
+  m2_m2rnn_opts o = {.grad_clip = clip};
+  return m2_m2rnn(in[0], in[1], in[2], in[3], in[4], in[5], &o, &outs[0], &outs[1]) == M2_OK ? 2 : -1;
+}
+static int run_m2rnn(m2_tensor *const *in, m2_tensor **outs) { return m2rnn_with(in, outs, 0); }
+static int run_m2rnn_clip(m2_tensor *const *in, m2_tensor **outs) { return m2rnn_with(in, outs, 0.05); }
+
+/* B 2, T 7, H 2, K 3, V 2; q, k unit rows; log-decay g in (-0.6, -0.01), beta in (0.05, 1.95); h0 given */
+static void mk_gdn(m2_rng *r, oc_inputs *in) {
+  add(in, unit_rows(rn(r, S(2, 7, 2, 3), 1)), true);
+  add(in, unit_rows(rn(r, S(2, 7, 2, 3), 1)), true);
+  add(in, rn(r, S(2, 7, 2, 2), 0.7), true);
+  add(in, un(r, S(2, 7, 2), -0.6, -0.01), true);
+  add(in, un(r, S(2, 7, 2), 0.05, 1.95), true);
+  add(in, rn(r, S(2, 2, 3, 2), 0.5), true);
+}
+/* chunk 3 over T 7: three chunks (checkpoint segments of the recurrent row), the last short */
+static int run_gdn(m2_tensor *const *in, m2_tensor **outs) {
+  m2_gdn_opts o = {.chunk = 3};
+  return m2_gdn(in[0], in[1], in[2], in[3], in[4], in[5], &o, &outs[0], &outs[1]) == M2_OK ? 2 : -1;
+}
+static int run_gdn_chunked(m2_tensor *const *in, m2_tensor **outs) {
+  m2_gdn_opts o = {.chunk = 3};
+  return m2_gdn_chunked(in[0], in[1], in[2], in[3], in[4], in[5], &o, &outs[0], &outs[1]) == M2_OK ? 2 : -1;
+}
+
+/* B 2, T 7, H 2, P 2, G 1 (< H), N 3; dt in (0.01, 0.4), A in (-1.5, -0.1); h0 given */
+static void mk_ssd(m2_rng *r, oc_inputs *in) {
+  add(in, rn(r, S(2, 7, 2, 2), 1), true);
+  add(in, un(r, S(2, 7, 2), 0.01, 0.4), true);
+  add(in, un(r, S(2), -1.5, -0.1), true);
+  add(in, rn(r, S(2, 7, 1, 3), 0.5), true);
+  add(in, rn(r, S(2, 7, 1, 3), 0.5), true);
+  add(in, rn(r, S(2, 2, 2, 3), 0.5), true);
+}
+static int run_ssd(m2_tensor *const *in, m2_tensor **outs) {
+  m2_ssd_opts o = {.chunk = 3};
+  return m2_ssd(in[0], in[1], in[2], in[3], in[4], in[5], &o, &outs[0], &outs[1]) == M2_OK ? 2 : -1;
+}
+static int run_ssd_chunked(m2_tensor *const *in, m2_tensor **outs) {
+  m2_ssd_opts o = {.chunk = 3};
+  return m2_ssd_chunked(in[0], in[1], in[2], in[3], in[4], in[5], &o, &outs[0], &outs[1]) == M2_OK ? 2 : -1;
+}
+
+/* q (1, 4, 2, 3), k and v (1, 5, 1, 3): grouped heads, S > T */
+static void mk_attention(m2_rng *r, oc_inputs *in) {
+  add(in, rn(r, S(1, 4, 2, 3), 1), true);
+  add(in, rn(r, S(1, 5, 1, 3), 1), true);
+  add(in, rn(r, S(1, 5, 1, 3), 1), true);
+}
+static int run_attention(m2_tensor *const *in, m2_tensor **outs) {
+  m2_attention_opts o = {.causal = true};
+  ONE(m2_attention(in[0], in[1], in[2], &o));
+}
+static int run_attention_full(m2_tensor *const *in, m2_tensor **outs) {
+  m2_attention_opts o = {.scale = 0.8, .causal = false};
+  ONE(m2_attention(in[0], in[1], in[2], &o));
+}
+static void mk_rope(m2_rng *r, oc_inputs *in) { add(in, rn(r, S(1, 3, 2, 4), 1), true); }
+static int run_rope(m2_tensor *const *in, m2_tensor **outs) { ONE(m2_rope(in[0], 10000, 5)); }
+
+/* ---------------- the table ---------------- */
+
+/* parity bounds: binary ops' bf16 backwards round every intermediate (cuda_ops_elementwise.c); the mixers compute
+   long chains (tests/cuda_mixer_parity.h's bounds) */
+#define BIN_BOUNDS .btol = {0, 2e-2}
+#define MIX_BOUNDS .tol = {1e-4, 2e-2}, .btol = {1e-4, 2e-2}
+/* a gradient through f32 rounding: a step that dwarfs it */
+#define THROUGH_F32 .gc = {.eps = 1e-2, .atol = 1e-5, .rtol = 1e-4}
+
+const op_case oc_cases[] = {
+    /* views and conversions */
+    {"contiguous", "of a permuted view", mk_x234, run_contiguous},
+    {"reshape", "view of a contiguous tensor, -1", mk_x234, run_reshape},
+    {"reshape", "copy of a transposed view", mk_x234, run_reshape_strided},
+    {"narrow", "dim 1", mk_x234, run_narrow},
+    {"permute", "(2, 0, 1)", mk_x234, run_permute},
+    {"expand", "(3, 1, 4) to (2, 3, 5, 4)", mk_x314, run_expand},
+    {"to_dtype", "there and back", mk_x234, run_to_dtype, 0, THROUGH_F32},
+    {"to_device", "to the cpu and back", mk_x234, run_to_device, OC_TWO_DEVICES},
+    /* elementwise */
+    {"add", "broadcast (2, 3, 4) + (3, 1)", mk_bin, run_add, 0, BIN_BOUNDS},
+    {"sub", "broadcast (2, 3, 4) - (3, 1)", mk_bin, run_sub, 0, BIN_BOUNDS},
+    {"mul", "broadcast (2, 3, 4) * (3, 1)", mk_bin, run_mul, 0, BIN_BOUNDS},
+    {"div", "broadcast, denominator in [0.5, 2)", mk_div, run_div, 0, BIN_BOUNDS},
+    {"scale", "by -1.75", mk_x35, run_scale},
+    {"add_scalar", "+ 0.625", mk_x35, run_add_scalar},
+    {"neg", "", mk_x35, run_neg},
+    {"exp", "", mk_x35, run_exp},
+    {"log", "of [0.2, 3)", mk_pos35, run_log},
+    {"tanh", "", mk_x35, run_tanh},
+    {"sigmoid", "", mk_wide35, run_sigmoid},
+    {"silu", "", mk_wide35, run_silu},
+    {"swiglu", "a in [-4, 4)", mk_swiglu, run_swiglu},
+    {"softplus", "", mk_wide35, run_softplus},
+    {"relu", "", mk_x35, run_relu},
+    {"square", "", mk_x35, run_square},
+    {"sqrt", "of [0.2, 3)", mk_pos35, run_sqrt},
+    {"clamp", "to [-0.5, 0.75]", mk_x35, run_clamp},
+    /* reductions, softmax, scans */
+    {"sum", "dim 1", mk_x354, run_sum},
+    {"mean", "dim -1, keepdim", mk_x354, run_mean},
+    {"max", "dim 0", mk_x354, run_max},
+    {"sum_all", "", mk_x354, run_sum_all},
+    {"mean_all", "", mk_x354, run_mean_all},
+    {"max_all", "", mk_x354, run_max_all},
+    {"argmax", "dim 1", mk_x354, run_argmax, OC_FWD_ONLY},
+    {"eq", "floats, broadcast", mk_eq_floats, run_eq, OC_FWD_ONLY},
+    {"eq", "i64 with i32, broadcast", mk_eq_ints, run_eq, OC_FWD_ONLY | OC_NO_BF16},
+    {"softmax", "dim 1", mk_x354, run_softmax},
+    {"log_softmax", "dim -1", mk_x354, run_log_softmax},
+    {"cumsum", "dim 1", mk_x354, run_cumsum, 0, .tol = {0, 2e-2}, .btol = {0, 2e-2}},
+    /* matrix products */
+    {"matmul", "batched", mk_mm, run_matmul},
+    {"matmul", "a and b transposed, b shared", mk_mm_tt, run_matmul_tt},
+    /* neural-net ops */
+    {"embedding", "repeated ids", mk_embedding, run_embedding},
+    {"cross_entropy", "some targets ignored", mk_ce, run_ce},
+    {"linear_cross_entropy", "chunks of 4 rows, some ignored", mk_lce, run_lce},
+    {"rmsnorm", "with weight", mk_rmsnorm, run_rmsnorm},
+    {"rmsnorm", "without weight", mk_x35, run_rmsnorm_nw},
+    {"l2norm", "", mk_x35, run_l2norm},
+    /* indexing and joining */
+    {"concat", "three inputs, dim 1", mk_concat, run_concat},
+    {"split", "three pieces, dim 1", mk_split, run_split},
+    {"gather", "dim 1", mk_gather, run_gather},
+    {"index_select", "dim 1, repeated indices", mk_index_select, run_index_select},
+    /* sequence mixers */
+    {"conv1d_causal", "W 4, bias", mk_conv1d, run_conv1d},
+    {"m2rnn", "head sharing, h0", mk_m2rnn, run_m2rnn, 0, MIX_BOUNDS},
+    {"m2rnn", "state-gradient clipping 0.05", mk_m2rnn, run_m2rnn_clip, OC_PARITY_ONLY, MIX_BOUNDS},
+    {"gdn", "h0, checkpoints every 3 steps", mk_gdn, run_gdn, 0, MIX_BOUNDS},
+    {"gdn_chunked", "h0, chunks of 3", mk_gdn, run_gdn_chunked, 0, MIX_BOUNDS},
+    {"ssd", "G < H, h0, checkpoints every 3 steps", mk_ssd, run_ssd, 0, MIX_BOUNDS},
+    {"ssd_chunked", "G < H, h0, chunks of 3", mk_ssd, run_ssd_chunked, 0, MIX_BOUNDS},
+    {"attention", "causal, grouped heads, S > T", mk_attention, run_attention, 0, MIX_BOUNDS},
+    {"attention", "full, scale 0.8", mk_attention, run_attention_full, 0, MIX_BOUNDS},
+    {"rope", "offset 5", mk_rope, run_rope},
+};
+const int oc_ncases = (int)(sizeof oc_cases / sizeof oc_cases[0]);
+
+int oc_count(const char *op) {
+  int n = 0;
+  for (int i = 0; i < oc_ncases; i++) n += strcmp(oc_cases[i].op, op) == 0;
+  return n;
+}
+
+void oc_make(const op_case *c, uint64_t seed, oc_inputs *in) {
+  memset(in, 0, sizeof *in);
+  m2_rng r = m2_rng_make(seed, (uint64_t)(c - oc_cases));
+  c->make(&r, in);
+}
+
+void oc_release(oc_inputs *in) {
+  for (int i = 0; i < in->n; i++) {
+    m2_release(in->t[i]);
+    in->t[i] = NULL;
+  }
+  in->n = 0;
+}
