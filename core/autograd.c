@@ -48,6 +48,7 @@ m2_status m2_record(m2_opcall *c, m2_tensor **outs) {
   m2_node *n = calloc(1, sizeof *n);
   if (!n) return m2_fail(M2_ERR_OOM, "out of host memory for a tape node");
   g_live_nodes++;
+  n->head.release = m2_node_release;
   n->seq = ++g_seq;
   n->call = *c;
   n->n_out = c->n_out;

@@ -15,6 +15,7 @@ extern "C" {
 #endif
 
 typedef struct m2_node {
+  m2_node_head head;           /* first member: what a tensor sees of the node (head.release = m2_node_release) */
   int refcount;
   uint64_t seq;                /* creation order: the tape position */
   m2_opcall call;              /* inputs retained; outputs aliased only for KEEP_OUTPUTS */
@@ -46,9 +47,8 @@ m2_status m2_backward(m2_tensor *root, m2_tensor *grad);
 m2_status m2_record(m2_opcall *c, m2_tensor **outs);
 void m2_node_retain(m2_node *n);
 void m2_node_release(m2_node *n);
-/* Number of live nodes (for leak tests). */
+/* Number of live nodes (for leak tests; m2_live_tensors is in tensor.h). */
 long m2_live_nodes(void);
-long m2_live_tensors(void);
 
 #ifdef __cplusplus
 }
