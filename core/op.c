@@ -147,24 +147,3 @@ void m2_broadcast_strides(int n, const int64_t *s, int nout, const int64_t *sout
     stride[i] = (j >= 0 && s[j] == sout[i]) ? st[j] : 0;
   }
 }
-
-m2_tensor *m2_sum_to_shape(m2_tensor *g, int ndim, const int64_t *shape) {
-  m2_tensor *cur = g;
-  m2_retain(cur);
-  /* sum away extra leading dims */
-  while (cur->ndim > ndim) {
-    m2_tensor *nx = m2_sum(cur, 0, false);
-    m2_release(cur);
-    if (!nx) return NULL;
-    cur = nx;
-  }
-  for (int d = 0; d < ndim; d++) {
-    if (shape[d] == 1 && cur->shape[d] != 1) {
-      m2_tensor *nx = m2_sum(cur, d, true);
-      m2_release(cur);
-      if (!nx) return NULL;
-      cur = nx;
-    }
-  }
-  return cur;
-}

@@ -124,8 +124,6 @@ m2_status m2_broadcast_shapes(int na, const int64_t *sa, int nb, const int64_t *
 /* Strides (elements) to read a contiguous tensor of shape (n, s) as if broadcast to
  * shape (nout, sout): 0 on broadcast dimensions. */
 void m2_broadcast_strides(int n, const int64_t *s, int nout, const int64_t *sout, int64_t *stride);
-/* Sum g (shape of a broadcast result) down to `shape` (undo broadcasting). New ref. */
-m2_tensor *m2_sum_to_shape(m2_tensor *g, int ndim, const int64_t *shape);
 
 #ifdef __cplusplus
 }

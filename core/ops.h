@@ -51,6 +51,9 @@ m2_tensor *m2_eq(m2_tensor *a, m2_tensor *b);            /* F32 0/1, broadcastin
 m2_tensor *m2_softmax(m2_tensor *x, int dim);
 m2_tensor *m2_log_softmax(m2_tensor *x, int dim);
 m2_tensor *m2_cumsum(m2_tensor *x, int dim);
+/* Sum g (the shape of a broadcast result) down to `shape`: undoes broadcasting, for the backward of broadcasting
+ * ops (binary elementwise ops, expand). */
+m2_tensor *m2_sum_to_shape(m2_tensor *g, int ndim, const int64_t *shape);
 
 /* ---- matrix products (core/ops_matmul.c, CBLAS) ---- */
 /* a (..., M, K) (or (..., K, M) if ta), b (..., K, N) (or (..., N, K) if tb) -> (..., M, N).
