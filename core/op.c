@@ -1,7 +1,7 @@
-/* op.c — op dispatch (device choice, contiguity, recording on the tape) and helpers for ops. */
+/* op.c — op dispatch (device choice, contiguity, recording on the tape), the contiguous op that the dispatcher
+ * runs on strided inputs, the registry lookup and helpers for ops. Below every op: it calls none of them. */
 #include "op.h"
 #include "autograd.h"
-#include "ops.h"
 #include "profile.h"
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,6 +29,30 @@ void m2_call_clear(m2_opcall *c) {
 m2_op_fn m2_op_kernel(const m2_op *op, m2_device dev, bool bwd) {
   if (dev.type == M2_CUDA) return bwd ? op->cuda_bwd : op->cuda_fwd;
   return bwd ? op->cpu_bwd : op->cpu_fwd;
+}
+
+/* ---- contiguous: in (any) -> out (contiguous copy); the gradient passes through ----
+ * The dispatcher's own op (it copies strided inputs with it, recorded so that gradients flow through the copy), so
+ * it lives here rather than with the views. Both kernels are device-independent (m2_clone_raw copies on the
+ * tensor's device). */
+static m2_status contiguous_fwd(m2_opcall *c) {
+  c->n_out = 1;
+  c->out[0] = m2_clone_raw(c->in[0], c->in[0]->dtype, c->in[0]->device);
+  return c->out[0] ? M2_OK : m2_errcode();
+}
+static m2_status pass_bwd(m2_opcall *c) {
+  m2_retain(c->dout[0]);
+  c->din[0] = c->dout[0];
+  return M2_OK;
+}
+const m2_op m2_op_contiguous = {"contiguous", contiguous_fwd, pass_bwd, M2_CUDA(contiguous_fwd), M2_CUDA(pass_bwd),
+                                M2_OP_VIEW};
+
+m2_tensor *m2_contiguous(m2_tensor *x) {
+  if (m2_is_contiguous(x)) { m2_retain(x); return x; }
+  m2_opcall c;
+  m2_call_init(&c, &m2_op_contiguous, 1, &x);
+  return m2_call1(&c);
 }
 
 m2_status m2_call_run(m2_opcall *c, m2_tensor **outs) {

@@ -87,6 +87,9 @@ void m2_call_init(m2_opcall *c, const m2_op *op, int n_in, m2_tensor *const *in)
 m2_tensor *m2_call1(m2_opcall *c);
 /* Same, but hands all outputs back in outs[0..n_out) (new refs). */
 m2_status m2_call_run(m2_opcall *c, m2_tensor **outs);
+/* x itself (new ref) if already contiguous, else a contiguous copy through the "contiguous" op (recorded, so the
+ * gradient flows through it); the dispatcher's own op, which makes strided inputs contiguous. */
+m2_tensor *m2_contiguous(m2_tensor *x);
 /* Copy the op's checked attribute struct into the call (n <= M2_MAX_ATTR; checked at compile time by
  * M2_SET_ATTR). */
 static inline void m2_call_set_attr(m2_opcall *c, const void *attr, size_t n) { memcpy(c->attr, attr, n); }

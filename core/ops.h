@@ -9,8 +9,7 @@
 extern "C" {
 #endif
 
-/* ---- views and copies (core/ops_view.c) ---- */
-m2_tensor *m2_contiguous(m2_tensor *x);                  /* same tensor (new ref) if already contiguous */
+/* ---- views and copies (core/ops_view.c; m2_contiguous is in op.h) ---- */
 m2_tensor *m2_reshape(m2_tensor *x, int ndim, const int64_t *shape); /* one -1 allowed; copies if needed */
 m2_tensor *m2_narrow(m2_tensor *x, int dim, int64_t start, int64_t len); /* view */
 m2_tensor *m2_transpose(m2_tensor *x, int d0, int d1);   /* view */
