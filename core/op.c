@@ -1,5 +1,6 @@
 /* op.c — op dispatch (device choice, contiguity, recording on the tape), the contiguous op that the dispatcher
- * runs on strided inputs, the registry lookup and helpers for ops. Below every op: it calls none of them. */
+ * runs on strided inputs, and helpers for ops. Below every op: it calls none of them (the registry that lists them
+ * all is op_table.c). */
 #include "op.h"
 #include "autograd.h"
 #include "profile.h"
@@ -123,12 +124,6 @@ m2_tensor *m2_call1(m2_opcall *c) {
   if (m2_call_run(c, outs) != M2_OK) return NULL;
   for (int i = 1; i < M2_MAX_OUT; i++) m2_release(outs[i]);
   return outs[0];
-}
-
-const m2_op *m2_op_find(const char *name) {
-  for (const m2_op *const *p = m2_op_list(); *p; p++)
-    if (strcmp((*p)->name, name) == 0) return *p;
-  return NULL;
 }
 
 /* ---------------- helpers for implementations ---------------- */

@@ -110,7 +110,7 @@ void m2_call_clear(m2_opcall *c);
 m2_op_fn m2_op_kernel(const m2_op *op, m2_device dev, bool bwd);
 
 /* ---- registry ---- */
-/* All registered ops, NULL-terminated (the table lives in core/op_table.c). */
+/* All registered ops, NULL-terminated, and the lookup by name (both in core/op_table.c). */
 const m2_op *const *m2_op_list(void);
 const m2_op *m2_op_find(const char *name);
 
