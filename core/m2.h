@@ -12,7 +12,7 @@
 #include "gradcheck.h"
 #include "ops_mixers.h"
 #include "optim.h"
-#include "runfile.h"
+#include "runfile/runfile.h"
 #include "data_groups.h"
 #include "profile.h"
 #endif

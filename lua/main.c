@@ -10,7 +10,7 @@
 #include <stdio.h>
 #include <string.h>
 #include "host.h"
-#include "runfile_sweep.h"
+#include "runfile/runfile_sweep.h"
 
 static int cmd_run(const m2host_cmd *c, int argc, char **argv);
 /* inspect: C only, no Lua state: nothing from the file is executed */

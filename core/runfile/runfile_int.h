@@ -1,4 +1,4 @@
-/* runfile_int.h — internals shared by runfile*.c and inspect.c: the m2_run struct, the
+/* runfile_int.h — internals shared by the run-file code (core/runfile/runfile*.c): the m2_run struct, the
  * HDF5 check macro, attribute/type helpers. Not part of the public API. */
 #ifndef M2_RUNFILE_INT_H
 #define M2_RUNFILE_INT_H
@@ -134,7 +134,7 @@ struct m2_run {
  *   runfile_writer.c   APPEND <-> EXCLUSIVE switches, journaled flushes, fsync, m2_run_flush
  *   runfile_metrics.c, runfile_ckpt.c   metric series and checkpoints (runfile.h's calls)
  *   runfile.c          open, close, root attributes
- *   inspect.c, runfile_sweep.c   a run's summary; sweep index files */
+ *   runfile_inspect.c, runfile_sweep.c   a run's summary (m2_inspect); sweep index files */
 
 /* Writer state switches (runfile_writer.c) */
 m2_status m2_rf_to_exclusive(m2_run *r);
