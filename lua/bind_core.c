@@ -239,10 +239,14 @@ static int l_where(lua_State *L) {
 }
 
 /* m2.interrupted() -> true after Ctrl-C / SIGTERM. Calling it tells the host that the script
- * polls: the first signal then no longer stops the script by itself (a second one does). */
+ * polls: the first signal then no longer stops the script by itself (a second one does). The
+ * host's state comes from the registry (bind.h, M2LUA_INTERRUPT_KEY). */
 static int l_interrupted(lua_State *L) {
-  m2lua_set_polling();
-  lua_pushboolean(L, m2lua_interrupted());
+  lua_getfield(L, LUA_REGISTRYINDEX, M2LUA_INTERRUPT_KEY);
+  m2lua_interrupt *in = lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  if (in) in->polling = 1;
+  lua_pushboolean(L, in && in->signals > 0);
   return 1;
 }
 
