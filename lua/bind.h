@@ -13,7 +13,7 @@
  *
  * Adding a binding area: write lua/bind_<area>.c with `void m2lua_open_<area>(lua_State *L)`
  * that sets its functions into the module table on top of the stack (use m2lua_setfuncs),
- * declare it below, and call it from luaopen_m2_core (lua/bind_core.c). */
+ * declare it below, and call it from luaopen_m2_core (lua/bind_module.c). */
 #ifndef M2_LUA_BIND_H
 #define M2_LUA_BIND_H
 #include <lauxlib.h>
@@ -24,8 +24,9 @@
 
 #define M2LUA_TENSOR "m2.Tensor" /* registry name of the tensor metatable */
 
-/* ---- the module: luaopen + one register function per area ---- */
+/* ---- the module: luaopen (bind_module.c) + one register function per area ---- */
 int luaopen_m2_core(lua_State *L);
+void m2lua_open_core(lua_State *L);     /* bind_core.c: error, where, interrupted, cuda_available, version */
 void m2lua_open_tensor(lua_State *L);   /* bind_tensor.c: constructors, tensor methods, metamethods */
 void m2lua_open_ops(lua_State *L);      /* bind_ops.c: ops.h and ops_mixers.h */
 void m2lua_open_autograd(lua_State *L); /* bind_autograd.c: no_grad, gradcheck, leak counters, RNG */
