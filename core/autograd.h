@@ -5,7 +5,11 @@
  * attributes). m2_backward() collects the nodes reachable from the root, walks
  * them in reverse creation order (the tape), calls each op's backward, routes
  * gradients to producing nodes, ACCUMULATES (+=) into leaf tensors' .grad, and
- * frees each node's saved tensors as soon as it has run. */
+ * frees each node's saved tensors as soon as it has run.
+ *
+ * Two files, on either side of the ops: autograd.c (grad mode, recording, node
+ * lifetime) is below the op dispatcher that records into it; backward.c
+ * (m2_backward) is above the ops whose backward kernels it runs. */
 #ifndef M2_AUTOGRAD_H
 #define M2_AUTOGRAD_H
 #include "op.h"
@@ -15,6 +19,7 @@ extern "C" {
 #endif
 
 typedef struct m2_node {
+  m2_node_head head;           /* first member: what a tensor sees of the node (head.release = m2_node_release) */
   int refcount;
   uint64_t seq;                /* creation order: the tape position */
   m2_opcall call;              /* inputs retained; outputs aliased only for KEEP_OUTPUTS */
@@ -39,16 +44,18 @@ m2_status m2_requires_grad_(m2_tensor *t, bool on);
 m2_tensor *m2_detach(m2_tensor *t);
 
 /* dL/d(leaves) += backprop of `grad` from `root`. grad may be NULL only when root has
- * one element (then it is 1). */
+ * one element (then it is 1). (backward.c) */
 m2_status m2_backward(m2_tensor *root, m2_tensor *grad);
 
-/* Used by the op dispatcher. */
+/* Used by the op dispatcher (op.c) and by m2_backward. */
 m2_status m2_record(m2_opcall *c, m2_tensor **outs);
 void m2_node_retain(m2_node *n);
 void m2_node_release(m2_node *n);
-/* Number of live nodes (for leak tests). */
+/* Release what the node's call holds (inputs, saved tensors, kept outputs, pending output gradients): after its
+ * backward ran, or when nothing can reach it any more. */
+void m2_node_drop_call(m2_node *n);
+/* Number of live nodes (for leak tests; m2_live_tensors is in tensor.h). */
 long m2_live_nodes(void);
-long m2_live_tensors(void);
 
 #ifdef __cplusplus
 }

@@ -12,6 +12,6 @@
 #include "gradcheck.h"
 #include "ops_mixers.h"
 #include "optim.h"
-#include "runfile.h"
+#include "runfile/runfile.h"
 #include "profile.h"
 #endif

@@ -1,7 +1,8 @@
-/* op.c — op dispatch (device choice, contiguity, recording on the tape) and helpers for ops. */
+/* op.c — op dispatch (device choice, contiguity, recording on the tape), the contiguous op that the dispatcher
+ * runs on strided inputs, and helpers for ops. Below every op: it calls none of them (the registry that lists them
+ * all is op_table.c). */
 #include "op.h"
 #include "autograd.h"
-#include "ops.h"
 #include "profile.h"
 #include <stdio.h>
 #include <stdlib.h>
@@ -60,6 +61,30 @@ m2_op_fn m2_op_kernel(const m2_op *op, m2_device dev, bool bwd) {
   m2_op_fn k = i < 0 ? NULL : bwd ? g_kern[dev.type][i].bwd : g_kern[dev.type][i].fwd;
   if (!k && (op->flags & (bwd ? M2_OP_ANYDEV_BWD : M2_OP_ANYDEV_FWD))) k = bwd ? op->bwd : op->fwd;
   return k;
+}
+
+/* ---- contiguous: in (any) -> out (contiguous copy); the gradient passes through ----
+ * The dispatcher's own op (it copies strided inputs with it, recorded so that gradients flow through the copy), so
+ * it lives here rather than with the views. Both kernels are device-independent (m2_clone_raw copies on the
+ * tensor's device). */
+static m2_status contiguous_fwd(m2_opcall *c) {
+  c->n_out = 1;
+  c->out[0] = m2_clone_raw(c->in[0], c->in[0]->dtype, c->in[0]->device);
+  return c->out[0] ? M2_OK : m2_errcode();
+}
+static m2_status pass_bwd(m2_opcall *c) {
+  m2_retain(c->dout[0]);
+  c->din[0] = c->dout[0];
+  return M2_OK;
+}
+const m2_op m2_op_contiguous = {"contiguous", contiguous_fwd, pass_bwd,
+                                M2_OP_VIEW | M2_OP_ANYDEV_FWD | M2_OP_ANYDEV_BWD};
+
+m2_tensor *m2_contiguous(m2_tensor *x) {
+  if (m2_is_contiguous(x)) { m2_retain(x); return x; }
+  m2_opcall c;
+  m2_call_init(&c, &m2_op_contiguous, 1, &x);
+  return m2_call1(&c);
 }
 
 m2_status m2_call_run(m2_opcall *c, m2_tensor **outs) {
@@ -132,12 +157,6 @@ m2_tensor *m2_call1(m2_opcall *c) {
   return outs[0];
 }
 
-const m2_op *m2_op_find(const char *name) {
-  for (const m2_op *const *p = m2_op_list(); *p; p++)
-    if (strcmp((*p)->name, name) == 0) return *p;
-  return NULL;
-}
-
 /* ---------------- helpers for implementations ---------------- */
 
 m2_status m2_check_float(const m2_tensor *t, const char *op, const char *arg) {
@@ -177,25 +196,4 @@ void m2_broadcast_strides(int n, const int64_t *s, int nout, const int64_t *sout
     int j = n - nout + i;
     stride[i] = (j >= 0 && s[j] == sout[i]) ? st[j] : 0;
   }
-}
-
-m2_tensor *m2_sum_to_shape(m2_tensor *g, int ndim, const int64_t *shape) {
-  m2_tensor *cur = g;
-  m2_retain(cur);
-  /* sum away extra leading dims */
-  while (cur->ndim > ndim) {
-    m2_tensor *nx = m2_sum(cur, 0, false);
-    m2_release(cur);
-    if (!nx) return NULL;
-    cur = nx;
-  }
-  for (int d = 0; d < ndim; d++) {
-    if (shape[d] == 1 && cur->shape[d] != 1) {
-      m2_tensor *nx = m2_sum(cur, d, true);
-      m2_release(cur);
-      if (!nx) return NULL;
-      cur = nx;
-    }
-  }
-  return cur;
 }

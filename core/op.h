@@ -96,6 +96,9 @@ void m2_call_init(m2_opcall *c, const m2_op *op, int n_in, m2_tensor *const *in)
 m2_tensor *m2_call1(m2_opcall *c);
 /* Same, but hands all outputs back in outs[0..n_out) (new refs). */
 m2_status m2_call_run(m2_opcall *c, m2_tensor **outs);
+/* x itself (new ref) if already contiguous, else a contiguous copy through the "contiguous" op (recorded, so the
+ * gradient flows through it); the dispatcher's own op, which makes strided inputs contiguous. */
+m2_tensor *m2_contiguous(m2_tensor *x);
 /* Copy the op's checked attribute struct into the call (n <= M2_MAX_ATTR; checked at compile time by
  * M2_SET_ATTR). */
 static inline void m2_call_set_attr(m2_opcall *c, const void *attr, size_t n) { memcpy(c->attr, attr, n); }
@@ -117,7 +120,7 @@ void m2_call_clear(m2_opcall *c);
 m2_op_fn m2_op_kernel(const m2_op *op, m2_device dev, bool bwd);
 
 /* ---- registry ---- */
-/* All registered ops, NULL-terminated (the table lives in core/op_table.c). */
+/* All registered ops, NULL-terminated, and the lookup by name (both in core/op_table.c). */
 const m2_op *const *m2_op_list(void);
 const m2_op *m2_op_find(const char *name);
 
@@ -134,8 +137,6 @@ m2_status m2_broadcast_shapes(int na, const int64_t *sa, int nb, const int64_t *
 /* Strides (elements) to read a contiguous tensor of shape (n, s) as if broadcast to
  * shape (nout, sout): 0 on broadcast dimensions. */
 void m2_broadcast_strides(int n, const int64_t *s, int nout, const int64_t *sout, int64_t *stride);
-/* Sum g (shape of a broadcast result) down to `shape` (undo broadcasting). New ref. */
-m2_tensor *m2_sum_to_shape(m2_tensor *g, int ndim, const int64_t *shape);
 
 #ifdef __cplusplus
 }

@@ -12,3 +12,10 @@ const m2_op *const *m2_op_list(void) { return g_table; }
 
 /* The registry key of row i (the op_table name; the row's own .name must equal it). */
 const char *m2_op_key(int i) { return g_names[i]; }
+
+/* The op of that name, or NULL (beside the table: op.c, below the ops, does not see it). */
+const m2_op *m2_op_find(const char *name) {
+  for (const m2_op *const *p = m2_op_list(); *p; p++)
+    if (strcmp((*p)->name, name) == 0) return *p;
+  return NULL;
+}

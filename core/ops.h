@@ -28,8 +28,7 @@ M2_OPS(M2_OP_DECLARE_ROW)
 #undef M2_OP_DECLARE_ROW
 
 
-/* ---- views and copies (core/ops_view.c) ---- */
-m2_tensor *m2_contiguous(m2_tensor *x);                  /* same tensor (new ref) if already contiguous */
+/* ---- views and copies (core/ops_view.c; m2_contiguous is in op.h) ---- */
 m2_tensor *m2_reshape(m2_tensor *x, int ndim, const int64_t *shape); /* one -1 allowed; copies if needed */
 m2_tensor *m2_narrow(m2_tensor *x, int dim, int64_t start, int64_t len); /* view */
 m2_tensor *m2_transpose(m2_tensor *x, int d0, int d1);   /* view */
@@ -70,6 +69,9 @@ m2_tensor *m2_eq(m2_tensor *a, m2_tensor *b);            /* F32 0/1, broadcastin
 m2_tensor *m2_softmax(m2_tensor *x, int dim);
 m2_tensor *m2_log_softmax(m2_tensor *x, int dim);
 m2_tensor *m2_cumsum(m2_tensor *x, int dim);
+/* Sum g (the shape of a broadcast result) down to `shape`: undoes broadcasting, for the backward of broadcasting
+ * ops (binary elementwise ops, expand). */
+m2_tensor *m2_sum_to_shape(m2_tensor *g, int ndim, const int64_t *shape);
 
 /* ---- matrix products (core/ops_matmul.c, CBLAS) ---- */
 /* a (..., M, K) (or (..., K, M) if ta), b (..., K, N) (or (..., N, K) if tb) -> (..., M, N).

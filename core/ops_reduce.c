@@ -1,5 +1,6 @@
 /* ops_reduce.c — reductions along a dim (sum, mean, max, argmax) and over everything (sum_all,
- * mean_all, max_all), eq, softmax, log_softmax and cumsum: CPU reference kernels.
+ * mean_all, max_all), eq, softmax, log_softmax and cumsum: CPU reference kernels. Also m2_sum_to_shape, which the
+ * backward of broadcasting ops uses to undo broadcasting.
  *
  * Every kernel views its contiguous input as (outer, n, inner) around the dim it works along (the
  * *_all ops use (1, numel, 1)) and accumulates in double. A kernel is written once over a dtype
@@ -256,6 +257,28 @@ static m2_status mean_all_fwd(m2_opcall *c) { return sum_mean_fwd(c, true, true)
 static m2_status mean_all_bwd(m2_opcall *c) { return sum_mean_bwd(c, true, true); }
 const m2_op m2_op_mean_all = {"mean_all", mean_all_fwd, mean_all_bwd, 0};
 m2_tensor *m2_mean_all(m2_tensor *x) { return all_op(&m2_op_mean_all, x); }
+
+/* ---- sum_to_shape: g (broadcast shape) -> (shape), with the sum op above (recorded like any op) ---- */
+m2_tensor *m2_sum_to_shape(m2_tensor *g, int ndim, const int64_t *shape) {
+  m2_tensor *cur = g;
+  m2_retain(cur);
+  /* sum away extra leading dims */
+  while (cur->ndim > ndim) {
+    m2_tensor *nx = m2_sum(cur, 0, false);
+    m2_release(cur);
+    if (!nx) return NULL;
+    cur = nx;
+  }
+  for (int d = 0; d < ndim; d++) {
+    if (shape[d] == 1 && cur->shape[d] != 1) {
+      m2_tensor *nx = m2_sum(cur, d, true);
+      m2_release(cur);
+      if (!nx) return NULL;
+      cur = nx;
+    }
+  }
+  return cur;
+}
 
 /* ================= max, max_all, argmax ================= */
 

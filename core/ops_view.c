@@ -1,28 +1,8 @@
-/* ops_view.c — views (reshape, narrow, transpose, permute, expand), contiguous copies,
- * dtype and device conversion. All differentiable. */
+/* ops_view.c — views (reshape, narrow, transpose, permute, expand), dtype and device
+ * conversion. All differentiable. (The contiguous copy is op.c's: the dispatcher makes inputs contiguous with it.) */
 #include "ops_view.h"
 #include "ops.h"
 #include <string.h>
-
-/* ---- contiguous: in (any) -> out (contiguous copy) ---- */
-static m2_status contiguous_fwd(m2_opcall *c) {
-  c->n_out = 1;
-  c->out[0] = m2_clone_raw(c->in[0], c->in[0]->dtype, c->in[0]->device);
-  return c->out[0] ? M2_OK : m2_errcode();
-}
-static m2_status pass_bwd(m2_opcall *c) {
-  m2_retain(c->dout[0]);
-  c->din[0] = c->dout[0];
-  return M2_OK;
-}
-const m2_op m2_op_contiguous = {"contiguous", contiguous_fwd, pass_bwd, M2_OP_VIEW | M2_OP_ANYDEV_BWD};
-
-m2_tensor *m2_contiguous(m2_tensor *x) {
-  if (m2_is_contiguous(x)) { m2_retain(x); return x; }
-  m2_opcall c;
-  m2_call_init(&c, &m2_op_contiguous, 1, &x);
-  return m2_call1(&c);
-}
 
 /* ---- reshape: x (...) -> (shape), the same elements; m2_shape_attr ---- */
 static m2_status reshape_fwd(m2_opcall *c) {

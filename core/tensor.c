@@ -1,6 +1,5 @@
 /* tensor.c — tensor and storage lifetime, construction, views, element access, copies. */
 #include "tensor.h"
-#include "autograd.h"
 #include "backend.h"
 #include <math.h>
 #include <stdarg.h>
@@ -137,7 +136,7 @@ void m2_release(m2_tensor *t) {
   if (!t || --t->refcount > 0) return;
   storage_release(t->storage);
   m2_release(t->grad);
-  if (t->grad_fn) m2_node_release(t->grad_fn);
+  if (t->grad_fn) ((m2_node_head *)t->grad_fn)->release(t->grad_fn); /* the node starts with its head */
   free(t->name);
   g_live_tensors--;
   free(t);

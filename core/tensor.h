@@ -26,6 +26,12 @@ typedef struct m2_storage {
 
 struct m2_node;
 
+/* The head of every tape node (autograd.h's m2_node starts with it): how a tensor drops its reference to the node
+ * that produced it. It is all the tensor layer knows of the tape, so tensor.c never calls into autograd.c. */
+typedef struct m2_node_head {
+  void (*release)(struct m2_node *n); /* drop one reference; the last one frees the node */
+} m2_node_head;
+
 typedef struct m2_tensor {
   int refcount;
   m2_dtype dtype;
@@ -58,6 +64,8 @@ m2_tensor *m2_zeros_v(m2_dtype dt, m2_device dev, int ndim, ...);
 
 void m2_retain(m2_tensor *t);
 void m2_release(m2_tensor *t); /* NULL allowed */
+/* Number of live tensors (for leak tests). */
+long m2_live_tensors(void);
 void m2_set_name(m2_tensor *t, const char *name);
 
 /* ---- properties ---- */

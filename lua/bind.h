@@ -13,18 +13,20 @@
  *
  * Adding a binding area: write lua/bind_<area>.c with `void m2lua_open_<area>(lua_State *L)`
  * that sets its functions into the module table on top of the stack (use m2lua_setfuncs),
- * declare it below, and call it from luaopen_m2_core (lua/bind_core.c). */
+ * declare it below, and call it from luaopen_m2_core (lua/bind_module.c). */
 #ifndef M2_LUA_BIND_H
 #define M2_LUA_BIND_H
 #include <lauxlib.h>
 #include <lua.h>
+#include <signal.h>
 #include <stdbool.h>
 #include "m2.h"
 
 #define M2LUA_TENSOR "m2.Tensor" /* registry name of the tensor metatable */
 
-/* ---- the module: luaopen + one register function per area ---- */
+/* ---- the module: luaopen (bind_module.c) + one register function per area ---- */
 int luaopen_m2_core(lua_State *L);
+void m2lua_open_core(lua_State *L);     /* bind_core.c: error, where, interrupted, cuda_available, version */
 void m2lua_open_tensor(lua_State *L);   /* bind_tensor.c: constructors, tensor methods, metamethods */
 void m2lua_open_ops(lua_State *L);      /* bind_ops.c: ops.h and ops_mixers.h */
 void m2lua_open_autograd(lua_State *L); /* bind_autograd.c: no_grad, gradcheck, leak counters, RNG */
@@ -111,9 +113,15 @@ m2_dtype m2lua_checkdtype(lua_State *L, int arg);
     if ((expr) != M2_OK) return m2lua_fail(L);         \
   } while (0)
 
-/* ---- host-provided state (lua/main.c), read by the interrupt binding ---- */
-/* True after SIGINT/SIGTERM; m2.interrupted() reads it (and marks the script as polling). */
-bool m2lua_interrupted(void);
-void m2lua_set_polling(void);
+/* ---- what the host hands the binding ----
+ * The host (lua/host.c) owns the signal handlers and their state. Before a script runs, it stores a pointer to its
+ * m2lua_interrupt in the Lua registry under M2LUA_INTERRUPT_KEY (a light userdata); m2.interrupted() reads the
+ * signal count there and sets `polling`, so the binding never calls into the host. In a Lua state the host did
+ * not set up, m2.interrupted() is always false. */
+#define M2LUA_INTERRUPT_KEY "m2.host.interrupt"
+typedef struct m2lua_interrupt {
+  volatile sig_atomic_t signals; /* SIGINT / SIGTERM received during this run */
+  volatile sig_atomic_t polling; /* set by m2.interrupted(): the script stops by itself at the first signal */
+} m2lua_interrupt;
 
 #endif

@@ -1,4 +1,6 @@
-/* bind_core.c — the "m2.core" module: luaopen, located errors, argument checks, host info. */
+/* bind_core.c — what every binding area uses: located errors, argument checks, m2lua_setfuncs; and the module-level
+ * functions of "m2.core" (error, where, interrupted, cuda_available, version). It calls no other binding file: the
+ * module itself is put together in bind_module.c. */
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -143,7 +145,7 @@ static int64_t shape_entry(lua_State *L, int arg, int64_t v, bool allow_neg) {
 
 int m2lua_checkshape(lua_State *L, int arg, int *ndim, int64_t *shape, bool allow_neg) {
   int n = 0;
-  if (lua_istable(L, arg) && !m2lua_istensor(L, arg)) {
+  if (lua_istable(L, arg) && !luaL_testudata(L, arg, M2LUA_TENSOR)) { /* (m2lua_istensor, without bind_tensor.c) */
     lua_Integer len = luaL_len(L, arg);
     if (len > M2_MAX_DIMS) {
       char buf[96];
@@ -239,10 +241,14 @@ static int l_where(lua_State *L) {
 }
 
 /* m2.interrupted() -> true after Ctrl-C / SIGTERM. Calling it tells the host that the script
- * polls: the first signal then no longer stops the script by itself (a second one does). */
+ * polls: the first signal then no longer stops the script by itself (a second one does). The
+ * host's state comes from the registry (bind.h, M2LUA_INTERRUPT_KEY). */
 static int l_interrupted(lua_State *L) {
-  m2lua_set_polling();
-  lua_pushboolean(L, m2lua_interrupted());
+  lua_getfield(L, LUA_REGISTRYINDEX, M2LUA_INTERRUPT_KEY);
+  m2lua_interrupt *in = lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  if (in) in->polling = 1;
+  lua_pushboolean(L, in && in->signals > 0);
   return 1;
 }
 
@@ -263,7 +269,7 @@ void m2lua_setfuncs(lua_State *L, int mod, const luaL_Reg *fns) {
   }
 }
 
-int luaopen_m2_core(lua_State *L) {
+void m2lua_open_core(lua_State *L) {
   static const luaL_Reg fns[] = {
       {"error", l_error},
       {"where", l_where},
@@ -271,18 +277,9 @@ int luaopen_m2_core(lua_State *L) {
       {"cuda_available", l_cuda_available},
       {NULL, NULL},
   };
-  lua_newtable(L);
   m2lua_setfuncs(L, -1, fns);
   lua_pushstring(L, M2_VERSION);
   lua_setfield(L, -2, "version");
   lua_pushstring(L, M2_GIT_REV);
   lua_setfield(L, -2, "git_rev");
-  m2lua_open_tensor(L);
-  m2lua_open_ops(L);
-  m2lua_open_autograd(L);
-  m2lua_open_optim(L);
-  if (m2lua_open_data) m2lua_open_data(L);
-  if (m2lua_open_runfile) m2lua_open_runfile(L);
-  if (m2lua_open_sys) m2lua_open_sys(L);
-  return 1;
 }

@@ -1,4 +1,4 @@
-/* bind_runfile.c — core/runfile.h and core/runfile_sweep.h for Lua: the m2.Run userdata
+/* bind_runfile.c — core/runfile/runfile.h and core/runfile/runfile_sweep.h for Lua: the m2.Run userdata
  * (run files: attributes, metric series, checkpoints), inspect, and the sweep index.
  * lua/m2/train.lua, runs.lua and sweep.lua build on it.
  *
@@ -26,8 +26,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include "bind.h"
-#include "runfile.h"
-#include "runfile_sweep.h"
+#include "runfile/runfile.h"
+#include "runfile/runfile_sweep.h"
 
 #define M2LUA_RUN "m2.Run"
 

@@ -16,11 +16,7 @@
 /* ---------------- interrupts ---------------- */
 
 static lua_State *volatile g_L;
-static volatile sig_atomic_t g_interrupts; /* signals received */
-static volatile sig_atomic_t g_polling;    /* the script called m2.interrupted() */
-
-bool m2lua_interrupted(void) { return g_interrupts > 0; }
-void m2lua_set_polling(void) { g_polling = 1; }
+static m2lua_interrupt g_intr; /* signals received, and whether the script polls; lent to m2.interrupted() */
 
 /* Raises "FILE:LINE: interrupted" at the Lua function that is running (level 0 inside a hook). */
 static void interrupt_hook(lua_State *L, lua_Debug *ar) {
@@ -36,16 +32,19 @@ static void interrupt_hook(lua_State *L, lua_Debug *ar) {
  * by itself); otherwise stop the script at the next Lua instruction. Second signal: stop now.
  * Third: the default action (kills the process, e.g. when stuck inside one long C call). */
 static void on_signal(int sig) {
-  g_interrupts++;
-  if (g_L && (!g_polling || g_interrupts >= 2))
+  g_intr.signals++;
+  if (g_L && (!g_intr.polling || g_intr.signals >= 2))
     lua_sethook(g_L, interrupt_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
-  if (g_interrupts >= 2) signal(sig, SIG_DFL);
+  if (g_intr.signals >= 2) signal(sig, SIG_DFL);
 }
 
+/* Installs the handlers and hands the binding their state (the registry entry bind.h describes). */
 static void install_signals(lua_State *L) {
   g_L = L;
-  g_interrupts = 0;
-  g_polling = 0;
+  g_intr.signals = 0;
+  g_intr.polling = 0;
+  lua_pushlightuserdata(L, &g_intr);
+  lua_setfield(L, LUA_REGISTRYINDEX, M2LUA_INTERRUPT_KEY);
   struct sigaction sa;
   memset(&sa, 0, sizeof sa);
   sa.sa_handler = on_signal;
@@ -213,7 +212,7 @@ static int pcall_report(lua_State *L, int nargs, int nres) {
   if (rc != LUA_OK) {
     const char *msg = lua_tostring(L, -1);
     fflush(stdout);
-    if (g_interrupts > 0) {
+    if (g_intr.signals > 0) {
       /* only the first line (where it stopped) */
       const char *nl = msg ? strchr(msg, '\n') : NULL;
       fprintf(stderr, "m2lab: %.*s\n", nl ? (int)(nl - msg) : (int)strlen(msg ? msg : ""), msg ? msg : "");
@@ -329,7 +328,7 @@ int m2host_run(const m2host_opts *o) {
   remove_signals();
   lua_close(L);
   fflush(stdout);
-  if (g_interrupts > 0) {
+  if (g_intr.signals > 0) {
     if (code == M2HOST_OK) fprintf(stderr, "m2lab: interrupted\n");
     return M2HOST_INTERRUPTED;
   }

@@ -13,7 +13,7 @@
 #ifdef M2_HAVE_CUDA
 #include "m2cuda.h"
 #endif
-#include "runfile_sweep.h"
+#include "runfile/runfile_sweep.h"
 
 static int cmd_run(const m2host_cmd *c, int argc, char **argv);
 /* inspect: C only, no Lua state: nothing from the file is executed */

@@ -10,7 +10,7 @@
     run.checkpoint()                          # {tensor path: numpy array} of the latest one
     sweep = load_sweep("runs/sweep.h5")       # one row per member: hyper-parameters, final metrics
 
-The file layout is described in core/runfile.h. Files are opened in SWMR read mode, so a run
+The file layout is described in core/runfile/runfile.h. Files are opened in SWMR read mode, so a run
 can be read while m2lab writes it. The writer briefly leaves SWMR mode to create a new series
 or write a checkpoint; an open during that moment fails and is retried (`timeout` seconds).
 To follow a live run, call load_run (or Run.reload) again: it reads everything and closes the
@@ -40,7 +40,7 @@ STANDARD_ATTRS = {
     "script", "config_json", "status", "resume_count", "last_resume",
     "script_path", "script_sha256", "overrides_json", "num_params",
 }
-_LOCK_BYTE = 1 << 62  # the byte an m2lab writer holds an OFD lock on (core/runfile_h5.c)
+_LOCK_BYTE = 1 << 62  # the byte an m2lab writer holds an OFD lock on (core/runfile/runfile_h5.c)
 
 
 def _writer_alive(path):
@@ -326,7 +326,7 @@ def load_sweep(index_path, timeout=10.0):
     status, exit_code, the hyper-parameters, `step` (the last step logged) and the last value
     of every metric ("metrics/<name>") and eval series ("eval/<name>").
 
-    Layout (core/runfile_sweep.h): /members/<name> is an HDF5 external link to the member's run
+    Layout (core/runfile/runfile_sweep.h): /members/<name> is an HDF5 external link to the member's run
     file; /info/<name> is a group whose attributes are the hyper-parameters plus file, status
     and exit_code; root attributes `keys` (hyper-parameter names, in column order) and `members`
     (member order). Also accepted: /members/<name> as a group of hyper-parameter attributes with
@@ -445,7 +445,7 @@ def _selftest():
         st = f.create_group("members_status")
         st.attrs["a"] = "done"
         st.attrs["c"] = "queued"
-    with h5py.File(os.path.join(tmp, "index.h5"), "w") as f:  # the layout of core/runfile_sweep.h
+    with h5py.File(os.path.join(tmp, "index.h5"), "w") as f:  # the layout of core/runfile/runfile_sweep.h
         f.attrs["sweep_format_version"] = 1
         f.attrs["keys"] = np.array(["lr", "layers"], dtype=h5py.string_dtype())
         f.attrs["members"] = np.array(["b", "a", "c"], dtype=h5py.string_dtype())

@@ -10,7 +10,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 #include "check.h"
-#include "../core/runfile.h"
+#include "../core/runfile/runfile.h"
 
 static char g_dir[64];
 static char *tmp_path(const char *name) {

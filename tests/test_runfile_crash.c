@@ -19,8 +19,8 @@
 #include <time.h>
 #include <unistd.h>
 #include "check.h"
-#include "../core/runfile.h"
-#include "../core/runfile_int.h"
+#include "../core/runfile/runfile.h"
+#include "../core/runfile/runfile_int.h"
 
 static char g_dir[64];
 static char g_path[4][256];

@@ -1,4 +1,4 @@
-/* test_runfile_journal.c — the writer driver's flush journal (core/runfile_vfd.c), deterministically: a complete
+/* test_runfile_journal.c — the writer driver's flush journal (core/runfile/runfile_vfd.c), deterministically: a complete
  * journal is replayed (writes in order, an overlapping later write wins, then the truncation), an incomplete or
  * corrupted one is dropped without touching the file, none at all is fine; an empty file (a writer killed before its
  * first flush) is reported as such; then a real run file: a flush leaves no
@@ -10,8 +10,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 #include "check.h"
-#include "../core/runfile.h"
-#include "../core/runfile_int.h"
+#include "../core/runfile/runfile.h"
+#include "../core/runfile/runfile_int.h"
 
 static char g_dir[64], g_file[128], g_jnl[160];
 

@@ -37,7 +37,7 @@ function data.state_tracking(o)
   end
   if not m2.core.group then
     m2.error("m2.data.state_tracking: this m2lab has no group binding (m2.core.group); lua/bind_data.c must be " ..
-      "registered from luaopen_m2_core (lua/bind_core.c: m2lua_open_data)")
+      "registered from luaopen_m2_core (lua/bind_module.c: m2lua_open_data)")
   end
   local self = setmetatable({}, ST)
   self.group_name = o.group or "S3"

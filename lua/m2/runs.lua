@@ -1,4 +1,4 @@
---[==[ m2.runs — helpers around run files (the HDF5 files m2.train writes; core/runfile.h):
+--[==[ m2.runs — helpers around run files (the HDF5 files m2.train writes; core/runfile/runfile.h):
 JSON for configs, reading a run back into Lua, and the pieces `m2lab resume` needs.
 
   local runs = m2.runs
@@ -10,7 +10,7 @@ JSON for configs, reading a run back into Lua, and the pieces `m2lab resume` nee
   runs.json_encode_list(array) -> text ("[]" when empty)
   runs.json_decode(text) -> value (JSON null -> runs.null)
 
-Root attributes written by m2.train besides the standard ones (core/runfile.h): script_path,
+Root attributes written by m2.train besides the standard ones (core/runfile/runfile.h): script_path,
 script_sha256 (of the stored script text), overrides_json (the command line's key=value words,
 a JSON array), num_params, and every top-level config key (nested tables as "a.b").
 ]==]

@@ -1,5 +1,5 @@
 --[==[ m2.sweep — run an experiment script over many configurations, each member a separate
-`m2lab run` process, and index the member run files in one HDF5 file (core/runfile_sweep.h).
+`m2lab run` process, and index the member run files in one HDF5 file (core/runfile/runfile_sweep.h).
 
   -- experiments/example_sweep.lua; run it with `m2lab sweep experiments/example_sweep.lua [parallel=4]`
   local m2 = require "m2"

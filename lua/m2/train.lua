@@ -1,6 +1,6 @@
 --[==[ m2.train — the training loop: steps, gradient accumulation, LR schedule, clipping,
 NaN/inf skipping, metrics, eval, checkpoints and exact resume, all recorded in one HDF5 run
-file (core/runfile.h; DESIGN section 6).
+file (core/runfile/runfile.h; DESIGN section 6).
 
   local summary = m2.train {
     model = model,                      -- an m2.nn module
@@ -38,7 +38,7 @@ stops with status "failed: ..."; else optimizer step with lr = schedule(step - 1
 count updates from 1; metrics at step s describe update s.
 
 Metrics (/metrics/<name>): loss, lr, grad_norm, tokens_per_s, peak_mem_mb (peak core memory during
-the step, MiB), nan_skips (running count). Root attributes: the standard ones (core/runfile.h) with
+the step, MiB), nan_skips (running count). Root attributes: the standard ones (core/runfile/runfile.h) with
 the script's text, plus script_path, script_sha256, overrides_json, num_params and every config key;
 status ends "done", "failed: <message>" or "interrupted".
 

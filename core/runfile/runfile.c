@@ -1,5 +1,6 @@
-/* runfile.c — run files: open (create / resume / read), the writer lock, the writer's
- * APPEND <-> EXCLUSIVE switches, root attributes and status, close. See runfile.h. */
+/* runfile.c — run files: open (create / resume / read), the writer lock, root attributes and
+ * status, close. The top of the run-file code: it uses the writer's state switches (runfile_writer.c),
+ * the series (runfile_series.c) and the checkpoints (runfile_ckpt.c). See runfile.h. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -32,50 +33,6 @@ const char *m2_run_path(const m2_run *r) { return r ? r->path : ""; }
 bool m2_run_writable(const m2_run *r) { return r && r->writer; }
 void m2_run_set_keep_last(m2_run *r, int keep_last) {
   if (r) r->keep_last = keep_last > 0 ? keep_last : 0;
-}
-
-m2_status m2_rf_check_open(m2_run *r, bool need_writer, const char *what) {
-  if (!r) return m2_fail(M2_ERR_VALUE, "%s: run is NULL", what);
-  if (r->broken || r->file < 0)
-    return m2_fail(M2_ERR_IO, "%s: %s: the file was closed after an earlier error; reopen it with M2_RUN_RESUME",
-                   r->path, what);
-  if (need_writer && !r->writer) return m2_fail(M2_ERR_VALUE, "%s: %s: the run is open read-only", r->path, what);
-  return M2_OK;
-}
-
-m2_status m2_rf_fsync(m2_run *r) {
-  if (r->no_fsync || r->lock_fd < 0) return M2_OK;
-  if (fsync(r->lock_fd) != 0) return m2_fail(M2_ERR_IO, "%s: fsync: %s", r->path, strerror(errno));
-  return M2_OK;
-}
-
-volatile int *m2_rf_flush_window;
-
-herr_t m2_rf_h5flush(hid_t file) {
-  if (m2_rf_flush_window) *m2_rf_flush_window = 1;
-  m2_rf_journal_begin(file);
-  herr_t e = H5Fflush(file, H5F_SCOPE_GLOBAL);
-  if (m2_rf_journal_commit(file) < 0) e = -1;
-  if (m2_rf_flush_window) *m2_rf_flush_window = 0;
-  return e;
-}
-
-herr_t m2_rf_h5start_swmr(hid_t file) {
-  if (m2_rf_flush_window) *m2_rf_flush_window = 1;
-  m2_rf_journal_begin(file);
-  herr_t e = H5Fstart_swmr_write(file);
-  if (m2_rf_journal_commit(file) < 0) e = -1;
-  if (m2_rf_flush_window) *m2_rf_flush_window = 0;
-  return e;
-}
-
-herr_t m2_rf_h5close(hid_t file, bool swmr) {
-  if (swmr) return H5Fclose(file);
-  if (m2_rf_flush_window) *m2_rf_flush_window = 1;
-  m2_rf_journal_begin(file); /* committed by the driver's close */
-  herr_t e = H5Fclose(file);
-  if (m2_rf_flush_window) *m2_rf_flush_window = 0;
-  return e;
 }
 
 /* ---------------- the writer lock ---------------- */
@@ -114,53 +71,6 @@ static m2_status lock_acquire(m2_run *r, bool create, bool overwrite, bool *crea
   }
   r->lock_fd = fd;
   return M2_OK;
-}
-
-/* ---------------- writer states ---------------- */
-
-m2_status m2_rf_write_pending_attrs(m2_run *r) {
-  m2_status st = M2_OK;
-  for (int i = 0; i < r->npending; i++) {
-    m2_status s = m2_h5_attr_write(r->file, r->pending[i].key, r->pending[i].v, r->path, "/");
-    if (s != M2_OK) return s;
-  }
-  for (int i = 0; i < r->npending; i++) {
-    free(r->pending[i].key);
-    m2_value_free(&r->pending[i].v);
-  }
-  r->npending = 0;
-  return st;
-}
-
-m2_status m2_rf_to_exclusive(m2_run *r) {
-  m2_status st = M2_OK;
-  const char *h5file = r->path, *h5obj = "/";
-  if (!r->swmr) return M2_OK;
-  m2_rf_series_close_ids(r);
-  hid_t f = r->file;
-  r->file = -1;
-  r->swmr = false;
-  H5CHK(H5Fclose(f));
-  H5CHK(r->file = H5Fopen(r->path, H5F_ACC_RDWR, r->fapl));
-  m2_rf_vfd_set_sync(r->file, !r->no_fsync);
-  return M2_OK;
-fail:
-  r->broken = true;
-  return st;
-}
-
-m2_status m2_rf_to_append(m2_run *r) {
-  m2_status st = M2_OK;
-  const char *h5file = r->path, *h5obj = "/";
-  if (r->swmr) return M2_OK;
-  RF_TRY(m2_rf_write_pending_attrs(r));
-  RF_TRY(m2_rf_series_write_all(r));
-  H5CHK(m2_rf_h5start_swmr(r->file)); /* flushes everything first */
-  r->swmr = true;
-  r->last_flush = m2_rf_monotonic();
-  return M2_OK;
-fail:
-  return st;
 }
 
 /* ---------------- open ---------------- */

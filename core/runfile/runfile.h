@@ -93,7 +93,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
-#include "tensor.h"
+#include "../tensor.h" /* the only part of the core the run files use */
 
 #define M2_RUNFILE_FORMAT 1
 

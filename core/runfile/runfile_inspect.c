@@ -1,4 +1,4 @@
-/* inspect.c — m2_inspect: a human summary of a run file (what `m2lab inspect` prints).
+/* runfile_inspect.c — m2_inspect: a human summary of a run file (what `m2lab inspect` prints).
  * It only reads and prints: nothing from the file is executed, and strings are printed with
  * control characters escaped so a file cannot drive the terminal. */
 #include <inttypes.h>

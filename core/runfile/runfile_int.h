@@ -1,4 +1,4 @@
-/* runfile_int.h — internals shared by runfile*.c and inspect.c: the m2_run struct, the
+/* runfile_int.h — internals shared by the run-file code (core/runfile/runfile*.c): the m2_run struct, the
  * HDF5 check macro, attribute/type helpers. Not part of the public API. */
 #ifndef M2_RUNFILE_INT_H
 #define M2_RUNFILE_INT_H
@@ -127,7 +127,16 @@ struct m2_run {
   char ckpt_tmp[64];       /* "/checkpoints/.tmp-<step>" */
 };
 
-/* Writer state switches (runfile.c) */
+/* The run-file code in layers; each file calls only files listed before it:
+ *   runfile_vfd.c      the writer's file driver and its journal
+ *   runfile_h5.c       HDF5 helpers: errors, types, attributes, listing, names, the read-side open
+ *   runfile_series.c   the writer's series table and the series datasets
+ *   runfile_writer.c   APPEND <-> EXCLUSIVE switches, journaled flushes, fsync, m2_run_flush
+ *   runfile_metrics.c, runfile_ckpt.c   metric series and checkpoints (runfile.h's calls)
+ *   runfile.c          open, close, root attributes
+ *   runfile_inspect.c, runfile_sweep.c   a run's summary (m2_inspect); sweep index files */
+
+/* Writer state switches (runfile_writer.c) */
 m2_status m2_rf_to_exclusive(m2_run *r);
 m2_status m2_rf_to_append(m2_run *r);   /* writes pending attrs & series, then H5Fstart_swmr_write */
 m2_status m2_rf_write_pending_attrs(m2_run *r);
@@ -152,12 +161,19 @@ herr_t m2_rf_journal_commit(hid_t file);
 m2_status m2_rf_journal_recover(const char *path, bool *replayed);
 bool m2_rf_journal_exists(const char *path);
 m2_status m2_rf_journal_discard(const char *path); /* a new file's: an older file's journal must not replay */
-/* Metrics (runfile_metrics.c) */
+/* Series (runfile_series.c) */
 m2_status m2_rf_series_load(m2_run *r);          /* resume: find existing series, trim to len(step) */
 m2_status m2_rf_series_write_all(m2_run *r);     /* create missing series, write buffers */
 bool m2_rf_series_need_exclusive(const m2_run *r);
 void m2_rf_series_close_ids(m2_run *r);
 void m2_rf_series_free_all(m2_run *r);
+m2_rf_series *m2_rf_series_find(m2_run *r, const char *group, const char *name); /* NULL when not in the table */
+/* The series group/name of the table, added when new; checks the group and the name. */
+m2_status m2_rf_series_get(m2_run *r, const char *group, const char *name, m2_rf_series **out);
+m2_status m2_rf_series_open_ids(m2_run *r, m2_rf_series *s); /* open its datasets (ds_*) that are not open */
+/* Length of a 1-D dataset (M2_ERR_IO naming file/obj otherwise), and cutting one to n entries. */
+m2_status m2_rf_ds_len(hid_t ds, int64_t *n, const char *file, const char *obj);
+m2_status m2_rf_ds_trim(hid_t ds, int64_t n, const char *file, const char *obj);
 /* Checkpoints (runfile_ckpt.c) */
 m2_status m2_rf_ckpt_cleanup(m2_run *r);         /* resume: delete incomplete checkpoints */
 bool m2_rf_ckpt_is_complete(hid_t file, const char *name);

@@ -7,7 +7,7 @@
  * metadata in any order, so a writer killed inside one could leave a group pointing past the end of the file
  * (measured: 3 damaged files in 384 stress kills, test_runfile_crash).
  *
- * How: between m2_rf_journal_begin and m2_rf_journal_commit (runfile.c wraps every flush outside SWMR mode in them)
+ * How: between m2_rf_journal_begin and m2_rf_journal_commit (runfile_writer.c wraps every flush outside SWMR mode in them)
  * the driver keeps every write and truncation in memory, in order (a flush writes metadata and the chunk caches'
  * raw data: small; large tensors reach the file at H5Dwrite, outside flushes, in space no on-disk metadata
  * references yet), and reads see them. The commit writes them to "<file>-journal" (header, records, trailer with a count and an
