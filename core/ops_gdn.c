@@ -9,7 +9,7 @@
  * Kernels compute in double (inputs F32 or F64, outputs in the inputs' dtype).
  *
  * Op rows "gdn" and "gdn_chunked": in = {q, k, v, g, beta, h0 (or NULL)}, out = {o, hT},
- * fa[0] = scale (0 -> 1/sqrt(K)), ia[0] = chunk (0 -> 64; for "gdn" it is only the checkpoint
+ * fa[0] = scale (0 -> 1/sqrt(K)), ia[0] = chunk (0 -> M2_GDN_CHUNK = 64; for "gdn" it is only the checkpoint
  * interval of the backward), ia[1] = the checkpoint interval actually used (set by forward).
  * saved[0] = the states before every ia[1]-th step, (B, H, NS, K, V) F64, NS = ceil(T / ia[1]);
  * the chunked forward produces exactly these states (one per chunk) as part of its scan.
@@ -50,7 +50,9 @@ m2_status gdn_check(const m2_opcall *c, const char *op, const mixer_rules *rules
   if (c->in[5]) M2_TRY(mixer_want_shape(c->in[5], op, "h0", "(B, H, K, V)", 4, sh));
   if (d->K < 1 || d->V < 1) return m2_fail(M2_ERR_SHAPE, "%s: K and V must be at least 1", op);
   M2_TRY(mixer_check_max_dim(d->K, "K", op, rules));
-  if (c->ia[0] < 0) return m2_fail(M2_ERR_VALUE, "%s: chunk must be >= 0 (0 = default 64), got %lld", op, (long long)c->ia[0]);
+  if (c->ia[0] < 0)
+    return m2_fail(M2_ERR_VALUE, "%s: chunk must be >= 0 (0 = default %d), got %lld", op, M2_GDN_CHUNK,
+                   (long long)c->ia[0]);
   return M2_OK;
 }
 
@@ -218,7 +220,7 @@ static m2_status gdn_forward(m2_opcall *c, bool chunked) {
   gdn_dims d;
   M2_TRY(gdn_check(c, op, &mixer_rules_cpu, &d));
   double scale = c->fa[0] != 0 ? c->fa[0] : 1.0 / sqrt((double)d.K);
-  int64_t seg = c->ia[0] > 0 ? c->ia[0] : 64;
+  int64_t seg = c->ia[0] > 0 ? c->ia[0] : M2_GDN_CHUNK;
   c->ia[1] = seg;
   int64_t NS = (d.T + seg - 1) / seg;
   mixer_fwd_bufs mb;

@@ -7,7 +7,8 @@
  * Kernels compute in double (inputs F32 or F64, outputs in the inputs' dtype).
  *
  * Op rows "ssd" and "ssd_chunked": in = {x, dt, A, Bm, Cm, h0 (or NULL)}, out = {y, hT},
- * ia[0] = chunk (0 -> 256; for "ssd" it is only the checkpoint interval of the backward, default 64),
+ * ia[0] = chunk (0 -> M2_SSD_CHUNK = 256; for "ssd" it is only the checkpoint interval of the backward, default
+ * M2_SSD_CKPT = 64),
  * ia[1] = the checkpoint interval actually used (set by forward).
  * saved[0] = the states before every ia[1]-th step, (B, H, NS, P, N) F64, NS = ceil(T / ia[1]);
  * the chunked forward produces exactly these states (one per chunk) as part of its scan.
@@ -156,7 +157,7 @@ static m2_status ssd_forward(m2_opcall *c, bool chunked) {
   const char *op = chunked ? "ssd_chunked" : "ssd";
   ssd_dims d;
   M2_TRY(ssd_check(c, op, &mixer_rules_cpu, &d));
-  int64_t seg = c->ia[0] > 0 ? c->ia[0] : (chunked ? 256 : 64);
+  int64_t seg = c->ia[0] > 0 ? c->ia[0] : (chunked ? M2_SSD_CHUNK : M2_SSD_CKPT);
   c->ia[1] = seg;
   int64_t NS = (d.T + seg - 1) / seg;
   mixer_fwd_bufs mb;

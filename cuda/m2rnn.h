@@ -29,7 +29,7 @@
 #include <cuda_runtime.h>
 #include <stddef.h>
 #include <stdint.h>
-#include "status.h"
+#include "ops_mixers.h" /* M2_M2RNN_CKPT_EVERY */
 
 #ifdef __cplusplus
 extern "C" {
@@ -48,7 +48,7 @@ enum { M2_M2RNN_TANH_DEFAULT = 0, M2_M2RNN_TANH_MUFU = 1, M2_M2RNN_TANH_MIX4 = 2
 /* Zero-initialised = the defaults. */
 typedef struct m2_m2rnn_cuda_opts {
   float grad_clip;     /* backward: clamp the carried state gradient to [-c, c] before each step; <= 0: off */
-  int ckpt_every;      /* training: steps between saved states (fast path: a multiple of 8); 0 -> 64 */
+  int ckpt_every;      /* training: steps between saved states (fast: a multiple of 8); 0 -> M2_M2RNN_CKPT_EVERY */
   int path;            /* M2_M2RNN_AUTO (fast when it applies), _GENERAL, or _FAST (fails when it does not) */
   int tanh_mode;       /* fast path: M2_M2RNN_TANH_* (default: the fastest measured split) */
   int heads_per_block; /* fast path: 0 -> chosen from the SM count; else must divide N */

@@ -23,7 +23,7 @@ M2Geom m2r_geom(const m2_m2rnn_dims *d, const m2_m2rnn_cuda_opts *o) {
   /* magics only for valid group sizes (a head count of 0 is refused later by m2_m2rnn_cuda_check, not here) */
   g.mq = g.gq > 0 ? m2r_magic(g.gq) : 0, g.mk = g.gk > 0 ? m2r_magic(g.gk) : 0;
   g.mv = g.gv > 0 ? m2r_magic(g.gv) : 0, g.mf = g.gf > 0 ? m2r_magic(g.gf) : 0;
-  g.ck = (o && o->ckpt_every > 0) ? o->ckpt_every : 64;
+  g.ck = (o && o->ckpt_every > 0) ? o->ckpt_every : M2_M2RNN_CKPT_EVERY;
   g.nck = g.T > 0 ? (g.T + g.ck - 1) / g.ck : 0;
   return g;
 }
@@ -170,7 +170,7 @@ extern "C" int m2_m2rnn_cuda_path(const m2_m2rnn_dims *d, const m2_m2rnn_cuda_op
   if (o && o->io_f32) return want == M2_M2RNN_FAST ? -1 : M2_M2RNN_GENERAL; /* fp32 I/O: general path only */
   const int fast_shape = d->V == 16 && d->K % 16 == 0 && d->K / (d->K % 32 == 0 ? 32 : 16) <= M2R_MAX_WARPS &&
                          d->K / 16 <= M2R_MAX_WARPS16 &&
-                         ((o && o->ckpt_every > 0) ? o->ckpt_every : 64) % M2R_BWD_SC == 0;
+                         ((o && o->ckpt_every > 0) ? o->ckpt_every : M2_M2RNN_CKPT_EVERY) % M2R_BWD_SC == 0;
   if (want == M2_M2RNN_FAST) return fast_shape ? M2_M2RNN_FAST : -1;
   return fast_shape ? M2_M2RNN_FAST : M2_M2RNN_GENERAL;
 }

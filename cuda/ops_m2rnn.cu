@@ -1,7 +1,8 @@
 /* ops_m2rnn.cu — the M2RNN op on CUDA: adapts an m2_opcall (tensors of any float dtype) to the fused
  * kernels of cuda/m2rnn_fwd.cu / m2rnn_bwd.cu (bf16 q, k, v, y; fp32 W, f, state, checkpoints), or to the
  * general kernel (fp32 throughout) for shapes the fused ones do not take.
- * The forward keeps the fp32 state checkpoints (every 8 steps) as a saved tensor; the backward
+ * The forward keeps the fp32 state checkpoints (every M2_M2RNN_CKPT_EVERY = 8 steps unless the call sets
+ * ckpt_every) as a saved tensor; the backward
  * recomputes the states in between. Outputs and gradients come back in the inputs' dtype. */
 #include <cuda_runtime.h>
 #include "cuda_backend.h"
@@ -22,10 +23,7 @@ static m2_m2rnn_dims dims_of(const m2rnn_geom *g) {
 static m2_m2rnn_cuda_opts opts_of(const m2_opcall *c) {
   m2_m2rnn_cuda_opts o = {};
   o.grad_clip = (float)c->fa[0];
-  /* a checkpoint every 8 steps: the backward then replays each 8-step sub-chunk once instead of a whole 64-step
-     segment first (400M layer fwd+bwd 7.8 vs 9.1 ms on H200, cuda/bench/RESULTS.md) for 8 x the checkpoint
-     memory: B N ceil(T / 8) K V fp32, 1.4 GB for the 400M layer at B = 8, T = 4096 */
-  o.ckpt_every = c->ia[0] > 0 ? (int)c->ia[0] : 8; /* m2_m2rnn_opts.ckpt_every */
+  o.ckpt_every = (int)c->ia[0]; /* m2_m2rnn_opts.ckpt_every; 0: M2_M2RNN_CKPT_EVERY, as for every caller */
   return o;
 }
 

@@ -218,7 +218,7 @@ int main(void) {
   CHECK(m2_m2rnn_cuda_path(&paper, &f32io) == M2_M2RNN_GENERAL, "fp32 I/O: general path");
   f32io.path = M2_M2RNN_FAST;
   CHECK(m2_m2rnn_cuda_path(&paper, &f32io) == -1, "fp32 I/O refuses the fast path");
-  CHECK(m2_m2rnn_ckpt_floats(&paper, NULL) == (size_t)8 * 84 * 64 * 64 * 16, "checkpoint size");
+  CHECK(m2_m2rnn_ckpt_floats(&paper, NULL) == (size_t)8 * 84 * 512 * 64 * 16, "checkpoint size (ckpt 8, the default)");
   if (m2_cuda_device_count() == 0) {
     printf("cuda_m2rnn: no CUDA device, skipped (%d argument checks, %d failed)\n", g_checks, g_failures);
     return g_failures ? 1 : 77;
