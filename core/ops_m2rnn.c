@@ -486,6 +486,15 @@ m2_status m2_m2rnn(m2_tensor *q, m2_tensor *k, m2_tensor *v, m2_tensor *W, m2_te
   m2rnn_geom g;
   M2_TRY(m2rnn_check(in, &g)); /* fail early with the shapes, before the dispatcher touches them */
   if (o && o->ckpt_every < 0) return m2_fail(M2_ERR_VALUE, "m2rnn: ckpt_every = %d must be >= 0 (0: the default)", o->ckpt_every);
-  return mixer_call(&m2_op_m2rnn, in, o ? o->grad_clip : 0, o ? o->ckpt_every : 0, y, hT); /* fa[0] = clip,
-                                                                                          ia[0] = ckpt_every */
+  m2_opcall c;
+  m2_call_init(&c, &m2_op_m2rnn, 6, in);
+  c.fa[0] = o ? o->grad_clip : 0;
+  c.ia[0] = o ? o->ckpt_every : 0;
+  m2_tensor *outs[M2_MAX_OUT] = {0};
+  M2_TRY(m2_call_run(&c, outs));
+  if (y) *y = outs[0];
+  else m2_release(outs[0]);
+  if (hT) *hT = outs[1];
+  else m2_release(outs[1]);
+  return M2_OK;
 }

@@ -19,6 +19,8 @@ int main(void) {
 }
 #else
 #include "../core/backend.h"
+#include "../core/ops_gdn.h"
+#include "../core/ops_ssd.h"
 
 extern const m2_op m2_op_gdn, m2_op_gdn_chunked, m2_op_ssd, m2_op_ssd_chunked, m2_op_attention, m2_op_rope;
 
@@ -129,6 +131,26 @@ typedef struct pcase {
   double fa0;
 } pcase;
 
+/* The op's checked attributes for the inputs in, from the case's options, as its public function stores them. */
+static m2_status set_attr(m2_opcall *c, const pcase *pc, m2_tensor *const *in) {
+  const m2_op *op = pc->op;
+  if (op == &m2_op_gdn || op == &m2_op_gdn_chunked) {
+    m2_gdn_opts o = {pc->fa0, (int)pc->ia0};
+    m2_gdn_attr a;
+    M2_TRY(gdn_check(in, &o, op == &m2_op_gdn_chunked, &a));
+    M2_SET_ATTR(c, a);
+  } else if (op == &m2_op_ssd || op == &m2_op_ssd_chunked) {
+    m2_ssd_opts o = {(int)pc->ia0};
+    m2_ssd_attr a;
+    M2_TRY(ssd_check(in, &o, op == &m2_op_ssd_chunked, &a));
+    M2_SET_ATTR(c, a);
+  } else { /* attention, rope */
+    c->ia[0] = pc->ia0;
+    c->fa[0] = pc->fa0;
+  }
+  return M2_OK;
+}
+
 static void run_dtype(const pcase *pc, m2_dtype dt, uint64_t seed) {
   int di = dt == M2_BF16;
   double tol = di ? 2e-2 : 1e-4;
@@ -145,8 +167,8 @@ static void run_dtype(const pcase *pc, m2_dtype dt, uint64_t seed) {
   m2_opcall cc, gc;
   m2_call_init(&cc, pc->op, pc->n_in, cin);
   m2_call_init(&gc, pc->op, pc->n_in, gin);
-  cc.ia[0] = gc.ia[0] = pc->ia0;
-  cc.fa[0] = gc.fa[0] = pc->fa0;
+  CHECK_OK(set_attr(&cc, pc, cin));
+  CHECK_OK(set_attr(&gc, pc, gin));
   CHECK_OK(pc->op->cpu_fwd(&cc));
   m2_status gs = pc->op->cuda_fwd(&gc);
   CHECK(gs == M2_OK, "%s %s: cuda forward failed", pc->name, dn);
