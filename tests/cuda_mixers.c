@@ -19,6 +19,7 @@ int main(void) {
 }
 #else
 #include "../core/backend.h"
+#include "../core/ops_attention.h"
 #include "../core/ops_gdn.h"
 #include "../core/ops_ssd.h"
 
@@ -144,9 +145,15 @@ static m2_status set_attr(m2_opcall *c, const pcase *pc, m2_tensor *const *in) {
     m2_ssd_attr a;
     M2_TRY(ssd_check(in, &o, op == &m2_op_ssd_chunked, &a));
     M2_SET_ATTR(c, a);
-  } else { /* attention, rope */
-    c->ia[0] = pc->ia0;
-    c->fa[0] = pc->fa0;
+  } else if (op == &m2_op_attention) {
+    m2_attention_attr a;
+    M2_TRY(m2_attention_check(in, &a));
+    a.scale = pc->fa0, a.causal = pc->ia0 != 0, a.bf16 = false;
+    M2_SET_ATTR(c, a);
+  } else { /* rope */
+    M2_TRY(m2_rope_check(in[0], pc->fa0));
+    m2_rope_attr a = {pc->fa0, pc->ia0};
+    M2_SET_ATTR(c, a);
   }
   return M2_OK;
 }
