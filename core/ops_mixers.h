@@ -1,6 +1,9 @@
-/* ops_mixers.h — sequence-mixer ops (CPU reference now, CUDA later). Layouts are
+/* ops_mixers.h — sequence-mixer ops: CPU reference kernels here in core, CUDA kernels in cuda/. Layouts are
  * batch-major: (B, T, heads, dim). See ../shared/DESIGN.md section 3 for the maths.
- * All return new references, or NULL with m2_errmsg() set. Optional tensors may be NULL. */
+ * All return new references, or NULL with m2_errmsg() set. Optional tensors may be NULL.
+ * Each public function checks its inputs and options once, before the call, and stores the sizes and options,
+ * checked and with the defaults below filled in, as the op's attribute struct on the call (core/ops_<op>.h; conv1d
+ * has no options and no struct); the kernels trust what was checked. */
 #ifndef M2_OPS_MIXERS_H
 #define M2_OPS_MIXERS_H
 #include "op.h"
