@@ -25,8 +25,6 @@ extern "C" {
 #define M2_MAX_IN 8
 #define M2_MAX_OUT 4
 #define M2_MAX_SAVED 8
-#define M2_MAX_IATTR 16
-#define M2_MAX_FATTR 8
 #define M2_MAX_ATTR 128 /* bytes of an op's typed attribute struct (see M2_ATTR) */
 
 #ifdef __cplusplus
@@ -47,8 +45,6 @@ typedef struct m2_opcall {
   m2_tensor *out[M2_MAX_OUT];      /* outputs, set by forward */
   int n_saved;
   m2_tensor *saved[M2_MAX_SAVED];  /* kept for backward */
-  int64_t ia[M2_MAX_IATTR];        /* integer attributes; meaning documented per op */
-  double fa[M2_MAX_FATTR];         /* float attributes */
   /* The op's typed attributes (a struct named m2_<op>_attr, declared beside the op), copied in by the public entry
    * after it validated them (m2_call_set_attr) and kept on the tape node: kernels read them with M2_ATTR and trust
    * them. */

@@ -5,10 +5,10 @@
  * h / (H / Hkv)) -> o (B,T,H,D):
  *   o_t = sum_s softmax_s(scale q_t.k_s) v_s    over s <= t + (S - T) when causal, all s otherwise.
  * A causal query that sees no key (T > S, t < T - S) gets o_t = 0 and no gradient.
- * Op row "attention": in = {q, k, v}, fa[0] = scale (resolved, never 0), ia[0] = causal, ia[1] = bf16 products
- * (f32 tensors only, from m2_matmul_precision(): q, k, v and, backward, do are rounded to bf16 as the operands of
- * every product; the CUDA path then runs on tensor cores, which also round P and dS to bf16 before their products),
- * out = {o} (kept for backward), saved[0] = the log-sum-exp of every row, (B,H,T) F64.
+ * Op row "attention": in = {q, k, v}, attr = m2_attention_attr (ops_attention.h: the sizes, scale (resolved, never
+ * 0), causal, and bf16 products (f32 tensors only, from m2_matmul_precision(): q, k, v and, backward, do are rounded
+ * to bf16 as the operands of every product; the CUDA path then runs on tensor cores, which also round P and dS to
+ * bf16 before their products)), out = {o} (kept for backward), saved[0] = the log-sum-exp of every row, (B,H,T) F64.
  * Backward (flash-style, no T x S matrix kept): P_ts = exp(scale q_t.k_s - lse_t),
  *   D_t = do_t.o_t ;  dS_ts = P_ts (do_t.v_s - D_t)
  *   dq_t = scale sum_s dS_ts k_s ;  dk_s = scale sum_t dS_ts q_t ;  dv_s = sum_t P_ts do_t
@@ -16,7 +16,7 @@
  *
  * rope: x (B,T,H,D), D even -> y; for i < D/2, angle a = (t + offset) theta^(-2i/D):
  *   y_i = x_i cos a - x_{i+D/2} sin a ;  y_{i+D/2} = x_i sin a + x_{i+D/2} cos a.
- * Op row "rope": in = {x}, fa[0] = theta, ia[0] = offset. Backward rotates dy by -a. */
+ * Op row "rope": in = {x}, attr = m2_rope_attr {theta, offset}. Backward rotates dy by -a. */
 #include "ops.h"
 #include "ops_mixers.h"
 #include "ops_attention.h"
@@ -29,13 +29,13 @@
 
 /* ---------------- attention ---------------- */
 
-/* Shared with cuda/ops_attention.cu through ops_attention.h. */
-m2_status m2_attention_check(m2_tensor *const *in, m2_float_rule check_float, att_geom *d) {
+/* Run by m2_attention before the call (the kernels trust its result). */
+m2_status m2_attention_check(m2_tensor *const *in, m2_attention_attr *d) {
   static const char *names[3] = {"q", "k", "v"};
   const char *op = "attention";
   for (int i = 0; i < 3; i++) {
     if (!in[i]) return m2_fail(M2_ERR_VALUE, "%s: %s is NULL", op, names[i]);
-    M2_TRY(check_float(in[i], op, names[i]));
+    M2_TRY(m2_check_float(in[i], op, names[i]));
     M2_TRY(m2_check_same_dtype(in[0], in[i], op));
   }
   m2_tensor *q = in[0], *k = in[1], *v = in[2];
@@ -58,24 +58,23 @@ m2_status m2_attention_check(m2_tensor *const *in, m2_float_rule check_float, at
   return M2_OK;
 }
 
-/* With bf16 products (ia[1]) an f32 input's double copy rounded to bf16, as the tensor cores see it. */
+/* With bf16 products (attr.bf16) an f32 input's double copy rounded to bf16, as the tensor cores see it. */
 static void att_operand(const m2_opcall *c, dbuf *x) {
-  if (!c->ia[1] || !(x->own || x->held) || !x->t || x->t->dtype != M2_F32) return; /* never round in place */
+  if (!M2_ATTR(c, m2_attention_attr)->bf16 || !(x->own || x->held) || !x->t || x->t->dtype != M2_F32) return; /* never round in place */
   for (int64_t i = 0, n = m2_numel(x->t); i < n; i++) x->p[i] = m2_bf16_to_f32(m2_f32_to_bf16((float)x->p[i]));
 }
 
 /* Keys that query t may read: s < att_len(t). */
-static int64_t att_len(const att_geom *d, bool causal, int64_t t) {
+static int64_t att_len(const m2_attention_attr *d, bool causal, int64_t t) {
   if (!causal) return d->S;
   int64_t n = t + d->S - d->T + 1;
   return n < 0 ? 0 : n > d->S ? d->S : n;
 }
 
 static m2_status attention_fwd(m2_opcall *c) {
-  att_geom d;
-  M2_TRY(m2_attention_check(c->in, m2_check_float, &d));
-  double scale = c->fa[0];
-  bool causal = c->ia[0] != 0;
+  const m2_attention_attr d = *M2_ATTR(c, m2_attention_attr);
+  double scale = d.scale;
+  bool causal = d.causal;
   int64_t B = d.B, T = d.T, H = d.H, D = d.D, S = d.S, Hkv = d.Hkv, rep = H / Hkv;
   dbuf q = {0}, k = {0}, v = {0}, o = {0};
   m2_tensor *lse = NULL;
@@ -127,12 +126,11 @@ static m2_status attention_fwd(m2_opcall *c) {
 }
 
 static m2_status attention_bwd(m2_opcall *c) {
-  att_geom d;
-  M2_TRY(m2_attention_check(c->in, m2_check_float, &d));
+  const m2_attention_attr d = *M2_ATTR(c, m2_attention_attr);
   if (c->n_saved < 1 || !c->saved[0] || !c->out[0])
     return m2_fail(M2_ERR_AUTOGRAD, "attention: backward without the saved output and log-sum-exp");
-  double scale = c->fa[0];
-  bool causal = c->ia[0] != 0;
+  double scale = d.scale;
+  bool causal = d.causal;
   int64_t B = d.B, T = d.T, H = d.H, D = d.D, S = d.S, Hkv = d.Hkv, rep = H / Hkv;
   m2_dtype dt = c->in[0]->dtype;
   dbuf q = {0}, k = {0}, v = {0}, o = {0}, dO = {0}, din[3] = {0};
@@ -182,33 +180,35 @@ const m2_op m2_op_attention = {"attention", attention_fwd, attention_bwd, M2_OP_
 /* opts NULL means {scale 1/sqrt(D), causal}. */
 m2_tensor *m2_attention(m2_tensor *q, m2_tensor *k, m2_tensor *v, const m2_attention_opts *o) {
   m2_tensor *in[3] = {q, k, v};
-  m2_opcall c;
-  m2_call_init(&c, &m2_op_attention, 3, in);
   double scale = o ? o->scale : 0;
   if (scale == 0 && q && q->ndim == 4 && q->shape[3] > 0) scale = 1.0 / sqrt((double)q->shape[3]);
   if (!isfinite(scale)) {
     m2_fail(M2_ERR_VALUE, "attention: scale must be finite");
     return NULL;
   }
-  c.fa[0] = scale;
-  c.ia[0] = o ? o->causal : true;
-  c.ia[1] = m2_matmul_precision() == M2_MM_BF16 && q && q->dtype == M2_F32;
+  m2_attention_attr a;
+  if (m2_attention_check(in, &a) != M2_OK) return NULL; /* the one check: the kernels trust a */
+  a.scale = scale;
+  a.causal = o ? o->causal : true;
+  a.bf16 = m2_matmul_precision() == M2_MM_BF16 && q->dtype == M2_F32;
+  m2_opcall c;
+  m2_call_init(&c, &m2_op_attention, 3, in);
+  M2_SET_ATTR(&c, a);
   return m2_call1(&c);
 }
 
 /* ---------------- rope ---------------- */
 
-/* Shared with cuda/ops_attention.cu through ops_attention.h. */
-m2_status m2_rope_check(const m2_opcall *c, m2_float_rule check_float) {
-  m2_tensor *x = c->in[0];
+/* Run by m2_rope before the call (the kernels trust its result). */
+m2_status m2_rope_check(const m2_tensor *x, double theta) {
   if (!x) return m2_fail(M2_ERR_VALUE, "rope: x is NULL");
-  M2_TRY(check_float(x, "rope", "x"));
+  M2_TRY(m2_check_float(x, "rope", "x"));
   char a[96];
   if (x->ndim != 4)
     return m2_fail(M2_ERR_SHAPE, "rope: x has shape %s, expected 4 dims (B, T, H, D)", m2_shape_str(x, a, sizeof a));
   if (x->shape[3] % 2 != 0)
     return m2_fail(M2_ERR_SHAPE, "rope: the last dim D = %lld must be even (pairs i, i + D/2)", (long long)x->shape[3]);
-  if (!(c->fa[0] > 0) || !isfinite(c->fa[0])) return m2_fail(M2_ERR_VALUE, "rope: theta must be > 0, got %g", c->fa[0]);
+  if (!(theta > 0) || !isfinite(theta)) return m2_fail(M2_ERR_VALUE, "rope: theta must be > 0, got %g", theta);
   return M2_OK;
 }
 
@@ -245,7 +245,8 @@ static m2_status rope_run(m2_opcall *c, m2_tensor *src, m2_tensor **dst, double 
   dbuf x = {0}, y = {0};
   m2_status s = dbuf_in(&x, src);
   if (s == M2_OK) s = dbuf_out(&y, src->dtype, 4, src->shape);
-  if (s == M2_OK) s = rope_apply(x.p, y.p, src->shape, c->fa[0], c->ia[0], sign);
+  const m2_rope_attr *a = M2_ATTR(c, m2_rope_attr);
+  if (s == M2_OK) s = rope_apply(x.p, y.p, src->shape, a->theta, a->offset, sign);
   if (s == M2_OK) dbuf_store(&y);
   dbuf_free(&x), dbuf_free(&y);
   if (s != M2_OK) { m2_release(y.t); return s; }
@@ -254,7 +255,6 @@ static m2_status rope_run(m2_opcall *c, m2_tensor *src, m2_tensor **dst, double 
 }
 
 static m2_status rope_fwd(m2_opcall *c) {
-  M2_TRY(m2_rope_check(c, m2_check_float));
   c->n_out = 1;
   return rope_run(c, c->in[0], &c->out[0], 1.0);
 }
@@ -267,10 +267,11 @@ static m2_status rope_bwd(m2_opcall *c) {
 const m2_op m2_op_rope = {"rope", rope_fwd, rope_bwd, 0};
 
 m2_tensor *m2_rope(m2_tensor *x, double theta, int64_t offset) {
+  if (m2_rope_check(x, theta) != M2_OK) return NULL; /* the one check: the kernels trust it */
   m2_tensor *in[1] = {x};
+  m2_rope_attr a = {theta, offset};
   m2_opcall c;
   m2_call_init(&c, &m2_op_rope, 1, in);
-  c.fa[0] = theta;
-  c.ia[0] = offset;
+  M2_SET_ATTR(&c, a);
   return m2_call1(&c);
 }

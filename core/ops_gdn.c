@@ -9,9 +9,9 @@
  * Kernels compute in double (inputs F32 or F64, outputs in the inputs' dtype).
  *
  * Op rows "gdn" and "gdn_chunked": in = {q, k, v, g, beta, h0 (or NULL)}, out = {o, hT},
- * fa[0] = scale (0 -> 1/sqrt(K)), ia[0] = chunk (0 -> 64; for "gdn" it is only the checkpoint
- * interval of the backward), ia[1] = the checkpoint interval actually used (set by forward).
- * saved[0] = the states before every ia[1]-th step, (B, H, NS, K, V) F64, NS = ceil(T / ia[1]);
+ * attr = m2_gdn_attr (ops_gdn.h: the sizes, scale and chunk, checked and resolved by the public functions; for
+ * "gdn" the chunk is only the checkpoint interval of the backward).
+ * saved[0] = the states before every chunk-th step, (B, H, NS, K, V) F64, NS = ceil(T / chunk);
  * the chunked forward produces exactly these states (one per chunk) as part of its scan.
  *
  * Backward (both rows): the recurrent backward. For each checkpoint segment, last first, the
@@ -27,28 +27,40 @@
 
 /* double views of float tensors: ops_dbuf.h; the buffer plumbing shared with SSD: ops_mixer_common.h */
 
-/* ---------------- shapes ---------------- */
+/* ---------------- shapes and options (checked once, by the public functions) ---------------- */
 
-m2_status gdn_check(const m2_opcall *c, const char *op, const mixer_rules *rules, gdn_dims *d) {
-  static const char *const names[6] = {"q", "k", "v", "g", "beta", "h0"};
-  M2_TRY(mixer_check_inputs(c->in, names, op, rules));
-  m2_tensor *q = c->in[0];
+static const char *const GDN_NAMES[6] = {"q", "k", "v", "g", "beta", "h0"};
+
+m2_status gdn_check(m2_tensor *const *in, const m2_gdn_opts *o, bool chunked, m2_gdn_attr *d) {
+  const char *op = chunked ? "gdn_chunked" : "gdn";
+  memset(d, 0, sizeof *d);
+  M2_TRY(mixer_check_inputs(in, GDN_NAMES, op));
+  m2_tensor *q = in[0];
   if (q->ndim != 4) {
     char a[96];
     return m2_fail(M2_ERR_SHAPE, "%s: q has shape %s, expected 4 dims (B, T, H, K)", op, m2_shape_str(q, a, sizeof a));
   }
   d->B = q->shape[0], d->T = q->shape[1], d->H = q->shape[2], d->K = q->shape[3];
-  d->V = c->in[2]->ndim == 4 ? c->in[2]->shape[3] : 0;
+  d->V = in[2]->ndim == 4 ? in[2]->shape[3] : 0;
   int64_t sv[4] = {d->B, d->T, d->H, d->V}, sh[4] = {d->B, d->H, d->K, d->V};
-  M2_TRY(mixer_want_shape(c->in[1], op, "k", "(B, T, H, K)", 4, q->shape));
-  M2_TRY(mixer_want_shape(c->in[2], op, "v", "(B, T, H, V)", 4, sv));
-  M2_TRY(mixer_want_shape(c->in[3], op, "g", "(B, T, H)", 3, q->shape));
-  M2_TRY(mixer_want_shape(c->in[4], op, "beta", "(B, T, H)", 3, q->shape));
-  if (c->in[5]) M2_TRY(mixer_want_shape(c->in[5], op, "h0", "(B, H, K, V)", 4, sh));
+  M2_TRY(mixer_want_shape(in[1], op, "k", "(B, T, H, K)", 4, q->shape));
+  M2_TRY(mixer_want_shape(in[2], op, "v", "(B, T, H, V)", 4, sv));
+  M2_TRY(mixer_want_shape(in[3], op, "g", "(B, T, H)", 3, q->shape));
+  M2_TRY(mixer_want_shape(in[4], op, "beta", "(B, T, H)", 3, q->shape));
+  if (in[5]) M2_TRY(mixer_want_shape(in[5], op, "h0", "(B, H, K, V)", 4, sh));
   if (d->K < 1 || d->V < 1) return m2_fail(M2_ERR_SHAPE, "%s: K and V must be at least 1", op);
-  M2_TRY(mixer_check_max_dim(d->K, "K", op, rules));
-  if (c->ia[0] < 0) return m2_fail(M2_ERR_VALUE, "%s: chunk must be >= 0 (0 = default 64), got %lld", op, (long long)c->ia[0]);
+  int64_t chunk = o ? o->chunk : 0;
+  if (chunk < 0)
+    return m2_fail(M2_ERR_VALUE, "%s: chunk must be >= 0 (0 = default %d), got %lld", op, M2_GDN_CHUNK,
+                   (long long)chunk);
+  d->chunk = chunk > 0 ? chunk : M2_GDN_CHUNK;
+  double scale = o ? o->scale : 0;
+  d->scale = scale != 0 ? scale : 1.0 / sqrt((double)d->K);
   return M2_OK;
+}
+
+m2_status gdn_supports(const m2_opcall *c, const mixer_rules *r) {
+  return mixer_supports(c, GDN_NAMES, c->op->name, M2_ATTR(c, m2_gdn_attr)->K, "K", r);
 }
 
 /* ---------------- recurrent step ---------------- */
@@ -83,7 +95,7 @@ typedef struct gdn_io {
   double *ckpt;                            /* (B,H,NS,K,V) or NULL */
 } gdn_io;
 
-static void gdn_rec_bh(const gdn_dims *d, const gdn_io *io, int64_t b, int64_t h, double scale, int64_t seg,
+static void gdn_rec_bh(const m2_gdn_attr *d, const gdn_io *io, int64_t b, int64_t h, double scale, int64_t seg,
                        double *u) {
   int64_t K = d->K, V = d->V, T = d->T, H = d->H, KV = K * V, NS = (T + seg - 1) / seg;
   double *S = io->hT + (b * H + h) * KV;
@@ -114,7 +126,7 @@ typedef struct gdn_chunk_work {
   double *U, *W;         /* (C, V) (C, K); U becomes V' */
 } gdn_chunk_work;
 
-static void gdn_chunked_bh(const gdn_dims *d, const gdn_io *io, int64_t b, int64_t h, double scale, int64_t C,
+static void gdn_chunked_bh(const m2_gdn_attr *d, const gdn_io *io, int64_t b, int64_t h, double scale, int64_t C,
                            gdn_chunk_work *w) {
   int64_t K = d->K, V = d->V, T = d->T, H = d->H, KV = K * V, NS = (T + C - 1) / C;
   double *S = io->hT + (b * H + h) * KV;
@@ -212,11 +224,9 @@ static void gdn_chunked_bh(const gdn_dims *d, const gdn_io *io, int64_t b, int64
 
 static m2_status gdn_forward(m2_opcall *c, bool chunked) {
   const char *op = chunked ? "gdn_chunked" : "gdn";
-  gdn_dims d;
-  M2_TRY(gdn_check(c, op, &mixer_rules_cpu, &d));
-  double scale = c->fa[0] != 0 ? c->fa[0] : 1.0 / sqrt((double)d.K);
-  int64_t seg = c->ia[0] > 0 ? c->ia[0] : 64;
-  c->ia[1] = seg;
+  const m2_gdn_attr d = *M2_ATTR(c, m2_gdn_attr);
+  double scale = d.scale;
+  int64_t seg = d.chunk;
   int64_t NS = (d.T + seg - 1) / seg;
   mixer_fwd_bufs mb;
   m2_status s = mixer_fwd_open(c, &mb, (int64_t[]){d.B, d.T, d.H, d.V}, (int64_t[]){d.B, d.H, d.K, d.V},
@@ -272,7 +282,7 @@ typedef struct gdn_grads {
   double *dq, *dk, *dv, *dg, *dbeta, *dh0; /* shapes of the inputs */
 } gdn_grads;
 
-static void gdn_bwd_bh(const gdn_dims *d, const gdn_io *io, const double *dout, const double *dhT, gdn_grads *gr,
+static void gdn_bwd_bh(const m2_gdn_attr *d, const gdn_io *io, const double *dout, const double *dhT, gdn_grads *gr,
                        int64_t b, int64_t h, double scale, int64_t seg, double *St, double *dS, double *u, double *dvp,
                        double *du) {
   int64_t K = d->K, V = d->V, T = d->T, H = d->H, KV = K * V, NS = (T + seg - 1) / seg;
@@ -336,11 +346,10 @@ static void gdn_bwd_bh(const gdn_dims *d, const gdn_io *io, const double *dout, 
 
 static m2_status gdn_bwd(m2_opcall *c) {
   const char *op = c->op->name;
-  gdn_dims d;
-  M2_TRY(gdn_check(c, op, &mixer_rules_cpu, &d));
+  const m2_gdn_attr d = *M2_ATTR(c, m2_gdn_attr);
   if (c->n_saved < 1 || !c->saved[0]) return m2_fail(M2_ERR_AUTOGRAD, "%s: backward without saved states", op);
-  double scale = c->fa[0] != 0 ? c->fa[0] : 1.0 / sqrt((double)d.K);
-  int64_t seg = c->ia[1];
+  double scale = d.scale;
+  int64_t seg = d.chunk;
   int64_t K = d.K, V = d.V, KV = K * V;
   mixer_bwd_bufs mb;
   m2_status s = mixer_bwd_open(c, &mb);
@@ -367,13 +376,18 @@ const m2_op m2_op_gdn_chunked = {"gdn_chunked", gdn_chunked_fwd, gdn_bwd, 0};
 
 /* ---------------- public API ---------------- */
 
+static m2_status gdn_run(const m2_op *op, m2_tensor *const *in, const m2_gdn_opts *o, m2_tensor **out, m2_tensor **hT) {
+  m2_gdn_attr a;
+  M2_TRY(gdn_check(in, o, op == &m2_op_gdn_chunked, &a)); /* the one check: the kernels trust a */
+  return mixer_call(op, in, &a, sizeof a, out, hT);
+}
+
 m2_status m2_gdn(m2_tensor *q, m2_tensor *k, m2_tensor *v, m2_tensor *g, m2_tensor *beta, m2_tensor *h0,
                  const m2_gdn_opts *o, m2_tensor **out, m2_tensor **hT) {
-  return mixer_call(&m2_op_gdn, (m2_tensor *[6]){q, k, v, g, beta, h0}, o ? o->scale : 0, o ? o->chunk : 0, out, hT);
+  return gdn_run(&m2_op_gdn, (m2_tensor *[6]){q, k, v, g, beta, h0}, o, out, hT);
 }
 
 m2_status m2_gdn_chunked(m2_tensor *q, m2_tensor *k, m2_tensor *v, m2_tensor *g, m2_tensor *beta, m2_tensor *h0,
                          const m2_gdn_opts *o, m2_tensor **out, m2_tensor **hT) {
-  return mixer_call(&m2_op_gdn_chunked, (m2_tensor *[6]){q, k, v, g, beta, h0}, o ? o->scale : 0, o ? o->chunk : 0,
-                    out, hT);
+  return gdn_run(&m2_op_gdn_chunked, (m2_tensor *[6]){q, k, v, g, beta, h0}, o, out, hT);
 }

@@ -11,6 +11,11 @@
  * segment's states H and tanh values Z from its checkpoint into a per-thread buffer
  * ((2 * 64 + 2) K V doubles), then runs that segment's backward steps in reverse. Saved memory
  * is 1/64 of keeping every state (at T = 4096 that would not fit), for one extra forward.
+ * The spacing is the CPU's own: attr.ckpt_every (the CUDA kernels', 8 by default) is not used here, because
+ * results would then depend on it. dW sums each segment's steps in GEMMs over that segment, so another spacing
+ * regroups dW's sum: measured (B=4, T=200, N=4, K=32, V=16, F64) against spacing 64, spacings 8, 16 and 32 give
+ * bit-identical y, hT, dq, dk, dv and df but a dW that differs in its last bits (up to 8e-13 relative). A smaller
+ * spacing would also keep more f64 states (8x at 8) for no gain: the recomputation costs one forward at any spacing.
  *
  * Everything is computed in double whatever the input dtype (F32 or F64); inputs are
  * converted once. Chains are independent, so the loops run one chain at a time (its state
@@ -32,11 +37,12 @@
 #include <cblas.h>
 #include <math.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
-#define M2RNN_CKPT 64 /* steps between saved states; the backward recomputes inside a segment */
+#define M2RNN_CKPT 64 /* steps between saved states (the CPU's own, not attr.ckpt_every: see the top) */
 #define M2_THREADS 8  /* at most this many worker threads over the batch (one per online core) */
 
 /* The elementwise loops (tanh, gate, dX) have a run-time length K*V; GCC's -O2 default
@@ -77,16 +83,41 @@ static inline double m2rnn_tanh(double x) {
   return copysign(-e / (2.0 + e), x);
 }
 
-/* ---------------- shapes ---------------- */
+/* ---------------- shapes and options (checked once, by m2_m2rnn) ---------------- */
 
 static const char *const IN_NAMES[6] = {"q", "k", "v", "W", "f", "h0"};
 static const char *const IN_LAYOUT[6] = {"(B, T, Nq, K)", "(B, T, Nk, K)", "(B, T, Nv, V)", "(Nw, V, V)",
                                          "(B, T, Nf)", "(B, N, K, V)"};
 static const int IN_NDIM[6] = {4, 4, 4, 3, 3, 4};
 
-/* Check q, k, v, W, f, h0 (h0 may be NULL) and fill g. Messages name the shapes. */
-m2_status m2rnn_check(m2_tensor *const *in, m2rnn_geom *g) {
+/* a's head counts: N (0: set here) is the largest and each count divides it. `shapes` ends the message. */
+static m2_status heads_check(m2_m2rnn_attr *a, const char *shapes) {
+  int64_t hc[5] = {a->Nq, a->Nk, a->Nv, a->Nw, a->Nf}, mx = 0;
+  static const char *const hc_name[5] = {"Nq", "Nk", "Nv", "Nw", "Nf"};
+  for (int i = 0; i < 5; i++) mx = hc[i] > mx ? hc[i] : mx;
+  if (a->N == 0) a->N = mx;
+  if (a->N != mx)
+    return m2_fail(M2_ERR_SHAPE, "m2rnn: N = %lld must be the largest head count max(Nq, Nk, Nv, Nw, Nf) = %lld",
+                   (long long)a->N, (long long)mx);
+  for (int i = 0; i < 5; i++)
+    if (hc[i] <= 0 || a->N % hc[i] != 0)
+      return m2_fail(M2_ERR_SHAPE,
+                     "m2rnn: every head count must divide N = max(Nq, Nk, Nv, Nw, Nf) = %lld, but %s = %lld%s",
+                     (long long)a->N, hc_name[i], (long long)hc[i], shapes);
+  return M2_OK;
+}
+
+/* ckpt_every >= 0, 0 becoming the default. */
+static m2_status ckpt_check(m2_m2rnn_attr *a) {
+  if (a->ckpt_every < 0)
+    return m2_fail(M2_ERR_VALUE, "m2rnn: ckpt_every = %d must be >= 0 (0: the default)", a->ckpt_every);
+  if (a->ckpt_every == 0) a->ckpt_every = M2_M2RNN_CKPT_EVERY;
+  return M2_OK;
+}
+
+m2_status m2_m2rnn_check(m2_tensor *const *in, const m2_m2rnn_opts *o, m2_m2rnn_attr *g) {
   char s0[96], s1[96], s2[96];
+  memset(g, 0, sizeof *g);
   for (int i = 0; i < 6; i++) {
     if (!in[i]) {
       if (i == 5) continue;
@@ -120,30 +151,32 @@ m2_status m2rnn_check(m2_tensor *const *in, m2rnn_geom *g) {
   if (g->K <= 0 || g->V <= 0)
     return m2_fail(M2_ERR_SHAPE, "m2rnn: K and V must be positive, got K = %lld (q %s) and V = %lld (v %s)",
                    (long long)g->K, m2_shape_str(q, s0, sizeof s0), (long long)g->V, m2_shape_str(v, s1, sizeof s1));
-  g->nq = q->shape[2];
-  g->nk = k->shape[2];
-  g->nv = v->shape[2];
-  g->nf = f->shape[2];
-  g->nw = W->shape[0];
-  int64_t hc[5] = {g->nq, g->nk, g->nv, g->nw, g->nf};
-  static const char *const hc_name[5] = {"Nq", "Nk", "Nv", "Nw", "Nf"};
-  g->N = 0;
-  for (int i = 0; i < 5; i++) g->N = hc[i] > g->N ? hc[i] : g->N;
-  for (int i = 0; i < 5; i++)
-    if (hc[i] <= 0 || g->N % hc[i] != 0)
-      return m2_fail(M2_ERR_SHAPE,
-                     "m2rnn: every head count must divide N = max(Nq, Nk, Nv, Nw, Nf) = %lld, but %s = %lld "
-                     "(q %s, v %s, W %s)",
-                     (long long)g->N, hc_name[i], (long long)hc[i],
-                     m2_shape_str(q, s0, sizeof s0), m2_shape_str(v, s1, sizeof s1), m2_shape_str(W, s2, sizeof s2));
+  g->Nq = q->shape[2];
+  g->Nk = k->shape[2];
+  g->Nv = v->shape[2];
+  g->Nf = f->shape[2];
+  g->Nw = W->shape[0];
+  char shapes[320];
+  snprintf(shapes, sizeof shapes, " (q %s, v %s, W %s)", m2_shape_str(q, s0, sizeof s0), m2_shape_str(v, s1, sizeof s1),
+           m2_shape_str(W, s2, sizeof s2));
+  M2_TRY(heads_check(g, shapes));
   if (h0) {
     int64_t want[4] = {g->B, g->N, g->K, g->V};
     if (h0->shape[0] != want[0] || h0->shape[1] != want[1] || h0->shape[2] != want[2] || h0->shape[3] != want[3])
       return m2_fail(M2_ERR_SHAPE, "m2rnn: h0 must be (B, N, K, V) = %s, got %s", m2_shape_str_raw(4, want, s0, sizeof s0),
                      m2_shape_str(h0, s1, sizeof s1));
   }
-  g->S = (g->T + M2RNN_CKPT - 1) / M2RNN_CKPT;
-  return M2_OK;
+  g->grad_clip = o ? o->grad_clip : 0;
+  g->ckpt_every = o ? o->ckpt_every : 0;
+  return ckpt_check(g);
+}
+
+m2_status m2_m2rnn_attr_resolve(m2_m2rnn_attr *a) {
+  if (a->B < 0 || a->T < 0 || a->K < 1 || a->V < 1)
+    return m2_fail(M2_ERR_SHAPE, "m2rnn: need B >= 0, T >= 0, K >= 1, V >= 1, got B = %lld, T = %lld, K = %lld, "
+                   "V = %lld", (long long)a->B, (long long)a->T, (long long)a->K, (long long)a->V);
+  M2_TRY(heads_check(a, ""));
+  return ckpt_check(a);
 }
 
 /* ---------------- host f64 buffers ---------------- */
@@ -195,20 +228,20 @@ typedef struct m2rnn_chain {
   int64_t sq, sk, sv, sf, sy;
 } m2rnn_chain;
 
-static m2rnn_chain chain_at(const m2rnn_geom *g, int64_t b, int64_t n) {
+static m2rnn_chain chain_at(const m2_m2rnn_attr *g, int64_t b, int64_t n) {
   m2rnn_chain c;
   int64_t T = g->T, N = g->N, K = g->K, V = g->V;
-  c.sq = g->nq * K;
-  c.sk = g->nk * K;
-  c.sv = g->nv * V;
-  c.sf = g->nf;
+  c.sq = g->Nq * K;
+  c.sk = g->Nk * K;
+  c.sv = g->Nv * V;
+  c.sf = g->Nf;
   c.sy = N * V;
-  c.q = b * T * c.sq + n / (N / g->nq) * K;
-  c.k = b * T * c.sk + n / (N / g->nk) * K;
-  c.v = b * T * c.sv + n / (N / g->nv) * V;
-  c.f = b * T * c.sf + n / (N / g->nf);
+  c.q = b * T * c.sq + n / (N / g->Nq) * K;
+  c.k = b * T * c.sk + n / (N / g->Nk) * K;
+  c.v = b * T * c.sv + n / (N / g->Nv) * V;
+  c.f = b * T * c.sf + n / (N / g->Nf);
   c.y = b * T * c.sy + n * V;
-  c.w = n / (N / g->nw) * V * V;
+  c.w = n / (N / g->Nw) * V * V;
   return c;
 }
 
@@ -253,7 +286,8 @@ M2_SIMD_CLONES static void step_bwd(int K, int V, const double *q, const double 
 /* ---------------- forward ---------------- */
 
 typedef struct m2rnn_fwd_job {
-  const m2rnn_geom *g;
+  const m2_m2rnn_attr *g;
+  int64_t C, S;                        /* steps between checkpoints, their number ceil(T / C) */
   const double *q, *k, *v, *W, *f, *h0; /* inputs, f64; h0 may be NULL */
   double *y, *hT, *ck;                 /* (B,T,N,V), (B,N,K,V), (B,S,N,K,V) */
   int64_t b0, b1;                      /* batch rows of this job */
@@ -262,7 +296,7 @@ typedef struct m2rnn_fwd_job {
 
 static void *fwd_worker(void *arg) {
   m2rnn_fwd_job *j = arg;
-  const m2rnn_geom *g = j->g;
+  const m2_m2rnn_attr *g = j->g;
   int K = (int)g->K, V = (int)g->V;
   int64_t KV = g->K * g->V, N = g->N;
   double *buf = malloc(sizeof(double) * (size_t)(3 * KV));
@@ -274,8 +308,8 @@ static void *fwd_worker(void *arg) {
       if (j->h0) memcpy(Ha, j->h0 + (b * N + n) * KV, sizeof(double) * (size_t)KV);
       else memset(Ha, 0, sizeof(double) * (size_t)KV);
       for (int64_t t = 0; t < g->T; t++) {
-        if (t % M2RNN_CKPT == 0)
-          memcpy(j->ck + ((b * g->S + t / M2RNN_CKPT) * N + n) * KV, Ha, sizeof(double) * (size_t)KV);
+        if (t % j->C == 0)
+          memcpy(j->ck + ((b * j->S + t / j->C) * N + n) * KV, Ha, sizeof(double) * (size_t)KV);
         step_fwd(K, V, j->q + c.q + t * c.sq, j->k + c.k + t * c.sk, j->v + c.v + t * c.sv, j->f[c.f + t * c.sf],
                  j->W + c.w, Ha, Hb, Z, j->y + c.y + t * c.sy);
         double *tmp = Ha;
@@ -321,11 +355,11 @@ static int n_jobs(int64_t B, double work) {
 
 static m2_status *fwd_status(void *j) { return &((m2rnn_fwd_job *)j)->status; }
 
-/* in: q, k, v, W, f, h0 (h0 may be NULL); fa[0] = grad_clip. out: y (B,T,N,V), hT (B,N,K,V).
- * saved: ck (B, S, N, K, V) f64, the state before steps 0, 64, 128, ... */
+/* in: q, k, v, W, f, h0 (h0 may be NULL); attr: m2_m2rnn_attr (checked by m2_m2rnn). out: y (B,T,N,V),
+ * hT (B,N,K,V). saved: ck (B, S, N, K, V) f64, the state before steps 0, 64, 128, ..., S = ceil(T / 64). */
 static m2_status m2rnn_fwd(m2_opcall *c) {
-  m2rnn_geom g;
-  M2_TRY(m2rnn_check(c->in, &g));
+  const m2_m2rnn_attr g = *M2_ATTR(c, m2_m2rnn_attr);
+  const int64_t C = M2RNN_CKPT, S = (g.T + C - 1) / C;
   m2_dtype dt = c->in[0]->dtype;
   const double *in[6];
   double *owned[6] = {0};
@@ -333,7 +367,7 @@ static m2_status m2rnn_fwd(m2_opcall *c) {
   for (int i = 0; i < 6 && s == M2_OK; i++) s = f64_view(c->in[i], &in[i], &owned[i]);
   int64_t ny = g.B * g.T * g.N * g.V, nh = g.B * g.N * g.K * g.V;
   int64_t yshape[4] = {g.B, g.T, g.N, g.V}, hshape[4] = {g.B, g.N, g.K, g.V};
-  int64_t ckshape[5] = {g.B, g.S, g.N, g.K, g.V};
+  int64_t ckshape[5] = {g.B, S, g.N, g.K, g.V};
   double *yb = NULL, *hb = NULL;
   m2_tensor *ck = NULL;
   if (s == M2_OK) {
@@ -347,7 +381,7 @@ static m2_status m2rnn_fwd(m2_opcall *c) {
     m2rnn_fwd_job jobs[M2_THREADS];
     int nj = n_jobs(g.B, (double)g.B * g.T * g.N * g.K * g.V * g.V);
     for (int i = 0; i < nj; i++)
-      jobs[i] = (m2rnn_fwd_job){&g, in[0], in[1], in[2], in[3], in[4], in[5], yb, hb, m2_data(ck),
+      jobs[i] = (m2rnn_fwd_job){&g, C, S, in[0], in[1], in[2], in[3], in[4], in[5], yb, hb, m2_data(ck),
                                 g.B * i / nj, g.B * (i + 1) / nj, M2_OK};
     s = run_jobs(fwd_worker, jobs, sizeof jobs[0], nj, fwd_status);
   }
@@ -368,7 +402,8 @@ static m2_status m2rnn_fwd(m2_opcall *c) {
 /* ---------------- backward ---------------- */
 
 typedef struct m2rnn_bwd_job {
-  const m2rnn_geom *g;
+  const m2_m2rnn_attr *g;
+  int64_t C, S;                                    /* steps between checkpoints, their number ceil(T / C) */
   const double *q, *k, *v, *W, *f, *ck, *dy, *dhT; /* dhT (B,N,K,V) */
   double clip;
   double *dq, *dk, *dv, *df, *dh0; /* shared, but each job owns its batch rows */
@@ -379,9 +414,9 @@ typedef struct m2rnn_bwd_job {
 
 static void *bwd_worker(void *arg) {
   m2rnn_bwd_job *j = arg;
-  const m2rnn_geom *g = j->g;
+  const m2_m2rnn_attr *g = j->g;
   int K = (int)g->K, V = (int)g->V;
-  int64_t KV = g->K * g->V, N = g->N, C = M2RNN_CKPT;
+  int64_t KV = g->K * g->V, N = g->N, C = j->C;
   /* Hs: the C + 1 states of a segment; Zs: its C tanh values, then its dX; G: the carried gradient */
   double *buf = malloc(sizeof(double) * (size_t)((2 * C + 2) * KV));
   if (!buf) { j->status = M2_ERR_OOM; return NULL; }
@@ -391,10 +426,10 @@ static void *bwd_worker(void *arg) {
       m2rnn_chain c = chain_at(g, b, n);
       const double *W = j->W + c.w;
       memcpy(G, j->dhT + (b * N + n) * KV, sizeof(double) * (size_t)KV);
-      for (int64_t s = g->S - 1; s >= 0; s--) {
+      for (int64_t s = j->S - 1; s >= 0; s--) {
         int64_t t0 = s * C, L = g->T - t0 < C ? g->T - t0 : C;
         /* recompute the segment from its checkpoint: Hs[i] = state before step t0 + i */
-        memcpy(Hs, j->ck + ((b * g->S + s) * N + n) * KV, sizeof(double) * (size_t)KV);
+        memcpy(Hs, j->ck + ((b * j->S + s) * N + n) * KV, sizeof(double) * (size_t)KV);
         for (int64_t i = 0; i < L; i++) {
           int64_t t = t0 + i;
           step_fwd(K, V, NULL, j->k + c.k + t * c.sk, j->v + c.v + t * c.sv, j->f[c.f + t * c.sf], W, Hs + i * KV,
@@ -426,10 +461,10 @@ static void *bwd_worker(void *arg) {
 static m2_status *bwd_status(void *j) { return &((m2rnn_bwd_job *)j)->status; }
 
 /* dout: dy (B,T,N,V), dhT (B,N,K,V). din: dq, dk, dv, dW (summed over the heads and batch rows
- * that share a W), df, dh0 (= dL/dH_0, not clipped). fa[0] > 0 clips the carried gradient. */
+ * that share a W), df, dh0 (= dL/dH_0, not clipped). attr.grad_clip > 0 clips the carried gradient. */
 static m2_status m2rnn_bwd(m2_opcall *c) {
-  m2rnn_geom g;
-  M2_TRY(m2rnn_check(c->in, &g));
+  const m2_m2rnn_attr g = *M2_ATTR(c, m2_m2rnn_attr);
+  const int64_t C = M2RNN_CKPT, S = (g.T + C - 1) / C;
   m2_dtype dt = c->in[0]->dtype;
   const double *in[6], *dy = NULL, *dhT = NULL;
   double *owned[8] = {0};
@@ -438,8 +473,8 @@ static m2_status m2rnn_bwd(m2_opcall *c) {
   if (s == M2_OK) s = f64_view(c->dout[0], &dy, &owned[6]);
   if (s == M2_OK) s = f64_view(c->dout[1], &dhT, &owned[7]);
   int64_t VV = g.V * g.V;
-  int64_t n_of[6] = {g.B * g.T * g.nq * g.K, g.B * g.T * g.nk * g.K, g.B * g.T * g.nv * g.V, g.nw * VV,
-                     g.B * g.T * g.nf, g.B * g.N * g.K * g.V};
+  int64_t n_of[6] = {g.B * g.T * g.Nq * g.K, g.B * g.T * g.Nk * g.K, g.B * g.T * g.Nv * g.V, g.Nw * VV,
+                     g.B * g.T * g.Nf, g.B * g.N * g.K * g.V};
   m2rnn_bwd_job jobs[M2_THREADS];
   int nj = n_jobs(g.B, 4.0 * g.B * g.T * g.N * g.K * VV);
   /* gradient buffers (f64, zeroed); dW gets one per job, summed afterwards */
@@ -453,7 +488,7 @@ static m2_status m2rnn_bwd(m2_opcall *c) {
   }
   if (s == M2_OK) {
     for (int i = 0; i < nj; i++)
-      jobs[i] = (m2rnn_bwd_job){&g, in[0], in[1], in[2], in[3], in[4], m2_data(c->saved[0]), dy, dhT, c->fa[0],
+      jobs[i] = (m2rnn_bwd_job){&g, C, S, in[0], in[1], in[2], in[3], in[4], m2_data(c->saved[0]), dy, dhT, g.grad_clip,
                                 gb[0], gb[1], gb[2], gb[4], gb[5], dWj[i], g.B * i / nj, g.B * (i + 1) / nj, M2_OK};
     s = run_jobs(bwd_worker, jobs, sizeof jobs[0], nj, bwd_status);
     for (int i = 1; i < nj && s == M2_OK; i++)
@@ -475,9 +510,7 @@ const m2_op m2_op_m2rnn = {"m2rnn", m2rnn_fwd, m2rnn_bwd, 0};
 m2_status m2_m2rnn(m2_tensor *q, m2_tensor *k, m2_tensor *v, m2_tensor *W, m2_tensor *f, m2_tensor *h0,
                    const m2_m2rnn_opts *o, m2_tensor **y, m2_tensor **hT) {
   m2_tensor *in[6] = {q, k, v, W, f, h0};
-  m2rnn_geom g;
-  M2_TRY(m2rnn_check(in, &g)); /* fail early with the shapes, before the dispatcher touches them */
-  if (o && o->ckpt_every < 0) return m2_fail(M2_ERR_VALUE, "m2rnn: ckpt_every = %d must be >= 0 (0: the default)", o->ckpt_every);
-  return mixer_call(&m2_op_m2rnn, in, o ? o->grad_clip : 0, o ? o->ckpt_every : 0, y, hT); /* fa[0] = clip,
-                                                                                          ia[0] = ckpt_every */
+  m2_m2rnn_attr a;
+  M2_TRY(m2_m2rnn_check(in, o, &a)); /* the one check: the kernels (CPU and CUDA) trust a */
+  return mixer_call(&m2_op_m2rnn, in, &a, sizeof a, y, hT);
 }

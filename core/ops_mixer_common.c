@@ -4,8 +4,6 @@
 #include "ops.h"
 #include <string.h>
 
-const mixer_rules mixer_rules_cpu = {"CPU", m2_check_float, 0};
-
 /* ---------------- checks ---------------- */
 
 m2_status mixer_want_shape(const m2_tensor *t, const char *op, const char *arg, const char *form, int nd,
@@ -18,18 +16,21 @@ m2_status mixer_want_shape(const m2_tensor *t, const char *op, const char *arg, 
                  m2_shape_str_raw(nd, shape, b, sizeof b));
 }
 
-m2_status mixer_check_inputs(m2_tensor *const *in, const char *const names[6], const char *op, const mixer_rules *r) {
+m2_status mixer_check_inputs(m2_tensor *const *in, const char *const names[6], const char *op) {
   for (int i = 0; i < 5; i++)
     if (!in[i]) return m2_fail(M2_ERR_VALUE, "%s: %s is NULL (only h0 may be omitted)", op, names[i]);
   for (int i = 0; i < 6; i++) {
     if (!in[i]) continue;
-    M2_TRY(r->check_float(in[i], op, names[i]));
+    M2_TRY(m2_check_float(in[i], op, names[i]));
     M2_TRY(m2_check_same_dtype(in[0], in[i], op));
   }
   return M2_OK;
 }
 
-m2_status mixer_check_max_dim(int64_t n, const char *what, const char *op, const mixer_rules *r) {
+m2_status mixer_supports(const m2_opcall *c, const char *const names[6], const char *op, int64_t n, const char *what,
+                         const mixer_rules *r) {
+  for (int i = 0; i < 6; i++)
+    if (c->in[i]) M2_TRY(r->check_float(c->in[i], op, names[i]));
   if (r->max_dim <= 0 || n <= r->max_dim) return M2_OK;
   return m2_fail(M2_ERR_UNSUPPORTED, "%s: the %s kernels take %s <= %lld (got %s = %lld)", op, r->kernels, what,
                  (long long)r->max_dim, what, (long long)n);
@@ -58,11 +59,10 @@ m2_status mixer_fwd_finish(m2_opcall *c, m2_status s, m2_tensor *y, m2_tensor *h
   return M2_OK;
 }
 
-m2_status mixer_call(const m2_op *op, m2_tensor *const *in, double fa0, int64_t ia0, m2_tensor **y, m2_tensor **hT) {
+m2_status mixer_call(const m2_op *op, m2_tensor *const *in, const void *attr, size_t n, m2_tensor **y, m2_tensor **hT) {
   m2_opcall c;
   m2_call_init(&c, op, 6, in);
-  c.fa[0] = fa0;
-  c.ia[0] = ia0;
+  m2_call_set_attr(&c, attr, n);
   m2_tensor *outs[M2_MAX_OUT] = {0};
   M2_TRY(m2_call_run(&c, outs));
   if (y) *y = outs[0];

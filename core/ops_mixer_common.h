@@ -1,9 +1,10 @@
 /* ops_mixer_common.h — internal: what the GDN and SSD ops (core/ops_gdn.c, core/ops_ssd.c and their CUDA entry
  * points cuda/ops_gdn.cu, cuda/ops_ssd.cu) do alike: both take in = {6 inputs, the last (h0) optional},
  * return out = {y, hT}, and save one tensor of state checkpoints. Here: the input checks and shape messages
- * (one set of words for both devices), the forward's output/checkpoint bookkeeping, the public-API call (which
- * the M2RNN op's public function uses too), and
- * (CPU only) the double-buffer plumbing of the reference kernels. The maths stays in each op's file. */
+ * of their public functions (the only place a call is checked; its kernels then trust the attributes), what a
+ * backend's kernels may refuse (dtypes, sizes), the forward's output/checkpoint bookkeeping, the public-API call
+ * (which the M2RNN op's public function uses too), and (CPU only) the double-buffer plumbing of the reference
+ * kernels. The maths stays in each op's file. */
 #ifndef M2_OPS_MIXER_COMMON_H
 #define M2_OPS_MIXER_COMMON_H
 #include "op.h"
@@ -12,24 +13,29 @@
 extern "C" {
 #endif
 
-/* ---------------- checks (CPU and CUDA) ---------------- */
+/* ---------------- checks of the public functions ---------------- */
 
-/* What one device's kernels accept: the float dtypes (m2_check_float on the CPU, cu_check_float on CUDA) and
- * the largest state dimension (GDN's K, SSD's N) they take, 0 = any; `kernels` names them in that message. */
+/* t has exactly `shape` (nd dims), else M2_ERR_SHAPE "op: arg has shape (..), expected form = (..)". */
+m2_status mixer_want_shape(const m2_tensor *t, const char *op, const char *arg, const char *form, int nd,
+                           const int64_t *shape);
+/* in[0..4] present (names[i] in the message), every present input a float tensor (m2_check_float: f32 or f64, or
+ * bf16 on cuda) of in[0]'s dtype. */
+m2_status mixer_check_inputs(m2_tensor *const *in, const char *const names[6], const char *op);
+
+/* ---------------- what a backend's kernels take ---------------- */
+
+/* A backend's limits beyond the public checks: the float dtypes its kernels compute in (cu_check_float on CUDA:
+ * f32 / bf16, no f64) and the largest state dimension (GDN's K, SSD's N) they take, 0 = any; `kernels` names them
+ * in the message. The CPU reference takes every call the public checks let through. */
 typedef struct mixer_rules {
   const char *kernels;
   m2_status (*check_float)(const m2_tensor *t, const char *op, const char *arg);
   int64_t max_dim;
 } mixer_rules;
-extern const mixer_rules mixer_rules_cpu; /* {"CPU", m2_check_float, 0} */
-
-/* t has exactly `shape` (nd dims), else M2_ERR_SHAPE "op: arg has shape (..), expected form = (..)". */
-m2_status mixer_want_shape(const m2_tensor *t, const char *op, const char *arg, const char *form, int nd,
-                           const int64_t *shape);
-/* in[0..4] present (names[i] in the message), every present input a float of the rules and of in[0]'s dtype. */
-m2_status mixer_check_inputs(m2_tensor *const *in, const char *const names[6], const char *op, const mixer_rules *r);
-/* The state dimension `what` = n within the rules' limit, else M2_ERR_UNSUPPORTED. */
-m2_status mixer_check_max_dim(int64_t n, const char *what, const char *op, const mixer_rules *r);
+/* Every present input of c (names[i] in the message) of a dtype r takes, and the state dimension `what` = n within
+ * r's limit (else M2_ERR_UNSUPPORTED). */
+m2_status mixer_supports(const m2_opcall *c, const char *const names[6], const char *op, int64_t n, const char *what,
+                         const mixer_rules *r);
 
 /* ---------------- forward and API (CPU and CUDA) ---------------- */
 
@@ -38,8 +44,9 @@ bool mixer_keep(const m2_opcall *c);
 /* End a forward: on success out = {y, hT} and saved[0] = ck (when not NULL); on failure all three released.
  * Returns s. */
 m2_status mixer_fwd_finish(m2_opcall *c, m2_status s, m2_tensor *y, m2_tensor *hT, m2_tensor *ck);
-/* Run op on in[6] with fa[0] = fa0, ia[0] = ia0; *y, *hT get the outputs (each may be NULL: released). */
-m2_status mixer_call(const m2_op *op, m2_tensor *const *in, double fa0, int64_t ia0, m2_tensor **y, m2_tensor **hT);
+/* Run op on in[6] with the op's checked attribute struct attr (n bytes, <= M2_MAX_ATTR: each op's header asserts
+ * it); *y, *hT get the outputs (each may be NULL: released). */
+m2_status mixer_call(const m2_op *op, m2_tensor *const *in, const void *attr, size_t n, m2_tensor **y, m2_tensor **hT);
 
 /* ---------------- CPU reference plumbing (double buffers) ---------------- */
 

@@ -7,9 +7,9 @@
  * Kernels compute in double (inputs F32 or F64, outputs in the inputs' dtype).
  *
  * Op rows "ssd" and "ssd_chunked": in = {x, dt, A, Bm, Cm, h0 (or NULL)}, out = {y, hT},
- * ia[0] = chunk (0 -> 256; for "ssd" it is only the checkpoint interval of the backward, default 64),
- * ia[1] = the checkpoint interval actually used (set by forward).
- * saved[0] = the states before every ia[1]-th step, (B, H, NS, P, N) F64, NS = ceil(T / ia[1]);
+ * attr = m2_ssd_attr (ops_ssd.h: the sizes and the chunk, checked and resolved by the public functions: default 256,
+ * and for "ssd", where it is only the checkpoint interval of the backward, 64).
+ * saved[0] = the states before every chunk-th step, (B, H, NS, P, N) F64, NS = ceil(T / chunk);
  * the chunked forward produces exactly these states (one per chunk) as part of its scan.
  *
  * Backward (both rows): the recurrent backward, segment by segment from the last, recomputing the
@@ -24,12 +24,15 @@
 
 /* double views of float tensors: ops_dbuf.h; the buffer plumbing shared with GDN: ops_mixer_common.h */
 
-/* ---------------- shapes ---------------- */
+/* ---------------- shapes and options (checked once, by the public functions) ---------------- */
 
-m2_status ssd_check(const m2_opcall *c, const char *op, const mixer_rules *rules, ssd_dims *d) {
-  static const char *const names[6] = {"x", "dt", "A", "Bm", "Cm", "h0"};
-  M2_TRY(mixer_check_inputs(c->in, names, op, rules));
-  m2_tensor *x = c->in[0], *Bm = c->in[3];
+static const char *const SSD_NAMES[6] = {"x", "dt", "A", "Bm", "Cm", "h0"};
+
+m2_status ssd_check(m2_tensor *const *in, const m2_ssd_opts *o, bool chunked, m2_ssd_attr *d) {
+  const char *op = chunked ? "ssd_chunked" : "ssd";
+  memset(d, 0, sizeof *d);
+  M2_TRY(mixer_check_inputs(in, SSD_NAMES, op));
+  m2_tensor *x = in[0], *Bm = in[3];
   char a[96];
   if (x->ndim != 4)
     return m2_fail(M2_ERR_SHAPE, "%s: x has shape %s, expected 4 dims (B, T, H, P)", op, m2_shape_str(x, a, sizeof a));
@@ -38,18 +41,23 @@ m2_status ssd_check(const m2_opcall *c, const char *op, const mixer_rules *rules
   d->B = x->shape[0], d->T = x->shape[1], d->H = x->shape[2], d->P = x->shape[3];
   d->G = Bm->shape[2], d->N = Bm->shape[3];
   int64_t sb[4] = {d->B, d->T, d->G, d->N}, sh[4] = {d->B, d->H, d->P, d->N};
-  M2_TRY(mixer_want_shape(c->in[1], op, "dt", "(B, T, H)", 3, x->shape));
-  M2_TRY(mixer_want_shape(c->in[2], op, "A", "(H)", 1, &d->H));
+  M2_TRY(mixer_want_shape(in[1], op, "dt", "(B, T, H)", 3, x->shape));
+  M2_TRY(mixer_want_shape(in[2], op, "A", "(H)", 1, &d->H));
   M2_TRY(mixer_want_shape(Bm, op, "Bm", "(B, T, G, N)", 4, sb));
-  M2_TRY(mixer_want_shape(c->in[4], op, "Cm", "(B, T, G, N)", 4, Bm->shape));
-  if (c->in[5]) M2_TRY(mixer_want_shape(c->in[5], op, "h0", "(B, H, P, N)", 4, sh));
+  M2_TRY(mixer_want_shape(in[4], op, "Cm", "(B, T, G, N)", 4, Bm->shape));
+  if (in[5]) M2_TRY(mixer_want_shape(in[5], op, "h0", "(B, H, P, N)", 4, sh));
   if (d->G < 1 || d->H % d->G != 0)
     return m2_fail(M2_ERR_SHAPE, "%s: the group count G = %lld of Bm/Cm must divide the head count H = %lld", op,
                    (long long)d->G, (long long)d->H);
   if (d->P < 1 || d->N < 1) return m2_fail(M2_ERR_SHAPE, "%s: P and N must be at least 1", op);
-  M2_TRY(mixer_check_max_dim(d->N, "N", op, rules));
-  if (c->ia[0] < 0) return m2_fail(M2_ERR_VALUE, "%s: chunk must be >= 0 (0 = default), got %lld", op, (long long)c->ia[0]);
+  int64_t chunk = o ? o->chunk : 0;
+  if (chunk < 0) return m2_fail(M2_ERR_VALUE, "%s: chunk must be >= 0 (0 = default), got %lld", op, (long long)chunk);
+  d->chunk = chunk > 0 ? chunk : chunked ? M2_SSD_CHUNK : M2_SSD_CKPT;
   return M2_OK;
+}
+
+m2_status ssd_supports(const m2_opcall *c, const mixer_rules *r) {
+  return mixer_supports(c, SSD_NAMES, c->op->name, M2_ATTR(c, m2_ssd_attr)->N, "N", r);
 }
 
 /* Pointers into the inputs and outputs (all double). */
@@ -75,7 +83,7 @@ static void ssd_step(double *hs, int64_t P, int64_t N, const double *x, double d
   }
 }
 
-static void ssd_rec_bh(const ssd_dims *d, const ssd_io *io, int64_t b, int64_t h, int64_t seg) {
+static void ssd_rec_bh(const m2_ssd_attr *d, const ssd_io *io, int64_t b, int64_t h, int64_t seg) {
   int64_t P = d->P, N = d->N, T = d->T, H = d->H, G = d->G, PN = P * N, NS = (T + seg - 1) / seg;
   int64_t gi = h / (H / G);
   double *hs = io->hT + (b * H + h) * PN;
@@ -94,7 +102,7 @@ static void ssd_rec_bh(const ssd_dims *d, const ssd_io *io, int64_t b, int64_t h
  *         with the segment-sum decay mask)
  *   h  <- exp(cs_{L-1}) h + sum_j exp(cs_{L-1} - cs_j) dt_j x_j B_j^T        (state passing) */
 
-static void ssd_chunked_bh(const ssd_dims *d, const ssd_io *io, int64_t b, int64_t h, int64_t C, double *cs,
+static void ssd_chunked_bh(const m2_ssd_attr *d, const ssd_io *io, int64_t b, int64_t h, int64_t C, double *cs,
                            double *M) {
   int64_t P = d->P, N = d->N, T = d->T, H = d->H, G = d->G, PN = P * N, NS = (T + C - 1) / C;
   int64_t gi = h / (H / G);
@@ -151,10 +159,8 @@ static void ssd_chunked_bh(const ssd_dims *d, const ssd_io *io, int64_t b, int64
 
 static m2_status ssd_forward(m2_opcall *c, bool chunked) {
   const char *op = chunked ? "ssd_chunked" : "ssd";
-  ssd_dims d;
-  M2_TRY(ssd_check(c, op, &mixer_rules_cpu, &d));
-  int64_t seg = c->ia[0] > 0 ? c->ia[0] : (chunked ? 256 : 64);
-  c->ia[1] = seg;
+  const m2_ssd_attr d = *M2_ATTR(c, m2_ssd_attr);
+  int64_t seg = d.chunk;
   int64_t NS = (d.T + seg - 1) / seg;
   mixer_fwd_bufs mb;
   m2_status s = mixer_fwd_open(c, &mb, (int64_t[]){d.B, d.T, d.H, d.P}, (int64_t[]){d.B, d.H, d.P, d.N},
@@ -192,7 +198,7 @@ typedef struct ssd_grads {
   double *dx, *ddt, *dA, *dB, *dC, *dh0; /* shapes of the inputs */
 } ssd_grads;
 
-static void ssd_bwd_bh(const ssd_dims *d, const ssd_io *io, const double *dy, const double *dhT, ssd_grads *gr,
+static void ssd_bwd_bh(const m2_ssd_attr *d, const ssd_io *io, const double *dy, const double *dhT, ssd_grads *gr,
                        int64_t b, int64_t h, int64_t seg, double *St, double *dh) {
   int64_t P = d->P, N = d->N, T = d->T, H = d->H, G = d->G, PN = P * N, NS = (T + seg - 1) / seg;
   int64_t gi = h / (H / G);
@@ -238,10 +244,9 @@ static void ssd_bwd_bh(const ssd_dims *d, const ssd_io *io, const double *dy, co
 
 static m2_status ssd_bwd(m2_opcall *c) {
   const char *op = c->op->name;
-  ssd_dims d;
-  M2_TRY(ssd_check(c, op, &mixer_rules_cpu, &d));
+  const m2_ssd_attr d = *M2_ATTR(c, m2_ssd_attr);
   if (c->n_saved < 1 || !c->saved[0]) return m2_fail(M2_ERR_AUTOGRAD, "%s: backward without saved states", op);
-  int64_t seg = c->ia[1], PN = d.P * d.N;
+  int64_t seg = d.chunk, PN = d.P * d.N;
   mixer_bwd_bufs mb;
   m2_status s = mixer_bwd_open(c, &mb);
   double *wmem = NULL;
@@ -266,12 +271,18 @@ const m2_op m2_op_ssd_chunked = {"ssd_chunked", ssd_chunked_fwd, ssd_bwd, 0};
 
 /* ---------------- public API ---------------- */
 
+static m2_status ssd_run(const m2_op *op, m2_tensor *const *in, const m2_ssd_opts *o, m2_tensor **y, m2_tensor **hT) {
+  m2_ssd_attr a;
+  M2_TRY(ssd_check(in, o, op == &m2_op_ssd_chunked, &a)); /* the one check: the kernels trust a */
+  return mixer_call(op, in, &a, sizeof a, y, hT);
+}
+
 m2_status m2_ssd(m2_tensor *x, m2_tensor *dt, m2_tensor *A, m2_tensor *Bm, m2_tensor *Cm, m2_tensor *h0,
                  const m2_ssd_opts *o, m2_tensor **y, m2_tensor **hT) {
-  return mixer_call(&m2_op_ssd, (m2_tensor *[6]){x, dt, A, Bm, Cm, h0}, 0, o ? o->chunk : 0, y, hT);
+  return ssd_run(&m2_op_ssd, (m2_tensor *[6]){x, dt, A, Bm, Cm, h0}, o, y, hT);
 }
 
 m2_status m2_ssd_chunked(m2_tensor *x, m2_tensor *dt, m2_tensor *A, m2_tensor *Bm, m2_tensor *Cm, m2_tensor *h0,
                          const m2_ssd_opts *o, m2_tensor **y, m2_tensor **hT) {
-  return mixer_call(&m2_op_ssd_chunked, (m2_tensor *[6]){x, dt, A, Bm, Cm, h0}, 0, o ? o->chunk : 0, y, hT);
+  return ssd_run(&m2_op_ssd_chunked, (m2_tensor *[6]){x, dt, A, Bm, Cm, h0}, o, y, hT);
 }

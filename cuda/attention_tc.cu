@@ -1,5 +1,5 @@
 /* attention_tc.cu — softmax attention on tensor cores (flash-attention-2 style), the path of the attention op when
- * its products are bf16 (op attr ia[1], set from m2_matmul_precision() for f32 tensors; DESIGN 3.4).
+ * its products are bf16 (m2_attention_attr.bf16, set from m2_matmul_precision() for f32 tensors; DESIGN 3.4).
  *
  * Every product takes bf16 operands and accumulates in fp32 (mma.sync m16n8k16): S = q k^T and o = P v forward;
  * S, dP = do v^T, dq = dS k, dv = P^T do, dk = dS^T q backward. Softmax statistics, the output, lse and D_t = do.o
@@ -403,7 +403,7 @@ cudaError_t pack(const m2_tensor *x, uint16_t *y, int64_t B, int64_t L, int64_t 
 m2_tensor *scratch16(m2_device dev, int64_t n) { return m2_empty(M2_BF16, dev, 1, &n); }
 
 template <int D>
-cudaError_t launch_fwd(const att_geom &d, const uint16_t *q, const uint16_t *k, const uint16_t *v, float *o, float *lse,
+cudaError_t launch_fwd(const m2_attention_attr &d, const uint16_t *q, const uint16_t *k, const uint16_t *v, float *o, float *lse,
                        float scale, bool causal, cudaStream_t st) {
   const size_t bytes = sizeof(uint16_t) * (size_t)(BM + 4 * 64) * (D + 8);
   cudaError_t e = smem_opt(k_fwd<D>, bytes);
@@ -415,7 +415,7 @@ cudaError_t launch_fwd(const att_geom &d, const uint16_t *q, const uint16_t *k, 
 }
 
 template <int D>
-cudaError_t launch_bwd(const att_geom &d, const uint16_t *q, const uint16_t *k, const uint16_t *v, const uint16_t *dO,
+cudaError_t launch_bwd(const m2_attention_attr &d, const uint16_t *q, const uint16_t *k, const uint16_t *v, const uint16_t *dO,
                        const float *lse, const float *Dt, float *dq, float *dk, float *dv, float scale, bool causal,
                        cudaStream_t st) {
   cudaError_t e = cudaSuccess;
@@ -445,13 +445,13 @@ cudaError_t launch_bwd(const att_geom &d, const uint16_t *q, const uint16_t *k, 
 
 } /* namespace */
 
-bool m2_att_tc_applies(const m2_opcall *c, const att_geom *d) {
-  return c->ia[1] && c->in[0]->dtype == M2_F32 && (d->D == 32 || d->D == 64 || d->D == 128);
+bool m2_att_tc_applies(const m2_opcall *c, const m2_attention_attr *d) {
+  return d->bf16 && c->in[0]->dtype == M2_F32 && (d->D == 32 || d->D == 64 || d->D == 128);
 }
 
 extern "C" long m2_cuda_attention_tc_calls(void) { return g_tc_calls; }
 
-m2_status m2_att_tc_fwd(const m2_opcall *c, const att_geom *d, cudaStream_t st, m2_tensor *o, m2_tensor *lse) {
+m2_status m2_att_tc_fwd(const m2_opcall *c, const m2_attention_attr *d, cudaStream_t st, m2_tensor *o, m2_tensor *lse) {
   const m2_device dev = c->in[0]->device;
   m2_tensor *q = scratch16(dev, d->B * d->T * d->H * d->D), *k = scratch16(dev, d->B * d->S * d->Hkv * d->D),
             *v = scratch16(dev, d->B * d->S * d->Hkv * d->D);
@@ -464,7 +464,7 @@ m2_status m2_att_tc_fwd(const m2_opcall *c, const att_geom *d, cudaStream_t st, 
     if (e == cudaSuccess) e = pack(c->in[2], vp, d->B, d->S, d->Hkv, d->D, st);
     if (e == cudaSuccess)
       e = ATT_TC_DISPATCH(d->D, launch_fwd)(*d, qp, kp, vp, (float *)m2_data(o), (float *)m2_data(lse),
-                                             (float)c->fa[0], c->ia[0] != 0, st);
+                                             (float)d->scale, d->causal, st);
     if (e != cudaSuccess)
       s = m2_fail(M2_ERR_CUDA, "attention: tensor-core forward launch failed: %s", cudaGetErrorString(e));
     else g_tc_calls++;
@@ -473,8 +473,8 @@ m2_status m2_att_tc_fwd(const m2_opcall *c, const att_geom *d, cudaStream_t st, 
   return s;
 }
 
-m2_status m2_att_tc_bwd(const m2_opcall *c, const att_geom *d, cudaStream_t st, const m2_tensor *dO, const m2_tensor *o,
-                        const float *lse, float *Dt, m2_tensor *const din[3]) {
+m2_status m2_att_tc_bwd(const m2_opcall *c, const m2_attention_attr *d, cudaStream_t st, const m2_tensor *dO,
+                        const m2_tensor *o, const float *lse, float *Dt, m2_tensor *const din[3]) {
   const m2_device dev = c->in[0]->device;
   m2_tensor *q = scratch16(dev, d->B * d->T * d->H * d->D), *k = scratch16(dev, d->B * d->S * d->Hkv * d->D),
             *v = scratch16(dev, d->B * d->S * d->Hkv * d->D), *g = scratch16(dev, d->B * d->T * d->H * d->D);
@@ -495,8 +495,7 @@ m2_status m2_att_tc_bwd(const m2_opcall *c, const att_geom *d, cudaStream_t st, 
     float *dq = din[0] ? (float *)m2_data(din[0]) : NULL, *dk = din[1] ? (float *)m2_data(din[1]) : NULL,
           *dv = din[2] ? (float *)m2_data(din[2]) : NULL;
     if (e == cudaSuccess && rows > 0)
-      e = ATT_TC_DISPATCH(d->D, launch_bwd)(*d, qp, kp, vp, gp, lse, Dt, dq, dk, dv, (float)c->fa[0], c->ia[0] != 0,
-                                             st);
+      e = ATT_TC_DISPATCH(d->D, launch_bwd)(*d, qp, kp, vp, gp, lse, Dt, dq, dk, dv, (float)d->scale, d->causal, st);
     if (e != cudaSuccess)
       s = m2_fail(M2_ERR_CUDA, "attention: tensor-core backward launch failed: %s", cudaGetErrorString(e));
     else g_tc_calls++;

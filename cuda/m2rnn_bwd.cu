@@ -54,10 +54,11 @@ static BwdWork bwd_work(const M2Geom *g, int path) {
   return w;
 }
 
-extern "C" size_t m2_m2rnn_bwd_work_bytes(const m2_m2rnn_dims *d, const m2_m2rnn_cuda_opts *o) {
-  const int path = m2_m2rnn_cuda_path(d, o);
+extern "C" size_t m2_m2rnn_bwd_work_bytes(const m2_m2rnn_attr *a, const m2_m2rnn_cuda_tuning *t) {
+  if (m2r_attr_ok(a) != M2_OK) return 0;
+  const int path = m2_m2rnn_cuda_path(a, t);
   if (path < 0) return 0;
-  M2Geom g = m2r_geom(d, o);
+  M2Geom g = m2r_geom(a);
   return bwd_work(&g, path).total;
 }
 
@@ -487,16 +488,17 @@ static m2_status to_bf16(const float *src, uint16_t *dst, size_t n, cudaStream_t
   return M2_OK;
 }
 
-extern "C" m2_status m2_m2rnn_bwd_cuda(const m2_m2rnn_dims *d, const m2_m2rnn_cuda_opts *o, const m2_m2rnn_bwd_args *a,
-                                       cudaStream_t stream) {
-  M2_TRY(m2_m2rnn_cuda_check(d, o));
+extern "C" m2_status m2_m2rnn_bwd_cuda(const m2_m2rnn_attr *at, const m2_m2rnn_cuda_tuning *o,
+                                       const m2_m2rnn_bwd_args *a, cudaStream_t stream) {
+  M2_TRY(m2r_attr_ok(at));
   if (!a || !a->dq || !a->dk || !a->dv || !a->dW || !a->df || !a->dy || !a->q || !a->k || !a->v || !a->W || !a->f)
     return m2_fail(M2_ERR_VALUE, "m2rnn cuda backward: dq, dk, dv, dW, df, dy, q, k, v, W and f must be given");
-  const int path = m2_m2rnn_cuda_path(d, o);
-  if (path < 0) return m2_fail(M2_ERR_SHAPE, "m2rnn cuda backward: the fast path does not apply (K=%d V=%d)", d->K, d->V);
-  M2Geom g = m2r_geom(d, o);
+  const int path = m2_m2rnn_cuda_path(at, o);
+  if (path < 0) return m2r_no_path(at, o, "backward");
+  M2Geom g = m2r_geom(at);
   const size_t KV = (size_t)g.K * g.V, BT = (size_t)g.B * g.T;
-  const float clip = (o && o->grad_clip > 0) ? o->grad_clip : INFINITY;
+  const float clip_f = (float)at->grad_clip; /* rounded first: a clip that rounds to 0 is off, as a float one was */
+  const float clip = clip_f > 0 ? clip_f : INFINITY;
   M2_CUDA_TRY(cudaMemsetAsync(a->dW, 0, (size_t)g.Nw * g.V * g.V * 4, stream));
   if (g.T == 0) {
     if (a->dh0) {
@@ -507,7 +509,7 @@ extern "C" m2_status m2_m2rnn_bwd_cuda(const m2_m2rnn_dims *d, const m2_m2rnn_cu
   }
   if (!a->ckpt || !a->work)
     return m2_fail(M2_ERR_VALUE, "m2rnn cuda backward: needs the forward's ckpt and a work buffer "
-                                 "(m2_m2rnn_bwd_work_bytes = %zu bytes)", m2_m2rnn_bwd_work_bytes(d, o));
+                                 "(m2_m2rnn_bwd_work_bytes = %zu bytes)", m2_m2rnn_bwd_work_bytes(at, o));
   const BwdWork w = bwd_work(&g, path);
   char *work = (char *)a->work;
   const bool f32io = o && o->io_f32; /* general path only (m2_m2rnn_cuda_path): dq, dk, dv are the fp32 sums */

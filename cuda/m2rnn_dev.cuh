@@ -24,7 +24,8 @@
 #define M2R_MAX_WARPS16 24 /* 16-row warps: warps per block (768 threads, <= 85 registers) */
 #define M2R_MAX_WARPS8 24  /* fast forward, 8-row warps: warps per block (768 threads, 2 blocks per SM, <= 42 registers) */
 
-/* Sizes and head-sharing group sizes (gx = N / Nx: head n reads index n / gx). */
+/* The kernels' copy of the attributes (m2_m2rnn_attr) as a POD of ints, filled by m2r_geom only: sizes, head-sharing
+ * group sizes (gx = N / Nx: head n reads index n / gx) and the checkpoint spacing. */
 typedef struct M2Geom {
   int B, T, N, K, V;
   int Nq, Nk, Nv, Nf, Nw;
@@ -61,12 +62,17 @@ typedef struct M2Plan {
 } M2Plan;
 
 /* ---------------- host side (defined in m2rnn_fwd.cu) ---------------- */
-M2Geom m2r_geom(const m2_m2rnn_dims *d, const m2_m2rnn_cuda_opts *o);
+/* The one place the kernels' geometry is filled from the (checked) attributes. */
+M2Geom m2r_geom(const m2_m2rnn_attr *a);
+/* M2_OK when a went through a check (N and ckpt_every set), else M2_ERR_VALUE: a guard for m2r_geom's divisions. */
+m2_status m2r_attr_ok(const m2_m2rnn_attr *a);
 /* Fill a plan for the forward (bwd = 0) or backward (bwd = 1) fast kernel; M2_OK or why it cannot run.
  * The forward uses 16-row warps (more warps to hide latency), the backward 32-row warps (fewer registers
  * per element of state). The checkpoints are in the plain (K, V) layout, so the two need not agree. */
-m2_status m2r_plan(const M2Geom *g, const m2_m2rnn_cuda_opts *o, int bwd, M2Plan *p);
-int m2r_tanh_mode(const m2_m2rnn_cuda_opts *o);
+m2_status m2r_plan(const M2Geom *g, const m2_m2rnn_cuda_tuning *t, int bwd, M2Plan *p);
+int m2r_tanh_mode(const m2_m2rnn_cuda_tuning *t);
+/* Why m2_m2rnn_cuda_path(a, t) is -1: a message for the launcher `who` ("forward" / "backward"). */
+m2_status m2r_no_path(const m2_m2rnn_attr *a, const m2_m2rnn_cuda_tuning *t, const char *who);
 /* Floats of one of the fast backward's two partial-sum buffers (a multiple of 4). */
 int m2r_bwd_part_floats(const M2Geom *g, int hpb, int nw);
 

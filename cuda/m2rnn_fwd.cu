@@ -10,27 +10,29 @@
 
 /* ======================= host: sizes, checks, plan ======================= */
 
-M2Geom m2r_geom(const m2_m2rnn_dims *d, const m2_m2rnn_cuda_opts *o) {
+M2Geom m2r_geom(const m2_m2rnn_attr *a) {
   M2Geom g;
   memset(&g, 0, sizeof g);
-  g.B = d->B, g.T = d->T, g.N = d->N, g.K = d->K, g.V = d->V;
-  g.Nq = d->Nq, g.Nk = d->Nk, g.Nv = d->Nv, g.Nf = d->Nf, g.Nw = d->Nw;
-  if (g.Nq > 0) g.gq = g.N / g.Nq;
-  if (g.Nk > 0) g.gk = g.N / g.Nk;
-  if (g.Nv > 0) g.gv = g.N / g.Nv;
-  if (g.Nf > 0) g.gf = g.N / g.Nf;
-  if (g.Nw > 0) g.gw = g.N / g.Nw;
-  /* magics only for valid group sizes (a head count of 0 is refused later by m2_m2rnn_cuda_check, not here) */
-  g.mq = g.gq > 0 ? m2r_magic(g.gq) : 0, g.mk = g.gk > 0 ? m2r_magic(g.gk) : 0;
-  g.mv = g.gv > 0 ? m2r_magic(g.gv) : 0, g.mf = g.gf > 0 ? m2r_magic(g.gf) : 0;
-  g.ck = (o && o->ckpt_every > 0) ? o->ckpt_every : 64;
+  g.B = (int)a->B, g.T = (int)a->T, g.N = (int)a->N, g.K = (int)a->K, g.V = (int)a->V;
+  g.Nq = (int)a->Nq, g.Nk = (int)a->Nk, g.Nv = (int)a->Nv, g.Nf = (int)a->Nf, g.Nw = (int)a->Nw;
+  g.gq = g.N / g.Nq, g.gk = g.N / g.Nk, g.gv = g.N / g.Nv, g.gf = g.N / g.Nf, g.gw = g.N / g.Nw; /* counts >= 1 */
+  g.mq = m2r_magic(g.gq), g.mk = m2r_magic(g.gk), g.mv = m2r_magic(g.gv), g.mf = m2r_magic(g.gf);
+  g.ck = a->ckpt_every;
   g.nck = g.T > 0 ? (g.T + g.ck - 1) / g.ck : 0;
   return g;
 }
 
+/* The attributes went through a check (m2_m2rnn_check or m2_m2rnn_attr_resolve), which sets N and ckpt_every. Not a
+ * second check of them: a guard against a caller that filled the struct by hand and forgot (m2r_geom divides). */
+m2_status m2r_attr_ok(const m2_m2rnn_attr *a) {
+  if (a && a->N >= 1 && a->Nq >= 1 && a->Nk >= 1 && a->Nv >= 1 && a->Nf >= 1 && a->Nw >= 1 && a->ckpt_every >= 1)
+    return M2_OK;
+  return m2_fail(M2_ERR_VALUE, "m2rnn cuda: the attributes were not checked (fill them with m2_m2rnn_attr_resolve)");
+}
+
 /* Elements (of every 16) whose tanh runs on the FMA pipe for a tanh_mode; the default is the measured best. */
-int m2r_tanh_mode(const m2_m2rnn_cuda_opts *o) {
-  switch (o ? o->tanh_mode : 0) {
+int m2r_tanh_mode(const m2_m2rnn_cuda_tuning *t) {
+  switch (t ? t->tanh_mode : 0) {
     case M2_M2RNN_TANH_MUFU: return 0;
     case M2_M2RNN_TANH_MIX4: return 4;
     case M2_M2RNN_TANH_MIX8: return 8;
@@ -39,27 +41,20 @@ int m2r_tanh_mode(const m2_m2rnn_cuda_opts *o) {
   }
 }
 
-extern "C" m2_status m2_m2rnn_cuda_check(const m2_m2rnn_dims *d, const m2_m2rnn_cuda_opts *o) {
-  if (!d) return m2_fail(M2_ERR_VALUE, "m2rnn cuda: dims is NULL");
-  if (d->B < 1 || d->T < 0 || d->K < 1 || d->V < 1)
-    return m2_fail(M2_ERR_SHAPE, "m2rnn cuda: need B >= 1, T >= 0, K >= 1, V >= 1, got B=%d T=%d K=%d V=%d", d->B,
-                   d->T, d->K, d->V);
-  const int hc[5] = {d->Nq, d->Nk, d->Nv, d->Nf, d->Nw};
-  const char *nm[5] = {"Nq", "Nk", "Nv", "Nf", "Nw"};
-  int mx = 0;
-  for (int i = 0; i < 5; i++) mx = hc[i] > mx ? hc[i] : mx;
-  if (d->N != mx)
-    return m2_fail(M2_ERR_SHAPE, "m2rnn cuda: N = %d must be the largest head count max(Nq,Nk,Nv,Nf,Nw) = %d", d->N, mx);
-  for (int i = 0; i < 5; i++)
-    if (hc[i] < 1 || d->N % hc[i] != 0)
-      return m2_fail(M2_ERR_SHAPE, "m2rnn cuda: %s = %d must divide N = %d", nm[i], hc[i], d->N);
-  if (o && o->ckpt_every < 0) return m2_fail(M2_ERR_VALUE, "m2rnn cuda: ckpt_every = %d < 0", o->ckpt_every);
-  if (o && (o->path < M2_M2RNN_AUTO || o->path > M2_M2RNN_FAST))
-    return m2_fail(M2_ERR_VALUE, "m2rnn cuda: unknown path %d", o->path);
-  if ((long long)d->K * d->V > 8192 && !(d->V == 16 && d->K % 16 == 0))
-    return m2_fail(M2_ERR_SHAPE, "m2rnn cuda: K * V = %d * %d is too large for the general kernel (<= 8192)", d->K,
-                   d->V);
-  return M2_OK;
+/* The general kernel keeps K V floats of state (and more) in shared memory: K * V <= 8192, unless the fast path's
+ * shape (V = 16, K % 16 == 0), whose own limits m2_m2rnn_cuda_path applies. */
+static bool general_fits(const m2_m2rnn_attr *a) { return a->K * a->V <= 8192 || (a->V == 16 && a->K % 16 == 0); }
+
+m2_status m2r_no_path(const m2_m2rnn_attr *a, const m2_m2rnn_cuda_tuning *t, const char *who) {
+  const int want = t ? t->path : M2_M2RNN_AUTO;
+  if (want < M2_M2RNN_AUTO || want > M2_M2RNN_FAST) return m2_fail(M2_ERR_VALUE, "m2rnn cuda: unknown path %d", want);
+  if (a->B < 1) return m2_fail(M2_ERR_SHAPE, "m2rnn cuda: the kernels need B >= 1, got B = %lld", (long long)a->B);
+  if (!general_fits(a))
+    return m2_fail(M2_ERR_SHAPE, "m2rnn cuda: K * V = %lld * %lld is too large for the general kernel (<= 8192)",
+                   (long long)a->K, (long long)a->V);
+  return m2_fail(M2_ERR_SHAPE, "m2rnn cuda %s: the fast path was asked for but needs V == 16, K %% 16 == 0, K / 32 <= %d, "
+                               "ckpt_every %% %d == 0 and bf16 I/O (K=%lld V=%lld ckpt_every=%d io_f32=%d)",
+                 who, M2R_MAX_WARPS, M2R_BWD_SC, (long long)a->K, (long long)a->V, a->ckpt_every, t ? t->io_f32 : 0);
 }
 
 /* Device facts, read once per device. */
@@ -117,7 +112,7 @@ static size_t plan_smem(const M2Geom *g, int nt, int wph, int hpb, int bwd, M2St
   return s;
 }
 
-m2_status m2r_plan(const M2Geom *g, const m2_m2rnn_cuda_opts *o, int bwd, M2Plan *p) {
+m2_status m2r_plan(const M2Geom *g, const m2_m2rnn_cuda_tuning *o, int bwd, M2Plan *p) {
   if (g->V != 16 || g->K % 16 != 0)
     return m2_fail(M2_ERR_SHAPE, "m2rnn cuda: the fast path needs V == 16 and K %% 16 == 0, got K=%d V=%d", g->K, g->V);
   if (g->ck % M2R_BWD_SC != 0)
@@ -163,20 +158,21 @@ m2_status m2r_plan(const M2Geom *g, const m2_m2rnn_cuda_opts *o, int bwd, M2Plan
   return M2_OK;
 }
 
-extern "C" int m2_m2rnn_cuda_path(const m2_m2rnn_dims *d, const m2_m2rnn_cuda_opts *o) {
-  if (m2_m2rnn_cuda_check(d, o) != M2_OK) return -1;
-  const int want = o ? o->path : M2_M2RNN_AUTO;
+extern "C" int m2_m2rnn_cuda_path(const m2_m2rnn_attr *a, const m2_m2rnn_cuda_tuning *t) {
+  const int want = t ? t->path : M2_M2RNN_AUTO;
+  if (want < M2_M2RNN_AUTO || want > M2_M2RNN_FAST || a->B < 1 || !general_fits(a)) return -1;
   if (want == M2_M2RNN_GENERAL) return M2_M2RNN_GENERAL;
-  if (o && o->io_f32) return want == M2_M2RNN_FAST ? -1 : M2_M2RNN_GENERAL; /* fp32 I/O: general path only */
-  const int fast_shape = d->V == 16 && d->K % 16 == 0 && d->K / (d->K % 32 == 0 ? 32 : 16) <= M2R_MAX_WARPS &&
-                         d->K / 16 <= M2R_MAX_WARPS16 &&
-                         ((o && o->ckpt_every > 0) ? o->ckpt_every : 64) % M2R_BWD_SC == 0;
+  if (t && t->io_f32) return want == M2_M2RNN_FAST ? -1 : M2_M2RNN_GENERAL; /* fp32 I/O: general path only */
+  const int64_t K = a->K;
+  const int fast_shape = a->V == 16 && K % 16 == 0 && K / (K % 32 == 0 ? 32 : 16) <= M2R_MAX_WARPS &&
+                         K / 16 <= M2R_MAX_WARPS16 && a->ckpt_every % M2R_BWD_SC == 0;
   if (want == M2_M2RNN_FAST) return fast_shape ? M2_M2RNN_FAST : -1;
   return fast_shape ? M2_M2RNN_FAST : M2_M2RNN_GENERAL;
 }
 
-extern "C" size_t m2_m2rnn_ckpt_floats(const m2_m2rnn_dims *d, const m2_m2rnn_cuda_opts *o) {
-  M2Geom g = m2r_geom(d, o);
+extern "C" size_t m2_m2rnn_ckpt_floats(const m2_m2rnn_attr *a) {
+  if (m2r_attr_ok(a) != M2_OK) return 0;
+  M2Geom g = m2r_geom(a);
   return (size_t)g.B * g.N * g.nck * g.K * g.V; /* both paths: one (K, V) state per checkpoint */
 }
 
@@ -396,17 +392,14 @@ static m2_status set_smem(Kern kern, size_t smem) {
   return M2_OK;
 }
 
-extern "C" m2_status m2_m2rnn_fwd_cuda(const m2_m2rnn_dims *d, const m2_m2rnn_cuda_opts *o, const m2_m2rnn_fwd_args *a,
-                                       cudaStream_t stream) {
-  M2_TRY(m2_m2rnn_cuda_check(d, o));
+extern "C" m2_status m2_m2rnn_fwd_cuda(const m2_m2rnn_attr *at, const m2_m2rnn_cuda_tuning *o,
+                                       const m2_m2rnn_fwd_args *a, cudaStream_t stream) {
+  M2_TRY(m2r_attr_ok(at));
   if (!a || !a->y || !a->q || !a->k || !a->v || !a->W || !a->f)
     return m2_fail(M2_ERR_VALUE, "m2rnn cuda forward: y, q, k, v, W and f must be given");
-  const int path = m2_m2rnn_cuda_path(d, o);
-  if (path < 0)
-    return m2_fail(M2_ERR_SHAPE, "m2rnn cuda forward: the fast path was asked for but needs V == 16, K %% 16 == 0, "
-                                 "K / 32 <= %d, ckpt_every %% %d == 0 and bf16 I/O (K=%d V=%d io_f32=%d)",
-                   M2R_MAX_WARPS, M2R_BWD_SC, d->K, d->V, o ? o->io_f32 : 0);
-  M2Geom g = m2r_geom(d, o);
+  const int path = m2_m2rnn_cuda_path(at, o);
+  if (path < 0) return m2r_no_path(at, o, "forward");
+  M2Geom g = m2r_geom(at);
   const size_t KV = (size_t)g.K * g.V;
   if (g.T == 0) { /* nothing to run: hT = h0 */
     if (a->hT) {

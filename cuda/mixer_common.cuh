@@ -13,8 +13,15 @@ extern "C" {
 
 #define MX_MAX_DIM 512 /* the longest state row: 16 elements a lane */
 
-/* The kernels' rules: f32 / bf16 (f64 refused), rows of at most MX_MAX_DIM. */
+#define MX_MAX_SEG 64  /* the most steps between the states the forward keeps (the backward's scratch holds a segment) */
+
+/* What the kernels take beyond the public checks (gdn_supports, ssd_supports): f32 / bf16 (f64 refused), rows of at
+ * most MX_MAX_DIM. */
 static const mixer_rules mx_rules_cuda = {"CUDA", cu_check_float, MX_MAX_DIM};
+
+/* The kernels' checkpoint interval for the op's chunk (attr, >= 1): the chunk, at most MX_MAX_SEG. The forward and
+ * the backward both take it from here. */
+static inline int64_t mx_seg(int64_t chunk) { return chunk < MX_MAX_SEG ? chunk : MX_MAX_SEG; }
 
 /* dst (row) = the sum over the block's W warps of their rows red (W, row), in warp order. Every thread of the
  * block calls it (two barriers). */
@@ -52,9 +59,9 @@ static inline m2_status mx_fwd_outputs(const m2_opcall *c, const int64_t ys[4], 
   return (*y && *hT && (*ck || !keep)) ? M2_OK : m2_errcode();
 }
 
-/* saved[0] holds the forward's fp32 checkpoints of nck floats (seg = ia[1] >= 1), else M2_ERR_AUTOGRAD. */
-static inline m2_status mx_check_saved(const m2_opcall *c, const char *op, int64_t seg, int64_t nck) {
-  if (c->n_saved < 1 || !c->saved[0] || seg < 1 || c->saved[0]->dtype != M2_F32 || m2_numel(c->saved[0]) != nck)
+/* saved[0] holds the forward's fp32 checkpoints of nck floats, else M2_ERR_AUTOGRAD. */
+static inline m2_status mx_check_saved(const m2_opcall *c, const char *op, int64_t nck) {
+  if (c->n_saved < 1 || !c->saved[0] || c->saved[0]->dtype != M2_F32 || m2_numel(c->saved[0]) != nck)
     return m2_fail(M2_ERR_AUTOGRAD, "%s: backward without the saved CUDA states", op);
   return M2_OK;
 }

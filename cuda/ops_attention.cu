@@ -1,7 +1,8 @@
 /* ops_attention.cu — softmax attention (DESIGN 3.4, grouped-query heads, causal or full) and rotary
  * embedding on CUDA. These kernels compute in fp32 (f32 or bf16 storage) and serve every call except f32 calls with
- * bf16 products (attr ia[1], m2_matmul_precision) and head dim 32 / 64 / 128, which run on tensor cores
- * (cuda/attention_tc.cu).
+ * bf16 products (m2_attention_attr.bf16, m2_matmul_precision) and head dim 32 / 64 / 128, which run on tensor cores
+ * (cuda/attention_tc.cu). The calls' attributes (m2_attention_attr, m2_rope_attr) were checked by the public
+ * functions; here only what these kernels take (f32 / bf16, head dims up to 512, sequences below 2^31).
  *
  * attention forward: a block holds 8 query rows of one (b, h), one warp a row (lane l holds the
  * dims d = l + 32 r); keys and values pass through shared memory 32 at a time; each lane scores one
@@ -30,10 +31,11 @@ static m2_tensor *att_as(m2_tensor *t, m2_dtype dt) {
   return m2_clone_raw(t, dt, t->device);
 }
 
-/* The check shared with the CPU (core/ops_attention.c), then the limits of these kernels. */
-static m2_status att_check(m2_opcall *c, att_geom *d) {
+/* What these kernels take beyond the public check (core/ops_attention.c): their dtypes and limits. */
+static m2_status att_supports(const m2_opcall *c, const m2_attention_attr *d) {
+  static const char *names[3] = {"q", "k", "v"};
   const char *op = "attention";
-  M2_TRY(m2_attention_check(c->in, cu_check_float, d));
+  for (int i = 0; i < 3; i++) M2_TRY(cu_check_float(c->in[i], op, names[i]));
   if (d->D < 1) return m2_fail(M2_ERR_SHAPE, "%s: the head dim D must be at least 1", op);
   if (d->D > ATT_MAX_D)
     return m2_fail(M2_ERR_UNSUPPORTED, "%s: the CUDA kernels take head dim D <= %d (got %lld)", op, ATT_MAX_D,
@@ -289,10 +291,10 @@ template <class F> static cudaError_t att_smem(F f, size_t bytes) {
   }))
 
 extern "C" m2_status m2_cuda_attention_fwd(m2_opcall *c) {
-  att_geom d;
-  M2_TRY(att_check(c, &d));
-  float scale = (float)c->fa[0];
-  bool causal = c->ia[0] != 0;
+  const m2_attention_attr d = *M2_ATTR(c, m2_attention_attr);
+  M2_TRY(att_supports(c, &d));
+  float scale = (float)d.scale;
+  bool causal = d.causal;
   m2_device dev = c->in[0]->device;
   m2_dtype dt = c->in[0]->dtype;
   cudaStream_t st;
@@ -325,12 +327,11 @@ extern "C" m2_status m2_cuda_attention_fwd(m2_opcall *c) {
 }
 
 extern "C" m2_status m2_cuda_attention_bwd(m2_opcall *c) {
-  att_geom d;
-  M2_TRY(att_check(c, &d));
+  const m2_attention_attr d = *M2_ATTR(c, m2_attention_attr);
   if (c->n_saved < 1 || !c->saved[0] || !c->out[0] || c->saved[0]->dtype != M2_F32)
     return m2_fail(M2_ERR_AUTOGRAD, "attention: backward without the saved output and log-sum-exp");
-  float scale = (float)c->fa[0];
-  bool causal = c->ia[0] != 0;
+  float scale = (float)d.scale;
+  bool causal = d.causal;
   m2_device dev = c->in[0]->device;
   m2_dtype dt = c->in[0]->dtype;
   cudaStream_t st;
@@ -390,6 +391,7 @@ __global__ void k_rope(const T *x, T *y, int64_t Tn, int64_t H, int64_t D, doubl
 
 static m2_status rope_run(m2_opcall *c, m2_tensor *src, m2_tensor **dst, float sign) {
   m2_tensor *x = c->in[0];
+  const m2_rope_attr *a = M2_ATTR(c, m2_rope_attr);
   cudaStream_t st;
   M2_TRY(cu_stream(x->device, &st));
   m2_tensor *xs = att_as(src, x->dtype);
@@ -400,7 +402,7 @@ static m2_status rope_run(m2_opcall *c, m2_tensor *src, m2_tensor **dst, float s
   cudaError_t e = cudaSuccess;
   if (np > 0) {
     CU_FLOAT_DISPATCH(x->dtype, k_rope<T><<<cu_grid(np, 256), 256, 0, st>>>(
-        (const T *)m2_data(xs), (T *)m2_data(y), x->shape[1], x->shape[2], x->shape[3], log(c->fa[0]), c->ia[0], sign,
+        (const T *)m2_data(xs), (T *)m2_data(y), x->shape[1], x->shape[2], x->shape[3], log(a->theta), a->offset, sign,
         np));
     e = cudaGetLastError();
   }
@@ -414,7 +416,7 @@ static m2_status rope_run(m2_opcall *c, m2_tensor *src, m2_tensor **dst, float s
 }
 
 extern "C" m2_status m2_cuda_rope_fwd(m2_opcall *c) {
-  M2_TRY(m2_rope_check(c, cu_check_float));
+  M2_TRY(cu_check_float(c->in[0], "rope", "x")); /* the rest was checked by m2_rope */
   M2_TRY(rope_run(c, c->in[0], &c->out[0], 1.0f));
   c->n_out = 1;
   return M2_OK;
@@ -422,7 +424,6 @@ extern "C" m2_status m2_cuda_rope_fwd(m2_opcall *c) {
 
 extern "C" m2_status m2_cuda_rope_bwd(m2_opcall *c) {
   if (!c->needs_din[0]) return M2_OK;
-  M2_TRY(m2_rope_check(c, cu_check_float));
   return rope_run(c, c->dout[0], &c->din[0], -1.0f);
 }
 

@@ -9,7 +9,6 @@
  * reduced in a fixed order. Other widths take the per-element kernels below them. */
 #include "ops.h"
 #include "ops_common.cuh"
-#include "../core/ops_conv1d.h"
 
 template <class T>
 __global__ void k_conv_fwd(const T *x, const T *w, const T *bias, int64_t Tn, int64_t C, int64_t W, int64_t total,
@@ -178,7 +177,8 @@ static bool conv_windowed(int64_t W) { return W >= 2 && W <= 4; }
 /* in: x, w, bias (may be NULL). out: y (B, T, C). */
 extern "C" m2_status m2_cuda_conv1d_causal_fwd(m2_opcall *c) {
   m2_tensor *x = c->in[0], *w = c->in[1], *bias = c->n_in > 2 ? c->in[2] : NULL;
-  M2_TRY(m2_conv1d_check(x, w, bias, cu_check_float));
+  /* what these kernels take (f32 / bf16); m2_conv1d_causal checked the rest once (shapes; w, bias of x's dtype) */
+  M2_TRY(cu_check_float(x, "conv1d_causal", "x"));
   int64_t Tn = x->shape[1], C = x->shape[2], W = w->shape[1], total = m2_numel(x);
   m2_tensor *y = m2_empty(x->dtype, x->device, 3, x->shape);
   if (!y) return m2_errcode();

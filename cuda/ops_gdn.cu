@@ -6,7 +6,9 @@
  *   S <- exp(g_t) S ;  v'_j = beta_t (v_tj - S[:,j].k_t) ;  S[:,j] += k_t v'_j ;  o_tj = S[:,j].(scale q_t)
  * so one warp owns one column j (lane l holds rows i = l + 32 r, r < R) and walks the time axis.
  * Forward: y and hT, plus (when a tape node will be recorded) the fp32 states before every seg-th step,
- * saved[0] = (B, H, NS, V, K) (column-major per state, the kernels' own layout), ia[1] = seg.
+ * saved[0] = (B, H, NS, V, K) (column-major per state, the kernels' own layout), seg = mx_seg(attr.chunk).
+ * The call's attributes (m2_gdn_attr) were checked by the public function; here only what these kernels take
+ * (gdn_supports: f32 / bf16, K <= 512).
  * Backward (the CPU file's step formulas), one launch per checkpoint segment, last first: each warp
  * recomputes its column's states of the segment from the checkpoint into scratch, then steps back in
  * time carrying its column of dS. dv and dh0 are per column; dq, dk, dbeta, dg sum over the columns:
@@ -187,11 +189,10 @@ __global__ void k_gdn_bwd_finish(const float *part, T *dq, T *dk, T *dbeta, T *d
 
 static m2_status gdn_forward(m2_opcall *c) {
   const char *op = c->op->name;
-  gdn_dims d;
-  M2_TRY(gdn_check(c, op, &mx_rules_cuda, &d));
-  float scale = (float)(c->fa[0] != 0 ? c->fa[0] : 1.0 / sqrt((double)d.K));
-  int64_t seg = c->ia[0] > 0 && c->ia[0] < 64 ? c->ia[0] : 64; /* checkpoint interval */
-  c->ia[1] = seg;
+  M2_TRY(gdn_supports(c, &mx_rules_cuda));
+  const m2_gdn_attr d = *M2_ATTR(c, m2_gdn_attr);
+  float scale = (float)d.scale;
+  int64_t seg = mx_seg(d.chunk); /* checkpoint interval */
   int64_t NS = (d.T + seg - 1) / seg;
   cudaStream_t st;
   M2_TRY(cu_stream(c->in[0]->device, &st));
@@ -215,11 +216,10 @@ extern "C" m2_status m2_cuda_gdn_chunked_fwd(m2_opcall *c) { return gdn_forward(
 
 extern "C" m2_status m2_cuda_gdn_bwd(m2_opcall *c) {
   const char *op = c->op->name;
-  gdn_dims d;
-  M2_TRY(gdn_check(c, op, &mx_rules_cuda, &d));
-  int64_t seg = c->ia[1], NS = seg > 0 ? (d.T + seg - 1) / seg : 0;
-  M2_TRY(mx_check_saved(c, op, seg, d.B * d.H * NS * d.V * d.K));
-  float scale = (float)(c->fa[0] != 0 ? c->fa[0] : 1.0 / sqrt((double)d.K));
+  const m2_gdn_attr d = *M2_ATTR(c, m2_gdn_attr);
+  int64_t seg = mx_seg(d.chunk), NS = (d.T + seg - 1) / seg;
+  M2_TRY(mx_check_saved(c, op, d.B * d.H * NS * d.V * d.K));
+  float scale = (float)d.scale;
   m2_dtype dt = c->in[0]->dtype;
   cudaStream_t st;
   M2_TRY(cu_stream(c->in[0]->device, &st));

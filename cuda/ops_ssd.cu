@@ -6,7 +6,9 @@
  *   h[p,:] <- exp(dt_t A) h[p,:] + dt_t x_tp B_t ;  y_tp = h[p,:].C_t
  * so one warp owns one row p (lane l holds columns n = l + 32 r, r < R) and walks the time axis.
  * Forward: y and hT, plus (when a tape node will be recorded) the fp32 states before every seg-th step,
- * saved[0] = (B, H, NS, P, N), ia[1] = seg.
+ * saved[0] = (B, H, NS, P, N), seg = mx_seg(attr.chunk).
+ * The call's attributes (m2_ssd_attr) were checked by the public function; here only what these kernels take
+ * (ssd_supports: f32 / bf16, N <= 512).
  * Backward (the CPU file's step formulas), one launch per checkpoint segment, last first: each warp
  * recomputes its row's states of the segment into scratch, then steps back carrying its row of dh.
  * dx and dh0 are per row; dB, dC (summed over the rows and the heads of a group), ddt (over rows) and
@@ -205,10 +207,9 @@ __global__ void k_ssd_bwd_finish_da(const float *dApart, T *dA, int64_t B, int64
 
 static m2_status ssd_forward(m2_opcall *c) {
   const char *op = c->op->name;
-  ssd_dims d;
-  M2_TRY(ssd_check(c, op, &mx_rules_cuda, &d));
-  int64_t seg = c->ia[0] > 0 && c->ia[0] < 64 ? c->ia[0] : 64; /* checkpoint interval */
-  c->ia[1] = seg;
+  M2_TRY(ssd_supports(c, &mx_rules_cuda));
+  const m2_ssd_attr d = *M2_ATTR(c, m2_ssd_attr);
+  int64_t seg = mx_seg(d.chunk); /* checkpoint interval */
   int64_t NS = (d.T + seg - 1) / seg;
   cudaStream_t st;
   M2_TRY(cu_stream(c->in[0]->device, &st));
@@ -232,10 +233,9 @@ extern "C" m2_status m2_cuda_ssd_chunked_fwd(m2_opcall *c) { return ssd_forward(
 
 extern "C" m2_status m2_cuda_ssd_bwd(m2_opcall *c) {
   const char *op = c->op->name;
-  ssd_dims d;
-  M2_TRY(ssd_check(c, op, &mx_rules_cuda, &d));
-  int64_t seg = c->ia[1], NS = seg > 0 ? (d.T + seg - 1) / seg : 0;
-  M2_TRY(mx_check_saved(c, op, seg, d.B * d.H * NS * d.P * d.N));
+  const m2_ssd_attr d = *M2_ATTR(c, m2_ssd_attr);
+  int64_t seg = mx_seg(d.chunk), NS = (d.T + seg - 1) / seg;
+  M2_TRY(mx_check_saved(c, op, d.B * d.H * NS * d.P * d.N));
   m2_device dev = c->in[0]->device;
   m2_dtype dt = c->in[0]->dtype;
   cudaStream_t st;

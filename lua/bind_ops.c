@@ -363,7 +363,7 @@ static int push_two(lua_State *L, m2_tensor **s0, m2_tensor **s1, m2_tensor *a, 
   return 2;
 }
 
-/* m2rnn(q, k, v, W, f [, h0] [, {grad_clip = 0, ckpt_every = 0}]) -> y, hT */
+/* m2rnn(q, k, v, W, f [, h0] [, {grad_clip = 0, ckpt_every = 0}]) -> y, hT (ckpt_every 0: M2_M2RNN_CKPT_EVERY) */
 static int l_m2rnn(lua_State *L) {
   m2_tensor *in[5];
   for (int i = 0; i < 5; i++) in[i] = m2lua_checktensor(L, i + 1);

@@ -122,8 +122,9 @@ static m2_status backward2(m2_tensor *y, m2_tensor *dy, m2_tensor *hT, m2_tensor
 }
 
 static void run_case(const tcase *tc, uint64_t seed) {
-  m2_m2rnn_dims d = {tc->B, tc->T, tc->N, tc->K, tc->V, tc->Nq, tc->Nk, tc->Nv, tc->Nf, tc->Nw};
-  m2_m2rnn_cuda_opts o = {tc->clip, tc->ck, tc->path, tc->tanh_mode, tc->hpb, tc->frows, tc->brows, tc->io32};
+  m2_m2rnn_attr d = {tc->B, tc->T, tc->N, tc->K, tc->V, tc->Nq, tc->Nk, tc->Nv, tc->Nf, tc->Nw, tc->clip, tc->ck};
+  CHECK_OK(m2_m2rnn_attr_resolve(&d));
+  m2_m2rnn_cuda_tuning o = {tc->path, tc->tanh_mode, tc->hpb, tc->frows, tc->brows, tc->io32};
   const m2_dtype io = tc->io32 ? M2_F32 : M2_BF16;
   const int B = tc->B, T = tc->T, N = tc->N, K = tc->K, V = tc->V;
   const int path = m2_m2rnn_cuda_path(&d, &o);
@@ -157,7 +158,7 @@ static void run_case(const tcase *tc, uint64_t seed) {
   m2_tensor *gq = dev(q, io, 4, sq), *gk = dev(k, io, 4, sk), *gv = dev(v, io, 4, sv),
             *gW = dev(W, M2_F32, 3, sw), *gf = dev(f, M2_F32, 3, sf), *gh0 = tc->h0 ? dev(h0, M2_F32, 4, sh) : NULL,
             *gdy = dev(dy, io, 4, sy), *gdhT = dev(dhT, M2_F32, 4, sh);
-  int64_t nck[1] = {(int64_t)m2_m2rnn_ckpt_floats(&d, &o) + 1}, nwk[1] = {(int64_t)(m2_m2rnn_bwd_work_bytes(&d, &o) / 4 + 64)};
+  int64_t nck[1] = {(int64_t)m2_m2rnn_ckpt_floats(&d) + 1}, nwk[1] = {(int64_t)(m2_m2rnn_bwd_work_bytes(&d, &o) / 4 + 64)};
   m2_tensor *y = dev_empty(io, 4, sy), *y2 = dev_empty(io, 4, sy), *hT = dev_empty(M2_F32, 4, sh),
             *ck = dev_empty(M2_F32, 1, nck), *work = dev_empty(M2_F32, 1, nwk), *dq = dev_empty(io, 4, sq),
             *dk = dev_empty(io, 4, sk), *dv = dev_empty(io, 4, sv), *dW = dev_empty(M2_F32, 3, sw),
@@ -208,24 +209,26 @@ static void run_case(const tcase *tc, uint64_t seed) {
 
 int main(void) {
   /* argument checks (no GPU needed) */
-  m2_m2rnn_dims bad = {1, 8, 4, 64, 16, 3, 1, 4, 4, 4};
-  CHECK_FAILS(m2_m2rnn_cuda_check(&bad, NULL) != M2_OK, M2_ERR_SHAPE, "Nq = 3 must divide N = 4");
-  m2_m2rnn_dims bad2 = {1, 8, 5, 64, 16, 1, 1, 4, 4, 4};
-  CHECK_FAILS(m2_m2rnn_cuda_check(&bad2, NULL) != M2_OK, M2_ERR_SHAPE, "largest head count");
-  m2_m2rnn_dims small = {1, 8, 4, 24, 8, 1, 1, 4, 4, 4};
-  m2_m2rnn_cuda_opts fast = {0, 0, M2_M2RNN_FAST, 0, 0};
+  m2_m2rnn_attr bad = {1, 8, 4, 64, 16, 3, 1, 4, 4, 4};
+  CHECK_FAILS(m2_m2rnn_attr_resolve(&bad) != M2_OK, M2_ERR_SHAPE, "must divide N = max(Nq, Nk, Nv, Nw, Nf) = 4, but Nq = 3");
+  m2_m2rnn_attr bad2 = {1, 8, 5, 64, 16, 1, 1, 4, 4, 4};
+  CHECK_FAILS(m2_m2rnn_attr_resolve(&bad2) != M2_OK, M2_ERR_SHAPE, "largest head count");
+  m2_m2rnn_attr small = {1, 8, 4, 24, 8, 1, 1, 4, 4, 4};
+  CHECK_OK(m2_m2rnn_attr_resolve(&small));
+  m2_m2rnn_cuda_tuning fast = {M2_M2RNN_FAST};
   CHECK(m2_m2rnn_cuda_path(&small, &fast) == -1, "fast path refused for V = 8");
   CHECK(m2_m2rnn_cuda_path(&small, NULL) == M2_M2RNN_GENERAL, "auto path for V = 8 is general");
-  m2_m2rnn_dims paper = {8, 4096, 84, 64, 16, 1, 1, 84, 84, 84};
+  m2_m2rnn_attr paper = {8, 4096, 84, 64, 16, 1, 1, 84, 84, 84}, ck10;
+  CHECK_OK(m2_m2rnn_attr_resolve(&paper));
   CHECK(m2_m2rnn_cuda_path(&paper, NULL) == M2_M2RNN_FAST, "auto path for the paper shape is fast");
-  m2_m2rnn_cuda_opts ck10 = {0, 10, M2_M2RNN_AUTO, 0, 0};
-  CHECK(m2_m2rnn_cuda_path(&paper, &ck10) == M2_M2RNN_GENERAL, "ckpt_every 10 is not a multiple of 8: general");
-  m2_m2rnn_cuda_opts f32io = {0};
+  ck10 = paper, ck10.ckpt_every = 10;
+  CHECK(m2_m2rnn_cuda_path(&ck10, NULL) == M2_M2RNN_GENERAL, "ckpt_every 10 is not a multiple of 8: general");
+  m2_m2rnn_cuda_tuning f32io = {0};
   f32io.io_f32 = 1;
   CHECK(m2_m2rnn_cuda_path(&paper, &f32io) == M2_M2RNN_GENERAL, "fp32 I/O: general path");
   f32io.path = M2_M2RNN_FAST;
   CHECK(m2_m2rnn_cuda_path(&paper, &f32io) == -1, "fp32 I/O refuses the fast path");
-  CHECK(m2_m2rnn_ckpt_floats(&paper, NULL) == (size_t)8 * 84 * 64 * 64 * 16, "checkpoint size");
+  CHECK(m2_m2rnn_ckpt_floats(&paper) == (size_t)8 * 84 * 512 * 64 * 16, "checkpoint size (ckpt 8, the default)");
   if (parity_init("cuda_ops_m2rnn")) {
     printf("cuda_ops_m2rnn: %d argument checks, %d failed\n", g_checks, g_failures);
     return g_failures ? 1 : 77;

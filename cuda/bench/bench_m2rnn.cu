@@ -2,7 +2,10 @@
  * B=8 T=4096 N=84 K=64 V=16; 7B: B=4 N=132) and prints a table: median of timed repeats (CUDA events,
  * after warm-up) for each variant, against the Triton reference figures of shared/GPU.md. Also checks,
  * at full size, that the fast path agrees with the general fallback (a race or indexing error there
- * shows as a large difference). Usage: bench_m2rnn [reps] */
+ * shows as a large difference). Each layer's attributes (m2_m2rnn_attr: its shape, grad_clip 1, the op's default
+ * ckpt_every) are written out valid here, so the benchmark links no more of core than status.c
+ * (cuda/bench/profile_m2rnn.sh); variants change the tuning or, for the checkpoint spacing, a copy of them.
+ * Usage: bench_m2rnn [reps] */
 #include <cuda_runtime.h>
 #include <math.h>
 #include <stdio.h>
@@ -64,7 +67,7 @@ static T *dalloc(size_t n) {
 
 struct Layer {
   const char *name;
-  m2_m2rnn_dims d;
+  m2_m2rnn_attr d; /* shape, grad_clip 1 (the paper's), ckpt_every M2_M2RNN_CKPT_EVERY (the op's default) */
   double triton_fwd, triton_fb; /* ms, shared/GPU.md */
   uint16_t *q, *k, *v, *y, *dy, *dq, *dk, *dv;
   float *W, *f, *hT, *ckpt, *dW, *df, *dh0, *dhT;
@@ -73,7 +76,7 @@ struct Layer {
 };
 
 static void layer_alloc(Layer &L) {
-  const m2_m2rnn_dims &d = L.d;
+  const m2_m2rnn_attr &d = L.d;
   const size_t BT = (size_t)d.B * d.T, KV = (size_t)d.K * d.V;
   L.q = dalloc<uint16_t>(BT * d.Nq * d.K), L.k = dalloc<uint16_t>(BT * d.Nk * d.K);
   L.v = dalloc<uint16_t>(BT * d.Nv * d.V), L.y = dalloc<uint16_t>(BT * d.N * d.V), L.dy = dalloc<uint16_t>(BT * d.N * d.V);
@@ -81,10 +84,12 @@ static void layer_alloc(Layer &L) {
   L.W = dalloc<float>((size_t)d.Nw * d.V * d.V), L.f = dalloc<float>(BT * d.Nf), L.hT = dalloc<float>((size_t)d.B * d.N * KV);
   L.dW = dalloc<float>((size_t)d.Nw * d.V * d.V), L.df = dalloc<float>(BT * d.Nf), L.dh0 = dalloc<float>((size_t)d.B * d.N * KV);
   L.dhT = dalloc<float>((size_t)d.B * d.N * KV);
-  m2_m2rnn_cuda_opts og = {1.f, 64, M2_M2RNN_GENERAL, 0, 0}, o32 = {1.f, 8, M2_M2RNN_FAST, 0, 0}; /* the smallest interval benched */
-  size_t ck = std::max(m2_m2rnn_ckpt_floats(&d, &og), m2_m2rnn_ckpt_floats(&d, &o32));
+  m2_m2rnn_attr d64 = d, d8 = d; /* 8: the smallest interval benched */
+  d64.ckpt_every = 64, d8.ckpt_every = 8;
+  m2_m2rnn_cuda_tuning og = {M2_M2RNN_GENERAL}, o32 = {M2_M2RNN_FAST};
+  size_t ck = std::max(m2_m2rnn_ckpt_floats(&d64), m2_m2rnn_ckpt_floats(&d8));
   L.ckpt = dalloc<float>(ck);
-  L.work_bytes = std::max(m2_m2rnn_bwd_work_bytes(&d, &og), m2_m2rnn_bwd_work_bytes(&d, &o32));
+  L.work_bytes = std::max(m2_m2rnn_bwd_work_bytes(&d64, &og), m2_m2rnn_bwd_work_bytes(&d8, &o32));
   L.work = dalloc<char>(L.work_bytes);
   fill_bf16<<<1024, 256>>>(L.q, BT * d.Nq * d.K, 1, 0.5f);
   fill_bf16<<<1024, 256>>>(L.k, BT * d.Nk * d.K, 2, 0.5f);
@@ -186,47 +191,52 @@ int main(int argc, char **argv) {
   printf("# bench_m2rnn on %s (%d SMs, %.0f MHz max clock)\n", prop.name, prop.multiProcessorCount, clk / 1e3);
   if (quick_level == 3) { /* per-SM scaling: the same 480 heads (B=8, N=60) in blocks of 4, 5 or 6 heads (16, 20, 24
                              warps; 120, 96, 80 blocks: one wave each), to see how an SM's throughput grows with warps */
-    Layer L = {"scan", {8, 4096, 60, 64, 16, 1, 1, 60, 60, 60}, 0, 0};
+    Layer L = {"scan", {8, 4096, 60, 64, 16, 1, 1, 60, 60, 60, 1.0, M2_M2RNN_CKPT_EVERY}, 0, 0};
     layer_alloc(L);
-    const m2_m2rnn_dims *d = &L.d;
+    const m2_m2rnn_attr *d = &L.d;
     m2_m2rnn_fwd_args fi = fargs(L, false), ft = fargs(L, true);
     m2_m2rnn_bwd_args ba = bargs(L);
     printf("\n| heads/block | warps/SM | blocks | fwd ms | fwd (train) ms | bwd ms | head-steps/SM/us fwd | bwd |\n|---|---|---|---|---|---|---|---|\n");
     for (int hp = 4; hp <= 6; hp++) {
-      m2_m2rnn_cuda_opts o = {1.f, 8, M2_M2RNN_FAST, M2_M2RNN_TANH_DEFAULT, hp};
+      m2_m2rnn_cuda_tuning o = {M2_M2RNN_FAST, M2_M2RNN_TANH_DEFAULT, hp};
       double f0, ft0, b0, mn;
       timeit([&] { MT(m2_m2rnn_fwd_cuda(d, &o, &fi, 0)); }, reps, &f0, &mn);
       timeit([&] { MT(m2_m2rnn_fwd_cuda(d, &o, &ft, 0)); }, reps, &ft0, &mn);
       timeit([&] { MT(m2_m2rnn_bwd_cuda(d, &o, &ba, 0)); }, reps, &b0, &mn);
       const double hs = (double)hp * d->T / 1e3; /* head-steps per SM, in thousands */
-      printf("| %d | %d | %d | %.3f | %.3f | %.3f | %.2f | %.2f |\n", hp, 4 * hp, d->B * d->N / hp, f0, ft0, b0, hs / f0, hs / b0);
+      printf("| %d | %d | %d | %.3f | %.3f | %.3f | %.2f | %.2f |\n", hp, 4 * hp, (int)(d->B * d->N / hp), f0, ft0, b0, hs / f0, hs / b0);
     }
     layer_free(L);
     return 0;
   }
   Layer layers[2] = {
-      {"400M", {8, 4096, 84, 64, 16, 1, 1, 84, 84, 84}, 4.11, 18.6},
-      {"7B", {4, 4096, 132, 64, 16, 1, 1, 132, 132, 132}, 3.93, 15.9},
+      {"400M", {8, 4096, 84, 64, 16, 1, 1, 84, 84, 84, 1.0, M2_M2RNN_CKPT_EVERY}, 4.11, 18.6},
+      {"7B", {4, 4096, 132, 64, 16, 1, 1, 132, 132, 132, 1.0, M2_M2RNN_CKPT_EVERY}, 3.93, 15.9},
   };
   if (const char *be = getenv("M2_BENCH_B")) { /* M2_BENCH_B=4: the 400M layer at another batch size (as trained) */
     layers[0].d.B = atoi(be) > 0 ? atoi(be) : layers[0].d.B;
-    printf("(400M layer at B = %d: M2_BENCH_B)\n", layers[0].d.B);
+    printf("(400M layer at B = %d: M2_BENCH_B)\n", (int)layers[0].d.B);
   }
   printf("\n| layer | variant                            | ms (med) | ms (min) | tokens/s | vs reference |\n");
   printf("|---|---|---|---|---|---|\n");
   for (Layer &L : layers) {
     layer_alloc(L);
-    const m2_m2rnn_dims *d = &L.d;
+    const m2_m2rnn_attr *d = &L.d;
     cudaStream_t s = 0;
     double med, mn, fwd_train = 0, bwd = 0;
-    /* the defaults of the CUDA op (cuda/ops_m2rnn.cu): state-gradient clipping 1 (the paper's), a checkpoint every
-       8 steps (the fastest; 8 x the memory of ckpt 64, which the rows below also time) */
-    m2_m2rnn_cuda_opts o = {1.f, 8, M2_M2RNN_FAST, M2_M2RNN_TANH_DEFAULT, 0};
+    /* the defaults of the CUDA op (cuda/ops_m2rnn.cu), in the layer's attributes: state-gradient clipping 1 (the
+       paper's), a checkpoint every 8 steps (the fastest; 8 x the memory of ckpt 64, which the rows below also time) */
+    m2_m2rnn_cuda_tuning o = {M2_M2RNN_FAST, M2_M2RNN_TANH_DEFAULT, 0};
+    auto with_ckpt = [&](int ck) { /* the layer's attributes with another checkpoint spacing */
+      m2_m2rnn_attr a = *d;
+      a.ckpt_every = ck;
+      return a;
+    };
     m2_m2rnn_fwd_args fi = fargs(L, false), ft = fargs(L, true);
     m2_m2rnn_bwd_args ba = bargs(L);
     { /* the floor: tanh unit (16 per clock per SM, bench_mufu), bytes at 4.27 TB/s, tensor-core FLOPs as issued */
       const double el = (double)d->B * d->N * d->T * d->K * d->V, clk_hz = clk * 1e3;
-      const int heads = d->B * d->N, per_sm = (heads + prop.multiProcessorCount - 1) / prop.multiProcessorCount;
+      const int heads = (int)(d->B * d->N), per_sm = (heads + prop.multiProcessorCount - 1) / prop.multiProcessorCount;
       const double busy = (double)heads / per_sm; /* SMs a whole-head split keeps busy */
       const double bytes = 2.0 * d->B * d->T * ((d->Nq + d->Nk) * d->K + 2.0 * d->N * d->V) + 4.0 * d->B * d->T * d->Nf;
       const double ck_bytes = 4.0 * d->B * d->N * ((d->T + 7) / 8) * d->K * d->V;
@@ -249,9 +259,8 @@ int main(int argc, char **argv) {
     row(L, "fast fwd+bwd (ckpt 8), default", med, mn, L.triton_fb);
     printf("| %-5s | (sum of the two above: %.3f ms) | | | | |\n", L.name, fwd_train + bwd);
     {
-      m2_m2rnn_cuda_opts o64 = o;
-      o64.ckpt_every = 64;
-      timeit([&] { MT(m2_m2rnn_fwd_cuda(d, &o64, &ft, s)); MT(m2_m2rnn_bwd_cuda(d, &o64, &ba, s)); }, reps, &med, &mn);
+      const m2_m2rnn_attr d64 = with_ckpt(64);
+      timeit([&] { MT(m2_m2rnn_fwd_cuda(&d64, &o, &ft, s)); MT(m2_m2rnn_bwd_cuda(&d64, &o, &ba, s)); }, reps, &med, &mn);
       row(L, "fast fwd+bwd (ckpt 64, 1/8 the memory)", med, mn, L.triton_fb);
     }
     if (quick_level >= 2) {
@@ -261,20 +270,19 @@ int main(int argc, char **argv) {
     if (quick) { /* + fwd+bwd at the checkpoint intervals listed in M2_BENCH_CKS (e.g. "8,16,32") */
       const char *cks = getenv("M2_BENCH_CKS");
       for (const char *c = cks; c && *c;) {
-        m2_m2rnn_cuda_opts oc = o;
-        oc.ckpt_every = atoi(c);
+        const m2_m2rnn_attr dc = with_ckpt(atoi(c));
         char what[64];
-        snprintf(what, sizeof what, "fast fwd (training), ckpt %d", oc.ckpt_every);
-        timeit([&] { MT(m2_m2rnn_fwd_cuda(d, &oc, &ft, s)); }, reps, &med, &mn);
+        snprintf(what, sizeof what, "fast fwd (training), ckpt %d", dc.ckpt_every);
+        timeit([&] { MT(m2_m2rnn_fwd_cuda(&dc, &o, &ft, s)); }, reps, &med, &mn);
         row(L, what, med, mn, L.triton_fwd);
-        snprintf(what, sizeof what, "fast fwd+bwd, ckpt %d", oc.ckpt_every);
-        timeit([&] { MT(m2_m2rnn_fwd_cuda(d, &oc, &ft, s)); MT(m2_m2rnn_bwd_cuda(d, &oc, &ba, s)); }, reps, &med, &mn);
+        snprintf(what, sizeof what, "fast fwd+bwd, ckpt %d", dc.ckpt_every);
+        timeit([&] { MT(m2_m2rnn_fwd_cuda(&dc, &o, &ft, s)); MT(m2_m2rnn_bwd_cuda(&dc, &o, &ba, s)); }, reps, &med, &mn);
         row(L, what, med, mn, L.triton_fb);
         c = strchr(c, ',');
         if (c) c++;
       }
       for (int hp = 1; hp <= 3; hp++) { /* smaller blocks: several per SM, each with its own barriers */
-        m2_m2rnn_cuda_opts oh = o;
+        m2_m2rnn_cuda_tuning oh = o;
         oh.heads_per_block = hp;
         char what[64];
         snprintf(what, sizeof what, "fast fwd (inference), %d head(s)/block", hp);
@@ -287,16 +295,15 @@ int main(int argc, char **argv) {
         row(L, what, med, mn, 0);
       }
       { /* 8-row warps in the forward (2 blocks of 24 warps per SM) */
-        m2_m2rnn_cuda_opts o8 = o;
+        m2_m2rnn_cuda_tuning o8 = o;
         o8.fwd_rows_per_warp = 8;
         timeit([&] { MT(m2_m2rnn_fwd_cuda(d, &o8, &fi, s)); }, reps, &med, &mn);
         row(L, "fast fwd (inference), 8-row warps", med, mn, L.triton_fwd);
-        o8.ckpt_every = 8;
         timeit([&] { MT(m2_m2rnn_fwd_cuda(d, &o8, &ft, s)); }, reps, &med, &mn);
         row(L, "fast fwd (training, ckpt 8), 8-row warps", med, mn, L.triton_fwd);
       }
       { /* 32-row warps in the backward (12 warps per block; the default at ckpt 8 is 16-row warps) */
-        m2_m2rnn_cuda_opts o32b = o;
+        m2_m2rnn_cuda_tuning o32b = o;
         o32b.bwd_rows_per_warp = 32;
         MT(m2_m2rnn_fwd_cuda(d, &o32b, &ft, s));
         timeit([&] { MT(m2_m2rnn_bwd_cuda(d, &o32b, &ba, s)); }, reps, &med, &mn);
@@ -307,7 +314,7 @@ int main(int argc, char **argv) {
     }
 
     {
-      m2_m2rnn_cuda_opts o32 = o;
+      m2_m2rnn_cuda_tuning o32 = o;
       o32.fwd_rows_per_warp = 32;
       timeit([&] { MT(m2_m2rnn_fwd_cuda(d, &o32, &fi, s)); }, reps, &med, &mn);
       row(L, "fast fwd, 32-row warps", med, mn, L.triton_fwd);
@@ -315,7 +322,7 @@ int main(int argc, char **argv) {
     const int modes[2] = {M2_M2RNN_TANH_MIX4, M2_M2RNN_TANH_MIX8};
     const char *mname[2] = {"4/16 poly", "8/16 poly"};
     for (int mi = 0; mi < 2; mi++) {
-      m2_m2rnn_cuda_opts om = o;
+      m2_m2rnn_cuda_tuning om = o;
       om.tanh_mode = modes[mi];
       char what[64];
       snprintf(what, sizeof what, "fast fwd, tanh %s", mname[mi]);
@@ -328,17 +335,16 @@ int main(int argc, char **argv) {
     }
     const int cks[3] = {16, 32, 64};
     for (int ci = 0; ci < 3; ci++) {
-      m2_m2rnn_cuda_opts oc = o;
-      oc.ckpt_every = cks[ci];
+      const m2_m2rnn_attr dc = with_ckpt(cks[ci]);
       char what[64];
       snprintf(what, sizeof what, "fast fwd+bwd, ckpt %d", cks[ci]);
-      timeit([&] { MT(m2_m2rnn_fwd_cuda(d, &oc, &ft, s)); MT(m2_m2rnn_bwd_cuda(d, &oc, &ba, s)); }, reps, &med, &mn);
+      timeit([&] { MT(m2_m2rnn_fwd_cuda(&dc, &o, &ft, s)); MT(m2_m2rnn_bwd_cuda(&dc, &o, &ba, s)); }, reps, &med, &mn);
       row(L, what, med, mn, L.triton_fb);
     }
     const int hpbs[2] = {1, 2};
     for (int hp : hpbs) {
       if (d->N % hp) continue;
-      m2_m2rnn_cuda_opts oh = o;
+      m2_m2rnn_cuda_tuning oh = o;
       oh.heads_per_block = hp;
       char what[64];
       snprintf(what, sizeof what, "fast fwd+bwd, %d head(s)/block", hp);
@@ -355,7 +361,7 @@ int main(int argc, char **argv) {
                          fdk = host_bf16(L.dk, BT * d->Nk * 64), fdv = host_bf16(L.dv, BT * d->Nv * 16),
                          fdW = host_f32(L.dW, (size_t)d->Nw * 256), fdf = host_f32(L.df, BT * d->Nf),
                          fh = host_f32(L.hT, (size_t)d->B * d->N * 1024), fdh = host_f32(L.dh0, (size_t)d->B * d->N * 1024);
-      m2_m2rnn_cuda_opts og = o;
+      m2_m2rnn_cuda_tuning og = o;
       og.path = M2_M2RNN_GENERAL;
       timeit([&] { MT(m2_m2rnn_fwd_cuda(d, &og, &ft, s)); }, 1, &med, &mn);
       row(L, "general fwd (training)", med, mn, L.triton_fwd);

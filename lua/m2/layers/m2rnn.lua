@@ -9,8 +9,9 @@ the non-linear matrix-state recurrence m2.m2rnn, D skip, output gate, norm, out_
 Settings (cfg): k (K) = 64, v (V) = 16, heads = 8 (the default for Nv, Nf, Ng, Nw),
 q_heads = 1, k_heads = 1, v_heads, f_heads, g_heads, w_heads (each divides N = max of them),
 conv = 4 (kernel; 0 turns the short conv off), grad_clip = 1 (state-gradient clipping; 0 off),
-ckpt = 8 (CUDA: steps between the states kept for the backward; 64 keeps 1/8 of that memory, 1.4 GB -> 176 MB
-a layer at the 400M shape B=8 T=4096, for a ~25% slower recurrence backward),
+ckpt (CUDA: steps between the states kept for the backward; unset: the op's default, 8 (M2_M2RNN_CKPT_EVERY in
+core/ops_mixers.h); 64 keeps 1/8 of that memory, 1.4 GB -> 176 MB a layer at the 400M shape B=8 T=4096, for a ~25%
+slower recurrence backward),
 A_range = {0, 16}, dt_min = 1e-3, dt_max = 0.1, dt_floor = 1e-4, norm_eps = 1e-5.
 opts: layers (L) scales the out_proj init N(0, init_std / sqrt(2 L)); init_std = 0.02 (projections).
 
@@ -30,7 +31,7 @@ local M2RNN = nn.class("M2RNN")
 
 local DEFAULTS = {
   k = 64, v = 16, heads = 8, q_heads = 1, k_heads = 1, v_heads = false, f_heads = false, g_heads = false,
-  w_heads = false, conv = 4, grad_clip = 1.0, ckpt = 8, A_range = { 0, 16 }, dt_min = 1e-3, dt_max = 0.1, dt_floor = 1e-4,
+  w_heads = false, conv = 4, grad_clip = 1.0, ckpt = false, A_range = { 0, 16 }, dt_min = 1e-3, dt_max = 0.1, dt_floor = 1e-4,
   norm_eps = 1e-5,
 }
 
@@ -53,7 +54,7 @@ function M2RNN.resolve(d, cfg)
     C.divides(h[1], c.N, h[2], ctor)
   end
   if math.type(c.conv) ~= "integer" or c.conv < 0 then m2.error("M2RNN: conv must be a kernel size >= 0") end
-  C.pos_int(c.ckpt, "ckpt (steps between kept states)", ctor)
+  if c.ckpt ~= false then C.pos_int(c.ckpt, "ckpt (steps between kept states)", ctor) end -- false: the op's default
   c.C_qkv = c.Nq * c.k + c.Nk * c.k + c.Nv * c.v
   c.C_in = c.C_qkv + c.Nf + c.Ng * c.v
   c.state = c.N * c.k * c.v
@@ -98,7 +99,7 @@ function M2RNN:forward(x, o)
   local v = p[3]:reshape(B, T, c.Nv, c.v)
   -- f = exp(-exp(A_log) * softplus(f_raw + dt_bias))   (B, T, Nf)
   local f = m2.exp(-(m2.exp(self.A_log) * m2.softplus(f_raw + self.dt_bias)))
-  local y, hT = m2.m2rnn(q, k, v, self.W, f, o and o.state or nil, { grad_clip = c.grad_clip, ckpt_every = c.ckpt })
+  local y, hT = m2.m2rnn(q, k, v, self.W, f, o and o.state or nil, { grad_clip = c.grad_clip, ckpt_every = c.ckpt or nil })
   y = y + self.D * C.repeat_heads(v, c.N)                                     -- (B, T, N, V)
   -- y * silu(g), one op
   y = m2.swiglu(C.repeat_heads(g:reshape(B, T, c.Ng, c.v), c.N):reshape(B, T, c.N * c.v), y:reshape(B, T, c.N * c.v))
