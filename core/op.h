@@ -67,7 +67,7 @@ enum {
   M2_OP_ANYDEV_BWD = 1 << 4,
 };
 
-/* One op: its name, its CPU reference kernels and its flags. Other backends (cuda/) register their kernels for
+/* One op: its name, its CPU reference kernels and its flags. Other backends (the CUDA library) register their kernels for
  * a row at init with m2_op_register_kernels; core never names them. */
 typedef struct m2_op {
   const char *name;

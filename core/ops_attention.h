@@ -1,6 +1,6 @@
 /* ops_attention.h — internal: the attention and rope ops' attributes (the checked sizes and options that
  * m2_attention / m2_rope store on the call) and checks, shared by the CPU ops (core/ops_attention.c) and the CUDA
- * entry points (cuda/ops_attention.cu), so both read one checked struct and refuse bad input with the same words. */
+ * entry points (the CUDA backend's ops_attention.cu), so both read one checked struct and refuse bad input with the same words. */
 #ifndef M2_OPS_ATTENTION_H
 #define M2_OPS_ATTENTION_H
 #include "op.h"

@@ -1,5 +1,5 @@
 /* ops_conv1d.h — internal: the causal depthwise conv1d's argument check, run once by m2_conv1d_causal before the
- * call; the CPU op (core/ops_conv1d.c) and the CUDA entry point (cuda/ops_conv1d.cu) trust it (the op has no
+ * call; the CPU op (core/ops_conv1d.c) and the CUDA entry point (the CUDA backend's ops_conv1d.cu) trust it (the op has no
  * options, so no attribute struct: its sizes are its tensors'). */
 #ifndef M2_OPS_CONV1D_H
 #define M2_OPS_CONV1D_H

@@ -1,6 +1,6 @@
 /* ops_elementwise.h — internal: the broadcasting binary ops' (add, sub, mul, div) argument checks, output and
  * iteration plan, and the unary maps' typed attributes, shared by the CPU ops (core/ops_elementwise.c) and the
- * CUDA entry points (cuda/ops_elementwise.cu), so both refuse bad input with the same words and walk the same
+ * CUDA entry points (the CUDA backend's ops_elementwise.cu), so both refuse bad input with the same words and walk the same
  * plan. */
 #ifndef M2_OPS_ELEMENTWISE_H
 #define M2_OPS_ELEMENTWISE_H
@@ -31,7 +31,7 @@ typedef struct bin_plan {
  * create out[0] (the broadcast shape, on a's device) and fill p; *n = the output's element count (0: done). */
 m2_status m2_binary_setup(m2_opcall *c, m2_float_rule check_float, bin_plan *p, int64_t *n);
 
-/* swiglu's argument check (core/ops_swiglu.c), shared with cuda/ops_swiglu.cu: a and b non-NULL, float by the
+/* swiglu's argument check (core/ops_swiglu.c), shared with the CUDA backend's ops_swiglu.cu: a and b non-NULL, float by the
  * backend's rule, the same dtype and shape. */
 m2_status m2_swiglu_check(m2_tensor *a, m2_tensor *b, m2_float_rule check_float);
 

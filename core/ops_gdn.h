@@ -1,6 +1,6 @@
 /* ops_gdn.h — internal: the Gated DeltaNet ops' attributes (m2_gdn_attr: the checked sizes and options that m2_gdn /
  * m2_gdn_chunked store on the call) and checks, shared by the CPU op (core/ops_gdn.c) and the CUDA entry points
- * (cuda/ops_gdn.cu), so both read one checked struct and refuse bad inputs with the same words. */
+ * (the CUDA backend's ops_gdn.cu), so both read one checked struct and refuse bad inputs with the same words. */
 #ifndef M2_OPS_GDN_H
 #define M2_OPS_GDN_H
 #include "ops_mixer_common.h"

@@ -1,5 +1,5 @@
 /* ops_index.h — internal: the typed attributes of the joining and indexing ops (core/ops_index.c), read by the CPU
- * ops and the CUDA entry points (cuda/ops_index.cu). The public entries (m2_concat, m2_split, m2_gather,
+ * ops and the CUDA entry points (the CUDA backend's ops_index.cu). The public entries (m2_concat, m2_split, m2_gather,
  * m2_index_select) check and resolve them once; the kernels trust them. */
 #ifndef M2_OPS_INDEX_H
 #define M2_OPS_INDEX_H

@@ -1,6 +1,6 @@
 /* ops_m2rnn.h — internal: the M2RNN op's attributes, m2_m2rnn_attr (its checked geometry and options, which m2_m2rnn
  * stores on the call), and the checks that fill them. Read by the CPU op (core/ops_m2rnn.c), the CUDA entry points
- * (cuda/ops_m2rnn.cu) and the raw-pointer CUDA kernels (cuda/m2rnn.h); none of them checks again. */
+ * (the CUDA backend's ops_m2rnn.cu) and the raw-pointer CUDA kernels (the CUDA backend's m2rnn.h); none of them checks again. */
 #ifndef M2_OPS_M2RNN_H
 #define M2_OPS_M2RNN_H
 #include "op.h"

@@ -1,5 +1,5 @@
 /* ops_matmul.h — internal: the matmul op's typed attributes, checks and output, shared by the CPU op
- * (core/ops_matmul.c) and the CUDA entry points (cuda/ops_matmul.cu), so both refuse bad input with the same
+ * (core/ops_matmul.c) and the CUDA entry points (the CUDA backend's ops_matmul.cu), so both refuse bad input with the same
  * words. */
 #ifndef M2_OPS_MATMUL_H
 #define M2_OPS_MATMUL_H

@@ -1,5 +1,5 @@
 /* ops_mixer_common.h — internal: what the GDN and SSD ops (core/ops_gdn.c, core/ops_ssd.c and their CUDA entry
- * points cuda/ops_gdn.cu, cuda/ops_ssd.cu) do alike: both take in = {6 inputs, the last (h0) optional},
+ * points, the CUDA backend's ops_gdn.cu and ops_ssd.cu) do alike: both take in = {6 inputs, the last (h0) optional},
  * return out = {y, hT}, and save one tensor of state checkpoints. Here: the input checks and shape messages
  * of their public functions (the only place a call is checked; its kernels then trust the attributes), what a
  * backend's kernels may refuse (dtypes, sizes), the forward's output/checkpoint bookkeeping, the public-API call

@@ -1,4 +1,4 @@
-/* ops_mixers.h — sequence-mixer ops: CPU reference kernels here in core, CUDA kernels in cuda/. Layouts are
+/* ops_mixers.h — sequence-mixer ops: CPU reference kernels here in core, CUDA kernels in the CUDA library. Layouts are
  * batch-major: (B, T, heads, dim). See ../shared/DESIGN.md section 3 for the maths.
  * All return new references, or NULL with m2_errmsg() set. Optional tensors may be NULL.
  * Each public function checks its inputs and options once, before the call, and stores the sizes and options,
@@ -22,12 +22,12 @@ m2_tensor *m2_conv1d_causal(m2_tensor *x, m2_tensor *w, m2_tensor *bias);
  * state gradient to [-grad_clip, grad_clip] at every step (<= 0: no clipping).
  * ckpt_every (CUDA): steps between the states the forward keeps for the backward, B N ceil(T / ckpt_every) K V
  * fp32 (0: M2_M2RNN_CKPT_EVERY = 8, the fastest; 64 keeps 1/8 of that memory for a ~25% slower backward,
- * cuda/bench/results/RESULTS.md; a multiple of 8 keeps the fused kernels, others run the general one). The CPU keeps its
+ * the CUDA benchmarks' results (bench/results/RESULTS.md); a multiple of 8 keeps the fused kernels, others run the general one). The CPU keeps its
  * own spacing, one state every 64 steps in f64 (core/ops_m2rnn.c says why); its results do not depend on this. */
 typedef struct m2_m2rnn_opts { double grad_clip; int ckpt_every; } m2_m2rnn_opts;
 /* The one default of m2_m2rnn_opts.ckpt_every (Lua passes 0 unless a user sets it). 8: the CUDA backward then
  * replays each 8-step sub-chunk once instead of a whole 64-step segment first (400M layer fwd+bwd 7.8 vs 9.1 ms on
- * H200, cuda/bench/RESULTS.md), for 8 x the checkpoint memory of 64: B N ceil(T / 8) K V fp32, 1.4 GB for the 400M
+ * H200, the CUDA benchmarks' results (bench/results/RESULTS.md)), for 8 x the checkpoint memory of 64: B N ceil(T / 8) K V fp32, 1.4 GB for the 400M
  * layer at B = 8, T = 4096. */
 #define M2_M2RNN_CKPT_EVERY 8
 m2_status m2_m2rnn(m2_tensor *q, m2_tensor *k, m2_tensor *v, m2_tensor *W, m2_tensor *f, m2_tensor *h0,

@@ -36,7 +36,7 @@ static m2_status check_int(const m2_tensor *t, const char *op, const char *arg) 
 
 /* ================= embedding: weight (V, d), ids int (...) -> (..., d) ================= */
 
-/* Shared with cuda/ops_nn.cu through ops_nn_check.h. */
+/* Shared with the CUDA backend's ops_nn.cu through ops_nn_check.h. */
 m2_status m2_embedding_check(const m2_tensor *w, const m2_tensor *ids, m2_float_rule check_float) {
   char b[96];
   M2_TRY(check_float(w, "embedding", "weight"));
@@ -48,7 +48,7 @@ m2_status m2_embedding_check(const m2_tensor *w, const m2_tensor *ids, m2_float_
   return M2_OK;
 }
 
-/* Shared with cuda/ops_nn.cu through ops_nn_check.h. */
+/* Shared with the CUDA backend's ops_nn.cu through ops_nn_check.h. */
 m2_status m2_embedding_output(m2_opcall *c) {
   m2_tensor *w = c->in[0], *ids = c->in[1];
   int64_t shape[M2_MAX_DIMS];
@@ -117,7 +117,7 @@ m2_tensor *m2_embedding(m2_tensor *weight, m2_tensor *ids) {
  * loss = mean over kept rows r of (lse_r - logits[r, t_r]), lse_r = log sum_j exp(logits[r, j]).
  * saved[0] = lse (rows) in F64. dlogits[r, j] = g / n_kept * (exp(logits[r, j] - lse_r) - [j == t_r]). */
 
-/* Shared with cuda/ops_nn.cu through ops_nn_check.h. */
+/* Shared with the CUDA backend's ops_nn.cu through ops_nn_check.h. */
 m2_status m2_cross_entropy_check(const m2_tensor *x, const m2_tensor *t, m2_float_rule check_float) {
   char a[96], b[96];
   M2_TRY(check_float(x, "cross_entropy", "logits"));
@@ -218,7 +218,7 @@ m2_tensor *m2_cross_entropy(m2_tensor *logits, m2_tensor *targets, int64_t ignor
  * saved[0] = r (rows) in F64. With u = x r and gy = dy * w:
  *   dx = r (gy - u * inv * sum_j gy_j u_j),   dw = sum over rows of dy * u. */
 
-/* Shared with cuda/ops_nn.cu through ops_nn_check.h. */
+/* Shared with the CUDA backend's ops_nn.cu through ops_nn_check.h. */
 m2_status m2_norm_check(const m2_tensor *x, const m2_tensor *w, const char *op, m2_float_rule check_float) {
   char a[96], b[96];
   M2_TRY(check_float(x, op, "x"));

@@ -1,6 +1,6 @@
 /* ops_nn_check.h — internal: the argument checks of embedding, cross_entropy, rmsnorm and l2norm (and
  * the embedding's output shape) and the typed attributes of cross_entropy and the norms, shared by the CPU ops
- * (core/ops_nn.c) and the CUDA entry points (cuda/ops_nn.cu) so both refuse bad input with the same words. */
+ * (core/ops_nn.c) and the CUDA entry points (the CUDA backend's ops_nn.cu) so both refuse bad input with the same words. */
 #ifndef M2_OPS_NN_CHECK_H
 #define M2_OPS_NN_CHECK_H
 #include "op.h"

@@ -20,7 +20,7 @@
     else kernel(M2_F64, __VA_ARGS__);                 \
   } while (0)
 
-/* ---- geometry, shared with cuda/ops_reduce.cu through ops_reduce.h ---- */
+/* ---- geometry, shared with the CUDA backend's ops_reduce.cu through ops_reduce.h ---- */
 
 red_geom m2_red_geom_dim(const m2_tensor *x, int d) {
   red_geom g = {1, x->ndim ? x->shape[d] : 1, 1};

@@ -1,5 +1,5 @@
 /* ops_reduce.h — internal: the typed attributes and the geometry of the reductions along a dim, shared by the CPU
- * ops (core/ops_reduce.c) and the CUDA entry points (cuda/ops_reduce.cu). */
+ * ops (core/ops_reduce.c) and the CUDA entry points (the CUDA backend's ops_reduce.cu). */
 #ifndef M2_OPS_REDUCE_H
 #define M2_OPS_REDUCE_H
 #include "op.h"

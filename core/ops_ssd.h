@@ -1,6 +1,6 @@
 /* ops_ssd.h — internal: the Mamba-2 SSD ops' attributes (m2_ssd_attr: the checked sizes and options that m2_ssd /
  * m2_ssd_chunked store on the call) and checks, shared by the CPU op (core/ops_ssd.c) and the CUDA entry points
- * (cuda/ops_ssd.cu), so both read one checked struct and refuse bad inputs with the same words. */
+ * (the CUDA backend's ops_ssd.cu), so both read one checked struct and refuse bad inputs with the same words. */
 #ifndef M2_OPS_SSD_H
 #define M2_OPS_SSD_H
 #include "ops_mixer_common.h"

@@ -1,5 +1,5 @@
 /* ops_view.h — internal: the typed attributes of the view and conversion ops (core/ops_view.c), read by the CPU ops
- * and the CUDA entry points (cuda/ops_view.cu). The public entries (m2_reshape, m2_narrow, ...) check and resolve
+ * and the CUDA entry points (the CUDA backend's ops_view.cu). The public entries (m2_reshape, m2_narrow, ...) check and resolve
  * them once; the kernels trust them. */
 #ifndef M2_OPS_VIEW_H
 #define M2_OPS_VIEW_H
