@@ -20,12 +20,12 @@
 #include "ops.h"
 #include "ops_mixers.h"
 #include "ops_attention.h"
-#include "ops_dbuf.h"
+#include "dbuf.h"
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-/* double views of float tensors: ops_dbuf.h */
+/* double views of float tensors: dbuf.h */
 
 /* ---------------- attention ---------------- */
 

@@ -25,7 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* double views of float tensors: ops_dbuf.h; the buffer plumbing shared with SSD: ops_mixer_common.h */
+/* double views of float tensors: dbuf.h; the buffer plumbing shared with SSD: mixer_common.h */
 
 /* ---------------- shapes and options (checked once, by the public functions) ---------------- */
 

@@ -3,7 +3,7 @@
  * (the CUDA backend's ops_gdn.cu), so both read one checked struct and refuse bad inputs with the same words. */
 #ifndef M2_OPS_GDN_H
 #define M2_OPS_GDN_H
-#include "ops_mixer_common.h"
+#include "mixer_common.h"
 #include "ops_mixers.h"
 #ifdef __cplusplus
 extern "C" {

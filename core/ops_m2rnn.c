@@ -33,7 +33,7 @@
 #include "ops.h"
 #include "ops_mixers.h"
 #include "ops_m2rnn.h"
-#include "ops_mixer_common.h"
+#include "mixer_common.h"
 #include <cblas.h>
 #include <math.h>
 #include <pthread.h>

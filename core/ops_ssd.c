@@ -22,7 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* double views of float tensors: ops_dbuf.h; the buffer plumbing shared with GDN: ops_mixer_common.h */
+/* double views of float tensors: dbuf.h; the buffer plumbing shared with GDN: mixer_common.h */
 
 /* ---------------- shapes and options (checked once, by the public functions) ---------------- */
 

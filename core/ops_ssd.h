@@ -3,7 +3,7 @@
  * (the CUDA backend's ops_ssd.cu), so both read one checked struct and refuse bad inputs with the same words. */
 #ifndef M2_OPS_SSD_H
 #define M2_OPS_SSD_H
-#include "ops_mixer_common.h"
+#include "mixer_common.h"
 #include "ops_mixers.h"
 #ifdef __cplusplus
 extern "C" {

@@ -8,7 +8,7 @@
 #define M2_CUDA_MIXER_COMMON_CUH
 #include "ops_common.cuh"
 extern "C" {
-#include "../core/ops_mixer_common.h"
+#include "../core/mixer_common.h"
 }
 
 #define MX_MAX_DIM 512 /* the longest state row: 16 elements a lane */

@@ -1,14 +1,14 @@
-/* ops_mixer_common.h — internal: what the GDN and SSD ops (core/ops_gdn.c, core/ops_ssd.c and their CUDA entry
+/* mixer_common.h — internal: what the GDN and SSD ops (core/ops_gdn.c, core/ops_ssd.c and their CUDA entry
  * points, the CUDA backend's ops_gdn.cu and ops_ssd.cu) do alike: both take in = {6 inputs, the last (h0) optional},
  * return out = {y, hT}, and save one tensor of state checkpoints. Here: the input checks and shape messages
  * of their public functions (the only place a call is checked; its kernels then trust the attributes), what a
  * backend's kernels may refuse (dtypes, sizes), the forward's output/checkpoint bookkeeping, the public-API call
  * (which the M2RNN op's public function uses too), and (CPU only) the double-buffer plumbing of the reference
  * kernels. The maths stays in each op's file. */
-#ifndef M2_OPS_MIXER_COMMON_H
-#define M2_OPS_MIXER_COMMON_H
+#ifndef M2_MIXER_COMMON_H
+#define M2_MIXER_COMMON_H
 #include "op.h"
-#include "ops_dbuf.h"
+#include "dbuf.h"
 #ifdef __cplusplus
 extern "C" {
 #endif

@@ -1,5 +1,5 @@
-/* ops_dbuf.c — float tensors as double buffers for the double-precision CPU reference kernels. */
-#include "ops_dbuf.h"
+/* dbuf.c — float tensors as double buffers for the double-precision CPU reference kernels. */
+#include "dbuf.h"
 #include <stdlib.h>
 
 m2_status dbuf_in(dbuf *d, m2_tensor *t) {

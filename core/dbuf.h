@@ -1,7 +1,7 @@
-/* ops_dbuf.h — internal: float tensors viewed as double buffers, for CPU reference kernels that
+/* dbuf.h — internal: float tensors viewed as double buffers, for CPU reference kernels that
  * compute in double (GDN, SSD, attention). F64 inputs are used in place; F32 ones are converted. */
-#ifndef M2_OPS_DBUF_H
-#define M2_OPS_DBUF_H
+#ifndef M2_DBUF_H
+#define M2_DBUF_H
 #include "tensor.h"
 
 /* A tensor's elements as doubles: the data itself for F64, a converted copy for F32. */

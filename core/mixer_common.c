@@ -1,6 +1,6 @@
-/* ops_mixer_common.c — the checks, output bookkeeping and CPU buffer plumbing shared by the GDN and SSD ops
- * (see ops_mixer_common.h). */
-#include "ops_mixer_common.h"
+/* mixer_common.c — the checks, output bookkeeping and CPU buffer plumbing shared by the GDN and SSD ops
+ * (see mixer_common.h). */
+#include "mixer_common.h"
 #include "ops.h"
 #include <string.h>
 
