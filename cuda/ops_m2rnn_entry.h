@@ -1,5 +1,5 @@
-/* ops_m2rnn_entry.h — the M2RNN op's CUDA entry points (cuda/ops_m2rnn.cu), named in the op row
- * of core/ops_m2rnn.c. Same protocol as every op (core/op.h). */
+/* ops_m2rnn_entry.h — the M2RNN op's CUDA entry points (cuda/ops_m2rnn.cu), registered at the end of that file
+ * for the op row of core/ops_m2rnn.c. Same protocol as every op (core/op.h). */
 #ifndef M2_CUDA_OPS_M2RNN_ENTRY_H
 #define M2_CUDA_OPS_M2RNN_ENTRY_H
 #include "../core/op.h"

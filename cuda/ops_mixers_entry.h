@@ -1,5 +1,6 @@
 /* ops_mixers_entry.h — CUDA entry points of the sequence-mixer ops (cuda/ops_gdn.cu, cuda/ops_ssd.cu,
- * cuda/ops_attention.cu), named in the op rows of core/ops_gdn.c, core/ops_ssd.c, core/ops_attention.c.
+ * cuda/ops_attention.cu), registered at the end of those files for the rows of core/ops_gdn.c, core/ops_ssd.c,
+ * core/ops_attention.c.
  * Same protocol as every op (core/op.h); inputs F32 or BF16 (one dtype per call), fp32 compute,
  * outputs and gradients in the inputs' dtype, F64 refused with M2_ERR_DTYPE. */
 #ifndef M2_CUDA_OPS_MIXERS_ENTRY_H
