@@ -94,10 +94,10 @@
 #include <stdint.h>
 #include <stdio.h>
 #include "../tensor.h" /* the only part of the core the run files use */
+#include "runfile_types.h"
 
 #define M2_RUNFILE_FORMAT 1
 
-typedef struct m2_run m2_run;
 
 typedef enum m2_run_mode {
   M2_RUN_READ = 0, /* read-only; opens while a writer is live (SWMR) */
@@ -135,24 +135,6 @@ bool m2_run_writable(const m2_run *r);
 void m2_run_set_keep_last(m2_run *r, int keep_last);
 
 /* ---- attribute values (root attributes, checkpoint attributes) ---- */
-typedef enum m2_value_kind { M2_VAL_NONE = 0, M2_VAL_I64, M2_VAL_F64, M2_VAL_BOOL, M2_VAL_STR } m2_value_kind;
-typedef struct m2_value {
-  m2_value_kind kind;
-  int64_t i;  /* I64, and BOOL (0 / 1) */
-  double f;   /* F64 */
-  char *s;    /* STR: borrowed when passed in; owned (free with m2_value_free) when returned */
-} m2_value;
-static inline m2_value m2_vi64(int64_t i) { m2_value v = {M2_VAL_I64, i, 0, NULL}; return v; }
-static inline m2_value m2_vf64(double f) { m2_value v = {M2_VAL_F64, 0, f, NULL}; return v; }
-static inline m2_value m2_vbool(bool b) { m2_value v = {M2_VAL_BOOL, b ? 1 : 0, 0, NULL}; return v; }
-static inline m2_value m2_vstr(const char *s) { m2_value v = {M2_VAL_STR, 0, 0, (char *)s}; return v; }
-void m2_value_free(m2_value *v); /* frees an owned string; leaves kind NONE */
-
-/* Lists returned by the read helpers; free them with the matching _free. */
-typedef struct m2_strlist { int n; char **v; } m2_strlist;
-typedef struct m2_i64list { int n; int64_t *v; } m2_i64list;
-void m2_strlist_free(m2_strlist *l);
-void m2_i64list_free(m2_i64list *l);
 
 /* ---- root attributes ----
  * Set a root attribute (a top-level config key, or one of the standard ones such as
@@ -160,7 +142,6 @@ void m2_i64list_free(m2_i64list *l);
  * go through m2_run_set_status. While APPEND the write waits for the next flush or close. */
 m2_status m2_run_set_attr(m2_run *r, const char *key, m2_value v);
 /* Convenience: set many config keys at once. */
-typedef struct m2_kv { const char *key; m2_value v; } m2_kv;
 m2_status m2_run_set_config(m2_run *r, const m2_kv *kv, int n);
 m2_status m2_run_set_status(m2_run *r, const char *status);
 /* Read a root attribute (M2_ERR_INDEX naming the file and key when it is absent). */
@@ -184,28 +165,11 @@ m2_status m2_run_flush(m2_run *r);
  * series' steps are non-decreasing (entries after the first step > after_step are dropped). */
 m2_status m2_run_truncate(m2_run *r, int64_t after_step);
 
-typedef struct m2_series {
-  int64_t n;
-  int64_t *step;  /* (n) */
-  double *value;  /* (n) */
-  double *time;   /* (n), or NULL when the series has no time dataset */
-} m2_series;
-void m2_series_free(m2_series *s);
 /* Read a whole series. On a writer, flushes first. A series that does not exist: M2_ERR_INDEX. */
 m2_status m2_run_read_series(m2_run *r, const char *group, const char *name, m2_series *out);
 /* Series names of a group, sorted (empty when the group does not exist yet). */
 m2_status m2_run_list_series(m2_run *r, const char *group, m2_strlist *out);
 
-typedef struct m2_series_stats {
-  int64_t count;
-  int64_t last_step;
-  double last;
-  int goal;               /* +1: larger is better, -1: smaller is better */
-  double best;            /* NaN when every value is NaN (or count == 0) */
-  int64_t best_step;
-  double min, max;        /* over the non-NaN values */
-  int64_t min_step, max_step;
-} m2_series_stats;
 m2_status m2_run_series_stats(m2_run *r, const char *group, const char *name, m2_series_stats *out);
 
 /* ---- checkpoints: writing ----
@@ -220,7 +184,6 @@ m2_status m2_run_ckpt_set(m2_run *r, const char *key, m2_value v);
 m2_status m2_run_ckpt_commit(m2_run *r);
 m2_status m2_run_ckpt_abort(m2_run *r);
 /* All of the above in one call. */
-typedef struct m2_ckpt_tensor { const char *path; const m2_tensor *t; } m2_ckpt_tensor;
 m2_status m2_run_ckpt_write(m2_run *r, int64_t step, const m2_ckpt_tensor *tensors, int nt,
                             const m2_kv *attrs, int na);
 
