@@ -34,7 +34,7 @@ if [ "$stage" = build ] || [ "$stage" = all ]; then
   build_tree "$old" old & build_tree "$new" new & wait
   for t in old new; do log "build $t: $(tail -1 "$out/build_$t.log")"; done
   log "builds: $(($(date +%s) - t0)) s"
-  ctest --test-dir "$new/build-gpu" -L cuda --timeout 600 >"$out/ctest_new.log" 2>&1
+  ctest --test-dir "$new/build-gpu" -L cuda -j 3 --timeout 500 --output-on-failure >"$out/ctest_new.log" 2>&1
   log "ctest -L cuda (new): $(grep -E 'tests passed|tests failed' "$out/ctest_new.log" | tail -1)"
   grep -E "^ *[0-9]+/[0-9]+ Test" "$out/ctest_new.log" | sed 's/^/    /' | tee -a "$sum"
 fi
