@@ -58,7 +58,7 @@ AUTOGRAD
 
 RUNS
   m2.args (key=value overrides, typed)   m2.config(defaults) -> defaults with overrides applied
-    (every script also accepts steps= seed= device= out= checkpoint_every= eval_every= overwrite=)
+    (every script also accepts steps= seed= device= out= checkpoint_every= eval_every= overwrite= precision=)
   m2.train{model, data, steps, optim, ...} -> summary: the training loop writing an HDF5 run file
     (lua/m2/train.lua); m2.sweep{...} (lua/m2/sweep.lua); m2.runs (reading run files)
   m2.interrupted() (Ctrl-C seen; polling it lets a loop save a checkpoint before stopping)
@@ -84,15 +84,25 @@ m2.mode = core.mode or "run"
 --   converted to the default's type: integer, number, boolean (true/false/1/0/yes/no/on/off),
 --   string, or a list ("betas=0.9,0.95" for a default {0.9, 0.999}).
 --   The common overrides every experiment accepts are allowed even when defaults does not
---   list them: steps, seed, checkpoint_every, eval_every (integers), device, out (strings),
---   overwrite (boolean). They then appear in the returned config; m2.train reads them from
---   the command line itself, and a seed= that defaults does not list seeds the default RNG
---   (m2.seed) at once, before the script builds its model.
+--   list them: steps, seed, checkpoint_every, eval_every (integers), device, out, precision
+--   ("f32" or "bf16") (strings), overwrite (boolean). They then appear in the returned
+--   config; m2.train reads them from the command line itself, and a seed= that defaults
+--   does not list seeds the default RNG (m2.seed) at once, before the script builds its model.
 -- ---------------------------------------------------------------------------------------
 
 -- the common overrides and a value of their type
-local COMMON = { steps = 0, seed = 0, checkpoint_every = 0, eval_every = 0, device = "", out = "", overwrite = false }
+local COMMON = { steps = 0, seed = 0, checkpoint_every = 0, eval_every = 0, device = "", out = "", overwrite = false,
+                 precision = "" }
 m2.COMMON_OVERRIDES = COMMON
+-- the values a common override may take, where not any value of its type
+local COMMON_VALUES = { precision = { "f32", "bf16" } }
+
+local function common_names()
+  local names = {}
+  for k in pairs(COMMON) do names[#names + 1] = k end
+  table.sort(names)
+  return table.concat(names, ", ")
+end
 
 local function is_list(t)
   return type(t) == "table" and rawget(t, 1) ~= nil
@@ -182,11 +192,18 @@ function m2.config(defaults, args)
     local common = def == nil and #parts == 1 and COMMON[key] ~= nil
     if common then def = COMMON[key] end
     if def == nil then
-      m2.error(string.format("m2.config: unknown override '%s' (known keys: %s); every script also accepts " ..
-        "checkpoint_every, device, eval_every, out, overwrite, seed, steps", key,
-        table.concat(known_keys(defaults, ""), ", ")))
+      m2.error(string.format("m2.config: unknown override '%s' (known keys: %s); every script also accepts %s", key,
+        table.concat(known_keys(defaults, ""), ", "), common_names()))
     end
     node[last] = coerce(key, raw, parsed, def)
+    local allowed = #parts == 1 and COMMON_VALUES[key]
+    if allowed then
+      local ok = false
+      for _, a in ipairs(allowed) do ok = ok or node[last] == a end
+      if not ok then
+        m2.error(string.format("m2.config: override %s=%s: expected \"%s\"", key, raw, table.concat(allowed, "\" or \"")))
+      end
+    end
     if common and key == "seed" then m2.seed(node[last]) end
   end
   m2.config_used = out

@@ -58,3 +58,53 @@ T.case("host info and submodules", function()
   T.eq(type(m2.interrupted()), "boolean")
   T.eq(m2.interrupted(), false)
 end)
+
+T.case("precision= is a common override: accepted by any script's m2.config and reaching m2.train", function()
+  -- in process: accepted though the defaults do not list it, checked against the two settings
+  local c = m2.config({ width = 8 }, { precision = "bf16" })
+  T.eq(c.precision, "bf16")
+  T.eq(m2.config({ width = 8 }, { precision = "f32" }).precision, "f32")
+  T.raises(function() m2.config({ width = 8 }, { precision = "fp8" }) end,
+    'override precision=fp8: expected "f32" or "bf16"')
+  -- a script whose defaults list it keeps its own default and takes the override
+  T.eq(m2.config({ precision = "f32" }, { precision = "bf16" }).precision, "bf16")
+  -- through the host, as the README shows: the run trains with bf16 products and records them
+  local dir = os.tmpname()
+  os.remove(dir)
+  m2.core.mkdir_p(dir)
+  local script = dir .. "/plain.lua"
+  local f = assert(io.open(script, "w"))
+  f:write([[
+local m2 = require "m2"
+local cfg = m2.config { width = 8 }   -- lists none of the common overrides
+local nn = m2.nn
+m2.seed(3)
+local model = nn.Sequential(nn.Embedding(10, cfg.width), nn.Linear(cfg.width, 10))
+local data = { batch = function(_, i)
+  local x = m2.randint(10, 2, 5)
+  return x, x
+end }
+local used
+local inner = model.forward
+model.forward = function(self, x) used = m2.matmul_precision(); return inner(self, x) end
+m2.train { model = model, data = data, steps = 2, out = "unused.h5" }
+print("precision in the config", cfg.precision, "products while training", used)
+]])
+  f:close()
+  local out = dir .. "/bf16.h5"
+  local code, text = T.run_m2lab("run '" .. script .. "' precision=bf16 out='" .. out .. "'")
+  T.eq(code, 0, text)
+  T.ok(text:find("precision in the config\tbf16\tproducts while training\tbf16", 1, true), text)
+  T.ok(text:find("bf16 products", 1, true), "the start line says so: " .. text)
+  local ok, err = pcall(function()
+    local r <close> = m2.runs.open(out)
+    T.eq(m2.runs.json_decode(r:get_attr("config_json")).train.precision, "bf16", "the run file records it")
+  end)
+  T.ok(ok, err)
+  -- a wrong value is refused by m2.config before anything runs, naming the override
+  code, text = T.run_m2lab("run '" .. script .. "' precision=half out='" .. dir .. "/half.h5'")
+  T.eq(code, 1, text)
+  T.ok(text:find('override precision=half: expected "f32" or "bf16"', 1, true), text)
+  T.ok(io.open(dir .. "/half.h5", "rb") == nil, "no run file was created")
+  os.execute("rm -rf '" .. dir .. "'")
+end)
