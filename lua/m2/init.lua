@@ -58,7 +58,8 @@ AUTOGRAD
 
 RUNS
   m2.args (key=value overrides, typed)   m2.config(defaults) -> defaults with overrides applied
-    (every script also accepts steps= seed= device= out= checkpoint_every= eval_every= overwrite= precision=)
+    (every script also accepts steps= seed= device= out= checkpoint_every= eval_every= overwrite= precision=,
+    and on m2lab resume reschedule=true: re-derive the lr schedule from a new steps= instead of keeping it)
   m2.train{model, data, steps, optim, ...} -> summary: the training loop writing an HDF5 run file
     (lua/m2/train.lua); m2.sweep{...} (lua/m2/sweep.lua); m2.runs (reading run files)
   m2.interrupted() (Ctrl-C seen; polling it lets a loop save a checkpoint before stopping)
@@ -85,14 +86,16 @@ m2.mode = core.mode or "run"
 --   string, or a list ("betas=0.9,0.95" for a default {0.9, 0.999}).
 --   The common overrides every experiment accepts are allowed even when defaults does not
 --   list them: steps, seed, checkpoint_every, eval_every (integers), device, out, precision
---   ("f32" or "bf16") (strings), overwrite (boolean). They then appear in the returned
---   config; m2.train reads them from the command line itself, and a seed= that defaults
---   does not list seeds the default RNG (m2.seed) at once, before the script builds its model.
+--   ("f32" or "bf16") (strings), overwrite, reschedule (booleans). They then appear in the
+--   returned config; m2.train reads them from the command line itself, and a seed= that
+--   defaults does not list seeds the default RNG (m2.seed) at once, before the script builds
+--   its model. reschedule=true belongs to `m2lab resume` (lua/m2/train.lua, "The lr schedule
+--   on resume").
 -- ---------------------------------------------------------------------------------------
 
 -- the common overrides and a value of their type
 local COMMON = { steps = 0, seed = 0, checkpoint_every = 0, eval_every = 0, device = "", out = "", overwrite = false,
-                 precision = "" }
+                 precision = "", reschedule = false }
 m2.COMMON_OVERRIDES = COMMON
 -- the values a common override may take, where not any value of its type
 local COMMON_VALUES = { precision = { "f32", "bf16" } }

@@ -2,7 +2,9 @@
 
 It EXECUTES THE EXPERIMENT SCRIPT STORED IN THE RUN FILE (root attribute `script`), not the file
 on disk, with the overrides stored in the run (overrides_json) and then the key=value words
-given here (e.g. steps=2000 to extend a run); out= is always the run file itself. Before running
+given here (e.g. steps=2000 to extend a run); out= is always the run file itself. The lr schedule
+stays the one the checkpoint ran with unless reschedule=true is given (lua/m2/train.lua, "The lr
+schedule on resume"); reschedule= is never taken from the stored overrides (it belongs to one resume). Before running
 it prints the script's path, size and SHA-256 and the checkpoint it will continue from, and
 checks the stored script against its stored hash. The script then calls m2.train as usual;
 m2.train sees m2.resuming, loads the checkpoint and continues (lua/m2/train.lua). A script that
@@ -37,9 +39,10 @@ function resume.main(args)
     m2.error(string.format("%s: the stored script does not match its stored hash (script_sha256 %s, computed %s): the " ..
       "file is damaged", path, info.script_sha256, sha))
   end
-  if info.status == "done" and m2.args.steps == nil then
-    io.stdout:write(string.format("m2lab resume: %s: the run is already done (step %s); pass steps=N to extend it\n",
-      path, tostring(info.latest)))
+  local steps = math.tointeger(m2.args.steps)
+  if info.status == "done" and (m2.args.steps == nil or (steps and info.latest and steps <= info.latest)) then
+    io.stdout:write(string.format("m2lab resume: %s: the run is already done (step %s); pass steps=N%s to extend it\n",
+      path, tostring(info.latest), steps and (" larger than " .. tostring(info.latest)) or ""))
     return 0
   end
   -- overrides: the stored ones, then the command line's, with out= forced to this file
@@ -50,7 +53,9 @@ function resume.main(args)
     if raw[k] == nil then order[#order + 1] = k end
     raw[k] = v
   end
-  for _, w in ipairs(info.overrides) do add(w) end
+  for _, w in ipairs(info.overrides) do
+    if not w:match("^reschedule=") then add(w) end
+  end
   for _, k in ipairs(core.args_order or {}) do add(k .. "=" .. m2.args_raw[k]) end
   raw.out = nil
   local words, typed = {}, {}

@@ -30,6 +30,7 @@ file (core/runfile/runfile.h; DESIGN section 6).
 
 Command-line overrides read here whatever the script passes (every experiment accepts them):
   steps=  out=  device=  checkpoint_every=  eval_every=  overwrite=  precision=   (seed= is applied by m2.config)
+  reschedule=true   (m2lab resume only) re-derive the lr schedule from the new steps= (see Resume)
 
 Per step: zero grads; for each micro-batch: x, y = data:batch(cursor), cursor += 1, loss, backward
 (scaled by 1/grad_accum); clip (grad_norm = the norm before clipping); when the loss or the norm is
@@ -55,6 +56,13 @@ differs, or a config key other than steps/out/device/checkpoint_every/eval_every
 print_every/keep_checkpoints/overwrite that changed, is an error naming file and key), drops
 logged entries after that step, and continues. On CPU the continued run is bit-identical to an
 uninterrupted one.
+The lr schedule on resume: a schedule's decay (and a wsd schedule's stable) default to values derived
+from steps, so a resume with a larger steps= would re-derive them and the lr would jump (a cosine run
+at min_lr going back up). A resume therefore KEEPS THE SCHEDULE THE CHECKPOINT RAN WITH (recorded in
+its config_json; a longer run continues at min_lr after the stored decay ends) and prints so;
+reschedule=true on the resume's command line takes the schedule derived now instead and prints the lr
+before and after. Either way the new checkpoints record the schedule in effect, so a later resume
+keeps it; reschedule= applies to the resume it is given to only (m2lab resume does not carry it over).
 ]==]
 
 local m2 = require "m2"
@@ -72,7 +80,7 @@ local KNOWN = {
 -- config keys that may differ between a run and its resume
 local RUN_CONTROL = { steps = true, out = true, device = true, checkpoint_every = true, eval_every = true,
                       log_every = true, print_every = true, keep_checkpoints = true, overwrite = true,
-                      flush_interval = true, quiet = true }
+                      flush_interval = true, quiet = true, reschedule = true }
 -- derived from steps in the recorded training settings (config_json "train")
 local DERIVED = { decay = true, stable = true }
 
@@ -150,6 +158,11 @@ local function resolve(spec)
   s.eval_every = arg_int("eval_every", s.eval_every or 0)
   s.device = arg_str("device", s.device or "cpu")
   s.overwrite = arg_bool("overwrite", s.overwrite or false)
+  s.reschedule = arg_bool("reschedule", false) -- command line only: an action of one resume, not a setting
+  if s.reschedule and not m2.resuming then
+    fail("reschedule=true applies to m2lab resume only (it re-derives a resumed run's lr schedule from the new " ..
+      "steps=); a new run derives its schedule from steps= anyway")
+  end
   if m2.resuming then
     s.out = m2.resuming.path
   else
@@ -358,6 +371,59 @@ local function overrides_list()
   return out
 end
 
+-- the schedule of a resumed run: the one checkpoint `latest` ran with (its config_json; else the run's), unless
+-- reschedule=true takes the one derived now. Replaces st.sched (and the record new checkpoints get) when the stored
+-- one is kept; sets st.schedule_note, the line that says which happened.
+local function sched_text(sp)
+  local parts = { sp.kind, "warmup " .. sp.warmup }
+  if sp.kind == "wsd" then parts[#parts + 1] = "stable " .. sp.stable end
+  if sp.kind ~= "constant" then
+    parts[#parts + 1] = "decay " .. sp.decay
+    parts[#parts + 1] = string.format("lr %.3g -> %.3g", sp.lr, sp.min_lr)
+  else
+    parts[#parts + 1] = string.format("lr %.3g", sp.lr)
+  end
+  return table.concat(parts, ", ")
+end
+
+local function resume_schedule(st, s, rd, latest, stored_run)
+  local stored
+  if latest then
+    local cj = rd:ckpt_get(latest, "config_json")
+    if cj then stored = runs.json_decode(cj).train end
+  end
+  stored = stored or stored_run
+  if type(stored) ~= "table" or math.type(stored.decay) ~= "integer" then return end -- nothing recorded: as derived
+  local now = st.sched.spec
+  local old = {}
+  for k, v in pairs(now) do old[k] = v end -- the other settings are equal (check_config)
+  for k in pairs(DERIVED) do if math.type(stored[k]) == "integer" then old[k] = stored[k] end end
+  local differ = old.decay ~= now.decay or old.stable ~= now.stable
+  local from = latest or 0
+  local where = latest and ("checkpoint " .. latest) or "the run file"
+  if not differ then
+    st.schedule_note = string.format("schedule as stored (%s)", sched_text(old))
+    return
+  end
+  local kept = m2.optim.schedule(old)
+  local next_old, next_new = kept:lr(from), st.sched:lr(from)
+  if s.reschedule then
+    local was = {}
+    for _, k in ipairs { "stable", "decay" } do
+      if old[k] ~= now[k] and (k == "decay" or now.kind == "wsd") then was[#was + 1] = k .. " " .. old[k] end
+    end
+    st.schedule_note = string.format("schedule re-derived for steps=%d (reschedule=true): %s (stored: %s): lr %.3g " ..
+      "at step %d (the stored schedule: %.3g)", s.steps, sched_text(now), table.concat(was, ", "), next_new, from + 1,
+      next_old)
+    return
+  end
+  st.sched = kept
+  st.config_json = runs.json_encode { config = s.config, train = train_record(s, st.opt, kept) }
+  st.schedule_note = string.format("schedule kept as stored in %s (%s): lr %.3g at step %d; pass reschedule=true to " ..
+    "re-derive it for steps=%d (%s: lr %.3g at step %d)", where, sched_text(old), next_old, from + 1, s.steps,
+    sched_text(now), next_new, from + 1)
+end
+
 local function open_run(st, s)
   local path = s.out
   if m2.resuming then
@@ -367,14 +433,16 @@ local function open_run(st, s)
       local rd <close> = core.run_open(path, { mode = "read" })
       prev_status = rd:get_attr("status") or "running"
       local cj = rd:get_attr("config_json")
+      local stored
       if cj then
-        local stored = runs.json_decode(cj)
+        stored = runs.json_decode(cj)
         check_config(path, stored.config or {}, s.config)
         local now = runs.json_decode(st.config_json)
         check_config(path, stored.train or {}, now.train or {}, true)
       end
       latest = rd:ckpt_latest()
       if latest then check_checkpoint(st, rd, latest) end
+      resume_schedule(st, s, rd, latest, stored and stored.train)
     end
     local r = core.run_open(path, { mode = "resume", flush_interval = s.flush_interval, keep_last = s.keep_checkpoints })
     st.run = r
@@ -612,6 +680,7 @@ function train.train(spec)
       string.format("training %d steps%s", s.steps, s.out and (" -> " .. s.out) or "")
     say(st, s, string.format("m2.train: %s (%d parameters, %s, grad_accum %d%s)", head, st.num_params, s.device,
       s.grad_accum, s.precision == "bf16" and ", bf16 products" or ""))
+    if st.schedule_note then say(st, s, "m2.train: " .. st.schedule_note) end
   end
   st.session_t0 = core.clock()
   local prev_precision = m2.matmul_precision(s.precision) -- for this run's steps and evals only
