@@ -16,6 +16,8 @@ Spec fields:
   layers              pattern string, one letter per block, first block first:
                         M = M2RNN, G = Gated DeltaNet, S = Mamba-2 (SSD), A = softmax attention
   m2rnn, gdn, mamba2, attention   settings of each mixer kind (see lua/m2/layers/*.lua)
+                      attention.rope defaults by pattern: true (RoPE) when every layer is attention, false
+                      (NoPE) in hybrids, whose recurrent layers carry position (DESIGN 3.4); set it to choose
   mlp                 { kind = "swiglu" (default) | "moe" | "none", hidden = 8/3 d rounded up to 64,
                         experts, top_k, expert_hidden, shared_hidden (moe) }
   tie = false         true shares the embedding with the LM head (the paper's models are untied)
@@ -103,6 +105,14 @@ function models.resolve(spec)
     m2.error("m2.models.lm: mlp.kind must be \"swiglu\", \"moe\" or \"none\", got " .. tostring(mlp.kind))
   end
   s.mlp = mlp
+  -- the positional encoding: RoPE in a pure-attention model (without it attention is blind to token order),
+  -- NoPE in hybrids as in the paper; an explicit attention.rope wins. A copy: the caller's table stays as it was.
+  if s.layers:find("A", 1, true) and (s.attention == nil or type(s.attention) == "table") then
+    local a = {}
+    for k, v in pairs(s.attention or {}) do a[k] = v end
+    if a.rope == nil then a.rope = not s.layers:find("[^A]") end
+    s.attention = a
+  end
   -- validate the settings of every mixer kind the pattern uses (and only those)
   for letter, k in pairs(KINDS) do
     if s.layers:find(letter, 1, true) then kind_class(letter).resolve(s.d, s[k.key]) end
@@ -270,6 +280,10 @@ function models.count(model_or_spec)
     out.state = out.state + state
     out.layers[i] = row
   end
+  if s.layers:find("A", 1, true) then
+    local a = kind_class("A").resolve(s.d, s.attention)
+    out.pos_encoding = a.rope and string.format("RoPE (theta %g)", a.theta) or "NoPE"
+  end
   if model_or_spec.spec and model_or_spec.param_count then
     out.allocated = model_or_spec:param_count()
   end
@@ -289,7 +303,8 @@ local function human(n)
 end
 models.human = human
 
--- summary(model_or_spec [, {quiet = false}]) -> the count table; prints a dry-run table
+-- summary(model_or_spec [, {quiet = false}]) -> the count table (pos_encoding: "RoPE (theta N)", "NoPE", or nil
+-- without attention layers); prints a dry-run table
 function models.summary(model_or_spec, opts)
   local c = models.count(model_or_spec)
   if opts and opts.quiet then return c end
@@ -314,6 +329,14 @@ function models.summary(model_or_spec, opts)
   w:write(string.format("  params: total %s (%d); without the LM head %s; active per token %s\n", human(c.total),
     c.total, human(c.total - c.lm_head), human(c.active)))
   w:write(string.format("  recurrent state per sequence: %d numbers (%s) over all layers\n", c.state, human(c.state)))
+  if c.pos_encoding == nil then
+    w:write("  positional encoding: none (recurrent mixers only)\n")
+  elseif c.pos_encoding == "NoPE" then
+    w:write("  positional encoding: NoPE in the attention layers (the recurrent layers carry position; " ..
+      "attention.rope = true for RoPE)\n")
+  else
+    w:write(string.format("  positional encoding: %s in the attention layers\n", c.pos_encoding))
+  end
   if c.allocated then w:write(string.format("  allocated: %d parameters\n", c.allocated)) end
   w:flush()
   return c

@@ -157,6 +157,63 @@ m2.models.summary(m2.models.load("400m-gdn+m2rnn-3l"))
   T.ok(out:find("without the LM head 407", 1, true) ~= nil, out)
 end)
 
+T.case("positional encoding: RoPE by default in a pure-attention model, NoPE in hybrids; the summary says which", function()
+  local function spec(layers, attention, init_std)
+    return { vocab = 13, d = 16, layers = layers, m2rnn = { k = 4, v = 2, heads = 2 },
+             attention = attention or { heads = 2, head_dim = 8 }, mlp = { kind = "none" }, init_std = init_std }
+  end
+  local function ropes(model)
+    local out = {}
+    for _, b in ipairs(model.blocks) do
+      if b.kind == "A" then out[#out + 1] = b.mixer.cfg.rope end
+    end
+    return out
+  end
+  T.eq(ropes(m2.models.lm(spec("AA"))), { true, true }, "pure attention: RoPE")
+  T.eq(ropes(m2.models.lm(spec("MAM"))), { false }, "hybrid: NoPE (DESIGN 3.4)")
+  T.eq(ropes(m2.models.lm(spec("AA", { heads = 2, head_dim = 8, rope = false }))), { false, false }, "rope = false kept")
+  T.eq(ropes(m2.models.lm(spec("MA", { heads = 2, head_dim = 8, rope = true }))), { true }, "rope = true kept")
+  local user = { heads = 2, head_dim = 8 }
+  m2.models.lm(spec("A", user))
+  T.eq(user.rope, nil, "the caller's settings table is not modified")
+  -- behaviour: one causal attention layer without positions gives the last position the same output whatever the
+  -- order of the tokens before it; the default pure-attention model must not
+  local ids = m2.randint(13, 1, 6)
+  if ids:get(1, 1) == ids:get(1, 2) then ids:set((ids:get(1, 1) + 1) % 13, 1, 2) end
+  local swapped = ids:clone()
+  swapped:set(ids:get(1, 2), 1, 1)
+  swapped:set(ids:get(1, 1), 1, 2)
+  local function last_diff(model)
+    return m2.no_grad(function()
+      local a, b = model(ids), model(swapped)
+      return m2.max_all(m2.square(a:narrow(2, 6, 1) - b:narrow(2, 6, 1))):item()
+    end)
+  end
+  -- (init_std 0.5: attention far from uniform, so that order shows clearly in the logits)
+  local nope = last_diff(m2.models.lm(spec("A", { heads = 2, head_dim = 8, rope = false }, 0.5)))
+  T.ok(nope < 1e-10, "NoPE: order-blind at the last position (the check itself works): " .. nope)
+  local d = last_diff(m2.models.lm(spec("A", nil, 0.5)))
+  T.ok(d > 1e-6, "the default pure-attention model sees token order: max square diff " .. d)
+  -- the summary: its count and its printed text
+  T.eq(m2.models.summary(spec("AA"), { quiet = true }).pos_encoding, "RoPE (theta 10000)")
+  T.eq(m2.models.summary(spec("MAM"), { quiet = true }).pos_encoding, "NoPE")
+  local printed = {}
+  local real = io.stdout
+  io.stdout = { write = function(self, ...) for _, x in ipairs { ... } do printed[#printed + 1] = x end return self end,
+                flush = function() end }
+  local ok, err = pcall(function()
+    m2.models.summary(m2.models.lm(spec("AA")))
+    m2.models.summary(spec("MAM"))
+    m2.models.summary(spec("MM"))
+  end)
+  io.stdout = real
+  T.ok(ok, err)
+  local text = table.concat(printed)
+  T.ok(text:find("positional encoding: RoPE (theta 10000) in the attention layers", 1, true), text)
+  T.ok(text:find("positional encoding: NoPE in the attention layers", 1, true), text)
+  T.ok(text:find("positional encoding: none (recurrent mixers only)", 1, true), text)
+end)
+
 T.case("errors are located at the script line", function()
   local line = debug.getinfo(1, "l").currentline
   local err = T.raises(function() m2.models.lm { vocab = 5, d = 8, layers = "MXM" } end,

@@ -3,8 +3,9 @@
   local Attention = require "m2.layers.attention"
   local mix = Attention(d, { heads = 16, head_dim = 64, rope = false }, { layers = 24 })
 
-Settings: heads (H) = 8, head_dim (D) = 64, kv_heads (divides H; default H), rope = false
-(RoPE only in the pure-attention baseline; hybrids are NoPE), theta = 10000.
+Settings: heads (H) = 8, head_dim (D) = 64, kv_heads (divides H; default H), rope = false for the
+layer on its own (m2.models.lm fills it by pattern: RoPE in a pure-attention model, NoPE in hybrids,
+DESIGN 3.4), theta = 10000.
 Forward, x (B, T, d): q, k, v projections (no bias) -> (B,T,H|Hkv,D), optional RoPE on q and k,
 m2.attention(q, k, v, {causal = true}) with scale 1/sqrt(D), o_proj (H D -> d, no bias).
 opts (third argument): layers (L) and init_std = 0.02: projections N(0, init_std), the output
