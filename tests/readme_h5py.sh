@@ -18,14 +18,16 @@ py=$venv/bin/python
 if ! [ -x "$py" ] || ! "$py" -c "import h5py, pandas, matplotlib, nbformat, nbclient, ipykernel" 2>/dev/null; then
   echo "readme_h5py.sh: creating $venv (PyPI: notebooks/requirements.txt)"
   rm -rf "$venv"
-  python3 -m venv "$venv" || { echo "readme_h5py.sh: python3 -m venv failed (on Debian: apt-get install python3-venv)" >&2; exit 1; }
+  python3 -m venv "$venv" ||
+    { echo "readme_h5py.sh: python3 -m venv failed (on Debian: apt-get install python3-venv)" >&2; exit 1; }
   "$py" -m pip install --quiet --disable-pip-version-check -r "$root/notebooks/requirements.txt"
 fi
 
 # the README's expression: h5py.File(<anything without a backquote>) containing swmr=True
 expr=$(grep -o 'h5py\.File([^`]*)' "$root/README.md" | grep 'swmr=True' | head -n 1 || true)
 if [ -z "$expr" ]; then
-  echo "readme_h5py.sh: README.md does not say how to open a live run from h5py (no \`h5py.File(path, \"r\", swmr=True)\`)" >&2
+  echo "readme_h5py.sh: README.md does not say how to open a live run from h5py" \
+    "(no \`h5py.File(path, \"r\", swmr=True)\`)" >&2
   exit 1
 fi
 echo "readme_h5py.sh: README.md says: $expr"

@@ -204,7 +204,8 @@ function m2.config(defaults, args)
       local ok = false
       for _, a in ipairs(allowed) do ok = ok or node[last] == a end
       if not ok then
-        m2.error(string.format("m2.config: override %s=%s: expected \"%s\"", key, raw, table.concat(allowed, "\" or \"")))
+        m2.error(string.format("m2.config: override %s=%s: expected \"%s\"", key, raw,
+          table.concat(allowed, "\" or \"")))
       end
     end
     if common and key == "seed" then m2.seed(node[last]) end

@@ -4,9 +4,9 @@ It EXECUTES THE EXPERIMENT SCRIPT STORED IN THE RUN FILE (root attribute `script
 on disk, with the overrides stored in the run (overrides_json) and then the key=value words
 given here (e.g. steps=2000 to extend a run); out= is always the run file itself. The lr schedule
 stays the one the checkpoint ran with unless reschedule=true is given (lua/m2/train.lua, "The lr
-schedule on resume"); reschedule= is never taken from the stored overrides (it belongs to one resume). Before running
-it prints the script's path, size and SHA-256 and the checkpoint it will continue from, and
-checks the stored script against its stored hash. The script then calls m2.train as usual;
+schedule on resume"); reschedule= is never taken from the stored overrides (it belongs to one
+resume). Before running it prints the script's path, size and SHA-256 and the checkpoint it will
+continue from, and checks the stored script against its stored hash. The script then calls m2.train as usual;
 m2.train sees m2.resuming, loads the checkpoint and continues (lua/m2/train.lua). A script that
 never calls m2.train is an error. Only resume files you trust: the script is Lua code.
 `m2lab inspect RUN.h5` shows the same information without executing anything.

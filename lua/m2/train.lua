@@ -371,9 +371,7 @@ local function overrides_list()
   return out
 end
 
--- the schedule of a resumed run: the one checkpoint `latest` ran with (its config_json; else the run's), unless
--- reschedule=true takes the one derived now. Replaces st.sched (and the record new checkpoints get) when the stored
--- one is kept; sets st.schedule_note, the line that says which happened.
+-- a schedule spec in words: "cosine, warmup 10, decay 50, lr 0.003 -> 0.0003"
 local function sched_text(sp)
   local parts = { sp.kind, "warmup " .. sp.warmup }
   if sp.kind == "wsd" then parts[#parts + 1] = "stable " .. sp.stable end
@@ -386,6 +384,9 @@ local function sched_text(sp)
   return table.concat(parts, ", ")
 end
 
+-- the schedule of a resumed run: the one checkpoint `latest` ran with (its config_json; else stored_run, the run's
+-- record), unless reschedule=true takes the one derived now. Replaces st.sched (and the record new checkpoints get)
+-- when the stored one is kept; sets st.schedule_note, the line that says which happened.
 local function resume_schedule(st, s, rd, latest, stored_run)
   local stored
   if latest then

@@ -157,7 +157,7 @@ m2.models.summary(m2.models.load("400m-gdn+m2rnn-3l"))
   T.ok(out:find("without the LM head 407", 1, true) ~= nil, out)
 end)
 
-T.case("positional encoding: RoPE by default in a pure-attention model, NoPE in hybrids; the summary says which", function()
+T.case("positional encoding: RoPE by default in pure attention, NoPE in hybrids; the summary says which", function()
   local function spec(layers, attention, init_std)
     return { vocab = 13, d = 16, layers = layers, m2rnn = { k = 4, v = 2, heads = 2 },
              attention = attention or { heads = 2, head_dim = 8 }, mlp = { kind = "none" }, init_std = init_std }
@@ -171,7 +171,8 @@ T.case("positional encoding: RoPE by default in a pure-attention model, NoPE in 
   end
   T.eq(ropes(m2.models.lm(spec("AA"))), { true, true }, "pure attention: RoPE")
   T.eq(ropes(m2.models.lm(spec("MAM"))), { false }, "hybrid: NoPE (DESIGN 3.4)")
-  T.eq(ropes(m2.models.lm(spec("AA", { heads = 2, head_dim = 8, rope = false }))), { false, false }, "rope = false kept")
+  T.eq(ropes(m2.models.lm(spec("AA", { heads = 2, head_dim = 8, rope = false }))), { false, false },
+    "rope = false kept")
   T.eq(ropes(m2.models.lm(spec("MA", { heads = 2, head_dim = 8, rope = true }))), { true }, "rope = true kept")
   local user = { heads = 2, head_dim = 8 }
   m2.models.lm(spec("A", user))
