@@ -10,6 +10,11 @@ JSON for configs, reading a run back into Lua, and the pieces `m2lab resume` nee
   runs.json_encode_list(array) -> text ("[]" when empty)
   runs.json_decode(text) -> value (JSON null -> runs.null)
 
+The stored script (m2lab resume):
+  runs.stored_script(path, purpose) -> info (runs.info plus sha256), the stored script checked against its hash
+  runs.parse_overrides(words) -> order, raw, typed   runs.exec_script(info, order, raw, typed)
+      -- the pieces of `m2lab resume`: run the stored script with the given command line
+
 Root attributes written by m2.train besides the standard ones (core/runfile/runfile.h): script_path,
 script_sha256 (of the stored script text), overrides_json (the command line's key=value words,
 a JSON array), num_params, and every top-level config key (nested tables as "a.b").
@@ -232,6 +237,61 @@ end
 function runs.series(path, group, name)
   local r <close> = runs.open(path)
   return r:read_series(group, name)
+end
+
+-- ---------------------------------------------------------------------------------------
+-- the stored script (m2lab resume)
+-- ---------------------------------------------------------------------------------------
+
+-- runs.info(path) plus sha256, after checking that the run stores a script and that it matches its stored hash;
+-- purpose ("resumed", "rebuilt") completes the message when it stores none
+function runs.stored_script(path, purpose)
+  local info = runs.info(path) -- raises a clean error for a damaged or foreign file
+  if info.script == "" then
+    m2.error(path .. ": the run file stores no experiment script (root attribute 'script' is empty): it was not " ..
+      "written by an m2lab script run, so it cannot be " .. (purpose or "resumed"))
+  end
+  local sha = core.sha256(info.script)
+  if info.script_sha256 and info.script_sha256 ~= sha then
+    m2.error(string.format("%s: the stored script does not match its stored hash (script_sha256 %s, computed %s): " ..
+      "the file is damaged", path, info.script_sha256, sha))
+  end
+  info.sha256 = sha
+  return info
+end
+
+-- key=value words (a later word for a key wins) -> order (keys, first-seen order), raw {k = text},
+-- typed {k = true | false | integer | number | text}, as the host parses a command line
+function runs.parse_overrides(words)
+  local order, raw, typed = {}, {}, {}
+  for _, word in ipairs(words) do
+    local k, v = word:match("^([^=]+)=(.*)$")
+    if k then
+      if raw[k] == nil then order[#order + 1] = k end
+      raw[k] = v
+    end
+  end
+  for k, v in pairs(raw) do
+    if v == "true" then typed[k] = true
+    elseif v == "false" then typed[k] = false
+    else typed[k] = math.tointeger(tonumber(v)) or tonumber(v) or v end
+  end
+  return order, raw, typed
+end
+
+-- Run the stored script of info (runs.stored_script) with order / raw / typed as its command line: m2.args,
+-- m2.script, m2.script_source and package.path are set as `m2lab run` sets them, and stay set afterwards.
+function runs.exec_script(info, order, raw, typed)
+  local script_path = info.script_path or "(unknown script)"
+  m2.args, m2.args_raw = typed, raw
+  core.args, core.args_raw, core.args_order = typed, raw, order
+  m2.script, core.script = script_path, script_path
+  m2.script_source = info.script
+  local dir = script_path:match("^(.*)/[^/]*$")
+  if dir then package.path = dir .. "/?.lua;" .. package.path end
+  local chunk, err = load(info.script, "@" .. script_path, "t")
+  if not chunk then m2.error(info.path .. ": the stored script does not compile: " .. err) end
+  return chunk()
 end
 
 return runs
