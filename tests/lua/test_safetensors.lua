@@ -1,5 +1,6 @@
--- test_safetensors.lua — weights in and out (lua/m2/safetensors.lua): a model round trip is bit-identical; the file
--- layout is the format's (read back by hand and a hand-packed file read by m2lab); every bad input
+-- test_safetensors.lua — weights in and out (lua/m2/safetensors.lua, m2.runs.load_model / export_safetensors,
+-- `m2lab export`): a model round trip is bit-identical; the file layout is the format's (read back by hand and
+-- a hand-packed file read by m2lab); a checkpoint rebuilt from its run file equals the checkpoint; every bad input
 -- (missing, extra, wrong shape / dtype, truncated file, bad JSON, bad offsets, ...) is an error naming the file
 -- and the tensor and leaves the model as it was; an export that fails leaves no file. Fresh random seeds each run.
 -- (The reference implementation's check: tests/safetensors_python.sh.)
@@ -301,6 +302,121 @@ T.case("an export that fails leaves no file, and an existing file as it was", fu
   end, "tensor name 'a' appears twice")
   T.raises(function() st.save("/proc/no-such-dir/x.safetensors", { a = m2.randn(1) }) end, "/proc/no-such-dir")
   T.raises(function() st.save(dir .. "/x.safetensors", { a = 3 }) end, "key a holds a number")
+end)
+
+-- a short real run to rebuild models from
+local run = dir .. "/run.h5"
+local run_seed = math.random(1, 1000000)
+local code, out = T.run_m2lab(string.format("run '%s/experiments/tiny_lm.lua' arch=MA mlp=true steps=4 " ..
+  "checkpoint_every=2 eval_every=0 seed=%d out='%s'", m2.source_dir, run_seed, run))
+
+T.case("runs.load_model rebuilds the run's model with a checkpoint's parameters", function()
+  T.eq(code, 0, out)
+  local args_before, rng_before = m2.args, m2.rng_state()
+  local model, about = runs.load_model(run)
+  T.eq(about.step, 4, "the latest checkpoint by default")
+  T.ok(m2.args == args_before, "the caller's m2.args are back")
+  T.eq(m2.rng_state(), rng_before, "the caller's RNG state is back")
+  T.eq(m2.resuming, nil)
+  T.eq(m2.loading, nil)
+  T.ok(not model.training, "the model comes back in eval mode")
+  local r <close> = runs.open(run)
+  local n = 0
+  for _, p in ipairs(model:parameters()) do
+    T.eq(p.tensor, r:ckpt_read(4, "params/" .. p.name), p.name .. " = checkpoint 4")
+    n = n + 1
+  end
+  T.eq(n, #r:ckpt_tensors(4) // 3, "every parameter (params, and AdamW's two states each)")
+  local m2s = runs.load_model(run, 2)
+  local p1 = m2s:parameters()[1]
+  T.eq(p1.tensor, r:ckpt_read(2, "params/" .. p1.name), "step 2 on request")
+  T.ok(not T.show(p1.tensor:totable()):find(T.show(model:parameters()[1].tensor:totable()), 1, true),
+    "step 2 differs from step 4")
+  -- the model works: the loss on a batch is finite and the same for the same weights
+  local ids = m2.randint(32, 2, 9)
+  local y = m2.randint(32, 2, 9)
+  local l1 = model:loss(ids, y):item()
+  local again = runs.load_model(run, { device = "cpu" })
+  T.eq(again:loss(ids, y):item(), l1, "a second load computes the same loss")
+  T.ok(l1 == l1 and l1 < 10, "finite loss " .. l1)
+  T.raises(function() runs.load_model(run, 3) end, "no checkpoint at step 3 (the file has: 2, 4)")
+  T.raises(function() runs.load_model(dir .. "/nope.h5") end, "nope.h5: no such file")
+  T.raises(function() runs.load_model(run, { colour = 1 }) end, "unknown option 'colour'")
+end)
+
+T.case("export a checkpoint, import it into the rebuilt model; `m2lab export`", function()
+  T.eq(code, 0, out)
+  local path = dir .. "/step2.safetensors"
+  local res = runs.export_safetensors(run, path, 2)
+  T.eq(res.step, 2)
+  local h = st.header(path)
+  T.eq(h.metadata.step, "2")
+  T.eq(h.metadata.run, run)
+  T.ok(runs.json_decode(h.metadata.config_json).config ~= nil, "the run's config travels in the metadata")
+  local model = runs.load_model(run, 4)
+  st.load_into(model, path)
+  local r <close> = runs.open(run)
+  for _, p in ipairs(model:parameters()) do
+    T.eq(p.tensor, r:ckpt_read(2, "params/" .. p.name), p.name .. " = checkpoint 2 after the import")
+  end
+  -- the command line: default output name, step=, errors
+  local c, o = T.run_m2lab(string.format("export '%s'", run))
+  T.eq(c, 0, o)
+  T.ok(exists(dir .. "/run-step4.safetensors"), "default name RUN-step<N>.safetensors: " .. o)
+  T.ok(read_file(dir .. "/run-step4.safetensors") ~= read_file(path), "the latest checkpoint differs from step 2")
+  c, o = T.run_m2lab(string.format("export '%s' '%s/cli.safetensors' step=2", run, dir))
+  T.eq(c, 0, o)
+  T.ok(read_file(dir .. "/cli.safetensors") == read_file(path), "the CLI writes the same bytes as the function")
+  c, o = T.run_m2lab(string.format("export '%s' '%s/x.safetensors' step=3", run, dir))
+  T.eq(c, 1, o)
+  T.ok(o:find("no checkpoint at step 3 (the file has: 2, 4)", 1, true), o)
+  c, o = T.run_m2lab(string.format("export '%s' colour=red", run))
+  T.eq(c, 2, o)
+  T.ok(o:find("unknown option 'colour='", 1, true), o)
+  c, o = T.run_m2lab(string.format("export '%s/missing.h5'", dir))
+  T.eq(c, 2, o)
+  T.ok(o:find("missing.h5: no such file", 1, true), o)
+  c, o = T.run_m2lab("export")
+  T.eq(c, 2, o)
+end)
+
+T.case("load_model: runs without a script, scripts that fail or never train", function()
+  local noscript = dir .. "/noscript.h5"
+  local r = core.run_open(noscript, { mode = "create" })
+  r:set_status("done")
+  r:close()
+  T.raises(function() runs.load_model(noscript) end, "stores no experiment script")
+  -- a script that stops before m2.train, and one that never calls it
+  local function scripted(name, body)
+    local script = T.write_temp(body)
+    local path = dir .. "/" .. name .. ".h5"
+    local c, o = T.run_m2lab(string.format("run '%s' out='%s'", script, path))
+    T.eq(c, 0, o)
+    return path
+  end
+  local fails = scripted("fails", [[
+local m2 = require "m2"
+local cfg = m2.config { fail = false, out = "" }
+local model = m2.nn.Linear(2, 2)
+if cfg.fail or m2.loading then error("data shards not found") end
+local data = { batch = function() return m2.randn(1, 2), m2.randn(1, 2) end }
+m2.train { model = model, data = data, steps = 2, loss = function(m, x, y) return (m(x) - y):square():mean_all() end,
+           out = cfg.out, quiet = true }
+]])
+  T.raises(function() runs.load_model(fails) end, "rebuilding the model failed: the stored script")
+  local ok, err = pcall(runs.load_model, fails)
+  T.ok(not ok and tostring(err):find("data shards not found", 1, true), tostring(err))
+  T.eq(m2.loading, nil, "the environment is back after a failure")
+  local never = scripted("never", [[
+local m2 = require "m2"
+local cfg = m2.config { out = "" }
+local data = { batch = function() return m2.randn(1, 2), m2.randn(1, 2) end }
+if not m2.loading then
+  m2.train { model = m2.nn.Linear(2, 2), data = data, steps = 2, out = cfg.out, quiet = true,
+             loss = function(m, x, y) return (m(x) - y):square():mean_all() end }
+end
+]])
+  T.raises(function() runs.load_model(never) end, "finished without calling m2.train: no model to load")
 end)
 
 os.execute("rm -rf '" .. dir .. "'")
