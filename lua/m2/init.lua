@@ -66,10 +66,10 @@ RUNS
   m2.error(msg) raises msg located at the caller's script line (for library code)
 
 WEIGHTS IN AND OUT
-  m2.runs.load_model(run [, step] [, {device = "cpu"}]) -> model, {path, step, script_path, config, overrides}:
-    the model of a run file, in one call: its stored script rebuilds the model (as `m2lab resume` runs it; its
-    m2.train call hands the model over and trains nothing), then checkpoint `step` (default the latest) is loaded;
-    eval mode. The script is Lua code: trust the file (lua/m2/runs.lua)
+  m2.runs.load_model(run [, step] [, {device = "cpu", quiet = true}]) -> model, {path, step, script_path, config,
+    overrides}: the model of a run file, in one call: its stored script rebuilds the model (as `m2lab resume` runs
+    it, its output dropped unless quiet = false; its m2.train call hands the model over and trains nothing), then
+    checkpoint `step` (default the latest) is loaded; eval mode. The script is Lua code: trust the file
   m2.runs.export_safetensors(run, out [, step]) -> {path, step, tensors, bytes}
     (the command line: `m2lab export RUN.h5 [OUT.safetensors] [step=N]`)
   m2.safetensors.save(path, model | {{name =, tensor =}, ...} | {name = tensor} [, {metadata = {k = "v"}}])

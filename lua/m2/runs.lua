@@ -11,14 +11,15 @@ JSON for configs, reading a run back into Lua, and the pieces `m2lab resume` nee
   runs.json_decode(text) -> value (JSON null -> runs.null)
 
 Models and weights out of a run (the weights are the checkpoint's /checkpoints/<step>/params/<module path>):
-  local model, about = runs.load_model("runs/a.h5" [, step] [, {device = "cpu"}])
+  local model, about = runs.load_model("runs/a.h5" [, step] [, {device = "cpu", quiet = true}])
       -- rebuilds the model by running the experiment script stored in the run file (as `m2lab resume` does,
       -- with the run's stored overrides, device= replaced by the given device) up to its m2.train call, which
       -- hands over the model instead of training; then loads the parameters of checkpoint `step` (default: the
       -- latest). The model comes back in eval mode; about = {path, step, script_path, config, overrides}.
       -- The script runs as Lua code: load only run files you trust. What it needs before m2.train (its data
-      -- files, say) must be there; nothing is trained, and nothing is written to the run file. The caller's
-      -- m2.args, RNG state and package.path are restored afterwards.
+      -- files, say) must be there; nothing is trained, and nothing is written to the run file. What the script
+      -- prints (print, io.write, io.stdout) is dropped unless quiet = false. The caller's m2.args, RNG state,
+      -- package.path and output functions are restored afterwards.
   runs.export_safetensors("runs/a.h5", "a.safetensors" [, step]) -> {path, step, tensors, bytes}
       -- the checkpoint's parameters (latest by default), names = module paths, metadata producer / run / step /
       -- script_path / config_json; reads tensors one at a time and executes nothing (m2lab export uses it)
@@ -363,7 +364,22 @@ local function save_env()
   return { args = m2.args, args_raw = m2.args_raw, core_args = core.args, core_args_raw = core.args_raw,
            order = core.args_order, script = m2.script, core_script = core.script, source = m2.script_source,
            config_used = m2.config_used, resuming = m2.resuming, loading = m2.loading, path = package.path,
-           rng = m2.rng_state() }
+           rng = m2.rng_state(), print = print, io_write = io.write, io_stdout = io.stdout }
+end
+
+-- stdout output of a stored script that runs only to build its model (its banner, a model summary) goes nowhere
+local mute = {}
+mute.__index = mute
+function mute.write(self) return self end
+function mute.flush(self) return self end
+function mute.setvbuf() return true end
+function mute.seek() return 0 end
+function mute.close() return true end
+local function silence()
+  local sink = setmetatable({}, mute)
+  print = function() end
+  io.write = function() return sink end
+  io.stdout = sink
 end
 
 local function restore_env(e)
@@ -372,6 +388,7 @@ local function restore_env(e)
   m2.script, core.script, m2.script_source = e.script, e.core_script, e.source
   m2.config_used, m2.resuming, m2.loading, package.path = e.config_used, e.resuming, e.loading, e.path
   m2.set_rng_state(e.rng)
+  print, io.write, io.stdout = e.print, e.io_write, e.io_stdout
 end
 
 function runs.load_model(path, step, opts)
@@ -380,7 +397,9 @@ function runs.load_model(path, step, opts)
   if type(path) ~= "string" then m2.error("runs.load_model: path must be a string, got " .. type(path)) end
   if type(opts) ~= "table" then m2.error("runs.load_model: options must be a table {device = ...}") end
   for k in pairs(opts) do
-    if k ~= "device" then m2.error("runs.load_model: unknown option '" .. tostring(k) .. "' (known: device)") end
+    if k ~= "device" and k ~= "quiet" then
+      m2.error("runs.load_model: unknown option '" .. tostring(k) .. "' (known: device, quiet)")
+    end
   end
   local f = io.open(path, "rb")
   if not f then m2.error(path .. ": no such file") end
@@ -405,6 +424,7 @@ function runs.load_model(path, step, opts)
     captured = spec.model
     error(stop, 0)
   end }
+  if opts.quiet ~= false then silence() end
   local ok, err = pcall(runs.exec_script, info, order, raw, typed)
   restore_env(env)
   if not captured then

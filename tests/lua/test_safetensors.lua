@@ -380,7 +380,7 @@ T.case("export a checkpoint, import it into the rebuilt model; `m2lab export`", 
   T.eq(c, 2, o)
 end)
 
-T.case("load_model: runs without a script, scripts that fail or never train", function()
+T.case("load_model: runs without a script, scripts that fail, never train or print", function()
   local noscript = dir .. "/noscript.h5"
   local r = core.run_open(noscript, { mode = "create" })
   r:set_status("done")
@@ -417,6 +417,31 @@ if not m2.loading then
 end
 ]])
   T.raises(function() runs.load_model(never) end, "finished without calling m2.train: no model to load")
+  -- what the script prints while it builds the model is dropped (quiet = false keeps it); output works afterwards
+  local chatty = scripted("chatty", [[
+local m2 = require "m2"
+local cfg = m2.config { out = "" }
+print("BANNER-print")
+io.write("BANNER-io.write\n")
+io.stdout:write("BANNER-io.stdout\n")
+local data = { batch = function() return m2.randn(1, 2), m2.randn(1, 2) end }
+m2.train { model = m2.nn.Linear(2, 2), data = data, steps = 2, out = cfg.out, quiet = true,
+           loss = function(m, x, y) return (m(x) - y):square():mean_all() end }
+]])
+  for _, quiet in ipairs { true, false } do
+    local script = T.write_temp(string.format([[
+local m2 = require "m2"
+local model = m2.runs.load_model(%q, { quiet = %s })
+print("AFTER " .. model:num_parameters())
+io.write("AFTER-io.write\n")
+]], chatty, tostring(quiet)))
+    local c, o = T.run_m2lab(string.format("run '%s'", script))
+    T.eq(c, 0, o)
+    T.ok(o:find("AFTER 6\n", 1, true) and o:find("AFTER-io.write", 1, true), "the caller prints afterwards: " .. o)
+    local n = 0
+    for _ in o:gmatch("BANNER") do n = n + 1 end
+    T.eq(n, quiet and 0 or 3, "quiet = " .. tostring(quiet) .. ": " .. o)
+  end
 end)
 
 os.execute("rm -rf '" .. dir .. "'")
