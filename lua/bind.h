@@ -36,6 +36,7 @@ void m2lua_open_optim(lua_State *L);    /* bind_optim.c: optimizers, clipping, s
 void m2lua_open_data(lua_State *L) __attribute__((weak)); /* bind_data.c: group word problem */
 void m2lua_open_runfile(lua_State *L) __attribute__((weak)); /* bind_runfile.c: run files, sweep index */
 void m2lua_open_sys(lua_State *L) __attribute__((weak));     /* bind_sys.c: clocks, processes, memory */
+void m2lua_open_binfile(lua_State *L) __attribute__((weak)); /* bind_binfile.c: raw tensor-byte files (safetensors) */
 
 /* Functions of an area go both into the module table (at `mod`) and, when `methods` is
  * non-zero, into the tensor method table (at `methods`) under the same name. */

@@ -12,5 +12,6 @@ int luaopen_m2_core(lua_State *L) {
   if (m2lua_open_data) m2lua_open_data(L);
   if (m2lua_open_runfile) m2lua_open_runfile(L);
   if (m2lua_open_sys) m2lua_open_sys(L);
+  if (m2lua_open_binfile) m2lua_open_binfile(L);
   return 1;
 }

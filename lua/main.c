@@ -43,6 +43,8 @@ static const m2host_cmd g_cmds[] = {
     {"resume", "RUN.h5 [key=value ...]",
      "continue a run from its last checkpoint; EXECUTES THE SCRIPT STORED IN RUN.h5",
      NULL, "m2.resume"},
+    {"export", "RUN.h5 [OUT.safetensors] [step=N]",
+     "a checkpoint's parameters as a safetensors file (names = module paths); executes nothing", NULL, "m2.export"},
     {"inspect", "RUN.h5 | SWEEP/index.h5", "summary of a run, or a table of a sweep's members; executes nothing",
      cmd_inspect, NULL},
     {"sweep", "SWEEP.lua [parallel=N]",
@@ -57,7 +59,7 @@ static void usage(FILE *f) {
   for (int i = 0; i < NCMDS; i++) {
     char head[96];
     snprintf(head, sizeof head, "%s %s", g_cmds[i].name, g_cmds[i].usage);
-    fprintf(f, "  %-36s %s\n", head, g_cmds[i].help);
+    fprintf(f, "  %-41s %s\n", head, g_cmds[i].help);
   }
   fprintf(f,
           "\nresume runs Lua code taken from the run file (the experiment script stored when the run\n"

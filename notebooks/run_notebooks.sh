@@ -5,22 +5,15 @@
 #
 #   notebooks/run_notebooks.sh [BUILD_DIR]      (default: build; m2lab is BUILD_DIR/m2lab)
 #
-# Python: a venv BUILD_DIR/notebook-venv made from PyPI with notebooks/requirements.txt when it is
-# missing or incomplete. Run files, executed notebooks and figures go to BUILD_DIR/notebook-check/.
+# Python: the venv BUILD_DIR/notebook-venv (notebooks/venv.sh: made from PyPI with notebooks/requirements.txt
+# when it is missing or the requirements changed). Run files, executed notebooks and figures go to BUILD_DIR/notebook-check/.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=$(cd "${1:-$root/build}" && pwd)
 m2lab=${M2LAB:-$build/m2lab}
 [ -x "$m2lab" ] || { echo "run_notebooks.sh: no m2lab at $m2lab (build it first)" >&2; exit 2; }
 
-venv=$build/notebook-venv
-py=$venv/bin/python
-if ! [ -x "$py" ] || ! "$py" -c "import h5py, pandas, matplotlib, nbformat, nbclient, ipykernel" 2>/dev/null; then
-  echo "run_notebooks.sh: creating $venv (PyPI: notebooks/requirements.txt)"
-  rm -rf "$venv"
-  python3 -m venv "$venv" || { echo "run_notebooks.sh: python3 -m venv failed (on Debian: apt-get install python3-venv)" >&2; exit 1; }
-  "$py" -m pip install --quiet --disable-pip-version-check -r "$root/notebooks/requirements.txt"
-fi
+py=$("$root/notebooks/venv.sh" "$build") # the venv (notebooks/requirements.txt), made or updated when needed
 
 work=$build/notebook-check
 rm -rf "$work"

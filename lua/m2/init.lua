@@ -66,7 +66,20 @@ RUNS
   m2.exe  m2.script  m2.mode ("run" / "test" / subcommand)  m2.lua_dir  m2.source_dir  m2.version
   m2.error(msg) raises msg located at the caller's script line (for library code)
 
-SUBMODULES (loaded on first use): m2.nn  m2.optim  m2.test  m2.profile (per-op time)  (and m2.<name> for any lua/m2/<name>.lua)
+WEIGHTS IN AND OUT
+  m2.runs.load_model(run [, step] [, {device = "cpu", quiet = true}]) -> model, {path, step, script_path, config,
+    overrides}: the model of a run file, in one call: its stored script rebuilds the model (as `m2lab resume` runs
+    it, its output dropped unless quiet = false; its m2.train call hands the model over and trains nothing), then
+    checkpoint `step` (default the latest) is loaded; eval mode. The script is Lua code: trust the file
+  m2.runs.export_safetensors(run, out [, step]) -> {path, step, tensors, bytes}
+    (the command line: `m2lab export RUN.h5 [OUT.safetensors] [step=N]`)
+  m2.safetensors.save(path, model | {{name =, tensor =}, ...} | {name = tensor} [, {metadata = {k = "v"}}])
+  m2.safetensors.load_into(model, path) -> model, metadata: strict (names = module paths, shapes, dtypes) and
+    atomic: any mismatch or damage is an error naming the file and the tensor, and the model is left as it was
+  m2.safetensors.load(path) -> {name = tensor}, metadata   m2.safetensors.header(path)   (lua/m2/safetensors.lua)
+
+SUBMODULES (loaded on first use): m2.nn  m2.optim  m2.test  m2.profile (per-op time)  m2.runs  m2.safetensors
+  (and m2.<name> for any lua/m2/<name>.lua)
 ]==]
 
 local core = require "m2.core"

@@ -29,16 +29,8 @@ function resume.main(args)
   local f = io.open(path, "rb")
   if not f then return usage(path .. ": no such file") end
   f:close()
-  local info = runs.info(path) -- raises a clean error for a damaged or foreign file
-  if info.script == "" then
-    m2.error(path .. ": the run file stores no experiment script (root attribute 'script' is empty): it was not " ..
-      "written by an m2lab script run, so it cannot be resumed")
-  end
-  local sha = core.sha256(info.script)
-  if info.script_sha256 and info.script_sha256 ~= sha then
-    m2.error(string.format("%s: the stored script does not match its stored hash (script_sha256 %s, computed %s): the " ..
-      "file is damaged", path, info.script_sha256, sha))
-  end
+  local info = runs.stored_script(path, "resumed") -- a clean error for a damaged or foreign file, or no script
+  local sha = info.sha256
   local steps = math.tointeger(m2.args.steps)
   if info.status == "done" and (m2.args.steps == nil or (steps and info.latest and steps <= info.latest)) then
     io.stdout:write(string.format("m2lab resume: %s: the run is already done (step %s); pass steps=N%s to extend it\n",
@@ -46,47 +38,27 @@ function resume.main(args)
     return 0
   end
   -- overrides: the stored ones, then the command line's, with out= forced to this file
-  local order, raw = {}, {}
-  local function add(word)
-    local k, v = word:match("^([^=]+)=(.*)$")
-    if not k then return end
-    if raw[k] == nil then order[#order + 1] = k end
-    raw[k] = v
-  end
+  local given = {}
   for _, w in ipairs(info.overrides) do
-    if not w:match("^reschedule=") then add(w) end
+    if not w:match("^reschedule=") then given[#given + 1] = w end -- reschedule= belongs to one resume
   end
-  for _, k in ipairs(core.args_order or {}) do add(k .. "=" .. m2.args_raw[k]) end
-  raw.out = nil
-  local words, typed = {}, {}
+  for _, k in ipairs(core.args_order or {}) do given[#given + 1] = k .. "=" .. m2.args_raw[k] end
+  local order, raw = runs.parse_overrides(given)
+  local words = {} -- one word per key, its last value, in first-seen order
   for _, k in ipairs(order) do
-    if raw[k] ~= nil then
-      words[#words + 1] = k .. "=" .. raw[k]
-      local v = raw[k]
-      if v == "true" then typed[k] = true
-      elseif v == "false" then typed[k] = false
-      else typed[k] = math.tointeger(tonumber(v)) or tonumber(v) or v end
-    end
+    if k ~= "out" then words[#words + 1] = k .. "=" .. raw[k] end
   end
   words[#words + 1] = "out=" .. path
-  typed.out, raw.out = path, path
+  local typed
+  order, raw, typed = runs.parse_overrides(words)
   local script_path = info.script_path or "(unknown script)"
   io.stdout:write(string.format("m2lab resume: %s: executing the experiment script stored in the run file\n" ..
     "  script    %s (%d bytes, sha256 %s)\n  overrides %s\n  from      %s\n", path, script_path, #info.script, sha,
     table.concat(words, " "), info.latest and ("checkpoint at step " .. info.latest) or
     "the start (the run has no complete checkpoint)"))
   io.stdout:flush()
-  -- the environment the script sees
-  m2.args, m2.args_raw = typed, raw
-  core.args, core.args_raw, core.args_order = typed, raw, order
-  m2.script, core.script = script_path, script_path
-  m2.script_source = info.script
   m2.resuming = { path = path, overrides = words, from = info.latest }
-  local dir = script_path:match("^(.*)/[^/]*$")
-  if dir then package.path = dir .. "/?.lua;" .. package.path end
-  local chunk, err = load(info.script, "@" .. script_path, "t")
-  if not chunk then m2.error(path .. ": the stored script does not compile: " .. err) end
-  chunk()
+  runs.exec_script(info, order, raw, typed)
   if not m2.resuming.used then
     m2.error(string.format("%s: the stored script %s finished without calling m2.train: nothing was resumed", path,
       script_path))

@@ -652,6 +652,8 @@ local function loop(st, s)
 end
 
 function train.train(spec)
+  -- m2.runs.load_model runs a stored script only to get its model: hand it over, train nothing
+  if m2.loading then return m2.loading.capture(spec) end
   local s = resolve(spec)
   local st = { step = 0, cursor = 0, nan_skips = 0, nan_streak = 0, tokens = 0, train_time = 0.0,
                win = { n = 0, loss = 0.0, gnorm = 0.0, finite = 0, mem = 0.0 }, win_tokens = 0, win_time = 0.0,
