@@ -1,11 +1,16 @@
 /* sample.c — the sampler of sample.h on the host: per row the temperature, top-k (a quickselect for the k-th value),
  * top-p (sorting only the head of the distribution that can hold the nucleus) and the inverse-CDF draw from Philox.
- * Work per row: O(V) plus O(h log h) for the h tokens above the top-p cut. */
+ * Work per row: O(V) plus O(h log h) for the h tokens above the top-p cut; rows are spread over threads. */
 #include "sample.h"
 #include <math.h>
+#include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include "rng.h"
+
+#define M2_SAMPLE_THREADS 32 /* the most threads one call spreads its rows over */
 
 m2_status m2_sample_check(const m2_sample_opts *o) {
   if (!o) return m2_fail(M2_ERR_VALUE, "sample: options are NULL");
@@ -89,16 +94,23 @@ static double kth_largest(double *a, int64_t n, int64_t k) {
   return a[lo];
 }
 
-/* One row x (V logits, float64) -> *id (the token drawn, when id != NULL) and probs (V, when != NULL). */
-static m2_status sample_row(const double *x, const m2_sample_opts *o, int64_t row, work *w, int64_t *id,
+/* One row (V logits of dtype f64 or f32 at src) -> *id (the token drawn, when id != NULL) and probs (V, when != NULL). */
+static m2_status sample_row(const void *src, bool f64, const m2_sample_opts *o, int64_t row, work *w, int64_t *id,
                             double *probs) {
   const int64_t V = w->V;
+  const double *xd = f64 ? src : NULL;
+  const float *xf = f64 ? NULL : src;
+  double *z = w->z, *p = w->p, best_x = -INFINITY;
   int64_t best = -1;
+  /* one pass: check, z = x / temperature, the first largest */
+  const double temp = o->temperature > 0 ? o->temperature : 1;
   for (int64_t i = 0; i < V; i++) {
-    if (isnan(x[i]) || x[i] == INFINITY)
+    double x = f64 ? xd[i] : (double)xf[i];
+    if (isnan(x) || x == INFINITY)
       return m2_fail(M2_ERR_VALUE, "sample: logits row %lld (0-based), token %lld is %s: only finite logits and "
-                     "-inf (a masked token) can be sampled", (long long)row, (long long)i, isnan(x[i]) ? "NaN" : "+inf");
-    if (x[i] > -INFINITY && (best < 0 || x[i] > x[best])) best = i;
+                     "-inf (a masked token) can be sampled", (long long)row, (long long)i, isnan(x) ? "NaN" : "+inf");
+    if (x > best_x) best_x = x, best = i;
+    z[i] = x / temp;
   }
   if (best < 0)
     return m2_fail(M2_ERR_VALUE, "sample: logits row %lld (0-based) has no finite logit (all %lld are -inf)",
@@ -111,14 +123,10 @@ static m2_status sample_row(const double *x, const m2_sample_opts *o, int64_t ro
     if (id) *id = best;
     return M2_OK;
   }
-  double *z = w->z, *p = w->p, zmax = -INFINITY;
+  const double zmax = z[best]; /* x / temperature keeps the order */
   unsigned char *keep = w->keep;
-  for (int64_t i = 0; i < V; i++) {
-    z[i] = x[i] / o->temperature;
-    if (z[i] > zmax) zmax = z[i];
-  }
-  memset(keep, 1, (size_t)V);
   int64_t nkeep = V;
+  double mass = 0; /* of the kept set, summed in id order */
   if (o->top_k > 0 && o->top_k < V) { /* the k largest; at a tie on the k-th value, lower ids first */
     memcpy(w->sel, z, (size_t)V * sizeof(double));
     double v = kth_largest(w->sel, V, o->top_k);
@@ -126,15 +134,14 @@ static m2_status sample_row(const double *x, const m2_sample_opts *o, int64_t ro
     for (int64_t i = 0; i < V; i++) gt += z[i] > v;
     int64_t need = o->top_k - gt;
     for (int64_t i = 0; i < V; i++) {
-      keep[i] = z[i] > v || (z[i] == v && need > 0);
+      bool k = z[i] > v || (z[i] == v && need > 0);
       if (z[i] == v && need > 0) need--;
+      p[i] = k ? exp(z[i] - zmax) : 0;
+      mass += p[i];
     }
     nkeep = o->top_k;
-  }
-  double mass = 0; /* of the kept set, summed in id order */
-  for (int64_t i = 0; i < V; i++) {
-    p[i] = keep[i] ? exp(z[i] - zmax) : 0;
-    mass += p[i];
+  } else {
+    for (int64_t i = 0; i < V; i++) mass += p[i] = exp(z[i] - zmax);
   }
   if (o->top_p < 1) {
     /* The nucleus: the smallest head (z descending, lower id first) with mass >= target. Every token below
@@ -143,11 +150,11 @@ static m2_status sample_row(const double *x, const m2_sample_opts *o, int64_t ro
     double target = o->top_p * mass, thr = (mass - target) / (double)nkeep, head_mass = 0;
     int64_t h = 0;
     for (int64_t i = 0; i < V; i++)
-      if (keep[i] && p[i] > 0 && p[i] >= thr) w->head[h++] = (zid){z[i], i}, head_mass += p[i];
+      if (p[i] > 0 && p[i] >= thr) w->head[h++] = (zid){z[i], i}, head_mass += p[i];
     if (head_mass < target) {
       h = 0;
       for (int64_t i = 0; i < V; i++)
-        if (keep[i] && p[i] > 0) w->head[h++] = (zid){z[i], i};
+        if (p[i] > 0) w->head[h++] = (zid){z[i], i};
     }
     qsort(w->head, (size_t)h, sizeof(zid), zid_cmp);
     memset(keep, 0, (size_t)V);
@@ -170,43 +177,92 @@ static m2_status sample_row(const double *x, const m2_sample_opts *o, int64_t ro
     m2_philox(o->seed, M2_SAMPLE_STREAM + (uint64_t)row, o->offset, r);
     double u = (double)(((uint64_t)r[0] << 21) ^ (r[1] >> 11)) * (1.0 / 9007199254740992.0); /* [0, 1), 53 bits */
     double t = u * mass, cum = 0;
-    int64_t last = best;
-    *id = -1;
-    for (int64_t i = 0; i < V && *id < 0; i++) {
-      if (p[i] <= 0) continue;
+    int64_t i = 0;
+    for (; i < V; i++) { /* a token of probability 0 cannot be the first to pass t */
       cum += p[i];
-      last = i;
-      if (cum > t) *id = i;
+      if (cum > t) break;
     }
-    if (*id < 0) *id = last; /* u * mass rounded above the running sum */
+    if (i == V) /* u * mass rounded above the running sum: the last token that can be drawn */
+      for (i = V - 1; i > 0 && !(p[i] > 0); i--) {}
+    *id = i;
   }
   return M2_OK;
 }
 
-/* the shared body: check, copy the logits to the host, every row -> ids (rows) and/or probs (rows * V) */
+/* the rows [first, rows) step `stride` of one worker; the first failing row keeps its status and message */
+typedef struct job {
+  const void *x; /* (rows, V) f64 or f32, host */
+  bool f64;
+  int64_t V, rows, first, stride;
+  const m2_sample_opts *o;
+  int64_t *ids;   /* (rows) or NULL */
+  double *probs;  /* (rows, V) or NULL */
+  m2_status st;
+  int64_t bad_row; /* the row that failed, or -1 */
+  char msg[512];
+} job;
+
+static void *run_job(void *arg) {
+  job *j = arg;
+  work w;
+  j->st = work_alloc(&w, j->V);
+  bool have_work = j->st == M2_OK;
+  j->bad_row = have_work ? -1 : j->first;
+  for (int64_t b = j->first; j->st == M2_OK && b < j->rows; b += j->stride) {
+    const char *row = (const char *)j->x + (size_t)(b * j->V) * (j->f64 ? sizeof(double) : sizeof(float));
+    j->st = sample_row(row, j->f64, j->o, b, &w, j->ids ? j->ids + b : NULL, j->probs ? j->probs + b * j->V : NULL);
+    if (j->st != M2_OK) j->bad_row = b;
+  }
+  if (j->st != M2_OK) snprintf(j->msg, sizeof j->msg, "%s", m2_errmsg()); /* messages are per thread */
+  if (have_work) work_free(&w);
+  return NULL;
+}
+
+/* the shared body: check, the logits on the host, every row -> ids (rows) and/or probs (rows * V); rows are spread
+ * over up to M2_SAMPLE_THREADS threads when there are several (each row's draw depends on the row alone, so the
+ * result is the same with any number of threads) */
 static m2_status sample_rows(const m2_tensor *logits, const m2_sample_opts *o, int64_t *ids, double *probs) {
   const int64_t V = logits->shape[logits->ndim - 1], rows = V > 0 ? m2_numel(logits) / V : 0;
   if (rows == 0) return M2_OK;
   bool f64 = logits->dtype == M2_F64;
-  size_t n = (size_t)(rows * V);
-  void *host = malloc(n * (f64 ? sizeof(double) : sizeof(float)));
-  if (!host) return m2_fail(M2_ERR_OOM, "sample: cannot allocate %zu bytes for the logits on the host", n * 8);
-  m2_status st = m2_to_host(logits, f64 ? M2_F64 : M2_F32, host);
-  work w = {0};
-  if (st == M2_OK) st = work_alloc(&w, V);
-  double *row = NULL;
-  if (st == M2_OK && !f64 && !(row = malloc((size_t)V * sizeof(double))))
-    st = m2_fail(M2_ERR_OOM, "sample: cannot allocate a row of %lld logits", (long long)V);
-  for (int64_t b = 0; st == M2_OK && b < rows; b++) {
-    const double *x = f64 ? (const double *)host + b * V : row;
-    if (!f64)
-      for (int64_t i = 0; i < V; i++) row[i] = ((const float *)host)[b * V + i];
-    st = sample_row(x, o, b, &w, ids ? ids + b : NULL, probs ? probs + b * V : NULL);
+  const void *x = NULL;
+  void *host = NULL;
+  if (logits->device.type == M2_CPU && m2_is_contiguous(logits) && (f64 || logits->dtype == M2_F32)) {
+    x = m2_data(logits); /* read in place */
+  } else {
+    size_t n = (size_t)(rows * V);
+    host = malloc(n * (f64 ? sizeof(double) : sizeof(float)));
+    if (!host) return m2_fail(M2_ERR_OOM, "sample: cannot allocate %zu bytes for the logits on the host", n * 8);
+    m2_status st = m2_to_host(logits, f64 ? M2_F64 : M2_F32, host);
+    if (st != M2_OK) {
+      free(host);
+      return st;
+    }
+    x = host;
   }
-  free(row);
-  work_free(&w);
+  long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+  int64_t nth = rows < M2_SAMPLE_THREADS ? rows : M2_SAMPLE_THREADS;
+  if (ncpu > 0 && nth > ncpu) nth = ncpu;
+  if (rows * V < (1 << 16)) nth = 1; /* too little work to share */
+  job jobs[M2_SAMPLE_THREADS];
+  pthread_t tid[M2_SAMPLE_THREADS];
+  bool started[M2_SAMPLE_THREADS] = {false};
+  for (int64_t t = 0; t < nth; t++) {
+    jobs[t] = (job){x, f64, V, rows, t, nth, o, ids, probs, M2_OK, -1, {0}};
+    if (t > 0) started[t] = pthread_create(&tid[t], NULL, run_job, &jobs[t]) == 0;
+    if (t > 0 && !started[t]) jobs[t].stride = 0; /* no thread: its rows run below */
+  }
+  run_job(&jobs[0]);
+  for (int64_t t = 1; t < nth; t++) {
+    if (started[t]) pthread_join(tid[t], NULL);
+    else { jobs[t].stride = nth; run_job(&jobs[t]); }
+  }
   free(host);
-  return st;
+  const job *bad = NULL; /* the lowest failing row, as one thread would report it */
+  for (int64_t t = 0; t < nth; t++)
+    if (jobs[t].st != M2_OK && (!bad || jobs[t].bad_row < bad->bad_row)) bad = &jobs[t];
+  if (bad) return m2_fail(bad->st, "%s", bad->msg);
+  return M2_OK;
 }
 
 static m2_status check_logits(const m2_tensor *logits, const m2_sample_opts *o) {

@@ -221,6 +221,35 @@ static void test_draws(m2_rng *r) {
   m2_release(row);
 }
 
+/* rows spread over threads (rows * V >= 2^16): the same distributions and draws as row by row, and the lowest
+ * failing row is the one reported */
+static void test_threads(m2_rng *r) {
+  const int64_t B = 9, V = 10007;
+  int64_t shape[2] = {B, V};
+  m2_tensor *t = m2_randn(r, M2_F32, M2_DEV_CPU, 2, shape);
+  m2_sample_opts o = opts(0.9, 0, 0.95);
+  o.seed = 77, o.offset = 5;
+  m2_tensor *ids = m2_sample(t, &o), *pr = m2_sample_probs(t, &o);
+  CHECK(ids && pr, "B = %lld rows of V = %lld", (long long)B, (long long)V);
+  int bad_p = 0, bad_id = 0;
+  for (int64_t b = 0; ids && pr && b < B; b++) {
+    m2_tensor *row = m2_view_raw(t, 1, &V, &t->stride[1], t->offset + b * V); /* one row: a single thread */
+    m2_tensor *p1 = m2_sample_probs(row, &o);
+    const double *a = (const double *)m2_data(pr) + b * V, *c = p1 ? m2_data(p1) : NULL;
+    for (int64_t i = 0; c && i < V; i++) bad_p += a[i] != c[i];
+    bad_id += ((int64_t *)m2_data(ids))[b] != expected_draw(a, V, 77, (uint64_t)b, 5);
+    m2_release(p1);
+    m2_release(row);
+  }
+  CHECK(bad_p == 0, "%d probabilities differ between the threaded call and row-by-row calls", bad_p);
+  CHECK(bad_id == 0, "%d threaded draws differ from the inverse CDF", bad_id);
+  int64_t i3[2] = {3, 17}, i6[2] = {6, 2};
+  m2_set(t, i6, NAN);
+  m2_set(t, i3, NAN);
+  CHECK_FAILS(m2_sample(t, &o) == NULL, M2_ERR_VALUE, "logits row 3 (0-based), token 17 is NaN");
+  m2_release(ids), m2_release(pr), m2_release(t);
+}
+
 static void test_shapes_and_errors(m2_rng *r) {
   int64_t shape[3] = {2, 3, 11};
   m2_tensor *t = m2_randn(r, M2_F32, M2_DEV_CPU, 3, shape);
@@ -283,6 +312,7 @@ int main(void) {
   test_hand_made();
   test_random_rows(&r);
   test_draws(&r);
+  test_threads(&r);
   test_shapes_and_errors(&r);
   CHECK(m2_live_tensors() == 0, "%ld tensors leaked", m2_live_tensors());
   return check_finish("test_sample");
