@@ -15,7 +15,8 @@
 m2_status m2_sample_check(const m2_sample_opts *o) {
   if (!o) return m2_fail(M2_ERR_VALUE, "sample: options are NULL");
   if (!(o->temperature >= 0) || !isfinite(o->temperature))
-    return m2_fail(M2_ERR_VALUE, "sample: temperature must be a finite number >= 0 (0: greedy), got %g", o->temperature);
+    return m2_fail(M2_ERR_VALUE, "sample: temperature must be a finite number >= 0 (0: greedy), got %g",
+                   o->temperature);
   if (o->top_k < 0)
     return m2_fail(M2_ERR_VALUE, "sample: top_k must be >= 0 (0: off), got %lld", (long long)o->top_k);
   if (!(o->top_p > 0 && o->top_p <= 1))
@@ -94,7 +95,7 @@ static double kth_largest(double *a, int64_t n, int64_t k) {
   return a[lo];
 }
 
-/* One row (V logits of dtype f64 or f32 at src) -> *id (the token drawn, when id != NULL) and probs (V, when != NULL). */
+/* One row (V logits, f64 or f32, at src) -> *id (the token drawn, when id != NULL) and probs (V, when != NULL). */
 static m2_status sample_row(const void *src, bool f64, const m2_sample_opts *o, int64_t row, work *w, int64_t *id,
                             double *probs) {
   const int64_t V = w->V;

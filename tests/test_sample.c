@@ -19,7 +19,8 @@ static m2_sample_opts opts(double temperature, int64_t top_k, double top_p) {
 }
 
 /* the filtered distribution of one row equals want (V) within tol */
-static void check_probs(const char *what, int64_t V, const double *x, m2_sample_opts o, const double *want, double tol) {
+static void check_probs(const char *what, int64_t V, const double *x, m2_sample_opts o, const double *want,
+                        double tol) {
   m2_tensor *t = row_tensor(M2_F64, V, x);
   m2_tensor *p = m2_sample_probs(t, &o);
   CHECK(p != NULL, "%s: sample_probs failed", what);
