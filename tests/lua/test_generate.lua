@@ -2,8 +2,8 @@
 -- gives the full-sequence forward's logits (one token at a time, after prefills of 1, 2 and 5 tokens, and in chunks;
 -- f64 to 1e-10 and f32 to 1e-5 relative) for m2rnn, gdn, mamba2 (recurrent and chunked), attention (NoPE, RoPE, fewer
 -- kv heads) and hybrids; model:generate against the O(T^2) way (the whole sequence re-run for every token);
--- determinism by seed and across batch sizes; the sampler's filters through Lua; every bad input; `m2lab generate`
--- on a run file written by m2.train.
+-- determinism by seed and across batch sizes; no leaks; the sampler's filters through Lua; every bad input;
+-- `m2lab generate` on a run file written by m2.train.
 local m2 = require "m2"
 local T = m2.test
 local runs = m2.runs
@@ -171,6 +171,18 @@ T.case("sampling is deterministic by seed, and the same at any batch size", func
   local cut = model:generate(p1, { max_tokens = 20, temperature = 1.0, seed = 42, stop = stop })
   T.eq(#cut, first - 1, "stops at the first stop token")
   for i = 1, first - 1 do T.eq(cut[i], a[i]) end
+end)
+
+T.case("generate leaves no tensor and no tape node behind", function()
+  local model = build("MGSA")
+  collectgarbage()
+  collectgarbage()
+  local before = m2.live_tensors()
+  for _ = 1, 3 do model:generate({ 1, 2, 3 }, { max_tokens = 10, top_p = 0.9 }) end
+  collectgarbage()
+  collectgarbage()
+  T.eq(m2.live_tensors(), before)
+  T.eq(m2.live_nodes(), 0)
 end)
 
 T.case("top-k and top-p on a hand-made distribution (m2.sample_probs, m2.sample)", function()
