@@ -9,6 +9,7 @@
 #include "ops.h"
 #include "autograd.h"
 #include "rng.h"
+#include "sample.h"
 #include "gradcheck.h"
 #include "ops_mixers.h"
 #include "optim.h"

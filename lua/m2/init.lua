@@ -49,6 +49,9 @@ OPS  (m2.<op>(...); those marked * are also methods)
   gdn / gdn_chunked(q, k, v, g, beta [, h0] [, {scale, chunk}]) -> o, hT
   ssd / ssd_chunked(x, dt, A, B, C [, h0] [, {chunk}]) -> y, hT
   attention(q, k, v [, {scale, causal=true}]) rope*(x [, theta=10000 [, offset=0]])
+  sample(logits (..., V) [, {temperature=1, top_k=0, top_p=1, seed=0, offset=0}]) -> ids (...) i64: one token per
+    row, drawn from Philox (seed, row, offset) (core/sample.h; on the host, any device); sample_probs(logits, opts)
+    -> the filtered distribution (..., V) f64
   views as functions: m2.reshape(t, ...) narrow transpose permute expand contiguous to clone detach
 
 AUTOGRAD
@@ -60,6 +63,8 @@ RUNS
   m2.args (key=value overrides, typed)   m2.config(defaults) -> defaults with overrides applied
     (every script also accepts steps= seed= device= out= checkpoint_every= eval_every= overwrite= precision=,
     and on m2lab resume reschedule=true: re-derive the lr schedule from a new steps= instead of keeping it)
+  model:step(ids, cache) / model:generate(prompt_ids, {max_tokens, temperature, top_k, top_p, seed, stop}) -> ids:
+    generation with recurrent state (lua/m2/models.lua, lua/m2/generate.lua; `m2lab generate RUN.h5 prompt=...`)
   m2.train{model, data, steps, optim, ...} -> summary: the training loop writing an HDF5 run file
     (lua/m2/train.lua); m2.sweep{...} (lua/m2/sweep.lua); m2.runs (reading run files)
   m2.interrupted() (Ctrl-C seen; polling it lets a loop save a checkpoint before stopping)

@@ -6,6 +6,11 @@ parameter / state summary that works on a spec without allocating it (for the 40
     m2rnn = { k = 64, v = 16, heads = 8 }, attention = { heads = 4 },
     mlp = { kind = "swiglu", hidden = 688 } }
   local logits = model(ids)                   -- ids (B, T) int64 -> (B, T, vocab)
+  local cache = {}                            -- the step form (DESIGN 9): every mixer carries its state
+  local l1 = model:step(ids1, cache)          -- (B, T1, vocab): prefill ...
+  local l2 = model:step(ids2, cache)          -- ... then more positions: the last T2 rows of model(ids1 ++ ids2)
+  local out = model:generate({72, 105}, { max_tokens = 50, temperature = 0.8, top_p = 0.9, seed = 1 })
+                                              -- lua/m2/generate.lua: prefill, then decode token by token
   local loss = model:loss(ids, targets)       -- mean cross-entropy, targets -100 ignored
   print(model:param_count())
   m2.models.summary(model)                    -- or m2.models.summary(spec): nothing allocated
@@ -25,6 +30,8 @@ Spec fields:
   init_std = 0.02     std of the embedding and projection inits (the paper's value at d = 1024;
                       small models learn faster with about 1/sqrt(d))
   name                optional label (printed by summary)
+  context = nil       the longest sequence the model is meant for (e.g. its training length): generate refuses a
+                      prompt (plus max_tokens) longer than it; nil: no limit (the mixers themselves have none)
   fused_loss = true   loss() (and so m2.train) runs the head and the cross-entropy as one op
                       (m2.linear_cross_entropy), never holding the (B, T, vocab) logits: -13 GB at B = 8, T = 4096,
                       100 k vocab, at the same speed; the same loss and gradients as false (the logits in full)
@@ -50,7 +57,8 @@ local KINDS = {
 models.KINDS = KINDS
 
 local SPEC_KEYS = { vocab = true, d = true, layers = true, m2rnn = true, gdn = true, mamba2 = true, attention = true,
-                    mlp = true, tie = true, norm_eps = true, name = true, init_std = true, fused_loss = true }
+                    mlp = true, tie = true, norm_eps = true, name = true, init_std = true, fused_loss = true,
+                    context = true }
 
 local function kind_class(letter) return require(KINDS[letter].module) end
 
@@ -81,6 +89,7 @@ function models.resolve(spec)
     end
   end
   s.tie = s.tie or false
+  if s.context ~= nil then C.pos_int(s.context, "context (the longest sequence)", "m2.models.lm") end
   if s.fused_loss == nil then s.fused_loss = true end
   if type(s.fused_loss) ~= "boolean" then m2.error("m2.models.lm: fused_loss must be a boolean") end
   s.norm_eps = s.norm_eps or 1e-5
@@ -159,8 +168,9 @@ function Block:__init(d, letter, s, L)
   self:build(Block.params(d, letter, s, L))
 end
 
-function Block:forward(x)
-  x = x + self.mixer(self.norm1(x))
+-- forward(x (B, T, d) [, cache]) -> (B, T, d); a cache table makes the mixer's step form continue it (DESIGN 9)
+function Block:forward(x, cache)
+  x = x + self.mixer(self.norm1(x), cache and { cache = cache } or nil)
   if self.mlp then x = x + self.mlp(self.norm2(x)) end
   return x
 end
@@ -198,12 +208,38 @@ function LM:hidden(ids)
   return self.norm(x)
 end
 
--- forward(ids (B, T) int64, 0-based) -> logits (B, T, vocab)
-function LM:forward(ids)
-  local h = self:hidden(ids)
+-- head(h (B, T, d)) -> logits (B, T, vocab): the LM head (or the tied embedding)
+function LM:head(h)
   if self.lm_head then return self.lm_head(h) end
   return m2.linear(h, self.embed.weight)
 end
+
+-- forward(ids (B, T) int64, 0-based) -> logits (B, T, vocab)
+function LM:forward(ids)
+  return self:head(self:hidden(ids))
+end
+
+-- step_hidden(ids (B, T), cache) -> final normed hidden states (B, T, d) of T positions that continue those the
+-- cache has seen ({} for a fresh sequence): cache[i] is block i's mixer cache (conv windows and recurrent state, or
+-- the KV cache), cache.pos the positions seen; updated in place. Equal to the last T rows of hidden(all ids so far).
+function LM:step_hidden(ids, cache)
+  if type(cache) ~= "table" then
+    m2.error("LM:step: expected a cache table ({} for a fresh sequence), got " .. type(cache))
+  end
+  local x = self.embed(ids)
+  for i, b in ipairs(self.blocks) do
+    cache[i] = cache[i] or {}
+    x = b(x, cache[i])
+  end
+  cache.pos = (cache.pos or 0) + ids:size(2)
+  return self.norm(x)
+end
+
+-- step(ids (B, T), cache) -> logits (B, T, vocab): the step form of forward (see step_hidden)
+function LM:step(ids, cache) return self:head(self:step_hidden(ids, cache)) end
+
+-- generate(prompt_ids, {max_tokens, temperature, top_k, top_p, seed, ...}) -> ids, stats (lua/m2/generate.lua)
+function LM:generate(prompt, opts) return require("m2.generate").generate(self, prompt, opts) end
 
 -- loss(ids, targets (B, T) int64, -100 ignored) -> 0-d mean cross-entropy; m2.train uses it. With spec.fused_loss
 -- the head and the loss are one op (m2.linear_cross_entropy): the (B, T, vocab) logits are never held (13 GB in

@@ -404,6 +404,26 @@ function runs.load_model(path, step, opts)
   local f = io.open(path, "rb")
   if not f then m2.error(path .. ": no such file") end
   f:close()
+  -- a model built by m2.models.lm records its spec (model_spec_json, written by m2.train): rebuild it from that,
+  -- without running the stored script (which may train several models, or need data that is not here)
+  do
+    local r <close> = runs.open(path)
+    local sj = r:get_attr("model_spec_json")
+    if sj then
+      local ok, spec = pcall(runs.json_decode, sj)
+      if not ok or type(spec) ~= "table" then m2.error(path .. ": model_spec_json does not parse: " .. tostring(spec)) end
+      step = runs.checkpoint_step(path, step, r:ckpt_list())
+      local rng = m2.rng_state() -- building draws the init; the caller's generator is left as it was
+      local built, model = pcall(m2.models.lm, spec)
+      m2.set_rng_state(rng)
+      if not built then m2.error(path .. ": the recorded model spec does not build: " .. tostring(model)) end
+      if (opts.device or "cpu") ~= "cpu" then model:to(opts.device) end
+      read_params(r, path, step, model)
+      model:eval()
+      return model, { path = path, step = step, spec = spec }
+    end
+  end
+  -- any other model: run the stored script up to m2.train, which hands the model over
   local info = runs.stored_script(path, "rebuilt")
   step = runs.checkpoint_step(path, step, info.checkpoints)
   local device = opts.device or "cpu"

@@ -40,7 +40,8 @@ count updates from 1; metrics at step s describe update s.
 
 Metrics (/metrics/<name>): loss, lr, grad_norm, tokens_per_s, peak_mem_mb (peak core memory during
 the step, MiB), nan_skips (running count). Root attributes: the standard ones (core/runfile/runfile.h) with
-the script's text, plus script_path, script_sha256, overrides_json, num_params and every config key;
+the script's text, plus script_path, script_sha256, overrides_json, num_params, model_spec_json (an m2.models.lm
+model's spec, for `m2lab generate`) and every config key;
 status ends "done", "failed: <message>" or "interrupted".
 
 Checkpoints (/checkpoints/<step>): params/<module path>, optim/<state>/<module path>, attributes
@@ -491,6 +492,10 @@ local function open_run(st, s)
   r:set_attr("script_sha256", core.sha256(src))
   r:set_attr("overrides_json", runs.json_encode_list(overrides_list()))
   r:set_attr("num_params", st.num_params)
+  -- the model's spec (m2.models.lm), so that `m2lab generate` can rebuild it without running the script
+  local spec = s.model.step_hidden and rawget(s.model, "spec")
+  local spec_ok, spec_json = pcall(runs.json_encode, spec)
+  if spec and spec_ok then r:set_attr("model_spec_json", spec_json) end
   for k, v in pairs(runs.flatten(s.config)) do
     -- a config key named like a standard attribute (device, ...) stays in config_json only
     if not core.run_is_standard_attr(k) then r:set_attr(k, v) end

@@ -10,6 +10,8 @@ Forward, x (B, T, d): q, k, v projections (no bias) -> (B,T,H|Hkv,D), optional R
 m2.attention(q, k, v, {causal = true}) with scale 1/sqrt(D), o_proj (H D -> d, no bias).
 opts (third argument): layers (L) and init_std = 0.02: projections N(0, init_std), the output
 projection N(0, init_std / sqrt(2 L)).
+The step form (DESIGN 9): forward(x, {cache = t}) continues the positions t has seen (t = {} at the start) with a
+KV cache t.k, t.v (B, S, Hkv, D) and t.pos = S (RoPE positions start there).
 ]==]
 
 local m2 = require "m2"
@@ -52,15 +54,27 @@ function Attention:__init(d, cfg, opts)
   self:build(list)
 end
 
--- forward(x (B, T, d)) -> (B, T, d)
-function Attention:forward(x)
+-- forward(x (B, T, d) [, {cache = table}]) -> (B, T, d)
+-- With a cache (the step form, DESIGN 9), x continues the positions the cache has seen: the KV cache k, v
+-- (B, S, Hkv, D) of every earlier position grows by T (a new tensor each call: O(S) copying per step, as the
+-- attention itself reads all S keys), pos (S) offsets RoPE; queries attend to s <= t + S (m2.attention's causal
+-- offset). The cache is updated in place.
+function Attention:forward(x, opts)
   local c = self.cfg
   local s = x:shape()
   local B, T = s[1], s[2]
+  local cache = opts and opts.cache
+  local pos = cache and cache.pos or 0
   local q = self.q_proj(x):reshape(B, T, c.heads, c.head_dim)
   local k = self.k_proj(x):reshape(B, T, c.kv_heads, c.head_dim)
   local v = self.v_proj(x):reshape(B, T, c.kv_heads, c.head_dim)
-  if c.rope then q, k = m2.rope(q, c.theta), m2.rope(k, c.theta) end
+  if c.rope then q, k = m2.rope(q, c.theta, pos), m2.rope(k, c.theta, pos) end
+  if cache then
+    if cache.k then k, v = m2.concat({ cache.k, k }, 2), m2.concat({ cache.v, v }, 2) end
+    C.cache_set(cache, "k", k)
+    C.cache_set(cache, "v", v)
+    cache.pos = pos + T
+  end
   local o = m2.attention(q, k, v, { causal = true })
   return self.o_proj(o:reshape(B, T, c.heads * c.head_dim))
 end

@@ -8,6 +8,11 @@
   C.numel(shape)                   product of a shape list
   C.check_shapes(module, shapes)   compare module:parameters() with a {name, shape, no_decay} list
                                    (returns ok, message) -- used by the tests
+The step form (DESIGN 9; forward(x, {cache = t}) of every mixer, m2.models LM:step):
+  C.conv_step(x, w, bias, cache, key)  the causal conv of x (B, T, C) continuing the inputs before it: cache[key]
+                                   holds the last W - 1 inputs (B, W - 1, C) (zeros before the first) and is
+                                   replaced; without cache[key], m2.conv1d_causal itself (a fresh sequence)
+  C.cache_set(cache, key, t)       cache[key] = t, releasing the tensor it replaces (the cache owns its tensors)
 Inits of the mixer parameters (init(shape) -> f32 tensor, drawn from the default RNG; see nn.init):
   C.init_A_log(lo, hi)             log(A), A ~ U(lo, hi)                                      (n)
   C.init_dt_bias(min, max, floor)  dt = exp(U(log min, log max)) clamped >= floor;
@@ -117,6 +122,38 @@ function C.repeat_heads(x, n)
   if nx == n then return x end
   local r = n // nx
   return x:reshape(s[1], s[2], nx, 1, s[4]):expand(-1, -1, -1, r, -1):reshape(s[1], s[2], n, s[4])
+end
+
+-- cache[key] = t; the tensor it replaces is released at once (caches are owned by the step form: nothing else
+-- holds their tensors), so a long decode does not wait for the garbage collector
+function C.cache_set(cache, key, t)
+  local old = cache[key]
+  cache[key] = t
+  if old ~= nil and old ~= t then old:release() end
+end
+
+-- the causal depthwise conv of x (B, T, C) with w (C, W) [and bias (C)] after the inputs the cache has seen:
+-- cache[key] holds the last W - 1 inputs (B, W - 1, C) and is replaced by the new last W - 1 -> y (B, T, C).
+-- Without cache[key] (a fresh sequence) y is m2.conv1d_causal(x, w, bias) itself, zeros before the first input.
+function C.conv_step(x, w, bias, cache, key)
+  local s = x:shape()
+  local B, T, Ch = s[1], s[2], s[3]
+  local W = w:size(2)
+  local prev, y, full = cache[key], nil, x
+  if prev then
+    full = m2.concat({ prev, x }, 2)                                       -- (B, W - 1 + T, C)
+    y = m2.conv1d_causal(full, w, bias):narrow(2, W, T)
+  else
+    y = m2.conv1d_causal(x, w, bias)
+    if T < W - 1 then
+      full = m2.concat({ m2.zeros({ B, W - 1 - T, Ch }, { dtype = x:dtype(), device = x:device() }), x }, 2)
+    end
+  end
+  if W > 1 then
+    local n = full:size(2)
+    C.cache_set(cache, key, full:narrow(2, n - W + 2, W - 1):clone()) -- a copy: the window alone stays alive
+  end
+  return y
 end
 
 -- compare a module's parameters with a {name, shape, no_decay} list (as sets, by name) -> ok, message

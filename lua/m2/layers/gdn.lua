@@ -18,6 +18,8 @@ Forward, x (B, T, d):
   out     = out_proj(RMSNorm_per_head(o) * SiLU(g_proj x))
 opts (third argument): layers (L) and init_std = 0.02: projections N(0, init_std), the output
 projection N(0, init_std / sqrt(2 L)).
+The step form (DESIGN 9): forward(x, {cache = t}) continues the positions t has seen (t = {} at the start), carrying
+q_conv, k_conv, v_conv (B, conv - 1, H K|V) and state (B, H, K, V): the same memory and time for every token.
 ]==]
 
 local m2 = require "m2"
@@ -74,24 +76,31 @@ function GDN:__init(d, cfg, opts)
   self:build(list)
 end
 
--- forward(x [, {state = h0 (B,H,K,V), return_state = false}]) -> y (B,T,d) [, hT]
+-- forward(x [, {state = h0 (B,H,K,V), return_state = false, cache = table}]) -> y (B,T,d) [, hT]
+-- With a cache (the step form, DESIGN 9), x continues the positions the cache has seen and the cache is updated in
+-- place: q_conv, k_conv, v_conv (B, conv - 1, H K|V) the short convs' last inputs, state (B, H, K, V); state is then
+-- ignored. Steps shorter than a chunk run the recurrent form.
 function GDN:forward(x, o)
   local c = self.cfg
   local s = x:shape()
   local B, T, H = s[1], s[2], c.heads
-  local function branch(proj, w)
+  local cache = o and o.cache
+  local function branch(proj, w, key)
     local t = proj(x)
-    if w then t = m2.conv1d_causal(t, w) end
+    if w and cache then t = C.conv_step(t, w, nil, cache, key)
+    elseif w then t = m2.conv1d_causal(t, w) end
     return m2.silu(t)
   end
-  local q = m2.l2norm(branch(self.q_proj, self.q_conv):reshape(B, T, H, c.k), 1e-6)
-  local k = m2.l2norm(branch(self.k_proj, self.k_conv):reshape(B, T, H, c.k), 1e-6)
-  local v = branch(self.v_proj, self.v_conv):reshape(B, T, H, c.v)
+  local q = m2.l2norm(branch(self.q_proj, self.q_conv, "q_conv"):reshape(B, T, H, c.k), 1e-6)
+  local k = m2.l2norm(branch(self.k_proj, self.k_conv, "k_conv"):reshape(B, T, H, c.k), 1e-6)
+  local v = branch(self.v_proj, self.v_conv, "v_conv"):reshape(B, T, H, c.v)
   local g = -(m2.exp(self.A_log) * m2.softplus(self.a_proj(x) + self.dt_bias))   -- (B, T, H)
   local beta = m2.sigmoid(self.b_proj(x))
   if c.allow_neg_eigval then beta = beta * 2 end
-  local run = c.chunked and m2.gdn_chunked or m2.gdn
-  local out, hT = run(q, k, v, g, beta, o and o.state or nil, { chunk = c.chunk })
+  local run = (c.chunked and not (cache and T < c.chunk)) and m2.gdn_chunked or m2.gdn
+  local h0 = cache and cache.state or (not cache and o and o.state) or nil
+  local out, hT = run(q, k, v, g, beta, h0, { chunk = c.chunk })
+  if cache then C.cache_set(cache, "state", hT) end
   out = m2.swiglu(self.g_proj(x):reshape(B, T, H, c.v), self.o_norm(out))        -- (B, T, H, V): o_norm(out) * silu(g)
   out = self.out_proj(out:reshape(B, T, H * c.v))
   if o and o.return_state then return out, hT end

@@ -5,6 +5,10 @@ the non-linear matrix-state recurrence m2.m2rnn, D skip, output gate, norm, out_
   local mix = M2RNN(d, { k = 64, v = 16, heads = 84, q_heads = 1, k_heads = 1 }, { layers = 24 })
   local y = mix(x)                 -- x (B, T, d) -> y (B, T, d)
   local y, hT = mix:forward(x, { state = h0, return_state = true })   -- hT (B, N, K, V)
+  local cache = {}                                                      -- the step form (DESIGN 9):
+  local y1 = mix:forward(x1, { cache = cache })   -- x1 (B, T1, d) ...
+  local y2 = mix:forward(x2, { cache = cache })   -- ... then x2 continues it: y2 = the last T2 rows of mix(x1 ++ x2)
+  -- cache.conv (B, conv - 1, C_qkv) the short conv's last inputs, cache.state (B, N, K, V): constant memory per token
 
 Settings (cfg): k (K) = 64, v (V) = 16, heads = 8 (the default for Nv, Nf, Ng, Nw),
 q_heads = 1, k_heads = 1, v_heads, f_heads, g_heads, w_heads (each divides N = max of them),
@@ -84,14 +88,20 @@ function M2RNN:__init(d, cfg, opts)
   self:build(list)
 end
 
--- forward(x [, {state = h0 (B,N,K,V), return_state = false}]) -> y (B,T,d) [, hT]
+-- forward(x [, {state = h0 (B,N,K,V), return_state = false, cache = table}]) -> y (B,T,d) [, hT]
+-- With a cache, x continues the positions the cache has seen (its conv window and state, {} for a fresh sequence),
+-- and the cache is updated in place; state is then ignored (the cache's state is used).
 function M2RNN:forward(x, o)
   local c = self.cfg
   local s = x:shape()
   local B, T = s[1], s[2]
+  local cache = o and o.cache
   local parts = m2.split(self.in_proj(x), 3, { c.C_qkv, c.Nf, c.Ng * c.v })
   local qkv, f_raw, g = parts[1], parts[2], parts[3]
-  if c.conv > 0 then qkv = m2.conv1d_causal(qkv, self.conv_weight) end
+  if c.conv > 0 then
+    if cache then qkv = C.conv_step(qkv, self.conv_weight, nil, cache, "conv")
+    else qkv = m2.conv1d_causal(qkv, self.conv_weight) end
+  end
   qkv = m2.silu(qkv)
   local p = m2.split(qkv, 3, { c.Nq * c.k, c.Nk * c.k, c.Nv * c.v })
   local q = p[1]:reshape(B, T, c.Nq, c.k)
@@ -99,7 +109,9 @@ function M2RNN:forward(x, o)
   local v = p[3]:reshape(B, T, c.Nv, c.v)
   -- f = exp(-exp(A_log) * softplus(f_raw + dt_bias))   (B, T, Nf)
   local f = m2.exp(-(m2.exp(self.A_log) * m2.softplus(f_raw + self.dt_bias)))
-  local y, hT = m2.m2rnn(q, k, v, self.W, f, o and o.state or nil, { grad_clip = c.grad_clip, ckpt_every = c.ckpt or nil })
+  local h0 = cache and cache.state or (not cache and o and o.state) or nil
+  local y, hT = m2.m2rnn(q, k, v, self.W, f, h0, { grad_clip = c.grad_clip, ckpt_every = c.ckpt or nil })
+  if cache then C.cache_set(cache, "state", hT) end
   y = y + self.D * C.repeat_heads(v, c.N)                                     -- (B, T, N, V)
   -- y * silu(g), one op
   y = m2.swiglu(C.repeat_heads(g:reshape(B, T, c.Ng, c.v), c.N):reshape(B, T, c.N * c.v), y:reshape(B, T, c.N * c.v))

@@ -16,6 +16,8 @@ Forward, x (B, T, d):
   out = out_proj(RMSNorm(y * SiLU(z)))
 opts (third argument): layers (L) and init_std = 0.02: projections N(0, init_std), the output
 projection N(0, init_std / sqrt(2 L)).
+The step form (DESIGN 9): forward(x, {cache = t}) continues the positions t has seen (t = {} at the start), carrying
+conv (B, conv - 1, C_xbc) and state (B, H, P, N): the same memory and time for every token.
 ]==]
 
 local m2 = require "m2"
@@ -79,14 +81,21 @@ function Mamba2:__init(d, cfg, opts)
   self:build(list)
 end
 
--- forward(x [, {state = h0 (B,H,P,N), return_state = false}]) -> y (B,T,d) [, hT]
+-- forward(x [, {state = h0 (B,H,P,N), return_state = false, cache = table}]) -> y (B,T,d) [, hT]
+-- With a cache (the step form, DESIGN 9), x continues the positions the cache has seen and the cache is updated in
+-- place: conv (B, conv - 1, C_xbc) the short conv's last inputs, state (B, H, P, N); state is then ignored. Steps
+-- shorter than a chunk run the recurrent form.
 function Mamba2:forward(x, o)
   local c = self.cfg
   local s = x:shape()
   local B, T = s[1], s[2]
+  local cache = o and o.cache
   local parts = m2.split(self.in_proj(x), 3, { c.inner, c.C_xbc, c.heads })
   local z, xbc, dt_raw = parts[1], parts[2], parts[3]
-  if c.conv > 0 then xbc = m2.conv1d_causal(xbc, self.conv_weight, self.conv_bias) end
+  if c.conv > 0 then
+    if cache then xbc = C.conv_step(xbc, self.conv_weight, self.conv_bias, cache, "conv")
+    else xbc = m2.conv1d_causal(xbc, self.conv_weight, self.conv_bias) end
+  end
   xbc = m2.silu(xbc)
   local p = m2.split(xbc, 3, { c.inner, c.groups * c.state, c.groups * c.state })
   local xs = p[1]:reshape(B, T, c.heads, c.P)
@@ -94,8 +103,10 @@ function Mamba2:forward(x, o)
   local Cm = p[3]:reshape(B, T, c.groups, c.state)
   local dt = m2.softplus(dt_raw + self.dt_bias)                       -- (B, T, H)
   local A = -m2.exp(self.A_log)                                       -- (H)
-  local run = c.chunked and m2.ssd_chunked or m2.ssd
-  local y, hT = run(xs, dt, A, Bm, Cm, o and o.state or nil, { chunk = c.chunk })
+  local run = (c.chunked and not (cache and T < c.chunk)) and m2.ssd_chunked or m2.ssd
+  local h0 = cache and cache.state or (not cache and o and o.state) or nil
+  local y, hT = run(xs, dt, A, Bm, Cm, h0, { chunk = c.chunk })
+  if cache then C.cache_set(cache, "state", hT) end
   y = y + self.D:reshape(c.heads, 1) * xs                             -- (B, T, H, P)
   y = m2.swiglu(z, y:reshape(B, T, c.inner))                          -- y * silu(z), one op
   local out = self.out_proj(self.norm(y))
