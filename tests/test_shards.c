@@ -143,12 +143,13 @@ static void test_loader(m2_rng *r) {
   const char *paths[3] = {tmp_path("ld_a.bin"), tmp_path("ld_b.bin"), tmp_path("ld_c.bin")};
   uint32_t *tok[3];
   for (int i = 0; i < 3; i++) {
-    tok[i] = random_tokens(r, lens[i], 70000);
+    tok[i] = random_tokens(r, lens[i], i == 0 ? 60000 : 70000); /* shard a uint16, c uint32 */
     CHECK_OK(m2_shard_write(paths[i], tok[i], lens[i], 0));
   }
   m2_shards *s = m2_shards_open(3, paths, NULL);
   CHECK(s != NULL, "open");
   if (!s) return;
+  CHECK(m2_shards_width(s, 0) == 2 && m2_shards_width(s, 2) == 4, "the loader reads both widths");
   int64_t T = 16, B = 4;
   int64_t N = m2_shards_windows(s, T);
   CHECK(N == (lens[0] - 1) / T + (lens[2] - 1) / T, "windows per epoch %lld", (long long)N);
@@ -172,6 +173,25 @@ static void test_loader(m2_rng *r) {
     }
   }
   CHECK(bad == 0, "rows are the file's tokens (%d wrong)", bad);
+  /* every window of an epoch, both widths: the rows hold the file's tokens */
+  int widths_seen = 0;
+  for (int64_t idx = 0; idx * B < N; idx++) {
+    m2_window_opts e = o;
+    e.index = idx;
+    int64_t xe[64], ye[64];
+    CHECK_OK(m2_shards_batch_into(s, &e, xe, ye));
+    for (int64_t b = 0; b < B; b++) {
+      int sh;
+      int64_t pos;
+      m2_shards_window_at(s, &e, idx * B + b, &sh, &pos);
+      widths_seen |= 1 << m2_shards_width(s, sh);
+      for (int64_t t = 0; t < T; t++) {
+        bad += xe[b * T + t] != tok[sh][pos + t];
+        bad += ye[b * T + t] != tok[sh][pos + t + 1];
+      }
+    }
+  }
+  CHECK(bad == 0 && widths_seen == ((1 << 2) | (1 << 4)), "an epoch of batches from both widths (%d wrong)", bad);
   o.index = 6;
   CHECK_OK(m2_shards_batch_into(s, &o, x2, y2));
   CHECK(memcmp(x, x2, sizeof x) != 0, "another index -> another batch");
@@ -277,7 +297,7 @@ static void test_loader(m2_rng *r) {
 
 static void test_errors(m2_rng *r) {
   int64_t n = 300;
-  uint32_t *t = random_tokens(r, n, 1000);
+  uint32_t *t = random_tokens(r, n, 999); /* ids < 999, but one */
   t[123] = 999;
   const char *good = tmp_path("good.bin");
   CHECK_OK(m2_shard_write(good, t, n, 1));
