@@ -46,12 +46,16 @@ local pattern = table.concat(letters)
 if cfg.out == "" then cfg.out = "runs/lm-" .. cfg.arch .. ".h5" end
 
 -- the shards: relative to the working directory, else to the repository
+local function has_meta(dir)
+  local f = io.open(dir .. "/meta.json", "rb")
+  if f then f:close() end
+  return f ~= nil
+end
 local path = cfg.data
-if not io.open(path .. "/meta.json", "rb") and m2.source_dir and path:sub(1, 1) ~= "/" and
-    io.open(m2.source_dir .. "/" .. path .. "/meta.json", "rb") then
+if not has_meta(path) and m2.source_dir and path:sub(1, 1) ~= "/" and has_meta(m2.source_dir .. "/" .. path) then
   path = m2.source_dir .. "/" .. path
 end
-if not io.open(path .. "/meta.json", "rb") then
+if not has_meta(path) then
   m2.error(string.format("lm: no token shards at %s (no meta.json): make them with `bash datasets/corpus.sh` " ..
     "(the default corpus, byte-level) or datasets/prepare.py, or name another directory with data=", cfg.data))
 end
