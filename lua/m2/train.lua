@@ -14,7 +14,8 @@ file (core/runfile/runfile.h; DESIGN section 6).
                                         --   decay defaults to steps - warmup; kind constant | cosine | wsd
     clip = 1.0,                         -- global grad-norm clip (false: none; the norm is still logged)
     eval_every = 0, eval = function(model, step) return { acc = ... } end,   -- -> /eval/<name>; run with
-                                        --   model:eval() and no grad; also after the last step
+                                        --   model:eval() and no grad; also after the last step. Default for
+                                        --   a dataset with an evaluate method (m2.data.tokens): /eval/val_loss, val_bpb
     checkpoint_every = 0, keep_checkpoints = 3,   -- 0: only at the end (and on Ctrl-C / SIGTERM)
     out = "runs/x.h5",                  -- the run file (default runs/<script>-<time>.h5; false: none)
     overwrite = false,                  -- replace an existing out file
@@ -669,6 +670,9 @@ function train.train(spec)
   st.num_params = 0
   for _, p in ipairs(st.params) do st.num_params = st.num_params + p.tensor:numel() end
   st.lossfn = s.loss or default_loss
+  if s.eval == nil and type(s.data.evaluate) == "function" then -- an LM dataset (m2.data.tokens) evaluates itself
+    s.eval = function(model) return s.data:evaluate(model, { device = s.device, loss = st.lossfn }) end
+  end
   st.config_json = runs.json_encode { config = s.config, train = train_record(s, st.opt, st.sched) }
   if m2.resuming and not s.out then fail("resuming needs a run file") end
   if s.out then
