@@ -6,22 +6,14 @@
 #
 #   tests/readme_h5py.sh [BUILD_DIR]      (default: build; m2lab is BUILD_DIR/m2lab)
 #
-# Python: the notebooks' venv BUILD_DIR/notebook-venv (PyPI: notebooks/requirements.txt), made when missing.
+# Python: the notebooks' venv (notebooks/venv.sh: BUILD_DIR/notebook-venv from notebooks/requirements.txt).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=$(cd "${1:-$root/build}" && pwd)
 m2lab=${M2LAB:-$build/m2lab}
 [ -x "$m2lab" ] || { echo "readme_h5py.sh: no m2lab at $m2lab (build it first)" >&2; exit 2; }
 
-venv=$build/notebook-venv
-py=$venv/bin/python
-if ! [ -x "$py" ] || ! "$py" -c "import h5py, pandas, matplotlib, nbformat, nbclient, ipykernel" 2>/dev/null; then
-  echo "readme_h5py.sh: creating $venv (PyPI: notebooks/requirements.txt)"
-  rm -rf "$venv"
-  python3 -m venv "$venv" ||
-    { echo "readme_h5py.sh: python3 -m venv failed (on Debian: apt-get install python3-venv)" >&2; exit 1; }
-  "$py" -m pip install --quiet --disable-pip-version-check -r "$root/notebooks/requirements.txt"
-fi
+py=$("$root/notebooks/venv.sh" "$build") # the project's one venv (made once, under a lock)
 
 # the README's expression: h5py.File(<anything without a backquote>) containing swmr=True
 expr=$(grep -o 'h5py\.File([^`]*)' "$root/README.md" | grep 'swmr=True' | head -n 1 || true)
