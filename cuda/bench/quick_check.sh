@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # quick_check.sh OUTDIR — the shortest useful GPU call: build this tree (Lua from .deps/, carry .deps), run the CUDA
 # tests, the M2RNN 400M rows and one whole 400M training step (B = 4, fits an H100). For when device time is short;
-# cuda/bench/ab_trees.sh compares two trees, cuda/gpu_run.sh runs every benchmark.
+# cuda/bench/ab_trees.sh compares two trees, cuda/gpu_run.sh runs every benchmark. M2_QUICK_TARGETS: build only these
+# ninja targets (e.g. the CUDA tests, m2lab and bench_m2rnn).
 set -uo pipefail
 out=${1:?usage: cuda/bench/quick_check.sh OUTDIR}
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -14,7 +15,7 @@ t0=$(date +%s)
 cmake -S "$root" -B "$root/build-gpu" -G Ninja -DCMAKE_BUILD_TYPE=Release -DM2_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
   -DLUA_INCLUDE_DIRS="/tmp/lua/usr/include/lua5.4;/tmp/lua/usr/include/x86_64-linux-gnu" \
   -DLUA_LIBRARIES=/tmp/lua/usr/lib/x86_64-linux-gnu/liblua5.4.a >"$out/build.log" 2>&1 &&
-  ninja -C "$root/build-gpu" >>"$out/build.log" 2>&1
+  ninja -C "$root/build-gpu" ${M2_QUICK_TARGETS:-} >>"$out/build.log" 2>&1
 log "build: exit $? in $(($(date +%s) - t0)) s"
 ctest --test-dir "$root/build-gpu" -L cuda -j 4 --timeout 240 --output-on-failure >"$out/ctest.log" 2>&1
 log "ctest -L cuda: $(grep -E 'tests passed|tests failed' "$out/ctest.log" | tail -1)"
