@@ -23,7 +23,7 @@ log=$work/runs.log
 : >"$log"
 run() { echo "+ m2lab $*" >>"$log"; "$m2lab" "$@" >>"$log" 2>&1 || { cat "$log" >&2; exit 1; }; }
 
-# run files: a few language-model runs, a small sweep, and state-tracking runs with eval by length
+# run files: a few language-model runs, a small sweep, state-tracking runs with eval by length, and a tiny LM sweep
 exp=$root/experiments/tiny_lm.lua
 for arch in M A G; do
   run run "$exp" arch=$arch steps=40 checkpoint_every=20 eval_every=10 out=runs/tiny_$arch.h5
@@ -44,7 +44,14 @@ for arch in M A; do
   done
 done
 
+# the LM comparison (lm_comparison.ipynb): experiments/sweep_lm.lua at a tiny size on a ~300 KB slice of the corpus
+bash "$root/datasets/corpus.sh" --corpus pydoc --max-bytes 300000 --out "$work/lm_slice" >>"$log" 2>&1 ||
+  { cat "$log" >&2; echo "run_notebooks.sh: could not make the corpus slice (tests/bootstrap.sh installs python3-doc)" >&2; exit 1; }
+run run "$root/experiments/sweep_lm.lua" data="$work/lm_slice" seeds=0,1 steps=16 d=32 layers=3 length=32 batch=4 \
+  warmup=4 eval_every=4 eval_batches=2 out=runs/sweep_lm
+
 export M2LAB_RUNS=$work/runs M2LAB_FIGURES=$work/figures M2LAB_SWEEP=$work/runs/nb_sweep/index.h5 MPLBACKEND=Agg
+export M2LAB_LM_SWEEP=$work/runs/sweep_lm/index.h5
 "$py" - "$root/notebooks" "$work" <<'PY'
 import glob, json, os, sys
 import nbformat
