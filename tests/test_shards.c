@@ -382,7 +382,6 @@ static void bench(m2_rng *r) {
   double tps = (double)(batches * B * T) / dt;
   printf("loader: %.1f M tokens/s (B = %lld, T = %lld, uint16 shard of %lld tokens, shuffled, one core; a 400M "
          "training step consumes ~0.06 M tokens/s on an H200)\n", tps / 1e6, (long long)B, (long long)T, (long long)n);
-  CHECK(tps > 6e5, "the loader is at least 10x faster than a 400M training step needs: %.0f tokens/s", tps);
   free(x);
   free(y);
   m2_shards_close(s);
