@@ -58,9 +58,10 @@ static int64_t resolve_chunk_rows(int64_t chunk_rows, int64_t V) {
   return r > 0 ? r : 1;
 }
 
-/* The kept (non-ignored) rows of every chunk, counted on the host, and their total. Range errors are left to the
- * cross_entropy op, which names the position. */
-static m2_status kept_rows(m2_tensor *t, int64_t ign, int64_t rows, int64_t ch, int64_t **out, int64_t *total) {
+/* The kept (non-ignored) rows of every chunk, counted on the host, and their total. A target out of [0, V) is refused
+ * here, where its position in the whole (flattened) target tensor is known (the cross_entropy op sees one chunk). */
+static m2_status kept_rows(m2_tensor *t, int64_t ign, int64_t rows, int64_t ch, int64_t V, int64_t **out,
+                           int64_t *total) {
   m2_tensor *ht = m2_clone_raw(t, M2_I64, M2_DEV_CPU);
   int64_t nch = (rows + ch - 1) / ch, *k = calloc((size_t)(nch ? nch : 1), sizeof *k);
   if (!ht || !k) {
@@ -69,8 +70,16 @@ static m2_status kept_rows(m2_tensor *t, int64_t ign, int64_t rows, int64_t ch, 
   }
   const int64_t *p = m2_data(ht);
   *total = 0;
-  for (int64_t r = 0; r < rows; r++)
-    if (p[r] != ign) k[r / ch]++, (*total)++;
+  for (int64_t r = 0; r < rows; r++) {
+    if (p[r] == ign) continue;
+    if (p[r] < 0 || p[r] >= V) {
+      long long bad = (long long)p[r];
+      m2_release(ht), free(k);
+      return m2_fail(M2_ERR_INDEX, "linear_cross_entropy: target %lld (at flat position %lld) is out of range for %lld "
+                                   "classes (ignore_index %lld)", bad, (long long)r, (long long)V, (long long)ign);
+    }
+    k[r / ch]++, (*total)++;
+  }
   m2_release(ht);
   *out = k;
   return M2_OK;
@@ -132,7 +141,7 @@ static m2_status lce_pass(m2_opcall *c, bool want_dh, bool want_dw, double *loss
   const int64_t rows = m2_numel(t), d = h->shape[h->ndim - 1], ch = a->chunk_rows, ign = a->ignore_index;
   const bool grad = want_dh || want_dw;
   int64_t *kept = NULL, total = 0;
-  M2_TRY(kept_rows(t, ign, rows, ch, &kept, &total));
+  M2_TRY(kept_rows(t, ign, rows, ch, w->shape[0], &kept, &total));
   m2_tensor *h2 = NULL, *t1 = NULL, *dh = NULL, *dw = NULL;
   m2_status s = flat(h, t, &h2, &t1);
   int64_t s2[2] = {rows, d};

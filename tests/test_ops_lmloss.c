@@ -142,6 +142,8 @@ int main(void) {
   m2_clear_error();
   CHECK(m2_linear_cross_entropy(h, w, trange, -100, 4) == NULL && strstr(m2_errmsg(), "out of range"),
         "an out-of-range target fails: %s", m2_errmsg());
+  /* ... naming its position in the whole target tensor, not in its chunk of 4 rows (14 = chunk 3, row 2) */
+  CHECK(strstr(m2_errmsg(), "at flat position 14") != NULL, "the position in the whole tensor: %s", m2_errmsg());
 
   m2_tensor *rel[] = {h, w, t, t32, all, h32, w32, gin[0], gin[1], ts, wbad, tbad, trange};
   for (size_t i = 0; i < sizeof rel / sizeof rel[0]; i++) m2_release(rel[i]);
