@@ -96,18 +96,6 @@ info = info or {}
 -- ---------------------------------------------------------------------------------------
 -- the table (markdown), best mean validation loss first
 -- ---------------------------------------------------------------------------------------
-local function cpu_model()
-  local f = io.open("/proc/cpuinfo")
-  if not f then return "unknown CPU" end
-  local text = f:read("a")
-  f:close()
-  local model = text:match("model name%s*:%s*([^\n]+)") or "unknown CPU"
-  local n = 0
-  for _ in text:gmatch("\nprocessor%s*:") do n = n + 1 end
-  if text:match("^processor%s*:") then n = n + 1 end
-  return string.format("%s, %d logical cores", model, n)
-end
-
 local function stats(rs, key)
   local sum, n, lo, hi = 0, 0, math.huge, -math.huge
   for _, r in ipairs(rs) do
@@ -137,9 +125,8 @@ end)
 local ntok = (info.steps or 0) * (info.batch or 0) * (info.length or 0)
 local lines = {}
 local function add(s) lines[#lines + 1] = s end
-local host = (m2.core.hostname and m2.core.hostname() or "host")
-add(string.format("LM comparison (experiments/sweep_lm.lua); %s; %s: %s", os.date("!%Y-%m-%d %H:%M UTC"), host,
-  cpu_model()))
+add(string.format("LM comparison (experiments/sweep_lm.lua); %s; %s", os.date("!%Y-%m-%d %H:%M UTC"),
+  require("m2.sweep").machine()))
 add("")
 add(string.format("d %s, %s blocks, T %s, B %s, %s steps = %.2f M tokens per run (every architecture the same), " ..
   "lr %s; data %s; validation over %s batches of the val split after the last step.",

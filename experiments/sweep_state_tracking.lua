@@ -83,25 +83,13 @@ lengths = lengths or {}
 -- ---------------------------------------------------------------------------------------
 -- the table (markdown)
 -- ---------------------------------------------------------------------------------------
-local function cpu_model()
-  local f = io.open("/proc/cpuinfo")
-  if not f then return "unknown CPU" end
-  local text = f:read("a")
-  f:close()
-  local model = text:match("model name%s*:%s*([^\n]+)") or "unknown CPU"
-  local n = 0
-  for _ in text:gmatch("\nprocessor%s*:") do n = n + 1 end
-  if text:match("^processor%s*:") then n = n + 1 end
-  return string.format("%s, %d logical cores", model, n)
-end
-
 local lines = {}
 local function add(s) lines[#lines + 1] = s end
 local function fmt(v) return v and string.format("%.3f", v) or "-" end
 
 add(string.format("State tracking (%s), train length %s; %s; %s", set.group or "S3",
   lengths[1] and tostring(lengths[1]) or "?", os.date("%Y-%m-%d %H:%M"),
-  (m2.core.hostname and m2.core.hostname() or "host") .. ": " .. cpu_model()))
+  require("m2.sweep").machine()))
 add("")
 add("Per-position accuracy (mean over seeds, [min-max]) / whole-sequence accuracy (mean) at each evaluation length.")
 add("")

@@ -226,6 +226,20 @@ local function run_status(path)
   return info
 end
 
+-- "host: CPU model, N logical cores", for the machine line of a results table.
+function sweep.machine()
+  local host = m2.core.hostname and m2.core.hostname() or "host"
+  local f = io.open("/proc/cpuinfo")
+  if not f then return host .. ": unknown CPU" end
+  local text = f:read("a")
+  f:close()
+  local model = text:match("model name%s*:%s*([^\n]+)") or "unknown CPU"
+  local n = 0
+  for _ in text:gmatch("\nprocessor%s*:") do n = n + 1 end
+  if text:match("^processor%s*:") then n = n + 1 end
+  return string.format("%s: %s, %d logical cores", host, model, n)
+end
+
 function sweep.run(spec)
   if type(spec) ~= "table" then fail("expected a table of settings") end
   for k in pairs(spec) do
