@@ -63,10 +63,10 @@
 
 /* tanh(x) = -e / (2 + e) with e = expm1(-2|x|), sign restored; expm1 by range reduction
  * -2|x| = n ln2 + r, |r| <= ln2/2, and a degree-13 Taylor polynomial for expm1(r).
- * Absolute and relative error below 1e-15 over all doubles; no branches (vectorisable). */
+ * Absolute and relative error below 1e-15 over all doubles; no branches (vectorisable); tanh(NaN) is NaN. */
 static inline double m2rnn_tanh(double x) {
   double ax = fabs(x);
-  ax = ax < 19.0 ? ax : 19.0; /* tanh(19) == 1 in double */
+  ax = ax > 19.0 ? 19.0 : ax; /* tanh(19) == 1 in double; a NaN passes (a finite +-1 would hide it) */
   double a = -2.0 * ax;
   double kd = a * 1.4426950408889634 + 0x1.8p52; /* round(a / ln2) in the low mantissa bits */
   double n = kd - 0x1.8p52;

@@ -406,6 +406,48 @@ static void check_errors(m2_rng *r) {
 
 /* ---------------- benchmark (M2_BENCH=1) ---------------- */
 
+/* A tensor with batch rows 0 and 1 first: *nan0 = NaN values in row 0, *fin1 = finite values in row 1 (of *half). */
+static void nan_rows(const m2_tensor *t, int64_t *nan0, int64_t *fin1, int64_t *half) {
+  double *p = host(t);
+  int64_t h = m2_numel(t) / 2;
+  *nan0 = *fin1 = 0;
+  for (int64_t i = 0; i < h; i++) {
+    *nan0 += isnan(p[i]);
+    *fin1 += isfinite(p[h + i]);
+  }
+  *half = h;
+  free(p);
+}
+
+/* A NaN in q, k, v, W or f comes out as NaN in y and (but q's) hT (the tanh must not clamp it to +-1: a finite, wrong
+ * output) and stays in its batch row (W is shared by both rows). */
+static void check_nan_propagates(m2_rng *r) {
+  static const char *const nm[5] = {"q", "k", "v", "W", "f"};
+  cfg c = {2, 3, 3, 4, 1, 1, 1, 1, 1, true};
+  for (int d = 0; d < 2; d++) {
+    m2_dtype dt = d ? M2_F32 : M2_F64;
+    for (int which = 0; which < 5; which++) {
+      m2_tensor *in[6];
+      make_inputs(r, &c, dt, in);
+      int64_t at[4] = {0, 0, 0, 1}; /* batch row 0, step 0, head 0 (W: head 0, element (0, 1)) */
+      CHECK_OK(m2_set(in[which], which == 3 ? at + 1 : at, NAN));
+      m2_tensor *y = NULL, *hT = NULL;
+      CHECK_OK(m2_m2rnn(in[0], in[1], in[2], in[3], in[4], in[5], NULL, &y, &hT));
+      if (y && hT) {
+        int64_t ny, fy, hy, nh, fh, hh;
+        nan_rows(y, &ny, &fy, &hy);
+        nan_rows(hT, &nh, &fh, &hh);
+        CHECK(ny > 0 && (nh > 0 || which == 0), "NaN in %s (%s): row 0 of y has %lld NaN, of hT %lld", nm[which], m2_dtype_name(dt),
+              (long long)ny, (long long)nh);
+        CHECK(which == 3 || (fy == hy && fh == hh), "NaN in %s (%s): row 1 has %lld of %lld y and %lld of %lld hT "
+              "finite", nm[which], m2_dtype_name(dt), (long long)fy, (long long)hy, (long long)fh, (long long)hh);
+      }
+      m2_release(y); m2_release(hT);
+      release_all(in, 6);
+    }
+  }
+}
+
 static double now(clockid_t id) {
   struct timespec ts;
   clock_gettime(id, &ts);
@@ -505,6 +547,7 @@ int main(void) {
   }
 
   check_errors(&r);
+  check_nan_propagates(&r);
   if (getenv("M2_BENCH")) bench();
 
   CHECK(m2_live_nodes() == 0, "nodes leaked: %ld", m2_live_nodes());
