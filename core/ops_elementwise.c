@@ -235,7 +235,7 @@ typedef enum {
     case U_SOFTPLUS: /* log(1 + e^x) = max(x, 0) + log1p(e^-|x|) */                     \
       VLOOP(n, T v = x[i]; y[i] = v > 20 ? v : (v > 0 ? v : 0) + LOG1P(EXP(v > 0 ? -v : v))); \
       break;                                                                            \
-    case U_RELU: VLOOP(n, y[i] = x[i] > 0 ? x[i] : 0); break;                           \
+    case U_RELU: VLOOP(n, y[i] = x[i] <= 0 ? 0 : x[i]); break; /* relu(NaN) is NaN */   \
     case U_SQUARE: VLOOP(n, y[i] = x[i] * x[i]); break;                                 \
     case U_SQRT: VLOOP(n, y[i] = SQRT(x[i])); break;                                    \
     case U_CLAMP: VLOOP(n, T v = x[i]; y[i] = v < s0 ? s0 : v > s1 ? s1 : v); break;    \
@@ -260,7 +260,7 @@ static void unary_fwd_f64(un_kind k, int64_t n, const double *restrict x, double
     case U_SIGMOID: VLOOP(n, dx[i] = g[i] * y[i] * (1 - y[i])); break;                      \
     case U_SILU: VLOOP(n, T v = x[i]; T s = 1 / (1 + EXP(-v)); dx[i] = g[i] * s * (1 + v * (1 - s))); break; \
     case U_SOFTPLUS: VLOOP(n, T v = x[i]; dx[i] = v > 20 ? g[i] : g[i] / (1 + EXP(-v))); break; \
-    case U_RELU: VLOOP(n, dx[i] = x[i] > 0 ? g[i] : 0); break;                              \
+    case U_RELU: VLOOP(n, dx[i] = x[i] > 0 ? g[i] : x[i] <= 0 ? 0 : x[i]); break; /* NaN at NaN */ \
     case U_SQUARE: VLOOP(n, dx[i] = 2 * x[i] * g[i]); break;                                \
     case U_SQRT: VLOOP(n, dx[i] = g[i] / (2 * y[i])); break;                                \
     case U_CLAMP: VLOOP(n, T v = x[i]; dx[i] = (v >= s0 && v <= s1) ? g[i] : 0); break;     \

@@ -88,7 +88,7 @@ template <int K> __device__ __forceinline__ float un_fwd(float x, float s0, floa
     case U_SIGMOID: return 1.0f / (1.0f + expf(-x));
     case U_SILU: return x / (1.0f + expf(-x));
     case U_SOFTPLUS: return x > 20.0f ? x : fmaxf(x, 0.0f) + log1pf(expf(-fabsf(x)));
-    case U_RELU: return x > 0.0f ? x : 0.0f;
+    case U_RELU: return x <= 0.0f ? 0.0f : x; /* relu(NaN) is NaN, as on the CPU */
     case U_SQUARE: return x * x;
     case U_SQRT: return sqrtf(x);
     default: return x < s0 ? s0 : x > s1 ? s1 : x; /* U_CLAMP */
@@ -106,7 +106,7 @@ template <int K> __device__ __forceinline__ float un_bwd(float g, float x, float
     case U_SIGMOID: return g * y * (1.0f - y);
     case U_SILU: { float s = 1.0f / (1.0f + expf(-x)); return g * s * (1.0f + x * (1.0f - s)); }
     case U_SOFTPLUS: return x > 20.0f ? g : g / (1.0f + expf(-x));
-    case U_RELU: return x > 0.0f ? g : 0.0f;
+    case U_RELU: return x > 0.0f ? g : x <= 0.0f ? 0.0f : x; /* NaN at a NaN x */
     case U_SQUARE: return 2.0f * x * g;
     case U_SQRT: return g / (2.0f * y);
     default: return (x >= s0 && x <= s1) ? g : 0.0f; /* U_CLAMP */

@@ -378,6 +378,22 @@ static void test_unary(void) {
   free(gr);
   m2_release(yc); m2_release(Lc); m2_release(yr); m2_release(Lr); m2_release(xp);
 
+  /* relu does not hide a NaN: relu(NaN) is NaN and so is its gradient there (F32 and F64) */
+  for (int d = 0; d < 2; d++) {
+    m2_dtype dt = d ? M2_F32 : M2_F64;
+    double xs[] = {NAN, -1, 2}, yv[3], gv[3];
+    m2_tensor *xn = param(m2_from_data(M2_F64, M2_DEV_CPU, 1, (int64_t[]){3}, xs));
+    m2_tensor *xd = m2_to_dtype(xn, dt), *yn = m2_relu(xd), *Ln = m2_sum_all(yn);
+    CHECK_OK(m2_backward(Ln, NULL));
+    m2_to_host(yn, M2_F64, yv);
+    m2_to_host(xn->grad, M2_F64, gv);
+    CHECK(isnan(yv[0]) && yv[1] == 0 && yv[2] == 2, "relu(NaN, -1, 2) %s: %g %g %g", m2_dtype_name(dt), yv[0],
+          yv[1], yv[2]);
+    CHECK(isnan(gv[0]) && gv[1] == 0 && gv[2] == 1, "relu grad at (NaN, -1, 2) %s: %g %g %g", m2_dtype_name(dt),
+          gv[0], gv[1], gv[2]);
+    m2_release(Ln); m2_release(yn); m2_release(xd); m2_release(xn);
+  }
+
   /* 0-d input */
   m2_tensor *s = m2_scalar(M2_F64, M2_DEV_CPU, 0.25), *es = m2_exp(s);
   double v;
