@@ -56,6 +56,15 @@ end
 -- the optimizer object (wraps the m2.Optim userdata in ._c)
 -- ---------------------------------------------------------------------------------------
 
+-- optim.check_lr(where, name, v): a learning rate is a finite number >= 0 (what opt:step accepts), checked where
+-- it is given rather than at the first step (m2.train checks its optimizer and schedule before touching a run file)
+function optim.check_lr(where, name, v)
+  if type(v) ~= "number" or v ~= v or v < 0 or v == math.huge then
+    fail(string.format("%s: %s must be a finite number >= 0, got %s", where, name, tostring(v)))
+  end
+  return v
+end
+
 local Optimizer = {}
 Optimizer.__index = Optimizer
 optim.Optimizer = Optimizer
@@ -108,6 +117,7 @@ function optim.adamw(opts, extra)
   if type(betas) ~= "table" or type(betas[1]) ~= "number" or type(betas[2]) ~= "number" then
     fail("adamw: betas must be a pair of numbers {b1, b2}")
   end
+  if opts.lr ~= nil then optim.check_lr("adamw", "lr", opts.lr) end
   local c = core.optim_adamw { beta1 = betas[1], beta2 = betas[2], eps = opts.eps or 1e-8,
                                weight_decay = opts.weight_decay or 0.01 }
   return new_optimizer("adamw", c, { params = opts.params, lr = opts.lr or 1e-3, schedule = opts.schedule })
@@ -118,6 +128,7 @@ function optim.sgd(opts, extra)
   O.one_table(extra, "m2.optim.sgd", "m2.optim.sgd{params = model:parameters(), lr = 0.1}")
   opts = check_opts(opts, "sgd",
     { params = true, lr = true, momentum = true, weight_decay = true, nesterov = true, schedule = true })
+  if opts.lr ~= nil then optim.check_lr("sgd", "lr", opts.lr) end
   local c = core.optim_sgd { momentum = opts.momentum or 0, weight_decay = opts.weight_decay or 0,
                              nesterov = opts.nesterov or false }
   return new_optimizer("sgd", c, { params = opts.params, lr = opts.lr or 1e-2, schedule = opts.schedule })
@@ -147,6 +158,8 @@ function optim.schedule(opts, extra)
     fail("schedule: unknown kind '" .. tostring(kind) .. "' (constant, cosine, wsd)")
   end
   if type(opts.lr) ~= "number" then fail("schedule: lr must be a number") end
+  optim.check_lr("schedule", "lr", opts.lr)
+  if opts.min_lr ~= nil then optim.check_lr("schedule", "min_lr", opts.min_lr) end
   for _, k in ipairs { "warmup", "stable", "decay" } do
     if opts[k] ~= nil and (math.type(opts[k]) ~= "integer" or opts[k] < 0) then
       fail("schedule: " .. k .. " must be a non-negative integer")

@@ -214,6 +214,9 @@ local function make_optim(s)
     opt = m2.optim[kind](o)
   end
   if opt:nparams() == 0 then opt:add_params(s.model) end
+  -- the learning rates the steps will use are checked here: one found bad at step 1 would come after an existing
+  -- run file was replaced (overwrite=true)
+  m2.optim.check_lr("m2.train", "the optimizer's lr", opt.lr)
   local sched = s.schedule
   if sched == nil or (type(sched) == "table" and sched.spec == nil) then
     local o = { kind = "constant", lr = opt.lr }
@@ -222,6 +225,9 @@ local function make_optim(s)
     o.lr = o.lr or opt.lr
     sched = m2.optim.schedule(o)
   end
+  if type(sched) ~= "table" or type(sched.spec) ~= "table" then fail("schedule must be a table or an m2.optim.schedule") end
+  m2.optim.check_lr("m2.train", "the schedule's lr", sched.spec.lr)
+  m2.optim.check_lr("m2.train", "the schedule's min_lr", sched.spec.min_lr)
   return opt, sched
 end
 

@@ -120,6 +120,36 @@ T.case("run file: metrics, eval, checkpoints, attributes, grad_accum, log window
     "already exists: choose another out=, pass overwrite=true")
 end)
 
+T.case("overwrite=true with a bad learning rate fails before the old run file is touched", function()
+  m2.seed(9)
+  local out = dir .. "/keep.h5"
+  m2.train { model = Tiny(), data = data, steps = 2, out = out, quiet = true }
+  local function bytes()
+    local f = assert(io.open(out, "rb"))
+    local b = f:read("a")
+    f:close()
+    return b
+  end
+  local before = bytes()
+  local bad_opt = m2.optim.adamw { lr = 1e-3 }
+  bad_opt.lr = -1 -- changed after it was made
+  for _, c in ipairs {
+    { { optim = { kind = "adamw", lr = -1 } }, "adamw: lr must be a finite number >= 0, got %-1" },
+    { { optim = { kind = "sgd", lr = 0 / 0 } }, "sgd: lr must be a finite number >= 0" },
+    { { schedule = { kind = "cosine", min_lr = -1 } }, "schedule: min_lr must be a finite number >= 0" },
+    { { optim = bad_opt }, "m2.train: the optimizer's lr must be a finite number >= 0, got %-1" },
+  } do
+    local spec = { model = Tiny(), data = data, steps = 2, out = out, quiet = true, overwrite = true }
+    for k, v in pairs(c[1]) do spec[k] = v end
+    T.raises(function() m2.train(spec) end, c[2])
+    T.ok(bytes() == before, "the old run file is still there, intact: " .. c[2])
+  end
+  local r <close> = runs.open(out)
+  T.eq(r:get_attr("status"), "done")
+  T.raises(function() m2.optim.schedule { lr = -3e-4 } end, "schedule: lr must be a finite number >= 0")
+  T.raises(function() m2.optim.adamw { lr = math.huge } end, "adamw: lr must be a finite number >= 0")
+end)
+
 T.case("NaN/inf steps are skipped and counted; repeated ones stop the run", function()
   m2.seed(3)
   local out = dir .. "/nan.h5"
