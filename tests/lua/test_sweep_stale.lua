@@ -1,7 +1,8 @@
 -- test_sweep_stale.lua — a sweep re-run with a stale index (its parent killed with SIGKILL: the index
 -- still says "running", or "failed" for an orphan that lost the writer lock) keeps every finished
 -- member's run file byte for byte and says why, and leaves a member whose run file is still being
--- written alone instead of deleting it or starting it a second time, and moves an unreadable one aside.
+-- written alone instead of deleting it or starting it a second time, and moves an unreadable one aside;
+-- last the issue's reproduction itself: SIGKILL the sweep parent while its members train.
 local m2 = require "m2"
 local T = m2.test
 local core = m2.core
@@ -40,11 +41,12 @@ local function stale_index(status_of)
   core.sweep_index_write(out .. "index.h5", ix)
 end
 
-local function index_status()
+local function index_status_of(d)
   local st = {}
-  for _, m in ipairs(core.sweep_index_read(out .. "index.h5").members) do st[m.name] = m.status end
+  for _, m in ipairs(core.sweep_index_read(d .. "index.h5").members) do st[m.name] = m.status end
   return st
 end
+local function index_status() return index_status_of(out) end
 
 T.case("a stale index never makes a finished member deletable", function()
   local code, o = T.run_m2lab("sweep " .. sh_quote(sweep_script))
@@ -113,6 +115,53 @@ T.case("an unreadable member file is moved aside, never deleted", function()
   T.ok(plain(o, "moved  " .. A .. ": its run file could not be read; kept as " .. path .. ".unreadable"), o)
   T.eq(bytes(path .. ".unreadable"), junk, "the unreadable file is kept as it was")
   T.eq(runs.info(path).status, "done", "the member ran again")
+end)
+
+T.case("a sweep parent killed with SIGKILL mid-sweep: its orphans finish and nothing is lost", function()
+  local out2 = dir .. "/out2/"
+  local s2 = dir .. "/s2.lua"
+  write(s2, string.format([[
+local m2 = require "m2"
+m2.sweep {
+  name = "killed",
+  script = %q,
+  set = { steps = 8, checkpoint_every = 4, eval_every = 4, d = 16, arch = "M", seed = 1, throttle = 0.25 },
+  grid = { lr = { 1e-3, 1e-2 } },
+  out = %q,
+  parallel = 2,
+}
+]], script, out2))
+  local parent = core.spawn({ m2.exe, "sweep", s2 }, { stdout = dir .. "/parent.log" })
+  local pa, pb = out2 .. A .. ".h5", out2 .. B .. ".h5"
+  local t0 = core.clock()
+  while core.clock() - t0 < 30 and not (core.run_writer_alive(pa) and core.run_writer_alive(pb)) do
+    core.sleep(0.02)
+  end
+  core.kill(parent, "KILL")
+  local _, _, sig = core.wait(parent)
+  T.eq(sig, 9, "the sweep parent was killed")
+  T.ok(core.run_writer_alive(pa) and core.run_writer_alive(pb), "both members train on as orphans")
+  T.eq(index_status_of(out2), { [A] = "running", [B] = "running" }, "the index is stale")
+  local code, o = T.run_m2lab("sweep " .. sh_quote(s2))
+  T.eq(code, 0, o)
+  T.ok(plain(o, "2 members (0 already done, 2 still running elsewhere)"), o)
+  T.ok(not plain(o, "start  "), o)
+  t0 = core.clock()
+  while core.clock() - t0 < 60 and (core.run_writer_alive(pa) or core.run_writer_alive(pb)) do core.sleep(0.05) end
+  local before = {}
+  for _, p in ipairs { pa, pb } do
+    local info = runs.info(p)
+    T.eq(info.status, "done", p .. ": the orphan finished")
+    T.eq(info.resume_count, 0, p)
+    before[p] = bytes(p)
+  end
+  code, o = T.run_m2lab("sweep " .. sh_quote(s2))
+  T.eq(code, 0, o)
+  T.ok(plain(o, "2 members (2 already done)"), o)
+  T.ok(plain(o, "keep   " .. A .. ": its run file says done (the index said 'running')"), o)
+  T.ok(not plain(o, "start  "), o)
+  for p, b in pairs(before) do T.ok(bytes(p) == b, p .. ": the finished run file is untouched") end
+  T.eq(index_status_of(out2), { [A] = "done", [B] = "done" })
 end)
 
 os.execute("rm -rf " .. sh_quote(dir))
