@@ -21,6 +21,7 @@
  *       members = {{name, file, status, exit_code, hparams = {k = v}}, ...}})
  *   m2.core.sweep_index_read(path) -> the same table    m2.core.is_sweep_index(path) -> bool
  *   m2.core.run_is_standard_attr(key) -> bool (a root attribute m2lab itself writes)
+ *   m2.core.run_writer_alive(path) -> bool (an m2lab writer holds the file's writer lock)
  * Values: Lua integer <-> int64, float <-> float64, boolean <-> bool, string <-> string. */
 #include <math.h>
 #include <stdlib.h>
@@ -555,6 +556,11 @@ static int l_run_is_standard_attr(lua_State *L) {
   return 1;
 }
 
+static int l_run_writer_alive(lua_State *L) {
+  lua_pushboolean(L, m2_run_writer_alive(luaL_checkstring(L, 1)));
+  return 1;
+}
+
 static int l_is_sweep_index(lua_State *L) {
   lua_pushboolean(L, m2_is_sweep_index(luaL_checkstring(L, 1)));
   return 1;
@@ -599,6 +605,7 @@ void m2lua_open_runfile(lua_State *L) {
       {"sweep_index_write", l_sweep_index_write},
       {"sweep_index_read", l_sweep_index_read},
       {"is_sweep_index", l_is_sweep_index},
+      {"run_writer_alive", l_run_writer_alive},
       {"run_is_standard_attr", l_run_is_standard_attr},
       {NULL, NULL},
   };

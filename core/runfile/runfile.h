@@ -124,6 +124,9 @@ typedef struct m2_run_opts {
 /* Open a run file. Returns NULL on failure with the reason in m2_errmsg(), e.g.
  * "x.h5: not an m2lab run file (no format_version attribute)". */
 m2_run *m2_run_open(const char *path, const m2_run_opts *opts);
+/* Is an m2lab writer holding the file at path (its writer lock)? False when the file is absent
+ * or unreadable. A sweep asks this before touching a member's file. */
+bool m2_run_writer_alive(const char *path);
 /* Flush what is buffered, write pending attributes and the status, and close. Always frees
  * `r` (NULL is allowed); returns the first error met on the way. An open checkpoint
  * (begin without commit) is aborted. The status is left as set (a run closed while its status

@@ -46,8 +46,6 @@ hid_t m2_h5_fapl(bool writer);
  * clearing stale "open for write" flags (unless no_repair). Returns the file id or -1 with
  * m2_errmsg set. */
 hid_t m2_h5_open_read(const char *path, double timeout, bool no_repair);
-/* Is an m2lab writer holding the file (its OFD lock)? */
-bool m2_run_writer_alive(const char *path);
 /* Take the writer lock on an open fd without waiting (fcntl result: 0, or -1 with errno). */
 int m2_rf_lock_fd(int fd);
 

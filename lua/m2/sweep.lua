@@ -24,9 +24,13 @@ in DIR/NAME.log). Names join the overrides that vary across members ("arch-M_lr-
 The index DIR/index.h5 links every member's run file (HDF5 external links /members/NAME) and
 records its hyper-parameters and status ("pending", "running", "done", "failed: <error>",
 "interrupted") under /info/NAME; it is rewritten (atomically) whenever a member starts or ends.
-A failing member is recorded and the sweep goes on. Re-running the sweep skips members whose run
-is done, resumes (`m2lab resume`) members that were killed or interrupted after a checkpoint, and
-re-runs the others from scratch. The sweep's exit status is 1 when a member failed.
+A failing member is recorded and the sweep goes on. Re-running the sweep goes by each member's
+own run file, never by the index alone (a sweep parent killed with SIGKILL leaves "running" there
+while its orphaned members finish): it skips members whose run file says done (and records them
+done), leaves alone a member whose run file an m2lab writer still holds (says so, records it
+"running"), resumes (`m2lab resume`) members that were killed or interrupted after a checkpoint,
+moves an unreadable run file aside (NAME.h5.unreadable) and re-runs the others from scratch.
+The sweep's exit status is 1 when a member failed.
 Command line: parallel=N, dry=true (list the members and exit). `m2lab inspect DIR/index.h5`
 prints the members' table; notebooks/ load sweeps into pandas.
 ]==]
@@ -347,25 +351,48 @@ function sweep.run(spec)
     core.sweep_index_write(index_path, header)
   end
 
-  -- what to do with each member
-  local queue, skipped = {}, 0
+  -- what to do with each member: the member's own run file decides, never the index alone (a sweep
+  -- parent killed with SIGKILL leaves "running" in the index while its orphaned members go on and finish)
+  local queue, skipped, busy = {}, 0, 0
   for _, m in ipairs(members) do
-    local info = run_status(m.path)
     local prev = old[m.name]
-    if info and info.status == "done" and (not prev or prev.status == "done") then
-      m.status, m.exit_code = "done", prev and prev.exit_code or 0
-      skipped = skipped + 1
+    local exists = io.open(m.path, "rb")
+    if exists then exists:close() end
+    if exists and core.run_writer_alive(m.path) then
+      -- a member left running by an earlier sweep (or started by hand): not touched, not started again
+      m.status = "running"
+      busy = busy + 1
+      print(string.format("  skip   %s: its run file %s is still being written by another process (a member " ..
+        "left running by an earlier sweep?); not touched; re-run the sweep once it has finished", m.name, m.path))
     else
-      if info and info.latest and (info.status == "running" or info.status == "interrupted") then
-        m.resume = true
-      elseif io.open(m.path, "rb") then
-        os.remove(m.path)
+      local info = exists and run_status(m.path)
+      if info and info.status == "done" then
+        m.status, m.exit_code = "done", prev and prev.status == "done" and prev.exit_code or 0
+        skipped = skipped + 1
+        if prev and prev.status ~= "done" then
+          print(string.format("  keep   %s: its run file says done (the index said '%s'); recorded as done",
+            m.name, prev.status))
+        end
+      else
+        if info and info.latest and (info.status == "running" or info.status == "interrupted") then
+          m.resume = true
+        elseif info then
+          os.remove(m.path) -- failed, or stopped before its first checkpoint: run again from scratch
+        elseif exists then
+          -- unreadable: kept aside, never deleted (it may be a damaged finished run)
+          local aside, n = m.path .. ".unreadable", 2
+          while io.open(aside, "rb") do aside = string.format("%s.unreadable.%d", m.path, n); n = n + 1 end
+          local ok, err = os.rename(m.path, aside)
+          if not ok then fail(string.format("cannot move the unreadable run file %s aside: %s", m.path, err)) end
+          print(string.format("  moved  %s: its run file could not be read; kept as %s, the member runs again",
+            m.name, aside))
+        end
+        queue[#queue + 1] = m
       end
-      queue[#queue + 1] = m
     end
   end
-  print(string.format("sweep %s: %d members (%d already done), %d at a time, script %s -> %s", name, #members,
-    skipped, parallel, script, index_path))
+  print(string.format("sweep %s: %d members (%d already done%s), %d at a time, script %s -> %s", name, #members,
+    skipped, busy > 0 and string.format(", %d still running elsewhere", busy) or "", parallel, script, index_path))
   write_index()
 
   local exe = m2.exe
