@@ -27,3 +27,11 @@ T.case("totable refuses what it cannot build", function()
   T.raises(function() return m2.empty(2^20, 2^12, 0):totable() end, "totable")
   T.eq(#m2.zeros(3, 0):totable(), 3)
 end)
+
+-- (math.mininteger: the check negated the dim, undefined behaviour that UBSan reports; a plain build passed)
+T.case("dims at the integer limits are out of range, not undefined", function()
+  local x = m2.zeros(2, 3)
+  T.raises(function() return x:sum(math.mininteger) end, "out of range")
+  T.raises(function() return x:sum(math.maxinteger) end, "out of range")
+end)
+
