@@ -33,15 +33,22 @@ m2_tensor *m2_reshape(m2_tensor *x, int ndim, const int64_t *shape) {
     if (s[i] == -1) {
       if (infer >= 0) { m2_fail(M2_ERR_SHAPE, "reshape: only one dim may be -1"); return NULL; }
       infer = i;
+      s[i] = 1; /* counted as 1 until inferred */
     } else if (s[i] < 0) {
       m2_fail(M2_ERR_SHAPE, "reshape: negative size %lld", (long long)s[i]);
       return NULL;
-    } else known *= s[i];
+    }
+  }
+  if (m2_shape_numel(ndim, s, "reshape", &known) != M2_OK) { /* name the shape as asked, -1 included */
+    char b[96];
+    m2_fail(M2_ERR_SHAPE, "reshape: shape %s is too large: its sizes multiply past 2^48 (%lld) elements",
+            m2_shape_str_raw(ndim, shape, b, sizeof b), (long long)M2_MAX_NUMEL);
+    return NULL;
   }
   int64_t n = m2_numel(x);
   if (infer >= 0) s[infer] = known ? n / known : 0;
   int64_t total = 1;
-  for (int i = 0; i < ndim; i++) total *= s[i];
+  for (int i = 0; i < ndim; i++) total *= s[i]; /* <= n: no overflow */
   if (total != n) {
     char a[96], b[96];
     m2_fail(M2_ERR_SHAPE, "reshape: cannot view %s (%lld elements) as %s", m2_shape_str(x, a, sizeof a), (long long)n,
@@ -190,6 +197,7 @@ m2_tensor *m2_expand(m2_tensor *x, int ndim, const int64_t *shape) {
     }
     a.shape[i] = want;
   }
+  if (m2_shape_numel(ndim, a.shape, "expand", NULL) != M2_OK) return NULL;
   m2_opcall c;
   m2_call_init(&c, &m2_op_expand, 1, &x);
   M2_SET_ATTR(&c, a);

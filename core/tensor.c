@@ -39,6 +39,25 @@ static void storage_release(m2_storage *s) {
 
 /* ---------------- tensors ---------------- */
 
+m2_status m2_shape_numel(int ndim, const int64_t *shape, const char *what, int64_t *numel) {
+  int64_t n = 1, span = 1; /* span: the product with sizes 0 taken as 1 (the contiguous strides' extent) */
+  const char *pre = what ? what : "", *sep = what ? ": " : "";
+  for (int i = 0; i < ndim; i++) {
+    char b[160];
+    if (shape[i] < 0)
+      return m2_fail(M2_ERR_SHAPE, "%s%snegative size in shape %s", pre, sep, m2_shape_str_raw(ndim, shape, b, sizeof b));
+    int64_t d = shape[i] > 0 ? shape[i] : 1;
+    if (d > M2_MAX_NUMEL / span)
+      return m2_fail(M2_ERR_SHAPE, "%s%sshape %s is too large: its sizes multiply past 2^48 (%lld) elements", pre, sep,
+                     m2_shape_str_raw(ndim, shape, b, sizeof b), (long long)M2_MAX_NUMEL);
+    span *= d;
+    n *= shape[i];
+  }
+  if (numel) *numel = n;
+  return M2_OK;
+}
+
+/* Shapes are checked when a tensor is made (m2_shape_numel), so these products stay below M2_MAX_NUMEL. */
 void m2_contiguous_strides(int ndim, const int64_t *shape, int64_t *stride) {
   int64_t st = 1;
   for (int i = ndim - 1; i >= 0; i--) {
@@ -53,12 +72,7 @@ static m2_tensor *tensor_header(m2_dtype dt, m2_device dev, int ndim, const int6
     return NULL;
   }
   if ((unsigned)dt >= M2_NDTYPES) { m2_fail(M2_ERR_DTYPE, "unknown dtype %d", (int)dt); return NULL; }
-  for (int i = 0; i < ndim; i++)
-    if (shape[i] < 0) {
-      char b[96];
-      m2_fail(M2_ERR_SHAPE, "negative size in shape %s", m2_shape_str_raw(ndim, shape, b, sizeof b));
-      return NULL;
-    }
+  if (m2_shape_numel(ndim, shape, NULL, NULL) != M2_OK) return NULL;
   m2_tensor *t = calloc(1, sizeof *t);
   if (!t) { m2_fail(M2_ERR_OOM, "out of host memory for a tensor header"); return NULL; }
   t->refcount = 1;
@@ -149,6 +163,7 @@ void m2_set_name(m2_tensor *t, const char *name) {
 
 /* ---------------- properties ---------------- */
 
+/* (the shape was checked when t was made: no overflow) */
 int64_t m2_numel(const m2_tensor *t) {
   int64_t n = 1;
   for (int i = 0; i < t->ndim; i++) n *= t->shape[i];

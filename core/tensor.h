@@ -56,6 +56,14 @@ m2_tensor *m2_full(m2_dtype dt, m2_device dev, int ndim, const int64_t *shape, d
 m2_tensor *m2_scalar(m2_dtype dt, m2_device dev, double value); /* 0-d tensor */
 /* Copy `data` (host memory of dtype dt, row-major) into a new tensor on dev. */
 m2_tensor *m2_from_data(m2_dtype dt, m2_device dev, int ndim, const int64_t *shape, const void *data);
+/* The most elements a shape may span (2^48: its byte size, offsets and strides then fit in int64 for any dtype).
+ * Counted with every size 0 taken as 1, so contiguous strides of a shape with no elements fit too. */
+#define M2_MAX_NUMEL ((int64_t)1 << 48)
+/* Check a shape (sizes >= 0, at most M2_MAX_NUMEL elements) and give its element count in *numel (may be NULL).
+ * The one checked multiply for element counts: every tensor is made through it (creation and views), so m2_numel,
+ * the contiguous strides and the byte sizes of an existing tensor never overflow. what prefixes the message
+ * ("reshape"; NULL: none), which names the shape. */
+m2_status m2_shape_numel(int ndim, const int64_t *shape, const char *what, int64_t *numel);
 m2_tensor *m2_empty_like(const m2_tensor *t);
 m2_tensor *m2_zeros_like(const m2_tensor *t);
 /* Convenience: shape given as varargs, e.g. m2_zeros_v(M2_F32, M2_DEV_CPU, 2, 3, 4). */

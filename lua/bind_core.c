@@ -120,7 +120,7 @@ bool m2lua_optbool(lua_State *L, int arg, bool def) {
 
 int m2lua_todim(lua_State *L, int arg, int64_t d, int ndim) {
   if (d >= 1 && d <= ndim) return (int)(d - 1);
-  if (d < 0 && -d <= ndim) return (int)(ndim + d);
+  if (d < 0 && d >= -(int64_t)ndim) return (int)(ndim + d); /* (not -d: -INT64_MIN overflows) */
   char buf[160];
   if (d == 0)
     snprintf(buf, sizeof buf, "dim 0 is not valid: dims are 1-based (1..%d, or -%d..-1 from the end)", ndim, ndim);

@@ -1,5 +1,6 @@
 /* bind_tensor.c — the m2.Tensor userdata: constructors, properties, element access, views,
  * autograd fields, indexing metamethods. (Arithmetic metamethods live in bind_ops.c.) */
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -450,6 +451,20 @@ static void push_nested(lua_State *L, const m2_tensor *t, int d, const double *v
 static int m_totable(lua_State *L) {
   m2_tensor *t = m2lua_checktensor(L, 1);
   int64_t n = m2_numel(t);
+  /* refuse what Lua cannot hold before building any of it: a table has at most INT_MAX entries, and the whole
+   * result (every table and number) is held to INT_MAX values */
+  int64_t values = 1, width = 1;
+  for (int d = 0; d < t->ndim; d++) {
+    if (t->shape[d] > INT_MAX) { values = INT64_MAX; break; }
+    width *= t->shape[d]; /* the tables (or numbers) at depth d+1; stays <= n or 0 from here */
+    values += width;
+    if (values > INT_MAX) break;
+  }
+  if (values > INT_MAX) {
+    char b[96];
+    return m2lua_error(L, "totable: a tensor of shape %s needs more than %d Lua values (narrow it first)",
+                       m2_shape_str(t, b, sizeof b), INT_MAX);
+  }
   double *buf = lua_newuserdatauv(L, sizeof(double) * (size_t)(n ? n : 1), 0);
   M2LUA_CHECK(L, m2_to_host(t, M2_F64, buf));
   int64_t k = 0;

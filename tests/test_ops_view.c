@@ -112,6 +112,20 @@ static void test_permute(void) {
 }
 
 /* ---- expand ---- */
+/* target shapes whose element count overflows are refused, naming the shape (issue 17): the wrapped count used to
+ * pass the check (0 elements viewed as (2^32, 2^32), then written out of bounds; an expand summed to 0) */
+static void test_view_overflow(void) {
+  const int64_t G = (int64_t)1 << 32;
+  int64_t zero[1] = {0}, one[2] = {1, 1}, sq[2] = {G, G}, inf[3] = {-1, G, G};
+  m2_tensor *z = m2_zeros(M2_F32, M2_DEV_CPU, 1, zero), *o = m2_full(M2_F32, M2_DEV_CPU, 2, one, 1.0);
+  CHECK_FAILS(m2_reshape(z, 2, sq) == NULL, M2_ERR_SHAPE, "reshape: shape (4294967296, 4294967296) is too large");
+  CHECK_FAILS(m2_reshape(z, 3, inf) == NULL, M2_ERR_SHAPE, "reshape: shape (-1, 4294967296, 4294967296) is too");
+  CHECK_FAILS(m2_expand(o, 2, sq) == NULL, M2_ERR_SHAPE, "expand: shape (4294967296, 4294967296) is too large");
+  int64_t neg[2] = {-3, 1};
+  CHECK_FAILS(m2_expand(o, 2, neg) == NULL, M2_ERR_SHAPE, "expand: negative size");
+  m2_release(z), m2_release(o);
+}
+
 static void test_expand(void) {
   int64_t sh[2] = {2, 3};
   m2_tensor *a = arange(M2_F32, 2, sh);
@@ -235,6 +249,7 @@ int main(void) {
   test_small_views();
   test_permute();
   test_expand();
+  test_view_overflow();
   test_conversions();
   test_grads();
   CHECK(m2_live_nodes() == 0, "nodes leaked: %ld", m2_live_nodes());

@@ -35,6 +35,20 @@ int main(void) {
 
   /* shape errors at construction */
   CHECK_FAILS(m2_empty(M2_F32, M2_DEV_CPU, 7, sh) == NULL, M2_ERR_SHAPE, "at most");
+  /* element counts that overflow int64 (or pass 2^48) are refused, naming the shape, not wrapped (issue 17) */
+  const int64_t G = (int64_t)1 << 32, T40 = (int64_t)1 << 40;
+  int64_t sq[2] = {G, G}, sq1[2] = {G + 1, G}, s3[3] = {T40, 2, T40}, s0[2] = {T40, 0}, big0[3] = {T40, T40, 0};
+  CHECK_FAILS(m2_zeros(M2_F32, M2_DEV_CPU, 2, sq) == NULL, M2_ERR_SHAPE, "(4294967296, 4294967296) is too large");
+  CHECK_FAILS(m2_zeros(M2_F32, M2_DEV_CPU, 2, sq1) == NULL, M2_ERR_SHAPE, "(4294967297, 4294967296) is too large");
+  CHECK_FAILS(m2_empty(M2_F64, M2_DEV_CPU, 3, s3) == NULL, M2_ERR_SHAPE, "(1099511627776, 2, 1099511627776)");
+  CHECK_FAILS(m2_empty(M2_F32, M2_DEV_CPU, 3, big0) == NULL, M2_ERR_SHAPE, "too large");
+  int64_t n = -1;
+  CHECK_OK(m2_shape_numel(2, s0, NULL, &n));
+  CHECK(n == 0, "numel of (2^40, 0) is 0, got %lld", (long long)n);
+  CHECK_FAILS(m2_shape_numel(2, sq, "ctx", &n) != M2_OK, M2_ERR_SHAPE, "ctx: shape (4294967296, 4294967296)");
+  m2_tensor *e0 = m2_empty(M2_F32, M2_DEV_CPU, 2, s0);
+  CHECK(e0 && m2_numel(e0) == 0 && e0->stride[0] == 1, "a (2^40, 0) tensor has no elements");
+  m2_release(e0);
 
   m2_tensor *all[] = {a, x1, x2, x3};
   for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) m2_release(all[i]);
