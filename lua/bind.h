@@ -79,6 +79,9 @@ double m2lua_optfield_num(lua_State *L, int tbl, const char *key, double def);
 bool m2lua_optfield_bool(lua_State *L, int tbl, const char *key, bool def);
 /* Check that `tbl` is a table of options or nil (for option-table arguments). */
 void m2lua_checkopts(lua_State *L, int tbl);
+/* Refuse a key of the options table `tbl` (when it is a table) that is not in `known` (NULL-terminated): a misspelt
+ * option is an error naming it, `what` (the function) and the known ones, not a silent default. */
+void m2lua_checkkeys(lua_State *L, int tbl, const char *what, const char *const *known);
 
 /* ---- tensors ---- */
 typedef struct m2lua_tensor {

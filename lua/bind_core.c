@@ -184,6 +184,31 @@ void m2lua_checkopts(lua_State *L, int tbl) {
   if (!lua_isnoneornil(L, tbl) && !lua_istable(L, tbl)) m2lua_typeerror(L, tbl, "table of options");
 }
 
+void m2lua_checkkeys(lua_State *L, int tbl, const char *what, const char *const *known) {
+  if (!lua_istable(L, tbl)) return;
+  tbl = lua_absindex(L, tbl);
+  lua_pushnil(L);
+  while (lua_next(L, tbl)) {
+    lua_pop(L, 1); /* the value; the key stays for lua_next */
+    bool ok = false;
+    if (lua_type(L, -1) == LUA_TSTRING)
+      for (const char *const *k = known; *k && !ok; k++) ok = strcmp(lua_tostring(L, -1), *k) == 0;
+    if (!ok) {
+      luaL_Buffer b;
+      luaL_buffinit(L, &b);
+      for (const char *const *k = known; *k; k++) {
+        if (k != known) luaL_addstring(&b, ", ");
+        luaL_addstring(&b, *k);
+      }
+      luaL_pushresult(&b);
+      if (lua_type(L, -2) == LUA_TSTRING)
+        m2lua_error(L, "%s: unknown option '%s' (known: %s)", what, lua_tostring(L, -2), lua_tostring(L, -1));
+      m2lua_error(L, "%s: options are named (known: %s); got a %s key", what, lua_tostring(L, -1),
+                  luaL_typename(L, -2));
+    }
+  }
+}
+
 static void field_error(lua_State *L, const char *key, const char *want) {
   m2lua_error(L, "option '%s' must be %s, got %s", key, want, luaL_typename(L, -1));
 }

@@ -188,6 +188,7 @@ static int l_matmul(lua_State *L) {
   m2_tensor *a = m2lua_checktensor(L, 1), *b = m2lua_checktensor(L, 2);
   bool ta, tb;
   if (lua_istable(L, 3)) {
+    m2lua_checkkeys(L, 3, "matmul", (const char *const[]){"ta", "tb", NULL});
     ta = m2lua_optfield_bool(L, 3, "ta", false);
     tb = m2lua_optfield_bool(L, 3, "tb", false);
   } else {
@@ -369,6 +370,7 @@ static int l_m2rnn(lua_State *L) {
   for (int i = 0; i < 5; i++) in[i] = m2lua_checktensor(L, i + 1);
   int opts;
   m2_tensor *h0 = h0_and_opts(L, 6, &opts);
+  m2lua_checkkeys(L, opts, "m2rnn", (const char *const[]){"grad_clip", "ckpt_every", NULL});
   m2_m2rnn_opts o = {m2lua_optfield_num(L, opts, "grad_clip", 0.0), (int)m2lua_optfield_int(L, opts, "ckpt_every", 0)};
   m2_tensor **s0 = m2lua_newtensor(L), **s1 = m2lua_newtensor(L), *y = NULL, *hT = NULL;
   M2LUA_CHECK(L, m2_m2rnn(in[0], in[1], in[2], in[3], in[4], h0, &o, &y, &hT));
@@ -383,6 +385,7 @@ static int gdn_common(lua_State *L, gdn_fn f) {
   for (int i = 0; i < 5; i++) in[i] = m2lua_checktensor(L, i + 1);
   int opts;
   m2_tensor *h0 = h0_and_opts(L, 6, &opts);
+  m2lua_checkkeys(L, opts, f == m2_gdn ? "gdn" : "gdn_chunked", (const char *const[]){"scale", "chunk", NULL});
   m2_gdn_opts o = {m2lua_optfield_num(L, opts, "scale", 0.0), (int)m2lua_optfield_int(L, opts, "chunk", 0)};
   m2_tensor **s0 = m2lua_newtensor(L), **s1 = m2lua_newtensor(L), *y = NULL, *hT = NULL;
   M2LUA_CHECK(L, f(in[0], in[1], in[2], in[3], in[4], h0, &o, &y, &hT));
@@ -399,6 +402,7 @@ static int ssd_common(lua_State *L, ssd_fn f) {
   for (int i = 0; i < 5; i++) in[i] = m2lua_checktensor(L, i + 1);
   int opts;
   m2_tensor *h0 = h0_and_opts(L, 6, &opts);
+  m2lua_checkkeys(L, opts, f == m2_ssd ? "ssd" : "ssd_chunked", (const char *const[]){"chunk", NULL});
   m2_ssd_opts o = {(int)m2lua_optfield_int(L, opts, "chunk", 0)};
   m2_tensor **s0 = m2lua_newtensor(L), **s1 = m2lua_newtensor(L), *y = NULL, *hT = NULL;
   M2LUA_CHECK(L, f(in[0], in[1], in[2], in[3], in[4], h0, &o, &y, &hT));
@@ -411,6 +415,7 @@ static int l_ssd_chunked(lua_State *L) { return ssd_common(L, m2_ssd_chunked); }
 static int l_attention(lua_State *L) {
   m2_tensor *q = m2lua_checktensor(L, 1), *k = m2lua_checktensor(L, 2), *v = m2lua_checktensor(L, 3);
   m2lua_checkopts(L, 4);
+  m2lua_checkkeys(L, 4, "attention", (const char *const[]){"scale", "causal", NULL});
   m2_attention_opts o = {m2lua_optfield_num(L, 4, "scale", 0.0), m2lua_optfield_bool(L, 4, "causal", true)};
   M2LUA_RETURN(L, m2_attention(q, k, v, &o));
 }

@@ -80,3 +80,21 @@ T.case("error objects pass through no_grad and gradcheck unchanged", function()
     return m2.no_grad(function() return m2.zeros(2) + m2.zeros(3) end) end, "broadcast"), here()
   located(err, line, "error inside no_grad")
 end)
+
+T.case("a misspelt op option is an error naming it, not a silent default (issue 17)", function()
+  local q = m2.randn(1, 4, 2, 8)
+  local line = here() + 1
+  local err = T.raises(function() return m2.attention(q, q, q, { casual = false }) end,
+    "attention: unknown option 'casual' %(known: scale, causal%)")
+  located(err, line, "attention option")
+  T.raises(function() return m2.attention(q, q, q, { false }) end, "attention: options are named")
+  local x, W, f = m2.randn(1, 3, 1, 2), m2.randn(1, 2, 2), m2.sigmoid(m2.randn(1, 3, 1))
+  local v = m2.randn(1, 3, 1, 2)
+  T.raises(function() return m2.m2rnn(x, x, v, W, f, { gradclip = 1 }) end, "m2rnn: unknown option 'gradclip'")
+  T.raises(function() return m2.m2rnn(x, x, v, W, f, nil, { ckpt = 8 }) end, "m2rnn: unknown option 'ckpt'")
+  T.raises(function() return m2.matmul(m2.randn(2, 2), m2.randn(2, 2), { tA = true }) end, "matmul: unknown option 'tA'")
+  -- the known names still work
+  local y = m2.m2rnn(x, x, v, W, f, { grad_clip = 1, ckpt_every = 8 })
+  T.eq(y:shape(), { 1, 3, 1, 2 })
+  T.eq(m2.attention(q, q, q, { causal = false, scale = 0.5 }):shape(), { 1, 4, 2, 8 })
+end)
