@@ -76,6 +76,8 @@ int m2lua_checkshape(lua_State *L, int arg, int *ndim, int64_t *shape, bool allo
 /* Integer / number / boolean field of an options table (absent or nil -> def). */
 int64_t m2lua_optfield_int(lua_State *L, int tbl, const char *key, int64_t def);
 double m2lua_optfield_num(lua_State *L, int tbl, const char *key, double def);
+/* The same integer field for a C int: a value outside int's range is an error naming it (never truncated). */
+int m2lua_optfield_cint(lua_State *L, int tbl, const char *key, int def);
 bool m2lua_optfield_bool(lua_State *L, int tbl, const char *key, bool def);
 /* Check that `tbl` is a table of options or nil (for option-table arguments). */
 void m2lua_checkopts(lua_State *L, int tbl);

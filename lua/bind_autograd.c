@@ -93,7 +93,7 @@ static int l_gradcheck(lua_State *L) {
   m2_gradcheck_opts o = {
       m2lua_optfield_num(L, 3, "eps", 0),   m2lua_optfield_num(L, 3, "atol", 0),
       m2lua_optfield_num(L, 3, "rtol", 0),  (uint64_t)m2lua_optfield_int(L, 3, "seed", 1234),
-      (int)m2lua_optfield_int(L, 3, "max_checks", 0),
+      m2lua_optfield_cint(L, 3, "max_checks", 0),
   };
   gc_ud u = {L, 1, n, LUA_NOREF, NULL, NULL};
   double max_err = 0;

@@ -3,6 +3,7 @@
  * module itself is put together in bind_module.c. */
 #include <stdarg.h>
 #include <stdio.h>
+#include <limits.h>
 #include <string.h>
 #include "bind.h"
 
@@ -224,6 +225,13 @@ int64_t m2lua_optfield_int(lua_State *L, int tbl, const char *key, int64_t def) 
   }
   lua_pop(L, 1);
   return v;
+}
+
+int m2lua_optfield_cint(lua_State *L, int tbl, const char *key, int def) {
+  int64_t v = m2lua_optfield_int(L, tbl, key, def);
+  if (v < INT_MIN || v > INT_MAX)
+    m2lua_error(L, "option '%s' = %lld is out of range (a C int: [%d, %d])", key, (long long)v, INT_MIN, INT_MAX);
+  return (int)v;
 }
 
 double m2lua_optfield_num(lua_State *L, int tbl, const char *key, double def) {

@@ -371,7 +371,7 @@ static int l_m2rnn(lua_State *L) {
   int opts;
   m2_tensor *h0 = h0_and_opts(L, 6, &opts);
   m2lua_checkkeys(L, opts, "m2rnn", (const char *const[]){"grad_clip", "ckpt_every", NULL});
-  m2_m2rnn_opts o = {m2lua_optfield_num(L, opts, "grad_clip", 0.0), (int)m2lua_optfield_int(L, opts, "ckpt_every", 0)};
+  m2_m2rnn_opts o = {m2lua_optfield_num(L, opts, "grad_clip", 0.0), m2lua_optfield_cint(L, opts, "ckpt_every", 0)};
   m2_tensor **s0 = m2lua_newtensor(L), **s1 = m2lua_newtensor(L), *y = NULL, *hT = NULL;
   M2LUA_CHECK(L, m2_m2rnn(in[0], in[1], in[2], in[3], in[4], h0, &o, &y, &hT));
   return push_two(L, s0, s1, y, hT);
@@ -386,7 +386,7 @@ static int gdn_common(lua_State *L, gdn_fn f) {
   int opts;
   m2_tensor *h0 = h0_and_opts(L, 6, &opts);
   m2lua_checkkeys(L, opts, f == m2_gdn ? "gdn" : "gdn_chunked", (const char *const[]){"scale", "chunk", NULL});
-  m2_gdn_opts o = {m2lua_optfield_num(L, opts, "scale", 0.0), (int)m2lua_optfield_int(L, opts, "chunk", 0)};
+  m2_gdn_opts o = {m2lua_optfield_num(L, opts, "scale", 0.0), m2lua_optfield_cint(L, opts, "chunk", 0)};
   m2_tensor **s0 = m2lua_newtensor(L), **s1 = m2lua_newtensor(L), *y = NULL, *hT = NULL;
   M2LUA_CHECK(L, f(in[0], in[1], in[2], in[3], in[4], h0, &o, &y, &hT));
   return push_two(L, s0, s1, y, hT);
@@ -403,7 +403,7 @@ static int ssd_common(lua_State *L, ssd_fn f) {
   int opts;
   m2_tensor *h0 = h0_and_opts(L, 6, &opts);
   m2lua_checkkeys(L, opts, f == m2_ssd ? "ssd" : "ssd_chunked", (const char *const[]){"chunk", NULL});
-  m2_ssd_opts o = {(int)m2lua_optfield_int(L, opts, "chunk", 0)};
+  m2_ssd_opts o = {m2lua_optfield_cint(L, opts, "chunk", 0)};
   m2_tensor **s0 = m2lua_newtensor(L), **s1 = m2lua_newtensor(L), *y = NULL, *hT = NULL;
   M2LUA_CHECK(L, f(in[0], in[1], in[2], in[3], in[4], h0, &o, &y, &hT));
   return push_two(L, s0, s1, y, hT);

@@ -117,7 +117,7 @@ static int l_run_open(lua_State *L) {
   o.overwrite = m2lua_optfield_bool(L, 2, "overwrite", false);
   o.flush_interval = m2lua_optfield_num(L, 2, "flush_interval", 0);
   o.open_timeout = m2lua_optfield_num(L, 2, "open_timeout", 0);
-  o.keep_last = (int)m2lua_optfield_int(L, 2, "keep_last", 0);
+  o.keep_last = m2lua_optfield_cint(L, 2, "keep_last", 0);
   o.no_time = m2lua_optfield_bool(L, 2, "no_time", false);
   o.no_fsync = m2lua_optfield_bool(L, 2, "no_fsync", false);
   o.no_repair = m2lua_optfield_bool(L, 2, "no_repair", false);

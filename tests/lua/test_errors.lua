@@ -98,3 +98,12 @@ T.case("a misspelt op option is an error naming it, not a silent default (issue 
   T.eq(y:shape(), { 1, 3, 1, 2 })
   T.eq(m2.attention(q, q, q, { causal = false, scale = 0.5 }):shape(), { 1, 4, 2, 8 })
 end)
+
+T.case("an integer option too large for C is an error, not a truncated value (issue 17)", function()
+  local x, W, f = m2.randn(1, 3, 1, 2), m2.randn(1, 2, 2), m2.sigmoid(m2.randn(1, 3, 1))
+  T.raises(function() return m2.m2rnn(x, x, x, W, f, { ckpt_every = 1e12 }) end,
+    "option 'ckpt_every' = 1000000000000 is out of range")
+  local q = m2.randn(1, 3, 1, 2)
+  T.raises(function() return m2.gdn(q, q, q, -m2.rand(1, 3, 1), m2.rand(1, 3, 1), { chunk = 2 ^ 40 }) end,
+    "option 'chunk' = 1099511627776 is out of range")
+end)
