@@ -16,16 +16,7 @@ local cfg = m2.config {
 }
 m2.seed(cfg.seed)
 
-local root = (debug.getinfo(1, "S").source:match("^@(.*/)") or "./") .. "../"
-local function exists(p)
-  local f = io.open(p)
-  if f then f:close() end
-  return f ~= nil
-end
-local path = cfg.config
-if not exists(path) and exists(root .. path) then path = root .. path end
-if not exists(path) then m2.error("decode_speed: config file not found: " .. cfg.config) end
-local spec = dofile(path)
+local spec = m2.models.load(cfg.config) -- as given, else from the repository root
 if type(spec) ~= "table" or not spec.layers then
   m2.error("decode_speed: " .. cfg.config .. " returned no model spec")
 end

@@ -261,12 +261,16 @@ end
 function models.lm(spec) return LM(spec) end
 
 -- load(name_or_path) -> spec: a config file returning a spec table; a bare name is looked up
--- in experiments/configs/ of the source tree ("400m-hybrid-m2rnn", "7b-gdn+m2rnn-5l", ...)
+-- in experiments/configs/ of the source tree ("400m-hybrid-m2rnn", "7b-gdn+m2rnn-5l", ...), a relative path that is
+-- not found from here is looked up from the source tree's root ("experiments/configs/400m-gdn.lua")
 function models.load(name)
   if type(name) ~= "string" then m2.error("m2.models.load: expected a config name or path") end
   local path = name
   if not name:find("/", 1, true) and not name:match("%.lua$") then
     path = (m2.source_dir or ".") .. "/experiments/configs/" .. name .. ".lua"
+  elseif name:sub(1, 1) ~= "/" and m2.source_dir then
+    local f = io.open(name)
+    if f then f:close() else path = m2.source_dir .. "/" .. name end
   end
   local chunk, err = loadfile(path)
   if not chunk then m2.error("m2.models.load: cannot load config '" .. name .. "': " .. tostring(err)) end
