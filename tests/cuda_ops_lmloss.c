@@ -9,24 +9,11 @@ static int f_lce(m2_tensor *const *in, void *ud, m2_tensor **outs) {
   PAR_ONE(m2_linear_cross_entropy(in[0], in[1], in[2], -100, 9));
 }
 
-/* targets in [0, C) with about one in five set to -100 (ignored) */
-static m2_tensor *targets(m2_dtype dt, int nd, const int64_t *shape, int64_t C) {
-  m2_tensor *t = par_ints(dt, nd, shape, -C / 4 - 1, C);
-  int64_t n = m2_numel(t);
-  for (int64_t i = 0; i < n; i++) {
-    int64_t v = dt == M2_I64 ? ((int64_t *)m2_data(t))[i] : ((int32_t *)m2_data(t))[i];
-    if (v < 0) v = -100;
-    if (dt == M2_I64) ((int64_t *)m2_data(t))[i] = v;
-    else ((int32_t *)m2_data(t))[i] = (int32_t)v;
-  }
-  return t;
-}
-
 int main(void) {
   PAR_SKIP_WITHOUT_GPU("cuda_ops_lmloss");
   /* h (5, 7, 24), W (33, 24), targets (5, 7) in [0, 33) with some ignored */
   int64_t sh[3] = {5, 7, 24}, shw[2] = {33, 24}, st[2] = {5, 7};
-  m2_tensor *lh = par_randn(3, sh), *lw = par_randn(2, shw), *t1 = targets(M2_I64, 2, st, 33);
+  m2_tensor *lh = par_randn(3, sh), *lw = par_randn(2, shw), *t1 = par_targets(M2_I64, 2, st, 33);
   par_case pl = {"linear_cross_entropy/chunk 9", f_lce, NULL, 3, {lh, lw, t1}, {true, true, false}};
   par_run(&pl);
   /* with bf16 products (what m2.train's precision = "bf16" sets): the CUDA cross_entropy backward then writes the

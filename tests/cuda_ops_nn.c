@@ -8,19 +8,6 @@ static int f_ce(m2_tensor *const *in, void *ud, m2_tensor **outs) { PAR_ONE(m2_c
 static int f_rms(m2_tensor *const *in, void *ud, m2_tensor **outs) { PAR_ONE(m2_rmsnorm(in[0], in[1], 1e-5)); }
 static int f_l2(m2_tensor *const *in, void *ud, m2_tensor **outs) { PAR_ONE(m2_l2norm(in[0], 1e-6)); }
 
-/* targets in [0, C) with about one in five set to -100 (ignored) */
-static m2_tensor *targets(m2_dtype dt, int nd, const int64_t *shape, int64_t C) {
-  m2_tensor *t = par_ints(dt, nd, shape, -C / 4 - 1, C);
-  int64_t n = m2_numel(t);
-  for (int64_t i = 0; i < n; i++) {
-    int64_t v = dt == M2_I64 ? ((int64_t *)m2_data(t))[i] : ((int32_t *)m2_data(t))[i];
-    if (v < 0) v = -100;
-    if (dt == M2_I64) ((int64_t *)m2_data(t))[i] = v;
-    else ((int32_t *)m2_data(t))[i] = (int32_t)v;
-  }
-  return t;
-}
-
 int main(void) {
   PAR_SKIP_WITHOUT_GPU("cuda_ops_nn");
   /* embedding: repeated ids accumulate in the backward */
@@ -33,8 +20,8 @@ int main(void) {
   par_run(&pe2);
   /* cross_entropy: small C (128 threads) and large C (512 threads) */
   int64_t sx1[3] = {5, 7, 33}, st1[2] = {5, 7}, sx2[2] = {12, 5000}, st2[1] = {12};
-  m2_tensor *x1 = par_randn(3, sx1), *t1 = targets(M2_I64, 2, st1, 33);
-  m2_tensor *x2 = par_randn(2, sx2), *t2 = targets(M2_I32, 1, st2, 5000);
+  m2_tensor *x1 = par_randn(3, sx1), *t1 = par_targets(M2_I64, 2, st1, 33);
+  m2_tensor *x2 = par_randn(2, sx2), *t2 = par_targets(M2_I32, 1, st2, 5000);
   par_case pc1 = {"cross_entropy/C=33", f_ce, NULL, 2, {x1, t1}, {true, false}};
   par_run(&pc1);
   par_case pc2 = {"cross_entropy/C=5000", f_ce, NULL, 2, {x2, t2}, {true, false}};

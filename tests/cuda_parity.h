@@ -175,6 +175,20 @@ static inline m2_tensor *par_ints(m2_dtype dt, int nd, const int64_t *shape, int
   return t;
 }
 
+/* Class targets in [0, C) with about one in five set to -100 (ignored) */
+static inline m2_tensor *par_targets(m2_dtype dt, int nd, const int64_t *shape, int64_t C) {
+  m2_tensor *t = par_ints(dt, nd, shape, -C / 4 - 1, C);
+  int64_t n = m2_numel(t);
+  for (int64_t i = 0; i < n; i++) {
+    int64_t v = dt == M2_I64 ? ((int64_t *)m2_data(t))[i] : ((int32_t *)m2_data(t))[i];
+    if (v < 0) v = -100;
+    if (dt == M2_I64) ((int64_t *)m2_data(t))[i] = v;
+    else ((int32_t *)m2_data(t))[i] = (int32_t)v;
+  }
+  return t;
+}
+
+
 /* One output from an op returning a tensor. */
 #define PAR_ONE(expr)   \
   do {                  \
