@@ -86,7 +86,7 @@ local function check_opts(opts)
   return o
 end
 
--- the prompt as rows of ids: a list of integers, or an integer tensor (T) or (B, T) -> rows, batched
+-- the prompt as rows of ids: a list of integers, B equally long lists, or an integer tensor (T) or (B, T) -> rows, batched
 local function prompt_rows(prompt, vocab)
   local rows, batched
   if m2.is_tensor(prompt) then
@@ -95,6 +95,14 @@ local function prompt_rows(prompt, vocab)
     if prompt:dim() == 1 then rows, batched = { prompt:totable() }, false
     elseif prompt:dim() == 2 then rows, batched = prompt:totable(), true
     else fail(string.format("the prompt must be (T) or (B, T) token ids, got %d dims", prompt:dim())) end
+  elseif type(prompt) == "table" and type(prompt[1]) == "table" then -- B lists of ids: a batch
+    rows, batched = prompt, true
+    for b = 2, #rows do
+      if type(rows[b]) ~= "table" or #rows[b] ~= #rows[1] then
+        fail(string.format("batched prompt: row %d has %s tokens, row 1 has %d (rows must be equally long)", b,
+          type(rows[b]) == "table" and tostring(#rows[b]) or ("no list but a " .. type(rows[b]) .. " and no"), #rows[1]))
+      end
+    end
   elseif type(prompt) == "table" then
     rows, batched = { prompt }, false
   else
