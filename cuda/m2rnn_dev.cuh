@@ -145,7 +145,10 @@ __device__ __forceinline__ float m2r_tanh_f32(float x) {
   return r;
 }
 /* tanh on the FMA pipe (no MUFU): u P(u^2) with u = clamp(x / 3.9, -1, 1), P of degree 8 fitted minimax;
- * max abs error 8.2e-4 over all x (mostly the saturation 1 - tanh(3.9)), 12 instructions. */
+ * max abs error 8.2e-4 over all x (mostly the saturation 1 - tanh(3.9)), 12 instructions. The clamp (the .SAT of
+ * the first FMA) turns NaN into 0, so a NaN argument is passed through by a select at the end (2 instructions more):
+ * a NaN in k, v, W or the state must come out as NaN, never as a finite, wrong +-1 (tests/cuda_ops_m2rnn.c).
+ * M2R_TANH_HIDES_NAN=1 builds the old form (for A/B timing only). */
 __device__ __forceinline__ float m2r_tanh_poly(float x) {
   const float t = __saturatef(fmaf(x, 0.5f / 3.9f, 0.5f));
   const float u = fmaf(t, 2.f, -1.f), s = u * u;
@@ -158,7 +161,11 @@ __device__ __forceinline__ float m2r_tanh_poly(float x) {
   p = fmaf(p, s, 8.683975308e+01f);
   p = fmaf(p, s, -1.848011686e+01f);
   p = fmaf(p, s, 3.884535510e+00f);
+#if M2R_TANH_HIDES_NAN
   return u * p;
+#else
+  return x != x ? x : u * p;
+#endif
 }
 /* tanh of accumulator tile j (4 values): of a thread's 4 NT values, the first NPE16 * NT / 4 go through the
  * FMA-pipe polynomial, the rest through MUFU.TANH (16 per clock per SM on Hopper, measured by bench_mufu). The split

@@ -207,6 +207,59 @@ static void run_case(const tcase *tc, uint64_t seed) {
   for (size_t i = 0; i < sizeof hb / sizeof hb[0]; i++) free(hb[i]);
 }
 
+/* A NaN in one element of k, v or W (batch row 0, step 3) must reach y (the fused kernels' FMA-pipe tanh polynomial
+ * must not saturate it to +-1: a finite, wrong output) and, for k and v, stay in its batch row. Every element of the
+ * step's k and v and every tanh split, so that no lane position or polynomial share can hide it. */
+static void check_nan_fast(void) {
+  const int B = 2, T = 12, N = 2, K = 64, V = 16, t0 = 3;
+  m2_m2rnn_attr d = {B, T, N, K, V, N, N, N, N, N, 1.f, 8};
+  CHECK_OK(m2_m2rnn_attr_resolve(&d));
+  m2_rng r = m2_rng_make(77, 0);
+  int64_t sq[4] = {B, T, N, K}, sv[4] = {B, T, N, V}, sw[3] = {N, V, V}, sf[3] = {B, T, N}, sy[4] = {B, T, N, V};
+  double *q = rnd(&r, (int64_t)B * T * N * K, 0.5, 0, 1), *k = rnd(&r, (int64_t)B * T * N * K, 0.5, 0, 1),
+         *v = rnd(&r, (int64_t)B * T * N * V, 0.5, 0, 1), *W = rnd(&r, (int64_t)N * V * V, 0.03, 0, 0),
+         *f = rnd(&r, (int64_t)B * T * N, 1, 0, 0);
+  for (int64_t i = 0; i < (int64_t)B * T * N; i++) f[i] = 0.05 + 0.9 / (1 + exp(-2 * f[i]));
+  const int modes[4] = {M2_M2RNN_TANH_DEFAULT, M2_M2RNN_TANH_MIX4, M2_M2RNN_TANH_MIX6, M2_M2RNN_TANH_MIX8};
+  int hidden = 0, leaked = 0, runs = 0;
+  for (int m = 0; m < 4; m++)
+    for (int which = 0; which < 3; which++) {
+      const int n = which == 0 ? K : V;
+      for (int j = 0; j < n; j++) {
+        double *x = which == 0 ? k : which == 1 ? v : W;
+        /* k, v: batch 0, step t0, head 1, element j; W: head 1, row 0, column j */
+        int64_t at = which == 0 ? ((int64_t)t0 * N + 1) * K + j : which == 1 ? ((int64_t)t0 * N + 1) * V + j : V * V + j;
+        double keep = x[at];
+        x[at] = NAN;
+        m2_m2rnn_cuda_tuning o = {M2_M2RNN_FAST, modes[m], 2};
+        m2_tensor *gq = dev(q, M2_BF16, 4, sq), *gk = dev(k, M2_BF16, 4, sq), *gv = dev(v, M2_BF16, 4, sv),
+                  *gW = dev(W, M2_F32, 3, sw), *gf = dev(f, M2_F32, 3, sf), *y = dev_empty(M2_BF16, 4, sy);
+        x[at] = keep;
+        cudaDeviceSynchronize();
+        m2_m2rnn_fwd_args fa = {m2_data(y), NULL, NULL, m2_data(gq), m2_data(gk), m2_data(gv), m2_data(gW),
+                                m2_data(gf), NULL};
+        CHECK_OK(m2_m2rnn_fwd_cuda(&d, &o, &fa, 0));
+        cudaDeviceSynchronize();
+        double *h = malloc(sizeof(double) * (size_t)B * T * N * V);
+        m2_to_host(y, M2_F64, h);
+        const int64_t half = (int64_t)T * N * V;
+        int64_t nan0 = 0, nan1 = 0;
+        for (int64_t i = (int64_t)t0 * N * V; i < half; i++) nan0 += isnan(h[i]), nan1 += isnan(h[half + i]);
+        hidden += nan0 == 0;
+        leaked += which < 2 && nan1 > 0;
+        runs++;
+        free(h);
+        m2_tensor *rel[] = {gq, gk, gv, gW, gf, y};
+        for (int i = 0; i < 6; i++) m2_release(rel[i]);
+      }
+    }
+  printf("NaN propagation (fast path, %d runs): hidden in %d, leaked into the other batch row in %d\n", runs, hidden,
+         leaked);
+  CHECK(hidden == 0, "a NaN in k, v or W came out finite in %d of %d runs", hidden, runs);
+  CHECK(leaked == 0, "a NaN in batch row 0 reached row 1 in %d of %d runs", leaked, runs);
+  free(q), free(k), free(v), free(W), free(f);
+}
+
 int main(void) {
   /* argument checks (no GPU needed) */
   m2_m2rnn_attr bad = {1, 8, 4, 64, 16, 3, 1, 4, 4, 4};
@@ -236,6 +289,7 @@ int main(void) {
   m2_m2rnn_fwd_args none = {0};
   CHECK_FAILS(m2_m2rnn_fwd_cuda(&paper, NULL, &none, 0) != M2_OK, M2_ERR_VALUE, "must be given");
   for (size_t i = 0; i < sizeof CASES / sizeof CASES[0]; i++) run_case(&CASES[i], 100 + i);
+  check_nan_fast();
   CHECK(m2_live_tensors() == 0, "leaked %ld tensors", m2_live_tensors());
   CHECK(m2_live_nodes() == 0, "leaked %ld nodes", m2_live_nodes());
   return check_finish("cuda_ops_m2rnn");

@@ -8,8 +8,8 @@ out=${1:?usage: cuda/bench/quick_m2rnn.sh OUTDIR}
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 build="${M2_GPU_BUILD:-$root/build-gpu}"
 . "$root/cuda/bench/gpu_configure.sh"
-ninja -C "$build" cuda_m2rnn bench_m2rnn >>"$out/build.log" 2>&1 || { tail -30 "$out/build.log"; exit 3; }
-t=$(find "$build" -name cuda_m2rnn -type f -perm -u+x | head -1)
+ninja -C "$build" cuda_ops_m2rnn bench_m2rnn >>"$out/build.log" 2>&1 || { tail -30 "$out/build.log"; exit 3; }
+t=$(find "$build" -name cuda_ops_m2rnn -type f -perm -u+x | head -1)
 "$t" >"$out/test.log" 2>&1
-echo "cuda_m2rnn: exit $? ($(tail -1 "$out/test.log"))"
+echo "cuda_ops_m2rnn: exit $? ($(tail -1 "$out/test.log"))"
 M2_BENCH_QUICK=1 "$build/bench/bench_m2rnn" "${M2_BENCH_REPS:-7}" | tee "$out/bench_quick.txt"
