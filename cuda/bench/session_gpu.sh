@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# session_gpu.sh OUTDIR OLDTREE — one device call that does the most valuable GPU work first and stops each later
+# step at a deadline (M2_DEADLINE_S seconds after the start, default 560, for a 600 s call):
+#   1. cuda/bench/ab_trees.sh all: build this tree and OLDTREE, the CUDA tests of this tree, the old / new benchmark
+#      alternation (M2_AB_ROUNDS, default 2)
+#   2. generation speed (experiments/decode_speed.lua, 400M hybrid-m2rnn, batch 1 and 64, bf16 products)
+#   3. compute-sanitizer memcheck over the CUDA C tests, one after another, until the deadline
+# Pass carry=[".deps", OLDTREE]. At most 6 files come back: ab_all.md, build_{old,new}.log, ctest_new.log,
+# decode.md, memcheck.log.
+set -uo pipefail
+out=${1:?usage: session_gpu.sh OUTDIR OLDTREE}
+old=${2:?old tree}
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+deadline=$((SECONDS + ${M2_DEADLINE_S:-560}))
+left() { echo $((deadline - SECONDS)); }
+M2_AB_ROUNDS=${M2_AB_ROUNDS:-2} bash "$root/cuda/bench/ab_trees.sh" "$out" "$old" all
+cd "$root"
+if [ "$(left)" -gt 30 ]; then
+  { echo "# decode_speed $(date -u +%Y-%m-%dT%H:%MZ) $(nvidia-smi --query-gpu=name --format=csv,noheader) git $(git rev-parse --short HEAD)"
+    timeout $(($(left) - 5)) build-gpu/m2lab run experiments/decode_speed.lua device=cuda 2>&1
+    echo "exit $?"; } | tee "$out/decode.md"
+fi
+if [ "$(left)" -gt 20 ]; then
+  for t in build-gpu/tests/cuda_*; do
+    [ -x "$t" ] && [ "$(left)" -gt 15 ] || continue
+    echo "## $t"
+    timeout $(($(left) - 5)) compute-sanitizer --tool memcheck --leak-check no --error-exitcode 9 "$t" 2>&1 | tail -4
+    echo "exit $?"
+  done | tee "$out/memcheck.log"
+fi
+echo "session_gpu: done with $(left) s left"
