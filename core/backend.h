@@ -7,6 +7,7 @@
 #include "status.h"
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -43,6 +44,13 @@ typedef struct m2_backend {
   m2_status (*sumsq_many)(struct m2_tensor *const *ts, int n, double *out);
   /* t *= s in place (contiguous F32 or BF16). */
   m2_status (*scale_)(struct m2_tensor *t, double s);
+  /* ---- generation (core/sample.c; NULL: the host samples) ----
+   * One token per row of logits (rows, V), contiguous F32 or BF16 on this device, drawn as core/sample.h says with
+   * temperature alone (no top-k, no top-p): temperature 0 takes the first largest logit, else the inverse CDF of
+   * softmax(x / temperature) at u[r]. u, ids and bad are host arrays of rows: bad[r] = -1 for a drawn row, else
+   * 2 * (the first position of a NaN or +inf logit) + (1 for +inf), or -2 when the row has no finite logit. */
+  m2_status (*sample_rows)(const struct m2_tensor *logits, double temperature, const double *u, int64_t *ids,
+                           int64_t *bad);
 } m2_backend;
 
 /* The backend for a device type; NULL when none is registered or it found no device. The first call for a type

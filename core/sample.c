@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include "backend.h"
 #include "rng.h"
 
 #define M2_SAMPLE_THREADS 32 /* the most threads one call spreads its rows over */
@@ -278,6 +279,37 @@ static m2_status check_logits(const m2_tensor *logits, const m2_sample_opts *o) 
   return M2_OK;
 }
 
+/* The device's sampler (backend sample_rows) for what it draws: temperature alone, contiguous F32 / BF16 logits.
+ * -> M2_OK with ids filled; M2_ERR_UNSUPPORTED when it does not apply (the host samples); else the host's error for
+ * the lowest bad row. */
+static m2_status sample_on_device(const m2_tensor *logits, const m2_sample_opts *o, int64_t rows, int64_t V,
+                                  int64_t *ids) {
+  const m2_backend *be = logits->device.type == M2_CPU ? NULL : m2_backend_get(logits->device.type);
+  if (!be || !be->sample_rows || (o->top_k > 0 && o->top_k < V) || o->top_p < 1 || !m2_is_contiguous(logits) ||
+      (logits->dtype != M2_F32 && logits->dtype != M2_BF16) || rows == 0)
+    return M2_ERR_UNSUPPORTED;
+  double *u = malloc(sizeof(double) * (size_t)rows);
+  int64_t *bad = malloc(sizeof(int64_t) * (size_t)rows);
+  m2_status st = u && bad ? M2_OK : m2_fail(M2_ERR_OOM, "sample: cannot allocate %lld draws", (long long)rows);
+  for (int64_t r = 0; st == M2_OK && r < rows; r++) { /* the host's draws: Philox (seed, stream + row, offset) */
+    uint32_t x[4];
+    m2_philox(o->seed, M2_SAMPLE_STREAM + (uint64_t)r, o->offset, x);
+    u[r] = (double)(((uint64_t)x[0] << 21) ^ (x[1] >> 11)) * (1.0 / 9007199254740992.0);
+  }
+  if (st == M2_OK) st = be->sample_rows(logits, o->temperature, u, ids, bad);
+  for (int64_t r = 0; st == M2_OK && r < rows; r++) {
+    if (bad[r] == -2)
+      st = m2_fail(M2_ERR_VALUE, "sample: logits row %lld (0-based) has no finite logit (all %lld are -inf)",
+                   (long long)r, (long long)V);
+    else if (bad[r] >= 0)
+      st = m2_fail(M2_ERR_VALUE, "sample: logits row %lld (0-based), token %lld is %s: only finite logits and -inf (a "
+                   "masked token) can be sampled", (long long)r, (long long)(bad[r] / 2), bad[r] % 2 ? "+inf" : "NaN");
+  }
+  free(u);
+  free(bad);
+  return st;
+}
+
 m2_tensor *m2_sample(const m2_tensor *logits, const m2_sample_opts *o) {
   if (check_logits(logits, o) != M2_OK) return NULL;
   int64_t V = logits->shape[logits->ndim - 1], rows = m2_numel(logits) / V;
@@ -287,8 +319,9 @@ m2_tensor *m2_sample(const m2_tensor *logits, const m2_sample_opts *o) {
     return NULL;
   }
   m2_tensor *out = NULL;
-  if (sample_rows(logits, o, ids, NULL) == M2_OK)
-    out = m2_from_data(M2_I64, logits->device, logits->ndim - 1, logits->shape, ids);
+  m2_status st = sample_on_device(logits, o, rows, V, ids);
+  if (st == M2_ERR_UNSUPPORTED) st = sample_rows(logits, o, ids, NULL);
+  if (st == M2_OK) out = m2_from_data(M2_I64, logits->device, logits->ndim - 1, logits->shape, ids);
   free(ids);
   return out;
 }

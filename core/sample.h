@@ -1,10 +1,11 @@
 /* sample.h — drawing the next token from logits: temperature, top-k, top-p (nucleus), and one counter-based draw
  * per row, so that a seed decides every token on any device (DESIGN 9; lua/m2/generate.lua uses it).
  *
- * Not an op: nothing to differentiate and nothing on the tape. It runs on the host: logits on another device are
- * copied to the host first (B * V numbers a call: 25.7 MB at B = 64, V = 100352, about a millisecond over PCIe),
- * and the ids are copied back to the logits' device. A CUDA kernel would remove that copy; see the README's
- * "What does not work yet".
+ * Not an op: nothing to differentiate and nothing on the tape. The host code here is the reference. Logits on
+ * another device are drawn there when its backend has a sample_rows hook and the options are temperature alone
+ * (core/backend.h; cuda/sample.cu): B ids come back instead of B * V logits. With top-k or top-p they are copied to
+ * the host first (B * V numbers a call: 25.7 MB at B = 64, V = 100352, about a millisecond over PCIe), and the ids
+ * are copied back to the logits' device.
  *
  * One row z = logits / temperature (V numbers, in float64):
  *   temperature 0   greedy: the first largest logit (top_k and top_p play no part); the probabilities are one-hot.

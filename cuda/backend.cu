@@ -85,11 +85,11 @@ static m2_status cu_sync(int index) {
 }
 
 /* The table core calls for CUDA tensors: memory here, strided copies and fills (ops_view.cu), optimizer updates
- * and the clipping reductions (ops_optim.cu). */
+ * and the clipping reductions (ops_optim.cu), the temperature sampler (sample.cu). */
 static const m2_backend cuda_backend = {
     "cuda",           cu_alloc,          cu_free,           cu_memset0,           cu_copy,        cu_sync,
     device_count,     m2_cuda_copy,      m2_cuda_fill,      m2_cuda_sgd_update,   m2_cuda_adamw_update,
-    m2_cuda_sumsq_many, m2_cuda_scale_};
+    m2_cuda_sumsq_many, m2_cuda_scale_, m2_cuda_sample_rows};
 
 static void probe(void) {
   if (device_count() > 0) m2_backend_register(M2_CUDA, &cuda_backend);

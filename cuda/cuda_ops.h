@@ -82,6 +82,9 @@ m2_status m2_cuda_adamw_update(m2_tensor *p, const m2_tensor *g, m2_tensor *m, m
 m2_status m2_cuda_sumsq_many(m2_tensor *const *ts, int n, double *out);
 /* t *= s in place (CUDA, contiguous, F32 or BF16). */
 m2_status m2_cuda_scale_(m2_tensor *t, double s);
+/* sample.cu: the backend's sample_rows hook (core/backend.h) */
+m2_status m2_cuda_sample_rows(const m2_tensor *logits, double temperature, const double *u, int64_t *ids,
+                              int64_t *bad);
 
 #undef M2_CUDA_DECL_FB
 #ifdef __cplusplus
