@@ -234,7 +234,7 @@ m2_dist *m2_dist_init(const m2_dist_opts *o) {
   g->backend = b;
   g->timeout_s = opts.timeout_s > 0 ? opts.timeout_s : M2_DIST_DEFAULT_TIMEOUT;
   if (b->init(g) != M2_OK) {
-    m2_fail_context(m2_errcode(), "dist: rank %d of %d (%s backend)", env.rank, env.world, b->name);
+    m2_fail_context(m2_errcode(), "rank %d of %d (%s backend)", env.rank, env.world, b->name);
     free(g);
     return NULL;
   }

@@ -2,7 +2,7 @@
  * lua/m2/dist.lua wraps them (m2.dist) and lua/m2/train.lua calls that.
  *
  *   m2.core.dist_env() -> {rank, world, local_rank, source, master_addr, master_port, under_mpi}
- *   m2.core.dist_backends() -> "self, mpi, ..."
+ *   m2.core.dist_backends() -> "self, mpi, ..."     m2.core.dist_cuda_count() -> CUDA devices visible
  *   m2.core.dist_init{backend = "auto", device = "cpu", timeout = 300} -> m2.Dist
  *     g:rank() g:world() g:local_rank() g:backend() g:source()
  *     g:allreduce_sum(t) g:reduce_scatter_sum(send, recv) g:allgather(send, recv) g:broadcast(t, root) g:barrier()
@@ -63,6 +63,12 @@ static int l_dist_env(lua_State *L) {
   m2_dist_env e;
   M2LUA_CHECK(L, m2_dist_env_parse(NULL, NULL, &e));
   push_env(L, &e);
+  return 1;
+}
+
+/* m2.core.dist_cuda_count() -> the CUDA devices this process sees (0 without the CUDA backend or a GPU) */
+static int l_dist_cuda_count(lua_State *L) {
+  lua_pushinteger(L, m2_device_count(M2_CUDA));
   return 1;
 }
 
@@ -303,6 +309,7 @@ static void new_class(lua_State *L, const char *name, lua_CFunction gc, const lu
 void m2lua_open_dist(lua_State *L) {
   static const luaL_Reg fns[] = {
       {"dist_env", l_dist_env}, {"dist_backends", l_dist_backends}, {"dist_init", l_dist_init},
+      {"dist_cuda_count", l_dist_cuda_count},
       {"dp_new", l_dp_new},     {NULL, NULL},
   };
   static const luaL_Reg dist_methods[] = {

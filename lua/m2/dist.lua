@@ -77,11 +77,24 @@ end
 
 -- the text every rank must agree on: the resolved config and training record, the overrides, the parameters
 local function agreement_text(s, st)
-  local parts = { st.config_json }
+  local runs = require "m2.runs"
+  local cj = runs.json_decode(st.config_json)
+  if type(cj.train) == "table" then cj.train.device = nil end -- cuda:<local rank> differs between ranks
+  local parts = { runs.json_encode(cj) }
   for _, p in ipairs(st.params) do parts[#parts + 1] = p.name .. table.concat(p.tensor:shape(), "x") end
   local order = core.args_order or {}
   for _, k in ipairs(order) do parts[#parts + 1] = k .. "=" .. tostring((m2.args_raw or {})[k]) end
   return table.concat(parts, "\n")
+end
+
+-- dist.device(dev) -> the device of this rank: "cuda" becomes cuda:<local rank mod the GPUs it sees> when there are
+-- several ranks (one process per GPU); anything else stays
+function dist.device(dev)
+  local env = dist.env()
+  if env.world == 1 or dev ~= "cuda" then return dev end
+  local n = core.dist_cuda_count()
+  if n <= 1 then return dev end
+  return "cuda:" .. (env.local_rank % n)
 end
 
 -- dist.setup(s, st) -> the data-parallel state, or nil for one process. s.zero / s.dist_bucket / s.dist_timeout are

@@ -680,6 +680,7 @@ function train.train(spec)
   -- m2.runs.load_model runs a stored script only to get its model: hand it over, train nothing
   if m2.loading then return m2.loading.capture(spec) end
   local s = resolve(spec)
+  s.device = require("m2.dist").device(s.device) -- several ranks on "cuda": each its own GPU (m2.dist)
   local st = { step = 0, cursor = 0, nan_skips = 0, nan_streak = 0, tokens = 0, train_time = 0.0,
                win = { n = 0, loss = 0.0, gnorm = 0.0, finite = 0, mem = 0.0 }, win_tokens = 0, win_time = 0.0,
                tty = core.isatty(1), last_print = -1, last_len = 0, session_t0 = core.clock() }
