@@ -13,6 +13,8 @@
 #include "gradcheck.h"
 #include "ops_mixers.h"
 #include "optim.h"
+#include "dist.h"
+#include "dist_dp.h"
 #include "runfile/runfile.h"
 #include "profile.h"
 #endif

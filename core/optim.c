@@ -51,7 +51,9 @@ typedef struct optim_param {
   m2_tensor *p;                 /* retained */
   char *name;
   bool no_decay;
-  m2_tensor *state[MAX_STATE];  /* lazily created, same dtype/device/shape as p */
+  bool ranged;                  /* m2_optim_set_range: only elements [lo, hi) are this optimizer's */
+  int64_t lo, hi;
+  m2_tensor *state[MAX_STATE];  /* lazily created, same dtype/device/shape as p (ranged: (hi - lo)) */
 } optim_param;
 
 struct m2_optim {
@@ -259,12 +261,37 @@ m2_tensor *m2_optim_state(m2_optim *o, int i, int j) {
   return o->ps[i].state[j];
 }
 
+m2_status m2_optim_set_range(m2_optim *o, int i, int64_t lo, int64_t hi) {
+  if (!o || i < 0 || i >= o->n) return m2_fail(M2_ERR_INDEX, "optim set_range: parameter index %d out of range", i);
+  optim_param *e = &o->ps[i];
+  int64_t n = m2_numel(e->p);
+  if (lo < 0 || hi < lo || hi > n)
+    return m2_fail(M2_ERR_INDEX, "optim set_range: [%lld, %lld) is not a range of the %lld elements of '%s'",
+                   (long long)lo, (long long)hi, (long long)n, e->name);
+  for (int j = 0; j < MAX_STATE; j++) {
+    m2_release(e->state[j]);
+    e->state[j] = NULL;
+  }
+  e->ranged = lo != 0 || hi != n;
+  e->lo = lo;
+  e->hi = hi;
+  return M2_OK;
+}
+
+void m2_optim_range(const m2_optim *o, int i, int64_t *lo, int64_t *hi) {
+  const optim_param *e = &o->ps[i];
+  *lo = e->ranged ? e->lo : 0;
+  *hi = e->ranged ? e->hi : m2_numel(e->p);
+}
+
 /* Create the missing state tensors of parameter i (zeroed; existing ones are kept). */
 static m2_status ensure_state(m2_optim *o, int i) {
   optim_param *e = &o->ps[i];
+  if (e->ranged && e->hi == e->lo) return M2_OK; /* nothing of it is ours */
   for (int j = 0; j < m2_optim_state_count(o); j++) {
     if (e->state[j]) continue;
-    e->state[j] = m2_zeros_like(e->p);
+    int64_t len = e->hi - e->lo;
+    e->state[j] = e->ranged ? m2_zeros(e->p->dtype, e->p->device, 1, &len) : m2_zeros_like(e->p);
     if (!e->state[j])
       return m2_fail_context(m2_errcode(), "optim: state '%s' of '%s'", m2_optim_state_name(o, j), e->name);
   }
@@ -331,15 +358,29 @@ static m2_status check_param(const m2_optim *o, int i) {
   return M2_OK;
 }
 
+static m2_status update_range(m2_optim *o, optim_param *e, m2_tensor *p, m2_tensor *g, int64_t t, double lr);
+
+/* A ranged parameter updates 1-D views of elements [lo, hi) of p and its grad */
 static m2_status update_param(m2_optim *o, optim_param *e, int64_t t, double lr) {
-  m2_tensor *p = e->p;
+  if (!e->ranged) return update_range(o, e, e->p, e->p->grad, t, lr);
+  if (e->hi == e->lo) return M2_OK;
+  int64_t len = e->hi - e->lo, one = 1;
+  m2_tensor *p = m2_view_raw(e->p, 1, &len, &one, e->p->offset + e->lo);
+  m2_tensor *g = p ? m2_view_raw(e->p->grad, 1, &len, &one, e->p->grad->offset + e->lo) : NULL;
+  m2_status s = p && g ? update_range(o, e, p, g, t, lr) : m2_errcode();
+  m2_release(g);
+  m2_release(p);
+  return s;
+}
+
+static m2_status update_range(m2_optim *o, optim_param *e, m2_tensor *p, m2_tensor *grad, int64_t t, double lr) {
   int64_t n = m2_numel(p);
   bool f32 = p->dtype == M2_F32;
   const m2_backend *dev = p->device.type != M2_CPU ? m2_backend_get(p->device.type) : NULL; /* checked in check_param */
   if (o->kind == M2_OPTIM_SGD) {
     sgd_scalars s = {lr, o->sgd.momentum, e->no_decay ? 0.0 : o->sgd.weight_decay, o->sgd.nesterov};
-    if (dev) return dev->sgd_update(p, p->grad, e->state[0], s.lr, s.momentum, s.wd, s.nesterov);
-    void *pd = m2_data(p), *gd = m2_data(p->grad);
+    if (dev) return dev->sgd_update(p, grad, e->state[0], s.lr, s.momentum, s.wd, s.nesterov);
+    void *pd = m2_data(p), *gd = m2_data(grad);
     void *buf = e->state[0] ? m2_data(e->state[0]) : NULL;
     if (f32) sgd_update_cpu_f32(pd, gd, buf, n, s);
     else sgd_update_cpu_f64(pd, gd, buf, n, s);
@@ -349,8 +390,8 @@ static m2_status update_param(m2_optim *o, optim_param *e, int64_t t, double lr)
   adamw_scalars s = {lr, a->beta1, a->beta2, a->eps, e->no_decay ? 0.0 : a->weight_decay,
                      1.0 - pow(a->beta1, (double)t), 1.0 - pow(a->beta2, (double)t)};
   if (dev)
-    return dev->adamw_update(p, p->grad, e->state[0], e->state[1], s.lr, s.beta1, s.beta2, s.eps, s.wd, s.bc1, s.bc2);
-  void *pd = m2_data(p), *gd = m2_data(p->grad);
+    return dev->adamw_update(p, grad, e->state[0], e->state[1], s.lr, s.beta1, s.beta2, s.eps, s.wd, s.bc1, s.bc2);
+  void *pd = m2_data(p), *gd = m2_data(grad);
   void *m = m2_data(e->state[0]), *v = m2_data(e->state[1]);
   if (f32) adamw_update_cpu_f32(pd, gd, m, v, n, s);
   else adamw_update_cpu_f64(pd, gd, m, v, n, s);

@@ -48,6 +48,14 @@ void m2_optim_clear_grads(m2_optim *o);
 int64_t m2_optim_steps(const m2_optim *o);          /* steps taken (AdamW bias correction) */
 void m2_optim_set_steps(m2_optim *o, int64_t steps); /* when restoring a checkpoint */
 
+/* ZeRO-1 (core/dist_dp.c): this rank updates only elements [lo, hi) of parameter i (its flattened, row-major
+ * elements); its state tensors then hold those hi - lo elements only (1-D), and a parameter whose range is empty
+ * gets no state and no update. Set before the first step (existing state is dropped). The default is the whole
+ * parameter. */
+m2_status m2_optim_set_range(m2_optim *o, int i, int64_t lo, int64_t hi);
+/* The range of parameter i ([0, numel) unless set). */
+void m2_optim_range(const m2_optim *o, int i, int64_t *lo, int64_t *hi);
+
 /* State for checkpoints: state tensor j of parameter i (borrowed; NULL if none yet, e.g.
  * before the first step) and its short name ("exp_avg", "exp_avg_sq", "momentum").
  * m2_optim_state_count gives how many state tensors each parameter has. */

@@ -95,10 +95,17 @@ static void probe(void) {
   if (device_count() > 0) m2_backend_register(M2_CUDA, &cuda_backend);
 }
 
+#ifdef M2_HAVE_NCCL
+extern "C" void m2_cuda_register_nccl(void); /* dist_nccl.cu: the "nccl" collective backend */
+#endif
+
 extern "C" m2_status m2_cuda_register(void) {
 #define M2_CUDA_REGISTER_FILE(f) M2_TRY(m2_cuda_register_##f());
   M2_CUDA_OP_FILES(M2_CUDA_REGISTER_FILE)
 #undef M2_CUDA_REGISTER_FILE
   m2_backend_register_probe(M2_CUDA, probe);
+#ifdef M2_HAVE_NCCL
+  m2_cuda_register_nccl();
+#endif
   return M2_OK;
 }

@@ -38,6 +38,7 @@ void m2lua_open_data(lua_State *L) __attribute__((weak)); /* bind_data.c: group 
 void m2lua_open_runfile(lua_State *L) __attribute__((weak)); /* bind_runfile.c: run files, sweep index */
 void m2lua_open_sys(lua_State *L) __attribute__((weak));     /* bind_sys.c: clocks, processes, memory */
 void m2lua_open_binfile(lua_State *L) __attribute__((weak)); /* bind_binfile.c: raw tensor-byte files (safetensors) */
+void m2lua_open_dist(lua_State *L) __attribute__((weak));    /* bind_dist.c: process groups, data parallelism */
 
 /* Functions of an area go both into the module table (at `mod`) and, when `methods` is
  * non-zero, into the tensor method table (at `methods`) under the same name. */
@@ -84,6 +85,9 @@ void m2lua_checkopts(lua_State *L, int tbl);
 /* Refuse a key of the options table `tbl` (when it is a table) that is not in `known` (NULL-terminated): a misspelt
  * option is an error naming it, `what` (the function) and the known ones, not a silent default. */
 void m2lua_checkkeys(lua_State *L, int tbl, const char *what, const char *const *known);
+
+/* The optimizer of an m2.Optim userdata at `arg` (bind_optim.c; raises unless it is an open one). */
+struct m2_optim *m2lua_checkoptim(lua_State *L, int arg);
 
 /* ---- tensors ---- */
 typedef struct m2lua_tensor {

@@ -14,5 +14,6 @@ int luaopen_m2_core(lua_State *L) {
   if (m2lua_open_runfile) m2lua_open_runfile(L);
   if (m2lua_open_sys) m2lua_open_sys(L);
   if (m2lua_open_binfile) m2lua_open_binfile(L);
+  if (m2lua_open_dist) m2lua_open_dist(L);
   return 1;
 }

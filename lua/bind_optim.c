@@ -17,6 +17,8 @@ static m2_optim *check_optim(lua_State *L, int arg) {
   return u->o;
 }
 
+m2_optim *m2lua_checkoptim(lua_State *L, int arg) { return check_optim(L, arg); }
+
 static optim_ud *new_optim(lua_State *L) {
   optim_ud *u = lua_newuserdatauv(L, sizeof *u, 0);
   u->o = NULL;

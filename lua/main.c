@@ -13,6 +13,7 @@
 #ifdef M2_HAVE_CUDA
 #include "m2cuda.h"
 #endif
+#include "dist.h"
 #include "runfile/runfile_sweep.h"
 
 static int cmd_run(const m2host_cmd *c, int argc, char **argv);
@@ -52,6 +53,9 @@ static const m2host_cmd g_cmds[] = {
      NULL, "m2.generate"},
     {"sweep", "SWEEP.lua [parallel=N]",
      "run every member of a sweep (m2.sweep), N at a time; re-running skips finished members", NULL, "m2.sweep"},
+    {"launch", "-n N SCRIPT.lua [key=value ...]",
+     "run a script on N processes of this machine (data parallel; under mpirun when there is one; m2.dist)", NULL,
+     "m2.dist"},
     {"version", "", "print the version, git revision, Lua version and backends", cmd_version, NULL},
     {"help", "", "this help (also --help, -h)", cmd_help, NULL},
 };
@@ -93,8 +97,8 @@ static int cmd_version(const m2host_cmd *c, int argc, char **argv) {
 #else
   const char *cuda = "no cuda";
 #endif
-  printf("m2lab %s (git %s), %s, backends: cpu, %s\n", M2_VERSION, M2_GIT_REV[0] ? M2_GIT_REV : "unknown",
-         LUA_RELEASE, cuda);
+  printf("m2lab %s (git %s), %s, backends: cpu, %s, collectives: %s\n", M2_VERSION,
+         M2_GIT_REV[0] ? M2_GIT_REV : "unknown", LUA_RELEASE, cuda, m2_dist_backend_names());
   return M2HOST_OK;
 }
 

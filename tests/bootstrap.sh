@@ -3,7 +3,7 @@
 # Used by the README's two commands (experiments/run.sh, tests/run.sh). Idempotent.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-pkgs=(build-essential cmake ninja-build pkg-config liblua5.4-dev libhdf5-dev libopenblas-dev valgrind python3 python3-venv python3-pip
+pkgs=(build-essential cmake ninja-build pkg-config liblua5.4-dev libhdf5-dev libopenblas-dev openmpi-bin libopenmpi-dev valgrind python3 python3-venv python3-pip
       python3-doc) # python3-doc: the corpus slice of tests/lua/test_tokens.lua (datasets/corpus.sh)
 missing=()
 for p in "${pkgs[@]}"; do

@@ -104,7 +104,8 @@ m2.mode = core.mode or "run"
 --   string, or a list ("betas=0.9,0.95" for a default {0.9, 0.999}).
 --   The common overrides every experiment accepts are allowed even when defaults does not
 --   list them: steps, seed, checkpoint_every, eval_every (integers), device, out, precision
---   ("f32" or "bf16") (strings), overwrite, reschedule (booleans). They then appear in the
+--   ("f32" or "bf16") (strings), overwrite, reschedule (booleans), and for runs on several processes zero (boolean),
+--   dist_bucket (integer), dist_timeout (number; lua/m2/dist.lua). They then appear in the
 --   returned config; m2.train reads them from the command line itself, and a seed= that
 --   defaults does not list seeds the default RNG (m2.seed) at once, before the script builds
 --   its model. reschedule=true belongs to `m2lab resume` (lua/m2/train.lua, "The lr schedule
@@ -113,7 +114,7 @@ m2.mode = core.mode or "run"
 
 -- the common overrides and a value of their type
 local COMMON = { steps = 0, seed = 0, checkpoint_every = 0, eval_every = 0, device = "", out = "", overwrite = false,
-                 precision = "", reschedule = false }
+                 precision = "", reschedule = false, zero = false, dist_bucket = 0, dist_timeout = 0 }
 m2.COMMON_OVERRIDES = COMMON
 -- the values a common override may take, where not any value of its type
 local COMMON_VALUES = { precision = { "f32", "bf16" } }

@@ -77,12 +77,13 @@ local KNOWN = {
   model = true, data = true, loss = true, steps = true, grad_accum = true, optim = true, schedule = true, clip = true,
   eval_every = true, eval = true, checkpoint_every = true, keep_checkpoints = true, out = true, overwrite = true,
   config = true, log_every = true, print_every = true, max_nan_skips = true, flush_interval = true, device = true,
-  quiet = true, precision = true,
+  quiet = true, precision = true, zero = true, dist_bucket = true, dist_timeout = true, -- the last three: m2.dist
 }
 -- config keys that may differ between a run and its resume
 local RUN_CONTROL = { steps = true, out = true, device = true, checkpoint_every = true, eval_every = true,
                       log_every = true, print_every = true, keep_checkpoints = true, overwrite = true,
-                      flush_interval = true, quiet = true, reschedule = true }
+                      flush_interval = true, quiet = true, reschedule = true,
+                      zero = true, dist_bucket = true, dist_timeout = true } -- a resume may change the world size too
 -- derived from steps in the recorded training settings (config_json "train")
 local DERIVED = { decay = true, stable = true }
 
@@ -253,17 +254,20 @@ end
 -- ---------------------------------------------------------------------------------------
 
 local function write_checkpoint(st, step)
-  local r = st.run
-  r:flush() -- every metric up to this step is on disk before the checkpoint exists
-  r:ckpt_begin(step)
-  for _, p in ipairs(st.params) do r:ckpt_put("params/" .. p.name, p.tensor) end
+  local r = st.run -- nil on ranks other than 0, which only help gather a sharded optimizer state (m2.dist)
+  if r then
+    r:flush() -- every metric up to this step is on disk before the checkpoint exists
+    r:ckpt_begin(step)
+    for _, p in ipairs(st.params) do r:ckpt_put("params/" .. p.name, p.tensor) end
+  end
   local names = st.opt:state_names()
   for j, sname in ipairs(names) do
     for i, p in ipairs(st.params) do
-      local t = st.opt:state(i, j)
-      if t then r:ckpt_put("optim/" .. sname .. "/" .. p.name, t) end
+      local t = st.dp and st.dp:state(i, j) or not st.dp and st.opt:state(i, j)
+      if t and r then r:ckpt_put("optim/" .. sname .. "/" .. p.name, t) end
     end
   end
+  if not r then return end
   local rng = m2.rng_state()
   local attrs = {
     data_cursor = st.cursor, optim_steps = st.opt:steps(), optim_kind = st.opt.kind, rng_seed = rng.seed,
@@ -335,9 +339,10 @@ local function load_checkpoint(st, step)
     for i, p in ipairs(st.params) do
       local key = "optim/" .. sname .. "/" .. p.name
       if not have[key] then fail(string.format("%s: checkpoint %d has no optimizer state '%s'", path, step, key)) end
-      r:ckpt_read_into(step, key, st.opt:state(i, j))
+      if not st.dp then r:ckpt_read_into(step, key, st.opt:state(i, j)) end
     end
   end
+  if st.dp then st.dp_state_step = step end -- every rank takes its part (m2.dist, DP:sync_start)
   local function get(k)
     local v, msg = r:ckpt_get(step, k)
     if v == nil then fail(msg) end
@@ -579,6 +584,7 @@ local function one_step(st, s, step)
   for _ = 1, s.grad_accum do
     local x, y = s.data:batch(st.cursor)
     st.cursor = st.cursor + 1
+    if st.dp then x, y = st.dp:slice(x, "x"), st.dp:slice(y, "y") end -- this rank's rows of the global batch
     if s.device ~= "cpu" then
       if m2.is_tensor(x) then x = x:to(s.device) end
       if m2.is_tensor(y) then y = y:to(s.device) end
@@ -586,17 +592,22 @@ local function one_step(st, s, step)
     local l = st.lossfn(model, x, y)
     if not m2.is_tensor(l) then fail("loss must return a tensor, got " .. type(l)) end
     local lv = l:item()
-    if s.grad_accum > 1 then l = l * (1.0 / s.grad_accum) end
+    local parts = s.grad_accum * (st.dp and st.dp.world or 1) -- micro-batches in the global batch
+    if parts > 1 then l = l * (1.0 / parts) end
     l:backward()
     lsum = lsum + lv
     if m2.is_tensor(x) then tokens = tokens + x:numel() end
   end
-  local loss = lsum / s.grad_accum
-  local gnorm = m2.optim.clip_grad_norm(st.params, s.clip or math.huge)
+  local loss, gnorm = lsum / s.grad_accum, nil
+  if st.dp then -- gradients summed over the ranks; the global loss, tokens and grad norm
+    loss, tokens, gnorm = st.dp:reduce(st, s, lsum, tokens, core.clock() - t0, core.mem_peak(devtype) / 2 ^ 20)
+  else
+    gnorm = m2.optim.clip_grad_norm(st.params, s.clip or math.huge)
+  end
   local lr = st.sched:lr(step - 1)
   local finite = isfinite(loss) and isfinite(gnorm)
   if finite then
-    opt:step(lr)
+    if st.dp then st.dp:step(lr) else opt:step(lr) end
     st.nan_streak = 0
   else
     opt:zero_grad()
@@ -645,6 +656,7 @@ local function loop(st, s)
         r:log("metrics", "peak_mem_mb", step, w.mem)
         r:log("metrics", "nan_skips", step, st.nan_skips)
       end
+      if st.dp then st.dp:log(st.run, step) end
       st.last_loss = mloss
       w.n, w.loss, w.gnorm, w.finite, w.mem = 0, 0.0, 0.0, 0, 0.0
       st.win_tokens, st.win_time = 0, 0.0
@@ -652,8 +664,9 @@ local function loop(st, s)
     st.shown_loss = finite and loss or st.shown_loss or loss
     progress(st, s, step, st.shown_loss, lr, tps, step == s.steps)
     if s.eval and ((s.eval_every > 0 and step % s.eval_every == 0) or step == s.steps) then run_eval(st, s, step) end
-    local interrupted = m2.interrupted()
-    if st.run and ((s.checkpoint_every > 0 and step % s.checkpoint_every == 0) or step == s.steps or interrupted) then
+    local interrupted -- with several ranks, what they agreed on in this step
+    if st.dp then interrupted = st.dp.stop else interrupted = m2.interrupted() end
+    if (st.run or st.dp and st.dp.root_has_run) and ((s.checkpoint_every > 0 and step % s.checkpoint_every == 0) or step == s.steps or interrupted) then
       write_checkpoint(st, step)
     end
     if interrupted then
@@ -667,6 +680,7 @@ function train.train(spec)
   -- m2.runs.load_model runs a stored script only to get its model: hand it over, train nothing
   if m2.loading then return m2.loading.capture(spec) end
   local s = resolve(spec)
+  s.device = require("m2.dist").device(s.device) -- several ranks on "cuda": each its own GPU (m2.dist)
   local st = { step = 0, cursor = 0, nan_skips = 0, nan_streak = 0, tokens = 0, train_time = 0.0,
                win = { n = 0, loss = 0.0, gnorm = 0.0, finite = 0, mem = 0.0 }, win_tokens = 0, win_time = 0.0,
                tty = core.isatty(1), last_print = -1, last_len = 0, session_t0 = core.clock() }
@@ -681,7 +695,8 @@ function train.train(spec)
   end
   st.config_json = runs.json_encode { config = s.config, train = train_record(s, st.opt, st.sched) }
   if m2.resuming and not s.out then fail("resuming needs a run file") end
-  if s.out then
+  st.dp = require("m2.dist").setup(s, st) -- nil for one process; else data parallelism over the ranks (m2.dist)
+  local function open()
     local ok, err = pcall(open_run, st, s)
     if not ok then
       if st.run then -- created, then a later step failed: the file says so
@@ -691,6 +706,18 @@ function train.train(spec)
       end
       error(err, 0)
     end
+  end
+  if st.dp then -- rank 0 opens the run file; all start from its parameters, state and counters
+    local ok, err = pcall(function()
+      st.dp:open(st, s, open)
+      st.dp:sync_start(st)
+    end)
+    if not ok then
+      st.dp:failed()
+      error(err, 0)
+    end
+  elseif s.out then
+    open()
   end
   st.start_step = st.step
   if not s.quiet then
@@ -704,6 +731,7 @@ function train.train(spec)
   local prev_precision = m2.matmul_precision(s.precision) -- for this run's steps and evals only
   local ok, err = xpcall(loop, debug.traceback, st, s)
   m2.matmul_precision(prev_precision)
+  if not ok and st.dp then st.dp:failed() end
   local status
   if not ok then
     local msg = st.run_failed_msg or tostring(err):match("^[^\n]*")
