@@ -3,7 +3,7 @@
  *
  * Not an op: nothing to differentiate and nothing on the tape. The host code here is the reference. Logits on
  * another device are drawn there when its backend has a sample_rows hook and the options are temperature alone
- * (core/backend.h; cuda/sample.cu): B ids come back instead of B * V logits. With top-k or top-p they are copied to
+ * (core/backend.h; the CUDA backend has one): B ids come back instead of B * V logits. With top-k or top-p they are copied to
  * the host first (B * V numbers a call: 25.7 MB at B = 64, V = 100352, about a millisecond over PCIe), and the ids
  * are copied back to the logits' device.
  *
