@@ -2,11 +2,12 @@
  * (run files: attributes, metric series, checkpoints), inspect, and the sweep index.
  * lua/m2/train.lua, runs.lua and sweep.lua build on it.
  *
- *   local r <close> = m2.core.run_open("runs/a.h5", {mode = "create", overwrite = false,
+ *   local r <close> = m2.core.run_open("runs/a.h5", {mode = "create", overwrite = false, staged = false,
  *       flush_interval = 5, keep_last = 0, no_fsync = false, device = "cpu", script = src,
  *       config_json = "{}"})           -- mode: "read" (default) | "create" | "resume";
  *                                      -- read also takes open_timeout, no_repair
  *   r:path() r:writable() r:close() r:set_keep_last(k)
+ *   r:replace()   (staged = true: rename the new file over the one it overwrites; a close before deletes it)
  *   r:set_attr(key, v) r:set_config{key = v, ...} r:set_status(s)
  *   r:get_attr(key) -> v | nil, msg (absent)      r:attr_names([config_only]) -> {names}
  *   r:log(group, name, step, value) r:set_goal(group, name, "min"|"max") r:flush() r:truncate(step)
@@ -115,6 +116,7 @@ static int l_run_open(lua_State *L) {
   else if (strcmp(mode, "resume") == 0) o.mode = M2_RUN_RESUME;
   else return m2lua_error(L, "run_open: mode must be \"read\", \"create\" or \"resume\", got \"%s\"", mode);
   o.overwrite = m2lua_optfield_bool(L, 2, "overwrite", false);
+  o.staged = m2lua_optfield_bool(L, 2, "staged", false);
   o.flush_interval = m2lua_optfield_num(L, 2, "flush_interval", 0);
   o.open_timeout = m2lua_optfield_num(L, 2, "open_timeout", 0);
   o.keep_last = m2lua_optfield_cint(L, 2, "keep_last", 0);
@@ -160,6 +162,11 @@ static int r_tostring(lua_State *L) {
 static int r_path(lua_State *L) {
   lua_pushstring(L, m2_run_path(check_run(L, 1)));
   return 1;
+}
+
+static int r_replace(lua_State *L) {
+  M2LUA_CHECK(L, m2_run_replace(check_run(L, 1)));
+  return 0;
 }
 
 static int r_writable(lua_State *L) {
@@ -570,6 +577,7 @@ void m2lua_open_runfile(lua_State *L) {
   static const luaL_Reg methods[] = {
       {"close", r_close},
       {"path", r_path},
+      {"replace", r_replace},
       {"writable", r_writable},
       {"set_keep_last", r_set_keep_last},
       {"set_attr", r_set_attr},

@@ -662,6 +662,60 @@ static void space_reuse(m2_rng *rng) {
   m2_release(w);
 }
 
+/* ---------------- 6b. a staged overwrite ---------------- */
+
+static void staged_overwrite(const char *good) {
+  char *path = tmp_path("staged.h5"), staged[300];
+  snprintf(staged, sizeof staged, "%s.new", path);
+  copy_file(good, path, -1);
+  off_t size = file_size(path);
+  m2_run_opts o = {0};
+  o.mode = M2_RUN_CREATE;
+  o.overwrite = o.staged = o.no_fsync = true;
+  /* closed before m2_run_replace: the new file goes, the old one stays as it was */
+  m2_run *r = m2_run_open(path, &o);
+  CHECK_NOTNULL(r);
+  if (!r) return;
+  CHECK(strcmp(m2_run_path(r), staged) == 0, "written beside the old file: %s", m2_run_path(r));
+  CHECK(m2_run_writer_alive(path), "the old file is locked against other writers meanwhile");
+  m2_run_opts o2 = o;
+  CHECK_FAILS(m2_run_open(path, &o2) == NULL, M2_ERR_IO, "another writer has this run open");
+  CHECK_OK(m2_run_log(r, "metrics", "loss", 1, 0.5));
+  CHECK_OK(m2_run_flush(r));
+  m2_run *rd = m2_run_open(path, NULL);
+  m2_i64list l = {0};
+  CHECK(rd && m2_run_ckpt_list(rd, &l) == M2_OK && l.n > 0, "a reader still sees the old run");
+  m2_i64list_free(&l);
+  m2_run_close(rd);
+  CHECK_OK(m2_run_close(r));
+  CHECK(file_size(path) == size && access(staged, F_OK) != 0, "old file kept, staged file deleted");
+  /* replaced: the new run is at the path, with what was written before and after the rename */
+  r = m2_run_open(path, &o);
+  CHECK_NOTNULL(r);
+  if (!r) return;
+  CHECK_OK(m2_run_log(r, "metrics", "loss", 1, 0.5));
+  CHECK_OK(m2_run_flush(r)); /* APPEND (SWMR) at the rename */
+  CHECK_OK(m2_run_replace(r));
+  CHECK(strcmp(m2_run_path(r), path) == 0 && access(staged, F_OK) != 0, "renamed over the old file");
+  CHECK_OK(m2_run_replace(r)); /* a second call does nothing */
+  CHECK_OK(m2_run_log(r, "metrics", "loss", 2, 0.25));
+  m2_tensor *w = m2_zeros(M2_F32, M2_DEV_CPU, 1, (int64_t[]){3});
+  m2_ckpt_tensor t[] = {{"params/w", w}};
+  CHECK_OK(m2_run_ckpt_write(r, 2, t, 1, NULL, 0));
+  CHECK_OK(m2_run_set_status(r, "done"));
+  CHECK_OK(m2_run_close(r));
+  m2_release(w);
+  rd = m2_run_open(path, NULL);
+  m2_series se = {0};
+  CHECK(rd && m2_run_read_series(rd, "metrics", "loss", &se) == M2_OK && se.n == 2 && se.step[1] == 2,
+        "both values of the new run are in the replaced file");
+  m2_series_free(&se);
+  CHECK(rd && m2_run_ckpt_list(rd, &l) == M2_OK && l.n == 1 && l.v[0] == 2, "only the new run's checkpoint");
+  m2_i64list_free(&l);
+  m2_run_close(rd);
+  unlink(path);
+}
+
 /* ---------------- 7. unusual tensors ---------------- */
 
 static void edge_tensors(m2_rng *rng) {
@@ -725,6 +779,7 @@ int main(void) {
   inspect_run(path);
   bad_files(path);
   space_reuse(&rng);
+  staged_overwrite(path);
   edge_tensors(&rng);
 
   for (int k = 0; k < 4; k++)

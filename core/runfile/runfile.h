@@ -109,6 +109,11 @@ typedef enum m2_run_mode {
 typedef struct m2_run_opts {
   m2_run_mode mode;
   bool overwrite;         /* CREATE: replace an existing file (default: refuse) */
+  bool staged;            /* CREATE with overwrite of an existing file: write the new run beside it, as
+                             "<path>.new", and leave the existing file untouched (and locked against other
+                             writers) until m2_run_replace renames the new one over it; a close before that
+                             deletes the new file. A caller replaces once the run has proven itself (m2.train:
+                             after its first step), so a bad setting found late never costs the old run. */
   double flush_interval;  /* seconds between automatic metric flushes (0 -> 5) */
   double open_timeout;    /* READ: seconds to keep retrying while a writer is EXCLUSIVE (0 -> 10) */
   int keep_last;          /* checkpoints kept by m2_run_ckpt_commit (0 = all) */
@@ -132,6 +137,11 @@ bool m2_run_writer_alive(const char *path);
  * (begin without commit) is aborted. The status is left as set (a run closed while its status
  * still says "running" reads as such: set "done", "failed: ..." or "interrupted" first). */
 m2_status m2_run_close(m2_run *r);
+/* A staged overwrite (opts.staged): rename the new file over the one it replaces (atomically, then the directory is
+ * fsync'ed) and release that file's lock. The handle then reads and writes the file at its final path. No-op when
+ * the run is not staged (or already replaced); refused while a checkpoint is open. */
+m2_status m2_run_replace(m2_run *r);
+/* The file the handle reads and writes ("<path>.new" while a staged overwrite waits for m2_run_replace). */
 const char *m2_run_path(const m2_run *r);
 bool m2_run_writable(const m2_run *r);
 /* Change the pruning policy of a writer (0 = keep all). */

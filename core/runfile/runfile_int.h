@@ -109,6 +109,8 @@ struct m2_run {
   bool swmr;           /* writer is APPEND (SWMR write) */
   bool broken;         /* a mode switch failed: the handle only closes */
   int lock_fd;         /* writer's OFD lock, -1 for readers */
+  char *final_path;    /* a staged overwrite (m2_run_opts.staged): the file it replaces at m2_run_replace, else NULL */
+  int old_lock_fd;     /* ... and the writer lock held on that file meanwhile (-1 when none) */
   double flush_interval, last_flush;
   int keep_last;
   bool no_time, no_fsync;

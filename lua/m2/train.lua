@@ -18,7 +18,8 @@ file (core/runfile/runfile.h; DESIGN section 6).
                                         --   a dataset with an evaluate method (m2.data.tokens): /eval/val_loss, val_bpb
     checkpoint_every = 0, keep_checkpoints = 3,   -- 0: only at the end (and on Ctrl-C / SIGTERM)
     out = "runs/x.h5",                  -- the run file (default runs/<script>-<time>.h5; false: none)
-    overwrite = false,                  -- replace an existing out file
+    overwrite = false,                  -- replace an existing out file: the new run is written to <out>.new
+                                        --   and renamed over it once its first step went through
     config = cfg,                       -- the resolved config (default: what m2.config returned last)
     log_every = 1,                      -- metrics are means over log_every steps
     print_every = nil,                  -- progress lines when stdout is not a terminal (default ~20 per run)
@@ -491,10 +492,13 @@ local function open_run(st, s)
     end
   end
   local src = read_script_source()
-  local r = core.run_open(path, { mode = "create", overwrite = s.overwrite, flush_interval = s.flush_interval,
-                                  keep_last = s.keep_checkpoints, device = s.device, script = src,
-                                  config_json = st.config_json })
+  -- an existing file is replaced only once the new run's first step succeeded: until then the run is written beside
+  -- it (<out>.new), so a data set, model or loss that fails at step 1 leaves the old run as it was
+  local r = core.run_open(path, { mode = "create", overwrite = s.overwrite, staged = f ~= nil,
+                                  flush_interval = s.flush_interval, keep_last = s.keep_checkpoints, device = s.device,
+                                  script = src, config_json = st.config_json })
   st.run = r
+  st.staged = f ~= nil
   r:set_attr("script_path", m2.script or "")
   r:set_attr("script_sha256", core.sha256(src))
   r:set_attr("overrides_json", runs.json_encode_list(overrides_list()))
@@ -613,6 +617,10 @@ local function loop(st, s)
   local w = st.win
   for step = st.step + 1, s.steps do
     local loss, gnorm, lr, finite, tokens, dt, mem = one_step(st, s, step)
+    if st.staged then -- overwrite=true: the first step went through, the new run now replaces the old file
+      st.run:replace()
+      st.staged = false
+    end
     st.step = step
     w.n = w.n + 1
     if finite then
@@ -663,6 +671,12 @@ local function loop(st, s)
   end
 end
 
+-- the end of an error message when an overwrite=true run fails before its first step is through: the old file stays
+local function kept_note(st, s)
+  if not st.staged then return "" end
+  return string.format(" (overwrite=true: %s was not replaced; the old run file is as it was)", s.out)
+end
+
 function train.train(spec)
   -- m2.runs.load_model runs a stored script only to get its model: hand it over, train nothing
   if m2.loading then return m2.loading.capture(spec) end
@@ -684,12 +698,12 @@ function train.train(spec)
   if s.out then
     local ok, err = pcall(open_run, st, s)
     if not ok then
-      if st.run then -- created, then a later step failed: the file says so
+      if st.run then -- created, then a later step failed: the file says so (a staged one is deleted)
         pcall(st.run.set_status, st.run, "failed: " .. tostring(err):match("^[^\n]*"):sub(1, 500))
         pcall(st.run.close, st.run)
         st.run = nil
       end
-      error(err, 0)
+      error(tostring(err) .. kept_note(st, s), 0)
     end
   end
   st.start_step = st.step
@@ -722,7 +736,7 @@ function train.train(spec)
     end)
     if not ok2 and ok then error(err2, 0) end
   end
-  if not ok then error(tostring(err):match("^(.-)\nstack traceback") or err, 0) end
+  if not ok then error((tostring(err):match("^(.-)\nstack traceback") or tostring(err)) .. kept_note(st, s), 0) end
   local summary = { steps = s.steps, step = st.step, final_loss = st.last_loss, out = s.out or nil, status = status,
                     resumed_from = st.resumed_from, nan_skips = st.nan_skips, tokens = st.tokens,
                     time = st.train_time + (core.clock() - st.session_t0), eval = st.last_eval }
