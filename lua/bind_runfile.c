@@ -15,6 +15,7 @@
  *   r:list_series(group) -> {names}   r:series_stats(group, name) -> {count, last, last_step, best, ...}
  *   r:ckpt_begin(step) r:ckpt_put(path, tensor) r:ckpt_set(key, v) r:ckpt_commit() r:ckpt_abort()
  *   r:ckpt_list() -> {steps}  r:ckpt_latest() -> step | nil  r:ckpt_tensors(step) -> {paths}
+ *   r:ckpt_damaged() -> {names} (unreadable ones, not in ckpt_list)  r:ckpt_verify(step) -> true | false, msg
  *   r:ckpt_info(step, path) -> dtype, {shape}  r:ckpt_read(step, path) -> tensor
  *   r:ckpt_read_into(step, path, tensor)  r:ckpt_get(step, key) -> v | nil, msg  r:ckpt_attr_names(step)
  *   m2.core.inspect(path) -> true | false, msg   (prints to stdout; a sweep index gets the table)
@@ -23,6 +24,7 @@
  *   m2.core.sweep_index_read(path) -> the same table    m2.core.is_sweep_index(path) -> bool
  *   m2.core.run_is_standard_attr(key) -> bool (a root attribute m2lab itself writes)
  *   m2.core.run_writer_alive(path) -> bool (an m2lab writer holds the file's writer lock)
+ *   m2.core.run_writer_pid(path) -> pid | nil (the pid of that writer, when known)
  * Values: Lua integer <-> int64, float <-> float64, boolean <-> bool, string <-> string. */
 #include <math.h>
 #include <stdlib.h>
@@ -357,6 +359,23 @@ static int r_ckpt_list(lua_State *L) {
   return 1;
 }
 
+static int r_ckpt_damaged(lua_State *L) {
+  m2_strlist l;
+  M2LUA_CHECK(L, m2_run_ckpt_damaged(check_run(L, 1), &l));
+  push_strlist(L, &l);
+  return 1;
+}
+
+/* -> true, or false and the first error (a damaged tensor or attribute) */
+static int r_ckpt_verify(lua_State *L) {
+  m2_status st = m2_run_ckpt_verify(check_run(L, 1), m2lua_checkint(L, 2));
+  lua_pushboolean(L, st == M2_OK);
+  if (st == M2_OK) return 1;
+  lua_pushstring(L, m2_errmsg());
+  m2_clear_error();
+  return 2;
+}
+
 static int r_ckpt_latest(lua_State *L) {
   m2_run *r = check_run(L, 1);
   int64_t step;
@@ -563,6 +582,13 @@ static int l_run_is_standard_attr(lua_State *L) {
   return 1;
 }
 
+static int l_run_writer_pid(lua_State *L) {
+  long pid = m2_run_writer_pid(luaL_checkstring(L, 1));
+  if (pid > 0) lua_pushinteger(L, (lua_Integer)pid);
+  else lua_pushnil(L);
+  return 1;
+}
+
 static int l_run_writer_alive(lua_State *L) {
   lua_pushboolean(L, m2_run_writer_alive(luaL_checkstring(L, 1)));
   return 1;
@@ -599,6 +625,8 @@ void m2lua_open_runfile(lua_State *L) {
       {"ckpt_abort", r_ckpt_abort},
       {"ckpt_list", r_ckpt_list},
       {"ckpt_latest", r_ckpt_latest},
+      {"ckpt_damaged", r_ckpt_damaged},
+      {"ckpt_verify", r_ckpt_verify},
       {"ckpt_tensors", r_ckpt_tensors},
       {"ckpt_info", r_ckpt_info},
       {"ckpt_read", r_ckpt_read},
@@ -614,6 +642,7 @@ void m2lua_open_runfile(lua_State *L) {
       {"sweep_index_read", l_sweep_index_read},
       {"is_sweep_index", l_is_sweep_index},
       {"run_writer_alive", l_run_writer_alive},
+      {"run_writer_pid", l_run_writer_pid},
       {"run_is_standard_attr", l_run_is_standard_attr},
       {NULL, NULL},
   };

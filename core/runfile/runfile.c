@@ -60,12 +60,12 @@ static m2_status lock_acquire(m2_run *r, bool create, bool overwrite, bool *crea
   while (m2_rf_lock_fd(fd) != 0) {
     int e = errno;
     if ((e != EAGAIN && e != EACCES) || m2_rf_monotonic() > deadline) {
+      m2_status st = e == EAGAIN || e == EACCES ? m2_rf_busy(r->path, fd)
+                                                : m2_fail(M2_ERR_IO, "%s: cannot lock: %s", r->path, strerror(e));
       close(fd);
       if (*created) unlink(r->path);
       *created = false;
-      if (e == EAGAIN || e == EACCES)
-        return m2_fail(M2_ERR_IO, "%s: another writer has this run open (it holds the m2lab writer lock)", r->path);
-      return m2_fail(M2_ERR_IO, "%s: cannot lock: %s", r->path, strerror(e));
+      return st;
     }
     struct timespec ts = {0, 20 * 1000 * 1000};
     nanosleep(&ts, NULL);
@@ -113,10 +113,10 @@ static m2_status stage(m2_run *r) {
   if (fd < 0) return m2_fail(M2_ERR_IO, "%s: cannot open for writing: %s", r->path, strerror(errno));
   if (m2_rf_lock_fd(fd) != 0) {
     int e = errno;
+    m2_status st = e == EAGAIN || e == EACCES ? m2_rf_busy(r->path, fd)
+                                              : m2_fail(M2_ERR_IO, "%s: cannot lock: %s", r->path, strerror(e));
     close(fd);
-    if (e == EAGAIN || e == EACCES)
-      return m2_fail(M2_ERR_IO, "%s: another writer has this run open (it holds the m2lab writer lock)", r->path);
-    return m2_fail(M2_ERR_IO, "%s: cannot lock: %s", r->path, strerror(e));
+    return st;
   }
   size_t n = strlen(r->path) + 5;
   char *staged = malloc(n);

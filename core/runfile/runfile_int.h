@@ -48,6 +48,10 @@ hid_t m2_h5_fapl(bool writer);
 hid_t m2_h5_open_read(const char *path, double timeout, bool no_repair);
 /* Take the writer lock on an open fd without waiting (fcntl result: 0, or -1 with errno). */
 int m2_rf_lock_fd(int fd);
+/* The pid of the m2lab writer holding the lock of the file open at fd (0 when unknown or none), and the error a
+ * second writer gets: "<path>: the run file is being written by pid N (...)". */
+long m2_rf_lock_holder(int fd);
+m2_status m2_rf_busy(const char *path, int fd);
 
 /* Types */
 hid_t m2_h5_bool_type(void);  /* new enum {FALSE=0, TRUE=1} over int8 (close it) */
@@ -177,5 +181,9 @@ m2_status m2_rf_ds_trim(hid_t ds, int64_t n, const char *file, const char *obj);
 /* Checkpoints (runfile_ckpt.c) */
 m2_status m2_rf_ckpt_cleanup(m2_run *r);         /* resume: delete incomplete checkpoints */
 bool m2_rf_ckpt_is_complete(hid_t file, const char *name);
+/* Why the checkpoint entry `name` (one of m2_run_ckpt_damaged's) cannot be read: the error, naming file and group. */
+m2_status m2_rf_ckpt_why_damaged(m2_run *r, const char *name);
+/* Incomplete checkpoints (".tmp-<step>", or a readable group without complete = 1), sorted: a resume deletes them. */
+m2_status m2_rf_ckpt_junk(m2_run *r, m2_strlist *out);
 
 #endif

@@ -327,6 +327,39 @@ local function check_checkpoint(st, r, step)
   return have
 end
 
+local function warn(text)
+  io.stderr:write("m2.train: warning: ", text, "\n")
+  io.stderr:flush()
+end
+
+-- the checkpoint a resume continues from: the newest one that reads back whole (every tensor against its checksum,
+-- before the file is opened for writing; the load reads it again). A damaged one is skipped with a warning naming it;
+-- a model that does not match the checkpoint is an error.
+local function pick_checkpoint(st, rd)
+  local path, list, chosen = rd:path(), rd:ckpt_list(), nil
+  for i = #list, 1, -1 do
+    local intact, why = rd:ckpt_verify(list[i])
+    if intact then
+      check_checkpoint(st, rd, list[i])
+      chosen = list[i]
+      break
+    end
+    warn(string.format("%s: checkpoint %d is damaged (%s); trying the one before it", path, list[i], why))
+  end
+  for _, name in ipairs(rd:ckpt_damaged()) do
+    local step = math.tointeger(tonumber(name))
+    if step and (chosen == nil or step > chosen) then
+      warn(string.format("%s: checkpoint %d is damaged (its group or attributes cannot be read); skipped", path, step))
+    end
+  end
+  if chosen and chosen ~= list[#list] then
+    warn(string.format("%s: resuming from checkpoint %d, the newest intact one", path, chosen))
+  elseif not chosen and #list > 0 then
+    fail(string.format("%s: every checkpoint is damaged (%s): nothing to resume from", path, table.concat(list, ", ")))
+  end
+  return chosen
+end
+
 local function load_checkpoint(st, step)
   local r, path = st.run, st.run:path()
   local have = check_checkpoint(st, r, step)
@@ -450,14 +483,16 @@ local function open_run(st, s)
         local now = runs.json_decode(st.config_json)
         check_config(path, stored.train or {}, now.train or {}, true)
       end
-      latest = rd:ckpt_latest()
-      if latest then check_checkpoint(st, rd, latest) end
+      latest = pick_checkpoint(st, rd)
+      if latest and latest >= s.steps then -- (m2lab resume says so before running the script; a script may differ)
+        fail(string.format("%s: nothing to do: run already at step %d (steps=%d); pass steps=N larger than %d to " ..
+          "continue it", path, latest, s.steps, latest))
+      end
       resume_schedule(st, s, rd, latest, stored and stored.train)
     end
     local r = core.run_open(path, { mode = "resume", flush_interval = s.flush_interval, keep_last = s.keep_checkpoints })
     st.run = r
     local ok, err = pcall(function()
-      latest = r:ckpt_latest()
       if latest then
         load_checkpoint(st, latest)
         st.resumed_from = latest
@@ -582,6 +617,14 @@ local function one_step(st, s, step)
   local lsum, tokens = 0.0, 0
   for _ = 1, s.grad_accum do
     local x, y = s.data:batch(st.cursor)
+    for _, t in ipairs { { "x", x }, { "y", y } } do -- (an empty batch would train on nothing and log loss 0)
+      if m2.is_tensor(t[2]) and t[2]:numel() == 0 then
+        local shape = t[2]:shape()
+        fail(string.format("data:batch(%d) returned an empty batch: %s has shape %s: %s", st.cursor, t[1],
+          shape_text(shape), (shape[1] or 1) == 0 and "a batch size of 0 (check the data's batch setting: batch=0?)" or
+          "a sequence length of 0 (check the data's length setting: len=0, length=0?)"))
+      end
+    end
     st.cursor = st.cursor + 1
     if s.device ~= "cpu" then
       if m2.is_tensor(x) then x = x:to(s.device) end
@@ -628,22 +671,16 @@ local function loop(st, s)
     end
     w.mem = math.max(w.mem, mem)
     st.win_tokens, st.win_time = st.win_tokens + tokens, st.win_time + dt
+    local tps = st.win_time > 0 and st.win_tokens / st.win_time or 0
+    local stop = not finite and st.nan_streak >= s.max_nan_skips
     if not finite then
       say(st, s, string.format("step %d: non-finite %s (loss %s, grad norm %s): update skipped (%d in a row)", step,
         isfinite(loss) and "gradient" or "loss", tostring(loss), tostring(gnorm), st.nan_streak))
-      if st.nan_streak >= s.max_nan_skips then
-        st.run_failed_msg = string.format("%d consecutive steps with a non-finite loss or gradient (last at step %d: " ..
-          "loss %s, grad norm %s)", st.nan_streak, step, tostring(loss), tostring(gnorm))
-        if st.run then st.run:log("metrics", "nan_skips", step, st.nan_skips) end
-        fail(st.run_failed_msg .. (st.last_ckpt and st.last_ckpt > 0 and string.format("; the last good checkpoint is " ..
-          "step %d in %s", st.last_ckpt, s.out) or ""))
-      end
     end
-    local tps = st.win_time > 0 and st.win_tokens / st.win_time or 0
-    if step % s.log_every == 0 or step == s.steps then
+    if step % s.log_every == 0 or step == s.steps or stop then -- (the step that stops the run is logged too)
       -- means over the finite steps of the window; a window of skipped steps logs the bad loss
       local mloss = w.finite > 0 and w.loss / w.finite or loss
-      local mgn = w.finite > 0 and w.gnorm / w.finite or 0 / 0
+      local mgn = w.finite > 0 and w.gnorm / w.finite or gnorm
       if st.run then
         local r = st.run
         r:log("metrics", "loss", step, mloss)
@@ -656,6 +693,12 @@ local function loop(st, s)
       st.last_loss = mloss
       w.n, w.loss, w.gnorm, w.finite, w.mem = 0, 0.0, 0.0, 0, 0.0
       st.win_tokens, st.win_time = 0, 0.0
+    end
+    if stop then
+      st.run_failed_msg = string.format("%d consecutive steps with a non-finite loss or gradient (last at step %d: " ..
+        "loss %s, grad norm %s)", st.nan_streak, step, tostring(loss), tostring(gnorm))
+      fail(st.run_failed_msg .. (st.last_ckpt and st.last_ckpt > 0 and string.format("; the last good checkpoint is " ..
+        "step %d in %s", st.last_ckpt, s.out) or ""))
     end
     st.shown_loss = finite and loss or st.shown_loss or loss
     progress(st, s, step, st.shown_loss, lr, tps, step == s.steps)

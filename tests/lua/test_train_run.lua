@@ -215,6 +215,19 @@ T.case("NaN/inf steps are skipped and counted; repeated ones stop the run", func
   local r <close> = runs.open(out2)
   T.ok(r:get_attr("status"):match("^failed: 4 consecutive steps") ~= nil, r:get_attr("status"))
   T.eq(r:ckpt_list(), { 2, 4 }, "the checkpoints before the failure stay")
+  local ls, lv = r:read_series("metrics", "loss")
+  T.eq(ls[#ls], 6, "the step that stopped the run is logged")
+  T.ok(lv[#lv] ~= lv[#lv], "as NaN")
+  local ns, nv = r:read_series("metrics", "nan_skips")
+  T.eq({ ns[#ns], nv[#nv] }, { 6, 4.0 })
+  -- an empty batch (a batch size or sequence length of 0) is refused at the first step, saying which
+  local function empty(b, t)
+    return { batch = function() return m2.zeros({ b, t }, { dtype = "i64" }), m2.zeros({ b, t }, { dtype = "i64" }) end }
+  end
+  T.raises(function() m2.train { model = Tiny(), data = empty(0, L), steps = 2, out = false, quiet = true } end,
+    "data:batch%(0%) returned an empty batch: x has shape %(0, 8%): a batch size of 0 %(check the data's batch setting")
+  T.raises(function() m2.train { model = Tiny(), data = empty(B, 0), steps = 2, out = false, quiet = true } end,
+    "data:batch%(0%) returned an empty batch: x has shape %(4, 0%): a sequence length of 0")
 end)
 
 T.case("progress lines, common overrides on any script, and a script error sets status failed", function()
