@@ -198,6 +198,9 @@ static m2_status open_resume(m2_run *r, const m2_run_opts *o) {
     char msg[768];
     m2_h5_last_error(msg, sizeof msg);
     if (strstr(msg, "signature")) RF_FAIL(M2_ERR_IO, "%s: not an HDF5 file (file signature not found)", r->path);
+    int io = m2_rf_io_errno;
+    m2_rf_io_errno = 0;
+    if (io) RF_FAIL(M2_ERR_IO, "%s: cannot open for writing: %s: %s", r->path, strerror(io), msg);
     RF_FAIL(M2_ERR_IO, "%s: cannot open for writing: %s", r->path, msg);
   }
   m2_rf_vfd_set_sync(r->file, !r->no_fsync);

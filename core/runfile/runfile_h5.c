@@ -47,6 +47,13 @@ m2_status m2_h5_fail(const char *file, const char *obj, const char *call, const 
   m2_h5_last_error(msg, sizeof msg);
   const char *base = strrchr(src, '/');
   base = base ? base + 1 : src;
+  int io = m2_rf_io_errno; /* the system's reason, when a write of the writer's file driver failed under it */
+  m2_rf_io_errno = 0;
+  if (io)
+    return m2_fail(M2_ERR_IO, "%s: %s: %s: %s%s [%s at %s:%d]", file ? file : "?", obj && obj[0] ? obj : "/",
+                   strerror(io), msg[0] ? msg : "HDF5 call failed",
+                   io == ENOSPC ? " (the disk is full: the file keeps what its last complete flush wrote)" : "", call,
+                   base, line);
   return m2_fail(M2_ERR_IO, "%s: %s: %s [%s at %s:%d]", file ? file : "?", obj && obj[0] ? obj : "/",
                  msg[0] ? msg : "HDF5 call failed", call, base, line);
 }

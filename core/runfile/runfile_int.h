@@ -155,7 +155,12 @@ herr_t m2_rf_h5flush(hid_t file);
 herr_t m2_rf_h5start_swmr(hid_t file);
 herr_t m2_rf_h5close(hid_t file, bool swmr);
 
-/* runfile_vfd.c: the writer's file driver (sec2's POSIX I/O plus a journal for the windows above). */
+/* runfile_vfd.c: the writer's file driver (sec2's POSIX I/O plus a journal for the windows above). After a write
+ * fails (a full disk) it refuses every later write of that file, so the file stays as its last complete flush left
+ * it. m2_rf_io_errno: the errno of the last failed write (m2_h5_fail names it and clears it); m2_rf_close_failed:
+ * set when the flush of a close failed (m2_rf_h5close reports it). Tests: M2_RUNFILE_ENOSPC_AFTER=N (bytes). */
+extern int m2_rf_io_errno, m2_rf_close_failed;
+int m2_rf_vfd_error(hid_t file); /* the errno of the write that failed on this writer's file, 0 when none did */
 hid_t m2_rf_vfd(void);
 void m2_rf_journal_begin(hid_t file);
 void m2_rf_vfd_set_sync(hid_t file, bool sync); /* default true; false for m2_run_opts.no_fsync */
