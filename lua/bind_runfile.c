@@ -2,11 +2,12 @@
  * (run files: attributes, metric series, checkpoints), inspect, and the sweep index.
  * lua/m2/train.lua, runs.lua and sweep.lua build on it.
  *
- *   local r <close> = m2.core.run_open("runs/a.h5", {mode = "create", overwrite = false,
+ *   local r <close> = m2.core.run_open("runs/a.h5", {mode = "create", overwrite = false, staged = false,
  *       flush_interval = 5, keep_last = 0, no_fsync = false, device = "cpu", script = src,
  *       config_json = "{}"})           -- mode: "read" (default) | "create" | "resume";
  *                                      -- read also takes open_timeout, no_repair
  *   r:path() r:writable() r:close() r:set_keep_last(k)
+ *   r:replace()   (staged = true: rename the new file over the one it overwrites; a close before deletes it)
  *   r:set_attr(key, v) r:set_config{key = v, ...} r:set_status(s)
  *   r:get_attr(key) -> v | nil, msg (absent)      r:attr_names([config_only]) -> {names}
  *   r:log(group, name, step, value) r:set_goal(group, name, "min"|"max") r:flush() r:truncate(step)
@@ -14,6 +15,7 @@
  *   r:list_series(group) -> {names}   r:series_stats(group, name) -> {count, last, last_step, best, ...}
  *   r:ckpt_begin(step) r:ckpt_put(path, tensor) r:ckpt_set(key, v) r:ckpt_commit() r:ckpt_abort()
  *   r:ckpt_list() -> {steps}  r:ckpt_latest() -> step | nil  r:ckpt_tensors(step) -> {paths}
+ *   r:ckpt_damaged() -> {names} (unreadable ones, not in ckpt_list)  r:ckpt_verify(step) -> true | false, msg
  *   r:ckpt_info(step, path) -> dtype, {shape}  r:ckpt_read(step, path) -> tensor
  *   r:ckpt_read_into(step, path, tensor)  r:ckpt_get(step, key) -> v | nil, msg  r:ckpt_attr_names(step)
  *   m2.core.inspect(path) -> true | false, msg   (prints to stdout; a sweep index gets the table)
@@ -22,6 +24,7 @@
  *   m2.core.sweep_index_read(path) -> the same table    m2.core.is_sweep_index(path) -> bool
  *   m2.core.run_is_standard_attr(key) -> bool (a root attribute m2lab itself writes)
  *   m2.core.run_writer_alive(path) -> bool (an m2lab writer holds the file's writer lock)
+ *   m2.core.run_writer_pid(path) -> pid | nil (the pid of that writer, when known)
  * Values: Lua integer <-> int64, float <-> float64, boolean <-> bool, string <-> string. */
 #include <math.h>
 #include <stdlib.h>
@@ -115,6 +118,7 @@ static int l_run_open(lua_State *L) {
   else if (strcmp(mode, "resume") == 0) o.mode = M2_RUN_RESUME;
   else return m2lua_error(L, "run_open: mode must be \"read\", \"create\" or \"resume\", got \"%s\"", mode);
   o.overwrite = m2lua_optfield_bool(L, 2, "overwrite", false);
+  o.staged = m2lua_optfield_bool(L, 2, "staged", false);
   o.flush_interval = m2lua_optfield_num(L, 2, "flush_interval", 0);
   o.open_timeout = m2lua_optfield_num(L, 2, "open_timeout", 0);
   o.keep_last = m2lua_optfield_cint(L, 2, "keep_last", 0);
@@ -160,6 +164,11 @@ static int r_tostring(lua_State *L) {
 static int r_path(lua_State *L) {
   lua_pushstring(L, m2_run_path(check_run(L, 1)));
   return 1;
+}
+
+static int r_replace(lua_State *L) {
+  M2LUA_CHECK(L, m2_run_replace(check_run(L, 1)));
+  return 0;
 }
 
 static int r_writable(lua_State *L) {
@@ -348,6 +357,23 @@ static int r_ckpt_list(lua_State *L) {
   }
   m2_i64list_free(&l);
   return 1;
+}
+
+static int r_ckpt_damaged(lua_State *L) {
+  m2_strlist l;
+  M2LUA_CHECK(L, m2_run_ckpt_damaged(check_run(L, 1), &l));
+  push_strlist(L, &l);
+  return 1;
+}
+
+/* -> true, or false and the first error (a damaged tensor or attribute) */
+static int r_ckpt_verify(lua_State *L) {
+  m2_status st = m2_run_ckpt_verify(check_run(L, 1), m2lua_checkint(L, 2));
+  lua_pushboolean(L, st == M2_OK);
+  if (st == M2_OK) return 1;
+  lua_pushstring(L, m2_errmsg());
+  m2_clear_error();
+  return 2;
 }
 
 static int r_ckpt_latest(lua_State *L) {
@@ -556,6 +582,13 @@ static int l_run_is_standard_attr(lua_State *L) {
   return 1;
 }
 
+static int l_run_writer_pid(lua_State *L) {
+  long pid = m2_run_writer_pid(luaL_checkstring(L, 1));
+  if (pid > 0) lua_pushinteger(L, (lua_Integer)pid);
+  else lua_pushnil(L);
+  return 1;
+}
+
 static int l_run_writer_alive(lua_State *L) {
   lua_pushboolean(L, m2_run_writer_alive(luaL_checkstring(L, 1)));
   return 1;
@@ -570,6 +603,7 @@ void m2lua_open_runfile(lua_State *L) {
   static const luaL_Reg methods[] = {
       {"close", r_close},
       {"path", r_path},
+      {"replace", r_replace},
       {"writable", r_writable},
       {"set_keep_last", r_set_keep_last},
       {"set_attr", r_set_attr},
@@ -591,6 +625,8 @@ void m2lua_open_runfile(lua_State *L) {
       {"ckpt_abort", r_ckpt_abort},
       {"ckpt_list", r_ckpt_list},
       {"ckpt_latest", r_ckpt_latest},
+      {"ckpt_damaged", r_ckpt_damaged},
+      {"ckpt_verify", r_ckpt_verify},
       {"ckpt_tensors", r_ckpt_tensors},
       {"ckpt_info", r_ckpt_info},
       {"ckpt_read", r_ckpt_read},
@@ -606,6 +642,7 @@ void m2lua_open_runfile(lua_State *L) {
       {"sweep_index_read", l_sweep_index_read},
       {"is_sweep_index", l_is_sweep_index},
       {"run_writer_alive", l_run_writer_alive},
+      {"run_writer_pid", l_run_writer_pid},
       {"run_is_standard_attr", l_run_is_standard_attr},
       {NULL, NULL},
   };

@@ -4,6 +4,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -59,12 +60,12 @@ static m2_status lock_acquire(m2_run *r, bool create, bool overwrite, bool *crea
   while (m2_rf_lock_fd(fd) != 0) {
     int e = errno;
     if ((e != EAGAIN && e != EACCES) || m2_rf_monotonic() > deadline) {
+      m2_status st = e == EAGAIN || e == EACCES ? m2_rf_busy(r->path, fd)
+                                                : m2_fail(M2_ERR_IO, "%s: cannot lock: %s", r->path, strerror(e));
       close(fd);
       if (*created) unlink(r->path);
       *created = false;
-      if (e == EAGAIN || e == EACCES)
-        return m2_fail(M2_ERR_IO, "%s: another writer has this run open (it holds the m2lab writer lock)", r->path);
-      return m2_fail(M2_ERR_IO, "%s: cannot lock: %s", r->path, strerror(e));
+      return st;
     }
     struct timespec ts = {0, 20 * 1000 * 1000};
     nanosleep(&ts, NULL);
@@ -105,12 +106,43 @@ static m2_status read_start_unix(m2_run *r) {
   return M2_OK;
 }
 
+/* A staged overwrite: take the writer lock of the existing file at r->path (it stays as it is until m2_run_replace),
+ * and move r->path to "<path>.new", the file the new run is written to. */
+static m2_status stage(m2_run *r) {
+  int fd = open(r->path, O_RDWR | O_CLOEXEC);
+  if (fd < 0) return m2_fail(M2_ERR_IO, "%s: cannot open for writing: %s", r->path, strerror(errno));
+  if (m2_rf_lock_fd(fd) != 0) {
+    int e = errno;
+    m2_status st = e == EAGAIN || e == EACCES ? m2_rf_busy(r->path, fd)
+                                              : m2_fail(M2_ERR_IO, "%s: cannot lock: %s", r->path, strerror(e));
+    close(fd);
+    return st;
+  }
+  size_t n = strlen(r->path) + 5;
+  char *staged = malloc(n);
+  if (!staged) {
+    close(fd);
+    return m2_fail(M2_ERR_OOM, "%s: out of memory", r->path);
+  }
+  snprintf(staged, n, "%s.new", r->path);
+  r->final_path = r->path;
+  r->path = staged;
+  r->old_lock_fd = fd;
+  return M2_OK;
+}
+
 static m2_status open_create(m2_run *r, const m2_run_opts *o) {
   m2_status st = M2_OK;
   const char *h5file = r->path, *h5obj = "/";
   bool created = false;
   hid_t g = -1;
-  RF_TRY(lock_acquire(r, true, o->overwrite, &created));
+  struct stat sb;
+  if (o->staged && o->overwrite && stat(r->path, &sb) == 0 && S_ISREG(sb.st_mode)) {
+    M2_TRY(stage(r)); /* (a stale "<path>.new" of a writer killed while staged is overwritten) */
+    h5file = r->path;
+  }
+  RF_TRY(lock_acquire(r, true, o->overwrite || r->final_path, &created));
+  if (r->final_path) created = true; /* a staged file is deleted on failure whether or not it was there */
   RF_TRY(m2_rf_journal_discard(r->path)); /* an overwritten file's journal is not this file's */
   H5CHK(r->fapl = m2_h5_fapl(true));
   H5CHK(r->file = H5Fcreate(r->path, H5F_ACC_TRUNC, H5P_DEFAULT, r->fapl));
@@ -166,6 +198,9 @@ static m2_status open_resume(m2_run *r, const m2_run_opts *o) {
     char msg[768];
     m2_h5_last_error(msg, sizeof msg);
     if (strstr(msg, "signature")) RF_FAIL(M2_ERR_IO, "%s: not an HDF5 file (file signature not found)", r->path);
+    int io = m2_rf_io_errno;
+    m2_rf_io_errno = 0;
+    if (io) RF_FAIL(M2_ERR_IO, "%s: cannot open for writing: %s: %s", r->path, strerror(io), msg);
     RF_FAIL(M2_ERR_IO, "%s: cannot open for writing: %s", r->path, msg);
   }
   m2_rf_vfd_set_sync(r->file, !r->no_fsync);
@@ -194,8 +229,18 @@ fail:
   return st;
 }
 
+/* Delete a staged file that never replaced its target (and its journal, if any), leaving the target as it was. */
+static void discard_staged(m2_run *r) {
+  if (!r->final_path) return;
+  unlink(r->path);
+  m2_rf_journal_discard(r->path);
+  m2_clear_error();
+}
+
 static void run_free(m2_run *r) {
   if (!r) return;
+  if (r->old_lock_fd >= 0) close(r->old_lock_fd);
+  free(r->final_path);
   m2_rf_series_free_all(r);
   for (int i = 0; i < r->npending; i++) {
     free(r->pending[i].key);
@@ -232,7 +277,7 @@ m2_run *m2_run_open(const char *path, const m2_run_opts *opts) {
   r->mode = o->mode;
   r->writer = o->mode != M2_RUN_READ;
   r->file = r->fapl = r->ckpt_group = -1;
-  r->lock_fd = -1;
+  r->lock_fd = r->old_lock_fd = -1;
   r->flush_interval = o->flush_interval > 0 ? o->flush_interval : 5.0;
   r->keep_last = o->keep_last > 0 ? o->keep_last : 0;
   r->no_time = o->no_time;
@@ -262,6 +307,15 @@ m2_status m2_run_close(m2_run *r) {
   if (!r) return M2_OK;
   m2_status st = M2_OK;
   const char *h5file = r->path, *h5obj = "/";
+  if (r->final_path) { /* a staged overwrite that was never confirmed: its file goes, the old one stays */
+    m2_rf_series_close_ids(r);
+    m2_h5_close(&r->ckpt_group);
+    m2_h5_close(&r->file);
+    H5Eclear2(H5E_DEFAULT);
+    discard_staged(r);
+    run_free(r);
+    return M2_OK;
+  }
   if (r->writer && !r->broken && r->file >= 0) {
     if (r->in_ckpt) {
       char msg[2048];
@@ -301,6 +355,49 @@ m2_status m2_run_close(m2_run *r) {
   }
   run_free(r);
   return M2_OK;
+}
+
+m2_status m2_run_replace(m2_run *r) {
+  M2_TRY(m2_rf_check_open(r, true, "replace"));
+  if (!r->final_path) return M2_OK;
+  if (r->in_ckpt)
+    return m2_fail(M2_ERR_VALUE, "%s: replace: checkpoint %" PRId64 " is still open (commit or abort it first)",
+                   r->path, r->ckpt_step);
+  m2_status st = M2_OK;
+  const char *h5file = r->path, *h5obj = "/";
+  /* closed around the rename, as for a switch to EXCLUSIVE: nothing of HDF5's refers to the old name after it */
+  m2_rf_series_close_ids(r);
+  hid_t f = r->file;
+  r->file = -1;
+  bool swmr = r->swmr;
+  r->swmr = false;
+  H5CHK(m2_rf_h5close(f, swmr));
+  RF_TRY(m2_rf_journal_discard(r->final_path)); /* the old file's, if a writer of it was killed: not this file's */
+  if (rename(r->path, r->final_path) != 0)
+    RF_FAIL(M2_ERR_IO, "%s: cannot rename it to %s: %s", r->path, r->final_path, strerror(errno));
+  free(r->path);
+  r->path = r->final_path;
+  r->final_path = NULL;
+  h5file = r->path;
+  close(r->old_lock_fd); /* the replaced file is gone: its lock with it */
+  r->old_lock_fd = -1;
+  if (!r->no_fsync) { /* the rename itself survives a power loss */
+    char *dir = m2_rf_strdup(r->path);
+    char *slash = dir ? strrchr(dir, '/') : NULL;
+    if (slash) *(slash == dir ? slash + 1 : slash) = 0;
+    int dfd = dir ? open(slash ? dir : ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1;
+    if (dfd >= 0) {
+      fsync(dfd);
+      close(dfd);
+    }
+    free(dir);
+  }
+  H5CHK(r->file = H5Fopen(r->path, H5F_ACC_RDWR, r->fapl));
+  m2_rf_vfd_set_sync(r->file, !r->no_fsync);
+  return M2_OK;
+fail:
+  r->broken = true;
+  return st;
 }
 
 /* ---------------- root attributes ---------------- */

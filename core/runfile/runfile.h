@@ -60,7 +60,9 @@
  *   - A checkpoint is complete or absent: its tensors and attributes (complete = 1 last) are
  *     written under /checkpoints/.tmp-<step>, flushed and fsync'ed, renamed with H5Lmove to
  *     /checkpoints/<step>, flushed and fsync'ed again. Readers list only groups whose name is
- *     a decimal step and whose complete attribute is 1; a resuming writer deletes the others.
+ *     a decimal step and whose complete attribute is 1; a resuming writer deletes the others. One whose
+ *     group or complete attribute cannot be read is damaged (m2_run_ckpt_damaged): listed apart, reported by m2_inspect, skipped
+ *     by a resume (which falls back to the newest checkpoint that reads back whole), deleted when pruning passes it.
  *   - A writer that dies leaves the superblock's status flags set, and HDF5 then refuses every
  *     open ("file is already open for write (may use <h5clear file> ...)"). An m2lab writer
  *     holds an OFD lock (fcntl F_OFD_SETLK on one byte far beyond the data) for as long as it
@@ -109,6 +111,11 @@ typedef enum m2_run_mode {
 typedef struct m2_run_opts {
   m2_run_mode mode;
   bool overwrite;         /* CREATE: replace an existing file (default: refuse) */
+  bool staged;            /* CREATE with overwrite of an existing file: write the new run beside it, as
+                             "<path>.new", and leave the existing file untouched (and locked against other
+                             writers) until m2_run_replace renames the new one over it; a close before that
+                             deletes the new file. A caller replaces once the run has proven itself (m2.train:
+                             after its first step), so a bad setting found late never costs the old run. */
   double flush_interval;  /* seconds between automatic metric flushes (0 -> 5) */
   double open_timeout;    /* READ: seconds to keep retrying while a writer is EXCLUSIVE (0 -> 10) */
   int keep_last;          /* checkpoints kept by m2_run_ckpt_commit (0 = all) */
@@ -127,11 +134,18 @@ m2_run *m2_run_open(const char *path, const m2_run_opts *opts);
 /* Is an m2lab writer holding the file at path (its writer lock)? False when the file is absent
  * or unreadable. A sweep asks this before touching a member's file. */
 bool m2_run_writer_alive(const char *path);
+/* The pid of the m2lab writer holding the file at path (0 when none holds it, or its pid is unknown). */
+long m2_run_writer_pid(const char *path);
 /* Flush what is buffered, write pending attributes and the status, and close. Always frees
  * `r` (NULL is allowed); returns the first error met on the way. An open checkpoint
  * (begin without commit) is aborted. The status is left as set (a run closed while its status
  * still says "running" reads as such: set "done", "failed: ..." or "interrupted" first). */
 m2_status m2_run_close(m2_run *r);
+/* A staged overwrite (opts.staged): rename the new file over the one it replaces (atomically, then the directory is
+ * fsync'ed) and release that file's lock. The handle then reads and writes the file at its final path. No-op when
+ * the run is not staged (or already replaced); refused while a checkpoint is open. */
+m2_status m2_run_replace(m2_run *r);
+/* The file the handle reads and writes ("<path>.new" while a staged overwrite waits for m2_run_replace). */
 const char *m2_run_path(const m2_run *r);
 bool m2_run_writable(const m2_run *r);
 /* Change the pruning policy of a writer (0 = keep all). */
@@ -202,8 +216,14 @@ m2_tensor *m2_run_ckpt_read(m2_run *r, int64_t step, const char *path);
 /* Read into an existing tensor of the same shape (any device; the dtype is converted). */
 m2_status m2_run_ckpt_read_into(m2_run *r, int64_t step, const char *path, m2_tensor *dst);
 m2_status m2_run_ckpt_get(m2_run *r, int64_t step, const char *key, m2_value *out);
-/* Read every tensor of a checkpoint (checking the checksums) and discard it: M2_OK when the
- * whole checkpoint reads back, else the first error. A resume can fall back to an older one. */
+/* Damaged checkpoints, which m2_run_ckpt_list skips: sorted names under /checkpoints ("30": a decimal name whose group
+ * or complete attribute cannot be read). A writer
+ * deletes one when pruning passes it or when it writes that step again (a damaged checkpoint is unlinked without
+ * reading what is under it: its space is lost); until then `m2lab inspect` reports it. Damage inside a listed
+ * checkpoint (a tensor's data or header) shows when it is read: m2_run_ckpt_verify. */
+m2_status m2_run_ckpt_damaged(m2_run *r, m2_strlist *out);
+/* Read every tensor (checking the checksums) and attribute of a checkpoint and discard them: M2_OK when the
+ * whole checkpoint reads back, else the first error. A resume falls back to an older one. */
 m2_status m2_run_ckpt_verify(m2_run *r, int64_t step);
 m2_status m2_run_ckpt_attr_names(m2_run *r, int64_t step, m2_strlist *out);
 

@@ -11,31 +11,38 @@
 
 /* ---------------- which checkpoints exist ---------------- */
 
-bool m2_rf_ckpt_is_complete(hid_t file, const char *name) {
+/* 1: complete (complete = 1), 0: readable but not complete (a writer died before setting it), -1: unreadable. */
+static int ckpt_state(hid_t file, const char *name) {
   char path[96];
   snprintf(path, sizeof path, "/checkpoints/%s", name);
-  hid_t g = H5Gopen2(file, path, H5P_DEFAULT);
-  bool ok = false;
-  if (g >= 0 && H5Aexists(g, "complete") > 0) {
-    hid_t a = H5Aopen(g, "complete", H5P_DEFAULT);
+  hid_t g = H5Gopen2(file, path, H5P_DEFAULT), a = -1;
+  int state = -1;
+  htri_t ex = g >= 0 ? H5Aexists(g, "complete") : -1;
+  if (ex == 0) state = 0;
+  if (ex > 0 && (a = H5Aopen(g, "complete", H5P_DEFAULT)) >= 0) {
     int64_t v = 0;
-    if (a >= 0 && H5Aread(a, H5T_NATIVE_INT64, &v) >= 0) ok = v == 1;
-    m2_h5_close(&a);
+    if (H5Aread(a, H5T_NATIVE_INT64, &v) >= 0) state = v == 1 ? 1 : 0;
   }
+  m2_h5_close(&a);
   m2_h5_close(&g);
   H5Eclear2(H5E_DEFAULT);
-  return ok;
+  return state;
 }
+
+bool m2_rf_ckpt_is_complete(hid_t file, const char *name) { return ckpt_state(file, name) == 1; }
 
 static int cmp_i64(const void *a, const void *b) {
   int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
   return x < y ? -1 : x > y;
 }
 
-/* Complete checkpoints (ascending) and, when `junk` is given, the names of the others. */
-static m2_status list_ckpts(m2_run *r, m2_i64list *out, m2_strlist *junk) {
+/* The entries of /checkpoints: complete checkpoints (ascending steps); damaged ones, when `damaged` is given (a
+ * decimal name whose group or complete attribute cannot be read); junk, when `junk` is given (".tmp-<step>", or a
+ * readable group without complete = 1: a writer died while writing it). */
+static m2_status list_ckpts(m2_run *r, m2_i64list *out, m2_strlist *damaged, m2_strlist *junk) {
   memset(out, 0, sizeof *out);
   if (junk) memset(junk, 0, sizeof *junk);
+  if (damaged) memset(damaged, 0, sizeof *damaged);
   m2_strlist names;
   M2_TRY(m2_h5_list(r->file, "checkpoints", -1, &names, r->path));
   out->v = malloc(sizeof(int64_t) * (size_t)(names.n ? names.n : 1));
@@ -43,39 +50,80 @@ static m2_status list_ckpts(m2_run *r, m2_i64list *out, m2_strlist *junk) {
     m2_strlist_free(&names);
     return m2_fail(M2_ERR_OOM, "%s: out of memory", r->path);
   }
-  for (int i = 0; i < names.n; i++) {
+  m2_status st = M2_OK;
+  for (int i = 0; i < names.n && st == M2_OK; i++) {
     int64_t step;
-    if (m2_rf_parse_step(names.v[i], &step) && m2_rf_ckpt_is_complete(r->file, names.v[i])) out->v[out->n++] = step;
-    else if (junk && m2_strlist_push(junk, names.v[i]) != M2_OK) {
-      m2_strlist_free(&names);
-      m2_i64list_free(out);
-      m2_strlist_free(junk);
-      return m2_errcode();
+    bool decimal = m2_rf_parse_step(names.v[i], &step);
+    int state = decimal ? ckpt_state(r->file, names.v[i]) : 0;
+    if (state == 1) out->v[out->n++] = step;
+    else if (state < 0) {
+      if (damaged) st = m2_strlist_push(damaged, names.v[i]);
+    } else if (junk) {
+      st = m2_strlist_push(junk, names.v[i]);
     }
   }
   m2_strlist_free(&names);
+  if (st != M2_OK) {
+    m2_i64list_free(out);
+    if (junk) m2_strlist_free(junk);
+    if (damaged) m2_strlist_free(damaged);
+    return st;
+  }
   qsort(out->v, (size_t)out->n, sizeof(int64_t), cmp_i64);
   return M2_OK;
 }
 
-static m2_status delete_link(m2_run *r, const char *path) {
-  m2_status st = M2_OK;
-  const char *h5file = r->path, *h5obj = path;
-  H5CHK(H5Ldelete(r->file, path, H5P_DEFAULT)); /* frees the group and everything under it */
-fail:
-  return st;
+/* Can every object header and attribute under checkpoint group g be read? (What deleting it reads: deleting frees
+ * every object, reading their headers and attributes; the tensors' data is freed unread.) */
+static herr_t meta_cb(hid_t obj, const char *name, const H5O_info_t *info, void *ud) {
+  (void)info, (void)ud;
+  hid_t o = H5Oopen(obj, name, H5P_DEFAULT);
+  if (o < 0) return -1;
+  hsize_t idx = 0;
+  int n = H5Aget_num_attrs(o);
+  for (int i = 0; i < n; i++) {
+    hid_t a = H5Aopen_by_idx(o, ".", H5_INDEX_NAME, H5_ITER_INC, idx++, H5P_DEFAULT, H5P_DEFAULT);
+    if (a < 0) {
+      H5Oclose(o);
+      return -1;
+    }
+    H5Aclose(a);
+  }
+  H5Oclose(o);
+  return n < 0 ? -1 : 0;
 }
 
-/* Delete incomplete checkpoints (a writer died while writing them). */
+/* Delete a checkpoint group (path "/checkpoints/<name>"). A damaged one whose own header still reads is unlinked
+ * without being freed (its reference count raised first, so HDF5 reads nothing under it): its space is lost, but a
+ * damaged checkpoint never blocks pruning, a rewrite of its step, or a resume. One whose header is damaged cannot be
+ * unlinked at all: M2_ERR_IO. */
+static m2_status remove_ckpt(m2_run *r, const char *path) {
+  bool intact = H5Ovisit_by_name2(r->file, path, H5_INDEX_NAME, H5_ITER_INC, meta_cb, NULL, H5O_INFO_BASIC,
+                                  H5P_DEFAULT) >= 0;
+  H5Eclear2(H5E_DEFAULT);
+  if (intact && H5Ldelete(r->file, path, H5P_DEFAULT) >= 0) return M2_OK;
+  char why[768];
+  m2_h5_last_error(why, sizeof why);
+  hid_t g = H5Oopen(r->file, path, H5P_DEFAULT);
+  bool kept = g >= 0 && H5Oincr_refcount(g) >= 0;
+  if (g >= 0) H5Oclose(g);
+  if (kept && H5Ldelete(r->file, path, H5P_DEFAULT) >= 0) return M2_OK;
+  if (!why[0]) m2_h5_last_error(why, sizeof why);
+  H5Eclear2(H5E_DEFAULT);
+  return m2_fail(M2_ERR_IO, "%s: %s: a damaged checkpoint that cannot be deleted (%s)", r->path, path, why);
+}
+
+/* Delete incomplete checkpoints (a writer died while writing them). Damaged ones stay (inspect reports them) until
+ * pruning passes them or their step is written again. */
 static m2_status delete_junk(m2_run *r, bool *deleted) {
   m2_i64list steps;
   m2_strlist junk;
-  M2_TRY(list_ckpts(r, &steps, &junk));
+  M2_TRY(list_ckpts(r, &steps, NULL, &junk));
   m2_status st = M2_OK;
   for (int i = 0; i < junk.n && st == M2_OK; i++) {
     char path[300];
     snprintf(path, sizeof path, "/checkpoints/%s", junk.v[i]);
-    st = delete_link(r, path);
+    st = remove_ckpt(r, path);
     *deleted = true;
   }
   m2_i64list_free(&steps);
@@ -83,18 +131,30 @@ static m2_status delete_junk(m2_run *r, bool *deleted) {
   return st;
 }
 
-/* Delete the oldest complete checkpoints until at most `keep` remain. */
+/* Delete the oldest complete checkpoints until at most `keep` remain, and damaged ones older than the oldest kept
+ * (pruning would have deleted them; one that cannot be deleted is moved aside, never an error). */
 static m2_status prune(m2_run *r, int keep, bool *deleted) {
   m2_i64list steps;
-  M2_TRY(list_ckpts(r, &steps, NULL));
+  m2_strlist damaged;
+  M2_TRY(list_ckpts(r, &steps, &damaged, NULL));
   m2_status st = M2_OK;
-  for (int i = 0; i + keep < steps.n && st == M2_OK; i++) {
+  int i = 0;
+  for (; i + keep < steps.n && st == M2_OK; i++) {
     char path[96];
     snprintf(path, sizeof path, "/checkpoints/%" PRId64, steps.v[i]);
-    st = delete_link(r, path);
+    st = remove_ckpt(r, path);
     *deleted = true;
   }
+  for (int k = 0; k < damaged.n && st == M2_OK && i < steps.n; k++) {
+    int64_t step;
+    if (!m2_rf_parse_step(damaged.v[k], &step) || step >= steps.v[i]) continue;
+    char path[96];
+    snprintf(path, sizeof path, "/checkpoints/%s", damaged.v[k]);
+    if (remove_ckpt(r, path) == M2_OK) *deleted = true;
+    else m2_clear_error(); /* its header is damaged: it stays (inspect reports it) */
+  }
   m2_i64list_free(&steps);
+  m2_strlist_free(&damaged);
   return st;
 }
 
@@ -229,7 +289,7 @@ static m2_status finish_ckpt(m2_run *r, m2_status st) {
     char msg[2048];
     snprintf(msg, sizeof msg, "%s", m2_errmsg());
     bool ex = false;
-    if (m2_h5_exists(r->file, r->ckpt_tmp, &ex, r->path) == M2_OK && ex) delete_link(r, r->ckpt_tmp);
+    if (m2_h5_exists(r->file, r->ckpt_tmp, &ex, r->path) == M2_OK && ex) remove_ckpt(r, r->ckpt_tmp);
     m2_rf_h5flush(r->file);
     m2_rf_to_append(r);
     H5Eclear2(H5E_DEFAULT);
@@ -254,7 +314,7 @@ m2_status m2_run_ckpt_commit(m2_run *r) {
   RF_TRY(m2_rf_fsync(r));
   bool ex;
   RF_TRY(m2_h5_exists(r->file, final, &ex, r->path));
-  if (ex) RF_TRY(delete_link(r, final));
+  if (ex) RF_TRY(remove_ckpt(r, final)); /* (a damaged one of that step included) */
   h5obj = final;
   H5CHK(H5Lmove(r->file, r->ckpt_tmp, r->file, final, H5P_DEFAULT, H5P_DEFAULT));
   bool deleted = false;
@@ -270,7 +330,7 @@ m2_status m2_run_ckpt_abort(m2_run *r) {
   m2_status st = M2_OK;
   const char *h5file = r->path, *h5obj = r->ckpt_tmp;
   m2_h5_close(&r->ckpt_group);
-  RF_TRY(delete_link(r, r->ckpt_tmp));
+  RF_TRY(remove_ckpt(r, r->ckpt_tmp));
   H5CHK(m2_rf_h5flush(r->file));
 fail:
   return finish_ckpt(r, st);
@@ -296,8 +356,44 @@ m2_status m2_run_ckpt_write(m2_run *r, int64_t step, const m2_ckpt_tensor *tenso
 m2_status m2_run_ckpt_list(m2_run *r, m2_i64list *out) {
   memset(out, 0, sizeof *out);
   M2_TRY(m2_rf_check_open(r, false, "ckpt_list"));
-  return list_ckpts(r, out, NULL);
+  return list_ckpts(r, out, NULL, NULL);
 }
+
+m2_status m2_run_ckpt_damaged(m2_run *r, m2_strlist *out) {
+  memset(out, 0, sizeof *out);
+  M2_TRY(m2_rf_check_open(r, false, "ckpt_damaged"));
+  m2_i64list steps;
+  M2_TRY(list_ckpts(r, &steps, out, NULL));
+  m2_i64list_free(&steps);
+  m2_strlist_sort(out);
+  return M2_OK;
+}
+
+m2_status m2_rf_ckpt_junk(m2_run *r, m2_strlist *out) {
+  m2_i64list steps;
+  M2_TRY(list_ckpts(r, &steps, NULL, out));
+  m2_i64list_free(&steps);
+  m2_strlist_sort(out);
+  return M2_OK;
+}
+
+m2_status m2_rf_ckpt_why_damaged(m2_run *r, const char *name) {
+  m2_status st = M2_OK;
+  char where[320];
+  snprintf(where, sizeof where, "/checkpoints/%s", name);
+  const char *h5file = r->path, *h5obj = where;
+  hid_t g = -1;
+  m2_value v = {0};
+  H5CHK(g = H5Gopen2(r->file, where, H5P_DEFAULT));
+  RF_TRY(m2_h5_attr_read(g, "complete", &v, r->path, where));
+  if (v.kind != M2_VAL_I64 || v.i != 1) RF_FAIL(M2_ERR_IO, "%s: %s: its complete attribute is not 1", r->path, where);
+  RF_FAIL(M2_ERR_IO, "%s: %s: cannot be read as a complete checkpoint", r->path, where);
+fail:
+  m2_value_free(&v);
+  m2_h5_close(&g);
+  return st;
+}
+
 
 m2_status m2_run_ckpt_latest(m2_run *r, int64_t *step) {
   m2_i64list l;
@@ -322,7 +418,7 @@ static m2_status open_ckpt(m2_run *r, int64_t step, hid_t *g, char *where, size_
   if (step < 0 || !ex || !m2_rf_ckpt_is_complete(r->file, name)) {
     m2_i64list l;
     char have[400] = "";
-    if (list_ckpts(r, &l, NULL) == M2_OK) {
+    if (list_ckpts(r, &l, NULL, NULL) == M2_OK) {
       size_t k = 0;
       for (int i = 0; i < l.n && k + 24 < sizeof have; i++)
         k += (size_t)snprintf(have + k, sizeof have - k, "%s%" PRId64, i ? ", " : "", l.v[i]);
@@ -487,7 +583,7 @@ m2_status m2_run_ckpt_attr_names(m2_run *r, int64_t step, m2_strlist *out) {
 }
 
 m2_status m2_run_ckpt_verify(m2_run *r, int64_t step) {
-  m2_strlist paths;
+  m2_strlist paths, keys;
   M2_TRY(m2_run_ckpt_tensors(r, step, &paths));
   m2_status st = M2_OK;
   for (int i = 0; i < paths.n && st == M2_OK; i++) {
@@ -496,5 +592,12 @@ m2_status m2_run_ckpt_verify(m2_run *r, int64_t step) {
     m2_release(t);
   }
   m2_strlist_free(&paths);
+  if (st == M2_OK) st = m2_run_ckpt_attr_names(r, step, &keys);
+  if (st != M2_OK) return st;
+  for (int i = 0; i < keys.n && st == M2_OK; i++) {
+    m2_value v;
+    if ((st = m2_run_ckpt_get(r, step, keys.v[i], &v)) == M2_OK) m2_value_free(&v);
+  }
+  m2_strlist_free(&keys);
   return st;
 }

@@ -47,6 +47,13 @@ m2_status m2_h5_fail(const char *file, const char *obj, const char *call, const 
   m2_h5_last_error(msg, sizeof msg);
   const char *base = strrchr(src, '/');
   base = base ? base + 1 : src;
+  int io = m2_rf_io_errno; /* the system's reason, when a write of the writer's file driver failed under it */
+  m2_rf_io_errno = 0;
+  if (io)
+    return m2_fail(M2_ERR_IO, "%s: %s: %s: %s%s [%s at %s:%d]", file ? file : "?", obj && obj[0] ? obj : "/",
+                   strerror(io), msg[0] ? msg : "HDF5 call failed",
+                   io == ENOSPC ? " (the disk is full: the file keeps what its last complete flush wrote)" : "", call,
+                   base, line);
   return m2_fail(M2_ERR_IO, "%s: %s: %s [%s at %s:%d]", file ? file : "?", obj && obj[0] ? obj : "/",
                  msg[0] ? msg : "HDF5 call failed", call, base, line);
 }
@@ -131,7 +138,13 @@ static int lock_probe(const char *path, bool take, int *fd_out) {
 
 bool m2_run_writer_alive(const char *path) { return lock_probe(path, false, NULL) == 1; }
 
-/* Exposed to runfile.c: take the writer lock on an open fd (non-blocking). */
+/* The writer's pid, for the message another writer gets: an OFD lock has no owner pid (F_OFD_GETLK reports -1), so
+ * the writer also locks the byte M2_RF_PID_BASE + pid, and whoever finds the file locked reads the pid off the
+ * conflicting lock's offset. */
+#define M2_RF_PID_BASE (M2_RF_LOCK_BYTE + 16)
+#define M2_RF_PID_SPAN ((off_t)1 << 23) /* > Linux's largest pid_max, 2^22 */
+
+/* Exposed to runfile.c: take the writer lock on an open fd (non-blocking), and the pid byte. */
 int m2_rf_lock_fd(int fd) {
   struct flock fl;
   memset(&fl, 0, sizeof fl);
@@ -139,7 +152,41 @@ int m2_rf_lock_fd(int fd) {
   fl.l_whence = SEEK_SET;
   fl.l_start = M2_RF_LOCK_BYTE;
   fl.l_len = 1;
-  return fcntl(fd, F_OFD_SETLK, &fl);
+  if (fcntl(fd, F_OFD_SETLK, &fl) != 0) return -1;
+  pid_t pid = getpid();
+  if (pid > 0 && pid < M2_RF_PID_SPAN) {
+    int e = errno;
+    fl.l_start = M2_RF_PID_BASE + pid;
+    if (fcntl(fd, F_OFD_SETLK, &fl) != 0) errno = e; /* the name in a message only: not needed */
+  }
+  return 0;
+}
+
+long m2_rf_lock_holder(int fd) {
+  struct flock fl;
+  memset(&fl, 0, sizeof fl);
+  fl.l_type = F_WRLCK;
+  fl.l_whence = SEEK_SET;
+  fl.l_start = M2_RF_PID_BASE;
+  fl.l_len = M2_RF_PID_SPAN;
+  if (fcntl(fd, F_OFD_GETLK, &fl) != 0 || fl.l_type == F_UNLCK) return 0;
+  return (long)(fl.l_start - M2_RF_PID_BASE);
+}
+
+long m2_run_writer_pid(const char *path) {
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return 0;
+  long pid = m2_rf_lock_holder(fd);
+  close(fd);
+  return pid;
+}
+
+m2_status m2_rf_busy(const char *path, int fd) {
+  long pid = m2_rf_lock_holder(fd);
+  if (pid > 0)
+    return m2_fail(M2_ERR_IO, "%s: the run file is being written by pid %ld (another writer has this run open: it "
+                   "holds the m2lab writer lock)", path, pid);
+  return m2_fail(M2_ERR_IO, "%s: another writer has this run open (it holds the m2lab writer lock)", path);
 }
 
 /* Clear stale status flags (what `h5clear -s` does) while holding the writer lock, so that a

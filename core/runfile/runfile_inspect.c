@@ -5,6 +5,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include "runfile_int.h"
 
 /* Print s with control characters escaped, cut to at most max bytes (0 = no limit). */
@@ -42,25 +43,27 @@ typedef struct insp {
   m2_run *r;
   FILE *out;
   m2_status first;
-  char first_msg[2048];
+  int ndamaged;
 } insp;
 
+/* A part of the file that cannot be read: one "damaged: <error>" line (the error names the file and the object). */
 static void note_error(insp *c, m2_status st) {
   if (st == M2_OK) return;
-  fputs("  (error: ", c->out);
+  fputs("  damaged: ", c->out);
   put_escaped(c->out, m2_errmsg(), 0);
-  fputs(")\n", c->out);
-  if (c->first == M2_OK) {
-    c->first = st;
-    snprintf(c->first_msg, sizeof c->first_msg, "%s", m2_errmsg());
-  }
+  fputc('\n', c->out);
+  if (c->first == M2_OK) c->first = st;
+  c->ndamaged++;
+  m2_clear_error();
 }
 
-/* Get a root attribute as a string for display ("" when absent). */
+/* Get a root attribute as a string for display ("" when absent; an unreadable one is reported). */
 static void attr_str(insp *c, const char *key, char *buf, size_t n) {
   m2_value v;
   buf[0] = 0;
-  if (m2_run_get_attr(c->r, key, &v) != M2_OK) {
+  m2_status st = m2_run_get_attr(c->r, key, &v);
+  if (st != M2_OK) {
+    if (st != M2_ERR_INDEX) note_error(c, st);
     m2_clear_error();
     return;
   }
@@ -83,13 +86,9 @@ static void header(insp *c) {
   put_escaped(c->out, d[0] ? d : "?", 40);
   fputs(")\n", c->out);
 
-  m2_value st;
-  char status[512] = "?";
-  if (m2_run_get_attr(c->r, "status", &st) == M2_OK) {
-    if (st.kind == M2_VAL_STR) snprintf(status, sizeof status, "%s", st.s);
-    m2_value_free(&st);
-  }
-  m2_clear_error();
+  char status[512];
+  attr_str(c, "status", status, sizeof status);
+  if (!status[0]) snprintf(status, sizeof status, "?");
   fprintf(c->out, "%-12s", "status");
   put_escaped(c->out, status, 200);
   bool alive = m2_run_writer_alive(m2_run_path(c->r));
@@ -173,7 +172,9 @@ static void config(insp *c) {
 
 static void series_table(insp *c, const char *group) {
   m2_strlist names;
-  m2_status st = m2_run_list_series(c->r, group, &names);
+  /* every link in the group, not only the ones that read as series groups: a damaged one is reported, never
+     left out */
+  m2_status st = m2_h5_list(c->r->file, group, -1, &names, m2_run_path(c->r));
   if (st != M2_OK) {
     fprintf(c->out, "%s\n", group);
     note_error(c, st);
@@ -209,9 +210,40 @@ static void series_table(insp *c, const char *group) {
   m2_strlist_free(&names);
 }
 
+/* Check one checkpoint: the metadata of its tensors and its attributes, and with `data` every tensor's bytes against
+ * their checksums. The first error, naming file and object. */
+static m2_status ckpt_check(m2_run *r, int64_t step, bool data) {
+  if (data) return m2_run_ckpt_verify(r, step);
+  m2_strlist paths, keys;
+  M2_TRY(m2_run_ckpt_tensors(r, step, &paths));
+  m2_status st = M2_OK;
+  for (int i = 0; i < paths.n && st == M2_OK; i++) {
+    m2_dtype dt;
+    int nd;
+    int64_t shape[M2_MAX_DIMS];
+    st = m2_run_ckpt_info(r, step, paths.v[i], &dt, &nd, shape);
+  }
+  m2_strlist_free(&paths);
+  if (st == M2_OK) st = m2_run_ckpt_attr_names(r, step, &keys);
+  if (st != M2_OK) return st;
+  for (int i = 0; i < keys.n && st == M2_OK; i++) {
+    m2_value v;
+    st = m2_run_ckpt_get(r, step, keys.v[i], &v);
+    if (st == M2_OK) m2_value_free(&v);
+  }
+  m2_strlist_free(&keys);
+  return st;
+}
+
+/* Checkpoint data is read back (checksums) when the file is at most this large; else only the metadata is checked
+ * (a resume reads, and so checks, what it loads). */
+#define INSPECT_VERIFY_BYTES ((off_t)1 << 30)
+
 static void checkpoints(insp *c) {
   m2_i64list steps;
+  m2_strlist damaged;
   m2_status st = m2_run_ckpt_list(c->r, &steps);
+  if (st == M2_OK && (st = m2_run_ckpt_damaged(c->r, &damaged)) != M2_OK) m2_i64list_free(&steps);
   if (st != M2_OK) {
     fprintf(c->out, "checkpoints\n");
     note_error(c, st);
@@ -226,12 +258,43 @@ static void checkpoints(insp *c) {
     fprintf(c->out, "%s%" PRId64, i ? ", " : ": ", steps.v[i]);
   }
   fputc('\n', c->out);
-  if (steps.n == 0) {
-    m2_i64list_free(&steps);
-    return;
+  int64_t newest_damaged = -1;
+  for (int i = 0; i < damaged.n; i++) {
+    int64_t step;
+    if (m2_rf_parse_step(damaged.v[i], &step) && step > newest_damaged) newest_damaged = step;
+    note_error(c, m2_rf_ckpt_why_damaged(c->r, damaged.v[i]));
   }
-  int64_t last = steps.v[steps.n - 1];
+  m2_strlist_free(&damaged);
+  m2_strlist junk;
+  if ((st = m2_rf_ckpt_junk(c->r, &junk)) != M2_OK) note_error(c, st);
+  for (int i = 0; st == M2_OK && i < junk.n; i++) {
+    int64_t step;
+    if (m2_rf_parse_step(junk.v[i], &step)) { /* (the writer names a checkpoint by its step only once complete) */
+      if (step > newest_damaged) newest_damaged = step;
+      m2_fail(M2_ERR_IO, "%s: /checkpoints/%s: not complete (no complete = 1 attribute)", m2_run_path(c->r), junk.v[i]);
+      note_error(c, M2_ERR_IO);
+    } else {
+      fputs("  incomplete: /checkpoints/", c->out);
+      put_escaped(c->out, junk.v[i], 80);
+      fputs(" (a writer died while writing it; a resume deletes it)\n", c->out);
+    }
+  }
+  if (st == M2_OK) m2_strlist_free(&junk);
+  struct stat sb;
+  bool data = stat(m2_run_path(c->r), &sb) == 0 && sb.st_size <= INSPECT_VERIFY_BYTES;
+  int64_t last = -1;
+  for (int i = 0; i < steps.n; i++) {
+    st = ckpt_check(c->r, steps.v[i], data);
+    if (st != M2_OK) note_error(c, st);
+    else last = steps.v[i];
+  }
+  if (!data && steps.n) {
+    fprintf(c->out, "  (tensor data not read back: the file is %.1f GiB; a resume checks what it loads)\n",
+            (double)sb.st_size / 1073741824.0);
+  }
+  bool newest = steps.n && last == steps.v[steps.n - 1] && last > newest_damaged;
   m2_i64list_free(&steps);
+  if (last < 0) return;
   m2_strlist paths;
   st = m2_run_ckpt_tensors(c->r, last, &paths);
   if (st != M2_OK) {
@@ -267,7 +330,7 @@ static void checkpoints(insp *c) {
       gbytes[g] += bytes;
     }
   }
-  fprintf(c->out, "  latest %" PRId64 ": %d tensors, ", last, paths.n);
+  fprintf(c->out, "  %s %" PRId64 ": %d tensors, ", newest ? "latest" : "latest intact", last, paths.n);
   if (total >= 1048576.0) fprintf(c->out, "%.1f MiB", total / 1048576.0);
   else fprintf(c->out, "%.1f KiB", total / 1024.0);
   for (int g = 0; g < ng; g++) {
@@ -305,14 +368,8 @@ m2_status m2_inspect(const char *path, FILE *out) {
   o.mode = M2_RUN_READ;
   o.open_timeout = 5;
   m2_run *r = m2_run_open(path, &o);
-  if (!r) {
-    m2_status st = m2_errcode();
-    fputs("cannot inspect: ", out);
-    put_escaped(out, m2_errmsg(), 0);
-    fputc('\n', out);
-    return st;
-  }
-  insp c = {r, out, M2_OK, ""};
+  if (!r) return m2_errcode(); /* the caller prints it (m2lab inspect: once, on stderr) */
+  insp c = {r, out, M2_OK, 0};
   fprintf(out, "%-12s", "run file");
   put_escaped(out, path, 0);
   fputc('\n', out);
@@ -322,6 +379,8 @@ m2_status m2_inspect(const char *path, FILE *out) {
   series_table(&c, "eval");
   checkpoints(&c);
   m2_status cs = m2_run_close(r);
-  if (c.first != M2_OK) return m2_fail(c.first, "%s", c.first_msg);
+  if (c.first != M2_OK)
+    return m2_fail(c.first, "%s: damaged: %d part%s of the file cannot be read (the \"damaged:\" line%s above)", path,
+                   c.ndamaged, c.ndamaged == 1 ? "" : "s", c.ndamaged == 1 ? "" : "s");
   return cs;
 }

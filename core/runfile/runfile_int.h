@@ -48,6 +48,10 @@ hid_t m2_h5_fapl(bool writer);
 hid_t m2_h5_open_read(const char *path, double timeout, bool no_repair);
 /* Take the writer lock on an open fd without waiting (fcntl result: 0, or -1 with errno). */
 int m2_rf_lock_fd(int fd);
+/* The pid of the m2lab writer holding the lock of the file open at fd (0 when unknown or none), and the error a
+ * second writer gets: "<path>: the run file is being written by pid N (...)". */
+long m2_rf_lock_holder(int fd);
+m2_status m2_rf_busy(const char *path, int fd);
 
 /* Types */
 hid_t m2_h5_bool_type(void);  /* new enum {FALSE=0, TRUE=1} over int8 (close it) */
@@ -109,6 +113,8 @@ struct m2_run {
   bool swmr;           /* writer is APPEND (SWMR write) */
   bool broken;         /* a mode switch failed: the handle only closes */
   int lock_fd;         /* writer's OFD lock, -1 for readers */
+  char *final_path;    /* a staged overwrite (m2_run_opts.staged): the file it replaces at m2_run_replace, else NULL */
+  int old_lock_fd;     /* ... and the writer lock held on that file meanwhile (-1 when none) */
   double flush_interval, last_flush;
   int keep_last;
   bool no_time, no_fsync;
@@ -149,7 +155,12 @@ herr_t m2_rf_h5flush(hid_t file);
 herr_t m2_rf_h5start_swmr(hid_t file);
 herr_t m2_rf_h5close(hid_t file, bool swmr);
 
-/* runfile_vfd.c: the writer's file driver (sec2's POSIX I/O plus a journal for the windows above). */
+/* runfile_vfd.c: the writer's file driver (sec2's POSIX I/O plus a journal for the windows above). After a write
+ * fails (a full disk) it refuses every later write of that file, so the file stays as its last complete flush left
+ * it. m2_rf_io_errno: the errno of the last failed write (m2_h5_fail names it and clears it); m2_rf_close_failed:
+ * set when the flush of a close failed (m2_rf_h5close reports it). Tests: M2_RUNFILE_ENOSPC_AFTER=N (bytes). */
+extern int m2_rf_io_errno, m2_rf_close_failed;
+int m2_rf_vfd_error(hid_t file); /* the errno of the write that failed on this writer's file, 0 when none did */
 hid_t m2_rf_vfd(void);
 void m2_rf_journal_begin(hid_t file);
 void m2_rf_vfd_set_sync(hid_t file, bool sync); /* default true; false for m2_run_opts.no_fsync */
@@ -175,5 +186,9 @@ m2_status m2_rf_ds_trim(hid_t ds, int64_t n, const char *file, const char *obj);
 /* Checkpoints (runfile_ckpt.c) */
 m2_status m2_rf_ckpt_cleanup(m2_run *r);         /* resume: delete incomplete checkpoints */
 bool m2_rf_ckpt_is_complete(hid_t file, const char *name);
+/* Why the checkpoint entry `name` (one of m2_run_ckpt_damaged's) cannot be read: the error, naming file and group. */
+m2_status m2_rf_ckpt_why_damaged(m2_run *r, const char *name);
+/* Incomplete checkpoints (".tmp-<step>", or a readable group without complete = 1), sorted: a resume deletes them. */
+m2_status m2_rf_ckpt_junk(m2_run *r, m2_strlist *out);
 
 #endif

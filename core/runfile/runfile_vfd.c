@@ -51,13 +51,33 @@ typedef struct jfile {
   char *path;
   bool journaling;
   bool sync; /* fsync the journal and the file at each commit (not with m2_run_opts.no_fsync) */
+  int failed; /* errno of a write that failed (a full disk: ENOSPC), 0 while none did. From then on writes are
+                 dropped, unwritten (the file stays as the last complete commit or SWMR flush left it) but reported
+                 as done, so that HDF5 can still close the file (a close that fails leaves HDF5 a half-closed file
+                 that crashed it at exit); the run-file layer refuses to go on (m2_rf_vfd_error). */
   jrec *rec;
   size_t nrec, cap;
 } jfile;
 
 static hid_t g_driver = -1;
+int m2_rf_io_errno;
 
 /* ---------------- plain I/O ---------------- */
+
+/* Fault injection for tests: with M2_RUNFILE_ENOSPC_AFTER=N in the environment, the writes of this process through
+ * the driver (file and journal) fail with ENOSPC once N bytes have been written, as on a disk that fills up. */
+static int64_t g_space = -2; /* -2: not read yet, -1: no limit */
+
+static size_t space_for(size_t n) {
+  if (g_space == -2) {
+    const char *e = getenv("M2_RUNFILE_ENOSPC_AFTER");
+    g_space = e && *e ? strtoll(e, NULL, 10) : -1;
+  }
+  if (g_space < 0) return n;
+  size_t ok = (uint64_t)g_space < n ? (size_t)g_space : n;
+  g_space -= (int64_t)ok;
+  return ok;
+}
 
 static int pread_all(int fd, void *buf, size_t n, off_t at) {
   unsigned char *p = buf;
@@ -76,6 +96,12 @@ static int pread_all(int fd, void *buf, size_t n, off_t at) {
 
 static int pwrite_all(int fd, const void *buf, size_t n, off_t at) {
   const unsigned char *p = buf;
+  size_t room = space_for(n);
+  if (room < n) { /* (injected) the disk fills up: a part is written, then ENOSPC */
+    int r = room ? pwrite_all(fd, buf, room, at) : 0;
+    if (r == 0) errno = ENOSPC;
+    return -1;
+  }
   while (n > 0) {
     ssize_t r = pwrite(fd, p, n, at);
     if (r < 0 && errno == EINTR) continue;
@@ -257,17 +283,34 @@ bool m2_rf_journal_exists(const char *path) {
 
 /* ---------------- the driver ---------------- */
 
+static void set_failed(jfile *f, int err) {
+  if (!f->failed) f->failed = err ? err : EIO;
+  m2_rf_io_errno = f->failed;
+}
+
 /* The end of a flush window: the journal, then the records into the file, then the journal deleted. Without a
- * journal (it could not be written: a full disk?) the records are applied anyway, as they were before journals. */
+ * complete journal (it could not be written: a full disk) nothing is applied: the file stays as the last commit left
+ * it, and the driver refuses every later write (a partly applied flush is what damages a file). A journal whose
+ * records could not all be applied stays, and the next open replays it. */
 static int commit(jfile *f) {
   f->journaling = false;
   int e = 0;
-  if (f->nrec) {
+  if (f->failed) {
+    /* dropped (see jfile.failed) */
+  } else if (f->nrec) {
     char *jp = journal_path(f->path);
     bool journaled = jp && write_journal(jp, f->rec, f->nrec, f->sync) == 0;
-    if (jp && !journaled) unlink(jp); /* a journal that may be partial must never be replayed after later commits */
-    if (apply(f->fd, f->rec, f->nrec) != 0 || (f->sync && fsync(f->fd) != 0)) e = -1;
-    if (journaled && e == 0 && unlink(jp) != 0) e = -1;
+    if (!journaled) {
+      set_failed(f, jp ? errno : ENOMEM);
+      if (jp) unlink(jp); /* a journal that may be partial must never be replayed */
+      e = -1;
+    } else if (apply(f->fd, f->rec, f->nrec) != 0 || (f->sync && fsync(f->fd) != 0)) {
+      set_failed(f, errno); /* the journal stays: replayed at the next open */
+      e = -1;
+    } else if (unlink(jp) != 0) {
+      set_failed(f, errno);
+      e = -1;
+    }
     free(jp);
   }
   drop_records(f);
@@ -301,14 +344,19 @@ static H5FD_t *j_open(const char *name, unsigned flags, hid_t fapl, haddr_t maxa
   return &f->pub;
 }
 
+int m2_rf_close_failed;
+
 static herr_t j_close(H5FD_t *file) {
   jfile *f = (jfile *)file;
-  herr_t e = f->journaling ? commit(f) : 0; /* H5Fclose outside SWMR mode (m2_rf_h5close): its flush ends here */
+  /* H5Fclose outside SWMR mode (m2_rf_h5close): its flush ends here. A failure is reported through
+     m2_rf_close_failed, not to HDF5: the driver's file is freed here either way, and HDF5 would try to close a file
+     whose close failed once more at exit (a use after free). */
+  if ((f->journaling ? commit(f) : 0) < 0 || f->failed) m2_rf_close_failed = f->failed ? f->failed : EIO;
   drop_records(f);
-  if (close(f->fd) != 0) e = -1;
+  close(f->fd);
   free(f->path);
   free(f);
-  return e;
+  return 0;
 }
 
 static int j_cmp(const H5FD_t *a, const H5FD_t *b) {
@@ -374,9 +422,11 @@ static herr_t j_write(H5FD_t *file, H5FD_mem_t type, hid_t dxpl, haddr_t addr, s
   (void)dxpl, (void)type;
   jfile *f = (jfile *)file;
   if (addr == HADDR_UNDEF || addr + size > f->eoa) return -1;
+  if (f->failed) return 0; /* dropped (see jfile.failed) */
   if (f->journaling) {
     if (keep(f, 0, addr, size, buf) != 0) return -1;
   } else if (pwrite_all(f->fd, buf, size, (off_t)addr) != 0) {
+    set_failed(f, errno);
     return -1;
   }
   if (addr + size > f->eof) f->eof = addr + size;
@@ -387,9 +437,11 @@ static herr_t j_truncate(H5FD_t *file, hid_t dxpl, hbool_t closing) {
   (void)dxpl, (void)closing;
   jfile *f = (jfile *)file;
   if (f->eoa == f->eof) return 0;
+  if (f->failed) return 0; /* dropped (see jfile.failed) */
   if (f->journaling) {
     if (keep(f, 1, f->eoa, 0, NULL) != 0) return -1;
   } else if (ftruncate(f->fd, (off_t)f->eoa) != 0) {
+    set_failed(f, errno);
     return -1;
   }
   f->eof = f->eoa;
@@ -450,5 +502,16 @@ void m2_rf_vfd_set_sync(hid_t file, bool sync) {
 
 herr_t m2_rf_journal_commit(hid_t file) {
   jfile *f = jfile_of(file);
-  return f ? commit(f) : 0;
+  if (!f) return 0;
+  herr_t e = commit(f);
+  if (f->failed) {
+    m2_rf_io_errno = f->failed;
+    e = -1;
+  }
+  return e;
+}
+
+int m2_rf_vfd_error(hid_t file) {
+  jfile *f = file >= 0 ? jfile_of(file) : NULL;
+  return f ? f->failed : 0;
 }

@@ -15,6 +15,10 @@ m2_status m2_rf_check_open(m2_run *r, bool need_writer, const char *what) {
     return m2_fail(M2_ERR_IO, "%s: %s: the file was closed after an earlier error; reopen it with M2_RUN_RESUME",
                    r->path, what);
   if (need_writer && !r->writer) return m2_fail(M2_ERR_VALUE, "%s: %s: the run is open read-only", r->path, what);
+  int io = r->writer ? m2_rf_vfd_error(r->file) : 0;
+  if (io)
+    return m2_fail(M2_ERR_IO, "%s: %s: an earlier write failed (%s): the file keeps what its last complete flush "
+                   "wrote; close it, and resume the run once the cause is gone", r->path, what, strerror(io));
   return M2_OK;
 }
 
@@ -29,7 +33,7 @@ volatile int *m2_rf_flush_window;
 herr_t m2_rf_h5flush(hid_t file) {
   if (m2_rf_flush_window) *m2_rf_flush_window = 1;
   m2_rf_journal_begin(file);
-  herr_t e = H5Fflush(file, H5F_SCOPE_GLOBAL);
+  herr_t e = m2_rf_vfd_error(file) ? -1 : H5Fflush(file, H5F_SCOPE_GLOBAL);
   if (m2_rf_journal_commit(file) < 0) e = -1;
   if (m2_rf_flush_window) *m2_rf_flush_window = 0;
   return e;
@@ -38,18 +42,24 @@ herr_t m2_rf_h5flush(hid_t file) {
 herr_t m2_rf_h5start_swmr(hid_t file) {
   if (m2_rf_flush_window) *m2_rf_flush_window = 1;
   m2_rf_journal_begin(file);
-  herr_t e = H5Fstart_swmr_write(file);
+  herr_t e = m2_rf_vfd_error(file) ? -1 : H5Fstart_swmr_write(file);
   if (m2_rf_journal_commit(file) < 0) e = -1;
   if (m2_rf_flush_window) *m2_rf_flush_window = 0;
   return e;
 }
 
 herr_t m2_rf_h5close(hid_t file, bool swmr) {
-  if (swmr) return H5Fclose(file);
-  if (m2_rf_flush_window) *m2_rf_flush_window = 1;
-  m2_rf_journal_begin(file); /* committed by the driver's close */
+  m2_rf_close_failed = 0;
+  if (!swmr) {
+    if (m2_rf_flush_window) *m2_rf_flush_window = 1;
+    m2_rf_journal_begin(file); /* committed by the driver's close */
+  }
   herr_t e = H5Fclose(file);
   if (m2_rf_flush_window) *m2_rf_flush_window = 0;
+  if (m2_rf_close_failed) {
+    m2_rf_io_errno = m2_rf_close_failed;
+    e = -1;
+  }
   return e;
 }
 
@@ -77,7 +87,7 @@ m2_status m2_rf_to_exclusive(m2_run *r) {
   hid_t f = r->file;
   r->file = -1;
   r->swmr = false;
-  H5CHK(H5Fclose(f));
+  H5CHK(m2_rf_h5close(f, true)); /* (SWMR: nothing to journal) */
   H5CHK(r->file = H5Fopen(r->path, H5F_ACC_RDWR, r->fapl));
   m2_rf_vfd_set_sync(r->file, !r->no_fsync);
   return M2_OK;

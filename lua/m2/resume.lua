@@ -29,6 +29,12 @@ function resume.main(args)
   local f = io.open(path, "rb")
   if not f then return usage(path .. ": no such file") end
   f:close()
+  if core.run_writer_alive(path) then -- another m2lab process writes it (a run, or a resume of it)
+    local pid = core.run_writer_pid(path)
+    io.stderr:write(string.format("m2lab resume: %s: the run file is being written by %s: wait for it to finish (or " ..
+      "stop it) and resume then\n", path, pid and ("pid " .. pid) or "another m2lab process"))
+    return 1
+  end
   local info = runs.stored_script(path, "resumed") -- a clean error for a damaged or foreign file, or no script
   local sha = info.sha256
   local steps = math.tointeger(m2.args.steps)
@@ -51,6 +57,13 @@ function resume.main(args)
   words[#words + 1] = "out=" .. path
   local typed
   order, raw, typed = runs.parse_overrides(words)
+  -- the step the resumed run would go to: steps= (given now or stored), else the run's recorded setting
+  local target = math.tointeger(typed.steps) or math.tointeger((info.config.train or {}).steps)
+  if info.latest and target and target <= info.latest then -- nothing to train: the file is left as it is
+    io.stdout:write(string.format("m2lab resume: %s: nothing to do: run already at step %d (steps=%d); pass steps=N " ..
+      "larger than %d to continue it\n", path, info.latest, target, info.latest))
+    return 0
+  end
   local script_path = info.script_path or "(unknown script)"
   io.stdout:write(string.format("m2lab resume: %s: executing the experiment script stored in the run file\n" ..
     "  script    %s (%d bytes, sha256 %s)\n  overrides %s\n  from      %s\n", path, script_path, #info.script, sha,

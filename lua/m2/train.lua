@@ -18,7 +18,8 @@ file (core/runfile/runfile.h; DESIGN section 6).
                                         --   a dataset with an evaluate method (m2.data.tokens): /eval/val_loss, val_bpb
     checkpoint_every = 0, keep_checkpoints = 3,   -- 0: only at the end (and on Ctrl-C / SIGTERM)
     out = "runs/x.h5",                  -- the run file (default runs/<script>-<time>.h5; false: none)
-    overwrite = false,                  -- replace an existing out file
+    overwrite = false,                  -- replace an existing out file: the new run is written to <out>.new
+                                        --   and renamed over it once its first step went through
     config = cfg,                       -- the resolved config (default: what m2.config returned last)
     log_every = 1,                      -- metrics are means over log_every steps
     print_every = nil,                  -- progress lines when stdout is not a terminal (default ~20 per run)
@@ -330,6 +331,39 @@ local function check_checkpoint(st, r, step)
   return have
 end
 
+local function warn(text)
+  io.stderr:write("m2.train: warning: ", text, "\n")
+  io.stderr:flush()
+end
+
+-- the checkpoint a resume continues from: the newest one that reads back whole (every tensor against its checksum,
+-- before the file is opened for writing; the load reads it again). A damaged one is skipped with a warning naming it;
+-- a model that does not match the checkpoint is an error.
+local function pick_checkpoint(st, rd)
+  local path, list, chosen = rd:path(), rd:ckpt_list(), nil
+  for i = #list, 1, -1 do
+    local intact, why = rd:ckpt_verify(list[i])
+    if intact then
+      check_checkpoint(st, rd, list[i])
+      chosen = list[i]
+      break
+    end
+    warn(string.format("%s: checkpoint %d is damaged (%s); trying the one before it", path, list[i], why))
+  end
+  for _, name in ipairs(rd:ckpt_damaged()) do
+    local step = math.tointeger(tonumber(name))
+    if step and (chosen == nil or step > chosen) then
+      warn(string.format("%s: checkpoint %d is damaged (its group or attributes cannot be read); skipped", path, step))
+    end
+  end
+  if chosen and chosen ~= list[#list] then
+    warn(string.format("%s: resuming from checkpoint %d, the newest intact one", path, chosen))
+  elseif not chosen and #list > 0 then
+    fail(string.format("%s: every checkpoint is damaged (%s): nothing to resume from", path, table.concat(list, ", ")))
+  end
+  return chosen
+end
+
 local function load_checkpoint(st, step)
   local r, path = st.run, st.run:path()
   local have = check_checkpoint(st, r, step)
@@ -454,14 +488,16 @@ local function open_run(st, s)
         local now = runs.json_decode(st.config_json)
         check_config(path, stored.train or {}, now.train or {}, true)
       end
-      latest = rd:ckpt_latest()
-      if latest then check_checkpoint(st, rd, latest) end
+      latest = pick_checkpoint(st, rd)
+      if latest and latest >= s.steps then -- (m2lab resume says so before running the script; a script may differ)
+        fail(string.format("%s: nothing to do: run already at step %d (steps=%d); pass steps=N larger than %d to " ..
+          "continue it", path, latest, s.steps, latest))
+      end
       resume_schedule(st, s, rd, latest, stored and stored.train)
     end
     local r = core.run_open(path, { mode = "resume", flush_interval = s.flush_interval, keep_last = s.keep_checkpoints })
     st.run = r
     local ok, err = pcall(function()
-      latest = r:ckpt_latest()
       if latest then
         load_checkpoint(st, latest)
         st.resumed_from = latest
@@ -496,10 +532,13 @@ local function open_run(st, s)
     end
   end
   local src = read_script_source()
-  local r = core.run_open(path, { mode = "create", overwrite = s.overwrite, flush_interval = s.flush_interval,
-                                  keep_last = s.keep_checkpoints, device = s.device, script = src,
-                                  config_json = st.config_json })
+  -- an existing file is replaced only once the new run's first step succeeded: until then the run is written beside
+  -- it (<out>.new), so a data set, model or loss that fails at step 1 leaves the old run as it was
+  local r = core.run_open(path, { mode = "create", overwrite = s.overwrite, staged = f ~= nil,
+                                  flush_interval = s.flush_interval, keep_last = s.keep_checkpoints, device = s.device,
+                                  script = src, config_json = st.config_json })
   st.run = r
+  st.staged = f ~= nil
   r:set_attr("script_path", m2.script or "")
   r:set_attr("script_sha256", core.sha256(src))
   r:set_attr("overrides_json", runs.json_encode_list(overrides_list()))
@@ -583,6 +622,14 @@ local function one_step(st, s, step)
   local lsum, tokens = 0.0, 0
   for _ = 1, s.grad_accum do
     local x, y = s.data:batch(st.cursor)
+    for _, t in ipairs { { "x", x }, { "y", y } } do -- (an empty batch would train on nothing and log loss 0)
+      if m2.is_tensor(t[2]) and t[2]:numel() == 0 then
+        local shape = t[2]:shape()
+        fail(string.format("data:batch(%d) returned an empty batch: %s has shape %s: %s", st.cursor, t[1],
+          shape_text(shape), (shape[1] or 1) == 0 and "a batch size of 0 (check the data's batch setting: batch=0?)" or
+          "a sequence length of 0 (check the data's length setting: len=0, length=0?)"))
+      end
+    end
     st.cursor = st.cursor + 1
     if st.dp then x, y = st.dp:slice(x, "x"), st.dp:slice(y, "y") end -- this rank's rows of the global batch
     if s.device ~= "cpu" then
@@ -624,6 +671,10 @@ local function loop(st, s)
   local w = st.win
   for step = st.step + 1, s.steps do
     local loss, gnorm, lr, finite, tokens, dt, mem = one_step(st, s, step)
+    if st.staged then -- overwrite=true: the first step went through, the new run now replaces the old file
+      st.run:replace()
+      st.staged = false
+    end
     st.step = step
     w.n = w.n + 1
     if finite then
@@ -631,22 +682,16 @@ local function loop(st, s)
     end
     w.mem = math.max(w.mem, mem)
     st.win_tokens, st.win_time = st.win_tokens + tokens, st.win_time + dt
+    local tps = st.win_time > 0 and st.win_tokens / st.win_time or 0
+    local stop = not finite and st.nan_streak >= s.max_nan_skips
     if not finite then
       say(st, s, string.format("step %d: non-finite %s (loss %s, grad norm %s): update skipped (%d in a row)", step,
         isfinite(loss) and "gradient" or "loss", tostring(loss), tostring(gnorm), st.nan_streak))
-      if st.nan_streak >= s.max_nan_skips then
-        st.run_failed_msg = string.format("%d consecutive steps with a non-finite loss or gradient (last at step %d: " ..
-          "loss %s, grad norm %s)", st.nan_streak, step, tostring(loss), tostring(gnorm))
-        if st.run then st.run:log("metrics", "nan_skips", step, st.nan_skips) end
-        fail(st.run_failed_msg .. (st.last_ckpt and st.last_ckpt > 0 and string.format("; the last good checkpoint is " ..
-          "step %d in %s", st.last_ckpt, s.out) or ""))
-      end
     end
-    local tps = st.win_time > 0 and st.win_tokens / st.win_time or 0
-    if step % s.log_every == 0 or step == s.steps then
+    if step % s.log_every == 0 or step == s.steps or stop then -- (the step that stops the run is logged too)
       -- means over the finite steps of the window; a window of skipped steps logs the bad loss
       local mloss = w.finite > 0 and w.loss / w.finite or loss
-      local mgn = w.finite > 0 and w.gnorm / w.finite or 0 / 0
+      local mgn = w.finite > 0 and w.gnorm / w.finite or gnorm
       if st.run then
         local r = st.run
         r:log("metrics", "loss", step, mloss)
@@ -661,6 +706,12 @@ local function loop(st, s)
       w.n, w.loss, w.gnorm, w.finite, w.mem = 0, 0.0, 0.0, 0, 0.0
       st.win_tokens, st.win_time = 0, 0.0
     end
+    if stop then
+      st.run_failed_msg = string.format("%d consecutive steps with a non-finite loss or gradient (last at step %d: " ..
+        "loss %s, grad norm %s)", st.nan_streak, step, tostring(loss), tostring(gnorm))
+      fail(st.run_failed_msg .. (st.last_ckpt and st.last_ckpt > 0 and string.format("; the last good checkpoint is " ..
+        "step %d in %s", st.last_ckpt, s.out) or ""))
+    end
     st.shown_loss = finite and loss or st.shown_loss or loss
     progress(st, s, step, st.shown_loss, lr, tps, step == s.steps)
     if s.eval and ((s.eval_every > 0 and step % s.eval_every == 0) or step == s.steps) then run_eval(st, s, step) end
@@ -674,6 +725,12 @@ local function loop(st, s)
       return
     end
   end
+end
+
+-- the end of an error message when an overwrite=true run fails before its first step is through: the old file stays
+local function kept_note(st, s)
+  if not st.staged then return "" end
+  return string.format(" (overwrite=true: %s was not replaced; the old run file is as it was)", s.out)
 end
 
 function train.train(spec)
@@ -699,12 +756,12 @@ function train.train(spec)
   local function open()
     local ok, err = pcall(open_run, st, s)
     if not ok then
-      if st.run then -- created, then a later step failed: the file says so
+      if st.run then -- created, then a later step failed: the file says so (a staged one is deleted)
         pcall(st.run.set_status, st.run, "failed: " .. tostring(err):match("^[^\n]*"):sub(1, 500))
         pcall(st.run.close, st.run)
         st.run = nil
       end
-      error(err, 0)
+      error(tostring(err) .. kept_note(st, s), 0)
     end
   end
   if st.dp then -- rank 0 opens the run file; all start from its parameters, state and counters
@@ -750,7 +807,7 @@ function train.train(spec)
     end)
     if not ok2 and ok then error(err2, 0) end
   end
-  if not ok then error(tostring(err):match("^(.-)\nstack traceback") or err, 0) end
+  if not ok then error((tostring(err):match("^(.-)\nstack traceback") or tostring(err)) .. kept_note(st, s), 0) end
   local summary = { steps = s.steps, step = st.step, final_loss = st.last_loss, out = s.out or nil, status = status,
                     resumed_from = st.resumed_from, nan_skips = st.nan_skips, tokens = st.tokens,
                     time = st.train_time + (core.clock() - st.session_t0), eval = st.last_eval }

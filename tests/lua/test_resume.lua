@@ -188,4 +188,40 @@ T.case("resume refuses a changed config, naming file and key; steps= extends a f
   T.ok(out:find("overrides steps=" .. 2 * N, 1, true) ~= nil or out:find("steps=" .. (2 * N + 4), 1, true) ~= nil, out)
 end)
 
+T.case("resume with steps <= the last step has nothing to do; a second resume at once is refused naming the pid",
+  function()
+  local d = dir .. "/d.h5"
+  local argv = { exe, "run", experiment }
+  for _, w in ipairs(settings(d)) do argv[#argv + 1] = w end
+  local pid = core.spawn(argv, { stdout = dir .. "/d.log" })
+  T.ok(wait_checkpoint(d, N, pid, 60), "checkpoint at step N while running")
+  core.kill(pid, "TERM")
+  core.wait(pid)
+  local stopped = read_all(d)
+  T.eq(stopped.status, "interrupted")
+  local at = stopped.latest
+  for _, steps in ipairs { at, N - 1 } do
+    local code, out = m2lab { "resume", d, "steps=" .. steps }
+    T.eq(code, 0, out)
+    T.ok(out:find(string.format("nothing to do: run already at step %d (steps=%d)", at, steps), 1, true), out)
+  end
+  local after = read_all(d)
+  T.eq(after.resume_count, 0, "resume_count not incremented")
+  T.eq(after.status, "interrupted", "status kept")
+  -- a resume runs (slowly: throttle); a second one finds the file held
+  argv = { exe, "resume", d }
+  local first = core.spawn(argv, { stdout = dir .. "/d2.log" })
+  local t0 = core.clock()
+  while not core.run_writer_alive(d) and core.clock() - t0 < 30 and not core.wait(first, true) do core.sleep(0.01) end
+  local code, out = m2lab { "resume", d }
+  T.eq(code, 1, out)
+  T.ok(out:find(d .. ": the run file is being written by pid " .. first, 1, true), out)
+  local _, code1 = core.wait(first)
+  T.eq(code1, 0, "the first resume finished")
+  local done = read_all(d)
+  T.eq(done.status, "done")
+  T.eq(done.resume_count, 1, "only the resume that ran counts")
+  same_run(reference, done, "interrupted + resumed while a second resume was refused")
+end)
+
 os.execute("rm -rf " .. sh_quote(dir))

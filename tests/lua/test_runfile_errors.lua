@@ -1,6 +1,6 @@
 -- test_runfile_errors.lua — bad input gets clean errors naming the file (and the dataset or key):
 -- a truncated run file, a text file, an HDF5 file that is not a run, a damaged checkpoint tensor
--- (checksum; the older checkpoint stays readable), an unwritable out path, resume of a missing
+-- (checksum; the older checkpoint stays readable, inspect reports it, resume falls back to it), an unwritable out path, resume of a missing
 -- file, resume with a model whose parameters no longer match, and a run file with no script.
 local m2 = require "m2"
 local T = m2.test
@@ -59,7 +59,7 @@ T.case("not an m2lab run file", function()
   T.raises(function() core.sweep_index_read(good) end, good .. ": not an m2lab sweep index")
 end)
 
-T.case("damaged checkpoint tensor: error names file and dataset, the older checkpoint still reads", function()
+T.case("damaged checkpoint tensor: inspect and resume name file and dataset, resume falls back to the one before", function()
   local bad = dir .. "/damaged.h5"
   local bytes = read(good)
   -- find the stored bytes of params/lm_head.weight of the latest checkpoint and flip one
@@ -78,12 +78,30 @@ T.case("damaged checkpoint tensor: error names file and dataset, the older check
   T.raises(function() rb:ckpt_read(20, "params/lm_head.weight") end, "params/lm_head.weight")
   T.eq(rb:ckpt_read(10, "params/lm_head.weight"):totable(), older, "the older checkpoint is intact")
   rb:close()
-  local c, o = m2lab("resume", bad, "steps=30")
+  -- inspect reports it (and exits 1), naming the file and the dataset
+  local c, o = m2lab("inspect", bad)
   T.eq(c, 1, o)
-  T.ok(o:find(bad, 1, true) and o:find("lm_head.weight", 1, true), "resume names file and dataset: " .. o)
+  T.ok(o:find("damaged: " .. bad .. ": /checkpoints/20/params/lm_head.weight: data error detected by Fletcher32",
+    1, true), o)
+  T.ok(o:find("latest intact 10", 1, true), o)
+  -- resume falls back to the checkpoint before it, saying which and why, and continues bit-exactly from there
+  c, o = m2lab("resume", bad, "steps=30")
+  T.eq(c, 0, o)
+  T.ok(o:find("warning: " .. bad .. ": checkpoint 20 is damaged (" .. bad .. ": /checkpoints/20/params/lm_head.weight",
+    1, true), "resume names file, checkpoint and dataset: " .. o)
+  T.ok(o:find("resuming from checkpoint 10, the newest intact one", 1, true), o)
   local info = runs.info(bad)
-  T.eq(info.status, "done", "the failed resume left the status as it was")
-  T.eq(info.checkpoints, { 10, 20 })
+  T.eq(info.status, "done")
+  T.eq(info.checkpoints, { 10, 20, 30 }, "checkpoint 20 written again")
+  local rr <close> = runs.open(bad)
+  T.ok(rr:ckpt_verify(20), "the new checkpoint 20 reads back")
+  rr:close()
+  local _, want = runs.series(good, "metrics", "loss")
+  local st2, got = runs.series(bad, "metrics", "loss")
+  T.eq(#got, 30)
+  T.eq({ table.unpack(got, 11, 20) }, { table.unpack(want, 11, 20) }, "steps 11..20 again, bit for bit")
+  c, o = m2lab("inspect", bad)
+  T.eq(c, 0, o)
 end)
 
 T.case("unwritable out path and missing files", function()

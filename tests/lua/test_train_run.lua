@@ -120,7 +120,7 @@ T.case("run file: metrics, eval, checkpoints, attributes, grad_accum, log window
     "already exists: choose another out=, pass overwrite=true")
 end)
 
-T.case("overwrite=true with a bad learning rate fails before the old run file is touched", function()
+T.case("overwrite=true: a bad learning rate, data set, model or loss leaves the old run file as it was", function()
   m2.seed(9)
   local out = dir .. "/keep.h5"
   m2.train { model = Tiny(), data = data, steps = 2, out = out, quiet = true }
@@ -144,8 +144,34 @@ T.case("overwrite=true with a bad learning rate fails before the old run file is
     T.raises(function() m2.train(spec) end, c[2])
     T.ok(bytes() == before, "the old run file is still there, intact: " .. c[2])
   end
+  -- what only the first step finds out: a data set whose batch fails, a model whose forward fails (a token id past
+  -- its vocabulary), a loss that does not return a tensor. The new run is written beside the old file and deleted.
+  local bad_data = { batch = function() error("bad data spec: no such shard") end }
+  local Small = nn.class("Small")
+  function Small:__init() self.embed = nn.Embedding(4, D); self.head = nn.Linear(D, V, { bias = false }) end
+  function Small:forward(x) return self.head(self.embed(x)) end
+  for _, c in ipairs {
+    { { data = bad_data }, "bad data spec: no such shard" },
+    { { model = Small() }, "out of range" },
+    { { loss = function() return 1 end }, "loss must return a tensor" },
+  } do
+    local spec = { model = Tiny(), data = data, steps = 2, out = out, quiet = true, overwrite = true }
+    for k, v in pairs(c[1]) do spec[k] = v end
+    local err = T.raises(function() m2.train(spec) end, c[2])
+    T.ok(err and err:find(out .. " was not replaced; the old run file is as it was", 1, true), tostring(err))
+    T.ok(bytes() == before, "the old run file is still there, intact: " .. c[2])
+    T.ok(io.open(out .. ".new", "rb") == nil, "the new run's file is gone: " .. c[2])
+  end
   local r <close> = runs.open(out)
   T.eq(r:get_attr("status"), "done")
+  r:close()
+  -- a good overwrite replaces it (the first step went through) and leaves nothing beside it
+  local s = m2.train { model = Tiny(), data = data, steps = 3, out = out, quiet = true, overwrite = true,
+                       checkpoint_every = 1, keep_checkpoints = 2 }
+  T.eq(s.status, "done")
+  T.ok(io.open(out .. ".new", "rb") == nil, "no <out>.new left")
+  T.eq(runs.info(out).checkpoints, { 2, 3 })
+  T.eq(#runs.series(out, "metrics", "loss"), 3)
   T.raises(function() m2.optim.schedule { lr = -3e-4 } end, "schedule: lr must be a finite number >= 0")
   T.raises(function() m2.optim.adamw { lr = math.huge } end, "adamw: lr must be a finite number >= 0")
 end)
@@ -189,6 +215,19 @@ T.case("NaN/inf steps are skipped and counted; repeated ones stop the run", func
   local r <close> = runs.open(out2)
   T.ok(r:get_attr("status"):match("^failed: 4 consecutive steps") ~= nil, r:get_attr("status"))
   T.eq(r:ckpt_list(), { 2, 4 }, "the checkpoints before the failure stay")
+  local ls, lv = r:read_series("metrics", "loss")
+  T.eq(ls[#ls], 6, "the step that stopped the run is logged")
+  T.ok(lv[#lv] ~= lv[#lv], "as NaN")
+  local ns, nv = r:read_series("metrics", "nan_skips")
+  T.eq({ ns[#ns], nv[#nv] }, { 6, 4.0 })
+  -- an empty batch (a batch size or sequence length of 0) is refused at the first step, saying which
+  local function empty(b, t)
+    return { batch = function() return m2.zeros({ b, t }, { dtype = "i64" }), m2.zeros({ b, t }, { dtype = "i64" }) end }
+  end
+  T.raises(function() m2.train { model = Tiny(), data = empty(0, L), steps = 2, out = false, quiet = true } end,
+    "data:batch%(0%) returned an empty batch: x has shape %(0, 8%): a batch size of 0 %(check the data's batch setting")
+  T.raises(function() m2.train { model = Tiny(), data = empty(B, 0), steps = 2, out = false, quiet = true } end,
+    "data:batch%(0%) returned an empty batch: x has shape %(4, 0%): a sequence length of 0")
 end)
 
 T.case("progress lines, common overrides on any script, and a script error sets status failed", function()
