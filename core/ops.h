@@ -21,7 +21,8 @@ extern "C" {
   X(matmul)                                                                                                \
   X(embedding) X(cross_entropy) X(linear_cross_entropy) X(rmsnorm) X(l2norm)                               \
   X(concat) X(split) X(gather) X(index_select)                                                             \
-  X(conv1d_causal) X(m2rnn) X(gdn) X(gdn_chunked) X(ssd) X(ssd_chunked) X(attention) X(rope)
+  X(conv1d_causal) X(m2rnn) X(gdn) X(gdn_chunked) X(ssd) X(ssd_chunked) X(attention) X(rope)                                                                                     \
+  X(moe_route) X(moe_permute) X(moe_grouped_matmul) X(moe_unpermute)
 
 #define M2_OP_DECLARE_ROW(n) extern const m2_op m2_op_##n;
 M2_OPS(M2_OP_DECLARE_ROW)
@@ -105,6 +106,22 @@ m2_tensor *m2_concat(int n, m2_tensor *const *xs, int dim);
 m2_status m2_split(m2_tensor *x, int dim, int n, const int64_t *sizes, m2_tensor **outs);
 m2_tensor *m2_gather(m2_tensor *x, int dim, m2_tensor *index);     /* torch.gather semantics */
 m2_tensor *m2_index_select(m2_tensor *x, int dim, m2_tensor *index); /* index 1-D int */
+
+/* ---- mixture of experts (core/ops_moe.c; core/ops_moe.h has the maths and the attributes) ---- */
+/* logits (N, E) -> weights (N, k) (softmax over the k chosen), indices (N, k) i64 (largest logit first, ties to the
+ * lower index), aux (2) = (E sum_e f_e P_e, mean logsumexp^2), counts (E) i64 (slots per expert). Any out pointer may
+ * be NULL (that output is dropped). */
+m2_status m2_moe_route(m2_tensor *logits, int64_t top_k, m2_tensor **weights, m2_tensor **indices, m2_tensor **aux,
+                       m2_tensor **counts);
+/* x (N, d), indices (N, k) int in [0, experts) -> xp (N k, d) sorted by expert (stably), pos (N, k) i64 (the row of
+ * slot (n, j) in xp), offsets (experts + 1) i64 (expert e's rows [offsets[e], offsets[e + 1])). */
+m2_status m2_moe_permute(m2_tensor *x, m2_tensor *indices, int64_t experts, m2_tensor **xp, m2_tensor **pos,
+                         m2_tensor **offsets);
+/* x (M, in), w (E, out, in), offsets (E + 1) i64 -> (M, out): each group of rows times its expert's w[e]^T; products
+ * in bf16 under m2_matmul_precision() == M2_MM_BF16, as matmul. */
+m2_tensor *m2_moe_grouped_matmul(m2_tensor *x, m2_tensor *w, m2_tensor *offsets);
+/* yp (N k, d), weights (N, k), pos (N, k) int (a permutation of the N k rows) -> (N, d): sum_j weights[n, j] yp[pos]. */
+m2_tensor *m2_moe_unpermute(m2_tensor *yp, m2_tensor *weights, m2_tensor *pos);
 
 #ifdef __cplusplus
 }

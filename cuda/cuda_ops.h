@@ -18,7 +18,7 @@ extern "C" {
  * {row, fwd, bwd} at its end); m2_cuda_register (backend.cu) calls them all. A new kernel file adds one name. ---- */
 #define M2_CUDA_OP_FILES(X)                                                                                    \
   X(ops_view) X(ops_elementwise) X(ops_swiglu) X(ops_reduce) X(ops_matmul) X(ops_nn) X(ops_index) X(ops_conv1d) \
-  X(ops_m2rnn) X(ops_gdn) X(ops_ssd) X(ops_attention)
+  X(ops_m2rnn) X(ops_gdn) X(ops_ssd) X(ops_attention) X(ops_moe)
 #define M2_CUDA_DECL_REGISTER(f) m2_status m2_cuda_register_##f(void);
 M2_CUDA_OP_FILES(M2_CUDA_DECL_REGISTER)
 #undef M2_CUDA_DECL_REGISTER
@@ -67,6 +67,10 @@ M2_CUDA_DECL_FB(concat) M2_CUDA_DECL_FB(split) M2_CUDA_DECL_FB(gather) M2_CUDA_D
 
 /* ---- depthwise causal conv1d (cuda/ops_conv1d.cu) ---- */
 M2_CUDA_DECL_FB(conv1d_causal)
+
+/* ---- mixture of experts: router, permutation, grouped GEMMs on cuBLAS, weighted unpermute (cuda/ops_moe.cu) ---- */
+M2_CUDA_DECL_FB(moe_route) M2_CUDA_DECL_FB(moe_permute) M2_CUDA_DECL_FB(moe_grouped_matmul)
+M2_CUDA_DECL_FB(moe_unpermute)
 
 /* ---- optimizer kernels and clipping reductions, the backend table's (cuda/ops_optim.cu); p, g, state contiguous
  * F32 on one device ---- */

@@ -10,6 +10,7 @@
 --   m2lab run experiments/tiny_lm.lua                          (runs/tiny_lm.h5)
 --   m2lab run experiments/tiny_lm.lua arch=A lr=1e-3 steps=200 out=runs/attn.h5
 --   m2lab run experiments/tiny_lm.lua task=groups arch=M eval_mults=1,2,4
+--   m2lab run experiments/tiny_lm.lua arch=MA moe_experts=8 moe_top_k=2   (MoE MLPs: /metrics/moe_load_*)
 -- arch: layer pattern, one letter per block: M = M2RNN, G = Gated DeltaNet, S = Mamba-2,
 -- A = attention ("MA" = two blocks). Batches are deterministic in (seed, batch index), so a
 -- killed run resumed with `m2lab resume` is bit-identical to one that never stopped.
@@ -23,6 +24,7 @@ local cfg = m2.config {
   steps = 60, grad_accum = 1, lr = 3e-3, min_lr = 3e-4, warmup = 10, weight_decay = 0.0, clip = 1.0,
   seed = 0, checkpoint_every = 20, eval_every = 20, log_every = 1, keep_checkpoints = 3,
   out = "runs/tiny_lm.h5", throttle = 0.0, flush_interval = 5.0,
+  moe_experts = 0, moe_top_k = 2, -- moe_experts > 0: a MoE MLP (experts of hidden 2 d, a shared expert of d)
 }
 
 m2.seed(cfg.seed)
@@ -94,7 +96,9 @@ end
 -- ---- model ----
 
 local spec = { name = "tiny_lm-" .. cfg.arch, vocab = vocab, d = cfg.d, layers = cfg.arch,
-               mlp = { kind = cfg.mlp and "swiglu" or "none" },
+               mlp = cfg.moe_experts > 0 and { kind = "moe", experts = cfg.moe_experts, top_k = cfg.moe_top_k,
+                                               expert_hidden = 2 * cfg.d, shared_hidden = cfg.d }
+                     or { kind = cfg.mlp and "swiglu" or "none" },
                m2rnn = { heads = cfg.heads, k = cfg.k, v = cfg.v },
                gdn = { heads = cfg.heads, k = cfg.k, v = cfg.v },
                mamba2 = { heads = cfg.heads, state = cfg.k, head_dim = cfg.v },

@@ -428,6 +428,50 @@ static int l_rope(lua_State *L) {
   M2LUA_RETURN(L, m2_rope(x, theta, offset));
 }
 
+/* ---------------- mixture of experts (core/ops_moe.c) ---------------- */
+
+/* Push n fresh results of a several-output op (slots made before the call). */
+static int push_n(lua_State *L, m2_tensor ***slots, m2_tensor **outs, int n) {
+  for (int i = 0; i < n; i++) {
+    *slots[i] = outs[i];
+    m2lua_account(L, outs[i]);
+  }
+  return n;
+}
+
+/* moe_route(logits (N, E), top_k) -> weights (N, k), indices (N, k) i64, aux (2) = (load balance, z-loss),
+ * counts (E) i64 */
+static int l_moe_route(lua_State *L) {
+  m2_tensor *lg = m2lua_checktensor(L, 1);
+  int64_t k = m2lua_checkint(L, 2);
+  m2_tensor **s[4], *o[4] = {0};
+  for (int i = 0; i < 4; i++) s[i] = m2lua_newtensor(L);
+  M2LUA_CHECK(L, m2_moe_route(lg, k, &o[0], &o[1], &o[2], &o[3]));
+  return push_n(L, s, o, 4);
+}
+
+/* moe_permute(x (N, d), indices (N, k), experts) -> xp (N k, d), pos (N, k) i64, offsets (experts + 1) i64 */
+static int l_moe_permute(lua_State *L) {
+  m2_tensor *x = m2lua_checktensor(L, 1), *ix = m2lua_checktensor(L, 2);
+  int64_t E = m2lua_checkint(L, 3);
+  m2_tensor **s[3], *o[3] = {0};
+  for (int i = 0; i < 3; i++) s[i] = m2lua_newtensor(L);
+  M2LUA_CHECK(L, m2_moe_permute(x, ix, E, &o[0], &o[1], &o[2]));
+  return push_n(L, s, o, 3);
+}
+
+/* moe_grouped_matmul(x (M, in), w (E, out, in), offsets (E + 1)) -> (M, out) */
+static int l_moe_grouped_matmul(lua_State *L) {
+  m2_tensor *x = m2lua_checktensor(L, 1), *w = m2lua_checktensor(L, 2), *off = m2lua_checktensor(L, 3);
+  M2LUA_RETURN(L, m2_moe_grouped_matmul(x, w, off));
+}
+
+/* moe_unpermute(yp (N k, d), weights (N, k), pos (N, k)) -> (N, d) */
+static int l_moe_unpermute(lua_State *L) {
+  m2_tensor *yp = m2lua_checktensor(L, 1), *w = m2lua_checktensor(L, 2), *pos = m2lua_checktensor(L, 3);
+  M2LUA_RETURN(L, m2_moe_unpermute(yp, w, pos));
+}
+
 /* ---------------- registration ---------------- */
 
 void m2lua_open_ops(lua_State *L) {
@@ -486,6 +530,10 @@ void m2lua_open_ops(lua_State *L) {
       {"ssd_chunked", l_ssd_chunked},
       {"attention", l_attention},
       {"linear_cross_entropy", l_linear_cross_entropy},
+      {"moe_route", l_moe_route},
+      {"moe_permute", l_moe_permute},
+      {"moe_grouped_matmul", l_moe_grouped_matmul},
+      {"moe_unpermute", l_moe_unpermute},
       {NULL, NULL},
   };
   int mod = lua_gettop(L);

@@ -37,6 +37,8 @@ m2.sweep { name = "nb_sweep", script = "$exp", set = { steps = 30, eval_every = 
 LUA
 "$m2lab" sweep sweep.lua >>"$log" 2>&1 || true # exit status 1: the deliberately failing member
 grep -q "14 members: 12 done" "$log" || { cat "$log" >&2; echo "run_notebooks.sh: the sweep did not finish its members" >&2; exit 1; }
+# a tiny MoE LM (moe_load.ipynb: the per-expert load it logs)
+run run "$exp" arch=MA moe_experts=8 moe_top_k=2 steps=60 checkpoint_every=0 eval_every=30 out=runs/tiny_moe.h5
 for arch in M A; do
   for seed in 0 1; do
     run run "$exp" task=groups arch=$arch seed=$seed steps=40 len=8 eval_mults=1,2,4 eval_every=20 \
@@ -51,7 +53,7 @@ run run "$root/experiments/sweep_lm.lua" data="$work/lm_slice" seeds=0,1 steps=1
   warmup=4 eval_every=4 eval_batches=2 out=runs/sweep_lm
 
 export M2LAB_RUNS=$work/runs M2LAB_FIGURES=$work/figures M2LAB_SWEEP=$work/runs/nb_sweep/index.h5 MPLBACKEND=Agg
-export M2LAB_LM_SWEEP=$work/runs/sweep_lm/index.h5
+export M2LAB_LM_SWEEP=$work/runs/sweep_lm/index.h5 M2LAB_MOE_RUN=$work/runs/tiny_moe.h5
 "$py" - "$root/notebooks" "$work" <<'PY'
 import glob, json, os, sys
 import nbformat

@@ -1,6 +1,6 @@
 /* op_cases.c — the case table of tests/op_cases.h: at least one case per registered op, grouped like the op files
  * (core/ops_view.c, ops_elementwise.c, ops_swiglu.c, ops_reduce.c, ops_matmul.c, ops_nn.c, ops_lmloss.c,
- * ops_index.c, ops_conv1d.c, ops_m2rnn.c, ops_gdn.c, ops_ssd.c, ops_attention.c). Shapes are small: every float
+ * ops_index.c, ops_conv1d.c, ops_m2rnn.c, ops_gdn.c, ops_ssd.c, ops_attention.c, ops_moe.c). Shapes are small: every float
  * input element costs two forwards in the float64 gradient check. */
 #include "op_cases.h"
 #include <math.h>
@@ -303,6 +303,93 @@ static int run_attention_full(m2_tensor *const *in, m2_tensor **outs) {
 static void mk_rope(m2_rng *r, oc_inputs *in) { add(in, rn(r, S(1, 3, 2, 4), 1), true); }
 static int run_rope(m2_tensor *const *in, m2_tensor **outs) { ONE(m2_rope(in[0], 10000, 5)); }
 
+/* ---------------- mixture of experts (core/ops_moe.c) ---------------- */
+
+/* an i64 tensor of the given values */
+static m2_tensor *i64s(int nd, const int64_t *shape, const int64_t *v) { return m2_from_data(M2_I64, M2_DEV_CPU, nd, shape, v); }
+
+/* router logits (6, 5): random; with a bias of +3 on expert 2 every token routes there first (all to one expert) */
+static void mk_route(m2_rng *r, oc_inputs *in) { add(in, rn(r, S(6, 5), 1), true); }
+static void mk_route_one(m2_rng *r, oc_inputs *in) {
+  m2_tensor *t = rn(r, S(6, 5), 0.5);
+  for (int n = 0; t && n < 6; n++) ((double *)m2_data(t))[n * 5 + 2] += 3;
+  add(in, t, true);
+}
+/* weights and aux (the float outputs; indices and counts are integers) */
+static int route_with(m2_tensor *const *in, m2_tensor **outs, int64_t k) {
+  return m2_moe_route(in[0], k, &outs[0], NULL, &outs[1], NULL) == M2_OK ? 2 : -1;
+}
+static int run_route_k2(m2_tensor *const *in, m2_tensor **outs) { return route_with(in, outs, 2); }
+static int run_route_k1(m2_tensor *const *in, m2_tensor **outs) { return route_with(in, outs, 1); }
+static int run_route_kE(m2_tensor *const *in, m2_tensor **outs) { return route_with(in, outs, 5); }
+
+/* x (5, 3), indices (5, 2) of 4 experts: drawn from {0, 1, 3} (expert 2 gets no slot), or all expert 1 */
+static void mk_permute(m2_rng *r, oc_inputs *in) {
+  add(in, rn(r, S(5, 3), 1), true);
+  m2_tensor *ix = ints(r, M2_I64, S(5, 2), 0, 3, 0);
+  for (int s = 0; ix && s < 10; s++) if (((int64_t *)m2_data(ix))[s] == 2) ((int64_t *)m2_data(ix))[s] = 3;
+  add(in, ix, false);
+}
+static void mk_permute_one(m2_rng *r, oc_inputs *in) {
+  add(in, rn(r, S(5, 3), 1), true);
+  add(in, ints(r, M2_I32, S(5, 2), 1, 2, 1), false);
+}
+static int run_permute_moe(m2_tensor *const *in, m2_tensor **outs) {
+  return m2_moe_permute(in[0], in[1], 4, &outs[0], NULL, NULL) == M2_OK ? 1 : -1;
+}
+
+/* x (7, 3), w (4, 2, 3): groups of 2, 0, 3, 2 rows (expert 1 empty), or all 7 rows to expert 2 */
+static void mk_gmm(m2_rng *r, oc_inputs *in) {
+  add(in, rn(r, S(7, 3), 1), true);
+  add(in, rn(r, S(4, 2, 3), 1), true);
+  add(in, i64s(S(5), (int64_t[]){0, 2, 2, 5, 7}), false);
+}
+static void mk_gmm_one(m2_rng *r, oc_inputs *in) {
+  add(in, rn(r, S(7, 3), 1), true);
+  add(in, rn(r, S(4, 2, 3), 1), true);
+  add(in, i64s(S(5), (int64_t[]){0, 0, 0, 7, 7}), false);
+}
+static int run_gmm(m2_tensor *const *in, m2_tensor **outs) { ONE(m2_moe_grouped_matmul(in[0], in[1], in[2])); }
+
+/* yp (8, 3), weights (4, 2), pos a random permutation of the 8 rows */
+static void mk_unpermute(m2_rng *r, oc_inputs *in) {
+  add(in, rn(r, S(8, 3), 1), true);
+  add(in, un(r, S(4, 2), 0.1, 1), true);
+  int64_t p[8] = {0, 1, 2, 3, 4, 5, 6, 7};
+  for (int i = 7; i > 0; i--) {
+    int j = (int)m2_rng_randint(r, i + 1);
+    int64_t t = p[i];
+    p[i] = p[j], p[j] = t;
+  }
+  add(in, i64s(S(4, 2), p), false);
+}
+static int run_unpermute(m2_tensor *const *in, m2_tensor **outs) { ONE(m2_moe_unpermute(in[0], in[1], in[2])); }
+
+/* the whole MoE MLP as lua/m2/layers/moe.lua composes it: x (6, 4), router (5, 4), gate / up (5, 3, 4), down
+ * (5, 4, 3), top-2: route, permute, gate and up, swiglu, down, unpermute; plus the aux losses */
+static void mk_moe_layer(m2_rng *r, oc_inputs *in) {
+  add(in, rn(r, S(6, 4), 1), true);
+  add(in, rn(r, S(5, 4), 1), true);
+  add(in, rn(r, S(5, 3, 4), 0.5), true);
+  add(in, rn(r, S(5, 3, 4), 0.5), true);
+  add(in, rn(r, S(5, 4, 3), 0.5), true);
+}
+static int run_moe_layer(m2_tensor *const *in, m2_tensor **outs) {
+  m2_tensor *lg = m2_linear(in[0], in[1], NULL), *w = NULL, *ix = NULL, *aux = NULL, *xp = NULL, *pos = NULL,
+            *off = NULL, *a = NULL, *b = NULL, *s = NULL, *yp = NULL;
+  int n = -1;
+  if (lg && m2_moe_route(lg, 2, &w, &ix, &aux, NULL) == M2_OK && m2_moe_permute(in[0], ix, 5, &xp, &pos, &off) == M2_OK &&
+      (a = m2_moe_grouped_matmul(xp, in[2], off)) && (b = m2_moe_grouped_matmul(xp, in[3], off)) &&
+      (s = m2_swiglu(a, b)) && (yp = m2_moe_grouped_matmul(s, in[4], off)) &&
+      (outs[0] = m2_moe_unpermute(yp, w, pos))) {
+    outs[1] = aux, aux = NULL;
+    n = 2;
+  }
+  m2_release(lg), m2_release(w), m2_release(ix), m2_release(aux), m2_release(xp), m2_release(pos), m2_release(off);
+  m2_release(a), m2_release(b), m2_release(s), m2_release(yp);
+  return n;
+}
+
 /* ---------------- the table ---------------- */
 
 /* parity bounds: binary ops' bf16 backwards round every intermediate (cuda_ops_elementwise.c); the mixers compute
@@ -380,6 +467,16 @@ const op_case oc_cases[] = {
     {"attention", "causal, grouped heads, S > T", mk_attention, run_attention, 0, MIX_BOUNDS},
     {"attention", "full, scale 0.8", mk_attention, run_attention_full, 0, MIX_BOUNDS},
     {"rope", "offset 5", mk_rope, run_rope},
+    /* mixture of experts */
+    {"moe_route", "N 6, E 5, top-2", mk_route, run_route_k2},
+    {"moe_route", "top-1, every token to expert 2", mk_route_one, run_route_k1},
+    {"moe_route", "top_k = E", mk_route, run_route_kE},
+    {"moe_permute", "4 experts, expert 2 gets no token", mk_permute, run_permute_moe},
+    {"moe_permute", "i32 indices, all to expert 1", mk_permute_one, run_permute_moe},
+    {"moe_grouped_matmul", "groups 2, 0, 3, 2", mk_gmm, run_gmm},
+    {"moe_grouped_matmul", "all rows in one group", mk_gmm_one, run_gmm},
+    {"moe_unpermute", "top-2, random permutation", mk_unpermute, run_unpermute},
+    {"moe_unpermute", "the whole MoE MLP, top-2 of 5, with aux", mk_moe_layer, run_moe_layer, 0, MIX_BOUNDS},
 };
 const int oc_ncases = (int)(sizeof oc_cases / sizeof oc_cases[0]);
 

@@ -49,6 +49,10 @@ OPS  (m2.<op>(...); those marked * are also methods)
   gdn / gdn_chunked(q, k, v, g, beta [, h0] [, {scale, chunk}]) -> o, hT
   ssd / ssd_chunked(x, dt, A, B, C [, h0] [, {chunk}]) -> y, hT
   attention(q, k, v [, {scale, causal=true}]) rope*(x [, theta=10000 [, offset=0]])
+  moe_route(logits (N, E), top_k) -> weights (N, k), indices (N, k) i64, aux (2) = (E sum f P, mean lse^2), counts (E)
+  moe_permute(x (N, d), indices, E) -> xp (N k, d) sorted by expert, pos (N, k), offsets (E + 1)
+  moe_grouped_matmul(x (M, in), w (E, out, in), offsets) -> (M, out)   moe_unpermute(yp, weights, pos) -> (N, d)
+    (core/ops_moe.c; lua/m2/layers/moe.lua composes them into the MoE MLP)
   sample(logits (..., V) [, {temperature=1, top_k=0, top_p=1, seed=0, offset=0}]) -> ids (...) i64: one token per
     row, drawn from Philox (seed, row, offset) (core/sample.h; on the host, any device); sample_probs(logits, opts)
     -> the filtered distribution (..., V) f64

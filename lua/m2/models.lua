@@ -24,7 +24,8 @@ Spec fields:
                       attention.rope defaults by pattern: true (RoPE) when every layer is attention, false
                       (NoPE) in hybrids, whose recurrent layers carry position (DESIGN 3.4); set it to choose
   mlp                 { kind = "swiglu" (default) | "moe" | "none", hidden = 8/3 d rounded up to 64,
-                        experts, top_k, expert_hidden, shared_hidden (moe) }
+                        experts, top_k, expert_hidden, shared_hidden, aux_loss_coef, log_load (moe:
+                        lua/m2/layers/moe.lua; loss() adds the aux loss while training, log_metrics() the load) }
   tie = false         true shares the embedding with the LM head (the paper's models are untied)
   norm_eps = 1e-5     RMSNorm eps
   init_std = 0.02     std of the embedding and projection inits (the paper's value at d = 1024;
@@ -196,8 +197,6 @@ end
 function LM:__init(spec)
   local list, s = LM.params(spec)
   rawset(self, "spec", s)
-  -- a MoE MLP cannot be built yet: fail before allocating anything (a 7B embedding is 0.6 GB)
-  if s.mlp.kind == "moe" then require("m2.layers.moe")(s.d, moe_cfg(s.mlp)) end
   self:build(list)
 end
 
@@ -244,10 +243,64 @@ function LM:generate(prompt, opts) return require("m2.generate").generate(self, 
 -- loss(ids, targets (B, T) int64, -100 ignored) -> 0-d mean cross-entropy; m2.train uses it. With spec.fused_loss
 -- the head and the loss are one op (m2.linear_cross_entropy): the (B, T, vocab) logits are never held (13 GB in
 -- fp32 at B = 8, T = 4096, 100 k vocab), only chunks of them.
+-- A model with MoE MLPs adds their auxiliary losses (load balance and z-loss) while training (not in eval mode, so
+-- validation losses stay the pure cross-entropy).
 function LM:loss(ids, targets)
-  if not self.spec.fused_loss then return m2.cross_entropy(self:forward(ids), targets, -100) end
-  local h = self:hidden(ids)
-  return m2.linear_cross_entropy(h, self.lm_head and self.lm_head.weight or self.embed.weight, targets, -100)
+  local loss
+  if not self.spec.fused_loss then
+    loss = m2.cross_entropy(self:forward(ids), targets, -100)
+  else
+    local h = self:hidden(ids)
+    loss = m2.linear_cross_entropy(h, self.lm_head and self.lm_head.weight or self.embed.weight, targets, -100)
+  end
+  local aux = self:aux_loss()
+  return aux and loss + aux or loss
+end
+
+-- ---- MoE: the auxiliary loss and the per-expert load (nothing for a model without MoE MLPs) ----
+
+-- the sum of the MoE layers' auxiliary losses of the last training forward (0-d), or nil
+function LM:aux_loss()
+  local sum
+  for _, b in ipairs(self.blocks) do
+    local a = b.mlp and b.mlp.aux_loss and b.mlp:aux_loss()
+    if a then sum = sum and sum + a or a end
+  end
+  return sum
+end
+
+-- log_metrics() -> list of {name, value}: what m2.train logs beside its own metrics at each log step (means over the
+-- window since the last call). With MoE MLPs: moe_aux_loss (the weighted sum over layers, last forward),
+-- moe_balance and moe_zloss (unweighted, summed over layers), per block i (2 digits) moe_imbalance_<i> (the most
+-- loaded expert's slots over the mean: 1 is perfect balance) and, with log_load, moe_load_<i>_<e> (3 digits, 0-based
+-- expert): the fraction of the block's routed slots expert e took (1/E when balanced). Empty without MoE MLPs.
+function LM:log_metrics()
+  local out, bal, z = {}, 0, 0
+  local aux = self:aux_loss()
+  for i, b in ipairs(self.blocks) do
+    local m = b.mlp
+    if m and m.take_load then
+      local lb, zl = m:aux_parts()
+      bal, z = bal + (lb or 0), z + (zl or 0)
+      local load = m:take_load()
+      if load then
+        local total, mx = 0, 0
+        for _, n in ipairs(load) do total, mx = total + n, math.max(mx, n) end
+        out[#out + 1] = { string.format("moe_imbalance_%02d", i), total > 0 and mx * #load / total or 0 }
+        if m.cfg.log_load then
+          for e, n in ipairs(load) do
+            out[#out + 1] = { string.format("moe_load_%02d_%03d", i, e - 1), total > 0 and n / total or 0 }
+          end
+        end
+      end
+    end
+  end
+  if aux then
+    table.insert(out, 1, { "moe_zloss", z })
+    table.insert(out, 1, { "moe_balance", bal })
+    table.insert(out, 1, { "moe_aux_loss", aux:item() })
+  end
+  return out
 end
 
 function LM:param_count() return self:num_parameters() end

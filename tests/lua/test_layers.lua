@@ -314,8 +314,8 @@ T.case("errors name the problem and the script line", function()
   T.raises(function() Mamba2(D, { heads = 3, inner = 8 }) end, "heads = 3 does not divide inner = 8")
   T.raises(function() Mamba2(D, { heads = 4, groups = 3 }) end, "groups = 3 does not divide heads = 4")
   T.raises(function() Attention(D, { heads = 4, kv_heads = 3 }) end, "kv_heads = 3 does not divide heads = 4")
-  T.raises(function() MoE(D, {}) end, "MoE MLP not implemented yet (issue: MoE)")
-  -- but MoE can count: router + experts + shared expert
+  T.raises(function() MoE(D, { experts = 2, top_k = 3 }) end, "top_k = 3 is larger than experts = 2")
+  -- MoE counts without building: router + experts + shared expert
   local n = 0
   for _, s in ipairs(m2.nn.param_shapes(MoE, 8, { experts = 4, top_k = 2, expert_hidden = 3, shared_hidden = 5 })) do
     n = n + C.numel(s.shape)
