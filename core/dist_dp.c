@@ -108,7 +108,8 @@ m2_dp *m2_dp_new(m2_dist *g, m2_optim *opt, const m2_dp_opts *o) {
       continue;
     }
     dp_bucket *cur = dp->nb ? &dp->b[dp->nb - 1] : NULL;
-    if (!cur || (cur->len > 0 && cur->len + k > cap)) {
+    /* a bucket holds consecutive parameters: one after a rank-local parameter starts a new one */
+    if (!cur || (cur->len > 0 && cur->len + k > cap) || cur->first + cur->count != i) {
       cur = &dp->b[dp->nb++];
       cur->first = i;
     }
