@@ -156,10 +156,15 @@ static m2_status self_allgather_host(m2_dist *g, const void *send, void *recv, s
   return M2_OK;
 }
 static m2_status self_barrier(m2_dist *g) { (void)g; return M2_OK; }
+static m2_status self_alltoallv(m2_dist *g, const m2_tensor *send, const int64_t *sc, m2_tensor *recv,
+                                const int64_t *rc) {
+  (void)sc, (void)rc; /* one rank: the entry point checked that both counts are the whole buffers */
+  return self_copy(g, send, recv);
+}
 
 static const m2_dist_backend self_backend = {
     "self", M2_CPU, self_init, self_finalize, self_allreduce, self_copy, self_copy, self_broadcast,
-    self_allgather_host, self_barrier,
+    self_allgather_host, self_barrier, self_alltoallv,
 };
 
 static const m2_dist_backend *g_backends[MAX_BACKENDS];
@@ -328,6 +333,42 @@ m2_status m2_dist_allgather_host(m2_dist *g, const void *send, void *recv, size_
 m2_status m2_dist_barrier(m2_dist *g) {
   M2_TRY(usable(g, "barrier"));
   return after(g, g->backend->barrier(g));
+}
+
+/* counts: world entries >= 0 adding up to numel(t) */
+static m2_status check_counts(m2_dist *g, const char *name, const int64_t *counts, const m2_tensor *t) {
+  if (!counts) return m2_fail(M2_ERR_VALUE, "dist alltoallv: %s is NULL", name);
+  int64_t sum = 0;
+  for (int q = 0; q < g->env.world; q++) {
+    if (counts[q] < 0)
+      return m2_fail(M2_ERR_VALUE, "dist alltoallv: %s[%d] = %lld is negative", name, q, (long long)counts[q]);
+    sum += counts[q];
+  }
+  if (sum != m2_numel(t)) {
+    char sh[96];
+    return m2_fail(M2_ERR_SHAPE, "dist alltoallv: %s add up to %lld elements but the buffer %s has %lld", name,
+                   (long long)sum, m2_shape_str(t, sh, sizeof sh), (long long)m2_numel(t));
+  }
+  return M2_OK;
+}
+
+m2_status m2_dist_alltoallv(m2_dist *g, const m2_tensor *send, const int64_t *send_counts, m2_tensor *recv,
+                            const int64_t *recv_counts) {
+  M2_TRY(usable(g, "alltoallv"));
+  M2_TRY(check_buf(g, "alltoallv", "send", send, false));
+  M2_TRY(check_buf(g, "alltoallv", "recv", recv, false));
+  if (send->dtype != recv->dtype)
+    return m2_fail(M2_ERR_DTYPE, "dist alltoallv: send is %s but recv is %s", m2_dtype_name(send->dtype),
+                   m2_dtype_name(recv->dtype));
+  if (!m2_device_eq(send->device, recv->device))
+    return m2_fail(M2_ERR_DEVICE, "dist alltoallv: send and recv are on different devices");
+  if (m2_numel(send) > 0 && m2_data(send) == m2_data(recv))
+    return m2_fail(M2_ERR_VALUE, "dist alltoallv: send and recv are the same buffer (not in place)");
+  M2_TRY(check_counts(g, "send_counts", send_counts, send));
+  M2_TRY(check_counts(g, "recv_counts", recv_counts, recv));
+  if (!g->backend->alltoallv)
+    return m2_fail(M2_ERR_UNSUPPORTED, "dist alltoallv: the %s backend has no all-to-all", g->backend->name);
+  return after(g, g->backend->alltoallv(g, send, send_counts, recv, recv_counts));
 }
 
 /* FNV-1a, 64 bits */

@@ -59,6 +59,9 @@ typedef struct m2_dist_backend {
   m2_status (*broadcast)(m2_dist *g, m2_tensor *t, int root);                    /* any dtype, in place */
   m2_status (*allgather_host)(m2_dist *g, const void *send, void *recv, size_t nbytes); /* host bytes, small */
   m2_status (*barrier)(m2_dist *g);
+  /* any dtype: send_counts[q] elements to rank q, packed in rank order; recv_counts[q] from rank q, likewise */
+  m2_status (*alltoallv)(m2_dist *g, const m2_tensor *send, const int64_t *send_counts, m2_tensor *recv,
+                         const int64_t *recv_counts);
 } m2_dist_backend;
 
 struct m2_dist {
@@ -102,6 +105,14 @@ m2_status m2_dist_allgather(m2_dist *g, const m2_tensor *send, m2_tensor *recv);
 m2_status m2_dist_broadcast(m2_dist *g, m2_tensor *t, int root);
 m2_status m2_dist_allgather_host(m2_dist *g, const void *send, void *recv, size_t nbytes);
 m2_status m2_dist_barrier(m2_dist *g);
+/* All-to-all with counts (the token exchange of expert parallelism): rank r sends send_counts[q] elements of `send`
+ * to rank q and receives recv_counts[q] elements from rank q; both buffers are packed in rank order (the block for
+ * rank q starts after the blocks for ranks 0 .. q-1), so sum(send_counts) = numel(send) and sum(recv_counts) =
+ * numel(recv). send and recv: contiguous, one dtype (any: the bytes travel), on one device, not the same tensor.
+ * recv_counts[q] must equal rank q's send_counts[r]: exchange the counts first (m2_dist_allgather_host); a mismatch
+ * is caught by the MPI library on CPU ranks, not by every backend. Counts are host arrays of world entries. */
+m2_status m2_dist_alltoallv(m2_dist *g, const m2_tensor *send, const int64_t *send_counts, m2_tensor *recv,
+                            const int64_t *recv_counts);
 /* Every rank passes its text (e.g. the model spec and options as JSON); fails on every rank, naming the first rank
  * whose text's hash differs from rank 0's, unless all are equal. `what` names the text in the message. */
 m2_status m2_dist_check_same(m2_dist *g, const char *what, const char *text, size_t len);

@@ -24,6 +24,8 @@ struct m2_dp {
   m2_tensor *flat;  /* (max world * c) on dev: a packed bucket */
   m2_tensor *chunk; /* (max c) on dev: this rank's chunk */
   unsigned char *has, *has_all; /* (n), (world * n): who has a gradient */
+  bool *local;      /* (n) rank-local parameters (m2_dp_opts.rank_local): in no bucket (bucket_of -1) */
+  int nlocal;
   int cached_bucket, cached_state; /* flat holds state `cached_state` of this bucket (m2_dp_full_state), or -1 */
   int64_t total;
 };
@@ -52,10 +54,14 @@ static m2_status zero_range(m2_tensor *t, int64_t off, int64_t len) {
   return st;
 }
 
-/* the part of parameter i this rank owns: [*lo, *hi) of its elements */
+/* the part of parameter i this rank owns: [*lo, *hi) of its elements (a rank-local one: all) */
 static void owned(const m2_dp *dp, int i, int64_t *lo, int64_t *hi) {
-  const dp_bucket *b = &dp->b[dp->bucket_of[i]];
   int64_t n = m2_numel(m2_optim_param(dp->opt, i));
+  if (dp->local[i]) {
+    *lo = 0, *hi = n;
+    return;
+  }
+  const dp_bucket *b = &dp->b[dp->bucket_of[i]];
   int64_t a = (int64_t)dp->rank * b->c - dp->off[i], z = a + b->c;
   if (a < 0) a = 0;
   if (z > n) z = n;
@@ -78,7 +84,8 @@ m2_dp *m2_dp_new(m2_dist *g, m2_optim *opt, const m2_dp_opts *o) {
   dp->b = calloc((size_t)(n ? n : 1), sizeof *dp->b);
   dp->has = calloc((size_t)(n ? n : 1), 1);
   dp->has_all = calloc((size_t)(n ? n : 1) * (size_t)dp->R, 1);
-  if (!dp->off || !dp->bucket_of || !dp->b || !dp->has || !dp->has_all) {
+  dp->local = calloc((size_t)(n ? n : 1), sizeof *dp->local);
+  if (!dp->off || !dp->bucket_of || !dp->b || !dp->has || !dp->has_all || !dp->local) {
     m2_dp_free(dp);
     m2_fail(M2_ERR_OOM, "dp: out of host memory");
     return NULL;
@@ -94,8 +101,15 @@ m2_dp *m2_dp_new(m2_dist *g, m2_optim *opt, const m2_dp_opts *o) {
       return NULL;
     }
     int64_t k = m2_numel(p);
+    if (o && o->rank_local && o->rank_local[i]) {
+      dp->local[i] = true;
+      dp->nlocal++;
+      dp->bucket_of[i] = -1;
+      continue;
+    }
     dp_bucket *cur = dp->nb ? &dp->b[dp->nb - 1] : NULL;
-    if (!cur || (cur->len > 0 && cur->len + k > cap)) {
+    /* a bucket holds consecutive parameters: one after a rank-local parameter starts a new one */
+    if (!cur || (cur->len > 0 && cur->len + k > cap) || cur->first + cur->count != i) {
       cur = &dp->b[dp->nb++];
       cur->first = i;
     }
@@ -118,6 +132,7 @@ m2_dp *m2_dp_new(m2_dist *g, m2_optim *opt, const m2_dp_opts *o) {
     return NULL;
   }
   for (int i = 0; dp->zero && i < n; i++) {
+    if (dp->local[i]) continue;
     int64_t lo, hi;
     owned(dp, i, &lo, &hi);
     if (m2_optim_set_range(opt, i, lo, hi) != M2_OK) { m2_dp_free(dp); return NULL; }
@@ -131,7 +146,7 @@ void m2_dp_free(m2_dp *dp) {
     m2_optim_set_range(dp->opt, i, 0, m2_numel(m2_optim_param(dp->opt, i)));
   m2_release(dp->flat);
   m2_release(dp->chunk);
-  free(dp->off), free(dp->bucket_of), free(dp->b), free(dp->has), free(dp->has_all);
+  free(dp->off), free(dp->bucket_of), free(dp->b), free(dp->has), free(dp->has_all), free(dp->local);
   free(dp);
 }
 
@@ -164,6 +179,7 @@ m2_status m2_dp_sync_grads(m2_dp *dp) {
   for (int i = 0; i < n; i++) dp->has[i] = m2_optim_param(dp->opt, i)->grad != NULL;
   M2_TRY(m2_dist_allgather_host(dp->g, dp->has, dp->has_all, (size_t)n));
   for (int i = 0; i < n; i++) {
+    if (dp->local[i]) continue; /* its own rank's gradient is the whole one */
     bool any = false;
     for (int r = 0; r < R; r++) any = any || dp->has_all[(size_t)r * (size_t)n + (size_t)i];
     if (any) M2_TRY(ensure_grad(m2_optim_param(dp->opt, i)));
@@ -252,8 +268,51 @@ static m2_status scale_owned(m2_dp *dp, double scale) {
   return M2_OK;
 }
 
+/* plain data parallelism with rank-local parameters: rank 0 counts the replicated gradients (every rank holds
+ * their sum), each rank its rank-local ones */
+static m2_status plain_local_sumsq(m2_dp *dp, double *out) {
+  m2_tensor **ps = calloc((size_t)(dp->n ? dp->n : 1), sizeof *ps);
+  double *parts = calloc((size_t)(dp->n ? dp->n : 1), sizeof *parts);
+  m2_status st = ps && parts ? M2_OK : m2_fail(M2_ERR_OOM, "dp: out of host memory");
+  double ss = 0;
+  for (int i = 0; st == M2_OK && i < dp->n; i++) {
+    m2_tensor *p = m2_optim_param(dp->opt, i);
+    if (p->grad && (dp->local[i] || dp->rank == 0)) ps[i] = p->grad;
+  }
+  if (st == M2_OK && dp->dev.type != M2_CPU) {
+    const m2_backend *be = m2_backend_get(dp->dev.type);
+    st = be && be->sumsq_many ? be->sumsq_many(ps, dp->n, parts)
+                              : m2_fail(M2_ERR_UNSUPPORTED, "dp: the device backend has no sum-of-squares kernel");
+  }
+  for (int i = 0; st == M2_OK && i < dp->n; i++) {
+    if (!ps[i]) continue;
+    if (dp->dev.type != M2_CPU) { ss += parts[i]; continue; }
+    const float *x = m2_data(ps[i]);
+    for (int64_t j = 0, k = m2_numel(ps[i]); j < k; j++) ss += (double)x[j] * (double)x[j];
+  }
+  free(ps);
+  free(parts);
+  *out = ss;
+  return st;
+}
+
+/* plain data parallelism with rank-local parameters: scale every gradient (each rank holds the whole of its own) */
+static m2_status scale_all(m2_dp *dp, double scale) {
+  for (int i = 0; i < dp->n; i++) {
+    m2_tensor *g = m2_optim_param(dp->opt, i)->grad;
+    if (!g) continue;
+    if (dp->dev.type != M2_CPU) {
+      M2_TRY(m2_backend_get(dp->dev.type)->scale_(g, scale));
+    } else {
+      float *x = m2_data(g), sf = (float)scale;
+      for (int64_t j = 0, k = m2_numel(g); j < k; j++) x[j] *= sf;
+    }
+  }
+  return M2_OK;
+}
+
 m2_status m2_dp_clip_grad_norm(m2_dp *dp, double max_norm, double *norm) {
-  if (!dp->zero) {
+  if (!dp->zero && !dp->nlocal) {
     m2_tensor **ps = calloc((size_t)(dp->n ? dp->n : 1), sizeof *ps);
     if (!ps) return m2_fail(M2_ERR_OOM, "dp: out of host memory");
     for (int i = 0; i < dp->n; i++) ps[i] = m2_optim_param(dp->opt, i);
@@ -264,7 +323,7 @@ m2_status m2_dp_clip_grad_norm(m2_dp *dp, double max_norm, double *norm) {
   double mine = 0, total = 0;
   double *all = calloc((size_t)dp->R, sizeof *all);
   if (!all) return m2_fail(M2_ERR_OOM, "dp: out of host memory");
-  m2_status st = owned_sumsq(dp, &mine);
+  m2_status st = dp->zero ? owned_sumsq(dp, &mine) : plain_local_sumsq(dp, &mine);
   if (st == M2_OK) st = m2_dist_allgather_host(dp->g, &mine, all, sizeof mine);
   for (int r = 0; r < dp->R; r++) total += all[r];
   free(all);
@@ -272,7 +331,7 @@ m2_status m2_dp_clip_grad_norm(m2_dp *dp, double max_norm, double *norm) {
   double nrm = sqrt(total);
   if (norm) *norm = nrm;
   if (!isfinite(nrm) || !(max_norm > 0) || nrm <= max_norm) return M2_OK;
-  return scale_owned(dp, max_norm / (nrm + 1e-6));
+  return dp->zero ? scale_owned(dp, max_norm / (nrm + 1e-6)) : scale_all(dp, max_norm / (nrm + 1e-6));
 }
 
 /* ---------------- the step ---------------- */
@@ -316,7 +375,8 @@ m2_status m2_dp_step(m2_dp *dp, double lr) {
 }
 
 m2_status m2_dp_broadcast_params(m2_dp *dp, int root) {
-  for (int i = 0; i < dp->n; i++) M2_TRY(m2_dist_broadcast(dp->g, m2_optim_param(dp->opt, i), root));
+  for (int i = 0; i < dp->n; i++)
+    if (!dp->local[i]) M2_TRY(m2_dist_broadcast(dp->g, m2_optim_param(dp->opt, i), root));
   return M2_OK;
 }
 
@@ -327,7 +387,7 @@ m2_tensor *m2_dp_full_state(m2_dp *dp, int i, int j) {
     m2_fail(M2_ERR_INDEX, "dp full_state: (%d, %d) out of range", i, j);
     return NULL;
   }
-  if (!dp->zero) {
+  if (!dp->zero || dp->local[i]) {
     m2_tensor *s = m2_optim_state(dp->opt, i, j);
     if (s) m2_retain(s);
     else m2_clear_error();

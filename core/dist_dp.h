@@ -29,6 +29,12 @@ extern "C" {
 typedef struct m2_dp_opts {
   int64_t bucket_elems; /* <= 0: M2_DP_DEFAULT_BUCKET */
   bool zero;            /* ZeRO-1 */
+  /* NULL, or one flag per optimizer parameter: true = rank-local (expert parallelism: each rank holds other experts
+   * under the same name). A rank-local parameter is in no bucket: its gradient is not summed over the ranks (its
+   * owner already has the whole gradient), ZeRO-1 does not shard it (each rank keeps its whole optimizer state and
+   * updates it whole), broadcast_params skips it; its squares count once, from its rank, in the global grad norm,
+   * and clipping scales it like the rest. Copied: the array need not outlive the call. */
+  const bool *rank_local;
 } m2_dp_opts;
 
 #define M2_DP_DEFAULT_BUCKET ((int64_t)1 << 24) /* 16 M elements, 64 MiB of f32 */
@@ -48,13 +54,13 @@ m2_status m2_dp_broadcast_params(m2_dp *dp, int root);
 
 /* ZeRO-1 checkpoints (collective: every rank calls, in the same order). The whole state tensor j of parameter i,
  * shaped like the parameter, gathered from its owners (a new tensor; NULL when the state does not exist yet);
- * without zero, a new reference to the optimizer's own. */
+ * without zero, or for a rank-local parameter, a new reference to the optimizer's own (this rank's). */
 m2_tensor *m2_dp_full_state(m2_dp *dp, int i, int j);
 /* Set this rank's part of state j of parameter i from the whole tensor `full` (shaped like the parameter; each rank
  * passes the same values, e.g. broadcast from rank 0 after reading a checkpoint). Not collective. */
 m2_status m2_dp_load_state(m2_dp *dp, int i, int j, const m2_tensor *full);
 
-/* Facts for messages and the run file: buckets, elements communicated per step. */
+/* Facts for messages and the run file: buckets, elements communicated per step (rank-local parameters excluded). */
 int m2_dp_nbuckets(const m2_dp *dp);
 int64_t m2_dp_elems(const m2_dp *dp);
 

@@ -247,9 +247,33 @@ static m2_status mpi_barrier(m2_dist *g) {
   return wait_req(g, g->timeout_s, &req, "barrier");
 }
 
+/* MPI_Ialltoallv in units of one element (a contiguous type of elsize bytes: any dtype); counts and displacements
+ * are int, so a call moves fewer than 2^31 elements each way */
+static m2_status mpi_alltoallv(m2_dist *g, const m2_tensor *send, const int64_t *sc, m2_tensor *recv,
+                               const int64_t *rc) {
+  mpi_state *s = g->state;
+  int R = g->env.world;
+  M2_TRY(check_count(m2_numel(send), "alltoallv (send)"));
+  M2_TRY(check_count(m2_numel(recv), "alltoallv (recv)"));
+  for (int q = 0, so = 0, ro = 0; q < R; q++) { /* packed: displacements are the prefix sums */
+    s->counts[q] = (int)sc[q], s->displs[q] = so, so += (int)sc[q];
+    s->rcounts[q] = (int)rc[q], s->rdispls[q] = ro, ro += (int)rc[q];
+  }
+  MPI_Datatype el;
+  int rc0 = MPI_Type_contiguous((int)m2_elsize(send), MPI_BYTE, &el);
+  if (rc0 == MPI_SUCCESS) rc0 = MPI_Type_commit(&el);
+  if (rc0 != MPI_SUCCESS) return mpi_fail(rc0, "alltoallv");
+  MPI_Request req;
+  int r = MPI_Ialltoallv(m2_data(send), s->counts, s->displs, el, m2_data(recv), s->rcounts, s->rdispls, el, s->comm,
+                         &req);
+  m2_status st = r == MPI_SUCCESS ? wait_req(g, g->timeout_s, &req, "alltoallv") : mpi_fail(r, "alltoallv");
+  MPI_Type_free(&el); /* (legal with the call pending: MPI frees it once nothing uses it) */
+  return st;
+}
+
 const m2_dist_backend m2_dist_mpi_backend = {
     "mpi", M2_CPU, mpi_init, mpi_finalize, mpi_allreduce, mpi_reduce_scatter, mpi_allgather, mpi_broadcast,
-    mpi_allgather_host, mpi_barrier,
+    mpi_allgather_host, mpi_barrier, mpi_alltoallv,
 };
 
 /* The bootstrap exchange of dist.h (NCCL's unique id under mpirun): one all-gather on MPI_COMM_WORLD. MPI stays

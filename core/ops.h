@@ -22,7 +22,7 @@ extern "C" {
   X(embedding) X(cross_entropy) X(linear_cross_entropy) X(rmsnorm) X(l2norm)                               \
   X(concat) X(split) X(gather) X(index_select)                                                             \
   X(conv1d_causal) X(m2rnn) X(gdn) X(gdn_chunked) X(ssd) X(ssd_chunked) X(attention) X(rope)                                                                                     \
-  X(moe_route) X(moe_permute) X(moe_grouped_matmul) X(moe_unpermute)
+  X(moe_route) X(moe_permute) X(moe_grouped_matmul) X(moe_unpermute) X(moe_dispatch) X(moe_combine)
 
 #define M2_OP_DECLARE_ROW(n) extern const m2_op m2_op_##n;
 M2_OPS(M2_OP_DECLARE_ROW)
@@ -122,6 +122,17 @@ m2_status m2_moe_permute(m2_tensor *x, m2_tensor *indices, int64_t experts, m2_t
 m2_tensor *m2_moe_grouped_matmul(m2_tensor *x, m2_tensor *w, m2_tensor *offsets);
 /* yp (N k, d), weights (N, k), pos (N, k) int (a permutation of the N k rows) -> (N, d): sum_j weights[n, j] yp[pos]. */
 m2_tensor *m2_moe_unpermute(m2_tensor *yp, m2_tensor *weights, m2_tensor *pos);
+
+/* ---- expert parallelism: the token exchange between ranks (core/ops_moe_ep.c; core/ops_moe_ep.h has the layout) ----
+ * g: the process group (core/dist.h; NULL = one process); rank r owns experts [r E/R, (r+1) E/R), E % R == 0.
+ * moe_dispatch(xp (M, d) sorted by expert, offsets (E + 1) i64) -> xl (Ml, d): the rows of this rank's experts from
+ *   every rank, grouped by expert; loff (E/R + 1) i64 their offsets; counts (R, E) i64: every rank's slots per expert.
+ * moe_combine(yl (Ml, d), counts (R, E)) -> yp (M, d): the rows back to the ranks they came from, in xp's order.
+ * Collectives: every rank calls them, and the tape runs their backwards, in the same order. */
+struct m2_dist;
+m2_status m2_moe_dispatch(struct m2_dist *g, m2_tensor *xp, m2_tensor *offsets, int64_t experts, m2_tensor **xl,
+                          m2_tensor **loff, m2_tensor **counts);
+m2_tensor *m2_moe_combine(struct m2_dist *g, m2_tensor *yl, m2_tensor *counts);
 
 #ifdef __cplusplus
 }

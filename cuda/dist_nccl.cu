@@ -6,7 +6,8 @@
  * The communicator is non-blocking (ncclConfig_t.blocking = 0) and every collective runs on the device's m2 stream
  * (ordered after the kernels that produced its input) and is then waited for by polling the stream and
  * ncclCommGetAsyncError, with the group's timeout and cancel flag: a dead peer aborts the communicator and fails the
- * call instead of hanging. Waiting after each collective keeps the interface simple; overlapping the gradient
+ * call instead of hanging (alltoallv, the token exchange of expert parallelism: grouped ncclSend / ncclRecv, the
+ * same wait). Waiting after each collective keeps the interface simple; overlapping the gradient
  * buckets with the backward (a side stream and events) is the optimisation still to come. */
 #include <cuda_runtime.h>
 #include <nccl.h>
@@ -182,9 +183,45 @@ static m2_status nccl_barrier(m2_dist *g) {
   return nccl_wait(g, "barrier", true);
 }
 
+/* all-to-all with counts: one NCCL group of a send and a receive per peer with a non-empty block (bytes, so any
+ * dtype), the block to and from this rank itself a device copy on the same stream; then the usual wait (timeout,
+ * cancel, async errors) */
+static m2_status nccl_alltoallv(m2_dist *g, const m2_tensor *send, const int64_t *sc, m2_tensor *recv,
+                                const int64_t *rc) {
+  nccl_state *s = (nccl_state *)g->state;
+  cudaStream_t st = m2_cuda_stream(s->dev);
+  const size_t es = m2_elsize(send);
+  const char *sp = (const char *)m2_data(send);
+  char *rp = (char *)m2_data(recv);
+  const int R = g->env.world, me = g->env.rank;
+  size_t so = 0, ro = 0;
+  NCCL_ISSUE(g, "alltoallv", ncclGroupStart());
+  for (int q = 0; q < R; q++) {
+    const size_t sn = (size_t)sc[q] * es, rn = (size_t)rc[q] * es;
+    if (q == me) {
+      if (sn != rn) {
+        ncclGroupEnd();
+        return m2_fail(M2_ERR_VALUE, "dist alltoallv: rank %d sends itself %zu bytes but expects %zu", me, sn, rn);
+      }
+      if (sn && cudaMemcpyAsync(rp + ro, sp + so, sn, cudaMemcpyDeviceToDevice, st) != cudaSuccess) {
+        ncclGroupEnd();
+        m2_fail(M2_ERR_CUDA, "dist alltoallv: %s", cudaGetErrorString(cudaGetLastError()));
+        return m2_dist_break(g, M2_ERR_CUDA);
+      }
+    } else {
+      if (sn) NCCL_ISSUE(g, "alltoallv", ncclSend(sp + so, sn, ncclUint8, q, s->comm, st));
+      if (rn) NCCL_ISSUE(g, "alltoallv", ncclRecv(rp + ro, rn, ncclUint8, q, s->comm, st));
+    }
+    so += sn;
+    ro += rn;
+  }
+  NCCL_ISSUE(g, "alltoallv", ncclGroupEnd());
+  return nccl_wait(g, "alltoallv", true);
+}
+
 static const m2_dist_backend nccl_backend = {
     "nccl", M2_CUDA, nccl_init, nccl_finalize, nccl_allreduce, nccl_reduce_scatter, nccl_allgather, nccl_broadcast,
-    nccl_allgather_host, nccl_barrier,
+    nccl_allgather_host, nccl_barrier, nccl_alltoallv,
 };
 
 extern "C" void m2_cuda_register_nccl(void) { m2_dist_register(&nccl_backend); }

@@ -9,9 +9,13 @@
  *     g:check_same(what, text)                 -- error on every rank unless every rank passed the same text
  *     g:allgather_numbers({x1, ..., xk}) -> {{rank 0's k numbers}, {rank 1's}, ...}   (doubles)
  *     g:broadcast_string(s, root) -> the root's string (s ignored on other ranks)
+ *     g:alltoallv(send, send_counts, recv, recv_counts)  -- counts: Lua lists of world element counts (dist.h)
+ *     g:moe_dispatch(xp, offsets, experts) -> xl, loff, counts   g:moe_combine(yl, counts) -> yp
+ *                                              -- expert parallelism's token exchange (core/ops_moe_ep.h), autograd ops
  *     g:close([abort])                         -- also at garbage collection; abort takes the other ranks down
  *     g:abort_at_exit()                        -- a failed rank: close() will abort instead of waiting for the others
- *   m2.core.dp_new(g, optimizer, {bucket = 2^24, zero = false}) -> m2.DP
+ *   m2.core.dp_new(g, optimizer, {bucket = 2^24, zero = false, rank_local = {i, ...}}) -> m2.DP
+ *     (rank_local: 1-based indices of the optimizer's parameters that each rank holds alone: expert parallelism)
  *     dp:sync_grads() dp:clip(max_norm) -> norm dp:step(lr) dp:broadcast_params(root)
  *     dp:full_state(i, j) -> tensor | nil   dp:load_state(i, j, t)   dp:nbuckets()  dp:elems()   (i, j 1-based) */
 #include <string.h>
@@ -213,6 +217,53 @@ static int d_broadcast_string(lua_State *L) {
   return 1;
 }
 
+/* a Lua list of world non-negative integers (argument arg) into out */
+static void check_counts(lua_State *L, int arg, int world, int64_t *out) {
+  luaL_checktype(L, arg, LUA_TTABLE);
+  if ((int)luaL_len(L, arg) != world)
+    m2lua_argerror(L, arg, "expected a list of one element count per rank");
+  for (int q = 0; q < world; q++) {
+    lua_geti(L, arg, q + 1);
+    int ok = 0;
+    lua_Integer v = lua_tointegerx(L, -1, &ok);
+    lua_pop(L, 1);
+    if (!ok || v < 0) m2lua_argerror(L, arg, "counts must be integers >= 0");
+    out[q] = (int64_t)v;
+  }
+}
+
+static int d_alltoallv(lua_State *L) {
+  m2_dist *g = check_dist(L, 1);
+  m2_tensor *send = m2lua_checktensor(L, 2), *recv = m2lua_checktensor(L, 4);
+  int64_t *c = lua_newuserdatauv(L, sizeof(int64_t) * 2 * (size_t)g->env.world, 0);
+  check_counts(L, 3, g->env.world, c);
+  check_counts(L, 5, g->env.world, c + g->env.world);
+  M2LUA_CHECK(L, m2_dist_alltoallv(g, send, c, recv, c + g->env.world));
+  return 0;
+}
+
+/* g:moe_dispatch(xp (M, d), offsets (E + 1) i64, E) -> xl (Ml, d), loff (E/R + 1) i64, counts (R, E) i64 */
+static int d_moe_dispatch(lua_State *L) {
+  m2_dist *g = check_dist(L, 1);
+  m2_tensor *xp = m2lua_checktensor(L, 2), *off = m2lua_checktensor(L, 3);
+  int64_t E = m2lua_checkint(L, 4);
+  m2_tensor **s[3], *o[3] = {0};
+  for (int i = 0; i < 3; i++) s[i] = m2lua_newtensor(L);
+  M2LUA_CHECK(L, m2_moe_dispatch(g, xp, off, E, &o[0], &o[1], &o[2]));
+  for (int i = 0; i < 3; i++) {
+    *s[i] = o[i];
+    m2lua_account(L, o[i]);
+  }
+  return 3;
+}
+
+/* g:moe_combine(yl (Ml, d), counts (R, E)) -> yp (M, d) */
+static int d_moe_combine(lua_State *L) {
+  m2_dist *g = check_dist(L, 1);
+  m2_tensor *yl = m2lua_checktensor(L, 2), *cnt = m2lua_checktensor(L, 3);
+  M2LUA_RETURN(L, m2_moe_combine(g, yl, cnt));
+}
+
 static int d_abort_at_exit(lua_State *L) {
   check_dist_ud(L, 1)->abort_at_exit = lua_isnone(L, 2) ? true : lua_toboolean(L, 2);
   return 0;
@@ -220,14 +271,31 @@ static int d_abort_at_exit(lua_State *L) {
 
 /* ---------------- data parallelism ---------------- */
 
-static const char *const DP_KEYS[] = {"bucket", "zero", NULL};
+static const char *const DP_KEYS[] = {"bucket", "zero", "rank_local", NULL};
 
 static int l_dp_new(lua_State *L) {
   m2_dist *g = check_dist(L, 1);
   m2_optim *o = m2lua_checkoptim(L, 2);
   m2lua_checkopts(L, 3);
   m2lua_checkkeys(L, 3, "dp_new", DP_KEYS);
-  m2_dp_opts opts = {m2lua_optfield_int(L, 3, "bucket", 0), m2lua_optfield_bool(L, 3, "zero", false)};
+  m2_dp_opts opts = {m2lua_optfield_int(L, 3, "bucket", 0), m2lua_optfield_bool(L, 3, "zero", false), NULL};
+  int n = m2_optim_nparams(o);
+  bool *local = lua_newuserdatauv(L, (size_t)(n ? n : 1) * sizeof *local, 0); /* (collected with the call's stack) */
+  memset(local, 0, (size_t)(n ? n : 1) * sizeof *local);
+  if (lua_istable(L, 3)) lua_getfield(L, 3, "rank_local");
+  else lua_pushnil(L);
+  if (!lua_isnil(L, -1)) {
+    luaL_checktype(L, -1, LUA_TTABLE);
+    for (lua_Integer k = 1, len = luaL_len(L, -1); k <= len; k++) {
+      lua_geti(L, -1, k);
+      lua_Integer i = lua_tointeger(L, -1);
+      lua_pop(L, 1);
+      if (i < 1 || i > n) return m2lua_error(L, "dp_new: rank_local entry %d is not a parameter index in 1 .. %d", (int)k, n);
+      local[i - 1] = true;
+    }
+    opts.rank_local = local;
+  }
+  lua_pop(L, 1);
   dp_ud *u = lua_newuserdatauv(L, sizeof *u, 2);
   u->dp = NULL;
   luaL_setmetatable(L, M2LUA_DP);
@@ -326,6 +394,9 @@ void m2lua_open_dist(lua_State *L) {
       {"check_same", d_check_same},
       {"allgather_numbers", d_allgather_numbers},
       {"broadcast_string", d_broadcast_string},
+      {"alltoallv", d_alltoallv},
+      {"moe_dispatch", d_moe_dispatch},
+      {"moe_combine", d_moe_combine},
       {"abort_at_exit", d_abort_at_exit},
       {"close", d_close},
       {NULL, NULL},

@@ -1,6 +1,6 @@
 /* op_cases.c — the case table of tests/op_cases.h: at least one case per registered op, grouped like the op files
  * (core/ops_view.c, ops_elementwise.c, ops_swiglu.c, ops_reduce.c, ops_matmul.c, ops_nn.c, ops_lmloss.c,
- * ops_index.c, ops_conv1d.c, ops_m2rnn.c, ops_gdn.c, ops_ssd.c, ops_attention.c, ops_moe.c). Shapes are small: every float
+ * ops_index.c, ops_conv1d.c, ops_m2rnn.c, ops_gdn.c, ops_ssd.c, ops_attention.c, ops_moe.c, ops_moe_ep.c). Shapes are small: every float
  * input element costs two forwards in the float64 gradient check. */
 #include "op_cases.h"
 #include <math.h>
@@ -390,6 +390,21 @@ static int run_moe_layer(m2_tensor *const *in, m2_tensor **outs) {
   return n;
 }
 
+/* expert parallelism in one process (core/ops_moe_ep.c; between ranks: tests/dist_ep.sh): xp (7, 3) in groups of
+ * 2, 0, 3, 2 rows of 4 experts; counts (1, 4) of the same groups */
+static void mk_dispatch(m2_rng *r, oc_inputs *in) {
+  add(in, rn(r, S(7, 3), 1), true);
+  add(in, i64s(S(5), (int64_t[]){0, 2, 2, 5, 7}), false);
+}
+static int run_dispatch(m2_tensor *const *in, m2_tensor **outs) {
+  return m2_moe_dispatch(NULL, in[0], in[1], 4, &outs[0], NULL, NULL) == M2_OK ? 1 : -1;
+}
+static void mk_combine(m2_rng *r, oc_inputs *in) {
+  add(in, rn(r, S(7, 3), 1), true);
+  add(in, i64s(S(1, 4), (int64_t[]){2, 0, 3, 2}), false);
+}
+static int run_combine(m2_tensor *const *in, m2_tensor **outs) { ONE(m2_moe_combine(NULL, in[0], in[1])); }
+
 /* ---------------- the table ---------------- */
 
 /* parity bounds: binary ops' bf16 backwards round every intermediate (cuda_ops_elementwise.c); the mixers compute
@@ -477,6 +492,8 @@ const op_case oc_cases[] = {
     {"moe_grouped_matmul", "all rows in one group", mk_gmm_one, run_gmm},
     {"moe_unpermute", "top-2, random permutation", mk_unpermute, run_unpermute},
     {"moe_unpermute", "the whole MoE MLP, top-2 of 5, with aux", mk_moe_layer, run_moe_layer, 0, MIX_BOUNDS},
+    {"moe_dispatch", "one process, groups 2, 0, 3, 2", mk_dispatch, run_dispatch},
+    {"moe_combine", "one process, groups 2, 0, 3, 2", mk_combine, run_combine},
 };
 const int oc_ncases = (int)(sizeof oc_cases / sizeof oc_cases[0]);
 

@@ -26,7 +26,11 @@ m2.train with world > 1 (nothing to change in a script; every rank runs the same
     all-gathered): a mismatch is an error on every rank; a collective that waits longer than dist_timeout (seconds,
     default 300) fails instead of hanging, and a failed rank takes the job down (MPI_Abort / the launcher);
   * Ctrl-C or SIGTERM: the ranks agree at the next step to stop, write one checkpoint and exit 130;
-  * eval runs on every rank (same result), rank 0 logs it.
+  * eval runs on every rank (same result), rank 0 logs it;
+  * expert parallelism (an LM's mlp = {kind = "moe", expert_parallel = true, ...}; lua/m2/layers/moe.lua): the
+    experts' parameters are rank-local slices (dist.shards finds them): their gradients are not summed over the
+    ranks, ZeRO-1 leaves them whole on their rank, and checkpoints gather them to the whole (E, ...) tensors (and
+    their AdamW state), which a resume slices again for its world size.
   With the MPI backend the sums run in rank order, so R ranks with grad_accum = a give exactly the bits of one process
   that trains the same global batch as R a micro-batches in rank order (tests/lua/dist_train.lua checks it); against
   one process that takes the whole batch at once they differ in the last bits (summation order) only.
@@ -97,6 +101,28 @@ function dist.device(dev)
   return "cuda:" .. (env.local_rank % n)
 end
 
+-- dist.shards(model) -> {[parameter name] = {index = r, parts = R}}: the parameters of which this rank holds rows
+-- [r n, (r+1) n) of dim 1 (n = its own size there): the experts of an expert-parallel MoE, marked by the module field
+-- _shard (lua/m2/layers/moe.lua). Empty for one process.
+function dist.shards(model)
+  local out = {}
+  if type(model) ~= "table" or type(model.modules) ~= "function" then return out end
+  for path, m in model:modules() do
+    local sh = rawget(m, "_shard")
+    if sh then
+      for _, p in ipairs(m:parameters()) do out[path == "" and p.name or path .. "." .. p.name] = sh end
+    end
+  end
+  return out
+end
+
+-- dist.full_shape(p) -> the shape of the whole parameter p ({name, tensor, shard}) across the ranks
+function dist.full_shape(p)
+  local shape = p.tensor:shape()
+  if p.shard then shape[1] = shape[1] * p.shard.parts end
+  return shape
+end
+
 -- dist.setup(s, st) -> the data-parallel state, or nil for one process. s.zero / s.dist_bucket / s.dist_timeout are
 -- the m2.train settings (zero=, dist_bucket=, dist_timeout= on the command line win).
 function dist.setup(s, st)
@@ -115,7 +141,12 @@ function dist.setup(s, st)
   for r = 1, self.world do self.win[r] = { tokens = 0, time = 0.0, mem = 0.0 } end
   g:check_same("configuration (config, training settings, parameter names and shapes, overrides)",
     agreement_text(s, st))
-  self.dp = core.dp_new(g, st.opt._c, { zero = zero, bucket = bucket > 0 and bucket or nil })
+  local shards, rank_local = dist.shards(s.model), {}
+  for i, p in ipairs(st.params) do
+    p.shard = shards[p.name]
+    if p.shard then rank_local[#rank_local + 1] = i end
+  end
+  self.dp = core.dp_new(g, st.opt._c, { zero = zero, bucket = bucket > 0 and bucket or nil, rank_local = rank_local })
   if self.rank ~= 0 then s.quiet = true end
   return self
 end
@@ -176,17 +207,45 @@ function DP:sync_start(st)
     m2.set_rng_state(t.rng)
   end
   if t.state_step then
+    -- the rank-local parameters (expert parallelism): rank 0 reads each whole, every rank keeps its slice
+    for _, p in ipairs(st.params) do
+      if p.shard then p.tensor:copy_(self:read_slice(st, t.state_step, "params/" .. p.name, p)) end
+    end
     -- each state tensor: rank 0 reads it whole, every rank keeps its part
     local names = st.opt:state_names()
     for j, sname in ipairs(names) do
       for i, p in ipairs(st.params) do
-        local full = m2.zeros(p.tensor:shape())
-        if self.rank == 0 then st.run:ckpt_read_into(t.state_step, "optim/" .. sname .. "/" .. p.name, full) end
-        self.g:broadcast(full, 0)
+        local key = "optim/" .. sname .. "/" .. p.name
+        local full = p.shard and self:read_slice(st, t.state_step, key, p) or self:read_whole(st, t.state_step, key, p)
         self.dp:load_state(i, j, full)
       end
     end
   end
+end
+
+-- checkpoint tensor `key` (shaped like parameter p across the ranks) read by rank 0 and broadcast (on p's device:
+-- the backend's memory)
+function DP:read_whole(st, step, key, p)
+  local full = m2.zeros(dist.full_shape(p), { device = p.tensor:device() })
+  if self.rank == 0 then st.run:ckpt_read_into(step, key, full) end
+  self.g:broadcast(full, 0)
+  return full
+end
+
+-- ... and this rank's slice of it (p.shard)
+function DP:read_slice(st, step, key, p)
+  local n = p.tensor:size(1)
+  return self:read_whole(st, step, key, p):narrow(1, self.rank * n + 1, n):contiguous()
+end
+
+-- the whole of a rank-local tensor t (a parameter with p.shard, or its optimizer state): the ranks' slices
+-- all-gathered in rank order along dim 1 (every rank calls it; every rank gets the whole)
+function DP:gather_shard(t)
+  local shape = t:shape()
+  shape[1] = shape[1] * self.world
+  local full = m2.empty(shape, { device = t:device() })
+  self.g:allgather(t:contiguous(), full)
+  return full
 end
 
 -- after the backward passes: sum the gradients, agree on the loss, tokens, interruption; clip

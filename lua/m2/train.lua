@@ -260,12 +260,16 @@ local function write_checkpoint(st, step)
   if r then
     r:flush() -- every metric up to this step is on disk before the checkpoint exists
     r:ckpt_begin(step)
-    for _, p in ipairs(st.params) do r:ckpt_put("params/" .. p.name, p.tensor) end
+  end
+  for _, p in ipairs(st.params) do -- (a rank-local slice, p.shard: gathered whole, every rank taking part)
+    local t = p.shard and st.dp:gather_shard(p.tensor) or p.tensor
+    if r then r:ckpt_put("params/" .. p.name, t) end
   end
   local names = st.opt:state_names()
   for j, sname in ipairs(names) do
     for i, p in ipairs(st.params) do
       local t = st.dp and st.dp:state(i, j) or not st.dp and st.opt:state(i, j)
+      if t and p.shard then t = st.dp:gather_shard(t) end
       if t and r then r:ckpt_put("optim/" .. sname .. "/" .. p.name, t) end
     end
   end
@@ -317,7 +321,7 @@ local function check_checkpoint(st, r, step)
         "longer matches the run", path, step, p.name))
     end
     local _, shape = r:ckpt_info(step, key)
-    local mine = p.tensor:shape()
+    local mine = require("m2.dist").full_shape(p) -- (a rank-local slice: the whole across the ranks)
     if #shape ~= #mine or table.concat(shape, ",") ~= table.concat(mine, ",") then
       fail(string.format("%s: checkpoint %d: parameter '%s' has shape %s in the file but %s in the model: the " ..
         "script or config no longer matches the run", path, step, p.name, shape_text(shape), shape_text(mine)))
@@ -368,7 +372,9 @@ end
 local function load_checkpoint(st, step)
   local r, path = st.run, st.run:path()
   local have = check_checkpoint(st, r, step)
-  for _, p in ipairs(st.params) do r:ckpt_read_into(step, "params/" .. p.name, p.tensor) end
+  for _, p in ipairs(st.params) do -- (rank-local slices: DP:sync_start)
+    if not p.shard then r:ckpt_read_into(step, "params/" .. p.name, p.tensor) end
+  end
   st.opt:init_state()
   for j, sname in ipairs(st.opt:state_names()) do
     for i, p in ipairs(st.params) do

@@ -5,17 +5,22 @@
 --   die_rank, die_step   that rank kills itself (SIGKILL) when it reads that batch: a rank that dies mid-run
 --   stall_rank, stall_step, stall_s   that rank sleeps stall_s seconds when it reads that batch: a stuck rank
 --   throttle    seconds to sleep per batch (a run slow enough to be interrupted)
+--   experts = E (> 0)  MoE MLPs of E experts (top-2) instead of SwiGLU; ep = true: expert parallel (tests/dist_ep.sh)
 local m2 = require "m2"
 
 local cfg = m2.config {
   arch = "MA", steps = 8, batch = 8, len = 16, lr = 1e-2, clip = 1.0, split = 1, grad_accum = 1, seed = 0,
   out = "runs/dist.h5", die_rank = -1, die_step = -1, checkpoint_every = 4, throttle = 0.0, group = "S3",
-  random_length = false, decay = 6, stall_rank = -1, stall_step = -1, stall_s = 0.0,
+  random_length = false, decay = 6, stall_rank = -1, stall_step = -1, stall_s = 0.0, experts = 0, ep = false, aux = 0.01,
 }
 m2.seed(cfg.seed)
 
 local spec = { name = "dist-" .. cfg.arch, vocab = 6, d = 16, layers = cfg.arch, mlp = { kind = "swiglu", hidden = 32 },
                m2rnn = { heads = 2, k = 4, v = 8 }, attention = { heads = 2, head_dim = 8, rope = true } }
+if cfg.experts > 0 then
+  spec.mlp = { kind = "moe", experts = cfg.experts, top_k = 2, expert_hidden = 16, shared_hidden = 16,
+               aux_loss_coef = cfg.aux, expert_parallel = cfg.ep }
+end
 if not cfg.arch:find("A", 1, true) then spec.attention = nil end
 if not cfg.arch:find("M", 1, true) then spec.m2rnn = nil end
 local model = m2.models.lm(spec)
