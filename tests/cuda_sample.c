@@ -26,7 +26,7 @@ static m2_tensor *logits_host(m2_rng *r, int64_t rows, int64_t V, double scale, 
   for (int64_t b = 0; b < rows; b++) {
     float *row = x + b * V;
     if (b % 7 == 3)
-      for (int64_t i = 0; i < V; i += 3) row[i] = -INFINITY;
+      for (int64_t i = 1; i < V; i += 3) row[i] = -INFINITY; /* from id 1: a row of V = 1 keeps its one token */
     if (ties && V > 4) row[V / 2] = row[V - 1] = row[1] = 50.f; /* three equal maxima: id 1 must win */
     if (b % 11 == 5 && V > 1) row[V - 2] = 200.f;             /* all the mass in one token */
   }
