@@ -24,8 +24,9 @@ Spec fields:
                       attention.rope defaults by pattern: true (RoPE) when every layer is attention, false
                       (NoPE) in hybrids, whose recurrent layers carry position (DESIGN 3.4); set it to choose
   mlp                 { kind = "swiglu" (default) | "moe" | "none", hidden = 8/3 d rounded up to 64,
-                        experts, top_k, expert_hidden, shared_hidden, aux_loss_coef, log_load (moe:
-                        lua/m2/layers/moe.lua; loss() adds the aux loss while training, log_metrics() the load) }
+                        experts, top_k, expert_hidden, shared_hidden, aux_loss_coef, log_load, expert_parallel
+                        (moe: lua/m2/layers/moe.lua; loss() adds the aux loss while training, log_metrics() the
+                        load; expert_parallel spreads the experts over the ranks, DISTRIBUTED.md) }
   tie = false         true shares the embedding with the LM head (the paper's models are untied)
   norm_eps = 1e-5     RMSNorm eps
   init_std = 0.02     std of the embedding and projection inits (the paper's value at d = 1024;
