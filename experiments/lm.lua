@@ -4,6 +4,8 @@
 --   bash datasets/corpus.sh                                    -- once: data/docs-byte/ (Debian packages -> shards)
 --   m2lab run experiments/lm.lua arch=hybrid-m2rnn             -- runs/lm-hybrid-m2rnn.h5
 --   m2lab run experiments/lm.lua arch=attention steps=2000 data=data/docs-bpe4096
+--   m2lab run experiments/lm.lua moe_experts=16 moe_top_k=4   -- MoE MLPs (DESIGN 3.5) at this width; moe_aux=0
+--                                                               -- trains without the balancing loss
 --
 -- arch (the pattern for `layers` blocks; a hybrid puts attention at block layers // 2, as the 400M model has one
 -- attention block in eight):
@@ -23,6 +25,9 @@ local cfg = m2.config {
   lr = 3e-3, min_lr = 3e-4, warmup = 50, weight_decay = 0.1, clip = 1.0, init_std = 0.05,
   eval_every = 100, eval_batches = 8, log_every = 10, checkpoint_every = 0,
   out = "", -- the run file; default runs/lm-<arch>.h5
+  -- moe_experts > 0: MoE MLPs, scaled from the 7B layer (d 1536: expert hidden 256 = d / 6, shared 1024 = 2 d / 3)
+  -- to d / 4 and d / 2 here; moe_aux = the aux loss coefficient (the paper's 0.001; 0: no balancing loss)
+  moe_experts = 0, moe_top_k = 4, moe_aux = 0.001,
   overwrite = false,
 }
 
@@ -66,7 +71,9 @@ local data = m2.data.tokens { path = path, length = cfg.length, batch = cfg.batc
 local d = cfg.d
 local model = m2.models.lm {
   name = "lm-" .. cfg.arch, vocab = data.vocab, d = d, layers = pattern, init_std = cfg.init_std,
-  mlp = { kind = "swiglu" },
+  mlp = cfg.moe_experts > 0 and { kind = "moe", experts = cfg.moe_experts, top_k = cfg.moe_top_k,
+                                  expert_hidden = math.max(16, d // 4), shared_hidden = math.max(16, d // 2),
+                                  aux_loss_coef = cfg.moe_aux } or { kind = "swiglu" },
   -- 400M: M2RNN K 64, V 16, 84 heads; GDN 2 heads of 256 x 512; attention 16 x 64; Mamba-2 64 heads, state 216
   m2rnn = pattern:find("M") and { heads = math.max(1, d // 16), k = 16, v = 16 } or nil,
   gdn = pattern:find("G") and { heads = 2, k = d // 4, v = d // 2 } or nil,
