@@ -138,18 +138,43 @@ local function pos_summary(by_pos)
   return table.concat(parts, " ") .. (first and string.format("  (first < 0.99 at %d)", first) or "  (all >= 0.99)")
 end
 
--- eval for m2.train: per-position and whole-sequence accuracy at every eval length
--- -> /eval/acc_len<L>, /eval/seqacc_len<L>, /eval/wall_time_s (seconds since the start)
+-- accuracy against position at the longest eval length, in windows: /eval/acc_pos<t> is the mean
+-- per-position accuracy over the positions (s, t], s the previous window's end. Windows: positions 1, 2, 3,
+-- 4 alone, then train_len / 4 wide up to 2 train_len, then train_len wide (train_len 32, 8x: 1 2 3 4 8 16 ...
+-- 64 96 128 ... 256, 18 windows). notebooks/state_tracking_seeds.ipynb plots them.
+local function pos_windows(by_pos)
+  local out, ends, L, n = {}, {}, cfg.train_len, #by_pos
+  for t = 1, math.min(4, n) do ends[#ends + 1] = t end
+  local t, w = 4, math.max(1, L // 4)
+  while t < n do
+    t = math.min(n, (t < 2 * L) and (t // w + 1) * w or (t // L + 1) * L)
+    ends[#ends + 1] = t
+  end
+  local s = 0
+  for _, e in ipairs(ends) do
+    local sum = 0
+    for i = s + 1, e do sum = sum + by_pos[i] end
+    out["acc_pos" .. e] = sum / (e - s)
+    s = e
+  end
+  return out
+end
+
+-- eval for m2.train: per-position and whole-sequence accuracy at every eval length, accuracy against
+-- position at the longest -> /eval/acc_len<L>, /eval/seqacc_len<L>, /eval/acc_pos<t>, /eval/wall_time_s
+-- (seconds since the start)
 local t_start = m2.core.clock()
 local last_by_pos = nil
 local function eval_fn(_, step)
-  local out = {}
+  local out, longest = {}, nil
   for _, mult in ipairs(cfg.eval_mults) do
     local L = mult * cfg.train_len
     local acc, seqacc, by_pos = evaluate(L)
     out["acc_len" .. L], out["seqacc_len" .. L] = acc, seqacc
-    last_by_pos = by_pos
+    if not longest or #by_pos > #longest then longest = by_pos end
   end
+  last_by_pos = longest
+  for k, v in pairs(pos_windows(longest)) do out[k] = v end
   out.wall_time_s = m2.core.clock() - t_start
   return out
 end
