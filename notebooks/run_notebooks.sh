@@ -46,6 +46,16 @@ for arch in M A; do
   done
 done
 
+# state tracking over seeds (state_tracking_seeds.ipynb): experiments/state_tracking.lua, two architectures x two seeds,
+# a few steps at train length 8 (the notebook reads /eval/acc_pos<t> and /eval/acc_len<L> of each run)
+mkdir -p "$work/st_runs"
+for arch in m2rnn gdn; do
+  for seed in 0 1; do
+    run run "$root/experiments/state_tracking.lua" arch=$arch seed=$seed steps=20 train_len=8 curriculum=0 eval_every=10 \
+      eval_batches=1 eval_batch=8 log_every=5 out="$work/st_runs/${arch}_$seed.h5"
+  done
+done
+
 # the LM comparison (lm_comparison.ipynb): experiments/sweep_lm.lua at a tiny size on a ~300 KB slice of the corpus
 bash "$root/datasets/corpus.sh" --corpus pydoc --max-bytes 300000 --out "$work/lm_slice" >>"$log" 2>&1 ||
   { cat "$log" >&2; echo "run_notebooks.sh: could not make the corpus slice (tests/bootstrap.sh installs python3-doc)" >&2; exit 1; }
@@ -53,7 +63,7 @@ run run "$root/experiments/sweep_lm.lua" data="$work/lm_slice" seeds=0,1 steps=1
   warmup=4 eval_every=4 eval_batches=2 out=runs/sweep_lm
 
 export M2LAB_RUNS=$work/runs M2LAB_FIGURES=$work/figures M2LAB_SWEEP=$work/runs/nb_sweep/index.h5 MPLBACKEND=Agg
-export M2LAB_LM_SWEEP=$work/runs/sweep_lm/index.h5 M2LAB_MOE_RUN=$work/runs/tiny_moe.h5
+export M2LAB_LM_SWEEP=$work/runs/sweep_lm/index.h5 M2LAB_MOE_RUN=$work/runs/tiny_moe.h5 M2LAB_ST_RUNS=$work/st_runs
 "$py" - "$root/notebooks" "$work" <<'PY'
 import glob, json, os, sys
 import nbformat

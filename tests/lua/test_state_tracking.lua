@@ -121,6 +121,27 @@ T.case("experiments/state_tracking.lua runs (Z2, a few steps)", function()
   local _, acc8 = runs.series(out_path, "eval", "acc_len8")
   -- parity is learned in a few hundred steps by one small M2RNN layer
   T.ok(acc8[2] > 0.8, "Z2 accuracy at the training length (chance 0.5): " .. acc8[2])
+  -- accuracy against position at the longest length (64) in windows: 1, 2, 3, 4 alone, then 2 wide up to 16,
+  -- then 8 wide; weighted by their widths they average to acc_len64
+  local ends = { 1, 2, 3, 4, 6, 8, 10, 12, 14, 16, 24, 32, 40, 48, 56, 64 }
+  local names
+  do
+    local r <close> = runs.open(out_path)
+    names = {}
+    for _, n in ipairs(r:list_series("eval")) do
+      if n:match("^acc_pos%d+$") then names[#names + 1] = tonumber(n:match("%d+")) end
+    end
+    table.sort(names)
+  end
+  T.eq(names, ends, "the position windows")
+  local sum, prev = 0, 0
+  for _, e in ipairs(ends) do
+    local steps, acc = runs.series(out_path, "eval", "acc_pos" .. e)
+    T.eq(steps, { 150, 300 })
+    sum, prev = sum + acc[2] * (e - prev), e
+  end
+  local _, acc64 = runs.series(out_path, "eval", "acc_len64")
+  T.close(sum / 64, acc64[2], 1e-9, "the windows' weighted mean is the accuracy at length 64")
   local info = runs.info(out_path)
   T.eq(info.status, "done")
   do
