@@ -46,7 +46,22 @@ static inline float m2_bf16_to_f32(uint16_t h) {
   return f;
 }
 
-/* Read / write element i of a buffer of dtype t as a double (CPU only). */
+/* A number as an integer element: truncated toward zero, saturated at the type's range, NaN -> 0 (a plain C cast of
+ * NaN or of a value out of range is undefined behaviour; x86 gives INT_MIN). */
+static inline int64_t m2_double_to_i64(double v) {
+  if (v != v) return 0;
+  if (v >= 9223372036854775808.0) return INT64_MAX;
+  if (v < -9223372036854775808.0) return INT64_MIN;
+  return (int64_t)v;
+}
+static inline int32_t m2_double_to_i32(double v) {
+  if (v != v) return 0;
+  if (v >= 2147483648.0) return INT32_MAX;
+  if (v < -2147483648.0) return INT32_MIN;
+  return (int32_t)v;
+}
+
+/* Read / write element i of a buffer of dtype t as a double (CPU only); integer stores convert as above. */
 static inline double m2_load(const void *p, m2_dtype t, int64_t i) {
   switch (t) {
     case M2_F32: return ((const float *)p)[i];
@@ -62,8 +77,8 @@ static inline void m2_store(void *p, m2_dtype t, int64_t i, double v) {
     case M2_F32: ((float *)p)[i] = (float)v; break;
     case M2_F64: ((double *)p)[i] = v; break;
     case M2_BF16: ((uint16_t *)p)[i] = m2_f32_to_bf16((float)v); break;
-    case M2_I32: ((int32_t *)p)[i] = (int32_t)v; break;
-    case M2_I64: ((int64_t *)p)[i] = (int64_t)v; break;
+    case M2_I32: ((int32_t *)p)[i] = m2_double_to_i32(v); break;
+    case M2_I64: ((int64_t *)p)[i] = m2_double_to_i64(v); break;
     default: break;
   }
 }
@@ -71,7 +86,7 @@ static inline void m2_store(void *p, m2_dtype t, int64_t i, double v) {
 static inline int64_t m2_load_int(const void *p, m2_dtype t, int64_t i) {
   if (t == M2_I64) return ((const int64_t *)p)[i];
   if (t == M2_I32) return ((const int32_t *)p)[i];
-  return (int64_t)m2_load(p, t, i);
+  return m2_double_to_i64(m2_load(p, t, i));
 }
 
 #ifdef __cplusplus

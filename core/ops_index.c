@@ -192,10 +192,14 @@ m2_status m2_split(m2_tensor *x, int dim, int n, const int64_t *sizes, m2_tensor
   int64_t total = 0;
   for (int i = 0; i < n; i++) {
     if (sizes[i] < 0) return m2_fail(M2_ERR_VALUE, "split: size %d is negative (%lld)", i + 1, (long long)sizes[i]);
-    total += sizes[i];
+    /* saturate: a sum past the dim is wrong whatever it is, and summing on could overflow int64 */
+    total = sizes[i] > x->shape[d] - total ? x->shape[d] + 1 : total + sizes[i];
   }
   if (total != x->shape[d]) {
     char b[96];
+    if (total > x->shape[d])
+      return m2_fail(M2_ERR_SHAPE, "split: sizes add up to more than dim %d of %s (%lld)", d, m2_shape_str(x, b, sizeof b),
+                     (long long)x->shape[d]);
     return m2_fail(M2_ERR_SHAPE, "split: sizes add up to %lld but dim %d of %s has %lld", (long long)total, d,
                    m2_shape_str(x, b, sizeof b), (long long)x->shape[d]);
   }

@@ -425,10 +425,15 @@ void m2_format(const m2_tensor *t, char *buf, size_t n) {
   m2_device_name(t->device, dev, sizeof dev);
   m2_shape_str(t, sh, sizeof sh);
   double *vals = NULL;
+  int64_t *ivals = NULL; /* integer tensors print exactly, not through a double (2^63 - 1 as a double is 2^63) */
   const int64_t maxshow = 64;
+  const bool isint = !m2_dtype_is_float(t->dtype);
   if (numel <= maxshow) {
     vals = malloc(sizeof(double) * (size_t)(numel ? numel : 1));
-    if (vals && m2_to_host(t, M2_F64, vals) != M2_OK) { free(vals); vals = NULL; }
+    if (vals && isint) {
+      ivals = (int64_t *)vals; /* same size */
+      if (m2_to_host(t, M2_I64, ivals) != M2_OK) { free(vals); vals = NULL; ivals = NULL; }
+    } else if (vals && m2_to_host(t, M2_F64, vals) != M2_OK) { free(vals); vals = NULL; }
   }
   k += (size_t)snprintf(buf + k, n - k, "tensor(");
   if (vals) {
@@ -439,8 +444,8 @@ void m2_format(const m2_tensor *t, char *buf, size_t n) {
       for (int d = 0; d < t->ndim; d++)
         if (i % inner[d] == 0) k += (size_t)snprintf(buf + k, n - k, "[");
       if (k >= n) break;
-      if (m2_dtype_is_float(t->dtype)) k += (size_t)snprintf(buf + k, n - k, "%.6g", vals[i]);
-      else k += (size_t)snprintf(buf + k, n - k, "%lld", (long long)vals[i]);
+      if (!isint) k += (size_t)snprintf(buf + k, n - k, "%.6g", vals[i]);
+      else k += (size_t)snprintf(buf + k, n - k, "%lld", (long long)ivals[i]);
       for (int d = t->ndim - 1; d >= 0 && k < n; d--)
         if ((i + 1) % inner[d] == 0) k += (size_t)snprintf(buf + k, n - k, "]");
       if (i + 1 < numel && k < n) k += (size_t)snprintf(buf + k, n - k, ", ");

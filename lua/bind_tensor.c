@@ -1,6 +1,7 @@
 /* bind_tensor.c — the m2.Tensor userdata: constructors, properties, element access, views,
  * autograd fields, indexing metamethods. (Arithmetic metamethods live in bind_ops.c.) */
 #include <limits.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -278,7 +279,12 @@ static int l_arange(lua_State *L) {
     stop = m2lua_checknum(L, 1);
   }
   if (step == 0) return m2lua_argerror(L, 3, "step must not be 0");
+  if (!isfinite(start) || !isfinite(stop) || !isfinite(step))
+    return m2lua_error(L, "m2.arange: start, stop and step must be finite, got %g, %g, %g", start, stop, step);
   double cnt_d = (stop - start) / step;
+  /* a count past 2^48 was cast to int64 unchecked (undefined for inf) and its byte size could wrap */
+  if (!(cnt_d <= (double)M2_MAX_NUMEL))
+    return m2lua_error(L, "m2.arange(%g, %g, %g): %g values are too many (at most 2^48)", start, stop, step, cnt_d);
   int64_t cnt = cnt_d > 0 ? (int64_t)cnt_d : 0;
   if ((double)cnt < cnt_d) cnt++;
   m2_dtype dt = M2_F32;

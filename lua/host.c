@@ -294,6 +294,15 @@ int m2host_run(const m2host_opts *o) {
     return M2HOST_FAIL;
   }
   install_signals(L);
+  if (o->prepare) {
+    lua_pushcfunction(L, o->prepare);
+    lua_pushlightuserdata(L, o->prepare_ud);
+    if (pcall_report(L, 1, 0) != LUA_OK) {
+      remove_signals();
+      lua_close(L);
+      return M2HOST_FAIL;
+    }
+  }
   if (o->script) {
     if (luaL_loadfile(L, o->script) != LUA_OK) {
       fprintf(stderr, "m2lab: %s\n", lua_tostring(L, -1));

@@ -25,6 +25,11 @@ typedef struct m2host_opts {
   const char *module;  /* Lua module whose main(args) is called instead of a script */
   int nargs;           /* command-line words after the script / subcommand name */
   char **args;
+  /* For a program that embeds the host (tests/fuzz/fuzz_lua.c; m2lab leaves it NULL): called as a Lua C function with
+   * prepare_ud as its one (light userdata) argument on the fresh state, after the m2.core preload and the host's
+   * fields and before the script runs, to install hooks, limits or globals; an error it raises fails the run. */
+  lua_CFunction prepare;
+  void *prepare_ud;
 } m2host_opts;
 
 /* Run a script or a Lua subcommand module in a fresh Lua state; returns the exit code. */

@@ -179,6 +179,10 @@ static void test_split(m2_rng *r) {
   {
     m2_tensor *x = randn(r, M2_F32, 3, sx, false), *p[3];
     CHECK_FAILS(m2_split(x, 1, 2, (int64_t[]){4, 5}, p) != M2_OK, M2_ERR_SHAPE, "add up to 9");
+    /* sizes whose sum overflows int64 (UBSan; found by tests/fuzz/fuzz_lua.c: m2.split(x, 2, {2^32 + 1, 2^63 - 1})) */
+    CHECK_FAILS(m2_split(x, 1, 2, (int64_t[]){((int64_t)1 << 32) + 1, INT64_MAX}, p) != M2_OK, M2_ERR_SHAPE,
+                "more than dim 1");
+    CHECK_FAILS(m2_split(x, 1, 3, (int64_t[]){INT64_MAX, INT64_MAX, 2}, p) != M2_OK, M2_ERR_SHAPE, "more than");
     CHECK_FAILS(m2_split(x, 1, 2, (int64_t[]){12, -2}, p) != M2_OK, M2_ERR_VALUE, "negative");
     CHECK_FAILS(m2_split(x, 3, 1, (int64_t[]){3}, p) != M2_OK, M2_ERR_INDEX, "dim 3");
     CHECK_FAILS(m2_split(x, 0, 0, (int64_t[]){2}, p) != M2_OK, M2_ERR_VALUE, "at least one");

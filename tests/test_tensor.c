@@ -20,6 +20,22 @@ int main(void) {
   CHECK(m2_f32_to_bf16(1.0f) == 0x3f80, "bf16(1)");
   CHECK(m2_bf16_to_f32(0x3f80) == 1.0f, "f32 of bf16 1");
 
+  /* numbers stored into integer elements: NaN and values out of range have a defined result (they were undefined
+   * behaviour: m2.tensor({0/0}, {dtype = "i32"}), found by tests/fuzz/fuzz_lua.c) */
+  {
+    int32_t i32[6];
+    int64_t i64[6];
+    const double in[6] = {NAN, 1e300, -1e300, INFINITY, -2.9, 3e9};
+    for (int i = 0; i < 6; i++) m2_store(i32, M2_I32, i, in[i]), m2_store(i64, M2_I64, i, in[i]);
+    CHECK(i32[0] == 0 && i64[0] == 0, "NaN -> 0, got %d %lld", i32[0], (long long)i64[0]);
+    CHECK(i32[1] == INT32_MAX && i64[1] == INT64_MAX && i32[3] == INT32_MAX && i64[3] == INT64_MAX, "saturates up");
+    CHECK(i32[2] == INT32_MIN && i64[2] == INT64_MIN, "saturates down");
+    CHECK(i32[4] == -2 && i64[4] == -2, "truncates toward zero");
+    CHECK(i32[5] == INT32_MAX && i64[5] == 3000000000LL, "3e9: past int32, within int64");
+    float f[2] = {NAN, -1e30f};
+    CHECK(m2_load_int(f, M2_F32, 0) == 0 && m2_load_int(f, M2_F32, 1) == INT64_MIN, "m2_load_int of floats");
+  }
+
   /* rng: same (seed, stream, offset) -> same numbers; different stream -> different */
   m2_rng r1 = m2_rng_make(42, 0), r2r = m2_rng_make(42, 0), r3 = m2_rng_make(42, 1);
   m2_tensor *x1 = m2_randn(&r1, M2_F32, M2_DEV_CPU, 2, sh), *x2 = m2_randn(&r2r, M2_F32, M2_DEV_CPU, 2, sh);

@@ -33,6 +33,7 @@ file (core/runfile/runfile.h; DESIGN section 6).
 Command-line overrides read here whatever the script passes (every experiment accepts them):
   steps=  out=  device=  checkpoint_every=  eval_every=  overwrite=  precision=   (seed= is applied by m2.config)
   reschedule=true   (m2lab resume only) re-derive the lr schedule from the new steps= (see Resume)
+  out=false (or out=) trains without a run file, like out = false in the script (a file named false: out=./false)
 
 Per step: zero grads; for each micro-batch: x, y = data:batch(cursor), cursor += 1, loss, backward
 (scaled by 1/grad_accum); clip (grad_norm = the norm before clipping); when the loss or the norm is
@@ -171,7 +172,8 @@ local function resolve(spec)
   if m2.resuming then
     s.out = m2.resuming.path
   else
-    s.out = arg_str("out", s.out)
+    -- out=false on the command line (the host types it as the boolean) means no run file, not a file "false"
+    if m2.args.out == false then s.out = false else s.out = arg_str("out", s.out) end
     if s.out == nil then s.out = string.format("runs/%s-%s.h5", script_stem(), os.date("!%Y%m%d-%H%M%S")) end
   end
   if s.out == "" then s.out = false end

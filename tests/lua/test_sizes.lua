@@ -35,3 +35,12 @@ T.case("dims at the integer limits are out of range, not undefined", function()
   T.raises(function() return x:sum(math.maxinteger) end, "out of range")
 end)
 
+
+T.case("arange refuses a count that cannot be a tensor, and non-finite bounds (found by tests/fuzz/fuzz_lua.c)", function()
+  T.raises(function() return m2.arange(1 / 0) end, "must be finite")
+  T.raises(function() return m2.arange(0, 1, 0 / 0) end, "must be finite")
+  T.raises(function() return m2.arange(-1e308, 1e308) end, "are too many")
+  T.raises(function() return m2.arange(0, 2^62, 1) end, "are too many")
+  T.raises(function() return m2.arange(0, 1, 2^-70) end, "are too many")
+  T.eq(m2.arange(3, 0):numel(), 0)
+end)

@@ -180,6 +180,10 @@ T.case("arithmetic metamethods", function()
   -- tostring
   T.ok(tostring(a):find("tensor%(%[1, 2, 4%]") ~= nil, tostring(a))
   T.ok(tostring(m2.zeros(2, { requires_grad = true })):find("requires_grad") ~= nil)
+  -- integer tensors print their values exactly (the largest i64 went through a double: 2^63, an undefined cast;
+  -- found by tests/fuzz/fuzz_lua.c)
+  local big = m2.tensor({ math.maxinteger, -5, math.mininteger }, { dtype = "i64" })
+  T.ok(tostring(big):find("[9223372036854775807, -5, -9223372036854775808]", 1, true) ~= nil, tostring(big))
   -- == is identity of the C tensor
   local g = m2.zeros(2, { requires_grad = true })
   T.ok(g == g)

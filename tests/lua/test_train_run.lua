@@ -271,6 +271,33 @@ print("cfg.steps", cfg.steps, "cfg.out", cfg.out, "done", s.step)
   T.ok(status:match("^failed: .*boom at batch 3") ~= nil, status)
 end)
 
+T.case("out=false on the command line trains without a run file (not a file named false)", function()
+  local sub = dir .. "/outfalse"
+  core.mkdir_p(sub)
+  local script = sub .. "/s.lua"
+  local f = assert(io.open(script, "w"))
+  f:write([[
+local m2 = require "m2"
+local cfg = m2.config { out = "runs/default-out.h5" }
+local model = m2.nn.Sequential(m2.nn.Embedding(4, 4), m2.nn.Linear(4, 4))
+local data = { batch = function(_, i) return m2.tensor({ { i % 4 } }, { dtype = "i64" }), m2.tensor({ { 0 } }, { dtype = "i64" }) end }
+local s = m2.train { model = model, data = data, steps = 2, out = cfg.out, checkpoint_every = 1 }
+print("summary.out", tostring(s.out))
+]])
+  f:close()
+  for _, word in ipairs { "out=false", "out=" } do
+    local code, text = T.run_m2lab("run " .. sh_quote(script) .. " " .. word)
+    T.eq(code, 0, text)
+    T.ok(text:find("summary.out\tnil", 1, true), word .. ": no run file in the summary: " .. text)
+  end
+  T.ok(io.open("false", "r") == nil and io.open(sub .. "/false", "r") == nil, "no file named false")
+  T.ok(io.open("runs/default-out.h5", "r") == nil, "nor the script's default")
+  -- a path spelled otherwise (./false, DIR/false) names a file
+  local code, text = T.run_m2lab("run " .. sh_quote(script) .. " out=" .. sh_quote(sub .. "/false"))
+  T.eq(code, 0, text)
+  T.eq(runs.info(sub .. "/false").latest, 2)
+end)
+
 T.case("a reader process sees consistent, growing metrics while the run writes", function()
   local out = dir .. "/live.h5"
   local pid = core.spawn({ m2.exe, "run", m2.source_dir .. "/experiments/tiny_lm.lua", "steps=120", "throttle=0.02",

@@ -1,0 +1,8 @@
+local x = m2.randn(4, 3, {requires_grad = true})
+local w = m2.randn(5, 3, {requires_grad = true})
+local y = m2.linear(x, w):tanh():softmax(-1)
+local loss = m2.cross_entropy(y, m2.randint(5, 4))
+loss:backward()
+print(x.grad:shape(), w.grad:sum_all():item())
+m2.no_grad(function() return (x * 2):sum_all() end)
+print(m2.gradcheck(function(v) return v:sigmoid():sum_all() end, { m2.randn(2, 2, {dtype = "f64"}) }))

@@ -1,0 +1,7 @@
+local a = m2.randn(3, 5)
+local b = a:reshape(5, 3):transpose(1, 2):contiguous()
+local c = (a + b) * 2 - a:exp()
+print(c:sum(2, true):totable(), c:narrow(2, 2, 3):shape())
+local z = m2.zeros(0):reshape(0, 7)
+print(z:numel(), m2.ones(1, 1):expand(4, 6):sum_all():item())
+print(m2.arange(1, 10, 2):get(-1), m2.tensor({{1, 2}, {3, 4}}, {dtype = "f64"})[2][1])
