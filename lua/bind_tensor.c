@@ -388,8 +388,13 @@ static int m_name(lua_State *L) {
 
 /* ---------------- element access ---------------- */
 
+/* v as a Lua number, or for integer dtypes an integer: an i64 element near 2^63 comes through the double as 2^63,
+ * outside lua_Integer (casting it is undefined): saturate to the Lua integer range as m2_store does. */
 static void push_value(lua_State *L, m2_dtype dt, double v) {
   if (m2_dtype_is_float(dt)) lua_pushnumber(L, v);
+  else if (v != v) lua_pushinteger(L, 0);
+  else if (v >= 9223372036854775808.0) lua_pushinteger(L, LUA_MAXINTEGER);
+  else if (v < -9223372036854775808.0) lua_pushinteger(L, LUA_MININTEGER);
   else lua_pushinteger(L, (lua_Integer)v);
 }
 

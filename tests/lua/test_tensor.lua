@@ -184,6 +184,11 @@ T.case("arithmetic metamethods", function()
   -- found by tests/fuzz/fuzz_lua.c)
   local big = m2.tensor({ math.maxinteger, -5, math.mininteger }, { dtype = "i64" })
   T.ok(tostring(big):find("[9223372036854775807, -5, -9223372036854775808]", 1, true) ~= nil, tostring(big))
+  -- and item / get / totable saturate to the Lua integer range instead of an undefined cast of 2^63 (UBSan; found
+  -- by tests/fuzz/fuzz_lua.c)
+  T.eq(big:narrow(1, 1, 1):item(), math.maxinteger)
+  T.eq(big:totable()[1], math.maxinteger)
+  T.eq(big:totable()[3], math.mininteger)
   -- == is identity of the C tensor
   local g = m2.zeros(2, { requires_grad = true })
   T.ok(g == g)
