@@ -53,6 +53,9 @@ static m2_status lce_check(m2_tensor *h, m2_tensor *w, m2_tensor *t, m2_float_ru
 
 /* Rows of a chunk: the caller's chunk_rows when > 0, or as many as make LCE_CHUNK_LOGITS logits of V classes. */
 static int64_t resolve_chunk_rows(int64_t chunk_rows, int64_t V) {
+  /* a chunk larger than any tensor (2^48 elements, m2_shape_numel) is the whole input: clamping keeps rows + chunk
+     from overflowing int64 (chunk_rows = math.maxinteger was undefined behaviour; found by tests/fuzz/fuzz_lua.c) */
+  if (chunk_rows > ((int64_t)1 << 48)) return (int64_t)1 << 48;
   if (chunk_rows > 0) return chunk_rows;
   int64_t r = LCE_CHUNK_LOGITS / (V > 0 ? V : 1);
   return r > 0 ? r : 1;

@@ -106,6 +106,8 @@ int main(void) {
   m2_requires_grad_(h32, true);
   m2_requires_grad_(w32, true);
   against_reference(h32, w32, t, 5, 1.0, 2e-6, "f32");
+  /* a chunk of INT64_MAX rows is one chunk: rows + chunk - 1 overflowed int64 (UBSan; found by tests/fuzz/fuzz_lua.c) */
+  against_reference(h32, w32, t, INT64_MAX, 1.0, 2e-6, "f32, chunk INT64_MAX");
   double v32 = NAN, v16 = NAN;
   m2_no_grad_push();
   l = m2_linear_cross_entropy(h32, w32, t, -100, 5);
