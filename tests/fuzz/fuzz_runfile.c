@@ -78,7 +78,11 @@ static void check_closed(const char *pass) {
   abort();
 }
 
+static long g_gheap_skipped;
 static void report(void) {
+  if (g_gheap_skipped)
+    fprintf(stderr, "fuzz_runfile: %ld inputs skipped: a global heap HDF5 1.10.8 would loop on (known, README)\n",
+            g_gheap_skipped);
   if (g_halfclosed)
     fprintf(stderr, "fuzz_runfile: %ld of %ld inputs left HDF5 a half-closed file after a failed close (known, README)\n",
             g_halfclosed, g_inputs);
@@ -256,6 +260,34 @@ static void make_seeds(const char *dir) {
   exit(bad);
 }
 
+/* ---------------- a known HDF5 hang, kept out ---------------- */
+
+/* HDF5 1.10.8 loops for ever reading a global heap collection ("GCOL": the variable-length strings, not checksummed)
+ * that holds an object of index 0 and size 0: its walk of the object list makes no progress. Found by this target
+ * (README, "What does not work yet"); until the readers guard against it, inputs with such a collection are skipped
+ * (counted in g_gheap_skipped) so that the fuzzer looks for other things. Layout: "GCOL", version 1, 3 reserved,
+ * u64 collection size, then objects of u16 index, u16 references, 4 reserved, u64 size and the data padded to 8
+ * (index 0: free space, its size counting its header). */
+static bool gheap_loops(const uint8_t *d, size_t n) {
+  for (const uint8_t *g = d; n >= 16 && (g = memmem(g, n - (size_t)(g - d), "GCOL\1", 5)) != NULL; g++) {
+    size_t room = n - (size_t)(g - d);
+    if (room < 16) break;
+    uint64_t size, at = 16;
+    memcpy(&size, g + 8, 8);
+    while (at < size && size - at >= 16 && at + 16 <= room) {
+      uint16_t idx;
+      uint64_t osz;
+      memcpy(&idx, g + at, 2);
+      memcpy(&osz, g + at + 8, 8);
+      uint64_t need = idx > 0 ? 16 + ((osz + 7) & ~(uint64_t)7) : osz;
+      if (need == 0) return true;
+      if (need > size - at) break;
+      at += need;
+    }
+  }
+  return false;
+}
+
 /* ---------------- libFuzzer ---------------- */
 
 static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
@@ -288,6 +320,10 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   if (size > (1 << 20)) return -1;
+  if (gheap_loops(data, size)) {
+    g_gheap_skipped++;
+    return 0;
+  }
   char extra[160];
   snprintf(extra, sizeof extra, "%s-journal", g_path); /* what a resume of the last input may have left */
   unlink(extra);
