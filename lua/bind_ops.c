@@ -300,7 +300,7 @@ static int l_split(lua_State *L) {
   } else {
     int64_t chunk = m2lua_checkint(L, 3);
     if (chunk <= 0) return m2lua_argerror(L, 3, "chunk size must be positive");
-    n = (int)((total + chunk - 1) / chunk);
+    n = (int)(total / chunk + (total % chunk != 0)); /* total + chunk - 1 overflowed for chunk near 2^63 (fuzz_lua) */
     if (n < 1) n = 1;
     sizes = lua_newuserdatauv(L, sizeof(int64_t) * (size_t)n, 0);
     for (int i = 0; i < n; i++) sizes[i] = total - (int64_t)i * chunk < chunk ? total - (int64_t)i * chunk : chunk;

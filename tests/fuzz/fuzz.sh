@@ -4,7 +4,7 @@
 # host) or runfile (tests/fuzz/fuzz_runfile.c: damaged run files through inspect, the readers and a resume).
 #   - configures and builds a second tree (default <source>/build-fuzz; M2_FUZZ_BUILD_DIR overrides) with clang,
 #     -DM2_FUZZ=ON and ASan + UBSan + libFuzzer's coverage (only the two targets are built there);
-#   - runs the target for M2_FUZZ_RUNS inputs (default 2000, fixed seed; see below) or SECONDS (default M2_FUZZ_TIME
+#   - runs the target for M2_FUZZ_RUNS inputs (default 300, fixed seed; see below) or SECONDS (default M2_FUZZ_TIME
 #     or 300), whichever comes first, over the committed corpus (tests/fuzz/corpus_TARGET,
 #     read only) and a working corpus (<build>/corpus-TARGET: what it finds, kept between runs), with the dictionary
 #     tests/fuzz/lua.dict for lua; a crash, sanitizer report, leak check, timeout (M2_FUZZ_TIMEOUT, 60 s an input)
@@ -46,10 +46,10 @@ work="$build/corpus-$target"
 arts="$build/artifacts-$target"
 mkdir -p "$work" "$arts"
 # CTest's runs are reproducible: a fixed seed (M2_FUZZ_SEED, default 1) and a fixed number of inputs
-# (M2_FUZZ_RUNS, default 2000; about a minute on the 2-core CI VM) with SECONDS as a cap, so CI replays the same
+# (M2_FUZZ_RUNS, default 300: mutations of the committed corpus, ~10 s) with SECONDS as a cap, so CI replays the same
 # inputs every time (a regression check that cannot fail at random). To explore: M2_FUZZ_RUNS=-1 (no limit),
 # M2_FUZZ_SEED=0 (a new seed each run) and SECONDS as long as you like.
-args=(-max_total_time="$secs" -runs="${M2_FUZZ_RUNS:-2000}" -seed="${M2_FUZZ_SEED:-1}"
+args=(-max_total_time="$secs" -runs="${M2_FUZZ_RUNS:-300}" -seed="${M2_FUZZ_SEED:-1}"
       -timeout="${M2_FUZZ_TIMEOUT:-60}" -rss_limit_mb=3072 -print_final_stats=1
       -artifact_prefix="$arts/" -close_fd_mask=1 -error_exitcode=1 -timeout_exitcode=1)
 if [ "$target" = lua ]; then
@@ -57,7 +57,7 @@ if [ "$target" = lua ]; then
 else
   # when exploring (M2_FUZZ_RUNS=-1): a real run file beside the committed seeds, written once by this tree's m2lab.
   # Not in the fixed replay: its bytes (times, paths) differ every time, and so would the inputs derived from it.
-  if [ "${M2_FUZZ_RUNS:-2000}" = -1 ] && [ -n "${M2_FUZZ_M2LAB:-}" ] && [ -x "$M2_FUZZ_M2LAB" ] &&
+  if [ "${M2_FUZZ_RUNS:-300}" = -1 ] && [ -n "${M2_FUZZ_M2LAB:-}" ] && [ -x "$M2_FUZZ_M2LAB" ] &&
      [ ! -f "$work/tiny_lm.h5" ]; then
     (cd "$probe" && "$M2_FUZZ_M2LAB" run "$root/experiments/tiny_lm.lua" steps=4 checkpoint_every=2 \
       keep_checkpoints=0 eval_every=2 d=8 vocab=8 len=8 batch=2 out="$work/tiny_lm.h5" >/dev/null 2>&1) ||
