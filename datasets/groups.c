@@ -99,7 +99,9 @@ m2_status m2_group_batch(const m2_group *g, const m2_group_batch_opts *o, m2_ten
   if (o->batch <= 0 || o->length <= 0)
     return m2_fail(M2_ERR_VALUE, "group batch: batch (%lld) and length (%lld) must be positive", (long long)o->batch,
                    (long long)o->length);
-  int64_t shape[2] = {o->batch, o->length}, n = o->batch * o->length;
+  int64_t shape[2] = {o->batch, o->length}, n;
+  /* the checked product: batch = 2^63 - 1 overflowed it (UBSan; found by tests/fuzz/fuzz_lua.c) */
+  M2_TRY(m2_shape_numel(2, shape, "group batch", &n));
   int64_t *xs = malloc(sizeof(int64_t) * (size_t)n), *ys = malloc(sizeof(int64_t) * (size_t)n);
   if (!xs || !ys) { free(xs); free(ys); return m2_fail(M2_ERR_OOM, "out of memory"); }
   for (int64_t b = 0; b < o->batch; b++) {

@@ -66,6 +66,10 @@ int main(void) {
   CHECK(ignored > 0 && ys[0] != -100, "random lengths pad with -100 (%d)", ignored);
   CHECK_FAILS(m2_group_new("Q8") == NULL, M2_ERR_VALUE, "unknown group 'Q8'");
   CHECK_FAILS(m2_group_new("S9") == NULL, M2_ERR_VALUE, "unknown group");
+  /* a batch whose element count overflows int64 is refused, naming the shape (found by tests/fuzz/fuzz_lua.c) */
+  m2_group_batch_opts big = {.seed = 1, .index = 0, .batch = INT64_MAX, .length = 5};
+  m2_tensor *xb = NULL, *yb = NULL;
+  CHECK_FAILS(m2_group_batch(s3, &big, &xb, &yb) != M2_OK, M2_ERR_SHAPE, "group batch: shape (9223372036854775807, 5)");
   m2_tensor *all[] = {x, y, x2, y2, x3, y3, xv, yv};
   for (int i = 0; i < 8; i++) m2_release(all[i]);
   m2_group_free(s3);
