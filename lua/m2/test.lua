@@ -179,6 +179,14 @@ function T.run_m2lab(args)
   return code, out
 end
 
+-- T.sh_quote(s) -> s quoted for the shell; T.m2lab(arg, ...) -> exit code, output: m2lab with each argument quoted
+function T.sh_quote(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
+function T.m2lab(...)
+  local words = {}
+  for i, a in ipairs { ... } do words[i] = T.sh_quote(a) end
+  return T.run_m2lab(table.concat(words, " "))
+end
+
 -- T.write_temp(text [, suffix]) -> path of a new temporary file holding text
 function T.write_temp(text, suffix)
   local base = os.tmpname()
