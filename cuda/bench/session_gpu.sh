@@ -6,7 +6,7 @@
 #   2. generation speed (experiments/decode_speed.lua, 400M hybrid-m2rnn, batch 1 and 64, bf16 products)
 #   3. the MoE layer benchmark and a reduced-depth 7B step
 #   4. compute-sanitizer memcheck over the CUDA C tests, one after another, until the deadline
-# Pass carry=[".deps", OLDTREE]. At most 7 files come back: ab_all.md, build_{old,new}.log, ctest_new.log,
+# OLDTREE "-": no comparison, cuda/bench/quick_check.sh instead of step 1. Pass carry=[".deps", OLDTREE]. At most 7 files come back: ab_all.md, build_{old,new}.log, ctest_new.log,
 # decode.md, moe.md, memcheck.log.
 set -uo pipefail
 out=${1:?usage: session_gpu.sh OUTDIR OLDTREE}
@@ -14,7 +14,11 @@ old=${2:?old tree}
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 deadline=$((SECONDS + ${M2_DEADLINE_S:-560}))
 left() { echo $((deadline - SECONDS)); }
-M2_AB_ROUNDS=${M2_AB_ROUNDS:-2} bash "$root/cuda/bench/ab_trees.sh" "$out" "$old" all
+if [ "$old" = "-" ]; then   # no old tree: build this one, its CUDA tests, the 400M rows and one step
+  bash "$root/cuda/bench/quick_check.sh" "$out"
+else
+  M2_AB_ROUNDS=${M2_AB_ROUNDS:-2} bash "$root/cuda/bench/ab_trees.sh" "$out" "$old" all
+fi
 cd "$root"
 if [ "$(left)" -gt 30 ]; then
   { echo "# decode_speed $(date -u +%Y-%m-%dT%H:%MZ) $(nvidia-smi --query-gpu=name --format=csv,noheader) git $(git rev-parse --short HEAD)"
