@@ -7,12 +7,15 @@
 --   m2lab run experiments/decode_speed.lua device=cuda config=experiments/configs/400m-gdn.lua batch=1,8
 --   m2lab run experiments/decode_speed.lua layers=MMAM d=64 vocab=256 tokens=32 precision=f32   (a CPU check)
 -- layers / d / vocab override the config's (empty / 0: keep it); prompt = prompt tokens, tokens = tokens drawn per
--- row; warmup: tokens of an untimed first call (the CUDA memory pool and the kernels' first launches).
+-- row; warmup: tokens of an untimed first call (the CUDA memory pool and the kernels' first launches);
+-- profile=1: per batch size, one more call with m2.profile on (each op synchronised: read the op counts and shares),
+-- and a table of the ops per drawn token (prefill included: use many tokens to make it small).
 local m2 = require "m2"
 
 local cfg = m2.config {
   config = "experiments/configs/400m-hybrid-m2rnn.lua", batch = { 1, 64 }, prompt = 128, tokens = 128, warmup = 4,
   layers = "", d = 0, vocab = 0, seed = 0, precision = "bf16", temperature = 1.0, top_k = 0, top_p = 1.0,
+  profile = 0,
 }
 m2.seed(cfg.seed)
 
@@ -45,5 +48,12 @@ for _, B in ipairs(cfg.batch) do
   local _, s = model:generate(prompt, opts)
   print(string.format("%6d %12.1f %14.1f %14.2f %16.3f", B, 1000 * s.prefill_s, s.tokens_per_s, s.ms_per_token,
     s.ms_per_token / B))
+  if cfg.profile == 1 then
+    m2.profile.start()
+    model:generate(prompt, opts)
+    m2.profile.stop()
+    print(m2.profile.report { per = cfg.tokens, top = 20,
+      title = string.format("ops per drawn token, batch %d (%d tokens, the prompt's prefill included)", B, cfg.tokens) })
+  end
   collectgarbage()
 end
