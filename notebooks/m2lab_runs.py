@@ -223,7 +223,8 @@ class Run:
     def array(self, name):
         """/arrays/<name> (one row of values per logged step) as a DataFrame: index step, columns 0 .. width-1."""
         if name not in self._arrays:
-            raise KeyError(f"{self.path}: no array series /arrays/{name} (have: {', '.join(sorted(self._arrays)) or 'none'})")
+            have = ", ".join(sorted(self._arrays)) or "none"
+            raise KeyError(f"{self.path}: no array series /arrays/{name} (have: {have})")
         steps, values = self._arrays[name]
         return pd.DataFrame(values, index=pd.Index(steps, name="step"))
 
