@@ -9,7 +9,9 @@
  * (4) writers killed at random moments after their first flush: every file resumes, every row read matches what
  *     was logged at its step, and the run appends;
  * (5) bad files: truncated, and an array series whose value is 1-D (a foreign writer): errors naming the file and
- *     object, never a crash; inspect reports the damaged series and prints the rest. */
+ *     object, never a crash; inspect reports the damaged series and prints the rest;
+ * (6) a live reader polling (opening read-only again and again) while a writer appends and switches: every read is
+ *     a consistent prefix. */
 #include <hdf5.h>
 #include <inttypes.h>
 #include <signal.h>
@@ -349,6 +351,73 @@ static void random_kills(void) {
   unlink(path);
 }
 
+/* ---------------- (6) a live reader ---------------- */
+
+/* A child logs 300 rows (and a new scalar series every 50 steps: EXCLUSIVE switches) with flushes every millisecond
+ * while the parent opens the file read-only again and again: every read gives steps 1..n with their rows, n never
+ * shrinks, and the finished file has all 300. */
+static void live_reader(void) {
+  const char *path = tmp_path("live.h5");
+  unlink(path);
+  int ready[2];
+  CHECK(pipe(ready) == 0, "pipe");
+  fflush(NULL);
+  pid_t pid = fork();
+  if (pid == 0) {
+    close(ready[0]);
+    m2_run_opts o = {0};
+    o.mode = M2_RUN_CREATE;
+    o.flush_interval = 0.001;
+    o.no_fsync = true;
+    m2_run *r = m2_run_open(path, &o);
+    if (!r) _exit(10);
+    for (int64_t s = 1; s <= 300; s++) {
+      if (log_row(r, 0, s) != M2_OK) _exit(11);
+      if (s % 50 == 0 && m2_run_log(r, "metrics", s == 50 ? "a" : s == 100 ? "b" : "c", s, 1.0) != M2_OK) _exit(12);
+      if (s == 2 && (m2_run_flush(r) != M2_OK || write(ready[1], "x", 1) != 1)) _exit(13);
+      struct timespec ts = {0, 300000L};
+      nanosleep(&ts, NULL);
+    }
+    if (m2_run_close(r) != M2_OK) _exit(14);
+    _exit(0);
+  }
+  close(ready[1]);
+  char c;
+  CHECK(read(ready[0], &c, 1) == 1, "the writer's first flush");
+  close(ready[0]);
+  int64_t last_n = 0;
+  int polls = 0, bad = 0, ws = 0;
+  bool done = false;
+  while (!done) {
+    done = waitpid(pid, &ws, WNOHANG) == pid; /* one more poll after the writer has finished */
+    m2_run_opts ro = {0};
+    ro.open_timeout = 10;
+    m2_run *r = m2_run_open(path, &ro);
+    CHECK(r != NULL, "live open (poll %d)", polls);
+    if (!r) break;
+    m2_array_series a;
+    if (m2_run_read_array(r, "moe_load_01", &a) == M2_OK) {
+      if (a.n < last_n || a.width != 8) bad++;
+      for (int64_t i = 0; i < a.n; i++) {
+        if (a.step[i] != i + 1) bad++;
+        for (int64_t j = 0; j < a.width; j++)
+          if (a.value[i * a.width + j] != row_value(0, i + 1, j)) bad++;
+      }
+      last_n = a.n;
+      m2_array_series_free(&a);
+    } else {
+      bad++;
+    }
+    m2_run_close(r);
+    polls++;
+  }
+  CHECK(WIFEXITED(ws) && WEXITSTATUS(ws) == 0, "the writer finished (status %d)", ws);
+  CHECK(bad == 0, "%d bad reads over %d polls", bad, polls);
+  CHECK(last_n == 300, "the last poll read %" PRId64 " rows of 300", last_n);
+  printf("live reader: %d polls\n", polls);
+  unlink(path);
+}
+
 /* ---------------- (5) bad files ---------------- */
 
 static void bad_files(void) {
@@ -430,6 +499,7 @@ int main(void) {
   killed_resume();
   partial_flush();
   random_kills();
+  live_reader();
   bad_files();
   unlink(tmp_path("arrays.h5"));
   rmdir(g_dir);
