@@ -342,6 +342,26 @@ static m2_tensor *operand(m2_tensor *t, bool bf16) {
   return r;
 }
 
+/* One of moe_grouped_matmul's products for every expert e, over its rows g = po[e] .. po[e + 1] (row-major):
+ *   GMM_Y   y[g] (rows, Dout) = x[g] (rows, Din) w[e]^T       a = x, b = w
+ *   GMM_DX  dx[g] (rows, Din) = dy[g] (rows, Dout) w[e]        a = dy, b = w
+ *   GMM_DW  dw[e] (Dout, Din) = dy[g]^T (Dout, rows) x[g]      a = dy, b = x (an empty group gives zeros) */
+typedef enum { GMM_Y, GMM_DX, GMM_DW } gmm_product;
+static void grouped_gemms(gmm_product p, m2_dtype dt, int64_t E, const int64_t *po, int64_t Dout, int64_t Din,
+                          const m2_tensor *a, const m2_tensor *b, m2_tensor *out) {
+  const size_t es = m2_dtype_size(dt);
+  const char *pa = m2_data(a), *pb = m2_data(b);
+  char *pc = m2_data(out);
+  for (int64_t e = 0; e < E; e++) {
+    const int64_t r0 = po[e], rows = po[e + 1] - po[e];
+    const size_t we = (size_t)(e * Dout * Din) * es;
+    const size_t gin = (size_t)(r0 * Din) * es, gout = (size_t)(r0 * Dout) * es; /* row r0 of x / dx, of y / dy */
+    if (p == GMM_Y) gemm(dt, false, true, rows, Dout, Din, pa + gin, pb + we, pc + gout);
+    else if (p == GMM_DX) gemm(dt, false, false, rows, Din, Dout, pa + gout, pb + we, pc + gin);
+    else gemm(dt, true, false, Dout, Din, rows, pa + gout, pb + gin, pc + we);
+  }
+}
+
 static m2_status gmm_fwd(m2_opcall *c) {
   m2_tensor *x0 = c->in[0], *w0 = c->in[1], *off = c->in[2];
   M2_TRY(m2_moe_gmm_check(x0, w0, off, m2_check_float));
@@ -355,10 +375,7 @@ static m2_status gmm_fwd(m2_opcall *c) {
     m2_release(x), m2_release(w);
     return m2_errcode();
   }
-  const size_t es = m2_elsize(x0);
-  for (int64_t e = 0; e < E; e++) /* y[group e] (rows, Dout) = x[group e] (rows, Din) w[e]^T */
-    gemm(x0->dtype, false, true, po[e + 1] - po[e], Dout, Din, (char *)m2_data(x) + (size_t)(po[e] * Din) * es,
-         (char *)m2_data(w) + (size_t)(e * Dout * Din) * es, (char *)m2_data(y) + (size_t)(po[e] * Dout) * es);
+  grouped_gemms(GMM_Y, x0->dtype, E, po, Dout, Din, x, w, y);
   m2_release(x), m2_release(w);
   c->n_out = 1;
   c->out[0] = y;
@@ -382,17 +399,8 @@ static m2_status gmm_bwd(m2_opcall *c) {
     m2_release(g), m2_release(x), m2_release(w), m2_release(dx), m2_release(dw);
     return m2_errcode();
   }
-  const size_t es = m2_elsize(x0);
-  const char *px = m2_data(x), *pw = m2_data(w), *pg = m2_data(g);
-  for (int64_t e = 0; e < E; e++) {
-    const int64_t r0 = po[e], rows = po[e + 1] - po[e];
-    if (dx) /* dx[group] (rows, Din) = dy[group] (rows, Dout) w[e] (Dout, Din) */
-      gemm(dt, false, false, rows, Din, Dout, pg + (size_t)(r0 * Dout) * es, pw + (size_t)(e * Dout * Din) * es,
-           (char *)m2_data(dx) + (size_t)(r0 * Din) * es);
-    if (dw) /* dw[e] (Dout, Din) = dy[group]^T (Dout, rows) x[group] (rows, Din); rows = 0 gives zeros */
-      gemm(dt, true, false, Dout, Din, rows, pg + (size_t)(r0 * Dout) * es, px + (size_t)(r0 * Din) * es,
-           (char *)m2_data(dw) + (size_t)(e * Dout * Din) * es);
-  }
+  if (dx) grouped_gemms(GMM_DX, dt, E, po, Dout, Din, g, w, dx);
+  if (dw) grouped_gemms(GMM_DW, dt, E, po, Dout, Din, g, x, dw);
   m2_release(g), m2_release(x), m2_release(w);
   c->din[0] = dx;
   c->din[1] = dw;

@@ -7,12 +7,15 @@
  *                       thread then hands out rows in slot order; then a row copy. One sync (the index check).
  *   moe_grouped_matmul  one cuBLAS GEMM per non-empty expert group (cublasGemmEx at pointer offsets; the offsets are
  *                       read to the host: one sync), fp32 accumulation, bf16 tensor cores with bf16 products.
+ *                       With M2_MOE_GROUPED=1 and bf16 products: cuda/moe_gmm_tc.cu's grouped kernels instead, the
+ *                       offsets staying on the device (no sync; off by default until measured).
  *   moe_unpermute       each output element gathers its token's k rows in j order; backward writes each yp row once
  *                       (pos is a permutation) and dweights by a warp dot product. One sync (the pos range check). */
 #include "ops.h"
 #include <cublas_v2.h>
 #include <stdlib.h>
 #include "ops_common.cuh"
+#include "moe_gmm_tc.h"
 #include "../core/ops_moe.h"
 
 #define M2_CUBLAS_TRY(call)                                                                              \
@@ -378,9 +381,18 @@ extern "C" m2_status m2_cuda_moe_grouped_matmul_fwd(m2_opcall *c) {
   m2_tensor *x = c->in[0], *w = c->in[1], *off = c->in[2];
   M2_TRY(m2_moe_gmm_check(x, w, off, cu_check_float));
   const int64_t M = x->shape[0], E = w->shape[0], O = w->shape[1], Din = w->shape[2];
+  const bool x16 = M2_ATTR(c, m2_moe_gmm_attr)->bf16;
+  if ((x16 || x->dtype == M2_BF16) && m2_moe_grouped_enabled() && m2_moe_grouped_fits(M, E, O, Din)) {
+    m2_tensor *x2 = cu_as(x, M2_BF16), *w2 = x2 ? cu_as(w, M2_BF16) : NULL, *y = NULL;
+    m2_status s = w2 ? m2_moe_gmm_tc_fwd(x2, w2, off, x->dtype, &y) : m2_errcode();
+    m2_release(x2), m2_release(w2);
+    if (s != M2_OK) return s;
+    c->n_out = 1;
+    c->out[0] = y;
+    return M2_OK;
+  }
   int64_t *po = NULL;
   M2_TRY(host_offsets(off, E, M, &po));
-  const bool x16 = M2_ATTR(c, m2_moe_gmm_attr)->bf16;
   m2_tensor *x2 = x16 ? cu_as(x, M2_BF16) : (m2_retain(x), x), *w2 = x2 ? (x16 ? cu_as(w, M2_BF16) : (m2_retain(w), w)) : NULL;
   const int64_t ys[2] = {M, O};
   m2_tensor *y = w2 ? (Din == 0 ? cu_zeros : m2_empty)(x->dtype, x->device, 2, ys) : NULL;
@@ -411,10 +423,21 @@ extern "C" m2_status m2_cuda_moe_grouped_matmul_bwd(m2_opcall *c) {
   m2_tensor *x = c->in[0], *w = c->in[1], *off = c->in[2];
   M2_TRY(m2_moe_gmm_check(x, w, off, cu_check_float));
   const int64_t M = x->shape[0], E = w->shape[0], O = w->shape[1], Din = w->shape[2];
-  int64_t *po = NULL;
-  M2_TRY(host_offsets(off, E, M, &po));
   const bool x16 = M2_ATTR(c, m2_moe_gmm_attr)->bf16;
   const m2_dtype ot = x16 ? M2_BF16 : x->dtype; /* the products' operand dtype */
+  if (ot == M2_BF16 && m2_moe_grouped_enabled() && m2_moe_grouped_fits(M, E, O, Din)) {
+    m2_tensor *g = cu_as(c->dout[0], M2_BF16), *x2 = g ? cu_as(x, M2_BF16) : NULL, *w2 = x2 ? cu_as(w, M2_BF16) : NULL;
+    m2_tensor *dx = NULL, *dw = NULL;
+    m2_status s = w2 ? m2_moe_gmm_tc_bwd(x2, w2, off, g, x->dtype, c->needs_din[0], c->needs_din[1], &dx, &dw)
+                     : m2_errcode();
+    m2_release(g), m2_release(x2), m2_release(w2);
+    if (s != M2_OK) return s;
+    c->din[0] = dx;
+    c->din[1] = dw;
+    return M2_OK;
+  }
+  int64_t *po = NULL;
+  M2_TRY(host_offsets(off, E, M, &po));
   m2_tensor *g = cu_as(c->dout[0], ot), *x2 = g ? cu_as(x, ot) : NULL, *w2 = x2 ? cu_as(w, ot) : NULL;
   m2_tensor *dx = w2 && c->needs_din[0] ? cu_zeros(x->dtype, x->device, 2, x->shape) : NULL;
   m2_tensor *dw = w2 && c->needs_din[1] ? cu_zeros(w->dtype, w->device, 3, w->shape) : NULL; /* empty groups: 0 */

@@ -10,7 +10,7 @@
 --   m2lab run experiments/tiny_lm.lua                          (runs/tiny_lm.h5)
 --   m2lab run experiments/tiny_lm.lua arch=A lr=1e-3 steps=200 out=runs/attn.h5
 --   m2lab run experiments/tiny_lm.lua task=groups arch=M eval_mults=1,2,4
---   m2lab run experiments/tiny_lm.lua arch=MA moe_experts=8 moe_top_k=2   (MoE MLPs: /metrics/moe_load_*)
+--   m2lab run experiments/tiny_lm.lua arch=MA moe_experts=8 moe_top_k=2   (MoE MLPs: /arrays/moe_load_*)
 -- arch: layer pattern, one letter per block: M = M2RNN, G = Gated DeltaNet, S = Mamba-2,
 -- A = attention ("MA" = two blocks). Batches are deterministic in (seed, batch index), so a
 -- killed run resumed with `m2lab resume` is bit-identical to one that never stopped.

@@ -13,6 +13,8 @@
  *   r:log(group, name, step, value) r:set_goal(group, name, "min"|"max") r:flush() r:truncate(step)
  *   r:read_series(group, name) -> steps, values [, times]   (Lua arrays)
  *   r:list_series(group) -> {names}   r:series_stats(group, name) -> {count, last, last_step, best, ...}
+ *   r:log_array(name, step, {values})   (/arrays/<name>: one row of width #values)
+ *   r:read_array(name) -> steps, rows [, times]   (rows: a Lua array of Lua arrays)   r:list_arrays() -> {names}
  *   r:ckpt_begin(step) r:ckpt_put(path, tensor) r:ckpt_set(key, v) r:ckpt_commit() r:ckpt_abort()
  *   r:ckpt_list() -> {steps}  r:ckpt_latest() -> step | nil  r:ckpt_tensors(step) -> {paths}
  *   r:ckpt_damaged() -> {names} (unreadable ones, not in ckpt_list)  r:ckpt_verify(step) -> true | false, msg
@@ -282,6 +284,70 @@ static int r_list_series(lua_State *L) {
   m2_run *r = check_run(L, 1);
   m2_strlist l;
   M2LUA_CHECK(L, m2_run_list_series(r, luaL_checkstring(L, 2), &l));
+  push_strlist(L, &l);
+  return 1;
+}
+
+/* ---------------- array series ---------------- */
+
+static int r_log_array(lua_State *L) {
+  m2_run *r = check_run(L, 1);
+  const char *name = luaL_checkstring(L, 2);
+  int64_t step = m2lua_checkint(L, 3);
+  if (!lua_istable(L, 4)) return m2lua_typeerror(L, 4, "table of numbers");
+  lua_Integer n = (lua_Integer)lua_rawlen(L, 4);
+  if (n < 1) return m2lua_error(L, "log_array: /arrays/%s: the row is empty (a Lua array of numbers expected)", name);
+  double *row = lua_newuserdatauv(L, sizeof(double) * (size_t)n, 0); /* freed by the GC, even after an error */
+  for (lua_Integer i = 1; i <= n; i++) {
+    int isnum;
+    lua_rawgeti(L, 4, i);
+    row[i - 1] = lua_tonumberx(L, -1, &isnum);
+    if (!isnum)
+      return m2lua_error(L, "log_array: /arrays/%s: value %lld is a %s, not a number", name, (long long)i,
+                         luaL_typename(L, -1));
+    lua_pop(L, 1);
+  }
+  M2LUA_CHECK(L, m2_run_log_array(r, name, step, row, (int64_t)n));
+  return 0;
+}
+
+static int r_read_array(lua_State *L) {
+  m2_run *r = check_run(L, 1);
+  m2_array_series a;
+  M2LUA_CHECK(L, m2_run_read_array(r, luaL_checkstring(L, 2), &a));
+  if (!lua_checkstack(L, 6)) {
+    m2_array_series_free(&a);
+    return m2lua_error(L, "read_array: out of Lua stack");
+  }
+  lua_createtable(L, (int)a.n, 0);
+  lua_createtable(L, (int)a.n, 0);
+  for (int64_t i = 0; i < a.n; i++) {
+    lua_pushinteger(L, (lua_Integer)a.step[i]);
+    lua_rawseti(L, -3, (lua_Integer)i + 1);
+    lua_createtable(L, (int)a.width, 0);
+    for (int64_t j = 0; j < a.width; j++) {
+      lua_pushnumber(L, a.value[i * a.width + j]);
+      lua_rawseti(L, -2, (lua_Integer)j + 1);
+    }
+    lua_rawseti(L, -2, (lua_Integer)i + 1);
+  }
+  int nret = 2;
+  if (a.time) {
+    lua_createtable(L, (int)a.n, 0);
+    for (int64_t i = 0; i < a.n; i++) {
+      lua_pushnumber(L, a.time[i]);
+      lua_rawseti(L, -2, (lua_Integer)i + 1);
+    }
+    nret = 3;
+  }
+  m2_array_series_free(&a);
+  return nret;
+}
+
+static int r_list_arrays(lua_State *L) {
+  m2_run *r = check_run(L, 1);
+  m2_strlist l;
+  M2LUA_CHECK(L, m2_run_list_arrays(r, &l));
   push_strlist(L, &l);
   return 1;
 }
@@ -618,6 +684,9 @@ void m2lua_open_runfile(lua_State *L) {
       {"read_series", r_read_series},
       {"list_series", r_list_series},
       {"series_stats", r_series_stats},
+      {"log_array", r_log_array},
+      {"read_array", r_read_array},
+      {"list_arrays", r_list_arrays},
       {"ckpt_begin", r_ckpt_begin},
       {"ckpt_put", r_ckpt_put},
       {"ckpt_set", r_ckpt_set},

@@ -6,6 +6,7 @@
     run.metrics                               # DataFrame, long format: name, step, value, time
     run.metric("loss")                        # Series of values indexed by step
     run.evals, run.eval("acc")                # the same for /eval
+    run.array("moe_load_01")                  # /arrays/<name>: DataFrame, index step, one column per entry
     run.checkpoints                           # complete checkpoint steps, ascending
     run.checkpoint()                          # {tensor path: numpy array} of the latest one
     sweep = load_sweep("runs/sweep.h5")       # one row per member: hyper-parameters, final metrics
@@ -140,6 +141,21 @@ def _read_series_group(parent, with_time=True):
     return out
 
 
+def _read_array_group(parent):
+    """{name: (steps (n,) int64, values (n, width) float64)} of every array series under `parent` (/arrays)."""
+    out = {}
+    if parent is None:
+        return out
+    for name in parent:
+        g = parent[name]
+        if not isinstance(g, h5py.Group) or "step" not in g or "value" not in g or g["value"].ndim != 2:
+            continue
+        # value (and time) are extended before step: len(step) rows of value are written
+        n = min(g["step"].shape[0], g["value"].shape[0])
+        out[name] = (g["step"][:n].astype(np.int64), g["value"][:n].astype(np.float64))
+    return out
+
+
 def _long(series):
     frames = [df.assign(name=name) for name, df in sorted(series.items())]
     if not frames:
@@ -180,6 +196,7 @@ class Run:
             self.attrs = {k: _py(v) for k, v in f.attrs.items()}
             self._metrics = _read_series_group(f.get("metrics"))
             self._evals = _read_series_group(f.get("eval"))
+            self._arrays = _read_array_group(f.get("arrays"))
             self.checkpoints = _complete_checkpoints(f)
         try:
             self.config = json.loads(self.attrs.get("config_json") or "{}")
@@ -198,6 +215,18 @@ class Run:
     @property
     def eval_names(self):
         return sorted(self._evals)
+
+    @property
+    def array_names(self):
+        return sorted(self._arrays)
+
+    def array(self, name):
+        """/arrays/<name> (one row of values per logged step) as a DataFrame: index step, columns 0 .. width-1."""
+        if name not in self._arrays:
+            have = ", ".join(sorted(self._arrays)) or "none"
+            raise KeyError(f"{self.path}: no array series /arrays/{name} (have: {have})")
+        steps, values = self._arrays[name]
+        return pd.DataFrame(values, index=pd.Index(steps, name="step"))
 
     def _series(self, table, name, group):
         if name not in table:
@@ -244,7 +273,7 @@ class Run:
 
     def __repr__(self):
         return (f"<Run {self.path}: status={self.status!r}, {len(self._metrics)} metrics, "
-                f"{len(self._evals)} evals, checkpoints={self.checkpoints}>")
+                f"{len(self._evals)} evals, {len(self._arrays)} arrays, checkpoints={self.checkpoints}>")
 
 
 def load_run(path, timeout=10.0):
@@ -408,6 +437,9 @@ def _selftest():
                 g = f.create_group(f"{group}/{name}")
                 g.create_dataset("value", data=np.array(values + [9.9]), maxshape=(None,), chunks=(1024,))
                 g.create_dataset("step", data=np.array(steps, dtype=np.int64), maxshape=(None,), chunks=(1024,))
+            g = f.create_group("arrays/load")  # an array series: value (steps, width), one row past len(step)
+            g.create_dataset("value", data=np.arange(12.0).reshape(4, 3), maxshape=(None, 3), chunks=(64, 3))
+            g.create_dataset("step", data=np.array([0, 1, 2], dtype=np.int64), maxshape=(None,), chunks=(1024,))
             ck = f.create_group("checkpoints/2")
             ck.attrs["complete"] = 1 if complete else 0
             ck.create_dataset("params/w", data=np.arange(6, dtype=np.float32).reshape(2, 3))
@@ -425,6 +457,8 @@ def _selftest():
     assert run.metric("loss").tolist() == [3.0, 2.0, 1.0], "value beyond len(step) is ignored"
     assert run.metric("loss").index.tolist() == [0, 1, 2]
     assert list(run.metrics.columns) == ["name", "step", "value"] and len(run.evals) == 2
+    assert run.array_names == ["load"] and run.array("load").shape == (3, 3), "rows beyond len(step) are ignored"
+    assert run.array("load").index.tolist() == [0, 1, 2] and run.array("load").iloc[2].tolist() == [6.0, 7.0, 8.0]
     assert run.checkpoints == [2], "only complete, decimal checkpoints"
     ck = run.checkpoint()
     assert ck["params/w"].shape == (2, 3) and ck["opt/m"].dtype == np.float32 and ck["opt/m"].tolist() == [1.5, -2.0]

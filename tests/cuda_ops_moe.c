@@ -3,7 +3,10 @@
  * the router's indices and counts exactly and its weights, losses and logits gradient; the permutation's rows,
  * positions and offsets exactly (an expert with no slot, all slots to one expert); the grouped matmul with empty
  * groups, also with bf16 products; the unpermute; the whole MoE MLP composed of them; the layer run twice gives the
- * same bits (no float atomics); bad indices refused on cuda with the CPU's words. Skips (77) without a GPU. */
+ * same bits (no float atomics); bad indices refused on cuda with the CPU's words. The grouped tensor-core path
+ * (M2_MOE_GROUPED=1, cuda/moe_gmm_tc.cu) likewise: against the CPU at shapes that cover several row tiles per group,
+ * partial tiles, K not a multiple of 32, rows not 16-byte aligned, empty groups and every row in one group; against
+ * the per-expert cuBLAS path on the GPU; the layer with it deterministic. Skips (77) without a GPU. */
 #include "cuda_parity.h"
 
 static int64_t g_k, g_E;
@@ -64,6 +67,64 @@ static m2_tensor *offsets(int64_t M, int64_t E, const int64_t *empty, int ne) {
   m2_tensor *t = m2_from_data(M2_I64, M2_DEV_CPU, 1, (int64_t[]){E + 1}, o);
   free(o);
   return t;
+}
+
+/* (setenv is POSIX; the test sets M2_MOE_GROUPED for the grouped path, read by cuda/moe_gmm_tc.cu at each call) */
+int setenv(const char *name, const char *value, int overwrite);
+int unsetenv(const char *name);
+
+/* y and the gradients of x and w of moe_grouped_matmul with bf16 products on cuda, the grouped path on or off */
+static void gmm_on_gpu(m2_tensor *x, m2_tensor *w, m2_tensor *off, bool grouped, m2_tensor *out[3]) {
+  if (grouped) setenv("M2_MOE_GROUPED", "1", 1);
+  else unsetenv("M2_MOE_GROUPED");
+  m2_tensor *gx = m2_clone_raw(x, M2_F32, par_gpu), *gw = m2_clone_raw(w, M2_F32, par_gpu);
+  m2_tensor *go = m2_clone_raw(off, M2_I64, par_gpu);
+  m2_requires_grad_(gx, true), m2_requires_grad_(gw, true);
+  m2_tensor *in[3] = {gx, gw, go}, *y[1] = {0};
+  CHECK(f_gmm_bf16(in, NULL, y) == 1, "grouped %d: forward", grouped);
+  m2_tensor *sq = y[0] ? m2_mul(y[0], y[0]) : NULL, *l = sq ? m2_sum_all(sq) : NULL; /* a gradient that depends on y */
+  CHECK(l && m2_backward(l, NULL) == M2_OK, "grouped %d: backward", grouped);
+  out[0] = y[0], out[1] = gx->grad, out[2] = gw->grad;
+  if (out[1]) m2_retain(out[1]);
+  if (out[2]) m2_retain(out[2]);
+  m2_release(sq), m2_release(l), m2_release(gx), m2_release(gw), m2_release(go);
+}
+
+/* the grouped path (M2_MOE_GROUPED=1): parity with the CPU, agreement with the per-expert path, same bits twice */
+static void check_grouped(void) {
+  setenv("M2_MOE_GROUPED", "1", 1);
+  /* 1000 rows over 6 groups (group 4 empty; others ~200 rows: several 64-row tiles and a partial one), 100 -> 72:
+     K = 100 is not a multiple of 32 and x's rows (200 bytes in bf16) are not 16-byte aligned */
+  m2_tensor *x = par_randn(2, (int64_t[]){1000, 100}), *w = par_randn(3, (int64_t[]){6, 72, 100});
+  m2_tensor *off = offsets(1000, 6, (int64_t[]){4}, 1);
+  par_case c1 = {"moe_grouped_matmul/grouped, bf16 products", f_gmm_bf16, NULL, 3, {x, w, off}, {true, true, false},
+                 .tol = {1e-5, 2e-2}, .btol = {1e-5, 2e-2}, .f32_only = true};
+  par_run(&c1);
+  par_case c2 = {"moe_grouped_matmul/grouped, bf16 tensors", f_gmm, NULL, 3, {x, w, off}, {true, true, false},
+                 .tol = {1e-5, 2e-2}, .btol = {1e-5, 2e-2}};
+  par_run(&c2);
+  /* aligned rows (64 -> 128: the cp.async path), every row in group 2 of 3 */
+  m2_tensor *xa = par_randn(2, (int64_t[]){333, 64}), *wa = par_randn(3, (int64_t[]){3, 128, 64});
+  m2_tensor *oa = offsets(333, 3, (int64_t[]){0, 1}, 2);
+  par_case c3 = {"moe_grouped_matmul/grouped, one group, aligned", f_gmm_bf16, NULL, 3, {xa, wa, oa},
+                 {true, true, false}, .tol = {1e-5, 2e-2}, .btol = {1e-5, 2e-2}, .f32_only = true};
+  par_run(&c3);
+  /* the two GPU paths agree (the same bf16 operands, fp32 sums in another order), and the grouped one is
+     deterministic */
+  m2_tensor *a[3] = {0}, *b[3] = {0}, *b2[3] = {0};
+  gmm_on_gpu(x, w, off, false, a);
+  gmm_on_gpu(x, w, off, true, b);
+  gmm_on_gpu(x, w, off, true, b2);
+  static const char *const what[3] = {"y", "dx", "dw"};
+  for (int i = 0; i < 3; i++) {
+    double d = a[i] && b[i] ? max_rel_diff(b[i], a[i]) : INFINITY;
+    CHECK(d < 1e-4, "grouped vs per-expert %s: %g", what[i], d);
+    CHECK(b[i] && b2[i] && max_rel_diff(b[i], b2[i]) == 0, "grouped %s differs between two runs", what[i]);
+    printf("  grouped vs per-expert (bf16 products) %s: %.3g\n", what[i], d);
+    m2_release(a[i]), m2_release(b[i]), m2_release(b2[i]);
+  }
+  m2_release(x), m2_release(w), m2_release(off), m2_release(xa), m2_release(wa), m2_release(oa);
+  unsetenv("M2_MOE_GROUPED");
 }
 
 /* a random permutation of M rows as (N, k) i64 */
@@ -153,6 +214,12 @@ int main(void) {
                  .tol = {1e-4, 3e-2}, .btol = {1e-4, 5e-2}};
   par_run(&l1);
   check_deterministic((m2_tensor *[]){lx, lr, lgt, lup, ldn});
+  check_grouped();
+  setenv("M2_MOE_GROUPED", "1", 1); /* the layer again, on the grouped path (bf16 tensors take it) */
+  par_case l2 = {"MoE MLP composed, grouped", f_layer, NULL, 5, {lx, lr, lgt, lup, ldn}, {true, true, true, true, true},
+                 .tol = {1e-4, 3e-2}, .btol = {1e-4, 5e-2}};
+  par_run(&l2);
+  unsetenv("M2_MOE_GROUPED");
   /* bad input on cuda: the CPU's words */
   m2_tensor *gxx = m2_clone_raw(x, M2_F32, par_gpu);
   int64_t bad[8] = {0, 1, 2, 3, 4, 99, 6, 7};

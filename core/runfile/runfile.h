@@ -7,6 +7,7 @@
  *                           script (the experiment's Lua source), config_json, status
  *                           ("running" / "done" / "failed: msg" / "interrupted"), resume_count,
  *                           and every top-level config key as its own attribute.
+ *   /arrays/<name>/         step (n), value (n, width), time (n): array series (below).
  *   /metrics/<name>/        step (int64), value (float64), time (float64, seconds since
  *   /eval/<name>/           start_unix; absent when opts.no_time): 1-D chunked extendible
  *                           datasets of equal length; optional attribute goal = "min" | "max".
@@ -188,6 +189,25 @@ m2_status m2_run_read_series(m2_run *r, const char *group, const char *name, m2_
 m2_status m2_run_list_series(m2_run *r, const char *group, m2_strlist *out);
 
 m2_status m2_run_series_stats(m2_run *r, const char *group, const char *name, m2_series_stats *out);
+
+/* ---- array series ----
+ * /arrays/<name>/: step (n) int64, value (n, width) float64 (h5py: a plain 2-D dataset), time (n) float64 (absent
+ * when opts.no_time); one row per logged step, e.g. a MoE layer's per-expert load. Buffered, flushed, resumed (a
+ * partly written flush trimmed) and truncated (m2_run_truncate) as the scalar series are; name as for series. A
+ * series' width is set by its first row (1..2^20) and a row of another width is refused (M2_ERR_VALUE).
+ * (core/runfile/runfile_array_series.c) */
+typedef struct m2_array_series {
+  int64_t n, width;
+  int64_t *step;  /* (n) */
+  double *value;  /* (n, width), row-major */
+  double *time;   /* (n), or NULL when the series has no time dataset */
+} m2_array_series;
+void m2_array_series_free(m2_array_series *s);
+m2_status m2_run_log_array(m2_run *r, const char *name, int64_t step, const double *values, int64_t width);
+/* Read a whole array series (on a writer, flushes first); M2_ERR_INDEX when it does not exist. */
+m2_status m2_run_read_array(m2_run *r, const char *name, m2_array_series *out);
+/* Array series names, sorted (empty when there are none). */
+m2_status m2_run_list_arrays(m2_run *r, m2_strlist *out);
 
 /* ---- checkpoints: writing ----
  * begin -> put (each tensor) / set (each attribute) -> commit, or abort. Tensors may live on

@@ -210,6 +210,54 @@ static void series_table(insp *c, const char *group) {
   m2_strlist_free(&names);
 }
 
+/* Array series (/arrays/<name>): one line each, the count, the last step, the width and the last row's min, mean
+ * and max. Printed only when the file has any. */
+static void array_table(insp *c) {
+  m2_strlist names;
+  m2_status st = m2_h5_list(c->r->file, "arrays", -1, &names, m2_run_path(c->r));
+  if (st != M2_OK) {
+    fputs("arrays\n", c->out);
+    note_error(c, st);
+    return;
+  }
+  if (names.n == 0) {
+    m2_strlist_free(&names);
+    return;
+  }
+  fprintf(c->out, "arrays (%d series)\n", names.n);
+  int w = 4;
+  for (int i = 0; i < names.n; i++) w = (int)strlen(names.v[i]) > w ? (int)strlen(names.v[i]) : w;
+  if (w > 40) w = 40;
+  fprintf(c->out, "  %-*s %8s %10s %7s  %s\n", w, "name", "count", "last step", "width", "last row: min / mean / max");
+  for (int i = 0; i < names.n; i++) {
+    m2_array_series a;
+    fputs("  ", c->out);
+    put_escaped(c->out, names.v[i], 40);
+    for (int k = (int)strlen(names.v[i]); k < w; k++) fputc(' ', c->out);
+    st = m2_run_read_array(c->r, names.v[i], &a);
+    if (st != M2_OK) {
+      fputc('\n', c->out);
+      note_error(c, st);
+      continue;
+    }
+    if (a.n == 0) {
+      fprintf(c->out, " %8d %10s %7" PRId64 "\n", 0, "", a.width);
+    } else {
+      const double *row = a.value + (a.n - 1) * a.width;
+      double mn = row[0], mx = row[0], sum = 0;
+      for (int64_t j = 0; j < a.width; j++) {
+        mn = row[j] < mn ? row[j] : mn;
+        mx = row[j] > mx ? row[j] : mx;
+        sum += row[j];
+      }
+      fprintf(c->out, " %8" PRId64 " %10" PRId64 " %7" PRId64 "  %.6g / %.6g / %.6g\n", a.n, a.step[a.n - 1], a.width,
+              mn, sum / (double)a.width, mx);
+    }
+    m2_array_series_free(&a);
+  }
+  m2_strlist_free(&names);
+}
+
 /* Check one checkpoint: the metadata of its tensors and its attributes, and with `data` every tensor's bytes against
  * their checksums. The first error, naming file and object. */
 static m2_status ckpt_check(m2_run *r, int64_t step, bool data) {
@@ -377,6 +425,7 @@ m2_status m2_inspect(const char *path, FILE *out) {
   config(&c);
   series_table(&c, "metrics");
   series_table(&c, "eval");
+  array_table(&c);
   checkpoints(&c);
   m2_status cs = m2_run_close(r);
   if (c.first != M2_OK)

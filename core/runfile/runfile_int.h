@@ -102,6 +102,17 @@ typedef struct m2_rf_series {
   bool goal_dirty; /* goal not yet written */
 } m2_rf_series;
 
+/* An array series being written (runfile_array_series.c): as m2_rf_series, with rows of `width` values. */
+typedef struct m2_rf_array {
+  char *name;
+  int64_t width;
+  bool in_file, has_time;
+  hid_t ds_step, ds_value, ds_time; /* open while the writer holds them, else -1 */
+  int64_t nfile, nbuf, cap;         /* rows on disk, pending, buffer capacity */
+  int64_t *step;                    /* (nbuf) pending */
+  double *value, *time;             /* (nbuf, width), (nbuf) */
+} m2_rf_array;
+
 typedef struct m2_rf_pending { char *key; m2_value v; } m2_rf_pending;
 
 struct m2_run {
@@ -129,12 +140,15 @@ struct m2_run {
   int64_t ckpt_step;
   hid_t ckpt_group;
   char ckpt_tmp[64];       /* "/checkpoints/.tmp-<step>" */
+  int narrays, caparrays;
+  m2_rf_array *arrays;     /* array series (runfile_array_series.c) */
 };
 
 /* The run-file code in layers; each file calls only files listed before it:
  *   runfile_vfd.c      the writer's file driver and its journal
  *   runfile_h5.c       HDF5 helpers: errors, types, attributes, listing, names, the read-side open
  *   runfile_series.c   the writer's series table and the series datasets
+ *   runfile_array_series.c   array series (/arrays/<name>: rows of values), hooked into runfile_series.c's table
  *   runfile_writer.c   APPEND <-> EXCLUSIVE switches, journaled flushes, fsync, m2_run_flush
  *   runfile_metrics.c, runfile_ckpt.c   metric series and checkpoints (runfile.h's calls)
  *   runfile.c          open, close, root attributes
@@ -183,6 +197,14 @@ m2_status m2_rf_series_open_ids(m2_run *r, m2_rf_series *s); /* open its dataset
 /* Length of a 1-D dataset (M2_ERR_IO naming file/obj otherwise), and cutting one to n entries. */
 m2_status m2_rf_ds_len(hid_t ds, int64_t *n, const char *file, const char *obj);
 m2_status m2_rf_ds_trim(hid_t ds, int64_t n, const char *file, const char *obj);
+/* Array series (runfile_array_series.c), called by the m2_rf_series_* functions above of the same names and by
+ * m2_run_truncate: the scalar table's load / write_all / need_exclusive / close_ids / free_all cover both. */
+m2_status m2_rf_arrays_load(m2_run *r);
+m2_status m2_rf_arrays_write_all(m2_run *r);
+bool m2_rf_arrays_need_exclusive(const m2_run *r);
+void m2_rf_arrays_close_ids(m2_run *r);
+void m2_rf_arrays_free_all(m2_run *r);
+m2_status m2_rf_arrays_truncate(m2_run *r, int64_t after_step);
 /* Checkpoints (runfile_ckpt.c) */
 m2_status m2_rf_ckpt_cleanup(m2_run *r);         /* resume: delete incomplete checkpoints */
 bool m2_rf_ckpt_is_complete(hid_t file, const char *name);

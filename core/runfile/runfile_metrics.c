@@ -84,7 +84,7 @@ m2_status m2_run_truncate(m2_run *r, int64_t after_step) {
     free(steps);
     if (st != M2_OK) return st;
   }
-  return M2_OK;
+  return m2_rf_arrays_truncate(r, after_step);
 }
 
 /* ---------------- reading ---------------- */

@@ -50,6 +50,7 @@ void m2_rf_series_close_ids(m2_run *r) {
     m2_h5_close(&r->series[i].ds_value);
     m2_h5_close(&r->series[i].ds_time);
   }
+  m2_rf_arrays_close_ids(r);
 }
 
 void m2_rf_series_free_all(m2_run *r) {
@@ -64,12 +65,13 @@ void m2_rf_series_free_all(m2_run *r) {
   free(r->series);
   r->series = NULL;
   r->nseries = r->capseries = 0;
+  m2_rf_arrays_free_all(r);
 }
 
 bool m2_rf_series_need_exclusive(const m2_run *r) {
   for (int i = 0; i < r->nseries; i++)
     if (!r->series[i].in_file || r->series[i].goal_dirty) return true;
-  return false;
+  return m2_rf_arrays_need_exclusive(r);
 }
 
 /* ---------------- writing ---------------- */
@@ -174,7 +176,7 @@ fail:
 
 m2_status m2_rf_series_write_all(m2_run *r) {
   for (int i = 0; i < r->nseries; i++) M2_TRY(series_write(r, &r->series[i]));
-  return M2_OK;
+  return m2_rf_arrays_write_all(r);
 }
 
 /* ---------------- resume ---------------- */
@@ -265,5 +267,5 @@ m2_status m2_rf_series_load(m2_run *r) {
     }
     m2_strlist_free(&names);
   }
-  return M2_OK;
+  return m2_rf_arrays_load(r);
 }

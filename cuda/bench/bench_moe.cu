@@ -7,7 +7,8 @@
  * grouped GEMMs alone (the three forward products, and the six of the backward, timed through the ops). Columns:
  * median ms after a warm-up (CUDA events on the device's stream), tokens/s, and the TFLOP/s of the GEMM FLOPs counted
  * in that row (routed experts 2 N k d h per product, shared expert 2 N d H per product, router 2 N d E) with its share
- * of the 687 TFLOP/s bf16 GEMM ceiling measured in shared/GPU.md.
+ * of the 687 TFLOP/s bf16 GEMM ceiling measured in shared/GPU.md. Every row twice: the per-expert cuBLAS path (the
+ * offsets read to the host) and the grouped tensor-core kernels (M2_MOE_GROUPED=1, cuda/moe_gmm_tc.cu).
  * Usage: bench_moe [tokens [reps]] */
 #include "m2cuda.h"
 #include <cuda_runtime.h>
@@ -168,10 +169,21 @@ int main(int argc, char **argv) {
          (long long)H, (long long)HS, reps);
   printf("| what | ms | tokens/s | GEMM TFLOP/s | of %.0f |\n|---|---|---|---|---|\n", CEILING_TFLOPS);
   m2_mem_reset_peak(M2_CUDA);
-  row("layer forward", time_step(fwd_only, &L, reps), N, fwd_gf);
-  row("layer forward + backward", time_step(fwd_bwd, &L, reps), N, 3 * fwd_gf);
-  row("grouped GEMMs, forward (3 products)", time_step(gmm_fwd, &L, reps), N, 3 * routed);
-  row("grouped GEMMs, forward + backward (9)", time_step(gmm_fwd_bwd, &L, reps), N, 9 * routed);
+  for (int grouped = 0; grouped < 2; grouped++) {
+    if (grouped) setenv("M2_MOE_GROUPED", "1", 1);
+    else unsetenv("M2_MOE_GROUPED");
+    const char *path = grouped ? "grouped kernels" : "per-expert cuBLAS";
+    char what[128];
+    snprintf(what, sizeof what, "layer forward, %s", path);
+    row(what, time_step(fwd_only, &L, reps), N, fwd_gf);
+    snprintf(what, sizeof what, "layer forward + backward, %s", path);
+    row(what, time_step(fwd_bwd, &L, reps), N, 3 * fwd_gf);
+    snprintf(what, sizeof what, "expert GEMMs, forward (3 products), %s", path);
+    row(what, time_step(gmm_fwd, &L, reps), N, 3 * routed);
+    snprintf(what, sizeof what, "expert GEMMs, forward + backward (9), %s", path);
+    row(what, time_step(gmm_fwd_bwd, &L, reps), N, 9 * routed);
+  }
+  unsetenv("M2_MOE_GROUPED");
   printf("\npeak device memory %.1f GiB\n", m2_mem_peak(M2_CUDA) / (double)(1 << 30));
   m2_release(L.xp), m2_release(L.off), m2_release(L.s);
   m2_tensor *ps[] = {L.x, L.router, L.gate, L.up, L.down, L.sg, L.su, L.sd, L.dy};

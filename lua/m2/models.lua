@@ -271,10 +271,11 @@ function LM:aux_loss()
 end
 
 -- log_metrics() -> list of {name, value}: what m2.train logs beside its own metrics at each log step (means over the
--- window since the last call). With MoE MLPs: moe_aux_loss (the weighted sum over layers, last forward),
+-- window since the last call); a value that is a Lua array of numbers is an array series (/arrays/<name>, one row
+-- per log step), a number a metric series. With MoE MLPs: moe_aux_loss (the weighted sum over layers, last forward),
 -- moe_balance and moe_zloss (unweighted, summed over layers), per block i (2 digits) moe_imbalance_<i> (the most
--- loaded expert's slots over the mean: 1 is perfect balance) and, with log_load, moe_load_<i>_<e> (3 digits, 0-based
--- expert): the fraction of the block's routed slots expert e took (1/E when balanced). Empty without MoE MLPs.
+-- loaded expert's slots over the mean: 1 is perfect balance) and, with log_load, moe_load_<i>: an array of E
+-- values, the fraction of the block's routed slots each expert took (1/E when balanced). Empty without MoE MLPs.
 function LM:log_metrics()
   local out, bal, z = {}, 0, 0
   local aux = self:aux_loss()
@@ -289,9 +290,9 @@ function LM:log_metrics()
         for _, n in ipairs(load) do total, mx = total + n, math.max(mx, n) end
         out[#out + 1] = { string.format("moe_imbalance_%02d", i), total > 0 and mx * #load / total or 0 }
         if m.cfg.log_load then
-          for e, n in ipairs(load) do
-            out[#out + 1] = { string.format("moe_load_%02d_%03d", i, e - 1), total > 0 and n / total or 0 }
-          end
+          local shares = {}
+          for e, n in ipairs(load) do shares[e] = total > 0 and n / total or 0 end
+          out[#out + 1] = { string.format("moe_load_%02d", i), shares }
         end
       end
     end

@@ -4,6 +4,7 @@ JSON for configs, reading a run back into Lua, and the pieces `m2lab resume` nee
   local runs = m2.runs
   local r <close> = runs.open("runs/a.h5")          -- read-only (m2.core.run_open, see lua/bind_runfile.c)
   local steps, losses = r:read_series("metrics", "loss")
+  local steps, rows = r:read_array("moe_load_01")   -- an array series (/arrays/<name>): rows[i] = {values}
   local info = runs.info("runs/a.h5")               -- {status, script_path, script_sha256, overrides, config,
                                                     --  checkpoints = {steps}, latest = step | nil}
   runs.json_encode(v) -> text (keys sorted; floats keep a ".0"; NaN/inf -> null)
@@ -251,6 +252,12 @@ end
 function runs.series(path, group, name)
   local r <close> = runs.open(path)
   return r:read_series(group, name)
+end
+
+-- read one array series (/arrays/<name>) of a run: steps, rows (a Lua array of Lua arrays)
+function runs.array(path, name)
+  local r <close> = runs.open(path)
+  return r:read_array(name)
 end
 
 -- ---------------------------------------------------------------------------------------

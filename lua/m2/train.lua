@@ -43,8 +43,9 @@ count updates from 1; metrics at step s describe update s.
 
 Metrics (/metrics/<name>): loss, lr, grad_norm, tokens_per_s, peak_mem_mb (peak core memory during
 the step, MiB), nan_skips (running count), and what the model's log_metrics() returns, if it has one ({name,
-value} pairs: an m2.models.lm with MoE MLPs logs its aux losses and per-expert load). Root attributes: the standard ones (core/runfile/runfile.h) with
-the script's text, plus script_path, script_sha256, overrides_json, num_params, model_spec_json (an m2.models.lm
+value} pairs: an m2.models.lm with MoE MLPs logs its aux losses; a value that is a Lua array of numbers goes to the
+array series /arrays/<name>, one row per log step: the MoE per-expert load, moe_load_<block> (steps, experts)).
+Root attributes: the standard ones (core/runfile/runfile.h) with the script's text, plus script_path, script_sha256, overrides_json, num_params, model_spec_json (an m2.models.lm
 model's spec, for `m2lab generate`) and every config key;
 status ends "done", "failed: <message>" or "interrupted".
 
@@ -711,7 +712,9 @@ local function loop(st, s)
         r:log("metrics", "nan_skips", step, st.nan_skips)
         -- the model's own metrics, when it has any (m2.models.lm with MoE MLPs: aux losses, per-expert load)
         if type(s.model.log_metrics) == "function" then
-          for _, m in ipairs(s.model:log_metrics()) do r:log("metrics", m[1], step, m[2]) end
+          for _, m in ipairs(s.model:log_metrics()) do
+            if type(m[2]) == "table" then r:log_array(m[1], step, m[2]) else r:log("metrics", m[1], step, m[2]) end
+          end
         end
       end
       if st.dp then st.dp:log(st.run, step) end

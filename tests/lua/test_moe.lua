@@ -68,7 +68,8 @@ T.case("aux loss: added to the LM loss while training, not in eval mode; load wi
   local m = {}
   for _, kv in ipairs(model:log_metrics()) do m[kv[1]] = kv[2] end
   local sum = 0
-  for e = 0, 3 do sum = sum + m[string.format("moe_load_01_%03d", e)] end
+  T.eq(#m.moe_load_01, 4, "one share per expert")
+  for e = 1, 4 do sum = sum + m.moe_load_01[e] end
   T.close(sum, 1, 1e-12)
   T.ok(m.moe_imbalance_02 >= 1 and m.moe_aux_loss > 0, "imbalance and aux logged")
   model:eval()
@@ -126,13 +127,15 @@ T.case("a tiny MoE LM learns with m2.train and logs the per-expert load (m2lab i
   local first, last = 0, 0
   for i = 1, 10 do first, last = first + loss[i] / 10, last + loss[#loss - 10 + i] / 10 end
   T.ok(last < first - 1.0, string.format("the loss goes down: %.3f -> %.3f", first, last))
+  T.eq(#r:list_series("metrics"), 11, "no per-expert scalar series: " .. table.concat(r:list_series("metrics"), " "))
+  T.eq(table.concat(r:list_arrays(), " "), "moe_load_01 moe_load_02")
   for layer = 1, 2 do
+    local lsteps, rows = r:read_array(string.format("moe_load_%02d", layer))
+    T.eq(#rows, 200)
+    T.eq(lsteps[200], 200)
+    T.eq(#rows[200], 8, "(steps, experts)")
     local sum = 0
-    for e = 0, 7 do
-      local _, v = r:read_series("metrics", string.format("moe_load_%02d_%03d", layer, e))
-      T.eq(#v, 200)
-      sum = sum + v[#v]
-    end
+    for e = 1, 8 do sum = sum + rows[#rows][e] end
     T.close(sum, 1, 1e-9, "the loads of block " .. layer .. " sum to 1")
     local _, imb = r:read_series("metrics", string.format("moe_imbalance_%02d", layer))
     T.ok(imb[#imb] >= 1 and imb[#imb] < 8, "imbalance " .. imb[#imb])
@@ -141,7 +144,8 @@ T.case("a tiny MoE LM learns with m2.train and logs the per-expert load (m2lab i
   T.ok(aux[#aux] > 0 and aux[#aux] < 0.01, "aux loss " .. aux[#aux])
   local icode, itext = T.run_m2lab("inspect '" .. out .. "'")
   T.eq(icode, 0, itext)
-  T.ok(itext:find("moe_load_01_000", 1, true) and itext:find("moe_imbalance_02", 1, true), itext)
+  T.ok(itext:find("arrays (2 series)", 1, true) and itext:find("moe_load_01", 1, true) and
+       itext:find("moe_imbalance_02", 1, true), itext)
   os.remove(out)
 end)
 
