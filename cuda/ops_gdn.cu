@@ -1,6 +1,7 @@
-/* ops_gdn.cu — Gated DeltaNet (DESIGN 3.2) on CUDA: a correct recurrent forward/backward, not yet the
- * chunked tensor-core form. The rows "gdn" and "gdn_chunked" both run these recurrent kernels (same
- * results as the CPU reference; the chunk only sets the checkpoint interval, at most 64).
+/* ops_gdn.cu — Gated DeltaNet (DESIGN 3.2) on CUDA: a correct recurrent forward/backward. The rows "gdn" and
+ * "gdn_chunked" both run these recurrent kernels (same results as the CPU reference; the chunk only sets the
+ * checkpoint interval, at most 64), except that with M2_GDN_CHUNK_TC=1 (off by default) a forward whose shape fits
+ * takes the chunked tensor-core kernels of cuda/gdn_chunk.cu, which keep the same checkpoints for this backward.
  *
  * The recurrence never mixes the columns of the state S (K x V):
  *   S <- exp(g_t) S ;  v'_j = beta_t (v_tj - S[:,j].k_t) ;  S[:,j] += k_t v'_j ;  o_tj = S[:,j].(scale q_t)
@@ -17,6 +18,7 @@
 #include "ops.h"
 #include "mixer_common.cuh"
 #include "ops_mixers_entry.h"
+#include "gdn_chunk.h"
 extern "C" {
 #include "../core/ops_gdn.h"
 }
@@ -200,7 +202,12 @@ static m2_status gdn_forward(m2_opcall *c) {
   m2_tensor *o, *hT, *ck;
   m2_status s = mx_fwd_outputs(c, so, sh, sck, &o, &hT, &ck);
   int64_t nw = d.B * d.H * d.V;
-  if (s == M2_OK && nw > 0) {
+  if (s == M2_OK && nw > 0 && gdn_tc_applies(&d, seg)) {
+    const void *in[6];
+    for (int i = 0; i < 6; i++) in[i] = c->in[i] ? m2_data(c->in[i]) : NULL;
+    s = gdn_tc_forward(&d, c->in[0]->dtype, c->in[0]->device, st, in, m2_data(o), m2_data(hT),
+                       ck ? (float *)m2_data(ck) : NULL);
+  } else if (s == M2_OK && nw > 0) {
     unsigned grid = (unsigned)((nw + 3) / 4);
     m2_tensor **in = c->in;
     CU_FLOAT_DISPATCH(c->in[0]->dtype, CU_R_DISPATCH(cu_lane_regs(d.K), k_gdn_fwd<T, R><<<grid, 128, 0, st>>>(
