@@ -1,11 +1,12 @@
-/* cuda_ops_gdn_chunk.c — the chunked tensor-core GDN forward (cuda/gdn_chunk.cu), switched on here for the whole
- * process (m2_cuda_gdn_chunk_tc(1): the test does not depend on M2_GDN_CHUNK_TC):
+/* cuda_ops_gdn_chunk.c — the chunked tensor-core GDN forward and backward (cuda/gdn_chunk.cu, gdn_chunk_bwd.cu),
+ * switched on here by the test itself (m2_cuda_gdn_chunk_tc: the test does not depend on M2_GDN_CHUNK_TC):
  *  - small sizes against the CPU reference row gdn_chunked (float64) through m2_gdn_chunked, f32 and bf16 inputs,
- *    T a multiple of 64 and not, with and without h0: o, hT, then every input gradient (the recurrent CUDA backward
- *    running on the states the chunked forward kept), each call checked to have taken the chunked path;
+ *    T a multiple of 64 and not, with and without h0: o, hT, then every input gradient, with the chunked backward
+ *    (switch 1) and with the recurrent backward on the chunked forward's states (switch 2, "fwd"); each call checked
+ *    to have taken the path it should (the call counters);
  *  - a shape the tiling does not take (K = 40) falls back to the recurrent kernels (no chunked call) and agrees;
- *  - a full 400M-like layer (B 2, T 4096, H 2, K 256, V 512, bf16, h0) against the recurrent CUDA forward (switch
- *    off), outputs and gradients.
+ *  - a full 400M-like layer (B 2, T 4096, H 2, K 256, V 512, bf16, h0) against the recurrent CUDA forward and
+ *    backward (switch 0), outputs and gradients.
  * Bounds: max |cuda - ref| / max |ref| per tensor <= 2e-2 forward, 5e-2 gradients (bf16 operands of every product:
  * the inputs, T, W, U, S, V' are rounded to bf16 as operands). Skips (77) without a GPU. */
 #include "cuda_mixer_parity.h"
@@ -40,9 +41,10 @@ static m2_status fwd(m2_tensor *const *in, m2_tensor **y) {
 
 static const char *const NAMES[6] = {"q", "k", "v", "g", "beta", "h0"};
 
-/* Compare the CUDA forward (chunked switch `tc`) and its gradients against a reference: the CPU row in float64
- * (ref_cuda false) or the recurrent CUDA kernels (ref_cuda true). want_tc: whether the chunked path must be taken. */
-static void compare(const char *name, arr in[6], m2_dtype dt, bool ref_cuda, bool want_tc, uint64_t seed) {
+/* Compare the CUDA forward and backward under switch `mode` (1: both chunked, 2: chunked forward only) against a
+ * reference: the CPU row in float64 (ref_cuda false) or the recurrent CUDA kernels (ref_cuda true). want_tc: whether
+ * the chunked kernels must be taken (else the shape must fall back). */
+static void compare(const char *name, arr in[6], m2_dtype dt, bool ref_cuda, bool want_tc, int mode, uint64_t seed) {
   const char *dn = m2_dtype_name(dt);
   m2_tensor *cin[6] = {0}, *gin[6] = {0}, *cy[2] = {0}, *gy[2] = {0}, *cdo[2] = {0}, *gdo[2] = {0};
   for (int i = 0; i < 6; i++) {
@@ -57,7 +59,7 @@ static void compare(const char *name, arr in[6], m2_dtype dt, bool ref_cuda, boo
   }
   m2_cuda_gdn_chunk_tc(0);
   CHECK_OK(fwd(cin, cy));
-  m2_cuda_gdn_chunk_tc(1);
+  m2_cuda_gdn_chunk_tc(mode);
   long calls = m2_cuda_gdn_chunk_tc_calls();
   CHECK_OK(fwd(gin, gy));
   CHECK(gpu_sync_ok(), "%s %s: forward kernels failed", name, dn);
@@ -80,9 +82,24 @@ static void compare(const char *name, arr in[6], m2_dtype dt, bool ref_cuda, boo
     arr_free(&d);
   }
   if (cy[0] && gy[0]) {
+    m2_cuda_gdn_chunk_tc(0);
     CHECK_OK(pc_backward(2, cy, cdo));
+    m2_cuda_gdn_chunk_tc(mode);
+    long bcalls = m2_cuda_gdn_chunk_tc_bwd_calls();
+    /* the backward wanting dbeta only (before the full one, which frees the saved states): the rest stays NULL */
+    pcase pc = {name, "gdn_chunked", 6, 2, {{0}}, NULL, 0, 0};
+    m2_tensor *pd[M2_MAX_IN] = {0};
+    CHECK(pc_partial_backward(&pc, gy[0], gdo, 4, pd) == M2_OK && gpu_sync_ok(), "%s %s: partial backward failed",
+          name, dn);
+    for (int i = 0; i < M2_MAX_IN; i++)
+      if (i != 4) CHECK(pd[i] == NULL, "%s %s: partial backward made gradient %d", name, dn, i);
+    double ep = err_of(pd[4], cin[4]->grad);
+    CHECK(ep <= TOL_BWD, "%s %s: partial backward dbeta error %.3g > %.3g", name, dn, ep, TOL_BWD);
+    for (int i = 0; i < M2_MAX_IN; i++) m2_release(pd[i]);
     CHECK_OK(pc_backward(2, gy, gdo));
     CHECK(gpu_sync_ok(), "%s %s: backward kernels failed", name, dn);
+    CHECK((m2_cuda_gdn_chunk_tc_bwd_calls() > bcalls) == (want_tc && mode == 1), "%s %s: the chunked backward was %s",
+          name, dn, want_tc && mode == 1 ? "not taken" : "taken");
     for (int i = 0; i < 6; i++) {
       if (!cin[i]) continue;
       double e = err_of(gin[i]->grad, cin[i]->grad);
@@ -90,7 +107,7 @@ static void compare(const char *name, arr in[6], m2_dtype dt, bool ref_cuda, boo
       if (!(e <= wb)) wb = e;
     }
   }
-  printf("  %-44s %-4s fwd %.2e  bwd %.2e\n", name, dn, wf, wb);
+  printf("  %-44s %-4s %s fwd %.2e  bwd %.2e\n", name, dn, mode == 1 ? "chunked bwd  " : "recurrent bwd", wf, wb);
   int di = dt == M2_BF16;
   if (!(wf <= g_worst[di][0])) g_worst[di][0] = wf;
   if (!(wb <= g_worst[di][1])) g_worst[di][1] = wb;
@@ -104,8 +121,10 @@ static void small_case(int64_t B, int64_t T, int64_t H, int64_t K, int64_t V, bo
            (long long)K, (long long)V, h0 ? " h0" : "", want_tc ? "" : " (recurrent)");
   arr in[6];
   gdn_inputs(in, B, T, H, K, V, h0, seed);
-  compare(name, in, M2_F32, false, want_tc, seed);
-  compare(name, in, M2_BF16, false, want_tc, seed + 1);
+  for (int mode = 1; mode <= 2; mode++) {
+    compare(name, in, M2_F32, false, want_tc, mode, seed);
+    compare(name, in, M2_BF16, false, want_tc, mode, seed + 1);
+  }
   for (int i = 0; i < 6; i++) arr_free(&in[i]);
 }
 
@@ -121,7 +140,7 @@ int main(void) {
   { /* the 400M layer's dims at B 2 against the recurrent CUDA kernels */
     arr in[6];
     gdn_inputs(in, 2, 4096, 2, 256, 512, true, seed += 10);
-    compare("400M-like B2 T4096 H2 K256 V512 h0 vs recurrent", in, M2_BF16, true, true, seed);
+    compare("400M-like B2 T4096 H2 K256 V512 h0 vs recurrent", in, M2_BF16, true, true, 1, seed);
     for (int i = 0; i < 6; i++) arr_free(&in[i]);
   }
   return mixer_finish("cuda_ops_gdn_chunk");

@@ -1,9 +1,9 @@
 /* bench_gdn.cu — times the Gated DeltaNet op on CUDA (bf16 inputs) at the paper's GDN layer shapes (400M: B=8
  * T=4096 H=2 K=256 V=512; 7B: H=3, B=4 as the other benchmarks' 7B rows): the recurrent kernels (cuda/ops_gdn.cu)
- * against the chunked tensor-core forward (cuda/gdn_chunk.cu, switched on with m2_cuda_gdn_chunk_tc), forward and
- * forward + backward through the public API (m2_gdn_chunked, m2_backward; the backward is the recurrent one in both
- * rows for now), median of timed repeats after a warm-up (CUDA events on the device's stream). Also prints how far
- * the chunked forward's output is from the recurrent one (max |o_tc - o_rec| / max |o_rec|).
+ * against the chunked tensor-core kernels (cuda/gdn_chunk.cu, gdn_chunk_bwd.cu, switched with m2_cuda_gdn_chunk_tc:
+ * forward only with the recurrent backward, and both), forward and forward + backward through the public API
+ * (m2_gdn_chunked, m2_backward of o), median of timed repeats after a warm-up (CUDA events on the device's stream).
+ * Also prints how far each chunked mode's o and dq are from the recurrent kernels' (max |x - x_rec| / max |x_rec|).
  *
  * FLOPs (the chunked algorithm's products, 2 per multiply-add, per (b, h) and token, chunk C = 64):
  *   prep  K K^T, Q K^T (2 C K), W = T K (C K), U = T V (C V)       -> 2 (3 C K + C V)
@@ -113,7 +113,7 @@ int main(int argc, char **argv) {
   printf("# bench_gdn on %s (%d SMs, %.2f TB/s from clock x bus, peak bf16 taken as %.0f TFLOP/s), bf16 inputs, "
          "%d timed repeats (median)\n", p.name, p.multiProcessorCount, bw * 1e-12, peak * 1e-12, reps);
   printf("| layer | B | T | H | K | V | forward | pass | ms | TFLOP/s | floor ms | GFLOP | MB moved (min) | "
-         "max |o_tc - o_rec| / max |o_rec| |\n");
+         "max |x - x_rec| / max |x_rec| (the recurrent kernels' x) |\n");
   printf("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
   const shape shapes[] = {{"400M", 8, 4096, 2, 256, 512}, {"7B", 4, 4096, 3, 256, 512}};
   for (const shape &s : shapes) {
@@ -133,28 +133,35 @@ int main(int argc, char **argv) {
     const double flop = (double)s.B * s.T * s.H * 2 * (3 * C * s.K + 3.0 * s.K * s.V + 2 * C * s.V);
     const double bytes = 2.0 * s.B * s.T * s.H * (2 * s.K + 2 * s.V) + 4.0 * s.B * s.H * NS * s.K * s.V;
     const double bwd_bytes = 2.0 * s.B * s.T * s.H * (4 * s.K + 3 * s.V) + 4.0 * s.B * s.H * NS * s.K * s.V;
-    m2_tensor *o_rec = NULL;
-    for (int tc = 0; tc < 2; tc++) {
-      m2_cuda_gdn_chunk_tc(tc);
-      double f = time_it(in, false, reps), fb = time_it(in, true, reps);
+    m2_tensor *o_rec = NULL, *dq_rec = NULL;
+    const int modes[3] = {0, 2, 1}; /* recurrent; chunked forward + recurrent backward; both chunked */
+    for (int mi = 0; mi < 3; mi++) {
+      const int mode = modes[mi];
+      m2_cuda_gdn_chunk_tc(mode);
+      double f = mode == 1 ? NAN : time_it(in, false, reps), fb = time_it(in, true, reps);
+      /* how far this mode's output and dq are from the recurrent ones */
       m2_tensor *o = NULL, *hT = NULL;
       if (m2_gdn_chunked(in.q, in.k, in.v, in.g, in.beta, NULL, NULL, &o, &hT) != M2_OK) die("m2_gdn_chunked");
-      char dstr[32] = "-";
-      if (!tc) o_rec = m2_detach(o);
-      else snprintf(dstr, sizeof dstr, "%.2e", rel_diff(o, o_rec));
+      m2_release(in.q->grad);
+      in.q->grad = NULL;
+      if (m2_backward(o, in.dO) != M2_OK || !in.q->grad) die("m2_backward");
+      char dstr[64] = "-";
+      if (!mode) o_rec = m2_detach(o), dq_rec = m2_detach(in.q->grad);
+      else snprintf(dstr, sizeof dstr, "o %.2e, dq %.2e", rel_diff(o, o_rec), rel_diff(in.q->grad, dq_rec));
       m2_release(o), m2_release(hT);
-      const char *fw = tc ? "chunked (tensor cores)" : "recurrent";
+      const char *fw = mode ? "chunked (tensor cores)" : "recurrent";
+      const char *bwn = mode == 1 ? "fwd+bwd (chunked bwd)" : "fwd+bwd (recurrent bwd)";
       for (int pass = 0; pass < 2; pass++) {
         double ms = pass ? fb : f, fl = pass ? 3 * flop : flop, by = pass ? bytes + bwd_bytes : bytes;
+        if (isnan(ms)) continue; /* mode 1's forward is mode 2's */
         double floor_ms = 1e3 * std::max(fl / peak, by / bw);
         printf("| %s | %lld | %lld | %lld | %lld | %lld | %s | %s | %.3f | %.1f | %.3f | %.1f | %.0f | %s |\n",
                s.layer, (long long)s.B, (long long)s.T, (long long)s.H, (long long)s.K, (long long)s.V, fw,
-               pass ? "fwd+bwd (recurrent bwd)" : "fwd", ms, fl / ms * 1e-9, floor_ms, fl * 1e-9, by * 1e-6,
-               pass ? "" : dstr);
+               pass ? bwn : "fwd", ms, fl / ms * 1e-9, floor_ms, fl * 1e-9, by * 1e-6, dstr);
       }
     }
     m2_cuda_gdn_chunk_tc(0);
-    m2_release(o_rec);
+    m2_release(o_rec), m2_release(dq_rec);
     m2_release(in.q), m2_release(in.k), m2_release(in.v), m2_release(in.g), m2_release(in.beta), m2_release(in.dO);
   }
   return 0;
