@@ -21,8 +21,9 @@
  *          per chunk V' = U - W S, dV' (bf16 into scratch), dS' (bf16 into scratch (BH, NC, K, V)), the block's
  *          part of <S, dS'>, then dS. dh0 at the end.
  *   bgrad  grid (K / 64, NC, B H), 8 warps: dQ~, dK~, dW of 64 key columns (and dP) over the V tiles (fp32 out).
- *   bwy    grid (NC, B H), 256 threads, fp32 on CUDA cores: dT, dA, M, N~, then dq, dk, dv, dbeta, dg of the
- *          chunk's rows (every row's gradient is the chunk's own: no sums across blocks, no atomics). */
+ *   bwy    grid (NC, B H), 8 warps: dT, dA = -T^T dT T^T, M, N~, then dq, dk, dv, dbeta, dg of the chunk's rows,
+ *          the products on tensor cores (bf16 operands), the elementwise chains and row sums in fp32 (every row's
+ *          gradient is the chunk's own: no sums across blocks, no atomics). */
 #include <stdlib.h>
 #include "gdn_chunk.cuh"
 #include "m2cuda.h"
@@ -280,9 +281,14 @@ __global__ void __launch_bounds__(256) k_gdn_bgrad(bgrad_io io, const float *ck,
     }
 }
 
-/* ================= bwy: the chunk's own gradients (fp32, CUDA cores) ================= */
+/* ================= bwy: the chunk's own gradients ================= */
 
-static size_t bwy_smem() { return (size_t)8 * C * LDM * 4 + (size_t)7 * C * 4; }
+static size_t bwy_smem() {
+  return (size_t)7 * C * LDM * 4   /* G, QK, KK, dP, dT, E1, E2 (fp32 64 x 64) */
+         + (size_t)8 * C * LDC * 2 /* Tb, Mb, Nb, dTb, Xb, S1, S2, S3 (bf16 64 x 64) */
+         + (size_t)7 * C * 4       /* gam, bet, eg, ed, dgam, dbet, dgl */
+         + (size_t)3 * C * 2 * 4;  /* the two column halves' row parts of dgam, dbeta, the gam_L terms */
+}
 
 struct bwy_io {
   const float *T, *KK, *QK, *eL;      /* prep's */
@@ -291,40 +297,68 @@ struct bwy_io {
   const uint16_t *dVp;                /* dU = dV' */
 };
 
-/* Sum over the 4 lanes of a quad (lanes 4 g .. 4 g + 3). */
+/* Sum over the 4 lanes of a quad (lanes 4 g .. 4 g + 3: one row of an mma C tile). */
 __device__ __forceinline__ float quad_sum(float v) {
   v += __shfl_xor_sync(0xffffffffu, v, 1);
   return v + __shfl_xor_sync(0xffffffffu, v, 2);
 }
 
-/* Block (c, bh), 256 threads; in the 64 x 64 phases thread t owns row r = t / 4 and columns q4 + 4 m (q4 = t % 4,
- * m < 16). */
+/* acc (16 x 32 tile of warp (mr, nh)) = 0 */
+__device__ __forceinline__ void zero4(float acc[4][4]) {
+#pragma unroll
+  for (int n = 0; n < 4; n++) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+}
+
+/* acc += A B over a 64-deep product, A = a 64 x 64 bf16 tile (transposed when at), B = a 64 x 64 bf16 tile
+ * (transposed when bt); the warp's rows 16 mr.., columns 32 nh... */
+__device__ __forceinline__ void mul64(float acc[4][4], const uint16_t *A, bool at, const uint16_t *Bm, bool bt,
+                                      int mr, int nh, int lane) {
+#pragma unroll
+  for (int kk = 0; kk < 4; kk++) {
+    uint32_t fa[4], fbm[4];
+    if (at) ld_a_t(fa, A, LDC, 16 * kk, 16 * mr, lane);
+    else ld_a(fa, A, LDC, 16 * mr, 16 * kk, lane);
+#pragma unroll
+    for (int np = 0; np < 2; np++) {
+      if (bt) ld_bt(fbm, Bm, LDC, 32 * nh + 16 * np, 16 * kk, lane);
+      else ld_b(fbm, Bm, LDC, 16 * kk, 32 * nh + 16 * np, lane);
+      mma2(acc[2 * np], acc[2 * np + 1], fa, fbm);
+    }
+  }
+}
+
+/* Block (c, bh), 8 warps; in the products warp (mr, nh) owns rows 16 mr.., columns 32 nh.. of each 64 x 64 output
+ * (element e of n-tile n: row 16 mr + c_row(e), column 32 nh + 8 n + c_col(e)); the elementwise steps stride the
+ * 64 x 64 elements over the threads. Products on tensor cores (bf16 operands: dU, dW, beta V, beta e^gam K, T, dT,
+ * dT T^T, M, N~, K, Q), the rest fp32. */
 template <class T>
 __global__ void __launch_bounds__(256) k_gdn_bwy(bwy_io io, const T *q, const T *k, const T *v, const T *g,
                                                  const T *beta, T *dq, T *dk, T *dv, T *dg, T *dbeta, int64_t Tn,
                                                  int H, int K, int V, int NC, float scale) {
   extern __shared__ __align__(16) float fsm[];
-  float *Tm = fsm, *G = Tm + C * LDM, *Mq = G + C * LDM, *Nk = Mq + C * LDM, *dP = Nk + C * LDM, *dT = dP + C * LDM,
-        *X6 = dT + C * LDM, *X7 = X6 + C * LDM;
-  float *gam = X7 + C * LDM, *bet = gam + C, *eg = bet + C, *ed = eg + C, *dgam = ed + C, *dbet = dgam + C,
-        *dgl = dbet + C;
-  const int tid = threadIdx.x, r = tid >> 2, q4 = tid & 3, c = blockIdx.x, NVT = V / BV;
+  float *G = fsm, *QK = G + C * LDM, *KK = QK + C * LDM, *dP = KK + C * LDM, *dT = dP + C * LDM, *E1 = dT + C * LDM,
+        *E2 = E1 + C * LDM;
+  uint16_t *Tb = (uint16_t *)(E2 + C * LDM), *Mb = Tb + C * LDC, *Nb = Mb + C * LDC, *dTb = Nb + C * LDC,
+           *Xb = dTb + C * LDC, *S1 = Xb + C * LDC, *S2 = S1 + C * LDC, *S3 = S2 + C * LDC;
+  float *gam = (float *)(S3 + C * LDC), *bet = gam + C, *eg = bet + C, *ed = eg + C, *dgam = ed + C, *dbet = dgam + C,
+        *dgl = dbet + C, *pq = dgl + C, *pb = pq + 2 * C, *pl = pb + 2 * C;
+  const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, mr = w & 3, nh = w >> 2, c = blockIdx.x, NVT = V / BV;
   const int64_t bh = blockIdx.y, b = bh / H, h = bh % H, t0 = (int64_t)c * C, row0 = (bh * NC + c) * (int64_t)C;
   const int64_t m0 = row0 * C; /* this chunk's 64 x 64 matrices */
   const int L = Tn - t0 < C ? (int)(Tn - t0) : C;
   auto tok = [&](int rr) { return (b * Tn + t0 + rr) * H + h; };
 
-  /* 0. the chunk's scalars and 64 x 64 matrices: T, Q K^T (in Mq), K K^T (in Nk), dP */
+  /* 0. the chunk's scalars and matrices: T (bf16), Q K^T, K K^T, dP (fp32), G */
   if (tid < C) {
     gam[tid] = tid < L ? to_f(g[tok(tid)]) : 0.0f;
     bet[tid] = tid < L ? to_f(beta[tok(tid)]) : 0.0f;
-    dgam[tid] = dbet[tid] = dgl[tid] = 0.0f;
+    dgam[tid] = dbet[tid] = 0.0f;
   }
   for (int i = tid; i < C * C; i += blockDim.x) {
     int rr = i / C, j = i % C;
-    Tm[rr * LDM + j] = io.T[m0 + i];
-    Mq[rr * LDM + j] = io.QK[m0 + i];
-    Nk[rr * LDM + j] = io.KK[m0 + i];
+    Tb[rr * LDC + j] = bf(io.T[m0 + i]);
+    QK[rr * LDM + j] = io.QK[m0 + i];
+    KK[rr * LDM + j] = io.KK[m0 + i];
     dP[rr * LDM + j] = io.dP[m0 + i];
   }
   __syncthreads();
@@ -341,177 +375,155 @@ __global__ void __launch_bounds__(256) k_gdn_bwy(bwy_io io, const T *q, const T 
   }
   __syncthreads();
 
-  /* 1. dT = dU (diag(beta) V)^T + dW (diag(beta e^gam) K)^T, 64 columns of V, then of K, at a time */
-  float acc[16];
-#pragma unroll
-  for (int m = 0; m < 16; m++) acc[m] = 0.0f;
+  /* 1. dT = dU (diag(beta) V)^T + dW (diag(beta e^gam) K)^T, 64 columns of V, then of K, at a time:
+        S1 = dU or dW (64 x 64), S2 = beta V or beta e^gam K (64 x 64), dT += S1 S2^T */
+  float acc[4][4];
+  zero4(acc);
   for (int pass = 0; pass < 2; pass++) {
     const int n = pass ? K : V;
     for (int x0 = 0; x0 < n; x0 += 64) {
       for (int i = tid; i < C * 64; i += blockDim.x) {
         int rr = i / 64, x = i % 64;
-        bool in = rr < L && x0 + x < n;
+        bool col = x0 + x < n, in = rr < L && col;
         if (!pass) {
-          X6[rr * LDM + x] = x0 + x < n ? fb(io.dVp[(row0 + rr) * V + x0 + x]) : 0.0f;
-          X7[rr * LDM + x] = in ? bet[rr] * to_f(v[tok(rr) * V + x0 + x]) : 0.0f;
+          S1[rr * LDC + x] = col ? io.dVp[(row0 + rr) * V + x0 + x] : (uint16_t)0;
+          S2[rr * LDC + x] = bf(in ? bet[rr] * to_f(v[tok(rr) * V + x0 + x]) : 0.0f);
         } else {
-          X6[rr * LDM + x] = x0 + x < n ? io.dW[(row0 + rr) * K + x0 + x] : 0.0f;
-          X7[rr * LDM + x] = in ? bet[rr] * eg[rr] * to_f(k[tok(rr) * K + x0 + x]) : 0.0f;
+          S1[rr * LDC + x] = bf(col ? io.dW[(row0 + rr) * K + x0 + x] : 0.0f);
+          S2[rr * LDC + x] = bf(in ? bet[rr] * eg[rr] * to_f(k[tok(rr) * K + x0 + x]) : 0.0f);
         }
       }
       __syncthreads();
-      for (int x = 0; x < 64; x++) {
-        float a = X6[r * LDM + x];
-#pragma unroll
-        for (int m = 0; m < 16; m++) acc[m] += a * X7[(q4 + 4 * m) * LDM + x];
-      }
+      mul64(acc, S1, false, S2, true, mr, nh, lane);
       __syncthreads();
     }
   }
 #pragma unroll
-  for (int m = 0; m < 16; m++) dT[r * LDM + q4 + 4 * m] = acc[m];
+  for (int n = 0; n < 4; n++)
+#pragma unroll
+    for (int e = 0; e < 4; e++) dTb[(16 * mr + c_row(lane, e)) * LDC + 32 * nh + 8 * n + c_col(lane, e)] = bf(acc[n][e]);
   __syncthreads();
 
-  /* 2. X6 = dT T^T, then dA = -T^T X6 (strictly lower) into dT */
+  /* 2. Xb = dT T^T, then dA = -T^T Xb (strictly lower, fp32) into dT */
+  zero4(acc);
+  mul64(acc, dTb, false, Tb, true, mr, nh, lane);
 #pragma unroll
-  for (int m = 0; m < 16; m++) acc[m] = 0.0f;
-  for (int l = 0; l < C; l++) {
-    float a = dT[r * LDM + l];
+  for (int n = 0; n < 4; n++)
 #pragma unroll
-    for (int m = 0; m < 16; m++) acc[m] += a * Tm[(q4 + 4 * m) * LDM + l];
-  }
-#pragma unroll
-  for (int m = 0; m < 16; m++) X6[r * LDM + q4 + 4 * m] = acc[m];
+    for (int e = 0; e < 4; e++) Xb[(16 * mr + c_row(lane, e)) * LDC + 32 * nh + 8 * n + c_col(lane, e)] = bf(acc[n][e]);
   __syncthreads();
+  zero4(acc);
+  mul64(acc, Tb, true, Xb, false, mr, nh, lane);
 #pragma unroll
-  for (int m = 0; m < 16; m++) acc[m] = 0.0f;
-  for (int l = 0; l < C; l++) {
-    float a = Tm[l * LDM + r];
+  for (int n = 0; n < 4; n++)
 #pragma unroll
-    for (int m = 0; m < 16; m++) acc[m] += a * X6[l * LDM + q4 + 4 * m];
-  }
-#pragma unroll
-  for (int m = 0; m < 16; m++) {
-    int j = q4 + 4 * m;
-    dT[r * LDM + j] = j < r ? -acc[m] : 0.0f;
-  }
+    for (int e = 0; e < 4; e++) {
+      int rr = 16 * mr + c_row(lane, e), j = 32 * nh + 8 * n + c_col(lane, e);
+      dT[rr * LDM + j] = j < rr ? -acc[n][e] : 0.0f;
+    }
   __syncthreads();
 
-  /* 3. dP o P and dA o A (X7, X6), their row - column sums into dgam, sum_j dA G k.k into dbeta; then M and N~ */
+  /* 3. dP o P and dA o A (E2, E1), their row - column sums into dgam, sum_j dA G k.k into dbeta; M and N~ (bf16) */
   for (int i = tid; i < C * C; i += blockDim.x) {
     int rr = i / C, j = i % C;
     float gg = G[rr * LDM + j];
-    float pp = j <= rr ? scale * gg * Mq[rr * LDM + j] : 0.0f, aa = j < rr ? bet[rr] * gg * Nk[rr * LDM + j] : 0.0f;
-    X7[rr * LDM + j] = dP[rr * LDM + j] * pp;
-    X6[rr * LDM + j] = dT[rr * LDM + j] * aa;
+    float pp = j <= rr ? scale * gg * QK[rr * LDM + j] : 0.0f, aa = j < rr ? bet[rr] * gg * KK[rr * LDM + j] : 0.0f;
+    E2[rr * LDM + j] = dP[rr * LDM + j] * pp;
+    E1[rr * LDM + j] = dT[rr * LDM + j] * aa;
+    Mb[rr * LDC + j] = bf(j <= rr ? scale * dP[rr * LDM + j] * gg : 0.0f);
+    QK[rr * LDM + j] = j < rr ? dT[rr * LDM + j] * bet[rr] * gg : 0.0f; /* N, in Q K^T's place (read above only) */
   }
   __syncthreads();
   if (tid < C) {
     const int rr = tid;
     float s = 0.0f, sb = 0.0f;
     for (int j = 0; j < C; j++) {
-      s += X7[rr * LDM + j] - X7[j * LDM + rr] + X6[rr * LDM + j] - X6[j * LDM + rr];
-      sb += dT[rr * LDM + j] * G[rr * LDM + j] * Nk[rr * LDM + j];
+      s += E2[rr * LDM + j] - E2[j * LDM + rr] + E1[rr * LDM + j] - E1[j * LDM + rr];
+      sb += dT[rr * LDM + j] * G[rr * LDM + j] * KK[rr * LDM + j];
     }
     dgam[rr] += s;
     dbet[rr] += sb;
   }
-  __syncthreads();
   for (int i = tid; i < C * C; i += blockDim.x) {
     int rr = i / C, j = i % C;
-    Mq[rr * LDM + j] = j <= rr ? scale * dP[rr * LDM + j] * G[rr * LDM + j] : 0.0f;
-    X6[rr * LDM + j] = j < rr ? dT[rr * LDM + j] * bet[rr] * G[rr * LDM + j] : 0.0f; /* N */
-  }
-  __syncthreads();
-  for (int i = tid; i < C * C; i += blockDim.x) {
-    int rr = i / C, j = i % C;
-    Nk[rr * LDM + j] = X6[rr * LDM + j] + X6[j * LDM + rr]; /* N~ = N + N^T */
+    Nb[rr * LDC + j] = bf(QK[rr * LDM + j] + QK[j * LDM + rr]); /* N~ = N + N^T */
   }
   __syncthreads();
 
-  /* 4. dq, dk, 64 key columns at a time: kc, qc, dWc, dQc, dKc staged (fp32) in G, dP, dT, X6, X7 */
-  float *kc = G, *qc = dP, *dWc = dT, *dQc = X6, *dKc = X7;
-  float rq = 0.0f, rb = 0.0f, rl = 0.0f; /* this thread's parts of dgam_r, dbeta_r and the gam_L terms */
-  const float er = eg[r], edr = ed[r], br = bet[r];
+  /* 4. dq = scale e^gam dQ~ + M K, dk = e^(gam_L - gam) dK~ + M^T Q + N~ K + diag(beta e^gam) T^T dW, 64 key columns
+        at a time (S1 = K, S2 = Q, S3 = dW as bf16); the row terms of dgam, dbeta, gam_L in this thread's rows */
+  float rq[2] = {0.0f, 0.0f}, rb[2] = {0.0f, 0.0f}, rl[2] = {0.0f, 0.0f};
   for (int x0 = 0; x0 < K; x0 += 64) {
     for (int i = tid; i < C * 64; i += blockDim.x) {
       int rr = i / 64, x = i % 64;
       bool col = x0 + x < K, in = rr < L && col;
-      int64_t o = (row0 + rr) * K + x0 + x;
-      kc[rr * LDM + x] = in ? to_f(k[tok(rr) * K + x0 + x]) : 0.0f;
-      qc[rr * LDM + x] = in ? to_f(q[tok(rr) * K + x0 + x]) : 0.0f;
-      dWc[rr * LDM + x] = col ? io.dW[o] : 0.0f;
-      dQc[rr * LDM + x] = col ? io.dQt[o] : 0.0f;
-      dKc[rr * LDM + x] = col ? io.dKt[o] : 0.0f;
+      S1[rr * LDC + x] = bf(in ? to_f(k[tok(rr) * K + x0 + x]) : 0.0f);
+      S2[rr * LDC + x] = bf(in ? to_f(q[tok(rr) * K + x0 + x]) : 0.0f);
+      S3[rr * LDC + x] = bf(col ? io.dW[(row0 + rr) * K + x0 + x] : 0.0f);
     }
     __syncthreads();
-    float sq[16], sk[16], sy[16];
+    float sq[4][4], sk[4][4], sy[4][4];
+    zero4(sq), zero4(sk), zero4(sy);
+    mul64(sq, Mb, false, S1, false, mr, nh, lane);
+    mul64(sk, Mb, true, S2, false, mr, nh, lane);
+    mul64(sk, Nb, false, S1, false, mr, nh, lane);
+    mul64(sy, Tb, true, S3, false, mr, nh, lane);
 #pragma unroll
-    for (int m = 0; m < 16; m++) sq[m] = sk[m] = sy[m] = 0.0f;
-    for (int j = 0; j < C; j++) {
-      float mrj = Mq[r * LDM + j], mjr = Mq[j * LDM + r], nrj = Nk[r * LDM + j], tjr = Tm[j * LDM + r];
+    for (int n = 0; n < 4; n++)
 #pragma unroll
-      for (int m = 0; m < 16; m++) {
-        int x = q4 + 4 * m;
-        float kj = kc[j * LDM + x];
-        sq[m] += mrj * kj;
-        sk[m] += mjr * qc[j * LDM + x] + nrj * kj;
-        sy[m] += tjr * dWc[j * LDM + x];
+      for (int e = 0; e < 4; e++) {
+        int rr = 16 * mr + c_row(lane, e), x = x0 + 32 * nh + 8 * n + c_col(lane, e);
+        if (x >= K || rr >= L) continue; /* rows past T add nothing */
+        int64_t o = (row0 + rr) * K + x;
+        float kr = to_f(k[tok(rr) * K + x]), qr = to_f(q[tok(rr) * K + x]), dqt = io.dQt[o], dkt = io.dKt[o];
+        float er = eg[rr], edr = ed[rr], br = bet[rr], y = sy[n][e];
+        rq[e >> 1] += dqt * scale * er * qr - dkt * edr * kr + br * er * y * kr;
+        rl[e >> 1] += dkt * edr * kr;
+        rb[e >> 1] += er * y * kr;
+        if (dq) dq[tok(rr) * K + x] = from_f<T>(scale * er * dqt + sq[n][e]);
+        if (dk) dk[tok(rr) * K + x] = from_f<T>(edr * dkt + sk[n][e] + br * er * y);
       }
-    }
-#pragma unroll
-    for (int m = 0; m < 16; m++) {
-      int x = q4 + 4 * m;
-      if (x0 + x >= K) continue;
-      float kr = kc[r * LDM + x], qr = qc[r * LDM + x], dqt = dQc[r * LDM + x], dkt = dKc[r * LDM + x];
-      rq += dqt * scale * er * qr - dkt * edr * kr + br * er * sy[m] * kr;
-      rl += dkt * edr * kr;
-      rb += er * sy[m] * kr;
-      if (r < L) {
-        if (dq) dq[tok(r) * K + x0 + x] = from_f<T>(scale * er * dqt + sq[m]);
-        if (dk) dk[tok(r) * K + x0 + x] = from_f<T>(edr * dkt + sk[m] + br * er * sy[m]);
-      }
-    }
     __syncthreads();
   }
 
-  /* 5. dv = diag(beta) T^T dU and <X_r, v_r>, 64 value columns at a time (dU in G, v in dP) */
-  float *dUc = G, *vc = dP;
+  /* 5. dv = diag(beta) T^T dU and <X_r, v_r>, 64 value columns at a time (S1 = dU) */
   for (int x0 = 0; x0 < V; x0 += 64) {
     for (int i = tid; i < C * 64; i += blockDim.x) {
       int rr = i / 64, x = i % 64;
-      dUc[rr * LDM + x] = fb(io.dVp[(row0 + rr) * V + x0 + x]);
-      vc[rr * LDM + x] = rr < L ? to_f(v[tok(rr) * V + x0 + x]) : 0.0f;
+      S1[rr * LDC + x] = io.dVp[(row0 + rr) * V + x0 + x];
     }
     __syncthreads();
-    float sx[16];
+    zero4(acc);
+    mul64(acc, Tb, true, S1, false, mr, nh, lane);
 #pragma unroll
-    for (int m = 0; m < 16; m++) sx[m] = 0.0f;
-    for (int j = 0; j < C; j++) {
-      float tjr = Tm[j * LDM + r];
+    for (int n = 0; n < 4; n++)
 #pragma unroll
-      for (int m = 0; m < 16; m++) sx[m] += tjr * dUc[j * LDM + q4 + 4 * m];
-    }
-#pragma unroll
-    for (int m = 0; m < 16; m++) {
-      int x = q4 + 4 * m;
-      rb += sx[m] * vc[r * LDM + x];
-      if (r < L && dv) dv[tok(r) * V + x0 + x] = from_f<T>(br * sx[m]);
-    }
+      for (int e = 0; e < 4; e++) {
+        int rr = 16 * mr + c_row(lane, e), x = x0 + 32 * nh + 8 * n + c_col(lane, e);
+        if (rr >= L) continue;
+        rb[e >> 1] += acc[n][e] * to_f(v[tok(rr) * V + x]);
+        if (dv) dv[tok(rr) * V + x] = from_f<T>(bet[rr] * acc[n][e]);
+      }
     __syncthreads();
   }
 
-  /* 6. the row sums, the gam_L terms, the reverse cumsum: dg and dbeta */
-  rq = quad_sum(rq), rb = quad_sum(rb), rl = quad_sum(rl);
-  if (q4 == 0) {
-    dgam[r] += rq;
-    dbet[r] += rb;
-    dgl[r] = rl;
+  /* 6. the row parts: over the quad's lanes, then the two column halves (nh) in order; gam_L terms, reverse cumsum */
+#pragma unroll
+  for (int hr = 0; hr < 2; hr++) {
+    float a = quad_sum(rq[hr]), bb = quad_sum(rb[hr]), l = quad_sum(rl[hr]);
+    if ((lane & 3) == 0) {
+      int rr = 16 * mr + (lane >> 2) + 8 * hr;
+      pq[rr * 2 + nh] = a, pb[rr * 2 + nh] = bb, pl[rr * 2 + nh] = l;
+    }
   }
   __syncthreads();
   if (tid == 0) {
     float gl = 0.0f, s = 0.0f;
-    for (int rr = 0; rr < C; rr++) gl += dgl[rr];
+    for (int rr = 0; rr < C; rr++) {
+      dgam[rr] += pq[rr * 2] + pq[rr * 2 + 1];
+      dbet[rr] += pb[rr * 2] + pb[rr * 2 + 1];
+      gl += pl[rr * 2] + pl[rr * 2 + 1];
+    }
     for (int x = 0; x < NVT; x++) s += io.sdS[(bh * NC + c) * NVT + x];
     dgam[L - 1] += gl + io.eL[bh * NC + c] * s;
     float a = 0.0f;
