@@ -15,6 +15,14 @@ m2_status m2_cuda_register(void);
 /* Calls of the tensor-core attention kernels so far (tests check that a call took that path). */
 long m2_cuda_attention_tc_calls(void);
 
+/* The chunked tensor-core Gated DeltaNet kernels (cuda/gdn_chunk.cu, gdn_chunk_bwd.cu): set = 1 switches forward
+ * and backward on for this process, 2 the forward only (the backward stays recurrent), 0 off; set = -1 only asks;
+ * returns the setting. Off unless the environment has M2_GDN_CHUNK_TC=1 (or =fwd: 2), read at the first call.
+ * Calls of the chunked forward / backward so far (tests check that a call took that path). */
+int m2_cuda_gdn_chunk_tc(int set);
+long m2_cuda_gdn_chunk_tc_calls(void);
+long m2_cuda_gdn_chunk_tc_bwd_calls(void);
+
 #ifdef __cplusplus
 }
 #endif

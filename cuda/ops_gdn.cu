@@ -1,6 +1,9 @@
-/* ops_gdn.cu — Gated DeltaNet (DESIGN 3.2) on CUDA: a correct recurrent forward/backward, not yet the
- * chunked tensor-core form. The rows "gdn" and "gdn_chunked" both run these recurrent kernels (same
- * results as the CPU reference; the chunk only sets the checkpoint interval, at most 64).
+/* ops_gdn.cu — Gated DeltaNet (DESIGN 3.2) on CUDA: a correct recurrent forward/backward. The rows "gdn" and
+ * "gdn_chunked" both run these recurrent kernels (same results as the CPU reference; the chunk only sets the
+ * checkpoint interval, at most 64), except that with M2_GDN_CHUNK_TC=1 (off by default) a call whose shape fits
+ * takes the chunked tensor-core kernels of cuda/gdn_chunk.cu (forward) and cuda/gdn_chunk_bwd.cu (backward);
+ * M2_GDN_CHUNK_TC=fwd takes the chunked forward only. Both forwards keep the same checkpoints, so either backward
+ * runs after either forward.
  *
  * The recurrence never mixes the columns of the state S (K x V):
  *   S <- exp(g_t) S ;  v'_j = beta_t (v_tj - S[:,j].k_t) ;  S[:,j] += k_t v'_j ;  o_tj = S[:,j].(scale q_t)
@@ -17,6 +20,7 @@
 #include "ops.h"
 #include "mixer_common.cuh"
 #include "ops_mixers_entry.h"
+#include "gdn_chunk.h"
 extern "C" {
 #include "../core/ops_gdn.h"
 }
@@ -200,7 +204,12 @@ static m2_status gdn_forward(m2_opcall *c) {
   m2_tensor *o, *hT, *ck;
   m2_status s = mx_fwd_outputs(c, so, sh, sck, &o, &hT, &ck);
   int64_t nw = d.B * d.H * d.V;
-  if (s == M2_OK && nw > 0) {
+  if (s == M2_OK && nw > 0 && gdn_tc_applies(&d, seg)) {
+    const void *in[6];
+    for (int i = 0; i < 6; i++) in[i] = c->in[i] ? m2_data(c->in[i]) : NULL;
+    s = gdn_tc_forward(&d, c->in[0]->dtype, c->in[0]->device, st, in, m2_data(o), m2_data(hT),
+                       ck ? (float *)m2_data(ck) : NULL);
+  } else if (s == M2_OK && nw > 0) {
     unsigned grid = (unsigned)((nw + 3) / 4);
     m2_tensor **in = c->in;
     CU_FLOAT_DISPATCH(c->in[0]->dtype, CU_R_DISPATCH(cu_lane_regs(d.K), k_gdn_fwd<T, R><<<grid, 128, 0, st>>>(
@@ -224,6 +233,21 @@ extern "C" m2_status m2_cuda_gdn_bwd(m2_opcall *c) {
   cudaStream_t st;
   M2_TRY(cu_stream(c->in[0]->device, &st));
   int64_t K = d.K, V = d.V, BH = d.B * d.H, row = 2 * K + 2;
+  if (gdn_tc_bwd_applies(&d, seg)) { /* the chunked tensor-core backward (cuda/gdn_chunk_bwd.cu) */
+    mx_bwd_work w;
+    m2_status s = mx_bwd_open(c, 1, 1, 1, &w);
+    if (s == M2_OK) {
+      const void *in[6];
+      void *din[6];
+      for (int i = 0; i < 6; i++) {
+        in[i] = c->in[i] ? m2_data(c->in[i]) : NULL;
+        din[i] = w.din[i] ? m2_data(w.din[i]) : NULL;
+      }
+      s = gdn_tc_backward(&d, dt, c->in[0]->device, st, in, m2_data(w.dy), w.dhT ? m2_data(w.dhT) : NULL,
+                          (const float *)m2_data(c->saved[0]), din);
+    }
+    return mx_bwd_close(c, &w, s);
+  }
   cudaFuncAttributes fattr; /* a block: as many warps (columns) as the kernel's registers allow */
   cudaError_t fe = cudaSuccess;
   CU_FLOAT_DISPATCH(dt, CU_R_DISPATCH(cu_lane_regs(K), fe = cudaFuncGetAttributes(&fattr, k_gdn_bwd_seg<T, R>)));

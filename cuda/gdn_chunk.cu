@@ -1,0 +1,230 @@
+/* gdn_chunk.cu — the chunked Gated DeltaNet forward on tensor cores (DESIGN 3.2; the CPU file core/ops_gdn.c holds
+ * the same maths in double). Off by default: cuda/ops_gdn.cu takes it only when M2_GDN_CHUNK_TC=1 (read once) or a
+ * program called m2_cuda_gdn_chunk_tc(1), and only for shapes gdn_tc_applies() accepts.
+ *
+ * Per (b, h), chunks of C = 64 tokens, local index r, j in [0, 64); the state S (K x V) at the chunk's start:
+ *   gam_r = g_0 + ... + g_r                                   (cumulative log-decay within the chunk)
+ *   A_rj  = beta_r exp(gam_r - gam_j) k_r.k_j   (j < r)       (strictly lower, 64 x 64)
+ *   T     = (I + A)^-1                                        (unit lower: forward substitution, fp32)
+ *   W     = T diag(beta exp(gam)) K,  U = T diag(beta) V      (64 x K, 64 x V)
+ *   V'    = U - W S                                           (the v' of every token of the chunk)
+ *   o     = Q~ S + P V'     Q~_r = scale exp(gam_r) q_r,  P_rj = scale exp(gam_r - gam_j) q_r.k_j  (j <= r)
+ *   S    <- exp(gam_63) S + K~^T V'                           K~_j = exp(gam_63 - gam_j) k_j
+ * A chunk's padding rows (t >= T) have g = beta = 0 and q = k = v = 0: they change nothing (gam_63 = gam_{L-1}).
+ *
+ * Two kernels:
+ *   prep  grid (NC, B H), 4 warps: the chunk's A and P (two 64 x 64 x K products), T, then W and U (64 x 64 x K
+ *         and 64 x 64 x V products); writes W, U, Q~, K~, P as bf16 and exp(gam_63) as fp32 into scratch laid out
+ *         per (b, h) with NC * 64 padded rows: W, Q~, K~ (BH, NC*64, K), U (BH, NC*64, V), P (BH, NC, 64, 64).
+ *   scan  grid (V / 64, B H), 8 warps: walks the chunks in order with S (K x 64 columns of V) in fp32 mma
+ *         accumulators (16-row tiles of S, tile i held by warp i % 8); per chunk stages W, Q~, K~, U, P in shared
+ *         memory, writes S to the checkpoints (when kept) and as bf16 to shared memory, then
+ *         V' = U - W S and o = Q~ S (warp (w % 4, w / 4): 16 rows x 32 columns), o += P V', S = e S + K~^T V'.
+ * Every product takes bf16 operands (mma.sync m16n8k16) and accumulates in fp32; S, T, the decays stay fp32.
+ * The checkpoints are what the recurrent forward writes (B, H, NS, V, K) fp32, seg 64: the state before every
+ * chunk, so the recurrent CUDA backward runs unchanged on them. */
+#include <stdlib.h>
+#include <string.h>
+#include "gdn_chunk.cuh"
+#include "m2cuda.h"
+
+namespace {
+
+/* ================= scan: the chunks in order, S in registers ================= */
+
+static size_t scan_smem(int K) {
+  return (size_t)3 * C * (K + 8) * 2   /* Ws, Qs, Ks: W, Q~, K~ of the chunk (64 x K bf16) */
+         + (size_t)3 * C * LDC * 2     /* Us, Ps, Vn: U (64 x 64 of this block's columns), P, V' (bf16) */
+         + (size_t)K * LDC * 2;        /* Ss: S (K x 64) as bf16 */
+}
+
+struct scan_in {
+  const uint16_t *W, *U, *Qt, *Kt, *P;
+  const float *eL;
+};
+
+/* Block (vt, bh): columns v0 = 64 vt .. v0 + 63 of the state of (b, h). Warp w holds the S tiles of rows
+ * 16 (w + 8 i), i = 0, 1 (those below K), 64 columns each: Sa[i][n][e]. */
+template <class T>
+__global__ void __launch_bounds__(256) k_gdn_scan(scan_in in, const T *h0, T *o, T *hT, float *ck, int64_t Tn, int H,
+                                                  int K, int V, int NC) {
+  extern __shared__ __align__(16) unsigned char sm[];
+  const int KP = K + 8;
+  uint16_t *Ws = (uint16_t *)sm, *Qs = Ws + C * KP, *Ks = Qs + C * KP, *Us = Ks + C * KP, *Ps = Us + C * LDC,
+           *Vn = Ps + C * LDC, *Ss = Vn + C * LDC;
+  const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, KT = K / 16;
+  const int mr = w & 3, nh = w >> 2; /* the V' / o tile of this warp: rows 16 mr.., columns 32 nh.. */
+  const int v0 = blockIdx.x * BV;
+  const int64_t bh = blockIdx.y, b = bh / H, h = bh % H;
+
+  float Sa[2][8][4];
+#pragma unroll
+  for (int i = 0; i < 2; i++)
+#pragma unroll
+    for (int n = 0; n < 8; n++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) {
+        int row = 16 * (w + 8 * i) + c_row(lane, e), col = v0 + 8 * n + c_col(lane, e);
+        Sa[i][n][e] = (h0 && w + 8 * i < KT) ? to_f(h0[(bh * K + row) * V + col]) : 0.0f;
+      }
+
+  for (int c = 0; c < NC; c++) {
+    const int64_t row0 = (bh * NC + c) * (int64_t)C, t0 = (int64_t)c * C;
+    stage(Ws, KP, in.W + row0 * K, K, C, K);
+    stage(Qs, KP, in.Qt + row0 * K, K, C, K);
+    stage(Ks, KP, in.Kt + row0 * K, K, C, K);
+    stage(Us, LDC, in.U + row0 * V + v0, V, C, BV);
+    stage(Ps, LDC, in.P + row0 * C, C, C, C);
+    mma_cp_commit();
+    /* the state before the chunk: checkpoint (fp32, (V, K) per state) and bf16 operand */
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+      if (w + 8 * i >= KT) continue;
+#pragma unroll
+      for (int n = 0; n < 8; n++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+          int row = 16 * (w + 8 * i) + c_row(lane, e), col = 8 * n + c_col(lane, e);
+          if (ck) ck[((bh * NC + c) * V + v0 + col) * K + row] = Sa[i][n][e];
+          Ss[row * LDC + col] = bf(Sa[i][n][e]);
+        }
+    }
+    mma_cp_wait<0>();
+    __syncthreads();
+
+    /* V' = U - W S and o = Q~ S: this warp's 16 x 32 tile */
+    float aV[4][4] = {}, aO[4][4] = {};
+    for (int k0 = 0; k0 < K; k0 += 16) {
+      uint32_t fw[4], fq[4], fs[4];
+      ld_a(fw, Ws, KP, 16 * mr, k0, lane);
+      ld_a(fq, Qs, KP, 16 * mr, k0, lane);
+#pragma unroll
+      for (int np = 0; np < 2; np++) {
+        ld_b(fs, Ss, LDC, k0, 32 * nh + 16 * np, lane);
+        mma2(aV[2 * np], aV[2 * np + 1], fw, fs);
+        mma2(aO[2 * np], aO[2 * np + 1], fq, fs);
+      }
+    }
+#pragma unroll
+    for (int n = 0; n < 4; n++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) {
+        int r = 16 * mr + c_row(lane, e), col = 32 * nh + 8 * n + c_col(lane, e);
+        Vn[r * LDC + col] = bf(fb(Us[r * LDC + col]) - aV[n][e]);
+      }
+    __syncthreads();
+
+    /* o += P V' (P lower: only k-steps kk <= mr), then store the rows before T */
+#pragma unroll
+    for (int kk = 0; kk < 4; kk++) {
+      if (kk > mr) continue;
+      uint32_t fp[4], fv[4];
+      ld_a(fp, Ps, LDC, 16 * mr, 16 * kk, lane);
+#pragma unroll
+      for (int np = 0; np < 2; np++) {
+        ld_b(fv, Vn, LDC, 16 * kk, 32 * nh + 16 * np, lane);
+        mma2(aO[2 * np], aO[2 * np + 1], fp, fv);
+      }
+    }
+#pragma unroll
+    for (int n = 0; n < 4; n++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) {
+        int r = 16 * mr + c_row(lane, e), col = v0 + 32 * nh + 8 * n + c_col(lane, e);
+        if (t0 + r < Tn) o[((b * Tn + t0 + r) * H + h) * V + col] = from_f<T>(aO[n][e]);
+      }
+
+    /* S = exp(gam_63) S + K~^T V' */
+    const float eL = in.eL[bh * NC + c];
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+      int mt = w + 8 * i;
+      if (mt >= KT) continue;
+#pragma unroll
+      for (int n = 0; n < 8; n++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) Sa[i][n][e] *= eL;
+#pragma unroll
+      for (int kk = 0; kk < 4; kk++) {
+        uint32_t fk[4], fv[4];
+        ld_a_t(fk, Ks, KP, 16 * kk, 16 * mt, lane);
+#pragma unroll
+        for (int np = 0; np < 4; np++) {
+          ld_b(fv, Vn, LDC, 16 * kk, 16 * np, lane);
+          mma2(Sa[i][2 * np], Sa[i][2 * np + 1], fk, fv);
+        }
+      }
+    }
+    __syncthreads(); /* the next chunk restages every tile */
+  }
+#pragma unroll
+  for (int i = 0; i < 2; i++) {
+    if (w + 8 * i >= KT) continue;
+#pragma unroll
+    for (int n = 0; n < 8; n++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) {
+        int row = 16 * (w + 8 * i) + c_row(lane, e), col = v0 + 8 * n + c_col(lane, e);
+        hT[(bh * K + row) * V + col] = from_f<T>(Sa[i][n][e]);
+      }
+  }
+}
+
+int g_switch = -1; /* -1: the environment not read yet */
+long g_calls;
+
+}  // namespace
+
+extern "C" int m2_cuda_gdn_chunk_tc(int set) {
+  if (set >= 0) g_switch = set <= 2 ? set : 1;
+  else if (g_switch < 0) {
+    const char *e = getenv("M2_GDN_CHUNK_TC");
+    g_switch = !e ? 0 : strcmp(e, "1") == 0 ? 1 : strcmp(e, "fwd") == 0 ? 2 : 0;
+  }
+  return g_switch;
+}
+
+extern "C" long m2_cuda_gdn_chunk_tc_calls(void) { return g_calls; }
+
+bool gdn_tc_applies(const m2_gdn_attr *d, int64_t seg) { return m2_cuda_gdn_chunk_tc(-1) >= 1 && gdn_tc_shape_ok(d, seg); }
+
+bool gdn_tc_shape_ok(const m2_gdn_attr *d, int64_t seg) {
+  return d->K % 16 == 0 && d->K <= GDN_TC_MAXK && d->V % BV == 0 && seg == C &&
+         d->T >= 1 && d->B * d->H >= 1 && d->B * d->H < 65536 && (d->T + C - 1) / C < 65536;
+}
+
+m2_status gdn_tc_forward(const m2_gdn_attr *d, m2_dtype dt, m2_device dev, cudaStream_t st, const void *const in[6],
+                         void *o, void *hT, float *ck) {
+  const int K = (int)d->K, V = (int)d->V, H = (int)d->H, NC = (int)((d->T + C - 1) / C);
+  const int64_t BH = d->B * d->H, rows = BH * NC * C;
+  int64_t nW = rows * K, nU = rows * V, nP = BH * NC * C * C, nE = BH * NC;
+  m2_tensor *W = m2_empty(M2_BF16, dev, 1, &nW), *U = m2_empty(M2_BF16, dev, 1, &nU),
+            *Qt = m2_empty(M2_BF16, dev, 1, &nW), *Kt = m2_empty(M2_BF16, dev, 1, &nW),
+            *P = m2_empty(M2_BF16, dev, 1, &nP), *eL = m2_empty(M2_F32, dev, 1, &nE);
+  m2_status s = (W && U && Qt && Kt && P && eL) ? M2_OK : m2_errcode();
+  if (s == M2_OK) {
+    prep_out po = {(uint16_t *)m2_data(W), (uint16_t *)m2_data(U), (uint16_t *)m2_data(Qt), (uint16_t *)m2_data(Kt),
+                   (uint16_t *)m2_data(P), (float *)m2_data(eL), NULL, NULL, NULL};
+    scan_in si = {po.W, po.U, po.Qt, po.Kt, po.P, po.eL};
+    size_t sp = prep_smem(K), ss = scan_smem(K);
+    cudaError_t e = cudaSuccess;
+    CU_FLOAT_DISPATCH(dt, {
+      const T *const *x = (const T *const *)in;
+      e = cudaFuncSetAttribute(k_gdn_prep<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sp);
+      if (e == cudaSuccess)
+        e = cudaFuncSetAttribute(k_gdn_scan<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)ss);
+      if (e == cudaSuccess) {
+        k_gdn_prep<T><<<dim3((unsigned)NC, (unsigned)BH), 128, sp, st>>>(x[0], x[1], x[2], x[3], x[4], po, d->T, H,
+                                                                          K, V, (float)d->scale, NC);
+        k_gdn_scan<T><<<dim3((unsigned)(V / BV), (unsigned)BH), 256, ss, st>>>(si, x[5], (T *)o, (T *)hT, ck, d->T,
+                                                                               H, K, V, NC);
+        e = cudaGetLastError();
+      }
+    });
+    if (e != cudaSuccess)
+      s = m2_fail(M2_ERR_CUDA, "gdn_chunked: chunked tensor-core forward launch failed: %s", cudaGetErrorString(e));
+    else g_calls++;
+  }
+  m2_release(W), m2_release(U), m2_release(Qt), m2_release(Kt), m2_release(P), m2_release(eL);
+  return s;
+}

@@ -1,0 +1,236 @@
+/* gdn_chunk.cuh — what the chunked GDN kernels share (cuda/gdn_chunk.cu forward, cuda/gdn_chunk_bwd.cu backward):
+ * warp-level mma fragments from shared bf16 tiles, cp.async staging, and the per-chunk "prep" kernel (A, P, T, W, U,
+ * Q~, K~ of every chunk; the maths in gdn_chunk.cu's header), which the backward runs again instead of keeping its
+ * outputs. Included by those two files only. */
+#ifndef M2_CUDA_GDN_CHUNK_CUH
+#define M2_CUDA_GDN_CHUNK_CUH
+#include "ops_common.cuh"
+#include "mma.cuh"
+#include "gdn_chunk.h"
+
+namespace {
+
+constexpr int C = GDN_TC_C, BV = GDN_TC_BV;
+constexpr int LDC = C + 8; /* shared row stride of the 64-wide bf16 tiles (ldmatrix without bank conflicts) */
+constexpr int LDA = C + 4; /* shared row stride of A (fp32): rows read as float4 */
+
+__device__ __forceinline__ uint16_t bf(float x) { return __bfloat16_as_ushort(__float2bfloat16_rn(x)); }
+__device__ __forceinline__ float fb(uint16_t u) { return __bfloat162float(__ushort_as_bfloat16(u)); }
+
+/* ---------------- warp-level fragments from shared bf16 tiles (row-major, row stride ld elements) ----------------
+ * Fragment layouts as in mma.cuh; g = lane / 4, t = lane % 4. */
+
+/* A (16 x 16) = s[r0 .. r0+15][c0 .. c0+15]. */
+__device__ __forceinline__ void ld_a(uint32_t a[4], const uint16_t *s, int ld, int r0, int c0, int lane) {
+  mma_ldsm4(a, s + (r0 + (lane & 15)) * ld + c0 + (lane >> 4) * 8);
+}
+/* A (16 x 16) with A[m][k] = s[r0 + k][c0 + m] (the transpose of a stored tile). */
+__device__ __forceinline__ void ld_a_t(uint32_t a[4], const uint16_t *s, int ld, int r0, int c0, int lane) {
+  int q = lane >> 3;
+  mma_ldsm4t(a, s + (r0 + (lane & 7) + (q >> 1) * 8) * ld + c0 + (q & 1) * 8);
+}
+/* B (16 x 16: k x n) = s[k0 .. k0+15][n0 .. n0+15]: b[0], b[1] the n-tile n0.., b[2], b[3] the n-tile n0+8.. */
+__device__ __forceinline__ void ld_b(uint32_t b[4], const uint16_t *s, int ld, int k0, int n0, int lane) {
+  mma_ldsm4t(b, s + (k0 + (lane & 7) + ((lane >> 3) & 1) * 8) * ld + n0 + (lane >> 4) * 8);
+}
+/* B (16 x 16: k x n) with B[k][n] = s[n0 + n][k0 + k] (a stored tile's transpose), b as in ld_b. */
+__device__ __forceinline__ void ld_bt(uint32_t b[4], const uint16_t *s, int ld, int n0, int k0, int lane) {
+  mma_ldsm4(b, s + (n0 + (lane & 7) + (lane >> 4) * 8) * ld + k0 + ((lane >> 3) & 1) * 8);
+}
+/* acc[2] (16 x 16, as two n-tiles) += a b. */
+__device__ __forceinline__ void mma2(float acc0[4], float acc1[4], const uint32_t a[4], const uint32_t b[4]) {
+  mma_bf16(acc0, a, b[0], b[1]);
+  mma_bf16(acc1, a, b[2], b[3]);
+}
+/* Row and column within a 16 x 8 C tile of element e (0..3) of this lane. */
+__device__ __forceinline__ int c_row(int lane, int e) { return (lane >> 2) + (e >> 1) * 8; }
+__device__ __forceinline__ int c_col(int lane, int e) { return 2 * (lane & 3) + (e & 1); }
+
+/* rows x cols bf16 (cols % 8 == 0) from global (row stride sld) into shared (row stride dld), asynchronously. */
+__device__ __forceinline__ void stage(uint16_t *dst, int dld, const uint16_t *src, int64_t sld, int rows, int cols) {
+  int ch = cols / 8;
+  for (int i = threadIdx.x; i < rows * ch; i += blockDim.x) {
+    int r = i / ch, c = i % ch;
+    mma_cp16(dst + r * dld + c * 8, src + r * sld + c * 8, true);
+  }
+}
+
+/* ================= prep: per chunk A, P, T, W, U, Q~, K~ ================= */
+
+/* Shared memory of prep (bytes) for key dim K. */
+static size_t prep_smem(int K) {
+  return (size_t)2 * C * (K + 8) * 2     /* ks, qs: the chunk's k and q (64 x K bf16) */
+         + (size_t)3 * C * LDC * 2       /* vs, Tk, Tv (64 x 64 bf16) */
+         + (size_t)C * LDA * 4           /* Af (64 x 68 fp32) */
+         + (size_t)C * (C + 1) * 4       /* Tm (64 x 65 fp32) */
+         + (size_t)5 * C * 4;            /* gam, bet, eg, ed, (spare) */
+}
+
+struct prep_out {
+  uint16_t *W, *U, *Qt, *Kt, *P; /* bf16 scratch, layouts in gdn_chunk.cu's header comment */
+  float *eL;                     /* (BH, NC) */
+  float *T, *KK, *QK;            /* for the backward, else NULL: T, k_r.k_j, q_r.k_j (BH, NC, 64, 64) fp32 */
+};
+
+template <class T>
+__global__ void __launch_bounds__(128) k_gdn_prep(const T *q, const T *k, const T *v, const T *g, const T *beta,
+                                                  prep_out out, int64_t Tn, int H, int K, int V, float scale, int NC) {
+  extern __shared__ __align__(16) unsigned char sm[];
+  const int KP = K + 8;
+  uint16_t *ks = (uint16_t *)sm, *qs = ks + C * KP, *vs = qs + C * KP, *Tk = vs + C * LDC, *Tv = Tk + C * LDC;
+  float *Af = (float *)(Tv + C * LDC), *Tm = Af + C * LDA, *gam = Tm + C * (C + 1), *bet = gam + C,
+        *eg = bet + C, *ed = eg + C;
+  const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
+  const int c = blockIdx.x;
+  const int64_t bh = blockIdx.y, b = bh / H, h = bh % H, t0 = (int64_t)c * C;
+  const int L = Tn - t0 < C ? (int)(Tn - t0) : C;
+  auto tok = [&](int r) { return (b * Tn + t0 + r) * H + h; }; /* (B, T, H) index of local row r < L */
+
+  /* 1. the chunk's g, beta, k, q (zero rows past T) */
+  if (tid < C) {
+    gam[tid] = tid < L ? to_f(g[tok(tid)]) : 0.0f;
+    bet[tid] = tid < L ? to_f(beta[tok(tid)]) : 0.0f;
+  }
+  for (int i = tid; i < C * K; i += blockDim.x) {
+    int r = i / K, x = i % K;
+    bool in = r < L;
+    ks[r * KP + x] = bf(in ? to_f(k[tok(r) * K + x]) : 0.0f);
+    qs[r * KP + x] = bf(in ? to_f(q[tok(r) * K + x]) : 0.0f);
+  }
+  __syncthreads();
+  if (tid == 0)
+    for (int r = 1; r < C; r++) gam[r] += gam[r - 1];
+  __syncthreads();
+  if (tid < C) {
+    eg[tid] = expf(gam[tid]);
+    ed[tid] = expf(gam[C - 1] - gam[tid]);
+  }
+  if (tid == 0) out.eL[bh * NC + c] = expf(gam[C - 1]);
+
+  /* 2. warp w: rows 16w.. of K K^T and Q K^T (16 x 64 each) -> A (shared fp32) and P (global bf16) */
+  {
+    float aK[8][4] = {}, aQ[8][4] = {};
+    for (int k0 = 0; k0 < K; k0 += 16) {
+      uint32_t fk[4], fq[4], fb4[4];
+      ld_a(fk, ks, KP, 16 * w, k0, lane);
+      ld_a(fq, qs, KP, 16 * w, k0, lane);
+#pragma unroll
+      for (int np = 0; np < 4; np++) {
+        ld_bt(fb4, ks, KP, 16 * np, k0, lane);
+        mma2(aK[2 * np], aK[2 * np + 1], fk, fb4);
+        mma2(aQ[2 * np], aQ[2 * np + 1], fq, fb4);
+      }
+    }
+    const int64_t m0 = (bh * NC + c) * (int64_t)(C * C); /* this chunk's 64 x 64 matrices */
+    uint16_t *P = out.P + m0;
+#pragma unroll
+    for (int n = 0; n < 8; n++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) {
+        int r = 16 * w + c_row(lane, e), j = 8 * n + c_col(lane, e);
+        float dec = j <= r ? expf(gam[r] - gam[j]) : 0.0f;
+        Af[r * LDA + j] = j < r ? bet[r] * dec * aK[n][e] : 0.0f;
+        P[r * C + j] = bf(scale * dec * aQ[n][e]);
+        if (out.KK) out.KK[m0 + r * C + j] = aK[n][e], out.QK[m0 + r * C + j] = aQ[n][e];
+      }
+  }
+  __syncthreads();
+
+  /* 3. T = (I + A)^-1, thread j < 64 solves column j in registers: T_rj = [r == j] - sum_{m < r} A_rm T_mj (the
+     T_mj of m < j are 0 by the same formula); the rows of A are read as float4, the same address in every lane */
+  if (tid < C) {
+    const int j = tid;
+    float tc[C];
+#pragma unroll
+    for (int r = 0; r < C; r++) tc[r] = 0.0f;
+#pragma unroll
+    for (int r = 0; r < C; r++) {
+      const float4 *ar = (const float4 *)(Af + r * LDA);
+      float s0 = 0.0f, s1 = 0.0f;
+#pragma unroll
+      for (int m4 = 0; m4 < (r + 3) / 4; m4++) { /* A_rm = 0 and tc[m] = 0 for m >= r */
+        float4 a = ar[m4];
+        s0 += a.x * tc[4 * m4] + a.y * tc[4 * m4 + 1];
+        s1 += a.z * tc[4 * m4 + 2] + a.w * tc[4 * m4 + 3];
+      }
+      tc[r] = (r == j ? 1.0f : 0.0f) - (s0 + s1);
+    }
+#pragma unroll
+    for (int r = 0; r < C; r++) {
+      Tm[r * (C + 1) + j] = tc[r];
+      if (out.T) out.T[(bh * NC + c) * (int64_t)(C * C) + r * C + j] = tc[r];
+    }
+  }
+  __syncthreads();
+
+  /* 4. Tv = T diag(beta), Tk = T diag(beta exp(gam)) as bf16 operands; Q~ and K~ from the inputs (one rounding) */
+  for (int i = tid; i < C * C; i += blockDim.x) {
+    int r = i / C, j = i % C;
+    float tv = Tm[r * (C + 1) + j] * bet[j];
+    Tv[r * LDC + j] = bf(tv);
+    Tk[r * LDC + j] = bf(tv * eg[j]);
+  }
+  const int64_t row0 = (bh * NC + c) * (int64_t)C; /* first padded row of this chunk in the (BH, NC*64, *) scratch */
+  for (int i = tid; i < C * K; i += blockDim.x) {
+    int r = i / K, x = i % K;
+    bool in = r < L;
+    out.Qt[(row0 + r) * K + x] = bf(in ? scale * eg[r] * to_f(q[tok(r) * K + x]) : 0.0f);
+    out.Kt[(row0 + r) * K + x] = bf(in ? ed[r] * to_f(k[tok(r) * K + x]) : 0.0f);
+  }
+  __syncthreads();
+
+  /* 5. W = Tk K (64 x K) and U = Tv V (64 x V), warp w: rows 16w.., 64 columns at a time */
+  uint32_t fTk[4][4], fTv[4][4];
+#pragma unroll
+  for (int kk = 0; kk < 4; kk++) {
+    ld_a(fTk[kk], Tk, LDC, 16 * w, 16 * kk, lane);
+    ld_a(fTv[kk], Tv, LDC, 16 * w, 16 * kk, lane);
+  }
+  for (int n0 = 0; n0 < K; n0 += 64) {
+    float acc[8][4] = {};
+#pragma unroll
+    for (int kk = 0; kk < 4; kk++)
+#pragma unroll
+      for (int np = 0; np < 4; np++) {
+        if (n0 + 16 * np >= K) continue;
+        uint32_t fb4[4];
+        ld_b(fb4, ks, KP, 16 * kk, n0 + 16 * np, lane);
+        mma2(acc[2 * np], acc[2 * np + 1], fTk[kk], fb4);
+      }
+#pragma unroll
+    for (int n = 0; n < 8; n++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) {
+        int r = 16 * w + c_row(lane, e), x = n0 + 8 * n + c_col(lane, e);
+        if (x < K) out.W[(row0 + r) * K + x] = bf(acc[n][e]);
+      }
+  }
+  for (int n0 = 0; n0 < V; n0 += 64) {
+    for (int i = tid; i < C * 64; i += blockDim.x) { /* stage V[:, n0 .. n0+63] */
+      int r = i / 64, x = i % 64;
+      bool in = r < L && n0 + x < V;
+      vs[r * LDC + x] = bf(in ? to_f(v[tok(r) * V + n0 + x]) : 0.0f);
+    }
+    __syncthreads();
+    float acc[8][4] = {};
+#pragma unroll
+    for (int kk = 0; kk < 4; kk++)
+#pragma unroll
+      for (int np = 0; np < 4; np++) {
+        uint32_t fb4[4];
+        ld_b(fb4, vs, LDC, 16 * kk, 16 * np, lane);
+        mma2(acc[2 * np], acc[2 * np + 1], fTv[kk], fb4);
+      }
+#pragma unroll
+    for (int n = 0; n < 8; n++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) {
+        int r = 16 * w + c_row(lane, e), x = n0 + 8 * n + c_col(lane, e);
+        if (x < V) out.U[(row0 + r) * V + x] = bf(acc[n][e]);
+      }
+    __syncthreads(); /* vs is restaged next */
+  }
+}
+
+}  // namespace
+#endif

@@ -1,0 +1,33 @@
+/* gdn_chunk.h — internal (C++): the chunked tensor-core Gated DeltaNet forward (cuda/gdn_chunk.cu) and backward
+ * (cuda/gdn_chunk_bwd.cu) that cuda/ops_gdn.cu takes when they are switched on (M2_GDN_CHUNK_TC=1 both, =fwd the
+ * forward only; m2_cuda_gdn_chunk_tc) and the call's shape fits the tiling; the recurrent kernels there serve every
+ * other call. d is the call's checked attributes. */
+#ifndef M2_CUDA_GDN_CHUNK_H
+#define M2_CUDA_GDN_CHUNK_H
+#include <cuda_runtime.h>
+extern "C" {
+#include "../core/ops_gdn.h"
+}
+
+#define GDN_TC_C 64   /* tokens a chunk (also the interval of the states kept for the backward) */
+#define GDN_TC_BV 64  /* state columns (value dims) a scan block owns */
+#define GDN_TC_MAXK 256
+
+/* Whether a call with attributes d, checkpoint interval seg fits the tiling: K a multiple of 16 up to 256, V a
+ * multiple of 64, seg = 64, T >= 1, B H < 65536, ceil(T / 64) < 65536 (grid dimensions). */
+bool gdn_tc_shape_ok(const m2_gdn_attr *d, int64_t seg);
+/* Whether the forward (switch 1 or 2) / the backward (switch 1) takes the chunked kernels: the switch (the
+ * environment read once, m2_cuda_gdn_chunk_tc) and the shape. */
+bool gdn_tc_applies(const m2_gdn_attr *d, int64_t seg);
+bool gdn_tc_bwd_applies(const m2_gdn_attr *d, int64_t seg);
+
+/* Forward on stream st. in = {q, k, v, g, beta, h0 or NULL} (dtype dt: f32 or bf16, contiguous); o (B,T,H,V) and
+ * hT (B,H,K,V) in dt; ck (B,H,NS,V,K) fp32 (NS = ceil(T / 64)) or NULL. dev: where the scratch goes. */
+m2_status gdn_tc_forward(const m2_gdn_attr *d, m2_dtype dt, m2_device dev, cudaStream_t st, const void *const in[6],
+                         void *o, void *hT, float *ck);
+
+/* Backward on stream st from the forward's fp32 states ck (B,H,NS,V,K). in as for the forward; dy (B,T,H,V) and dhT
+ * (B,H,K,V) or NULL, in dt; din = {dq, dk, dv, dg, dbeta, dh0}, each NULL when not wanted, in dt. */
+m2_status gdn_tc_backward(const m2_gdn_attr *d, m2_dtype dt, m2_device dev, cudaStream_t st, const void *const in[6],
+                          const void *dy, const void *dhT, const float *ck, void *const din[6]);
+#endif

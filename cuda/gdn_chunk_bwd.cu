@@ -1,0 +1,607 @@
+/* gdn_chunk_bwd.cu — the chunked Gated DeltaNet backward (forward and notation: cuda/gdn_chunk.cu). Taken with the
+ * switch at 1 (M2_GDN_CHUNK_TC=1 or m2_cuda_gdn_chunk_tc(1)) for the shapes gdn_tc_shape_ok() accepts; it reads the
+ * fp32 states before every chunk that either forward kept, (B, H, NS, V, K), seg 64.
+ *
+ * Per chunk, last first, with S its start state, dS' the gradient of the state after it, dO its output rows:
+ *   dV' = P^T dO + K~ dS'                 dS = e^gam_L dS' + Q~^T dO - W^T dV'   (carried to the chunk before)
+ *   dQ~ = dO S^T   dK~ = V' dS'^T   dW = -dV' S^T   dU = dV'   dP = dO V'^T (j <= r)
+ *   X = T^T dU, Y = T^T dW, dT = dU (diag(beta) V)^T + dW (diag(beta e^gam) K)^T, dA = -T^T dT T^T (j < r)
+ *   M = scale dP o G (G_rj = e^(gam_r - gam_j), j <= r),  N = dA o beta_r G,  N~ = N + N^T
+ *   dq = scale e^gam dQ~ + M K
+ *   dk = e^(gam_L - gam) dK~ + M^T Q + diag(beta e^gam) Y + N~ K
+ *   dv = diag(beta) X
+ *   dbeta_r = <X_r, v_r> + e^gam_r <Y_r, k_r> + sum_j dA_rj G_rj k_r.k_j
+ *   dgam_r  = <dQ~_r, Q~_r> - <dK~_r, K~_r> + beta_r e^gam_r <Y_r, k_r> + (row r - column r) of (dP o P + dA o A)
+ *   dgam_L += e^gam_L <S, dS'> + sum_j <dK~_j, K~_j>;   dg = the reverse cumsum of dgam within the chunk
+ *   dh0 = dS of chunk 0
+ * (checked against finite differences in float64 before these kernels were written.)
+ *
+ * Kernels, after prep runs again (it also writes T, K K^T and Q K^T in fp32 here):
+ *   bscan  grid (V / 64, B H), 8 warps: the chunks last first with dS (K x 64 columns) in mma accumulators;
+ *          per chunk V' = U - W S, dV' (bf16 into scratch), dS' (bf16 into scratch (BH, NC, K, V)), the block's
+ *          part of <S, dS'>, then dS. dh0 at the end.
+ *   bgrad  grid (K / 64, NC, B H), 8 warps: dQ~, dK~, dW of 64 key columns (and dP) over the V tiles (fp32 out).
+ *   bwy    grid (NC, B H), 8 warps: dT, dA = -T^T dT T^T, M, N~, then dq, dk, dv, dbeta, dg of the chunk's rows,
+ *          the products on tensor cores (bf16 operands), the elementwise chains and row sums in fp32 (every row's
+ *          gradient is the chunk's own: no sums across blocks, no atomics). */
+#include <stdlib.h>
+#include "gdn_chunk.cuh"
+#include "m2cuda.h"
+
+namespace {
+
+constexpr int LDM = C + 1; /* row stride of the fp32 64 x 64 matrices in shared memory */
+
+/* ================= bscan: dS through the chunks, last first ================= */
+
+static size_t bscan_smem(int K) {
+  return (size_t)3 * C * (K + 8) * 2   /* Ws, Qs, Ks (64 x K bf16) */
+         + (size_t)5 * C * LDC * 2     /* Us, Ps, Vn, dOs, dVn (64 x 64 bf16) */
+         + (size_t)2 * K * LDC * 2     /* Ss, Ds: S and dS' (K x 64 bf16) */
+         + 8 * 4;                      /* the warps' parts of <S, dS'> */
+}
+
+struct bscan_io {
+  const uint16_t *W, *U, *Qt, *Kt, *P; /* prep's */
+  const float *eL;
+  uint16_t *Vp, *dVp; /* (BH, NC*64, V) bf16: V', dV' */
+  uint16_t *dS;       /* (BH, NC, K, V) bf16: the gradient of the state after each chunk */
+  float *sdS;         /* (BH, NC, V / 64): <S, dS'> over each block's columns */
+};
+
+template <class T>
+__global__ void __launch_bounds__(256) k_gdn_bscan(bscan_io io, const float *ck, const T *dy, const T *dhT, T *dh0,
+                                                   int64_t Tn, int H, int K, int V, int NC) {
+  extern __shared__ __align__(16) unsigned char sm[];
+  const int KP = K + 8;
+  uint16_t *Ws = (uint16_t *)sm, *Qs = Ws + C * KP, *Ks = Qs + C * KP, *Us = Ks + C * KP, *Ps = Us + C * LDC,
+           *Vn = Ps + C * LDC, *dOs = Vn + C * LDC, *dVn = dOs + C * LDC, *Ss = dVn + C * LDC, *Ds = Ss + K * LDC;
+  float *red = (float *)(Ds + K * LDC);
+  const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, KT = K / 16, NVT = V / BV;
+  const int mr = w & 3, nh = w >> 2; /* the V' / dV' tile of this warp: rows 16 mr.., columns 32 nh.. */
+  const int v0 = blockIdx.x * BV;
+  const int64_t bh = blockIdx.y, b = bh / H, h = bh % H;
+
+  float Da[2][8][4]; /* dS: rows 16 (w + 8 i).., 64 columns, as the forward's S */
+#pragma unroll
+  for (int i = 0; i < 2; i++)
+#pragma unroll
+    for (int n = 0; n < 8; n++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) {
+        int row = 16 * (w + 8 * i) + c_row(lane, e), col = v0 + 8 * n + c_col(lane, e);
+        Da[i][n][e] = (dhT && w + 8 * i < KT) ? to_f(dhT[(bh * K + row) * V + col]) : 0.0f;
+      }
+
+  for (int c = NC - 1; c >= 0; c--) {
+    const int64_t row0 = (bh * NC + c) * (int64_t)C, t0 = (int64_t)c * C;
+    stage(Ws, KP, io.W + row0 * K, K, C, K);
+    stage(Qs, KP, io.Qt + row0 * K, K, C, K);
+    stage(Ks, KP, io.Kt + row0 * K, K, C, K);
+    stage(Us, LDC, io.U + row0 * V + v0, V, C, BV);
+    stage(Ps, LDC, io.P + row0 * C, C, C, C);
+    mma_cp_commit();
+    for (int i = tid; i < C * BV; i += blockDim.x) { /* dO: the chunk's rows, this block's columns */
+      int r = i / BV, x = i % BV;
+      dOs[r * LDC + x] = bf(t0 + r < Tn ? to_f(dy[((b * Tn + t0 + r) * H + h) * V + v0 + x]) : 0.0f);
+    }
+    const float *ckc = ck + ((bh * NC + c) * (int64_t)V + v0) * K; /* S before the chunk, (V, K) */
+    for (int i = tid; i < BV * K; i += blockDim.x) {
+      int x = i / K, row = i % K;
+      Ss[row * LDC + x] = bf(ckc[(int64_t)x * K + row]);
+    }
+    uint16_t *dSg = io.dS + (bh * NC + c) * (int64_t)K * V;
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+      if (w + 8 * i >= KT) continue;
+#pragma unroll
+      for (int n = 0; n < 8; n++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+          int row = 16 * (w + 8 * i) + c_row(lane, e), col = 8 * n + c_col(lane, e);
+          uint16_t u = bf(Da[i][n][e]);
+          Ds[row * LDC + col] = u;
+          dSg[(int64_t)row * V + v0 + col] = u;
+        }
+    }
+    mma_cp_wait<0>();
+    __syncthreads();
+
+    /* this block's part of <S, dS'> (S as its bf16 operand) */
+    float sd = 0.0f;
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+      if (w + 8 * i >= KT) continue;
+#pragma unroll
+      for (int n = 0; n < 8; n++)
+#pragma unroll
+        for (int e = 0; e < 4; e++)
+          sd += Da[i][n][e] * fb(Ss[(16 * (w + 8 * i) + c_row(lane, e)) * LDC + 8 * n + c_col(lane, e)]);
+    }
+    sd = warp_sum(sd);
+    if (lane == 0) red[w] = sd;
+
+    /* V' = U - W S and dV' = K~ dS' + P^T dO: this warp's 16 x 32 tile */
+    float aV[4][4] = {}, aD[4][4] = {};
+    for (int k0 = 0; k0 < K; k0 += 16) {
+      uint32_t fw[4], fk[4], fs[4], fd[4];
+      ld_a(fw, Ws, KP, 16 * mr, k0, lane);
+      ld_a(fk, Ks, KP, 16 * mr, k0, lane);
+#pragma unroll
+      for (int np = 0; np < 2; np++) {
+        ld_b(fs, Ss, LDC, k0, 32 * nh + 16 * np, lane);
+        mma2(aV[2 * np], aV[2 * np + 1], fw, fs);
+        ld_b(fd, Ds, LDC, k0, 32 * nh + 16 * np, lane);
+        mma2(aD[2 * np], aD[2 * np + 1], fk, fd);
+      }
+    }
+#pragma unroll
+    for (int kk = 0; kk < 4; kk++) { /* P^T is upper: only k-steps kk >= mr */
+      if (kk < mr) continue;
+      uint32_t fp[4], fo[4];
+      ld_a_t(fp, Ps, LDC, 16 * kk, 16 * mr, lane);
+#pragma unroll
+      for (int np = 0; np < 2; np++) {
+        ld_b(fo, dOs, LDC, 16 * kk, 32 * nh + 16 * np, lane);
+        mma2(aD[2 * np], aD[2 * np + 1], fp, fo);
+      }
+    }
+#pragma unroll
+    for (int n = 0; n < 4; n++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) {
+        int r = 16 * mr + c_row(lane, e), col = 32 * nh + 8 * n + c_col(lane, e);
+        uint16_t uv = bf(fb(Us[r * LDC + col]) - aV[n][e]), ud = bf(aD[n][e]);
+        Vn[r * LDC + col] = uv;
+        dVn[r * LDC + col] = ud;
+        io.Vp[(row0 + r) * V + v0 + col] = uv;
+        io.dVp[(row0 + r) * V + v0 + col] = ud;
+      }
+    __syncthreads();
+    if (tid == 0) {
+      float s = 0.0f;
+      for (int x = 0; x < 8; x++) s += red[x];
+      io.sdS[(bh * NC + c) * NVT + blockIdx.x] = s;
+    }
+
+    /* dS = e^gam_L dS' + Q~^T dO - W^T dV' */
+    const float eL = io.eL[bh * NC + c];
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+      int mt = w + 8 * i;
+      if (mt >= KT) continue;
+      float aq[8][4] = {}, aw[8][4] = {};
+#pragma unroll
+      for (int kk = 0; kk < 4; kk++) {
+        uint32_t fq[4], fw[4], fo[4], fd[4];
+        ld_a_t(fq, Qs, KP, 16 * kk, 16 * mt, lane);
+        ld_a_t(fw, Ws, KP, 16 * kk, 16 * mt, lane);
+#pragma unroll
+        for (int np = 0; np < 4; np++) {
+          ld_b(fo, dOs, LDC, 16 * kk, 16 * np, lane);
+          mma2(aq[2 * np], aq[2 * np + 1], fq, fo);
+          ld_b(fd, dVn, LDC, 16 * kk, 16 * np, lane);
+          mma2(aw[2 * np], aw[2 * np + 1], fw, fd);
+        }
+      }
+#pragma unroll
+      for (int n = 0; n < 8; n++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) Da[i][n][e] = eL * Da[i][n][e] + aq[n][e] - aw[n][e];
+    }
+    __syncthreads(); /* the chunk before restages every tile */
+  }
+  if (!dh0) return;
+#pragma unroll
+  for (int i = 0; i < 2; i++) {
+    if (w + 8 * i >= KT) continue;
+#pragma unroll
+    for (int n = 0; n < 8; n++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) {
+        int row = 16 * (w + 8 * i) + c_row(lane, e), col = v0 + 8 * n + c_col(lane, e);
+        dh0[(bh * K + row) * V + col] = from_f<T>(Da[i][n][e]);
+      }
+  }
+}
+
+/* ================= bgrad: dQ~, dK~, dW (64 key columns) and dP of one chunk ================= */
+
+struct bgrad_io {
+  const uint16_t *Vp, *dVp, *dS; /* bscan's */
+  float *dQt, *dKt, *dW;         /* (BH, NC*64, K) fp32 */
+  float *dP;                     /* (BH, NC, 64, 64) fp32, zero above the diagonal */
+};
+
+/* Block (kp, c, bh): key columns k0 = 64 kp .. k0 + 63 (those below K). Warp (mr, nh): rows 16 mr.., columns
+ * 32 nh.. of each 64 x 64 output. */
+template <class T>
+__global__ void __launch_bounds__(256) k_gdn_bgrad(bgrad_io io, const float *ck, const T *dy, int64_t Tn, int H,
+                                                   int K, int V, int NC) {
+  extern __shared__ __align__(16) unsigned char sm[];
+  uint16_t *dOs = (uint16_t *)sm, *dVs = dOs + C * LDC, *Vs = dVs + C * LDC, *St = Vs + C * LDC, *Ds = St + C * LDC;
+  const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, mr = w & 3, nh = w >> 2;
+  const int kp = blockIdx.x, c = blockIdx.y, k0 = 64 * kp;
+  const int64_t bh = blockIdx.z, b = bh / H, h = bh % H, row0 = (bh * NC + c) * (int64_t)C, t0 = (int64_t)c * C;
+  const float *ckc = ck + (bh * NC + c) * (int64_t)V * K; /* S before the chunk, (V, K) */
+  const uint16_t *dSc = io.dS + (bh * NC + c) * (int64_t)K * V;
+  float aQ[4][4] = {}, aK[4][4] = {}, aW[4][4] = {}, aP[4][4] = {};
+  for (int v0 = 0; v0 < V; v0 += BV) {
+    stage(dVs, LDC, io.dVp + row0 * V + v0, V, C, BV);
+    stage(Vs, LDC, io.Vp + row0 * V + v0, V, C, BV);
+    for (int i = tid; i < C * (BV / 8); i += blockDim.x) { /* dS' rows k0.. (zero past K), this tile's columns */
+      int r = i / (BV / 8), ch = i % (BV / 8);
+      bool ok = k0 + r < K;
+      mma_cp16(Ds + r * LDC + ch * 8, dSc + (int64_t)(ok ? k0 + r : 0) * V + v0 + ch * 8, ok);
+    }
+    mma_cp_commit();
+    for (int i = tid; i < C * BV; i += blockDim.x) {
+      int r = i / BV, x = i % BV;
+      dOs[r * LDC + x] = bf(t0 + r < Tn ? to_f(dy[((b * Tn + t0 + r) * H + h) * V + v0 + x]) : 0.0f);
+    }
+    for (int i = tid; i < BV * 64; i += blockDim.x) { /* St[x][n] = S[k0 + n][v0 + x] */
+      int x = i / 64, n = i % 64;
+      St[x * LDC + n] = bf(k0 + n < K ? ckc[(int64_t)(v0 + x) * K + k0 + n] : 0.0f);
+    }
+    mma_cp_wait<0>();
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < 4; kk++) {
+      uint32_t fo[4], fd[4], fv[4], fb4[4];
+      ld_a(fo, dOs, LDC, 16 * mr, 16 * kk, lane);
+      ld_a(fd, dVs, LDC, 16 * mr, 16 * kk, lane);
+      ld_a(fv, Vs, LDC, 16 * mr, 16 * kk, lane);
+#pragma unroll
+      for (int np = 0; np < 2; np++) {
+        ld_b(fb4, St, LDC, 16 * kk, 32 * nh + 16 * np, lane); /* S^T */
+        mma2(aQ[2 * np], aQ[2 * np + 1], fo, fb4);
+        mma2(aW[2 * np], aW[2 * np + 1], fd, fb4);
+        ld_bt(fb4, Ds, LDC, 32 * nh + 16 * np, 16 * kk, lane); /* dS'^T */
+        mma2(aK[2 * np], aK[2 * np + 1], fv, fb4);
+        if (kp == 0) {
+          ld_bt(fb4, Vs, LDC, 32 * nh + 16 * np, 16 * kk, lane); /* V'^T */
+          mma2(aP[2 * np], aP[2 * np + 1], fo, fb4);
+        }
+      }
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int n = 0; n < 4; n++)
+#pragma unroll
+    for (int e = 0; e < 4; e++) {
+      int r = 16 * mr + c_row(lane, e), col = 32 * nh + 8 * n + c_col(lane, e);
+      if (k0 + col < K) {
+        int64_t o = (row0 + r) * K + k0 + col;
+        io.dQt[o] = aQ[n][e];
+        io.dKt[o] = aK[n][e];
+        io.dW[o] = -aW[n][e];
+      }
+      if (kp == 0) io.dP[(bh * NC + c) * (int64_t)(C * C) + r * C + col] = col <= r ? aP[n][e] : 0.0f;
+    }
+}
+
+/* ================= bwy: the chunk's own gradients ================= */
+
+static size_t bwy_smem() {
+  return (size_t)7 * C * LDM * 4   /* G, QK, KK, dP, dT, E1, E2 (fp32 64 x 64) */
+         + (size_t)8 * C * LDC * 2 /* Tb, Mb, Nb, dTb, Xb, S1, S2, S3 (bf16 64 x 64) */
+         + (size_t)7 * C * 4       /* gam, bet, eg, ed, dgam, dbet, dgl */
+         + (size_t)3 * C * 2 * 4;  /* the two column halves' row parts of dgam, dbeta, the gam_L terms */
+}
+
+struct bwy_io {
+  const float *T, *KK, *QK, *eL;      /* prep's */
+  const float *dQt, *dKt, *dW, *dP;   /* bgrad's */
+  const float *sdS;                   /* bscan's (BH, NC, V / 64) */
+  const uint16_t *dVp;                /* dU = dV' */
+};
+
+/* Sum over the 4 lanes of a quad (lanes 4 g .. 4 g + 3: one row of an mma C tile). */
+__device__ __forceinline__ float quad_sum(float v) {
+  v += __shfl_xor_sync(0xffffffffu, v, 1);
+  return v + __shfl_xor_sync(0xffffffffu, v, 2);
+}
+
+/* acc (16 x 32 tile of warp (mr, nh)) = 0 */
+__device__ __forceinline__ void zero4(float acc[4][4]) {
+#pragma unroll
+  for (int n = 0; n < 4; n++) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+}
+
+/* acc += A B over a 64-deep product, A = a 64 x 64 bf16 tile (transposed when at), B = a 64 x 64 bf16 tile
+ * (transposed when bt); the warp's rows 16 mr.., columns 32 nh... */
+__device__ __forceinline__ void mul64(float acc[4][4], const uint16_t *A, bool at, const uint16_t *Bm, bool bt,
+                                      int mr, int nh, int lane) {
+#pragma unroll
+  for (int kk = 0; kk < 4; kk++) {
+    uint32_t fa[4], fbm[4];
+    if (at) ld_a_t(fa, A, LDC, 16 * kk, 16 * mr, lane);
+    else ld_a(fa, A, LDC, 16 * mr, 16 * kk, lane);
+#pragma unroll
+    for (int np = 0; np < 2; np++) {
+      if (bt) ld_bt(fbm, Bm, LDC, 32 * nh + 16 * np, 16 * kk, lane);
+      else ld_b(fbm, Bm, LDC, 16 * kk, 32 * nh + 16 * np, lane);
+      mma2(acc[2 * np], acc[2 * np + 1], fa, fbm);
+    }
+  }
+}
+
+/* Block (c, bh), 8 warps; in the products warp (mr, nh) owns rows 16 mr.., columns 32 nh.. of each 64 x 64 output
+ * (element e of n-tile n: row 16 mr + c_row(e), column 32 nh + 8 n + c_col(e)); the elementwise steps stride the
+ * 64 x 64 elements over the threads. Products on tensor cores (bf16 operands: dU, dW, beta V, beta e^gam K, T, dT,
+ * dT T^T, M, N~, K, Q), the rest fp32. */
+template <class T>
+__global__ void __launch_bounds__(256) k_gdn_bwy(bwy_io io, const T *q, const T *k, const T *v, const T *g,
+                                                 const T *beta, T *dq, T *dk, T *dv, T *dg, T *dbeta, int64_t Tn,
+                                                 int H, int K, int V, int NC, float scale) {
+  extern __shared__ __align__(16) float fsm[];
+  float *G = fsm, *QK = G + C * LDM, *KK = QK + C * LDM, *dP = KK + C * LDM, *dT = dP + C * LDM, *E1 = dT + C * LDM,
+        *E2 = E1 + C * LDM;
+  uint16_t *Tb = (uint16_t *)(E2 + C * LDM), *Mb = Tb + C * LDC, *Nb = Mb + C * LDC, *dTb = Nb + C * LDC,
+           *Xb = dTb + C * LDC, *S1 = Xb + C * LDC, *S2 = S1 + C * LDC, *S3 = S2 + C * LDC;
+  float *gam = (float *)(S3 + C * LDC), *bet = gam + C, *eg = bet + C, *ed = eg + C, *dgam = ed + C, *dbet = dgam + C,
+        *dgl = dbet + C, *pq = dgl + C, *pb = pq + 2 * C, *pl = pb + 2 * C;
+  const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, mr = w & 3, nh = w >> 2, c = blockIdx.x, NVT = V / BV;
+  const int64_t bh = blockIdx.y, b = bh / H, h = bh % H, t0 = (int64_t)c * C, row0 = (bh * NC + c) * (int64_t)C;
+  const int64_t m0 = row0 * C; /* this chunk's 64 x 64 matrices */
+  const int L = Tn - t0 < C ? (int)(Tn - t0) : C;
+  auto tok = [&](int rr) { return (b * Tn + t0 + rr) * H + h; };
+
+  /* 0. the chunk's scalars and matrices: T (bf16), Q K^T, K K^T, dP (fp32), G */
+  if (tid < C) {
+    gam[tid] = tid < L ? to_f(g[tok(tid)]) : 0.0f;
+    bet[tid] = tid < L ? to_f(beta[tok(tid)]) : 0.0f;
+    dgam[tid] = dbet[tid] = 0.0f;
+  }
+  for (int i = tid; i < C * C; i += blockDim.x) {
+    int rr = i / C, j = i % C;
+    Tb[rr * LDC + j] = bf(io.T[m0 + i]);
+    QK[rr * LDM + j] = io.QK[m0 + i];
+    KK[rr * LDM + j] = io.KK[m0 + i];
+    dP[rr * LDM + j] = io.dP[m0 + i];
+  }
+  __syncthreads();
+  if (tid == 0)
+    for (int rr = 1; rr < C; rr++) gam[rr] += gam[rr - 1];
+  __syncthreads();
+  if (tid < C) {
+    eg[tid] = expf(gam[tid]);
+    ed[tid] = expf(gam[C - 1] - gam[tid]);
+  }
+  for (int i = tid; i < C * C; i += blockDim.x) {
+    int rr = i / C, j = i % C;
+    G[rr * LDM + j] = j <= rr ? expf(gam[rr] - gam[j]) : 0.0f;
+  }
+  __syncthreads();
+
+  /* 1. dT = dU (diag(beta) V)^T + dW (diag(beta e^gam) K)^T, 64 columns of V, then of K, at a time:
+        S1 = dU or dW (64 x 64), S2 = beta V or beta e^gam K (64 x 64), dT += S1 S2^T */
+  float acc[4][4];
+  zero4(acc);
+  for (int pass = 0; pass < 2; pass++) {
+    const int n = pass ? K : V;
+    for (int x0 = 0; x0 < n; x0 += 64) {
+      for (int i = tid; i < C * 64; i += blockDim.x) {
+        int rr = i / 64, x = i % 64;
+        bool col = x0 + x < n, in = rr < L && col;
+        if (!pass) {
+          S1[rr * LDC + x] = col ? io.dVp[(row0 + rr) * V + x0 + x] : (uint16_t)0;
+          S2[rr * LDC + x] = bf(in ? bet[rr] * to_f(v[tok(rr) * V + x0 + x]) : 0.0f);
+        } else {
+          S1[rr * LDC + x] = bf(col ? io.dW[(row0 + rr) * K + x0 + x] : 0.0f);
+          S2[rr * LDC + x] = bf(in ? bet[rr] * eg[rr] * to_f(k[tok(rr) * K + x0 + x]) : 0.0f);
+        }
+      }
+      __syncthreads();
+      mul64(acc, S1, false, S2, true, mr, nh, lane);
+      __syncthreads();
+    }
+  }
+#pragma unroll
+  for (int n = 0; n < 4; n++)
+#pragma unroll
+    for (int e = 0; e < 4; e++) dTb[(16 * mr + c_row(lane, e)) * LDC + 32 * nh + 8 * n + c_col(lane, e)] = bf(acc[n][e]);
+  __syncthreads();
+
+  /* 2. Xb = dT T^T, then dA = -T^T Xb (strictly lower, fp32) into dT */
+  zero4(acc);
+  mul64(acc, dTb, false, Tb, true, mr, nh, lane);
+#pragma unroll
+  for (int n = 0; n < 4; n++)
+#pragma unroll
+    for (int e = 0; e < 4; e++) Xb[(16 * mr + c_row(lane, e)) * LDC + 32 * nh + 8 * n + c_col(lane, e)] = bf(acc[n][e]);
+  __syncthreads();
+  zero4(acc);
+  mul64(acc, Tb, true, Xb, false, mr, nh, lane);
+#pragma unroll
+  for (int n = 0; n < 4; n++)
+#pragma unroll
+    for (int e = 0; e < 4; e++) {
+      int rr = 16 * mr + c_row(lane, e), j = 32 * nh + 8 * n + c_col(lane, e);
+      dT[rr * LDM + j] = j < rr ? -acc[n][e] : 0.0f;
+    }
+  __syncthreads();
+
+  /* 3. dP o P and dA o A (E2, E1), their row - column sums into dgam, sum_j dA G k.k into dbeta; M and N~ (bf16) */
+  for (int i = tid; i < C * C; i += blockDim.x) {
+    int rr = i / C, j = i % C;
+    float gg = G[rr * LDM + j];
+    float pp = j <= rr ? scale * gg * QK[rr * LDM + j] : 0.0f, aa = j < rr ? bet[rr] * gg * KK[rr * LDM + j] : 0.0f;
+    E2[rr * LDM + j] = dP[rr * LDM + j] * pp;
+    E1[rr * LDM + j] = dT[rr * LDM + j] * aa;
+    Mb[rr * LDC + j] = bf(j <= rr ? scale * dP[rr * LDM + j] * gg : 0.0f);
+    QK[rr * LDM + j] = j < rr ? dT[rr * LDM + j] * bet[rr] * gg : 0.0f; /* N, in Q K^T's place (read above only) */
+  }
+  __syncthreads();
+  if (tid < C) {
+    const int rr = tid;
+    float s = 0.0f, sb = 0.0f;
+    for (int j = 0; j < C; j++) {
+      s += E2[rr * LDM + j] - E2[j * LDM + rr] + E1[rr * LDM + j] - E1[j * LDM + rr];
+      sb += dT[rr * LDM + j] * G[rr * LDM + j] * KK[rr * LDM + j];
+    }
+    dgam[rr] += s;
+    dbet[rr] += sb;
+  }
+  for (int i = tid; i < C * C; i += blockDim.x) {
+    int rr = i / C, j = i % C;
+    Nb[rr * LDC + j] = bf(QK[rr * LDM + j] + QK[j * LDM + rr]); /* N~ = N + N^T */
+  }
+  __syncthreads();
+
+  /* 4. dq = scale e^gam dQ~ + M K, dk = e^(gam_L - gam) dK~ + M^T Q + N~ K + diag(beta e^gam) T^T dW, 64 key columns
+        at a time (S1 = K, S2 = Q, S3 = dW as bf16); the row terms of dgam, dbeta, gam_L in this thread's rows */
+  float rq[2] = {0.0f, 0.0f}, rb[2] = {0.0f, 0.0f}, rl[2] = {0.0f, 0.0f};
+  for (int x0 = 0; x0 < K; x0 += 64) {
+    for (int i = tid; i < C * 64; i += blockDim.x) {
+      int rr = i / 64, x = i % 64;
+      bool col = x0 + x < K, in = rr < L && col;
+      S1[rr * LDC + x] = bf(in ? to_f(k[tok(rr) * K + x0 + x]) : 0.0f);
+      S2[rr * LDC + x] = bf(in ? to_f(q[tok(rr) * K + x0 + x]) : 0.0f);
+      S3[rr * LDC + x] = bf(col ? io.dW[(row0 + rr) * K + x0 + x] : 0.0f);
+    }
+    __syncthreads();
+    float sq[4][4], sk[4][4], sy[4][4];
+    zero4(sq), zero4(sk), zero4(sy);
+    mul64(sq, Mb, false, S1, false, mr, nh, lane);
+    mul64(sk, Mb, true, S2, false, mr, nh, lane);
+    mul64(sk, Nb, false, S1, false, mr, nh, lane);
+    mul64(sy, Tb, true, S3, false, mr, nh, lane);
+#pragma unroll
+    for (int n = 0; n < 4; n++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) {
+        int rr = 16 * mr + c_row(lane, e), x = x0 + 32 * nh + 8 * n + c_col(lane, e);
+        if (x >= K || rr >= L) continue; /* rows past T add nothing */
+        int64_t o = (row0 + rr) * K + x;
+        float kr = to_f(k[tok(rr) * K + x]), qr = to_f(q[tok(rr) * K + x]), dqt = io.dQt[o], dkt = io.dKt[o];
+        float er = eg[rr], edr = ed[rr], br = bet[rr], y = sy[n][e];
+        rq[e >> 1] += dqt * scale * er * qr - dkt * edr * kr + br * er * y * kr;
+        rl[e >> 1] += dkt * edr * kr;
+        rb[e >> 1] += er * y * kr;
+        if (dq) dq[tok(rr) * K + x] = from_f<T>(scale * er * dqt + sq[n][e]);
+        if (dk) dk[tok(rr) * K + x] = from_f<T>(edr * dkt + sk[n][e] + br * er * y);
+      }
+    __syncthreads();
+  }
+
+  /* 5. dv = diag(beta) T^T dU and <X_r, v_r>, 64 value columns at a time (S1 = dU) */
+  for (int x0 = 0; x0 < V; x0 += 64) {
+    for (int i = tid; i < C * 64; i += blockDim.x) {
+      int rr = i / 64, x = i % 64;
+      S1[rr * LDC + x] = io.dVp[(row0 + rr) * V + x0 + x];
+    }
+    __syncthreads();
+    zero4(acc);
+    mul64(acc, Tb, true, S1, false, mr, nh, lane);
+#pragma unroll
+    for (int n = 0; n < 4; n++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) {
+        int rr = 16 * mr + c_row(lane, e), x = x0 + 32 * nh + 8 * n + c_col(lane, e);
+        if (rr >= L) continue;
+        rb[e >> 1] += acc[n][e] * to_f(v[tok(rr) * V + x]);
+        if (dv) dv[tok(rr) * V + x] = from_f<T>(bet[rr] * acc[n][e]);
+      }
+    __syncthreads();
+  }
+
+  /* 6. the row parts: over the quad's lanes, then the two column halves (nh) in order; gam_L terms, reverse cumsum */
+#pragma unroll
+  for (int hr = 0; hr < 2; hr++) {
+    float a = quad_sum(rq[hr]), bb = quad_sum(rb[hr]), l = quad_sum(rl[hr]);
+    if ((lane & 3) == 0) {
+      int rr = 16 * mr + (lane >> 2) + 8 * hr;
+      pq[rr * 2 + nh] = a, pb[rr * 2 + nh] = bb, pl[rr * 2 + nh] = l;
+    }
+  }
+  __syncthreads();
+  if (tid == 0) {
+    float gl = 0.0f, s = 0.0f;
+    for (int rr = 0; rr < C; rr++) {
+      dgam[rr] += pq[rr * 2] + pq[rr * 2 + 1];
+      dbet[rr] += pb[rr * 2] + pb[rr * 2 + 1];
+      gl += pl[rr * 2] + pl[rr * 2 + 1];
+    }
+    for (int x = 0; x < NVT; x++) s += io.sdS[(bh * NC + c) * NVT + x];
+    dgam[L - 1] += gl + io.eL[bh * NC + c] * s;
+    float a = 0.0f;
+    for (int rr = L - 1; rr >= 0; rr--) {
+      a += dgam[rr];
+      dgam[rr] = a;
+    }
+  }
+  __syncthreads();
+  if (tid < L) {
+    if (dg) dg[tok(tid)] = from_f<T>(dgam[tid]);
+    if (dbeta) dbeta[tok(tid)] = from_f<T>(dbet[tid]);
+  }
+}
+
+long g_bwd_calls;
+
+}  // namespace
+
+extern "C" long m2_cuda_gdn_chunk_tc_bwd_calls(void) { return g_bwd_calls; }
+
+bool gdn_tc_bwd_applies(const m2_gdn_attr *d, int64_t seg) {
+  return m2_cuda_gdn_chunk_tc(-1) == 1 && gdn_tc_shape_ok(d, seg);
+}
+
+m2_status gdn_tc_backward(const m2_gdn_attr *d, m2_dtype dt, m2_device dev, cudaStream_t st, const void *const in[6],
+                          const void *dy, const void *dhT, const float *ck, void *const din[6]) {
+  const int K = (int)d->K, V = (int)d->V, H = (int)d->H, NC = (int)((d->T + C - 1) / C), NVT = V / BV;
+  const int64_t BH = d->B * d->H, rows = BH * NC * C;
+  int64_t nK = rows * K, nV = rows * V, nM = BH * NC * C * C, nE = BH * NC, nS = BH * NC * (int64_t)K * V,
+          nD = BH * NC * NVT;
+  enum { W, U, QT, KT, P, VP, DVP, DS, NB16 };
+  enum { EL, TM, KK, QK, DQT, DKT, DW, DP, SDS, NF32 };
+  const int64_t n16[NB16] = {nK, nV, nK, nK, nM, nV, nV, nS};
+  const int64_t n32[NF32] = {nE, nM, nM, nM, nK, nK, nK, nM, nD};
+  m2_tensor *t16[NB16] = {0}, *t32[NF32] = {0};
+  m2_status s = M2_OK;
+  for (int i = 0; i < NB16 && s == M2_OK; i++)
+    if (!(t16[i] = m2_empty(M2_BF16, dev, 1, &n16[i]))) s = m2_errcode();
+  for (int i = 0; i < NF32 && s == M2_OK; i++)
+    if (!(t32[i] = m2_empty(M2_F32, dev, 1, &n32[i]))) s = m2_errcode();
+  if (s == M2_OK) {
+    uint16_t *b16[NB16];
+    float *f32[NF32];
+    for (int i = 0; i < NB16; i++) b16[i] = (uint16_t *)m2_data(t16[i]);
+    for (int i = 0; i < NF32; i++) f32[i] = (float *)m2_data(t32[i]);
+    prep_out po = {b16[W], b16[U], b16[QT], b16[KT], b16[P], f32[EL], f32[TM], f32[KK], f32[QK]};
+    bscan_io bs = {b16[W], b16[U], b16[QT], b16[KT], b16[P], f32[EL], b16[VP], b16[DVP], b16[DS], f32[SDS]};
+    bgrad_io bg = {b16[VP], b16[DVP], b16[DS], f32[DQT], f32[DKT], f32[DW], f32[DP]};
+    bwy_io bw = {f32[TM], f32[KK], f32[QK], f32[EL], f32[DQT], f32[DKT], f32[DW], f32[DP], f32[SDS], b16[DVP]};
+    size_t sp = prep_smem(K), ss = bscan_smem(K), sg = (size_t)5 * C * LDC * 2, sw = bwy_smem();
+    cudaError_t e = cudaSuccess;
+    CU_FLOAT_DISPATCH(dt, {
+      const T *const *x = (const T *const *)in;
+      T *const *g = (T *const *)din;
+      e = cudaFuncSetAttribute(k_gdn_prep<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sp);
+      if (e == cudaSuccess)
+        e = cudaFuncSetAttribute(k_gdn_bscan<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)ss);
+      if (e == cudaSuccess)
+        e = cudaFuncSetAttribute(k_gdn_bwy<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sw);
+      if (e == cudaSuccess) {
+        k_gdn_prep<T><<<dim3((unsigned)NC, (unsigned)BH), 128, sp, st>>>(x[0], x[1], x[2], x[3], x[4], po, d->T, H,
+                                                                          K, V, (float)d->scale, NC);
+        k_gdn_bscan<T><<<dim3((unsigned)NVT, (unsigned)BH), 256, ss, st>>>(bs, ck, (const T *)dy, (const T *)dhT,
+                                                                           g[5], d->T, H, K, V, NC);
+        k_gdn_bgrad<T><<<dim3((unsigned)((K + 63) / 64), (unsigned)NC, (unsigned)BH), 256, sg, st>>>(
+            bg, ck, (const T *)dy, d->T, H, K, V, NC);
+        k_gdn_bwy<T><<<dim3((unsigned)NC, (unsigned)BH), 256, sw, st>>>(bw, x[0], x[1], x[2], x[3], x[4], g[0],
+                                                                        g[1], g[2], g[3], g[4], d->T, H, K, V, NC,
+                                                                        (float)d->scale);
+        e = cudaGetLastError();
+      }
+    });
+    if (e != cudaSuccess)
+      s = m2_fail(M2_ERR_CUDA, "gdn: chunked tensor-core backward launch failed: %s", cudaGetErrorString(e));
+    else g_bwd_calls++;
+  }
+  for (int i = 0; i < NB16; i++) m2_release(t16[i]);
+  for (int i = 0; i < NF32; i++) m2_release(t32[i]);
+  return s;
+}

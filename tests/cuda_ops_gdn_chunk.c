@@ -1,0 +1,147 @@
+/* cuda_ops_gdn_chunk.c — the chunked tensor-core GDN forward and backward (cuda/gdn_chunk.cu, gdn_chunk_bwd.cu),
+ * switched on here by the test itself (m2_cuda_gdn_chunk_tc: the test does not depend on M2_GDN_CHUNK_TC):
+ *  - small sizes against the CPU reference row gdn_chunked (float64) through m2_gdn_chunked, f32 and bf16 inputs,
+ *    T a multiple of 64 and not, with and without h0: o, hT, then every input gradient, with the chunked backward
+ *    (switch 1) and with the recurrent backward on the chunked forward's states (switch 2, "fwd"); each call checked
+ *    to have taken the path it should (the call counters);
+ *  - a shape the tiling does not take (K = 40) falls back to the recurrent kernels (no chunked call) and agrees;
+ *  - a full 400M-like layer (B 2, T 4096, H 2, K 256, V 512, bf16, h0) against the recurrent CUDA forward and
+ *    backward (switch 0), outputs and gradients.
+ * Bounds: max |cuda - ref| / max |ref| per tensor <= 2e-2 forward, 5e-2 gradients (bf16 operands of every product:
+ * the inputs, T, W, U, S, V' are rounded to bf16 as operands). Skips (77) without a GPU. */
+#include "cuda_mixer_parity.h"
+
+static const double TOL_FWD = 2e-2, TOL_BWD = 5e-2;
+
+static void l2rows(arr *a) {
+  int64_t d = a->shape[a->nd - 1], rows = arr_n(a) / d;
+  for (int64_t r = 0; r < rows; r++) {
+    double s = 0;
+    for (int64_t i = 0; i < d; i++) s += a->x[r * d + i] * a->x[r * d + i];
+    s = 1.0 / sqrt(s + 1e-12);
+    for (int64_t i = 0; i < d; i++) a->x[r * d + i] *= s;
+  }
+}
+
+/* q, k (L2-normalised), v, g, beta, h0 (or none) of one case */
+static void gdn_inputs(arr in[6], int64_t B, int64_t T, int64_t H, int64_t K, int64_t V, bool h0, uint64_t seed) {
+  m2_rng r = m2_rng_make(seed, 1);
+  int64_t sk[4] = {B, T, H, K}, sv[4] = {B, T, H, V}, sg[3] = {B, T, H}, sh[4] = {B, H, K, V};
+  in[0] = randn(&r, 4, sk, 1), in[1] = randn(&r, 4, sk, 1), in[2] = randn(&r, 4, sv, 0.7);
+  in[3] = unif(&r, 3, sg, -0.6, -0.01), in[4] = unif(&r, 3, sg, 0.05, 1.95);
+  in[5] = h0 ? randn(&r, 4, sh, 0.5) : none();
+  l2rows(&in[0]);
+  l2rows(&in[1]);
+}
+
+/* forward (o, hT) of in[0..5] (NULL h0 allowed), inputs requiring gradients */
+static m2_status fwd(m2_tensor *const *in, m2_tensor **y) {
+  return m2_gdn_chunked(in[0], in[1], in[2], in[3], in[4], in[5], NULL, &y[0], &y[1]);
+}
+
+static const char *const NAMES[6] = {"q", "k", "v", "g", "beta", "h0"};
+
+/* Compare the CUDA forward and backward under switch `mode` (1: both chunked, 2: chunked forward only) against a
+ * reference: the CPU row in float64 (ref_cuda false) or the recurrent CUDA kernels (ref_cuda true). want_tc: whether
+ * the chunked kernels must be taken (else the shape must fall back). */
+static void compare(const char *name, arr in[6], m2_dtype dt, bool ref_cuda, bool want_tc, int mode, uint64_t seed) {
+  const char *dn = m2_dtype_name(dt);
+  m2_tensor *cin[6] = {0}, *gin[6] = {0}, *cy[2] = {0}, *gy[2] = {0}, *cdo[2] = {0}, *gdo[2] = {0};
+  for (int i = 0; i < 6; i++) {
+    if (!in[i].x) continue;
+    to_tensors(&in[i], dt, &cin[i], &gin[i]);
+    if (ref_cuda) { /* the reference on the GPU too, same dtype */
+      m2_release(cin[i]);
+      cin[i] = m2_clone_raw(gin[i], dt, GPU);
+    }
+    m2_requires_grad_(cin[i], true);
+    m2_requires_grad_(gin[i], true);
+  }
+  m2_cuda_gdn_chunk_tc(0);
+  CHECK_OK(fwd(cin, cy));
+  m2_cuda_gdn_chunk_tc(mode);
+  long calls = m2_cuda_gdn_chunk_tc_calls();
+  CHECK_OK(fwd(gin, gy));
+  CHECK(gpu_sync_ok(), "%s %s: forward kernels failed", name, dn);
+  CHECK((m2_cuda_gdn_chunk_tc_calls() > calls) == want_tc, "%s %s: the chunked path was %s", name, dn,
+        want_tc ? "not taken" : "taken");
+  double wf = 0, wb = 0;
+  for (int j = 0; j < 2; j++) {
+    double e = err_of(gy[j], cy[j]);
+    CHECK(e <= TOL_FWD, "%s %s: forward %s error %.3g > %.3g", name, dn, j ? "hT" : "o", e, TOL_FWD);
+    if (!(e <= wf)) wf = e;
+  }
+  m2_rng r = m2_rng_make(seed, 11);
+  for (int j = 0; j < 2 && cy[j]; j++) {
+    arr d = randn(&r, cy[j]->ndim, cy[j]->shape, 1.0);
+    to_tensors(&d, dt, &cdo[j], &gdo[j]);
+    if (ref_cuda) {
+      m2_release(cdo[j]);
+      cdo[j] = m2_clone_raw(gdo[j], dt, GPU);
+    }
+    arr_free(&d);
+  }
+  if (cy[0] && gy[0]) {
+    m2_cuda_gdn_chunk_tc(0);
+    CHECK_OK(pc_backward(2, cy, cdo));
+    m2_cuda_gdn_chunk_tc(mode);
+    long bcalls = m2_cuda_gdn_chunk_tc_bwd_calls();
+    /* the backward wanting dbeta only (before the full one, which frees the saved states): the rest stays NULL */
+    pcase pc = {name, "gdn_chunked", 6, 2, {{0}}, NULL, 0, 0};
+    m2_tensor *pd[M2_MAX_IN] = {0};
+    CHECK(pc_partial_backward(&pc, gy[0], gdo, 4, pd) == M2_OK && gpu_sync_ok(), "%s %s: partial backward failed",
+          name, dn);
+    for (int i = 0; i < M2_MAX_IN; i++)
+      if (i != 4) CHECK(pd[i] == NULL, "%s %s: partial backward made gradient %d", name, dn, i);
+    double ep = err_of(pd[4], cin[4]->grad);
+    CHECK(ep <= TOL_BWD, "%s %s: partial backward dbeta error %.3g > %.3g", name, dn, ep, TOL_BWD);
+    for (int i = 0; i < M2_MAX_IN; i++) m2_release(pd[i]);
+    CHECK_OK(pc_backward(2, gy, gdo));
+    CHECK(gpu_sync_ok(), "%s %s: backward kernels failed", name, dn);
+    CHECK((m2_cuda_gdn_chunk_tc_bwd_calls() > bcalls) == (want_tc && mode == 1), "%s %s: the chunked backward was %s",
+          name, dn, want_tc && mode == 1 ? "not taken" : "taken");
+    for (int i = 0; i < 6; i++) {
+      if (!cin[i]) continue;
+      double e = err_of(gin[i]->grad, cin[i]->grad);
+      CHECK(e <= TOL_BWD, "%s %s: gradient of %s error %.3g > %.3g", name, dn, NAMES[i], e, TOL_BWD);
+      if (!(e <= wb)) wb = e;
+    }
+  }
+  printf("  %-44s %-4s %s fwd %.2e  bwd %.2e\n", name, dn, mode == 1 ? "chunked bwd  " : "recurrent bwd", wf, wb);
+  int di = dt == M2_BF16;
+  if (!(wf <= g_worst[di][0])) g_worst[di][0] = wf;
+  if (!(wb <= g_worst[di][1])) g_worst[di][1] = wb;
+  for (int i = 0; i < 6; i++) m2_release(cin[i]), m2_release(gin[i]);
+  for (int j = 0; j < 2; j++) m2_release(cy[j]), m2_release(gy[j]), m2_release(cdo[j]), m2_release(gdo[j]);
+}
+
+static void small_case(int64_t B, int64_t T, int64_t H, int64_t K, int64_t V, bool h0, bool want_tc, uint64_t seed) {
+  char name[96];
+  snprintf(name, sizeof name, "B%lld T%lld H%lld K%lld V%lld%s%s", (long long)B, (long long)T, (long long)H,
+           (long long)K, (long long)V, h0 ? " h0" : "", want_tc ? "" : " (recurrent)");
+  arr in[6];
+  gdn_inputs(in, B, T, H, K, V, h0, seed);
+  for (int mode = 1; mode <= 2; mode++) {
+    compare(name, in, M2_F32, false, want_tc, mode, seed);
+    compare(name, in, M2_BF16, false, want_tc, mode, seed + 1);
+  }
+  for (int i = 0; i < 6; i++) arr_free(&in[i]);
+}
+
+int main(void) {
+  PAR_SKIP_WITHOUT_GPU("cuda_ops_gdn_chunk");
+  uint64_t seed = 900;
+  small_case(2, 77, 2, 32, 64, true, true, seed += 10);   /* two chunks, the second partial */
+  small_case(1, 128, 1, 64, 128, false, true, seed += 10); /* whole chunks, two column blocks */
+  small_case(1, 200, 2, 48, 64, true, true, seed += 10);  /* K not a multiple of 32 */
+  small_case(2, 5, 1, 16, 64, false, true, seed += 10);   /* one short chunk */
+  small_case(1, 130, 1, 256, 64, true, true, seed += 10); /* the paper's K: two S tiles a warp */
+  small_case(1, 70, 1, 40, 64, true, false, seed += 10);  /* K = 40: the recurrent kernels */
+  { /* the 400M layer's dims at B 2 against the recurrent CUDA kernels */
+    arr in[6];
+    gdn_inputs(in, 2, 4096, 2, 256, 512, true, seed += 10);
+    compare("400M-like B2 T4096 H2 K256 V512 h0 vs recurrent", in, M2_BF16, true, true, 1, seed);
+    for (int i = 0; i < 6; i++) arr_free(&in[i]);
+  }
+  return mixer_finish("cuda_ops_gdn_chunk");
+}
