@@ -14,6 +14,8 @@ m2_status m2_cuda_register(void);
 
 /* Calls of the tensor-core attention kernels so far (tests check that a call took that path). */
 long m2_cuda_attention_tc_calls(void);
+/* Forwards of the "ssd_chunked" row run by the chunked tensor-core kernels so far (M2_SSD_CHUNK_TC=1). */
+long m2_cuda_ssd_chunk_tc_calls(void);
 
 #ifdef __cplusplus
 }
