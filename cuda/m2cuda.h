@@ -16,6 +16,8 @@ m2_status m2_cuda_register(void);
 long m2_cuda_attention_tc_calls(void);
 /* Forwards of the "ssd_chunked" row run by the chunked tensor-core kernels so far (M2_SSD_CHUNK_TC=1). */
 long m2_cuda_ssd_chunk_tc_calls(void);
+/* Backwards of the "ssd_chunked" row run by the chunked tensor-core kernels so far (M2_SSD_CHUNK_TC=1). */
+long m2_cuda_ssd_chunk_tc_bwd_calls(void);
 
 #ifdef __cplusplus
 }

@@ -1,11 +1,12 @@
-/* cuda_ops_ssd_chunk.c — the chunked tensor-core SSD forward (cuda/ssd_chunk.cu, the "ssd_chunked" row under
- * M2_SSD_CHUNK_TC=1, which this test sets before the first call) against the CPU reference (float64, through
- * m2_ssd_chunked) at small sizes: f32 inputs (under M2_MM_BF16) and bf16 inputs, T not a multiple of the chunk,
- * chunks of 64 and shorter, groups, with and without h0; its outputs y, hT and, through the recurrent CUDA backward
- * that reads its chunk states as checkpoints, every input gradient. Bound 2e-2 (bf16 products) of max |ref|. Then the
- * 400M layer shape (H 64, P 19, N 216, chunk 256) against the recurrent CUDA row (m2_ssd) in bf16, forward and
- * gradients; and f32 under M2_MM_F32 keeps the recurrent kernels (exact to 1e-4). Every chunked call is checked to
- * have run the chunked kernels (m2_cuda_ssd_chunk_tc_calls). Skips (77) without a GPU. */
+/* cuda_ops_ssd_chunk.c — the chunked tensor-core SSD forward and backward (cuda/ssd_chunk.cu, the "ssd_chunked" row
+ * under M2_SSD_CHUNK_TC=1, which this test sets before the first call) against the CPU reference (float64, through
+ * m2_ssd_chunked) at small sizes: f32 inputs (chunked forward under M2_MM_BF16, then the recurrent CUDA backward
+ * reading its chunk states as checkpoints) and bf16 inputs (chunked forward and backward), T not a multiple of the
+ * chunk, chunks of 64 and shorter, groups, with and without h0; outputs y, hT and every input gradient, bound 2e-2
+ * (bf16 products) of max |ref|. Then the 400M layer shape (H 64, P 19, N 216, chunk 256) against the recurrent CUDA
+ * row (m2_ssd) in bf16, forward and gradients; and f32 under M2_MM_F32 keeps the recurrent kernels (exact to 1e-4).
+ * Each call is checked to have taken the path it should (m2_cuda_ssd_chunk_tc_calls, _bwd_calls). Skips (77) without
+ * a GPU. */
 #include <stdlib.h>
 #include "cuda_mixer_parity.h"
 #include "m2cuda.h"
@@ -29,10 +30,21 @@ static m2_status run(bool chunked, m2_tensor *const *in, int64_t chunk, m2_tenso
   return (chunked ? m2_ssd_chunked : m2_ssd)(in[0], in[1], in[2], in[3], in[4], in[5], &o, y, hT);
 }
 
-/* Forward of a (cpu or cuda) side, then the backward of sum y.dy + hT.dhT; out = {y, hT}. */
-static bool fwd_bwd(bool chunked, m2_tensor *const *in, int64_t chunk, m2_tensor *const *dout, m2_tensor **out) {
-  if (run(chunked, in, chunk, &out[0], &out[1]) != M2_OK) return false;
-  return pc_backward(2, out, dout) == M2_OK;
+/* Forward of a (cpu or cuda) side under matmul precision fp (M2_MM_*), then the backward of sum y.dy + hT.dhT under
+ * bp; out = {y, hT}. */
+static bool fwd_bwd(bool chunked, m2_tensor *const *in, int64_t chunk, m2_tensor *const *dout, m2_tensor **out, int fp,
+                    int bp) {
+  int prev = m2_set_matmul_precision(fp);
+  bool ok = run(chunked, in, chunk, &out[0], &out[1]) == M2_OK;
+  m2_set_matmul_precision(bp);
+  ok = ok && pc_backward(2, out, dout) == M2_OK;
+  m2_set_matmul_precision(prev);
+  return ok;
+}
+
+/* a's values rounded to bf16 (kept as doubles) */
+static void round_bf16(arr *a) {
+  for (int64_t i = 0; a->x && i < arr_n(a); i++) a->x[i] = m2_bf16_to_f32(m2_f32_to_bf16((float)a->x[i]));
 }
 
 static const char *const NAMES[6] = {"x", "dt", "A", "Bm", "Cm", "h0"};
@@ -54,7 +66,10 @@ static void compare(const char *name, m2_tensor *const *ya, m2_tensor *const *yb
   }
 }
 
-/* The chunked CUDA row against the CPU reference, inputs rounded to dt (f32 runs under M2_MM_BF16). */
+/* The chunked CUDA row against the CPU reference. bf16: the chunked forward and backward. f32: the values are
+ * bf16-representable (under M2_MM_BF16 the kernels round their operands to bf16, as matmul does; the CPU reference
+ * then sees the same operands), the chunked forward under M2_MM_BF16, then the recurrent backward (M2_MM_F32)
+ * reading its chunk states. */
 static void vs_cpu(m2_dtype dt, int64_t B, int64_t T, int64_t H, int64_t P, int64_t G, int64_t N, bool h0, int64_t chunk,
                    uint64_t seed) {
   char name[128];
@@ -64,19 +79,22 @@ static void vs_cpu(m2_dtype dt, int64_t B, int64_t T, int64_t H, int64_t P, int6
   m2_tensor *cin[6] = {0}, *gin[6] = {0}, *cy[2] = {0}, *gy[2] = {0}, *cdo[2] = {0}, *gdo[2] = {0};
   for (int i = 0; i < 6; i++) {
     if (!s.a[i].x) continue;
+    round_bf16(&s.a[i]);
     to_tensors(&s.a[i], dt, &cin[i], &gin[i]);
     m2_requires_grad_(cin[i], true), m2_requires_grad_(gin[i], true);
   }
   int64_t sy[4] = {B, T, H, P}, sh[4] = {B, H, P, N};
   m2_rng r = m2_rng_make(seed, 11);
   arr dy = randn(&r, 4, sy, 1.0), dh = randn(&r, 4, sh, 1.0);
+  round_bf16(&dy), round_bf16(&dh);
   to_tensors(&dy, dt, &cdo[0], &gdo[0]), to_tensors(&dh, dt, &cdo[1], &gdo[1]);
-  int prev = m2_set_matmul_precision(M2_MM_BF16);
-  long before = m2_cuda_ssd_chunk_tc_calls();
-  bool okc = fwd_bwd(true, cin, chunk, cdo, cy), okg = fwd_bwd(true, gin, chunk, gdo, gy);
+  long before = m2_cuda_ssd_chunk_tc_calls(), bbefore = m2_cuda_ssd_chunk_tc_bwd_calls();
+  int bp = dt == M2_BF16 ? M2_MM_BF16 : M2_MM_F32;
+  bool okc = fwd_bwd(true, cin, chunk, cdo, cy, M2_MM_BF16, bp), okg = fwd_bwd(true, gin, chunk, gdo, gy, M2_MM_BF16, bp);
   CHECK(okc && okg && gpu_sync_ok(), "%s: forward / backward failed: %s", name, m2_errmsg());
-  CHECK(m2_cuda_ssd_chunk_tc_calls() == before + 1, "%s: the chunked kernels did not run", name);
-  m2_set_matmul_precision(prev);
+  CHECK(m2_cuda_ssd_chunk_tc_calls() == before + 1, "%s: the chunked forward did not run", name);
+  CHECK(m2_cuda_ssd_chunk_tc_bwd_calls() == bbefore + (dt == M2_BF16), "%s: the %s backward did not run", name,
+        dt == M2_BF16 ? "chunked" : "recurrent");
   if (okc && okg) compare(name, gy, cy, gin, cin, TOL);
   for (int i = 0; i < 6; i++) m2_release(cin[i]), m2_release(gin[i]), arr_free(&s.a[i]);
   for (int j = 0; j < 2; j++) m2_release(cy[j]), m2_release(gy[j]), m2_release(cdo[j]), m2_release(gdo[j]);
@@ -102,12 +120,14 @@ static void vs_recurrent(m2_dtype dt, int64_t B, int64_t T, int64_t H, int64_t P
   arr dy = randn(&r, 4, sy, 1.0), dh = randn(&r, 4, sh, 1.0);
   to_tensors(&dy, dt, &ref, &ado[0]), m2_release(ref), to_tensors(&dy, dt, &ref, &bdo[0]), m2_release(ref);
   to_tensors(&dh, dt, &ref, &ado[1]), m2_release(ref), to_tensors(&dh, dt, &ref, &bdo[1]), m2_release(ref);
-  long before = m2_cuda_ssd_chunk_tc_calls();
+  long before = m2_cuda_ssd_chunk_tc_calls(), bbefore = m2_cuda_ssd_chunk_tc_bwd_calls();
   int64_t seg = chunk < 64 ? chunk : 64; /* m2_ssd with the chunked row's checkpoint interval */
-  bool oka = fwd_bwd(true, ain, chunk, ado, ay), okb = fwd_bwd(false, bin, seg, bdo, by);
+  int pr = m2_matmul_precision();
+  bool oka = fwd_bwd(true, ain, chunk, ado, ay, pr, pr), okb = fwd_bwd(false, bin, seg, bdo, by, pr, pr);
   CHECK(oka && okb && gpu_sync_ok(), "%s: forward / backward failed: %s", name, m2_errmsg());
-  CHECK(m2_cuda_ssd_chunk_tc_calls() == before + (expect_chunked ? 1 : 0), "%s: the chunked kernels %s", name,
-        expect_chunked ? "did not run" : "ran");
+  CHECK(m2_cuda_ssd_chunk_tc_calls() == before + expect_chunked &&
+            m2_cuda_ssd_chunk_tc_bwd_calls() == bbefore + expect_chunked,
+        "%s: the chunked kernels %s", name, expect_chunked ? "did not run" : "ran");
   if (oka && okb) compare(name, ay, by, ain, bin, tol);
   for (int i = 0; i < 6; i++) m2_release(ain[i]), m2_release(bin[i]), arr_free(&s.a[i]);
   for (int j = 0; j < 2; j++) m2_release(ay[j]), m2_release(by[j]), m2_release(ado[j]), m2_release(bdo[j]);

@@ -1,15 +1,16 @@
 /* bench_ssd.cu — times the Mamba-2 SSD op on CUDA at the paper's layer shapes (DESIGN 3.3: 400M H 64, P 19, N 216,
  * B 8; 7B H 32, P 64, N 192, B 4; T 4096, G 1, chunk 256, bf16): the recurrent row (m2_ssd, cuda/ops_ssd.cu) against
- * the chunked tensor-core forward (m2_ssd_chunked under M2_SSD_CHUNK_TC=1, cuda/ssd_chunk.cu), forward alone (no tape:
- * no checkpoints kept) and forward + backward (checkpoints kept; both rows share the recurrent backward), through the
- * public API, median of timed repeats after a warm-up (CUDA events on the device's stream). Prints how far the chunked
+ * the chunked tensor-core forward and backward (m2_ssd_chunked under M2_SSD_CHUNK_TC=1, cuda/ssd_chunk.cu), forward
+ * alone (no tape: no checkpoints kept) and forward + backward (checkpoints kept), through the public API, median of timed repeats after a warm-up (CUDA events on the device's stream). Prints how far the chunked
  * outputs are from the recurrent ones.
  *
  * Counted work, per (b, h) and token (L = 64, the chunk the kernels use: the checkpoint interval):
  *   FLOPs, chunked forward: C B^T causal L N + (mask o CB) X causal L P + C S^T 2 N P + chunk state B^T X 2 N P
  *     (multiply-add = 2; the causal halves counted as half)  = 2 (L/2 N + L/2 P + 2 N P)
  *   FLOPs, recurrent forward: state update 2 N P + output 2 N P = 4 N P (the fewest any form needs)
- *   TFLOP/s below divide the chunked count by the time, for every row (same numerator: comparable).
+ *   FLOPs, chunked backward: the scores C B^T, dY X^T (causal L N + L P), M^T dY (L P), dY S, X D, B D^T and the
+ *     state gradient dY^T C (4 x 2 N P), W B and W^T C (causal 2 x L N): about twice the forward; fwd+bwd ~ 3 x fwd.
+ *   TFLOP/s below divide the chunked forward count by the forward time, for every row (same numerator: comparable).
  *   Bytes, forward: x, y (B T H P), dt (B T H), B, C (B T G N) in bf16, hT (B H P N) bf16; the training forward also
  *     writes the fp32 checkpoints (B H T/64 P N), which the backward reads.
  *   Bytes, backward: reads x, dt, B, C, dy, checkpoints; writes dx, ddt, dB, dC (bf16).
