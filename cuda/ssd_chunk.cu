@@ -35,7 +35,7 @@
 namespace {
 
 constexpr int CL = 64;      /* rows a chunk tile */
-constexpr int NW = 4;       /* warps a block */
+constexpr int NW = 8;       /* warps a block (the backward block is alone on its SM: its shared memory) */
 constexpr int LM = CL + 8;  /* row stride of the masked scores Ms */
 
 __device__ __forceinline__ uint16_t bfbits(float v) { return __bfloat16_as_ushort(__float2bfloat16_rn(v)); }
