@@ -3,7 +3,7 @@
  * m2_ssd_chunked) at small sizes: f32 inputs (chunked forward under M2_MM_BF16, then the recurrent CUDA backward
  * reading its chunk states as checkpoints) and bf16 inputs (chunked forward and backward), T not a multiple of the
  * chunk, chunks of 64 and shorter, groups, with and without h0; outputs y, hT and every input gradient, bound 2e-2
- * (bf16 products) of max |ref|. Then the 400M layer shape (H 64, P 19, N 216, chunk 256) against the recurrent CUDA
+ * (bf16 products) of max |ref|, and a backward wanting dBm alone (the others stay NULL). Then the 400M layer shape (H 64, P 19, N 216, chunk 256) against the recurrent CUDA
  * row (m2_ssd) in bf16, forward and gradients; and f32 under M2_MM_F32 keeps the recurrent kernels (exact to 1e-4).
  * Each call is checked to have taken the path it should (m2_cuda_ssd_chunk_tc_calls, _bwd_calls). Skips (77) without
  * a GPU. */
@@ -90,10 +90,30 @@ static void vs_cpu(m2_dtype dt, int64_t B, int64_t T, int64_t H, int64_t P, int6
   to_tensors(&dy, dt, &cdo[0], &gdo[0]), to_tensors(&dh, dt, &cdo[1], &gdo[1]);
   long before = m2_cuda_ssd_chunk_tc_calls(), bbefore = m2_cuda_ssd_chunk_tc_bwd_calls();
   int bp = dt == M2_BF16 ? M2_MM_BF16 : M2_MM_F32;
-  bool okc = fwd_bwd(true, cin, chunk, cdo, cy, M2_MM_BF16, bp), okg = fwd_bwd(true, gin, chunk, gdo, gy, M2_MM_BF16, bp);
+  bool okc = fwd_bwd(true, cin, chunk, cdo, cy, M2_MM_BF16, bp);
+  /* the cuda side: forward, a backward wanting only dBm (the recorded call, before the full backward frees it),
+     then the full backward */
+  int prev = m2_set_matmul_precision(M2_MM_BF16);
+  bool okg = run(true, gin, chunk, &gy[0], &gy[1]) == M2_OK;
+  m2_set_matmul_precision(bp);
+  pcase pc = {name, "ssd_chunked", 6, 2, {{0}}, NULL, 0, 0};
+  m2_tensor *pdin[M2_MAX_IN] = {0};
+  bool okp = okg && pc_partial_backward(&pc, gy[0], gdo, 3, pdin) == M2_OK && gpu_sync_ok();
+  okg = okg && pc_backward(2, gy, gdo) == M2_OK;
+  m2_set_matmul_precision(prev);
   CHECK(okc && okg && gpu_sync_ok(), "%s: forward / backward failed: %s", name, m2_errmsg());
+  CHECK(okp, "%s: the backward wanting only dBm failed: %s", name, m2_errmsg());
+  for (int i = 0; okp && okc && i < M2_MAX_IN; i++) {
+    if (i != 3) {
+      CHECK(pdin[i] == NULL, "%s: the backward wanting only dBm made gradient %d", name, i);
+      continue;
+    }
+    double e = err_of(pdin[i], cin[i]->grad);
+    CHECK(e <= TOL, "%s: dBm alone error %.3g > %.3g", name, e, TOL);
+  }
+  for (int i = 0; i < M2_MAX_IN; i++) m2_release(pdin[i]);
   CHECK(m2_cuda_ssd_chunk_tc_calls() == before + 1, "%s: the chunked forward did not run", name);
-  CHECK(m2_cuda_ssd_chunk_tc_bwd_calls() == bbefore + (dt == M2_BF16), "%s: the %s backward did not run", name,
+  CHECK(m2_cuda_ssd_chunk_tc_bwd_calls() == bbefore + 2 * (dt == M2_BF16), "%s: the %s backward did not run", name,
         dt == M2_BF16 ? "chunked" : "recurrent");
   if (okc && okg) compare(name, gy, cy, gin, cin, TOL);
   for (int i = 0; i < 6; i++) m2_release(cin[i]), m2_release(gin[i]), arr_free(&s.a[i]);
