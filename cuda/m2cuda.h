@@ -14,6 +14,10 @@ m2_status m2_cuda_register(void);
 
 /* Calls of the tensor-core attention kernels so far (tests check that a call took that path). */
 long m2_cuda_attention_tc_calls(void);
+/* Forwards of the "ssd_chunked" row run by the chunked tensor-core kernels so far (M2_SSD_CHUNK_TC=1). */
+long m2_cuda_ssd_chunk_tc_calls(void);
+/* Backwards of the "ssd_chunked" row run by the chunked tensor-core kernels so far (M2_SSD_CHUNK_TC=1). */
+long m2_cuda_ssd_chunk_tc_bwd_calls(void);
 
 /* The chunked tensor-core Gated DeltaNet kernels (cuda/gdn_chunk.cu, gdn_chunk_bwd.cu): set = 1 switches forward
  * and backward on for this process, 2 the forward only (the backward stays recurrent), 0 off; set = -1 only asks;

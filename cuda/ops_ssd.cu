@@ -1,6 +1,9 @@
-/* ops_ssd.cu — Mamba-2 SSD (DESIGN 3.3) on CUDA: a correct recurrent forward/backward, not yet the
- * chunked (state-space dual) matmul form. The rows "ssd" and "ssd_chunked" both run these recurrent
- * kernels (same results as the CPU reference; the chunk only sets the checkpoint interval, at most 64).
+/* ops_ssd.cu — Mamba-2 SSD (DESIGN 3.3) on CUDA: a correct recurrent forward/backward. The rows "ssd" and
+ * "ssd_chunked" both run these recurrent kernels (same results as the CPU reference; the chunk only sets the
+ * checkpoint interval, at most 64), except that with M2_SSD_CHUNK_TC=1 (read once; off by default until measured on
+ * a GPU) the forward and backward of "ssd_chunked" run the chunked tensor-core form of cuda/ssd_chunk.cu where it
+ * applies (ssd_chunk_applies: bf16 products, tiles that fit); its chunk states are this file's checkpoints, so
+ * either backward pairs with either forward.
  *
  * The recurrence never mixes the rows of the state h (P x N) of a head:
  *   h[p,:] <- exp(dt_t A) h[p,:] + dt_t x_tp B_t ;  y_tp = h[p,:].C_t
@@ -17,9 +20,7 @@
 #include "ops.h"
 #include "mixer_common.cuh"
 #include "ops_mixers_entry.h"
-extern "C" {
-#include "../core/ops_ssd.h"
-}
+#include "ssd_chunk.h"
 
 /* ================= forward ================= */
 
@@ -217,7 +218,12 @@ static m2_status ssd_forward(m2_opcall *c) {
   m2_tensor *y, *hT, *ck;
   m2_status s = mx_fwd_outputs(c, sy, sh, sck, &y, &hT, &ck);
   int64_t nw = d.B * d.H * d.P;
-  if (s == M2_OK && nw > 0) {
+  if (s == M2_OK && c->op == &m2_op_ssd_chunked && ssd_chunk_applies(c, seg, false)) {
+    /* the chunked tensor-core form; its chunk states are the checkpoints (scratch when none are kept) */
+    m2_tensor *cs = ck ? ck : cu_scratch_f32(c->in[0]->device, d.B * d.H * NS * d.P * d.N);
+    s = cs ? ssd_chunk_forward(c, seg, y, hT, cs, st) : m2_errcode();
+    if (cs != ck) m2_release(cs);
+  } else if (s == M2_OK && nw > 0) {
     unsigned grid = (unsigned)((nw + 3) / 4);
     m2_tensor **in = c->in;
     CU_FLOAT_DISPATCH(c->in[0]->dtype, CU_R_DISPATCH(cu_lane_regs(d.N), k_ssd_fwd<T, R><<<grid, 128, 0, st>>>(
@@ -240,6 +246,12 @@ extern "C" m2_status m2_cuda_ssd_bwd(m2_opcall *c) {
   m2_dtype dt = c->in[0]->dtype;
   cudaStream_t st;
   M2_TRY(cu_stream(dev, &st));
+  if (c->op == &m2_op_ssd_chunked && ssd_chunk_applies(c, seg, true)) { /* the chunked tensor-core backward */
+    mx_bwd_work w;
+    m2_status s = mx_bwd_open(c, 1, 1, 1, &w);
+    if (s == M2_OK) s = ssd_chunk_backward(c, seg, w.dy, w.dhT, w.din, st);
+    return mx_bwd_close(c, &w, s);
+  }
   int64_t P = d.P, N = d.N, BH = d.B * d.H, row = 2 * N + 1;
   cudaFuncAttributes fattr; /* a block: as many warps (rows) as the kernel's registers allow */
   cudaError_t fe = cudaSuccess;

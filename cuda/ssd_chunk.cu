@@ -1,0 +1,560 @@
+/* ssd_chunk.cu — Mamba-2 SSD forward and backward in the chunked (state-space dual) form on tensor cores (DESIGN 3.3; the maths of
+ * core/ops_ssd.c's ssd_chunked_bh). Per (b, h), chunks of Lc = seg <= 64 tokens (the CUDA checkpoint interval, so the
+ * chunk states are exactly the checkpoints the recurrent backward reads); within a chunk, cs_r = A (dt_0 + .. + dt_r):
+ *
+ *   1. k_state  S_loc (P x N) = sum_j exp(cs_end - cs_j) dt_j x_j B_j^T  = Xw^T B       (one block a chunk)
+ *   2. k_pass   S_0 = h0 (or 0), S_{c+1} = exp(cs_end_c) S_c + S_loc_c ; ck[c] = S_c, hT = S_NC
+ *               (sequential over chunks, one thread a state element; in place over S_loc)
+ *   3. k_scan   y_r = exp(cs_r) (C_r . S_c[p, :]) + sum_{j <= r} exp(cs_r - cs_j) dt_j (C_r . B_j) x_j[p]
+ *               = diag(exp(cs)) C S_c^T + (C B^T o mask) X                                (one block a chunk)
+ * Backward (the same three steps, reversed):
+ *   1. k_state BWD  dS_loc = sum_r exp(cs_r) dy_r C_r^T
+ *   2. k_pass REV   D_{NC-1} = dhT, D_{c-1} = exp(cs_end_c) D_c + dS_loc_c ; dst[c] = D_c (the gradient of the state
+ *                   after chunk c), dh0 = D_{-1}
+ *   3. k_bwd        dx, ddt, dB, dC of the chunk and its share of dA from S_c (ck) and D_c (formulas at k_bwd);
+ *                   dB, dC summed over a group's heads and dA over batch and chunks afterwards, in a fixed order.
+ *
+ * Products: bf16 operands (x, B, C as given or rounded from f32; Xw, the masked scores and the chunk state rounded to
+ * bf16 only as operands), fp32 accumulation (mma.sync m16n8k16), fp32 states and decays. Tiles: a chunk is staged as
+ * 64 rows (rows >= len zero), P and N padded to multiples of 16 (PP, NP) with zeros in shared memory only: global
+ * reads stay inside the tensors. Shared rows are padded by 8 elements (row stride = 4 words mod 8: the fragment loads
+ * of a warp hit distinct banks). Fragments are read from shared memory element by element (two bf16 a register),
+ * so one helper serves every operand orientation.
+ *
+ * Shared memory (bf16 elements; PP = 16 ceil(P / 16), NP = 16 ceil(N / 16), LN = NP + 8, LP = PP + 8):
+ *   k_state  Xw 64 LP, Bs 64 LN                          (+ 512 B of cs, dt)
+ *   k_scan   Cs 64 LN, Bs 64 LN, Xs 64 LP, Ss PP LN, Ms 64 x 72   (400M: N 216, P 19 -> 87 KiB)
+ *   k_bwd    Cs, Bs 64 LN, Xs, dYs 64 LP, Ss, Ds PP LN, Ms, Ws 64 x 72 + fp32 T 64 x 65, U 64 (PP + 1), partials
+ *            (400M -> 148 KiB, 7B -> 176 KiB; the H100 allows 227 KiB a block) */
+#include "ssd_chunk.h"
+#include "mma.cuh"
+#include "m2cuda.h"
+#include <stdlib.h>
+#include <string.h>
+
+namespace {
+
+constexpr int CL = 64;      /* rows a chunk tile */
+constexpr int NW = 8;       /* warps a block (the backward block is alone on its SM: its shared memory) */
+constexpr int LM = CL + 8;  /* row stride of the masked scores Ms */
+
+__device__ __forceinline__ uint16_t bfbits(float v) { return __bfloat16_as_ushort(__float2bfloat16_rn(v)); }
+
+__device__ __forceinline__ float bf2f(uint16_t u) { return __bfloat162float(__ushort_as_bfloat16(u)); }
+
+/* The quad's (lanes 4 g .. 4 g + 3) sums of part[0] (row r0) and part[1] (row r0 + 8) to p[row NT + nt]. */
+__device__ __forceinline__ void quad_store(float *p, float part[2], int r0, int NT, int nt, int tq) {
+#pragma unroll
+  for (int i = 0; i < 2; i++) {
+    part[i] += __shfl_xor_sync(0xffffffffu, part[i], 1);
+    part[i] += __shfl_xor_sync(0xffffffffu, part[i], 2);
+  }
+  if (tq == 0) p[r0 * NT + nt] = part[0], p[(r0 + 8) * NT + nt] = part[1];
+}
+
+/* The backward block's fp32 shared floats (cs, dt, dcs, ex, Q, 8 warp sums, T, U, the (i) and Q partials), a
+ * multiple of 4 (the bf16 tiles that follow start 16-byte aligned). */
+__host__ __device__ inline int bwd_floats(int PP, int NP) {
+  int f = 5 * CL + 8 + CL * (CL + 1) + CL * (PP + 1) + 2 * CL * (NP / 16);
+  return (f + 3) / 4 * 4;
+}
+
+/* Elements p[0] (low half) and p[s] (high half) as one register. */
+__device__ __forceinline__ uint32_t ld2(const uint16_t *p, int s) {
+  if (s == 1) return *(const uint32_t *)p; /* even element offsets throughout: 4-byte aligned */
+  return (uint32_t)p[0] | ((uint32_t)p[s] << 16);
+}
+
+/* c[j] (16 x 8, j < NJ, columns n0 + 8 j ..) += A (rows m0 .. m0 + 15, kb <= k < ke) B (those k, columns n0 ..), kb
+ * and ke multiples of 16. A's element (m, k) at A[m am + k ak], B's (k, n) at B[k bk + n bn]; bf16 in shared memory. Fragment layouts
+ * as mma.cuh: lane = 4 g + t; A regs (row g | g + 8, cols 2t, 2t+1 | 2t + 8, 2t + 9); B regs (rows 2t, 2t+1 |
+ * 2t + 8, 2t + 9, col g). */
+template <int NJ>
+__device__ __forceinline__ void tile_mma(float c[NJ][4], const uint16_t *A, int am, int ak, const uint16_t *B, int bk,
+                                         int bn, int m0, int n0, int kb, int ke, int lane) {
+  const int g = lane >> 2, t = lane & 3;
+  for (int k0 = kb; k0 < ke; k0 += 16) {
+    const uint16_t *pa = A + (m0 + g) * am + (k0 + 2 * t) * ak;
+    uint32_t a[4];
+    a[0] = ld2(pa, ak);
+    a[1] = ld2(pa + 8 * am, ak);
+    a[2] = ld2(pa + 8 * ak, ak);
+    a[3] = ld2(pa + 8 * am + 8 * ak, ak);
+#pragma unroll
+    for (int j = 0; j < NJ; j++) {
+      const uint16_t *pb = B + (k0 + 2 * t) * bk + (n0 + 8 * j + g) * bn;
+      mma_bf16(c[j], a, ld2(pb, bk), ld2(pb + 8 * bk, bk));
+    }
+  }
+}
+
+/* Warp 0: cs[j] = A (dt_0 + .. + dt_j) and dts[j] = dt_j for the chunk's j < len (j >= len: dt 0, cs the total). */
+template <class T>
+__device__ __forceinline__ void chunk_cumsum(float *cs, float *dts, const T *dt, int64_t tok0, int64_t H, int len,
+                                             float Ah) {
+  const int lane = threadIdx.x & 31;
+  if (threadIdx.x >= 32) return;
+  float d0 = lane < len ? to_f(dt[(tok0 + lane) * H]) : 0.0f, d1 = lane + 32 < len ? to_f(dt[(tok0 + lane + 32) * H]) : 0.0f;
+  float v0 = d0 * Ah, v1 = d1 * Ah;
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    float u0 = __shfl_up_sync(0xffffffffu, v0, o), u1 = __shfl_up_sync(0xffffffffu, v1, o);
+    if (lane >= o) v0 += u0, v1 += u1;
+  }
+  v1 += __shfl_sync(0xffffffffu, v0, 31);
+  cs[lane] = v0, cs[lane + 32] = v1, dts[lane] = d0, dts[lane + 32] = d1;
+}
+
+struct ssd_dims {
+  int64_t B, Tn, H, G;
+  int P, N, PP, NP, Lc, NC; /* sizes, padded sizes, chunk, chunks */
+};
+
+/* 1. Chunk-local states. Block (bh NC + c). st (B,H,NC,P,N) fp32 <- S_loc; dec (B,H,NC) <- exp(cs_end).
+ * Forward: x = x, Bm = B, S_loc = sum_j exp(cs_end - cs_j) dt_j x_j B_j^T.
+ * BWD (the backward's chunk-local state gradient): x = dy, Bm = C, sum_r exp(cs_r) dy_r C_r^T. */
+template <class T, bool BWD>
+__global__ void __launch_bounds__(NW * 32) k_state(const T *x, const T *dt, const T *A, const T *Bm, float *st,
+                                                   float *dec, ssd_dims d) {
+  extern __shared__ __align__(16) float smf[];
+  float *cs = smf, *dts = smf + CL;
+  uint16_t *Xw = (uint16_t *)(smf + 2 * CL), *Bs = Xw + CL * (d.PP + 8);
+  const int LP = d.PP + 8, LN = d.NP + 8, lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+  const int64_t c = blockIdx.x % d.NC, bh = blockIdx.x / d.NC, b = bh / d.H, h = bh % d.H, gi = h / (d.H / d.G);
+  const int64_t t0 = c * d.Lc;
+  const int len = (int)(d.Tn - t0 < d.Lc ? d.Tn - t0 : d.Lc);
+  chunk_cumsum(cs, dts, dt + h, b * d.Tn + t0, d.H, len, to_f(A[h]));
+  __syncthreads();
+  const float cend = cs[len - 1];
+  for (int i = threadIdx.x; i < CL * d.PP; i += NW * 32) {
+    int j = i / d.PP, p = i % d.PP;
+    float v = 0.0f;
+    if (j < len && p < d.P)
+      v = (BWD ? expf(cs[j]) : expf(cend - cs[j]) * dts[j]) * to_f(x[((b * d.Tn + t0 + j) * d.H + h) * d.P + p]);
+    Xw[j * LP + p] = bfbits(v);
+  }
+  for (int i = threadIdx.x; i < CL * d.NP; i += NW * 32) {
+    int j = i / d.NP, n = i % d.NP;
+    Bs[j * LN + n] = bfbits(j < len && n < d.N ? to_f(Bm[((b * d.Tn + t0 + j) * d.G + gi) * d.N + n]) : 0.0f);
+  }
+  __syncthreads();
+  /* S_loc (PP x NP) = Xw^T (PP x 64) Bs (64 x NP): A(p, j) = Xw[j LP + p], B(j, n) = Bs[j LN + n] */
+  const int MT = d.PP / 16, NT = d.NP / 16, g = lane >> 2, tq = lane & 3;
+  float *dst = st + (bh * d.NC + c) * (int64_t)d.P * d.N;
+  for (int tile = w; tile < MT * NT; tile += NW) {
+    const int mt = tile / NT, nt = tile % NT;
+    float acc[2][4] = {};
+    tile_mma<2>(acc, Xw, 1, LP, Bs, LN, 1, 16 * mt, 16 * nt, 0, CL, lane);
+#pragma unroll
+    for (int j = 0; j < 2; j++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) {
+        int p = 16 * mt + g + 8 * (e >> 1), n = 16 * nt + 8 * j + 2 * tq + (e & 1);
+        if (p < d.P && n < d.N) dst[(int64_t)p * d.N + n] = acc[j][e];
+      }
+  }
+  if (threadIdx.x == 0) dec[bh * d.NC + c] = expf(cend);
+}
+
+/* 2. State passing, one thread a state element (p, n) of one (b, h), chunks in order (forward: st[c] <- the state
+ * before chunk c, from init = h0; fin = hT) or REV (backward: st[c] <- the gradient of the state after chunk c, from
+ * init = dhT; fin = dh0). NULL init: zeros; NULL fin: not written. */
+template <class T, bool REV>
+__global__ void k_pass(float *st, const float *dec, const T *init, T *fin, int64_t BH, int64_t PN, int NC) {
+  CU_GRID_STRIDE(i, BH * PN) {
+    int64_t bh = i / PN, e = i % PN;
+    float s = init ? to_f(init[i]) : 0.0f;
+    float *q = st + bh * NC * PN + e;
+    const float *dc = dec + bh * NC;
+    for (int k = 0; k < NC; k++) {
+      int c = REV ? NC - 1 - k : k;
+      float loc = q[(int64_t)c * PN];
+      q[(int64_t)c * PN] = s;
+      s = dc[c] * s + loc;
+    }
+    if (fin) fin[i] = from_f<T>(s);
+  }
+}
+
+/* 3. Outputs of one chunk from its start state st[c] (after k_pass). Block (bh NC + c). */
+template <class T>
+__global__ void __launch_bounds__(NW * 32) k_scan(const T *x, const T *dt, const T *A, const T *Bm, const T *Cm,
+                                                  const float *st, T *y, ssd_dims d) {
+  extern __shared__ __align__(16) float smf[];
+  const int LP = d.PP + 8, LN = d.NP + 8, lane = threadIdx.x & 31, w = threadIdx.x >> 5, g = lane >> 2, tq = lane & 3;
+  float *cs = smf, *dts = smf + CL;
+  uint16_t *Cs = (uint16_t *)(smf + 2 * CL), *Bs = Cs + CL * LN, *Xs = Bs + CL * LN, *Ss = Xs + CL * LP,
+           *Ms = Ss + d.PP * LN;
+  const int64_t c = blockIdx.x % d.NC, bh = blockIdx.x / d.NC, b = bh / d.H, h = bh % d.H, gi = h / (d.H / d.G);
+  const int64_t t0 = c * d.Lc;
+  const int len = (int)(d.Tn - t0 < d.Lc ? d.Tn - t0 : d.Lc);
+  chunk_cumsum(cs, dts, dt + h, b * d.Tn + t0, d.H, len, to_f(A[h]));
+  for (int i = threadIdx.x; i < CL * d.NP; i += NW * 32) {
+    int j = i / d.NP, n = i % d.NP;
+    bool ok = j < len && n < d.N;
+    int64_t at = ((b * d.Tn + t0 + j) * d.G + gi) * d.N + n;
+    Cs[j * LN + n] = bfbits(ok ? to_f(Cm[at]) : 0.0f);
+    Bs[j * LN + n] = bfbits(ok ? to_f(Bm[at]) : 0.0f);
+  }
+  for (int i = threadIdx.x; i < CL * d.PP; i += NW * 32) {
+    int j = i / d.PP, p = i % d.PP;
+    Xs[j * LP + p] = bfbits(j < len && p < d.P ? to_f(x[((b * d.Tn + t0 + j) * d.H + h) * d.P + p]) : 0.0f);
+  }
+  const float *sc = st + (bh * d.NC + c) * (int64_t)d.P * d.N;
+  for (int i = threadIdx.x; i < d.PP * d.NP; i += NW * 32) {
+    int p = i / d.NP, n = i % d.NP;
+    Ss[p * LN + n] = bfbits(p < d.P && n < d.N ? sc[(int64_t)p * d.N + n] : 0.0f);
+  }
+  __syncthreads();
+  /* Ms (64 x 64) = (C B^T) o mask: A(r, n) = Cs[r LN + n], B(n, j) = Bs[j LN + n]; tiles above the diagonal are 0 */
+  for (int tile = w; tile < 16; tile += NW) {
+    const int mt = tile >> 2, nt = tile & 3;
+    float acc[2][4] = {};
+    if (nt <= mt) tile_mma<2>(acc, Cs, LN, 1, Bs, 1, LN, 16 * mt, 16 * nt, 0, d.NP, lane);
+#pragma unroll
+    for (int j = 0; j < 2; j++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) {
+        int r = 16 * mt + g + 8 * (e >> 1), k = 16 * nt + 8 * j + 2 * tq + (e & 1);
+        float v = (k <= r && k < len) ? expf(cs[r] - cs[k]) * dts[k] * acc[j][e] : 0.0f;
+        Ms[r * LM + k] = bfbits(v);
+      }
+  }
+  __syncthreads();
+  /* y (64 x PP) = diag(exp(cs)) C S^T + Ms X: A(r, n) = Cs[r LN + n], B(n, p) = Ss[p LN + n];
+     A(r, j) = Ms[r LM + j], B(j, p) = Xs[j LP + p] (j < 16 (mt + 1): Ms is 0 beyond the diagonal) */
+  const int NT = d.PP / 16;
+  const int64_t ld = d.H * (int64_t)d.P;
+  T *yb = y + ((b * d.Tn + t0) * d.H + h) * d.P;
+  for (int tile = w; tile < 4 * NT; tile += NW) {
+    const int mt = tile / NT, nt = tile % NT;
+    float off[2][4] = {}, dg[2][4] = {};
+    tile_mma<2>(off, Cs, LN, 1, Ss, 1, LN, 16 * mt, 16 * nt, 0, d.NP, lane);
+    tile_mma<2>(dg, Ms, LM, 1, Xs, LP, 1, 16 * mt, 16 * nt, 0, 16 * (mt + 1), lane);
+#pragma unroll
+    for (int j = 0; j < 2; j++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) {
+        int r = 16 * mt + g + 8 * (e >> 1), p = 16 * nt + 8 * j + 2 * tq + (e & 1);
+        if (r < len && p < d.P) yb[r * ld + p] = from_f<T>(expf(cs[r]) * off[j][e] + dg[j][e]);
+      }
+  }
+}
+
+/* 4. Backward of one chunk, block (bh NC + c), from its start state S = ck[c] and D = dst[c], the gradient of the
+ * state after it (k_pass REV); cs, dt, e_rj = exp(cs_r - cs_j) (j <= r < len), cs_L = cs[len - 1]:
+ *   CB_rj = C_r.B_j, DX_rj = dy_r.x_j, M_rj = e_rj CB_rj, W_rj = e_rj dt_j DX_rj          (64 x 64, masked)
+ *   U_j = sum_r M_rj dy_r + exp(cs_L - cs_j) D B_j        dx_j = dt_j U_j, explicit ddt_j = x_j.U_j
+ *   dC_r = exp(cs_r) S^T dy_r + sum_j W_rj B_j           dB_j = sum_r W_rj C_r + exp(cs_L - cs_j) dt_j D^T x_j
+ *   d/dcs_k: (i) C_k.(exp(cs_k) S^T dy_k)  (ii) sum_j W_kj CB_kj - sum_r W_rk CB_rk  (iv) - Q_k,
+ *            Q_j = exp(cs_L - cs_j) dt_j x_j^T D B_j ; at k = len - 1 also exp(cs_L) <D, S> + sum_j Q_j
+ *   da_i = sum_{k >= i} dcs_k (cs_k = A (dt_0 + .. + dt_k)): ddt_i += A da_i, dA += sum_i dt_i da_i.
+ * dx, ddt are written; dB, dC to dBo, dCo (G = H) or per head to dBp, dCp (B,T,H,N) fp32 (summed over the group's
+ * heads by k_group_sum); dA per chunk to dAp (B,H,NC). NULL outputs are not written. Every sum has a fixed order
+ * (quads by shuffles, then per-(row, tile) partials in shared memory added up by one thread): deterministic. */
+template <class T>
+__global__ void __launch_bounds__(NW * 32) k_bwd(const T *x, const T *dt, const T *A, const T *Bm, const T *Cm,
+                                                 const T *dy, const float *ck, const float *dst, T *dx, T *ddt,
+                                                 T *dBo, T *dCo, float *dBp, float *dCp, float *dAp, ssd_dims d) {
+  extern __shared__ __align__(16) float smf[];
+  const int LP = d.PP + 8, LN = d.NP + 8, NT = d.NP / 16, NTP = d.PP / 16, UP = d.PP + 1;
+  const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, g = lane >> 2, tq = lane & 3;
+  float *cs = smf, *dts = cs + CL, *dcs = dts + CL, *exs = dcs + CL, *qs = exs + CL, *red = qs + CL,
+        *Tm = red + 8, *Us = Tm + CL * (CL + 1), *pI = Us + CL * UP, *pQ = pI + CL * NT;
+  uint16_t *Cs = (uint16_t *)(smf + bwd_floats(d.PP, d.NP)), *Bs = Cs + CL * LN, *Xs = Bs + CL * LN,
+           *DYs = Xs + CL * LP, *Ss = DYs + CL * LP, *Ds = Ss + d.PP * LN, *Ms = Ds + d.PP * LN, *Ws = Ms + CL * LM;
+  const int64_t c = blockIdx.x % d.NC, bh = blockIdx.x / d.NC, b = bh / d.H, h = bh % d.H, hpg = d.H / d.G,
+                gi = h / hpg;
+  const int64_t t0 = c * d.Lc;
+  const int len = (int)(d.Tn - t0 < d.Lc ? d.Tn - t0 : d.Lc);
+  const float Ah = to_f(A[h]);
+  chunk_cumsum(cs, dts, dt + h, b * d.Tn + t0, d.H, len, Ah);
+  for (int i = threadIdx.x; i < CL * d.NP; i += NW * 32) {
+    int j = i / d.NP, n = i % d.NP;
+    bool ok = j < len && n < d.N;
+    int64_t at = ((b * d.Tn + t0 + j) * d.G + gi) * d.N + n;
+    Cs[j * LN + n] = bfbits(ok ? to_f(Cm[at]) : 0.0f);
+    Bs[j * LN + n] = bfbits(ok ? to_f(Bm[at]) : 0.0f);
+  }
+  for (int i = threadIdx.x; i < CL * d.PP; i += NW * 32) {
+    int j = i / d.PP, p = i % d.PP;
+    bool ok = j < len && p < d.P;
+    int64_t at = ((b * d.Tn + t0 + j) * d.H + h) * d.P + p;
+    Xs[j * LP + p] = bfbits(ok ? to_f(x[at]) : 0.0f);
+    DYs[j * LP + p] = bfbits(ok ? to_f(dy[at]) : 0.0f);
+  }
+  const int64_t so = (bh * d.NC + c) * (int64_t)d.P * d.N;
+  float sd = 0.0f; /* <D, S> */
+  for (int i = threadIdx.x; i < d.PP * d.NP; i += NW * 32) {
+    int p = i / d.NP, n = i % d.NP;
+    float sv = 0.0f, dv = 0.0f;
+    if (p < d.P && n < d.N) sv = ck[so + (int64_t)p * d.N + n], dv = dst[so + (int64_t)p * d.N + n];
+    sd += sv * dv;
+    Ss[p * LN + n] = bfbits(sv);
+    Ds[p * LN + n] = bfbits(dv);
+  }
+  sd = warp_sum(sd);
+  if (lane == 0) red[w] = sd;
+  __syncthreads();
+  /* the masked scores M, W (bf16) and T = W o CB (fp32) */
+  for (int tile = w; tile < 16; tile += NW) {
+    const int mt = tile >> 2, nt = tile & 3;
+    float cb[2][4] = {}, dxs[2][4] = {};
+    if (nt <= mt) {
+      tile_mma<2>(cb, Cs, LN, 1, Bs, 1, LN, 16 * mt, 16 * nt, 0, d.NP, lane);
+      tile_mma<2>(dxs, DYs, LP, 1, Xs, 1, LP, 16 * mt, 16 * nt, 0, d.PP, lane);
+    }
+#pragma unroll
+    for (int j = 0; j < 2; j++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) {
+        int r = 16 * mt + g + 8 * (e >> 1), k = 16 * nt + 8 * j + 2 * tq + (e & 1);
+        bool ok = k <= r && r < len;
+        float ee = ok ? expf(cs[r] - cs[k]) : 0.0f, wv = ee * dts[k] * dxs[j][e];
+        Ms[r * LM + k] = bfbits(ee * cb[j][e]);
+        Ws[r * LM + k] = bfbits(wv);
+        Tm[r * (CL + 1) + k] = wv * cb[j][e];
+      }
+  }
+  __syncthreads();
+  if (threadIdx.x < CL) { /* (ii): row sums less column sums of T */
+    const int k = threadIdx.x;
+    float rs = 0.0f, cl = 0.0f;
+    for (int j = 0; j < CL; j++) rs += Tm[k * (CL + 1) + j], cl += Tm[j * (CL + 1) + k];
+    dcs[k] = rs - cl;
+  }
+  const float cend = cs[len - 1];
+  /* dx: U = M^T dY (rows r >= j) + diag(exp(cs_L - cs)) B D^T */
+  for (int tile = w; tile < 4 * NTP; tile += NW) {
+    const int mt = tile / NTP, nt = tile % NTP;
+    float u[2][4] = {}, v[2][4] = {};
+    tile_mma<2>(u, Ms, 1, LM, DYs, LP, 1, 16 * mt, 16 * nt, 16 * mt, CL, lane);
+    tile_mma<2>(v, Bs, LN, 1, Ds, 1, LN, 16 * mt, 16 * nt, 0, d.NP, lane);
+#pragma unroll
+    for (int j = 0; j < 2; j++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) {
+        int jr = 16 * mt + g + 8 * (e >> 1), p = 16 * nt + 8 * j + 2 * tq + (e & 1);
+        float U = u[j][e] + expf(cend - cs[jr]) * v[j][e];
+        Us[jr * UP + p] = U;
+        if (dx && jr < len && p < d.P) dx[((b * d.Tn + t0 + jr) * d.H + h) * d.P + p] = from_f<T>(dts[jr] * U);
+      }
+  }
+  /* dC = diag(exp(cs)) dY S + W B; (i) into pI */
+  for (int tile = w; tile < 4 * NT; tile += NW) {
+    const int mt = tile / NT, nt = tile % NT;
+    float off[2][4] = {}, dg[2][4] = {}, part[2] = {0.0f, 0.0f};
+    tile_mma<2>(off, DYs, LP, 1, Ss, LN, 1, 16 * mt, 16 * nt, 0, d.PP, lane);
+    tile_mma<2>(dg, Ws, LM, 1, Bs, LN, 1, 16 * mt, 16 * nt, 0, 16 * (mt + 1), lane);
+#pragma unroll
+    for (int j = 0; j < 2; j++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) {
+        int r = 16 * mt + g + 8 * (e >> 1), n = 16 * nt + 8 * j + 2 * tq + (e & 1);
+        float o = expf(cs[r]) * off[j][e];
+        part[e >> 1] += o * bf2f(Cs[r * LN + n]);
+        if (r < len && n < d.N) {
+          float val = o + dg[j][e];
+          if (dCo) dCo[((b * d.Tn + t0 + r) * d.G + gi) * d.N + n] = from_f<T>(val);
+          if (dCp) dCp[((b * d.Tn + t0 + r) * d.H + h) * d.N + n] = val;
+        }
+      }
+    quad_store(pI, part, 16 * mt + g, NT, nt, tq);
+  }
+  /* dB = W^T C (rows r >= j) + diag(exp(cs_L - cs) dt) X D; Q into pQ */
+  for (int tile = w; tile < 4 * NT; tile += NW) {
+    const int mt = tile / NT, nt = tile % NT;
+    float wc[2][4] = {}, xd[2][4] = {}, part[2] = {0.0f, 0.0f};
+    tile_mma<2>(wc, Ws, 1, LM, Cs, LN, 1, 16 * mt, 16 * nt, 16 * mt, CL, lane);
+    tile_mma<2>(xd, Xs, LP, 1, Ds, LN, 1, 16 * mt, 16 * nt, 0, d.PP, lane);
+#pragma unroll
+    for (int j = 0; j < 2; j++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) {
+        int jr = 16 * mt + g + 8 * (e >> 1), n = 16 * nt + 8 * j + 2 * tq + (e & 1);
+        float q = expf(cend - cs[jr]) * dts[jr] * xd[j][e];
+        part[e >> 1] += q * bf2f(Bs[jr * LN + n]);
+        if (jr < len && n < d.N) {
+          float val = wc[j][e] + q;
+          if (dBo) dBo[((b * d.Tn + t0 + jr) * d.G + gi) * d.N + n] = from_f<T>(val);
+          if (dBp) dBp[((b * d.Tn + t0 + jr) * d.H + h) * d.N + n] = val;
+        }
+      }
+    quad_store(pQ, part, 16 * mt + g, NT, nt, tq);
+  }
+  __syncthreads();
+  if (threadIdx.x < CL) {
+    const int k = threadIdx.x;
+    float ex = 0.0f, I = 0.0f, Q = 0.0f;
+    for (int p = 0; p < d.PP; p++) ex += bf2f(Xs[k * LP + p]) * Us[k * UP + p];
+    for (int nt = 0; nt < NT; nt++) I += pI[k * NT + nt], Q += pQ[k * NT + nt];
+    dcs[k] += I - Q;
+    exs[k] = ex, qs[k] = Q;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float qsum = 0.0f, dsum = 0.0f, acc = 0.0f, dA = 0.0f;
+    for (int k = 0; k < len; k++) qsum += qs[k];
+    for (int ww = 0; ww < NW; ww++) dsum += red[ww];
+    dcs[len - 1] += expf(cend) * dsum + qsum;
+    for (int i = len - 1; i >= 0; i--) {
+      acc += dcs[i]; /* da_i */
+      dA += dts[i] * acc;
+      exs[i] += Ah * acc;
+    }
+    if (dAp) dAp[bh * d.NC + c] = dA;
+  }
+  __syncthreads();
+  if (ddt && (int)threadIdx.x < len) ddt[(b * d.Tn + t0 + threadIdx.x) * d.H + h] = from_f<T>(exs[threadIdx.x]);
+}
+
+/* out (B,T,G,N) = the sum over the group's heads of part (B,T,H,N), in head order. */
+template <class T>
+__global__ void k_group_sum(const float *part, T *out, int64_t BT, int64_t H, int64_t G, int N) {
+  const int64_t hpg = H / G;
+  CU_GRID_STRIDE(i, BT * G * N) {
+    int64_t n = i % N, r = i / N, gi = r % G, bt = r / G;
+    float s = 0.0f;
+    for (int64_t k = 0; k < hpg; k++) s += part[((bt * H + gi * hpg + k) * N) + n];
+    out[i] = from_f<T>(s);
+  }
+}
+
+/* dA (H) = the sum over batch and chunks of dAp (B,H,NC), in order. */
+template <class T>
+__global__ void k_da_sum(const float *dAp, T *dA, int64_t B, int64_t H, int NC) {
+  CU_GRID_STRIDE(h, H) {
+    float s = 0.0f;
+    for (int64_t b = 0; b < B; b++)
+      for (int c = 0; c < NC; c++) s += dAp[(b * H + h) * NC + c];
+    dA[h] = from_f<T>(s);
+  }
+}
+
+size_t smem_state(const ssd_dims &d) { return 2 * CL * 4 + (size_t)CL * (d.PP + 8 + d.NP + 8) * 2; }
+size_t smem_scan(const ssd_dims &d) {
+  return 2 * CL * 4 + ((size_t)2 * CL * (d.NP + 8) + (size_t)CL * (d.PP + 8) + (size_t)d.PP * (d.NP + 8) + CL * LM) * 2;
+}
+
+size_t smem_bwd(const ssd_dims &d) {
+  return (size_t)bwd_floats(d.PP, d.NP) * 4 +
+         ((size_t)2 * CL * (d.NP + 8) + (size_t)2 * CL * (d.PP + 8) + (size_t)2 * d.PP * (d.NP + 8) + 2 * CL * LM) * 2;
+}
+
+ssd_dims dims_of(const m2_ssd_attr &a, int64_t seg) {
+  ssd_dims d;
+  d.B = a.B, d.Tn = a.T, d.H = a.H, d.G = a.G, d.P = (int)a.P, d.N = (int)a.N;
+  d.PP = (int)((a.P + 15) / 16 * 16), d.NP = (int)((a.N + 15) / 16 * 16), d.Lc = (int)seg;
+  d.NC = (int)((a.T + seg - 1) / seg);
+  return d;
+}
+
+template <class F> cudaError_t smem_opt(F f, size_t bytes) {
+  if (bytes <= 48 * 1024) return cudaSuccess;
+  return cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
+}
+
+int chunk_switch(void) {
+  static int on = -1; /* read once */
+  if (on < 0) {
+    const char *e = getenv("M2_SSD_CHUNK_TC");
+    on = e && strcmp(e, "1") == 0;
+  }
+  return on;
+}
+
+long g_chunk_calls, g_chunk_bwd_calls;
+
+} // namespace
+
+extern "C" long m2_cuda_ssd_chunk_tc_calls(void) { return g_chunk_calls; }
+extern "C" long m2_cuda_ssd_chunk_tc_bwd_calls(void) { return g_chunk_bwd_calls; }
+
+bool ssd_chunk_applies(const m2_opcall *c, int64_t seg, bool bwd) {
+  if (!chunk_switch() || seg < 1 || seg > CL) return false;
+  m2_dtype dt = c->in[0]->dtype;
+  if (!(dt == M2_BF16 || (dt == M2_F32 && m2_matmul_precision() == M2_MM_BF16))) return false;
+  const m2_ssd_attr a = *M2_ATTR(c, m2_ssd_attr);
+  if (a.B < 1 || a.T < 1 || a.H < 1 || a.P < 1 || a.N < 1 || a.P > 4096 || a.N > 4096) return false;
+  ssd_dims d = dims_of(a, seg);
+  if ((double)a.B * a.H * d.NC >= 2147483647.0) return false;
+  int optin = 0;
+  if (cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, c->in[0]->device.index) != cudaSuccess)
+    return false;
+  size_t need = bwd ? smem_bwd(d) : smem_scan(d);
+  return need <= (size_t)optin && smem_state(d) <= (size_t)optin;
+}
+
+m2_status ssd_chunk_forward(const m2_opcall *c, int64_t seg, m2_tensor *y, m2_tensor *hT, m2_tensor *ck,
+                            cudaStream_t st) {
+  const char *op = c->op->name;
+  const m2_ssd_attr a = *M2_ATTR(c, m2_ssd_attr);
+  ssd_dims d = dims_of(a, seg);
+  int64_t BH = a.B * a.H, PN = a.P * a.N;
+  int64_t ndec = BH * d.NC;
+  m2_tensor *dec = cu_scratch_f32(c->in[0]->device, ndec > 0 ? ndec : 1);
+  if (!dec) return m2_errcode();
+  m2_tensor *const *in = c->in;
+  float *stp = (float *)m2_data(ck), *decp = (float *)m2_data(dec);
+  size_t s1 = smem_state(d), s3 = smem_scan(d);
+  unsigned blocks = (unsigned)(BH * d.NC);
+  cudaError_t e = cudaSuccess;
+  CU_FLOAT_DISPATCH(in[0]->dtype, {
+    e = smem_opt(k_state<T, false>, s1);
+    if (e == cudaSuccess) e = smem_opt(k_scan<T>, s3);
+    if (e == cudaSuccess) {
+      k_state<T, false><<<blocks, NW * 32, s1, st>>>(PC(in[0]), PC(in[1]), PC(in[2]), PC(in[3]), stp, decp, d);
+      k_pass<T, false><<<cu_grid(BH * PN, 256), 256, 0, st>>>(stp, decp, PC(in[5]), PT(hT), BH, PN, d.NC);
+      k_scan<T><<<blocks, NW * 32, s3, st>>>(PC(in[0]), PC(in[1]), PC(in[2]), PC(in[3]), PC(in[4]), stp, PT(y), d);
+      e = cudaGetLastError();
+    }
+  });
+  m2_release(dec);
+  if (e != cudaSuccess) return m2_fail(M2_ERR_CUDA, "%s: chunked forward kernel launch failed: %s", op, cudaGetErrorString(e));
+  g_chunk_calls++;
+  return M2_OK;
+}
+
+m2_status ssd_chunk_backward(const m2_opcall *c, int64_t seg, const m2_tensor *dy, const m2_tensor *dhT,
+                             m2_tensor *const din[6], cudaStream_t st) {
+  const char *op = c->op->name;
+  const m2_ssd_attr a = *M2_ATTR(c, m2_ssd_attr);
+  ssd_dims d = dims_of(a, seg);
+  const m2_device dev = c->in[0]->device;
+  const int64_t BH = a.B * a.H, PN = a.P * a.N, hpg = a.H / a.G, nbtn = a.B * a.T * a.H * a.N;
+  const bool grouped = hpg > 1;
+  m2_tensor *dstt = cu_scratch_f32(dev, BH * d.NC * PN), *dec = cu_scratch_f32(dev, BH * d.NC),
+            *dAp = cu_scratch_f32(dev, BH * d.NC);
+  m2_tensor *dBp = grouped && din[3] ? cu_scratch_f32(dev, nbtn) : NULL, *dCp = grouped && din[4] ? cu_scratch_f32(dev, nbtn) : NULL;
+  m2_status s = (dstt && dec && dAp && (dBp || !(grouped && din[3])) && (dCp || !(grouped && din[4]))) ? M2_OK : m2_errcode();
+  if (s == M2_OK) {
+    m2_tensor *const *in = c->in;
+    float *dsp = (float *)m2_data(dstt), *decp = (float *)m2_data(dec), *dap = (float *)m2_data(dAp);
+    const float *ck = (const float *)m2_data(c->saved[0]);
+    size_t s1 = smem_state(d), sb = smem_bwd(d);
+    unsigned blocks = (unsigned)(BH * d.NC);
+    cudaError_t e = cudaSuccess;
+    CU_FLOAT_DISPATCH(in[0]->dtype, {
+      e = smem_opt(k_state<T, true>, s1);
+      if (e == cudaSuccess) e = smem_opt(k_bwd<T>, sb);
+      if (e == cudaSuccess) {
+        k_state<T, true><<<blocks, NW * 32, s1, st>>>(PC(dy), PC(in[1]), PC(in[2]), PC(in[4]), dsp, decp, d);
+        k_pass<T, true><<<cu_grid(BH * PN, 256), 256, 0, st>>>(dsp, decp, PC(dhT), PT(din[5]), BH, PN, d.NC);
+        k_bwd<T><<<blocks, NW * 32, sb, st>>>(PC(in[0]), PC(in[1]), PC(in[2]), PC(in[3]), PC(in[4]), PC(dy), ck, dsp,
+                                              PT(din[0]), PT(din[1]), grouped ? NULL : PT(din[3]),
+                                              grouped ? NULL : PT(din[4]), dBp ? (float *)m2_data(dBp) : NULL,
+                                              dCp ? (float *)m2_data(dCp) : NULL, din[2] ? dap : NULL, d);
+        if (dBp) k_group_sum<T><<<cu_grid(a.B * a.T * a.G * a.N, 256), 256, 0, st>>>((const float *)m2_data(dBp),
+                                                                                    PT(din[3]), a.B * a.T, a.H, a.G, d.N);
+        if (dCp) k_group_sum<T><<<cu_grid(a.B * a.T * a.G * a.N, 256), 256, 0, st>>>((const float *)m2_data(dCp),
+                                                                                    PT(din[4]), a.B * a.T, a.H, a.G, d.N);
+        if (din[2]) k_da_sum<T><<<cu_grid(a.H, 256), 256, 0, st>>>(dap, PT(din[2]), a.B, a.H, d.NC);
+        e = cudaGetLastError();
+      }
+    });
+    if (e != cudaSuccess) s = m2_fail(M2_ERR_CUDA, "%s: chunked backward kernel launch failed: %s", op, cudaGetErrorString(e));
+    else g_chunk_bwd_calls++;
+  }
+  m2_release(dstt), m2_release(dec), m2_release(dAp), m2_release(dBp), m2_release(dCp);
+  return s;
+}
