@@ -3,10 +3,10 @@
  * m2_ssd_chunked) at small sizes: f32 inputs (chunked forward under M2_MM_BF16, then the recurrent CUDA backward
  * reading its chunk states as checkpoints) and bf16 inputs (chunked forward and backward), T not a multiple of the
  * chunk, chunks of 64 and shorter, groups, with and without h0; outputs y, hT and every input gradient, bound 2e-2
- * (bf16 products) of max |ref|, and a backward wanting dBm alone (the others stay NULL). Then the 400M layer shape (H 64, P 19, N 216, chunk 256) against the recurrent CUDA
- * row (m2_ssd) in bf16, forward and gradients; and f32 under M2_MM_F32 keeps the recurrent kernels (exact to 1e-4).
- * Each call is checked to have taken the path it should (m2_cuda_ssd_chunk_tc_calls, _bwd_calls). Skips (77) without
- * a GPU. */
+ * (bf16 products) of max |ref|, and a backward wanting dBm alone (the others stay NULL). Then the 400M layer shape
+ * (H 64, P 19, N 216, chunk 256) against the recurrent CUDA row (m2_ssd) in bf16, forward and gradients; and f32 under
+ * M2_MM_F32 keeps the recurrent kernels (exact to 1e-4). Each call is checked to have taken the path it should
+ * (m2_cuda_ssd_chunk_tc_calls, _bwd_calls). Skips (77) without a GPU. */
 #include <stdlib.h>
 #include "cuda_mixer_parity.h"
 #include "m2cuda.h"

@@ -1,8 +1,9 @@
 /* bench_ssd.cu — times the Mamba-2 SSD op on CUDA at the paper's layer shapes (DESIGN 3.3: 400M H 64, P 19, N 216,
  * B 8; 7B H 32, P 64, N 192, B 4; T 4096, G 1, chunk 256, bf16): the recurrent row (m2_ssd, cuda/ops_ssd.cu) against
  * the chunked tensor-core forward and backward (m2_ssd_chunked under M2_SSD_CHUNK_TC=1, cuda/ssd_chunk.cu), forward
- * alone (no tape: no checkpoints kept) and forward + backward (checkpoints kept), through the public API, median of timed repeats after a warm-up (CUDA events on the device's stream). Prints how far the chunked
- * outputs are from the recurrent ones.
+ * alone (no tape: no checkpoints kept) and forward + backward (checkpoints kept), through the public API, median of
+ * timed repeats after a warm-up (CUDA events on the device's stream). Prints how far the chunked outputs are from the
+ * recurrent ones.
  *
  * Counted work, per (b, h) and token (L = 64, the chunk the kernels use: the checkpoint interval):
  *   FLOPs, chunked forward: C B^T causal L N + (mask o CB) X causal L P + C S^T 2 N P + chunk state B^T X 2 N P
