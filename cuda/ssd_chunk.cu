@@ -5,6 +5,8 @@
  *   1. k_chain  S_0 = h0 (or 0), S_{c+1} = exp(cs_end_c) S_c + sum_j exp(cs_end - cs_j) dt_j x_j B_j^T ; ck[c] = S_c,
  *               hT = S_NC: one block a (b, h, 16 rows of P) walks the chunks in order, the state rows in the mma
  *               accumulators (each chunk's Xw^T B added onto the decayed state), so the states go to HBM once
+ *               (M2_SSD_CHUNK_TC=2 instead: k_state, the chunk-local states Xw^T B, one block a chunk, then k_pass,
+ *               the recurrence over them, one thread a state element: 3 x the state traffic, no sequential chain)
  *   2. k_scan   y_r = exp(cs_r) (C_r . S_c[p, :]) + sum_{j <= r} exp(cs_r - cs_j) dt_j (C_r . B_j) x_j[p]
  *               = diag(exp(cs)) C S_c^T + (C B^T o mask) X                                (one block a chunk)
  * Backward (the same steps, reversed):
@@ -183,6 +185,73 @@ __global__ void __launch_bounds__(NW * 32, MAXT == 4 ? 4 : 2) k_chain(const T *u
       int p = pr[e >> 1], n = 8 * (w + NW * i) + 2 * tq + (e & 1);
       if (w + NW * i < NT8 && p < d.P && n < d.N) fin[bh * PN + (int64_t)p * d.N + n] = from_f<T>(acc[i][e]);
     }
+}
+
+/* 1'. The two-launch alternative to k_chain (M2_SSD_CHUNK_TC=2), kept to compare the two on a GPU: chunk-local
+ * states in parallel, then a pass over them. Chunk-local states: block (bh NC + c). st (B,H,NC,P,N) fp32 <- S_loc; dec (B,H,NC) <- exp(cs_end).
+ * Forward: x = x, Bm = B, S_loc = sum_j exp(cs_end - cs_j) dt_j x_j B_j^T.
+ * BWD (the backward's chunk-local state gradient): x = dy, Bm = C, sum_r exp(cs_r) dy_r C_r^T. */
+template <class T, bool BWD>
+__global__ void __launch_bounds__(NW * 32) k_state(const T *x, const T *dt, const T *A, const T *Bm, float *st,
+                                                   float *dec, ssd_dims d) {
+  extern __shared__ __align__(16) float smf[];
+  float *cs = smf, *dts = smf + CL;
+  uint16_t *Xw = (uint16_t *)(smf + 2 * CL), *Bs = Xw + CL * (d.PP + 8);
+  const int LP = d.PP + 8, LN = d.NP + 8, lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+  const int64_t c = blockIdx.x % d.NC, bh = blockIdx.x / d.NC, b = bh / d.H, h = bh % d.H, gi = h / (d.H / d.G);
+  const int64_t t0 = c * d.Lc;
+  const int len = (int)(d.Tn - t0 < d.Lc ? d.Tn - t0 : d.Lc);
+  chunk_cumsum(cs, dts, dt + h, b * d.Tn + t0, d.H, len, to_f(A[h]));
+  __syncthreads();
+  const float cend = cs[len - 1];
+  for (int i = threadIdx.x; i < CL * d.PP; i += NW * 32) {
+    int j = i / d.PP, p = i % d.PP;
+    float v = 0.0f;
+    if (j < len && p < d.P)
+      v = (BWD ? expf(cs[j]) : expf(cend - cs[j]) * dts[j]) * to_f(x[((b * d.Tn + t0 + j) * d.H + h) * d.P + p]);
+    Xw[j * LP + p] = bfbits(v);
+  }
+  for (int i = threadIdx.x; i < CL * d.NP; i += NW * 32) {
+    int j = i / d.NP, n = i % d.NP;
+    Bs[j * LN + n] = bfbits(j < len && n < d.N ? to_f(Bm[((b * d.Tn + t0 + j) * d.G + gi) * d.N + n]) : 0.0f);
+  }
+  __syncthreads();
+  /* S_loc (PP x NP) = Xw^T (PP x 64) Bs (64 x NP): A(p, j) = Xw[j LP + p], B(j, n) = Bs[j LN + n] */
+  const int MT = d.PP / 16, NT = d.NP / 16, g = lane >> 2, tq = lane & 3;
+  float *dst = st + (bh * d.NC + c) * (int64_t)d.P * d.N;
+  for (int tile = w; tile < MT * NT; tile += NW) {
+    const int mt = tile / NT, nt = tile % NT;
+    float acc[2][4] = {};
+    tile_mma<2>(acc, Xw, 1, LP, Bs, LN, 1, 16 * mt, 16 * nt, 0, CL, lane);
+#pragma unroll
+    for (int j = 0; j < 2; j++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) {
+        int p = 16 * mt + g + 8 * (e >> 1), n = 16 * nt + 8 * j + 2 * tq + (e & 1);
+        if (p < d.P && n < d.N) dst[(int64_t)p * d.N + n] = acc[j][e];
+      }
+  }
+  if (threadIdx.x == 0) dec[bh * d.NC + c] = expf(cend);
+}
+
+/* 1''. State passing, one thread a state element (p, n) of one (b, h), chunks in order (forward: st[c] <- the state
+ * before chunk c, from init = h0; fin = hT) or REV (backward: st[c] <- the gradient of the state after chunk c, from
+ * init = dhT; fin = dh0). NULL init: zeros; NULL fin: not written. */
+template <class T, bool REV>
+__global__ void k_pass(float *st, const float *dec, const T *init, T *fin, int64_t BH, int64_t PN, int NC) {
+  CU_GRID_STRIDE(i, BH * PN) {
+    int64_t bh = i / PN, e = i % PN;
+    float s = init ? to_f(init[i]) : 0.0f;
+    float *q = st + bh * NC * PN + e;
+    const float *dc = dec + bh * NC;
+    for (int k = 0; k < NC; k++) {
+      int c = REV ? NC - 1 - k : k;
+      float loc = q[(int64_t)c * PN];
+      q[(int64_t)c * PN] = s;
+      s = dc[c] * s + loc;
+    }
+    if (fin) fin[i] = from_f<T>(s);
+  }
 }
 
 /* 2. Outputs of one chunk from its start state st[c] (k_chain). Block (bh NC + c). */
@@ -445,13 +514,21 @@ template <class F> cudaError_t smem_opt(F f, size_t bytes) {
   return cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
 }
 
-/* k_chain over every (b, h, 16 rows of P), the register tile that fits NP. */
+/* The chunk states st (B,H,NC,P,N) from init to fin (k_chain's contract): k_chain over every (b, h, 16 rows of P),
+ * with the register tile that fits NP, or (two_pass) k_state then k_pass, with dec (B,H,NC) as scratch. */
+size_t smem_state(const ssd_dims &d);
 template <class T, bool BWD>
 cudaError_t run_chain(const T *u, const T *dt, const T *A, const T *v, const T *init, T *fin, float *st,
-                      const ssd_dims &d, size_t smem, cudaStream_t s) {
+                      const ssd_dims &d, size_t smem, cudaStream_t s, bool two_pass, float *dec) {
   unsigned blocks = (unsigned)(d.B * d.H * (d.PP / 16));
   cudaError_t e;
-  if (d.NP <= 8 * NW * 4) {
+  if (two_pass) {
+    size_t s1 = smem_state(d);
+    if ((e = smem_opt(k_state<T, BWD>, s1)) != cudaSuccess) return e;
+    k_state<T, BWD><<<(unsigned)(d.B * d.H * d.NC), NW * 32, s1, s>>>(u, dt, A, v, st, dec, d);
+    k_pass<T, BWD><<<cu_grid(d.B * d.H * (int64_t)d.P * d.N, 256), 256, 0, s>>>(st, dec, init, fin, d.B * d.H,
+                                                                              (int64_t)d.P * d.N, d.NC);
+  } else if (d.NP <= 8 * NW * 4) {
     if ((e = smem_opt(k_chain<T, BWD, 4>, smem)) != cudaSuccess) return e;
     k_chain<T, BWD, 4><<<blocks, NW * 32, smem, s>>>(u, dt, A, v, init, fin, st, d);
   } else {
@@ -461,6 +538,7 @@ cudaError_t run_chain(const T *u, const T *dt, const T *A, const T *v, const T *
   return cudaGetLastError();
 }
 
+size_t smem_state(const ssd_dims &d) { return 2 * CL * 4 + (size_t)CL * (d.PP + 8 + d.NP + 8) * 2; }
 size_t smem_chain(const ssd_dims &d) { return 2 * CL * 4 + (size_t)CL * (LU + d.NP + 8) * 2; }
 size_t smem_scan(const ssd_dims &d) {
   return 2 * CL * 4 + ((size_t)2 * CL * (d.NP + 8) + (size_t)CL * (d.PP + 8) + (size_t)d.PP * (d.NP + 8) + CL * LM) * 2;
@@ -479,13 +557,14 @@ ssd_dims dims_of(const m2_ssd_attr &a, int64_t seg) {
   return d;
 }
 
+int g_mode = -1; /* 0 off, 1 k_chain, 2 k_state + k_pass; M2_SSD_CHUNK_TC read once, or m2_cuda_ssd_chunk_mode */
+
 int chunk_switch(void) {
-  static int on = -1; /* read once */
-  if (on < 0) {
+  if (g_mode < 0) {
     const char *e = getenv("M2_SSD_CHUNK_TC");
-    on = e && strcmp(e, "1") == 0;
+    g_mode = e && (strcmp(e, "1") == 0 || strcmp(e, "2") == 0) ? atoi(e) : 0;
   }
-  return on;
+  return g_mode;
 }
 
 long g_chunk_calls, g_chunk_bwd_calls;
@@ -493,6 +572,11 @@ long g_chunk_calls, g_chunk_bwd_calls;
 } // namespace
 
 extern "C" long m2_cuda_ssd_chunk_tc_calls(void) { return g_chunk_calls; }
+extern "C" int m2_cuda_ssd_chunk_mode(int mode) {
+  int prev = chunk_switch();
+  if (mode >= 0 && mode <= 2) g_mode = mode;
+  return prev;
+}
 extern "C" long m2_cuda_ssd_chunk_tc_bwd_calls(void) { return g_chunk_bwd_calls; }
 
 bool ssd_chunk_applies(const m2_opcall *c, int64_t seg, bool bwd) {
@@ -508,7 +592,7 @@ bool ssd_chunk_applies(const m2_opcall *c, int64_t seg, bool bwd) {
   if (cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, c->in[0]->device.index) != cudaSuccess)
     return false;
   size_t need = bwd ? smem_bwd(d) : smem_scan(d);
-  return need <= (size_t)optin && smem_chain(d) <= (size_t)optin;
+  return need <= (size_t)optin && smem_chain(d) <= (size_t)optin && smem_state(d) <= (size_t)optin;
 }
 
 m2_status ssd_chunk_forward(const m2_opcall *c, int64_t seg, m2_tensor *y, m2_tensor *hT, m2_tensor *ck,
@@ -519,16 +603,22 @@ m2_status ssd_chunk_forward(const m2_opcall *c, int64_t seg, m2_tensor *y, m2_te
   m2_tensor *const *in = c->in;
   float *stp = (float *)m2_data(ck);
   size_t s1 = smem_chain(d), s3 = smem_scan(d);
+  const bool two = chunk_switch() == 2;
+  m2_tensor *dec = two ? cu_scratch_f32(c->in[0]->device, a.B * a.H * d.NC) : NULL;
+  if (two && !dec) return m2_errcode();
+  float *decp = dec ? (float *)m2_data(dec) : NULL;
   cudaError_t e = cudaSuccess;
   CU_FLOAT_DISPATCH(in[0]->dtype, {
     e = smem_opt(k_scan<T>, s3);
-    if (e == cudaSuccess) e = run_chain<T, false>(PC(in[0]), PC(in[1]), PC(in[2]), PC(in[3]), PC(in[5]), PT(hT), stp, d, s1, st);
+    if (e == cudaSuccess)
+      e = run_chain<T, false>(PC(in[0]), PC(in[1]), PC(in[2]), PC(in[3]), PC(in[5]), PT(hT), stp, d, s1, st, two, decp);
     if (e == cudaSuccess) {
       k_scan<T><<<(unsigned)(a.B * a.H * d.NC), NW * 32, s3, st>>>(PC(in[0]), PC(in[1]), PC(in[2]), PC(in[3]),
                                                                    PC(in[4]), stp, PT(y), d);
       e = cudaGetLastError();
     }
   });
+  m2_release(dec);
   if (e != cudaSuccess) return m2_fail(M2_ERR_CUDA, "%s: chunked forward kernel launch failed: %s", op, cudaGetErrorString(e));
   g_chunk_calls++;
   return M2_OK;
@@ -542,9 +632,11 @@ m2_status ssd_chunk_backward(const m2_opcall *c, int64_t seg, const m2_tensor *d
   const m2_device dev = c->in[0]->device;
   const int64_t BH = a.B * a.H, PN = a.P * a.N, hpg = a.H / a.G, nbtn = a.B * a.T * a.H * a.N;
   const bool grouped = hpg > 1;
-  m2_tensor *dstt = cu_scratch_f32(dev, BH * d.NC * PN), *dAp = cu_scratch_f32(dev, BH * d.NC);
+  const bool two = chunk_switch() == 2;
+  m2_tensor *dstt = cu_scratch_f32(dev, BH * d.NC * PN), *dAp = cu_scratch_f32(dev, BH * d.NC),
+            *dec = two ? cu_scratch_f32(dev, BH * d.NC) : NULL;
   m2_tensor *dBp = grouped && din[3] ? cu_scratch_f32(dev, nbtn) : NULL, *dCp = grouped && din[4] ? cu_scratch_f32(dev, nbtn) : NULL;
-  m2_status s = (dstt && dAp && (dBp || !(grouped && din[3])) && (dCp || !(grouped && din[4]))) ? M2_OK : m2_errcode();
+  m2_status s = (dstt && dAp && (dec || !two) && (dBp || !(grouped && din[3])) && (dCp || !(grouped && din[4]))) ? M2_OK : m2_errcode();
   if (s == M2_OK) {
     m2_tensor *const *in = c->in;
     float *dsp = (float *)m2_data(dstt), *dap = (float *)m2_data(dAp);
@@ -554,7 +646,9 @@ m2_status ssd_chunk_backward(const m2_opcall *c, int64_t seg, const m2_tensor *d
     cudaError_t e = cudaSuccess;
     CU_FLOAT_DISPATCH(in[0]->dtype, {
       e = smem_opt(k_bwd<T>, sb);
-      if (e == cudaSuccess) e = run_chain<T, true>(PC(dy), PC(in[1]), PC(in[2]), PC(in[4]), PC(dhT), PT(din[5]), dsp, d, s1, st);
+      if (e == cudaSuccess)
+        e = run_chain<T, true>(PC(dy), PC(in[1]), PC(in[2]), PC(in[4]), PC(dhT), PT(din[5]), dsp, d, s1, st, two,
+                               dec ? (float *)m2_data(dec) : NULL);
       if (e == cudaSuccess) {
         k_bwd<T><<<blocks, NW * 32, sb, st>>>(PC(in[0]), PC(in[1]), PC(in[2]), PC(in[3]), PC(in[4]), PC(dy), ck, dsp,
                                               PT(din[0]), PT(din[1]), grouped ? NULL : PT(din[3]),
@@ -571,6 +665,6 @@ m2_status ssd_chunk_backward(const m2_opcall *c, int64_t seg, const m2_tensor *d
     if (e != cudaSuccess) s = m2_fail(M2_ERR_CUDA, "%s: chunked backward kernel launch failed: %s", op, cudaGetErrorString(e));
     else g_chunk_bwd_calls++;
   }
-  m2_release(dstt), m2_release(dAp), m2_release(dBp), m2_release(dCp);
+  m2_release(dstt), m2_release(dAp), m2_release(dec), m2_release(dBp), m2_release(dCp);
   return s;
 }
