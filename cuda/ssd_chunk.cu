@@ -89,13 +89,9 @@ __device__ __forceinline__ void tile_mma(float c[NJ][4], const uint16_t *A, int 
   }
 }
 
-/* Warp 0: cs[j] = A (dt_0 + .. + dt_j) and dts[j] = dt_j for the chunk's j < len (j >= len: dt 0, cs the total). */
-template <class T>
-__device__ __forceinline__ void chunk_cumsum(float *cs, float *dts, const T *dt, int64_t tok0, int64_t H, int len,
-                                             float Ah) {
+/* Warp 0 (lane l holds d0 = dt_l, d1 = dt_{l+32}, 0 beyond the chunk): cs[j] = A (dt_0 + .. + dt_j), dts[j] = dt_j. */
+__device__ __forceinline__ void scan64(float *cs, float *dts, float d0, float d1, float Ah) {
   const int lane = threadIdx.x & 31;
-  if (threadIdx.x >= 32) return;
-  float d0 = lane < len ? to_f(dt[(tok0 + lane) * H]) : 0.0f, d1 = lane + 32 < len ? to_f(dt[(tok0 + lane + 32) * H]) : 0.0f;
   float v0 = d0 * Ah, v1 = d1 * Ah;
 #pragma unroll
   for (int o = 1; o < 32; o <<= 1) {
@@ -104,6 +100,24 @@ __device__ __forceinline__ void chunk_cumsum(float *cs, float *dts, const T *dt,
   }
   v1 += __shfl_sync(0xffffffffu, v0, 31);
   cs[lane] = v0, cs[lane + 32] = v1, dts[lane] = d0, dts[lane + 32] = d1;
+}
+
+/* The chunk's dt_l, dt_{l+32} for lane l (0 at or beyond len). dt points at head h's column. */
+template <class T>
+__device__ __forceinline__ void load_dt(float &d0, float &d1, const T *dt, int64_t tok0, int64_t H, int len) {
+  const int lane = threadIdx.x & 31;
+  d0 = lane < len ? to_f(dt[(tok0 + lane) * H]) : 0.0f;
+  d1 = lane + 32 < len ? to_f(dt[(tok0 + lane + 32) * H]) : 0.0f;
+}
+
+/* Warp 0: cs[j] = A (dt_0 + .. + dt_j) and dts[j] = dt_j for the chunk's j < len (j >= len: dt 0, cs the total). */
+template <class T>
+__device__ __forceinline__ void chunk_cumsum(float *cs, float *dts, const T *dt, int64_t tok0, int64_t H, int len,
+                                             float Ah) {
+  if (threadIdx.x >= 32) return;
+  float d0, d1;
+  load_dt(d0, d1, dt, tok0, H, len);
+  scan64(cs, dts, d0, d1, Ah);
 }
 
 struct ssd_dims {
@@ -142,9 +156,21 @@ __global__ void __launch_bounds__(NW * 32, MAXT == 4 ? 4 : 2) k_chain(const T *u
       int p = pr[e >> 1], n = 8 * (w + NW * i) + 2 * tq + (e & 1);
       acc[i][e] = (init && w + NW * i < NT8 && p < d.P && n < d.N) ? to_f(init[bh * PN + (int64_t)p * d.N + n]) : 0.0f;
     }
+  /* warp 0 loads each chunk's dt one chunk ahead (its latency hides behind the previous chunk) */
+  auto chunk_at = [&](int k, int64_t &c, int64_t &t0, int &len) {
+    c = BWD ? d.NC - 1 - k : k, t0 = c * d.Lc, len = (int)(d.Tn - t0 < d.Lc ? d.Tn - t0 : d.Lc);
+  };
+  float nd0 = 0.0f, nd1 = 0.0f;
+  if (w == 0) {
+    int64_t c, t0;
+    int len;
+    chunk_at(0, c, t0, len);
+    load_dt(nd0, nd1, dt + h, b * d.Tn + t0, d.H, len);
+  }
   for (int k = 0; k < d.NC; k++) {
-    const int64_t c = BWD ? d.NC - 1 - k : k, t0 = c * d.Lc;
-    const int len = (int)(d.Tn - t0 < d.Lc ? d.Tn - t0 : d.Lc);
+    int64_t c, t0;
+    int len;
+    chunk_at(k, c, t0, len);
     float *so = st + (bh * d.NC + c) * PN;
 #pragma unroll
     for (int i = 0; i < MAXT; i++)
@@ -153,7 +179,15 @@ __global__ void __launch_bounds__(NW * 32, MAXT == 4 ? 4 : 2) k_chain(const T *u
         int p = pr[e >> 1], n = 8 * (w + NW * i) + 2 * tq + (e & 1);
         if (w + NW * i < NT8 && p < d.P && n < d.N) so[(int64_t)p * d.N + n] = acc[i][e];
       }
-    chunk_cumsum(cs, dts, dt + h, b * d.Tn + t0, d.H, len, Ah);
+    if (w == 0) {
+      scan64(cs, dts, nd0, nd1, Ah);
+      if (k + 1 < d.NC) {
+        int64_t c1, t1;
+        int len1;
+        chunk_at(k + 1, c1, t1, len1);
+        load_dt(nd0, nd1, dt + h, b * d.Tn + t1, d.H, len1);
+      }
+    }
     __syncthreads(); /* cs ready; every warp is past the previous chunk's products */
     const float cend = cs[len - 1], dec = expf(cend);
     for (int i = threadIdx.x; i < CL * 16; i += NW * 32) {
