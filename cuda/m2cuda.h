@@ -18,6 +18,10 @@ long m2_cuda_attention_tc_calls(void);
 long m2_cuda_ssd_chunk_tc_calls(void);
 /* Backwards of the "ssd_chunked" row run by the chunked tensor-core kernels so far (M2_SSD_CHUNK_TC=1). */
 long m2_cuda_ssd_chunk_tc_bwd_calls(void);
+/* The chunked SSD kernels' mode from now on (tests, benchmarks): 0 off, 1 on (the chain kernel), 2 on with the chunk
+ * states made in two launches (chunk-local states, then a pass over them); -1 keeps it. Returns the previous mode
+ * (at first: M2_SSD_CHUNK_TC, 0 when unset). */
+int m2_cuda_ssd_chunk_mode(int mode);
 
 /* The chunked tensor-core Gated DeltaNet kernels (cuda/gdn_chunk.cu, gdn_chunk_bwd.cu): set = 1 switches forward
  * and backward on for this process, 2 the forward only (the backward stays recurrent), 0 off; set = -1 only asks;

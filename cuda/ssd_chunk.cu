@@ -1,17 +1,18 @@
-/* ssd_chunk.cu — Mamba-2 SSD forward and backward in the chunked (state-space dual) form on tensor cores (DESIGN 3.3; the maths of
- * core/ops_ssd.c's ssd_chunked_bh). Per (b, h), chunks of Lc = seg <= 64 tokens (the CUDA checkpoint interval, so the
+/* ssd_chunk.cu — Mamba-2 SSD forward and backward in the chunked (state-space dual) form on tensor cores (DESIGN 3.3;
+ * the maths of core/ops_ssd.c's ssd_chunked_bh). Per (b, h), chunks of Lc = seg <= 64 tokens (the CUDA checkpoint interval, so the
  * chunk states are exactly the checkpoints the recurrent backward reads); within a chunk, cs_r = A (dt_0 + .. + dt_r):
  *
- *   1. k_state  S_loc (P x N) = sum_j exp(cs_end - cs_j) dt_j x_j B_j^T  = Xw^T B       (one block a chunk)
- *   2. k_pass   S_0 = h0 (or 0), S_{c+1} = exp(cs_end_c) S_c + S_loc_c ; ck[c] = S_c, hT = S_NC
- *               (sequential over chunks, one thread a state element; in place over S_loc)
- *   3. k_scan   y_r = exp(cs_r) (C_r . S_c[p, :]) + sum_{j <= r} exp(cs_r - cs_j) dt_j (C_r . B_j) x_j[p]
+ *   1. k_chain  S_0 = h0 (or 0), S_{c+1} = exp(cs_end_c) S_c + sum_j exp(cs_end - cs_j) dt_j x_j B_j^T ; ck[c] = S_c,
+ *               hT = S_NC: one block a (b, h, 16 rows of P) walks the chunks in order, the state rows in the mma
+ *               accumulators (each chunk's Xw^T B added onto the decayed state), so the states go to HBM once
+ *               (M2_SSD_CHUNK_TC=2 instead: k_state, the chunk-local states Xw^T B, one block a chunk, then k_pass,
+ *               the recurrence over them, one thread a state element: 3 x the state traffic, no sequential chain)
+ *   2. k_scan   y_r = exp(cs_r) (C_r . S_c[p, :]) + sum_{j <= r} exp(cs_r - cs_j) dt_j (C_r . B_j) x_j[p]
  *               = diag(exp(cs)) C S_c^T + (C B^T o mask) X                                (one block a chunk)
- * Backward (the same three steps, reversed):
- *   1. k_state BWD  dS_loc = sum_r exp(cs_r) dy_r C_r^T
- *   2. k_pass REV   D_{NC-1} = dhT, D_{c-1} = exp(cs_end_c) D_c + dS_loc_c ; dst[c] = D_c (the gradient of the state
- *                   after chunk c), dh0 = D_{-1}
- *   3. k_bwd        dx, ddt, dB, dC of the chunk and its share of dA from S_c (ck) and D_c (formulas at k_bwd);
+ * Backward (the same steps, reversed):
+ *   1. k_chain BWD  D_{NC-1} = dhT, D_{c-1} = exp(cs_end_c) D_c + sum_r exp(cs_r) dy_r C_r^T ; dst[c] = D_c (the
+ *                   gradient of the state after chunk c), dh0 = D_{-1}; chunks from the last
+ *   2. k_bwd        dx, ddt, dB, dC of the chunk and its share of dA from S_c (ck) and D_c (formulas at k_bwd);
  *                   dB, dC summed over a group's heads and dA over batch and chunks afterwards, in a fixed order.
  *
  * Products: bf16 operands (x, B, C as given or rounded from f32; Xw, the masked scores and the chunk state rounded to
@@ -22,7 +23,7 @@
  * so one helper serves every operand orientation.
  *
  * Shared memory (bf16 elements; PP = 16 ceil(P / 16), NP = 16 ceil(N / 16), LN = NP + 8, LP = PP + 8):
- *   k_state  Xw 64 LP, Bs 64 LN                          (+ 512 B of cs, dt)
+ *   k_chain  Us 64 x 24, Vs 64 LN                         (+ 512 B of cs, dt; 400M: 33 KiB)
  *   k_scan   Cs 64 LN, Bs 64 LN, Xs 64 LP, Ss PP LN, Ms 64 x 72   (400M: N 216, P 19 -> 87 KiB)
  *   k_bwd    Cs, Bs 64 LN, Xs, dYs 64 LP, Ss, Ds PP LN, Ms, Ws 64 x 72 + fp32 T 64 x 65, U 64 (PP + 1), partials
  *            (400M -> 148 KiB, 7B -> 176 KiB; the H100 allows 227 KiB a block) */
@@ -88,13 +89,9 @@ __device__ __forceinline__ void tile_mma(float c[NJ][4], const uint16_t *A, int 
   }
 }
 
-/* Warp 0: cs[j] = A (dt_0 + .. + dt_j) and dts[j] = dt_j for the chunk's j < len (j >= len: dt 0, cs the total). */
-template <class T>
-__device__ __forceinline__ void chunk_cumsum(float *cs, float *dts, const T *dt, int64_t tok0, int64_t H, int len,
-                                             float Ah) {
+/* Warp 0 (lane l holds d0 = dt_l, d1 = dt_{l+32}, 0 beyond the chunk): cs[j] = A (dt_0 + .. + dt_j), dts[j] = dt_j. */
+__device__ __forceinline__ void scan64(float *cs, float *dts, float d0, float d1, float Ah) {
   const int lane = threadIdx.x & 31;
-  if (threadIdx.x >= 32) return;
-  float d0 = lane < len ? to_f(dt[(tok0 + lane) * H]) : 0.0f, d1 = lane + 32 < len ? to_f(dt[(tok0 + lane + 32) * H]) : 0.0f;
   float v0 = d0 * Ah, v1 = d1 * Ah;
 #pragma unroll
   for (int o = 1; o < 32; o <<= 1) {
@@ -105,12 +102,127 @@ __device__ __forceinline__ void chunk_cumsum(float *cs, float *dts, const T *dt,
   cs[lane] = v0, cs[lane + 32] = v1, dts[lane] = d0, dts[lane + 32] = d1;
 }
 
+/* The chunk's dt_l, dt_{l+32} for lane l (0 at or beyond len). dt points at head h's column. */
+template <class T>
+__device__ __forceinline__ void load_dt(float &d0, float &d1, const T *dt, int64_t tok0, int64_t H, int len) {
+  const int lane = threadIdx.x & 31;
+  d0 = lane < len ? to_f(dt[(tok0 + lane) * H]) : 0.0f;
+  d1 = lane + 32 < len ? to_f(dt[(tok0 + lane + 32) * H]) : 0.0f;
+}
+
+/* Warp 0: cs[j] = A (dt_0 + .. + dt_j) and dts[j] = dt_j for the chunk's j < len (j >= len: dt 0, cs the total). */
+template <class T>
+__device__ __forceinline__ void chunk_cumsum(float *cs, float *dts, const T *dt, int64_t tok0, int64_t H, int len,
+                                             float Ah) {
+  if (threadIdx.x >= 32) return;
+  float d0, d1;
+  load_dt(d0, d1, dt, tok0, H, len);
+  scan64(cs, dts, d0, d1, Ah);
+}
+
 struct ssd_dims {
   int64_t B, Tn, H, G;
   int P, N, PP, NP, Lc, NC; /* sizes, padded sizes, chunk, chunks */
 };
 
-/* 1. Chunk-local states. Block (bh NC + c). st (B,H,NC,P,N) fp32 <- S_loc; dec (B,H,NC) <- exp(cs_end).
+/* 1+2. The chain of chunk states; one block a (b, h, 16 rows of P), walking the chunks in order (forward) or from the
+ * last (BWD), the 16 x NP state rows in the mma accumulators (warp w: the 16 x 8 column tiles w, w + NW, ...):
+ *   forward  S = init (h0, or 0); for each chunk c: st[c] = S; S = exp(cs_end) S + sum_j exp(cs_end - cs_j) dt_j x_j B_j^T;
+ *            fin = S (hT).            u = x, v = B.
+ *   BWD      D = init (dhT, or 0); for each chunk c from the last: st[c] = D (the gradient of the state after chunk c);
+ *            D = exp(cs_end) D + sum_r exp(cs_r) dy_r C_r^T; fin = D (dh0).      u = dy, v = C.
+ * NULL init: zeros; NULL fin: not written. Shared: cs, dt, Us 64 x 16 (weighted u, row stride 24), Vs 64 x NP. */
+constexpr int LU = 24;
+
+/* MAXT: column tiles of 8 a warp at most (NP <= 8 NW MAXT): 4 up to N = 256 (4 blocks an SM fit the registers), 8 up
+ * to 512. */
+template <class T, bool BWD, int MAXT>
+__global__ void __launch_bounds__(NW * 32, MAXT == 4 ? 4 : 2) k_chain(const T *u, const T *dt, const T *A, const T *v, const T *init,
+                                                   T *fin, float *st, ssd_dims d) {
+  extern __shared__ __align__(16) float smf[];
+  float *cs = smf, *dts = smf + CL;
+  uint16_t *Us = (uint16_t *)(smf + 2 * CL), *Vs = Us + CL * LU;
+  const int LN = d.NP + 8, lane = threadIdx.x & 31, w = threadIdx.x >> 5, g = lane >> 2, tq = lane & 3;
+  const int MT = d.PP / 16, NT8 = d.NP / 8;
+  const int64_t mt = blockIdx.x % MT, bh = blockIdx.x / MT, b = bh / d.H, h = bh % d.H, gi = h / (d.H / d.G);
+  const int64_t PN = (int64_t)d.P * d.N;
+  const float Ah = to_f(A[h]);
+  const int pr[2] = {(int)(16 * mt) + g, (int)(16 * mt) + g + 8};
+  float acc[MAXT][4];
+#pragma unroll
+  for (int i = 0; i < MAXT; i++)
+#pragma unroll
+    for (int e = 0; e < 4; e++) {
+      int p = pr[e >> 1], n = 8 * (w + NW * i) + 2 * tq + (e & 1);
+      acc[i][e] = (init && w + NW * i < NT8 && p < d.P && n < d.N) ? to_f(init[bh * PN + (int64_t)p * d.N + n]) : 0.0f;
+    }
+  /* warp 0 loads each chunk's dt one chunk ahead (its latency hides behind the previous chunk) */
+  auto chunk_at = [&](int k, int64_t &c, int64_t &t0, int &len) {
+    c = BWD ? d.NC - 1 - k : k, t0 = c * d.Lc, len = (int)(d.Tn - t0 < d.Lc ? d.Tn - t0 : d.Lc);
+  };
+  float nd0 = 0.0f, nd1 = 0.0f;
+  if (w == 0) {
+    int64_t c, t0;
+    int len;
+    chunk_at(0, c, t0, len);
+    load_dt(nd0, nd1, dt + h, b * d.Tn + t0, d.H, len);
+  }
+  for (int k = 0; k < d.NC; k++) {
+    int64_t c, t0;
+    int len;
+    chunk_at(k, c, t0, len);
+    float *so = st + (bh * d.NC + c) * PN;
+#pragma unroll
+    for (int i = 0; i < MAXT; i++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) {
+        int p = pr[e >> 1], n = 8 * (w + NW * i) + 2 * tq + (e & 1);
+        if (w + NW * i < NT8 && p < d.P && n < d.N) so[(int64_t)p * d.N + n] = acc[i][e];
+      }
+    if (w == 0) {
+      scan64(cs, dts, nd0, nd1, Ah);
+      if (k + 1 < d.NC) {
+        int64_t c1, t1;
+        int len1;
+        chunk_at(k + 1, c1, t1, len1);
+        load_dt(nd0, nd1, dt + h, b * d.Tn + t1, d.H, len1);
+      }
+    }
+    __syncthreads(); /* cs ready; every warp is past the previous chunk's products */
+    const float cend = cs[len - 1], dec = expf(cend);
+    for (int i = threadIdx.x; i < CL * 16; i += NW * 32) {
+      int j = i >> 4, p = (int)(16 * mt) + (i & 15);
+      float val = 0.0f;
+      if (j < len && p < d.P)
+        val = (BWD ? expf(cs[j]) : expf(cend - cs[j]) * dts[j]) * to_f(u[((b * d.Tn + t0 + j) * d.H + h) * d.P + p]);
+      Us[j * LU + (i & 15)] = bfbits(val);
+    }
+    for (int i = threadIdx.x; i < CL * d.NP; i += NW * 32) {
+      int j = i / d.NP, n = i % d.NP;
+      Vs[j * LN + n] = bfbits(j < len && n < d.N ? to_f(v[((b * d.Tn + t0 + j) * d.G + gi) * d.N + n]) : 0.0f);
+    }
+    __syncthreads(); /* staged; cs is not read again before the next chunk's barrier */
+    /* S = dec S + Us^T Vs: A(p, j) = Us[j LU + p], B(j, n) = Vs[j LN + n] */
+#pragma unroll
+    for (int i = 0; i < MAXT; i++) {
+      if (w + NW * i >= NT8) continue;
+#pragma unroll
+      for (int e = 0; e < 4; e++) acc[i][e] *= dec;
+      tile_mma<1>(&acc[i], Us, 1, LU, Vs, LN, 1, 0, 8 * (w + NW * i), 0, CL, lane);
+    }
+  }
+  if (!fin) return;
+#pragma unroll
+  for (int i = 0; i < MAXT; i++)
+#pragma unroll
+    for (int e = 0; e < 4; e++) {
+      int p = pr[e >> 1], n = 8 * (w + NW * i) + 2 * tq + (e & 1);
+      if (w + NW * i < NT8 && p < d.P && n < d.N) fin[bh * PN + (int64_t)p * d.N + n] = from_f<T>(acc[i][e]);
+    }
+}
+
+/* 1'. The two-launch alternative to k_chain (M2_SSD_CHUNK_TC=2), kept to compare the two on a GPU: chunk-local
+ * states in parallel, then a pass over them. Chunk-local states: block (bh NC + c). st (B,H,NC,P,N) fp32 <- S_loc; dec (B,H,NC) <- exp(cs_end).
  * Forward: x = x, Bm = B, S_loc = sum_j exp(cs_end - cs_j) dt_j x_j B_j^T.
  * BWD (the backward's chunk-local state gradient): x = dy, Bm = C, sum_r exp(cs_r) dy_r C_r^T. */
 template <class T, bool BWD>
@@ -156,7 +268,7 @@ __global__ void __launch_bounds__(NW * 32) k_state(const T *x, const T *dt, cons
   if (threadIdx.x == 0) dec[bh * d.NC + c] = expf(cend);
 }
 
-/* 2. State passing, one thread a state element (p, n) of one (b, h), chunks in order (forward: st[c] <- the state
+/* 1''. State passing, one thread a state element (p, n) of one (b, h), chunks in order (forward: st[c] <- the state
  * before chunk c, from init = h0; fin = hT) or REV (backward: st[c] <- the gradient of the state after chunk c, from
  * init = dhT; fin = dh0). NULL init: zeros; NULL fin: not written. */
 template <class T, bool REV>
@@ -176,7 +288,7 @@ __global__ void k_pass(float *st, const float *dec, const T *init, T *fin, int64
   }
 }
 
-/* 3. Outputs of one chunk from its start state st[c] (after k_pass). Block (bh NC + c). */
+/* 2. Outputs of one chunk from its start state st[c] (k_chain). Block (bh NC + c). */
 template <class T>
 __global__ void __launch_bounds__(NW * 32) k_scan(const T *x, const T *dt, const T *A, const T *Bm, const T *Cm,
                                                   const float *st, T *y, ssd_dims d) {
@@ -241,8 +353,8 @@ __global__ void __launch_bounds__(NW * 32) k_scan(const T *x, const T *dt, const
   }
 }
 
-/* 4. Backward of one chunk, block (bh NC + c), from its start state S = ck[c] and D = dst[c], the gradient of the
- * state after it (k_pass REV); cs, dt, e_rj = exp(cs_r - cs_j) (j <= r < len), cs_L = cs[len - 1]:
+/* 3. Backward of one chunk, block (bh NC + c), from its start state S = ck[c] and D = dst[c], the gradient of the
+ * state after it (k_chain BWD); cs, dt, e_rj = exp(cs_r - cs_j) (j <= r < len), cs_L = cs[len - 1]:
  *   CB_rj = C_r.B_j, DX_rj = dy_r.x_j, M_rj = e_rj CB_rj, W_rj = e_rj dt_j DX_rj          (64 x 64, masked)
  *   U_j = sum_r M_rj dy_r + exp(cs_L - cs_j) D B_j        dx_j = dt_j U_j, explicit ddt_j = x_j.U_j
  *   dC_r = exp(cs_r) S^T dy_r + sum_j W_rj B_j           dB_j = sum_r W_rj C_r + exp(cs_L - cs_j) dt_j D^T x_j
@@ -431,7 +543,37 @@ __global__ void k_da_sum(const float *dAp, T *dA, int64_t B, int64_t H, int NC) 
   }
 }
 
+template <class F> cudaError_t smem_opt(F f, size_t bytes) {
+  if (bytes <= 48 * 1024) return cudaSuccess;
+  return cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
+}
+
+/* The chunk states st (B,H,NC,P,N) from init to fin (k_chain's contract): k_chain over every (b, h, 16 rows of P),
+ * with the register tile that fits NP, or (two_pass) k_state then k_pass, with dec (B,H,NC) as scratch. */
+size_t smem_state(const ssd_dims &d);
+template <class T, bool BWD>
+cudaError_t run_chain(const T *u, const T *dt, const T *A, const T *v, const T *init, T *fin, float *st,
+                      const ssd_dims &d, size_t smem, cudaStream_t s, bool two_pass, float *dec) {
+  unsigned blocks = (unsigned)(d.B * d.H * (d.PP / 16));
+  cudaError_t e;
+  if (two_pass) {
+    size_t s1 = smem_state(d);
+    if ((e = smem_opt(k_state<T, BWD>, s1)) != cudaSuccess) return e;
+    k_state<T, BWD><<<(unsigned)(d.B * d.H * d.NC), NW * 32, s1, s>>>(u, dt, A, v, st, dec, d);
+    k_pass<T, BWD><<<cu_grid(d.B * d.H * (int64_t)d.P * d.N, 256), 256, 0, s>>>(st, dec, init, fin, d.B * d.H,
+                                                                              (int64_t)d.P * d.N, d.NC);
+  } else if (d.NP <= 8 * NW * 4) {
+    if ((e = smem_opt(k_chain<T, BWD, 4>, smem)) != cudaSuccess) return e;
+    k_chain<T, BWD, 4><<<blocks, NW * 32, smem, s>>>(u, dt, A, v, init, fin, st, d);
+  } else {
+    if ((e = smem_opt(k_chain<T, BWD, 8>, smem)) != cudaSuccess) return e;
+    k_chain<T, BWD, 8><<<blocks, NW * 32, smem, s>>>(u, dt, A, v, init, fin, st, d);
+  }
+  return cudaGetLastError();
+}
+
 size_t smem_state(const ssd_dims &d) { return 2 * CL * 4 + (size_t)CL * (d.PP + 8 + d.NP + 8) * 2; }
+size_t smem_chain(const ssd_dims &d) { return 2 * CL * 4 + (size_t)CL * (LU + d.NP + 8) * 2; }
 size_t smem_scan(const ssd_dims &d) {
   return 2 * CL * 4 + ((size_t)2 * CL * (d.NP + 8) + (size_t)CL * (d.PP + 8) + (size_t)d.PP * (d.NP + 8) + CL * LM) * 2;
 }
@@ -449,18 +591,14 @@ ssd_dims dims_of(const m2_ssd_attr &a, int64_t seg) {
   return d;
 }
 
-template <class F> cudaError_t smem_opt(F f, size_t bytes) {
-  if (bytes <= 48 * 1024) return cudaSuccess;
-  return cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
-}
+int g_mode = -1; /* 0 off, 1 k_chain, 2 k_state + k_pass; M2_SSD_CHUNK_TC read once, or m2_cuda_ssd_chunk_mode */
 
 int chunk_switch(void) {
-  static int on = -1; /* read once */
-  if (on < 0) {
+  if (g_mode < 0) {
     const char *e = getenv("M2_SSD_CHUNK_TC");
-    on = e && strcmp(e, "1") == 0;
+    g_mode = e && (strcmp(e, "1") == 0 || strcmp(e, "2") == 0) ? atoi(e) : 0;
   }
-  return on;
+  return g_mode;
 }
 
 long g_chunk_calls, g_chunk_bwd_calls;
@@ -468,6 +606,11 @@ long g_chunk_calls, g_chunk_bwd_calls;
 } // namespace
 
 extern "C" long m2_cuda_ssd_chunk_tc_calls(void) { return g_chunk_calls; }
+extern "C" int m2_cuda_ssd_chunk_mode(int mode) {
+  int prev = chunk_switch();
+  if (mode >= 0 && mode <= 2) g_mode = mode;
+  return prev;
+}
 extern "C" long m2_cuda_ssd_chunk_tc_bwd_calls(void) { return g_chunk_bwd_calls; }
 
 bool ssd_chunk_applies(const m2_opcall *c, int64_t seg, bool bwd) {
@@ -475,14 +618,15 @@ bool ssd_chunk_applies(const m2_opcall *c, int64_t seg, bool bwd) {
   m2_dtype dt = c->in[0]->dtype;
   if (!(dt == M2_BF16 || (dt == M2_F32 && m2_matmul_precision() == M2_MM_BF16))) return false;
   const m2_ssd_attr a = *M2_ATTR(c, m2_ssd_attr);
-  if (a.B < 1 || a.T < 1 || a.H < 1 || a.P < 1 || a.N < 1 || a.P > 4096 || a.N > 4096) return false;
+  if (a.B < 1 || a.T < 1 || a.H < 1 || a.P < 1 || a.N < 1 || a.P > 4096) return false;
+  if (a.N > 8 * NW * 8) return false; /* k_chain's register tile: N <= 512 */
   ssd_dims d = dims_of(a, seg);
   if ((double)a.B * a.H * d.NC >= 2147483647.0) return false;
   int optin = 0;
   if (cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, c->in[0]->device.index) != cudaSuccess)
     return false;
   size_t need = bwd ? smem_bwd(d) : smem_scan(d);
-  return need <= (size_t)optin && smem_state(d) <= (size_t)optin;
+  return need <= (size_t)optin && smem_chain(d) <= (size_t)optin && smem_state(d) <= (size_t)optin;
 }
 
 m2_status ssd_chunk_forward(const m2_opcall *c, int64_t seg, m2_tensor *y, m2_tensor *hT, m2_tensor *ck,
@@ -490,22 +634,21 @@ m2_status ssd_chunk_forward(const m2_opcall *c, int64_t seg, m2_tensor *y, m2_te
   const char *op = c->op->name;
   const m2_ssd_attr a = *M2_ATTR(c, m2_ssd_attr);
   ssd_dims d = dims_of(a, seg);
-  int64_t BH = a.B * a.H, PN = a.P * a.N;
-  int64_t ndec = BH * d.NC;
-  m2_tensor *dec = cu_scratch_f32(c->in[0]->device, ndec > 0 ? ndec : 1);
-  if (!dec) return m2_errcode();
   m2_tensor *const *in = c->in;
-  float *stp = (float *)m2_data(ck), *decp = (float *)m2_data(dec);
-  size_t s1 = smem_state(d), s3 = smem_scan(d);
-  unsigned blocks = (unsigned)(BH * d.NC);
+  float *stp = (float *)m2_data(ck);
+  size_t s1 = smem_chain(d), s3 = smem_scan(d);
+  const bool two = chunk_switch() == 2;
+  m2_tensor *dec = two ? cu_scratch_f32(c->in[0]->device, a.B * a.H * d.NC) : NULL;
+  if (two && !dec) return m2_errcode();
+  float *decp = dec ? (float *)m2_data(dec) : NULL;
   cudaError_t e = cudaSuccess;
   CU_FLOAT_DISPATCH(in[0]->dtype, {
-    e = smem_opt(k_state<T, false>, s1);
-    if (e == cudaSuccess) e = smem_opt(k_scan<T>, s3);
+    e = smem_opt(k_scan<T>, s3);
+    if (e == cudaSuccess)
+      e = run_chain<T, false>(PC(in[0]), PC(in[1]), PC(in[2]), PC(in[3]), PC(in[5]), PT(hT), stp, d, s1, st, two, decp);
     if (e == cudaSuccess) {
-      k_state<T, false><<<blocks, NW * 32, s1, st>>>(PC(in[0]), PC(in[1]), PC(in[2]), PC(in[3]), stp, decp, d);
-      k_pass<T, false><<<cu_grid(BH * PN, 256), 256, 0, st>>>(stp, decp, PC(in[5]), PT(hT), BH, PN, d.NC);
-      k_scan<T><<<blocks, NW * 32, s3, st>>>(PC(in[0]), PC(in[1]), PC(in[2]), PC(in[3]), PC(in[4]), stp, PT(y), d);
+      k_scan<T><<<(unsigned)(a.B * a.H * d.NC), NW * 32, s3, st>>>(PC(in[0]), PC(in[1]), PC(in[2]), PC(in[3]),
+                                                                   PC(in[4]), stp, PT(y), d);
       e = cudaGetLastError();
     }
   });
@@ -523,23 +666,24 @@ m2_status ssd_chunk_backward(const m2_opcall *c, int64_t seg, const m2_tensor *d
   const m2_device dev = c->in[0]->device;
   const int64_t BH = a.B * a.H, PN = a.P * a.N, hpg = a.H / a.G, nbtn = a.B * a.T * a.H * a.N;
   const bool grouped = hpg > 1;
-  m2_tensor *dstt = cu_scratch_f32(dev, BH * d.NC * PN), *dec = cu_scratch_f32(dev, BH * d.NC),
-            *dAp = cu_scratch_f32(dev, BH * d.NC);
+  const bool two = chunk_switch() == 2;
+  m2_tensor *dstt = cu_scratch_f32(dev, BH * d.NC * PN), *dAp = cu_scratch_f32(dev, BH * d.NC),
+            *dec = two ? cu_scratch_f32(dev, BH * d.NC) : NULL;
   m2_tensor *dBp = grouped && din[3] ? cu_scratch_f32(dev, nbtn) : NULL, *dCp = grouped && din[4] ? cu_scratch_f32(dev, nbtn) : NULL;
-  m2_status s = (dstt && dec && dAp && (dBp || !(grouped && din[3])) && (dCp || !(grouped && din[4]))) ? M2_OK : m2_errcode();
+  m2_status s = (dstt && dAp && (dec || !two) && (dBp || !(grouped && din[3])) && (dCp || !(grouped && din[4]))) ? M2_OK : m2_errcode();
   if (s == M2_OK) {
     m2_tensor *const *in = c->in;
-    float *dsp = (float *)m2_data(dstt), *decp = (float *)m2_data(dec), *dap = (float *)m2_data(dAp);
+    float *dsp = (float *)m2_data(dstt), *dap = (float *)m2_data(dAp);
     const float *ck = (const float *)m2_data(c->saved[0]);
-    size_t s1 = smem_state(d), sb = smem_bwd(d);
+    size_t s1 = smem_chain(d), sb = smem_bwd(d);
     unsigned blocks = (unsigned)(BH * d.NC);
     cudaError_t e = cudaSuccess;
     CU_FLOAT_DISPATCH(in[0]->dtype, {
-      e = smem_opt(k_state<T, true>, s1);
-      if (e == cudaSuccess) e = smem_opt(k_bwd<T>, sb);
+      e = smem_opt(k_bwd<T>, sb);
+      if (e == cudaSuccess)
+        e = run_chain<T, true>(PC(dy), PC(in[1]), PC(in[2]), PC(in[4]), PC(dhT), PT(din[5]), dsp, d, s1, st, two,
+                               dec ? (float *)m2_data(dec) : NULL);
       if (e == cudaSuccess) {
-        k_state<T, true><<<blocks, NW * 32, s1, st>>>(PC(dy), PC(in[1]), PC(in[2]), PC(in[4]), dsp, decp, d);
-        k_pass<T, true><<<cu_grid(BH * PN, 256), 256, 0, st>>>(dsp, decp, PC(dhT), PT(din[5]), BH, PN, d.NC);
         k_bwd<T><<<blocks, NW * 32, sb, st>>>(PC(in[0]), PC(in[1]), PC(in[2]), PC(in[3]), PC(in[4]), PC(dy), ck, dsp,
                                               PT(din[0]), PT(din[1]), grouped ? NULL : PT(din[3]),
                                               grouped ? NULL : PT(din[4]), dBp ? (float *)m2_data(dBp) : NULL,
@@ -555,6 +699,6 @@ m2_status ssd_chunk_backward(const m2_opcall *c, int64_t seg, const m2_tensor *d
     if (e != cudaSuccess) s = m2_fail(M2_ERR_CUDA, "%s: chunked backward kernel launch failed: %s", op, cudaGetErrorString(e));
     else g_chunk_bwd_calls++;
   }
-  m2_release(dstt), m2_release(dec), m2_release(dAp), m2_release(dBp), m2_release(dCp);
+  m2_release(dstt), m2_release(dAp), m2_release(dec), m2_release(dBp), m2_release(dCp);
   return s;
 }

@@ -3,10 +3,11 @@
  * m2_ssd_chunked) at small sizes: f32 inputs (chunked forward under M2_MM_BF16, then the recurrent CUDA backward
  * reading its chunk states as checkpoints) and bf16 inputs (chunked forward and backward), T not a multiple of the
  * chunk, chunks of 64 and shorter, groups, with and without h0; outputs y, hT and every input gradient, bound 2e-2
- * (bf16 products) of max |ref|, and a backward wanting dBm alone (the others stay NULL). Then the 400M layer shape (H 64, P 19, N 216, chunk 256) against the recurrent CUDA
- * row (m2_ssd) in bf16, forward and gradients; and f32 under M2_MM_F32 keeps the recurrent kernels (exact to 1e-4).
- * Each call is checked to have taken the path it should (m2_cuda_ssd_chunk_tc_calls, _bwd_calls). Skips (77) without
- * a GPU. */
+ * (bf16 products) of max |ref|, and a backward wanting dBm alone (the others stay NULL). Then the 400M layer shape
+ * (H 64, P 19, N 216, chunk 256) against the recurrent CUDA row (m2_ssd) in bf16, forward and gradients; and f32 under
+ * M2_MM_F32 keeps the recurrent kernels (exact to 1e-4). Each call is checked to have taken the path it should
+ * (m2_cuda_ssd_chunk_tc_calls, _bwd_calls). All of it for both ways of making the chunk states
+ * (m2_cuda_ssd_chunk_mode 1: the chain kernel, 2: two launches). Skips (77) without a GPU. */
 #include <stdlib.h>
 #include "cuda_mixer_parity.h"
 #include "m2cuda.h"
@@ -158,16 +159,22 @@ int main(void) {
   setenv("M2_SSD_CHUNK_TC", "1", 1); /* read once, at the first chunked call */
   PAR_SKIP_WITHOUT_GPU("cuda_ops_ssd_chunk");
   uint64_t seed = 910;
-  for (int k = 0; k < 2; k++) {
-    m2_dtype dt = k ? M2_BF16 : M2_F32;
-    vs_cpu(dt, 1, 100, 6, 40, 3, 70, false, 32, seed += 10); /* chunk 32, groups */
-    vs_cpu(dt, 2, 45, 2, 8, 1, 130, true, 0, seed += 10);    /* one partial chunk of 64, N over 128 */
-    vs_cpu(dt, 1, 70, 3, 5, 3, 7, false, 9, seed += 10);     /* chunk 9: tiles mostly padding */
-    vs_cpu(dt, 2, 150, 4, 19, 2, 216, true, 256, seed += 10); /* the 400M head (P 19, N 216), short */
-    vs_cpu(dt, 1, 130, 2, 64, 1, 192, false, 0, seed += 10); /* the 7B head (P 64, N 192) */
+  for (int mode = 1; mode <= 2; mode++) { /* the chunk states by the chain kernel, then by two launches */
+    m2_cuda_ssd_chunk_mode(mode);
+    printf("mode %d (%s)\n", mode, mode == 1 ? "k_chain" : "k_state + k_pass");
+    for (int k = 0; k < 2; k++) {
+      m2_dtype dt = k ? M2_BF16 : M2_F32;
+      vs_cpu(dt, 1, 100, 6, 40, 3, 70, false, 32, seed += 10);  /* chunk 32, groups */
+      vs_cpu(dt, 2, 45, 2, 8, 1, 130, true, 0, seed += 10);     /* one partial chunk of 64, N over 128 */
+      vs_cpu(dt, 1, 70, 3, 5, 3, 7, false, 9, seed += 10);      /* chunk 9: tiles mostly padding */
+      vs_cpu(dt, 2, 150, 4, 19, 2, 216, true, 256, seed += 10); /* the 400M head (P 19, N 216), short */
+      vs_cpu(dt, 1, 130, 2, 64, 1, 192, false, 0, seed += 10);  /* the 7B head (P 64, N 192) */
+      vs_cpu(dt, 1, 70, 2, 20, 1, 300, true, 0, seed += 10);    /* N over 256: the chain's wider register tile */
+    }
+    /* the 400M layer shape, T not a multiple of the chunk */
+    vs_recurrent(M2_BF16, 2, 1000, 64, 19, 1, 216, true, 256, true, TOL, seed += 10);
   }
-  /* the 400M layer shape, T not a multiple of the chunk */
-  vs_recurrent(M2_BF16, 2, 1000, 64, 19, 1, 216, true, 256, true, TOL, seed += 10);
+  m2_cuda_ssd_chunk_mode(1);
   /* f32 under fp32 products: the recurrent kernels (no rounding to bf16) */
   vs_recurrent(M2_F32, 1, 77, 4, 16, 2, 24, true, 0, false, 1e-4, seed += 10);
   return mixer_finish("cuda_ops_ssd_chunk");

@@ -1,8 +1,10 @@
 /* bench_ssd.cu — times the Mamba-2 SSD op on CUDA at the paper's layer shapes (DESIGN 3.3: 400M H 64, P 19, N 216,
  * B 8; 7B H 32, P 64, N 192, B 4; T 4096, G 1, chunk 256, bf16): the recurrent row (m2_ssd, cuda/ops_ssd.cu) against
  * the chunked tensor-core forward and backward (m2_ssd_chunked under M2_SSD_CHUNK_TC=1, cuda/ssd_chunk.cu), forward
- * alone (no tape: no checkpoints kept) and forward + backward (checkpoints kept), through the public API, median of timed repeats after a warm-up (CUDA events on the device's stream). Prints how far the chunked
- * outputs are from the recurrent ones.
+ * alone (no tape: no checkpoints kept) and forward + backward (checkpoints kept), through the public API, median of
+ * timed repeats after a warm-up (CUDA events on the device's stream). Prints how far the chunked outputs are from the
+ * recurrent ones. Two chunked rows: the chunk states by the chain kernel (M2_SSD_CHUNK_TC=1) and by two launches
+ * (=2, m2_cuda_ssd_chunk_mode).
  *
  * Counted work, per (b, h) and token (L = 64, the chunk the kernels use: the checkpoint interval):
  *   FLOPs, chunked forward: C B^T causal L N + (mask o CB) X causal L P + C S^T 2 N P + chunk state B^T X 2 N P
@@ -127,7 +129,9 @@ int main(int argc, char **argv) {
     const double floor_f = std::max(fl / peak_tf, io / peak_bw) * 1e3;
     const double floor_fb = std::max(3 * fl / peak_tf, (io + ck + bwd_io) / peak_bw) * 1e3; /* bwd ~ 2x fwd FLOPs */
     m2_tensor *ref = NULL;
-    for (int chunked = 0; chunked < 2; chunked++) {
+    for (int row = 0; row < 3; row++) { /* recurrent, chunked (chain kernel), chunked (two-launch states) */
+      const int chunked = row > 0;
+      if (chunked) m2_cuda_ssd_chunk_mode(row);
       long before = m2_cuda_ssd_chunk_tc_calls();
       double f = time_it(chunked, in, dy, false, reps), fb = time_it(chunked, in, dy, true, reps);
       if (chunked && m2_cuda_ssd_chunk_tc_calls() == before) printf("(the chunked kernels did not apply: recurrent)\n");
@@ -140,7 +144,7 @@ int main(int argc, char **argv) {
       if (!isnan(diff)) snprintf(dstr, sizeof dstr, "%.2e", diff);
       printf("| %s | %lld | %lld | %lld | %lld | %lld | %s | %.3f | %.3f | %.1f | %.1f | %.3f | %.3f | %s |\n", s.layer,
              (long long)s.B, (long long)s.T, (long long)s.H, (long long)s.P, (long long)s.N,
-             chunked ? "chunked (tensor cores)" : "recurrent", f, fb, fl / f * 1e-9, fl * 1e-9, floor_f, floor_fb, dstr);
+             row == 0 ? "recurrent" : row == 1 ? "chunked (chain)" : "chunked (two-launch states)", f, fb, fl / f * 1e-9, fl * 1e-9, floor_f, floor_fb, dstr);
     }
     m2_release(g_y), m2_release(g_hT), m2_release(ref), m2_release(dy);
     g_y = g_hT = NULL;

@@ -3,12 +3,18 @@
 shapes of cuda/bench/bench_ssd.cu (400M: B 8, H 64, P 19, N 216; 7B: B 4, H 32, P 64, N 192; T 4096, G 1, chunk 256,
 bf16, no D, no z), forward and forward + backward (of sum y.dy), median of timed repeats after warm-up, CUDA events.
 Same op as m2lab's ssd: h_t = exp(dt_t A) h_{t-1} + dt_t x_t B_t^T, y_t = h_t C_t. Prints "peer not installed" when
-the kernel cannot be imported. Not imported by anything; the peer's code stays out of the repository (install its
-wheel on the GPU machine with pip install --no-index --no-deps). Usage: peer_ssd.py [reps]"""
+the kernel cannot be imported. Not imported by anything; the peer's code stays out of the repository: install its
+wheel on the GPU machine (pip install --no-index --no-deps), or point M2_PEER_PATH at an unpacked source tree (the
+folder holding mamba_ssm/; mamba-ssm is published as a source archive whose CUDA extensions the Triton SSD does not
+need). Usage: peer_ssd.py [reps]"""
 import importlib
 import importlib.util
+import os
 import sys
 import types
+
+if os.environ.get("M2_PEER_PATH"):
+    sys.path.insert(0, os.environ["M2_PEER_PATH"])
 
 
 def load_peer():
