@@ -36,7 +36,7 @@ constexpr int LDM = C + 1; /* row stride of the fp32 64 x 64 matrices in shared 
 
 static size_t bscan_smem(int K) {
   return (size_t)3 * C * (K + 8) * 2   /* Ws, Qs, Ks (64 x K bf16) */
-         + (size_t)5 * C * LDC * 2     /* Us, Ps, Vn, dOs, dVn (64 x 64 bf16) */
+         + (size_t)4 * C * LDC * 2     /* Us, Ps, dOs, dVn (64 x 64 bf16) */
          + (size_t)2 * K * LDC * 2     /* Ss, Ds: S and dS' (K x 64 bf16) */
          + 8 * 4;                      /* the warps' parts of <S, dS'> */
 }
@@ -55,7 +55,7 @@ __global__ void __launch_bounds__(256) k_gdn_bscan(bscan_io io, const float *ck,
   extern __shared__ __align__(16) unsigned char sm[];
   const int KP = K + 8;
   uint16_t *Ws = (uint16_t *)sm, *Qs = Ws + C * KP, *Ks = Qs + C * KP, *Us = Ks + C * KP, *Ps = Us + C * LDC,
-           *Vn = Ps + C * LDC, *dOs = Vn + C * LDC, *dVn = dOs + C * LDC, *Ss = dVn + C * LDC, *Ds = Ss + K * LDC;
+           *dOs = Ps + C * LDC, *dVn = dOs + C * LDC, *Ss = dVn + C * LDC, *Ds = Ss + K * LDC;
   float *red = (float *)(Ds + K * LDC);
   const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, KT = K / 16, NVT = V / BV;
   const int mr = w & 3, nh = w >> 2; /* the V' / dV' tile of this warp: rows 16 mr.., columns 32 nh.. */
@@ -152,7 +152,6 @@ __global__ void __launch_bounds__(256) k_gdn_bscan(bscan_io io, const float *ck,
       for (int e = 0; e < 4; e++) {
         int r = 16 * mr + c_row(lane, e), col = 32 * nh + 8 * n + c_col(lane, e);
         uint16_t uv = bf(fb(Us[r * LDC + col]) - aV[n][e]), ud = bf(aD[n][e]);
-        Vn[r * LDC + col] = uv;
         dVn[r * LDC + col] = ud;
         io.Vp[(row0 + r) * V + v0 + col] = uv;
         io.dVp[(row0 + r) * V + v0 + col] = ud;
