@@ -72,9 +72,10 @@ __global__ void __launch_bounds__(256) k_gdn_scan(scan_in in, const T *h0, T *o,
     const int64_t row0 = (bh * NC + c) * (int64_t)C, t0 = (int64_t)c * C;
     stage(Ws, KP, in.W + row0 * K, K, C, K);
     stage(Qs, KP, in.Qt + row0 * K, K, C, K);
-    stage(Ks, KP, in.Kt + row0 * K, K, C, K);
     stage(Us, LDC, in.U + row0 * V + v0, V, C, BV);
     stage(Ps, LDC, in.P + row0 * C, C, C, C);
+    mma_cp_commit();
+    stage(Ks, KP, in.Kt + row0 * K, K, C, K); /* a second group: K~ is needed last, it loads under V' and o */
     mma_cp_commit();
     /* the state before the chunk: checkpoint (fp32, (V, K) per state) and bf16 operand */
 #pragma unroll
@@ -89,7 +90,7 @@ __global__ void __launch_bounds__(256) k_gdn_scan(scan_in in, const T *h0, T *o,
           Ss[row * LDC + col] = bf(Sa[i][n][e]);
         }
     }
-    mma_cp_wait<0>();
+    mma_cp_wait<1>(); /* W, Q~, U, P */
     __syncthreads();
 
     /* V' = U - W S and o = Q~ S: this warp's 16 x 32 tile */
@@ -112,6 +113,7 @@ __global__ void __launch_bounds__(256) k_gdn_scan(scan_in in, const T *h0, T *o,
         int r = 16 * mr + c_row(lane, e), col = 32 * nh + 8 * n + c_col(lane, e);
         Vn[r * LDC + col] = bf(fb(Us[r * LDC + col]) - aV[n][e]);
       }
+    mma_cp_wait<0>(); /* K~ too (the barrier makes every thread's copies visible) */
     __syncthreads();
 
     /* o += P V' (P lower: only k-steps kk <= mr), then store the rows before T */

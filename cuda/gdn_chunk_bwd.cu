@@ -76,10 +76,11 @@ __global__ void __launch_bounds__(256) k_gdn_bscan(bscan_io io, const float *ck,
   for (int c = NC - 1; c >= 0; c--) {
     const int64_t row0 = (bh * NC + c) * (int64_t)C, t0 = (int64_t)c * C;
     stage(Ws, KP, io.W + row0 * K, K, C, K);
-    stage(Qs, KP, io.Qt + row0 * K, K, C, K);
     stage(Ks, KP, io.Kt + row0 * K, K, C, K);
     stage(Us, LDC, io.U + row0 * V + v0, V, C, BV);
     stage(Ps, LDC, io.P + row0 * C, C, C, C);
+    mma_cp_commit();
+    stage(Qs, KP, io.Qt + row0 * K, K, C, K); /* a second group: Q~ is needed last, it loads under V' and dV' */
     mma_cp_commit();
     for (int i = tid; i < C * BV; i += blockDim.x) { /* dO: the chunk's rows, this block's columns */
       int r = i / BV, x = i % BV;
@@ -104,7 +105,7 @@ __global__ void __launch_bounds__(256) k_gdn_bscan(bscan_io io, const float *ck,
           dSg[(int64_t)row * V + v0 + col] = u;
         }
     }
-    mma_cp_wait<0>();
+    mma_cp_wait<1>(); /* W, K~, U, P */
     __syncthreads();
 
     /* this block's part of <S, dS'> (S as its bf16 operand) */
@@ -156,6 +157,7 @@ __global__ void __launch_bounds__(256) k_gdn_bscan(bscan_io io, const float *ck,
         io.Vp[(row0 + r) * V + v0 + col] = uv;
         io.dVp[(row0 + r) * V + v0 + col] = ud;
       }
+    mma_cp_wait<0>(); /* Q~ too (the barrier makes every thread's copies visible) */
     __syncthreads();
     if (tid == 0) {
       float s = 0.0f;
