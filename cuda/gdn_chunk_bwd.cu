@@ -402,7 +402,8 @@ __global__ void __launch_bounds__(256) k_gdn_bwy(bwy_io io, const T *q, const T 
 #pragma unroll
   for (int n = 0; n < 4; n++)
 #pragma unroll
-    for (int e = 0; e < 4; e++) dTb[(16 * mr + c_row(lane, e)) * LDC + 32 * nh + 8 * n + c_col(lane, e)] = bf(acc[n][e]);
+    for (int e = 0; e < 4; e++)
+      dTb[(16 * mr + c_row(lane, e)) * LDC + 32 * nh + 8 * n + c_col(lane, e)] = bf(acc[n][e]);
   __syncthreads();
 
   /* 2. Xb = dT T^T, then dA = -T^T Xb (strictly lower, fp32) into dT */
