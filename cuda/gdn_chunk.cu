@@ -1,6 +1,7 @@
 /* gdn_chunk.cu — the chunked Gated DeltaNet forward on tensor cores (DESIGN 3.2; the CPU file core/ops_gdn.c holds
- * the same maths in double). Off by default: cuda/ops_gdn.cu takes it only when M2_GDN_CHUNK_TC=1 (read once) or a
- * program called m2_cuda_gdn_chunk_tc(1), and only for shapes gdn_tc_applies() accepts.
+ * the same maths in double). Off by default: cuda/ops_gdn.cu takes it only when M2_GDN_CHUNK_TC is 1 or fwd (read
+ * once) or a program called m2_cuda_gdn_chunk_tc(1 or 2), and only for shapes gdn_tc_shape_ok() accepts. Its
+ * backward is cuda/gdn_chunk_bwd.cu (switch 1) or the recurrent one (switch 2).
  *
  * Per (b, h), chunks of C = 64 tokens, local index r, j in [0, 64); the state S (K x V) at the chunk's start:
  *   gam_r = g_0 + ... + g_r                                   (cumulative log-decay within the chunk)
@@ -13,9 +14,11 @@
  * A chunk's padding rows (t >= T) have g = beta = 0 and q = k = v = 0: they change nothing (gam_63 = gam_{L-1}).
  *
  * Two kernels:
- *   prep  grid (NC, B H), 4 warps: the chunk's A and P (two 64 x 64 x K products), T, then W and U (64 x 64 x K
- *         and 64 x 64 x V products); writes W, U, Q~, K~, P as bf16 and exp(gam_63) as fp32 into scratch laid out
- *         per (b, h) with NC * 64 padded rows: W, Q~, K~ (BH, NC*64, K), U (BH, NC*64, V), P (BH, NC, 64, 64).
+ *   prep  (gdn_chunk.cuh, shared with the backward) grid (NC, B H), 4 warps, two blocks an SM at K = 256 (q's
+ *         shared memory holds A and T once Q K^T is taken): the chunk's A and P (two 64 x 64 x K products), T,
+ *         then W and U (64 x 64 x K and 64 x 64 x V products); writes W, U, Q~, K~, P as bf16 and exp(gam_63) as
+ *         fp32 into scratch laid out per (b, h) with NC * 64 padded rows: W, Q~, K~ (BH, NC*64, K),
+ *         U (BH, NC*64, V), P (BH, NC, 64, 64).
  *   scan  grid (V / 64, B H), 8 warps: walks the chunks in order with S (K x 64 columns of V) in fp32 mma
  *         accumulators (16-row tiles of S, tile i held by warp i % 8); per chunk stages W, Q~, K~, U, P in shared
  *         memory, writes S to the checkpoints (when kept) and as bf16 to shared memory, then
@@ -72,9 +75,10 @@ __global__ void __launch_bounds__(256) k_gdn_scan(scan_in in, const T *h0, T *o,
     const int64_t row0 = (bh * NC + c) * (int64_t)C, t0 = (int64_t)c * C;
     stage(Ws, KP, in.W + row0 * K, K, C, K);
     stage(Qs, KP, in.Qt + row0 * K, K, C, K);
-    stage(Ks, KP, in.Kt + row0 * K, K, C, K);
     stage(Us, LDC, in.U + row0 * V + v0, V, C, BV);
     stage(Ps, LDC, in.P + row0 * C, C, C, C);
+    mma_cp_commit();
+    stage(Ks, KP, in.Kt + row0 * K, K, C, K); /* a second group: K~ is needed last, it loads under V' and o */
     mma_cp_commit();
     /* the state before the chunk: checkpoint (fp32, (V, K) per state) and bf16 operand */
 #pragma unroll
@@ -89,7 +93,7 @@ __global__ void __launch_bounds__(256) k_gdn_scan(scan_in in, const T *h0, T *o,
           Ss[row * LDC + col] = bf(Sa[i][n][e]);
         }
     }
-    mma_cp_wait<0>();
+    mma_cp_wait<1>(); /* W, Q~, U, P */
     __syncthreads();
 
     /* V' = U - W S and o = Q~ S: this warp's 16 x 32 tile */
@@ -112,6 +116,7 @@ __global__ void __launch_bounds__(256) k_gdn_scan(scan_in in, const T *h0, T *o,
         int r = 16 * mr + c_row(lane, e), col = 32 * nh + 8 * n + c_col(lane, e);
         Vn[r * LDC + col] = bf(fb(Us[r * LDC + col]) - aV[n][e]);
       }
+    mma_cp_wait<0>(); /* K~ too (the barrier makes every thread's copies visible) */
     __syncthreads();
 
     /* o += P V' (P lower: only k-steps kk <= mr), then store the rows before T */
@@ -186,7 +191,9 @@ extern "C" int m2_cuda_gdn_chunk_tc(int set) {
 
 extern "C" long m2_cuda_gdn_chunk_tc_calls(void) { return g_calls; }
 
-bool gdn_tc_applies(const m2_gdn_attr *d, int64_t seg) { return m2_cuda_gdn_chunk_tc(-1) >= 1 && gdn_tc_shape_ok(d, seg); }
+bool gdn_tc_applies(const m2_gdn_attr *d, int64_t seg) {
+  return m2_cuda_gdn_chunk_tc(-1) >= 1 && gdn_tc_shape_ok(d, seg);
+}
 
 bool gdn_tc_shape_ok(const m2_gdn_attr *d, int64_t seg) {
   return d->K % 16 == 0 && d->K <= GDN_TC_MAXK && d->V % BV == 0 && seg == C &&

@@ -57,12 +57,16 @@ __device__ __forceinline__ void stage(uint16_t *dst, int dld, const uint16_t *sr
 
 /* ================= prep: per chunk A, P, T, W, U, Q~, K~ ================= */
 
-/* Shared memory of prep (bytes) for key dim K. */
+/* Bytes of prep's region that holds q (64 x K bf16) until A is formed, then A (64 x 68) and T (64 x 64) in fp32. */
+__host__ __device__ inline size_t prep_qa_bytes(int K) {
+  size_t qb = (size_t)C * (K + 8) * 2, ab = (size_t)C * LDA * 4 + (size_t)C * C * 4;
+  return qb > ab ? qb : ab;
+}
+/* Shared memory of prep (bytes) for key dim K: 96.5 KiB at K = 256 (two blocks an SM). */
 static size_t prep_smem(int K) {
-  return (size_t)2 * C * (K + 8) * 2     /* ks, qs: the chunk's k and q (64 x K bf16) */
+  return (size_t)C * (K + 8) * 2         /* ks: the chunk's k (64 x K bf16) */
+         + prep_qa_bytes(K)              /* qs, then Af and Tm */
          + (size_t)3 * C * LDC * 2       /* vs, Tk, Tv (64 x 64 bf16) */
-         + (size_t)C * LDA * 4           /* Af (64 x 68 fp32) */
-         + (size_t)C * (C + 1) * 4       /* Tm (64 x 65 fp32) */
          + (size_t)5 * C * 4;            /* gam, bet, eg, ed, (spare) */
 }
 
@@ -77,9 +81,10 @@ __global__ void __launch_bounds__(128) k_gdn_prep(const T *q, const T *k, const 
                                                   prep_out out, int64_t Tn, int H, int K, int V, float scale, int NC) {
   extern __shared__ __align__(16) unsigned char sm[];
   const int KP = K + 8;
-  uint16_t *ks = (uint16_t *)sm, *qs = ks + C * KP, *vs = qs + C * KP, *Tk = vs + C * LDC, *Tv = Tk + C * LDC;
-  float *Af = (float *)(Tv + C * LDC), *Tm = Af + C * LDA, *gam = Tm + C * (C + 1), *bet = gam + C,
-        *eg = bet + C, *ed = eg + C;
+  uint16_t *ks = (uint16_t *)sm, *qs = ks + C * KP;
+  float *Af = (float *)qs, *Tm = Af + C * LDA; /* over qs once Q K^T is taken (step 2) */
+  uint16_t *vs = (uint16_t *)((unsigned char *)qs + prep_qa_bytes(K)), *Tk = vs + C * LDC, *Tv = Tk + C * LDC;
+  float *gam = (float *)(Tv + C * LDC), *bet = gam + C, *eg = bet + C, *ed = eg + C;
   const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
   const int c = blockIdx.x;
   const int64_t bh = blockIdx.y, b = bh / H, h = bh % H, t0 = (int64_t)c * C;
@@ -121,6 +126,7 @@ __global__ void __launch_bounds__(128) k_gdn_prep(const T *q, const T *k, const 
         mma2(aQ[2 * np], aQ[2 * np + 1], fq, fb4);
       }
     }
+    __syncthreads(); /* every warp is done with qs: A goes there */
     const int64_t m0 = (bh * NC + c) * (int64_t)(C * C); /* this chunk's 64 x 64 matrices */
     uint16_t *P = out.P + m0;
 #pragma unroll
@@ -157,7 +163,7 @@ __global__ void __launch_bounds__(128) k_gdn_prep(const T *q, const T *k, const 
     }
 #pragma unroll
     for (int r = 0; r < C; r++) {
-      Tm[r * (C + 1) + j] = tc[r];
+      Tm[r * C + j] = tc[r];
       if (out.T) out.T[(bh * NC + c) * (int64_t)(C * C) + r * C + j] = tc[r];
     }
   }
@@ -166,7 +172,7 @@ __global__ void __launch_bounds__(128) k_gdn_prep(const T *q, const T *k, const 
   /* 4. Tv = T diag(beta), Tk = T diag(beta exp(gam)) as bf16 operands; Q~ and K~ from the inputs (one rounding) */
   for (int i = tid; i < C * C; i += blockDim.x) {
     int r = i / C, j = i % C;
-    float tv = Tm[r * (C + 1) + j] * bet[j];
+    float tv = Tm[r * C + j] * bet[j];
     Tv[r * LDC + j] = bf(tv);
     Tk[r * LDC + j] = bf(tv * eg[j]);
   }

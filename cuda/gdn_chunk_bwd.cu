@@ -36,7 +36,7 @@ constexpr int LDM = C + 1; /* row stride of the fp32 64 x 64 matrices in shared 
 
 static size_t bscan_smem(int K) {
   return (size_t)3 * C * (K + 8) * 2   /* Ws, Qs, Ks (64 x K bf16) */
-         + (size_t)5 * C * LDC * 2     /* Us, Ps, Vn, dOs, dVn (64 x 64 bf16) */
+         + (size_t)4 * C * LDC * 2     /* Us, Ps, dOs, dVn (64 x 64 bf16) */
          + (size_t)2 * K * LDC * 2     /* Ss, Ds: S and dS' (K x 64 bf16) */
          + 8 * 4;                      /* the warps' parts of <S, dS'> */
 }
@@ -55,7 +55,7 @@ __global__ void __launch_bounds__(256) k_gdn_bscan(bscan_io io, const float *ck,
   extern __shared__ __align__(16) unsigned char sm[];
   const int KP = K + 8;
   uint16_t *Ws = (uint16_t *)sm, *Qs = Ws + C * KP, *Ks = Qs + C * KP, *Us = Ks + C * KP, *Ps = Us + C * LDC,
-           *Vn = Ps + C * LDC, *dOs = Vn + C * LDC, *dVn = dOs + C * LDC, *Ss = dVn + C * LDC, *Ds = Ss + K * LDC;
+           *dOs = Ps + C * LDC, *dVn = dOs + C * LDC, *Ss = dVn + C * LDC, *Ds = Ss + K * LDC;
   float *red = (float *)(Ds + K * LDC);
   const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, KT = K / 16, NVT = V / BV;
   const int mr = w & 3, nh = w >> 2; /* the V' / dV' tile of this warp: rows 16 mr.., columns 32 nh.. */
@@ -76,10 +76,11 @@ __global__ void __launch_bounds__(256) k_gdn_bscan(bscan_io io, const float *ck,
   for (int c = NC - 1; c >= 0; c--) {
     const int64_t row0 = (bh * NC + c) * (int64_t)C, t0 = (int64_t)c * C;
     stage(Ws, KP, io.W + row0 * K, K, C, K);
-    stage(Qs, KP, io.Qt + row0 * K, K, C, K);
     stage(Ks, KP, io.Kt + row0 * K, K, C, K);
     stage(Us, LDC, io.U + row0 * V + v0, V, C, BV);
     stage(Ps, LDC, io.P + row0 * C, C, C, C);
+    mma_cp_commit();
+    stage(Qs, KP, io.Qt + row0 * K, K, C, K); /* a second group: Q~ is needed last, it loads under V' and dV' */
     mma_cp_commit();
     for (int i = tid; i < C * BV; i += blockDim.x) { /* dO: the chunk's rows, this block's columns */
       int r = i / BV, x = i % BV;
@@ -104,7 +105,7 @@ __global__ void __launch_bounds__(256) k_gdn_bscan(bscan_io io, const float *ck,
           dSg[(int64_t)row * V + v0 + col] = u;
         }
     }
-    mma_cp_wait<0>();
+    mma_cp_wait<1>(); /* W, K~, U, P */
     __syncthreads();
 
     /* this block's part of <S, dS'> (S as its bf16 operand) */
@@ -152,11 +153,11 @@ __global__ void __launch_bounds__(256) k_gdn_bscan(bscan_io io, const float *ck,
       for (int e = 0; e < 4; e++) {
         int r = 16 * mr + c_row(lane, e), col = 32 * nh + 8 * n + c_col(lane, e);
         uint16_t uv = bf(fb(Us[r * LDC + col]) - aV[n][e]), ud = bf(aD[n][e]);
-        Vn[r * LDC + col] = uv;
         dVn[r * LDC + col] = ud;
         io.Vp[(row0 + r) * V + v0 + col] = uv;
         io.dVp[(row0 + r) * V + v0 + col] = ud;
       }
+    mma_cp_wait<0>(); /* Q~ too (the barrier makes every thread's copies visible) */
     __syncthreads();
     if (tid == 0) {
       float s = 0.0f;
@@ -401,7 +402,8 @@ __global__ void __launch_bounds__(256) k_gdn_bwy(bwy_io io, const T *q, const T 
 #pragma unroll
   for (int n = 0; n < 4; n++)
 #pragma unroll
-    for (int e = 0; e < 4; e++) dTb[(16 * mr + c_row(lane, e)) * LDC + 32 * nh + 8 * n + c_col(lane, e)] = bf(acc[n][e]);
+    for (int e = 0; e < 4; e++)
+      dTb[(16 * mr + c_row(lane, e)) * LDC + 32 * nh + 8 * n + c_col(lane, e)] = bf(acc[n][e]);
   __syncthreads();
 
   /* 2. Xb = dT T^T, then dA = -T^T Xb (strictly lower, fp32) into dT */

@@ -3,8 +3,10 @@
 # gpu_configure.sh does) if needed, build the GDN parity tests and bench_gdn, run both tests (cuda_ops_gdn: the
 # recurrent kernels; cuda_ops_gdn_chunk: the chunked tensor-core forward, switched on by the test itself), the
 # benchmark (M2_BENCH_REPS repeats, default 7) and, when flash-linear-attention imports (wheels carried in .whl/ are
-# installed into /tmp/fla_site first, --no-index --no-deps), the peer script on the same shapes. Everything lands in
-# OUTDIR: build.log, test_*.log, bench_gdn.md, peer_gdn.md, and summary.md.
+# installed into /tmp/fla_site first, --no-index --no-deps), the peer script on the same shapes. With M2_GDN_STEP=1
+# also a whole 400m-hybrid-gdn training step (experiments/step_time.lua, B = 4, 3 steps) with the recurrent kernels
+# and with M2_GDN_CHUNK_TC=1. Everything lands in OUTDIR: build.log, test_*.log, bench_gdn.md, peer_gdn.md,
+# step_*.log and summary.md.
 set -uo pipefail
 out=${1:?usage: cuda/bench/quick_gdn.sh OUTDIR}
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -29,3 +31,11 @@ if ls "$root"/.whl/*.whl >/dev/null 2>&1; then
 fi
 PYTHONPATH="/tmp/fla_site${PYTHONPATH:+:$PYTHONPATH}" python3 "$root/cuda/bench/peer_gdn.py" "${M2_BENCH_REPS:-7}" 2>&1 |
   tee "$out/peer_gdn.md"
+if [ "${M2_GDN_STEP:-0}" = 1 ]; then
+  ninja -C "$build" m2lab >>"$out/build.log" 2>&1 || { log "m2lab build failed"; exit 3; }
+  for tc in 0 1; do
+    (cd "$root" && M2_GDN_CHUNK_TC=$tc "$build/m2lab" run experiments/step_time.lua device=cuda \
+      config=experiments/configs/400m-hybrid-gdn.lua batch=4 steps=3 warmup=1 out=/tmp/st_gdn.h5 >"$out/step_$tc.log" 2>&1)
+    log "step_time 400m-hybrid-gdn B=4 M2_GDN_CHUNK_TC=$tc: $(tail -1 "$out/step_$tc.log")"
+  done
+fi
