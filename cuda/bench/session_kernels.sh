@@ -16,6 +16,7 @@ mkdir -p "$out"
 t0=$SECONDS
 ninja -C "$build" >>"$out/build.log" 2>&1 || { tail -40 "$out/build.log"; exit 3; }
 echo "build: $((SECONDS - t0)) s"
+export M2_GDN_STEP=${M2_GDN_STEP:-1}
 export PYTHONPATH="/tmp/fla_site:$root/.whl/site${PYTHONPATH:+:$PYTHONPATH}"
 timeout $(($(left) * 40 / 100)) bash "$root/cuda/bench/quick_gdn.sh" "$out/gdn" >"$out/gdn.log" 2>&1
 echo "quick_gdn: exit $? ($(left) s left)"; cat "$out/gdn/summary.md" 2>/dev/null
