@@ -17,23 +17,8 @@
 # (seed 1: with seed 0 one element of an attention projection, whose gradient is near zero, ends 1.5e-4 apart after
 # 8 AdamW steps; the 2- and 4-rank runs differ there by 8e-5 too, so it is the amplified rounding, not the exchange.)
 set -u
-build="$(cd "${1:?usage: dist_ep.sh BUILD_DIR}" && pwd)"
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-m2lab="$build/m2lab"
-command -v mpirun >/dev/null || { echo "dist_ep: no mpirun (apt-get install openmpi-bin): skipped"; exit 77; }
-"$m2lab" version | grep -q "collectives:.*mpi" || { echo "dist_ep: m2lab built without MPI: skipped"; exit 77; }
-tmp="$(mktemp -d)"
-trap 'rm -rf "$tmp"' EXIT
-cd "$tmp" || exit 2
-export OPENBLAS_NUM_THREADS=1
-mpi=(mpirun --oversubscribe --bind-to none)
-[ "$(id -u)" = 0 ] && mpi+=(--allow-run-as-root)
-bad=0
-fail() { echo "dist_ep: FAILED: $*"; bad=$((bad + 1)); }
-run() { # name, then the command; its output goes to name.log
-  local name=$1; shift
-  timeout 300 "$@" >"$name.log" 2>&1
-}
+name=dist_ep
+source "$(dirname "${BASH_SOURCE[0]}")/dist_common.sh" "$@"
 
 # ---- the all-to-all ----
 a2a="$root/tests/lua/dist_alltoall.lua"
@@ -90,7 +75,4 @@ run bad3 "${mpi[@]}" --mca orte_abort_on_non_zero_status 0 -n 3 "$m2lab" run "$t
   fail "8 experts on 3 ranks: every rank names the cause at the script's line"
 [ ! -e b3.h5 ] || fail "8 experts on 3 ranks: no run file"
 
-if [ $bad = 0 ]; then echo "dist_ep: ok"; grep -h "^dist_compare" compare.log; else
-  for f in *.log; do echo "==== $f"; tail -c 1500 "$f"; done
-fi
-exit $((bad > 0))
+finish grep -h "^dist_compare" compare.log

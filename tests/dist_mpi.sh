@@ -13,24 +13,9 @@
 #     (no run file is created), RANK >= WORLD_SIZE, CPU ranks started without mpirun; Ctrl-C stops every rank at
 #     the same step with one checkpoint.
 set -u
-build="$(cd "${1:?usage: dist_mpi.sh BUILD_DIR}" && pwd)"
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-m2lab="$build/m2lab"
-command -v mpirun >/dev/null || { echo "dist_mpi: no mpirun (apt-get install openmpi-bin): skipped"; exit 77; }
-"$m2lab" version | grep -q "collectives:.*mpi" || { echo "dist_mpi: m2lab built without MPI: skipped"; exit 77; }
-tmp="$(mktemp -d)"
-trap 'rm -rf "$tmp"' EXIT
-cd "$tmp" || exit 2
-export OPENBLAS_NUM_THREADS=1
-mpi=(mpirun --oversubscribe --bind-to none)
-[ "$(id -u)" = 0 ] && mpi+=(--allow-run-as-root)
+name=dist_mpi
+source "$(dirname "${BASH_SOURCE[0]}")/dist_common.sh" "$@"
 train="$root/tests/lua/dist_train.lua"
-bad=0
-fail() { echo "dist_mpi: FAILED: $*"; bad=$((bad + 1)); }
-run() { # name, then the command; its output goes to name.log
-  local name=$1; shift
-  timeout 300 "$@" >"$name.log" 2>&1
-}
 same() { # a b tol what [norm_tol]
   "$m2lab" run "$root/tests/lua/dist_compare.lua" a="$1" b="$2" tol="$3" norm_tol="${5:-$3}" what="$4" ||
     fail "$4"
@@ -105,7 +90,4 @@ wait $pid
 grep -q "status *interrupted" i.inspect || fail "Ctrl-C: status interrupted"
 grep -q "checkpoints (1)" i.inspect || fail "Ctrl-C: one checkpoint"
 
-if [ $bad = 0 ]; then echo "dist_mpi: ok"; else
-  for f in *.log; do echo "==== $f"; tail -c 1500 "$f"; done
-fi
-exit $((bad > 0))
+finish

@@ -472,10 +472,8 @@ m2_status m2_h5_attr_read(hid_t obj, const char *key, m2_value *out, const char 
     out->kind = M2_VAL_STR;
     if (vl) {
       char *s = NULL;
-      H5CHK(mt = m2_h5_str_type());
-      H5CHK(H5Aread(a, mt, &s));
-      out->s = m2_rf_strdup(s ? s : "");
-      if (s) H5free_memory(s);
+      RF_TRY(m2_h5_read_vlen_strs(a, 1, &s, file, where)); /* not H5Aread here: see runfile_vlen.c */
+      out->s = s ? s : m2_rf_strdup("");
     } else {
       size_t n = H5Tget_size(t);
       H5CHK(mt = H5Tcopy(t));

@@ -72,6 +72,15 @@ m2_status m2_h5_attr_names(hid_t obj, m2_strlist *out, const char *file, const c
  * -1 for any); an absent group gives an empty list. */
 m2_status m2_h5_list(hid_t loc, const char *group, int obj_type, m2_strlist *out, const char *file);
 m2_status m2_h5_exists(hid_t loc, const char *path, bool *out, const char *file);
+/* The n variable-length strings of attribute a, read in a child process with a time limit (runfile_vlen.c: HDF5
+ * 1.10.8 loops on or copies past a damaged global heap): out[i] malloc'd (NULL for a NULL string); an error names
+ * file and where (the object and attribute). */
+m2_status m2_h5_read_vlen_strs(hid_t a, int64_t n, char **out, const char *file, const char *where);
+/* Tests only. The hook is called first in that child when set (the fuzz target silences the child's expected
+ * crashes); m2_rf_strings_in_process = true reads strings in this process instead, unguarded (the fuzz target, on
+ * inputs whose heaps it has checked: a fork per string read costs ~30x its input's time under ASan). */
+extern void (*m2_rf_string_reader_hook)(void);
+extern bool m2_rf_strings_in_process;
 
 /* Names */
 bool m2_rf_valid_name(const char *s);       /* an attribute/series name */
@@ -147,6 +156,7 @@ struct m2_run {
 /* The run-file code in layers; each file calls only files listed before it:
  *   runfile_vfd.c      the writer's file driver and its journal
  *   runfile_h5.c       HDF5 helpers: errors, types, attributes, listing, names, the read-side open
+ *   runfile_vlen.c     variable-length strings read in a child process (a damaged global heap cannot hang or crash us)
  *   runfile_series.c   the writer's series table and the series datasets
  *   runfile_array_series.c   array series (/arrays/<name>: rows of values), hooked into runfile_series.c's table
  *   runfile_writer.c   APPEND <-> EXCLUSIVE switches, journaled flushes, fsync, m2_run_flush

@@ -32,7 +32,7 @@ fail:
 static m2_status read_str_array(hid_t obj, const char *key, char ***out, int *nout, const char *file) {
   m2_status st = M2_OK;
   const char *h5file = file, *h5obj = key;
-  hid_t t = -1, sp = -1, a = -1;
+  hid_t sp = -1, a = -1;
   char **raw = NULL;
   hssize_t n = 0;
   *out = NULL;
@@ -41,7 +41,6 @@ static m2_status read_str_array(hid_t obj, const char *key, char ***out, int *no
   H5CHK(ex = H5Aexists(obj, key));
   if (!ex) RF_FAIL(M2_ERR_IO, "%s: / has no attribute '%s' (a damaged sweep index)", file, key);
   H5CHK(a = H5Aopen(obj, key, H5P_DEFAULT));
-  H5CHK(t = m2_h5_str_type());
   H5CHK(sp = H5Aget_space(a));
   H5CHK(n = H5Sget_simple_extent_npoints(sp));
   raw = calloc((size_t)n + 1, sizeof *raw);
@@ -50,16 +49,20 @@ static m2_status read_str_array(hid_t obj, const char *key, char ***out, int *no
     free(copy);
     RF_FAIL(M2_ERR_OOM, "%s: out of memory", file);
   }
-  if (n > 0) H5CHK(H5Aread(a, t, raw));
-  for (hssize_t i = 0; i < n; i++) copy[i] = m2_rf_strdup(raw[i] ? raw[i] : "");
-  if (n > 0) H5Dvlen_reclaim(t, sp, H5P_DEFAULT, raw);
+  char where[300];
+  snprintf(where, sizeof where, "/ (attribute '%s')", key);
+  st = m2_h5_read_vlen_strs(a, n, raw, file, where); /* in a child process: see runfile_vlen.c */
+  if (st != M2_OK) {
+    free(copy);
+    goto fail;
+  }
+  for (hssize_t i = 0; i < n; i++) copy[i] = raw[i] ? raw[i] : m2_rf_strdup("");
   *out = copy;
   *nout = (int)n;
 fail:
   free(raw);
   m2_h5_close(&a);
   m2_h5_close(&sp);
-  m2_h5_close(&t);
   return st;
 }
 

@@ -239,10 +239,17 @@ function runs.info(path)
   local info = { path = path, status = attr("status"), script = attr("script") or "", script_path = attr("script_path"),
                  script_sha256 = attr("script_sha256"), device = attr("device"),
                  resume_count = attr("resume_count") }
-  local ov = attr("overrides_json")
-  info.overrides = ov and runs.json_decode(ov) or {}
-  local cj = attr("config_json")
-  info.config = cj and runs.json_decode(cj) or {}
+  -- a damaged file may give any bytes here (an HDF5 global heap has no checksum): name the file and the attribute
+  local function json(k)
+    local s = attr(k)
+    if not s then return {} end
+    local ok, v = pcall(runs.json_decode, s)
+    if not ok then m2.error(string.format("%s: root attribute '%s' is not valid JSON (a damaged file?): %s", path, k,
+      tostring(v):gsub("^.-json_decode", "json_decode"))) end
+    return v
+  end
+  info.overrides = json("overrides_json")
+  info.config = json("config_json")
   info.checkpoints = r:ckpt_list()
   info.latest = info.checkpoints[#info.checkpoints]
   return info

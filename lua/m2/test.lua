@@ -186,6 +186,17 @@ function T.m2lab(...)
   for i, a in ipairs { ... } do words[i] = T.sh_quote(a) end
   return T.run_m2lab(table.concat(words, " "))
 end
+-- T.m2lab_env(env, arg, ...) -> exit code, output: T.m2lab with environment variables set, env = {"NAME=value", ...}
+function T.m2lab_env(env, ...)
+  local words = { "env" }
+  for _, kv in ipairs(env) do words[#words + 1] = T.sh_quote(kv) end
+  words[#words + 1] = T.sh_quote(m2.exe)
+  for _, a in ipairs { ... } do words[#words + 1] = T.sh_quote(a) end
+  local p = assert(io.popen(table.concat(words, " ") .. " 2>&1", "r"))
+  local out = p:read("a")
+  local _, _, code = p:close()
+  return code, out
+end
 
 -- T.write_temp(text [, suffix]) -> path of a new temporary file holding text
 function T.write_temp(text, suffix)

@@ -557,9 +557,14 @@ local function open_run(st, s)
   local spec = s.model.step_hidden and rawget(s.model, "spec")
   local spec_ok, spec_json = pcall(runs.json_encode, spec)
   if spec and spec_ok then r:set_attr("model_spec_json", spec_json) end
-  for k, v in pairs(runs.flatten(s.config)) do
+  -- in key order: pairs' order changes from one process to the next (Lua seeds its string hashes at random), and
+  -- with it the file's layout (tests that damage a run at given offsets need the same layout every time)
+  local flat, keys = runs.flatten(s.config), {}
+  for k in pairs(flat) do keys[#keys + 1] = k end
+  table.sort(keys)
+  for _, k in ipairs(keys) do
     -- a config key named like a standard attribute (device, ...) stays in config_json only
-    if not core.run_is_standard_attr(k) then r:set_attr(k, v) end
+    if not core.run_is_standard_attr(k) then r:set_attr(k, flat[k]) end
   end
   for _, name in ipairs { "loss", "grad_norm", "nan_skips", "peak_mem_mb" } do r:set_goal("metrics", name, "min") end
   r:set_goal("metrics", "tokens_per_s", "max")

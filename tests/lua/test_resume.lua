@@ -18,12 +18,8 @@ local dir = os.tmpname()
 os.remove(dir)
 core.mkdir_p(dir)
 
-local function sh_quote(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
-local function m2lab(args)
-  local words = {}
-  for i, a in ipairs(args) do words[i] = sh_quote(a) end
-  return T.run_m2lab(table.concat(words, " "))
-end
+local sh_quote = T.sh_quote
+local function m2lab(args) return T.m2lab(table.unpack(args)) end
 
 -- the settings of every run here (throttle keeps a run slow enough to be killed mid-way)
 local function settings(out)

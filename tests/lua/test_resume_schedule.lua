@@ -13,12 +13,7 @@ core.mkdir_p(dir)
 local experiment = m2.source_dir .. "/experiments/tiny_lm.lua"
 local LR, MIN_LR, WARMUP = 3e-3, 3e-4, 10
 
-local function sh_quote(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
-local function m2lab(...)
-  local words = {}
-  for i, a in ipairs { ... } do words[i] = sh_quote(a) end
-  return T.run_m2lab(table.concat(words, " "))
-end
+local sh_quote, m2lab = T.sh_quote, T.m2lab
 
 -- the cosine schedule of core/optim.c, for the lr of update `step` (1-based) with decay D
 local function cosine(step, D)

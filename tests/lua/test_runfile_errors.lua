@@ -11,12 +11,7 @@ local nn = m2.nn
 local dir = os.tmpname()
 os.remove(dir)
 core.mkdir_p(dir)
-local function sh_quote(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
-local function m2lab(...)
-  local words = {}
-  for i, a in ipairs { ... } do words[i] = sh_quote(a) end
-  return T.run_m2lab(table.concat(words, " "))
-end
+local sh_quote, m2lab = T.sh_quote, T.m2lab
 local function read(path) local f = assert(io.open(path, "rb")); local s = f:read("a"); f:close(); return s end
 local function write(path, s) local f = assert(io.open(path, "wb")); f:write(s); f:close() end
 

@@ -11,16 +11,11 @@ local runs = m2.runs
 local dir = os.tmpname()
 os.remove(dir)
 core.mkdir_p(dir)
-local function sh_quote(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
+local sh_quote = T.sh_quote
 -- run m2lab with the writes of its run files limited to `budget` bytes (nil: no limit) -> exit code (the signal
 -- number when it died of one), output
 local function m2lab(budget, ...)
-  local words = { budget and ("M2_RUNFILE_ENOSPC_AFTER=" .. budget) or "", sh_quote(m2.exe) }
-  for _, a in ipairs { ... } do words[#words + 1] = sh_quote(a) end
-  local p = assert(io.popen("env " .. table.concat(words, " ") .. " 2>&1", "r"))
-  local out = p:read("a")
-  local _, _, code = p:close()
-  return code, out
+  return T.m2lab_env(budget and { "M2_RUNFILE_ENOSPC_AFTER=" .. budget } or {}, ...)
 end
 local function read(path) local f = assert(io.open(path, "rb")); local s = f:read("a"); f:close(); return s end
 local function write(path, s) local f = assert(io.open(path, "wb")); f:write(s); f:close() end

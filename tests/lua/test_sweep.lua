@@ -10,7 +10,7 @@ local runs = m2.runs
 local dir = os.tmpname()
 os.remove(dir)
 core.mkdir_p(dir)
-local function sh_quote(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
+local sh_quote = T.sh_quote
 local function write(path, s) local f = assert(io.open(path, "wb")); f:write(s); f:close() end
 local function mtime_key(path) -- size and the loss series: changes if the member ran again
   local r <close> = runs.open(path)

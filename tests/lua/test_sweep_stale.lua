@@ -12,7 +12,7 @@ local dir = os.tmpname()
 os.remove(dir)
 core.mkdir_p(dir)
 local out = dir .. "/out/"
-local function sh_quote(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
+local sh_quote = T.sh_quote
 local function write(path, s) local f = assert(io.open(path, "wb")); f:write(s); f:close() end
 local function bytes(path) local f = assert(io.open(path, "rb")); local s = f:read("a"); f:close(); return s end
 local function plain(s, sub) return s:find(sub, 1, true) ~= nil end

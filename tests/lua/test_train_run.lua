@@ -11,7 +11,7 @@ local nn = m2.nn
 local dir = os.tmpname()
 os.remove(dir)
 core.mkdir_p(dir)
-local function sh_quote(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
+local sh_quote = T.sh_quote
 
 -- a tiny next-token model and a deterministic data object: x[b][t] = (index + 3b + t) % V, y = x + 1
 local V, D, B, L = 12, 16, 4, 8
