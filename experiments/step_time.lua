@@ -13,13 +13,15 @@
 -- ckpt: the M2RNN layers' steps between kept states (0: the layer's default, 8; 64 keeps 1/8 of that memory);
 -- fused_loss=0: the LM head's full (B, T, vocab) logits, then the loss (1, the default: m2.linear_cross_entropy);
 -- profile=1: after the warm-up, time every op (m2.profile: a device synchronisation per op, so those steps run
--- slower) and print a table of the ops by time per step.
+-- slower) and print a table of the ops by time per step;
+-- chunked: 1 runs the GDN and Mamba-2 layers in their chunked form (m2.gdn_chunked / m2.ssd_chunked), 0 recurrent,
+-- -1 (the default) as the config says.
 local m2 = require "m2"
 
 local cfg = m2.config {
   config = "experiments/configs/400m-hybrid-m2rnn.lua", batch = 8, len = 4096, steps = 4, warmup = 1,
   layers = "", d = 0, vocab = 0, seed = 0, lr = 3e-4, out = "runs/step_time.h5", precision = "bf16", ckpt = 0,
-  profile = 0, fused_loss = 1,
+  profile = 0, fused_loss = 1, chunked = -1,
 }
 m2.seed(cfg.seed)
 
@@ -29,6 +31,11 @@ if cfg.layers ~= "" then spec.layers = cfg.layers end
 if cfg.d > 0 then spec.d = cfg.d end
 if cfg.vocab > 0 then spec.vocab = cfg.vocab end
 if cfg.ckpt > 0 and spec.m2rnn then spec.m2rnn.ckpt = cfg.ckpt end
+if cfg.chunked >= 0 then
+  for _, kind in ipairs { "gdn", "mamba2" } do
+    if spec[kind] then spec[kind].chunked = cfg.chunked ~= 0 end
+  end
+end
 spec.fused_loss = cfg.fused_loss ~= 0
 local model = m2.models.lm(spec)
 

@@ -24,6 +24,7 @@ local cfg = m2.config {
   -- settings passed to every member (experiments/state_tracking.lua's defaults when 0 / "")
   group = "", train_len = 0, steps = 0, batch = 0, lr = 0.0, d = 0, layers = 0,
   eval_batches = 0,
+  curriculum = -1, weight_decay = -1.0, warmup = -1, -- -1: the member's default (0 is a setting for these)
 }
 
 -- the member overrides shared by all
@@ -31,6 +32,9 @@ local set = {}
 for _, k in ipairs { "group", "train_len", "steps", "batch", "lr", "d", "layers", "eval_batches" } do
   local v = cfg[k]
   if v ~= 0 and v ~= "" then set[k] = v end
+end
+for _, k in ipairs { "curriculum", "weight_decay", "warmup" } do
+  if cfg[k] >= 0 then set[k] = cfg[k] end
 end
 set.eval_every = 0 -- only the final evaluation (after the last step)
 

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# session_steps.sh OUTDIR — one device call: the whole 400M training steps with the chunked GDN / SSD kernels against
+# the recurrent ones, and bench_gdn, on CPU cores 0-1, while a state-tracking recipe sweep (CPU runs, bit-identical to
+# this VM's) uses the other cores. Everything lands in OUTDIR/all.tar.gz (the device tool returns few files).
+#   M2_DEADLINE_S   seconds for the whole call (default 560)
+#   M2_ST_SWEEPS    ';'-separated sweeps, each "name:overrides" for experiments/sweep_state_tracking.lua
+#                   (default: none); cores 2.. are shared among them by their parallel= settings
+set -uo pipefail
+out=${1:?usage: cuda/bench/session_steps.sh OUTDIR}
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+build="$root/build-gpu"
+deadline=$((SECONDS + ${M2_DEADLINE_S:-560}))
+left() { echo $((deadline - SECONDS)); }
+mkdir -p "$out"
+. "$root/cuda/bench/gpu_configure.sh"
+t0=$SECONDS
+ninja -C "$build" m2lab bench_gdn >>"$out/build.log" 2>&1 || { tail -40 "$out/build.log"; exit 3; }
+echo "build: $((SECONDS - t0)) s"
+ncpu=$(nproc)
+
+# the state-tracking sweeps, in the background on cores 2..
+pids=()
+IFS=';' read -ra sweeps <<<"${M2_ST_SWEEPS:-}"
+for sw in "${sweeps[@]}"; do
+  [ -n "$sw" ] || continue
+  name=${sw%%:*} args=${sw#*:}
+  (cd "$root" && exec timeout $(($(left) - 25)) taskset -c 2-$((ncpu - 1)) "$build/m2lab" run \
+    experiments/sweep_state_tracking.lua $args out="$out/st/$name" >"$out/st_$name.log" 2>&1) &
+  pids+=($!)
+done
+
+# the GPU work on cores 0-1
+run_step() { # name env... -- step_time args
+  local name=$1
+  shift
+  local envs=()
+  while [ "$1" != "--" ]; do envs+=("$1"); shift; done
+  shift
+  (cd "$root" && env "${envs[@]}" timeout 150 taskset -c 0-1 "$build/m2lab" run experiments/step_time.lua device=cuda \
+    batch=4 steps=4 warmup=1 out=/tmp/st_$name.h5 "$@" >"$out/step_$name.log" 2>&1)
+  echo "step $name: $(tail -1 "$out/step_$name.log")"
+}
+taskset -c 0-1 "$build/bench/bench_gdn" 5 >"$out/bench_gdn.md" 2>&1
+echo "bench_gdn: exit $?"; cat "$out/bench_gdn.md"
+G=config=experiments/configs/400m-hybrid-gdn.lua S=config=experiments/configs/400m-hybrid-mamba2.lua
+run_step gdn_rec M2_GDN_CHUNK_TC=0 -- $G
+run_step gdn_chunk M2_GDN_CHUNK_TC=1 -- $G
+run_step gdn_chunk_layer M2_GDN_CHUNK_TC=1 -- $G chunked=1
+run_step ssd_rec M2_SSD_CHUNK_TC=0 -- $S
+run_step ssd_chunk_composed M2_SSD_CHUNK_TC=0 -- $S chunked=1
+run_step ssd_chunk_tc M2_SSD_CHUNK_TC=1 -- $S chunked=1
+echo "steps done ($(left) s left)"
+for p in "${pids[@]}"; do wait "$p"; done
+for f in "$out"/st_*.log; do [ -f "$f" ] && { echo "== $f"; tail -25 "$f"; }; done
+tar -C "$out" -czf /tmp/all.tar.gz . && rm -rf "${out:?}"/* && mv /tmp/all.tar.gz "$out/all.tar.gz"
+ls -la "$out/all.tar.gz"
