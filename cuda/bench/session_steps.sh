@@ -14,7 +14,7 @@ left() { echo $((deadline - SECONDS)); }
 mkdir -p "$out"
 . "$root/cuda/bench/gpu_configure.sh"
 t0=$SECONDS
-ninja -C "$build" m2lab bench_gdn >>"$out/build.log" 2>&1 || { tail -40 "$out/build.log"; exit 3; }
+ninja -C "$build" m2lab bench_gdn bench_ssd >>"$out/build.log" 2>&1 || { tail -40 "$out/build.log"; exit 3; }
 echo "build: $((SECONDS - t0)) s"
 ncpu=$(nproc)
 
@@ -42,6 +42,13 @@ run_step() { # name env... -- step_time args
 }
 taskset -c 0-1 "$build/bench/bench_gdn" 5 >"$out/bench_gdn.md" 2>&1
 echo "bench_gdn: exit $?"; cat "$out/bench_gdn.md"
+# per-kernel times of the chunked kernels (Nsight Compute, one metric, clocks left alone), first 400M launches
+kre='regex:k_gdn_(prep|scan|bscan|bgrad|bwy)|k_chain|k_scan|k_bwd|k_state|k_pass|k_group_sum|k_da_sum'
+for b in gdn ssd; do
+  timeout 120 taskset -c 0-1 ncu --clock-control none --metrics gpu__time_duration.sum -k "$kre" --launch-count 48 \
+    "$build/bench/bench_$b" 1 >"$out/ncu_$b.txt" 2>&1
+  echo "ncu bench_$b: exit $? ($(grep -c gpu__time_duration "$out/ncu_$b.txt") kernels)"
+done
 G=config=experiments/configs/400m-hybrid-gdn.lua S=config=experiments/configs/400m-hybrid-mamba2.lua
 run_step gdn_rec M2_GDN_CHUNK_TC=0 -- $G
 run_step gdn_chunk M2_GDN_CHUNK_TC=1 -- $G
