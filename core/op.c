@@ -102,6 +102,7 @@ m2_status m2_call_run(m2_opcall *c, m2_tensor **outs) {
       return m2_fail(M2_ERR_DEVICE, "%s: input %d is on %s but input %d is on %s", op->name, first + 1, a, i + 1, b);
     }
   }
+  if (!(op->flags & M2_OP_VIEW) && m2_cast_needed(c, dev)) return m2_call_cast(c, outs);
   m2_op_fn fwd = m2_op_kernel(op, dev, false);
   if (!fwd) {
     char a[32];
@@ -160,13 +161,13 @@ m2_tensor *m2_call1(m2_opcall *c) {
 /* ---------------- helpers for implementations ---------------- */
 
 m2_status m2_check_float(const m2_tensor *t, const char *op, const char *arg) {
-  if (t->dtype == M2_F32 || t->dtype == M2_F64) return M2_OK;
-  if (t->dtype == M2_BF16 && t->device.type == M2_CUDA) return M2_OK;
-  return m2_fail(M2_ERR_DTYPE, "%s: %s must be a float tensor (f32 or f64), got %s", op, arg, m2_dtype_name(t->dtype));
+  if (t->dtype == M2_F32 || t->dtype == M2_F64 || t->dtype == M2_BF16) return M2_OK;
+  return m2_fail(M2_ERR_DTYPE, "%s: %s must be a float tensor (f32, f64 or bf16), got %s", op, arg,
+                 m2_dtype_name(t->dtype));
 }
 
 m2_status m2_check_same_dtype(const m2_tensor *a, const m2_tensor *b, const char *op) {
-  if (a->dtype == b->dtype) return M2_OK;
+  if (m2_dtypes_mix(a->dtype, b->dtype)) return M2_OK;
   return m2_fail(M2_ERR_DTYPE, "%s: dtypes differ (%s and %s); convert one with :to()", op, m2_dtype_name(a->dtype),
                  m2_dtype_name(b->dtype));
 }

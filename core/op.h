@@ -12,7 +12,13 @@
  * so it may freely call other ops from ops.h.
  *
  * Inputs are made contiguous before forward unless the op has M2_OP_VIEW.
- * All float ops accept F32 and F64 on CPU (F64 is used by gradient checks). */
+ * All float ops accept F32 and F64 on CPU (F64 is used by gradient checks).
+ * bf16 inputs (core/op_cast.c): a call with a bf16 float input, on the CPU, or mixed with f32 inputs on a device
+ * whose kernels want one dtype (not M2_OP_MIXED_KERNELS), runs the op on f32 copies of its bf16 inputs (exact) and
+ * rounds its float outputs to the dtype the op's M2_OP_CAST_* flags give; the conversions are to_dtype ops on the
+ * tape, so gradients come back in each input's own dtype (f32 parameters get f32 gradients). The CPU kernels thus
+ * never see bf16, and stay the reference: f32 arithmetic on the bf16 values, the output rounded once. bf16 with f64
+ * inputs is refused. M2_OP_VIEW ops (views, contiguous, to_dtype, to_device) take every dtype as it is. */
 #ifndef M2_OP_H
 #define M2_OP_H
 #include "tensor.h"
@@ -65,6 +71,14 @@ enum {
    * is: a backend need not register a kernel for it (one it registers takes precedence). */
   M2_OP_ANYDEV_FWD = 1 << 3,
   M2_OP_ANYDEV_BWD = 1 << 4,
+  /* The dtype of the float outputs when the dispatcher converts bf16 inputs (core/op_cast.c): the default promotes
+   * (bf16 when every float input is bf16, else f32, as torch's type promotion). */
+  M2_OP_CAST_IN0 = 1 << 5,    /* float outputs in in[0]'s dtype: an activation through a layer (norm, conv, mixer) */
+  M2_OP_CAST_STATE1 = 1 << 6, /* out[1] is a recurrent state: f32 whatever the inputs */
+  M2_OP_CAST_F32 = 1 << 7,    /* float outputs f32 whatever the inputs (losses, router probabilities, 0/1 masks) */
+  /* The non-CPU kernels take bf16 and f32 inputs mixed (each converted as its kernel needs): the dispatcher leaves
+   * mixed calls to them on those devices. */
+  M2_OP_MIXED_KERNELS = 1 << 8,
 };
 
 /* One op: its name, its CPU reference kernels and its flags. Other backends (the CUDA library) register their kernels for
@@ -106,6 +120,11 @@ static inline void m2_call_set_attr(m2_opcall *c, const void *attr, size_t n) { 
 /* The call's attributes as a pointer to the op's struct type T (read-only by convention). */
 #define M2_ATTR(c, T) ((const T *)(const void *)(c)->attr)
 
+/* The dispatcher's bf16 rule (core/op_cast.c; see the top of this file): whether call c on dev must convert, and the
+ * conversion itself (runs c's op on the converted inputs through m2_call_run; outs as m2_call_run's). */
+bool m2_cast_needed(const m2_opcall *c, m2_device dev);
+m2_status m2_call_cast(m2_opcall *c, m2_tensor **outs);
+
 /* Keep t for backward (stores an alias with no history; counts a new ref). */
 void m2_save(m2_opcall *c, m2_tensor *t);
 /* Release everything a call holds (outputs, saved, din). */
@@ -121,12 +140,16 @@ const m2_op *const *m2_op_list(void);
 const m2_op *m2_op_find(const char *name);
 
 /* ---- helpers for op implementations ---- */
-/* Fail unless t is F32 or F64 (the float dtypes CPU kernels compute in). */
+/* Fail unless t is a float tensor: F32 or F64, or BF16 (which the dispatcher converts to F32 on the CPU). */
 m2_status m2_check_float(const m2_tensor *t, const char *op, const char *arg);
 /* A backend's float dtype rule, for checks shared by the CPU ops and the CUDA entry points: m2_check_float on the
    CPU, cu_check_float on CUDA (F32 / BF16, no F64). */
 typedef m2_status (*m2_float_rule)(const m2_tensor *t, const char *op, const char *arg);
+/* Fail unless a and b have one dtype, or are bf16 and f32 (a pair the dispatcher converts, see above). */
 m2_status m2_check_same_dtype(const m2_tensor *a, const m2_tensor *b, const char *op);
+static inline bool m2_dtypes_mix(m2_dtype a, m2_dtype b) {
+  return a == b || (a == M2_BF16 && b == M2_F32) || (a == M2_F32 && b == M2_BF16);
+}
 /* Broadcast two shapes (numpy rules); fails with a message naming `op`. */
 m2_status m2_broadcast_shapes(int na, const int64_t *sa, int nb, const int64_t *sb,
                               int *nout, int64_t *sout, const char *op);

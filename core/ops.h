@@ -87,6 +87,13 @@ m2_tensor *m2_linear(m2_tensor *x, m2_tensor *w, m2_tensor *bias);
 enum { M2_MM_F32 = 0, M2_MM_BF16 = 1 };
 int m2_set_matmul_precision(int p);
 int m2_matmul_precision(void);
+/* The dtype of matmul and linear outputs recorded from now on (bf16 activations, like bf16 autocast): M2_F32 (the
+ * default: outputs in the operands' dtype, f32 stays f32) or M2_BF16 (f32 / bf16 operands are rounded to bf16, and
+ * the product, fp32-accumulated, is returned in bf16; linear rounds its bias too). The rounding copies are to_dtype
+ * ops, so an f32 weight gets an f32 gradient. f64 operands are left alone (gradient checks). Returns the previous
+ * setting. */
+m2_dtype m2_set_activation_dtype(m2_dtype dt);
+m2_dtype m2_activation_dtype(void);
 
 /* ---- neural-net ops (core/ops_nn.c) ---- */
 m2_tensor *m2_embedding(m2_tensor *weight, m2_tensor *ids); /* weight (V, d), ids int (...) -> (..., d) */

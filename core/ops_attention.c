@@ -175,7 +175,7 @@ static m2_status attention_bwd(m2_opcall *c) {
   return s;
 }
 
-const m2_op m2_op_attention = {"attention", attention_fwd, attention_bwd, M2_OP_KEEP_OUTPUTS};
+const m2_op m2_op_attention = {"attention", attention_fwd, attention_bwd, M2_OP_KEEP_OUTPUTS | M2_OP_CAST_IN0};
 
 /* opts NULL means {scale 1/sqrt(D), causal}. */
 m2_tensor *m2_attention(m2_tensor *q, m2_tensor *k, m2_tensor *v, const m2_attention_opts *o) {
@@ -264,7 +264,7 @@ static m2_status rope_bwd(m2_opcall *c) {
   return rope_run(c, c->dout[0], &c->din[0], -1.0);
 }
 
-const m2_op m2_op_rope = {"rope", rope_fwd, rope_bwd, 0};
+const m2_op m2_op_rope = {"rope", rope_fwd, rope_bwd, M2_OP_CAST_IN0};
 
 m2_tensor *m2_rope(m2_tensor *x, double theta, int64_t offset) {
   if (m2_rope_check(x, theta) != M2_OK) return NULL; /* the one check: the kernels trust it */

@@ -371,8 +371,8 @@ static m2_status gdn_bwd(m2_opcall *c) {
   return mixer_bwd_close(c, &mb, s);
 }
 
-const m2_op m2_op_gdn = {"gdn", gdn_fwd, gdn_bwd, 0};
-const m2_op m2_op_gdn_chunked = {"gdn_chunked", gdn_chunked_fwd, gdn_bwd, 0};
+const m2_op m2_op_gdn = {"gdn", gdn_fwd, gdn_bwd, M2_OP_CAST_IN0 | M2_OP_CAST_STATE1};
+const m2_op m2_op_gdn_chunked = {"gdn_chunked", gdn_chunked_fwd, gdn_bwd, M2_OP_CAST_IN0 | M2_OP_CAST_STATE1};
 
 /* ---------------- public API ---------------- */
 

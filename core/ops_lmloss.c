@@ -259,7 +259,8 @@ static m2_status lce_bwd(m2_opcall *c) {
   return M2_OK;
 }
 
-const m2_op m2_op_linear_cross_entropy = {"linear_cross_entropy", lce_fwd, lce_bwd, M2_OP_ANYDEV_FWD | M2_OP_ANYDEV_BWD};
+const m2_op m2_op_linear_cross_entropy = {"linear_cross_entropy", lce_fwd, lce_bwd,
+                                           M2_OP_ANYDEV_FWD | M2_OP_ANYDEV_BWD | M2_OP_CAST_F32};
 
 m2_tensor *m2_linear_cross_entropy(m2_tensor *h, m2_tensor *w, m2_tensor *targets, int64_t ignore_index,
                                    int64_t chunk_rows) {

@@ -124,7 +124,7 @@ m2_status m2_m2rnn_check(m2_tensor *const *in, const m2_m2rnn_opts *o, m2_m2rnn_
       return m2_fail(M2_ERR_VALUE, "m2rnn: %s %s is required (only h0 may be NULL)", IN_NAMES[i], IN_LAYOUT[i]);
     }
     M2_TRY(m2_check_float(in[i], "m2rnn", IN_NAMES[i]));
-    if (in[i]->dtype != in[0]->dtype)
+    if (!m2_dtypes_mix(in[i]->dtype, in[0]->dtype))
       return m2_fail(M2_ERR_DTYPE, "m2rnn: %s is %s but q is %s; convert one with :to()", IN_NAMES[i],
                      m2_dtype_name(in[i]->dtype), m2_dtype_name(in[0]->dtype));
     if (in[i]->ndim != IN_NDIM[i])
@@ -505,7 +505,8 @@ static m2_status m2rnn_bwd(m2_opcall *c) {
   return s;
 }
 
-const m2_op m2_op_m2rnn = {"m2rnn", m2rnn_fwd, m2rnn_bwd, 0};
+const m2_op m2_op_m2rnn = {"m2rnn", m2rnn_fwd, m2rnn_bwd,
+                           M2_OP_CAST_IN0 | M2_OP_CAST_STATE1 | M2_OP_MIXED_KERNELS};
 
 m2_status m2_m2rnn(m2_tensor *q, m2_tensor *k, m2_tensor *v, m2_tensor *W, m2_tensor *f, m2_tensor *h0,
                    const m2_m2rnn_opts *o, m2_tensor **y, m2_tensor **hT) {

@@ -112,6 +112,17 @@ int m2_set_matmul_precision(int p) {
 }
 int m2_matmul_precision(void) { return g_mm_precision; }
 
+static m2_dtype g_act_dtype = M2_F32;
+m2_dtype m2_set_activation_dtype(m2_dtype dt) {
+  const m2_dtype old = g_act_dtype;
+  g_act_dtype = dt == M2_BF16 ? M2_BF16 : M2_F32;
+  return old;
+}
+m2_dtype m2_activation_dtype(void) { return g_act_dtype; }
+
+/* Under bf16 activations, whether an operand t of a product is rounded to bf16 first (f32 only: f64 stays). */
+static bool act_round(const m2_tensor *t) { return g_act_dtype == M2_BF16 && t->dtype == M2_F32; }
+
 /* An operand of a product: t itself (new ref), or with bf16 products an f32 copy of t rounded to bf16 (what the CUDA
  * path feeds its tensor cores). */
 static m2_tensor *operand(m2_tensor *t, const m2_opcall *c) {
@@ -203,6 +214,14 @@ const m2_op m2_op_matmul = {"matmul", matmul_fwd, matmul_bwd, 0};
 m2_tensor *m2_matmul(m2_tensor *a, m2_tensor *b, bool ta, bool tb) {
   mm_geom g;
   if (m2_matmul_check(a, b, ta, tb, m2_check_float, &g) != M2_OK) return NULL; /* fail before any contiguous copy */
+  if ((act_round(a) || act_round(b)) && a->dtype != M2_F64 && b->dtype != M2_F64) {
+    /* bf16 activations: a bf16 x bf16 product with a bf16 result (the CPU computes it in f32 and rounds it once) */
+    m2_tensor *a2 = m2_to_dtype(a, M2_BF16), *b2 = a2 ? m2_to_dtype(b, M2_BF16) : NULL;
+    m2_tensor *y = b2 ? m2_matmul(a2, b2, ta, tb) : NULL;
+    m2_release(a2);
+    m2_release(b2);
+    return y;
+  }
   m2_tensor *in[2] = {a, b};
   m2_opcall c;
   m2_call_init(&c, &m2_op_matmul, 2, in);
@@ -240,7 +259,10 @@ m2_tensor *m2_linear(m2_tensor *x, m2_tensor *w, m2_tensor *bias) {
     y = m2_matmul(x, w, false, true);
   }
   if (!y || !bias) return y;
-  m2_tensor *z = m2_add(y, bias);
+  /* bf16 activations: a bf16 product keeps its dtype through the bias (rounded to bf16, as autocast does) */
+  m2_tensor *b2 = y->dtype == M2_BF16 && act_round(bias) ? m2_to_dtype(bias, M2_BF16) : (m2_retain(bias), bias);
+  m2_tensor *z = b2 ? m2_add(y, b2) : NULL;
+  m2_release(b2);
   m2_release(y);
   return z;
 }

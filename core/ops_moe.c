@@ -214,7 +214,7 @@ static m2_status route_bwd(m2_opcall *c) {
   return M2_OK;
 }
 
-const m2_op m2_op_moe_route = {"moe_route", route_fwd, route_bwd, M2_OP_KEEP_OUTPUTS};
+const m2_op m2_op_moe_route = {"moe_route", route_fwd, route_bwd, M2_OP_KEEP_OUTPUTS | M2_OP_CAST_F32};
 
 m2_status m2_moe_route(m2_tensor *logits, int64_t top_k, m2_tensor **weights, m2_tensor **indices, m2_tensor **aux,
                        m2_tensor **counts) {
@@ -297,7 +297,7 @@ static m2_status permute_bwd(m2_opcall *c) {
   return M2_OK;
 }
 
-const m2_op m2_op_moe_permute = {"moe_permute", permute_fwd, permute_bwd, M2_OP_KEEP_OUTPUTS};
+const m2_op m2_op_moe_permute = {"moe_permute", permute_fwd, permute_bwd, M2_OP_KEEP_OUTPUTS | M2_OP_CAST_IN0};
 
 m2_status m2_moe_permute(m2_tensor *x, m2_tensor *indices, int64_t experts, m2_tensor **xp, m2_tensor **pos,
                          m2_tensor **offsets) {
@@ -407,7 +407,7 @@ static m2_status gmm_bwd(m2_opcall *c) {
   return M2_OK;
 }
 
-const m2_op m2_op_moe_grouped_matmul = {"moe_grouped_matmul", gmm_fwd, gmm_bwd, 0};
+const m2_op m2_op_moe_grouped_matmul = {"moe_grouped_matmul", gmm_fwd, gmm_bwd, M2_OP_CAST_IN0};
 
 m2_tensor *m2_moe_grouped_matmul(m2_tensor *x, m2_tensor *w, m2_tensor *offsets) {
   if (m2_moe_gmm_check(x, w, offsets, m2_check_float) != M2_OK) return NULL;
@@ -491,7 +491,7 @@ static m2_status unpermute_bwd(m2_opcall *c) {
   return M2_OK;
 }
 
-const m2_op m2_op_moe_unpermute = {"moe_unpermute", unpermute_fwd, unpermute_bwd, 0};
+const m2_op m2_op_moe_unpermute = {"moe_unpermute", unpermute_fwd, unpermute_bwd, M2_OP_CAST_IN0};
 
 m2_tensor *m2_moe_unpermute(m2_tensor *yp, m2_tensor *weights, m2_tensor *pos) {
   if (m2_moe_unpermute_check(yp, weights, pos, m2_check_float) != M2_OK) return NULL;

@@ -103,7 +103,7 @@ static m2_status embedding_bwd(m2_opcall *c) {
   c->din[0] = dw;
   return M2_OK;
 }
-const m2_op m2_op_embedding = {"embedding", embedding_fwd, embedding_bwd, 0};
+const m2_op m2_op_embedding = {"embedding", embedding_fwd, embedding_bwd, M2_OP_CAST_IN0};
 
 m2_tensor *m2_embedding(m2_tensor *weight, m2_tensor *ids) {
   if (m2_embedding_check(weight, ids, m2_check_float) != M2_OK) return NULL;
@@ -201,7 +201,7 @@ static m2_status cross_entropy_bwd(m2_opcall *c) {
   c->din[0] = dx;
   return M2_OK;
 }
-const m2_op m2_op_cross_entropy = {"cross_entropy", cross_entropy_fwd, cross_entropy_bwd, 0};
+const m2_op m2_op_cross_entropy = {"cross_entropy", cross_entropy_fwd, cross_entropy_bwd, M2_OP_CAST_F32};
 
 m2_tensor *m2_cross_entropy(m2_tensor *logits, m2_tensor *targets, int64_t ignore_index) {
   if (m2_cross_entropy_check(logits, targets, m2_check_float) != M2_OK) return NULL;
@@ -310,7 +310,7 @@ static m2_status norm_bwd(m2_opcall *c, bool mean, const char *op) {
 
 static m2_status rmsnorm_fwd(m2_opcall *c) { return norm_fwd(c, true, "rmsnorm"); }
 static m2_status rmsnorm_bwd(m2_opcall *c) { return norm_bwd(c, true, "rmsnorm"); }
-const m2_op m2_op_rmsnorm = {"rmsnorm", rmsnorm_fwd, rmsnorm_bwd, 0};
+const m2_op m2_op_rmsnorm = {"rmsnorm", rmsnorm_fwd, rmsnorm_bwd, M2_OP_CAST_IN0};
 
 static bool bad_eps(double eps, const char *op) {
   if (eps >= 0) return false;
@@ -331,7 +331,7 @@ m2_tensor *m2_rmsnorm(m2_tensor *x, m2_tensor *weight, double eps) {
 
 static m2_status l2norm_fwd(m2_opcall *c) { return norm_fwd(c, false, "l2norm"); }
 static m2_status l2norm_bwd(m2_opcall *c) { return norm_bwd(c, false, "l2norm"); }
-const m2_op m2_op_l2norm = {"l2norm", l2norm_fwd, l2norm_bwd, 0};
+const m2_op m2_op_l2norm = {"l2norm", l2norm_fwd, l2norm_bwd, M2_OP_CAST_IN0};
 
 m2_tensor *m2_l2norm(m2_tensor *x, double eps) {
   if (m2_norm_check(x, NULL, "l2norm", m2_check_float) != M2_OK || bad_eps(eps, "l2norm"))

@@ -371,7 +371,7 @@ static m2_status eq_fwd(m2_opcall *c) {
   }
   return M2_OK;
 }
-const m2_op m2_op_eq = {"eq", eq_fwd, NULL, M2_OP_NONDIFF};
+const m2_op m2_op_eq = {"eq", eq_fwd, NULL, M2_OP_NONDIFF | M2_OP_CAST_F32};
 m2_tensor *m2_eq(m2_tensor *a, m2_tensor *b) {
   m2_tensor *in[2] = {a, b};
   m2_opcall c;

@@ -266,8 +266,8 @@ static m2_status ssd_bwd(m2_opcall *c) {
   return mixer_bwd_close(c, &mb, s);
 }
 
-const m2_op m2_op_ssd = {"ssd", ssd_fwd, ssd_bwd, 0};
-const m2_op m2_op_ssd_chunked = {"ssd_chunked", ssd_chunked_fwd, ssd_bwd, 0};
+const m2_op m2_op_ssd = {"ssd", ssd_fwd, ssd_bwd, M2_OP_CAST_IN0 | M2_OP_CAST_STATE1};
+const m2_op m2_op_ssd_chunked = {"ssd_chunked", ssd_chunked_fwd, ssd_bwd, M2_OP_CAST_IN0 | M2_OP_CAST_STATE1};
 
 /* ---------------- public API ---------------- */
 
