@@ -49,7 +49,7 @@ extern "C" m2_status m2_cuda_m2rnn_fwd(m2_opcall *c) {
   if (s == M2_OK) {
     c->n_out = 2;
     c->out[0] = as(y, dt);
-    c->out[1] = as(hT, dt);
+    c->out[1] = as(hT, M2_F32); /* the state stays fp32 (M2_OP_CAST_STATE1, as the CPU) */
     if (!c->out[0] || !c->out[1]) s = m2_errcode();
     else m2_save(c, ck);
   }

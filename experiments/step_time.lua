@@ -10,6 +10,8 @@
 -- layers / d / vocab override the config's (empty / 0: keep it); steps = all steps run (m2.train reads steps= too),
 -- the first `warmup` of them untimed;
 -- precision: "bf16" (matmul and linear products in bf16 with fp32 accumulation, like bf16 autocast) or "f32";
+-- activations: "bf16" (needs precision=bf16: matmul / linear outputs in bf16, the ops after them on bf16 inputs,
+-- as bf16 autocast; parameters, optimizer state, loss and recurrent states fp32) or "f32" (the default);
 -- ckpt: the M2RNN layers' steps between kept states (0: the layer's default, 8; 64 keeps 1/8 of that memory);
 -- fused_loss=0: the LM head's full (B, T, vocab) logits, then the loss (1, the default: m2.linear_cross_entropy);
 -- profile=1: after the warm-up, time every op (m2.profile: a device synchronisation per op, so those steps run
@@ -20,7 +22,8 @@ local m2 = require "m2"
 
 local cfg = m2.config {
   config = "experiments/configs/400m-hybrid-m2rnn.lua", batch = 8, len = 4096, steps = 4, warmup = 1,
-  layers = "", d = 0, vocab = 0, seed = 0, lr = 3e-4, out = "runs/step_time.h5", precision = "bf16", ckpt = 0,
+  layers = "", d = 0, vocab = 0, seed = 0, lr = 3e-4, out = "runs/step_time.h5", precision = "bf16", activations = "f32",
+  ckpt = 0,
   profile = 0, fused_loss = 1, chunked = -1,
 }
 m2.seed(cfg.seed)
@@ -47,15 +50,15 @@ function data:batch() -- fresh random tokens every step, made on the CPU (m2.tra
 end
 
 local device = m2.args.device or "cpu"
-print(string.format("step_time: %s (%s, d %d, vocab %d, %s parameters) on %s, batch %d x %d tokens, %s products",
-  spec.name or cfg.config, spec.layers, spec.d, spec.vocab, m2.models.human(m2.models.param_count(model)), device,
-  cfg.batch, cfg.len, cfg.precision))
+print(string.format("step_time: %s (%s, d %d, vocab %d, %s parameters) on %s, batch %d x %d tokens, %s products, " ..
+  "%s activations", spec.name or cfg.config, spec.layers, spec.d, spec.vocab,
+  m2.models.human(m2.models.param_count(model)), device, cfg.batch, cfg.len, cfg.precision, cfg.activations))
 
 local summary = m2.train {
   model = model, data = data, steps = cfg.steps,
   optim = m2.optim.adamw { lr = cfg.lr, betas = { 0.9, 0.95 }, eps = 1e-10, weight_decay = 0.1 },
   schedule = { kind = "constant" }, clip = 1.0, log_every = 1, out = cfg.out, overwrite = true, config = cfg,
-  precision = cfg.precision,
+  precision = cfg.precision, activations = cfg.activations,
 }
 
 -- the per-step metrics m2.train logged (log_every = 1): tokens/s and peak memory of each step
@@ -74,7 +77,8 @@ if #times == 0 then
   print(string.format("step_time: no timed step (steps = %d, warmup = %d)", cfg.steps, cfg.warmup))
 else
   local med = times[(#times + 1) // 2]
-  print(string.format("step_time: %s on %s, " .. cfg.precision .. " products: median step %.1f ms over %d steps (min %.1f), %.1f k tokens/s, " ..
+  print(string.format("step_time: %s on %s, " .. cfg.precision .. " products, " .. cfg.activations ..
+    " activations: median step %.1f ms over %d steps (min %.1f), %.1f k tokens/s, " ..
     "peak memory %.2f GiB (run file %s)", spec.layers, device, med * 1e3, #times, times[1] * 1e3,
     cfg.batch * cfg.len / med / 1e3, peak / 1024, summary.out))
 end

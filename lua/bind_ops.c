@@ -210,6 +210,18 @@ static int l_matmul_precision(lua_State *L) {
   return 1;
 }
 
+/* activations([dt]) -> the setting before the call; dt = "f32" (the default) or "bf16" (matmul and linear return bf16,
+ * their f32 operands rounded to bf16 by recorded conversions: bf16 activations; core/ops.h m2_set_activation_dtype) */
+static int l_activations(lua_State *L) {
+  const m2_dtype old = m2_activation_dtype();
+  if (!lua_isnoneornil(L, 1)) {
+    static const char *const names[] = {"f32", "bf16", NULL};
+    m2_set_activation_dtype(luaL_checkoption(L, 1, NULL, names) == 1 ? M2_BF16 : M2_F32);
+  }
+  lua_pushstring(L, old == M2_BF16 ? "bf16" : "f32");
+  return 1;
+}
+
 /* swiglu(a, b): silu(a) * b in one op (same shapes) */
 static int l_swiglu(lua_State *L) {
   m2_tensor *a = m2lua_checktensor(L, 1), *b = m2lua_checktensor(L, 2);
@@ -509,6 +521,7 @@ void m2lua_open_ops(lua_State *L) {
       {"matmul", l_matmul},
       {"linear", l_linear},
       {"matmul_precision", l_matmul_precision},
+      {"activations", l_activations},
       {"cross_entropy", l_cross_entropy},
       {"rmsnorm", l_rmsnorm},
       {"l2norm", l_l2norm},

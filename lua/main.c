@@ -72,8 +72,8 @@ static void usage(FILE *f) {
           "\nresume runs Lua code taken from the run file (the experiment script stored when the run\n"
           "started, not the file on disk): resume only run files you trust. inspect shows that script's size\n"
           "and first line without running anything. Every experiment script accepts steps= seed= device=\n"
-          "out= checkpoint_every= eval_every= overwrite= precision=f32|bf16 on the command line (m2.config,\n"
-          "m2.train). resume steps=N extends a run keeping its lr schedule; reschedule=true re-derives it.\n");
+          "out= checkpoint_every= eval_every= overwrite= precision=f32|bf16 activations=f32|bf16 on the command\n"
+          "line (m2.config, m2.train). resume steps=N extends a run keeping its lr schedule; reschedule=true re-derives it.\n");
   fprintf(f,
           "\nScripts load the library with `local m2 = require \"m2\"` (lua/m2/; M2LAB_LUA_DIR overrides it).\n"
           "Exit status: 0 ok, 1 script error or failed checks, 2 usage error, 130 interrupted.\n"

@@ -41,6 +41,8 @@ OPS  (m2.<op>(...); those marked * are also methods)
   matmul*(a, b [, ta, tb]) linear*(x, w [, bias]) embedding(w, ids)
   matmul_precision(["f32"|"bf16"]) -> the previous setting: "bf16" rounds the operands of f32 matmul/linear
     to bf16 (fp32 accumulation and result; tensor cores on CUDA, like bf16 autocast); m2.train{precision=}
+  activations(["f32"|"bf16"]) -> the previous setting: "bf16" makes matmul/linear return bf16 (f32 operands
+    rounded to bf16; ops given bf16 inputs compute in fp32 and round their outputs); m2.train{activations=}
   cross_entropy*(logits, targets [, ignore_index=-100]) rmsnorm*(x, w|nil [, eps]) l2norm*(x [, eps])
   linear_cross_entropy(h, W, targets [, ignore_index=-100 [, chunk_rows=0]]) = cross_entropy(linear(h, W), targets)
     without holding all the logits (rows in chunks, recomputed in backward)
@@ -108,7 +110,7 @@ m2.mode = core.mode or "run"
 --   string, or a list ("betas=0.9,0.95" for a default {0.9, 0.999}).
 --   The common overrides every experiment accepts are allowed even when defaults does not
 --   list them: steps, seed, checkpoint_every, eval_every (integers), device, out, precision
---   ("f32" or "bf16") (strings), overwrite, reschedule (booleans), and for runs on several processes zero (boolean),
+--   ("f32" or "bf16"), activations ("f32" or "bf16"; bf16 needs precision=bf16) (strings), overwrite, reschedule (booleans), and for runs on several processes zero (boolean),
 --   dist_bucket (integer), dist_timeout (number; lua/m2/dist.lua). They then appear in the
 --   returned config; m2.train reads them from the command line itself, and a seed= that
 --   defaults does not list seeds the default RNG (m2.seed) at once, before the script builds
@@ -118,10 +120,10 @@ m2.mode = core.mode or "run"
 
 -- the common overrides and a value of their type
 local COMMON = { steps = 0, seed = 0, checkpoint_every = 0, eval_every = 0, device = "", out = "", overwrite = false,
-                 precision = "", reschedule = false, zero = false, dist_bucket = 0, dist_timeout = 0 }
+                 precision = "", activations = "", reschedule = false, zero = false, dist_bucket = 0, dist_timeout = 0 }
 m2.COMMON_OVERRIDES = COMMON
 -- the values a common override may take, where not any value of its type
-local COMMON_VALUES = { precision = { "f32", "bf16" } }
+local COMMON_VALUES = { precision = { "f32", "bf16" }, activations = { "f32", "bf16" } }
 
 local function common_names()
   local names = {}

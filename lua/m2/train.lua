@@ -27,11 +27,16 @@ file (core/runfile/runfile.h; DESIGN section 6).
     flush_interval = 5, device = "cpu", quiet = false,
     precision = nil,                    -- "bf16": matmul/linear products in bf16 with fp32 accumulation
                                         --   (m2.matmul_precision) while training and evaluating; nil/"f32": fp32
+    activations = nil,                  -- "bf16" (needs precision = "bf16"): bf16 activations, as bf16 autocast:
+                                        --   matmul/linear outputs in bf16 (m2.activations), ops on them compute
+                                        --   in fp32 and round; parameters, optimizer state, loss and recurrent
+                                        --   states stay fp32; nil/"f32": off (the default)
   }
   -> { steps, step, final_loss, out, status, resumed_from, nan_skips, tokens, time }
 
 Command-line overrides read here whatever the script passes (every experiment accepts them):
-  steps=  out=  device=  checkpoint_every=  eval_every=  overwrite=  precision=   (seed= is applied by m2.config)
+  steps=  out=  device=  checkpoint_every=  eval_every=  overwrite=  precision=  activations=
+  (seed= is applied by m2.config)
   reschedule=true   (m2lab resume only) re-derive the lr schedule from the new steps= (see Resume)
   out=false (or out=) trains without a run file, like out = false in the script (a file named false: out=./false)
 
@@ -81,7 +86,7 @@ local KNOWN = {
   model = true, data = true, loss = true, steps = true, grad_accum = true, optim = true, schedule = true, clip = true,
   eval_every = true, eval = true, checkpoint_every = true, keep_checkpoints = true, out = true, overwrite = true,
   config = true, log_every = true, print_every = true, max_nan_skips = true, flush_interval = true, device = true,
-  quiet = true, precision = true, zero = true, dist_bucket = true, dist_timeout = true, -- the last three: m2.dist
+  quiet = true, precision = true, activations = true, zero = true, dist_bucket = true, dist_timeout = true, -- the last three: m2.dist
 }
 -- config keys that may differ between a run and its resume
 local RUN_CONTROL = { steps = true, out = true, device = true, checkpoint_every = true, eval_every = true,
@@ -203,6 +208,14 @@ local function resolve(spec)
   if s.precision ~= "f32" and s.precision ~= "bf16" then
     fail(string.format("precision must be \"f32\" or \"bf16\", got %s", tostring(s.precision)))
   end
+  s.activations = arg_str("activations", s.activations or "f32")
+  if s.activations ~= "f32" and s.activations ~= "bf16" then
+    fail(string.format("activations must be \"f32\" or \"bf16\", got %s", tostring(s.activations)))
+  end
+  if s.activations == "bf16" and s.precision ~= "bf16" then
+    fail(string.format("activations = \"bf16\" needs precision = \"bf16\" (got precision = \"%s\"): bf16 " ..
+      "activations are products in bf16 with bf16 results", s.precision))
+  end
   return s
 end
 
@@ -251,7 +264,8 @@ local function train_record(s, opt, sched)
            schedule = sp.kind, warmup = sp.warmup, decay = sp.decay, stable = sp.stable, min_lr = sp.min_lr,
            checkpoint_every = s.checkpoint_every, eval_every = s.eval_every, log_every = s.log_every,
            keep_checkpoints = s.keep_checkpoints, device = s.device,
-           precision = s.precision ~= "f32" and s.precision or nil } -- absent = f32 (run files from before the setting)
+           precision = s.precision ~= "f32" and s.precision or nil, -- absent = f32 (run files from before the setting)
+           activations = s.activations ~= "f32" and s.activations or nil } -- likewise
 end
 
 -- ---------------------------------------------------------------------------------------
@@ -802,13 +816,16 @@ function train.train(spec)
     local head = st.resumed_from and string.format("resuming %s at step %d of %d", s.out, st.step, s.steps) or
       string.format("training %d steps%s", s.steps, s.out and (" -> " .. s.out) or "")
     say(st, s, string.format("m2.train: %s (%d parameters, %s, grad_accum %d%s)", head, st.num_params, s.device,
-      s.grad_accum, s.precision == "bf16" and ", bf16 products" or ""))
+      s.grad_accum, (s.precision == "bf16" and ", bf16 products" or "") ..
+      (s.activations == "bf16" and ", bf16 activations" or "")))
     if st.schedule_note then say(st, s, "m2.train: " .. st.schedule_note) end
   end
   st.session_t0 = core.clock()
   local prev_precision = m2.matmul_precision(s.precision) -- for this run's steps and evals only
+  local prev_activations = m2.activations(s.activations)
   local ok, err = xpcall(loop, debug.traceback, st, s)
   m2.matmul_precision(prev_precision)
+  m2.activations(prev_activations)
   if not ok and st.dp then st.dp:failed() end
   local status
   if not ok then
