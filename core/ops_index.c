@@ -44,7 +44,7 @@ static m2_status concat_check(int n, m2_tensor *const *xs, int d, int first) {
   if (xs[0]->ndim < 1) return m2_fail(M2_ERR_SHAPE, "concat: cannot concatenate 0-d tensors");
   for (int i = 1; i < n; i++) {
     const m2_tensor *x = xs[i];
-    if (x->dtype != xs[0]->dtype)
+    if (!m2_dtypes_mix(x->dtype, xs[0]->dtype)) /* bf16 with f32: the dispatcher converts (core/op_cast.c) */
       return m2_fail(M2_ERR_DTYPE, "concat: tensor %d is %s but tensor %d is %s", first + i + 1, m2_dtype_name(x->dtype),
                      first + 1, m2_dtype_name(xs[0]->dtype));
     bool ok = x->ndim == xs[0]->ndim;
