@@ -405,6 +405,47 @@ static void mk_combine(m2_rng *r, oc_inputs *in) {
 }
 static int run_combine(m2_tensor *const *in, m2_tensor **outs) { ONE(m2_moe_combine(NULL, in[0], in[1])); }
 
+/* ---------------- bf16 activations (core/op_cast.c, m2_set_activation_dtype) ----------------
+ * A model under activations=bf16 hands its ops bf16 activations with f32 parameters: run the case with its first k
+ * float inputs rounded to bf16 tensors and the others as they come. The f32 parity pass (tests/cuda_op_cases.c) thus
+ * checks the CUDA side of the mix (the dispatcher's conversion, or the M2RNN kernel's own) against the CPU's; the
+ * bf16 pass is the plain case's; on F64 inputs (the gradient check) the case runs as it is. */
+static int with_act(int (*run)(m2_tensor *const *, m2_tensor **), int k, m2_tensor *const *in, m2_tensor **outs) {
+  if (!in[0] || in[0]->dtype != M2_F32) return run(in, outs);
+  m2_tensor *x[OC_MAX_IN], *held[OC_MAX_IN] = {0};
+  memcpy(x, in, sizeof x);
+  int n = 0;
+  for (int i = 0; i < k && n >= 0; i++) {
+    if (!in[i] || !m2_dtype_is_float(in[i]->dtype)) continue;
+    x[i] = held[i] = m2_to_dtype(in[i], M2_BF16);
+    if (!x[i]) n = -1;
+  }
+  if (n == 0) n = run(x, outs);
+  for (int i = 0; i < OC_MAX_IN; i++) m2_release(held[i]);
+  return n;
+}
+#define ACT(run, k)                                                                                   \
+  static int run##_act(m2_tensor *const *in, m2_tensor **outs) { return with_act(run, k, in, outs); }
+ACT(run_add, 1)
+ACT(run_mul, 1)
+ACT(run_swiglu, 1)
+ACT(run_lce, 1)
+ACT(run_rmsnorm, 1)
+ACT(run_conv1d, 1)
+ACT(run_m2rnn, 3)
+ACT(run_gdn, 3)
+ACT(run_gdn_chunked, 3)
+ACT(run_ssd, 1)
+ACT(run_attention, 1)
+#undef ACT
+/* matmul under m2_set_activation_dtype(M2_BF16): f32 operands rounded to bf16, a bf16 product */
+static int run_matmul_act(m2_tensor *const *in, m2_tensor **outs) {
+  m2_dtype old = m2_set_activation_dtype(M2_BF16);
+  outs[0] = m2_matmul(in[0], in[1], false, false);
+  m2_set_activation_dtype(old);
+  return outs[0] ? 1 : -1;
+}
+
 /* ---------------- the table ---------------- */
 
 /* parity bounds: binary ops' bf16 backwards round every intermediate (cuda_ops_elementwise.c); the mixers compute
@@ -413,6 +454,10 @@ static int run_combine(m2_tensor *const *in, m2_tensor **outs) { ONE(m2_moe_comb
 #define MIX_BOUNDS .tol = {1e-4, 2e-2}, .btol = {1e-4, 2e-2}
 /* a gradient through f32 rounding: a step that dwarfs it */
 #define THROUGH_F32 .gc = {.eps = 1e-2, .atol = 1e-5, .rtol = 1e-4}
+/* bf16 activations: outputs (and the gradients of bf16 inputs) are bf16 on both devices, a different f32 summation
+   order may flip a rounding (one bf16 ulp, 2^-7 of a value) */
+#define ACT_BOUNDS .tol = {1e-2, 1e-2}, .btol = {1e-2, 2e-2}
+#define ACT_MIX_BOUNDS .tol = {2e-2, 2e-2}, .btol = {2e-2, 2e-2}
 
 const op_case oc_cases[] = {
     /* views and conversions */
@@ -494,6 +539,19 @@ const op_case oc_cases[] = {
     {"moe_unpermute", "the whole MoE MLP, top-2 of 5, with aux", mk_moe_layer, run_moe_layer, 0, MIX_BOUNDS},
     {"moe_dispatch", "one process, groups 2, 0, 3, 2", mk_dispatch, run_dispatch},
     {"moe_combine", "one process, groups 2, 0, 3, 2", mk_combine, run_combine},
+    /* bf16 activations with f32 parameters: the mixes a model under activations=bf16 makes */
+    {"add", "bf16 activation + f32 (a residual add)", mk_bin, run_add_act, 0, ACT_BOUNDS},
+    {"mul", "bf16 activation * f32", mk_bin, run_mul_act, 0, ACT_BOUNDS},
+    {"swiglu", "bf16 gate, f32 input", mk_swiglu, run_swiglu_act, 0, ACT_BOUNDS},
+    {"matmul", "bf16 activations: f32 operands, bf16 product", mk_mm, run_matmul_act, 0, ACT_BOUNDS},
+    {"linear_cross_entropy", "bf16 h, f32 weight", mk_lce, run_lce_act, 0, ACT_BOUNDS},
+    {"rmsnorm", "bf16 x, f32 weight", mk_rmsnorm, run_rmsnorm_act, 0, ACT_BOUNDS},
+    {"conv1d_causal", "bf16 x, f32 weight and bias", mk_conv1d, run_conv1d_act, 0, ACT_BOUNDS},
+    {"m2rnn", "bf16 q, k, v; f32 W, f, h0", mk_m2rnn, run_m2rnn_act, 0, ACT_MIX_BOUNDS},
+    {"gdn", "bf16 q, k, v; f32 g, beta, h0", mk_gdn, run_gdn_act, 0, ACT_MIX_BOUNDS},
+    {"gdn_chunked", "bf16 q, k, v; f32 g, beta, h0", mk_gdn, run_gdn_chunked_act, 0, ACT_MIX_BOUNDS},
+    {"ssd", "bf16 x; f32 dt, A, B, C, h0", mk_ssd, run_ssd_act, 0, ACT_MIX_BOUNDS},
+    {"attention", "bf16 q; f32 k, v", mk_attention, run_attention_act, 0, ACT_MIX_BOUNDS},
 };
 const int oc_ncases = (int)(sizeof oc_cases / sizeof oc_cases[0]);
 

@@ -62,6 +62,8 @@ static double g_worst_fwd, g_worst_bwd;
 
 static void run_variant(const op_case *c, const m2_op *op, const oc_inputs *in, int v, bool chain) {
   const double tol = chain ? BF16_TOL_CHAIN : BF16_TOL;
+  /* the table's bf16-activation rows round inputs themselves (or switch matmul to bf16 outputs): no rule to check */
+  const bool own_casts = strstr(c->name, "bf16") != NULL;
   const bool fwd_only = (c->flags & OC_FWD_ONLY) != 0;
   m2_tensor *ri[OC_MAX_IN] = {0}, *ti[OC_MAX_IN] = {0};
   for (int i = 0; i < in->n; i++) {
@@ -96,7 +98,7 @@ static void run_variant(const op_case *c, const m2_op *op, const oc_inputs *in, 
       continue;
     }
     /* the rule of the op under test holds for its own outputs (not for a case whose last op is another) */
-    if (!chain)
+    if (!chain && !own_casts)
       CHECK(yt[j]->dtype == want_dtype(op, j, v), "%s / %s, %s: output %d is %s, the cast rule says %s", c->op,
             c->name, VNAME[v], j, m2_dtype_name(yt[j]->dtype), m2_dtype_name(want_dtype(op, j, v)));
     double e = max_rel_diff(yt[j], yr[j]);
