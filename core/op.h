@@ -13,8 +13,9 @@
  *
  * Inputs are made contiguous before forward unless the op has M2_OP_VIEW.
  * All float ops accept F32 and F64 on CPU (F64 is used by gradient checks).
- * bf16 inputs (core/op_cast.c): a call with a bf16 float input, on the CPU, or mixed with f32 inputs on a device
- * whose kernels want one dtype (not M2_OP_MIXED_KERNELS), runs the op on f32 copies of its bf16 inputs (exact) and
+ * bf16 inputs (core/op_cast.c): a call with a bf16 float input, on the CPU (or any device for an op with
+ * M2_OP_CAST_F32_KERNELS), or mixed with f32 inputs on a device whose kernels want one dtype (not
+ * M2_OP_MIXED_KERNELS), runs the op on f32 copies of its bf16 inputs (exact) and
  * rounds its float outputs to the dtype the op's M2_OP_CAST_* flags give; the conversions are to_dtype ops on the
  * tape, so gradients come back in each input's own dtype (f32 parameters get f32 gradients). The CPU kernels thus
  * never see bf16, and stay the reference: f32 arithmetic on the bf16 values, the output rounded once. bf16 with f64
@@ -79,6 +80,9 @@ enum {
   /* The non-CPU kernels take bf16 and f32 inputs mixed (each converted as its kernel needs): the dispatcher leaves
    * mixed calls to them on those devices. */
   M2_OP_MIXED_KERNELS = 1 << 8,
+  /* Every backend computes a bf16 call best from f32 inputs (attention: its tensor-core kernels take f32 inputs with
+   * bf16 products, m2_attention_attr.bf16): bf16 inputs are converted on every device. */
+  M2_OP_CAST_F32_KERNELS = 1 << 9,
 };
 
 /* One op: its name, its CPU reference kernels and its flags. Other backends (the CUDA library) register their kernels for

@@ -1,7 +1,8 @@
 /* op_cast.c — the dispatcher's bf16 rule (op.h, top): a call with bf16 float inputs that its kernels cannot take as
  * they are (every such call on the CPU, whose kernels compute in f32 / f64; a bf16 / f32 mix on a device whose
  * kernels want one dtype) runs its op on f32 copies of the bf16 inputs, and its float outputs are rounded to the
- * dtype the op's M2_OP_CAST_* flags give:
+ * dtype the op's M2_OP_CAST_* flags give (an op with M2_OP_CAST_F32_KERNELS converts its bf16 inputs on every
+ * device):
  *   default          bf16 when every float input is bf16, else f32 (torch's type promotion: a residual add of a bf16
  *                    branch to the f32 stream stays f32);
  *   M2_OP_CAST_IN0   in[0]'s dtype (rmsnorm of a bf16 activation with its f32 weight gives bf16);
@@ -34,7 +35,8 @@ static cast_mix mix_of(const m2_opcall *c) {
 bool m2_cast_needed(const m2_opcall *c, m2_device dev) {
   cast_mix m = mix_of(c);
   if (!m.bf16) return false;
-  if (dev.type == M2_CPU || m.f64) return true; /* f64 with bf16: m2_call_cast refuses it */
+  if (dev.type == M2_CPU || m.f64 || (c->op->flags & M2_OP_CAST_F32_KERNELS))
+    return true; /* f64 with bf16: m2_call_cast refuses it */
   return m.f32 && !(c->op->flags & M2_OP_MIXED_KERNELS);
 }
 

@@ -175,7 +175,8 @@ static m2_status attention_bwd(m2_opcall *c) {
   return s;
 }
 
-const m2_op m2_op_attention = {"attention", attention_fwd, attention_bwd, M2_OP_KEEP_OUTPUTS | M2_OP_CAST_IN0};
+const m2_op m2_op_attention = {"attention", attention_fwd, attention_bwd,
+                                M2_OP_KEEP_OUTPUTS | M2_OP_CAST_IN0 | M2_OP_CAST_F32_KERNELS};
 
 /* opts NULL means {scale 1/sqrt(D), causal}. */
 m2_tensor *m2_attention(m2_tensor *q, m2_tensor *k, m2_tensor *v, const m2_attention_opts *o) {
@@ -190,7 +191,7 @@ m2_tensor *m2_attention(m2_tensor *q, m2_tensor *k, m2_tensor *v, const m2_atten
   if (m2_attention_check(in, &a) != M2_OK) return NULL; /* the one check: the kernels trust a */
   a.scale = scale;
   a.causal = o ? o->causal : true;
-  a.bf16 = m2_matmul_precision() == M2_MM_BF16 && q->dtype == M2_F32;
+  a.bf16 = m2_matmul_precision() == M2_MM_BF16 && (q->dtype == M2_F32 || q->dtype == M2_BF16);
   m2_opcall c;
   m2_call_init(&c, &m2_op_attention, 3, in);
   M2_SET_ATTR(&c, a);

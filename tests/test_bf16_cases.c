@@ -8,7 +8,8 @@
  * must give: outputs of the dtype the op's M2_OP_CAST_* rule says (core/op_cast.c), within BF16_TOL of the
  * reference (one rounding of the output: <= 2^-8 of each value, bf16 keeping 8 significant bits; a case that
  * chains ops rounds once per op), and
- * every gradient in its input's own dtype (f32 parameters get f32 gradients) within the same bound. Then the
+ * every gradient in its input's own dtype (f32 parameters get f32 gradients) within the same bound; the whole table
+ * with f32 products, then again with bf16 products (m2_set_matmul_precision). Then the
  * activation switch (m2_set_activation_dtype: matmul and linear return bf16), and a bf16 / f64 mix refused with
  * the op and the dtypes named. */
 #include "check.h"
@@ -223,6 +224,12 @@ static void refused_mixes(void) {
 
 int main(void) {
   table_cases();
+  /* again with bf16 products (m2_set_matmul_precision): what activations=bf16 runs under (the reference's f32
+     products round their operands, attention its P and dS too, and bf16 inputs take the same path) */
+  printf("with bf16 products:\n");
+  m2_set_matmul_precision(M2_MM_BF16);
+  table_cases();
+  m2_set_matmul_precision(M2_MM_F32);
   activation_switch();
   refused_mixes();
   printf("test_bf16_cases: %d case variants (worst error fwd %.2e bwd %.2e)\n", g_cases, g_worst_fwd, g_worst_bwd);
