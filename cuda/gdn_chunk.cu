@@ -1,6 +1,7 @@
 /* gdn_chunk.cu — the chunked Gated DeltaNet forward on tensor cores (DESIGN 3.2; the CPU file core/ops_gdn.c holds
- * the same maths in double). Off by default: cuda/ops_gdn.cu takes it only when M2_GDN_CHUNK_TC is 1 or fwd (read
- * once) or a program called m2_cuda_gdn_chunk_tc(1 or 2), and only for shapes gdn_tc_shape_ok() accepts. Its
+ * the same maths in double). On by default (M2_GDN_CHUNK_TC=0 turns it off, =fwd keeps the recurrent backward; read
+ * once; or m2_cuda_gdn_chunk_tc(0, 1 or 2)): cuda/ops_gdn.cu takes it for the shapes gdn_tc_shape_ok() accepts with
+ * bf16 inputs or bf16 products (gdn_tc_precision_ok). Its
  * backward is cuda/gdn_chunk_bwd.cu (switch 1) or the recurrent one (switch 2).
  *
  * Per (b, h), chunks of C = 64 tokens, local index r, j in [0, 64); the state S (K x V) at the chunk's start:
@@ -182,17 +183,21 @@ long g_calls;
 
 extern "C" int m2_cuda_gdn_chunk_tc(int set) {
   if (set >= 0) g_switch = set <= 2 ? set : 1;
-  else if (g_switch < 0) {
+  else if (g_switch < 0) { /* on unless M2_GDN_CHUNK_TC=0 (since its parity and speed were measured on an H100) */
     const char *e = getenv("M2_GDN_CHUNK_TC");
-    g_switch = !e ? 0 : strcmp(e, "1") == 0 ? 1 : strcmp(e, "fwd") == 0 ? 2 : 0;
+    g_switch = !e || !*e ? 1 : strcmp(e, "0") == 0 || strcmp(e, "off") == 0 ? 0 : strcmp(e, "fwd") == 0 ? 2 : 1;
   }
   return g_switch;
 }
 
 extern "C" long m2_cuda_gdn_chunk_tc_calls(void) { return g_calls; }
 
-bool gdn_tc_applies(const m2_gdn_attr *d, int64_t seg) {
-  return m2_cuda_gdn_chunk_tc(-1) >= 1 && gdn_tc_shape_ok(d, seg);
+bool gdn_tc_precision_ok(m2_dtype dt) {
+  return dt == M2_BF16 || (dt == M2_F32 && m2_matmul_precision() == M2_MM_BF16);
+}
+
+bool gdn_tc_applies(const m2_gdn_attr *d, int64_t seg, m2_dtype dt) {
+  return m2_cuda_gdn_chunk_tc(-1) >= 1 && gdn_tc_precision_ok(dt) && gdn_tc_shape_ok(d, seg);
 }
 
 bool gdn_tc_shape_ok(const m2_gdn_attr *d, int64_t seg) {

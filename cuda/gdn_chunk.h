@@ -1,6 +1,6 @@
 /* gdn_chunk.h — internal (C++): the chunked tensor-core Gated DeltaNet forward (cuda/gdn_chunk.cu) and backward
- * (cuda/gdn_chunk_bwd.cu) that cuda/ops_gdn.cu takes when they are switched on (M2_GDN_CHUNK_TC=1 both, =fwd the
- * forward only; m2_cuda_gdn_chunk_tc) and the call's shape fits the tiling; the recurrent kernels there serve every
+ * (cuda/gdn_chunk_bwd.cu) that cuda/ops_gdn.cu takes when they are switched on (the default: both; M2_GDN_CHUNK_TC=fwd the
+ * forward only, =0 neither; m2_cuda_gdn_chunk_tc) and the call's shape and precision fit; the recurrent kernels there serve every
  * other call. d is the call's checked attributes. */
 #ifndef M2_CUDA_GDN_CHUNK_H
 #define M2_CUDA_GDN_CHUNK_H
@@ -17,9 +17,13 @@ extern "C" {
  * multiple of 64, seg = 64, T >= 1, B H < 65536, ceil(T / 64) < 65536 (grid dimensions). */
 bool gdn_tc_shape_ok(const m2_gdn_attr *d, int64_t seg);
 /* Whether the forward (switch 1 or 2) / the backward (switch 1) takes the chunked kernels: the switch (the
- * environment read once, m2_cuda_gdn_chunk_tc) and the shape. */
-bool gdn_tc_applies(const m2_gdn_attr *d, int64_t seg);
-bool gdn_tc_bwd_applies(const m2_gdn_attr *d, int64_t seg);
+ * environment read once, m2_cuda_gdn_chunk_tc), the shape, and the precision: their products round every operand to
+ * bf16, so they take bf16 inputs, or f32 inputs only when f32 products were not asked for (m2_matmul_precision() ==
+ * M2_MM_BF16, as under precision = "bf16"); f32 inputs under M2_MM_F32 keep the recurrent fp32 kernels. */
+bool gdn_tc_applies(const m2_gdn_attr *d, int64_t seg, m2_dtype dt);
+bool gdn_tc_bwd_applies(const m2_gdn_attr *d, int64_t seg, m2_dtype dt);
+/* bf16, or f32 under M2_MM_BF16 */
+bool gdn_tc_precision_ok(m2_dtype dt);
 
 /* Forward on stream st. in = {q, k, v, g, beta, h0 or NULL} (dtype dt: f32 or bf16, contiguous); o (B,T,H,V) and
  * hT (B,H,K,V) in dt; ck (B,H,NS,V,K) fp32 (NS = ceil(T / 64)) or NULL. dev: where the scratch goes. */

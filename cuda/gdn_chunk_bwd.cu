@@ -1,5 +1,5 @@
 /* gdn_chunk_bwd.cu — the chunked Gated DeltaNet backward (forward and notation: cuda/gdn_chunk.cu). Taken with the
- * switch at 1 (M2_GDN_CHUNK_TC=1 or m2_cuda_gdn_chunk_tc(1)) for the shapes gdn_tc_shape_ok() accepts; it reads the
+ * switch at 1 (the default; m2_cuda_gdn_chunk_tc(1)) for the shapes and precisions the forward takes; it reads the
  * fp32 states before every chunk that either forward kept, (B, H, NS, V, K), seg 64.
  *
  * Per chunk, last first, with S its start state, dS' the gradient of the state after it, dO its output rows:
@@ -547,8 +547,8 @@ long g_bwd_calls;
 
 extern "C" long m2_cuda_gdn_chunk_tc_bwd_calls(void) { return g_bwd_calls; }
 
-bool gdn_tc_bwd_applies(const m2_gdn_attr *d, int64_t seg) {
-  return m2_cuda_gdn_chunk_tc(-1) == 1 && gdn_tc_shape_ok(d, seg);
+bool gdn_tc_bwd_applies(const m2_gdn_attr *d, int64_t seg, m2_dtype dt) {
+  return m2_cuda_gdn_chunk_tc(-1) == 1 && gdn_tc_precision_ok(dt) && gdn_tc_shape_ok(d, seg);
 }
 
 m2_status gdn_tc_backward(const m2_gdn_attr *d, m2_dtype dt, m2_device dev, cudaStream_t st, const void *const in[6],

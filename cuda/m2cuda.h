@@ -14,18 +14,19 @@ m2_status m2_cuda_register(void);
 
 /* Calls of the tensor-core attention kernels so far (tests check that a call took that path). */
 long m2_cuda_attention_tc_calls(void);
-/* Forwards of the "ssd_chunked" row run by the chunked tensor-core kernels so far (M2_SSD_CHUNK_TC=1). */
+/* SSD forwards (rows "ssd" and "ssd_chunked") run by the chunked tensor-core kernels so far. */
 long m2_cuda_ssd_chunk_tc_calls(void);
-/* Backwards of the "ssd_chunked" row run by the chunked tensor-core kernels so far (M2_SSD_CHUNK_TC=1). */
+/* SSD backwards run by the chunked tensor-core kernels so far. */
 long m2_cuda_ssd_chunk_tc_bwd_calls(void);
 /* The chunked SSD kernels' mode from now on (tests, benchmarks): 0 off, 1 on (the chain kernel), 2 on with the chunk
  * states made in two launches (chunk-local states, then a pass over them); -1 keeps it. Returns the previous mode
- * (at first: M2_SSD_CHUNK_TC, 0 when unset). */
+ * (at first: M2_SSD_CHUNK_TC: 1 when unset, 0 for "0" or "off", 2 for "2"). */
 int m2_cuda_ssd_chunk_mode(int mode);
 
 /* The chunked tensor-core Gated DeltaNet kernels (cuda/gdn_chunk.cu, gdn_chunk_bwd.cu): set = 1 switches forward
  * and backward on for this process, 2 the forward only (the backward stays recurrent), 0 off; set = -1 only asks;
- * returns the setting. Off unless the environment has M2_GDN_CHUNK_TC=1 (or =fwd: 2), read at the first call.
+ * returns the setting. On (1) unless the environment has M2_GDN_CHUNK_TC=0 (or =fwd: 2), read at the first call; it
+ * applies to bf16 inputs and to f32 inputs under M2_MM_BF16 products (cuda/gdn_chunk.h).
  * Calls of the chunked forward / backward so far (tests check that a call took that path). */
 int m2_cuda_gdn_chunk_tc(int set);
 long m2_cuda_gdn_chunk_tc_calls(void);

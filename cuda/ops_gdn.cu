@@ -1,7 +1,8 @@
 /* ops_gdn.cu — Gated DeltaNet (DESIGN 3.2) on CUDA: a correct recurrent forward/backward. The rows "gdn" and
  * "gdn_chunked" both run these recurrent kernels (same results as the CPU reference; the chunk only sets the
- * checkpoint interval, at most 64), except that with M2_GDN_CHUNK_TC=1 (off by default) a call whose shape fits
- * takes the chunked tensor-core kernels of cuda/gdn_chunk.cu (forward) and cuda/gdn_chunk_bwd.cu (backward);
+ * checkpoint interval, at most 64), except that a call whose shape fits, with bf16 inputs or bf16 products (unless
+ * M2_GDN_CHUNK_TC=0; on by default since its parity and speed were measured on an H100, 2026-12-07) takes the
+ * chunked tensor-core kernels of cuda/gdn_chunk.cu (forward) and cuda/gdn_chunk_bwd.cu (backward);
  * M2_GDN_CHUNK_TC=fwd takes the chunked forward only. Both forwards keep the same checkpoints, so either backward
  * runs after either forward.
  *
@@ -204,7 +205,7 @@ static m2_status gdn_forward(m2_opcall *c) {
   m2_tensor *o, *hT, *ck;
   m2_status s = mx_fwd_outputs(c, so, sh, sck, &o, &hT, &ck);
   int64_t nw = d.B * d.H * d.V;
-  if (s == M2_OK && nw > 0 && gdn_tc_applies(&d, seg)) {
+  if (s == M2_OK && nw > 0 && gdn_tc_applies(&d, seg, c->in[0]->dtype)) {
     const void *in[6];
     for (int i = 0; i < 6; i++) in[i] = c->in[i] ? m2_data(c->in[i]) : NULL;
     s = gdn_tc_forward(&d, c->in[0]->dtype, c->in[0]->device, st, in, m2_data(o), m2_data(hT),
@@ -233,7 +234,7 @@ extern "C" m2_status m2_cuda_gdn_bwd(m2_opcall *c) {
   cudaStream_t st;
   M2_TRY(cu_stream(c->in[0]->device, &st));
   int64_t K = d.K, V = d.V, BH = d.B * d.H, row = 2 * K + 2;
-  if (gdn_tc_bwd_applies(&d, seg)) { /* the chunked tensor-core backward (cuda/gdn_chunk_bwd.cu) */
+  if (gdn_tc_bwd_applies(&d, seg, c->in[0]->dtype)) { /* the chunked tensor-core backward (cuda/gdn_chunk_bwd.cu) */
     mx_bwd_work w;
     m2_status s = mx_bwd_open(c, 1, 1, 1, &w);
     if (s == M2_OK) {

@@ -13,8 +13,8 @@ extern "C" {
 m2_status m2_cuda_gdn_fwd(m2_opcall *c);
 m2_status m2_cuda_gdn_chunked_fwd(m2_opcall *c);
 m2_status m2_cuda_gdn_bwd(m2_opcall *c);
-/* Mamba-2 SSD: rows "ssd" and "ssd_chunked" run the recurrent kernels; with M2_SSD_CHUNK_TC=1 the forward and
- * backward of "ssd_chunked" run the chunked tensor-core form (cuda/ssd_chunk.cu) where it applies. */
+/* Mamba-2 SSD: rows "ssd" and "ssd_chunked" run the chunked tensor-core form (cuda/ssd_chunk.cu) where it applies
+ * (unless M2_SSD_CHUNK_TC=0), the recurrent kernels otherwise. */
 m2_status m2_cuda_ssd_fwd(m2_opcall *c);
 m2_status m2_cuda_ssd_chunked_fwd(m2_opcall *c);
 m2_status m2_cuda_ssd_bwd(m2_opcall *c);

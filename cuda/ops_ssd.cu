@@ -1,8 +1,8 @@
 /* ops_ssd.cu — Mamba-2 SSD (DESIGN 3.3) on CUDA: a correct recurrent forward/backward. The rows "ssd" and
  * "ssd_chunked" both run these recurrent kernels (same results as the CPU reference; the chunk only sets the
- * checkpoint interval, at most 64), except that with M2_SSD_CHUNK_TC=1 (read once; off by default until measured on
- * a GPU) the forward and backward of "ssd_chunked" run the chunked tensor-core form of cuda/ssd_chunk.cu where it
- * applies (ssd_chunk_applies: bf16 products, tiles that fit); its chunk states are this file's checkpoints, so
+ * checkpoint interval, at most 64), except that the forward and backward of both rows run the chunked tensor-core
+ * form of cuda/ssd_chunk.cu where it applies (on by default since parity and speed were measured on an H100,
+ * 2026-12-07; M2_SSD_CHUNK_TC=0 turns it off, read once) (ssd_chunk_applies: bf16 products, tiles that fit); its chunk states are this file's checkpoints, so
  * either backward pairs with either forward.
  *
  * The recurrence never mixes the rows of the state h (P x N) of a head:
@@ -218,7 +218,7 @@ static m2_status ssd_forward(m2_opcall *c) {
   m2_tensor *y, *hT, *ck;
   m2_status s = mx_fwd_outputs(c, sy, sh, sck, &y, &hT, &ck);
   int64_t nw = d.B * d.H * d.P;
-  if (s == M2_OK && c->op == &m2_op_ssd_chunked && ssd_chunk_applies(c, seg, false)) {
+  if (s == M2_OK && ssd_chunk_applies(c, seg, false)) {
     /* the chunked tensor-core form; its chunk states are the checkpoints (scratch when none are kept) */
     m2_tensor *cs = ck ? ck : cu_scratch_f32(c->in[0]->device, d.B * d.H * NS * d.P * d.N);
     s = cs ? ssd_chunk_forward(c, seg, y, hT, cs, st) : m2_errcode();
@@ -246,7 +246,7 @@ extern "C" m2_status m2_cuda_ssd_bwd(m2_opcall *c) {
   m2_dtype dt = c->in[0]->dtype;
   cudaStream_t st;
   M2_TRY(cu_stream(dev, &st));
-  if (c->op == &m2_op_ssd_chunked && ssd_chunk_applies(c, seg, true)) { /* the chunked tensor-core backward */
+  if (ssd_chunk_applies(c, seg, true)) { /* the chunked tensor-core backward */
     mx_bwd_work w;
     m2_status s = mx_bwd_open(c, 1, 1, 1, &w);
     if (s == M2_OK) s = ssd_chunk_backward(c, seg, w.dy, w.dhT, w.din, st);

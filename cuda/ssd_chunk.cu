@@ -595,8 +595,8 @@ int g_mode = -1; /* 0 off, 1 k_chain, 2 k_state + k_pass; M2_SSD_CHUNK_TC read o
 
 int chunk_switch(void) {
   if (g_mode < 0) {
-    const char *e = getenv("M2_SSD_CHUNK_TC");
-    g_mode = e && (strcmp(e, "1") == 0 || strcmp(e, "2") == 0) ? atoi(e) : 0;
+    const char *e = getenv("M2_SSD_CHUNK_TC"); /* on (1) unless 0 / off; 2 the two-launch chunk states */
+    g_mode = e && (strcmp(e, "0") == 0 || strcmp(e, "off") == 0) ? 0 : e && strcmp(e, "2") == 0 ? 2 : 1;
   }
   return g_mode;
 }

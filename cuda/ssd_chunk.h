@@ -1,6 +1,6 @@
 /* ssd_chunk.h — the chunked (state-space dual) Mamba-2 SSD forward and backward on tensor cores (cuda/ssd_chunk.cu),
- * used by the "ssd_chunked" row of cuda/ops_ssd.cu when M2_SSD_CHUNK_TC=1 (read once) and the call fits
- * (ssd_chunk_applies); otherwise that row runs the recurrent kernels. Included by cuda/ops_ssd.cu only. */
+ * used by both rows ("ssd", "ssd_chunked") of cuda/ops_ssd.cu unless M2_SSD_CHUNK_TC=0 (read once), when the call
+ * fits (ssd_chunk_applies); otherwise they run the recurrent kernels. Included by cuda/ops_ssd.cu only. */
 #ifndef M2_CUDA_SSD_CHUNK_H
 #define M2_CUDA_SSD_CHUNK_H
 #include "ops_common.cuh"

@@ -24,7 +24,9 @@ local cfg = m2.config {
   -- settings passed to every member (experiments/state_tracking.lua's defaults when 0 / "")
   group = "", train_len = 0, steps = 0, batch = 0, lr = 0.0, d = 0, layers = 0,
   eval_batches = 0,
-  curriculum = -1, weight_decay = -1.0, warmup = -1, -- -1: the member's default (0 is a setting for these)
+  -- -1: the member's default (0 is a setting for these)
+  curriculum = -1, curriculum_start = -1, weight_decay = -1.0, warmup = -1, dt_min = -1.0, dt_max = -1.0,
+  init_std = -1.0, grad_clip = -1.0, heads = -1, k = -1, v = -1,
 }
 
 -- the member overrides shared by all
@@ -33,7 +35,8 @@ for _, k in ipairs { "group", "train_len", "steps", "batch", "lr", "d", "layers"
   local v = cfg[k]
   if v ~= 0 and v ~= "" then set[k] = v end
 end
-for _, k in ipairs { "curriculum", "weight_decay", "warmup" } do
+for _, k in ipairs { "curriculum", "curriculum_start", "weight_decay", "warmup", "dt_min", "dt_max", "init_std",
+                    "grad_clip", "heads", "k", "v" } do
   if cfg[k] >= 0 then set[k] = cfg[k] end
 end
 set.eval_every = 0 -- only the final evaluation (after the last step)

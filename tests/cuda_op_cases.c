@@ -22,6 +22,9 @@ static bool has_cuda(const m2_op *op, const op_case *c, const char **missing) {
 
 int main(void) {
   PAR_SKIP_WITHOUT_GPU("cuda_op_cases");
+  /* the recurrent GDN / SSD kernels, which follow the reference step by step; the chunked tensor-core ones (on by
+     default for bf16) have their own tests, cuda_ops_gdn_chunk and cuda_ops_ssd_chunk, with their bounds */
+  m2_cuda_gdn_chunk_tc(0), m2_cuda_ssd_chunk_mode(0);
   int skipped = 0;
   for (int k = 0; k < oc_ncases; k++) {
     const op_case *c = &oc_cases[k];

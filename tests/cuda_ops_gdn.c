@@ -74,6 +74,7 @@ static void api_and_errors(void) {
 
 int main(void) {
   PAR_SKIP_WITHOUT_GPU("cuda_ops_gdn");
+  m2_cuda_gdn_chunk_tc(0); /* the recurrent kernels here; the chunked ones (default for bf16): cuda_ops_gdn_chunk */
   uint64_t seed = 500;
   /* both rows (same CUDA kernels); checkpoint segments 64 / 16 / 64 / 7 */
   gdn_case("gdn", 2, 77, 3, 32, 24, true, 0, 0, seed += 10);

@@ -1,14 +1,16 @@
 /* cuda_ops_gdn_chunk.c — the chunked tensor-core GDN forward and backward (cuda/gdn_chunk.cu, gdn_chunk_bwd.cu),
- * switched on here by the test itself (m2_cuda_gdn_chunk_tc: the test does not depend on M2_GDN_CHUNK_TC):
+ * on by default (checked first, with M2_GDN_CHUNK_TC unset), switched per case by m2_cuda_gdn_chunk_tc:
  *  - small sizes against the CPU reference row gdn_chunked (float64) through m2_gdn_chunked, f32 and bf16 inputs,
  *    T a multiple of 64 and not, with and without h0: o, hT, then every input gradient, with the chunked backward
  *    (switch 1) and with the recurrent backward on the chunked forward's states (switch 2, "fwd"); each call checked
  *    to have taken the path it should (the call counters);
  *  - a shape the tiling does not take (K = 40) falls back to the recurrent kernels (no chunked call) and agrees;
+ *  - f32 inputs take the chunked kernels under bf16 products (M2_MM_BF16) only; under f32 products the recurrent;
  *  - a full 400M-like layer (B 2, T 4096, H 2, K 256, V 512, bf16, h0) against the recurrent CUDA forward and
  *    backward (switch 0), outputs and gradients.
  * Bounds: max |cuda - ref| / max |ref| per tensor <= 2e-2 forward, 5e-2 gradients (bf16 operands of every product:
  * the inputs, T, W, U, S, V' are rounded to bf16 as operands). Skips (77) without a GPU. */
+#include <stdlib.h>
 #include "cuda_mixer_parity.h"
 
 static const double TOL_FWD = 2e-2, TOL_BWD = 5e-2;
@@ -122,14 +124,31 @@ static void small_case(int64_t B, int64_t T, int64_t H, int64_t K, int64_t V, bo
   arr in[6];
   gdn_inputs(in, B, T, H, K, V, h0, seed);
   for (int mode = 1; mode <= 2; mode++) {
+    int prev = m2_set_matmul_precision(M2_MM_BF16); /* f32 inputs take the chunked kernels only under bf16 products */
     compare(name, in, M2_F32, false, want_tc, mode, seed);
+    m2_set_matmul_precision(prev);
     compare(name, in, M2_BF16, false, want_tc, mode, seed + 1);
   }
   for (int i = 0; i < 6; i++) arr_free(&in[i]);
 }
 
+/* f32 inputs under f32 products (M2_MM_F32, the default) keep the recurrent fp32 kernels at a shape the chunked
+ * ones take, with the switch on: the chunked kernels round their operands to bf16, a precision loss f32 does not ask
+ * for. Also: the switch is on by default (no M2_GDN_CHUNK_TC in the test's environment). */
+static void f32_products_stay_recurrent(uint64_t seed) {
+  arr in[6];
+  gdn_inputs(in, 1, 128, 1, 64, 128, false, seed);
+  int prev = m2_set_matmul_precision(M2_MM_F32);
+  for (int mode = 1; mode <= 2; mode++) compare("B1 T128 K64 V128, f32 products (recurrent)", in, M2_F32, false,
+                                                false, mode, seed);
+  m2_set_matmul_precision(prev);
+  for (int i = 0; i < 6; i++) arr_free(&in[i]);
+}
+
 int main(void) {
   PAR_SKIP_WITHOUT_GPU("cuda_ops_gdn_chunk");
+  unsetenv("M2_GDN_CHUNK_TC");
+  CHECK(m2_cuda_gdn_chunk_tc(-1) == 1, "the chunked kernels are not on by default (switch %d)", m2_cuda_gdn_chunk_tc(-1));
   uint64_t seed = 900;
   small_case(2, 77, 2, 32, 64, true, true, seed += 10);   /* two chunks, the second partial */
   small_case(1, 128, 1, 64, 128, false, true, seed += 10); /* whole chunks, two column blocks */
@@ -137,6 +156,7 @@ int main(void) {
   small_case(2, 5, 1, 16, 64, false, true, seed += 10);   /* one short chunk */
   small_case(1, 130, 1, 256, 64, true, true, seed += 10); /* the paper's K: two S tiles a warp */
   small_case(1, 70, 1, 40, 64, true, false, seed += 10);  /* K = 40: the recurrent kernels */
+  f32_products_stay_recurrent(seed += 10);
   { /* the 400M layer's dims at B 2 against the recurrent CUDA kernels */
     arr in[6];
     gdn_inputs(in, 2, 4096, 2, 256, 512, true, seed += 10);

@@ -63,6 +63,7 @@ static void api_and_errors(void) {
 
 int main(void) {
   PAR_SKIP_WITHOUT_GPU("cuda_ops_ssd");
+  m2_cuda_ssd_chunk_mode(0); /* the recurrent kernels here; the chunked ones (default for bf16): cuda_ops_ssd_chunk */
   uint64_t seed = 540;
   /* G < H, P over one block, N up to 130 */
   ssd_case("ssd", 2, 77, 4, 16, 2, 24, true, 0, seed += 10);

@@ -123,10 +123,11 @@ static void vs_cpu(m2_dtype dt, int64_t B, int64_t T, int64_t H, int64_t P, int6
 }
 
 /* The chunked row against the recurrent CUDA row (m2_ssd, same checkpoint interval) on the same dt inputs. */
-static void vs_recurrent(m2_dtype dt, int64_t B, int64_t T, int64_t H, int64_t P, int64_t G, int64_t N, bool h0,
-                         int64_t chunk, bool expect_chunked, double tol, uint64_t seed) {
+/* chunked_row false: the row "ssd" (m2_ssd) is the one tested against the recurrent kernels (mode 0). */
+static void vs_recurrent_row(bool chunked_row, m2_dtype dt, int64_t B, int64_t T, int64_t H, int64_t P, int64_t G,
+                             int64_t N, bool h0, int64_t chunk, bool expect_chunked, double tol, uint64_t seed) {
   char name[128];
-  snprintf(name, sizeof name, "vs rec %s B%lld T%lld H%lld P%lld N%lld%s c%lld", m2_dtype_name(dt), (long long)B,
+  snprintf(name, sizeof name, "vs rec %s%s B%lld T%lld H%lld P%lld N%lld%s c%lld", chunked_row ? "" : "row ssd ", m2_dtype_name(dt), (long long)B,
            (long long)T, (long long)H, (long long)P, (long long)N, h0 ? " h0" : "", (long long)chunk);
   ssd_in s = make_in(B, T, H, P, G, N, h0, seed);
   m2_tensor *ain[6] = {0}, *bin[6] = {0}, *ay[2] = {0}, *by[2] = {0}, *ado[2] = {0}, *bdo[2] = {0}, *ref = NULL;
@@ -144,7 +145,13 @@ static void vs_recurrent(m2_dtype dt, int64_t B, int64_t T, int64_t H, int64_t P
   long before = m2_cuda_ssd_chunk_tc_calls(), bbefore = m2_cuda_ssd_chunk_tc_bwd_calls();
   int64_t seg = chunk < 64 ? chunk : 64; /* m2_ssd with the chunked row's checkpoint interval */
   int pr = m2_matmul_precision();
-  bool oka = fwd_bwd(true, ain, chunk, ado, ay, pr, pr), okb = fwd_bwd(false, bin, seg, bdo, by, pr, pr);
+  bool oka = fwd_bwd(chunked_row, ain, chunked_row ? chunk : seg, ado, ay, pr, pr);
+  long after = m2_cuda_ssd_chunk_tc_calls(), bafter = m2_cuda_ssd_chunk_tc_bwd_calls();
+  int mode = m2_cuda_ssd_chunk_mode(0); /* the reference: the recurrent kernels */
+  bool okb = fwd_bwd(false, bin, seg, bdo, by, pr, pr);
+  m2_cuda_ssd_chunk_mode(mode);
+  CHECK(m2_cuda_ssd_chunk_tc_calls() == after && m2_cuda_ssd_chunk_tc_bwd_calls() == bafter,
+        "%s: the reference took the chunked kernels", name);
   CHECK(oka && okb && gpu_sync_ok(), "%s: forward / backward failed: %s", name, m2_errmsg());
   CHECK(m2_cuda_ssd_chunk_tc_calls() == before + expect_chunked &&
             m2_cuda_ssd_chunk_tc_bwd_calls() == bbefore + expect_chunked,
@@ -155,9 +162,15 @@ static void vs_recurrent(m2_dtype dt, int64_t B, int64_t T, int64_t H, int64_t P
   arr_free(&dy), arr_free(&dh);
 }
 
+static void vs_recurrent(m2_dtype dt, int64_t B, int64_t T, int64_t H, int64_t P, int64_t G, int64_t N, bool h0,
+                         int64_t chunk, bool expect_chunked, double tol, uint64_t seed) {
+  vs_recurrent_row(true, dt, B, T, H, P, G, N, h0, chunk, expect_chunked, tol, seed);
+}
+
 int main(void) {
-  setenv("M2_SSD_CHUNK_TC", "1", 1); /* read once, at the first chunked call */
+  unsetenv("M2_SSD_CHUNK_TC"); /* read once: on by default */
   PAR_SKIP_WITHOUT_GPU("cuda_ops_ssd_chunk");
+  CHECK(m2_cuda_ssd_chunk_mode(-1) == 1, "the chunked kernels are not on by default (mode %d)", m2_cuda_ssd_chunk_mode(-1));
   uint64_t seed = 910;
   for (int mode = 1; mode <= 2; mode++) { /* the chunk states by the chain kernel, then by two launches */
     m2_cuda_ssd_chunk_mode(mode);
@@ -173,6 +186,8 @@ int main(void) {
     }
     /* the 400M layer shape, T not a multiple of the chunk */
     vs_recurrent(M2_BF16, 2, 1000, 64, 19, 1, 216, true, 256, true, TOL, seed += 10);
+    /* the row "ssd" (the Mamba-2 layer's default) takes the chunked kernels too */
+    vs_recurrent_row(false, M2_BF16, 1, 300, 8, 19, 1, 216, true, 0, true, TOL, seed += 10);
   }
   m2_cuda_ssd_chunk_mode(1);
   /* f32 under fp32 products: the recurrent kernels (no rounding to bf16) */

@@ -14,7 +14,7 @@ left() { echo $((deadline - SECONDS)); }
 mkdir -p "$out"
 . "$root/cuda/bench/gpu_configure.sh"
 t0=$SECONDS
-ninja -C "$build" m2lab bench_gdn bench_ssd >>"$out/build.log" 2>&1 || { tail -40 "$out/build.log"; exit 3; }
+ninja -C "$build" >>"$out/build.log" 2>&1 || { tail -40 "$out/build.log"; exit 3; }
 echo "build: $((SECONDS - t0)) s"
 ncpu=$(nproc)
 
@@ -40,22 +40,26 @@ run_step() { # name env... -- step_time args
     batch=4 steps=4 warmup=1 out=/tmp/st_$name.h5 "$@" >"$out/step_$name.log" 2>&1)
   echo "step $name: $(tail -1 "$out/step_$name.log")"
 }
-taskset -c 0-1 "$build/bench/bench_gdn" 5 >"$out/bench_gdn.md" 2>&1
-echo "bench_gdn: exit $?"; cat "$out/bench_gdn.md"
-# per-kernel times of the chunked kernels (Nsight Compute, one metric, clocks left alone), first 400M launches
-kre='regex:k_gdn_(prep|scan|bscan|bgrad|bwy)|k_chain|k_scan|k_bwd|k_state|k_pass|k_group_sum|k_da_sum'
-for b in gdn ssd; do
-  timeout 120 taskset -c 0-1 ncu --clock-control none --metrics gpu__time_duration.sum -k "$kre" --launch-count 48 \
-    "$build/bench/bench_$b" 1 >"$out/ncu_$b.txt" 2>&1
-  echo "ncu bench_$b: exit $? ($(grep -c gpu__time_duration "$out/ncu_$b.txt") kernels)"
+# the parity tests of the kernels whose defaults changed (chunked GDN / SSD on), then the steps, then the benchmarks
+for t in cuda_ops_gdn_chunk cuda_ops_ssd_chunk cuda_ops_gdn cuda_ops_ssd cuda_op_cases; do
+  [ "$(left)" -gt 60 ] || break
+  timeout 150 taskset -c 0-1 "$build/tests/$t" >"$out/test_$t.log" 2>&1
+  echo "$t: exit $? ($(tail -1 "$out/test_$t.log"))"
 done
 G=config=experiments/configs/400m-hybrid-gdn.lua S=config=experiments/configs/400m-hybrid-mamba2.lua
 run_step gdn_rec M2_GDN_CHUNK_TC=0 -- $G
-run_step gdn_chunk M2_GDN_CHUNK_TC=1 -- $G
-run_step gdn_chunk_layer M2_GDN_CHUNK_TC=1 -- $G chunked=1
+run_step gdn_default M2_GDN_STEP_DEFAULT=1 -- $G
 run_step ssd_rec M2_SSD_CHUNK_TC=0 -- $S
-run_step ssd_chunk_composed M2_SSD_CHUNK_TC=0 -- $S chunked=1
-run_step ssd_chunk_tc M2_SSD_CHUNK_TC=1 -- $S chunked=1
+run_step ssd_default M2_SSD_STEP_DEFAULT=1 -- $S
+[ "$(left)" -gt 60 ] && { taskset -c 0-1 "$build/bench/bench_gdn" 5 >"$out/bench_gdn.md" 2>&1; echo "bench_gdn: exit $?"; }
+# per-kernel times of the chunked kernels (Nsight Compute, one metric, clocks left alone), first 400M launches
+kre='regex:k_gdn_(prep|scan|bscan|bgrad|bwy)|k_chain|k_scan|k_bwd|k_state|k_pass|k_group_sum|k_da_sum'
+for b in gdn ssd; do
+  [ "$(left)" -gt 60 ] || break
+  timeout $(($(left) - 40)) taskset -c 0-1 ncu --clock-control none --metrics gpu__time_duration.sum -k "$kre" \
+    --launch-count 48 "$build/bench/bench_$b" 1 >"$out/ncu_$b.txt" 2>&1
+  echo "ncu bench_$b: exit $? ($(grep -c gpu__time_duration "$out/ncu_$b.txt") kernels)"
+done
 echo "steps done ($(left) s left)"
 for p in "${pids[@]}"; do wait "$p"; done
 for f in "$out"/st_*.log; do [ -f "$f" ] && { echo "== $f"; tail -25 "$f"; }; done
