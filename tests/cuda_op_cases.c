@@ -2,7 +2,9 @@
  * op: each case's inputs, made once, run on the CPU (f32, the reference) and on CUDA (f32, then bf16) with the same
  * rounded values; forward outputs, then the gradient of every input the case differentiates under a random output
  * gradient, compared with tests/cuda_parity.h (max |cuda - cpu| / max |cpu| per tensor, NaN never passes; bounds
- * 1e-5 f32 and 1e-2 bf16 unless the case sets its own). Forward-only cases compare outputs only. An op with no CUDA
+ * 1e-5 f32 and 1e-2 bf16 unless the case sets its own). Forward-only cases compare outputs only. The table's
+ * bf16-activation rows ("bf16 ..." in tests/op_cases.c) round some inputs to bf16 themselves, so their f32 pass
+ * checks the CUDA side of a bf16 / f32 mix (core/op_cast.c) against the CPU's. An op with no CUDA
  * kernel is reported as skipped by name. Skips (77) without a GPU. */
 #include "cuda_parity.h"
 #include "op_cases.h"

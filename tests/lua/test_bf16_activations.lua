@@ -51,13 +51,19 @@ local function run(activations, seed, out)
   m2.seed(seed)
   local model = m2.models.lm(SPEC)
   local seen = {}
-  local mix = model.blocks[1].mixer.in_proj -- what the M2RNN layer's input projection returns while training
+  -- what the M2RNN layer's input projection, the M2RNN op and the block (the residual stream) return while training
+  local mix = model.blocks[1].mixer.in_proj
   local inner = mix.forward
   mix.forward = function(self, x) local y = inner(self, x); seen[#seen + 1] = y:dtype(); return y end
+  local block, inner_block = model.blocks[1], model.blocks[1].forward
+  block.forward = function(self, ...) local y = inner_block(self, ...); seen.block = y:dtype(); return y end
+  local op = m2.m2rnn
+  m2.m2rnn = function(...) local y, hT = op(...); seen.y, seen.hT = y:dtype(), hT:dtype(); return y, hT end
   local losses = {}
   local s = m2.train { model = model, data = data_for(0), steps = STEPS, optim = m2.optim.adamw { lr = 3e-3 },
                        out = out or false, precision = "bf16", activations = activations, quiet = true,
                        loss = function(m, x, y) local l = m:loss(x, y); losses[#losses + 1] = l:item(); return l end }
+  m2.m2rnn = op
   return s, losses, model, seen
 end
 
@@ -68,6 +74,9 @@ T.case("a tiny hybrid (M2RNN + attention + GDN) trains with bf16 activations as 
   T.eq(s16.status, "done")
   T.eq(seen32[1], "f32", "fp32 activations: the projection returns f32")
   T.eq(seen16[1], "bf16", "bf16 activations: the projection returns bf16")
+  T.eq({ seen16.y, seen16.hT, seen16.block }, { "bf16", "f32", "f32" },
+    "the M2RNN op returns bf16 y and an f32 state; the residual stream stays f32")
+  T.eq({ seen32.y, seen32.hT, seen32.block }, { "f32", "f32", "f32" }, "all f32 without the switch")
   T.eq(m2.activations(), "f32", "the previous setting is back after the run")
   T.eq(#l16, STEPS)
   local worst, worst10, worst_seed = 0, 0, 0
