@@ -93,7 +93,7 @@ extern "C" m2_status m2_cuda_embedding_bwd(m2_opcall *c) {
   return c->din[0] ? M2_OK : m2_errcode();
 }
 
-/* ===== cross_entropy: logits (..., C), targets int (...) -> 0-d mean over kept rows; m2_cross_entropy_attr
+/* ===== cross_entropy: logits (..., C), targets int (...) -> 0-d F32 mean over kept rows; m2_cross_entropy_attr
  * (core/ops_nn_check.h): ignore_index, dlogits in bf16 (f32 logits) =====
  * saved[0] = lse (rows, F32), saved[1] = kept count (0-d I64). */
 
@@ -183,7 +183,7 @@ extern "C" m2_status m2_cuda_cross_entropy_fwd(m2_opcall *c) {
   cudaStream_t st;
   M2_TRY(cu_stream(x->device, &st));
   int64_t rr = rows > 0 ? rows : 1;
-  m2_tensor *o = m2_empty(x->dtype, x->device, 0, NULL);
+  m2_tensor *o = m2_empty(M2_F32, x->device, 0, NULL); /* the loss is fp32 whatever the logits (M2_OP_CAST_F32) */
   m2_tensor *lse = m2_empty(M2_F32, x->device, 1, &rows), *nk = m2_empty(M2_I64, x->device, 0, NULL);
   m2_tensor *loss = m2_empty(M2_F32, x->device, 1, &rr), *kept = m2_empty(M2_I32, x->device, 1, &rr);
   m2_tensor *flag = cu_flag_new(x->device);
@@ -197,8 +197,8 @@ extern "C" m2_status m2_cuda_cross_entropy_fwd(m2_opcall *c) {
                                         (const T *)m2_data(x), m2_data(t), t->dtype == M2_I64, C, ign,
                                         (float *)m2_data(lse), (float *)m2_data(loss), (int *)m2_data(kept),
                                         (unsigned long long *)m2_data(flag)));
-      CU_FLOAT_DISPATCH(x->dtype, k_ce_total<T><<<1, 1024, 0, st>>>((const float *)m2_data(loss), (const int *)m2_data(kept),
-                                                                    rows, (T *)m2_data(o), (int64_t *)m2_data(nk)));
+      k_ce_total<float><<<1, 1024, 0, st>>>((const float *)m2_data(loss), (const int *)m2_data(kept), rows,
+                                            (float *)m2_data(o), (int64_t *)m2_data(nk));
       cudaError_t e = cudaGetLastError();
       if (e != cudaSuccess) s = m2_fail(M2_ERR_CUDA, "cross_entropy: launch failed: %s", cudaGetErrorString(e));
     }
