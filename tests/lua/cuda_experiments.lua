@@ -49,6 +49,31 @@ for _, arch in ipairs { "M", "G", "S", "A" } do
   end)
 end
 
+-- bf16 activations (activations=bf16, core/op_cast.c): the GPU run against the CPU reference of the same setting
+for _, arch in ipairs { "M", "G", "S", "A" } do
+  T.case("tiny_lm arch=" .. arch .. " precision=bf16 activations=bf16: cuda trains like the cpu", function()
+    local args = "arch=" .. arch .. (arch == "M" and " k=64 v=16" or "") .. " precision=bf16 activations=bf16"
+    local c_cpu, t_cpu, s_cpu, l_cpu = run(args .. " device=cpu")
+    local c_gpu, t_gpu, s_gpu, l_gpu = run(args .. " device=cuda")
+    T.eq({ c_cpu, c_gpu }, { 0, 0 }, t_cpu .. t_gpu)
+    T.eq({ s_cpu, s_gpu }, { "done", "done" }, "run-file status")
+    local a, b = l_cpu[2], l_gpu[2]
+    T.ok(a and b and b == b and b < 3.2, string.format("cuda eval loss %s < 3.2 (chance 3.47)", tostring(b)))
+    if a and b then T.ok(math.abs(a - b) < 0.1 * a, string.format("cpu %.4f vs cuda %.4f within 10%%", a, b)) end
+  end)
+end
+
+T.case("step_time.lua activations=bf16 on the GPU: a hybrid (M2RNN, attention, GDN) step runs", function()
+  local out = os.tmpname()
+  os.remove(out)
+  out = out .. ".h5"
+  local code, text = T.run_m2lab(string.format("run %s/experiments/step_time.lua device=cuda layers=MAG d=128 " ..
+    "vocab=256 batch=2 len=128 steps=3 activations=bf16 out=%s", m2.source_dir or ".", out))
+  T.eq(code, 0, text)
+  T.ok(text:find("bf16 activations: median step", 1, true), text)
+  os.remove(out)
+end)
+
 T.case("tiny_lm task=groups device=cuda: the length-generalisation eval runs on the GPU", function()
   local out = os.tmpname()
   os.remove(out)
