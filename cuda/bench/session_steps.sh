@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# session_steps.sh OUTDIR — one device call: the whole 400M training steps with the chunked GDN / SSD kernels against
-# the recurrent ones, and bench_gdn, on CPU cores 0-1, while a state-tracking recipe sweep (CPU runs, bit-identical to
+# session_steps.sh OUTDIR — one device call: the parity tests of the chunked GDN / SSD kernels (on by default), the
+# whole 400M training steps with them against the recurrent ones, hybrid-m2rnn with and without activations=bf16, the
+# CUDA Lua tests, bench_gdn and per-kernel times under Nsight Compute, on CPU cores 0-1, while a state-tracking recipe sweep (CPU runs, bit-identical to
 # this VM's) uses the other cores. Everything lands in OUTDIR/all.tar.gz (the device tool returns few files).
 #   M2_DEADLINE_S   seconds for the whole call (default 560)
 #   M2_ST_SWEEPS    ';'-separated sweeps, each "name:overrides" for experiments/sweep_state_tracking.lua
@@ -51,6 +52,11 @@ run_step gdn_rec M2_GDN_CHUNK_TC=0 -- $G
 run_step gdn_default M2_GDN_STEP_DEFAULT=1 -- $G
 run_step ssd_rec M2_SSD_CHUNK_TC=0 -- $S
 run_step ssd_default M2_SSD_STEP_DEFAULT=1 -- $S
+run_step m2rnn M2_STEP=1 --
+run_step m2rnn_act_bf16 M2_STEP=1 -- activations=bf16
+[ "$(left)" -gt 90 ] && { (cd "$build" && timeout $(($(left) - 60)) taskset -c 0-1 ctest -R "lua_cuda" \
+  --output-on-failure >"$out/ctest_lua_cuda.log" 2>&1); echo "ctest lua_cuda: exit $? ($(grep "tests passed" \
+  "$out/ctest_lua_cuda.log"))"; }
 [ "$(left)" -gt 60 ] && { taskset -c 0-1 "$build/bench/bench_gdn" 5 >"$out/bench_gdn.md" 2>&1; echo "bench_gdn: exit $?"; }
 # per-kernel times of the chunked kernels (Nsight Compute, one metric, clocks left alone), first 400M launches
 kre='regex:k_gdn_(prep|scan|bscan|bgrad|bwy)|k_chain|k_scan|k_bwd|k_state|k_pass|k_group_sum|k_da_sum'
