@@ -29,6 +29,11 @@ local cfg = m2.config {
                               -- small (0: the paper's 1e-3 .. 0.1); GDN / Mamba-2 keep the paper's init
   conv = 0,                   -- short causal conv kernel of m2rnn, gdn, mamba2 (0: none; the paper's 4)
   eval_mults = { 1, 2, 4, 8 }, eval_batches = 4, eval_batch = 64, eval_every = 1000, log_every = 50,
+  candidates = 1,          -- > 1: train this many initialisations for candidate_steps steps each (the same data
+  candidate_steps = 2000,  -- and the same lr schedule as the full run), keep the one with the best held-out accuracy
+  candidate_mult = 2,      -- at candidate_mult x train_len, and train it in full: model selection on a validation
+                           -- length shorter than the longest test length (issue 18). 1: no selection (the default)
+  init_seed = -1,          -- >= 0: the parameters' seed (the data keep `seed`); the run file records the one used
   out = "",     -- the run file; default runs/state_tracking-<arch>-<seed>.h5
   overwrite = false,
 }
@@ -95,17 +100,25 @@ end
 local spec = { name = "state_tracking-" .. cfg.arch, vocab = data.order, d = cfg.d, init_std = cfg.init_std,
                layers = string.rep(A.letter, cfg.layers), mlp = { kind = cfg.mlp and "swiglu" or "none" } }
 for k, v in pairs(A.make(cfg)) do spec[k] = v end
+-- the initialisation: candidate i draws its parameters after m2.seed(init_seed(i)); candidate 0 is the plain run
+local function init_seed(i)
+  local s0 = cfg.init_seed >= 0 and cfg.init_seed or cfg.seed
+  return i == 0 and s0 or s0 + 1000 * i
+end
+if cfg.init_seed >= 0 then m2.seed(cfg.init_seed) end
 local model = m2.models.lm(spec)
 
 -- accuracy at one length over cfg.eval_batches held-out batches -> per-position acc, sequence acc
 local device = m2.args.device or "cpu" -- the common override m2.train reads too
-local function evaluate(length)
+-- first: the index of the first held-out batch (selection among candidates reads batches the reported numbers do not)
+local function evaluate(length, first)
+  first = first or 0
   local correct, total, seq_ok, seqs, by_pos = 0, 0, 0, 0, {}
   for t = 1, length do by_pos[t] = 0 end
   model:eval()
   m2.no_grad(function()
     for i = 0, cfg.eval_batches - 1 do
-      local x, y = data:eval_batch(length, i, cfg.eval_batch)
+      local x, y = data:eval_batch(length, first + i, cfg.eval_batch)
       if device ~= "cpu" then x, y = x:to(device), y:to(device) end -- the model's device (device=cuda)
       local hit = m2.eq(m2.argmax(model(x), -1), y)     -- (B, T) 0/1
       correct = correct + hit:sum_all():item()
@@ -185,10 +198,55 @@ print(string.format("state tracking: %s, %s, train_len %d%s, %d steps x batch %d
   cfg.train_len, cfg.random_length and " (random 1..L)" or "", cfg.steps, cfg.batch, cfg.seed))
 m2.models.summary(model)
 
+local function optimizer() return m2.optim.adamw { lr = cfg.lr, betas = { 0.9, 0.95 }, eps = 1e-10,
+                                                   weight_decay = cfg.weight_decay } end
+-- the full run's schedule; a candidate's steps are its first candidate_steps (its decay set to the full run's)
+local schedule = { kind = "cosine", warmup = cfg.warmup, min_lr = cfg.min_lr }
+local candidate_schedule = { kind = "cosine", warmup = cfg.warmup, min_lr = cfg.min_lr,
+                             decay = math.max(cfg.steps - cfg.warmup, 0) }
+
+if cfg.candidates > 1 then
+  if math.type(cfg.candidates) ~= "integer" or cfg.candidate_steps < 1 or cfg.candidate_steps >= cfg.steps then
+    m2.error(string.format("state_tracking: candidates = %s needs an integer count and 1 <= candidate_steps (%s) < " ..
+      "steps (%d)", tostring(cfg.candidates), tostring(cfg.candidate_steps), cfg.steps))
+  end
+  local L = cfg.candidate_mult * cfg.train_len
+  local best, best_acc, accs = 0, -1, {}
+  for i = 0, cfg.candidates - 1 do
+    m2.seed(init_seed(i))
+    model = m2.models.lm(spec)
+    -- m2.train reads the command line's steps= / out= / eval and checkpoint settings itself: they are the full
+    -- run's, so they are hidden from a candidate's (device=, precision= and activations= still apply)
+    local hidden = {}
+    for _, k in ipairs { "steps", "out", "overwrite", "eval_every", "checkpoint_every" } do
+      hidden[k] = { m2.args[k], m2.args_raw and m2.args_raw[k] }
+      m2.args[k] = nil
+      if m2.args_raw then m2.args_raw[k] = nil end
+    end
+    local ok, err = pcall(m2.train, { model = model, data = train_data, steps = cfg.candidate_steps, optim = optimizer(),
+                                      schedule = candidate_schedule, clip = cfg.clip, out = false, quiet = true,
+                                      config = cfg })
+    for k, v in pairs(hidden) do
+      m2.args[k] = v[1]
+      if m2.args_raw then m2.args_raw[k] = v[2] end
+    end
+    if not ok then error(err, 0) end
+    local acc = evaluate(L, 1000)
+    accs[#accs + 1] = string.format("%.4f", acc)
+    print(string.format("candidate %d (init seed %d): accuracy %.4f at length %d after %d steps", i, init_seed(i),
+      acc, L, cfg.candidate_steps))
+    if acc > best_acc then best, best_acc = i, acc end
+  end
+  local kept = init_seed(best)
+  print(string.format("kept candidate %d (init seed %d); training it for %d steps", best, kept, cfg.steps))
+  cfg.init_seed, cfg.candidate_accs = kept, table.concat(accs, ",") -- recorded in the run file
+  m2.seed(kept)
+  model = m2.models.lm(spec) -- the same parameters and the same first candidate_steps steps again
+end
+
 local summary = m2.train {
   model = model, data = train_data, steps = cfg.steps,
-  optim = m2.optim.adamw { lr = cfg.lr, betas = { 0.9, 0.95 }, eps = 1e-10, weight_decay = cfg.weight_decay },
-  schedule = { kind = "cosine", warmup = cfg.warmup, min_lr = cfg.min_lr },
+  optim = optimizer(), schedule = schedule,
   clip = cfg.clip, eval_every = cfg.eval_every, eval = eval_fn, out = cfg.out, config = cfg,
   log_every = cfg.log_every,
 }

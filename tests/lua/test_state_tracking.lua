@@ -154,6 +154,39 @@ T.case("experiments/state_tracking.lua runs (Z2, a few steps)", function()
   T.ok(code ~= 0 and out:find("unknown arch 'lstm'", 1, true) ~= nil, out)
 end)
 
+T.case("experiments/state_tracking.lua candidates: the kept initialisation, trained in full, is a plain run of it", function()
+  local base = os.tmpname()
+  os.remove(base)
+  local a, b = base .. "-a.h5", base .. "-b.h5"
+  local script = (m2.source_dir or ".") .. "/experiments/state_tracking.lua"
+  local common = "group=Z2 steps=40 train_len=8 batch=8 d=16 layers=1 heads=1 k=2 v=4 conv=0 lr=3e-2 init_std=0.25 " ..
+    "log_every=1 eval_every=0 eval_batches=1 eval_batch=16"
+  local code, out = T.run_m2lab(string.format("run %s %s candidates=3 candidate_steps=10 seed=4 out=%s", script, common, a))
+  T.eq(code, 0, out)
+  T.ok(out:find("kept candidate", 1, true) ~= nil, out)
+  local kept, accs
+  do
+    local r <close> = m2.runs.open(a)
+    kept, accs = r:get_attr("init_seed"), r:get_attr("candidate_accs")
+  end
+  T.ok(kept == 4 or kept == 1004 or kept == 2004, "the kept init seed: " .. tostring(kept))
+  local n = 0
+  for v in tostring(accs):gmatch("[^,]+") do
+    n = n + 1
+    T.ok(tonumber(v) >= 0 and tonumber(v) <= 1, "a candidate's accuracy: " .. v)
+  end
+  T.eq(n, 3, "three candidates' accuracies recorded: " .. tostring(accs))
+  code, out = T.run_m2lab(string.format("run %s %s seed=4 init_seed=%d out=%s", script, common, kept, b))
+  T.eq(code, 0, out)
+  local sa, la = m2.runs.series(a, "metrics", "loss")
+  local sb, lb = m2.runs.series(b, "metrics", "loss")
+  T.eq(sa, sb, "the same steps")
+  T.eq(la, lb, "the same losses, bit for bit (the kept candidate's first steps are the full run's)")
+  code, out = T.run_m2lab(string.format("run %s %s candidates=2 candidate_steps=40 out=%s", script, common, base .. "-c.h5"))
+  T.ok(code ~= 0 and out:find("candidate_steps", 1, true) ~= nil, "candidate_steps >= steps is refused: " .. out)
+  os.remove(a); os.remove(b); os.remove(base .. "-c.h5")
+end)
+
 T.case("no leaks", function()
   collectgarbage()
   collectgarbage()
