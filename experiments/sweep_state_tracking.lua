@@ -26,7 +26,8 @@ local cfg = m2.config {
   eval_batches = 0,
   -- -1: the member's default (0 is a setting for these)
   curriculum = -1, curriculum_start = -1, weight_decay = -1.0, warmup = -1, dt_min = -1.0, dt_max = -1.0,
-  init_std = -1.0, grad_clip = -1.0, heads = -1, k = -1, v = -1,
+  init_std = -1.0, grad_clip = -1.0, heads = -1, k = -1, v = -1, candidates = -1, candidate_steps = -1,
+  candidate_mult = -1,
 }
 
 -- the member overrides shared by all
@@ -36,7 +37,7 @@ for _, k in ipairs { "group", "train_len", "steps", "batch", "lr", "d", "layers"
   if v ~= 0 and v ~= "" then set[k] = v end
 end
 for _, k in ipairs { "curriculum", "curriculum_start", "weight_decay", "warmup", "dt_min", "dt_max", "init_std",
-                    "grad_clip", "heads", "k", "v" } do
+                    "grad_clip", "heads", "k", "v", "candidates", "candidate_steps", "candidate_mult" } do
   if cfg[k] >= 0 then set[k] = cfg[k] end
 end
 set.eval_every = 0 -- only the final evaluation (after the last step)

@@ -75,8 +75,7 @@ int unsetenv(const char *name);
 
 /* y and the gradients of x and w of moe_grouped_matmul with bf16 products on cuda, the grouped path on or off */
 static void gmm_on_gpu(m2_tensor *x, m2_tensor *w, m2_tensor *off, bool grouped, m2_tensor *out[3]) {
-  if (grouped) setenv("M2_MOE_GROUPED", "1", 1);
-  else unsetenv("M2_MOE_GROUPED");
+  setenv("M2_MOE_GROUPED", grouped ? "1" : "0", 1);
   m2_tensor *gx = m2_clone_raw(x, M2_F32, par_gpu), *gw = m2_clone_raw(w, M2_F32, par_gpu);
   m2_tensor *go = m2_clone_raw(off, M2_I64, par_gpu);
   m2_requires_grad_(gx, true), m2_requires_grad_(gw, true);
@@ -124,7 +123,7 @@ static void check_grouped(void) {
     m2_release(a[i]), m2_release(b[i]), m2_release(b2[i]);
   }
   m2_release(x), m2_release(w), m2_release(off), m2_release(xa), m2_release(wa), m2_release(oa);
-  unsetenv("M2_MOE_GROUPED");
+  setenv("M2_MOE_GROUPED", "0", 1);
 }
 
 /* a random permutation of M rows as (N, k) i64 */
@@ -164,8 +163,14 @@ static void check_deterministic(m2_tensor *const *cpu_in) {
   }
 }
 
+bool m2_moe_grouped_enabled(void); /* cuda/moe_gmm_tc.h (C linkage) */
+
 int main(void) {
   PAR_SKIP_WITHOUT_GPU("cuda_ops_moe");
+  unsetenv("M2_MOE_GROUPED");
+  CHECK(m2_moe_grouped_enabled(), "the grouped kernels are not on by default");
+  setenv("M2_MOE_GROUPED", "0", 1); /* the per-expert path until a case asks for the grouped one */
+  CHECK(!m2_moe_grouped_enabled(), "M2_MOE_GROUPED=0 does not turn the grouped kernels off");
   /* router: 700 tokens, 40 experts, top-8; and top-1 with every token biased to expert 3 */
   g_k = 8;
   m2_tensor *lg = par_randn(2, (int64_t[]){700, 40});
@@ -219,7 +224,7 @@ int main(void) {
   par_case l2 = {"MoE MLP composed, grouped", f_layer, NULL, 5, {lx, lr, lgt, lup, ldn}, {true, true, true, true, true},
                  .tol = {1e-4, 3e-2}, .btol = {1e-4, 5e-2}};
   par_run(&l2);
-  unsetenv("M2_MOE_GROUPED");
+  setenv("M2_MOE_GROUPED", "0", 1);
   /* bad input on cuda: the CPU's words */
   m2_tensor *gxx = m2_clone_raw(x, M2_F32, par_gpu);
   int64_t bad[8] = {0, 1, 2, 3, 4, 99, 6, 7};

@@ -8,7 +8,7 @@
  * median ms after a warm-up (CUDA events on the device's stream), tokens/s, and the TFLOP/s of the GEMM FLOPs counted
  * in that row (routed experts 2 N k d h per product, shared expert 2 N d H per product, router 2 N d E) with its share
  * of the 687 TFLOP/s bf16 GEMM ceiling measured in shared/GPU.md. Every row twice: the per-expert cuBLAS path (the
- * offsets read to the host) and the grouped tensor-core kernels (M2_MOE_GROUPED=1, cuda/moe_gmm_tc.cu).
+ * offsets read to the host, M2_MOE_GROUPED=0) and the grouped tensor-core kernels (the default, cuda/moe_gmm_tc.cu).
  * Usage: bench_moe [tokens [reps]] */
 #include "m2cuda.h"
 #include <cuda_runtime.h>
@@ -170,8 +170,7 @@ int main(int argc, char **argv) {
   printf("| what | ms | tokens/s | GEMM TFLOP/s | of %.0f |\n|---|---|---|---|---|\n", CEILING_TFLOPS);
   m2_mem_reset_peak(M2_CUDA);
   for (int grouped = 0; grouped < 2; grouped++) {
-    if (grouped) setenv("M2_MOE_GROUPED", "1", 1);
-    else unsetenv("M2_MOE_GROUPED");
+    setenv("M2_MOE_GROUPED", grouped ? "1" : "0", 1);
     const char *path = grouped ? "grouped kernels" : "per-expert cuBLAS";
     char what[128];
     snprintf(what, sizeof what, "layer forward, %s", path);
