@@ -1,15 +1,16 @@
 -- slow_state_tracking.lua (label slow) — the paper's first claim as a guard (issue 18): the default experiment
--- (experiments/default.lua: M2RNN on the S3 word problem at training length 32) on seeds 0, 1 and 2 reaches
+-- (experiments/default.lua: M2RNN on the S3 word problem at training length 32) on seeds 0, 3 and 8 reaches
 -- >= 0.99 per-position accuracy at 8x the training length (256). CPU training is bit-reproducible, so a numerics or
--- recipe change that breaks length generalisation on these seeds fails here. Seeds 1 and 2 failed with the recipe
--- before issue 18 (0.456 and 0.571 at 8x), so the guard is not one that any recipe passes. Two runs at a time;
+-- recipe change that breaks length generalisation on these seeds fails here. Seeds 3 and 8 fail with one
+-- initialisation (candidates=1: 0.501 and 0.478 at 8x) and pass with the default's selection among four (0.996, 1.000),
+-- so the guard covers the selection too, and is not one that any recipe passes. Two runs at a time;
 -- `M2_ST_SEEDS=0,1,...` picks other seeds, `M2_ST_ARGS="steps=50"` adds overrides (to see the guard fail quickly).
 -- experiments/RESULTS.md has the cost of a run (CPU seconds).
 local m2 = require "m2"
 local T = m2.test
 
 local seeds = {}
-for s in (os.getenv("M2_ST_SEEDS") or "0,1,2"):gmatch("%d+") do seeds[#seeds + 1] = tonumber(s) end
+for s in (os.getenv("M2_ST_SEEDS") or "0,3,8"):gmatch("%d+") do seeds[#seeds + 1] = tonumber(s) end
 
 local dir = os.tmpname()
 os.remove(dir)

@@ -176,7 +176,7 @@ T.case("experiments/state_tracking.lua candidates: the kept initialisation, trai
     T.ok(tonumber(v) >= 0 and tonumber(v) <= 1, "a candidate's accuracy: " .. v)
   end
   T.eq(n, 3, "three candidates' accuracies recorded: " .. tostring(accs))
-  code, out = T.run_m2lab(string.format("run %s %s seed=4 init_seed=%d out=%s", script, common, kept, b))
+  code, out = T.run_m2lab(string.format("run %s %s seed=4 init_seed=%d candidates=1 out=%s", script, common, kept, b))
   T.eq(code, 0, out)
   local sa, la = m2.runs.series(a, "metrics", "loss")
   local sb, lb = m2.runs.series(b, "metrics", "loss")
