@@ -4,7 +4,9 @@
 -- comparison table (arch x length: per-position and whole-sequence accuracy; seeds; wall time;
 -- machine), printed and written to <out>/summary.md.
 --
---   m2lab run experiments/sweep_state_tracking.lua                 (default: 22 runs, ~25 min on 2 idle cores)
+--   m2lab run experiments/sweep_state_tracking.lua                 (default: 22 runs, each the best of 4
+--                                                                  initialisations: ~1 h on 2 idle cores; candidates=1:
+--                                                                  one run each, ~25 min)
 --   m2lab run experiments/sweep_state_tracking.lua other_seeds=0,1,2 parallel=4
 --   m2lab run experiments/sweep_state_tracking.lua archs=m2rnn,gdn_neg steps=2000
 --
