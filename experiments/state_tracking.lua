@@ -37,6 +37,7 @@ local cfg = m2.config {
                            -- model selection on a validation length shorter than the longest test length (issue 18;
                            -- experiments/RESULTS.md). 1: no selection, one run of the seed's initialisation
   init_seed = -1,          -- >= 0: the parameters' seed (the data keep `seed`); the run file records the one used
+  candidate_accs = "",     -- written by the selection: each candidate's accuracy (recorded in the run file)
   out = "",     -- the run file; default runs/state_tracking-<arch>-<seed>.h5
   overwrite = false,
 }
@@ -208,9 +209,23 @@ local schedule = { kind = "cosine", warmup = cfg.warmup, min_lr = cfg.min_lr }
 local candidate_schedule = { kind = "cosine", warmup = cfg.warmup, min_lr = cfg.min_lr,
                              decay = math.max(cfg.steps - cfg.warmup, 0) }
 
-if cfg.candidate_steps == 0 then cfg.candidate_steps = cfg.steps * 3 // 8 end
-if cfg.candidates > 1 and cfg.candidate_steps < 1 then cfg.candidates = 1 end -- too few steps to select on
-if cfg.candidates > 1 then
+if m2.resuming then
+  -- a resume continues the kept candidate from its checkpoint: the selection's record is the run file's (the
+  -- parameters built below are replaced by the checkpoint's)
+  local r <close> = require("m2.runs").open(m2.resuming.path)
+  for _, k in ipairs { "candidates", "candidate_steps", "init_seed", "candidate_accs" } do
+    local v = r:get_attr(k)
+    if v ~= nil then cfg[k] = v end
+  end
+  if cfg.init_seed >= 0 then
+    m2.seed(cfg.init_seed)
+    model = m2.models.lm(spec)
+  end
+else
+  if cfg.candidate_steps == 0 then cfg.candidate_steps = cfg.steps * 3 // 8 end
+  if cfg.candidates > 1 and cfg.candidate_steps < 1 then cfg.candidates = 1 end -- too few steps to select on
+end
+if cfg.candidates > 1 and not m2.resuming then
   if math.type(cfg.candidates) ~= "integer" or cfg.candidate_steps < 1 or cfg.candidate_steps >= cfg.steps then
     m2.error(string.format("state_tracking: candidates = %s needs an integer count and 1 <= candidate_steps (%s) < " ..
       "steps (%d)", tostring(cfg.candidates), tostring(cfg.candidate_steps), cfg.steps))
@@ -220,22 +235,9 @@ if cfg.candidates > 1 then
   for i = 0, cfg.candidates - 1 do
     m2.seed(init_seed(i))
     model = m2.models.lm(spec)
-    -- m2.train reads the command line's steps= / out= / eval and checkpoint settings itself: they are the full
-    -- run's, so they are hidden from a candidate's (device=, precision= and activations= still apply)
-    local hidden = {}
-    for _, k in ipairs { "steps", "out", "overwrite", "eval_every", "checkpoint_every" } do
-      hidden[k] = { m2.args[k], m2.args_raw and m2.args_raw[k] }
-      m2.args[k] = nil
-      if m2.args_raw then m2.args_raw[k] = nil end
-    end
-    local ok, err = pcall(m2.train, { model = model, data = train_data, steps = cfg.candidate_steps, optim = optimizer(),
-                                      schedule = candidate_schedule, clip = cfg.clip, out = false, quiet = true,
-                                      config = cfg })
-    for k, v in pairs(hidden) do
-      m2.args[k] = v[1]
-      if m2.args_raw then m2.args_raw[k] = v[2] end
-    end
-    if not ok then error(err, 0) end
+    -- trial: the command line's steps= / out= / a resume belong to the full run below, not to a candidate
+    m2.train { model = model, data = train_data, steps = cfg.candidate_steps, optim = optimizer(),
+               schedule = candidate_schedule, clip = cfg.clip, out = false, quiet = true, trial = true, config = cfg }
     local acc = evaluate(L, 1000)
     accs[#accs + 1] = string.format("%.4f", acc)
     print(string.format("candidate %d (init seed %d): accuracy %.4f at length %d after %d steps", i, init_seed(i),

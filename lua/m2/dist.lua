@@ -175,7 +175,7 @@ function DP:open(st, s, open)
   end
   err = self.g:broadcast_string(err, 0)
   if err ~= "" then error(self.rank == 0 and err or ("rank 0: " .. err), 0) end
-  if m2.resuming then m2.resuming.used = true end
+  if m2.resuming and s.out then m2.resuming.used = true end
   local has_run = self.g:broadcast_string(st.run and "1" or "0", 0)
   self.root_has_run = has_run == "1"
   if st.run then

@@ -27,6 +27,10 @@ file (core/runfile/runfile.h; DESIGN section 6).
     flush_interval = 5, device = "cpu", quiet = false,
     precision = nil,                    -- "bf16": matmul/linear products in bf16 with fp32 accumulation
                                         --   (m2.matmul_precision) while training and evaluating; nil/"f32": fp32
+    trial = false,                      -- true: a throwaway run inside a script (e.g. one of several candidates):
+                                        --   needs out = false; the command line's steps=, out=, eval_every=,
+                                        --   checkpoint_every=, overwrite= and a resume (m2lab resume) are the
+                                        --   script's main run's and do not apply to it (device=, precision= do)
     activations = nil,                  -- "bf16" (needs precision = "bf16"): bf16 activations, as bf16 autocast:
                                         --   matmul/linear outputs in bf16 (m2.activations), ops on them compute
                                         --   in fp32 and round; parameters, optimizer state, loss and recurrent
@@ -86,7 +90,7 @@ local KNOWN = {
   model = true, data = true, loss = true, steps = true, grad_accum = true, optim = true, schedule = true, clip = true,
   eval_every = true, eval = true, checkpoint_every = true, keep_checkpoints = true, out = true, overwrite = true,
   config = true, log_every = true, print_every = true, max_nan_skips = true, flush_interval = true, device = true,
-  quiet = true, precision = true, activations = true, zero = true, dist_bucket = true, dist_timeout = true, -- the last three: m2.dist
+  quiet = true, precision = true, activations = true, trial = true, zero = true, dist_bucket = true, dist_timeout = true, -- the last three: m2.dist
 }
 -- config keys that may differ between a run and its resume
 local RUN_CONTROL = { steps = true, out = true, device = true, checkpoint_every = true, eval_every = true,
@@ -165,17 +169,23 @@ local function resolve(spec)
   end
   if s.loss ~= nil and type(s.loss) ~= "function" then fail("loss must be a function(model, x, y) -> tensor") end
   if s.eval ~= nil and type(s.eval) ~= "function" then fail("eval must be a function(model, step) -> {name = value}") end
-  s.steps = arg_int("steps", s.steps)
-  s.checkpoint_every = arg_int("checkpoint_every", s.checkpoint_every or 0)
-  s.eval_every = arg_int("eval_every", s.eval_every or 0)
+  if s.trial ~= nil and type(s.trial) ~= "boolean" then fail("trial must be true or false") end
+  if s.trial and s.out ~= false then fail("trial = true is a run without a run file: pass out = false") end
+  -- the run-control overrides of the command line, which a trial run does not take
+  local function run_arg(get, name, v) if s.trial then return v end return get(name, v) end
+  s.steps = run_arg(arg_int, "steps", s.steps)
+  s.checkpoint_every = run_arg(arg_int, "checkpoint_every", s.checkpoint_every or 0)
+  s.eval_every = run_arg(arg_int, "eval_every", s.eval_every or 0)
   s.device = arg_str("device", s.device or "cpu")
-  s.overwrite = arg_bool("overwrite", s.overwrite or false)
-  s.reschedule = arg_bool("reschedule", false) -- command line only: an action of one resume, not a setting
+  s.overwrite = run_arg(arg_bool, "overwrite", s.overwrite or false)
+  s.reschedule = run_arg(arg_bool, "reschedule", false) -- command line only: an action of one resume, not a setting
   if s.reschedule and not m2.resuming then
     fail("reschedule=true applies to m2lab resume only (it re-derives a resumed run's lr schedule from the new " ..
       "steps=); a new run derives its schedule from steps= anyway")
   end
-  if m2.resuming then
+  if s.trial then
+    s.out = false
+  elseif m2.resuming then
     s.out = m2.resuming.path
   else
     -- out=false on the command line (the host types it as the boolean) means no run file, not a file "false"
@@ -786,7 +796,7 @@ function train.train(spec)
     s.eval = function(model) return s.data:evaluate(model, { device = s.device, loss = st.lossfn }) end
   end
   st.config_json = runs.json_encode { config = s.config, train = train_record(s, st.opt, st.sched) }
-  if m2.resuming and not s.out then fail("resuming needs a run file") end
+  if m2.resuming and not s.out and not s.trial then fail("resuming needs a run file") end
   st.dp = require("m2.dist").setup(s, st) -- nil for one process; else data parallelism over the ranks (m2.dist)
   local function open()
     local ok, err = pcall(open_run, st, s)

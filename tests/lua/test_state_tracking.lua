@@ -184,6 +184,16 @@ T.case("experiments/state_tracking.lua candidates: the kept initialisation, trai
   T.eq(la, lb, "the same losses, bit for bit (the kept candidate's first steps are the full run's)")
   code, out = T.run_m2lab(string.format("run %s %s candidates=2 candidate_steps=40 out=%s", script, common, base .. "-c.h5"))
   T.ok(code ~= 0 and out:find("candidate_steps", 1, true) ~= nil, "candidate_steps >= steps is refused: " .. out)
+  -- a resume continues the kept candidate from its checkpoint: no candidate trains again, the record is kept
+  code, out = T.run_m2lab(string.format("resume %s steps=50", a))
+  T.eq(code, 0, out)
+  T.ok(out:find("candidate %d+ %(init seed") == nil, "no candidate trained on resume: " .. out)
+  local sr = m2.runs.series(a, "metrics", "loss")
+  T.eq(sr[#sr], 50, "the resumed run reached step 50")
+  do
+    local r <close> = m2.runs.open(a)
+    T.eq(r:get_attr("init_seed"), kept, "the kept init seed stays recorded")
+  end
   os.remove(a); os.remove(b); os.remove(base .. "-c.h5")
 end)
 

@@ -53,6 +53,33 @@ T.case("m2.train without a run file learns and reports", function()
   T.raises(function() m2.train { model = Tiny(), data = data, steps = 1, lr = 1 } end, "unknown setting 'lr'")
 end)
 
+T.case("trial = true: the command line's run-control overrides and a resume are not the trial's", function()
+  local saved = { steps = m2.args.steps, out = m2.args.out, eval_every = m2.args.eval_every, resuming = m2.resuming }
+  local trial_out = dir .. "/trial.h5"
+  m2.args.steps, m2.args.out, m2.args.eval_every = 7, trial_out, 2
+  m2.resuming = { path = dir .. "/not-this-one.h5" }
+  local ok, err = pcall(function()
+    m2.seed(1)
+    data.calls = {}
+    local s = m2.train { model = Tiny(), data = data, steps = 3, out = false, quiet = true, trial = true }
+    T.eq(s.step, 3, "steps from the script, not steps=7")
+    T.eq(#data.calls, 3)
+    T.ok(not s.out, "no run file")
+    T.ok(io.open(trial_out) == nil, "out= of the command line not written")
+    T.raises(function() m2.train { model = Tiny(), data = data, steps = 1, out = trial_out, trial = true } end,
+      "pass out = false")
+    T.raises(function() m2.train { model = Tiny(), data = data, steps = 1, out = false, trial = 1 } end,
+      "trial must be true or false")
+  end)
+  m2.args.steps, m2.args.out, m2.args.eval_every, m2.resuming = saved.steps, saved.out, saved.eval_every, saved.resuming
+  if not ok then error(err, 0) end
+  -- without trial the same overrides apply (the contrast)
+  m2.args.steps = 5
+  local s = m2.train { model = Tiny(), data = data, steps = 3, out = false, quiet = true }
+  m2.args.steps = saved.steps
+  T.eq(s.step, 5, "steps=5 of the command line applies to a run that is not a trial")
+end)
+
 T.case("run file: metrics, eval, checkpoints, attributes, grad_accum, log windows", function()
   m2.seed(2)
   data.calls = {}
