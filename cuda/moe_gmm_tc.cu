@@ -1,8 +1,9 @@
 /* moe_gmm_tc.cu — moe_grouped_matmul's three products on tensor cores, the group offsets never leaving the device
  * (the per-expert cuBLAS path of ops_moe.cu reads them to the host: one stream sync per call). Used when
- * the products are bf16 (moe_gmm attr bf16, or bf16 tensors), unless M2_MOE_GROUPED=0. On by default since an H100
- * measured a 7B-MoE-shaped step at 123.6 ms against 258.1 ms on the per-expert path (2026-12-07; the lone layer is
- * slower on them: cuda/bench/results/gpu_run-2026-12-07.md).
+ * the products are bf16 (moe_gmm attr bf16, or bf16 tensors) and M2_MOE_GROUPED=1. Off by default: an H100 measured
+ * a 7B-MoE-shaped step at 123.6 ms on them against 258.1 ms on the per-expert path, but the lone layer slower (55.8
+ * against 33.7 ms forward + backward; cuda/bench/results/gpu_run-2026-12-07.md), and the switch of the default has
+ * not run on a GPU yet.
  *
  * Every product is C (rows, cols) = A (rows, K) B (K, cols), bf16 operands, fp32 accumulation (mma.sync m16n8k16),
  * C stored as f32 or bf16. Blocks of 4 warps own a 64 x 64 tile of C (each warp 32 x 32); K goes in steps of 32,
@@ -245,9 +246,9 @@ int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 } // namespace
 
-extern "C" bool m2_moe_grouped_enabled(void) { /* on unless M2_MOE_GROUPED=0 (or off) */
+extern "C" bool m2_moe_grouped_enabled(void) { /* only with M2_MOE_GROUPED=1 */
   const char *v = getenv("M2_MOE_GROUPED");
-  return !(v && (strcmp(v, "0") == 0 || strcmp(v, "off") == 0));
+  return v && strcmp(v, "1") == 0;
 }
 
 extern "C" bool m2_moe_grouped_fits(int64_t M, int64_t E, int64_t O, int64_t Din) {

@@ -1,5 +1,5 @@
 /* moe_gmm_tc.h — the grouped GEMMs of moe_grouped_matmul on tensor cores with the group offsets kept on the device
- * (cuda/moe_gmm_tc.cu), called by cuda/ops_moe.cu for bf16 products unless M2_MOE_GROUPED=0. */
+ * (cuda/moe_gmm_tc.cu), called by cuda/ops_moe.cu for bf16 products when M2_MOE_GROUPED=1. */
 #ifndef M2_CUDA_MOE_GMM_TC_H
 #define M2_CUDA_MOE_GMM_TC_H
 #include "../core/tensor.h"
@@ -8,7 +8,7 @@
 extern "C" {
 #endif
 
-/* On unless the environment has M2_MOE_GROUPED=0 or off (read at each call). */
+/* M2_MOE_GROUPED=1 in the environment (read at each call). */
 bool m2_moe_grouped_enabled(void);
 /* Can the grouped kernels take these sizes (grid limits)? Else the caller keeps the per-expert path. */
 bool m2_moe_grouped_fits(int64_t M, int64_t E, int64_t O, int64_t Din);

@@ -7,7 +7,7 @@
  *                       thread then hands out rows in slot order; then a row copy. One sync (the index check).
  *   moe_grouped_matmul  one cuBLAS GEMM per non-empty expert group (cublasGemmEx at pointer offsets; the offsets are
  *                       read to the host: one sync), fp32 accumulation, bf16 tensor cores with bf16 products.
- *                       With bf16 products (unless M2_MOE_GROUPED=0): cuda/moe_gmm_tc.cu's grouped kernels instead, the
+ *                       With M2_MOE_GROUPED=1 and bf16 products: cuda/moe_gmm_tc.cu's grouped kernels instead, the
  *                       offsets staying on the device (no sync; off by default until measured).
  *   moe_unpermute       each output element gathers its token's k rows in j order; backward writes each yp row once
  *                       (pos is a permutation) and dweights by a warp dot product. One sync (the pos range check). */

@@ -168,9 +168,9 @@ bool m2_moe_grouped_enabled(void); /* cuda/moe_gmm_tc.h (C linkage) */
 int main(void) {
   PAR_SKIP_WITHOUT_GPU("cuda_ops_moe");
   unsetenv("M2_MOE_GROUPED");
-  CHECK(m2_moe_grouped_enabled(), "the grouped kernels are not on by default");
+  CHECK(!m2_moe_grouped_enabled(), "the grouped kernels are on by default");
   setenv("M2_MOE_GROUPED", "0", 1); /* the per-expert path until a case asks for the grouped one */
-  CHECK(!m2_moe_grouped_enabled(), "M2_MOE_GROUPED=0 does not turn the grouped kernels off");
+  CHECK(!m2_moe_grouped_enabled(), "M2_MOE_GROUPED=0 does not keep the grouped kernels off");
   /* router: 700 tokens, 40 experts, top-8; and top-1 with every token biased to expert 3 */
   g_k = 8;
   m2_tensor *lg = par_randn(2, (int64_t[]){700, 40});

@@ -8,7 +8,7 @@
  * median ms after a warm-up (CUDA events on the device's stream), tokens/s, and the TFLOP/s of the GEMM FLOPs counted
  * in that row (routed experts 2 N k d h per product, shared expert 2 N d H per product, router 2 N d E) with its share
  * of the 687 TFLOP/s bf16 GEMM ceiling measured in shared/GPU.md. Every row twice: the per-expert cuBLAS path (the
- * offsets read to the host, M2_MOE_GROUPED=0) and the grouped tensor-core kernels (the default, cuda/moe_gmm_tc.cu).
+ * offsets read to the host, the default) and the grouped tensor-core kernels (M2_MOE_GROUPED=1, cuda/moe_gmm_tc.cu).
  * Usage: bench_moe [tokens [reps]] */
 #include "m2cuda.h"
 #include <cuda_runtime.h>

@@ -4,7 +4,7 @@
 #   1. tests/cuda_ops_moe (parity of both paths with the CPU, grouped vs per-expert, determinism)
 #   2. the same under compute-sanitizer memcheck (out-of-bounds accesses of the new kernels)
 #   3. bench_moe: the 7B MoE layer, every row on the per-expert cuBLAS path and on the grouped kernels
-#   4. a 7B-hybrid-m2rnn step cut to layers MA, B = 4, with M2_MOE_GROUPED=0 (per-expert) and =1 (grouped, the default)
+#   4. a 7B-hybrid-m2rnn step cut to layers MA, B = 4, with M2_MOE_GROUPED=0 (per-expert, the default) and =1 (grouped)
 # Each later step stops at a deadline (M2_DEADLINE_S seconds after the start, default 560). Writes OUTDIR/moe_grouped.md.
 set -uo pipefail
 out=${1:?usage: cuda/bench/moe_grouped_check.sh OUTDIR}
