@@ -1,9 +1,9 @@
 /* ops_ssd.cu — Mamba-2 SSD (DESIGN 3.3) on CUDA: a correct recurrent forward/backward. The rows "ssd" and
  * "ssd_chunked" both run these recurrent kernels (same results as the CPU reference; the chunk only sets the
  * checkpoint interval, at most 64), except that the forward and backward of both rows run the chunked tensor-core
- * form of cuda/ssd_chunk.cu where it applies (on by default since parity and speed were measured on an H100,
- * 2026-12-07; M2_SSD_CHUNK_TC=0 turns it off, read once) (ssd_chunk_applies: bf16 products, tiles that fit); its chunk states are this file's checkpoints, so
- * either backward pairs with either forward.
+ * form of cuda/ssd_chunk.cu where it applies (ssd_chunk_applies: bf16 products, tiles that fit; on by default since
+ * parity and speed were measured on an H100, 2026-12-07; M2_SSD_CHUNK_TC=0 turns it off, read once); its chunk
+ * states are this file's checkpoints, so either backward pairs with either forward.
  *
  * The recurrence never mixes the rows of the state h (P x N) of a head:
  *   h[p,:] <- exp(dt_t A) h[p,:] + dt_t x_tp B_t ;  y_tp = h[p,:].C_t
