@@ -7,6 +7,7 @@
 #include "ops_common.cuh"
 #include "mma.cuh"
 #include "gdn_chunk.h"
+#include "tile_load.cuh"
 
 namespace {
 
@@ -91,16 +92,10 @@ __global__ void __launch_bounds__(128) k_gdn_prep(const T *q, const T *k, const 
   const int L = Tn - t0 < C ? (int)(Tn - t0) : C;
   auto tok = [&](int r) { return (b * Tn + t0 + r) * H + h; }; /* (B, T, H) index of local row r < L */
 
-  /* 1. the chunk's g, beta, k, q (zero rows past T) */
+  /* 1. the chunk's g, beta (zero rows past T), gam = their running sum, the decays */
   if (tid < C) {
     gam[tid] = tid < L ? to_f(g[tok(tid)]) : 0.0f;
     bet[tid] = tid < L ? to_f(beta[tok(tid)]) : 0.0f;
-  }
-  for (int i = tid; i < C * K; i += blockDim.x) {
-    int r = i / K, x = i % K;
-    bool in = r < L;
-    ks[r * KP + x] = bf(in ? to_f(k[tok(r) * K + x]) : 0.0f);
-    qs[r * KP + x] = bf(in ? to_f(q[tok(r) * K + x]) : 0.0f);
   }
   __syncthreads();
   if (tid == 0)
@@ -111,8 +106,39 @@ __global__ void __launch_bounds__(128) k_gdn_prep(const T *q, const T *k, const 
     ed[tid] = expf(gam[C - 1] - gam[tid]);
   }
   if (tid == 0) out.eL[bh * NC + c] = expf(gam[C - 1]);
+  __syncthreads();
 
-  /* 2. warp w: rows 16w.. of K K^T and Q K^T (16 x 64 each) -> A (shared fp32) and P (global bf16) */
+  /* 2. q, k -> qs, ks (bf16 operands) and Q~, K~ (global bf16, one rounding of the inputs): 8 columns an item,
+     UN items of q and of k a thread loaded before any is used (tile_load.cuh: the loads must overlap) */
+  const int64_t row0 = (bh * NC + c) * (int64_t)C; /* first padded row of this chunk in the (BH, NC*64, *) scratch */
+  {
+    constexpr int UN = 4;
+    const int cg = K / 8, items = C * cg;
+    for (int i0 = tid; i0 < items; i0 += UN * 128) {
+      tile::v8 xq[UN], xk[UN];
+#pragma unroll
+      for (int u = 0; u < UN; u++) {
+        int i = i0 + u * 128, r = i / cg, x = (i % cg) * 8;
+        if (i < items && r < L) xq[u] = tile::load8u(q + tok(r) * K + x), xk[u] = tile::load8u(k + tok(r) * K + x);
+      }
+#pragma unroll
+      for (int u = 0; u < UN; u++) {
+        int i = i0 + u * 128, r = i / cg, x = (i % cg) * 8;
+        if (i >= items) break;
+        float fq[8], fk[8], fqt[8], fkt[8];
+#pragma unroll
+        for (int e = 0; e < 8; e++) {
+          fq[e] = r < L ? xq[u].f[e] : 0.0f, fk[e] = r < L ? xk[u].f[e] : 0.0f;
+          fqt[e] = scale * eg[r] * fq[e], fkt[e] = ed[r] * fk[e];
+        }
+        tile::store8(qs + r * KP + x, fq), tile::store8(ks + r * KP + x, fk);
+        tile::store8(out.Qt + (row0 + r) * K + x, fqt), tile::store8(out.Kt + (row0 + r) * K + x, fkt);
+      }
+    }
+  }
+  __syncthreads();
+
+  /* 3. warp w: rows 16w.. of K K^T and Q K^T (16 x 64 each) -> A (shared fp32) and P (global bf16) */
   {
     float aK[8][4] = {}, aQ[8][4] = {};
     for (int k0 = 0; k0 < K; k0 += 16) {
@@ -132,17 +158,21 @@ __global__ void __launch_bounds__(128) k_gdn_prep(const T *q, const T *k, const 
 #pragma unroll
     for (int n = 0; n < 8; n++)
 #pragma unroll
-      for (int e = 0; e < 4; e++) {
+      for (int e = 0; e < 4; e += 2) { /* elements e, e + 1 of a C fragment: adjacent columns j, j + 1 of row r */
         int r = 16 * w + c_row(lane, e), j = 8 * n + c_col(lane, e);
-        float dec = j <= r ? expf(gam[r] - gam[j]) : 0.0f;
-        Af[r * LDA + j] = j < r ? bet[r] * dec * aK[n][e] : 0.0f;
-        P[r * C + j] = bf(scale * dec * aQ[n][e]);
-        if (out.KK) out.KK[m0 + r * C + j] = aK[n][e], out.QK[m0 + r * C + j] = aQ[n][e];
+        float d0 = j <= r ? expf(gam[r] - gam[j]) : 0.0f, d1 = j + 1 <= r ? expf(gam[r] - gam[j + 1]) : 0.0f;
+        Af[r * LDA + j] = j < r ? bet[r] * d0 * aK[n][e] : 0.0f;
+        Af[r * LDA + j + 1] = j + 1 < r ? bet[r] * d1 * aK[n][e + 1] : 0.0f;
+        tile::store2(P + r * C + j, scale * d0 * aQ[n][e], scale * d1 * aQ[n][e + 1]);
+        if (out.KK) {
+          *(float2 *)(out.KK + m0 + r * C + j) = make_float2(aK[n][e], aK[n][e + 1]);
+          *(float2 *)(out.QK + m0 + r * C + j) = make_float2(aQ[n][e], aQ[n][e + 1]);
+        }
       }
   }
   __syncthreads();
 
-  /* 3. T = (I + A)^-1, thread j < 64 solves column j in registers: T_rj = [r == j] - sum_{m < r} A_rm T_mj (the
+  /* 4. T = (I + A)^-1, thread j < 64 solves column j in registers: T_rj = [r == j] - sum_{m < r} A_rm T_mj (the
      T_mj of m < j are 0 by the same formula); the rows of A are read as float4, the same address in every lane */
   if (tid < C) {
     const int j = tid;
@@ -169,23 +199,16 @@ __global__ void __launch_bounds__(128) k_gdn_prep(const T *q, const T *k, const 
   }
   __syncthreads();
 
-  /* 4. Tv = T diag(beta), Tk = T diag(beta exp(gam)) as bf16 operands; Q~ and K~ from the inputs (one rounding) */
+  /* 5. Tv = T diag(beta), Tk = T diag(beta exp(gam)) as bf16 operands */
   for (int i = tid; i < C * C; i += blockDim.x) {
     int r = i / C, j = i % C;
     float tv = Tm[r * C + j] * bet[j];
     Tv[r * LDC + j] = bf(tv);
     Tk[r * LDC + j] = bf(tv * eg[j]);
   }
-  const int64_t row0 = (bh * NC + c) * (int64_t)C; /* first padded row of this chunk in the (BH, NC*64, *) scratch */
-  for (int i = tid; i < C * K; i += blockDim.x) {
-    int r = i / K, x = i % K;
-    bool in = r < L;
-    out.Qt[(row0 + r) * K + x] = bf(in ? scale * eg[r] * to_f(q[tok(r) * K + x]) : 0.0f);
-    out.Kt[(row0 + r) * K + x] = bf(in ? ed[r] * to_f(k[tok(r) * K + x]) : 0.0f);
-  }
   __syncthreads();
 
-  /* 5. W = Tk K (64 x K) and U = Tv V (64 x V), warp w: rows 16w.., 64 columns at a time */
+  /* 6. W = Tk K (64 x K), warp w: rows 16w.., 64 columns at a time */
   uint32_t fTk[4][4], fTv[4][4];
 #pragma unroll
   for (int kk = 0; kk < 4; kk++) {
@@ -206,18 +229,35 @@ __global__ void __launch_bounds__(128) k_gdn_prep(const T *q, const T *k, const 
 #pragma unroll
     for (int n = 0; n < 8; n++)
 #pragma unroll
-      for (int e = 0; e < 4; e++) {
+      for (int e = 0; e < 4; e += 2) {
         int r = 16 * w + c_row(lane, e), x = n0 + 8 * n + c_col(lane, e);
-        if (x < K) out.W[(row0 + r) * K + x] = bf(acc[n][e]);
+        if (x < K) tile::store2(out.W + (row0 + r) * K + x, acc[n][e], acc[n][e + 1]);
       }
   }
+
+  /* 7. U = Tv V (64 x V), 64 columns at a time (V % 64 == 0): V is staged through registers, the next 64 columns'
+     loads issued before this tile's products (4 items of 8 columns a thread) */
+  constexpr int UV = C * 8 / 128;
+  tile::v8 xv[UV];
+  auto v_load = [&](int n0) {
+#pragma unroll
+    for (int u = 0; u < UV; u++) {
+      int i = tid + u * 128, r = i / 8, x = (i % 8) * 8;
+      if (r < L) xv[u] = tile::load8u(v + tok(r) * V + n0 + x);
+    }
+  };
+  v_load(0);
   for (int n0 = 0; n0 < V; n0 += 64) {
-    for (int i = tid; i < C * 64; i += blockDim.x) { /* stage V[:, n0 .. n0+63] */
-      int r = i / 64, x = i % 64;
-      bool in = r < L && n0 + x < V;
-      vs[r * LDC + x] = bf(in ? to_f(v[tok(r) * V + n0 + x]) : 0.0f);
+#pragma unroll
+    for (int u = 0; u < UV; u++) {
+      int i = tid + u * 128, r = i / 8, x = (i % 8) * 8;
+      float f[8];
+#pragma unroll
+      for (int e = 0; e < 8; e++) f[e] = r < L ? xv[u].f[e] : 0.0f;
+      tile::store8(vs + r * LDC + x, f);
     }
     __syncthreads();
+    if (n0 + 64 < V) v_load(n0 + 64);
     float acc[8][4] = {};
 #pragma unroll
     for (int kk = 0; kk < 4; kk++)
@@ -230,9 +270,9 @@ __global__ void __launch_bounds__(128) k_gdn_prep(const T *q, const T *k, const 
 #pragma unroll
     for (int n = 0; n < 8; n++)
 #pragma unroll
-      for (int e = 0; e < 4; e++) {
+      for (int e = 0; e < 4; e += 2) {
         int r = 16 * w + c_row(lane, e), x = n0 + 8 * n + c_col(lane, e);
-        if (x < V) out.U[(row0 + r) * V + x] = bf(acc[n][e]);
+        tile::store2(out.U + (row0 + r) * V + x, acc[n][e], acc[n][e + 1]);
       }
     __syncthreads(); /* vs is restaged next */
   }
