@@ -25,17 +25,24 @@ local cfg = m2.config {
   eval_every = 50, -- validation points along the way (the notebook's curves); 0: only after the last step
   -- settings passed to every member (experiments/lm.lua's defaults when 0 / "")
   data = "", d = 0, layers = 0, length = 0, batch = 0, steps = 0, lr = 0.0, min_lr = 0.0, warmup = 0,
-  eval_batches = 0,
+  eval_batches = 0, init_std = 0.0,
 }
 if #cfg.archs == 0 then m2.error("sweep_lm: archs= is empty") end
 if #cfg.seeds == 0 then m2.error("sweep_lm: seeds= is empty") end
 
 local set = { eval_every = cfg.eval_every }
-for _, k in ipairs { "data", "d", "layers", "length", "batch", "steps", "lr", "min_lr", "warmup", "eval_batches" } do
+for _, k in ipairs { "data", "d", "layers", "length", "batch", "steps", "lr", "min_lr", "warmup", "eval_batches",
+                     "init_std" } do
   local v = cfg[k]
   if v ~= 0 and v ~= "" then set[k] = v end
 end
 set.checkpoint_every = 0 -- the last checkpoint only: the runs are short
+-- the device and the precision of the command line go to every member (m2lab run experiments/sweep_lm.lua device=cuda
+-- precision=bf16: the members train on the GPU)
+for _, k in ipairs { "device", "precision", "activations" } do
+  local v = m2.args[k]
+  if v ~= nil and v ~= "" then set[k] = v end
+end
 
 -- data= relative to the working directory, else to the repository (the members run from here)
 if set.data and set.data:sub(1, 1) ~= "/" and m2.source_dir then
@@ -125,8 +132,9 @@ end)
 local ntok = (info.steps or 0) * (info.batch or 0) * (info.length or 0)
 local lines = {}
 local function add(s) lines[#lines + 1] = s end
-add(string.format("LM comparison (experiments/sweep_lm.lua); %s; %s", os.date("!%Y-%m-%d %H:%M UTC"),
-  require("m2.sweep").machine()))
+add(string.format("LM comparison (experiments/sweep_lm.lua); %s; %s; device %s, %s products%s",
+  os.date("!%Y-%m-%d %H:%M UTC"), require("m2.sweep").machine(), set.device or "cpu", set.precision or "f32",
+  set.activations and (", " .. set.activations .. " activations") or ""))
 add("")
 add(string.format("d %s, %s blocks, T %s, B %s, %s steps = %.2f M tokens per run (every architecture the same), " ..
   "lr %s; data %s; validation over %s batches of the val split after the last step.",

@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# session_parts.sh OUTDIR — one device call made of parts, each cut at the call's deadline: build everything, then
+# the parts named in M2_PARTS (default "gdn ncu lm"), in that order. Everything lands in OUTDIR/all.tar.gz (the device
+# tool returns few files); the summary lines go to stdout.
+#   gdn    quick_gdn.sh: the GDN parity tests (recurrent and chunked), bench_gdn, flash-linear-attention's kernels
+#          (wheels in .whl/) on the same shapes
+#   ssd    quick_ssd.sh: the SSD parity tests, bench_ssd, mamba_ssm's Triton SSD (.whl/)
+#   ncu    Nsight Compute time of every chunked GDN / SSD kernel launch of bench_gdn / bench_ssd (one metric, clocks
+#          left alone); M2_NCU: which benchmarks (default "gdn ssd")
+#   lm     experiments/sweep_lm.lua on the GPU (issue 16's larger comparison): M2_LM_ARGS (default below) over the
+#          BPE shards in data/docs-bpe4096 (carry them: `bash datasets/corpus.sh --tokenizer bpe --vocab 4096`)
+#   steps  whole 400M training steps (experiments/step_time.lua, B 4): hybrid-gdn, hybrid-mamba2, hybrid-m2rnn with
+#          and without activations=bf16
+#   cases  cuda_op_cases and ctest -R lua_cuda
+#   M2_DEADLINE_S  seconds for the whole call (default 570)
+# Carry .deps (Lua), .whl (peers) and, for lm, data/docs-bpe4096.
+set -uo pipefail
+out=${1:?usage: cuda/bench/session_parts.sh OUTDIR}
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+build="$root/build-gpu"
+deadline=$((SECONDS + ${M2_DEADLINE_S:-570}))
+left() { echo $((deadline - SECONDS)); }
+mkdir -p "$out"
+. "$root/cuda/bench/gpu_configure.sh"
+echo "# session_parts $(date -u +%Y-%m-%dT%H:%MZ) $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)" \
+  "git $(git -C "$root" rev-parse --short HEAD 2>/dev/null) + $(git -C "$root" status --short 2>/dev/null | wc -l) changed"
+t0=$SECONDS
+ninja -C "$build" >>"$out/build.log" 2>&1 || { tail -40 "$out/build.log"; exit 3; }
+echo "build: $((SECONDS - t0)) s"
+export PYTHONPATH="/tmp/fla_site:$root/.whl/site${PYTHONPATH:+:$PYTHONPATH}"
+export M2_GPU_BUILD="$build" M2_GDN_STEP=0
+
+part_gdn() {
+  timeout $(($(left) - 20)) bash "$root/cuda/bench/quick_gdn.sh" "$out/gdn" >"$out/gdn.log" 2>&1
+  echo "quick_gdn: exit $?"; cat "$out/gdn/summary.md" 2>/dev/null; cat "$out/gdn/bench_gdn.md" "$out/gdn/peer_gdn.md" 2>/dev/null
+}
+part_ssd() {
+  timeout $(($(left) - 20)) bash "$root/cuda/bench/quick_ssd.sh" "$out/ssd" >"$out/ssd.log" 2>&1
+  echo "quick_ssd: exit $?"; tail -40 "$out/ssd.log"
+}
+part_ncu() {
+  local kre='regex:k_gdn_(prep|scan|bscan|bgrad|bwy)|k_chain|k_scan|k_bwd|k_state|k_pass|k_group_sum|k_da_sum'
+  for b in ${M2_NCU:-gdn ssd}; do
+    [ "$(left)" -gt 60 ] || break
+    timeout $(($(left) - 40)) ncu --clock-control none --metrics gpu__time_duration.sum -k "$kre" \
+      --launch-count 48 "$build/bench/bench_$b" 1 >"$out/ncu_$b.txt" 2>&1
+    echo "ncu bench_$b: exit $?"
+    awk '/k_[a-z_]+</ {match($0, /k_[a-z_]+/); k = substr($0, RSTART, RLENGTH)} /gpu__time_duration.sum/ {
+      printf "%s %s %s\n", k, $(NF-1), $NF}' "$out/ncu_$b.txt" | head -48
+  done
+}
+part_lm() {
+  [ -f "$root/data/docs-bpe4096/meta.json" ] || { echo "lm: no data/docs-bpe4096 (carry it)"; return; }
+  local args=${M2_LM_ARGS:-"d=512 layers=8 length=512 batch=16 steps=1000 lr=2e-3 min_lr=2e-4 warmup=100 eval_every=100 eval_batches=16 init_std=0.02 seeds=0 parallel=6 archs=hybrid-m2rnn,m2rnn,gdn+m2rnn-1l,hybrid-gdn,hybrid-mamba2,attention"}
+  (cd "$root" && timeout $(($(left) - 15)) "$build/m2lab" run experiments/sweep_lm.lua device=cuda precision=bf16 \
+    data=data/docs-bpe4096 out=/tmp/lm $args >"$out/lm.log" 2>&1)
+  echo "sweep_lm: exit $?"; tail -25 "$out/lm.log"
+  mkdir -p "$out/lm" && cp /tmp/lm/*.log /tmp/lm/summary.md "$out/lm/" 2>/dev/null # the run files hold checkpoints: too big
+  for f in /tmp/lm/*.log; do [ -f "$f" ] && { echo "== $f"; grep -E "val" "$f" | tail -2; }; done
+}
+part_steps() {
+  local G=config=experiments/configs/400m-hybrid-gdn.lua S=config=experiments/configs/400m-hybrid-mamba2.lua
+  for row in "gdn|$G" "mamba2|$S" "m2rnn|" "m2rnn_act_bf16|activations=bf16"; do
+    [ "$(left)" -gt 70 ] || break
+    local name=${row%%|*} a=${row#*|}
+    (cd "$root" && timeout 150 "$build/m2lab" run experiments/step_time.lua device=cuda batch=4 steps=4 warmup=1 \
+      out=/tmp/st_$name.h5 $a >"$out/step_$name.log" 2>&1)
+    echo "step $name: $(tail -1 "$out/step_$name.log")"
+  done
+}
+part_cases() {
+  timeout $(($(left) - 20)) "$build/tests/cuda_op_cases" >"$out/cuda_op_cases.log" 2>&1
+  echo "cuda_op_cases: exit $? ($(tail -1 "$out/cuda_op_cases.log"))"
+  [ "$(left)" -gt 60 ] && { (cd "$build" && timeout $(($(left) - 20)) ctest -R "lua_cuda" --output-on-failure \
+    >"$out/ctest_lua_cuda.log" 2>&1); echo "ctest lua_cuda: exit $? ($(grep "tests passed" "$out/ctest_lua_cuda.log"))"; }
+}
+for p in ${M2_PARTS:-gdn ncu lm}; do
+  [ "$(left)" -gt 40 ] || { echo "$p: skipped ($(left) s left)"; continue; }
+  t1=$SECONDS
+  "part_$p"
+  echo "-- $p: $((SECONDS - t1)) s ($(left) s left)"
+done
+tar -C "$out" -czf /tmp/all.tar.gz . && rm -rf "${out:?}"/* && mv /tmp/all.tar.gz "$out/all.tar.gz"
+ls -la "$out/all.tar.gz"
