@@ -9,8 +9,12 @@
 #          left alone); M2_NCU: which benchmarks (default "gdn ssd")
 #   lm     experiments/sweep_lm.lua on the GPU (issue 16's larger comparison): M2_LM_ARGS (default below) over the
 #          BPE shards in data/docs-bpe4096 (carry them: `bash datasets/corpus.sh --tokenizer bpe --vocab 4096`)
+#   lmact  hybrid-m2rnn with bf16 against f32 activations, two seeds each, the validation curves (issue 20)
 #   steps  whole 400M training steps (experiments/step_time.lua, B 4): hybrid-gdn, hybrid-mamba2, hybrid-m2rnn with
 #          and without activations=bf16
+#          (M2_STEPS: ';'-separated "name|step_time args" rows instead; profile=1 rows print their op table)
+#   ncufull  every Nsight Compute section of one launch of each kernel in M2_NCUFULL_K (default k_gdn_prep
+#          k_gdn_bscan) in bench_gdn
 #   cases  cuda_op_cases and ctest -R lua_cuda
 #   M2_DEADLINE_S  seconds for the whole call (default 570)
 # Carry .deps (Lua), .whl (peers) and, for lm, data/docs-bpe4096.
@@ -58,14 +62,45 @@ part_lm() {
   mkdir -p "$out/lm" && cp /tmp/lm/*.log /tmp/lm/summary.md "$out/lm/" 2>/dev/null # the run files hold checkpoints: too big
   for f in /tmp/lm/*.log; do [ -f "$f" ] && { echo "== $f"; grep -E "val" "$f" | tail -2; }; done
 }
+part_lmact() { # bf16 against f32 activations on a short real run (issue 20): hybrid-m2rnn, seeds 0 and 1 each,
+  # the two sweeps side by side on the GPU
+  [ -f "$root/data/docs-bpe4096/meta.json" ] || { echo "lmact: no data/docs-bpe4096 (carry it)"; return; }
+  local common="d=512 layers=8 length=512 batch=16 steps=${M2_LMACT_STEPS:-600} lr=2e-3 min_lr=2e-4 warmup=100"
+  common="$common eval_every=100 eval_batches=16 init_std=0.02 seeds=0,1 parallel=2 archs=hybrid-m2rnn"
+  local a pids=()
+  for a in f32 bf16; do
+    (cd "$root" && timeout $(($(left) - 15)) "$build/m2lab" run experiments/sweep_lm.lua device=cuda precision=bf16 \
+      activations=$a data=data/docs-bpe4096 out=/tmp/lmact_$a $common >"$out/lmact_$a.log" 2>&1) &
+    pids+=($!)
+  done
+  wait "${pids[@]}"
+  for a in f32 bf16; do
+    echo "== activations $a"; grep -A6 "^| arch" "$out/lmact_$a.log"
+    mkdir -p "$out/lmact_$a" && cp /tmp/lmact_$a/*.log /tmp/lmact_$a/summary.md "$out/lmact_$a/" 2>/dev/null
+    for f in /tmp/lmact_$a/*.log; do echo "$f: $(grep -o 'val_loss [0-9.]*' "$f" | awk '{print $2}' | tr '\n' ' ')"; done
+  done
+}
 part_steps() {
   local G=config=experiments/configs/400m-hybrid-gdn.lua S=config=experiments/configs/400m-hybrid-mamba2.lua
-  for row in "gdn|$G" "mamba2|$S" "m2rnn|" "m2rnn_act_bf16|activations=bf16"; do
+  local rows=${M2_STEPS:-"gdn|$G;mamba2|$S;m2rnn|;m2rnn_act_bf16|activations=bf16"} row
+  IFS=';' read -ra list <<<"$rows"
+  for row in "${list[@]}"; do
     [ "$(left)" -gt 70 ] || break
     local name=${row%%|*} a=${row#*|}
-    (cd "$root" && timeout 150 "$build/m2lab" run experiments/step_time.lua device=cuda batch=4 steps=4 warmup=1 \
-      out=/tmp/st_$name.h5 $a >"$out/step_$name.log" 2>&1)
-    echo "step $name: $(tail -1 "$out/step_$name.log")"
+    (cd "$root" && timeout $(($(left) - 30)) "$build/m2lab" run experiments/step_time.lua device=cuda batch=4 steps=4 \
+      warmup=1 out=/tmp/st_$name.h5 $a >"$out/step_$name.log" 2>&1)
+    echo "step $name ($a): $(tail -1 "$out/step_$name.log")"
+    grep -A30 -i "^profile\|ops by time" "$out/step_$name.log" | head -32
+  done
+}
+part_ncufull() { # every Nsight Compute section of the first launch of each kernel in M2_NCUFULL_K
+  local k
+  for k in ${M2_NCUFULL_K:-k_gdn_prep k_gdn_bscan}; do
+    [ "$(left)" -gt 60 ] || break
+    timeout $(($(left) - 40)) ncu --clock-control none --set full -k "regex:$k" --launch-count 1 \
+      "$build/bench/bench_gdn" 1 >"$out/ncufull_$k.txt" 2>&1
+    echo "ncu full $k: exit $?"
+    grep -E "Duration|Memory Throughput|DRAM Throughput|Compute \(SM\) Throughput|Achieved Occupancy|Registers Per|Theoretical Occupancy|L2 Hit|Stall|Issue Slots Busy|Executed Ipc" "$out/ncufull_$k.txt" | head -20
   done
 }
 part_cases() {
