@@ -26,6 +26,14 @@ static void list_remove(m2_node *n) {
   n->prev = n->next = NULL;
 }
 
+static bool g_drop_unread = true;
+
+bool m2_tape_drop_unread(bool on) {
+  bool old = g_drop_unread;
+  g_drop_unread = on;
+  return old;
+}
+
 bool m2_grad_enabled(void) { return g_no_grad == 0; }
 void m2_no_grad_push(void) { g_no_grad++; }
 void m2_no_grad_pop(void) { if (g_no_grad > 0) g_no_grad--; }
@@ -71,8 +79,24 @@ m2_status m2_record(m2_opcall *c, m2_tensor **outs) {
   n->call = *c;
   n->n_out = c->n_out;
   for (int i = 0; i < c->n_in; i++) {
-    m2_retain(c->in[i]);
-    n->call.needs_din[i] = c->in[i] && c->in[i]->requires_grad;
+    m2_tensor *in = c->in[i];
+    n->call.needs_din[i] = in && in->requires_grad;
+    if (!in) continue;
+    const bool param = !in->grad_fn && in->requires_grad; /* held by the model anyway; its .grad is on it */
+    if (!(c->op->bwd_unread & M2_IN(i)) || !g_drop_unread || param) {
+      m2_retain(in);
+      continue;
+    }
+    /* the backward reads only in's metadata: keep that, with what routes its gradient, and not its data */
+    m2_tensor *m = m2_meta_raw(in);
+    if (!m) { m2_retain(in); continue; } /* out of host memory for a header: keep the input whole */
+    m->requires_grad = in->requires_grad;
+    if (in->grad_fn) {
+      m->grad_fn = in->grad_fn;
+      m->grad_fn_out = in->grad_fn_out;
+      m2_node_retain(in->grad_fn);
+    }
+    n->call.in[i] = m;
   }
   for (int i = 0; i < c->n_out; i++) {
     m2_tensor *o = c->out[i];
@@ -128,10 +152,11 @@ typedef struct tape_acc {
 
 /* Count reference t (of node op's role) into its row; its buffer's bytes the first time the buffer is seen. */
 static void acc_ref(tape_acc *a, const char *op, int role, const m2_tensor *t) {
-  if (!t || !t->storage) return; /* a data-less input kept for its metadata (m2_op.bwd_no_data) holds no buffer */
+  if (!t || !t->storage) return; /* a data-less input kept for its metadata (m2_op.bwd_unread) holds no buffer */
   m2_tape_row *r = NULL;
   for (int i = a->n - 1; i >= 0; i--)
-    if (a->rows[i].role == role && a->rows[i].dtype == t->dtype && (a->rows[i].op == op || !strcmp(a->rows[i].op, op))) {
+    if (a->rows[i].role == role && a->rows[i].dtype == t->dtype &&
+        (a->rows[i].op == op || !strcmp(a->rows[i].op, op))) {
       r = &a->rows[i];
       break;
     }

@@ -57,6 +57,9 @@ void m2_node_release(m2_node *n);
 void m2_node_drop_call(m2_node *n);
 /* Number of live nodes (for leak tests; m2_live_tensors is in tensor.h). */
 long m2_live_nodes(void);
+/* Whether nodes recorded from now on drop the data of the inputs their op's backward never reads (m2_op.bwd_unread,
+ * op.h); on by default. Returns the setting before. */
+bool m2_tape_drop_unread(bool on);
 
 /* ---- what the tape holds (memory accounting) ----
  * Every live node holds tensors: the inputs of its op call (retained until its backward ran), the tensors its forward

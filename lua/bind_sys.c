@@ -15,7 +15,9 @@
  *   m2.core.profile_enable([on]) -> the setting before   m2.core.profile_reset()
  *   m2.core.profile_rows() -> {{op, fwd_calls, fwd_s, bwd_calls, bwd_s}, ...} largest total first (core/profile.h)
  *   m2.core.tape_rows() -> {{op, role, dtype, bytes, buffers, refs}, ...} most bytes first,
- *        {nodes, bytes, param_bytes, buffers, refs}   what the live tape nodes hold (core/autograd.h) */
+ *        {nodes, bytes, param_bytes, buffers, refs}   what the live tape nodes hold (core/autograd.h)
+ *   m2.core.tape_drop_unread([on]) -> the setting before   nodes recorded from now on drop the data of the inputs
+ *        their op's backward never reads (m2_tape_drop_unread, core/autograd.h; on by default) */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -316,6 +318,13 @@ static int l_tape_rows(lua_State *L) {
   return 2;
 }
 
+static int l_tape_drop_unread(lua_State *L) {
+  bool old = m2_tape_drop_unread(true);
+  m2_tape_drop_unread(lua_isnoneornil(L, 1) ? old : lua_toboolean(L, 1));
+  lua_pushboolean(L, old);
+  return 1;
+}
+
 void m2lua_open_sys(lua_State *L) {
   static const luaL_Reg fns[] = {
       {"clock", l_clock},         {"time", l_time},         {"sleep", l_sleep},
@@ -324,7 +333,7 @@ void m2lua_open_sys(lua_State *L) {
       {"wait", l_wait},           {"kill", l_kill},         {"mem_current", l_mem_current},
       {"mem_peak", l_mem_peak},   {"mem_reset_peak", l_mem_reset_peak}, {"profile_enable", l_profile},
       {"profile_reset", l_profile_reset}, {"profile_rows", l_profile_rows},
-      {"tape_rows", l_tape_rows},         {NULL, NULL},
+      {"tape_rows", l_tape_rows},         {"tape_drop_unread", l_tape_drop_unread}, {NULL, NULL},
   };
   m2lua_setfuncs(L, -1, fns);
 }
