@@ -17,6 +17,8 @@
 -- profile=1: after the warm-up, time every op (m2.profile: a device synchronisation per op, so those steps run
 -- slower) and print a table of the ops by time per step, and one of what the autograd tape holds after the first
 -- profiled step's forward, before its backward (m2.profile.tape_report: bytes by op, role and dtype);
+-- drop_unread=0: the tape's nodes keep every input whole, also those whose values their op's backward never reads
+-- (m2.core.tape_drop_unread; 1, the default: they keep only those inputs' metadata), to compare the tape's bytes;
 -- chunked: 1 runs the GDN and Mamba-2 layers in their chunked form (m2.gdn_chunked / m2.ssd_chunked), 0 recurrent,
 -- -1 (the default) as the config says.
 local m2 = require "m2"
@@ -25,9 +27,10 @@ local cfg = m2.config {
   config = "experiments/configs/400m-hybrid-m2rnn.lua", batch = 8, len = 4096, steps = 4, warmup = 1,
   layers = "", d = 0, vocab = 0, seed = 0, lr = 3e-4, out = "runs/step_time.h5", precision = "bf16", activations = "f32",
   ckpt = 0,
-  profile = 0, fused_loss = 1, chunked = -1,
+  profile = 0, fused_loss = 1, chunked = -1, drop_unread = 1,
 }
 m2.seed(cfg.seed)
+m2.core.tape_drop_unread(cfg.drop_unread ~= 0)
 
 local spec = m2.models.load(cfg.config) -- as given, else from the repository root
 if type(spec) ~= "table" or not spec.layers then m2.error("step_time: " .. cfg.config .. " returned no model spec") end
