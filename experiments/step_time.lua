@@ -53,19 +53,22 @@ function data:batch() -- fresh random tokens every step, made on the CPU (m2.tra
   return m2.randint(spec.vocab, cfg.batch, cfg.len), m2.randint(spec.vocab, cfg.batch, cfg.len)
 end
 
+local device = m2.args.device or "cpu"
 -- the model's loss as m2.train computes it by default; on the first profiled step, what the tape holds once the
 -- forward is done (the backward has not run yet)
 local tape_report
 local function loss(mdl, x, y)
   local l = type(mdl.loss) == "function" and mdl:loss(x, y) or m2.cross_entropy(mdl(x), y, -100)
   if cfg.profile ~= 0 and not tape_report and batches == cfg.warmup + 1 then
+    local dev = device:match("^cuda") and "cuda" or "cpu"
     tape_report = m2.profile.tape_report { title = string.format(
-      "\nstep_time: what the autograd tape holds after the forward of step %d (each buffer once)", batches) }
+      "\nstep_time: what the autograd tape holds after the forward of step %d (each buffer once; %s memory in use " ..
+      "then %.2f GiB, peak of the step so far %.2f GiB)", batches, dev, m2.core.mem_current(dev) / 2 ^ 30,
+      m2.core.mem_peak(dev) / 2 ^ 30) }
   end
   return l
 end
 
-local device = m2.args.device or "cpu"
 print(string.format("step_time: %s (%s, d %d, vocab %d, %s parameters) on %s, batch %d x %d tokens, %s products, " ..
   "%s activations", spec.name or cfg.config, spec.layers, spec.d, spec.vocab,
   m2.models.human(m2.models.param_count(model)), device, cfg.batch, cfg.len, cfg.precision, cfg.activations))
