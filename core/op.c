@@ -78,7 +78,7 @@ static m2_status pass_bwd(m2_opcall *c) {
   return M2_OK;
 }
 const m2_op m2_op_contiguous = {"contiguous", contiguous_fwd, pass_bwd,
-                                M2_OP_VIEW | M2_OP_ANYDEV_FWD | M2_OP_ANYDEV_BWD};
+                                M2_OP_VIEW | M2_OP_ANYDEV_FWD | M2_OP_ANYDEV_BWD, M2_IN(0)};
 
 m2_tensor *m2_contiguous(m2_tensor *x) {
   if (m2_is_contiguous(x)) { m2_retain(x); return x; }

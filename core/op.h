@@ -86,12 +86,24 @@ enum {
 };
 
 /* One op: its name, its CPU reference kernels and its flags. Other backends (the CUDA library) register their kernels for
- * a row at init with m2_op_register_kernels; core never names them. */
+ * a row at init with m2_op_register_kernels; core never names them.
+ *
+ * bwd_unread: the inputs whose VALUES no backward of the op reads, on any device (bit i: in[i]; 0, the default: every
+ * input is read). The tape node then keeps of such an input only what the backward reads of it (m2_meta_raw: dtype,
+ * device, shape, strides; its requires_grad and its producer, to route the gradient) and drops its reference to the
+ * data right after recording, so the buffer is freed as soon as nothing else holds it (an add's inputs, the f32 copy
+ * of a bf16 input made by the dispatcher for an op that reads only its shape). Parameters (leaves that require grad)
+ * stay as they are. A backend's backward kernel for the op must read no more of these inputs than m2_data's NULL
+ * (a data-less tensor's data pointer), which it must never dereference. m2_tape_drop_unread(false) turns the dropping
+ * off (all inputs kept whole, as before). */
 typedef struct m2_op {
   const char *name;
   m2_op_fn fwd, bwd;  /* the CPU reference forward and backward (bwd NULL only for M2_OP_NONDIFF) */
   int flags;
+  unsigned bwd_unread; /* inputs whose data the backward never reads (see above) */
 } m2_op;
+#define M2_IN(i) (1u << (i))  /* bit of in[i] in m2_op.bwd_unread */
+#define M2_IN_ALL 0xFFu       /* every input (M2_MAX_IN of them) */
 
 /* A backend's kernels for one op; fwd or bwd NULL: that direction has no kernel on this backend. */
 typedef struct m2_kernel_reg {

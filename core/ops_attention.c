@@ -265,7 +265,7 @@ static m2_status rope_bwd(m2_opcall *c) {
   return rope_run(c, c->dout[0], &c->din[0], -1.0);
 }
 
-const m2_op m2_op_rope = {"rope", rope_fwd, rope_bwd, M2_OP_CAST_IN0};
+const m2_op m2_op_rope = {"rope", rope_fwd, rope_bwd, M2_OP_CAST_IN0, M2_IN(0)};
 
 m2_tensor *m2_rope(m2_tensor *x, double theta, int64_t offset) {
   if (m2_rope_check(x, theta) != M2_OK) return NULL; /* the one check: the kernels trust it */

@@ -162,7 +162,7 @@ static m2_status add_bwd(m2_opcall *c) {
     if (c->needs_din[i]) { m2_retain(c->dout[0]); M2_TRY(give_din(c, i, c->dout[0])); }
   return M2_OK;
 }
-const m2_op m2_op_add = {"add", add_fwd, add_bwd, M2_OP_ANYDEV_BWD};
+const m2_op m2_op_add = {"add", add_fwd, add_bwd, M2_OP_ANYDEV_BWD, M2_IN(0) | M2_IN(1)};
 m2_tensor *m2_add(m2_tensor *a, m2_tensor *b) { return binary(&m2_op_add, a, b); }
 
 /* ---- sub: da = g, db = -g (each summed to its input's shape) ---- */
@@ -178,7 +178,7 @@ static m2_status sub_bwd(m2_opcall *c) {
   }
   return M2_OK;
 }
-const m2_op m2_op_sub = {"sub", sub_fwd, sub_bwd, M2_OP_ANYDEV_BWD};
+const m2_op m2_op_sub = {"sub", sub_fwd, sub_bwd, M2_OP_ANYDEV_BWD, M2_IN(0) | M2_IN(1)};
 m2_tensor *m2_sub(m2_tensor *a, m2_tensor *b) { return binary(&m2_op_sub, a, b); }
 
 /* ---- mul: da = g * b, db = g * a ---- */
@@ -330,12 +330,12 @@ static m2_status add_scalar_bwd(m2_opcall *c) {
   c->din[0] = c->dout[0];
   return M2_OK;
 }
-const m2_op m2_op_add_scalar = {"add_scalar", add_scalar_fwd, add_scalar_bwd, 0};
+const m2_op m2_op_add_scalar = {"add_scalar", add_scalar_fwd, add_scalar_bwd, 0, M2_IN(0)};
 m2_tensor *m2_add_scalar(m2_tensor *x, double s) { return unary(&m2_op_add_scalar, x, s, 0); }
 
 static m2_status exp_fwd(m2_opcall *c) { return unary_fwd(c, U_EXP); }
 static m2_status exp_bwd(m2_opcall *c) { return unary_bwd(c, U_EXP); }
-const m2_op m2_op_exp = {"exp", exp_fwd, exp_bwd, M2_OP_KEEP_OUTPUTS};
+const m2_op m2_op_exp = {"exp", exp_fwd, exp_bwd, M2_OP_KEEP_OUTPUTS, M2_IN(0)};
 m2_tensor *m2_exp(m2_tensor *x) { return unary(&m2_op_exp, x, 0, 0); }
 
 static m2_status log_fwd(m2_opcall *c) { return unary_fwd(c, U_LOG); }
@@ -345,12 +345,12 @@ m2_tensor *m2_log(m2_tensor *x) { return unary(&m2_op_log, x, 0, 0); }
 
 static m2_status tanh_fwd(m2_opcall *c) { return unary_fwd(c, U_TANH); }
 static m2_status tanh_bwd(m2_opcall *c) { return unary_bwd(c, U_TANH); }
-const m2_op m2_op_tanh = {"tanh", tanh_fwd, tanh_bwd, M2_OP_KEEP_OUTPUTS};
+const m2_op m2_op_tanh = {"tanh", tanh_fwd, tanh_bwd, M2_OP_KEEP_OUTPUTS, M2_IN(0)};
 m2_tensor *m2_tanh(m2_tensor *x) { return unary(&m2_op_tanh, x, 0, 0); }
 
 static m2_status sigmoid_fwd(m2_opcall *c) { return unary_fwd(c, U_SIGMOID); }
 static m2_status sigmoid_bwd(m2_opcall *c) { return unary_bwd(c, U_SIGMOID); }
-const m2_op m2_op_sigmoid = {"sigmoid", sigmoid_fwd, sigmoid_bwd, M2_OP_KEEP_OUTPUTS};
+const m2_op m2_op_sigmoid = {"sigmoid", sigmoid_fwd, sigmoid_bwd, M2_OP_KEEP_OUTPUTS, M2_IN(0)};
 m2_tensor *m2_sigmoid(m2_tensor *x) { return unary(&m2_op_sigmoid, x, 0, 0); }
 
 static m2_status silu_fwd(m2_opcall *c) { return unary_fwd(c, U_SILU); }
@@ -375,7 +375,7 @@ m2_tensor *m2_square(m2_tensor *x) { return unary(&m2_op_square, x, 0, 0); }
 
 static m2_status sqrt_fwd(m2_opcall *c) { return unary_fwd(c, U_SQRT); }
 static m2_status sqrt_bwd(m2_opcall *c) { return unary_bwd(c, U_SQRT); }
-const m2_op m2_op_sqrt = {"sqrt", sqrt_fwd, sqrt_bwd, M2_OP_KEEP_OUTPUTS};
+const m2_op m2_op_sqrt = {"sqrt", sqrt_fwd, sqrt_bwd, M2_OP_KEEP_OUTPUTS, M2_IN(0)};
 m2_tensor *m2_sqrt(m2_tensor *x) { return unary(&m2_op_sqrt, x, 0, 0); }
 
 /* ---- clamp: m2_unary_attr s0 = lo, s1 = hi; the gradient passes where lo <= x <= hi ---- */

@@ -101,7 +101,7 @@ static m2_status concat_bwd(m2_opcall *c) {
   }
   return M2_OK;
 }
-const m2_op m2_op_concat = {"concat", concat_fwd, concat_bwd, 0};
+const m2_op m2_op_concat = {"concat", concat_fwd, concat_bwd, 0, M2_IN_ALL};
 
 /* At most M2_MAX_IN tensors per op call: longer lists are concatenated in groups, then the groups. */
 static m2_tensor *concat_any(int n, m2_tensor *const *xs, int d) {
@@ -182,7 +182,7 @@ static m2_status split_bwd(m2_opcall *c) {
   c->din[0] = dx;
   return M2_OK;
 }
-const m2_op m2_op_split = {"split", split_fwd, split_bwd, 0};
+const m2_op m2_op_split = {"split", split_fwd, split_bwd, 0, M2_IN(0)};
 
 m2_status m2_split(m2_tensor *x, int dim, int n, const int64_t *sizes, m2_tensor **outs) {
   int d;
@@ -309,7 +309,7 @@ static m2_status gather_bwd(m2_opcall *c) {
   free(offs);
   return s;
 }
-const m2_op m2_op_gather = {"gather", gather_fwd, gather_bwd, 0};
+const m2_op m2_op_gather = {"gather", gather_fwd, gather_bwd, 0, M2_IN(0)};
 
 m2_tensor *m2_gather(m2_tensor *x, int dim, m2_tensor *index) {
   int d;
@@ -387,7 +387,7 @@ static m2_status index_select_bwd(m2_opcall *c) {
   c->din[0] = dx;
   return M2_OK;
 }
-const m2_op m2_op_index_select = {"index_select", index_select_fwd, index_select_bwd, 0};
+const m2_op m2_op_index_select = {"index_select", index_select_fwd, index_select_bwd, 0, M2_IN(0)};
 
 m2_tensor *m2_index_select(m2_tensor *x, int dim, m2_tensor *index) {
   int d;

@@ -103,7 +103,7 @@ static m2_status embedding_bwd(m2_opcall *c) {
   c->din[0] = dw;
   return M2_OK;
 }
-const m2_op m2_op_embedding = {"embedding", embedding_fwd, embedding_bwd, M2_OP_CAST_IN0};
+const m2_op m2_op_embedding = {"embedding", embedding_fwd, embedding_bwd, M2_OP_CAST_IN0, M2_IN(0)};
 
 m2_tensor *m2_embedding(m2_tensor *weight, m2_tensor *ids) {
   if (m2_embedding_check(weight, ids, m2_check_float) != M2_OK) return NULL;

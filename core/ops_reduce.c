@@ -238,24 +238,24 @@ static m2_tensor *all_op(const m2_op *op, m2_tensor *x) {
 /* ---- sum: x (..., n, ...) -> (..., [1,] ...) along dim; m2_reduce_attr ---- */
 static m2_status sum_fwd(m2_opcall *c) { return sum_mean_fwd(c, false, false); }
 static m2_status sum_bwd(m2_opcall *c) { return sum_mean_bwd(c, false, false); }
-const m2_op m2_op_sum = {"sum", sum_fwd, sum_bwd, 0};
+const m2_op m2_op_sum = {"sum", sum_fwd, sum_bwd, 0, M2_IN(0)};
 m2_tensor *m2_sum(m2_tensor *x, int dim, bool keepdim) { return dim_op(&m2_op_sum, x, dim, keepdim); }
 
 /* ---- mean: as sum, divided by n ---- */
 static m2_status mean_fwd(m2_opcall *c) { return sum_mean_fwd(c, true, false); }
 static m2_status mean_bwd(m2_opcall *c) { return sum_mean_bwd(c, true, false); }
-const m2_op m2_op_mean = {"mean", mean_fwd, mean_bwd, 0};
+const m2_op m2_op_mean = {"mean", mean_fwd, mean_bwd, 0, M2_IN(0)};
 m2_tensor *m2_mean(m2_tensor *x, int dim, bool keepdim) { return dim_op(&m2_op_mean, x, dim, keepdim); }
 
 /* ---- sum_all, mean_all: x (...) -> () ---- */
 static m2_status sum_all_fwd(m2_opcall *c) { return sum_mean_fwd(c, false, true); }
 static m2_status sum_all_bwd(m2_opcall *c) { return sum_mean_bwd(c, false, true); }
-const m2_op m2_op_sum_all = {"sum_all", sum_all_fwd, sum_all_bwd, 0};
+const m2_op m2_op_sum_all = {"sum_all", sum_all_fwd, sum_all_bwd, 0, M2_IN(0)};
 m2_tensor *m2_sum_all(m2_tensor *x) { return all_op(&m2_op_sum_all, x); }
 
 static m2_status mean_all_fwd(m2_opcall *c) { return sum_mean_fwd(c, true, true); }
 static m2_status mean_all_bwd(m2_opcall *c) { return sum_mean_bwd(c, true, true); }
-const m2_op m2_op_mean_all = {"mean_all", mean_all_fwd, mean_all_bwd, 0};
+const m2_op m2_op_mean_all = {"mean_all", mean_all_fwd, mean_all_bwd, 0, M2_IN(0)};
 m2_tensor *m2_mean_all(m2_tensor *x) { return all_op(&m2_op_mean_all, x); }
 
 /* ---- sum_to_shape: g (broadcast shape) -> (shape), with the sum op above (recorded like any op) ---- */
@@ -311,12 +311,12 @@ static m2_status max_bwd_common(m2_opcall *c, bool all) {
 
 static m2_status max_fwd(m2_opcall *c) { return max_fwd_common(c, false); }
 static m2_status max_bwd(m2_opcall *c) { return max_bwd_common(c, false); }
-const m2_op m2_op_max = {"max", max_fwd, max_bwd, 0};
+const m2_op m2_op_max = {"max", max_fwd, max_bwd, 0, M2_IN(0)};
 m2_tensor *m2_max(m2_tensor *x, int dim, bool keepdim) { return dim_op(&m2_op_max, x, dim, keepdim); }
 
 static m2_status max_all_fwd(m2_opcall *c) { return max_fwd_common(c, true); }
 static m2_status max_all_bwd(m2_opcall *c) { return max_bwd_common(c, true); }
-const m2_op m2_op_max_all = {"max_all", max_all_fwd, max_all_bwd, 0};
+const m2_op m2_op_max_all = {"max_all", max_all_fwd, max_all_bwd, 0, M2_IN(0)};
 m2_tensor *m2_max_all(m2_tensor *x) { return all_op(&m2_op_max_all, x); }
 
 /* ---- argmax: x (..., n, ...) any dtype -> I64 (..., [1,] ...); first position of the max ---- */
@@ -403,12 +403,12 @@ static m2_status softmax_bwd_common(m2_opcall *c, bool log_out) {
 
 static m2_status softmax_fwd(m2_opcall *c) { return softmax_fwd_common(c, false); }
 static m2_status softmax_bwd(m2_opcall *c) { return softmax_bwd_common(c, false); }
-const m2_op m2_op_softmax = {"softmax", softmax_fwd, softmax_bwd, M2_OP_KEEP_OUTPUTS};
+const m2_op m2_op_softmax = {"softmax", softmax_fwd, softmax_bwd, M2_OP_KEEP_OUTPUTS, M2_IN(0)};
 m2_tensor *m2_softmax(m2_tensor *x, int dim) { return dim_op(&m2_op_softmax, x, dim, false); }
 
 static m2_status log_softmax_fwd(m2_opcall *c) { return softmax_fwd_common(c, true); }
 static m2_status log_softmax_bwd(m2_opcall *c) { return softmax_bwd_common(c, true); }
-const m2_op m2_op_log_softmax = {"log_softmax", log_softmax_fwd, log_softmax_bwd, M2_OP_KEEP_OUTPUTS};
+const m2_op m2_op_log_softmax = {"log_softmax", log_softmax_fwd, log_softmax_bwd, M2_OP_KEEP_OUTPUTS, M2_IN(0)};
 m2_tensor *m2_log_softmax(m2_tensor *x, int dim) { return dim_op(&m2_op_log_softmax, x, dim, false); }
 
 /* ========= cumsum: x (...) -> y (...) along m2_reduce_attr.dim; dx = reverse cumsum of dy ========= */
@@ -432,5 +432,5 @@ static m2_status cumsum_fwd(m2_opcall *c) {
   return cumsum_run(c, c->in[0], false, &c->out[0]);
 }
 static m2_status cumsum_bwd(m2_opcall *c) { return cumsum_run(c, c->dout[0], true, &c->din[0]); }
-const m2_op m2_op_cumsum = {"cumsum", cumsum_fwd, cumsum_bwd, 0};
+const m2_op m2_op_cumsum = {"cumsum", cumsum_fwd, cumsum_bwd, 0, M2_IN(0)};
 m2_tensor *m2_cumsum(m2_tensor *x, int dim) { return dim_op(&m2_op_cumsum, x, dim, false); }

@@ -21,7 +21,8 @@ static m2_status reshape_bwd(m2_opcall *c) {
   c->din[0] = m2_reshape(c->dout[0], c->in[0]->ndim, c->in[0]->shape);
   return c->din[0] ? M2_OK : m2_errcode();
 }
-const m2_op m2_op_reshape = {"reshape", reshape_fwd, reshape_bwd, M2_OP_VIEW | M2_OP_ANYDEV_FWD | M2_OP_ANYDEV_BWD};
+const m2_op m2_op_reshape = {"reshape", reshape_fwd, reshape_bwd, M2_OP_VIEW | M2_OP_ANYDEV_FWD | M2_OP_ANYDEV_BWD,
+                             M2_IN(0)};
 
 m2_tensor *m2_reshape(m2_tensor *x, int ndim, const int64_t *shape) {
   if (ndim < 0 || ndim > M2_MAX_DIMS) { m2_fail(M2_ERR_SHAPE, "reshape: at most %d dims", M2_MAX_DIMS); return NULL; }
@@ -87,7 +88,7 @@ static m2_status narrow_bwd(m2_opcall *c) {
   c->din[0] = g;
   return M2_OK;
 }
-const m2_op m2_op_narrow = {"narrow", narrow_fwd, narrow_bwd, M2_OP_VIEW | M2_OP_ANYDEV_FWD};
+const m2_op m2_op_narrow = {"narrow", narrow_fwd, narrow_bwd, M2_OP_VIEW | M2_OP_ANYDEV_FWD, M2_IN(0)};
 
 m2_tensor *m2_narrow(m2_tensor *x, int dim, int64_t start, int64_t len) {
   int d;
@@ -125,7 +126,8 @@ static m2_status permute_bwd(m2_opcall *c) {
   c->din[0] = m2_permute(c->dout[0], inv);
   return c->din[0] ? M2_OK : m2_errcode();
 }
-const m2_op m2_op_permute = {"permute", permute_fwd, permute_bwd, M2_OP_VIEW | M2_OP_ANYDEV_FWD | M2_OP_ANYDEV_BWD};
+const m2_op m2_op_permute = {"permute", permute_fwd, permute_bwd, M2_OP_VIEW | M2_OP_ANYDEV_FWD | M2_OP_ANYDEV_BWD,
+                             M2_IN(0)};
 
 m2_tensor *m2_permute(m2_tensor *x, const int *perm) {
   bool used[M2_MAX_DIMS] = {0};
@@ -178,7 +180,8 @@ static m2_status expand_bwd(m2_opcall *c) {
   }
   return c->din[0] ? M2_OK : m2_errcode();
 }
-const m2_op m2_op_expand = {"expand", expand_fwd, expand_bwd, M2_OP_VIEW | M2_OP_ANYDEV_FWD | M2_OP_ANYDEV_BWD};
+const m2_op m2_op_expand = {"expand", expand_fwd, expand_bwd, M2_OP_VIEW | M2_OP_ANYDEV_FWD | M2_OP_ANYDEV_BWD,
+                            M2_IN(0)};
 
 m2_tensor *m2_expand(m2_tensor *x, int ndim, const int64_t *shape) {
   if (ndim < x->ndim || ndim > M2_MAX_DIMS) {
@@ -214,7 +217,7 @@ static m2_status to_dtype_bwd(m2_opcall *c) {
   c->din[0] = m2_clone_raw(c->dout[0], c->in[0]->dtype, c->in[0]->device);
   return c->din[0] ? M2_OK : m2_errcode();
 }
-const m2_op m2_op_to_dtype = {"to_dtype", to_dtype_fwd, to_dtype_bwd, M2_OP_VIEW};
+const m2_op m2_op_to_dtype = {"to_dtype", to_dtype_fwd, to_dtype_bwd, M2_OP_VIEW, M2_IN(0)};
 
 m2_tensor *m2_to_dtype(m2_tensor *x, m2_dtype dt) {
   if (x->dtype == dt) { m2_retain(x); return x; }
@@ -235,7 +238,8 @@ static m2_status to_device_bwd(m2_opcall *c) {
   c->din[0] = m2_clone_raw(c->dout[0], c->in[0]->dtype, c->in[0]->device);
   return c->din[0] ? M2_OK : m2_errcode();
 }
-const m2_op m2_op_to_device = {"to_device", to_device_fwd, to_device_bwd, M2_OP_VIEW | M2_OP_ANYDEV_FWD | M2_OP_ANYDEV_BWD};
+const m2_op m2_op_to_device = {"to_device", to_device_fwd, to_device_bwd, M2_OP_VIEW | M2_OP_ANYDEV_FWD | M2_OP_ANYDEV_BWD,
+                               M2_IN(0)};
 
 m2_tensor *m2_to_device(m2_tensor *x, m2_device dev) {
   if (m2_device_eq(x->device, dev)) { m2_retain(x); return x; }

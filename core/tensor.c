@@ -181,7 +181,9 @@ bool m2_is_contiguous(const m2_tensor *t) {
 
 size_t m2_elsize(const m2_tensor *t) { return m2_dtype_size(t->dtype); }
 
-void *m2_data(const m2_tensor *t) { return (char *)t->storage->data + t->offset * (int64_t)m2_elsize(t); }
+void *m2_data(const m2_tensor *t) {
+  return t->storage ? (char *)t->storage->data + t->offset * (int64_t)m2_elsize(t) : NULL;
+}
 
 bool m2_same_shape(const m2_tensor *a, const m2_tensor *b) {
   if (a->ndim != b->ndim) return false;
@@ -408,6 +410,14 @@ m2_tensor *m2_view_raw(const m2_tensor *t, int ndim, const int64_t *shape, const
 }
 
 m2_tensor *m2_alias(const m2_tensor *t) { return m2_view_raw(t, t->ndim, t->shape, t->stride, t->offset); }
+
+m2_tensor *m2_meta_raw(const m2_tensor *t) {
+  m2_tensor *v = tensor_header(t->dtype, t->device, t->ndim, t->shape);
+  if (!v) return NULL;
+  for (int i = 0; i < t->ndim; i++) v->stride[i] = t->stride[i];
+  v->offset = t->offset;
+  return v;
+}
 
 m2_tensor *m2_clone_raw(const m2_tensor *t, m2_dtype dt, m2_device dev) {
   m2_tensor *c = m2_empty(dt, dev, t->ndim, t->shape);

@@ -80,7 +80,8 @@ void m2_set_name(m2_tensor *t, const char *name);
 int64_t m2_numel(const m2_tensor *t);
 bool m2_is_contiguous(const m2_tensor *t);
 size_t m2_elsize(const m2_tensor *t);
-/* Pointer to element 0 (storage data + offset). Host pointer for CPU tensors. */
+/* Pointer to element 0 (storage data + offset). Host pointer for CPU tensors; NULL for a data-less tensor
+ * (m2_meta_raw). */
 void *m2_data(const m2_tensor *t);
 bool m2_same_shape(const m2_tensor *a, const m2_tensor *b);
 /* "(2, 3, 4)" into buf; returns buf. */
@@ -106,6 +107,10 @@ m2_status m2_zero_(m2_tensor *t);
 m2_tensor *m2_view_raw(const m2_tensor *t, int ndim, const int64_t *shape, const int64_t *stride, int64_t offset);
 /* A new tensor object sharing t's storage and geometry but with no autograd history. */
 m2_tensor *m2_alias(const m2_tensor *t);
+/* A tensor with t's dtype, device, shape, strides and offset but NO data (storage NULL; m2_data gives NULL) and no
+ * autograd history: what a tape node keeps of an input whose values its op's backward never reads
+ * (m2_op.bwd_unread, op.h). Reading its elements is a programming error. */
+m2_tensor *m2_meta_raw(const m2_tensor *t);
 void m2_contiguous_strides(int ndim, const int64_t *shape, int64_t *stride);
 
 /* Copy t into a new contiguous tensor of dtype dt on device dev (no autograd). */

@@ -15,7 +15,10 @@
 -- ckpt: the M2RNN layers' steps between kept states (0: the layer's default, 8; 64 keeps 1/8 of that memory);
 -- fused_loss=0: the LM head's full (B, T, vocab) logits, then the loss (1, the default: m2.linear_cross_entropy);
 -- profile=1: after the warm-up, time every op (m2.profile: a device synchronisation per op, so those steps run
--- slower) and print a table of the ops by time per step;
+-- slower) and print a table of the ops by time per step, and one of what the autograd tape holds after the first
+-- profiled step's forward, before its backward (m2.profile.tape_report: bytes by op, role and dtype);
+-- drop_unread=0: the tape's nodes keep every input whole, also those whose values their op's backward never reads
+-- (m2.core.tape_drop_unread; 1, the default: they keep only those inputs' metadata), to compare the tape's bytes;
 -- chunked: 1 runs the GDN and Mamba-2 layers in their chunked form (m2.gdn_chunked / m2.ssd_chunked), 0 recurrent,
 -- -1 (the default) as the config says.
 local m2 = require "m2"
@@ -24,9 +27,10 @@ local cfg = m2.config {
   config = "experiments/configs/400m-hybrid-m2rnn.lua", batch = 8, len = 4096, steps = 4, warmup = 1,
   layers = "", d = 0, vocab = 0, seed = 0, lr = 3e-4, out = "runs/step_time.h5", precision = "bf16", activations = "f32",
   ckpt = 0,
-  profile = 0, fused_loss = 1, chunked = -1,
+  profile = 0, fused_loss = 1, chunked = -1, drop_unread = 1,
 }
 m2.seed(cfg.seed)
+m2.core.tape_drop_unread(cfg.drop_unread ~= 0)
 
 local spec = m2.models.load(cfg.config) -- as given, else from the repository root
 if type(spec) ~= "table" or not spec.layers then m2.error("step_time: " .. cfg.config .. " returned no model spec") end
@@ -50,6 +54,21 @@ function data:batch() -- fresh random tokens every step, made on the CPU (m2.tra
 end
 
 local device = m2.args.device or "cpu"
+-- the model's loss as m2.train computes it by default; on the first profiled step, what the tape holds once the
+-- forward is done (the backward has not run yet)
+local tape_report
+local function loss(mdl, x, y)
+  local l = type(mdl.loss) == "function" and mdl:loss(x, y) or m2.cross_entropy(mdl(x), y, -100)
+  if cfg.profile ~= 0 and not tape_report and batches == cfg.warmup + 1 then
+    local dev = device:match("^cuda") and "cuda" or "cpu"
+    tape_report = m2.profile.tape_report { title = string.format(
+      "\nstep_time: what the autograd tape holds after the forward of step %d (each buffer once; %s memory in use " ..
+      "then %.2f GiB, peak of the step so far %.2f GiB)", batches, dev, m2.core.mem_current(dev) / 2 ^ 30,
+      m2.core.mem_peak(dev) / 2 ^ 30) }
+  end
+  return l
+end
+
 print(string.format("step_time: %s (%s, d %d, vocab %d, %s parameters) on %s, batch %d x %d tokens, %s products, " ..
   "%s activations", spec.name or cfg.config, spec.layers, spec.d, spec.vocab,
   m2.models.human(m2.models.param_count(model)), device, cfg.batch, cfg.len, cfg.precision, cfg.activations))
@@ -57,7 +76,7 @@ print(string.format("step_time: %s (%s, d %d, vocab %d, %s parameters) on %s, ba
 local summary = m2.train {
   model = model, data = data, steps = cfg.steps,
   optim = m2.optim.adamw { lr = cfg.lr, betas = { 0.9, 0.95 }, eps = 1e-10, weight_decay = 0.1 },
-  schedule = { kind = "constant" }, clip = 1.0, log_every = 1, out = cfg.out, overwrite = true, config = cfg,
+  loss = loss, schedule = { kind = "constant" }, clip = 1.0, log_every = 1, out = cfg.out, overwrite = true, config = cfg,
   precision = cfg.precision, activations = cfg.activations,
 }
 
@@ -89,4 +108,5 @@ if cfg.profile ~= 0 then
     print(m2.profile.report { per = n, title = string.format(
       "\nstep_time: ops by time per step over %d profiled step(s) (each op synchronised: read the shares)", n) })
   end
+  if tape_report then print(tape_report) end
 end

@@ -13,7 +13,11 @@
  *   m2.core.kill(pid, sig)   sig: a number or "KILL" / "TERM" / "INT"
  *   m2.core.mem_current(dev) / mem_peak(dev) / mem_reset_peak(dev)   dev: "cpu" | "cuda" (bytes)
  *   m2.core.profile_enable([on]) -> the setting before   m2.core.profile_reset()
- *   m2.core.profile_rows() -> {{op, fwd_calls, fwd_s, bwd_calls, bwd_s}, ...} largest total first (core/profile.h) */
+ *   m2.core.profile_rows() -> {{op, fwd_calls, fwd_s, bwd_calls, bwd_s}, ...} largest total first (core/profile.h)
+ *   m2.core.tape_rows() -> {{op, role, dtype, bytes, buffers, refs}, ...} most bytes first,
+ *        {nodes, bytes, param_bytes, buffers, refs}   what the live tape nodes hold (core/autograd.h)
+ *   m2.core.tape_drop_unread([on]) -> the setting before   nodes recorded from now on drop the data of the inputs
+ *        their op's backward never reads (m2_tape_drop_unread, core/autograd.h; on by default) */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -28,6 +32,7 @@
 #include <unistd.h>
 #include "backend.h"
 #include "bind.h"
+#include "autograd.h"
 #include "profile.h"
 
 extern char **environ;
@@ -283,6 +288,43 @@ static int l_profile_rows(lua_State *L) {
   return 1;
 }
 
+static int l_tape_rows(lua_State *L) {
+  m2_tape_totals tot;
+  int n = m2_tape_rows(NULL, 0, NULL);
+  if (n < 0) return luaL_error(L, "tape_rows: out of host memory");
+  m2_tape_row *rows = malloc((size_t)(n > 0 ? n : 1) * sizeof *rows);
+  if (!rows) return luaL_error(L, "tape_rows: out of host memory");
+  int got = m2_tape_rows(rows, n, &tot); /* nothing records in between: the same rows */
+  if (got < 0) { free(rows); return luaL_error(L, "tape_rows: out of host memory"); }
+  if (got > n) got = n;
+  lua_createtable(L, got, 0);
+  for (int i = 0; i < got; i++) {
+    lua_createtable(L, 0, 6);
+    lua_pushstring(L, rows[i].op), lua_setfield(L, -2, "op");
+    lua_pushstring(L, m2_tape_role_name(rows[i].role)), lua_setfield(L, -2, "role");
+    lua_pushstring(L, m2_dtype_name(rows[i].dtype)), lua_setfield(L, -2, "dtype");
+    lua_pushinteger(L, (lua_Integer)rows[i].bytes), lua_setfield(L, -2, "bytes");
+    lua_pushinteger(L, (lua_Integer)rows[i].buffers), lua_setfield(L, -2, "buffers");
+    lua_pushinteger(L, (lua_Integer)rows[i].refs), lua_setfield(L, -2, "refs");
+    lua_rawseti(L, -2, i + 1);
+  }
+  free(rows);
+  lua_createtable(L, 0, 5);
+  lua_pushinteger(L, (lua_Integer)tot.nodes), lua_setfield(L, -2, "nodes");
+  lua_pushinteger(L, (lua_Integer)tot.bytes), lua_setfield(L, -2, "bytes");
+  lua_pushinteger(L, (lua_Integer)tot.param_bytes), lua_setfield(L, -2, "param_bytes");
+  lua_pushinteger(L, (lua_Integer)tot.buffers), lua_setfield(L, -2, "buffers");
+  lua_pushinteger(L, (lua_Integer)tot.refs), lua_setfield(L, -2, "refs");
+  return 2;
+}
+
+static int l_tape_drop_unread(lua_State *L) {
+  bool old = m2_tape_drop_unread(true);
+  m2_tape_drop_unread(lua_isnoneornil(L, 1) ? old : lua_toboolean(L, 1));
+  lua_pushboolean(L, old);
+  return 1;
+}
+
 void m2lua_open_sys(lua_State *L) {
   static const luaL_Reg fns[] = {
       {"clock", l_clock},         {"time", l_time},         {"sleep", l_sleep},
@@ -290,7 +332,8 @@ void m2lua_open_sys(lua_State *L) {
       {"sha256", l_sha256},       {"mkdir_p", l_mkdir_p},   {"spawn", l_spawn},
       {"wait", l_wait},           {"kill", l_kill},         {"mem_current", l_mem_current},
       {"mem_peak", l_mem_peak},   {"mem_reset_peak", l_mem_reset_peak}, {"profile_enable", l_profile},
-      {"profile_reset", l_profile_reset}, {"profile_rows", l_profile_rows}, {NULL, NULL},
+      {"profile_reset", l_profile_reset}, {"profile_rows", l_profile_rows},
+      {"tape_rows", l_tape_rows},         {"tape_drop_unread", l_tape_drop_unread}, {NULL, NULL},
   };
   m2lua_setfuncs(L, -1, fns);
 }

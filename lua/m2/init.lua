@@ -89,7 +89,7 @@ WEIGHTS IN AND OUT
     atomic: any mismatch or damage is an error naming the file and the tensor, and the model is left as it was
   m2.safetensors.load(path) -> {name = tensor}, metadata   m2.safetensors.header(path)   (lua/m2/safetensors.lua)
 
-SUBMODULES (loaded on first use): m2.nn  m2.optim  m2.test  m2.profile (per-op time)  m2.runs  m2.safetensors
+SUBMODULES (loaded on first use): m2.nn  m2.optim  m2.test  m2.profile (per-op time, tape memory)  m2.runs  m2.safetensors
   (and m2.<name> for any lua/m2/<name>.lua)
 ]==]
 

@@ -7,6 +7,16 @@
 --   m2.profile.rows() -> { {op, fwd_calls, fwd_s, bwd_calls, bwd_s}, ... } largest total time first
 --   m2.profile.report{per = 1, top = 25, title = nil} -> a markdown table (times divided by `per`, e.g. the
 --                                 number of profiled steps; the ops past `top` summed in one line)
+--
+-- What the autograd tape holds at this moment (core/autograd.h, m2_tape_rows; e.g. between a step's forward and its
+-- backward): the bytes of the buffers behind the live nodes' tensors, each buffer once, by the op that recorded the
+-- node, the role of the tensor there (input: retained input; param: input that is a parameter, held by the model
+-- anyway; saved: kept by the forward for the backward; output: kept output; grad: pending output gradient, during a
+-- backward) and its dtype. A buffer held several times is counted in its first holder's row (parameters first, then
+-- the nodes oldest first).
+--   m2.profile.tape() -> rows { {op, role, dtype, bytes, buffers, refs}, ... } most bytes first,
+--                        totals {nodes, bytes, param_bytes, buffers, refs}
+--   m2.profile.tape_report{top = 30, title = nil} -> a markdown table (MiB; the rows past `top` summed in one line)
 local core = require "m2.core"
 local P = {}
 
@@ -44,6 +54,35 @@ function P.report(o)
   end
   if rest[1] > 0 then line(string.format("(%d more ops)", rest[1]), rest[2], rest[3], rest[4], rest[5]) end
   out[#out + 1] = string.format("| all | | | | | %.2f | 100%% |", total * 1e3 / per)
+  return table.concat(out, "\n")
+end
+
+function P.tape() return core.tape_rows() end
+
+function P.tape_report(o)
+  o = o or {}
+  local top = o.top or 30
+  if type(top) ~= "number" or top < 0 then error("m2.profile.tape_report: top must be a number >= 0", 2) end
+  local rows, tot = core.tape_rows()
+  local mib = 2 ^ 20
+  local out = {}
+  if o.title then out[#out + 1] = o.title end
+  out[#out + 1] = "| op | role | dtype | MiB | buffers | refs | share |"
+  out[#out + 1] = "|---|---|---|---|---|---|---|"
+  local function line(op, role, dtype, bytes, buffers, refs)
+    out[#out + 1] = string.format("| %s | %s | %s | %.2f | %d | %d | %.1f%% |", op, role, dtype, bytes / mib, buffers,
+      refs, tot.bytes > 0 and 100 * bytes / tot.bytes or 0)
+  end
+  local rest = { 0, 0, 0, 0 }
+  for i, r in ipairs(rows) do
+    if i <= top then line(r.op, r.role, r.dtype, r.bytes, r.buffers, r.refs)
+    else rest[1], rest[2], rest[3], rest[4] = rest[1] + 1, rest[2] + r.bytes, rest[3] + r.buffers, rest[4] + r.refs end
+  end
+  if rest[1] > 0 then line(string.format("(%d more rows)", rest[1]), "", "", rest[2], rest[3], rest[4]) end
+  out[#out + 1] = string.format("| all (%d nodes) | | | %.2f | %d | %d | 100%% |", tot.nodes, tot.bytes / mib,
+    tot.buffers, tot.refs)
+  out[#out + 1] = string.format("| all but parameters | | | %.2f | | | %.1f%% |", (tot.bytes - tot.param_bytes) / mib,
+    tot.bytes > 0 and 100 * (tot.bytes - tot.param_bytes) / tot.bytes or 0)
   return table.concat(out, "\n")
 end
 
