@@ -423,11 +423,21 @@ __global__ void k_pass(float *st, const float *dec, const T *init, T *fin, int64
     float s = init ? to_f(init[i]) : 0.0f;
     float *q = st + bh * NC * PN + e;
     const float *dc = dec + bh * NC;
-    for (int k = 0; k < NC; k++) {
-      int c = REV ? NC - 1 - k : k;
-      float loc = q[(int64_t)c * PN];
-      q[(int64_t)c * PN] = s;
-      s = dc[c] * s + loc;
+    constexpr int UN = 8; /* chunks whose loads are issued before the first of them is used */
+    for (int k0 = 0; k0 < NC; k0 += UN) {
+      float loc[UN], dk[UN];
+#pragma unroll
+      for (int u = 0; u < UN; u++) {
+        int k = k0 + u, c = REV ? NC - 1 - k : k;
+        loc[u] = k < NC ? q[(int64_t)c * PN] : 0.0f, dk[u] = k < NC ? dc[c] : 0.0f;
+      }
+#pragma unroll
+      for (int u = 0; u < UN; u++) {
+        int k = k0 + u, c = REV ? NC - 1 - k : k;
+        if (k >= NC) break;
+        q[(int64_t)c * PN] = s;
+        s = dk[u] * s + loc[u];
+      }
     }
     if (fin) fin[i] = from_f<T>(s);
   }
@@ -664,8 +674,17 @@ __global__ void k_group_sum(const float *part, T *out, int64_t BT, int64_t H, in
   const int64_t hpg = H / G;
   CU_GRID_STRIDE(i, BT * G * N) {
     int64_t n = i % N, r = i / N, gi = r % G, bt = r / G;
+    const float *pp = part + (bt * H + gi * hpg) * N + n;
     float s = 0.0f;
-    for (int64_t k = 0; k < hpg; k++) s += part[((bt * H + gi * hpg + k) * N) + n];
+    constexpr int UN = 8; /* heads whose loads are issued before the first is added; the sum stays in head order */
+    for (int64_t k0 = 0; k0 < hpg; k0 += UN) {
+      float v[UN];
+#pragma unroll
+      for (int u = 0; u < UN; u++) v[u] = k0 + u < hpg ? pp[(k0 + u) * N] : 0.0f;
+#pragma unroll
+      for (int u = 0; u < UN; u++)
+        if (k0 + u < hpg) s += v[u];
+    }
     out[i] = from_f<T>(s);
   }
 }
@@ -675,8 +694,19 @@ template <class T>
 __global__ void k_da_sum(const float *dAp, T *dA, int64_t B, int64_t H, int NC) {
   CU_GRID_STRIDE(h, H) {
     float s = 0.0f;
-    for (int64_t b = 0; b < B; b++)
-      for (int c = 0; c < NC; c++) s += dAp[(b * H + h) * NC + c];
+    constexpr int UN = 16; /* values whose loads are issued before the first is added; the sum stays in order */
+    const int64_t m = B * NC;
+    for (int64_t k0 = 0; k0 < m; k0 += UN) {
+      float v[UN];
+#pragma unroll
+      for (int u = 0; u < UN; u++) {
+        int64_t k = k0 + u;
+        v[u] = k < m ? dAp[((k / NC) * H + h) * NC + k % NC] : 0.0f;
+      }
+#pragma unroll
+      for (int u = 0; u < UN; u++)
+        if (k0 + u < m) s += v[u];
+    }
     dA[h] = from_f<T>(s);
   }
 }
