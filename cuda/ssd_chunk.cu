@@ -18,9 +18,11 @@
  * Products: bf16 operands (x, B, C as given or rounded from f32; Xw, the masked scores and the chunk state rounded to
  * bf16 only as operands), fp32 accumulation (mma.sync m16n8k16), fp32 states and decays. Tiles: a chunk is staged as
  * 64 rows (rows >= len zero), P and N padded to multiples of 16 (PP, NP) with zeros in shared memory only: global
- * reads stay inside the tensors. Shared rows are padded by 8 elements (row stride = 4 words mod 8: the fragment loads
- * of a warp hit distinct banks). Fragments are read from shared memory element by element (two bf16 a register),
- * so one helper serves every operand orientation.
+ * reads stay inside the tensors. Staging keeps many loads in flight a thread: bf16 B and C tiles by 16-byte cp.async,
+ * the fp32 chunk states by 16-byte loads, x and dy (P odd at 400M: unaligned rows) by several single loads issued
+ * before use (tile_cp, tile_load2 below, tile::tile_load). Shared rows are padded by 8 elements (row stride = 4
+ * words mod 8: the fragment loads of a warp hit distinct banks). Fragments are read from shared memory element by
+ * element (two bf16 a register), so one helper serves every operand orientation.
  *
  * Shared memory (bf16 elements; PP = 16 ceil(P / 16), NP = 16 ceil(N / 16), LN = NP + 8, LP = PP + 8):
  *   k_chain  Us 64 x 24, Vs 64 LN                         (+ 512 B of cs, dt; 400M: 33 KiB)
