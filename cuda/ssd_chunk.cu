@@ -18,9 +18,11 @@
  * Products: bf16 operands (x, B, C as given or rounded from f32; Xw, the masked scores and the chunk state rounded to
  * bf16 only as operands), fp32 accumulation (mma.sync m16n8k16), fp32 states and decays. Tiles: a chunk is staged as
  * 64 rows (rows >= len zero), P and N padded to multiples of 16 (PP, NP) with zeros in shared memory only: global
- * reads stay inside the tensors. Shared rows are padded by 8 elements (row stride = 4 words mod 8: the fragment loads
- * of a warp hit distinct banks). Fragments are read from shared memory element by element (two bf16 a register),
- * so one helper serves every operand orientation.
+ * reads stay inside the tensors. Staging keeps many loads in flight a thread: bf16 B and C tiles by 16-byte cp.async,
+ * the fp32 chunk states by 16-byte loads, x and dy (P odd at 400M: unaligned rows) by several single loads issued
+ * before use (tile_cp, tile_load2 below, tile::tile_load). Shared rows are padded by 8 elements (row stride = 4
+ * words mod 8: the fragment loads of a warp hit distinct banks). Fragments are read from shared memory element by
+ * element (two bf16 a register), so one helper serves every operand orientation.
  *
  * Shared memory (bf16 elements; PP = 16 ceil(P / 16), NP = 16 ceil(N / 16), LN = NP + 8, LP = PP + 8):
  *   k_chain  Us 64 x 24, Vs 64 LN                         (+ 512 B of cs, dt; 400M: 33 KiB)
@@ -29,6 +31,7 @@
  *            (400M -> 148 KiB, 7B -> 176 KiB; the H100 allows 227 KiB a block) */
 #include "ssd_chunk.h"
 #include "mma.cuh"
+#include "tile_load.cuh"
 #include "m2cuda.h"
 #include <stdlib.h>
 #include <string.h>
@@ -42,6 +45,135 @@ constexpr int LM = CL + 8;  /* row stride of the masked scores Ms */
 __device__ __forceinline__ uint16_t bfbits(float v) { return __bfloat16_as_ushort(__float2bfloat16_rn(v)); }
 
 __device__ __forceinline__ float bf2f(uint16_t u) { return __bfloat162float(__ushort_as_bfloat16(u)); }
+
+/* Items of 8 elements (16-byte loads) a thread keeps in flight when staging a tile: 8 for bf16, 4 for fp32 sources
+ * (the same bytes; the fp32 items take two registers an element). */
+template <class T> constexpr int stage_unroll() { return sizeof(T) == 2 ? 8 : 4; }
+
+/* Columns c0 .. c1 - 1 of rows 0 .. rows - 1 of a shared bf16 tile (row stride dld) set to 0: the padding of P and N to
+ * multiples of 16, which the staging loads (tile::tile_load, tile_load2) do not write. */
+__device__ __forceinline__ void zero_cols(uint16_t *dst, int dld, int rows, int c0, int c1) {
+  const int wd = c1 - c0;
+  if (wd <= 0) return;
+  for (int i = threadIdx.x; i < rows * wd; i += blockDim.x) dst[(i / wd) * dld + c0 + i % wd] = 0;
+}
+
+/* No-op for tile_load2's pair argument. */
+struct no_pair {
+  __device__ __forceinline__ void operator()(float, float) const {}
+};
+
+/* Two tiles of one shape and one source layout staged together, as tile::tile_load with the identity transform:
+ * da[r dld + x] = bf16(a[r sld + x]), db[r dld + x] = bf16(b[r sld + x]) for r < valid, x < cols; 0 for
+ * valid <= r < rows. Each thread issues the loads of UN items of both tiles before it stores any (16-byte items of 8
+ * elements where cols, sld, dld are multiples of 8 and the four pointers 16-byte aligned; single elements otherwise,
+ * e.g. P = 19). pair(va, vb) is called on every staged pair of values in fp32 (0, 0 past valid), item by item: the
+ * backward's <D, S> is summed from the fp32 values this way. The caller synchronises before reading da, db. */
+template <int UN, class T, class F>
+__device__ __forceinline__ void tile_load2(uint16_t *da, uint16_t *db, int dld, const T *a, const T *b, int64_t sld,
+                                           int rows, int valid, int cols, F pair) {
+  const int nt = blockDim.x, tid = threadIdx.x;
+  const bool wide = cols % 8 == 0 && sld % 8 == 0 && dld % 8 == 0 && tile::aligned16(a) && tile::aligned16(b) &&
+                    tile::aligned16(da) && tile::aligned16(db);
+  if (wide) {
+    const int cg = cols / 8, items = rows * cg;
+    for (int i0 = tid; i0 < items; i0 += UN * nt) {
+      tile::v8 xa[UN], xb[UN];
+#pragma unroll
+      for (int u = 0; u < UN; u++) { /* every load first */
+        int i = i0 + u * nt, r = i / cg;
+        if (i < items && r < valid) {
+          int64_t o = (int64_t)r * sld + (i % cg) * 8;
+          xa[u] = tile::load8(a + o), xb[u] = tile::load8(b + o);
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < UN; u++) {
+        int i = i0 + u * nt;
+        if (i >= items) break;
+        int r = i / cg, c0 = (i % cg) * 8;
+        float fa[8], fb[8];
+#pragma unroll
+        for (int e = 0; e < 8; e++) {
+          fa[e] = r < valid ? xa[u].f[e] : 0.0f, fb[e] = r < valid ? xb[u].f[e] : 0.0f;
+          pair(fa[e], fb[e]);
+        }
+        tile::store8(da + r * dld + c0, fa), tile::store8(db + r * dld + c0, fb);
+      }
+    }
+  } else {
+    const int items = rows * cols;
+    for (int i0 = tid; i0 < items; i0 += UN * nt) {
+      float xa[UN], xb[UN];
+#pragma unroll
+      for (int u = 0; u < UN; u++) {
+        int i = i0 + u * nt, r = i / cols;
+        bool ok = i < items && r < valid;
+        int64_t o = (int64_t)r * sld + i % cols;
+        xa[u] = ok ? tile::val(a[o]) : 0.0f, xb[u] = ok ? tile::val(b[o]) : 0.0f;
+      }
+#pragma unroll
+      for (int u = 0; u < UN; u++) {
+        int i = i0 + u * nt;
+        if (i >= items) break;
+        int r = i / cols, c = i % cols;
+        pair(xa[u], xb[u]);
+        da[r * dld + c] = bfbits(xa[u]), db[r * dld + c] = bfbits(xb[u]);
+      }
+    }
+  }
+}
+
+/* Two adjacent outputs p[0] = a, p[1] = b as one store (p 8-byte aligned for fp32, 4-byte for bf16), rounded as
+ * from_f. */
+__device__ __forceinline__ void store_pair(float *p, float a, float b) { *reinterpret_cast<float2 *>(p) = make_float2(a, b); }
+__device__ __forceinline__ void store_pair(bf16 *p, float a, float b) { tile::store2(reinterpret_cast<uint16_t *>(p), a, b); }
+
+/* Columns n, n + 1 (n even) of an output row of width N: o[io + 0, 1] = from_f(a, b) and p[ip + 0, 1] = a, b (NULL:
+ * not written), the columns >= N left out; as pairs where pairs (N even, o and p 8-byte aligned). */
+template <class T>
+__device__ __forceinline__ void put_pair(T *o, float *p, int64_t io, int64_t ip, int n, int N, bool pairs, float a,
+                                         float b) {
+  if (pairs && n < N) { /* n even, N even: n + 1 < N */
+    if (o) store_pair(o + io, a, b);
+    if (p) store_pair(p + ip, a, b);
+    return;
+  }
+  if (n < N) {
+    if (o) o[io] = from_f<T>(a);
+    if (p) p[ip] = a;
+  }
+  if (n + 1 < N) {
+    if (o) o[io + 1] = from_f<T>(b);
+    if (p) p[ip + 1] = b;
+  }
+}
+
+/* A rows x cols bf16 tile copied as it is into shared memory by 16-byte cp.async (rows >= valid zeroed): every copy
+ * of the block in flight at once and no registers held. Needs cols, sld, dld multiples of 8 and src, dst 16-byte
+ * aligned; false (nothing issued) otherwise. The caller waits (mma_cp_wait<0>) and synchronises before reading. */
+__device__ __forceinline__ bool tile_cp(uint16_t *dst, int dld, const bf16 *src, int64_t sld, int rows, int valid,
+                                        int cols) {
+  if (cols % 8 || sld % 8 || dld % 8 || !tile::aligned16(src) || !tile::aligned16(dst)) return false;
+  const int cg = cols / 8;
+  for (int i = threadIdx.x; i < rows * cg; i += blockDim.x) {
+    int r = i / cg, c = (i % cg) * 8;
+    mma_cp16(dst + r * dld + c, r < valid ? src + (int64_t)r * sld + c : src, r < valid);
+  }
+  mma_cp_commit();
+  return true;
+}
+__device__ __forceinline__ bool tile_cp(uint16_t *, int, const float *, int64_t, int, int, int) { return false; }
+
+/* dst[r dld + x] = bf16(src[r sld + x]) for r < valid, x < cols, 0 for valid <= r < rows: by tile_cp for bf16
+ * sources where it applies (the bf16 values copied unchanged: what rounding them through fp32 gives), else by
+ * tile::tile_load<UN> (UN loads in flight a thread). The caller runs mma_cp_wait<0>() then __syncthreads() before
+ * reading dst. */
+template <int UN, class T>
+__device__ __forceinline__ void stage_tile(uint16_t *dst, int dld, const T *src, int64_t sld, int rows, int valid,
+                                           int cols) {
+  if (!tile_cp(dst, dld, src, sld, rows, valid, cols)) tile::tile_load<UN>(dst, dld, src, sld, rows, valid, cols, tile::ident());
+}
 
 /* The quad's (lanes 4 g .. 4 g + 3) sums of part[0] (row r0) and part[1] (row r0 + 8) to p[row NT + nt]. */
 __device__ __forceinline__ void quad_store(float *p, float part[2], int r0, int NT, int nt, int tq) {
@@ -161,12 +293,24 @@ __global__ void __launch_bounds__(NW * 32, MAXT == 4 ? 4 : 2) k_chain(const T *u
     c = BWD ? d.NC - 1 - k : k, t0 = c * d.Lc, len = (int)(d.Tn - t0 < d.Lc ? d.Tn - t0 : d.Lc);
   };
   float nd0 = 0.0f, nd1 = 0.0f;
-  if (w == 0) {
+  /* u (x forward, dy BWD) of a chunk: the 64 x 16 values (row j, column 16 mt + q) as UX single loads a thread (P is
+     odd at 400M: rows of u are not 16-byte aligned), all issued before any is used */
+  constexpr int UX = CL * 16 / (NW * 32);
+  float ux[UX];
+  auto u_load = [&](int64_t t0, int len) {
+#pragma unroll
+    for (int q = 0; q < UX; q++) {
+      int i = threadIdx.x + q * NW * 32, j = i >> 4, p = (int)(16 * mt) + (i & 15);
+      ux[q] = j < len && p < d.P ? to_f(u[((b * d.Tn + t0 + j) * d.H + h) * d.P + p]) : 0.0f;
+    }
+  };
+  {
     int64_t c, t0;
     int len;
     chunk_at(0, c, t0, len);
-    load_dt(nd0, nd1, dt + h, b * d.Tn + t0, d.H, len);
+    if (w == 0) load_dt(nd0, nd1, dt + h, b * d.Tn + t0, d.H, len);
   }
+  zero_cols(Vs, LN, CL, d.N, d.NP); /* the padding columns of Vs, never staged (the first barrier orders it) */
   for (int k = 0; k < d.NC; k++) {
     int64_t c, t0;
     int len;
@@ -190,17 +334,19 @@ __global__ void __launch_bounds__(NW * 32, MAXT == 4 ? 4 : 2) k_chain(const T *u
     }
     __syncthreads(); /* cs ready; every warp is past the previous chunk's products */
     const float cend = cs[len - 1], dec = expf(cend);
-    for (int i = threadIdx.x; i < CL * 16; i += NW * 32) {
-      int j = i >> 4, p = (int)(16 * mt) + (i & 15);
+    /* v (B forward, C BWD): 64 x N by cp.async where N % 8 == 0 (400M, 7B: no registers held), issued first; u's
+       loads then go out under it. (Loading the next chunk's u before this chunk's products, or storing the state
+       rows as float2 pairs, made the MAXT 4 kernel spill under its 64-register bound.) */
+    stage_tile<1>(Vs, LN, v + ((b * d.Tn + t0) * d.G + gi) * d.N, d.G * (int64_t)d.N, CL, len, d.N);
+    u_load(t0, len);
+#pragma unroll
+    for (int q = 0; q < UX; q++) {
+      int i = threadIdx.x + q * NW * 32, j = i >> 4, p = (int)(16 * mt) + (i & 15);
       float val = 0.0f;
-      if (j < len && p < d.P)
-        val = (BWD ? expf(cs[j]) : expf(cend - cs[j]) * dts[j]) * to_f(u[((b * d.Tn + t0 + j) * d.H + h) * d.P + p]);
+      if (j < len && p < d.P) val = (BWD ? expf(cs[j]) : expf(cend - cs[j]) * dts[j]) * ux[q];
       Us[j * LU + (i & 15)] = bfbits(val);
     }
-    for (int i = threadIdx.x; i < CL * d.NP; i += NW * 32) {
-      int j = i / d.NP, n = i % d.NP;
-      Vs[j * LN + n] = bfbits(j < len && n < d.N ? to_f(v[((b * d.Tn + t0 + j) * d.G + gi) * d.N + n]) : 0.0f);
-    }
+    mma_cp_wait<0>();
     __syncthreads(); /* staged; cs is not read again before the next chunk's barrier */
     /* S = dec S + Us^T Vs: A(p, j) = Us[j LU + p], B(j, n) = Vs[j LN + n] */
 #pragma unroll
@@ -226,7 +372,7 @@ __global__ void __launch_bounds__(NW * 32, MAXT == 4 ? 4 : 2) k_chain(const T *u
  * Forward: x = x, Bm = B, S_loc = sum_j exp(cs_end - cs_j) dt_j x_j B_j^T.
  * BWD (the backward's chunk-local state gradient): x = dy, Bm = C, sum_r exp(cs_r) dy_r C_r^T. */
 template <class T, bool BWD>
-__global__ void __launch_bounds__(NW * 32) k_state(const T *x, const T *dt, const T *A, const T *Bm, float *st,
+__global__ void __launch_bounds__(NW * 32, 3) k_state(const T *x, const T *dt, const T *A, const T *Bm, float *st,
                                                    float *dec, ssd_dims d) {
   extern __shared__ __align__(16) float smf[];
   float *cs = smf, *dts = smf + CL;
@@ -235,20 +381,21 @@ __global__ void __launch_bounds__(NW * 32) k_state(const T *x, const T *dt, cons
   const int64_t c = blockIdx.x % d.NC, bh = blockIdx.x / d.NC, b = bh / d.H, h = bh % d.H, gi = h / (d.H / d.G);
   const int64_t t0 = c * d.Lc;
   const int len = (int)(d.Tn - t0 < d.Lc ? d.Tn - t0 : d.Lc);
+  /* Bm (B forward, C BWD) by cp.async (bf16, N % 8 == 0) or wide loads, issued before the cumulative sum's barrier;
+     then x (dy BWD) with its weight, UK single loads in flight a thread (P odd at 400M). Bound to 3 blocks an SM
+     (80 registers; 5 before these loads, at 48): at 4 (64 registers) it spills */
+  constexpr int UK = 4;
+  stage_tile<UK>(Bs, LN, Bm + ((b * d.Tn + t0) * d.G + gi) * d.N, d.G * (int64_t)d.N, CL, len, d.N);
+  zero_cols(Bs, LN, CL, d.N, d.NP);
+  zero_cols(Xw, LP, CL, d.P, d.PP);
   chunk_cumsum(cs, dts, dt + h, b * d.Tn + t0, d.H, len, to_f(A[h]));
   __syncthreads();
   const float cend = cs[len - 1];
-  for (int i = threadIdx.x; i < CL * d.PP; i += NW * 32) {
-    int j = i / d.PP, p = i % d.PP;
-    float v = 0.0f;
-    if (j < len && p < d.P)
-      v = (BWD ? expf(cs[j]) : expf(cend - cs[j]) * dts[j]) * to_f(x[((b * d.Tn + t0 + j) * d.H + h) * d.P + p]);
-    Xw[j * LP + p] = bfbits(v);
-  }
-  for (int i = threadIdx.x; i < CL * d.NP; i += NW * 32) {
-    int j = i / d.NP, n = i % d.NP;
-    Bs[j * LN + n] = bfbits(j < len && n < d.N ? to_f(Bm[((b * d.Tn + t0 + j) * d.G + gi) * d.N + n]) : 0.0f);
-  }
+  tile::tile_load<UK>(Xw, LP, x + ((b * d.Tn + t0) * d.H + h) * d.P, d.H * (int64_t)d.P, CL, len, d.P,
+                                     [&](int j, int, float v) {
+                                       return j < len ? (BWD ? expf(cs[j]) : expf(cend - cs[j]) * dts[j]) * v : 0.0f;
+                                     });
+  mma_cp_wait<0>();
   __syncthreads();
   /* S_loc (PP x NP) = Xw^T (PP x 64) Bs (64 x NP): A(p, j) = Xw[j LP + p], B(j, n) = Bs[j LN + n] */
   const int MT = d.PP / 16, NT = d.NP / 16, g = lane >> 2, tq = lane & 3;
@@ -278,11 +425,21 @@ __global__ void k_pass(float *st, const float *dec, const T *init, T *fin, int64
     float s = init ? to_f(init[i]) : 0.0f;
     float *q = st + bh * NC * PN + e;
     const float *dc = dec + bh * NC;
-    for (int k = 0; k < NC; k++) {
-      int c = REV ? NC - 1 - k : k;
-      float loc = q[(int64_t)c * PN];
-      q[(int64_t)c * PN] = s;
-      s = dc[c] * s + loc;
+    constexpr int UN = 8; /* chunks whose loads are issued before the first of them is used */
+    for (int k0 = 0; k0 < NC; k0 += UN) {
+      float loc[UN], dk[UN];
+#pragma unroll
+      for (int u = 0; u < UN; u++) {
+        int k = k0 + u, c = REV ? NC - 1 - k : k;
+        loc[u] = k < NC ? q[(int64_t)c * PN] : 0.0f, dk[u] = k < NC ? dc[c] : 0.0f;
+      }
+#pragma unroll
+      for (int u = 0; u < UN; u++) {
+        int k = k0 + u, c = REV ? NC - 1 - k : k;
+        if (k >= NC) break;
+        q[(int64_t)c * PN] = s;
+        s = dk[u] * s + loc[u];
+      }
     }
     if (fin) fin[i] = from_f<T>(s);
   }
@@ -290,7 +447,7 @@ __global__ void k_pass(float *st, const float *dec, const T *init, T *fin, int64
 
 /* 2. Outputs of one chunk from its start state st[c] (k_chain). Block (bh NC + c). */
 template <class T>
-__global__ void __launch_bounds__(NW * 32) k_scan(const T *x, const T *dt, const T *A, const T *Bm, const T *Cm,
+__global__ void __launch_bounds__(NW * 32, 2) k_scan(const T *x, const T *dt, const T *A, const T *Bm, const T *Cm,
                                                   const float *st, T *y, ssd_dims d) {
   extern __shared__ __align__(16) float smf[];
   const int LP = d.PP + 8, LN = d.NP + 8, lane = threadIdx.x & 31, w = threadIdx.x >> 5, g = lane >> 2, tq = lane & 3;
@@ -300,23 +457,20 @@ __global__ void __launch_bounds__(NW * 32) k_scan(const T *x, const T *dt, const
   const int64_t c = blockIdx.x % d.NC, bh = blockIdx.x / d.NC, b = bh / d.H, h = bh % d.H, gi = h / (d.H / d.G);
   const int64_t t0 = c * d.Lc;
   const int len = (int)(d.Tn - t0 < d.Lc ? d.Tn - t0 : d.Lc);
+  /* staging, every load of a thread in flight before it stores (tile_load.cuh): C and B by cp.async (bf16, N % 8 ==
+     0; else wide loads), the fp32 chunk state by 16-byte loads (N % 8 == 0), x by single loads (P odd at 400M) */
+  const int64_t bn = ((b * d.Tn + t0) * d.G + gi) * d.N, sN = d.G * (int64_t)d.N;
+  stage_tile<stage_unroll<T>()>(Cs, LN, Cm + bn, sN, CL, len, d.N);
+  stage_tile<stage_unroll<T>()>(Bs, LN, Bm + bn, sN, CL, len, d.N);
   chunk_cumsum(cs, dts, dt + h, b * d.Tn + t0, d.H, len, to_f(A[h]));
-  for (int i = threadIdx.x; i < CL * d.NP; i += NW * 32) {
-    int j = i / d.NP, n = i % d.NP;
-    bool ok = j < len && n < d.N;
-    int64_t at = ((b * d.Tn + t0 + j) * d.G + gi) * d.N + n;
-    Cs[j * LN + n] = bfbits(ok ? to_f(Cm[at]) : 0.0f);
-    Bs[j * LN + n] = bfbits(ok ? to_f(Bm[at]) : 0.0f);
-  }
-  for (int i = threadIdx.x; i < CL * d.PP; i += NW * 32) {
-    int j = i / d.PP, p = i % d.PP;
-    Xs[j * LP + p] = bfbits(j < len && p < d.P ? to_f(x[((b * d.Tn + t0 + j) * d.H + h) * d.P + p]) : 0.0f);
-  }
-  const float *sc = st + (bh * d.NC + c) * (int64_t)d.P * d.N;
-  for (int i = threadIdx.x; i < d.PP * d.NP; i += NW * 32) {
-    int p = i / d.NP, n = i % d.NP;
-    Ss[p * LN + n] = bfbits(p < d.P && n < d.N ? sc[(int64_t)p * d.N + n] : 0.0f);
-  }
+  tile::tile_load<4>(Ss, LN, st + (bh * d.NC + c) * (int64_t)d.P * d.N, d.N, d.PP, d.P, d.N, tile::ident());
+  tile::tile_load<stage_unroll<T>()>(Xs, LP, x + ((b * d.Tn + t0) * d.H + h) * d.P, d.H * (int64_t)d.P, CL, len, d.P,
+                                     tile::ident());
+  zero_cols(Cs, LN, CL, d.N, d.NP);
+  zero_cols(Bs, LN, CL, d.N, d.NP);
+  zero_cols(Ss, LN, d.PP, d.N, d.NP);
+  zero_cols(Xs, LP, CL, d.P, d.PP);
+  mma_cp_wait<0>();
   __syncthreads();
   /* Ms (64 x 64) = (C B^T) o mask: A(r, n) = Cs[r LN + n], B(n, j) = Bs[j LN + n]; tiles above the diagonal are 0 */
   for (int tile = w; tile < 16; tile += NW) {
@@ -380,31 +534,29 @@ __global__ void __launch_bounds__(NW * 32) k_bwd(const T *x, const T *dt, const 
   const int64_t t0 = c * d.Lc;
   const int len = (int)(d.Tn - t0 < d.Lc ? d.Tn - t0 : d.Lc);
   const float Ah = to_f(A[h]);
+  /* dB, dC go out as pairs of adjacent columns (one 8-byte fp32 or 4-byte bf16 store) where N is even and the
+     outputs 8-byte aligned */
+  const bool pairs = (d.N & 1) == 0 && ((uintptr_t)dBo & 7) == 0 && ((uintptr_t)dCo & 7) == 0 &&
+                     ((uintptr_t)dBp & 7) == 0 && ((uintptr_t)dCp & 7) == 0;
+  /* staging, every load of a thread in flight before it stores (tile_load.cuh): C and B by cp.async (bf16, N % 8 ==
+     0; else wide loads), the fp32 S and D by 16-byte loads (N % 8 == 0) with <D, S> summed from them in fp32, x and
+     dy by single loads (P odd at 400M) */
+  const int64_t bn = ((b * d.Tn + t0) * d.G + gi) * d.N, sN = d.G * (int64_t)d.N;
+  stage_tile<stage_unroll<T>()>(Cs, LN, Cm + bn, sN, CL, len, d.N);
+  stage_tile<stage_unroll<T>()>(Bs, LN, Bm + bn, sN, CL, len, d.N);
   chunk_cumsum(cs, dts, dt + h, b * d.Tn + t0, d.H, len, Ah);
-  for (int i = threadIdx.x; i < CL * d.NP; i += NW * 32) {
-    int j = i / d.NP, n = i % d.NP;
-    bool ok = j < len && n < d.N;
-    int64_t at = ((b * d.Tn + t0 + j) * d.G + gi) * d.N + n;
-    Cs[j * LN + n] = bfbits(ok ? to_f(Cm[at]) : 0.0f);
-    Bs[j * LN + n] = bfbits(ok ? to_f(Bm[at]) : 0.0f);
-  }
-  for (int i = threadIdx.x; i < CL * d.PP; i += NW * 32) {
-    int j = i / d.PP, p = i % d.PP;
-    bool ok = j < len && p < d.P;
-    int64_t at = ((b * d.Tn + t0 + j) * d.H + h) * d.P + p;
-    Xs[j * LP + p] = bfbits(ok ? to_f(x[at]) : 0.0f);
-    DYs[j * LP + p] = bfbits(ok ? to_f(dy[at]) : 0.0f);
-  }
   const int64_t so = (bh * d.NC + c) * (int64_t)d.P * d.N;
   float sd = 0.0f; /* <D, S> */
-  for (int i = threadIdx.x; i < d.PP * d.NP; i += NW * 32) {
-    int p = i / d.NP, n = i % d.NP;
-    float sv = 0.0f, dv = 0.0f;
-    if (p < d.P && n < d.N) sv = ck[so + (int64_t)p * d.N + n], dv = dst[so + (int64_t)p * d.N + n];
-    sd += sv * dv;
-    Ss[p * LN + n] = bfbits(sv);
-    Ds[p * LN + n] = bfbits(dv);
-  }
+  tile_load2<4>(Ss, Ds, LN, ck + so, dst + so, d.N, d.PP, d.P, d.N, [&](float sv, float dv) { sd += sv * dv; });
+  const int64_t bx = ((b * d.Tn + t0) * d.H + h) * d.P;
+  tile_load2<stage_unroll<T>()>(Xs, DYs, LP, x + bx, dy + bx, d.H * (int64_t)d.P, CL, len, d.P, no_pair());
+  zero_cols(Cs, LN, CL, d.N, d.NP);
+  zero_cols(Bs, LN, CL, d.N, d.NP);
+  zero_cols(Ss, LN, d.PP, d.N, d.NP);
+  zero_cols(Ds, LN, d.PP, d.N, d.NP);
+  zero_cols(Xs, LP, CL, d.P, d.PP);
+  zero_cols(DYs, LP, CL, d.P, d.PP);
+  mma_cp_wait<0>();
   sd = warp_sum(sd);
   if (lane == 0) red[w] = sd;
   __syncthreads();
@@ -461,15 +613,14 @@ __global__ void __launch_bounds__(NW * 32) k_bwd(const T *x, const T *dt, const 
 #pragma unroll
     for (int j = 0; j < 2; j++)
 #pragma unroll
-      for (int e = 0; e < 4; e++) {
-        int r = 16 * mt + g + 8 * (e >> 1), n = 16 * nt + 8 * j + 2 * tq + (e & 1);
-        float o = expf(cs[r]) * off[j][e];
-        part[e >> 1] += o * bf2f(Cs[r * LN + n]);
-        if (r < len && n < d.N) {
-          float val = o + dg[j][e];
-          if (dCo) dCo[((b * d.Tn + t0 + r) * d.G + gi) * d.N + n] = from_f<T>(val);
-          if (dCp) dCp[((b * d.Tn + t0 + r) * d.H + h) * d.N + n] = val;
-        }
+      for (int e = 0; e < 4; e += 2) { /* elements e, e + 1: columns n, n + 1 of row r */
+        int r = 16 * mt + g + 8 * (e >> 1), n = 16 * nt + 8 * j + 2 * tq;
+        float o0 = expf(cs[r]) * off[j][e], o1 = expf(cs[r]) * off[j][e + 1];
+        part[e >> 1] += o0 * bf2f(Cs[r * LN + n]);
+        part[e >> 1] += o1 * bf2f(Cs[r * LN + n + 1]);
+        if (r < len)
+          put_pair(dCo, dCp, ((b * d.Tn + t0 + r) * d.G + gi) * d.N + n, ((b * d.Tn + t0 + r) * d.H + h) * d.N + n, n,
+                   d.N, pairs, o0 + dg[j][e], o1 + dg[j][e + 1]);
       }
     quad_store(pI, part, 16 * mt + g, NT, nt, tq);
   }
@@ -482,15 +633,14 @@ __global__ void __launch_bounds__(NW * 32) k_bwd(const T *x, const T *dt, const 
 #pragma unroll
     for (int j = 0; j < 2; j++)
 #pragma unroll
-      for (int e = 0; e < 4; e++) {
-        int jr = 16 * mt + g + 8 * (e >> 1), n = 16 * nt + 8 * j + 2 * tq + (e & 1);
-        float q = expf(cend - cs[jr]) * dts[jr] * xd[j][e];
-        part[e >> 1] += q * bf2f(Bs[jr * LN + n]);
-        if (jr < len && n < d.N) {
-          float val = wc[j][e] + q;
-          if (dBo) dBo[((b * d.Tn + t0 + jr) * d.G + gi) * d.N + n] = from_f<T>(val);
-          if (dBp) dBp[((b * d.Tn + t0 + jr) * d.H + h) * d.N + n] = val;
-        }
+      for (int e = 0; e < 4; e += 2) { /* elements e, e + 1: columns n, n + 1 of row jr */
+        int jr = 16 * mt + g + 8 * (e >> 1), n = 16 * nt + 8 * j + 2 * tq;
+        float q0 = expf(cend - cs[jr]) * dts[jr] * xd[j][e], q1 = expf(cend - cs[jr]) * dts[jr] * xd[j][e + 1];
+        part[e >> 1] += q0 * bf2f(Bs[jr * LN + n]);
+        part[e >> 1] += q1 * bf2f(Bs[jr * LN + n + 1]);
+        if (jr < len)
+          put_pair(dBo, dBp, ((b * d.Tn + t0 + jr) * d.G + gi) * d.N + n, ((b * d.Tn + t0 + jr) * d.H + h) * d.N + n,
+                   n, d.N, pairs, wc[j][e] + q0, wc[j][e + 1] + q1);
       }
     quad_store(pQ, part, 16 * mt + g, NT, nt, tq);
   }
@@ -526,8 +676,17 @@ __global__ void k_group_sum(const float *part, T *out, int64_t BT, int64_t H, in
   const int64_t hpg = H / G;
   CU_GRID_STRIDE(i, BT * G * N) {
     int64_t n = i % N, r = i / N, gi = r % G, bt = r / G;
+    const float *pp = part + (bt * H + gi * hpg) * N + n;
     float s = 0.0f;
-    for (int64_t k = 0; k < hpg; k++) s += part[((bt * H + gi * hpg + k) * N) + n];
+    constexpr int UN = 8; /* heads whose loads are issued before the first is added; the sum stays in head order */
+    for (int64_t k0 = 0; k0 < hpg; k0 += UN) {
+      float v[UN];
+#pragma unroll
+      for (int u = 0; u < UN; u++) v[u] = k0 + u < hpg ? pp[(k0 + u) * N] : 0.0f;
+#pragma unroll
+      for (int u = 0; u < UN; u++)
+        if (k0 + u < hpg) s += v[u];
+    }
     out[i] = from_f<T>(s);
   }
 }
@@ -537,8 +696,19 @@ template <class T>
 __global__ void k_da_sum(const float *dAp, T *dA, int64_t B, int64_t H, int NC) {
   CU_GRID_STRIDE(h, H) {
     float s = 0.0f;
-    for (int64_t b = 0; b < B; b++)
-      for (int c = 0; c < NC; c++) s += dAp[(b * H + h) * NC + c];
+    constexpr int UN = 16; /* values whose loads are issued before the first is added; the sum stays in order */
+    const int64_t m = B * NC;
+    for (int64_t k0 = 0; k0 < m; k0 += UN) {
+      float v[UN];
+#pragma unroll
+      for (int u = 0; u < UN; u++) {
+        int64_t k = k0 + u;
+        v[u] = k < m ? dAp[((k / NC) * H + h) * NC + k % NC] : 0.0f;
+      }
+#pragma unroll
+      for (int u = 0; u < UN; u++)
+        if (k0 + u < m) s += v[u];
+    }
     dA[h] = from_f<T>(s);
   }
 }
