@@ -31,6 +31,15 @@
 namespace {
 
 constexpr int LDM = C + 1; /* row stride of the fp32 64 x 64 matrices in shared memory */
+constexpr int NT = 256;    /* threads of a block of each kernel here (their launch bounds and launches) */
+
+/* A hint: the 128-byte line at p into L2 (data a later step reads). */
+__device__ __forceinline__ void l2_prefetch(const void *p) { asm volatile("prefetch.L2 [%0];" ::"l"(p)); }
+/* Every line of [p, p + bytes) whose index i within the range has i % n == part, over the block's threads. */
+__device__ __forceinline__ void l2_prefetch_range(const void *p, int64_t bytes, int part = 0, int n = 1) {
+  const char *c = (const char *)p;
+  for (int64_t i = (int64_t)threadIdx.x * n + part; i * 128 < bytes; i += (int64_t)NT * n) l2_prefetch(c + i * 128);
+}
 
 /* ================= bscan: dS through the chunks, last first ================= */
 
@@ -50,8 +59,8 @@ struct bscan_io {
 };
 
 template <class T>
-__global__ void __launch_bounds__(256) k_gdn_bscan(bscan_io io, const float *ck, const T *dy, const T *dhT, T *dh0,
-                                                   int64_t Tn, int H, int K, int V, int NC) {
+__global__ void __launch_bounds__(NT) k_gdn_bscan(bscan_io io, const float *ck, const T *dy, const T *dhT, T *dh0,
+                                                  int64_t Tn, int H, int K, int V, int NC) {
   extern __shared__ __align__(16) unsigned char sm[];
   const int KP = K + 8;
   uint16_t *Ws = (uint16_t *)sm, *Qs = Ws + C * KP, *Ks = Qs + C * KP, *Us = Ks + C * KP, *Ps = Us + C * LDC,
@@ -60,7 +69,9 @@ __global__ void __launch_bounds__(256) k_gdn_bscan(bscan_io io, const float *ck,
   const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, KT = K / 16, NVT = V / BV;
   const int mr = w & 3, nh = w >> 2; /* the V' / dV' tile of this warp: rows 16 mr.., columns 32 nh.. */
   const int v0 = blockIdx.x * BV;
-  const int64_t bh = blockIdx.y, b = bh / H, h = bh % H;
+  const int64_t bh = blockIdx.y, b = bh / H, h = bh % H, dld = (int64_t)H * V;
+  /* dO as stored (bf16) by cp.async, else (f32, or a misaligned dy) through registers */
+  const bool dcp = sizeof(T) == 2 && tile::aligned16(dy), ckw = tile::aligned16(ck);
 
   float Da[2][8][4]; /* dS: rows 16 (w + 8 i).., 64 columns, as the forward's S */
 #pragma unroll
@@ -75,38 +86,88 @@ __global__ void __launch_bounds__(256) k_gdn_bscan(bscan_io io, const float *ck,
 
   for (int c = NC - 1; c >= 0; c--) {
     const int64_t row0 = (bh * NC + c) * (int64_t)C, t0 = (int64_t)c * C;
+    const int L = Tn - t0 < C ? (int)(Tn - t0) : C;
+    const T *dyc = dy + ((b * Tn + t0) * H + h) * V + v0; /* the chunk's dO rows (stride H V), this block's columns */
+    const float *ckc = ck + ((bh * NC + c) * (int64_t)V + v0) * K; /* S before the chunk, (V, K): 64 rows of K */
     stage(Ws, KP, io.W + row0 * K, K, C, K);
     stage(Ks, KP, io.Kt + row0 * K, K, C, K);
     stage(Us, LDC, io.U + row0 * V + v0, V, C, BV);
     stage(Ps, LDC, io.P + row0 * C, C, C, C);
+    if (dcp)
+      for (int i = tid; i < C * (BV / 8); i += NT) { /* dO: the chunk's rows (zero past T), this block's columns */
+        int r = i >> 3, x = (i & 7) * 8;
+        mma_cp16(dOs + r * LDC + x, dyc + (r < L ? r : 0) * dld + x, r < L);
+      }
     mma_cp_commit();
     stage(Qs, KP, io.Qt + row0 * K, K, C, K); /* a second group: Q~ is needed last, it loads under V' and dV' */
     mma_cp_commit();
-    for (int i = tid; i < C * BV; i += blockDim.x) { /* dO: the chunk's rows, this block's columns */
-      int r = i / BV, x = i % BV;
-      dOs[r * LDC + x] = bf(t0 + r < Tn ? to_f(dy[((b * Tn + t0 + r) * H + h) * V + v0 + x]) : 0.0f);
-    }
-    const float *ckc = ck + ((bh * NC + c) * (int64_t)V + v0) * K; /* S before the chunk, (V, K) */
-    for (int i = tid; i < BV * K; i += blockDim.x) {
-      int x = i / K, row = i % K;
-      Ss[row * LDC + x] = bf(ckc[(int64_t)x * K + row]);
-    }
-    uint16_t *dSg = io.dS + (bh * NC + c) * (int64_t)K * V;
+
+    /* Ss[row][x] = bf16(S[row][v0 + x]) from ck's (V, K) rows: an item is 4 rows (16 bytes) of columns x = 2p and
+       2p + 1, items (p, rows 8 g + 4 half..) with lane = 2 (p % 16) + half: a warp's loads take whole 32-byte
+       sectors and its paired stores (columns 2p, 2p + 1) fall in 32 distinct banks. Every load issued first. */
+    if (ckw) {
+      constexpr int UC = 8; /* 8 K items (32 column pairs x K / 4 row quads) <= UC NT: one pass */
+      static_assert(8 * GDN_TC_MAXK <= UC * NT, "bscan: the ck items of a chunk take more than one pass");
+      const int p = (tid >> 1) & 31, kr = (tid >> 6) * 8 + (tid & 1) * 4; /* item u: rows kr + 32 u.. */
+      const float *pa = ckc + (int64_t)(2 * p) * K + kr;
+      uint16_t *d = Ss + kr * LDC + 2 * p;
+      float4 xa[UC], xb[UC];
+#pragma unroll
+      for (int u = 0; u < UC; u++)
+        if (kr + 32 * u < K)
+          xa[u] = __ldg((const float4 *)(pa + 32 * u)), xb[u] = __ldg((const float4 *)(pa + K + 32 * u));
+#pragma unroll
+      for (int u = 0; u < UC; u++)
+        if (kr + 32 * u < K) {
+          uint16_t *du = d + 32 * u * LDC;
+          tile::store2(du, xa[u].x, xb[u].x);
+          tile::store2(du + LDC, xa[u].y, xb[u].y);
+          tile::store2(du + 2 * LDC, xa[u].z, xb[u].z);
+          tile::store2(du + 3 * LDC, xa[u].w, xb[u].w);
+        }
+    } else
+      for (int i = tid; i < BV * K; i += NT) { /* a misaligned ck (not one of the op's own tensors): one by one */
+        int x = i / K, row = i % K;
+        Ss[row * LDC + x] = bf(ckc[(int64_t)x * K + row]);
+      }
+    if (!dcp) tile::tile_load<2>(dOs, LDC, dyc, dld, C, L, BV, tile::ident());
+    /* dS' as the bf16 operand */
 #pragma unroll
     for (int i = 0; i < 2; i++) {
       if (w + 8 * i >= KT) continue;
 #pragma unroll
       for (int n = 0; n < 8; n++)
 #pragma unroll
-        for (int e = 0; e < 4; e++) {
+        for (int e = 0; e < 4; e += 2) {
           int row = 16 * (w + 8 * i) + c_row(lane, e), col = 8 * n + c_col(lane, e);
-          uint16_t u = bf(Da[i][n][e]);
-          Ds[row * LDC + col] = u;
-          dSg[(int64_t)row * V + v0 + col] = u;
+          tile::store2(Ds + row * LDC + col, Da[i][n][e], Da[i][n][e + 1]);
         }
     }
-    mma_cp_wait<1>(); /* W, K~, U, P */
+    /* the chunk before's inputs towards L2 while this one computes: its states (this block's 64 KiB of ck), U
+       columns, dO rows; W, K~, Q~, P shared by the NVT blocks of (b, h), each prefetching every NVT-th line */
+    if (c > 0) {
+      const int64_t pr0 = row0 - C;
+      l2_prefetch_range(ckc - (int64_t)V * K, (int64_t)BV * K * 4);
+      l2_prefetch_range(io.W + pr0 * K, (int64_t)C * K * 2, blockIdx.x, NVT);
+      l2_prefetch_range(io.Kt + pr0 * K, (int64_t)C * K * 2, blockIdx.x, NVT);
+      l2_prefetch_range(io.Qt + pr0 * K, (int64_t)C * K * 2, blockIdx.x, NVT);
+      l2_prefetch_range(io.P + pr0 * C, (int64_t)C * C * 2, blockIdx.x, NVT);
+      if (tid < C) l2_prefetch(io.U + (pr0 + tid) * V + v0);
+      else if (tid < 2 * C) {
+        const char *p = (const char *)(dyc - C * dld + (tid - C) * dld); /* a full chunk: no rows past T */
+        l2_prefetch(p);
+        if (sizeof(T) == 4) l2_prefetch(p + 128);
+      }
+    }
+    mma_cp_wait<1>(); /* W, K~, U, P, dO */
     __syncthreads();
+
+    /* dS' of this chunk out: Ds rows as 16-byte stores */
+    uint16_t *dSg = io.dS + (bh * NC + c) * (int64_t)K * V + v0;
+    for (int i = tid; i < K * 8; i += NT) {
+      int row = i >> 3, x = (i & 7) * 8;
+      *(uint4 *)(dSg + (int64_t)row * V + x) = *(const uint4 *)(Ds + row * LDC + x);
+    }
 
     /* this block's part of <S, dS'> (S as its bf16 operand) */
     float sd = 0.0f;
@@ -147,15 +208,15 @@ __global__ void __launch_bounds__(256) k_gdn_bscan(bscan_io io, const float *ck,
         mma2(aD[2 * np], aD[2 * np + 1], fp, fo);
       }
     }
+    /* V' over U in place (each element read and written by its own thread), dV' into dVn; both go out below */
 #pragma unroll
     for (int n = 0; n < 4; n++)
 #pragma unroll
-      for (int e = 0; e < 4; e++) {
+      for (int e = 0; e < 4; e += 2) {
         int r = 16 * mr + c_row(lane, e), col = 32 * nh + 8 * n + c_col(lane, e);
-        uint16_t uv = bf(fb(Us[r * LDC + col]) - aV[n][e]), ud = bf(aD[n][e]);
-        dVn[r * LDC + col] = ud;
-        io.Vp[(row0 + r) * V + v0 + col] = uv;
-        io.dVp[(row0 + r) * V + v0 + col] = ud;
+        uint16_t *u = Us + r * LDC + col;
+        tile::store2(u, fb(u[0]) - aV[n][e], fb(u[1]) - aV[n][e + 1]);
+        tile::store2(dVn + r * LDC + col, aD[n][e], aD[n][e + 1]);
       }
     mma_cp_wait<0>(); /* Q~ too (the barrier makes every thread's copies visible) */
     __syncthreads();
@@ -163,6 +224,10 @@ __global__ void __launch_bounds__(256) k_gdn_bscan(bscan_io io, const float *ck,
       float s = 0.0f;
       for (int x = 0; x < 8; x++) s += red[x];
       io.sdS[(bh * NC + c) * NVT + blockIdx.x] = s;
+    }
+    for (int i = tid; i < 2 * C * 8; i += NT) { /* V' (Us) and dV' (dVn) rows as 16-byte stores */
+      int s = i >> 9, r = (i >> 3) & (C - 1), x = (i & 7) * 8;
+      *(uint4 *)((s ? io.dVp : io.Vp) + (row0 + r) * V + v0 + x) = *(const uint4 *)((s ? dVn : Us) + r * LDC + x);
     }
 
     /* dS = e^gam_L dS' + Q~^T dO - W^T dV' */
@@ -589,7 +654,7 @@ m2_status gdn_tc_backward(const m2_gdn_attr *d, m2_dtype dt, m2_device dev, cuda
       if (e == cudaSuccess) {
         k_gdn_prep<T><<<dim3((unsigned)NC, (unsigned)BH), 128, sp, st>>>(x[0], x[1], x[2], x[3], x[4], po, d->T, H,
                                                                           K, V, (float)d->scale, NC);
-        k_gdn_bscan<T><<<dim3((unsigned)NVT, (unsigned)BH), 256, ss, st>>>(bs, ck, (const T *)dy, (const T *)dhT,
+        k_gdn_bscan<T><<<dim3((unsigned)NVT, (unsigned)BH), NT, ss, st>>>(bs, ck, (const T *)dy, (const T *)dhT,
                                                                            g[5], d->T, H, K, V, NC);
         k_gdn_bgrad<T><<<dim3((unsigned)((K + 63) / 64), (unsigned)NC, (unsigned)BH), 256, sg, st>>>(
             bg, ck, (const T *)dy, d->T, H, K, V, NC);
