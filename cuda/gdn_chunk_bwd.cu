@@ -33,6 +33,39 @@ namespace {
 constexpr int LDM = C + 1; /* row stride of the fp32 64 x 64 matrices in shared memory */
 constexpr int NT = 256;    /* threads of a block of each kernel here (their launch bounds and launches) */
 
+/* ---------------- staging with several loads in flight (tile_load.cuh's pattern) ----------------
+ * A 64 x 64 tile through registers: its loads are issued by reg64_load and the values used by reg64_put, so what
+ * runs in between (the previous tile's products) hides their latency. 512 items of 8 columns, 2 a thread; items
+ * outside (rows, cols) are not loaded and become 0 (cols % 8 == 0). */
+struct reg64 {
+  tile::v8 x[2];
+};
+template <class S>
+__device__ __forceinline__ void reg64_load(reg64 &t, const S *src, int64_t sld, int rows, int cols) {
+#pragma unroll
+  for (int u = 0; u < 2; u++) {
+    int i = threadIdx.x + u * NT, r = i >> 3, x = (i & 7) * 8;
+    if (r < rows && x < cols) t.x[u] = tile::load8u(src + r * sld + x);
+  }
+}
+/* dst[r][x] = bf16(f(r, x, value)) (row stride dld, 16-byte aligned rows), 0 outside (rows, cols) */
+template <class F>
+__device__ __forceinline__ void reg64_put(uint16_t *dst, int dld, const reg64 &t, int rows, int cols, F f) {
+#pragma unroll
+  for (int u = 0; u < 2; u++) {
+    int i = threadIdx.x + u * NT, r = i >> 3, x = (i & 7) * 8;
+    bool ok = r < rows && x < cols;
+    float o[8];
+#pragma unroll
+    for (int e = 0; e < 8; e++) o[e] = ok ? f(r, x + e, t.x[u].f[e]) : 0.0f;
+    tile::store8(dst + r * dld + x, o);
+  }
+}
+/* Two adjacent outputs p[0], p[1] (an mma C fragment's pair) as one store where p is aligned for it. */
+__device__ __forceinline__ void st_pair(float *p, float a, float b) {
+  if (((uintptr_t)p & 7) == 0) *(float2 *)p = make_float2(a, b);
+  else p[0] = a, p[1] = b;
+}
 /* A hint: the 128-byte line at p into L2 (data a later step reads). */
 __device__ __forceinline__ void l2_prefetch(const void *p) { asm volatile("prefetch.L2 [%0];" ::"l"(p)); }
 /* Every line of [p, p + bytes) whose index i within the range has i % n == part, over the block's threads. */
@@ -280,38 +313,52 @@ struct bgrad_io {
 };
 
 /* Block (kp, c, bh): key columns k0 = 64 kp .. k0 + 63 (those below K). Warp (mr, nh): rows 16 mr.., columns
- * 32 nh.. of each 64 x 64 output. */
-template <class T>
-__global__ void __launch_bounds__(256) k_gdn_bgrad(bgrad_io io, const float *ck, const T *dy, int64_t Tn, int H,
-                                                   int K, int V, int NC) {
+ * 32 nh.. of each 64 x 64 output. Two blocks an SM (128 registers at most: the k-step loop is kept rolled for that).
+ * DCP: dy is bf16 and 16-byte aligned, dO is copied as stored by cp.async; else (f32 dy, or misaligned) element by
+ * element. A template argument so that each kernel holds one of the two paths (both in one kernel spill). */
+template <class T, bool DCP>
+__global__ void __launch_bounds__(NT, 2) k_gdn_bgrad(bgrad_io io, const float *ck, const T *dy, int64_t Tn, int H,
+                                                  int K, int V, int NC) {
   extern __shared__ __align__(16) unsigned char sm[];
   uint16_t *dOs = (uint16_t *)sm, *dVs = dOs + C * LDC, *Vs = dVs + C * LDC, *St = Vs + C * LDC, *Ds = St + C * LDC;
   const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, mr = w & 3, nh = w >> 2;
-  const int kp = blockIdx.x, c = blockIdx.y, k0 = 64 * kp;
+  const int kp = blockIdx.x, c = blockIdx.y, k0 = 64 * kp, KC = K - k0 < 64 ? K - k0 : 64; /* key columns here */
   const int64_t bh = blockIdx.z, b = bh / H, h = bh % H, row0 = (bh * NC + c) * (int64_t)C, t0 = (int64_t)c * C;
+  const int L = Tn - t0 < C ? (int)(Tn - t0) : C;
+  const int64_t dld = (int64_t)H * V;
+  const T *dyc = dy + ((b * Tn + t0) * H + h) * V; /* the chunk's dO rows (stride H V) */
+  constexpr bool dcp = DCP && sizeof(T) == 2;
   const float *ckc = ck + (bh * NC + c) * (int64_t)V * K; /* S before the chunk, (V, K) */
   const uint16_t *dSc = io.dS + (bh * NC + c) * (int64_t)K * V;
   float aQ[4][4] = {}, aK[4][4] = {}, aW[4][4] = {}, aP[4][4] = {};
+  /* St[x][n] = S[k0 + n][v0 + x] = ck row v0 + x, column k0 + n (zero past K): the fp32 tile (16 KiB) through
+     registers, wide loads, the next tile's issued before this tile's products */
+  reg64 rS;
+  reg64_load(rS, ckc + k0, K, BV, KC);
   for (int v0 = 0; v0 < V; v0 += BV) {
     stage(dVs, LDC, io.dVp + row0 * V + v0, V, C, BV);
     stage(Vs, LDC, io.Vp + row0 * V + v0, V, C, BV);
-    for (int i = tid; i < C * (BV / 8); i += blockDim.x) { /* dS' rows k0.. (zero past K), this tile's columns */
+    for (int i = tid; i < C * (BV / 8); i += NT) { /* dS' rows k0.. (zero past K), this tile's columns */
       int r = i / (BV / 8), ch = i % (BV / 8);
       bool ok = k0 + r < K;
       mma_cp16(Ds + r * LDC + ch * 8, dSc + (int64_t)(ok ? k0 + r : 0) * V + v0 + ch * 8, ok);
     }
+    if (dcp)
+      for (int i = tid; i < C * (BV / 8); i += NT) { /* dO: the chunk's rows (zero past T), this tile's columns */
+        int r = i >> 3, x = (i & 7) * 8;
+        mma_cp16(dOs + r * LDC + x, dyc + (r < L ? r : 0) * dld + v0 + x, r < L);
+      }
     mma_cp_commit();
-    for (int i = tid; i < C * BV; i += blockDim.x) {
-      int r = i / BV, x = i % BV;
-      dOs[r * LDC + x] = bf(t0 + r < Tn ? to_f(dy[((b * Tn + t0 + r) * H + h) * V + v0 + x]) : 0.0f);
-    }
-    for (int i = tid; i < BV * 64; i += blockDim.x) { /* St[x][n] = S[k0 + n][v0 + x] */
-      int x = i / 64, n = i % 64;
-      St[x * LDC + n] = bf(k0 + n < K ? ckc[(int64_t)(v0 + x) * K + k0 + n] : 0.0f);
-    }
+    reg64_put(St, LDC, rS, BV, KC, tile::ident());
+    if (!dcp)
+      for (int i = tid; i < C * BV; i += NT) {
+        int r = i / BV, x = i % BV;
+        dOs[r * LDC + x] = bf(r < L ? to_f(dyc[r * dld + v0 + x]) : 0.0f);
+      }
     mma_cp_wait<0>();
     __syncthreads();
-#pragma unroll
+    if (v0 + BV < V) reg64_load(rS, ckc + (int64_t)(v0 + BV) * K + k0, K, BV, KC);
+#pragma unroll 1
     for (int kk = 0; kk < 4; kk++) {
       uint32_t fo[4], fd[4], fv[4], fb4[4];
       ld_a(fo, dOs, LDC, 16 * mr, 16 * kk, lane);
@@ -335,15 +382,17 @@ __global__ void __launch_bounds__(256) k_gdn_bgrad(bgrad_io io, const float *ck,
 #pragma unroll
   for (int n = 0; n < 4; n++)
 #pragma unroll
-    for (int e = 0; e < 4; e++) {
+    for (int e = 0; e < 4; e += 2) { /* elements e, e + 1: columns col, col + 1 of row r (K even) */
       int r = 16 * mr + c_row(lane, e), col = 32 * nh + 8 * n + c_col(lane, e);
-      if (k0 + col < K) {
+      if (col < KC) {
         int64_t o = (row0 + r) * K + k0 + col;
-        io.dQt[o] = aQ[n][e];
-        io.dKt[o] = aK[n][e];
-        io.dW[o] = -aW[n][e];
+        st_pair(io.dQt + o, aQ[n][e], aQ[n][e + 1]);
+        st_pair(io.dKt + o, aK[n][e], aK[n][e + 1]);
+        st_pair(io.dW + o, -aW[n][e], -aW[n][e + 1]);
       }
-      if (kp == 0) io.dP[(bh * NC + c) * (int64_t)(C * C) + r * C + col] = col <= r ? aP[n][e] : 0.0f;
+      if (kp == 0)
+        st_pair(io.dP + (bh * NC + c) * (int64_t)(C * C) + r * C + col, col <= r ? aP[n][e] : 0.0f,
+                col + 1 <= r ? aP[n][e + 1] : 0.0f);
     }
 }
 
@@ -656,8 +705,10 @@ m2_status gdn_tc_backward(const m2_gdn_attr *d, m2_dtype dt, m2_device dev, cuda
                                                                           K, V, (float)d->scale, NC);
         k_gdn_bscan<T><<<dim3((unsigned)NVT, (unsigned)BH), NT, ss, st>>>(bs, ck, (const T *)dy, (const T *)dhT,
                                                                            g[5], d->T, H, K, V, NC);
-        k_gdn_bgrad<T><<<dim3((unsigned)((K + 63) / 64), (unsigned)NC, (unsigned)BH), 256, sg, st>>>(
-            bg, ck, (const T *)dy, d->T, H, K, V, NC);
+        const dim3 gg((unsigned)((K + 63) / 64), (unsigned)NC, (unsigned)BH);
+        if (sizeof(T) == 2 && ((uintptr_t)dy & 15) == 0)
+          k_gdn_bgrad<T, true><<<gg, NT, sg, st>>>(bg, ck, (const T *)dy, d->T, H, K, V, NC);
+        else k_gdn_bgrad<T, false><<<gg, NT, sg, st>>>(bg, ck, (const T *)dy, d->T, H, K, V, NC);
         k_gdn_bwy<T><<<dim3((unsigned)NC, (unsigned)BH), 256, sw, st>>>(bw, x[0], x[1], x[2], x[3], x[4], g[0],
                                                                         g[1], g[2], g[3], g[4], d->T, H, K, V, NC,
                                                                         (float)d->scale);
