@@ -23,7 +23,14 @@
  *   bgrad  grid (K / 64, NC, B H), 8 warps: dQ~, dK~, dW of 64 key columns (and dP) over the V tiles (fp32 out).
  *   bwy    grid (NC, B H), 8 warps: dT, dA = -T^T dT T^T, M, N~, then dq, dk, dv, dbeta, dg of the chunk's rows,
  *          the products on tensor cores (bf16 operands), the elementwise chains and row sums in fp32 (every row's
- *          gradient is the chunk's own: no sums across blocks, no atomics). */
+ *          gradient is the chunk's own: no sums across blocks, no atomics).
+ * Staging (these kernels run 8 warps an SM, 16 in bgrad: a load of one element a thread and iteration would keep a
+ * few hundred bytes a warp in flight, far under the bandwidth at ~1 us of latency): bf16 scratch by cp.async; the
+ * fp32 states ck and the other fp32 / input tiles by 16-byte loads, every load of a thread issued before the first
+ * is used (tile_load.cuh's pattern), in bgrad and bwy the next tile's issued before this tile's products (reg64);
+ * bscan prefetches the chunk before's inputs into L2 while it works on a chunk; outputs leave as 16-byte rows from
+ * shared memory (dS', V', dV') or as pairs of adjacent C-fragment columns. Every value is rounded where it was
+ * before (an input or fp32 scratch value once to bf16 as an operand), and every sum keeps its order. */
 #include <stdlib.h>
 #include "gdn_chunk.cuh"
 #include "m2cuda.h"
@@ -61,11 +68,29 @@ __device__ __forceinline__ void reg64_put(uint16_t *dst, int dld, const reg64 &t
     tile::store8(dst + r * dld + x, o);
   }
 }
+/* the same values in fp32 (dst[r * dld + x], any dld) */
+__device__ __forceinline__ void reg64_putf(float *dst, int dld, const reg64 &t, int rows, int cols) {
+#pragma unroll
+  for (int u = 0; u < 2; u++) {
+    int i = threadIdx.x + u * NT, r = i >> 3, x = (i & 7) * 8;
+    bool ok = r < rows && x < cols;
+#pragma unroll
+    for (int e = 0; e < 8; e++) dst[r * dld + x + e] = ok ? t.x[u].f[e] : 0.0f;
+  }
+}
+/* the value as loaded, for bf16 sources as stored */
+__device__ __forceinline__ const __nv_bfloat16 *as_bf(const uint16_t *p) { return (const __nv_bfloat16 *)p; }
+
 /* Two adjacent outputs p[0], p[1] (an mma C fragment's pair) as one store where p is aligned for it. */
 __device__ __forceinline__ void st_pair(float *p, float a, float b) {
   if (((uintptr_t)p & 7) == 0) *(float2 *)p = make_float2(a, b);
   else p[0] = a, p[1] = b;
 }
+__device__ __forceinline__ void st_pair(bf16 *p, float a, float b) {
+  if (((uintptr_t)p & 3) == 0) tile::store2((uint16_t *)p, a, b);
+  else p[0] = from_f<bf16>(a), p[1] = from_f<bf16>(b);
+}
+
 /* A hint: the 128-byte line at p into L2 (data a later step reads). */
 __device__ __forceinline__ void l2_prefetch(const void *p) { asm volatile("prefetch.L2 [%0];" ::"l"(p)); }
 /* Every line of [p, p + bytes) whose index i within the range has i % n == part, over the block's threads. */
@@ -447,7 +472,7 @@ __device__ __forceinline__ void mul64(float acc[4][4], const uint16_t *A, bool a
  * 64 x 64 elements over the threads. Products on tensor cores (bf16 operands: dU, dW, beta V, beta e^gam K, T, dT,
  * dT T^T, M, N~, K, Q), the rest fp32. */
 template <class T>
-__global__ void __launch_bounds__(256) k_gdn_bwy(bwy_io io, const T *q, const T *k, const T *v, const T *g,
+__global__ void __launch_bounds__(NT) k_gdn_bwy(bwy_io io, const T *q, const T *k, const T *v, const T *g,
                                                  const T *beta, T *dq, T *dk, T *dv, T *dg, T *dbeta, int64_t Tn,
                                                  int H, int K, int V, int NC, float scale) {
   extern __shared__ __align__(16) float fsm[];
@@ -463,19 +488,47 @@ __global__ void __launch_bounds__(256) k_gdn_bwy(bwy_io io, const T *q, const T 
   const int L = Tn - t0 < C ? (int)(Tn - t0) : C;
   auto tok = [&](int rr) { return (b * Tn + t0 + rr) * H + h; };
 
-  /* 0. the chunk's scalars and matrices: T (bf16), Q K^T, K K^T, dP (fp32), G */
-  if (tid < C) {
-    gam[tid] = tid < L ? to_f(g[tok(tid)]) : 0.0f;
-    bet[tid] = tid < L ? to_f(beta[tok(tid)]) : 0.0f;
-    dgam[tid] = dbet[tid] = 0.0f;
+  /* 0. the chunk's scalars and matrices: T (bf16), Q K^T, K K^T, dP (fp32), G. The four 64 x 64 fp32 matrices
+        as 16-byte loads, all 16 of a thread issued before any is used (scratch: 16-byte aligned) */
+  {
+    constexpr int U0 = C * C / 4 / NT; /* float4 of a matrix a thread */
+    const float *src[4] = {io.T + m0, io.QK + m0, io.KK + m0, io.dP + m0};
+    float4 x[4][U0];
+#pragma unroll
+    for (int m = 0; m < 4; m++)
+#pragma unroll
+      for (int u = 0; u < U0; u++) x[m][u] = __ldg((const float4 *)src[m] + tid + u * NT);
+    if (tid < C) {
+      gam[tid] = tid < L ? to_f(g[tok(tid)]) : 0.0f;
+      bet[tid] = tid < L ? to_f(beta[tok(tid)]) : 0.0f;
+      dgam[tid] = dbet[tid] = 0.0f;
+    }
+#pragma unroll
+    for (int u = 0; u < U0; u++) {
+      int i = 4 * (tid + u * NT), rr = i / C, j = i % C; /* elements j .. j + 3 of row rr */
+      tile::store2(Tb + rr * LDC + j, x[0][u].x, x[0][u].y);
+      tile::store2(Tb + rr * LDC + j + 2, x[0][u].z, x[0][u].w);
+      float *d[3] = {QK + rr * LDM + j, KK + rr * LDM + j, dP + rr * LDM + j};
+#pragma unroll
+      for (int m = 0; m < 3; m++)
+        d[m][0] = x[m + 1][u].x, d[m][1] = x[m + 1][u].y, d[m][2] = x[m + 1][u].z, d[m][3] = x[m + 1][u].w;
+    }
   }
-  for (int i = tid; i < C * C; i += blockDim.x) {
-    int rr = i / C, j = i % C;
-    Tb[rr * LDC + j] = bf(io.T[m0 + i]);
-    QK[rr * LDM + j] = io.QK[m0 + i];
-    KK[rr * LDM + j] = io.KK[m0 + i];
-    dP[rr * LDM + j] = io.dP[m0 + i];
-  }
+  /* step 1's tiles (below): V's, then K's; the first one's loads go out under the sums of g */
+  const int NV1 = V / 64, N1 = NV1 + (K + 63) / 64; /* tiles: V's, then K's */
+  const int64_t qld = (int64_t)H * K, vld = (int64_t)H * V; /* row strides of q, k and of v */
+  reg64 r1a, r1b;
+  auto t1_load = [&](int t) {
+    if (t < NV1) {
+      reg64_load(r1a, as_bf(io.dVp) + row0 * V + 64 * t, V, C, 64);
+      reg64_load(r1b, v + tok(0) * V + 64 * t, vld, L, 64);
+    } else {
+      int x0 = 64 * (t - NV1), nc = K - x0 < 64 ? K - x0 : 64;
+      reg64_load(r1a, io.dW + row0 * K + x0, K, C, nc);
+      reg64_load(r1b, k + tok(0) * K + x0, qld, L, nc);
+    }
+  };
+  t1_load(0);
   __syncthreads();
   if (tid == 0)
     for (int rr = 1; rr < C; rr++) gam[rr] += gam[rr - 1];
@@ -491,28 +544,35 @@ __global__ void __launch_bounds__(256) k_gdn_bwy(bwy_io io, const T *q, const T 
   __syncthreads();
 
   /* 1. dT = dU (diag(beta) V)^T + dW (diag(beta e^gam) K)^T, 64 columns of V, then of K, at a time:
-        S1 = dU or dW (64 x 64), S2 = beta V or beta e^gam K (64 x 64), dT += S1 S2^T */
+        S1 = dU or dW (64 x 64), S2 = beta V or beta e^gam K (64 x 64), dT += S1 S2^T.
+     Tiles through registers (reg64), the next tile's loads issued before this tile's product. */
   float acc[4][4];
   zero4(acc);
-  for (int pass = 0; pass < 2; pass++) {
-    const int n = pass ? K : V;
-    for (int x0 = 0; x0 < n; x0 += 64) {
-      for (int i = tid; i < C * 64; i += blockDim.x) {
-        int rr = i / 64, x = i % 64;
-        bool col = x0 + x < n, in = rr < L && col;
-        if (!pass) {
-          S1[rr * LDC + x] = col ? io.dVp[(row0 + rr) * V + x0 + x] : (uint16_t)0;
-          S2[rr * LDC + x] = bf(in ? bet[rr] * to_f(v[tok(rr) * V + x0 + x]) : 0.0f);
-        } else {
-          S1[rr * LDC + x] = bf(col ? io.dW[(row0 + rr) * K + x0 + x] : 0.0f);
-          S2[rr * LDC + x] = bf(in ? bet[rr] * eg[rr] * to_f(k[tok(rr) * K + x0 + x]) : 0.0f);
-        }
-      }
-      __syncthreads();
-      mul64(acc, S1, false, S2, true, mr, nh, lane);
-      __syncthreads();
-    }
+  for (int t = 0; t < N1; t++) {
+    const bool kt = t >= NV1; /* S1 = dW, S2 = beta e^gam K */
+    const int nc = kt && K - 64 * (t - NV1) < 64 ? K - 64 * (t - NV1) : 64;
+    reg64_put(S1, LDC, r1a, C, nc, tile::ident());
+    reg64_put(S2, LDC, r1b, L, nc, [&](int rr, int, float x) { return kt ? bet[rr] * eg[rr] * x : bet[rr] * x; });
+    __syncthreads();
+    if (t + 1 < N1) t1_load(t + 1);
+    mul64(acc, S1, false, S2, true, mr, nh, lane);
+    __syncthreads();
   }
+  /* step 4's and 5's tiles (below) through registers; step 4's first one's loads go out under steps 2 and 3 */
+  reg64 r4k, r4q, r4w, r4dq, r4dk, r5u, r5v;
+  auto t4_load = [&](int x0) {
+    const int nc = K - x0 < 64 ? K - x0 : 64;
+    reg64_load(r4k, k + tok(0) * K + x0, qld, L, nc);
+    reg64_load(r4q, q + tok(0) * K + x0, qld, L, nc);
+    reg64_load(r4w, io.dW + row0 * K + x0, K, C, nc);
+    reg64_load(r4dq, io.dQt + row0 * K + x0, K, C, nc);
+    reg64_load(r4dk, io.dKt + row0 * K + x0, K, C, nc);
+  };
+  auto t5_load = [&](int x0) {
+    reg64_load(r5u, as_bf(io.dVp) + row0 * V + x0, V, C, 64);
+    reg64_load(r5v, v + tok(0) * V + x0, vld, L, 64);
+  };
+  t4_load(0);
 #pragma unroll
   for (int n = 0; n < 4; n++)
 #pragma unroll
@@ -567,17 +627,24 @@ __global__ void __launch_bounds__(256) k_gdn_bwy(bwy_io io, const T *q, const T 
   __syncthreads();
 
   /* 4. dq = scale e^gam dQ~ + M K, dk = e^(gam_L - gam) dK~ + M^T Q + N~ K + diag(beta e^gam) T^T dW, 64 key columns
-        at a time (S1 = K, S2 = Q, S3 = dW as bf16); the row terms of dgam, dbeta, gam_L in this thread's rows */
+        at a time (S1 = K, S2 = Q, S3 = dW as bf16); the row terms of dgam, dbeta, gam_L in this thread's rows. The
+        fp32 matrices are free from here: k, q (as given), dQ~, dK~ of the tile go there (Kf, Qf, DQ, DK) for the
+        elementwise terms; tiles through registers, the next tile's (then step 5's first) loads issued before this
+        tile's products. */
+  float *Kf = G, *Qf = KK, *DQ = dP, *DK = E1, *Vf = G; /* Vf: step 5 */
   float rq[2] = {0.0f, 0.0f}, rb[2] = {0.0f, 0.0f}, rl[2] = {0.0f, 0.0f};
   for (int x0 = 0; x0 < K; x0 += 64) {
-    for (int i = tid; i < C * 64; i += blockDim.x) {
-      int rr = i / 64, x = i % 64;
-      bool col = x0 + x < K, in = rr < L && col;
-      S1[rr * LDC + x] = bf(in ? to_f(k[tok(rr) * K + x0 + x]) : 0.0f);
-      S2[rr * LDC + x] = bf(in ? to_f(q[tok(rr) * K + x0 + x]) : 0.0f);
-      S3[rr * LDC + x] = bf(col ? io.dW[(row0 + rr) * K + x0 + x] : 0.0f);
-    }
+    const int nc = K - x0 < 64 ? K - x0 : 64;
+    reg64_put(S1, LDC, r4k, L, nc, tile::ident());
+    reg64_put(S2, LDC, r4q, L, nc, tile::ident());
+    reg64_put(S3, LDC, r4w, C, nc, tile::ident());
+    reg64_putf(Kf, LDM, r4k, L, nc);
+    reg64_putf(Qf, LDM, r4q, L, nc);
+    reg64_putf(DQ, LDM, r4dq, C, nc);
+    reg64_putf(DK, LDM, r4dk, C, nc);
     __syncthreads();
+    if (x0 + 64 < K) t4_load(x0 + 64);
+    else t5_load(0);
     float sq[4][4], sk[4][4], sy[4][4];
     zero4(sq), zero4(sk), zero4(sy);
     mul64(sq, Mb, false, S1, false, mr, nh, lane);
@@ -587,38 +654,43 @@ __global__ void __launch_bounds__(256) k_gdn_bwy(bwy_io io, const T *q, const T 
 #pragma unroll
     for (int n = 0; n < 4; n++)
 #pragma unroll
-      for (int e = 0; e < 4; e++) {
-        int rr = 16 * mr + c_row(lane, e), x = x0 + 32 * nh + 8 * n + c_col(lane, e);
+      for (int e0 = 0; e0 < 4; e0 += 2) { /* elements e0, e0 + 1: columns x, x + 1 of row rr (K even) */
+        int rr = 16 * mr + c_row(lane, e0), xl = 32 * nh + 8 * n + c_col(lane, e0), x = x0 + xl;
         if (x >= K || rr >= L) continue; /* rows past T add nothing */
-        int64_t o = (row0 + rr) * K + x;
-        float kr = to_f(k[tok(rr) * K + x]), qr = to_f(q[tok(rr) * K + x]), dqt = io.dQt[o], dkt = io.dKt[o];
-        float er = eg[rr], edr = ed[rr], br = bet[rr], y = sy[n][e];
-        rq[e >> 1] += dqt * scale * er * qr - dkt * edr * kr + br * er * y * kr;
-        rl[e >> 1] += dkt * edr * kr;
-        rb[e >> 1] += er * y * kr;
-        if (dq) dq[tok(rr) * K + x] = from_f<T>(scale * er * dqt + sq[n][e]);
-        if (dk) dk[tok(rr) * K + x] = from_f<T>(edr * dkt + sk[n][e] + br * er * y);
+        float er = eg[rr], edr = ed[rr], br = bet[rr], o1[2], o2[2];
+#pragma unroll
+        for (int j = 0; j < 2; j++) {
+          const int e = e0 + j, m = rr * LDM + xl + j;
+          float kr = Kf[m], qr = Qf[m], dqt = DQ[m], dkt = DK[m], y = sy[n][e];
+          rq[e >> 1] += dqt * scale * er * qr - dkt * edr * kr + br * er * y * kr;
+          rl[e >> 1] += dkt * edr * kr;
+          rb[e >> 1] += er * y * kr;
+          o1[j] = scale * er * dqt + sq[n][e];
+          o2[j] = edr * dkt + sk[n][e] + br * er * y;
+        }
+        if (dq) st_pair(dq + tok(rr) * K + x, o1[0], o1[1]);
+        if (dk) st_pair(dk + tok(rr) * K + x, o2[0], o2[1]);
       }
     __syncthreads();
   }
 
-  /* 5. dv = diag(beta) T^T dU and <X_r, v_r>, 64 value columns at a time (S1 = dU) */
+  /* 5. dv = diag(beta) T^T dU and <X_r, v_r>, 64 value columns at a time (S1 = dU; v as given in Vf) */
   for (int x0 = 0; x0 < V; x0 += 64) {
-    for (int i = tid; i < C * 64; i += blockDim.x) {
-      int rr = i / 64, x = i % 64;
-      S1[rr * LDC + x] = io.dVp[(row0 + rr) * V + x0 + x];
-    }
+    reg64_put(S1, LDC, r5u, C, 64, tile::ident());
+    reg64_putf(Vf, LDM, r5v, L, 64);
     __syncthreads();
+    if (x0 + 64 < V) t5_load(x0 + 64);
     zero4(acc);
     mul64(acc, Tb, true, S1, false, mr, nh, lane);
 #pragma unroll
     for (int n = 0; n < 4; n++)
 #pragma unroll
-      for (int e = 0; e < 4; e++) {
-        int rr = 16 * mr + c_row(lane, e), x = x0 + 32 * nh + 8 * n + c_col(lane, e);
+      for (int e0 = 0; e0 < 4; e0 += 2) {
+        int rr = 16 * mr + c_row(lane, e0), xl = 32 * nh + 8 * n + c_col(lane, e0), x = x0 + xl;
         if (rr >= L) continue;
-        rb[e >> 1] += acc[n][e] * to_f(v[tok(rr) * V + x]);
-        if (dv) dv[tok(rr) * V + x] = from_f<T>(bet[rr] * acc[n][e]);
+        rb[e0 >> 1] += acc[n][e0] * Vf[rr * LDM + xl];
+        rb[e0 >> 1] += acc[n][e0 + 1] * Vf[rr * LDM + xl + 1];
+        if (dv) st_pair(dv + tok(rr) * V + x, bet[rr] * acc[n][e0], bet[rr] * acc[n][e0 + 1]);
       }
     __syncthreads();
   }
@@ -709,7 +781,7 @@ m2_status gdn_tc_backward(const m2_gdn_attr *d, m2_dtype dt, m2_device dev, cuda
         if (sizeof(T) == 2 && ((uintptr_t)dy & 15) == 0)
           k_gdn_bgrad<T, true><<<gg, NT, sg, st>>>(bg, ck, (const T *)dy, d->T, H, K, V, NC);
         else k_gdn_bgrad<T, false><<<gg, NT, sg, st>>>(bg, ck, (const T *)dy, d->T, H, K, V, NC);
-        k_gdn_bwy<T><<<dim3((unsigned)NC, (unsigned)BH), 256, sw, st>>>(bw, x[0], x[1], x[2], x[3], x[4], g[0],
+        k_gdn_bwy<T><<<dim3((unsigned)NC, (unsigned)BH), NT, sw, st>>>(bw, x[0], x[1], x[2], x[3], x[4], g[0],
                                                                         g[1], g[2], g[3], g[4], d->T, H, K, V, NC,
                                                                         (float)d->scale);
         e = cudaGetLastError();
