@@ -374,6 +374,14 @@ __global__ void __launch_bounds__(NT, 2) k_gdn_bgrad(bgrad_io io, const float *c
         mma_cp16(dOs + r * LDC + x, dyc + (r < L ? r : 0) * dld + v0 + x, r < L);
       }
     mma_cp_commit();
+    if (dcp && v0 + BV < V) { /* the next tile's dV', V', dS', dO rows (bf16) towards L2: a 128-byte line a thread */
+      const int r = tid & (C - 1), s = tid >> 6;
+      const void *p = s == 0 ? (const void *)(io.dVp + (row0 + r) * V + v0 + BV)
+                      : s == 1 ? (const void *)(io.Vp + (row0 + r) * V + v0 + BV)
+                      : s == 2 ? (const void *)(dSc + (int64_t)(k0 + r < K ? k0 + r : 0) * V + v0 + BV)
+                               : (const void *)(dyc + (r < L ? r : 0) * dld + v0 + BV);
+      l2_prefetch(p);
+    }
     reg64_put(St, LDC, rS, BV, KC, tile::ident());
     if (!dcp)
       for (int i = tid; i < C * BV; i += NT) {
