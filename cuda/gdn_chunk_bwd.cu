@@ -93,6 +93,12 @@ __device__ __forceinline__ void st_pair(bf16 *p, float a, float b) {
 
 /* A hint: the 128-byte line at p into L2 (data a later step reads). */
 __device__ __forceinline__ void l2_prefetch(const void *p) { asm volatile("prefetch.L2 [%0];" ::"l"(p)); }
+/* The lines of rows [0, rows) x columns [0, cols) of src (row stride sld elements), over the block's threads. */
+template <class S> __device__ __forceinline__ void l2_prefetch_tile(const S *src, int64_t sld, int rows, int cols) {
+  const int lpr = (cols * (int)sizeof(S) + 127) / 128; /* lines a row */
+  for (int i = threadIdx.x; i < rows * lpr; i += NT)
+    l2_prefetch((const char *)(src + (i / lpr) * sld) + (i % lpr) * 128);
+}
 /* Every line of [p, p + bytes) whose index i within the range has i % n == part, over the block's threads. */
 __device__ __forceinline__ void l2_prefetch_range(const void *p, int64_t bytes, int part = 0, int n = 1) {
   const char *c = (const char *)p;
@@ -536,7 +542,18 @@ __global__ void __launch_bounds__(NT) k_gdn_bwy(bwy_io io, const T *q, const T *
       reg64_load(r1b, k + tok(0) * K + x0, qld, L, nc);
     }
   };
+  auto t1_l2 = [&](int t) { /* tile t towards L2 (two tiles ahead of the products) */
+    if (t < NV1) {
+      l2_prefetch_tile(io.dVp + row0 * V + 64 * t, V, C, 64);
+      l2_prefetch_tile(v + tok(0) * V + 64 * t, vld, L, 64);
+    } else if (t < N1) {
+      int x0 = 64 * (t - NV1), nc = K - x0 < 64 ? K - x0 : 64;
+      l2_prefetch_tile(io.dW + row0 * K + x0, K, C, nc);
+      l2_prefetch_tile(k + tok(0) * K + x0, qld, L, nc);
+    }
+  };
   t1_load(0);
+  t1_l2(1);
   __syncthreads();
   if (tid == 0)
     for (int rr = 1; rr < C; rr++) gam[rr] += gam[rr - 1];
@@ -563,6 +580,7 @@ __global__ void __launch_bounds__(NT) k_gdn_bwy(bwy_io io, const T *q, const T *
     reg64_put(S2, LDC, r1b, L, nc, [&](int rr, int, float x) { return kt ? bet[rr] * eg[rr] * x : bet[rr] * x; });
     __syncthreads();
     if (t + 1 < N1) t1_load(t + 1);
+    t1_l2(t + 2);
     mul64(acc, S1, false, S2, true, mr, nh, lane);
     __syncthreads();
   }
@@ -580,7 +598,23 @@ __global__ void __launch_bounds__(NT) k_gdn_bwy(bwy_io io, const T *q, const T *
     reg64_load(r5u, as_bf(io.dVp) + row0 * V + x0, V, C, 64);
     reg64_load(r5v, v + tok(0) * V + x0, vld, L, 64);
   };
+  auto t45_l2 = [&](int t) { /* step 4's tile t (x0 = 64 t), then step 5's (x0 = 64 (t - K4)) towards L2 */
+    const int K4 = (K + 63) / 64;
+    if (t < K4) {
+      int x0 = 64 * t, nc = K - x0 < 64 ? K - x0 : 64;
+      l2_prefetch_tile(k + tok(0) * K + x0, qld, L, nc);
+      l2_prefetch_tile(q + tok(0) * K + x0, qld, L, nc);
+      l2_prefetch_tile(io.dW + row0 * K + x0, K, C, nc);
+      l2_prefetch_tile(io.dQt + row0 * K + x0, K, C, nc);
+      l2_prefetch_tile(io.dKt + row0 * K + x0, K, C, nc);
+    } else if (t < K4 + V / 64) {
+      int x0 = 64 * (t - K4);
+      l2_prefetch_tile(io.dVp + row0 * V + x0, V, C, 64);
+      l2_prefetch_tile(v + tok(0) * V + x0, vld, L, 64);
+    }
+  };
   t4_load(0);
+  t45_l2(1);
 #pragma unroll
   for (int n = 0; n < 4; n++)
 #pragma unroll
@@ -653,6 +687,7 @@ __global__ void __launch_bounds__(NT) k_gdn_bwy(bwy_io io, const T *q, const T *
     __syncthreads();
     if (x0 + 64 < K) t4_load(x0 + 64);
     else t5_load(0);
+    t45_l2(x0 / 64 + 2);
     float sq[4][4], sk[4][4], sy[4][4];
     zero4(sq), zero4(sk), zero4(sy);
     mul64(sq, Mb, false, S1, false, mr, nh, lane);
@@ -688,6 +723,7 @@ __global__ void __launch_bounds__(NT) k_gdn_bwy(bwy_io io, const T *q, const T *
     reg64_putf(Vf, LDM, r5v, L, 64);
     __syncthreads();
     if (x0 + 64 < V) t5_load(x0 + 64);
+    t45_l2((K + 63) / 64 + x0 / 64 + 2);
     zero4(acc);
     mul64(acc, Tb, true, S1, false, mr, nh, lane);
 #pragma unroll
