@@ -28,9 +28,10 @@
  * few hundred bytes a warp in flight, far under the bandwidth at ~1 us of latency): bf16 scratch by cp.async; the
  * fp32 states ck and the other fp32 / input tiles by 16-byte loads, every load of a thread issued before the first
  * is used (tile_load.cuh's pattern), in bgrad and bwy the next tile's issued before this tile's products (reg64);
- * bscan prefetches the chunk before's inputs into L2 while it works on a chunk; outputs leave as 16-byte rows from
- * shared memory (dS', V', dV') or as pairs of adjacent C-fragment columns. Every value is rounded where it was
- * before (an input or fp32 scratch value once to bf16 as an operand), and every sum keeps its order. */
+ * prefetches into L2 (hints): bscan the chunk before's inputs while it works on a chunk, bgrad the next tile's
+ * bf16 rows, bwy the tile after the next one's; outputs leave as 16-byte rows from shared memory (dS', V', dV')
+ * or as pairs of adjacent C-fragment columns. Every value is rounded where it was before (an input or fp32
+ * scratch value once to bf16 as an operand), and every sum keeps its order. */
 #include <stdlib.h>
 #include "gdn_chunk.cuh"
 #include "m2cuda.h"
