@@ -42,41 +42,68 @@ constexpr int LDM = C + 1; /* row stride of the fp32 64 x 64 matrices in shared 
 constexpr int NT = 256;    /* threads of a block of each kernel here (their launch bounds and launches) */
 
 /* ---------------- staging with several loads in flight (tile_load.cuh's pattern) ----------------
- * A 64 x 64 tile through registers: its loads are issued by reg64_load and the values used by reg64_put, so what
- * runs in between (the previous tile's products) hides their latency. 512 items of 8 columns, 2 a thread; items
- * outside (rows, cols) are not loaded and become 0 (cols % 8 == 0). */
-struct reg64 {
-  tile::v8 x[2];
+ * A 64 x 64 tile of a bf16 or fp32 source through registers: its loads are issued by reg64_load and the values used
+ * by reg64_put, so what runs in between (the previous tile's products) hides their latency. Items of W columns,
+ * item i = thread + 256 u at row i / (64 / W). By default an item is 16 bytes (8 bf16 or 4 fp32 columns), so that
+ * each warp-wide load instruction reads whole 128-byte lines (4 rows of bf16, 2 rows of fp32); fp32 with W = 8
+ * takes two 16-byte loads an item (as tile::load8; each instruction then reads half of every 32-byte sector it
+ * touches, the next one the other half) for fewer address registers. Items outside (rows, cols) are not loaded and
+ * become 0 (cols % W == 0). */
+template <class S, int W_ = 16 / sizeof(S)> struct reg64 {
+  static constexpr int W = W_, CW = 64 / W, NI = C * CW / NT; /* columns an item, items a row, a thread */
+  float f[NI][W];
 };
-template <class S>
-__device__ __forceinline__ void reg64_load(reg64 &t, const S *src, int64_t sld, int rows, int cols) {
+__device__ __forceinline__ void ld16(float (&f)[8], const __nv_bfloat16 *p) {
+  tile::v8 v = tile::load8u(p);
 #pragma unroll
-  for (int u = 0; u < 2; u++) {
-    int i = threadIdx.x + u * NT, r = i >> 3, x = (i & 7) * 8;
-    if (r < rows && x < cols) t.x[u] = tile::load8u(src + r * sld + x);
+  for (int e = 0; e < 8; e++) f[e] = v.f[e];
+}
+__device__ __forceinline__ void ld16(float (&f)[4], const float *p) {
+  float4 v = tile::aligned16(p) ? __ldg((const float4 *)p) : make_float4(p[0], p[1], p[2], p[3]);
+  f[0] = v.x, f[1] = v.y, f[2] = v.z, f[3] = v.w;
+}
+__device__ __forceinline__ void ld16(float (&f)[8], const float *p) { /* two 16-byte loads (tile::load8u) */
+  tile::v8 v = tile::load8u(p);
+#pragma unroll
+  for (int e = 0; e < 8; e++) f[e] = v.f[e];
+}
+template <class S, int W_>
+__device__ __forceinline__ void reg64_load(reg64<S, W_> &t, const S *src, int64_t sld, int rows, int cols) {
+  constexpr int W = W_, CW = 64 / W;
+#pragma unroll
+  for (int u = 0; u < reg64<S, W_>::NI; u++) {
+    int i = threadIdx.x + u * NT, r = i / CW, x = (i % CW) * W;
+    if (r < rows && x < cols) ld16(t.f[u], src + r * sld + x);
   }
 }
 /* dst[r][x] = bf16(f(r, x, value)) (row stride dld, 16-byte aligned rows), 0 outside (rows, cols) */
-template <class F>
-__device__ __forceinline__ void reg64_put(uint16_t *dst, int dld, const reg64 &t, int rows, int cols, F f) {
+template <class S, int W_, class F>
+__device__ __forceinline__ void reg64_put(uint16_t *dst, int dld, const reg64<S, W_> &t, int rows, int cols, F f) {
+  constexpr int W = W_, CW = 64 / W;
 #pragma unroll
-  for (int u = 0; u < 2; u++) {
-    int i = threadIdx.x + u * NT, r = i >> 3, x = (i & 7) * 8;
+  for (int u = 0; u < reg64<S, W_>::NI; u++) {
+    int i = threadIdx.x + u * NT, r = i / CW, x = (i % CW) * W;
     bool ok = r < rows && x < cols;
-    float o[8];
+    uint32_t o[W / 2];
 #pragma unroll
-    for (int e = 0; e < 8; e++) o[e] = ok ? f(r, x + e, t.x[u].f[e]) : 0.0f;
-    tile::store8(dst + r * dld + x, o);
+    for (int e = 0; e < W / 2; e++) {
+      float lo = ok ? f(r, x + 2 * e, t.f[u][2 * e]) : 0.0f, hi = ok ? f(r, x + 2 * e + 1, t.f[u][2 * e + 1]) : 0.0f;
+      o[e] = (uint32_t)tile::bfbits(lo) | ((uint32_t)tile::bfbits(hi) << 16);
+    }
+    if constexpr (W == 8) *(uint4 *)(dst + r * dld + x) = make_uint4(o[0], o[1], o[2], o[3]);
+    else *(uint2 *)(dst + r * dld + x) = make_uint2(o[0], o[1]);
   }
 }
 /* the same values in fp32 (dst[r * dld + x], any dld) */
-__device__ __forceinline__ void reg64_putf(float *dst, int dld, const reg64 &t, int rows, int cols) {
+template <class S, int W_>
+__device__ __forceinline__ void reg64_putf(float *dst, int dld, const reg64<S, W_> &t, int rows, int cols) {
+  constexpr int W = W_, CW = 64 / W;
 #pragma unroll
-  for (int u = 0; u < 2; u++) {
-    int i = threadIdx.x + u * NT, r = i >> 3, x = (i & 7) * 8;
+  for (int u = 0; u < reg64<S, W_>::NI; u++) {
+    int i = threadIdx.x + u * NT, r = i / CW, x = (i % CW) * W;
     bool ok = r < rows && x < cols;
 #pragma unroll
-    for (int e = 0; e < 8; e++) dst[r * dld + x + e] = ok ? t.x[u].f[e] : 0.0f;
+    for (int e = 0; e < W; e++) dst[r * dld + x + e] = ok ? t.f[u][e] : 0.0f;
   }
 }
 /* the value as loaded, for bf16 sources as stored */
@@ -365,7 +392,7 @@ __global__ void __launch_bounds__(NT, 2) k_gdn_bgrad(bgrad_io io, const float *c
   float aQ[4][4] = {}, aK[4][4] = {}, aW[4][4] = {}, aP[4][4] = {};
   /* St[x][n] = S[k0 + n][v0 + x] = ck row v0 + x, column k0 + n (zero past K): the fp32 tile (16 KiB) through
      registers, wide loads, the next tile's issued before this tile's products */
-  reg64 rS;
+  reg64<float, 8> rS; /* items of 8 columns (two 16-byte loads): fewer registers than 4-column items here */
   reg64_load(rS, ckc + k0, K, BV, KC);
   for (int v0 = 0; v0 < V; v0 += BV) {
     stage(dVs, LDC, io.dVp + row0 * V + v0, V, C, BV);
@@ -532,14 +559,16 @@ __global__ void __launch_bounds__(NT) k_gdn_bwy(bwy_io io, const T *q, const T *
   /* step 1's tiles (below): V's, then K's; the first one's loads go out under the sums of g */
   const int NV1 = V / 64, N1 = NV1 + (K + 63) / 64; /* tiles: V's, then K's */
   const int64_t qld = (int64_t)H * K, vld = (int64_t)H * V; /* row strides of q, k and of v */
-  reg64 r1a, r1b;
+  reg64<__nv_bfloat16> r1u; /* dU of a V tile */
+  reg64<float> r1w;          /* dW of a K tile */
+  reg64<T> r1b;              /* v or k */
   auto t1_load = [&](int t) {
     if (t < NV1) {
-      reg64_load(r1a, as_bf(io.dVp) + row0 * V + 64 * t, V, C, 64);
+      reg64_load(r1u, as_bf(io.dVp) + row0 * V + 64 * t, V, C, 64);
       reg64_load(r1b, v + tok(0) * V + 64 * t, vld, L, 64);
     } else {
       int x0 = 64 * (t - NV1), nc = K - x0 < 64 ? K - x0 : 64;
-      reg64_load(r1a, io.dW + row0 * K + x0, K, C, nc);
+      reg64_load(r1w, io.dW + row0 * K + x0, K, C, nc);
       reg64_load(r1b, k + tok(0) * K + x0, qld, L, nc);
     }
   };
@@ -571,14 +600,23 @@ __global__ void __launch_bounds__(NT) k_gdn_bwy(bwy_io io, const T *q, const T *
 
   /* 1. dT = dU (diag(beta) V)^T + dW (diag(beta e^gam) K)^T, 64 columns of V, then of K, at a time:
         S1 = dU or dW (64 x 64), S2 = beta V or beta e^gam K (64 x 64), dT += S1 S2^T.
-     Tiles through registers (reg64), the next tile's loads issued before this tile's product. */
+     Tiles through registers (reg64), the next tile's loads issued before this tile's product (two loops: dU and dW
+     are held in differently laid out registers). */
   float acc[4][4];
   zero4(acc);
-  for (int t = 0; t < N1; t++) {
-    const bool kt = t >= NV1; /* S1 = dW, S2 = beta e^gam K */
-    const int nc = kt && K - 64 * (t - NV1) < 64 ? K - 64 * (t - NV1) : 64;
-    reg64_put(S1, LDC, r1a, C, nc, tile::ident());
-    reg64_put(S2, LDC, r1b, L, nc, [&](int rr, int, float x) { return kt ? bet[rr] * eg[rr] * x : bet[rr] * x; });
+  for (int t = 0; t < NV1; t++) { /* V tiles: S1 = dU, S2 = beta V */
+    reg64_put(S1, LDC, r1u, C, 64, tile::ident());
+    reg64_put(S2, LDC, r1b, L, 64, [&](int rr, int, float x) { return bet[rr] * x; });
+    __syncthreads();
+    t1_load(t + 1); /* (N1 > NV1: after the last V tile, the first K tile) */
+    t1_l2(t + 2);
+    mul64(acc, S1, false, S2, true, mr, nh, lane);
+    __syncthreads();
+  }
+  for (int t = NV1; t < N1; t++) { /* K tiles: S1 = dW, S2 = beta e^gam K */
+    const int nc = K - 64 * (t - NV1) < 64 ? K - 64 * (t - NV1) : 64;
+    reg64_put(S1, LDC, r1w, C, nc, tile::ident());
+    reg64_put(S2, LDC, r1b, L, nc, [&](int rr, int, float x) { return bet[rr] * eg[rr] * x; });
     __syncthreads();
     if (t + 1 < N1) t1_load(t + 1);
     t1_l2(t + 2);
@@ -586,7 +624,9 @@ __global__ void __launch_bounds__(NT) k_gdn_bwy(bwy_io io, const T *q, const T *
     __syncthreads();
   }
   /* step 4's and 5's tiles (below) through registers; step 4's first one's loads go out under steps 2 and 3 */
-  reg64 r4k, r4q, r4w, r4dq, r4dk, r5u, r5v;
+  reg64<T> r4k, r4q, r5v;
+  reg64<float> r4w, r4dq, r4dk;
+  reg64<__nv_bfloat16> r5u;
   auto t4_load = [&](int x0) {
     const int nc = K - x0 < 64 ? K - x0 : 64;
     reg64_load(r4k, k + tok(0) * K + x0, qld, L, nc);
