@@ -23,7 +23,8 @@
  *   scan  grid (V / 64, B H), 8 warps: walks the chunks in order with S (K x 64 columns of V) in fp32 mma
  *         accumulators (16-row tiles of S, tile i held by warp i % 8); per chunk stages W, Q~, K~, U, P in shared
  *         memory, writes S to the checkpoints (when kept) and as bf16 to shared memory, then
- *         V' = U - W S and o = Q~ S (warp (w % 4, w / 4): 16 rows x 32 columns), o += P V', S = e S + K~^T V'.
+ *         V' = U - W S and o = Q~ S (warp (w % 4, w / 4): 16 rows x 32 columns), o += P V', S = e S + K~^T V';
+ *         while it works on a chunk it prefetches the next chunk's W, Q~, K~, P, U into L2.
  * Every product takes bf16 operands (mma.sync m16n8k16) and accumulates in fp32; S, T, the decays stay fp32.
  * The checkpoints are what the recurrent forward writes (B, H, NS, V, K) fp32, seg 64: the state before every
  * chunk, so the recurrent CUDA backward runs unchanged on them. */
@@ -35,6 +36,24 @@
 namespace {
 
 /* ================= scan: the chunks in order, S in registers ================= */
+
+/* A hint: the 128-byte line at p into L2 (data a later chunk reads). */
+__device__ __forceinline__ void l2_prefetch(const void *p) { asm volatile("prefetch.L2 [%0];" ::"l"(p)); }
+/* Every line of [p, p + bytes) whose index i within the range has i % n == part, over the block's threads. */
+__device__ __forceinline__ void l2_prefetch_range(const void *p, int64_t bytes, int part, int n) {
+  const char *c = (const char *)p;
+  for (int64_t i = (int64_t)threadIdx.x * n + part; i * 128 < bytes; i += (int64_t)blockDim.x * n)
+    l2_prefetch(c + i * 128);
+}
+/* Two adjacent outputs p[0], p[1] (an mma C fragment's pair) as one store where p is aligned for it. */
+__device__ __forceinline__ void st_pair(float *p, float a, float b) {
+  if (((uintptr_t)p & 7) == 0) *(float2 *)p = make_float2(a, b);
+  else p[0] = a, p[1] = b;
+}
+__device__ __forceinline__ void st_pair(bf16 *p, float a, float b) {
+  if (((uintptr_t)p & 3) == 0) tile::store2((uint16_t *)p, a, b);
+  else p[0] = from_f<bf16>(a), p[1] = from_f<bf16>(b);
+}
 
 static size_t scan_smem(int K) {
   return (size_t)3 * C * (K + 8) * 2   /* Ws, Qs, Ks: W, Q~, K~ of the chunk (64 x K bf16) */
@@ -81,6 +100,17 @@ __global__ void __launch_bounds__(256) k_gdn_scan(scan_in in, const T *h0, T *o,
     mma_cp_commit();
     stage(Ks, KP, in.Kt + row0 * K, K, C, K); /* a second group: K~ is needed last, it loads under V' and o */
     mma_cp_commit();
+    /* the next chunk's W, Q~, K~, P (shared by the V / 64 blocks of (b, h), each prefetching every (V / 64)-th line)
+       and U columns towards L2 while this one computes */
+    if (c + 1 < NC) {
+      const int64_t nr0 = row0 + C;
+      const int NVT = V / BV;
+      l2_prefetch_range(in.W + nr0 * K, (int64_t)C * K * 2, blockIdx.x, NVT);
+      l2_prefetch_range(in.Qt + nr0 * K, (int64_t)C * K * 2, blockIdx.x, NVT);
+      l2_prefetch_range(in.Kt + nr0 * K, (int64_t)C * K * 2, blockIdx.x, NVT);
+      l2_prefetch_range(in.P + nr0 * C, (int64_t)C * C * 2, blockIdx.x, NVT);
+      if (tid < C) l2_prefetch(in.U + (nr0 + tid) * V + v0);
+    }
     /* the state before the chunk: checkpoint (fp32, (V, K) per state) and bf16 operand */
 #pragma unroll
     for (int i = 0; i < 2; i++) {
@@ -88,10 +118,13 @@ __global__ void __launch_bounds__(256) k_gdn_scan(scan_in in, const T *h0, T *o,
 #pragma unroll
       for (int n = 0; n < 8; n++)
 #pragma unroll
-        for (int e = 0; e < 4; e++) {
+        for (int e = 0; e < 4; e += 2) { /* elements e, e + 1: columns col, col + 1 of row row */
           int row = 16 * (w + 8 * i) + c_row(lane, e), col = 8 * n + c_col(lane, e);
-          if (ck) ck[((bh * NC + c) * V + v0 + col) * K + row] = Sa[i][n][e];
-          Ss[row * LDC + col] = bf(Sa[i][n][e]);
+          if (ck) {
+            float *p = ck + ((bh * NC + c) * V + v0 + col) * K + row;
+            p[0] = Sa[i][n][e], p[K] = Sa[i][n][e + 1];
+          }
+          tile::store2(Ss + row * LDC + col, Sa[i][n][e], Sa[i][n][e + 1]);
         }
     }
     mma_cp_wait<1>(); /* W, Q~, U, P */
@@ -113,9 +146,10 @@ __global__ void __launch_bounds__(256) k_gdn_scan(scan_in in, const T *h0, T *o,
 #pragma unroll
     for (int n = 0; n < 4; n++)
 #pragma unroll
-      for (int e = 0; e < 4; e++) {
+      for (int e = 0; e < 4; e += 2) {
         int r = 16 * mr + c_row(lane, e), col = 32 * nh + 8 * n + c_col(lane, e);
-        Vn[r * LDC + col] = bf(fb(Us[r * LDC + col]) - aV[n][e]);
+        const uint16_t *u = Us + r * LDC + col;
+        tile::store2(Vn + r * LDC + col, fb(u[0]) - aV[n][e], fb(u[1]) - aV[n][e + 1]);
       }
     mma_cp_wait<0>(); /* K~ too (the barrier makes every thread's copies visible) */
     __syncthreads();
@@ -135,9 +169,9 @@ __global__ void __launch_bounds__(256) k_gdn_scan(scan_in in, const T *h0, T *o,
 #pragma unroll
     for (int n = 0; n < 4; n++)
 #pragma unroll
-      for (int e = 0; e < 4; e++) {
+      for (int e = 0; e < 4; e += 2) {
         int r = 16 * mr + c_row(lane, e), col = v0 + 32 * nh + 8 * n + c_col(lane, e);
-        if (t0 + r < Tn) o[((b * Tn + t0 + r) * H + h) * V + col] = from_f<T>(aO[n][e]);
+        if (t0 + r < Tn) st_pair(o + ((b * Tn + t0 + r) * H + h) * V + col, aO[n][e], aO[n][e + 1]);
       }
 
     /* S = exp(gam_63) S + K~^T V' */

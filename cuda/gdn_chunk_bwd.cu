@@ -23,7 +23,15 @@
  *   bgrad  grid (K / 64, NC, B H), 8 warps: dQ~, dK~, dW of 64 key columns (and dP) over the V tiles (fp32 out).
  *   bwy    grid (NC, B H), 8 warps: dT, dA = -T^T dT T^T, M, N~, then dq, dk, dv, dbeta, dg of the chunk's rows,
  *          the products on tensor cores (bf16 operands), the elementwise chains and row sums in fp32 (every row's
- *          gradient is the chunk's own: no sums across blocks, no atomics). */
+ *          gradient is the chunk's own: no sums across blocks, no atomics).
+ * Staging (these kernels run 8 warps an SM, 16 in bgrad: a load of one element a thread and iteration would keep a
+ * few hundred bytes a warp in flight, far under the bandwidth at ~1 us of latency): bf16 scratch by cp.async; the
+ * fp32 states ck and the other fp32 / input tiles by 16-byte loads, every load of a thread issued before the first
+ * is used (tile_load.cuh's pattern), in bgrad and bwy the next tile's issued before this tile's products (reg64);
+ * prefetches into L2 (hints): bscan the chunk before's inputs while it works on a chunk, bgrad the next tile's
+ * bf16 rows, bwy the tile after the next one's; outputs leave as 16-byte rows from shared memory (dS', V', dV')
+ * or as pairs of adjacent C-fragment columns. Every value is rounded where it was before (an input or fp32
+ * scratch value once to bf16 as an operand), and every sum keeps its order. */
 #include <stdlib.h>
 #include "gdn_chunk.cuh"
 #include "m2cuda.h"
@@ -31,6 +39,99 @@
 namespace {
 
 constexpr int LDM = C + 1; /* row stride of the fp32 64 x 64 matrices in shared memory */
+constexpr int NT = 256;    /* threads of a block of each kernel here (their launch bounds and launches) */
+
+/* ---------------- staging with several loads in flight (tile_load.cuh's pattern) ----------------
+ * A 64 x 64 tile of a bf16 or fp32 source through registers: its loads are issued by reg64_load and the values used
+ * by reg64_put, so what runs in between (the previous tile's products) hides their latency. Items of W columns,
+ * item i = thread + 256 u at row i / (64 / W). By default an item is 16 bytes (8 bf16 or 4 fp32 columns), so that
+ * each warp-wide load instruction reads whole 128-byte lines (4 rows of bf16, 2 rows of fp32); fp32 with W = 8
+ * takes two 16-byte loads an item (as tile::load8; each instruction then reads half of every 32-byte sector it
+ * touches, the next one the other half) for fewer address registers. Items outside (rows, cols) are not loaded and
+ * become 0 (cols % W == 0). */
+template <class S, int W_ = 16 / sizeof(S)> struct reg64 {
+  static constexpr int W = W_, CW = 64 / W, NI = C * CW / NT; /* columns an item, items a row, a thread */
+  float f[NI][W];
+};
+__device__ __forceinline__ void ld16(float (&f)[8], const __nv_bfloat16 *p) {
+  tile::v8 v = tile::load8u(p);
+#pragma unroll
+  for (int e = 0; e < 8; e++) f[e] = v.f[e];
+}
+__device__ __forceinline__ void ld16(float (&f)[4], const float *p) {
+  float4 v = tile::aligned16(p) ? __ldg((const float4 *)p) : make_float4(p[0], p[1], p[2], p[3]);
+  f[0] = v.x, f[1] = v.y, f[2] = v.z, f[3] = v.w;
+}
+__device__ __forceinline__ void ld16(float (&f)[8], const float *p) { /* two 16-byte loads (tile::load8u) */
+  tile::v8 v = tile::load8u(p);
+#pragma unroll
+  for (int e = 0; e < 8; e++) f[e] = v.f[e];
+}
+template <class S, int W_>
+__device__ __forceinline__ void reg64_load(reg64<S, W_> &t, const S *src, int64_t sld, int rows, int cols) {
+  constexpr int W = W_, CW = 64 / W;
+#pragma unroll
+  for (int u = 0; u < reg64<S, W_>::NI; u++) {
+    int i = threadIdx.x + u * NT, r = i / CW, x = (i % CW) * W;
+    if (r < rows && x < cols) ld16(t.f[u], src + r * sld + x);
+  }
+}
+/* dst[r][x] = bf16(f(r, x, value)) (row stride dld, 16-byte aligned rows), 0 outside (rows, cols) */
+template <class S, int W_, class F>
+__device__ __forceinline__ void reg64_put(uint16_t *dst, int dld, const reg64<S, W_> &t, int rows, int cols, F f) {
+  constexpr int W = W_, CW = 64 / W;
+#pragma unroll
+  for (int u = 0; u < reg64<S, W_>::NI; u++) {
+    int i = threadIdx.x + u * NT, r = i / CW, x = (i % CW) * W;
+    bool ok = r < rows && x < cols;
+    uint32_t o[W / 2];
+#pragma unroll
+    for (int e = 0; e < W / 2; e++) {
+      float lo = ok ? f(r, x + 2 * e, t.f[u][2 * e]) : 0.0f, hi = ok ? f(r, x + 2 * e + 1, t.f[u][2 * e + 1]) : 0.0f;
+      o[e] = (uint32_t)tile::bfbits(lo) | ((uint32_t)tile::bfbits(hi) << 16);
+    }
+    if constexpr (W == 8) *(uint4 *)(dst + r * dld + x) = make_uint4(o[0], o[1], o[2], o[3]);
+    else *(uint2 *)(dst + r * dld + x) = make_uint2(o[0], o[1]);
+  }
+}
+/* the same values in fp32 (dst[r * dld + x], any dld) */
+template <class S, int W_>
+__device__ __forceinline__ void reg64_putf(float *dst, int dld, const reg64<S, W_> &t, int rows, int cols) {
+  constexpr int W = W_, CW = 64 / W;
+#pragma unroll
+  for (int u = 0; u < reg64<S, W_>::NI; u++) {
+    int i = threadIdx.x + u * NT, r = i / CW, x = (i % CW) * W;
+    bool ok = r < rows && x < cols;
+#pragma unroll
+    for (int e = 0; e < W; e++) dst[r * dld + x + e] = ok ? t.f[u][e] : 0.0f;
+  }
+}
+/* the value as loaded, for bf16 sources as stored */
+__device__ __forceinline__ const __nv_bfloat16 *as_bf(const uint16_t *p) { return (const __nv_bfloat16 *)p; }
+
+/* Two adjacent outputs p[0], p[1] (an mma C fragment's pair) as one store where p is aligned for it. */
+__device__ __forceinline__ void st_pair(float *p, float a, float b) {
+  if (((uintptr_t)p & 7) == 0) *(float2 *)p = make_float2(a, b);
+  else p[0] = a, p[1] = b;
+}
+__device__ __forceinline__ void st_pair(bf16 *p, float a, float b) {
+  if (((uintptr_t)p & 3) == 0) tile::store2((uint16_t *)p, a, b);
+  else p[0] = from_f<bf16>(a), p[1] = from_f<bf16>(b);
+}
+
+/* A hint: the 128-byte line at p into L2 (data a later step reads). */
+__device__ __forceinline__ void l2_prefetch(const void *p) { asm volatile("prefetch.L2 [%0];" ::"l"(p)); }
+/* The lines of rows [0, rows) x columns [0, cols) of src (row stride sld elements), over the block's threads. */
+template <class S> __device__ __forceinline__ void l2_prefetch_tile(const S *src, int64_t sld, int rows, int cols) {
+  const int lpr = (cols * (int)sizeof(S) + 127) / 128; /* lines a row */
+  for (int i = threadIdx.x; i < rows * lpr; i += NT)
+    l2_prefetch((const char *)(src + (i / lpr) * sld) + (i % lpr) * 128);
+}
+/* Every line of [p, p + bytes) whose index i within the range has i % n == part, over the block's threads. */
+__device__ __forceinline__ void l2_prefetch_range(const void *p, int64_t bytes, int part = 0, int n = 1) {
+  const char *c = (const char *)p;
+  for (int64_t i = (int64_t)threadIdx.x * n + part; i * 128 < bytes; i += (int64_t)NT * n) l2_prefetch(c + i * 128);
+}
 
 /* ================= bscan: dS through the chunks, last first ================= */
 
@@ -50,8 +151,8 @@ struct bscan_io {
 };
 
 template <class T>
-__global__ void __launch_bounds__(256) k_gdn_bscan(bscan_io io, const float *ck, const T *dy, const T *dhT, T *dh0,
-                                                   int64_t Tn, int H, int K, int V, int NC) {
+__global__ void __launch_bounds__(NT) k_gdn_bscan(bscan_io io, const float *ck, const T *dy, const T *dhT, T *dh0,
+                                                  int64_t Tn, int H, int K, int V, int NC) {
   extern __shared__ __align__(16) unsigned char sm[];
   const int KP = K + 8;
   uint16_t *Ws = (uint16_t *)sm, *Qs = Ws + C * KP, *Ks = Qs + C * KP, *Us = Ks + C * KP, *Ps = Us + C * LDC,
@@ -60,7 +161,9 @@ __global__ void __launch_bounds__(256) k_gdn_bscan(bscan_io io, const float *ck,
   const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, KT = K / 16, NVT = V / BV;
   const int mr = w & 3, nh = w >> 2; /* the V' / dV' tile of this warp: rows 16 mr.., columns 32 nh.. */
   const int v0 = blockIdx.x * BV;
-  const int64_t bh = blockIdx.y, b = bh / H, h = bh % H;
+  const int64_t bh = blockIdx.y, b = bh / H, h = bh % H, dld = (int64_t)H * V;
+  /* dO as stored (bf16) by cp.async, else (f32, or a misaligned dy) through registers */
+  const bool dcp = sizeof(T) == 2 && tile::aligned16(dy), ckw = tile::aligned16(ck);
 
   float Da[2][8][4]; /* dS: rows 16 (w + 8 i).., 64 columns, as the forward's S */
 #pragma unroll
@@ -75,38 +178,88 @@ __global__ void __launch_bounds__(256) k_gdn_bscan(bscan_io io, const float *ck,
 
   for (int c = NC - 1; c >= 0; c--) {
     const int64_t row0 = (bh * NC + c) * (int64_t)C, t0 = (int64_t)c * C;
+    const int L = Tn - t0 < C ? (int)(Tn - t0) : C;
+    const T *dyc = dy + ((b * Tn + t0) * H + h) * V + v0; /* the chunk's dO rows (stride H V), this block's columns */
+    const float *ckc = ck + ((bh * NC + c) * (int64_t)V + v0) * K; /* S before the chunk, (V, K): 64 rows of K */
     stage(Ws, KP, io.W + row0 * K, K, C, K);
     stage(Ks, KP, io.Kt + row0 * K, K, C, K);
     stage(Us, LDC, io.U + row0 * V + v0, V, C, BV);
     stage(Ps, LDC, io.P + row0 * C, C, C, C);
+    if (dcp)
+      for (int i = tid; i < C * (BV / 8); i += NT) { /* dO: the chunk's rows (zero past T), this block's columns */
+        int r = i >> 3, x = (i & 7) * 8;
+        mma_cp16(dOs + r * LDC + x, dyc + (r < L ? r : 0) * dld + x, r < L);
+      }
     mma_cp_commit();
     stage(Qs, KP, io.Qt + row0 * K, K, C, K); /* a second group: Q~ is needed last, it loads under V' and dV' */
     mma_cp_commit();
-    for (int i = tid; i < C * BV; i += blockDim.x) { /* dO: the chunk's rows, this block's columns */
-      int r = i / BV, x = i % BV;
-      dOs[r * LDC + x] = bf(t0 + r < Tn ? to_f(dy[((b * Tn + t0 + r) * H + h) * V + v0 + x]) : 0.0f);
-    }
-    const float *ckc = ck + ((bh * NC + c) * (int64_t)V + v0) * K; /* S before the chunk, (V, K) */
-    for (int i = tid; i < BV * K; i += blockDim.x) {
-      int x = i / K, row = i % K;
-      Ss[row * LDC + x] = bf(ckc[(int64_t)x * K + row]);
-    }
-    uint16_t *dSg = io.dS + (bh * NC + c) * (int64_t)K * V;
+
+    /* Ss[row][x] = bf16(S[row][v0 + x]) from ck's (V, K) rows: an item is 4 rows (16 bytes) of columns x = 2p and
+       2p + 1, items (p, rows 8 g + 4 half..) with lane = 2 (p % 16) + half: a warp's loads take whole 32-byte
+       sectors and its paired stores (columns 2p, 2p + 1) fall in 32 distinct banks. Every load issued first. */
+    if (ckw) {
+      constexpr int UC = 8; /* 8 K items (32 column pairs x K / 4 row quads) <= UC NT: one pass */
+      static_assert(8 * GDN_TC_MAXK <= UC * NT, "bscan: the ck items of a chunk take more than one pass");
+      const int p = (tid >> 1) & 31, kr = (tid >> 6) * 8 + (tid & 1) * 4; /* item u: rows kr + 32 u.. */
+      const float *pa = ckc + (int64_t)(2 * p) * K + kr;
+      uint16_t *d = Ss + kr * LDC + 2 * p;
+      float4 xa[UC], xb[UC];
+#pragma unroll
+      for (int u = 0; u < UC; u++)
+        if (kr + 32 * u < K)
+          xa[u] = __ldg((const float4 *)(pa + 32 * u)), xb[u] = __ldg((const float4 *)(pa + K + 32 * u));
+#pragma unroll
+      for (int u = 0; u < UC; u++)
+        if (kr + 32 * u < K) {
+          uint16_t *du = d + 32 * u * LDC;
+          tile::store2(du, xa[u].x, xb[u].x);
+          tile::store2(du + LDC, xa[u].y, xb[u].y);
+          tile::store2(du + 2 * LDC, xa[u].z, xb[u].z);
+          tile::store2(du + 3 * LDC, xa[u].w, xb[u].w);
+        }
+    } else
+      for (int i = tid; i < BV * K; i += NT) { /* a misaligned ck (not one of the op's own tensors): one by one */
+        int x = i / K, row = i % K;
+        Ss[row * LDC + x] = bf(ckc[(int64_t)x * K + row]);
+      }
+    if (!dcp) tile::tile_load<2>(dOs, LDC, dyc, dld, C, L, BV, tile::ident());
+    /* dS' as the bf16 operand */
 #pragma unroll
     for (int i = 0; i < 2; i++) {
       if (w + 8 * i >= KT) continue;
 #pragma unroll
       for (int n = 0; n < 8; n++)
 #pragma unroll
-        for (int e = 0; e < 4; e++) {
+        for (int e = 0; e < 4; e += 2) {
           int row = 16 * (w + 8 * i) + c_row(lane, e), col = 8 * n + c_col(lane, e);
-          uint16_t u = bf(Da[i][n][e]);
-          Ds[row * LDC + col] = u;
-          dSg[(int64_t)row * V + v0 + col] = u;
+          tile::store2(Ds + row * LDC + col, Da[i][n][e], Da[i][n][e + 1]);
         }
     }
-    mma_cp_wait<1>(); /* W, K~, U, P */
+    /* the chunk before's inputs towards L2 while this one computes: its states (this block's 64 KiB of ck), U
+       columns, dO rows; W, K~, Q~, P shared by the NVT blocks of (b, h), each prefetching every NVT-th line */
+    if (c > 0) {
+      const int64_t pr0 = row0 - C;
+      l2_prefetch_range(ckc - (int64_t)V * K, (int64_t)BV * K * 4);
+      l2_prefetch_range(io.W + pr0 * K, (int64_t)C * K * 2, blockIdx.x, NVT);
+      l2_prefetch_range(io.Kt + pr0 * K, (int64_t)C * K * 2, blockIdx.x, NVT);
+      l2_prefetch_range(io.Qt + pr0 * K, (int64_t)C * K * 2, blockIdx.x, NVT);
+      l2_prefetch_range(io.P + pr0 * C, (int64_t)C * C * 2, blockIdx.x, NVT);
+      if (tid < C) l2_prefetch(io.U + (pr0 + tid) * V + v0);
+      else if (tid < 2 * C) {
+        const char *p = (const char *)(dyc - C * dld + (tid - C) * dld); /* a full chunk: no rows past T */
+        l2_prefetch(p);
+        if (sizeof(T) == 4) l2_prefetch(p + 128);
+      }
+    }
+    mma_cp_wait<1>(); /* W, K~, U, P, dO */
     __syncthreads();
+
+    /* dS' of this chunk out: Ds rows as 16-byte stores */
+    uint16_t *dSg = io.dS + (bh * NC + c) * (int64_t)K * V + v0;
+    for (int i = tid; i < K * 8; i += NT) {
+      int row = i >> 3, x = (i & 7) * 8;
+      *(uint4 *)(dSg + (int64_t)row * V + x) = *(const uint4 *)(Ds + row * LDC + x);
+    }
 
     /* this block's part of <S, dS'> (S as its bf16 operand) */
     float sd = 0.0f;
@@ -147,15 +300,15 @@ __global__ void __launch_bounds__(256) k_gdn_bscan(bscan_io io, const float *ck,
         mma2(aD[2 * np], aD[2 * np + 1], fp, fo);
       }
     }
+    /* V' over U in place (each element read and written by its own thread), dV' into dVn; both go out below */
 #pragma unroll
     for (int n = 0; n < 4; n++)
 #pragma unroll
-      for (int e = 0; e < 4; e++) {
+      for (int e = 0; e < 4; e += 2) {
         int r = 16 * mr + c_row(lane, e), col = 32 * nh + 8 * n + c_col(lane, e);
-        uint16_t uv = bf(fb(Us[r * LDC + col]) - aV[n][e]), ud = bf(aD[n][e]);
-        dVn[r * LDC + col] = ud;
-        io.Vp[(row0 + r) * V + v0 + col] = uv;
-        io.dVp[(row0 + r) * V + v0 + col] = ud;
+        uint16_t *u = Us + r * LDC + col;
+        tile::store2(u, fb(u[0]) - aV[n][e], fb(u[1]) - aV[n][e + 1]);
+        tile::store2(dVn + r * LDC + col, aD[n][e], aD[n][e + 1]);
       }
     mma_cp_wait<0>(); /* Q~ too (the barrier makes every thread's copies visible) */
     __syncthreads();
@@ -163,6 +316,10 @@ __global__ void __launch_bounds__(256) k_gdn_bscan(bscan_io io, const float *ck,
       float s = 0.0f;
       for (int x = 0; x < 8; x++) s += red[x];
       io.sdS[(bh * NC + c) * NVT + blockIdx.x] = s;
+    }
+    for (int i = tid; i < 2 * C * 8; i += NT) { /* V' (Us) and dV' (dVn) rows as 16-byte stores */
+      int s = i >> 9, r = (i >> 3) & (C - 1), x = (i & 7) * 8;
+      *(uint4 *)((s ? io.dVp : io.Vp) + (row0 + r) * V + v0 + x) = *(const uint4 *)((s ? dVn : Us) + r * LDC + x);
     }
 
     /* dS = e^gam_L dS' + Q~^T dO - W^T dV' */
@@ -215,38 +372,60 @@ struct bgrad_io {
 };
 
 /* Block (kp, c, bh): key columns k0 = 64 kp .. k0 + 63 (those below K). Warp (mr, nh): rows 16 mr.., columns
- * 32 nh.. of each 64 x 64 output. */
-template <class T>
-__global__ void __launch_bounds__(256) k_gdn_bgrad(bgrad_io io, const float *ck, const T *dy, int64_t Tn, int H,
-                                                   int K, int V, int NC) {
+ * 32 nh.. of each 64 x 64 output. Two blocks an SM (128 registers at most: the k-step loop is kept rolled for that).
+ * DCP: dy is bf16 and 16-byte aligned, dO is copied as stored by cp.async; else (f32 dy, or misaligned) element by
+ * element. A template argument so that each kernel holds one of the two paths (both in one kernel spill). */
+template <class T, bool DCP>
+__global__ void __launch_bounds__(NT, 2) k_gdn_bgrad(bgrad_io io, const float *ck, const T *dy, int64_t Tn, int H,
+                                                  int K, int V, int NC) {
   extern __shared__ __align__(16) unsigned char sm[];
   uint16_t *dOs = (uint16_t *)sm, *dVs = dOs + C * LDC, *Vs = dVs + C * LDC, *St = Vs + C * LDC, *Ds = St + C * LDC;
   const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, mr = w & 3, nh = w >> 2;
-  const int kp = blockIdx.x, c = blockIdx.y, k0 = 64 * kp;
+  const int kp = blockIdx.x, c = blockIdx.y, k0 = 64 * kp, KC = K - k0 < 64 ? K - k0 : 64; /* key columns here */
   const int64_t bh = blockIdx.z, b = bh / H, h = bh % H, row0 = (bh * NC + c) * (int64_t)C, t0 = (int64_t)c * C;
+  const int L = Tn - t0 < C ? (int)(Tn - t0) : C;
+  const int64_t dld = (int64_t)H * V;
+  const T *dyc = dy + ((b * Tn + t0) * H + h) * V; /* the chunk's dO rows (stride H V) */
+  constexpr bool dcp = DCP && sizeof(T) == 2;
   const float *ckc = ck + (bh * NC + c) * (int64_t)V * K; /* S before the chunk, (V, K) */
   const uint16_t *dSc = io.dS + (bh * NC + c) * (int64_t)K * V;
   float aQ[4][4] = {}, aK[4][4] = {}, aW[4][4] = {}, aP[4][4] = {};
+  /* St[x][n] = S[k0 + n][v0 + x] = ck row v0 + x, column k0 + n (zero past K): the fp32 tile (16 KiB) through
+     registers, wide loads, the next tile's issued before this tile's products */
+  reg64<float, 8> rS; /* items of 8 columns (two 16-byte loads): fewer registers than 4-column items here */
+  reg64_load(rS, ckc + k0, K, BV, KC);
   for (int v0 = 0; v0 < V; v0 += BV) {
     stage(dVs, LDC, io.dVp + row0 * V + v0, V, C, BV);
     stage(Vs, LDC, io.Vp + row0 * V + v0, V, C, BV);
-    for (int i = tid; i < C * (BV / 8); i += blockDim.x) { /* dS' rows k0.. (zero past K), this tile's columns */
+    for (int i = tid; i < C * (BV / 8); i += NT) { /* dS' rows k0.. (zero past K), this tile's columns */
       int r = i / (BV / 8), ch = i % (BV / 8);
       bool ok = k0 + r < K;
       mma_cp16(Ds + r * LDC + ch * 8, dSc + (int64_t)(ok ? k0 + r : 0) * V + v0 + ch * 8, ok);
     }
+    if (dcp)
+      for (int i = tid; i < C * (BV / 8); i += NT) { /* dO: the chunk's rows (zero past T), this tile's columns */
+        int r = i >> 3, x = (i & 7) * 8;
+        mma_cp16(dOs + r * LDC + x, dyc + (r < L ? r : 0) * dld + v0 + x, r < L);
+      }
     mma_cp_commit();
-    for (int i = tid; i < C * BV; i += blockDim.x) {
-      int r = i / BV, x = i % BV;
-      dOs[r * LDC + x] = bf(t0 + r < Tn ? to_f(dy[((b * Tn + t0 + r) * H + h) * V + v0 + x]) : 0.0f);
+    if (dcp && v0 + BV < V) { /* the next tile's dV', V', dS', dO rows (bf16) towards L2: a 128-byte line a thread */
+      const int r = tid & (C - 1), s = tid >> 6;
+      const void *p = s == 0 ? (const void *)(io.dVp + (row0 + r) * V + v0 + BV)
+                      : s == 1 ? (const void *)(io.Vp + (row0 + r) * V + v0 + BV)
+                      : s == 2 ? (const void *)(dSc + (int64_t)(k0 + r < K ? k0 + r : 0) * V + v0 + BV)
+                               : (const void *)(dyc + (r < L ? r : 0) * dld + v0 + BV);
+      l2_prefetch(p);
     }
-    for (int i = tid; i < BV * 64; i += blockDim.x) { /* St[x][n] = S[k0 + n][v0 + x] */
-      int x = i / 64, n = i % 64;
-      St[x * LDC + n] = bf(k0 + n < K ? ckc[(int64_t)(v0 + x) * K + k0 + n] : 0.0f);
-    }
+    reg64_put(St, LDC, rS, BV, KC, tile::ident());
+    if (!dcp)
+      for (int i = tid; i < C * BV; i += NT) {
+        int r = i / BV, x = i % BV;
+        dOs[r * LDC + x] = bf(r < L ? to_f(dyc[r * dld + v0 + x]) : 0.0f);
+      }
     mma_cp_wait<0>();
     __syncthreads();
-#pragma unroll
+    if (v0 + BV < V) reg64_load(rS, ckc + (int64_t)(v0 + BV) * K + k0, K, BV, KC);
+#pragma unroll 1
     for (int kk = 0; kk < 4; kk++) {
       uint32_t fo[4], fd[4], fv[4], fb4[4];
       ld_a(fo, dOs, LDC, 16 * mr, 16 * kk, lane);
@@ -270,15 +449,17 @@ __global__ void __launch_bounds__(256) k_gdn_bgrad(bgrad_io io, const float *ck,
 #pragma unroll
   for (int n = 0; n < 4; n++)
 #pragma unroll
-    for (int e = 0; e < 4; e++) {
+    for (int e = 0; e < 4; e += 2) { /* elements e, e + 1: columns col, col + 1 of row r (K even) */
       int r = 16 * mr + c_row(lane, e), col = 32 * nh + 8 * n + c_col(lane, e);
-      if (k0 + col < K) {
+      if (col < KC) {
         int64_t o = (row0 + r) * K + k0 + col;
-        io.dQt[o] = aQ[n][e];
-        io.dKt[o] = aK[n][e];
-        io.dW[o] = -aW[n][e];
+        st_pair(io.dQt + o, aQ[n][e], aQ[n][e + 1]);
+        st_pair(io.dKt + o, aK[n][e], aK[n][e + 1]);
+        st_pair(io.dW + o, -aW[n][e], -aW[n][e + 1]);
       }
-      if (kp == 0) io.dP[(bh * NC + c) * (int64_t)(C * C) + r * C + col] = col <= r ? aP[n][e] : 0.0f;
+      if (kp == 0)
+        st_pair(io.dP + (bh * NC + c) * (int64_t)(C * C) + r * C + col, col <= r ? aP[n][e] : 0.0f,
+                col + 1 <= r ? aP[n][e + 1] : 0.0f);
     }
 }
 
@@ -333,7 +514,7 @@ __device__ __forceinline__ void mul64(float acc[4][4], const uint16_t *A, bool a
  * 64 x 64 elements over the threads. Products on tensor cores (bf16 operands: dU, dW, beta V, beta e^gam K, T, dT,
  * dT T^T, M, N~, K, Q), the rest fp32. */
 template <class T>
-__global__ void __launch_bounds__(256) k_gdn_bwy(bwy_io io, const T *q, const T *k, const T *v, const T *g,
+__global__ void __launch_bounds__(NT) k_gdn_bwy(bwy_io io, const T *q, const T *k, const T *v, const T *g,
                                                  const T *beta, T *dq, T *dk, T *dv, T *dg, T *dbeta, int64_t Tn,
                                                  int H, int K, int V, int NC, float scale) {
   extern __shared__ __align__(16) float fsm[];
@@ -349,19 +530,60 @@ __global__ void __launch_bounds__(256) k_gdn_bwy(bwy_io io, const T *q, const T 
   const int L = Tn - t0 < C ? (int)(Tn - t0) : C;
   auto tok = [&](int rr) { return (b * Tn + t0 + rr) * H + h; };
 
-  /* 0. the chunk's scalars and matrices: T (bf16), Q K^T, K K^T, dP (fp32), G */
-  if (tid < C) {
-    gam[tid] = tid < L ? to_f(g[tok(tid)]) : 0.0f;
-    bet[tid] = tid < L ? to_f(beta[tok(tid)]) : 0.0f;
-    dgam[tid] = dbet[tid] = 0.0f;
+  /* 0. the chunk's scalars and matrices: T (bf16), Q K^T, K K^T, dP (fp32), G. The four 64 x 64 fp32 matrices
+        as 16-byte loads, all 16 of a thread issued before any is used (scratch: 16-byte aligned) */
+  {
+    constexpr int U0 = C * C / 4 / NT; /* float4 of a matrix a thread */
+    const float *src[4] = {io.T + m0, io.QK + m0, io.KK + m0, io.dP + m0};
+    float4 x[4][U0];
+#pragma unroll
+    for (int m = 0; m < 4; m++)
+#pragma unroll
+      for (int u = 0; u < U0; u++) x[m][u] = __ldg((const float4 *)src[m] + tid + u * NT);
+    if (tid < C) {
+      gam[tid] = tid < L ? to_f(g[tok(tid)]) : 0.0f;
+      bet[tid] = tid < L ? to_f(beta[tok(tid)]) : 0.0f;
+      dgam[tid] = dbet[tid] = 0.0f;
+    }
+#pragma unroll
+    for (int u = 0; u < U0; u++) {
+      int i = 4 * (tid + u * NT), rr = i / C, j = i % C; /* elements j .. j + 3 of row rr */
+      tile::store2(Tb + rr * LDC + j, x[0][u].x, x[0][u].y);
+      tile::store2(Tb + rr * LDC + j + 2, x[0][u].z, x[0][u].w);
+      float *d[3] = {QK + rr * LDM + j, KK + rr * LDM + j, dP + rr * LDM + j};
+#pragma unroll
+      for (int m = 0; m < 3; m++)
+        d[m][0] = x[m + 1][u].x, d[m][1] = x[m + 1][u].y, d[m][2] = x[m + 1][u].z, d[m][3] = x[m + 1][u].w;
+    }
   }
-  for (int i = tid; i < C * C; i += blockDim.x) {
-    int rr = i / C, j = i % C;
-    Tb[rr * LDC + j] = bf(io.T[m0 + i]);
-    QK[rr * LDM + j] = io.QK[m0 + i];
-    KK[rr * LDM + j] = io.KK[m0 + i];
-    dP[rr * LDM + j] = io.dP[m0 + i];
-  }
+  /* step 1's tiles (below): V's, then K's; the first one's loads go out under the sums of g */
+  const int NV1 = V / 64, N1 = NV1 + (K + 63) / 64; /* tiles: V's, then K's */
+  const int64_t qld = (int64_t)H * K, vld = (int64_t)H * V; /* row strides of q, k and of v */
+  reg64<__nv_bfloat16> r1u; /* dU of a V tile */
+  reg64<float> r1w;          /* dW of a K tile */
+  reg64<T> r1b;              /* v or k */
+  auto t1_load = [&](int t) {
+    if (t < NV1) {
+      reg64_load(r1u, as_bf(io.dVp) + row0 * V + 64 * t, V, C, 64);
+      reg64_load(r1b, v + tok(0) * V + 64 * t, vld, L, 64);
+    } else {
+      int x0 = 64 * (t - NV1), nc = K - x0 < 64 ? K - x0 : 64;
+      reg64_load(r1w, io.dW + row0 * K + x0, K, C, nc);
+      reg64_load(r1b, k + tok(0) * K + x0, qld, L, nc);
+    }
+  };
+  auto t1_l2 = [&](int t) { /* tile t towards L2 (two tiles ahead of the products) */
+    if (t < NV1) {
+      l2_prefetch_tile(io.dVp + row0 * V + 64 * t, V, C, 64);
+      l2_prefetch_tile(v + tok(0) * V + 64 * t, vld, L, 64);
+    } else if (t < N1) {
+      int x0 = 64 * (t - NV1), nc = K - x0 < 64 ? K - x0 : 64;
+      l2_prefetch_tile(io.dW + row0 * K + x0, K, C, nc);
+      l2_prefetch_tile(k + tok(0) * K + x0, qld, L, nc);
+    }
+  };
+  t1_load(0);
+  t1_l2(1);
   __syncthreads();
   if (tid == 0)
     for (int rr = 1; rr < C; rr++) gam[rr] += gam[rr - 1];
@@ -377,28 +599,63 @@ __global__ void __launch_bounds__(256) k_gdn_bwy(bwy_io io, const T *q, const T 
   __syncthreads();
 
   /* 1. dT = dU (diag(beta) V)^T + dW (diag(beta e^gam) K)^T, 64 columns of V, then of K, at a time:
-        S1 = dU or dW (64 x 64), S2 = beta V or beta e^gam K (64 x 64), dT += S1 S2^T */
+        S1 = dU or dW (64 x 64), S2 = beta V or beta e^gam K (64 x 64), dT += S1 S2^T.
+     Tiles through registers (reg64), the next tile's loads issued before this tile's product (two loops: dU and dW
+     are held in differently laid out registers). */
   float acc[4][4];
   zero4(acc);
-  for (int pass = 0; pass < 2; pass++) {
-    const int n = pass ? K : V;
-    for (int x0 = 0; x0 < n; x0 += 64) {
-      for (int i = tid; i < C * 64; i += blockDim.x) {
-        int rr = i / 64, x = i % 64;
-        bool col = x0 + x < n, in = rr < L && col;
-        if (!pass) {
-          S1[rr * LDC + x] = col ? io.dVp[(row0 + rr) * V + x0 + x] : (uint16_t)0;
-          S2[rr * LDC + x] = bf(in ? bet[rr] * to_f(v[tok(rr) * V + x0 + x]) : 0.0f);
-        } else {
-          S1[rr * LDC + x] = bf(col ? io.dW[(row0 + rr) * K + x0 + x] : 0.0f);
-          S2[rr * LDC + x] = bf(in ? bet[rr] * eg[rr] * to_f(k[tok(rr) * K + x0 + x]) : 0.0f);
-        }
-      }
-      __syncthreads();
-      mul64(acc, S1, false, S2, true, mr, nh, lane);
-      __syncthreads();
-    }
+  for (int t = 0; t < NV1; t++) { /* V tiles: S1 = dU, S2 = beta V */
+    reg64_put(S1, LDC, r1u, C, 64, tile::ident());
+    reg64_put(S2, LDC, r1b, L, 64, [&](int rr, int, float x) { return bet[rr] * x; });
+    __syncthreads();
+    t1_load(t + 1); /* (N1 > NV1: after the last V tile, the first K tile) */
+    t1_l2(t + 2);
+    mul64(acc, S1, false, S2, true, mr, nh, lane);
+    __syncthreads();
   }
+  for (int t = NV1; t < N1; t++) { /* K tiles: S1 = dW, S2 = beta e^gam K */
+    const int nc = K - 64 * (t - NV1) < 64 ? K - 64 * (t - NV1) : 64;
+    reg64_put(S1, LDC, r1w, C, nc, tile::ident());
+    reg64_put(S2, LDC, r1b, L, nc, [&](int rr, int, float x) { return bet[rr] * eg[rr] * x; });
+    __syncthreads();
+    if (t + 1 < N1) t1_load(t + 1);
+    t1_l2(t + 2);
+    mul64(acc, S1, false, S2, true, mr, nh, lane);
+    __syncthreads();
+  }
+  /* step 4's and 5's tiles (below) through registers; step 4's first one's loads go out under steps 2 and 3 */
+  reg64<T> r4k, r4q, r5v;
+  reg64<float> r4w, r4dq, r4dk;
+  reg64<__nv_bfloat16> r5u;
+  auto t4_load = [&](int x0) {
+    const int nc = K - x0 < 64 ? K - x0 : 64;
+    reg64_load(r4k, k + tok(0) * K + x0, qld, L, nc);
+    reg64_load(r4q, q + tok(0) * K + x0, qld, L, nc);
+    reg64_load(r4w, io.dW + row0 * K + x0, K, C, nc);
+    reg64_load(r4dq, io.dQt + row0 * K + x0, K, C, nc);
+    reg64_load(r4dk, io.dKt + row0 * K + x0, K, C, nc);
+  };
+  auto t5_load = [&](int x0) {
+    reg64_load(r5u, as_bf(io.dVp) + row0 * V + x0, V, C, 64);
+    reg64_load(r5v, v + tok(0) * V + x0, vld, L, 64);
+  };
+  auto t45_l2 = [&](int t) { /* step 4's tile t (x0 = 64 t), then step 5's (x0 = 64 (t - K4)) towards L2 */
+    const int K4 = (K + 63) / 64;
+    if (t < K4) {
+      int x0 = 64 * t, nc = K - x0 < 64 ? K - x0 : 64;
+      l2_prefetch_tile(k + tok(0) * K + x0, qld, L, nc);
+      l2_prefetch_tile(q + tok(0) * K + x0, qld, L, nc);
+      l2_prefetch_tile(io.dW + row0 * K + x0, K, C, nc);
+      l2_prefetch_tile(io.dQt + row0 * K + x0, K, C, nc);
+      l2_prefetch_tile(io.dKt + row0 * K + x0, K, C, nc);
+    } else if (t < K4 + V / 64) {
+      int x0 = 64 * (t - K4);
+      l2_prefetch_tile(io.dVp + row0 * V + x0, V, C, 64);
+      l2_prefetch_tile(v + tok(0) * V + x0, vld, L, 64);
+    }
+  };
+  t4_load(0);
+  t45_l2(1);
 #pragma unroll
   for (int n = 0; n < 4; n++)
 #pragma unroll
@@ -453,17 +710,25 @@ __global__ void __launch_bounds__(256) k_gdn_bwy(bwy_io io, const T *q, const T 
   __syncthreads();
 
   /* 4. dq = scale e^gam dQ~ + M K, dk = e^(gam_L - gam) dK~ + M^T Q + N~ K + diag(beta e^gam) T^T dW, 64 key columns
-        at a time (S1 = K, S2 = Q, S3 = dW as bf16); the row terms of dgam, dbeta, gam_L in this thread's rows */
+        at a time (S1 = K, S2 = Q, S3 = dW as bf16); the row terms of dgam, dbeta, gam_L in this thread's rows. The
+        fp32 matrices are free from here: k, q (as given), dQ~, dK~ of the tile go there (Kf, Qf, DQ, DK) for the
+        elementwise terms; tiles through registers, the next tile's (then step 5's first) loads issued before this
+        tile's products. */
+  float *Kf = G, *Qf = KK, *DQ = dP, *DK = E1, *Vf = G; /* Vf: step 5 */
   float rq[2] = {0.0f, 0.0f}, rb[2] = {0.0f, 0.0f}, rl[2] = {0.0f, 0.0f};
   for (int x0 = 0; x0 < K; x0 += 64) {
-    for (int i = tid; i < C * 64; i += blockDim.x) {
-      int rr = i / 64, x = i % 64;
-      bool col = x0 + x < K, in = rr < L && col;
-      S1[rr * LDC + x] = bf(in ? to_f(k[tok(rr) * K + x0 + x]) : 0.0f);
-      S2[rr * LDC + x] = bf(in ? to_f(q[tok(rr) * K + x0 + x]) : 0.0f);
-      S3[rr * LDC + x] = bf(col ? io.dW[(row0 + rr) * K + x0 + x] : 0.0f);
-    }
+    const int nc = K - x0 < 64 ? K - x0 : 64;
+    reg64_put(S1, LDC, r4k, L, nc, tile::ident());
+    reg64_put(S2, LDC, r4q, L, nc, tile::ident());
+    reg64_put(S3, LDC, r4w, C, nc, tile::ident());
+    reg64_putf(Kf, LDM, r4k, L, nc);
+    reg64_putf(Qf, LDM, r4q, L, nc);
+    reg64_putf(DQ, LDM, r4dq, C, nc);
+    reg64_putf(DK, LDM, r4dk, C, nc);
     __syncthreads();
+    if (x0 + 64 < K) t4_load(x0 + 64);
+    else t5_load(0);
+    t45_l2(x0 / 64 + 2);
     float sq[4][4], sk[4][4], sy[4][4];
     zero4(sq), zero4(sk), zero4(sy);
     mul64(sq, Mb, false, S1, false, mr, nh, lane);
@@ -473,38 +738,44 @@ __global__ void __launch_bounds__(256) k_gdn_bwy(bwy_io io, const T *q, const T 
 #pragma unroll
     for (int n = 0; n < 4; n++)
 #pragma unroll
-      for (int e = 0; e < 4; e++) {
-        int rr = 16 * mr + c_row(lane, e), x = x0 + 32 * nh + 8 * n + c_col(lane, e);
+      for (int e0 = 0; e0 < 4; e0 += 2) { /* elements e0, e0 + 1: columns x, x + 1 of row rr (K even) */
+        int rr = 16 * mr + c_row(lane, e0), xl = 32 * nh + 8 * n + c_col(lane, e0), x = x0 + xl;
         if (x >= K || rr >= L) continue; /* rows past T add nothing */
-        int64_t o = (row0 + rr) * K + x;
-        float kr = to_f(k[tok(rr) * K + x]), qr = to_f(q[tok(rr) * K + x]), dqt = io.dQt[o], dkt = io.dKt[o];
-        float er = eg[rr], edr = ed[rr], br = bet[rr], y = sy[n][e];
-        rq[e >> 1] += dqt * scale * er * qr - dkt * edr * kr + br * er * y * kr;
-        rl[e >> 1] += dkt * edr * kr;
-        rb[e >> 1] += er * y * kr;
-        if (dq) dq[tok(rr) * K + x] = from_f<T>(scale * er * dqt + sq[n][e]);
-        if (dk) dk[tok(rr) * K + x] = from_f<T>(edr * dkt + sk[n][e] + br * er * y);
+        float er = eg[rr], edr = ed[rr], br = bet[rr], o1[2], o2[2];
+#pragma unroll
+        for (int j = 0; j < 2; j++) {
+          const int e = e0 + j, m = rr * LDM + xl + j;
+          float kr = Kf[m], qr = Qf[m], dqt = DQ[m], dkt = DK[m], y = sy[n][e];
+          rq[e >> 1] += dqt * scale * er * qr - dkt * edr * kr + br * er * y * kr;
+          rl[e >> 1] += dkt * edr * kr;
+          rb[e >> 1] += er * y * kr;
+          o1[j] = scale * er * dqt + sq[n][e];
+          o2[j] = edr * dkt + sk[n][e] + br * er * y;
+        }
+        if (dq) st_pair(dq + tok(rr) * K + x, o1[0], o1[1]);
+        if (dk) st_pair(dk + tok(rr) * K + x, o2[0], o2[1]);
       }
     __syncthreads();
   }
 
-  /* 5. dv = diag(beta) T^T dU and <X_r, v_r>, 64 value columns at a time (S1 = dU) */
+  /* 5. dv = diag(beta) T^T dU and <X_r, v_r>, 64 value columns at a time (S1 = dU; v as given in Vf) */
   for (int x0 = 0; x0 < V; x0 += 64) {
-    for (int i = tid; i < C * 64; i += blockDim.x) {
-      int rr = i / 64, x = i % 64;
-      S1[rr * LDC + x] = io.dVp[(row0 + rr) * V + x0 + x];
-    }
+    reg64_put(S1, LDC, r5u, C, 64, tile::ident());
+    reg64_putf(Vf, LDM, r5v, L, 64);
     __syncthreads();
+    if (x0 + 64 < V) t5_load(x0 + 64);
+    t45_l2((K + 63) / 64 + x0 / 64 + 2);
     zero4(acc);
     mul64(acc, Tb, true, S1, false, mr, nh, lane);
 #pragma unroll
     for (int n = 0; n < 4; n++)
 #pragma unroll
-      for (int e = 0; e < 4; e++) {
-        int rr = 16 * mr + c_row(lane, e), x = x0 + 32 * nh + 8 * n + c_col(lane, e);
+      for (int e0 = 0; e0 < 4; e0 += 2) {
+        int rr = 16 * mr + c_row(lane, e0), xl = 32 * nh + 8 * n + c_col(lane, e0), x = x0 + xl;
         if (rr >= L) continue;
-        rb[e >> 1] += acc[n][e] * to_f(v[tok(rr) * V + x]);
-        if (dv) dv[tok(rr) * V + x] = from_f<T>(bet[rr] * acc[n][e]);
+        rb[e0 >> 1] += acc[n][e0] * Vf[rr * LDM + xl];
+        rb[e0 >> 1] += acc[n][e0 + 1] * Vf[rr * LDM + xl + 1];
+        if (dv) st_pair(dv + tok(rr) * V + x, bet[rr] * acc[n][e0], bet[rr] * acc[n][e0 + 1]);
       }
     __syncthreads();
   }
@@ -589,11 +860,13 @@ m2_status gdn_tc_backward(const m2_gdn_attr *d, m2_dtype dt, m2_device dev, cuda
       if (e == cudaSuccess) {
         k_gdn_prep<T><<<dim3((unsigned)NC, (unsigned)BH), 128, sp, st>>>(x[0], x[1], x[2], x[3], x[4], po, d->T, H,
                                                                           K, V, (float)d->scale, NC);
-        k_gdn_bscan<T><<<dim3((unsigned)NVT, (unsigned)BH), 256, ss, st>>>(bs, ck, (const T *)dy, (const T *)dhT,
+        k_gdn_bscan<T><<<dim3((unsigned)NVT, (unsigned)BH), NT, ss, st>>>(bs, ck, (const T *)dy, (const T *)dhT,
                                                                            g[5], d->T, H, K, V, NC);
-        k_gdn_bgrad<T><<<dim3((unsigned)((K + 63) / 64), (unsigned)NC, (unsigned)BH), 256, sg, st>>>(
-            bg, ck, (const T *)dy, d->T, H, K, V, NC);
-        k_gdn_bwy<T><<<dim3((unsigned)NC, (unsigned)BH), 256, sw, st>>>(bw, x[0], x[1], x[2], x[3], x[4], g[0],
+        const dim3 gg((unsigned)((K + 63) / 64), (unsigned)NC, (unsigned)BH);
+        if (sizeof(T) == 2 && ((uintptr_t)dy & 15) == 0)
+          k_gdn_bgrad<T, true><<<gg, NT, sg, st>>>(bg, ck, (const T *)dy, d->T, H, K, V, NC);
+        else k_gdn_bgrad<T, false><<<gg, NT, sg, st>>>(bg, ck, (const T *)dy, d->T, H, K, V, NC);
+        k_gdn_bwy<T><<<dim3((unsigned)NC, (unsigned)BH), NT, sw, st>>>(bw, x[0], x[1], x[2], x[3], x[4], g[0],
                                                                         g[1], g[2], g[3], g[4], d->T, H, K, V, NC,
                                                                         (float)d->scale);
         e = cudaGetLastError();
