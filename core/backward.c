@@ -63,6 +63,7 @@ static m2_status run_node(m2_node *n) {
   for (int i = 0; i < n->n_out; i++) any |= n->gout[i] != NULL;
   bool needed = false;
   for (int i = 0; i < c->n_in; i++) needed |= c->needs_din[i];
+  needed |= (c->op->flags & M2_OP_BWD_ALWAYS) != 0;
   if (!any || !needed) return M2_OK;
   for (int i = 0; i < n->n_out; i++)
     if (!n->gout[i]) {

@@ -83,6 +83,9 @@ enum {
   /* Every backend computes a bf16 call best from f32 inputs (attention: its tensor-core kernels take f32 inputs with
    * bf16 products, m2_attention_attr.bf16): bf16 inputs are converted on every device. */
   M2_OP_CAST_F32_KERNELS = 1 << 9,
+  /* The backward runs even when no input needs a gradient (its own effects matter: recompute's nested backward
+   * accumulates the gradients of parameters that are not its inputs, core/recompute.h). */
+  M2_OP_BWD_ALWAYS = 1 << 10,
 };
 
 /* One op: its name, its CPU reference kernels and its flags. Other backends (the CUDA library) register their kernels for
@@ -91,6 +94,9 @@ typedef struct m2_op {
   const char *name;
   m2_op_fn fwd, bwd;  /* the CPU reference forward and backward (bwd NULL only for M2_OP_NONDIFF) */
   int flags;
+  /* NULL for almost every op: releases what the call's attributes hold (recompute's callback context) when a tape
+   * node lets go of its call; may be called again on the same call (it clears what it released). */
+  void (*drop)(m2_opcall *c);
 } m2_op;
 
 /* A backend's kernels for one op; fwd or bwd NULL: that direction has no kernel on this backend. */
