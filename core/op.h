@@ -86,6 +86,9 @@ enum {
   /* The backward runs even when no input needs a gradient (its own effects matter: recompute's nested backward
    * accumulates the gradients of parameters that are not its inputs, core/recompute.h). */
   M2_OP_BWD_ALWAYS = 1 << 10,
+  /* The profiler (profile.h) does not time the backward as one row: the ops it runs are timed each in their own row
+   * (recompute: the recomputed forward adds forward calls, its backward backward calls). */
+  M2_OP_PROFILE_INNER = 1 << 11,
 };
 
 /* One op: its name, its CPU reference kernels and its flags. Other backends (the CUDA library) register their kernels for

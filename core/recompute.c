@@ -48,9 +48,12 @@ static void recompute_drop(m2_opcall *c) {
   if (drop) drop(ctx);
 }
 
-/* Its kernels are the same on every device (they call other ops). VIEW: inputs are kept as they are. */
+/* Its kernels are the same on every device (they call other ops). VIEW: inputs are kept as they are. The profiler
+ * times the ops of its backward, not the node. */
 const m2_op m2_op_recompute = {"recompute", recompute_fwd, recompute_bwd,
-                               M2_OP_VIEW | M2_OP_ANYDEV_FWD | M2_OP_ANYDEV_BWD | M2_OP_BWD_ALWAYS, recompute_drop};
+                               M2_OP_VIEW | M2_OP_ANYDEV_FWD | M2_OP_ANYDEV_BWD | M2_OP_BWD_ALWAYS |
+                                   M2_OP_PROFILE_INNER,
+                               recompute_drop};
 
 m2_status m2_recompute_record(int n_in, m2_tensor *const *in, int n_out, m2_tensor *const *out,
                               m2_recompute_bwd backward, void *ctx, void (*drop)(void *ctx), m2_tensor **outs) {

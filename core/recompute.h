@@ -10,7 +10,9 @@
  *    output gradients through that fresh sub-graph (a nested m2_backward: parameters' .grad accumulate as usual)
  *    and returns the detached inputs' gradients.
  * The node is one row of the op registry, "recompute" (core/recompute.c), whose forward is never dispatched. Its
- * backward runs even when no input needs a gradient (M2_OP_BWD_ALWAYS): f's parameters may. */
+ * backward runs even when no input needs a gradient (M2_OP_BWD_ALWAYS): f's parameters may. Profiling
+ * (profile.h) times the ops the backward runs, each in its row (M2_OP_PROFILE_INNER): the recomputed forward shows as
+ * more forward calls of its ops. */
 #ifndef M2_RECOMPUTE_H
 #define M2_RECOMPUTE_H
 #include "op.h"
