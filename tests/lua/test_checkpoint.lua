@@ -121,6 +121,27 @@ T.case("m2.checkpoint: the RNG is replayed, and left as the plain call leaves it
   T.eq(res[2].after_backward, res[1].after_backward, "the backward's replay does not move the stream")
 end)
 
+T.case("m2.checkpoint: the recompute uses the forward's matmul precision and activation dtype", function()
+  local w = m2.randn(8, 8, { requires_grad = true })
+  local x0 = m2.randn(4, 8)
+  local function f(x) return m2.matmul(x, w):tanh() end
+  local res = {}
+  for i, ck in ipairs { false, true } do
+    w.grad = nil
+    local x = x0:clone():requires_grad(true)
+    local p, a = m2.matmul_precision("bf16"), m2.activations("bf16")
+    local y = ck and m2.checkpoint(f, x) or f(x)
+    m2.matmul_precision(p)
+    m2.activations(a) -- changed back before the backward: the recorded graph keeps the forward's settings
+    T.eq(y:dtype(), "bf16", "bf16 activations")
+    y:float():sum():backward()
+    res[i] = { w.grad, x.grad }
+  end
+  T.eq(maxdiff(res[1], res[2]), 0, "the same gradients as the recorded graph's")
+  T.eq(m2.matmul_precision(), "f32", "the settings restored after the recompute")
+  T.eq(m2.activations(), "f32")
+end)
+
 T.case("m2.checkpoint: errors", function()
   local t0, n0 = counts()
   local x = m2.randn(2, 2, { requires_grad = true })
