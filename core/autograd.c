@@ -54,6 +54,7 @@ m2_tensor *m2_detach(m2_tensor *t) { return m2_alias(t); }
 void m2_node_retain(m2_node *n) { n->refcount++; }
 
 void m2_node_drop_call(m2_node *n) {
+  if (n->call.op->drop) n->call.op->drop(&n->call);
   for (int i = 0; i < n->call.n_in; i++) { m2_release(n->call.in[i]); n->call.in[i] = NULL; }
   for (int i = 0; i < M2_MAX_SAVED; i++) { m2_release(n->call.saved[i]); n->call.saved[i] = NULL; }
   for (int i = 0; i < M2_MAX_OUT; i++) {

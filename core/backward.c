@@ -63,6 +63,7 @@ static m2_status run_node(m2_node *n) {
   for (int i = 0; i < n->n_out; i++) any |= n->gout[i] != NULL;
   bool needed = false;
   for (int i = 0; i < c->n_in; i++) needed |= c->needs_din[i];
+  needed |= (c->op->flags & M2_OP_BWD_ALWAYS) != 0;
   if (!any || !needed) return M2_OK;
   for (int i = 0; i < n->n_out; i++)
     if (!n->gout[i]) {
@@ -72,7 +73,7 @@ static m2_status run_node(m2_node *n) {
   m2_op_fn bwd = m2_op_kernel(c->op, n->out_device, true);
   if (!bwd) return m2_fail(M2_ERR_AUTOGRAD, "%s: no backward for this device", c->op->name);
   for (int i = 0; i < n->n_out; i++) c->dout[i] = n->gout[i];
-  const bool prof = m2_profile_on();
+  const bool prof = m2_profile_on() && !(c->op->flags & M2_OP_PROFILE_INNER);
   const double t0 = prof ? m2_profile_begin(n->out_device) : 0;
   m2_status s = bwd(c);
   if (prof) m2_profile_end(c->op->name, true, n->out_device, t0);

@@ -8,6 +8,7 @@
 #include "op.h"
 #include "ops.h"
 #include "autograd.h"
+#include "recompute.h"
 #include "rng.h"
 #include "sample.h"
 #include "gradcheck.h"

@@ -83,6 +83,12 @@ enum {
   /* Every backend computes a bf16 call best from f32 inputs (attention: its tensor-core kernels take f32 inputs with
    * bf16 products, m2_attention_attr.bf16): bf16 inputs are converted on every device. */
   M2_OP_CAST_F32_KERNELS = 1 << 9,
+  /* The backward runs even when no input needs a gradient (its own effects matter: recompute's nested backward
+   * accumulates the gradients of parameters that are not its inputs, core/recompute.h). */
+  M2_OP_BWD_ALWAYS = 1 << 10,
+  /* The profiler (profile.h) does not time the backward as one row: the ops it runs are timed each in their own row
+   * (recompute: the recomputed forward adds forward calls, its backward backward calls). */
+  M2_OP_PROFILE_INNER = 1 << 11,
 };
 
 /* One op: its name, its CPU reference kernels and its flags. Other backends (the CUDA library) register their kernels for
@@ -101,6 +107,9 @@ typedef struct m2_op {
   m2_op_fn fwd, bwd;  /* the CPU reference forward and backward (bwd NULL only for M2_OP_NONDIFF) */
   int flags;
   unsigned bwd_unread; /* inputs whose data the backward never reads (see above) */
+  /* NULL for almost every op: releases what the call's attributes hold (recompute's callback context) when a tape
+   * node lets go of its call; may be called again on the same call (it clears what it released). */
+  void (*drop)(m2_opcall *c);
 } m2_op;
 #define M2_IN(i) (1u << (i))  /* bit of in[i] in m2_op.bwd_unread */
 #define M2_IN_ALL 0xFFu       /* every input (M2_MAX_IN of them) */

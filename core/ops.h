@@ -22,7 +22,8 @@ extern "C" {
   X(embedding) X(cross_entropy) X(linear_cross_entropy) X(rmsnorm) X(l2norm)                               \
   X(concat) X(split) X(gather) X(index_select)                                                             \
   X(conv1d_causal) X(m2rnn) X(gdn) X(gdn_chunked) X(ssd) X(ssd_chunked) X(attention) X(rope)                                                                                     \
-  X(moe_route) X(moe_permute) X(moe_grouped_matmul) X(moe_unpermute) X(moe_dispatch) X(moe_combine)
+  X(moe_route) X(moe_permute) X(moe_grouped_matmul) X(moe_unpermute) X(moe_dispatch) X(moe_combine)      \
+  X(recompute)
 
 #define M2_OP_DECLARE_ROW(n) extern const m2_op m2_op_##n;
 M2_OPS(M2_OP_DECLARE_ROW)

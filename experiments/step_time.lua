@@ -20,14 +20,16 @@
 -- drop_unread=0: the tape's nodes keep every input whole, also those whose values their op's backward never reads
 -- (m2.core.tape_drop_unread; 1, the default: they keep only those inputs' metadata), to compare the tape's bytes;
 -- chunked: 1 runs the GDN and Mamba-2 layers in their chunked form (m2.gdn_chunked / m2.ssd_chunked), 0 recurrent,
--- -1 (the default) as the config says.
+-- -1 (the default) as the config says;
+-- checkpoint: activation checkpointing of the blocks (spec.checkpoint, m2.checkpoint): 0 off (the default), -1 every
+-- block, n the first n blocks (each runs its forward again in the backward, holding only its input).
 local m2 = require "m2"
 
 local cfg = m2.config {
   config = "experiments/configs/400m-hybrid-m2rnn.lua", batch = 8, len = 4096, steps = 4, warmup = 1,
   layers = "", d = 0, vocab = 0, seed = 0, lr = 3e-4, out = "runs/step_time.h5", precision = "bf16", activations = "f32",
   ckpt = 0,
-  profile = 0, fused_loss = 1, chunked = -1, drop_unread = 1,
+  profile = 0, fused_loss = 1, chunked = -1, drop_unread = 1, checkpoint = 0,
 }
 m2.seed(cfg.seed)
 m2.core.tape_drop_unread(cfg.drop_unread ~= 0)
@@ -44,6 +46,8 @@ if cfg.chunked >= 0 then
   end
 end
 spec.fused_loss = cfg.fused_loss ~= 0
+if cfg.checkpoint < -1 then m2.error("step_time: checkpoint must be 0 (off), -1 (every block) or n (the first n)") end
+spec.checkpoint = cfg.checkpoint == -1 or cfg.checkpoint
 local model = m2.models.lm(spec)
 
 local data, batches = {}, 0
@@ -69,9 +73,11 @@ local function loss(mdl, x, y)
   return l
 end
 
+local nckpt = m2.models.checkpointed(model.spec)
 print(string.format("step_time: %s (%s, d %d, vocab %d, %s parameters) on %s, batch %d x %d tokens, %s products, " ..
-  "%s activations", spec.name or cfg.config, spec.layers, spec.d, spec.vocab,
-  m2.models.human(m2.models.param_count(model)), device, cfg.batch, cfg.len, cfg.precision, cfg.activations))
+  "%s activations, %s", spec.name or cfg.config, spec.layers, spec.d, spec.vocab,
+  m2.models.human(m2.models.param_count(model)), device, cfg.batch, cfg.len, cfg.precision, cfg.activations,
+  nckpt == 0 and "no block checkpointed" or string.format("%d of %d blocks checkpointed", nckpt, #spec.layers)))
 
 local summary = m2.train {
   model = model, data = data, steps = cfg.steps,

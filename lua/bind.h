@@ -32,6 +32,7 @@ void m2lua_open_ops(lua_State *L);      /* bind_ops.c: ops.h and ops_mixers.h */
 void m2lua_open_autograd(lua_State *L); /* bind_autograd.c: no_grad, gradcheck, leak counters, RNG */
 void m2lua_open_optim(lua_State *L);    /* bind_optim.c: optimizers, clipping, schedules */
 void m2lua_open_sample(lua_State *L);   /* bind_sample.c: the token sampler (core/sample.h) */
+void m2lua_open_recompute(lua_State *L); /* bind_recompute.c: m2.checkpoint (core/recompute.h) */
 /* Areas written by other people are declared weak so that m2.core still links while their
  * file is being written; luaopen_m2_core calls each one that is linked in. */
 void m2lua_open_data(lua_State *L) __attribute__((weak)); /* bind_data.c: group word problem */

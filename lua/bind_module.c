@@ -10,6 +10,7 @@ int luaopen_m2_core(lua_State *L) {
   m2lua_open_autograd(L);
   m2lua_open_optim(L);
   m2lua_open_sample(L);
+  m2lua_open_recompute(L);
   if (m2lua_open_data) m2lua_open_data(L);
   if (m2lua_open_runfile) m2lua_open_runfile(L);
   if (m2lua_open_sys) m2lua_open_sys(L);

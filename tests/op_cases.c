@@ -1,6 +1,7 @@
 /* op_cases.c — the case table of tests/op_cases.h: at least one case per registered op, grouped like the op files
  * (core/ops_view.c, ops_elementwise.c, ops_swiglu.c, ops_reduce.c, ops_matmul.c, ops_nn.c, ops_lmloss.c,
- * ops_index.c, ops_conv1d.c, ops_m2rnn.c, ops_gdn.c, ops_ssd.c, ops_attention.c, ops_moe.c, ops_moe_ep.c). Shapes are small: every float
+ * ops_index.c, ops_conv1d.c, ops_m2rnn.c, ops_gdn.c, ops_ssd.c, ops_attention.c, ops_moe.c, ops_moe_ep.c,
+ * recompute.c). Shapes are small: every float
  * input element costs two forwards in the float64 gradient check. */
 #include "op_cases.h"
 #include <math.h>
@@ -405,6 +406,32 @@ static void mk_combine(m2_rng *r, oc_inputs *in) {
 }
 static int run_combine(m2_tensor *const *in, m2_tensor **outs) { ONE(m2_moe_combine(NULL, in[0], in[1])); }
 
+/* ---------------- activation checkpointing (core/recompute.c) ---------------- */
+
+/* x (3, 4), b (4) the checkpoint's inputs; w (4) a parameter the function reads without it being an input: its
+ * gradient comes from the nested backward of the recompute */
+static void mk_recompute(m2_rng *r, oc_inputs *in) {
+  add(in, rn(r, S(3, 4), 1), true);
+  add(in, rn(r, S(4), 0.5), true);
+  add(in, rn(r, S(4), 1), true);
+}
+/* y1 = tanh(x w + b), y2 = y1 x: two outputs, the second reusing the first */
+static m2_status rc_fn(void *ctx, int n_in, m2_tensor *const *in, int *n_out, m2_tensor **outs) {
+  (void)n_in;
+  m2_tensor *xw = m2_mul(in[0], (m2_tensor *)ctx);
+  m2_tensor *z = xw ? m2_add(xw, in[1]) : NULL;
+  outs[0] = z ? m2_tanh(z) : NULL;
+  outs[1] = outs[0] ? m2_mul(outs[0], in[0]) : NULL;
+  m2_release(xw);
+  m2_release(z);
+  *n_out = 2;
+  return outs[1] ? M2_OK : m2_errcode();
+}
+static int run_recompute(m2_tensor *const *in, m2_tensor **outs) {
+  int n = 0;
+  return m2_checkpoint(rc_fn, in[2], NULL, 2, in, &n, outs) == M2_OK ? n : -1;
+}
+
 /* ---------------- bf16 activations (core/op_cast.c, m2_set_activation_dtype) ----------------
  * A model under activations=bf16 hands its ops bf16 activations with f32 parameters: run the case with its first k
  * float inputs rounded to bf16 tensors and the others as they come. The f32 parity pass (tests/cuda_op_cases.c) thus
@@ -539,6 +566,8 @@ const op_case oc_cases[] = {
     {"moe_unpermute", "the whole MoE MLP, top-2 of 5, with aux", mk_moe_layer, run_moe_layer, 0, MIX_BOUNDS},
     {"moe_dispatch", "one process, groups 2, 0, 3, 2", mk_dispatch, run_dispatch},
     {"moe_combine", "one process, groups 2, 0, 3, 2", mk_combine, run_combine},
+    {"recompute", "checkpoint of tanh(x w + b) and its product with x, w not an input", mk_recompute,
+     run_recompute},
     /* bf16 activations with f32 parameters: the mixes a model under activations=bf16 makes */
     {"add", "bf16 activation + f32 (a residual add)", mk_bin, run_add_act, 0, ACT_BOUNDS},
     {"mul", "bf16 activation * f32", mk_bin, run_mul_act, 0, ACT_BOUNDS},

@@ -63,6 +63,11 @@ OPS  (m2.<op>(...); those marked * are also methods)
 AUTOGRAD
   m2.no_grad(fn, ...) -> fn(...) with recording off (restored even on error)   m2.grad_enabled()
   m2.gradcheck(fn, {inputs}, {eps, atol, rtol, seed, max_checks}) -> ok, max_err, message
+  m2.checkpoint(fn, ...) -> fn(...)'s results (1 to 4 tensors), without keeping fn's intermediate tensors for the
+    backward (activation checkpointing, like torch.utils.checkpoint): one tape node holds the tensor arguments (at
+    most 8); its backward runs fn again with grad on and backpropagates through it (parameters' .grad accumulate).
+    fn must compute the same thing both times: the default RNG state, matmul precision and activation dtype of the
+    first call are replayed; no other state may change in between. A plain call under no_grad (core/recompute.h)
   m2.live_tensors() m2.live_nodes()   (leak tests; call collectgarbage() first)
 
 RUNS

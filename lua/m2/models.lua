@@ -37,6 +37,12 @@ Spec fields:
   fused_loss = true   loss() (and so m2.train) runs the head and the cross-entropy as one op
                       (m2.linear_cross_entropy), never holding the (B, T, vocab) logits: -13 GB at B = 8, T = 4096,
                       100 k vocab, at the same speed; the same loss and gradients as false (the logits in full)
+  checkpoint = false  activation checkpointing of the blocks (m2.checkpoint): true every block, an integer n the
+                      first n blocks (0 = false). A checkpointed block keeps only its input for the backward, which
+                      runs its forward again: a training step costs about one more forward of those blocks, and the
+                      activations they held (the norms', mixers' and MLPs' saved tensors) are not held; the same
+                      loss and gradients. Only the training forward uses it (model:step and generation never do).
+                      Not with MoE MLPs (their auxiliary loss and load counts are kept beside the forward).
 Block i: x = x + Mixer(RMSNorm(x)); x = x + MLP(RMSNorm(x)); then a final RMSNorm and the LM
 head (Linear d -> vocab, no bias). Inits: embedding and projections N(0, init_std); the output
 projection of each mixer and the MLP's down projection N(0, init_std / sqrt(2 L)).
@@ -60,9 +66,15 @@ models.KINDS = KINDS
 
 local SPEC_KEYS = { vocab = true, d = true, layers = true, m2rnn = true, gdn = true, mamba2 = true, attention = true,
                     mlp = true, tie = true, norm_eps = true, name = true, init_std = true, fused_loss = true,
-                    context = true }
+                    context = true, checkpoint = true }
 
 local function kind_class(letter) return require(KINDS[letter].module) end
+
+-- the number of blocks a (resolved) spec checkpoints: the first n
+function models.checkpointed(s)
+  if s.checkpoint == true then return #s.layers end
+  return s.checkpoint or 0
+end
 
 -- check a spec and fill defaults -> a new table; errors are located at the caller's script line
 function models.resolve(spec)
@@ -94,6 +106,12 @@ function models.resolve(spec)
   if s.context ~= nil then C.pos_int(s.context, "context (the longest sequence)", "m2.models.lm") end
   if s.fused_loss == nil then s.fused_loss = true end
   if type(s.fused_loss) ~= "boolean" then m2.error("m2.models.lm: fused_loss must be a boolean") end
+  if s.checkpoint == nil then s.checkpoint = false end
+  if type(s.checkpoint) ~= "boolean" and (math.type(s.checkpoint) ~= "integer" or s.checkpoint < 0 or
+      s.checkpoint > #s.layers) then
+    m2.error(string.format("m2.models.lm: checkpoint must be false, true or an integer 0 .. %d (the first n " ..
+      "blocks), got %s", #s.layers, tostring(s.checkpoint)))
+  end
   s.norm_eps = s.norm_eps or 1e-5
   s.init_std = s.init_std or 0.02
   if type(s.init_std) ~= "number" or s.init_std <= 0 then m2.error("m2.models.lm: init_std must be a positive number") end
@@ -116,6 +134,10 @@ function models.resolve(spec)
     m2.error("m2.models.lm: mlp.kind must be \"swiglu\", \"moe\" or \"none\", got " .. tostring(mlp.kind))
   end
   s.mlp = mlp
+  if mlp.kind == "moe" and models.checkpointed(s) > 0 then
+    m2.error("m2.models.lm: checkpoint is not supported with MoE MLPs (mlp.kind = \"moe\"): the MoE layer keeps " ..
+      "its auxiliary loss and load counts beside the forward, which a recompute would lose or count twice")
+  end
   -- the positional encoding: RoPE in a pure-attention model (without it attention is blind to token order),
   -- NoPE in hybrids as in the paper; an explicit attention.rope wins. A copy: the caller's table stays as it was.
   if s.layers:find("A", 1, true) and (s.attention == nil or type(s.attention) == "table") then
@@ -202,9 +224,13 @@ function LM:__init(spec)
 end
 
 -- hidden(ids (B, T)) -> final normed hidden states (B, T, d)
+-- (spec.checkpoint: the first blocks through m2.checkpoint, which keeps only their inputs for the backward)
 function LM:hidden(ids)
   local x = self.embed(ids)
-  for _, b in ipairs(self.blocks) do x = b(x) end
+  local n = models.checkpointed(self.spec)
+  for i, b in ipairs(self.blocks) do
+    if i <= n then x = m2.checkpoint(b, x) else x = b(x) end
+  end
   return self.norm(x)
 end
 
