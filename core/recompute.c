@@ -53,7 +53,7 @@ static void recompute_drop(m2_opcall *c) {
 const m2_op m2_op_recompute = {"recompute", recompute_fwd, recompute_bwd,
                                M2_OP_VIEW | M2_OP_ANYDEV_FWD | M2_OP_ANYDEV_BWD | M2_OP_BWD_ALWAYS |
                                    M2_OP_PROFILE_INNER,
-                               recompute_drop};
+                               0 /* bwd_unread: the recompute reads every input */, recompute_drop};
 
 m2_status m2_recompute_record(int n_in, m2_tensor *const *in, int n_out, m2_tensor *const *out,
                               m2_recompute_bwd backward, void *ctx, void (*drop)(void *ctx), m2_tensor **outs) {
