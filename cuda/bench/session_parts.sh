@@ -87,7 +87,10 @@ part_steps() {
   for row in "${list[@]}"; do
     [ "$(left)" -gt 70 ] || break
     local name=${row%%|*} a=${row#*|}
-    (cd "$root" && timeout $(($(left) - 30)) "$build/m2lab" run experiments/step_time.lua device=cuda batch=4 steps=4 \
+    local b=batch=4 n=steps=4
+    [[ "$a" == *batch=* ]] && b=""
+    [[ "$a" == *steps=* ]] && n=""
+    (cd "$root" && timeout $(($(left) - 30)) "$build/m2lab" run experiments/step_time.lua device=cuda $b $n \
       warmup=1 out=/tmp/st_$name.h5 $a >"$out/step_$name.log" 2>&1)
     echo "step $name ($a): $(tail -1 "$out/step_$name.log")"
     grep -A30 -i "^profile\|ops by time" "$out/step_$name.log" | head -32
