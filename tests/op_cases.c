@@ -566,8 +566,10 @@ const op_case oc_cases[] = {
     {"moe_unpermute", "the whole MoE MLP, top-2 of 5, with aux", mk_moe_layer, run_moe_layer, 0, MIX_BOUNDS},
     {"moe_dispatch", "one process, groups 2, 0, 3, 2", mk_dispatch, run_dispatch},
     {"moe_combine", "one process, groups 2, 0, 3, 2", mk_combine, run_combine},
+    /* four ops in a chain, each rounding its bf16 output once: the bf16 bounds of a chain (measured on an H100:
+       0.0112 for one gradient against the single-op 1e-2); f32 keeps the harness's */
     {"recompute", "checkpoint of tanh(x w + b) and its product with x, w not an input", mk_recompute,
-     run_recompute},
+     run_recompute, 0, .tol = {0, 2e-2}, .btol = {0, 2e-2}},
     /* bf16 activations with f32 parameters: the mixes a model under activations=bf16 makes */
     {"add", "bf16 activation + f32 (a residual add)", mk_bin, run_add_act, 0, ACT_BOUNDS},
     {"mul", "bf16 activation * f32", mk_bin, run_mul_act, 0, ACT_BOUNDS},
