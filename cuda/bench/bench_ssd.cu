@@ -131,10 +131,11 @@ int main(int argc, char **argv) {
     m2_tensor *ref = NULL;
     for (int row = 0; row < 3; row++) { /* recurrent, chunked (chain kernel), chunked (two-launch states) */
       const int chunked = row > 0;
-      if (chunked) m2_cuda_ssd_chunk_mode(row);
+      m2_cuda_ssd_chunk_mode(row); /* 0 for the recurrent row: the chunked kernels take both rows when on */
       long before = m2_cuda_ssd_chunk_tc_calls();
       double f = time_it(chunked, in, dy, false, reps), fb = time_it(chunked, in, dy, true, reps);
       if (chunked && m2_cuda_ssd_chunk_tc_calls() == before) printf("(the chunked kernels did not apply: recurrent)\n");
+      if (!chunked && m2_cuda_ssd_chunk_tc_calls() != before) printf("(the recurrent row ran the chunked kernels)\n");
       for (int i = 0; i < 5; i++) m2_requires_grad_(in[i], false);
       fwd(chunked, in);
       double diff = NAN;
