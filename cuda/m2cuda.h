@@ -22,6 +22,13 @@ long m2_cuda_ssd_chunk_tc_bwd_calls(void);
  * states made in two launches (chunk-local states, then a pass over them); -1 keeps it. Returns the previous mode
  * (at first: M2_SSD_CHUNK_TC: 1 when unset, 0 for "0" or "off", 2 for "2"). */
 int m2_cuda_ssd_chunk_mode(int mode);
+/* The chunked SSD backward's grouped form from now on: 1 sums the dB, dC of a group's heads inside the backward
+ * kernel (one block a (batch, group, chunk) running the group's heads in head order; no per-head fp32 partials),
+ * 0 off (per-head partials, then a sum over each group's heads); -1 keeps it. Returns the previous setting (at
+ * first: 1 where M2_SSD_BWD_GROUPED is "1", else 0). Applies where a group has several heads and N <= 256; the sums
+ * are those of the per-head path, in the same order. Grouped backwards run so far (tests check that a call took it). */
+int m2_cuda_ssd_bwd_grouped(int set);
+long m2_cuda_ssd_bwd_grouped_calls(void);
 
 /* The chunked tensor-core Gated DeltaNet kernels (cuda/gdn_chunk.cu, gdn_chunk_bwd.cu): set = 1 switches forward
  * and backward on for this process, 2 the forward only (the backward stays recurrent), 0 off; set = -1 only asks;

@@ -14,6 +14,9 @@
  *                   gradient of the state after chunk c), dh0 = D_{-1}; chunks from the last
  *   2. k_bwd        dx, ddt, dB, dC of the chunk and its share of dA from S_c (ck) and D_c (formulas at k_bwd);
  *                   dB, dC summed over a group's heads and dA over batch and chunks afterwards, in a fixed order.
+ *                   (M2_SSD_BWD_GROUPED=1, m2_cuda_ssd_bwd_grouped: one block a (b, group, chunk) runs the group's
+ *                   heads in head order and sums their dB, dC itself, the same sums in the same order, without the
+ *                   per-head fp32 partials; off by default)
  *
  * Products: bf16 operands (x, B, C as given or rounded from f32; Xw, the masked scores and the chunk state rounded to
  * bf16 only as operands), fp32 accumulation (mma.sync m16n8k16), fp32 states and decays. Tiles: a chunk is staged as
@@ -28,7 +31,8 @@
  *   k_chain  Us 64 x 24, Vs 64 LN                         (+ 512 B of cs, dt; 400M: 33 KiB)
  *   k_scan   Cs 64 LN, Bs 64 LN, Xs 64 LP, Ss PP LN, Ms 64 x 72   (400M: N 216, P 19 -> 87 KiB)
  *   k_bwd    Cs, Bs 64 LN, Xs, dYs 64 LP, Ss, Ds PP LN, Ms, Ws 64 x 72 + fp32 T 64 x 65, U 64 (PP + 1), partials
- *            (400M -> 148 KiB, 7B -> 176 KiB; the H100 allows 227 KiB a block) */
+ *            (400M -> 148 KiB, 7B -> 176 KiB; the H100 allows 227 KiB a block); grouped + fp32 dB sums 64 NP
+ *            (400M -> 204 KiB, 7B -> 224 KiB) */
 #include "ssd_chunk.h"
 #include "mma.cuh"
 #include "tile_load.cuh"
@@ -507,21 +511,30 @@ __global__ void __launch_bounds__(NW * 32, 2) k_scan(const T *x, const T *dt, co
   }
 }
 
-/* 3. Backward of one chunk, block (bh NC + c), from its start state S = ck[c] and D = dst[c], the gradient of the
- * state after it (k_chain BWD); cs, dt, e_rj = exp(cs_r - cs_j) (j <= r < len), cs_L = cs[len - 1]:
+/* 3. Backward of one chunk, from its start state S = ck[c] and D = dst[c], the gradient of the state after it
+ * (k_chain BWD); cs, dt, e_rj = exp(cs_r - cs_j) (j <= r < len), cs_L = cs[len - 1]:
  *   CB_rj = C_r.B_j, DX_rj = dy_r.x_j, M_rj = e_rj CB_rj, W_rj = e_rj dt_j DX_rj          (64 x 64, masked)
  *   U_j = sum_r M_rj dy_r + exp(cs_L - cs_j) D B_j        dx_j = dt_j U_j, explicit ddt_j = x_j.U_j
  *   dC_r = exp(cs_r) S^T dy_r + sum_j W_rj B_j           dB_j = sum_r W_rj C_r + exp(cs_L - cs_j) dt_j D^T x_j
  *   d/dcs_k: (i) C_k.(exp(cs_k) S^T dy_k)  (ii) sum_j W_kj CB_kj - sum_r W_rk CB_rk  (iv) - Q_k,
  *            Q_j = exp(cs_L - cs_j) dt_j x_j^T D B_j ; at k = len - 1 also exp(cs_L) <D, S> + sum_j Q_j
  *   da_i = sum_{k >= i} dcs_k (cs_k = A (dt_0 + .. + dt_k)): ddt_i += A da_i, dA += sum_i dt_i da_i.
- * dx, ddt are written; dB, dC to dBo, dCo (G = H) or per head to dBp, dCp (B,T,H,N) fp32 (summed over the group's
- * heads by k_group_sum); dA per chunk to dAp (B,H,NC). NULL outputs are not written. Every sum has a fixed order
- * (quads by shuffles, then per-(row, tile) partials in shared memory added up by one thread): deterministic. */
-template <class T>
+ * dx, ddt are written; dA per chunk to dAp (B,H,NC). NULL outputs are not written. Every sum has a fixed order
+ * (quads by shuffles, then per-(row, tile) partials in shared memory added up by one thread): deterministic.
+ * MAXI 0 (per head): block (bh NC + c); dB, dC to dBo, dCo (G = H) or per head to dBp, dCp (B,T,H,N) fp32 (summed
+ * over the group's heads by k_group_sum).
+ * MAXI > 0 (grouped, M2_SSD_BWD_GROUPED): block ((b G + gi) NC + c) runs the group's heads one after another in
+ * head order over one staging of C and B; each warp keeps its dC tiles (tile w + NW i, i < MAXI: 4 NT <= NW MAXI)
+ * in fp32 registers and its dB tiles in fp32 shared memory after Ws (64 NP floats, each thread's own elements: no
+ * barrier; both in registers spilled), adds each head's value (the very value the per-head path writes to dCp, dBp)
+ * in head order from 0, and writes the sums to dBo, dCo once: the sums k_group_sum forms, in the same order,
+ * without the (B,T,H,N) fp32 partials. */
+template <class T, int MAXI>
 __global__ void __launch_bounds__(NW * 32) k_bwd(const T *x, const T *dt, const T *A, const T *Bm, const T *Cm,
                                                  const T *dy, const float *ck, const float *dst, T *dx, T *ddt,
                                                  T *dBo, T *dCo, float *dBp, float *dCp, float *dAp, ssd_dims d) {
+  constexpr bool GRP = MAXI > 0;
+  constexpr int MI = GRP ? MAXI : 1;
   extern __shared__ __align__(16) float smf[];
   const int LP = d.PP + 8, LN = d.NP + 8, NT = d.NP / 16, NTP = d.PP / 16, UP = d.PP + 1;
   const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, g = lane >> 2, tq = lane & 3;
@@ -529,145 +542,219 @@ __global__ void __launch_bounds__(NW * 32) k_bwd(const T *x, const T *dt, const 
         *Tm = red + 8, *Us = Tm + CL * (CL + 1), *pI = Us + CL * UP, *pQ = pI + CL * NT;
   uint16_t *Cs = (uint16_t *)(smf + bwd_floats(d.PP, d.NP)), *Bs = Cs + CL * LN, *Xs = Bs + CL * LN,
            *DYs = Xs + CL * LP, *Ss = DYs + CL * LP, *Ds = Ss + d.PP * LN, *Ms = Ds + d.PP * LN, *Ws = Ms + CL * LM;
-  const int64_t c = blockIdx.x % d.NC, bh = blockIdx.x / d.NC, b = bh / d.H, h = bh % d.H, hpg = d.H / d.G,
-                gi = h / hpg;
+  const int64_t c = blockIdx.x % d.NC, blk = blockIdx.x / d.NC, hpg = d.H / d.G;
+  const int64_t b = GRP ? blk / d.G : blk / d.H, gi = GRP ? blk % d.G : (blk % d.H) / hpg;
+  const int64_t hfirst = GRP ? gi * hpg : blk % d.H, nh = GRP ? hpg : 1;
   const int64_t t0 = c * d.Lc;
   const int len = (int)(d.Tn - t0 < d.Lc ? d.Tn - t0 : d.Lc);
-  const float Ah = to_f(A[h]);
   /* dB, dC go out as pairs of adjacent columns (one 8-byte fp32 or 4-byte bf16 store) where N is even and the
      outputs 8-byte aligned */
   const bool pairs = (d.N & 1) == 0 && ((uintptr_t)dBo & 7) == 0 && ((uintptr_t)dCo & 7) == 0 &&
                      ((uintptr_t)dBp & 7) == 0 && ((uintptr_t)dCp & 7) == 0;
   /* staging, every load of a thread in flight before it stores (tile_load.cuh): C and B by cp.async (bf16, N % 8 ==
-     0; else wide loads), the fp32 S and D by 16-byte loads (N % 8 == 0) with <D, S> summed from them in fp32, x and
-     dy by single loads (P odd at 400M) */
+     0; else wide loads; once a block), the fp32 S and D by 16-byte loads (N % 8 == 0) with <D, S> summed from them
+     in fp32, x and dy by single loads (P odd at 400M); the grouped kernel keeps fewer loads in flight (its dB, dC
+     sums hold 16 MAXI registers) */
+  constexpr int USD = GRP ? 2 : 4, UXY = GRP ? 4 : stage_unroll<T>();
   const int64_t bn = ((b * d.Tn + t0) * d.G + gi) * d.N, sN = d.G * (int64_t)d.N;
   stage_tile<stage_unroll<T>()>(Cs, LN, Cm + bn, sN, CL, len, d.N);
   stage_tile<stage_unroll<T>()>(Bs, LN, Bm + bn, sN, CL, len, d.N);
-  chunk_cumsum(cs, dts, dt + h, b * d.Tn + t0, d.H, len, Ah);
-  const int64_t so = (bh * d.NC + c) * (int64_t)d.P * d.N;
-  float sd = 0.0f; /* <D, S> */
-  tile_load2<4>(Ss, Ds, LN, ck + so, dst + so, d.N, d.PP, d.P, d.N, [&](float sv, float dv) { sd += sv * dv; });
-  const int64_t bx = ((b * d.Tn + t0) * d.H + h) * d.P;
-  tile_load2<stage_unroll<T>()>(Xs, DYs, LP, x + bx, dy + bx, d.H * (int64_t)d.P, CL, len, d.P, no_pair());
-  zero_cols(Cs, LN, CL, d.N, d.NP);
-  zero_cols(Bs, LN, CL, d.N, d.NP);
-  zero_cols(Ss, LN, d.PP, d.N, d.NP);
-  zero_cols(Ds, LN, d.PP, d.N, d.NP);
-  zero_cols(Xs, LP, CL, d.P, d.PP);
-  zero_cols(DYs, LP, CL, d.P, d.PP);
-  mma_cp_wait<0>();
-  sd = warp_sum(sd);
-  if (lane == 0) red[w] = sd;
-  __syncthreads();
-  /* the masked scores M, W (bf16) and T = W o CB (fp32) */
-  for (int tile = w; tile < 16; tile += NW) {
-    const int mt = tile >> 2, nt = tile & 3;
-    float cb[2][4] = {}, dxs[2][4] = {};
-    if (nt <= mt) {
-      tile_mma<2>(cb, Cs, LN, 1, Bs, 1, LN, 16 * mt, 16 * nt, 0, d.NP, lane);
-      tile_mma<2>(dxs, DYs, LP, 1, Xs, 1, LP, 16 * mt, 16 * nt, 0, d.PP, lane);
+  /* grouped: this warp's dC tiles (registers) and dB tiles (shared: tile t's elements j, 0 .. 3 of a lane at
+     accB[((2 t + j) 32 + lane) 4], one 16-byte access a lane) summed over the heads so far */
+  float accC[MI][2][4];
+  float *accB = (float *)(Ws + CL * LM);
+#pragma unroll
+  for (int i = 0; i < MI; i++)
+#pragma unroll
+    for (int j = 0; j < 2; j++) {
+#pragma unroll
+      for (int e = 0; e < 4; e++) accC[i][j][e] = 0.0f;
+      if (GRP && w + NW * i < 4 * NT)
+        *reinterpret_cast<float4 *>(accB + ((2 * (w + NW * i) + j) * 32 + lane) * 4) = make_float4(0.f, 0.f, 0.f, 0.f);
     }
-#pragma unroll
-    for (int j = 0; j < 2; j++)
-#pragma unroll
-      for (int e = 0; e < 4; e++) {
-        int r = 16 * mt + g + 8 * (e >> 1), k = 16 * nt + 8 * j + 2 * tq + (e & 1);
-        bool ok = k <= r && r < len;
-        float ee = ok ? expf(cs[r] - cs[k]) : 0.0f, wv = ee * dts[k] * dxs[j][e];
-        Ms[r * LM + k] = bfbits(ee * cb[j][e]);
-        Ws[r * LM + k] = bfbits(wv);
-        Tm[r * (CL + 1) + k] = wv * cb[j][e];
-      }
-  }
-  __syncthreads();
-  if (threadIdx.x < CL) { /* (ii): row sums less column sums of T */
-    const int k = threadIdx.x;
-    float rs = 0.0f, cl = 0.0f;
-    for (int j = 0; j < CL; j++) rs += Tm[k * (CL + 1) + j], cl += Tm[j * (CL + 1) + k];
-    dcs[k] = rs - cl;
-  }
-  const float cend = cs[len - 1];
-  /* dx: U = M^T dY (rows r >= j) + diag(exp(cs_L - cs)) B D^T */
-  for (int tile = w; tile < 4 * NTP; tile += NW) {
-    const int mt = tile / NTP, nt = tile % NTP;
-    float u[2][4] = {}, v[2][4] = {};
-    tile_mma<2>(u, Ms, 1, LM, DYs, LP, 1, 16 * mt, 16 * nt, 16 * mt, CL, lane);
-    tile_mma<2>(v, Bs, LN, 1, Ds, 1, LN, 16 * mt, 16 * nt, 0, d.NP, lane);
-#pragma unroll
-    for (int j = 0; j < 2; j++)
-#pragma unroll
-      for (int e = 0; e < 4; e++) {
-        int jr = 16 * mt + g + 8 * (e >> 1), p = 16 * nt + 8 * j + 2 * tq + (e & 1);
-        float U = u[j][e] + expf(cend - cs[jr]) * v[j][e];
-        Us[jr * UP + p] = U;
-        if (dx && jr < len && p < d.P) dx[((b * d.Tn + t0 + jr) * d.H + h) * d.P + p] = from_f<T>(dts[jr] * U);
-      }
-  }
-  /* dC = diag(exp(cs)) dY S + W B; (i) into pI */
-  for (int tile = w; tile < 4 * NT; tile += NW) {
-    const int mt = tile / NT, nt = tile % NT;
-    float off[2][4] = {}, dg[2][4] = {}, part[2] = {0.0f, 0.0f};
-    tile_mma<2>(off, DYs, LP, 1, Ss, LN, 1, 16 * mt, 16 * nt, 0, d.PP, lane);
-    tile_mma<2>(dg, Ws, LM, 1, Bs, LN, 1, 16 * mt, 16 * nt, 0, 16 * (mt + 1), lane);
-#pragma unroll
-    for (int j = 0; j < 2; j++)
-#pragma unroll
-      for (int e = 0; e < 4; e += 2) { /* elements e, e + 1: columns n, n + 1 of row r */
-        int r = 16 * mt + g + 8 * (e >> 1), n = 16 * nt + 8 * j + 2 * tq;
-        float o0 = expf(cs[r]) * off[j][e], o1 = expf(cs[r]) * off[j][e + 1];
-        part[e >> 1] += o0 * bf2f(Cs[r * LN + n]);
-        part[e >> 1] += o1 * bf2f(Cs[r * LN + n + 1]);
-        if (r < len)
-          put_pair(dCo, dCp, ((b * d.Tn + t0 + r) * d.G + gi) * d.N + n, ((b * d.Tn + t0 + r) * d.H + h) * d.N + n, n,
-                   d.N, pairs, o0 + dg[j][e], o1 + dg[j][e + 1]);
-      }
-    quad_store(pI, part, 16 * mt + g, NT, nt, tq);
-  }
-  /* dB = W^T C (rows r >= j) + diag(exp(cs_L - cs) dt) X D; Q into pQ */
-  for (int tile = w; tile < 4 * NT; tile += NW) {
-    const int mt = tile / NT, nt = tile % NT;
-    float wc[2][4] = {}, xd[2][4] = {}, part[2] = {0.0f, 0.0f};
-    tile_mma<2>(wc, Ws, 1, LM, Cs, LN, 1, 16 * mt, 16 * nt, 16 * mt, CL, lane);
-    tile_mma<2>(xd, Xs, LP, 1, Ds, LN, 1, 16 * mt, 16 * nt, 0, d.PP, lane);
-#pragma unroll
-    for (int j = 0; j < 2; j++)
-#pragma unroll
-      for (int e = 0; e < 4; e += 2) { /* elements e, e + 1: columns n, n + 1 of row jr */
-        int jr = 16 * mt + g + 8 * (e >> 1), n = 16 * nt + 8 * j + 2 * tq;
-        float q0 = expf(cend - cs[jr]) * dts[jr] * xd[j][e], q1 = expf(cend - cs[jr]) * dts[jr] * xd[j][e + 1];
-        part[e >> 1] += q0 * bf2f(Bs[jr * LN + n]);
-        part[e >> 1] += q1 * bf2f(Bs[jr * LN + n + 1]);
-        if (jr < len)
-          put_pair(dBo, dBp, ((b * d.Tn + t0 + jr) * d.G + gi) * d.N + n, ((b * d.Tn + t0 + jr) * d.H + h) * d.N + n,
-                   n, d.N, pairs, wc[j][e] + q0, wc[j][e + 1] + q1);
-      }
-    quad_store(pQ, part, 16 * mt + g, NT, nt, tq);
-  }
-  __syncthreads();
-  if (threadIdx.x < CL) {
-    const int k = threadIdx.x;
-    float ex = 0.0f, I = 0.0f, Q = 0.0f;
-    for (int p = 0; p < d.PP; p++) ex += bf2f(Xs[k * LP + p]) * Us[k * UP + p];
-    for (int nt = 0; nt < NT; nt++) I += pI[k * NT + nt], Q += pQ[k * NT + nt];
-    dcs[k] += I - Q;
-    exs[k] = ex, qs[k] = Q;
-  }
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    float qsum = 0.0f, dsum = 0.0f, acc = 0.0f, dA = 0.0f;
-    for (int k = 0; k < len; k++) qsum += qs[k];
-    for (int ww = 0; ww < NW; ww++) dsum += red[ww];
-    dcs[len - 1] += expf(cend) * dsum + qsum;
-    for (int i = len - 1; i >= 0; i--) {
-      acc += dcs[i]; /* da_i */
-      dA += dts[i] * acc;
-      exs[i] += Ah * acc;
+  for (int64_t hk = 0; hk < nh; hk++) {
+    const int64_t h = hfirst + hk, bh = b * d.H + h;
+    const float Ah = to_f(A[h]);
+    if (hk > 0) __syncthreads(); /* the previous head is done with the shared tiles */
+    chunk_cumsum(cs, dts, dt + h, b * d.Tn + t0, d.H, len, Ah);
+    const int64_t so = (bh * d.NC + c) * (int64_t)d.P * d.N;
+    float sd = 0.0f; /* <D, S> */
+    tile_load2<USD>(Ss, Ds, LN, ck + so, dst + so, d.N, d.PP, d.P, d.N, [&](float sv, float dv) { sd += sv * dv; });
+    const int64_t bx = ((b * d.Tn + t0) * d.H + h) * d.P;
+    tile_load2<UXY>(Xs, DYs, LP, x + bx, dy + bx, d.H * (int64_t)d.P, CL, len, d.P, no_pair());
+    if (hk == 0) {
+      zero_cols(Cs, LN, CL, d.N, d.NP);
+      zero_cols(Bs, LN, CL, d.N, d.NP);
     }
-    if (dAp) dAp[bh * d.NC + c] = dA;
+    zero_cols(Ss, LN, d.PP, d.N, d.NP);
+    zero_cols(Ds, LN, d.PP, d.N, d.NP);
+    zero_cols(Xs, LP, CL, d.P, d.PP);
+    zero_cols(DYs, LP, CL, d.P, d.PP);
+    mma_cp_wait<0>();
+    sd = warp_sum(sd);
+    if (lane == 0) red[w] = sd;
+    __syncthreads();
+    /* the masked scores M, W (bf16) and T = W o CB (fp32) */
+    for (int tile = w; tile < 16; tile += NW) {
+      const int mt = tile >> 2, nt = tile & 3;
+      float cb[2][4] = {}, dxs[2][4] = {};
+      if (nt <= mt) {
+        tile_mma<2>(cb, Cs, LN, 1, Bs, 1, LN, 16 * mt, 16 * nt, 0, d.NP, lane);
+        tile_mma<2>(dxs, DYs, LP, 1, Xs, 1, LP, 16 * mt, 16 * nt, 0, d.PP, lane);
+      }
+#pragma unroll
+      for (int j = 0; j < 2; j++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+          int r = 16 * mt + g + 8 * (e >> 1), k = 16 * nt + 8 * j + 2 * tq + (e & 1);
+          bool ok = k <= r && r < len;
+          float ee = ok ? expf(cs[r] - cs[k]) : 0.0f, wv = ee * dts[k] * dxs[j][e];
+          Ms[r * LM + k] = bfbits(ee * cb[j][e]);
+          Ws[r * LM + k] = bfbits(wv);
+          Tm[r * (CL + 1) + k] = wv * cb[j][e];
+        }
+    }
+    __syncthreads();
+    if (threadIdx.x < CL) { /* (ii): row sums less column sums of T */
+      const int k = threadIdx.x;
+      float rs = 0.0f, cl = 0.0f;
+      for (int j = 0; j < CL; j++) rs += Tm[k * (CL + 1) + j], cl += Tm[j * (CL + 1) + k];
+      dcs[k] = rs - cl;
+    }
+    const float cend = cs[len - 1];
+    /* dx: U = M^T dY (rows r >= j) + diag(exp(cs_L - cs)) B D^T */
+    for (int tile = w; tile < 4 * NTP; tile += NW) {
+      const int mt = tile / NTP, nt = tile % NTP;
+      float u[2][4] = {}, v[2][4] = {};
+      tile_mma<2>(u, Ms, 1, LM, DYs, LP, 1, 16 * mt, 16 * nt, 16 * mt, CL, lane);
+      tile_mma<2>(v, Bs, LN, 1, Ds, 1, LN, 16 * mt, 16 * nt, 0, d.NP, lane);
+#pragma unroll
+      for (int j = 0; j < 2; j++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+          int jr = 16 * mt + g + 8 * (e >> 1), p = 16 * nt + 8 * j + 2 * tq + (e & 1);
+          float U = u[j][e] + expf(cend - cs[jr]) * v[j][e];
+          Us[jr * UP + p] = U;
+          if (dx && jr < len && p < d.P) dx[((b * d.Tn + t0 + jr) * d.H + h) * d.P + p] = from_f<T>(dts[jr] * U);
+        }
+    }
+    /* dC = diag(exp(cs)) dY S + W B; (i) into pI. emit(j, e, r, n, v0, v1): the values of columns n, n + 1 of row r
+       (the accumulator elements j, e and e + 1) */
+    auto dc_tile = [&](int tile, auto &&emit) {
+      const int mt = tile / NT, nt = tile % NT;
+      float off[2][4] = {}, dg[2][4] = {}, part[2] = {0.0f, 0.0f};
+      tile_mma<2>(off, DYs, LP, 1, Ss, LN, 1, 16 * mt, 16 * nt, 0, d.PP, lane);
+      tile_mma<2>(dg, Ws, LM, 1, Bs, LN, 1, 16 * mt, 16 * nt, 0, 16 * (mt + 1), lane);
+#pragma unroll
+      for (int j = 0; j < 2; j++)
+#pragma unroll
+        for (int e = 0; e < 4; e += 2) { /* elements e, e + 1: columns n, n + 1 of row r */
+          int r = 16 * mt + g + 8 * (e >> 1), n = 16 * nt + 8 * j + 2 * tq;
+          float o0 = expf(cs[r]) * off[j][e], o1 = expf(cs[r]) * off[j][e + 1];
+          part[e >> 1] += o0 * bf2f(Cs[r * LN + n]);
+          part[e >> 1] += o1 * bf2f(Cs[r * LN + n + 1]);
+          emit(j, e, r, n, o0 + dg[j][e], o1 + dg[j][e + 1]);
+        }
+      quad_store(pI, part, 16 * mt + g, NT, nt, tq);
+    };
+    /* dB = W^T C (rows r >= j) + diag(exp(cs_L - cs) dt) X D; Q into pQ */
+    auto db_tile = [&](int tile, auto &&emit) {
+      const int mt = tile / NT, nt = tile % NT;
+      float wc[2][4] = {}, xd[2][4] = {}, part[2] = {0.0f, 0.0f};
+      tile_mma<2>(wc, Ws, 1, LM, Cs, LN, 1, 16 * mt, 16 * nt, 16 * mt, CL, lane);
+      tile_mma<2>(xd, Xs, LP, 1, Ds, LN, 1, 16 * mt, 16 * nt, 0, d.PP, lane);
+#pragma unroll
+      for (int j = 0; j < 2; j++)
+#pragma unroll
+        for (int e = 0; e < 4; e += 2) { /* elements e, e + 1: columns n, n + 1 of row jr */
+          int jr = 16 * mt + g + 8 * (e >> 1), n = 16 * nt + 8 * j + 2 * tq;
+          float q0 = expf(cend - cs[jr]) * dts[jr] * xd[j][e], q1 = expf(cend - cs[jr]) * dts[jr] * xd[j][e + 1];
+          part[e >> 1] += q0 * bf2f(Bs[jr * LN + n]);
+          part[e >> 1] += q1 * bf2f(Bs[jr * LN + n + 1]);
+          emit(j, e, jr, n, wc[j][e] + q0, wc[j][e + 1] + q1);
+        }
+      quad_store(pQ, part, 16 * mt + g, NT, nt, tq);
+    };
+    if constexpr (GRP) {
+#pragma unroll
+      for (int i = 0; i < MI; i++)
+        if (w + NW * i < 4 * NT)
+          dc_tile(w + NW * i, [&](int j, int e, int, int, float v0, float v1) {
+            accC[i][j][e] += v0, accC[i][j][e + 1] += v1;
+          });
+#pragma unroll
+      for (int i = 0; i < MI; i++) {
+        const int tile = w + NW * i;
+        if (tile >= 4 * NT) continue;
+        float tv[2][4];
+        db_tile(tile, [&](int j, int e, int, int, float v0, float v1) { tv[j][e] = v0, tv[j][e + 1] = v1; });
+#pragma unroll
+        for (int j = 0; j < 2; j++) {
+          float4 *q = reinterpret_cast<float4 *>(accB + ((2 * tile + j) * 32 + lane) * 4), s = *q;
+          s.x += tv[j][0], s.y += tv[j][1], s.z += tv[j][2], s.w += tv[j][3];
+          *q = s;
+        }
+      }
+    } else {
+      for (int tile = w; tile < 4 * NT; tile += NW)
+        dc_tile(tile, [&](int, int, int r, int n, float v0, float v1) {
+          if (r < len)
+            put_pair(dCo, dCp, ((b * d.Tn + t0 + r) * d.G + gi) * d.N + n, ((b * d.Tn + t0 + r) * d.H + h) * d.N + n, n,
+                     d.N, pairs, v0, v1);
+        });
+      for (int tile = w; tile < 4 * NT; tile += NW)
+        db_tile(tile, [&](int, int, int r, int n, float v0, float v1) {
+          if (r < len)
+            put_pair(dBo, dBp, ((b * d.Tn + t0 + r) * d.G + gi) * d.N + n, ((b * d.Tn + t0 + r) * d.H + h) * d.N + n, n,
+                     d.N, pairs, v0, v1);
+        });
+    }
+    __syncthreads();
+    if (threadIdx.x < CL) {
+      const int k = threadIdx.x;
+      float ex = 0.0f, I = 0.0f, Q = 0.0f;
+      for (int p = 0; p < d.PP; p++) ex += bf2f(Xs[k * LP + p]) * Us[k * UP + p];
+      for (int nt = 0; nt < NT; nt++) I += pI[k * NT + nt], Q += pQ[k * NT + nt];
+      dcs[k] += I - Q;
+      exs[k] = ex, qs[k] = Q;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      float qsum = 0.0f, dsum = 0.0f, acc = 0.0f, dA = 0.0f;
+      for (int k = 0; k < len; k++) qsum += qs[k];
+      for (int ww = 0; ww < NW; ww++) dsum += red[ww];
+      dcs[len - 1] += expf(cend) * dsum + qsum;
+      for (int i = len - 1; i >= 0; i--) {
+        acc += dcs[i]; /* da_i */
+        dA += dts[i] * acc;
+        exs[i] += Ah * acc;
+      }
+      if (dAp) dAp[bh * d.NC + c] = dA;
+    }
+    __syncthreads();
+    if (ddt && (int)threadIdx.x < len) ddt[(b * d.Tn + t0 + threadIdx.x) * d.H + h] = from_f<T>(exs[threadIdx.x]);
+  } /* heads */
+  if constexpr (GRP) { /* the group's sums, rounded once (k_group_sum's from_f<T>) */
+#pragma unroll
+    for (int i = 0; i < MI; i++) {
+      const int tile = w + NW * i;
+      if (tile >= 4 * NT) continue;
+      const int mt = tile / NT, nt = tile % NT;
+#pragma unroll
+      for (int j = 0; j < 2; j++) {
+        const float4 sb = *reinterpret_cast<const float4 *>(accB + ((2 * tile + j) * 32 + lane) * 4);
+        const float vb[4] = {sb.x, sb.y, sb.z, sb.w};
+#pragma unroll
+        for (int e = 0; e < 4; e += 2) {
+          int r = 16 * mt + g + 8 * (e >> 1), n = 16 * nt + 8 * j + 2 * tq;
+          if (r >= len) continue;
+          const int64_t o = ((b * d.Tn + t0 + r) * d.G + gi) * d.N + n;
+          put_pair(dCo, (float *)nullptr, o, 0, n, d.N, pairs, accC[i][j][e], accC[i][j][e + 1]);
+          put_pair(dBo, (float *)nullptr, o, 0, n, d.N, pairs, vb[e], vb[e + 1]);
+        }
+      }
+    }
   }
-  __syncthreads();
-  if (ddt && (int)threadIdx.x < len) ddt[(b * d.Tn + t0 + threadIdx.x) * d.H + h] = from_f<T>(exs[threadIdx.x]);
 }
 
 /* out (B,T,G,N) = the sum over the group's heads of part (B,T,H,N), in head order. */
@@ -771,7 +858,29 @@ int chunk_switch(void) {
   return g_mode;
 }
 
-long g_chunk_calls, g_chunk_bwd_calls;
+int g_grouped = -1; /* the grouped backward (k_bwd MAXI > 0): 0 off, 1 on; M2_SSD_BWD_GROUPED read once */
+
+int grouped_switch(void) {
+  if (g_grouped < 0) {
+    const char *e = getenv("M2_SSD_BWD_GROUPED"); /* off unless 1 */
+    g_grouped = e && strcmp(e, "1") == 0 ? 1 : 0;
+  }
+  return g_grouped;
+}
+
+/* The grouped backward's shared memory: k_bwd's and the dB sums (64 NP fp32). */
+size_t smem_bwd_grouped(const ssd_dims &d) { return smem_bwd(d) + (size_t)4 * CL * d.NP; }
+
+/* The grouped backward's register tile for d (MAXI = 8 >= ceil(4 NT / NW): N <= 256), 0 where it does not apply
+ * (N > 256, or its shared memory over the device's limit: the per-head path). */
+int grouped_tiles(const ssd_dims &d, int dev) {
+  int optin = 0;
+  if (4 * (d.NP / 16) > NW * 8) return 0;
+  if (cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess) return 0;
+  return smem_bwd_grouped(d) <= (size_t)optin ? 8 : 0;
+}
+
+long g_chunk_calls, g_chunk_bwd_calls, g_grouped_bwd_calls;
 
 } // namespace
 
@@ -782,6 +891,12 @@ extern "C" int m2_cuda_ssd_chunk_mode(int mode) {
   return prev;
 }
 extern "C" long m2_cuda_ssd_chunk_tc_bwd_calls(void) { return g_chunk_bwd_calls; }
+extern "C" int m2_cuda_ssd_bwd_grouped(int set) {
+  int prev = grouped_switch();
+  if (set == 0 || set == 1) g_grouped = set;
+  return prev;
+}
+extern "C" long m2_cuda_ssd_bwd_grouped_calls(void) { return g_grouped_bwd_calls; }
 
 bool ssd_chunk_applies(const m2_opcall *c, int64_t seg, bool bwd) {
   if (!chunk_switch() || seg < 1 || seg > CL) return false;
@@ -835,7 +950,10 @@ m2_status ssd_chunk_backward(const m2_opcall *c, int64_t seg, const m2_tensor *d
   ssd_dims d = dims_of(a, seg);
   const m2_device dev = c->in[0]->device;
   const int64_t BH = a.B * a.H, PN = a.P * a.N, hpg = a.H / a.G, nbtn = a.B * a.T * a.H * a.N;
-  const bool grouped = hpg > 1;
+  /* several heads a group: their dB, dC summed by the grouped k_bwd where switched on and N <= 256 (maxi), else
+     from per-head fp32 partials by k_group_sum */
+  const int maxi = hpg > 1 && grouped_switch() ? grouped_tiles(d, dev.index) : 0;
+  const bool grouped = hpg > 1 && !maxi;
   const bool two = chunk_switch() == 2;
   m2_tensor *dstt = cu_scratch_f32(dev, BH * d.NC * PN), *dAp = cu_scratch_f32(dev, BH * d.NC),
             *dec = two ? cu_scratch_f32(dev, BH * d.NC) : NULL;
@@ -845,19 +963,21 @@ m2_status ssd_chunk_backward(const m2_opcall *c, int64_t seg, const m2_tensor *d
     m2_tensor *const *in = c->in;
     float *dsp = (float *)m2_data(dstt), *dap = (float *)m2_data(dAp);
     const float *ck = (const float *)m2_data(c->saved[0]);
-    size_t s1 = smem_chain(d), sb = smem_bwd(d);
-    unsigned blocks = (unsigned)(BH * d.NC);
+    size_t s1 = smem_chain(d), sb = maxi ? smem_bwd_grouped(d) : smem_bwd(d);
+    /* one block a (b, h, chunk), or (grouped) a (b, group, chunk) running the group's heads */
+    unsigned blocks = (unsigned)((maxi ? a.B * a.G : BH) * d.NC);
     cudaError_t e = cudaSuccess;
     CU_FLOAT_DISPATCH(in[0]->dtype, {
-      e = smem_opt(k_bwd<T>, sb);
+      auto kb = maxi ? k_bwd<T, 8> : k_bwd<T, 0>;
+      e = smem_opt(kb, sb);
       if (e == cudaSuccess)
         e = run_chain<T, true>(PC(dy), PC(in[1]), PC(in[2]), PC(in[4]), PC(dhT), PT(din[5]), dsp, d, s1, st, two,
                                dec ? (float *)m2_data(dec) : NULL);
       if (e == cudaSuccess) {
-        k_bwd<T><<<blocks, NW * 32, sb, st>>>(PC(in[0]), PC(in[1]), PC(in[2]), PC(in[3]), PC(in[4]), PC(dy), ck, dsp,
-                                              PT(din[0]), PT(din[1]), grouped ? NULL : PT(din[3]),
-                                              grouped ? NULL : PT(din[4]), dBp ? (float *)m2_data(dBp) : NULL,
-                                              dCp ? (float *)m2_data(dCp) : NULL, din[2] ? dap : NULL, d);
+        kb<<<blocks, NW * 32, sb, st>>>(PC(in[0]), PC(in[1]), PC(in[2]), PC(in[3]), PC(in[4]), PC(dy), ck, dsp,
+                                        PT(din[0]), PT(din[1]), grouped ? NULL : PT(din[3]),
+                                        grouped ? NULL : PT(din[4]), dBp ? (float *)m2_data(dBp) : NULL,
+                                        dCp ? (float *)m2_data(dCp) : NULL, din[2] ? dap : NULL, d);
         if (dBp) k_group_sum<T><<<cu_grid(a.B * a.T * a.G * a.N, 256), 256, 0, st>>>((const float *)m2_data(dBp),
                                                                                     PT(din[3]), a.B * a.T, a.H, a.G, d.N);
         if (dCp) k_group_sum<T><<<cu_grid(a.B * a.T * a.G * a.N, 256), 256, 0, st>>>((const float *)m2_data(dCp),
@@ -867,7 +987,7 @@ m2_status ssd_chunk_backward(const m2_opcall *c, int64_t seg, const m2_tensor *d
       }
     });
     if (e != cudaSuccess) s = m2_fail(M2_ERR_CUDA, "%s: chunked backward kernel launch failed: %s", op, cudaGetErrorString(e));
-    else g_chunk_bwd_calls++;
+    else g_chunk_bwd_calls++, g_grouped_bwd_calls += maxi > 0;
   }
   m2_release(dstt), m2_release(dAp), m2_release(dec), m2_release(dBp), m2_release(dCp);
   return s;

@@ -7,12 +7,23 @@
  * (H 64, P 19, N 216, chunk 256) against the recurrent CUDA row (m2_ssd) in bf16, forward and gradients; and f32 under
  * M2_MM_F32 keeps the recurrent kernels (exact to 1e-4). Each call is checked to have taken the path it should
  * (m2_cuda_ssd_chunk_tc_calls, _bwd_calls). All of it for both ways of making the chunk states
- * (m2_cuda_ssd_chunk_mode 1: the chain kernel, 2: two launches). Skips (77) without a GPU. */
+ * (m2_cuda_ssd_chunk_mode 1: the chain kernel, 2: two launches), and all of it again with the grouped backward on
+ * (m2_cuda_ssd_bwd_grouped 1, off by default: a group's dB, dC summed inside the backward kernel), the same cases
+ * and bounds, each call checked to have taken the grouped kernel where it applies (several heads a group, N <= 256;
+ * m2_cuda_ssd_bwd_grouped_calls). Then the grouped backward against the per-head-partials one on the same inputs:
+ * the same sums in the same order, so every gradient within one bf16 rounding step (2^-7 of max |ref|).
+ * Skips (77) without a GPU. */
 #include <stdlib.h>
 #include "cuda_mixer_parity.h"
 #include "m2cuda.h"
 
 #define TOL 2e-2
+#define BF16_STEP (1.0 / 128) /* one bf16 rounding step at the largest value: 2^-7 relative */
+
+static int g_grouped; /* the grouped backward is on (m2_cuda_ssd_bwd_grouped) */
+
+/* the grouped backward applies (with the switch on): several heads a group and N <= 256 */
+static bool grouped_applies(int64_t H, int64_t G, int64_t N) { return g_grouped && H / G > 1 && N <= 256; }
 
 typedef struct ssd_in {
   arr a[6];
@@ -89,7 +100,8 @@ static void vs_cpu(m2_dtype dt, int64_t B, int64_t T, int64_t H, int64_t P, int6
   arr dy = randn(&r, 4, sy, 1.0), dh = randn(&r, 4, sh, 1.0);
   round_bf16(&dy), round_bf16(&dh);
   to_tensors(&dy, dt, &cdo[0], &gdo[0]), to_tensors(&dh, dt, &cdo[1], &gdo[1]);
-  long before = m2_cuda_ssd_chunk_tc_calls(), bbefore = m2_cuda_ssd_chunk_tc_bwd_calls();
+  long before = m2_cuda_ssd_chunk_tc_calls(), bbefore = m2_cuda_ssd_chunk_tc_bwd_calls(),
+       gbefore = m2_cuda_ssd_bwd_grouped_calls();
   int bp = dt == M2_BF16 ? M2_MM_BF16 : M2_MM_F32;
   bool okc = fwd_bwd(true, cin, chunk, cdo, cy, M2_MM_BF16, bp);
   /* the cuda side: forward, a backward wanting only dBm (the recorded call, before the full backward frees it),
@@ -116,6 +128,9 @@ static void vs_cpu(m2_dtype dt, int64_t B, int64_t T, int64_t H, int64_t P, int6
   CHECK(m2_cuda_ssd_chunk_tc_calls() == before + 1, "%s: the chunked forward did not run", name);
   CHECK(m2_cuda_ssd_chunk_tc_bwd_calls() == bbefore + 2 * (dt == M2_BF16), "%s: the %s backward did not run", name,
         dt == M2_BF16 ? "chunked" : "recurrent");
+  const bool gexp = dt == M2_BF16 && grouped_applies(H, G, N);
+  CHECK(m2_cuda_ssd_bwd_grouped_calls() == gbefore + 2 * gexp, "%s: the grouped backward %s", name,
+        gexp ? "did not run" : "ran");
   if (okc && okg) compare(name, gy, cy, gin, cin, TOL);
   for (int i = 0; i < 6; i++) m2_release(cin[i]), m2_release(gin[i]), arr_free(&s.a[i]);
   for (int j = 0; j < 2; j++) m2_release(cy[j]), m2_release(gy[j]), m2_release(cdo[j]), m2_release(gdo[j]);
@@ -142,7 +157,8 @@ static void vs_recurrent_row(bool chunked_row, m2_dtype dt, int64_t B, int64_t T
   arr dy = randn(&r, 4, sy, 1.0), dh = randn(&r, 4, sh, 1.0);
   to_tensors(&dy, dt, &ref, &ado[0]), m2_release(ref), to_tensors(&dy, dt, &ref, &bdo[0]), m2_release(ref);
   to_tensors(&dh, dt, &ref, &ado[1]), m2_release(ref), to_tensors(&dh, dt, &ref, &bdo[1]), m2_release(ref);
-  long before = m2_cuda_ssd_chunk_tc_calls(), bbefore = m2_cuda_ssd_chunk_tc_bwd_calls();
+  long before = m2_cuda_ssd_chunk_tc_calls(), bbefore = m2_cuda_ssd_chunk_tc_bwd_calls(),
+       gbefore = m2_cuda_ssd_bwd_grouped_calls();
   int64_t seg = chunk < 64 ? chunk : 64; /* m2_ssd with the chunked row's checkpoint interval */
   int pr = m2_matmul_precision();
   bool oka = fwd_bwd(chunked_row, ain, chunked_row ? chunk : seg, ado, ay, pr, pr);
@@ -156,7 +172,47 @@ static void vs_recurrent_row(bool chunked_row, m2_dtype dt, int64_t B, int64_t T
   CHECK(m2_cuda_ssd_chunk_tc_calls() == before + expect_chunked &&
             m2_cuda_ssd_chunk_tc_bwd_calls() == bbefore + expect_chunked,
         "%s: the chunked kernels %s", name, expect_chunked ? "did not run" : "ran");
+  const bool gexp = expect_chunked && grouped_applies(H, G, N);
+  CHECK(m2_cuda_ssd_bwd_grouped_calls() == gbefore + gexp, "%s: the grouped backward %s", name,
+        gexp ? "did not run" : "ran");
   if (oka && okb) compare(name, ay, by, ain, bin, tol);
+  for (int i = 0; i < 6; i++) m2_release(ain[i]), m2_release(bin[i]), arr_free(&s.a[i]);
+  for (int j = 0; j < 2; j++) m2_release(ay[j]), m2_release(by[j]), m2_release(ado[j]), m2_release(bdo[j]);
+  arr_free(&dy), arr_free(&dh);
+}
+
+/* The grouped backward (on) against the per-head partials one (off), bf16, the chunked row on the same inputs and
+ * output gradients: the same per-head values summed in the same order, so each gradient (and y, hT: the same
+ * forward) within one bf16 rounding step. */
+static void grouped_vs_partials(int64_t B, int64_t T, int64_t H, int64_t P, int64_t G, int64_t N, bool h0,
+                                int64_t chunk, uint64_t seed) {
+  char name[128];
+  snprintf(name, sizeof name, "grouped vs partials B%lld T%lld H%lld P%lld G%lld N%lld%s c%lld", (long long)B,
+           (long long)T, (long long)H, (long long)P, (long long)G, (long long)N, h0 ? " h0" : "", (long long)chunk);
+  ssd_in s = make_in(B, T, H, P, G, N, h0, seed);
+  m2_tensor *ain[6] = {0}, *bin[6] = {0}, *ay[2] = {0}, *by[2] = {0}, *ado[2] = {0}, *bdo[2] = {0}, *ref = NULL;
+  for (int i = 0; i < 6; i++) {
+    if (!s.a[i].x) continue;
+    to_tensors(&s.a[i], M2_BF16, &ref, &ain[i]), m2_release(ref);
+    to_tensors(&s.a[i], M2_BF16, &ref, &bin[i]), m2_release(ref);
+    m2_requires_grad_(ain[i], true), m2_requires_grad_(bin[i], true);
+  }
+  int64_t sy[4] = {B, T, H, P}, sh[4] = {B, H, P, N};
+  m2_rng r = m2_rng_make(seed, 11);
+  arr dy = randn(&r, 4, sy, 1.0), dh = randn(&r, 4, sh, 1.0);
+  to_tensors(&dy, M2_BF16, &ref, &ado[0]), m2_release(ref), to_tensors(&dy, M2_BF16, &ref, &bdo[0]), m2_release(ref);
+  to_tensors(&dh, M2_BF16, &ref, &ado[1]), m2_release(ref), to_tensors(&dh, M2_BF16, &ref, &bdo[1]), m2_release(ref);
+  int pr = m2_matmul_precision(), prev = m2_cuda_ssd_bwd_grouped(1);
+  long gbefore = m2_cuda_ssd_bwd_grouped_calls();
+  bool oka = fwd_bwd(true, ain, chunk, ado, ay, pr, pr);
+  long gmid = m2_cuda_ssd_bwd_grouped_calls();
+  m2_cuda_ssd_bwd_grouped(0);
+  bool okb = fwd_bwd(true, bin, chunk, bdo, by, pr, pr);
+  m2_cuda_ssd_bwd_grouped(prev);
+  CHECK(oka && okb && gpu_sync_ok(), "%s: forward / backward failed: %s", name, m2_errmsg());
+  CHECK(gmid == gbefore + 1 && m2_cuda_ssd_bwd_grouped_calls() == gmid, "%s: the grouped backward ran %ld, %ld times "
+        "(1, 0 expected)", name, gmid - gbefore, m2_cuda_ssd_bwd_grouped_calls() - gmid);
+  if (oka && okb) compare(name, ay, by, ain, bin, BF16_STEP);
   for (int i = 0; i < 6; i++) m2_release(ain[i]), m2_release(bin[i]), arr_free(&s.a[i]);
   for (int j = 0; j < 2; j++) m2_release(ay[j]), m2_release(by[j]), m2_release(ado[j]), m2_release(bdo[j]);
   arr_free(&dy), arr_free(&dh);
@@ -169,28 +225,42 @@ static void vs_recurrent(m2_dtype dt, int64_t B, int64_t T, int64_t H, int64_t P
 
 int main(void) {
   unsetenv("M2_SSD_CHUNK_TC"); /* read once: on by default */
+  unsetenv("M2_SSD_BWD_GROUPED"); /* read once: off by default */
   PAR_SKIP_WITHOUT_GPU("cuda_ops_ssd_chunk");
   CHECK(m2_cuda_ssd_chunk_mode(-1) == 1, "the chunked kernels are not on by default (mode %d)", m2_cuda_ssd_chunk_mode(-1));
-  uint64_t seed = 910;
-  for (int mode = 1; mode <= 2; mode++) { /* the chunk states by the chain kernel, then by two launches */
-    m2_cuda_ssd_chunk_mode(mode);
-    printf("mode %d (%s)\n", mode, mode == 1 ? "k_chain" : "k_state + k_pass");
-    for (int k = 0; k < 2; k++) {
-      m2_dtype dt = k ? M2_BF16 : M2_F32;
-      vs_cpu(dt, 1, 100, 6, 40, 3, 70, false, 32, seed += 10);  /* chunk 32, groups */
-      vs_cpu(dt, 2, 45, 2, 8, 1, 130, true, 0, seed += 10);     /* one partial chunk of 64, N over 128 */
-      vs_cpu(dt, 1, 70, 3, 5, 3, 7, false, 9, seed += 10);      /* chunk 9: tiles mostly padding */
-      vs_cpu(dt, 2, 150, 4, 19, 2, 216, true, 256, seed += 10); /* the 400M head (P 19, N 216), short */
-      vs_cpu(dt, 1, 130, 2, 64, 1, 192, false, 0, seed += 10);  /* the 7B head (P 64, N 192) */
-      vs_cpu(dt, 1, 70, 2, 20, 1, 300, true, 0, seed += 10);    /* N over 256: the chain's wider register tile */
+  CHECK(m2_cuda_ssd_bwd_grouped(-1) == 0, "the grouped backward is not off by default (%d)",
+        m2_cuda_ssd_bwd_grouped(-1));
+  for (g_grouped = 0; g_grouped <= 1; g_grouped++) { /* dB, dC from per-head partials, then the grouped backward */
+    m2_cuda_ssd_bwd_grouped(g_grouped);
+    uint64_t seed = 910; /* the same cases, inputs and bounds both ways */
+    for (int mode = 1; mode <= 2; mode++) { /* the chunk states by the chain kernel, then by two launches */
+      m2_cuda_ssd_chunk_mode(mode);
+      printf("mode %d (%s), %s backward\n", mode, mode == 1 ? "k_chain" : "k_state + k_pass",
+             g_grouped ? "grouped" : "per-head partials");
+      for (int k = 0; k < 2; k++) {
+        m2_dtype dt = k ? M2_BF16 : M2_F32;
+        vs_cpu(dt, 1, 100, 6, 40, 3, 70, false, 32, seed += 10);  /* chunk 32, groups */
+        vs_cpu(dt, 2, 45, 2, 8, 1, 130, true, 0, seed += 10);     /* one partial chunk of 64, N over 128 */
+        vs_cpu(dt, 1, 70, 3, 5, 3, 7, false, 9, seed += 10);      /* chunk 9: tiles mostly padding */
+        vs_cpu(dt, 2, 150, 4, 19, 2, 216, true, 256, seed += 10); /* the 400M head (P 19, N 216), short */
+        vs_cpu(dt, 1, 130, 2, 64, 1, 192, false, 0, seed += 10);  /* the 7B head (P 64, N 192) */
+        vs_cpu(dt, 1, 70, 2, 20, 1, 300, true, 0, seed += 10);    /* N over 256: the chain's wider register tile */
+      }
+      /* the 400M layer shape, T not a multiple of the chunk */
+      vs_recurrent(M2_BF16, 2, 1000, 64, 19, 1, 216, true, 256, true, TOL, seed += 10);
+      /* the row "ssd" (the Mamba-2 layer's default) takes the chunked kernels too */
+      vs_recurrent_row(false, M2_BF16, 1, 300, 8, 19, 1, 216, true, 0, true, TOL, seed += 10);
     }
-    /* the 400M layer shape, T not a multiple of the chunk */
-    vs_recurrent(M2_BF16, 2, 1000, 64, 19, 1, 216, true, 256, true, TOL, seed += 10);
-    /* the row "ssd" (the Mamba-2 layer's default) takes the chunked kernels too */
-    vs_recurrent_row(false, M2_BF16, 1, 300, 8, 19, 1, 216, true, 0, true, TOL, seed += 10);
+    m2_cuda_ssd_chunk_mode(1);
+    /* f32 under fp32 products: the recurrent kernels (no rounding to bf16) */
+    vs_recurrent(M2_F32, 1, 77, 4, 16, 2, 24, true, 0, false, 1e-4, seed += 10);
   }
-  m2_cuda_ssd_chunk_mode(1);
-  /* f32 under fp32 products: the recurrent kernels (no rounding to bf16) */
-  vs_recurrent(M2_F32, 1, 77, 4, 16, 2, 24, true, 0, false, 1e-4, seed += 10);
+  m2_cuda_ssd_bwd_grouped(0);
+  g_grouped = 0;
+  /* the grouped backward against the per-head partials on the same inputs */
+  grouped_vs_partials(2, 1000, 64, 19, 1, 216, true, 256, 2010); /* the 400M layer shape, T not a multiple of 64 */
+  grouped_vs_partials(1, 100, 6, 40, 3, 70, false, 32, 2020);    /* chunk 32, 3 groups of 2 heads, N 70 */
+  grouped_vs_partials(1, 130, 4, 64, 2, 192, false, 0, 2030);    /* the 7B head, 2 groups */
+  grouped_vs_partials(2, 45, 2, 8, 1, 130, true, 0, 2040);       /* one partial chunk, N over 128 */
   return mixer_finish("cuda_ops_ssd_chunk");
 }

@@ -3,8 +3,11 @@
  * the chunked tensor-core forward and backward (m2_ssd_chunked under M2_SSD_CHUNK_TC=1, cuda/ssd_chunk.cu), forward
  * alone (no tape: no checkpoints kept) and forward + backward (checkpoints kept), through the public API, median of
  * timed repeats after a warm-up (CUDA events on the device's stream). Prints how far the chunked outputs are from the
- * recurrent ones. Two chunked rows: the chunk states by the chain kernel (M2_SSD_CHUNK_TC=1) and by two launches
- * (=2, m2_cuda_ssd_chunk_mode).
+ * recurrent ones. Three chunked rows: the chunk states by the chain kernel (M2_SSD_CHUNK_TC=1), by two launches
+ * (=2, m2_cuda_ssd_chunk_mode), and the chain kernel with the grouped backward (M2_SSD_BWD_GROUPED=1,
+ * m2_cuda_ssd_bwd_grouped: a group's dB, dC summed inside the backward kernel, no per-head fp32 partials), after
+ * which a line gives how far its gradients are from the per-head-partials backward's (the same sums in the same
+ * order: within one bf16 rounding step).
  *
  * Counted work, per (b, h) and token (L = 64, the chunk the kernels use: the checkpoint interval):
  *   FLOPs, chunked forward: C B^T causal L N + (mask o CB) X causal L P + C S^T 2 N P + chunk state B^T X 2 N P
@@ -25,6 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <algorithm>
+#include <string>
 #include <vector>
 #include "m2.h"
 #include "cuda_backend.h"
@@ -90,6 +94,18 @@ static double time_it(bool chunked, m2_tensor *const *in, m2_tensor *dy, bool bw
   return ms[ms.size() / 2];
 }
 
+/* The gradients of x, B, C of one forward + backward (the grouped backward on or off), detached. */
+static void grads_of(int grouped, m2_tensor *const *in, m2_tensor *dy, m2_tensor **g) {
+  int prev = m2_cuda_ssd_bwd_grouped(grouped);
+  const int idx[3] = {0, 3, 4};
+  for (int i = 0; i < 5; i++) m2_requires_grad_(in[i], true);
+  fwd(true, in);
+  if (m2_backward(g_y, dy) != M2_OK) die("m2_backward");
+  for (int k = 0; k < 3; k++) g[k] = m2_detach(in[idx[k]]->grad);
+  for (int i = 0; i < 5; i++) m2_release(in[i]->grad), in[i]->grad = NULL, m2_requires_grad_(in[i], false);
+  m2_cuda_ssd_bwd_grouped(prev);
+}
+
 /* max |a - b| / max |b| */
 static double rel_diff(m2_tensor *a, m2_tensor *b) {
   m2_tensor *dd = m2_sub(a, b), *ad = dd ? m2_square(dd) : NULL, *mx = ad ? m2_max_all(ad) : NULL;
@@ -115,6 +131,7 @@ int main(int argc, char **argv) {
   printf("| layer | B | T | H | P | N | forward | fwd ms | fwd+bwd ms | fwd TFLOP/s | fwd GFLOP | fwd floor ms | "
          "fwd+bwd floor ms | max |y_chunk - y_rec| / max |y_rec| |\n");
   printf("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+  std::vector<std::string> notes; /* printed after the table */
   const shape shapes[] = {{"400M", 8, 4096, 64, 19, 1, 216}, {"7B", 4, 4096, 32, 64, 1, 192}};
   for (const shape &s : shapes) {
     int64_t sx[4] = {s.B, s.T, s.H, s.P}, sd[3] = {s.B, s.T, s.H}, sa[1] = {s.H}, sb[4] = {s.B, s.T, s.G, s.N};
@@ -129,13 +146,20 @@ int main(int argc, char **argv) {
     const double floor_f = std::max(fl / peak_tf, io / peak_bw) * 1e3;
     const double floor_fb = std::max(3 * fl / peak_tf, (io + ck + bwd_io) / peak_bw) * 1e3; /* bwd ~ 2x fwd FLOPs */
     m2_tensor *ref = NULL;
-    for (int row = 0; row < 3; row++) { /* recurrent, chunked (chain kernel), chunked (two-launch states) */
+    /* recurrent, chunked (chain kernel), chunked (two-launch states), chunked (chain kernel) with the grouped
+       backward */
+    for (int row = 0; row < 4; row++) {
       const int chunked = row > 0;
-      m2_cuda_ssd_chunk_mode(row); /* 0 for the recurrent row: the chunked kernels take both rows when on */
-      long before = m2_cuda_ssd_chunk_tc_calls();
+      /* 0 for the recurrent row: the chunked kernels take both rows when on */
+      m2_cuda_ssd_chunk_mode(row == 3 ? 1 : row);
+      m2_cuda_ssd_bwd_grouped(row == 3);
+      long before = m2_cuda_ssd_chunk_tc_calls(), gbefore = m2_cuda_ssd_bwd_grouped_calls();
       double f = time_it(chunked, in, dy, false, reps), fb = time_it(chunked, in, dy, true, reps);
       if (chunked && m2_cuda_ssd_chunk_tc_calls() == before) printf("(the chunked kernels did not apply: recurrent)\n");
       if (!chunked && m2_cuda_ssd_chunk_tc_calls() != before) printf("(the recurrent row ran the chunked kernels)\n");
+      if ((row == 3) != (m2_cuda_ssd_bwd_grouped_calls() != gbefore))
+        printf("(the grouped backward %s)\n", row == 3 ? "did not apply: per-head partials" : "ran");
+      m2_cuda_ssd_bwd_grouped(0);
       for (int i = 0; i < 5; i++) m2_requires_grad_(in[i], false);
       fwd(chunked, in);
       double diff = NAN;
@@ -145,11 +169,25 @@ int main(int argc, char **argv) {
       if (!isnan(diff)) snprintf(dstr, sizeof dstr, "%.2e", diff);
       printf("| %s | %lld | %lld | %lld | %lld | %lld | %s | %.3f | %.3f | %.1f | %.1f | %.3f | %.3f | %s |\n", s.layer,
              (long long)s.B, (long long)s.T, (long long)s.H, (long long)s.P, (long long)s.N,
-             row == 0 ? "recurrent" : row == 1 ? "chunked (chain)" : "chunked (two-launch states)", f, fb, fl / f * 1e-9, fl * 1e-9, floor_f, floor_fb, dstr);
+             row == 0 ? "recurrent" : row == 1 ? "chunked (chain)" : row == 2 ? "chunked (two-launch states)"
+                                                                      : "chunked (chain), grouped bwd",
+             f, fb, fl / f * 1e-9, fl * 1e-9, floor_f, floor_fb, dstr);
+    }
+    { /* the grouped backward's gradients against the per-head partials' */
+      m2_cuda_ssd_chunk_mode(1);
+      m2_tensor *ga[3], *gb[3];
+      grads_of(1, in, dy, ga), grads_of(0, in, dy, gb);
+      char line[256];
+      snprintf(line, sizeof line, "%s: grouped bwd against per-head partials, max |diff| / max |ref|: dx %.2e, dB "
+               "%.2e, dC %.2e (within one bf16 step, 7.8e-3, expected)", s.layer, rel_diff(ga[0], gb[0]),
+               rel_diff(ga[1], gb[1]), rel_diff(ga[2], gb[2]));
+      notes.push_back(line);
+      for (int k = 0; k < 3; k++) m2_release(ga[k]), m2_release(gb[k]);
     }
     m2_release(g_y), m2_release(g_hT), m2_release(ref), m2_release(dy);
     g_y = g_hT = NULL;
     for (int i = 0; i < 5; i++) m2_release(in[i]);
   }
+  for (const std::string &n : notes) printf("%s\n", n.c_str());
   return 0;
 }
