@@ -511,7 +511,172 @@ __global__ void __launch_bounds__(NW * 32, 2) k_scan(const T *x, const T *dt, co
   }
 }
 
-/* 3. Backward of one chunk, from its start state S = ck[c] and D = dst[c], the gradient of the state after it
+/* 3. Backward of one chunk, block (bh NC + c), from its start state S = ck[c] and D = dst[c], the gradient of the
+ * state after it (k_chain BWD); cs, dt, e_rj = exp(cs_r - cs_j) (j <= r < len), cs_L = cs[len - 1]:
+ *   CB_rj = C_r.B_j, DX_rj = dy_r.x_j, M_rj = e_rj CB_rj, W_rj = e_rj dt_j DX_rj          (64 x 64, masked)
+ *   U_j = sum_r M_rj dy_r + exp(cs_L - cs_j) D B_j        dx_j = dt_j U_j, explicit ddt_j = x_j.U_j
+ *   dC_r = exp(cs_r) S^T dy_r + sum_j W_rj B_j           dB_j = sum_r W_rj C_r + exp(cs_L - cs_j) dt_j D^T x_j
+ *   d/dcs_k: (i) C_k.(exp(cs_k) S^T dy_k)  (ii) sum_j W_kj CB_kj - sum_r W_rk CB_rk  (iv) - Q_k,
+ *            Q_j = exp(cs_L - cs_j) dt_j x_j^T D B_j ; at k = len - 1 also exp(cs_L) <D, S> + sum_j Q_j
+ *   da_i = sum_{k >= i} dcs_k (cs_k = A (dt_0 + .. + dt_k)): ddt_i += A da_i, dA += sum_i dt_i da_i.
+ * dx, ddt are written; dB, dC to dBo, dCo (G = H) or per head to dBp, dCp (B,T,H,N) fp32 (summed over the group's
+ * heads by k_group_sum); dA per chunk to dAp (B,H,NC). NULL outputs are not written. Every sum has a fixed order
+ * (quads by shuffles, then per-(row, tile) partials in shared memory added up by one thread): deterministic. */
+template <class T>
+__global__ void __launch_bounds__(NW * 32) k_bwd(const T *x, const T *dt, const T *A, const T *Bm, const T *Cm,
+                                                 const T *dy, const float *ck, const float *dst, T *dx, T *ddt,
+                                                 T *dBo, T *dCo, float *dBp, float *dCp, float *dAp, ssd_dims d) {
+  extern __shared__ __align__(16) float smf[];
+  const int LP = d.PP + 8, LN = d.NP + 8, NT = d.NP / 16, NTP = d.PP / 16, UP = d.PP + 1;
+  const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, g = lane >> 2, tq = lane & 3;
+  float *cs = smf, *dts = cs + CL, *dcs = dts + CL, *exs = dcs + CL, *qs = exs + CL, *red = qs + CL,
+        *Tm = red + 8, *Us = Tm + CL * (CL + 1), *pI = Us + CL * UP, *pQ = pI + CL * NT;
+  uint16_t *Cs = (uint16_t *)(smf + bwd_floats(d.PP, d.NP)), *Bs = Cs + CL * LN, *Xs = Bs + CL * LN,
+           *DYs = Xs + CL * LP, *Ss = DYs + CL * LP, *Ds = Ss + d.PP * LN, *Ms = Ds + d.PP * LN, *Ws = Ms + CL * LM;
+  const int64_t c = blockIdx.x % d.NC, bh = blockIdx.x / d.NC, b = bh / d.H, h = bh % d.H, hpg = d.H / d.G,
+                gi = h / hpg;
+  const int64_t t0 = c * d.Lc;
+  const int len = (int)(d.Tn - t0 < d.Lc ? d.Tn - t0 : d.Lc);
+  const float Ah = to_f(A[h]);
+  /* dB, dC go out as pairs of adjacent columns (one 8-byte fp32 or 4-byte bf16 store) where N is even and the
+     outputs 8-byte aligned */
+  const bool pairs = (d.N & 1) == 0 && ((uintptr_t)dBo & 7) == 0 && ((uintptr_t)dCo & 7) == 0 &&
+                     ((uintptr_t)dBp & 7) == 0 && ((uintptr_t)dCp & 7) == 0;
+  /* staging, every load of a thread in flight before it stores (tile_load.cuh): C and B by cp.async (bf16, N % 8 ==
+     0; else wide loads), the fp32 S and D by 16-byte loads (N % 8 == 0) with <D, S> summed from them in fp32, x and
+     dy by single loads (P odd at 400M) */
+  const int64_t bn = ((b * d.Tn + t0) * d.G + gi) * d.N, sN = d.G * (int64_t)d.N;
+  stage_tile<stage_unroll<T>()>(Cs, LN, Cm + bn, sN, CL, len, d.N);
+  stage_tile<stage_unroll<T>()>(Bs, LN, Bm + bn, sN, CL, len, d.N);
+  chunk_cumsum(cs, dts, dt + h, b * d.Tn + t0, d.H, len, Ah);
+  const int64_t so = (bh * d.NC + c) * (int64_t)d.P * d.N;
+  float sd = 0.0f; /* <D, S> */
+  tile_load2<4>(Ss, Ds, LN, ck + so, dst + so, d.N, d.PP, d.P, d.N, [&](float sv, float dv) { sd += sv * dv; });
+  const int64_t bx = ((b * d.Tn + t0) * d.H + h) * d.P;
+  tile_load2<stage_unroll<T>()>(Xs, DYs, LP, x + bx, dy + bx, d.H * (int64_t)d.P, CL, len, d.P, no_pair());
+  zero_cols(Cs, LN, CL, d.N, d.NP);
+  zero_cols(Bs, LN, CL, d.N, d.NP);
+  zero_cols(Ss, LN, d.PP, d.N, d.NP);
+  zero_cols(Ds, LN, d.PP, d.N, d.NP);
+  zero_cols(Xs, LP, CL, d.P, d.PP);
+  zero_cols(DYs, LP, CL, d.P, d.PP);
+  mma_cp_wait<0>();
+  sd = warp_sum(sd);
+  if (lane == 0) red[w] = sd;
+  __syncthreads();
+  /* the masked scores M, W (bf16) and T = W o CB (fp32) */
+  for (int tile = w; tile < 16; tile += NW) {
+    const int mt = tile >> 2, nt = tile & 3;
+    float cb[2][4] = {}, dxs[2][4] = {};
+    if (nt <= mt) {
+      tile_mma<2>(cb, Cs, LN, 1, Bs, 1, LN, 16 * mt, 16 * nt, 0, d.NP, lane);
+      tile_mma<2>(dxs, DYs, LP, 1, Xs, 1, LP, 16 * mt, 16 * nt, 0, d.PP, lane);
+    }
+#pragma unroll
+    for (int j = 0; j < 2; j++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) {
+        int r = 16 * mt + g + 8 * (e >> 1), k = 16 * nt + 8 * j + 2 * tq + (e & 1);
+        bool ok = k <= r && r < len;
+        float ee = ok ? expf(cs[r] - cs[k]) : 0.0f, wv = ee * dts[k] * dxs[j][e];
+        Ms[r * LM + k] = bfbits(ee * cb[j][e]);
+        Ws[r * LM + k] = bfbits(wv);
+        Tm[r * (CL + 1) + k] = wv * cb[j][e];
+      }
+  }
+  __syncthreads();
+  if (threadIdx.x < CL) { /* (ii): row sums less column sums of T */
+    const int k = threadIdx.x;
+    float rs = 0.0f, cl = 0.0f;
+    for (int j = 0; j < CL; j++) rs += Tm[k * (CL + 1) + j], cl += Tm[j * (CL + 1) + k];
+    dcs[k] = rs - cl;
+  }
+  const float cend = cs[len - 1];
+  /* dx: U = M^T dY (rows r >= j) + diag(exp(cs_L - cs)) B D^T */
+  for (int tile = w; tile < 4 * NTP; tile += NW) {
+    const int mt = tile / NTP, nt = tile % NTP;
+    float u[2][4] = {}, v[2][4] = {};
+    tile_mma<2>(u, Ms, 1, LM, DYs, LP, 1, 16 * mt, 16 * nt, 16 * mt, CL, lane);
+    tile_mma<2>(v, Bs, LN, 1, Ds, 1, LN, 16 * mt, 16 * nt, 0, d.NP, lane);
+#pragma unroll
+    for (int j = 0; j < 2; j++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) {
+        int jr = 16 * mt + g + 8 * (e >> 1), p = 16 * nt + 8 * j + 2 * tq + (e & 1);
+        float U = u[j][e] + expf(cend - cs[jr]) * v[j][e];
+        Us[jr * UP + p] = U;
+        if (dx && jr < len && p < d.P) dx[((b * d.Tn + t0 + jr) * d.H + h) * d.P + p] = from_f<T>(dts[jr] * U);
+      }
+  }
+  /* dC = diag(exp(cs)) dY S + W B; (i) into pI */
+  for (int tile = w; tile < 4 * NT; tile += NW) {
+    const int mt = tile / NT, nt = tile % NT;
+    float off[2][4] = {}, dg[2][4] = {}, part[2] = {0.0f, 0.0f};
+    tile_mma<2>(off, DYs, LP, 1, Ss, LN, 1, 16 * mt, 16 * nt, 0, d.PP, lane);
+    tile_mma<2>(dg, Ws, LM, 1, Bs, LN, 1, 16 * mt, 16 * nt, 0, 16 * (mt + 1), lane);
+#pragma unroll
+    for (int j = 0; j < 2; j++)
+#pragma unroll
+      for (int e = 0; e < 4; e += 2) { /* elements e, e + 1: columns n, n + 1 of row r */
+        int r = 16 * mt + g + 8 * (e >> 1), n = 16 * nt + 8 * j + 2 * tq;
+        float o0 = expf(cs[r]) * off[j][e], o1 = expf(cs[r]) * off[j][e + 1];
+        part[e >> 1] += o0 * bf2f(Cs[r * LN + n]);
+        part[e >> 1] += o1 * bf2f(Cs[r * LN + n + 1]);
+        if (r < len)
+          put_pair(dCo, dCp, ((b * d.Tn + t0 + r) * d.G + gi) * d.N + n, ((b * d.Tn + t0 + r) * d.H + h) * d.N + n, n,
+                   d.N, pairs, o0 + dg[j][e], o1 + dg[j][e + 1]);
+      }
+    quad_store(pI, part, 16 * mt + g, NT, nt, tq);
+  }
+  /* dB = W^T C (rows r >= j) + diag(exp(cs_L - cs) dt) X D; Q into pQ */
+  for (int tile = w; tile < 4 * NT; tile += NW) {
+    const int mt = tile / NT, nt = tile % NT;
+    float wc[2][4] = {}, xd[2][4] = {}, part[2] = {0.0f, 0.0f};
+    tile_mma<2>(wc, Ws, 1, LM, Cs, LN, 1, 16 * mt, 16 * nt, 16 * mt, CL, lane);
+    tile_mma<2>(xd, Xs, LP, 1, Ds, LN, 1, 16 * mt, 16 * nt, 0, d.PP, lane);
+#pragma unroll
+    for (int j = 0; j < 2; j++)
+#pragma unroll
+      for (int e = 0; e < 4; e += 2) { /* elements e, e + 1: columns n, n + 1 of row jr */
+        int jr = 16 * mt + g + 8 * (e >> 1), n = 16 * nt + 8 * j + 2 * tq;
+        float q0 = expf(cend - cs[jr]) * dts[jr] * xd[j][e], q1 = expf(cend - cs[jr]) * dts[jr] * xd[j][e + 1];
+        part[e >> 1] += q0 * bf2f(Bs[jr * LN + n]);
+        part[e >> 1] += q1 * bf2f(Bs[jr * LN + n + 1]);
+        if (jr < len)
+          put_pair(dBo, dBp, ((b * d.Tn + t0 + jr) * d.G + gi) * d.N + n, ((b * d.Tn + t0 + jr) * d.H + h) * d.N + n,
+                   n, d.N, pairs, wc[j][e] + q0, wc[j][e + 1] + q1);
+      }
+    quad_store(pQ, part, 16 * mt + g, NT, nt, tq);
+  }
+  __syncthreads();
+  if (threadIdx.x < CL) {
+    const int k = threadIdx.x;
+    float ex = 0.0f, I = 0.0f, Q = 0.0f;
+    for (int p = 0; p < d.PP; p++) ex += bf2f(Xs[k * LP + p]) * Us[k * UP + p];
+    for (int nt = 0; nt < NT; nt++) I += pI[k * NT + nt], Q += pQ[k * NT + nt];
+    dcs[k] += I - Q;
+    exs[k] = ex, qs[k] = Q;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float qsum = 0.0f, dsum = 0.0f, acc = 0.0f, dA = 0.0f;
+    for (int k = 0; k < len; k++) qsum += qs[k];
+    for (int ww = 0; ww < NW; ww++) dsum += red[ww];
+    dcs[len - 1] += expf(cend) * dsum + qsum;
+    for (int i = len - 1; i >= 0; i--) {
+      acc += dcs[i]; /* da_i */
+      dA += dts[i] * acc;
+      exs[i] += Ah * acc;
+    }
+    if (dAp) dAp[bh * d.NC + c] = dA;
+  }
+  __syncthreads();
+  if (ddt && (int)threadIdx.x < len) ddt[(b * d.Tn + t0 + threadIdx.x) * d.H + h] = from_f<T>(exs[threadIdx.x]);
+}
+
+/* 3b. The same backward for the grouped switch (M2_SSD_BWD_GROUPED=1, not yet run on a GPU): k_bwd below kept
+ * verbatim as the default until this one has passed the parity tests; then k_bwd becomes k_bwd_grp<T, 0>.
+ * Backward of one chunk, from its start state S = ck[c] and D = dst[c], the gradient of the state after it
  * (k_chain BWD); cs, dt, e_rj = exp(cs_r - cs_j) (j <= r < len), cs_L = cs[len - 1]:
  *   CB_rj = C_r.B_j, DX_rj = dy_r.x_j, M_rj = e_rj CB_rj, W_rj = e_rj dt_j DX_rj          (64 x 64, masked)
  *   U_j = sum_r M_rj dy_r + exp(cs_L - cs_j) D B_j        dx_j = dt_j U_j, explicit ddt_j = x_j.U_j
@@ -530,7 +695,7 @@ __global__ void __launch_bounds__(NW * 32, 2) k_scan(const T *x, const T *dt, co
  * in head order from 0, and writes the sums to dBo, dCo once: the sums k_group_sum forms, in the same order,
  * without the (B,T,H,N) fp32 partials. */
 template <class T, int MAXI>
-__global__ void __launch_bounds__(NW * 32) k_bwd(const T *x, const T *dt, const T *A, const T *Bm, const T *Cm,
+__global__ void __launch_bounds__(NW * 32) k_bwd_grp(const T *x, const T *dt, const T *A, const T *Bm, const T *Cm,
                                                  const T *dy, const float *ck, const float *dst, T *dx, T *ddt,
                                                  T *dBo, T *dCo, float *dBp, float *dCp, float *dAp, ssd_dims d) {
   constexpr bool GRP = MAXI > 0;
@@ -968,7 +1133,7 @@ m2_status ssd_chunk_backward(const m2_opcall *c, int64_t seg, const m2_tensor *d
     unsigned blocks = (unsigned)((maxi ? a.B * a.G : BH) * d.NC);
     cudaError_t e = cudaSuccess;
     CU_FLOAT_DISPATCH(in[0]->dtype, {
-      auto kb = maxi ? k_bwd<T, 8> : k_bwd<T, 0>;
+      auto kb = maxi ? k_bwd_grp<T, 8> : k_bwd<T>;
       e = smem_opt(kb, sb);
       if (e == cudaSuccess)
         e = run_chain<T, true>(PC(dy), PC(in[1]), PC(in[2]), PC(in[4]), PC(dhT), PT(din[5]), dsp, d, s1, st, two,
