@@ -79,12 +79,13 @@ m2_status m2_record(m2_opcall *c, m2_tensor **outs) {
   n->seq = ++g_seq;
   n->call = *c;
   n->n_out = c->n_out;
+  const unsigned unread = c->op->bwd_unread_of ? c->op->bwd_unread_of(c) : c->op->bwd_unread;
   for (int i = 0; i < c->n_in; i++) {
     m2_tensor *in = c->in[i];
     n->call.needs_din[i] = in && in->requires_grad;
     if (!in) continue;
     const bool param = !in->grad_fn && in->requires_grad; /* held by the model anyway; its .grad is on it */
-    if (!(c->op->bwd_unread & M2_IN(i)) || !g_drop_unread || param) {
+    if (!(unread & M2_IN(i)) || !g_drop_unread || param) {
       m2_retain(in);
       continue;
     }
