@@ -113,6 +113,9 @@ typedef struct m2_op {
   /* NULL for almost every op: the call's own bwd_unread mask, used instead of the row's (the dispatcher's cast_call
    * node, core/op_cast.c, whose inputs are those of whichever op it wraps). */
   unsigned (*bwd_unread_of)(const m2_opcall *c);
+  /* NULL for almost every op: the name the tape's memory rows (m2_tape_rows) give the call, instead of the row's
+   * (cast_call: the op it wraps, whose bytes it holds). Returns a static string. */
+  const char *(*name_of)(const m2_opcall *c);
 } m2_op;
 #define M2_IN(i) (1u << (i))  /* bit of in[i] in m2_op.bwd_unread */
 #define M2_IN_ALL 0xFFu       /* every input (M2_MAX_IN of them) */

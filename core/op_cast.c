@@ -194,11 +194,17 @@ static unsigned cast_call_unread(const m2_opcall *c) {
   return m;
 }
 
+/* the tape's memory rows name the node by the op it wraps */
+static const char *cast_call_name(const m2_opcall *c) {
+  const m2_cast_call_attr *a = M2_ATTR(c, m2_cast_call_attr);
+  return a->op ? a->op->name : NULL;
+}
+
 /* Not a registry row (the dispatcher's own, never called by name); its backward runs the wrapped op's kernel for
  * the device, timed by the profiler under that op's name. */
 const m2_op m2_op_cast_call = {"cast_call", cast_call_fwd, cast_call_bwd,
                                M2_OP_VIEW | M2_OP_ANYDEV_FWD | M2_OP_ANYDEV_BWD | M2_OP_PROFILE_INNER, 0,
-                               cast_call_drop, cast_call_unread};
+                               cast_call_drop, cast_call_unread, cast_call_name};
 
 /* the op's forward kernel on c's inputs as they are (strided ones made contiguous), under no_grad, no node */
 static m2_status run_inner(m2_opcall *c, m2_device dev) {
