@@ -10,7 +10,10 @@
  *   M2_OP_CAST_F32   f32 (losses, router probabilities, masks).
  * The conversions are to_dtype ops, recorded on the tape like the op itself: the backward runs the op's f32 kernel
  * on the f32 gradient, and each input's gradient comes back in its own dtype. Above the to_dtype op (core/ops_view.c),
- * which the dispatcher (core/op.c) reaches only through these two functions, as it reaches the registry. */
+ * which the dispatcher (core/op.c) reaches only through these two functions, as it reaches the registry.
+ * m2_cast_keep_bf16 (op.h; off by default): a call that records a node records ONE, "cast_call", which keeps the
+ * original bf16 inputs instead of the f32 copies; its backward makes the copies again and runs the op's backward,
+ * giving the same gradients bit for bit (below). */
 #include "op.h"
 #include "autograd.h"
 #include "ops.h"
@@ -119,6 +122,9 @@ static m2_status cast_call_bwd(m2_opcall *c) {
   memcpy(ic.attr, a->inner->attr, M2_MAX_ATTR);
   m2_tensor *tmp[M2_MAX_IN + M2_MAX_OUT] = {0};
   m2_status s = M2_OK;
+  /* the profiler times the conversions as to_dtype's backward, as it times the to_dtype nodes of the other way */
+  const bool prof = m2_profile_on();
+  double t0 = prof ? m2_profile_begin(dev) : 0;
   for (int k = 0; k < c->n_in && s == M2_OK; k++) {
     const int i = a->slot[k];
     m2_tensor *x = c->in[k];
@@ -146,13 +152,14 @@ static m2_status cast_call_bwd(m2_opcall *c) {
     if (!tmp[M2_MAX_IN + j]) s = m2_errcode();
     ic.dout[j] = tmp[M2_MAX_IN + j];
   }
+  if (prof) m2_profile_end("to_dtype", true, dev, t0);
   if (s == M2_OK) {
-    const bool prof = m2_profile_on();
-    const double t0 = prof ? m2_profile_begin(dev) : 0;
+    t0 = prof ? m2_profile_begin(dev) : 0;
     s = bwd(&ic);
     if (prof) m2_profile_end(op->name, true, dev, t0);
     if (s != M2_OK) s = m2_fail_context(s, "backward of %s", op->name);
   }
+  t0 = prof ? m2_profile_begin(dev) : 0;
   for (int k = 0; k < c->n_in && s == M2_OK; k++) {
     if (!c->needs_din[k]) continue;
     const int i = a->slot[k];
@@ -170,6 +177,7 @@ static m2_status cast_call_bwd(m2_opcall *c) {
       c->din[k] = g;
     }
   }
+  if (prof) m2_profile_end("to_dtype", true, dev, t0);
   for (int j = 0; j < a->n_saved; j++) c->saved[j] = ic.saved[j];
   for (int i = 0; i < M2_MAX_IN; i++) m2_release(ic.din[i]);
   for (int i = 0; i < M2_MAX_IN + M2_MAX_OUT; i++) m2_release(tmp[i]);
@@ -331,9 +339,7 @@ m2_status m2_call_cast(m2_opcall *c, m2_tensor **outs) {
     for (int i = 0; i < c->n_in; i++) grad |= c->in[i] && c->in[i]->requires_grad;
     if (grad) {
       m2_status s = call_cast_keep(c, outs, m, in0, &fallback);
-      if (s != M2_OK || !fallback) {
-        return s;
-      }
+      if (s != M2_OK || !fallback) return s;
     }
   }
   m2_opcall c2 = *c; /* the same op and attributes, on f32 copies of the bf16 inputs */
