@@ -79,12 +79,13 @@ m2_status m2_record(m2_opcall *c, m2_tensor **outs) {
   n->seq = ++g_seq;
   n->call = *c;
   n->n_out = c->n_out;
+  const unsigned unread = c->op->bwd_unread_of ? c->op->bwd_unread_of(c) : c->op->bwd_unread;
   for (int i = 0; i < c->n_in; i++) {
     m2_tensor *in = c->in[i];
     n->call.needs_din[i] = in && in->requires_grad;
     if (!in) continue;
     const bool param = !in->grad_fn && in->requires_grad; /* held by the model anyway; its .grad is on it */
-    if (!(c->op->bwd_unread & M2_IN(i)) || !g_drop_unread || param) {
+    if (!(unread & M2_IN(i)) || !g_drop_unread || param) {
       m2_retain(in);
       continue;
     }
@@ -182,6 +183,12 @@ static void acc_ref(tape_acc *a, const char *op, int role, const m2_tensor *t) {
   }
 }
 
+/* the name of a node's rows */
+static const char *node_name(const m2_opcall *c) {
+  const char *s = c->op->name_of ? c->op->name_of(c) : NULL;
+  return s ? s : c->op->name;
+}
+
 static bool is_param(const m2_tensor *t) { return t && !t->grad_fn && t->requires_grad; }
 
 static int by_bytes_desc(const void *x, const void *y) {
@@ -207,10 +214,10 @@ int m2_tape_rows(m2_tape_row *rows, int max, m2_tape_totals *tot) {
   /* parameters first: their buffers are the model's, whichever node holds them first */
   for (m2_node *n = g_first; n; n = n->next)
     for (int i = 0; i < n->call.n_in; i++)
-      if (is_param(n->call.in[i])) acc_ref(&a, n->call.op->name, M2_TAPE_PARAM, n->call.in[i]);
+      if (is_param(n->call.in[i])) acc_ref(&a, node_name(&n->call), M2_TAPE_PARAM, n->call.in[i]);
   for (m2_node *n = g_first; n; n = n->next) {
     const m2_opcall *c = &n->call;
-    const char *op = c->op->name;
+    const char *op = node_name(c);
     for (int i = 0; i < c->n_in; i++)
       if (!is_param(c->in[i])) acc_ref(&a, op, M2_TAPE_INPUT, c->in[i]);
     for (int i = 0; i < M2_MAX_SAVED; i++) acc_ref(&a, op, M2_TAPE_SAVED, c->saved[i]);

@@ -72,7 +72,7 @@ bool m2_tape_drop_unread(bool on);
  * the rows say what the tape keeps alive, not what backward alone would free. */
 enum { M2_TAPE_INPUT, M2_TAPE_PARAM, M2_TAPE_SAVED, M2_TAPE_OUTPUT, M2_TAPE_GRAD, M2_TAPE_NROLES };
 typedef struct m2_tape_row {
-  const char *op;       /* the op row's name (static) */
+  const char *op;       /* the op row's name (static; a cast_call node's, core/op_cast.c: the op it wraps) */
   int role;             /* M2_TAPE_* */
   m2_dtype dtype;       /* of the tensors held (a buffer's dtype is its first holder's) */
   long long bytes;      /* bytes of the buffers counted in this row */

@@ -110,6 +110,12 @@ typedef struct m2_op {
   /* NULL for almost every op: releases what the call's attributes hold (recompute's callback context) when a tape
    * node lets go of its call; may be called again on the same call (it clears what it released). */
   void (*drop)(m2_opcall *c);
+  /* NULL for almost every op: the call's own bwd_unread mask, used instead of the row's (the dispatcher's cast_call
+   * node, core/op_cast.c, whose inputs are those of whichever op it wraps). */
+  unsigned (*bwd_unread_of)(const m2_opcall *c);
+  /* NULL for almost every op: the name the tape's memory rows (m2_tape_rows) give the call, instead of the row's
+   * (cast_call: the op it wraps, whose bytes it holds). Returns a static string. */
+  const char *(*name_of)(const m2_opcall *c);
 } m2_op;
 #define M2_IN(i) (1u << (i))  /* bit of in[i] in m2_op.bwd_unread */
 #define M2_IN_ALL 0xFFu       /* every input (M2_MAX_IN of them) */
@@ -149,6 +155,13 @@ static inline void m2_call_set_attr(m2_opcall *c, const void *attr, size_t n) { 
  * conversion itself (runs c's op on the converted inputs through m2_call_run; outs as m2_call_run's). */
 bool m2_cast_needed(const m2_opcall *c, m2_device dev);
 m2_status m2_call_cast(m2_opcall *c, m2_tensor **outs);
+/* Whether a cast call that records a tape node records ONE node, "cast_call", that keeps the call's ORIGINAL bf16
+ * (and f32) inputs, instead of the to_dtype nodes and the op's node holding the f32 copies (twice the bytes): its
+ * backward converts them again (exact), runs the op's backward on the copies and rounds each input's gradient to its
+ * own dtype, so outputs and gradients are bit for bit those of the other way. Off by default; the environment
+ * variable M2_CAST_KEEP_BF16=1 (read once) turns it on. Returns the setting before. */
+bool m2_cast_keep_bf16(bool on);
+bool m2_cast_keep_bf16_on(void);
 
 /* Keep t for backward (stores an alias with no history; counts a new ref). */
 void m2_save(m2_opcall *c, m2_tensor *t);

@@ -19,6 +19,9 @@
 -- profiled step's forward, before its backward (m2.profile.tape_report: bytes by op, role and dtype);
 -- drop_unread=0: the tape's nodes keep every input whole, also those whose values their op's backward never reads
 -- (m2.core.tape_drop_unread; 1, the default: they keep only those inputs' metadata), to compare the tape's bytes;
+-- cast_keep=1: a call run on f32 copies of its bf16 inputs (activations=bf16: every op on the CPU, the ops without
+-- mixed kernels on CUDA) records one node that keeps the bf16 inputs, not the copies (m2.core.cast_keep_bf16; 0 off,
+-- -1, the default: as the environment says, M2_CAST_KEEP_BF16=1, else off); same outputs and gradients, bit for bit;
 -- chunked: 1 runs the GDN and Mamba-2 layers in their chunked form (m2.gdn_chunked / m2.ssd_chunked), 0 recurrent,
 -- -1 (the default) as the config says;
 -- checkpoint: activation checkpointing of the blocks (spec.checkpoint, m2.checkpoint): 0 off (the default), -1 every
@@ -30,9 +33,11 @@ local cfg = m2.config {
   layers = "", d = 0, vocab = 0, seed = 0, lr = 3e-4, out = "runs/step_time.h5", precision = "bf16", activations = "f32",
   ckpt = 0,
   profile = 0, fused_loss = 1, chunked = -1, drop_unread = 1, checkpoint = 0,
+  cast_keep = -1,
 }
 m2.seed(cfg.seed)
 m2.core.tape_drop_unread(cfg.drop_unread ~= 0)
+if cfg.cast_keep >= 0 then m2.core.cast_keep_bf16(cfg.cast_keep ~= 0) end
 
 local spec = m2.models.load(cfg.config) -- as given, else from the repository root
 if type(spec) ~= "table" or not spec.layers then m2.error("step_time: " .. cfg.config .. " returned no model spec") end
