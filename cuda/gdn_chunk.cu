@@ -37,22 +37,11 @@ namespace {
 
 /* ================= scan: the chunks in order, S in registers ================= */
 
-/* A hint: the 128-byte line at p into L2 (data a later chunk reads). */
-__device__ __forceinline__ void l2_prefetch(const void *p) { asm volatile("prefetch.L2 [%0];" ::"l"(p)); }
 /* Every line of [p, p + bytes) whose index i within the range has i % n == part, over the block's threads. */
 __device__ __forceinline__ void l2_prefetch_range(const void *p, int64_t bytes, int part, int n) {
   const char *c = (const char *)p;
   for (int64_t i = (int64_t)threadIdx.x * n + part; i * 128 < bytes; i += (int64_t)blockDim.x * n)
     l2_prefetch(c + i * 128);
-}
-/* Two adjacent outputs p[0], p[1] (an mma C fragment's pair) as one store where p is aligned for it. */
-__device__ __forceinline__ void st_pair(float *p, float a, float b) {
-  if (((uintptr_t)p & 7) == 0) *(float2 *)p = make_float2(a, b);
-  else p[0] = a, p[1] = b;
-}
-__device__ __forceinline__ void st_pair(bf16 *p, float a, float b) {
-  if (((uintptr_t)p & 3) == 0) tile::store2((uint16_t *)p, a, b);
-  else p[0] = from_f<bf16>(a), p[1] = from_f<bf16>(b);
 }
 
 static size_t scan_smem(int K) {

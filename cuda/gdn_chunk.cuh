@@ -56,6 +56,18 @@ __device__ __forceinline__ void stage(uint16_t *dst, int dld, const uint16_t *sr
   }
 }
 
+/* A hint: the 128-byte line at p into L2 (data a later chunk or step reads). */
+__device__ __forceinline__ void l2_prefetch(const void *p) { asm volatile("prefetch.L2 [%0];" ::"l"(p)); }
+/* Two adjacent outputs p[0], p[1] (an mma C fragment's pair) as one store where p is aligned for it. */
+__device__ __forceinline__ void st_pair(float *p, float a, float b) {
+  if (((uintptr_t)p & 7) == 0) *(float2 *)p = make_float2(a, b);
+  else p[0] = a, p[1] = b;
+}
+__device__ __forceinline__ void st_pair(bf16 *p, float a, float b) {
+  if (((uintptr_t)p & 3) == 0) tile::store2((uint16_t *)p, a, b);
+  else p[0] = from_f<bf16>(a), p[1] = from_f<bf16>(b);
+}
+
 /* ================= prep: per chunk A, P, T, W, U, Q~, K~ ================= */
 
 /* Bytes of prep's region that holds q (64 x K bf16) until A is formed, then A (64 x 68) and T (64 x 64) in fp32. */

@@ -109,18 +109,7 @@ __device__ __forceinline__ void reg64_putf(float *dst, int dld, const reg64<S, W
 /* the value as loaded, for bf16 sources as stored */
 __device__ __forceinline__ const __nv_bfloat16 *as_bf(const uint16_t *p) { return (const __nv_bfloat16 *)p; }
 
-/* Two adjacent outputs p[0], p[1] (an mma C fragment's pair) as one store where p is aligned for it. */
-__device__ __forceinline__ void st_pair(float *p, float a, float b) {
-  if (((uintptr_t)p & 7) == 0) *(float2 *)p = make_float2(a, b);
-  else p[0] = a, p[1] = b;
-}
-__device__ __forceinline__ void st_pair(bf16 *p, float a, float b) {
-  if (((uintptr_t)p & 3) == 0) tile::store2((uint16_t *)p, a, b);
-  else p[0] = from_f<bf16>(a), p[1] = from_f<bf16>(b);
-}
 
-/* A hint: the 128-byte line at p into L2 (data a later step reads). */
-__device__ __forceinline__ void l2_prefetch(const void *p) { asm volatile("prefetch.L2 [%0];" ::"l"(p)); }
 /* The lines of rows [0, rows) x columns [0, cols) of src (row stride sld elements), over the block's threads. */
 template <class S> __device__ __forceinline__ void l2_prefetch_tile(const S *src, int64_t sld, int rows, int cols) {
   const int lpr = (cols * (int)sizeof(S) + 127) / 128; /* lines a row */

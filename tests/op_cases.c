@@ -605,3 +605,17 @@ void oc_release(oc_inputs *in) {
   }
   in->n = 0;
 }
+
+m2_tensor *oc_dot_loss(m2_tensor **ys, int n, m2_tensor **dys) {
+  m2_tensor *l = NULL;
+  for (int j = 0; j < n; j++) {
+    if (!dys[j]) continue;
+    m2_tensor *p = m2_mul(ys[j], dys[j]), *s = p ? m2_sum_all(p) : NULL;
+    m2_tensor *s32 = s ? m2_to_dtype(s, M2_F32) : NULL;
+    m2_tensor *nl = !s32 ? NULL : l ? m2_add(l, s32) : (m2_retain(s32), s32);
+    m2_release(p), m2_release(s), m2_release(s32), m2_release(l);
+    l = nl;
+    if (!l) return NULL;
+  }
+  return l;
+}

@@ -52,5 +52,8 @@ int oc_count(const char *op);
 /* The inputs of case c from the RNG stream (seed, index of c in oc_cases). */
 void oc_make(const op_case *c, uint64_t seed, oc_inputs *in);
 void oc_release(oc_inputs *in);
+/* L = sum_j <y_j, dy_j> (an f32 scalar) over the outputs j with dys[j] != NULL: the scalar whose gradients are
+ * dy_j, for tests that backprop several outputs at once; NULL (the error set) on failure. */
+m2_tensor *oc_dot_loss(m2_tensor **ys, int n, m2_tensor **dys);
 
 #endif

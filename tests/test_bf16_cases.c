@@ -43,21 +43,6 @@ static m2_dtype want_dtype(const m2_op *op, int j, int v) {
   return v == V_ALL ? M2_BF16 : M2_F32;
 }
 
-/* L = sum_j <y_j, dy_j> over the float outputs that require grad, dy_j F32 (bf16 values, the same for both paths) */
-static m2_tensor *loss_of(m2_tensor **ys, int n, m2_tensor **dys) {
-  m2_tensor *l = NULL;
-  for (int j = 0; j < n; j++) {
-    if (!dys[j]) continue;
-    m2_tensor *p = m2_mul(ys[j], dys[j]), *s = p ? m2_sum_all(p) : NULL;
-    m2_tensor *s32 = s ? m2_to_dtype(s, M2_F32) : NULL;
-    m2_tensor *nl = !s32 ? NULL : l ? m2_add(l, s32) : (m2_retain(s32), s32);
-    m2_release(p), m2_release(s), m2_release(s32), m2_release(l);
-    l = nl;
-    if (!l) return NULL;
-  }
-  return l;
-}
-
 static int g_cases;
 static double g_worst_fwd, g_worst_bwd;
 
@@ -118,7 +103,7 @@ static void run_variant(const op_case *c, const m2_op *op, const oc_inputs *in, 
   bool any = false;
   for (int j = 0; j < nr; j++) any |= dy[j] != NULL;
   if (diff && any && nt == nr) {
-    m2_tensor *lr = loss_of(yr, nr, dy), *lt = loss_of(yt, nt, dy);
+    m2_tensor *lr = oc_dot_loss(yr, nr, dy), *lt = oc_dot_loss(yt, nt, dy);
     CHECK(lr && lt, "%s / %s, %s: loss", c->op, c->name, VNAME[v]);
     CHECK(lr && m2_backward(lr, NULL) == M2_OK, "%s / %s: reference backward: %s", c->op, c->name, m2_errmsg());
     CHECK(lt && m2_backward(lt, NULL) == M2_OK, "%s / %s, %s: backward: %s", c->op, c->name, VNAME[v], m2_errmsg());

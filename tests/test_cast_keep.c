@@ -28,21 +28,6 @@ static bool same_bits(const m2_tensor *a, const m2_tensor *b) {
   return same;
 }
 
-/* L = sum_j <y_j, dy_j> over the outputs with a gradient (dy_j F32 of bf16 values) */
-static m2_tensor *loss_of(m2_tensor **ys, int n, m2_tensor **dys) {
-  m2_tensor *l = NULL;
-  for (int j = 0; j < n; j++) {
-    if (!dys[j]) continue;
-    m2_tensor *p = m2_mul(ys[j], dys[j]), *s = p ? m2_sum_all(p) : NULL;
-    m2_tensor *s32 = s ? m2_to_dtype(s, M2_F32) : NULL;
-    m2_tensor *nl = !s32 ? NULL : l ? m2_add(l, s32) : (m2_retain(s32), s32);
-    m2_release(p), m2_release(s), m2_release(s32), m2_release(l);
-    l = nl;
-    if (!l) return NULL;
-  }
-  return l;
-}
-
 typedef struct run_result {
   int n;
   m2_tensor *y[OC_MAX_OUT], *g[OC_MAX_IN];
@@ -84,7 +69,7 @@ static void run_once(const op_case *c, const oc_inputs *in, int v, bool keep, ru
     any = true;
   }
   if (any) {
-    m2_tensor *l = loss_of(r->y, r->n, dy);
+    m2_tensor *l = oc_dot_loss(r->y, r->n, dy);
     CHECK(l && m2_backward(l, NULL) == M2_OK, "%s / %s, %s, keep %d: backward: %s", c->op, c->name, VNAME[v], keep,
           m2_errmsg());
     m2_release(l);
