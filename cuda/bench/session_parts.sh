@@ -5,6 +5,7 @@
 #   gdn    quick_gdn.sh: the GDN parity tests (recurrent and chunked), bench_gdn, flash-linear-attention's kernels
 #          (wheels in .whl/) on the same shapes
 #   ssd    quick_ssd.sh: the SSD parity tests, bench_ssd, mamba_ssm's Triton SSD (.whl/)
+#   attn   quick_attention.sh (attention parity test, bench_attention) and peer_attention.py (PyTorch SDPA)
 #   ncu    Nsight Compute time of every chunked GDN / SSD kernel launch of bench_gdn / bench_ssd (one metric, clocks
 #          left alone); M2_NCU: which benchmarks (default "gdn ssd")
 #   lm     experiments/sweep_lm.lua on the GPU (issue 16's larger comparison): M2_LM_ARGS (default below) over the
@@ -41,6 +42,12 @@ part_gdn() {
 part_ssd() {
   timeout $(($(left) - 20)) bash "$root/cuda/bench/quick_ssd.sh" "$out/ssd" >"$out/ssd.log" 2>&1
   echo "quick_ssd: exit $?"; tail -40 "$out/ssd.log"
+}
+part_attn() {
+  mkdir -p "$out/attn"
+  timeout $(($(left) - 20)) bash "$root/cuda/bench/quick_attention.sh" "$out/attn" >"$out/attn.log" 2>&1
+  echo "quick_attention: exit $?"; cat "$out/attn.log"
+  timeout $(($(left) - 15)) python3 "$root/cuda/bench/peer_attention.py" 5 2>&1 | tee "$out/peer_attention.txt"
 }
 part_ncu() {
   local kre='regex:k_gdn_(prep|scan|bscan|bgrad|bwy)|k_chain|k_scan|k_bwd|k_state|k_pass|k_group_sum|k_da_sum'
