@@ -17,6 +17,7 @@
 #include "ops_common.cuh"
 #include "mma.cuh"
 #include "attention_tc.h"
+#include "attention_wgmma.h"
 #include "ops_mixers_entry.h"
 
 namespace {
@@ -462,7 +463,10 @@ m2_status m2_att_tc_fwd(const m2_opcall *c, const m2_attention_attr *d, cudaStre
     e = pack(c->in[0], qp, d->B, d->T, d->H, d->D, st);
     if (e == cudaSuccess) e = pack(c->in[1], kp, d->B, d->S, d->Hkv, d->D, st);
     if (e == cudaSuccess) e = pack(c->in[2], vp, d->B, d->S, d->Hkv, d->D, st);
-    if (e == cudaSuccess)
+    if (e == cudaSuccess && att_wgmma_fwd_ok(d)) /* packed (B, NH, L, D): strides batch NH L D, row D, head L D */
+      e = att_wgmma_fwd(d, qp, kp, vp, d->H * d->T * d->D, d->D, d->T * d->D, d->Hkv * d->S * d->D, d->D,
+                        d->S * d->D, (float *)m2_data(o), (float *)m2_data(lse), (float)d->scale, d->causal, st);
+    else if (e == cudaSuccess)
       e = ATT_TC_DISPATCH(d->D, launch_fwd)(*d, qp, kp, vp, (float *)m2_data(o), (float *)m2_data(lse),
                                              (float)d->scale, d->causal, st);
     if (e != cudaSuccess)

@@ -14,6 +14,13 @@ m2_status m2_cuda_register(void);
 
 /* Calls of the tensor-core attention kernels so far (tests check that a call took that path). */
 long m2_cuda_attention_tc_calls(void);
+/* The attention forward on Hopper's warpgroup products (cuda/attention_wgmma.cu) from now on: 1 on (sm_90 devices,
+ * head dims 64 and 128, calls of the tensor-core path), 0 off; -1 keeps it. Returns the previous setting (at first:
+ * 1 where M2_ATTN_WGMMA is "1", else 0). */
+int m2_cuda_attention_wgmma(int set);
+/* Forwards run by that kernel so far (tests check that a call took that path; they also count in
+ * m2_cuda_attention_tc_calls). */
+long m2_cuda_attention_wgmma_calls(void);
 /* SSD forwards (rows "ssd" and "ssd_chunked") run by the chunked tensor-core kernels so far. */
 long m2_cuda_ssd_chunk_tc_calls(void);
 /* SSD backwards run by the chunked tensor-core kernels so far. */

@@ -1,0 +1,287 @@
+/* attention_wgmma.cu — the attention forward on Hopper's warpgroup products (wgmma, sm_90a), flash-attention style:
+ * the path of m2_att_tc_fwd (cuda/attention_tc.cu) for head dims 64 and 128 when the switch M2_ATTN_WGMMA=1 is on
+ * and the device is sm_90. Built for sm_90a only (CMakeLists.txt compiles this file alone with
+ * -gencode=arch=compute_90a,code=sm_90a where the build targets 90); for other targets the kernel is an empty stub
+ * that att_wgmma_fwd_ok never lets run.
+ *
+ * Semantics those of k_fwd there: bf16 operands, fp32 accumulators and softmax statistics, P rounded to bf16 as the
+ * operand of P v; query t reads keys s < n(t) = clamp(t + S - T + 1, 0, S) when causal (all S otherwise); a row with
+ * no key gives o = 0, lse = -inf; grouped heads (query head h reads kv head h / (H / Hkv)).
+ *
+ * One block: NWG consumer warpgroups, each owning 64 query rows (BM = 64 NWG rows a block), all threads staging.
+ *   smem (bf16, 128-byte swizzled tiles of wgmma_layout.h, 1024-byte aligned):
+ *     Qs  BM x D              the block's queries (K-major A operand of S = q k^T)
+ *     Ks  2 x BN x D          key tiles, double-buffered (K-major B operand)
+ *     Vs  2 x BN x D          value tiles, double-buffered (MN-major B operand of o += P v, trans-b)
+ *   per key tile it (keys s0 = it BN .. s0 + BN - 1), in each warpgroup whose rows see some key of it:
+ *     S (64 x BN fp32 regs)  = wgmma m64nBNk16 over D / 16 k-steps, q and k from shared memory
+ *     online softmax on the accumulator fragments (log2 domain, ex2), the mask only on tiles that cross some
+ *     row's last key; P -> bf16 A fragments in registers
+ *     o (64 x D fp32 regs)  += wgmma m64n64k16 over BN / 16 k-steps (D / 64 per step), P from registers
+ *   key / value tile it + 1 is staged by cp.async while tile it is multiplied; the latest (heaviest) query blocks
+ *   start first.
+ * Head dim 64: NWG 3 (BM 192), BN 128, 88 KB of shared memory, 159 registers; head dim 128: NWG 3, BN 64, 112 KB,
+ * 145 registers (ptxas, no spills): one block of 12 warps an SM. */
+#include <cuda_runtime.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include "wgmma.cuh"
+#include "attention_wgmma.h"
+
+namespace {
+
+constexpr float LOG2E = 1.4426950408889634f, LN2 = 0.6931471805599453f;
+
+template <int D> struct wg_cfg;
+template <> struct wg_cfg<64> {
+  static constexpr int NWG = 3, BN = 128, MINB = 1;
+};
+template <> struct wg_cfg<128> {
+  static constexpr int NWG = 3, BN = 64, MINB = 1;
+};
+/* Dynamic shared memory of one block: q, two key and two value tiles, and 1024 bytes to align the base. */
+template <int D> constexpr size_t wg_smem_bytes() {
+  return 2 * (size_t)D * (64 * wg_cfg<D>::NWG + 4 * wg_cfg<D>::BN) + 1024;
+}
+
+/* Keys query t may read: s < wg_keys(t). */
+__device__ __forceinline__ int wg_keys(int t, int T, int S, bool causal) {
+  if (!causal) return S;
+  int n = t + S - T + 1;
+  return n < 0 ? 0 : n > S ? S : n;
+}
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+__device__ __forceinline__ float ex2(float x) {
+  float r;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x));
+  return r;
+}
+__device__ __forceinline__ float quad_max(float v) {
+  v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
+  return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
+}
+__device__ __forceinline__ float quad_sum(float v) {
+  v += __shfl_xor_sync(0xffffffffu, v, 1);
+  return v + __shfl_xor_sync(0xffffffffu, v, 2);
+}
+/* (lo, hi) rounded to bf16 and packed, lo in the low half. */
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+  uint32_t r;
+  asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+  return r;
+}
+__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N> __device__ __forceinline__ void cp_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
+
+/* Stage rows r0 .. r0 + R - 1 of a (L, D) bf16 matrix g (row stride ld elements) into the swizzled tile at shared
+ * address s (R rows); rows >= L become 0. NT threads, this one tid: its 16-byte chunks are column c = tid % CH of
+ * rows tid / CH + k RS (RS = NT / CH, a multiple of 8, so every row of this thread has the same swizzle phase). */
+template <int R, int D, int NT>
+__device__ __forceinline__ void wg_stage(uint32_t s, const uint16_t *g, int64_t ld, int r0, int L, int tid) {
+  constexpr int CH = D / 8, RS = NT / CH, NK = (R * CH + NT - 1) / NT;
+  static_assert(RS % 8 == 0, "one swizzle phase a thread");
+  const int rr = tid / CH, c = tid % CH;
+  const uint32_t so = s + wg_tile_off(rr, c, R);
+  const uint16_t *src = g + (int64_t)(r0 + rr) * ld + c * 8;
+#pragma unroll
+  for (int k = 0; k < NK; k++) {
+    if (R * CH % NT != 0 && k == NK - 1 && rr + k * RS >= R) break; /* a last, partial round */
+    const bool ok = r0 + rr + k * RS < L;
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(so + k * RS * 128u),
+                 "l"(ok ? src + k * RS * ld : g), "r"(ok ? 16 : 0)
+                 : "memory");
+  }
+}
+#endif
+
+/* O (B, T, H, D) f32, lse (B, H, T) f32 (natural log); grid (ceil(T / BM), B H). */
+template <int D>
+__global__ void __launch_bounds__(wg_cfg<D>::NWG * 128, wg_cfg<D>::MINB)
+    k_fwd_wg(const uint16_t *__restrict__ Q, const uint16_t *__restrict__ K, const uint16_t *__restrict__ V,
+             int64_t q_sb, int64_t q_st, int64_t q_sh, int64_t kv_sb, int64_t kv_st, int64_t kv_sh, float *O,
+             float *lse, int T, int H, int S, int Hkv, float sl2, bool causal) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  constexpr int NWG = wg_cfg<D>::NWG, BN = wg_cfg<D>::BN, BM = 64 * NWG, NT = 128 * NWG;
+  extern __shared__ uint8_t wg_sm[];
+  const uint32_t Qs = ((uint32_t)__cvta_generic_to_shared(wg_sm) + 1023u) & ~1023u;
+  const uint32_t Ks = Qs + 2u * BM * D, Vs = Ks + 4u * BN * D; /* buffer j of each at + 2 j BN D bytes */
+  const int tid = threadIdx.x, wg = tid >> 7, w = (tid >> 5) & 3, lane = tid & 31, g = lane >> 2, tq = lane & 3;
+  const int bh = blockIdx.y, b = bh / H, h = bh % H, kh = h / (H / Hkv);
+  const int t0 = (gridDim.x - 1 - blockIdx.x) * BM; /* the latest (heaviest) query blocks first */
+  const uint16_t *Qg = Q + b * q_sb + h * q_sh, *Kg = K + b * kv_sb + kh * kv_sh, *Vg = V + b * kv_sb + kh * kv_sh;
+  const int ntile = (wg_keys(min(t0 + BM, T) - 1, T, S, causal) + BN - 1) / BN;
+  /* this warpgroup's rows tw .. tw + 63: the keys of its first row (fewest) and of its last row (most) */
+  const int tw = t0 + 64 * wg;
+  const int wmin = tw < T ? wg_keys(tw, T, S, causal) : 0, wmax = tw < T ? wg_keys(min(tw + 64, T) - 1, T, S, causal) : 0;
+  wg_stage<BM, D, NT>(Qs, Qg, q_st, t0, T, tid);
+  if (ntile > 0) wg_stage<BN, D, NT>(Ks, Kg, kv_st, 0, S, tid), wg_stage<BN, D, NT>(Vs, Vg, kv_st, 0, S, tid);
+  cp_commit();
+  const int r[2] = {tw + 16 * w + g, tw + 16 * w + g + 8};
+  const int nv[2] = {wg_keys(r[0], T, S, causal), wg_keys(r[1], T, S, causal)};
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0, 0}, o[D / 2];
+#pragma unroll
+  for (int i = 0; i < D / 2; i++) o[i] = 0;
+  for (int it = 0; it < ntile; it++) {
+    const uint32_t buf = (uint32_t)(it & 1) * 2u * BN * D;
+    if (it + 1 < ntile) {
+      const uint32_t nb = (uint32_t)((it + 1) & 1) * 2u * BN * D;
+      wg_stage<BN, D, NT>(Ks + nb, Kg, kv_st, (it + 1) * BN, S, tid);
+      wg_stage<BN, D, NT>(Vs + nb, Vg, kv_st, (it + 1) * BN, S, tid);
+      cp_commit();
+      cp_wait<1>();
+    } else {
+      cp_wait<0>();
+    }
+    wg_fence_smem(); /* this thread's cp.async writes, seen by the products (async proxy) after the barrier */
+    __syncthreads();
+    const int s0 = it * BN;
+    if (s0 < wmax) { /* uniform in the warpgroup */
+      float sa[BN / 2];
+      wg_fence();
+#pragma unroll
+      for (int ks = 0; ks < D / 16; ks++) {
+        const uint64_t da = wg_desc_k(Qs, BM, 64 * wg, ks), db = wg_desc_k(Ks + buf, BN, 0, ks);
+        if constexpr (BN == 128) wg_mma_ss_n128(sa, da, db, ks > 0);
+        else wg_mma_ss_n64(sa, da, db, ks > 0);
+      }
+      wg_commit();
+      wg_wait<0>();
+      wg_keep(sa);
+      const bool edge = s0 + BN > wmin; /* some key of this tile is hidden from some row */
+      float mx[2] = {m[0], m[1]};
+#pragma unroll
+      for (int j = 0; j < BN / 8; j++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+          float x = sa[4 * j + e] * sl2;
+          if (edge && s0 + 8 * j + 2 * tq + (e & 1) >= nv[e >> 1]) x = -INFINITY;
+          sa[4 * j + e] = x;
+          mx[e >> 1] = fmaxf(mx[e >> 1], x);
+        }
+      float ref[2];
+#pragma unroll
+      for (int i = 0; i < 2; i++) {
+        mx[i] = quad_max(mx[i]);
+        ref[i] = mx[i] == -INFINITY ? 0.f : mx[i]; /* a row that has seen no key yet keeps p = 0 */
+        const float alpha = ex2(m[i] - ref[i]);
+        m[i] = mx[i];
+        l[i] *= alpha;
+#pragma unroll
+        for (int j = 0; j < D / 8; j++) o[4 * j + 2 * i] *= alpha, o[4 * j + 2 * i + 1] *= alpha;
+      }
+      uint32_t pa[BN / 16][4]; /* P as the A fragments of o += P v, k-step kk = keys s0 + 16 kk .. */
+#pragma unroll
+      for (int j = 0; j < BN / 8; j++) {
+        float p[4];
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+          p[e] = ex2(sa[4 * j + e] - ref[e >> 1]);
+          l[e >> 1] += p[e];
+        }
+        pa[j >> 1][(j & 1) * 2] = pack_bf16(p[0], p[1]);
+        pa[j >> 1][(j & 1) * 2 + 1] = pack_bf16(p[2], p[3]);
+      }
+      wg_fence();
+#pragma unroll
+      for (int kk = 0; kk < BN / 16; kk++)
+#pragma unroll
+        for (int dn = 0; dn < D / 64; dn++) wg_mma_rs_n64(o + 32 * dn, pa[kk], wg_desc_mn(Vs + buf, BN, kk, 64 * dn));
+      wg_commit();
+      wg_wait<0>();
+      wg_keep(o);
+    }
+    __syncthreads(); /* the next iteration stages into the buffers just read */
+  }
+  cp_wait<0>();
+  float inv[2];
+#pragma unroll
+  for (int i = 0; i < 2; i++) {
+    l[i] = quad_sum(l[i]);
+    inv[i] = l[i] > 0 ? 1.0f / l[i] : 0.0f;
+    if (tq == 0 && r[i] < T) lse[(size_t)bh * T + r[i]] = l[i] > 0 ? (m[i] + log2f(l[i])) * LN2 : -INFINITY;
+  }
+#pragma unroll
+  for (int i = 0; i < 2; i++) {
+    if (r[i] >= T) continue;
+    float *row = O + (((size_t)b * T + r[i]) * H + h) * D;
+#pragma unroll
+    for (int j = 0; j < D / 8; j++)
+      *(float2 *)(row + 8 * j + 2 * tq) = make_float2(o[4 * j + 2 * i] * inv[i], o[4 * j + 2 * i + 1] * inv[i]);
+  }
+#endif
+}
+
+/* ---------------- host side ---------------- */
+
+long g_wg_calls;
+int g_wg_mode = -1; /* -1: not read yet */
+
+bool wg_switch() {
+  if (g_wg_mode < 0) {
+    const char *e = getenv("M2_ATTN_WGMMA");
+    g_wg_mode = e && !strcmp(e, "1") ? 1 : 0;
+  }
+  return g_wg_mode == 1;
+}
+
+/* Whether the current device can run the kernel: sm_90 and this build's kernel made for it (sm_90a machine code). */
+bool wg_device_ok() {
+  static signed char ok[64]; /* per device: 0 unknown, 1 yes, -1 no */
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) return false;
+  if (!ok[dev]) {
+    int major = 0, minor = 0;
+    cudaFuncAttributes fa;
+    bool yes = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
+               cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) == cudaSuccess && major == 9 &&
+               minor == 0 && cudaFuncGetAttributes(&fa, k_fwd_wg<64>) == cudaSuccess && fa.binaryVersion == 90;
+    ok[dev] = yes ? 1 : -1;
+  }
+  return ok[dev] > 0;
+}
+
+template <int D>
+cudaError_t launch_wg(const m2_attention_attr &d, const uint16_t *q, const uint16_t *k, const uint16_t *v, int64_t q_sb,
+                      int64_t q_st, int64_t q_sh, int64_t kv_sb, int64_t kv_st, int64_t kv_sh, float *o, float *lse,
+                      float scale, bool causal, cudaStream_t st) {
+  constexpr int BM = 64 * wg_cfg<D>::NWG;
+  const size_t bytes = wg_smem_bytes<D>();
+  cudaError_t e = cudaFuncSetAttribute(k_fwd_wg<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
+  if (e != cudaSuccess) return e;
+  dim3 grid((unsigned)((d.T + BM - 1) / BM), (unsigned)(d.B * d.H));
+  k_fwd_wg<D><<<grid, wg_cfg<D>::NWG * 128, bytes, st>>>(q, k, v, q_sb, q_st, q_sh, kv_sb, kv_st, kv_sh, o, lse,
+                                                          (int)d.T, (int)d.H, (int)d.S, (int)d.Hkv, scale * LOG2E,
+                                                          causal);
+  return cudaGetLastError();
+}
+
+} /* namespace */
+
+extern "C" int m2_cuda_attention_wgmma(int set) {
+  const int prev = wg_switch() ? 1 : 0;
+  if (set >= 0) g_wg_mode = set ? 1 : 0;
+  return prev;
+}
+extern "C" long m2_cuda_attention_wgmma_calls(void) { return g_wg_calls; }
+
+bool att_wgmma_fwd_ok(const m2_attention_attr *d) {
+#ifndef M2_WGMMA_BUILT
+  (void)d;
+  return false;
+#else
+  return wg_switch() && (d->D == 64 || d->D == 128) && d->B * d->H <= 65535 && wg_device_ok();
+#endif
+}
+
+cudaError_t att_wgmma_fwd(const m2_attention_attr *d, const uint16_t *q, const uint16_t *k, const uint16_t *v,
+                          int64_t q_sb, int64_t q_st, int64_t q_sh, int64_t kv_sb, int64_t kv_st, int64_t kv_sh,
+                          float *o, float *lse, float scale, bool causal, cudaStream_t st) {
+  if (d->B * d->T * d->H == 0) return cudaSuccess;
+  cudaError_t e = d->D == 64 ? launch_wg<64>(*d, q, k, v, q_sb, q_st, q_sh, kv_sb, kv_st, kv_sh, o, lse, scale, causal, st)
+                             : launch_wg<128>(*d, q, k, v, q_sb, q_st, q_sh, kv_sb, kv_st, kv_sh, o, lse, scale, causal, st);
+  if (e == cudaSuccess) g_wg_calls++;
+  return e;
+}

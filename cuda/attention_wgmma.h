@@ -1,0 +1,21 @@
+/* attention_wgmma.h — internal (C++): the causal / full attention forward on Hopper's warpgroup products
+ * (cuda/attention_wgmma.cu, sm_90a), which m2_att_tc_fwd (cuda/attention_tc.cu) takes instead of its mma.sync kernel
+ * when att_wgmma_fwd_ok says so. Same results as that kernel up to the order of fp32 sums. */
+#ifndef M2_CUDA_ATTENTION_WGMMA_H
+#define M2_CUDA_ATTENTION_WGMMA_H
+#include <cuda_runtime.h>
+#include <stdint.h>
+#include "../core/ops_attention.h"
+
+/* Whether the forward of d runs here: the switch is on (M2_ATTN_WGMMA=1, read once, off by default; or
+ * m2_cuda_attention_wgmma), the current device is sm_90, this build holds the sm_90a kernel, and D is 64 or 128. */
+bool att_wgmma_fwd_ok(const m2_attention_attr *d);
+
+/* o (B,T,H,D) f32 contiguous and lse (B,H,T) (natural log; -inf for a row that sees no key) of q (B,T,H,D) against
+ * k, v (B,S,Hkv,D), all bf16 bits with element strides q_sb, q_st, q_sh (batch, row, head; each row of D
+ * contiguous) and kv_sb, kv_st, kv_sh for k and v. Causal: query t reads keys s < clamp(t + S - T + 1, 0, S). P is
+ * rounded to bf16 as the operand of P v. Launches on st; returns the launch's error. */
+cudaError_t att_wgmma_fwd(const m2_attention_attr *d, const uint16_t *q, const uint16_t *k, const uint16_t *v,
+                          int64_t q_sb, int64_t q_st, int64_t q_sh, int64_t kv_sb, int64_t kv_st, int64_t kv_sh,
+                          float *o, float *lse, float scale, bool causal, cudaStream_t st);
+#endif
