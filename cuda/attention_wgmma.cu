@@ -266,6 +266,13 @@ extern "C" int m2_cuda_attention_wgmma(int set) {
   return prev;
 }
 extern "C" long m2_cuda_attention_wgmma_calls(void) { return g_wg_calls; }
+extern "C" int m2_cuda_attention_wgmma_device(void) {
+#ifdef M2_WGMMA_BUILT
+  return wg_device_ok() ? 1 : 0;
+#else
+  return 0;
+#endif
+}
 
 bool att_wgmma_fwd_ok(const m2_attention_attr *d) {
 #ifndef M2_WGMMA_BUILT

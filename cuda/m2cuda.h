@@ -21,6 +21,8 @@ int m2_cuda_attention_wgmma(int set);
 /* Forwards run by that kernel so far (tests check that a call took that path; they also count in
  * m2_cuda_attention_tc_calls). */
 long m2_cuda_attention_wgmma_calls(void);
+/* 1 when this build holds that kernel (its CUDA targets include 90) and the current device runs it (sm_90). */
+int m2_cuda_attention_wgmma_device(void);
 /* SSD forwards (rows "ssd" and "ssd_chunked") run by the chunked tensor-core kernels so far. */
 long m2_cuda_ssd_chunk_tc_calls(void);
 /* SSD backwards run by the chunked tensor-core kernels so far. */

@@ -8,7 +8,9 @@
  *    the same bf16 operands, forward and every gradient: causal with S = T, S > T and T > S, full, grouped heads,
  *    lengths that are not multiples of the 64-row tiles, several tiles. The GPU also rounds P and dS to bf16 (the
  *    CPU does not), so the bound is 1e-2 of the largest reference value. A counter checks that these cases really
- *    ran on the tensor-core kernels, and that a head dim they do not take (48) and f32 products do not.
+ *    ran on the tensor-core kernels, and that a head dim they do not take (48) and f32 products do not. Every case
+ *    runs twice: with the Hopper warpgroup forward (cuda/attention_wgmma.cu, M2_ATTN_WGMMA) off, then on; a second
+ *    counter checks that it ran the forwards of head dims 64 and 128 on an sm_90 device, and nothing else.
  * Skips (77) without a GPU. */
 #include "cuda_mixer_parity.h"
 
@@ -86,36 +88,59 @@ static int f_att(m2_tensor *const *in, void *ud, m2_tensor **outs) {
   PAR_ONE(m2_attention(in[0], in[1], in[2], &u->o));
 }
 
+/* Whether the forwards of the tensor-core path run on the Hopper warpgroup kernel (cuda/attention_wgmma.cu):
+ * the switch (m2_cuda_attention_wgmma) on, this build and device able to run it, head dim 64 or 128. */
+static bool g_wg_on, g_wg_dev;
+
 /* One case; tc = whether the tensor-core kernels must run it (forward and backward: 2 calls). */
 static void tc_case(int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t D, bool causal, bool tc) {
   int64_t sq[4] = {B, T, H, D}, sk[4] = {B, S, Hkv, D};
   m2_tensor *q = par_randn(4, sq), *k = par_randn(4, sk), *v = par_randn(4, sk);
   att_ud u = {{0, causal}};
   char name[96];
-  snprintf(name, sizeof name, "tc B%lld T%lld S%lld H%lld/%lld D%lld%s", (long long)B, (long long)T, (long long)S,
-           (long long)H, (long long)Hkv, (long long)D, causal ? " causal" : " full");
+  const bool wg = tc && g_wg_on && g_wg_dev && (D == 64 || D == 128);
+  snprintf(name, sizeof name, "tc%s B%lld T%lld S%lld H%lld/%lld D%lld%s", g_wg_on ? " wgmma" : "", (long long)B,
+           (long long)T, (long long)S, (long long)H, (long long)Hkv, (long long)D, causal ? " causal" : " full");
   par_case pc = {name, f_att, &u, 3, {q, k, v}, {true, true, true}, {1e-2, 0}, {1e-2, 0}, true};
-  long before = m2_cuda_attention_tc_calls();
+  long before = m2_cuda_attention_tc_calls(), wbefore = m2_cuda_attention_wgmma_calls();
   par_run(&pc);
-  long ran = m2_cuda_attention_tc_calls() - before;
+  long ran = m2_cuda_attention_tc_calls() - before, wran = m2_cuda_attention_wgmma_calls() - wbefore;
   CHECK(ran == (tc ? 2 : 0), "%s: %ld call(s) on the tensor-core path, expected %d", name, ran, tc ? 2 : 0);
+  CHECK(wran == (wg ? 1 : 0), "%s: %ld forward(s) on the warpgroup kernel, expected %d", name, wran, wg ? 1 : 0);
   m2_release(q), m2_release(k), m2_release(v);
 }
 
+/* Every case twice: the forward on the mma.sync kernel (switch off), then on the Hopper warpgroup kernel where the
+ * device runs it (switch on; elsewhere the same kernel again, and the counter checks that nothing else ran). The
+ * warpgroup kernel's tiles: 192 query rows a block (3 warpgroups of 64), key tiles of 128 (D 64) or 64 (D 128). */
 static void tensor_core_cases(void) {
-  m2_set_matmul_precision(M2_MM_BF16);
-  tc_case(2, 200, 200, 4, 2, 64, true, true);   /* grouped heads, a partial last tile */
-  tc_case(1, 130, 300, 2, 1, 64, true, true);   /* S > T: every query sees S - T more keys */
-  tc_case(1, 150, 70, 2, 2, 64, true, true);    /* T > S: the first 80 rows see no key */
-  tc_case(2, 97, 131, 2, 1, 32, false, true);   /* full attention, D 32 */
-  tc_case(1, 77, 77, 2, 2, 128, true, true);    /* D 128 (key tiles of 32 in dq) */
-  tc_case(1, 600, 600, 2, 1, 64, true, true);   /* ten tiles */
-  tc_case(1, 1, 1, 1, 1, 64, true, true);       /* one row, one key */
-  tc_case(1, 40, 40, 2, 1, 48, true, false);    /* D 48: the fp32 kernels */
-  m2_set_matmul_precision(M2_MM_F32);
-  tc_case(1, 64, 64, 2, 2, 64, true, false);    /* f32 products: the fp32 kernels */
-  printf("tensor-core path: %d cases; worst error f32 fwd %.2e bwd %.2e\n", par_cases, par_worst_fwd[0],
-         par_worst_bwd[0]);
+  g_wg_dev = m2_cuda_attention_wgmma_device() != 0;
+  const int was = m2_cuda_attention_wgmma(-1);
+  for (int on = 0; on < 2; on++) {
+    m2_cuda_attention_wgmma(on);
+    g_wg_on = on;
+    m2_set_matmul_precision(M2_MM_BF16);
+    tc_case(2, 200, 200, 4, 2, 64, true, true);   /* grouped heads, a partial last tile */
+    tc_case(1, 130, 300, 2, 1, 64, true, true);   /* S > T: every query sees S - T more keys */
+    tc_case(1, 150, 70, 2, 2, 64, true, true);    /* T > S: the first 80 rows see no key */
+    tc_case(2, 97, 131, 2, 1, 32, false, true);   /* full attention, D 32 (never the warpgroup kernel) */
+    tc_case(1, 77, 77, 2, 2, 128, true, true);    /* D 128 (key tiles of 32 in dq) */
+    tc_case(1, 600, 600, 2, 1, 64, true, true);   /* ten tiles */
+    tc_case(1, 1, 1, 1, 1, 64, true, true);       /* one row, one key */
+    tc_case(1, 450, 200, 4, 1, 64, true, true);   /* T > S over several query blocks, grouped: 250 keyless rows */
+    tc_case(1, 333, 333, 4, 2, 128, true, true);  /* D 128, grouped, T not a multiple of 64 or 192, 6 key tiles */
+    tc_case(1, 130, 300, 2, 2, 128, true, true);  /* D 128, S > T */
+    tc_case(1, 250, 190, 2, 1, 128, false, true); /* D 128 full, T > S, a partial last key tile */
+    tc_case(1, 200, 333, 2, 2, 64, false, true);  /* D 64 full, S > T, a partial last key tile */
+    tc_case(1, 1000, 1000, 2, 1, 64, true, true); /* eight key tiles of 128: the double buffer turns over */
+    tc_case(1, 40, 40, 2, 1, 48, true, false);    /* D 48: the fp32 kernels */
+    m2_set_matmul_precision(M2_MM_F32);
+    tc_case(1, 64, 64, 2, 2, 64, true, false);    /* f32 products: the fp32 kernels */
+  }
+  m2_cuda_attention_wgmma(was);
+  printf("tensor-core path: %d cases (the warpgroup kernel %s); worst error f32 fwd %.2e bwd %.2e\n", par_cases,
+         g_wg_dev ? "ran the D 64 / 128 forwards of the second round" : "not available on this device or build",
+         par_worst_fwd[0], par_worst_bwd[0]);
 }
 #endif
 

@@ -4,7 +4,9 @@
  * m2_backward), median of timed repeats after a warm-up (CUDA events on the device's stream). TFLOP/s counts the
  * causal products as flash-attention papers do: forward 2 matmuls of B H D T^2 / 2 multiply-adds each, backward 5
  * (this backward runs 7: S and dP are recomputed by both the dq and the dk/dv kernels). Also prints how far the two
- * paths' outputs are apart. Usage: bench_attention [reps] */
+ * paths' outputs are apart. A third row per shape has the forward on the Hopper warpgroup kernel
+ * (cuda/attention_wgmma.cu, switched on for that row only; sm_90 devices), its difference taken against the f32 row
+ * where there is one, else against the mma.sync row. Usage: bench_attention [reps] */
 #include "m2cuda.h"
 #include <cuda_runtime.h>
 #include <math.h>
@@ -64,7 +66,7 @@ int main(int argc, char **argv) {
   cudaGetDeviceProperties(&p, 0);
   printf("# bench_attention on %s (%d SMs), causal, head dim 64, %d timed repeats (median)\n", p.name,
          p.multiProcessorCount, reps);
-  printf("| layer | B | T | heads | products | fwd ms | fwd+bwd ms | fwd TFLOP/s | fwd+bwd TFLOP/s | max |o_tc - o_f32| / max |o_f32| |\n");
+  printf("| layer | B | T | heads | products | fwd ms | fwd+bwd ms | fwd TFLOP/s | fwd+bwd TFLOP/s | max |o - o_ref| / max |o_ref| |\n");
   printf("|---|---|---|---|---|---|---|---|---|---|\n");
   const shape shapes[] = {{"400M", 2, 4096, 16, 64}, {"400M", 8, 4096, 16, 64}, {"7B", 4, 4096, 24, 64}};
   for (const shape &s : shapes) {
@@ -73,14 +75,21 @@ int main(int argc, char **argv) {
     m2_requires_grad_(q, true), m2_requires_grad_(k, true), m2_requires_grad_(v, true);
     double mac = (double)s.B * s.H * s.D * s.T * (s.T + 1) / 2; /* multiply-adds of one causal product */
     m2_tensor *ref = NULL;
-    for (int tc = 0; tc < 2; tc++) {
+    /* mode 0: f32 products; 1: bf16 on the mma.sync kernels; 2: the same with the forward on the Hopper warpgroup
+     * kernel (cuda/attention_wgmma.cu, M2_ATTN_WGMMA), where the device runs it */
+    for (int mode = 0; mode < 3; mode++) {
+      const int tc = mode > 0;
       if (!tc && s.B > 2) continue; /* the fp32 kernels only at the smallest shape (they take ~50 ms there) */
+      if (mode == 2 && !m2_cuda_attention_wgmma_device()) continue;
       m2_set_matmul_precision(tc ? M2_MM_BF16 : M2_MM_F32);
+      const int was = m2_cuda_attention_wgmma(mode == 2);
       double f = time_it(q, k, v, dO, false, reps), fb = time_it(q, k, v, dO, true, reps);
       double diff = NAN;
       m2_tensor *o = m2_attention(q, k, v, NULL);
+      m2_cuda_attention_wgmma(was);
       if (!o) die("m2_attention");
       if (!tc) ref = m2_detach(o);
+      else if (mode == 1 && !ref) ref = m2_detach(o); /* no f32 row: the wgmma row is compared with this one */
       else if (ref) {
         m2_tensor *dd = m2_sub(o, ref), *ad = dd ? m2_square(dd) : NULL, *mx = ad ? m2_max_all(ad) : NULL;
         m2_tensor *ar = m2_square(ref), *mr = ar ? m2_max_all(ar) : NULL;
@@ -92,7 +101,8 @@ int main(int argc, char **argv) {
       char dstr[32] = "-";
       if (!isnan(diff)) snprintf(dstr, sizeof dstr, "%.2e", diff);
       printf("| %s | %lld | %lld | %lld | %s | %.3f | %.3f | %.1f | %.1f | %s |\n", s.layer, (long long)s.B,
-             (long long)s.T, (long long)s.H, tc ? "bf16 (tensor cores)" : "f32", f, fb, 4 * mac / f * 1e-9,
+             (long long)s.T, (long long)s.H, mode == 2 ? "bf16 (wgmma fwd)" : tc ? "bf16 (tensor cores)" : "f32", f, fb,
+             4 * mac / f * 1e-9,
              14 * mac / fb * 1e-9, dstr);
     }
     m2_set_matmul_precision(M2_MM_F32);
