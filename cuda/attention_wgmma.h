@@ -7,8 +7,9 @@
 #include <stdint.h>
 #include "../core/ops_attention.h"
 
-/* Whether the forward of d runs here: the switch is on (M2_ATTN_WGMMA=1, read once, off by default; or
- * m2_cuda_attention_wgmma), the current device is sm_90, this build holds the sm_90a kernel, and D is 64 or 128. */
+/* Whether the forward of d runs here: the switch is on (M2_ATTN_WGMMA=1, or 2 for the variant that overlaps softmax
+ * and P v inside a warpgroup; read once, off by default; or m2_cuda_attention_wgmma), the current device is sm_90,
+ * this build holds the sm_90a kernel, and D is 64 or 128. */
 bool att_wgmma_fwd_ok(const m2_attention_attr *d);
 
 /* o (B,T,H,D) f32 contiguous and lse (B,H,T) (natural log; -inf for a row that sees no key) of q (B,T,H,D) against

@@ -9,7 +9,8 @@
  *    lengths that are not multiples of the 64-row tiles, several tiles. The GPU also rounds P and dS to bf16 (the
  *    CPU does not), so the bound is 1e-2 of the largest reference value. A counter checks that these cases really
  *    ran on the tensor-core kernels, and that a head dim they do not take (48) and f32 products do not. Every case
- *    runs twice: with the Hopper warpgroup forward (cuda/attention_wgmma.cu, M2_ATTN_WGMMA) off, then on; a second
+ *    runs three times: with the Hopper warpgroup forward (cuda/attention_wgmma.cu, M2_ATTN_WGMMA) off, on (1), and
+ *    on with its softmax / P v overlap (2); a second
  *    counter checks that it ran the forwards of head dims 64 and 128 on an sm_90 device, and nothing else.
  * Skips (77) without a GPU. */
 #include "cuda_mixer_parity.h"
@@ -90,7 +91,8 @@ static int f_att(m2_tensor *const *in, void *ud, m2_tensor **outs) {
 
 /* Whether the forwards of the tensor-core path run on the Hopper warpgroup kernel (cuda/attention_wgmma.cu):
  * the switch (m2_cuda_attention_wgmma) on, this build and device able to run it, head dim 64 or 128. */
-static bool g_wg_on, g_wg_dev;
+static int g_wg_on; /* the switch: 0, 1, 2 */
+static bool g_wg_dev;
 
 /* One case; tc = whether the tensor-core kernels must run it (forward and backward: 2 calls). */
 static void tc_case(int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t D, bool causal, bool tc) {
@@ -99,8 +101,9 @@ static void tc_case(int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int
   att_ud u = {{0, causal}};
   char name[96];
   const bool wg = tc && g_wg_on && g_wg_dev && (D == 64 || D == 128);
-  snprintf(name, sizeof name, "tc%s B%lld T%lld S%lld H%lld/%lld D%lld%s", g_wg_on ? " wgmma" : "", (long long)B,
-           (long long)T, (long long)S, (long long)H, (long long)Hkv, (long long)D, causal ? " causal" : " full");
+  snprintf(name, sizeof name, "tc%s B%lld T%lld S%lld H%lld/%lld D%lld%s",
+           g_wg_on == 2 ? " wgmma2" : g_wg_on ? " wgmma" : "", (long long)B, (long long)T, (long long)S, (long long)H,
+           (long long)Hkv, (long long)D, causal ? " causal" : " full");
   par_case pc = {name, f_att, &u, 3, {q, k, v}, {true, true, true}, {1e-2, 0}, {1e-2, 0}, true};
   long before = m2_cuda_attention_tc_calls(), wbefore = m2_cuda_attention_wgmma_calls();
   par_run(&pc);
@@ -110,13 +113,14 @@ static void tc_case(int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int
   m2_release(q), m2_release(k), m2_release(v);
 }
 
-/* Every case twice: the forward on the mma.sync kernel (switch off), then on the Hopper warpgroup kernel where the
- * device runs it (switch on; elsewhere the same kernel again, and the counter checks that nothing else ran). The
+/* Every case three times: the forward on the mma.sync kernel (switch off), then on the Hopper warpgroup kernel where
+ * the device runs it (switch 1, then 2: its variant that overlaps softmax and P v inside a warpgroup; elsewhere the
+ * mma.sync kernel again, and the counter checks that nothing else ran). The
  * warpgroup kernel's tiles: 192 query rows a block (3 warpgroups of 64), key tiles of 128 (D 64) or 64 (D 128). */
 static void tensor_core_cases(void) {
   g_wg_dev = m2_cuda_attention_wgmma_device() != 0;
   const int was = m2_cuda_attention_wgmma(-1);
-  for (int on = 0; on < 2; on++) {
+  for (int on = 0; on < 3; on++) { /* off; on; on with the overlap inside a warpgroup */
     m2_cuda_attention_wgmma(on);
     g_wg_on = on;
     m2_set_matmul_precision(M2_MM_BF16);
@@ -139,7 +143,7 @@ static void tensor_core_cases(void) {
   }
   m2_cuda_attention_wgmma(was);
   printf("tensor-core path: %d cases (the warpgroup kernel %s); worst error f32 fwd %.2e bwd %.2e\n", par_cases,
-         g_wg_dev ? "ran the D 64 / 128 forwards of the second round" : "not available on this device or build",
+         g_wg_dev ? "ran the D 64 / 128 forwards of rounds 2 and 3" : "not available on this device or build",
          par_worst_fwd[0], par_worst_bwd[0]);
 }
 #endif

@@ -4,9 +4,9 @@
  * m2_backward), median of timed repeats after a warm-up (CUDA events on the device's stream). TFLOP/s counts the
  * causal products as flash-attention papers do: forward 2 matmuls of B H D T^2 / 2 multiply-adds each, backward 5
  * (this backward runs 7: S and dP are recomputed by both the dq and the dk/dv kernels). Also prints how far the two
- * paths' outputs are apart. A third row per shape has the forward on the Hopper warpgroup kernel
- * (cuda/attention_wgmma.cu, switched on for that row only; sm_90 devices), its difference taken against the f32 row
- * where there is one, else against the mma.sync row. Usage: bench_attention [reps] */
+ * paths' outputs are apart. Two more rows per shape have the forward on the Hopper warpgroup kernel
+ * (cuda/attention_wgmma.cu, switched on for those rows only, 1 then 2; sm_90 devices), their difference taken
+ * against the f32 row where there is one, else against the mma.sync row. Usage: bench_attention [reps] */
 #include "m2cuda.h"
 #include <cuda_runtime.h>
 #include <math.h>
@@ -75,14 +75,15 @@ int main(int argc, char **argv) {
     m2_requires_grad_(q, true), m2_requires_grad_(k, true), m2_requires_grad_(v, true);
     double mac = (double)s.B * s.H * s.D * s.T * (s.T + 1) / 2; /* multiply-adds of one causal product */
     m2_tensor *ref = NULL;
-    /* mode 0: f32 products; 1: bf16 on the mma.sync kernels; 2: the same with the forward on the Hopper warpgroup
-     * kernel (cuda/attention_wgmma.cu, M2_ATTN_WGMMA), where the device runs it */
-    for (int mode = 0; mode < 3; mode++) {
+    /* mode 0: f32 products; 1: bf16 on the mma.sync kernels; 2, 3: the same with the forward on the Hopper
+     * warpgroup kernel (cuda/attention_wgmma.cu, M2_ATTN_WGMMA 1, and 2: its softmax / P v overlap), where the
+     * device runs it */
+    for (int mode = 0; mode < 4; mode++) {
       const int tc = mode > 0;
       if (!tc && s.B > 2) continue; /* the fp32 kernels only at the smallest shape (they take ~50 ms there) */
-      if (mode == 2 && !m2_cuda_attention_wgmma_device()) continue;
+      if (mode >= 2 && !m2_cuda_attention_wgmma_device()) continue;
       m2_set_matmul_precision(tc ? M2_MM_BF16 : M2_MM_F32);
-      const int was = m2_cuda_attention_wgmma(mode == 2);
+      const int was = m2_cuda_attention_wgmma(mode >= 2 ? mode - 1 : 0);
       double f = time_it(q, k, v, dO, false, reps), fb = time_it(q, k, v, dO, true, reps);
       double diff = NAN;
       m2_tensor *o = m2_attention(q, k, v, NULL);
@@ -101,7 +102,7 @@ int main(int argc, char **argv) {
       char dstr[32] = "-";
       if (!isnan(diff)) snprintf(dstr, sizeof dstr, "%.2e", diff);
       printf("| %s | %lld | %lld | %lld | %s | %.3f | %.3f | %.1f | %.1f | %s |\n", s.layer, (long long)s.B,
-             (long long)s.T, (long long)s.H, mode == 2 ? "bf16 (wgmma fwd)" : tc ? "bf16 (tensor cores)" : "f32", f, fb,
+             (long long)s.T, (long long)s.H, mode == 3 ? "bf16 (wgmma fwd, overlap)" : mode == 2 ? "bf16 (wgmma fwd)" : tc ? "bf16 (tensor cores)" : "f32", f, fb,
              4 * mac / f * 1e-9,
              14 * mac / fb * 1e-9, dstr);
     }
