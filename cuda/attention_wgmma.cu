@@ -34,7 +34,7 @@
 
 namespace {
 
-constexpr float LOG2E = 1.4426950408889634f, LN2 = 0.6931471805599453f;
+constexpr float LOG2E = 1.4426950408889634f;
 
 template <int D> struct wg_cfg;
 template <> struct wg_cfg<64> {
@@ -43,10 +43,13 @@ template <> struct wg_cfg<64> {
 template <> struct wg_cfg<128> {
   static constexpr int NWG = 3, BN = 64, MINB = 1;
 };
-/* Dynamic shared memory of one block: q, two key and two value tiles, and 1024 bytes to align the base. */
+/* Dynamic shared memory of one block: q, two (PIPE: three) key and value tiles each, 1024 bytes to align the base. */
 template <int D, bool PIPE> constexpr size_t wg_smem_bytes() {
   return 2 * (size_t)D * (64 * wg_cfg<D>::NWG + (PIPE ? 6 : 4) * wg_cfg<D>::BN) + 1024;
 }
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+constexpr float LN2 = 0.6931471805599453f;
 
 /* Keys query t may read: s < wg_keys(t). */
 __device__ __forceinline__ int wg_keys(int t, int T, int S, bool causal) {
@@ -55,9 +58,8 @@ __device__ __forceinline__ int wg_keys(int t, int T, int S, bool causal) {
   return n < 0 ? 0 : n > S ? S : n;
 }
 
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-/* volatile: kept in program order with the wgmma waits, so the softmax's exponentials stay before the wait for the
- * P v that they are meant to overlap */
+/* volatile: kept in PTX order with the wgmma waits (the softmax's exponentials before the wait for the P v they are
+ * meant to overlap); ptxas still schedules that wait earlier (see k_fwd_wg) */
 __device__ __forceinline__ float ex2(float x) {
   float r;
   asm volatile("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x));
