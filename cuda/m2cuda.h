@@ -34,7 +34,7 @@ int m2_cuda_ssd_chunk_mode(int mode);
 /* The chunked SSD backward's grouped form from now on: 1 sums the dB, dC of a group's heads inside the backward
  * kernel (one block a (batch, group, chunk) running the group's heads in head order; no per-head fp32 partials),
  * 0 off (per-head partials, then a sum over each group's heads); -1 keeps it. Returns the previous setting (at
- * first: 1 where M2_SSD_BWD_GROUPED is "1", else 0). Applies where a group has several heads and N <= 256; the sums
+ * first: 0 where M2_SSD_BWD_GROUPED is "0", else 1). Applies where a group has several heads and N <= 256; the sums
  * are those of the per-head path, in the same order. Grouped backwards run so far (tests check that a call took it). */
 int m2_cuda_ssd_bwd_grouped(int set);
 long m2_cuda_ssd_bwd_grouped_calls(void);

@@ -16,7 +16,7 @@
  *                   dB, dC summed over a group's heads and dA over batch and chunks afterwards, in a fixed order.
  *                   (M2_SSD_BWD_GROUPED=1, m2_cuda_ssd_bwd_grouped: one block a (b, group, chunk) runs the group's
  *                   heads in head order and sums their dB, dC itself, the same sums in the same order, without the
- *                   per-head fp32 partials; off by default)
+ *                   per-head fp32 partials; the default: M2_SSD_BWD_GROUPED=0 turns it off)
  *
  * Products: bf16 operands (x, B, C as given or rounded from f32; Xw, the masked scores and the chunk state rounded to
  * bf16 only as operands), fp32 accumulation (mma.sync m16n8k16), fp32 states and decays. Tiles: a chunk is staged as
@@ -1027,8 +1027,8 @@ int g_grouped = -1; /* the grouped backward (k_bwd MAXI > 0): 0 off, 1 on; M2_SS
 
 int grouped_switch(void) {
   if (g_grouped < 0) {
-    const char *e = getenv("M2_SSD_BWD_GROUPED"); /* off unless 1 */
-    g_grouped = e && strcmp(e, "1") == 0 ? 1 : 0;
+    const char *e = getenv("M2_SSD_BWD_GROUPED"); /* on unless 0 (passed parity on an H100, 2026-12-07) */
+    g_grouped = e && strcmp(e, "0") == 0 ? 0 : 1;
   }
   return g_grouped;
 }

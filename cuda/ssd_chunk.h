@@ -23,8 +23,8 @@ m2_status ssd_chunk_forward(const m2_opcall *c, int64_t seg, m2_tensor *y, m2_te
 
 /* The chunked backward of the recorded call c (saved[0]: the checkpoints of chunk seg): dy, dhT contiguous in the
  * inputs' dtype; din[i] (NULL where not wanted) get dx, ddt, dA, dB, dC, dh0. Several heads a group: dB, dC are
- * summed over the group's heads from per-head fp32 partials, or (M2_SSD_BWD_GROUPED=1, m2_cuda_ssd_bwd_grouped; off
- * by default; N <= 256) inside the backward kernel, the same sums in the same order. */
+ * summed over the group's heads inside the backward kernel (the default where N <= 256), or from per-head fp32
+ * partials (M2_SSD_BWD_GROUPED=0, m2_cuda_ssd_bwd_grouped(0); N > 256), the same sums in the same order. */
 m2_status ssd_chunk_backward(const m2_opcall *c, int64_t seg, const m2_tensor *dy, const m2_tensor *dhT,
                              m2_tensor *const din[6], cudaStream_t st);
 

@@ -8,7 +8,7 @@
  * M2_MM_F32 keeps the recurrent kernels (exact to 1e-4). Each call is checked to have taken the path it should
  * (m2_cuda_ssd_chunk_tc_calls, _bwd_calls). All of it for both ways of making the chunk states
  * (m2_cuda_ssd_chunk_mode 1: the chain kernel, 2: two launches), and all of it again with the grouped backward on
- * (m2_cuda_ssd_bwd_grouped 1, off by default: a group's dB, dC summed inside the backward kernel), the same cases
+ * (m2_cuda_ssd_bwd_grouped 1, on by default since it passed on an H100 on 2026-12-07: a group's dB, dC summed inside the backward kernel), the same cases
  * and bounds, each call checked to have taken the grouped kernel where it applies (several heads a group, N <= 256;
  * m2_cuda_ssd_bwd_grouped_calls). Then the grouped backward against the per-head-partials one on the same inputs:
  * the same sums in the same order, so every gradient within one bf16 rounding step (2^-7 of max |ref|).
@@ -225,10 +225,10 @@ static void vs_recurrent(m2_dtype dt, int64_t B, int64_t T, int64_t H, int64_t P
 
 int main(void) {
   unsetenv("M2_SSD_CHUNK_TC"); /* read once: on by default */
-  unsetenv("M2_SSD_BWD_GROUPED"); /* read once: off by default */
+  unsetenv("M2_SSD_BWD_GROUPED"); /* read once: on by default */
   PAR_SKIP_WITHOUT_GPU("cuda_ops_ssd_chunk");
   CHECK(m2_cuda_ssd_chunk_mode(-1) == 1, "the chunked kernels are not on by default (mode %d)", m2_cuda_ssd_chunk_mode(-1));
-  CHECK(m2_cuda_ssd_bwd_grouped(-1) == 0, "the grouped backward is not off by default (%d)",
+  CHECK(m2_cuda_ssd_bwd_grouped(-1) == 1, "the grouped backward is not on by default (%d)",
         m2_cuda_ssd_bwd_grouped(-1));
   for (g_grouped = 0; g_grouped <= 1; g_grouped++) { /* dB, dC from per-head partials, then the grouped backward */
     m2_cuda_ssd_bwd_grouped(g_grouped);
