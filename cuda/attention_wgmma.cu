@@ -1,6 +1,6 @@
 /* attention_wgmma.cu — the attention forward on Hopper's warpgroup products (wgmma, sm_90a), flash-attention style:
- * the path of m2_att_tc_fwd (cuda/attention_tc.cu) for head dims 64 and 128 when the switch M2_ATTN_WGMMA=1 is on
- * and the device is sm_90. Built for sm_90a only (CMakeLists.txt compiles this file alone with
+ * the path of m2_att_tc_fwd (cuda/attention_tc.cu) for head dims 64 and 128 on sm_90 devices unless the switch
+ * M2_ATTN_WGMMA=0 turns it off (on by default since it passed cuda_ops_attention on an H100, 2026-12-07). Built for sm_90a only (CMakeLists.txt compiles this file alone with
  * -gencode=arch=compute_90a,code=sm_90a where the build targets 90); for other targets the kernel is an empty stub
  * that att_wgmma_fwd_ok never lets run.
  *
@@ -291,7 +291,7 @@ int g_wg_mode = -1; /* -1: not read yet; 0 off, 1 on, 2 on with the overlap insi
 int wg_mode() {
   if (g_wg_mode < 0) {
     const char *e = getenv("M2_ATTN_WGMMA");
-    g_wg_mode = e && !strcmp(e, "1") ? 1 : e && !strcmp(e, "2") ? 2 : 0;
+    g_wg_mode = e && !strcmp(e, "0") ? 0 : e && !strcmp(e, "2") ? 2 : 1; /* on unless 0 (parity on an H100, 2026-12-07) */
   }
   return g_wg_mode;
 }

@@ -16,7 +16,7 @@ m2_status m2_cuda_register(void);
 long m2_cuda_attention_tc_calls(void);
 /* The attention forward on Hopper's warpgroup products (cuda/attention_wgmma.cu) from now on: 1 on (sm_90 devices,
  * head dims 64 and 128, calls of the tensor-core path), 2 on with softmax and P v overlapped inside a warpgroup,
- * 0 off; -1 keeps it. Returns the previous setting (at first: M2_ATTN_WGMMA's "1" or "2", else 0). */
+ * 0 off; -1 keeps it. Returns the previous setting (at first: 0 where M2_ATTN_WGMMA is "0", 2 where "2", else 1). */
 int m2_cuda_attention_wgmma(int set);
 /* Forwards run by that kernel so far (tests check that a call took that path; they also count in
  * m2_cuda_attention_tc_calls). */
