@@ -805,6 +805,8 @@ long g_bwd_calls, g_keep_used_calls, g_bwy2_calls;
 
 }  // namespace
 
+#include "gdn_chunk_bwy2.cuh" /* k_gdn_bwy2: the chunk gradients under M2_GDN_BWD_V2 */
+
 extern "C" long m2_cuda_gdn_chunk_tc_bwd_calls(void) { return g_bwd_calls; }
 extern "C" long m2_cuda_gdn_keep_used_calls(void) { return g_keep_used_calls; }
 extern "C" long m2_cuda_gdn_bwy2_calls(void) { return g_bwy2_calls; }
@@ -827,7 +829,7 @@ m2_status gdn_tc_backward(const m2_gdn_attr *d, m2_dtype dt, m2_device dev, cuda
   m2_tensor *t16[NB16] = {0}, *t32[NF32] = {0};
   m2_status s = M2_OK;
   /* kept: prep's outputs come from the forward (W .. P of the bf16 buffers, EL .. QK of the fp32 ones) */
-  const bool kept = keep16 && keep32, v2 = false; /* k_gdn_bwy2: next */
+  const bool kept = keep16 && keep32, v2 = m2_cuda_gdn_bwd_v2(-1) == 1;
   for (int i = 0; i < NB16 && s == M2_OK; i++)
     if (!(kept && i <= P) && !(t16[i] = m2_empty(M2_BF16, dev, 1, &n16[i]))) s = m2_errcode();
   for (int i = 0; i < NF32 && s == M2_OK; i++)
@@ -856,6 +858,8 @@ m2_status gdn_tc_backward(const m2_gdn_attr *d, m2_dtype dt, m2_device dev, cuda
         e = cudaFuncSetAttribute(k_gdn_bscan<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)ss);
       if (e == cudaSuccess && !v2)
         e = cudaFuncSetAttribute(k_gdn_bwy<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sw);
+      if (e == cudaSuccess && v2)
+        e = cudaFuncSetAttribute(k_gdn_bwy2<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bwy2_smem());
       if (e == cudaSuccess) {
         if (!kept)
           k_gdn_prep<T><<<dim3((unsigned)NC, (unsigned)BH), 128, sp, st>>>(x[0], x[1], x[2], x[3], x[4], po, d->T, H,
@@ -866,7 +870,10 @@ m2_status gdn_tc_backward(const m2_gdn_attr *d, m2_dtype dt, m2_device dev, cuda
         if (sizeof(T) == 2 && ((uintptr_t)dy & 15) == 0)
           k_gdn_bgrad<T, true><<<gg, NT, sg, st>>>(bg, ck, (const T *)dy, d->T, H, K, V, NC);
         else k_gdn_bgrad<T, false><<<gg, NT, sg, st>>>(bg, ck, (const T *)dy, d->T, H, K, V, NC);
-        if (!v2)
+        if (v2)
+          k_gdn_bwy2<T><<<dim3((unsigned)NC, (unsigned)BH), NT, bwy2_smem(), st>>>(
+              bw, x[0], x[1], x[2], x[3], x[4], g[0], g[1], g[2], g[3], g[4], d->T, H, K, V, NC, (float)d->scale);
+        else
           k_gdn_bwy<T><<<dim3((unsigned)NC, (unsigned)BH), NT, sw, st>>>(bw, x[0], x[1], x[2], x[3], x[4], g[0],
                                                                           g[1], g[2], g[3], g[4], d->T, H, K, V, NC,
                                                                           (float)d->scale);
