@@ -250,8 +250,7 @@ __global__ void __launch_bounds__(NT) k_gdn_bwy2(bwy_io io, const T *q, const T 
   /* 4. dq = scale e^gam dQ~ + M K, dk = e^(gam_L - gam) dK~ + M^T Q + N~ K + diag(beta e^gam) T^T dW, 64 key columns
         at a time (S1 = K, S2 = Q, S3 = dW as bf16); the row terms of dgam, dbeta, gam_L in this thread's rows. The
         fp32 matrices are free from here: k, q (as given), dQ~, dK~ of the tile go there (Kf, Qf, DQ, DK) for the
-        elementwise terms; tiles through registers, the next tile's (then step 5's first) loads issued before this
-        tile's products. */
+        elementwise terms; tiles through registers, the next tile's loads issued before this tile's products. */
   float *Kf = G, *Qf = KK, *DQ = dP, *DK = E1;
   for (int x0 = 0; x0 < K; x0 += 64) {
     const int nc = K - x0 < 64 ? K - x0 : 64;
@@ -294,7 +293,7 @@ __global__ void __launch_bounds__(NT) k_gdn_bwy2(bwy_io io, const T *q, const T 
     __syncthreads();
   }
 
-  /* 6. the row parts: over the quad's lanes, then the two column halves (nh) in order; gam_L terms, reverse cumsum */
+  /* 6. the row parts: over the quad's lanes, then the two column halves (nh); gam_L terms, reverse running sum */
 #pragma unroll
   for (int hr = 0; hr < 2; hr++) {
     float a = quad_sum(rq[hr]), bb = quad_sum(rb[hr]), l = quad_sum(rl[hr]);
