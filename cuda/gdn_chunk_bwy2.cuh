@@ -7,6 +7,8 @@
  *    chunk 128 KiB less read (dU, v) and 8 fewer staged tiles with their barriers and load round trips, one more
  *    64 x 64 x 64 product in each V tile. dv's operands (T, dU as bf16) and its fp32 sum are k_gdn_bwy's: the same
  *    values; the dbeta row parts add the V terms before the K terms (k_gdn_bwy: after), a different fp32 order.
+ *  - step 1's tiles through two sets of registers: a tile's loads go out two tiles ahead of its products (k_gdn_bwy:
+ *    one), into L2 three ahead (k_gdn_bwy: two), so that a tile's load round trip overlaps two tiles' work.
  *  - the serial steps in parallel: the running sum of g by a warp scan (k_gdn_bwy: one thread), the row minus column
  *    sums of step 3 by 4 threads a row (16 columns each, then over the quad; k_gdn_bwy: 64 threads, 64 columns),
  *    step 6's row parts by 64 threads and the reverse running sum of dgam by a warp scan (k_gdn_bwy: one thread for
@@ -81,23 +83,24 @@ __global__ void __launch_bounds__(NT) k_gdn_bwy2(bwy_io io, const T *q, const T 
         d[m][0] = x[m + 1][u].x, d[m][1] = x[m + 1][u].y, d[m][2] = x[m + 1][u].z, d[m][3] = x[m + 1][u].w;
     }
   }
-  /* step 1's tiles (below): V's, then K's; the first one's loads go out under the sums of g */
+  /* step 1's tiles (below): V's, then K's, through two sets of registers (tile t in set t % 2): a tile's loads go
+     out two tiles ahead of its product, the first two's under the sums of g */
   const int NV1 = V / 64, N1 = NV1 + (K + 63) / 64; /* tiles: V's, then K's */
   const int64_t qld = (int64_t)H * K, vld = (int64_t)H * V; /* row strides of q, k and of v */
-  reg64<__nv_bfloat16> r1u; /* dU of a V tile */
-  reg64<float> r1w;          /* dW of a K tile */
-  reg64<T> r1b;              /* v or k */
-  auto t1_load = [&](int t) {
+  reg64<__nv_bfloat16> r1u0, r1u1; /* dU of a V tile */
+  reg64<float> r1w0, r1w1;          /* dW of a K tile */
+  reg64<T> r1b0, r1b1;              /* v or k */
+  auto t1_load = [&](reg64<__nv_bfloat16> &ru, reg64<float> &rw, reg64<T> &rx, int t) { /* tile t, if any */
     if (t < NV1) {
-      reg64_load(r1u, as_bf(io.dVp) + row0 * V + 64 * t, V, C, 64);
-      reg64_load(r1b, v + tok(0) * V + 64 * t, vld, L, 64);
-    } else {
+      reg64_load(ru, as_bf(io.dVp) + row0 * V + 64 * t, V, C, 64);
+      reg64_load(rx, v + tok(0) * V + 64 * t, vld, L, 64);
+    } else if (t < N1) {
       int x0 = 64 * (t - NV1), nc = K - x0 < 64 ? K - x0 : 64;
-      reg64_load(r1w, io.dW + row0 * K + x0, K, C, nc);
-      reg64_load(r1b, k + tok(0) * K + x0, qld, L, nc);
+      reg64_load(rw, io.dW + row0 * K + x0, K, C, nc);
+      reg64_load(rx, k + tok(0) * K + x0, qld, L, nc);
     }
   };
-  auto t1_l2 = [&](int t) { /* tile t towards L2 (two tiles ahead of the products) */
+  auto t1_l2 = [&](int t) { /* tile t towards L2 (three tiles ahead of the products) */
     if (t < NV1) {
       l2_prefetch_tile(io.dVp + row0 * V + 64 * t, V, C, 64);
       l2_prefetch_tile(v + tok(0) * V + 64 * t, vld, L, 64);
@@ -107,8 +110,9 @@ __global__ void __launch_bounds__(NT) k_gdn_bwy2(bwy_io io, const T *q, const T 
       l2_prefetch_tile(k + tok(0) * K + x0, qld, L, nc);
     }
   };
-  t1_load(0);
-  t1_l2(1);
+  t1_load(r1u0, r1w0, r1b0, 0);
+  t1_load(r1u1, r1w1, r1b1, 1);
+  t1_l2(2);
   __syncthreads();
   if (w == 0) { /* gam = the running sum of g: a scan of rows lane and 32 + lane, then the first half's total */
     float a = warp_scan(gam[lane], lane), hi = warp_scan(gam[32 + lane], lane);
@@ -128,46 +132,47 @@ __global__ void __launch_bounds__(NT) k_gdn_bwy2(bwy_io io, const T *q, const T 
 
   /* 1. dT = dU (diag(beta) V)^T + dW (diag(beta e^gam) K)^T, 64 columns of V, then of K, at a time:
         S1 = dU or dW (64 x 64), S2 = beta V or beta e^gam K (64 x 64), dT += S1 S2^T.
-     Tiles through registers (reg64), the next tile's loads issued before this tile's product (two loops: dU and dW
-     are held in differently laid out registers).
+     Tiles through registers (reg64), tile t + 2's loads issued into the set tile t leaves before tile t's products.
      The V tiles also give dv = diag(beta) T^T dU and the <X_r, v_r> terms of dbeta (k_gdn_bwy's step 5: X = T^T dU
      needs T only), from the same S1 and v (as given, fp32 in Vf): dU and v are read once. */
   float acc[4][4];
   zero4(acc);
   float rq[2] = {0.0f, 0.0f}, rb[2] = {0.0f, 0.0f}, rl[2] = {0.0f, 0.0f}; /* this thread's rows' parts (step 6) */
   float *Vf = E1; /* E1 is first written in step 3 */
-  for (int t = 0; t < NV1; t++) { /* V tiles: S1 = dU, S2 = beta V */
-    reg64_put(S1, LDC, r1u, C, 64, tile::ident());
-    reg64_put(S2, LDC, r1b, L, 64, [&](int rr, int, float x) { return bet[rr] * x; });
-    reg64_putf(Vf, LDM, r1b, L, 64);
+  auto t1_tile = [&](int t, reg64<__nv_bfloat16> &ru, reg64<float> &rw, reg64<T> &rx) {
+    if (t < NV1) { /* a V tile: S1 = dU, S2 = beta V, Vf = v */
+      reg64_put(S1, LDC, ru, C, 64, tile::ident());
+      reg64_put(S2, LDC, rx, L, 64, [&](int rr, int, float x) { return bet[rr] * x; });
+      reg64_putf(Vf, LDM, rx, L, 64);
+    } else { /* a K tile: S1 = dW, S2 = beta e^gam K */
+      const int nc = K - 64 * (t - NV1) < 64 ? K - 64 * (t - NV1) : 64;
+      reg64_put(S1, LDC, rw, C, nc, tile::ident());
+      reg64_put(S2, LDC, rx, L, nc, [&](int rr, int, float x) { return bet[rr] * eg[rr] * x; });
+    }
     __syncthreads();
-    t1_load(t + 1); /* (N1 > NV1: after the last V tile, the first K tile) */
-    t1_l2(t + 2);
+    t1_load(ru, rw, rx, t + 2); /* into the set this tile has left */
+    t1_l2(t + 3);
     mul64(acc, S1, false, S2, true, mr, nh, lane);
-    float ax[4][4]; /* X = T^T dU of this tile */
-    zero4(ax);
-    mul64(ax, Tb, true, S1, false, mr, nh, lane);
+    if (t < NV1) {
+      float ax[4][4]; /* X = T^T dU of this tile */
+      zero4(ax);
+      mul64(ax, Tb, true, S1, false, mr, nh, lane);
 #pragma unroll
-    for (int n = 0; n < 4; n++)
+      for (int n = 0; n < 4; n++)
 #pragma unroll
-      for (int e0 = 0; e0 < 4; e0 += 2) {
-        int rr = 16 * mr + c_row(lane, e0), xl = 32 * nh + 8 * n + c_col(lane, e0), x = 64 * t + xl;
-        if (rr >= L) continue;
-        rb[e0 >> 1] += ax[n][e0] * Vf[rr * LDM + xl];
-        rb[e0 >> 1] += ax[n][e0 + 1] * Vf[rr * LDM + xl + 1];
-        if (dv) st_pair(dv + tok(rr) * V + x, bet[rr] * ax[n][e0], bet[rr] * ax[n][e0 + 1]);
-      }
+        for (int e0 = 0; e0 < 4; e0 += 2) {
+          int rr = 16 * mr + c_row(lane, e0), xl = 32 * nh + 8 * n + c_col(lane, e0), x = 64 * t + xl;
+          if (rr >= L) continue;
+          rb[e0 >> 1] += ax[n][e0] * Vf[rr * LDM + xl];
+          rb[e0 >> 1] += ax[n][e0 + 1] * Vf[rr * LDM + xl + 1];
+          if (dv) st_pair(dv + tok(rr) * V + x, bet[rr] * ax[n][e0], bet[rr] * ax[n][e0 + 1]);
+        }
+    }
     __syncthreads();
-  }
-  for (int t = NV1; t < N1; t++) { /* K tiles: S1 = dW, S2 = beta e^gam K */
-    const int nc = K - 64 * (t - NV1) < 64 ? K - 64 * (t - NV1) : 64;
-    reg64_put(S1, LDC, r1w, C, nc, tile::ident());
-    reg64_put(S2, LDC, r1b, L, nc, [&](int rr, int, float x) { return bet[rr] * eg[rr] * x; });
-    __syncthreads();
-    if (t + 1 < N1) t1_load(t + 1);
-    t1_l2(t + 2);
-    mul64(acc, S1, false, S2, true, mr, nh, lane);
-    __syncthreads();
+  };
+  for (int t = 0; t < N1; t += 2) { /* tiles t (set 0) and t + 1 (set 1) */
+    t1_tile(t, r1u0, r1w0, r1b0);
+    if (t + 1 < N1) t1_tile(t + 1, r1u1, r1w1, r1b1);
   }
   /* step 4's tiles (below) through registers; the first one's loads go out under steps 2 and 3 */
   reg64<T> r4k, r4q;
