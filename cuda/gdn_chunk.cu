@@ -201,6 +201,8 @@ __global__ void __launch_bounds__(256) k_gdn_scan(scan_in in, const T *h0, T *o,
 
 int g_switch = -1; /* -1: the environment not read yet */
 long g_calls;
+int g_v2 = -1; /* M2_GDN_BWD_V2: -1 not read yet */
+long g_keep_calls;
 
 }  // namespace
 
@@ -214,6 +216,27 @@ extern "C" int m2_cuda_gdn_chunk_tc(int set) {
 }
 
 extern "C" long m2_cuda_gdn_chunk_tc_calls(void) { return g_calls; }
+
+extern "C" int m2_cuda_gdn_bwd_v2(int set) {
+  if (set == 0 || set == 1) g_v2 = set;
+  else if (g_v2 < 0) { /* off unless M2_GDN_BWD_V2=1 */
+    const char *e = getenv("M2_GDN_BWD_V2");
+    g_v2 = e && strcmp(e, "1") == 0 ? 1 : 0;
+  }
+  return g_v2;
+}
+
+extern "C" long m2_cuda_gdn_keep_calls(void) { return g_keep_calls; }
+
+bool gdn_tc_keep_applies(const m2_gdn_attr *d, int64_t seg, m2_dtype dt) {
+  return m2_cuda_gdn_bwd_v2(-1) == 1 && gdn_tc_bwd_applies(d, seg, dt);
+}
+
+void gdn_tc_keep_numel(const m2_gdn_attr *d, int64_t *n16, int64_t *n32) {
+  const int64_t BH = d->B * d->H, NC = (d->T + C - 1) / C, R = BH * NC * C;
+  *n16 = 3 * R * d->K + R * d->V + R * C;
+  *n32 = 3 * R * C + BH * NC;
+}
 
 bool gdn_tc_precision_ok(m2_dtype dt) {
   return dt == M2_BF16 || (dt == M2_F32 && m2_matmul_precision() == M2_MM_BF16);
@@ -229,17 +252,21 @@ bool gdn_tc_shape_ok(const m2_gdn_attr *d, int64_t seg) {
 }
 
 m2_status gdn_tc_forward(const m2_gdn_attr *d, m2_dtype dt, m2_device dev, cudaStream_t st, const void *const in[6],
-                         void *o, void *hT, float *ck) {
+                         void *o, void *hT, float *ck, void *keep16, float *keep32) {
   const int K = (int)d->K, V = (int)d->V, H = (int)d->H, NC = (int)((d->T + C - 1) / C);
   const int64_t BH = d->B * d->H, rows = BH * NC * C;
   int64_t nW = rows * K, nU = rows * V, nP = BH * NC * C * C, nE = BH * NC;
-  m2_tensor *W = m2_empty(M2_BF16, dev, 1, &nW), *U = m2_empty(M2_BF16, dev, 1, &nU),
-            *Qt = m2_empty(M2_BF16, dev, 1, &nW), *Kt = m2_empty(M2_BF16, dev, 1, &nW),
-            *P = m2_empty(M2_BF16, dev, 1, &nP), *eL = m2_empty(M2_F32, dev, 1, &nE);
-  m2_status s = (W && U && Qt && Kt && P && eL) ? M2_OK : m2_errcode();
+  const bool kept = keep16 && keep32; /* prep writes into the kept tensors (T, K K^T, Q K^T too): no scratch */
+  m2_tensor *W = NULL, *U = NULL, *Qt = NULL, *Kt = NULL, *P = NULL, *eL = NULL;
+  if (!kept)
+    W = m2_empty(M2_BF16, dev, 1, &nW), U = m2_empty(M2_BF16, dev, 1, &nU), Qt = m2_empty(M2_BF16, dev, 1, &nW),
+    Kt = m2_empty(M2_BF16, dev, 1, &nW), P = m2_empty(M2_BF16, dev, 1, &nP), eL = m2_empty(M2_F32, dev, 1, &nE);
+  m2_status s = (kept || (W && U && Qt && Kt && P && eL)) ? M2_OK : m2_errcode();
   if (s == M2_OK) {
-    prep_out po = {(uint16_t *)m2_data(W), (uint16_t *)m2_data(U), (uint16_t *)m2_data(Qt), (uint16_t *)m2_data(Kt),
-                   (uint16_t *)m2_data(P), (float *)m2_data(eL), NULL, NULL, NULL};
+    prep_out po = kept ? prep_split(BH, NC, K, V, (uint16_t *)keep16, keep32)
+                       : prep_out{(uint16_t *)m2_data(W), (uint16_t *)m2_data(U), (uint16_t *)m2_data(Qt),
+                                  (uint16_t *)m2_data(Kt), (uint16_t *)m2_data(P), (float *)m2_data(eL), NULL, NULL,
+                                  NULL};
     scan_in si = {po.W, po.U, po.Qt, po.Kt, po.P, po.eL};
     size_t sp = prep_smem(K), ss = scan_smem(K);
     cudaError_t e = cudaSuccess;
@@ -258,7 +285,7 @@ m2_status gdn_tc_forward(const m2_gdn_attr *d, m2_dtype dt, m2_device dev, cudaS
     });
     if (e != cudaSuccess)
       s = m2_fail(M2_ERR_CUDA, "gdn_chunked: chunked tensor-core forward launch failed: %s", cudaGetErrorString(e));
-    else g_calls++;
+    else g_calls++, g_keep_calls += kept;
   }
   m2_release(W), m2_release(U), m2_release(Qt), m2_release(Kt), m2_release(P), m2_release(eL);
   return s;

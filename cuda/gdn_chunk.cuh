@@ -89,6 +89,17 @@ struct prep_out {
   float *T, *KK, *QK;            /* for the backward, else NULL: T, k_r.k_j, q_r.k_j (BH, NC, 64, 64) fp32 */
 };
 
+/* prep's outputs inside the two tensors the forward keeps under M2_GDN_BWD_V2 (gdn_tc_keep_numel, gdn_chunk.h):
+ * b16 = W | Q~ | K~ | U | P, f32 = T | K K^T | Q K^T | eL. Every part starts 16-byte aligned (R = BH NC 64 rows, K
+ * and V multiples of 16; eL, whose length is not, comes last). */
+static inline prep_out prep_split(int64_t BH, int NC, int K, int V, uint16_t *b16, float *f32) {
+  const int64_t R = BH * NC * (int64_t)C, nK = R * K, nV = R * V, nM = R * C;
+  prep_out p;
+  p.W = b16, p.Qt = b16 + nK, p.Kt = b16 + 2 * nK, p.U = b16 + 3 * nK, p.P = b16 + 3 * nK + nV;
+  p.T = f32, p.KK = f32 + nM, p.QK = f32 + 2 * nM, p.eL = f32 + 3 * nM;
+  return p;
+}
+
 template <class T>
 __global__ void __launch_bounds__(128) k_gdn_prep(const T *q, const T *k, const T *v, const T *g, const T *beta,
                                                   prep_out out, int64_t Tn, int H, int K, int V, float scale, int NC) {

@@ -25,13 +25,27 @@ bool gdn_tc_bwd_applies(const m2_gdn_attr *d, int64_t seg, m2_dtype dt);
 /* bf16, or f32 under M2_MM_BF16 */
 bool gdn_tc_precision_ok(m2_dtype dt);
 
+/* Whether a forward with these attributes keeps prep's outputs for the backward (M2_GDN_BWD_V2, m2_cuda_gdn_bwd_v2):
+ * the switch on and the chunked backward taking the call (gdn_tc_bwd_applies). */
+bool gdn_tc_keep_applies(const m2_gdn_attr *d, int64_t seg, m2_dtype dt);
+/* Elements of the two tensors that hold prep's outputs (with NC = ceil(T / 64), R = B H NC 64 padded rows):
+ *   keep16 (bf16) = W (R, K) | Q~ (R, K) | K~ (R, K) | U (R, V) | P (B H NC, 64, 64)       : 3 R K + R V + R 64
+ *   keep32 (fp32) = T | K K^T | Q K^T (each B H NC, 64, 64) | exp(gam_63) (B H NC)          : 3 R 64 + B H NC
+ * 400M layer (B 8, T 4096, H 2, K 256, V 512): 176 MB + 50 MB. */
+void gdn_tc_keep_numel(const m2_gdn_attr *d, int64_t *n16, int64_t *n32);
+
 /* Forward on stream st. in = {q, k, v, g, beta, h0 or NULL} (dtype dt: f32 or bf16, contiguous); o (B,T,H,V) and
- * hT (B,H,K,V) in dt; ck (B,H,NS,V,K) fp32 (NS = ceil(T / 64)) or NULL. dev: where the scratch goes. */
+ * hT (B,H,K,V) in dt; ck (B,H,NS,V,K) fp32 (NS = ceil(T / 64)) or NULL. dev: where the scratch goes. keep16, keep32
+ * (gdn_tc_keep_numel's sizes, 16-byte aligned) or both NULL: where prep writes its outputs, T, K K^T and Q K^T too,
+ * for the backward (else they are scratch of this call). */
 m2_status gdn_tc_forward(const m2_gdn_attr *d, m2_dtype dt, m2_device dev, cudaStream_t st, const void *const in[6],
-                         void *o, void *hT, float *ck);
+                         void *o, void *hT, float *ck, void *keep16, float *keep32);
 
 /* Backward on stream st from the forward's fp32 states ck (B,H,NS,V,K). in as for the forward; dy (B,T,H,V) and dhT
- * (B,H,K,V) or NULL, in dt; din = {dq, dk, dv, dg, dbeta, dh0}, each NULL when not wanted, in dt. */
+ * (B,H,K,V) or NULL, in dt; din = {dq, dk, dv, dg, dbeta, dh0}, each NULL when not wanted, in dt. keep16, keep32:
+ * the forward's kept prep outputs (then prep is not run again) or both NULL. With m2_cuda_gdn_bwd_v2 on, the chunk
+ * gradients come from k_gdn_bwy2, else from k_gdn_bwy. */
 m2_status gdn_tc_backward(const m2_gdn_attr *d, m2_dtype dt, m2_device dev, cudaStream_t st, const void *const in[6],
-                          const void *dy, const void *dhT, const float *ck, void *const din[6]);
+                          const void *dy, const void *dhT, const float *ck, const void *keep16, const float *keep32,
+                          void *const din[6]);
 #endif

@@ -801,18 +801,23 @@ __global__ void __launch_bounds__(NT) k_gdn_bwy(bwy_io io, const T *q, const T *
   }
 }
 
-long g_bwd_calls;
+long g_bwd_calls, g_keep_used_calls, g_bwy2_calls;
 
 }  // namespace
 
+#include "gdn_chunk_bwy2.cuh" /* k_gdn_bwy2: the chunk gradients under M2_GDN_BWD_V2 */
+
 extern "C" long m2_cuda_gdn_chunk_tc_bwd_calls(void) { return g_bwd_calls; }
+extern "C" long m2_cuda_gdn_keep_used_calls(void) { return g_keep_used_calls; }
+extern "C" long m2_cuda_gdn_bwy2_calls(void) { return g_bwy2_calls; }
 
 bool gdn_tc_bwd_applies(const m2_gdn_attr *d, int64_t seg, m2_dtype dt) {
   return m2_cuda_gdn_chunk_tc(-1) == 1 && gdn_tc_precision_ok(dt) && gdn_tc_shape_ok(d, seg);
 }
 
 m2_status gdn_tc_backward(const m2_gdn_attr *d, m2_dtype dt, m2_device dev, cudaStream_t st, const void *const in[6],
-                          const void *dy, const void *dhT, const float *ck, void *const din[6]) {
+                          const void *dy, const void *dhT, const float *ck, const void *keep16, const float *keep32,
+                          void *const din[6]) {
   const int K = (int)d->K, V = (int)d->V, H = (int)d->H, NC = (int)((d->T + C - 1) / C), NVT = V / BV;
   const int64_t BH = d->B * d->H, rows = BH * NC * C;
   int64_t nK = rows * K, nV = rows * V, nM = BH * NC * C * C, nE = BH * NC, nS = BH * NC * (int64_t)K * V,
@@ -823,15 +828,22 @@ m2_status gdn_tc_backward(const m2_gdn_attr *d, m2_dtype dt, m2_device dev, cuda
   const int64_t n32[NF32] = {nE, nM, nM, nM, nK, nK, nK, nM, nD};
   m2_tensor *t16[NB16] = {0}, *t32[NF32] = {0};
   m2_status s = M2_OK;
+  /* kept: prep's outputs come from the forward (W .. P of the bf16 buffers, EL .. QK of the fp32 ones) */
+  const bool kept = keep16 && keep32, v2 = m2_cuda_gdn_bwd_v2(-1) == 1;
   for (int i = 0; i < NB16 && s == M2_OK; i++)
-    if (!(t16[i] = m2_empty(M2_BF16, dev, 1, &n16[i]))) s = m2_errcode();
+    if (!(kept && i <= P) && !(t16[i] = m2_empty(M2_BF16, dev, 1, &n16[i]))) s = m2_errcode();
   for (int i = 0; i < NF32 && s == M2_OK; i++)
-    if (!(t32[i] = m2_empty(M2_F32, dev, 1, &n32[i]))) s = m2_errcode();
+    if (!(kept && i <= QK) && !(t32[i] = m2_empty(M2_F32, dev, 1, &n32[i]))) s = m2_errcode();
   if (s == M2_OK) {
     uint16_t *b16[NB16];
     float *f32[NF32];
-    for (int i = 0; i < NB16; i++) b16[i] = (uint16_t *)m2_data(t16[i]);
-    for (int i = 0; i < NF32; i++) f32[i] = (float *)m2_data(t32[i]);
+    for (int i = 0; i < NB16; i++) b16[i] = t16[i] ? (uint16_t *)m2_data(t16[i]) : NULL;
+    for (int i = 0; i < NF32; i++) f32[i] = t32[i] ? (float *)m2_data(t32[i]) : NULL;
+    if (kept) {
+      prep_out k = prep_split(BH, NC, K, V, (uint16_t *)keep16, (float *)keep32); /* read only below */
+      b16[W] = k.W, b16[U] = k.U, b16[QT] = k.Qt, b16[KT] = k.Kt, b16[P] = k.P;
+      f32[EL] = k.eL, f32[TM] = k.T, f32[KK] = k.KK, f32[QK] = k.QK;
+    }
     prep_out po = {b16[W], b16[U], b16[QT], b16[KT], b16[P], f32[EL], f32[TM], f32[KK], f32[QK]};
     bscan_io bs = {b16[W], b16[U], b16[QT], b16[KT], b16[P], f32[EL], b16[VP], b16[DVP], b16[DS], f32[SDS]};
     bgrad_io bg = {b16[VP], b16[DVP], b16[DS], f32[DQT], f32[DKT], f32[DW], f32[DP]};
@@ -844,26 +856,33 @@ m2_status gdn_tc_backward(const m2_gdn_attr *d, m2_dtype dt, m2_device dev, cuda
       e = cudaFuncSetAttribute(k_gdn_prep<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sp);
       if (e == cudaSuccess)
         e = cudaFuncSetAttribute(k_gdn_bscan<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)ss);
-      if (e == cudaSuccess)
+      if (e == cudaSuccess && !v2)
         e = cudaFuncSetAttribute(k_gdn_bwy<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sw);
+      if (e == cudaSuccess && v2)
+        e = cudaFuncSetAttribute(k_gdn_bwy2<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bwy2_smem());
       if (e == cudaSuccess) {
-        k_gdn_prep<T><<<dim3((unsigned)NC, (unsigned)BH), 128, sp, st>>>(x[0], x[1], x[2], x[3], x[4], po, d->T, H,
-                                                                          K, V, (float)d->scale, NC);
+        if (!kept)
+          k_gdn_prep<T><<<dim3((unsigned)NC, (unsigned)BH), 128, sp, st>>>(x[0], x[1], x[2], x[3], x[4], po, d->T, H,
+                                                                            K, V, (float)d->scale, NC);
         k_gdn_bscan<T><<<dim3((unsigned)NVT, (unsigned)BH), NT, ss, st>>>(bs, ck, (const T *)dy, (const T *)dhT,
                                                                            g[5], d->T, H, K, V, NC);
         const dim3 gg((unsigned)((K + 63) / 64), (unsigned)NC, (unsigned)BH);
         if (sizeof(T) == 2 && ((uintptr_t)dy & 15) == 0)
           k_gdn_bgrad<T, true><<<gg, NT, sg, st>>>(bg, ck, (const T *)dy, d->T, H, K, V, NC);
         else k_gdn_bgrad<T, false><<<gg, NT, sg, st>>>(bg, ck, (const T *)dy, d->T, H, K, V, NC);
-        k_gdn_bwy<T><<<dim3((unsigned)NC, (unsigned)BH), NT, sw, st>>>(bw, x[0], x[1], x[2], x[3], x[4], g[0],
-                                                                        g[1], g[2], g[3], g[4], d->T, H, K, V, NC,
-                                                                        (float)d->scale);
+        if (v2)
+          k_gdn_bwy2<T><<<dim3((unsigned)NC, (unsigned)BH), NT, bwy2_smem(), st>>>(
+              bw, x[0], x[1], x[2], x[3], x[4], g[0], g[1], g[2], g[3], g[4], d->T, H, K, V, NC, (float)d->scale);
+        else
+          k_gdn_bwy<T><<<dim3((unsigned)NC, (unsigned)BH), NT, sw, st>>>(bw, x[0], x[1], x[2], x[3], x[4], g[0],
+                                                                          g[1], g[2], g[3], g[4], d->T, H, K, V, NC,
+                                                                          (float)d->scale);
         e = cudaGetLastError();
       }
     });
     if (e != cudaSuccess)
       s = m2_fail(M2_ERR_CUDA, "gdn: chunked tensor-core backward launch failed: %s", cudaGetErrorString(e));
-    else g_bwd_calls++;
+    else g_bwd_calls++, g_keep_used_calls += kept, g_bwy2_calls += v2;
   }
   for (int i = 0; i < NB16; i++) m2_release(t16[i]);
   for (int i = 0; i < NF32; i++) m2_release(t32[i]);

@@ -47,6 +47,16 @@ long m2_cuda_ssd_bwd_grouped_calls(void);
 int m2_cuda_gdn_chunk_tc(int set);
 long m2_cuda_gdn_chunk_tc_calls(void);
 long m2_cuda_gdn_chunk_tc_bwd_calls(void);
+/* The chunked GDN backward's second form from now on (off by default until its parity is measured on a GPU): 1 keeps
+ * prep's outputs (W, U, Q~, K~, P, T, K K^T, Q K^T, the chunk decays) from the forward as saved tensors of the op, so
+ * that the backward does not run prep again, and runs the chunk-gradient kernel k_gdn_bwy2 (cuda/gdn_chunk_bwy2.cuh)
+ * in place of k_gdn_bwy; 0 off; -1 only asks. Returns the setting (at first: 1 where M2_GDN_BWD_V2 is "1", else 0;
+ * read once). Applies where the chunked backward does (m2_cuda_gdn_chunk_tc 1, cuda/gdn_chunk.h).
+ * Forwards that kept prep's outputs, backwards that used them (no prep launch), backwards that ran k_gdn_bwy2. */
+int m2_cuda_gdn_bwd_v2(int set);
+long m2_cuda_gdn_keep_calls(void);
+long m2_cuda_gdn_keep_used_calls(void);
+long m2_cuda_gdn_bwy2_calls(void);
 
 #ifdef __cplusplus
 }

@@ -11,6 +11,9 @@
  * so one warp owns one column j (lane l holds rows i = l + 32 r, r < R) and walks the time axis.
  * Forward: y and hT, plus (when a tape node will be recorded) the fp32 states before every seg-th step,
  * saved[0] = (B, H, NS, V, K) (column-major per state, the kernels' own layout), seg = mx_seg(attr.chunk).
+ * With M2_GDN_BWD_V2=1 (m2_cuda_gdn_bwd_v2; off by default) a call the chunked backward will take also saves prep's
+ * outputs, saved[1] (bf16) and saved[2] (fp32) (gdn_tc_keep_numel, cuda/gdn_chunk.h), and its backward reads them
+ * instead of running prep again (the tape counts them as saved bytes; the CPU rows save saved[0] only).
  * The call's attributes (m2_gdn_attr) were checked by the public function; here only what these kernels take
  * (gdn_supports: f32 / bf16, K <= 512).
  * Backward (the CPU file's step formulas), one launch per checkpoint segment, last first: each warp
@@ -22,6 +25,7 @@
 #include "mixer_common.cuh"
 #include "ops_mixers_entry.h"
 #include "gdn_chunk.h"
+#include "m2cuda.h"
 extern "C" {
 #include "../core/ops_gdn.h"
 }
@@ -205,11 +209,20 @@ static m2_status gdn_forward(m2_opcall *c) {
   m2_tensor *o, *hT, *ck;
   m2_status s = mx_fwd_outputs(c, so, sh, sck, &o, &hT, &ck);
   int64_t nw = d.B * d.H * d.V;
+  m2_tensor *k16 = NULL, *k32 = NULL; /* prep's outputs kept for the backward (M2_GDN_BWD_V2), saved[1], saved[2] */
   if (s == M2_OK && nw > 0 && gdn_tc_applies(&d, seg, c->in[0]->dtype)) {
     const void *in[6];
     for (int i = 0; i < 6; i++) in[i] = c->in[i] ? m2_data(c->in[i]) : NULL;
-    s = gdn_tc_forward(&d, c->in[0]->dtype, c->in[0]->device, st, in, m2_data(o), m2_data(hT),
-                       ck ? (float *)m2_data(ck) : NULL);
+    if (ck && gdn_tc_keep_applies(&d, seg, c->in[0]->dtype)) {
+      int64_t n16, n32;
+      gdn_tc_keep_numel(&d, &n16, &n32);
+      k16 = m2_empty(M2_BF16, c->in[0]->device, 1, &n16), k32 = m2_empty(M2_F32, c->in[0]->device, 1, &n32);
+      if (!k16 || !k32) s = m2_errcode();
+    }
+    if (s == M2_OK)
+      s = gdn_tc_forward(&d, c->in[0]->dtype, c->in[0]->device, st, in, m2_data(o), m2_data(hT),
+                         ck ? (float *)m2_data(ck) : NULL, k16 ? m2_data(k16) : NULL,
+                         k32 ? (float *)m2_data(k32) : NULL);
   } else if (s == M2_OK && nw > 0) {
     unsigned grid = (unsigned)((nw + 3) / 4);
     m2_tensor **in = c->in;
@@ -218,7 +231,10 @@ static m2_status gdn_forward(m2_opcall *c) {
         ck ? (float *)m2_data(ck) : NULL, d.B, d.T, d.H, (int)d.K, d.V, scale, (int)seg, NS)));
     s = mx_launched(op, "forward");
   }
-  return mixer_fwd_finish(c, s, o, hT, ck);
+  s = mixer_fwd_finish(c, s, o, hT, ck); /* saved[0] = ck */
+  if (s == M2_OK && k16 && k32) m2_save(c, k16), m2_save(c, k32);
+  m2_release(k16), m2_release(k32);
+  return s;
 }
 
 extern "C" m2_status m2_cuda_gdn_fwd(m2_opcall *c) { return gdn_forward(c); }
@@ -244,8 +260,18 @@ extern "C" m2_status m2_cuda_gdn_bwd(m2_opcall *c) {
         in[i] = c->in[i] ? m2_data(c->in[i]) : NULL;
         din[i] = w.din[i] ? m2_data(w.din[i]) : NULL;
       }
+      /* prep's outputs, when the forward kept them (M2_GDN_BWD_V2): the saved tensors after the states */
+      const void *k16 = NULL;
+      const float *k32 = NULL;
+      if (m2_cuda_gdn_bwd_v2(-1) == 1 && c->n_saved >= 3 && c->saved[1] && c->saved[2]) {
+        int64_t n16, n32;
+        gdn_tc_keep_numel(&d, &n16, &n32);
+        if (c->saved[1]->dtype == M2_BF16 && m2_numel(c->saved[1]) == n16 && c->saved[2]->dtype == M2_F32 &&
+            m2_numel(c->saved[2]) == n32)
+          k16 = m2_data(c->saved[1]), k32 = (const float *)m2_data(c->saved[2]);
+      }
       s = gdn_tc_backward(&d, dt, c->in[0]->device, st, in, m2_data(w.dy), w.dhT ? m2_data(w.dhT) : NULL,
-                          (const float *)m2_data(c->saved[0]), din);
+                          (const float *)m2_data(c->saved[0]), k16, k32, din);
     }
     return mx_bwd_close(c, &w, s);
   }

@@ -8,12 +8,18 @@
  *  - f32 inputs take the chunked kernels under bf16 products (M2_MM_BF16) only; under f32 products the recurrent;
  *  - a full 400M-like layer (B 2, T 4096, H 2, K 256, V 512, bf16, h0) against the recurrent CUDA forward and
  *    backward (switch 0), outputs and gradients.
+ * All of it twice: with the backward's second form off (M2_GDN_BWD_V2 unset: off by default, checked) and on
+ * (m2_cuda_gdn_bwd_v2(1): the forward keeps prep's outputs as saved tensors, the backward reads them instead of
+ * running prep, and k_gdn_bwy2 gives the chunk gradients), the same cases, inputs and bounds; each chunked call
+ * checked to have kept / used the saved outputs and run k_gdn_bwy2 exactly when it should (the counters). Then one
+ * case with the switch changed between forward and backward, both ways (saved outputs absent or not read).
  * Bounds: max |cuda - ref| / max |ref| per tensor <= 2e-2 forward, 5e-2 gradients (bf16 operands of every product:
  * the inputs, T, W, U, S, V' are rounded to bf16 as operands). Skips (77) without a GPU. */
 #include <stdlib.h>
 #include "cuda_mixer_parity.h"
 
 static const double TOL_FWD = 2e-2, TOL_BWD = 5e-2;
+static int g_v2_fwd, g_v2_bwd; /* m2_cuda_gdn_bwd_v2 during the chunked forward / backward of a case */
 
 static void l2rows(arr *a) {
   int64_t d = a->shape[a->nd - 1], rows = arr_n(a) / d;
@@ -62,11 +68,18 @@ static void compare(const char *name, arr in[6], m2_dtype dt, bool ref_cuda, boo
   m2_cuda_gdn_chunk_tc(0);
   CHECK_OK(fwd(cin, cy));
   m2_cuda_gdn_chunk_tc(mode);
-  long calls = m2_cuda_gdn_chunk_tc_calls();
+  m2_cuda_gdn_bwd_v2(g_v2_fwd);
+  long calls = m2_cuda_gdn_chunk_tc_calls(), kcalls = m2_cuda_gdn_keep_calls();
   CHECK_OK(fwd(gin, gy));
   CHECK(gpu_sync_ok(), "%s %s: forward kernels failed", name, dn);
   CHECK((m2_cuda_gdn_chunk_tc_calls() > calls) == want_tc, "%s %s: the chunked path was %s", name, dn,
         want_tc ? "not taken" : "taken");
+  /* prep's outputs kept (two more saved tensors) exactly where the chunked backward will take the call */
+  const bool keep = g_v2_fwd && want_tc && mode == 1;
+  CHECK(m2_cuda_gdn_keep_calls() - kcalls == (long)keep, "%s %s: prep's outputs %s", name, dn,
+        keep ? "not kept" : "kept");
+  CHECK(gy[0] && gy[0]->grad_fn && gy[0]->grad_fn->call.n_saved == (keep ? 3 : 1), "%s %s: %d saved tensors (%d "
+        "expected)", name, dn, gy[0] && gy[0]->grad_fn ? gy[0]->grad_fn->call.n_saved : -1, keep ? 3 : 1);
   double wf = 0, wb = 0;
   for (int j = 0; j < 2; j++) {
     double e = err_of(gy[j], cy[j]);
@@ -87,7 +100,9 @@ static void compare(const char *name, arr in[6], m2_dtype dt, bool ref_cuda, boo
     m2_cuda_gdn_chunk_tc(0);
     CHECK_OK(pc_backward(2, cy, cdo));
     m2_cuda_gdn_chunk_tc(mode);
-    long bcalls = m2_cuda_gdn_chunk_tc_bwd_calls();
+    m2_cuda_gdn_bwd_v2(g_v2_bwd);
+    long bcalls = m2_cuda_gdn_chunk_tc_bwd_calls(), ucalls = m2_cuda_gdn_keep_used_calls(),
+         ycalls = m2_cuda_gdn_bwy2_calls();
     /* the backward wanting dbeta only (before the full one, which frees the saved states): the rest stays NULL */
     pcase pc = {name, "gdn_chunked", 6, 2, {{0}}, NULL, 0, 0};
     m2_tensor *pd[M2_MAX_IN] = {0};
@@ -102,6 +117,13 @@ static void compare(const char *name, arr in[6], m2_dtype dt, bool ref_cuda, boo
     CHECK(gpu_sync_ok(), "%s %s: backward kernels failed", name, dn);
     CHECK((m2_cuda_gdn_chunk_tc_bwd_calls() > bcalls) == (want_tc && mode == 1), "%s %s: the chunked backward was %s",
           name, dn, want_tc && mode == 1 ? "not taken" : "taken");
+    /* both backwards (dbeta only, then all) read the kept outputs / ran k_gdn_bwy2 exactly where they should */
+    const long nb = m2_cuda_gdn_chunk_tc_bwd_calls() - bcalls;
+    CHECK(m2_cuda_gdn_keep_used_calls() - ucalls == (keep && g_v2_bwd ? nb : 0), "%s %s: %ld of %ld backwards read "
+          "the kept prep outputs", name, dn, m2_cuda_gdn_keep_used_calls() - ucalls, nb);
+    CHECK(m2_cuda_gdn_bwy2_calls() - ycalls == (g_v2_bwd ? nb : 0), "%s %s: %ld of %ld backwards ran k_gdn_bwy2",
+          name, dn, m2_cuda_gdn_bwy2_calls() - ycalls, nb);
+    m2_cuda_gdn_bwd_v2(0);
     for (int i = 0; i < 6; i++) {
       if (!cin[i]) continue;
       double e = err_of(gin[i]->grad, cin[i]->grad);
@@ -109,7 +131,8 @@ static void compare(const char *name, arr in[6], m2_dtype dt, bool ref_cuda, boo
       if (!(e <= wb)) wb = e;
     }
   }
-  printf("  %-44s %-4s %s fwd %.2e  bwd %.2e\n", name, dn, mode == 1 ? "chunked bwd  " : "recurrent bwd", wf, wb);
+  printf("  %-44s %-4s %s v2 %d/%d fwd %.2e  bwd %.2e\n", name, dn, mode == 1 ? "chunked bwd  " : "recurrent bwd",
+         g_v2_fwd, g_v2_bwd, wf, wb);
   int di = dt == M2_BF16;
   if (!(wf <= g_worst[di][0])) g_worst[di][0] = wf;
   if (!(wb <= g_worst[di][1])) g_worst[di][1] = wb;
@@ -145,23 +168,46 @@ static void f32_products_stay_recurrent(uint64_t seed) {
   for (int i = 0; i < 6; i++) arr_free(&in[i]);
 }
 
+/* The switch changed between forward and backward: kept outputs the backward does not read (v2 on, then off), and
+ * a backward under v2 without kept outputs (off, then on: prep runs again, k_gdn_bwy2 gives the gradients). */
+static void switch_between(uint64_t seed) {
+  arr in[6];
+  gdn_inputs(in, 1, 200, 2, 64, 128, true, seed);
+  for (int on_first = 1; on_first >= 0; on_first--) {
+    g_v2_fwd = on_first, g_v2_bwd = !on_first;
+    compare(on_first ? "B1 T200 H2 K64 V128 h0, v2 fwd only" : "B1 T200 H2 K64 V128 h0, v2 bwd only", in, M2_BF16,
+            false, true, 1, seed);
+  }
+  g_v2_fwd = g_v2_bwd = 0;
+  for (int i = 0; i < 6; i++) arr_free(&in[i]);
+}
+
 int main(void) {
   PAR_SKIP_WITHOUT_GPU("cuda_ops_gdn_chunk");
   unsetenv("M2_GDN_CHUNK_TC");
+  unsetenv("M2_GDN_BWD_V2"); /* read once: off by default */
   CHECK(m2_cuda_gdn_chunk_tc(-1) == 1, "the chunked kernels are not on by default (switch %d)", m2_cuda_gdn_chunk_tc(-1));
-  uint64_t seed = 900;
-  small_case(2, 77, 2, 32, 64, true, true, seed += 10);   /* two chunks, the second partial */
-  small_case(1, 128, 1, 64, 128, false, true, seed += 10); /* whole chunks, two column blocks */
-  small_case(1, 200, 2, 48, 64, true, true, seed += 10);  /* K not a multiple of 32 */
-  small_case(2, 5, 1, 16, 64, false, true, seed += 10);   /* one short chunk */
-  small_case(1, 130, 1, 256, 64, true, true, seed += 10); /* the paper's K: two S tiles a warp */
-  small_case(1, 70, 1, 40, 64, true, false, seed += 10);  /* K = 40: the recurrent kernels */
-  f32_products_stay_recurrent(seed += 10);
-  { /* the 400M layer's dims at B 2 against the recurrent CUDA kernels */
-    arr in[6];
-    gdn_inputs(in, 2, 4096, 2, 256, 512, true, seed += 10);
-    compare("400M-like B2 T4096 H2 K256 V512 h0 vs recurrent", in, M2_BF16, true, true, 1, seed);
-    for (int i = 0; i < 6; i++) arr_free(&in[i]);
+  CHECK(m2_cuda_gdn_bwd_v2(-1) == 0, "the backward's second form is not off by default (%d)", m2_cuda_gdn_bwd_v2(-1));
+  for (int v2 = 0; v2 <= 1; v2++) { /* the same cases, inputs and bounds with M2_GDN_BWD_V2 off, then on */
+    g_v2_fwd = g_v2_bwd = v2;
+    printf("M2_GDN_BWD_V2 %s\n", v2 ? "on: prep's outputs kept, k_gdn_bwy2" : "off: prep run again, k_gdn_bwy");
+    uint64_t seed = 900;
+    small_case(2, 77, 2, 32, 64, true, true, seed += 10);   /* two chunks, the second partial */
+    small_case(1, 128, 1, 64, 128, false, true, seed += 10); /* whole chunks, two column blocks */
+    small_case(1, 200, 2, 48, 64, true, true, seed += 10);  /* K not a multiple of 32 */
+    small_case(2, 5, 1, 16, 64, false, true, seed += 10);   /* one short chunk */
+    small_case(1, 130, 1, 256, 64, true, true, seed += 10); /* the paper's K: two S tiles a warp */
+    small_case(1, 70, 1, 40, 64, true, false, seed += 10);  /* K = 40: the recurrent kernels */
+    f32_products_stay_recurrent(seed += 10);
+    { /* the 400M layer's dims at B 2 against the recurrent CUDA kernels */
+      arr in[6];
+      gdn_inputs(in, 2, 4096, 2, 256, 512, true, seed += 10);
+      compare("400M-like B2 T4096 H2 K256 V512 h0 vs recurrent", in, M2_BF16, true, true, 1, seed);
+      for (int i = 0; i < 6; i++) arr_free(&in[i]);
+    }
+    small_case(1, 100, 1, 64, 192, true, true, 2000); /* three column blocks (V / 64 odd), T past one chunk */
   }
+  switch_between(2100);
+  m2_cuda_gdn_bwd_v2(0);
   return mixer_finish("cuda_ops_gdn_chunk");
 }

@@ -4,6 +4,11 @@
  * forward only with the recurrent backward, and both), forward and forward + backward through the public API
  * (m2_gdn_chunked, m2_backward of o), median of timed repeats after a warm-up (CUDA events on the device's stream).
  * Also prints how far each chunked mode's o and dq are from the recurrent kernels' (max |x - x_rec| / max |x_rec|).
+ * The chunked forward + backward also with M2_GDN_BWD_V2 (m2_cuda_gdn_bwd_v2(1): prep's outputs kept from the
+ * forward, k_gdn_bwy2), and both chunked modes' fwd+bwd also with the leaves' gradients reset before each repeat
+ * ("grads reset"): the timed backward then ends with the op's gradients adopted as the leaves' .grad, as a layer's
+ * q, k, v gradients are by the ops that made them; without the reset (the rows before) each repeat also adds them
+ * into the gradients of the repeats before (m2_add, then a copy back: ~0.67 GB of bf16 traffic at 400M).
  *
  * FLOPs (the chunked algorithm's products, 2 per multiply-add, per (b, h) and token, chunk C = 64):
  *   prep  K K^T, Q K^T (2 C K), W = T K (C K), U = T V (C V)       -> 2 (3 C K + C V)
@@ -64,13 +69,18 @@ static std::vector<float> host_vals(m2_rng *r, int64_t n, int64_t d, bool norm, 
 struct shape { const char *layer; int64_t B, T, H, K, V; };
 struct inputs { m2_tensor *q, *k, *v, *g, *beta, *dO; };
 
-/* Median ms of reps runs of the forward (bwd false) or forward + backward. */
-static double time_it(const inputs &in, bool bwd, int reps) {
+/* Median ms of reps runs of the forward (bwd false) or forward + backward; reset: the leaves' gradients released
+ * before each run (outside the timed span), so the backward's gradients are adopted, not added. */
+static double time_it(const inputs &in, bool bwd, int reps, bool reset = false) {
   cudaStream_t st = m2_cuda_stream(0);
   cudaEvent_t a, b;
   cudaEventCreate(&a), cudaEventCreate(&b);
   std::vector<double> ms;
   for (int i = 0; i < reps + 1; i++) {
+    if (reset) {
+      m2_tensor *leaves[5] = {in.q, in.k, in.v, in.g, in.beta};
+      for (m2_tensor *t : leaves) m2_release(t->grad), t->grad = NULL;
+    }
     cudaEventRecord(a, st);
     m2_tensor *o = NULL, *hT = NULL;
     if (m2_gdn_chunked(in.q, in.k, in.v, in.g, in.beta, NULL, NULL, &o, &hT) != M2_OK) die("m2_gdn_chunked");
@@ -134,11 +144,14 @@ int main(int argc, char **argv) {
     const double bytes = 2.0 * s.B * s.T * s.H * (2 * s.K + 2 * s.V) + 4.0 * s.B * s.H * NS * s.K * s.V;
     const double bwd_bytes = 2.0 * s.B * s.T * s.H * (4 * s.K + 3 * s.V) + 4.0 * s.B * s.H * NS * s.K * s.V;
     m2_tensor *o_rec = NULL, *dq_rec = NULL;
-    const int modes[3] = {0, 2, 1}; /* recurrent; chunked forward + recurrent backward; both chunked */
-    for (int mi = 0; mi < 3; mi++) {
-      const int mode = modes[mi];
+    /* recurrent; chunked forward + recurrent backward; both chunked; both chunked with M2_GDN_BWD_V2 */
+    const int modes[4] = {0, 2, 1, 1}, v2s[4] = {0, 0, 0, 1};
+    for (int mi = 0; mi < 4; mi++) {
+      const int mode = modes[mi], v2 = v2s[mi];
       m2_cuda_gdn_chunk_tc(mode);
-      double f = mode == 1 ? NAN : time_it(in, false, reps), fb = time_it(in, true, reps);
+      m2_cuda_gdn_bwd_v2(v2);
+      double f = mode == 1 && !v2 ? NAN : time_it(in, false, reps), fb = time_it(in, true, reps);
+      double fbr = mode == 1 ? time_it(in, true, reps, true) : NAN; /* leaf gradients reset before each run */
       /* how far this mode's output and dq are from the recurrent ones */
       m2_tensor *o = NULL, *hT = NULL;
       if (m2_gdn_chunked(in.q, in.k, in.v, in.g, in.beta, NULL, NULL, &o, &hT) != M2_OK) die("m2_gdn_chunked");
@@ -151,17 +164,19 @@ int main(int argc, char **argv) {
       if (!mode) o_rec = m2_detach(o), dq_rec = m2_clone_raw(in.q->grad, in.q->grad->dtype, in.q->grad->device);
       else snprintf(dstr, sizeof dstr, "o %.2e, dq %.2e", rel_diff(o, o_rec), rel_diff(in.q->grad, dq_rec));
       m2_release(o), m2_release(hT);
-      const char *fw = mode ? "chunked (tensor cores)" : "recurrent";
+      const char *fw = v2 ? "chunked, M2_GDN_BWD_V2=1" : mode ? "chunked (tensor cores)" : "recurrent";
       const char *bwn = mode == 1 ? "fwd+bwd (chunked bwd)" : "fwd+bwd (recurrent bwd)";
-      for (int pass = 0; pass < 2; pass++) {
-        double ms = pass ? fb : f, fl = pass ? 3 * flop : flop, by = pass ? bytes + bwd_bytes : bytes;
-        if (isnan(ms)) continue; /* mode 1's forward is mode 2's */
+      for (int pass = 0; pass < 3; pass++) {
+        double ms = pass == 2 ? fbr : pass ? fb : f, fl = pass ? 3 * flop : flop, by = pass ? bytes + bwd_bytes : bytes;
+        if (isnan(ms)) continue; /* mode 1's forward is mode 2's; grads reset: the chunked backward's rows only */
         double floor_ms = 1e3 * std::max(fl / peak, by / bw);
-        printf("| %s | %lld | %lld | %lld | %lld | %lld | %s | %s | %.3f | %.1f | %.3f | %.1f | %.0f | %s |\n",
+        printf("| %s | %lld | %lld | %lld | %lld | %lld | %s | %s%s | %.3f | %.1f | %.3f | %.1f | %.0f | %s |\n",
                s.layer, (long long)s.B, (long long)s.T, (long long)s.H, (long long)s.K, (long long)s.V, fw,
-               pass ? bwn : "fwd", ms, fl / ms * 1e-9, floor_ms, fl * 1e-9, by * 1e-6, dstr);
+               pass ? bwn : "fwd", pass == 2 ? ", grads reset" : "", ms, fl / ms * 1e-9, floor_ms, fl * 1e-9,
+               by * 1e-6, dstr);
       }
     }
+    m2_cuda_gdn_bwd_v2(0);
     m2_cuda_gdn_chunk_tc(0);
     m2_release(o_rec), m2_release(dq_rec);
     m2_release(in.q), m2_release(in.k), m2_release(in.v), m2_release(in.g), m2_release(in.beta), m2_release(in.dO);

@@ -7,7 +7,8 @@
 #   ssd    quick_ssd.sh: the SSD parity tests, bench_ssd, mamba_ssm's Triton SSD (.whl/)
 #   attn   quick_attention.sh (attention parity test, bench_attention) and peer_attention.py (PyTorch SDPA)
 #   ncu    Nsight Compute time of every chunked GDN / SSD kernel launch of bench_gdn / bench_ssd (one metric, clocks
-#          left alone); M2_NCU: which benchmarks (default "gdn ssd")
+#          left alone); M2_NCU: which benchmarks (default "gdn ssd"); M2_NCU_LAUNCHES: launches profiled (default 48;
+#          bench_gdn's M2_GDN_BWD_V2 rows at 400M end near the 69th)
 #   lm     experiments/sweep_lm.lua on the GPU (issue 16's larger comparison): M2_LM_ARGS (default below) over the
 #          BPE shards in data/docs-bpe4096 (carry them: `bash datasets/corpus.sh --tokenizer bpe --vocab 4096`)
 #   lmact  hybrid-m2rnn with bf16 against f32 activations, two seeds each, the validation curves (issue 20)
@@ -54,10 +55,10 @@ part_ncu() {
   for b in ${M2_NCU:-gdn ssd}; do
     [ "$(left)" -gt 60 ] || break
     timeout $(($(left) - 40)) ncu --clock-control none --metrics gpu__time_duration.sum -k "$kre" \
-      --launch-count 48 "$build/bench/bench_$b" 1 >"$out/ncu_$b.txt" 2>&1
+      --launch-count "${M2_NCU_LAUNCHES:-48}" "$build/bench/bench_$b" 1 >"$out/ncu_$b.txt" 2>&1
     echo "ncu bench_$b: exit $?"
-    awk '/k_[a-z_]+</ {match($0, /k_[a-z_]+/); k = substr($0, RSTART, RLENGTH)} /gpu__time_duration.sum/ {
-      printf "%s %s %s\n", k, $(NF-1), $NF}' "$out/ncu_$b.txt" | head -48
+    awk '/k_[a-z_0-9]+</ {match($0, /k_[a-z_0-9]+/); k = substr($0, RSTART, RLENGTH)} /gpu__time_duration.sum/ {
+      printf "%s %s %s\n", k, $(NF-1), $NF}' "$out/ncu_$b.txt" | head -"${M2_NCU_LAUNCHES:-48}"
   done
 }
 part_lm() {
