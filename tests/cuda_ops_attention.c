@@ -9,8 +9,8 @@
  *    lengths that are not multiples of the 64-row tiles, several tiles. The GPU also rounds P and dS to bf16 (the
  *    CPU does not), so the bound is 1e-2 of the largest reference value. A counter checks that these cases really
  *    ran on the tensor-core kernels, and that a head dim they do not take (48) and f32 products do not.
- *    Every case runs in f32 and bf16 (bf16 q, k, v: the CPU computes on their values and rounds o and the
- *    gradients to bf16), twice: with the M2_ATTN_V2 path off (the default: packed operands, dq and dk/dv kernels)
+ *    Every case runs in f32 and bf16 (bf16 q, k, v on the GPU, their values in f32 on the CPU; the GPU's o and
+ *    gradients come in bf16), twice: with the M2_ATTN_V2 path off (the default: packed operands, dq and dk/dv kernels)
  *    and on (operands read in place, bf16 ones unconverted by the dispatcher, the one-pass backward with atomic dq);
  *    a second counter checks that the v2 kernels ran exactly when on, and the dispatcher's cast rule is checked
  *    directly (all-bf16 calls left unconverted only with v2 on).
