@@ -81,7 +81,8 @@ enum {
    * mixed calls to them on those devices. */
   M2_OP_MIXED_KERNELS = 1 << 8,
   /* Every backend computes a bf16 call best from f32 inputs (attention: its tensor-core kernels take f32 inputs with
-   * bf16 products, m2_attention_attr.bf16): bf16 inputs are converted on every device. */
+   * bf16 products, m2_attention_attr.bf16): bf16 inputs are converted on every device, unless a backend registered
+   * kernels that take the all-bf16 call as it is (m2_cast_register_native). */
   M2_OP_CAST_F32_KERNELS = 1 << 9,
   /* The backward runs even when no input needs a gradient (its own effects matter: recompute's nested backward
    * accumulates the gradients of parameters that are not its inputs, core/recompute.h). */
@@ -155,6 +156,11 @@ static inline void m2_call_set_attr(m2_opcall *c, const void *attr, size_t n) { 
  * conversion itself (runs c's op on the converted inputs through m2_call_run; outs as m2_call_run's). */
 bool m2_cast_needed(const m2_opcall *c, m2_device dev);
 m2_status m2_call_cast(m2_opcall *c, m2_tensor **outs);
+/* For an op with M2_OP_CAST_F32_KERNELS: a backend's say over its all-bf16 calls on device type t. takes(c) true
+ * (the call's attributes set, its inputs bf16 and on a t device) leaves the call unconverted: the backend's kernel
+ * gets the bf16 inputs and makes the outputs and gradients itself (in the dtypes the cast would give). Registering
+ * the pair (t, op) again replaces the function. Not registered: the cast as always. */
+m2_status m2_cast_register_native(m2_devtype t, const m2_op *op, bool (*takes)(const m2_opcall *c));
 /* Whether a cast call that records a tape node records ONE node, "cast_call", that keeps the call's ORIGINAL bf16
  * (and f32) inputs, instead of the to_dtype nodes and the op's node holding the f32 copies (twice the bytes): its
  * backward converts them again (exact), runs the op's backward on the copies and rounds each input's gradient to its

@@ -39,9 +39,40 @@ static cast_mix mix_of(const m2_opcall *c) {
   return m;
 }
 
+/* ---- backends' kernels that take an M2_OP_CAST_F32_KERNELS op's all-bf16 call as it is (m2_cast_register_native) */
+#define CAST_MAX_NATIVE 8
+static struct {
+  const m2_op *op;
+  m2_devtype t;
+  bool (*takes)(const m2_opcall *c);
+} g_native[CAST_MAX_NATIVE];
+static int g_n_native;
+
+m2_status m2_cast_register_native(m2_devtype t, const m2_op *op, bool (*takes)(const m2_opcall *c)) {
+  for (int i = 0; i < g_n_native; i++)
+    if (g_native[i].op == op && g_native[i].t == t) {
+      g_native[i].takes = takes;
+      return M2_OK;
+    }
+  if (!op || !takes || t == M2_CPU || g_n_native >= CAST_MAX_NATIVE)
+    return m2_fail(M2_ERR_VALUE, "m2_cast_register_native: a non-CPU device, an op and a function (at most %d)",
+                   CAST_MAX_NATIVE);
+  g_native[g_n_native].op = op, g_native[g_n_native].t = t, g_native[g_n_native].takes = takes;
+  g_n_native++;
+  return M2_OK;
+}
+
+static bool native_takes(const m2_opcall *c, m2_devtype t) {
+  for (int i = 0; i < g_n_native; i++)
+    if (g_native[i].op == c->op && g_native[i].t == t) return g_native[i].takes(c);
+  return false;
+}
+
 bool m2_cast_needed(const m2_opcall *c, m2_device dev) {
   cast_mix m = mix_of(c);
   if (!m.bf16) return false;
+  if (dev.type != M2_CPU && !m.f64 && !m.f32 && (c->op->flags & M2_OP_CAST_F32_KERNELS) && native_takes(c, dev.type))
+    return false; /* the backend's kernels take these bf16 inputs as they are */
   if (dev.type == M2_CPU || m.f64 || (c->op->flags & M2_OP_CAST_F32_KERNELS))
     return true; /* f64 with bf16: m2_call_cast refuses it */
   return m.f32 && !(c->op->flags & M2_OP_MIXED_KERNELS);

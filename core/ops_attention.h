@@ -13,8 +13,9 @@ typedef struct m2_attention_attr {
   double scale;               /* of q.k; resolved (never 0: 1/sqrt(D) when the options leave it 0), finite */
   bool causal;                /* query t reads the keys s <= t + (S - T) only */
   bool bf16;                  /* from m2_matmul_precision(), for f32 or bf16 inputs (the kernels see f32 ones: the op
-                                 has M2_OP_CAST_F32_KERNELS): q, k, v (and do) are rounded to bf16 as the operands of
-                                 every product (the CUDA path then runs on tensor cores) */
+                                 has M2_OP_CAST_F32_KERNELS; except the CUDA M2_ATTN_V2 path, which takes all-bf16
+                                 calls as they are, m2_cast_register_native): q, k, v (and do) are rounded to bf16
+                                 as the operands of every product (the CUDA path then runs on tensor cores) */
 } m2_attention_attr;
 M2_STATIC_ASSERT(sizeof(m2_attention_attr) <= M2_MAX_ATTR, "m2_attention_attr must fit in m2_opcall.attr");
 

@@ -13,7 +13,10 @@
  *   dk, dv   grid (ceil(S/64), B*Hkv), 4 warps of 16 key rows; query tiles of 32 over every query head of the group;
  *            summation order fixed (deterministic, no atomics).
  * Masks: query t reads keys s < n(t) = clamp(t + S - T + 1, 0, S) when causal, all S otherwise; a row with no key
- * gives o = 0 and lse = -inf, and no gradient. */
+ * gives o = 0 and lse = -inf, and no gradient.
+ * M2_ATTN_V2=1 (m2_cuda_attn_v2, off by default) takes the k2_* kernels of attention_tc_v2.cuh instead: operands
+ * read in place through strides (no packing; bf16 q, k, v left bf16 by the dispatcher, outputs in their dtype) and
+ * a one-pass backward with an fp32 atomicAdd for dq (not deterministic in its last bits). */
 #include "ops_common.cuh"
 #include "mma.cuh"
 #include "attention_tc.h"
@@ -382,6 +385,8 @@ __global__ void __launch_bounds__(NW * 32) k_dkv(const uint16_t *Q, const uint16
   if (dv) store_rows<D>(dv + ((size_t)b * S * Hkv + kh) * D, ld, av, r, S, fv, tq);
 }
 
+#include "attention_tc_v2.cuh" /* the M2_ATTN_V2 kernels (k2_*) */
+
 /* ---------------- host side ---------------- */
 
 long g_tc_calls;
@@ -444,15 +449,195 @@ cudaError_t launch_bwd(const m2_attention_attr &d, const uint16_t *q, const uint
 #define ATT_TC_DISPATCH(D, call) \
   ((D) == 32 ? call<32> : (D) == 64 ? call<64> : call<128>)
 
+/* ---------------- host side of the M2_ATTN_V2 path ---------------- */
+
+int g_v2 = -1; /* -1: the environment not read yet */
+long g_v2_calls;
+
+bool al16(const void *p) { return ((uintptr_t)p & 15) == 0; }
+
+/* The (B, L, NH, D) view of a contiguous bf16 tensor's data p. */
+att_v view_of(const void *p, int64_t L, int64_t NH, int64_t D) {
+  return att_v{(const uint16_t *)p, L * NH * D, NH * D, D};
+}
+
+/* x (a (B, L, NH, D) f32 or bf16 input) as a bf16 operand: bf16 read in place when 16-byte aligned; f32 through
+ * k2_cvt into scratch *tmp (same layout); anything unaligned copied by m2_clone_raw (round to nearest, as k2_cvt). */
+cudaError_t operand(const m2_tensor *x, int64_t L, int64_t NH, int64_t D, m2_tensor **tmp, att_v *v,
+                    cudaStream_t st) {
+  const void *p = m2_data(x);
+  if (x->dtype == M2_BF16 && al16(p)) {
+    *v = view_of(p, L, NH, D);
+    return cudaSuccess;
+  }
+  if (x->dtype == M2_F32 && al16(p)) {
+    const int64_t n = m2_numel(x);
+    if (!(*tmp = scratch16(x->device, n))) return cudaErrorMemoryAllocation;
+    const int64_t n8 = n / 8; /* D is a multiple of 8 */
+    if (n8 > 0)
+      k2_cvt<<<(unsigned)((n8 + 255) / 256 < 8192 ? (n8 + 255) / 256 : 8192), 256, 0, st>>>(
+          (const float *)p, (uint16_t *)m2_data(*tmp), n8);
+    *v = view_of(m2_data(*tmp), L, NH, D);
+    return cudaGetLastError();
+  }
+  if (!(*tmp = m2_clone_raw(x, M2_BF16, x->device))) return cudaErrorMemoryAllocation;
+  *v = view_of(m2_data(*tmp), L, NH, D);
+  return cudaSuccess;
+}
+
+template <int D, class OT>
+cudaError_t launch_fwd2(const m2_attention_attr &d, att_v q, att_v k, att_v v, OT *o, float *lse, float scale,
+                        bool causal, cudaStream_t st) {
+  const size_t bytes = sizeof(uint16_t) * (size_t)(BM + 4 * 64) * (D + 8);
+  cudaError_t e = smem_opt(k2_fwd<D, OT>, bytes);
+  if (e != cudaSuccess) return e;
+  dim3 grid((unsigned)((d.T + BM - 1) / BM), (unsigned)(d.B * d.H));
+  k2_fwd<D, OT><<<grid, NW * 32, bytes, st>>>(q, k, v, o, lse, (int)d.T, (int)d.H, (int)d.S, (int)d.Hkv,
+                                             scale * LOG2E, causal);
+  return cudaGetLastError();
+}
+template <int D>
+cudaError_t launch_fwd2_any(const m2_attention_attr &d, att_v q, att_v k, att_v v, m2_tensor *o, float *lse,
+                            float scale, bool causal, cudaStream_t st) {
+  if (o->dtype == M2_BF16) return launch_fwd2<D, bf16>(d, q, k, v, (bf16 *)m2_data(o), lse, scale, causal, st);
+  return launch_fwd2<D, float>(d, q, k, v, (float *)m2_data(o), lse, scale, causal, st);
+}
+
+template <int D, class OT>
+cudaError_t launch_bwd2(const m2_attention_attr &d, att_v q, att_v k, att_v v, att_v dO, const float *lse,
+                        const float *Dt, float *dqa, OT *dk, OT *dv, float scale, bool causal, cudaStream_t st) {
+  if (d.S == 0) return cudaSuccess;
+  const size_t bytes = sizeof(uint16_t) * ((size_t)(2 * BM + 4 * 32) * (D + 8) + (size_t)BM * 40) +
+                       sizeof(float) * 4 * 32;
+  cudaError_t e = smem_opt(k2_bwd<D, OT>, bytes);
+  if (e != cudaSuccess) return e;
+  dim3 grid((unsigned)((d.S + BM - 1) / BM), (unsigned)(d.B * d.Hkv));
+  k2_bwd<D, OT><<<grid, NW * 32, bytes, st>>>(q, k, v, dO, lse, Dt, dqa, dk, dv, (int)d.T, (int)d.H, (int)d.S,
+                                             (int)d.Hkv, scale * LOG2E, scale, causal);
+  return cudaGetLastError();
+}
+template <int D>
+cudaError_t launch_bwd2_any(const m2_attention_attr &d, att_v q, att_v k, att_v v, att_v dO, const float *lse,
+                            const float *Dt, float *dqa, m2_tensor *dk, m2_tensor *dv, m2_dtype dt, float scale,
+                            bool causal, cudaStream_t st) {
+  if (dt == M2_BF16)
+    return launch_bwd2<D, bf16>(d, q, k, v, dO, lse, Dt, dqa, dk ? (bf16 *)m2_data(dk) : NULL,
+                                dv ? (bf16 *)m2_data(dv) : NULL, scale, causal, st);
+  return launch_bwd2<D, float>(d, q, k, v, dO, lse, Dt, dqa, dk ? (float *)m2_data(dk) : NULL,
+                               dv ? (float *)m2_data(dv) : NULL, scale, causal, st);
+}
+
+template <int D>
+cudaError_t launch_prep2(const m2_tensor *dO, const m2_tensor *o, uint16_t *dob, float *Dt, int64_t rows, int T,
+                         int H, cudaStream_t st) {
+  const int64_t threads = rows * (D / 8);
+  const unsigned grid = (unsigned)((threads + 255) / 256);
+  if (dO->dtype == M2_BF16)
+    k2_prep<bf16, D><<<grid, 256, 0, st>>>((const bf16 *)m2_data(dO), (const bf16 *)m2_data(o), NULL, Dt, rows, T, H);
+  else
+    k2_prep<float, D><<<grid, 256, 0, st>>>((const float *)m2_data(dO), (const float *)m2_data(o), dob, Dt, rows, T,
+                                            H);
+  return cudaGetLastError();
+}
+
+/* The v2 path takes the call: switch on and q, k, v of one dtype (f32, or bf16 when the dispatcher left them). */
+bool v2_takes(const m2_opcall *c) {
+  return m2_cuda_attn_v2(-1) == 1 && c->in[1]->dtype == c->in[0]->dtype && c->in[2]->dtype == c->in[0]->dtype;
+}
+
+m2_status att_v2_fwd(const m2_opcall *c, const m2_attention_attr *d, cudaStream_t st, m2_tensor *o, m2_tensor *lse) {
+  m2_tensor *tmp[3] = {0};
+  att_v qv, kv, vv;
+  cudaError_t e = operand(c->in[0], d->T, d->H, d->D, &tmp[0], &qv, st);
+  if (e == cudaSuccess) e = operand(c->in[1], d->S, d->Hkv, d->D, &tmp[1], &kv, st);
+  if (e == cudaSuccess) e = operand(c->in[2], d->S, d->Hkv, d->D, &tmp[2], &vv, st);
+  /* ---- q, k, v: bf16 pointers + element strides (batch, row, head) ---- */
+  if (e == cudaSuccess)
+    e = ATT_TC_DISPATCH(d->D, launch_fwd2_any)(*d, qv, kv, vv, o, (float *)m2_data(lse), (float)d->scale,
+                                                d->causal, st);
+  m2_release(tmp[0]), m2_release(tmp[1]), m2_release(tmp[2]);
+  if (e != cudaSuccess)
+    return m2_fail(M2_ERR_CUDA, "attention: tensor-core forward (v2) failed: %s", cudaGetErrorString(e));
+  g_tc_calls++, g_v2_calls++;
+  return M2_OK;
+}
+
+m2_status att_v2_bwd(const m2_opcall *c, const m2_attention_attr *d, cudaStream_t st, const m2_tensor *dO,
+                     const m2_tensor *o, const float *lse, float *Dt, m2_tensor *const din[3]) {
+  const m2_dtype dt = c->in[0]->dtype;
+  const m2_device dev = c->in[0]->device;
+  m2_tensor *tmp[7] = {0}; /* q, k, v, do operands; the f32 dq buffer; aligned copies of do, o */
+  att_v qv, kv, vv, gv;
+  cudaError_t e = operand(c->in[0], d->T, d->H, d->D, &tmp[0], &qv, st);
+  if (e == cudaSuccess) e = operand(c->in[1], d->S, d->Hkv, d->D, &tmp[1], &kv, st);
+  if (e == cudaSuccess) e = operand(c->in[2], d->S, d->Hkv, d->D, &tmp[2], &vv, st);
+  const int64_t rows = d->B * d->T * d->H, n = rows * d->D;
+  /* do and o in q's dtype (ops_attention.cu), 16-byte aligned for k2_prep's loads (else copied) */
+  if (e == cudaSuccess && (!al16(m2_data(dO)) || dO->dtype != dt) && !(dO = tmp[5] = m2_clone_raw(dO, dt, dev)))
+    e = cudaErrorMemoryAllocation;
+  if (e == cudaSuccess && (!al16(m2_data(o)) || o->dtype != dt) && !(o = tmp[6] = m2_clone_raw(o, dt, dev)))
+    e = cudaErrorMemoryAllocation;
+  if (e == cudaSuccess && dt == M2_F32 && !(tmp[3] = scratch16(dev, n))) e = cudaErrorMemoryAllocation;
+  if (e == cudaSuccess) {
+    e = ATT_TC_DISPATCH(d->D, launch_prep2)(dO, o, tmp[3] ? (uint16_t *)m2_data(tmp[3]) : NULL, Dt, rows,
+                                            (int)d->T, (int)d->H, st);
+    gv = view_of(tmp[3] ? m2_data(tmp[3]) : m2_data(dO), d->T, d->H, d->D);
+  }
+  /* dq: atomics into din[0] itself when it is f32 (zeroed by the caller), else into an f32 buffer rounded after */
+  float *dqa = NULL;
+  if (e == cudaSuccess && din[0]) {
+    if (dt == M2_F32) dqa = (float *)m2_data(din[0]);
+    else if (!(tmp[4] = m2_empty(M2_F32, dev, 1, &n))) e = cudaErrorMemoryAllocation;
+    else {
+      dqa = (float *)m2_data(tmp[4]);
+      e = cudaMemsetAsync(dqa, 0, sizeof(float) * (size_t)n, st);
+    }
+  }
+  if (e == cudaSuccess)
+    e = ATT_TC_DISPATCH(d->D, launch_bwd2_any)(*d, qv, kv, vv, gv, lse, Dt, dqa, din[1], din[2], dt,
+                                                (float)d->scale, d->causal, st);
+  if (e == cudaSuccess && tmp[4] && n / 8 > 0) {
+    const int64_t n8 = n / 8;
+    k2_cvt<<<(unsigned)((n8 + 255) / 256 < 8192 ? (n8 + 255) / 256 : 8192), 256, 0, st>>>(
+        dqa, (uint16_t *)m2_data(din[0]), n8);
+    e = cudaGetLastError();
+  }
+  for (int i = 0; i < 7; i++) m2_release(tmp[i]);
+  if (e != cudaSuccess)
+    return m2_fail(M2_ERR_CUDA, "attention: tensor-core backward (v2) failed: %s", cudaGetErrorString(e));
+  g_tc_calls++, g_v2_calls++;
+  return M2_OK;
+}
+
 } /* namespace */
 
+extern "C" int m2_cuda_attn_v2(int set) {
+  if (set >= 0) g_v2 = set ? 1 : 0;
+  else if (g_v2 < 0) { /* off unless M2_ATTN_V2=1 */
+    const char *e = getenv("M2_ATTN_V2");
+    g_v2 = e && strcmp(e, "1") == 0;
+  }
+  return g_v2;
+}
+
+extern "C" long m2_cuda_attention_v2_calls(void) { return g_v2_calls; }
+
+/* Whether the tensor-core kernels take this all-bf16 call as it is (the dispatcher then leaves it unconverted:
+ * m2_cast_register_native): the v2 path, bf16 products, a head dim they take. */
+extern "C" bool m2_att_tc_takes_bf16(const m2_opcall *c) {
+  const m2_attention_attr *d = M2_ATTR(c, m2_attention_attr);
+  return d->bf16 && v2_takes(c) && c->in[0]->dtype == M2_BF16 && (d->D == 32 || d->D == 64 || d->D == 128);
+}
+
 bool m2_att_tc_applies(const m2_opcall *c, const m2_attention_attr *d) {
+  if (d->bf16 && c->in[0]->dtype == M2_BF16) return m2_att_tc_takes_bf16(c); /* only the v2 path takes bf16 */
   return d->bf16 && c->in[0]->dtype == M2_F32 && (d->D == 32 || d->D == 64 || d->D == 128);
 }
 
 extern "C" long m2_cuda_attention_tc_calls(void) { return g_tc_calls; }
 
 m2_status m2_att_tc_fwd(const m2_opcall *c, const m2_attention_attr *d, cudaStream_t st, m2_tensor *o, m2_tensor *lse) {
+  if (v2_takes(c)) return att_v2_fwd(c, d, st, o, lse); /* M2_ATTN_V2=1 */
   const m2_device dev = c->in[0]->device;
   m2_tensor *q = scratch16(dev, d->B * d->T * d->H * d->D), *k = scratch16(dev, d->B * d->S * d->Hkv * d->D),
             *v = scratch16(dev, d->B * d->S * d->Hkv * d->D);
@@ -479,6 +664,7 @@ m2_status m2_att_tc_fwd(const m2_opcall *c, const m2_attention_attr *d, cudaStre
 
 m2_status m2_att_tc_bwd(const m2_opcall *c, const m2_attention_attr *d, cudaStream_t st, const m2_tensor *dO,
                         const m2_tensor *o, const float *lse, float *Dt, m2_tensor *const din[3]) {
+  if (v2_takes(c)) return att_v2_bwd(c, d, st, dO, o, lse, Dt, din); /* M2_ATTN_V2=1 */
   const m2_device dev = c->in[0]->device;
   m2_tensor *q = scratch16(dev, d->B * d->T * d->H * d->D), *k = scratch16(dev, d->B * d->S * d->Hkv * d->D),
             *v = scratch16(dev, d->B * d->S * d->Hkv * d->D), *g = scratch16(dev, d->B * d->T * d->H * d->D);

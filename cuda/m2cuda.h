@@ -23,6 +23,13 @@ int m2_cuda_attention_wgmma(int set);
 long m2_cuda_attention_wgmma_calls(void);
 /* 1 when this build holds that kernel (its CUDA targets include 90) and the current device runs it (sm_90). */
 int m2_cuda_attention_wgmma_device(void);
+/* The M2_ATTN_V2 path of the tensor-core attention (cuda/attention_tc_v2.cuh): set = 1 on, 0 off for this process,
+ * -1 only asks; returns the setting (at first: 1 where the environment has M2_ATTN_V2=1, else 0: off by default).
+ * On: q, k, v and do are read in place as bf16 (bf16 inputs are no longer converted to f32 by the dispatcher; f32
+ * ones pass one vectorized conversion), outputs come in the inputs' dtype, and the backward is one kernel with an
+ * fp32 atomicAdd for dq (its summation order varies from run to run). Calls of that path so far. */
+int m2_cuda_attn_v2(int set);
+long m2_cuda_attention_v2_calls(void);
 /* SSD forwards (rows "ssd" and "ssd_chunked") run by the chunked tensor-core kernels so far. */
 long m2_cuda_ssd_chunk_tc_calls(void);
 /* SSD backwards run by the chunked tensor-core kernels so far. */

@@ -23,6 +23,9 @@ m2_status m2_cuda_attention_fwd(m2_opcall *c);
 m2_status m2_cuda_attention_bwd(m2_opcall *c);
 /* How many attention forward and backward calls ran on the tensor-core path (bf16 products) so far. */
 long m2_cuda_attention_tc_calls(void);
+/* The M2_ATTN_V2 switch and its calls (m2cuda.h). */
+int m2_cuda_attn_v2(int set);
+long m2_cuda_attention_v2_calls(void);
 m2_status m2_cuda_rope_fwd(m2_opcall *c);
 m2_status m2_cuda_rope_bwd(m2_opcall *c);
 #ifdef __cplusplus

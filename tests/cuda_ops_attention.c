@@ -8,12 +8,19 @@
  *    the same bf16 operands, forward and every gradient: causal with S = T, S > T and T > S, full, grouped heads,
  *    lengths that are not multiples of the 64-row tiles, several tiles. The GPU also rounds P and dS to bf16 (the
  *    CPU does not), so the bound is 1e-2 of the largest reference value. A counter checks that these cases really
- *    ran on the tensor-core kernels, and that a head dim they do not take (48) and f32 products do not. Every case
- *    runs three times: with the Hopper warpgroup forward (cuda/attention_wgmma.cu, M2_ATTN_WGMMA) off, on (1), and
- *    on with its softmax / P v overlap (2); a second
- *    counter checks that it ran the forwards of head dims 64 and 128 on an sm_90 device, and nothing else.
+ *    ran on the tensor-core kernels, and that a head dim they do not take (48) and f32 products do not.
+ *    With the M2_ATTN_V2 path off, every case runs three times: the Hopper warpgroup forward (cuda/attention_wgmma.cu,
+ *    M2_ATTN_WGMMA) off, on (1), and on with its softmax / P v overlap (2); a counter checks that it ran the forwards
+ *    of head dims 64 and 128 on an sm_90 device, and nothing else.
+ *    Every case runs in f32 and bf16 (bf16 q, k, v on the GPU, their values in f32 on the CPU; the GPU's o and
+ *    gradients come in bf16), twice: with the M2_ATTN_V2 path off (the default: packed operands, dq and dk/dv kernels)
+ *    and on (operands read in place, bf16 ones unconverted by the dispatcher, the one-pass backward with atomic dq);
+ *    a second counter checks that the v2 kernels ran exactly when on, and the dispatcher's cast rule is checked
+ *    directly (all-bf16 calls left unconverted only with v2 on).
  * Skips (77) without a GPU. */
 #include "cuda_mixer_parity.h"
+#include "ops.h"
+#include "ops_attention.h"
 
 /* ---------------- 1. against the float64 reference ---------------- */
 
@@ -90,61 +97,85 @@ static int f_att(m2_tensor *const *in, void *ud, m2_tensor **outs) {
 }
 
 /* Whether the forwards of the tensor-core path run on the Hopper warpgroup kernel (cuda/attention_wgmma.cu):
- * the switch (m2_cuda_attention_wgmma) on, this build and device able to run it, head dim 64 or 128. */
+ * the switch (m2_cuda_attention_wgmma) on, this build and device able to run it, head dim 64 or 128, v2 off. */
 static int g_wg_on; /* the switch: 0, 1, 2 */
 static bool g_wg_dev;
 
-/* One case; tc = whether the tensor-core kernels must run it (forward and backward: 2 calls). */
+/* One case in f32 and bf16; tc = whether the tensor-core kernels must run it (forward and backward, two dtypes: 4
+ * calls), on the v2 kernels exactly when the switch is on. */
 static void tc_case(int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t D, bool causal, bool tc) {
   int64_t sq[4] = {B, T, H, D}, sk[4] = {B, S, Hkv, D};
   m2_tensor *q = par_randn(4, sq), *k = par_randn(4, sk), *v = par_randn(4, sk);
   att_ud u = {{0, causal}};
   char name[96];
-  const bool wg = tc && g_wg_on && g_wg_dev && (D == 64 || D == 128);
-  snprintf(name, sizeof name, "tc%s B%lld T%lld S%lld H%lld/%lld D%lld%s",
-           g_wg_on == 2 ? " wgmma2" : g_wg_on ? " wgmma" : "", (long long)B, (long long)T, (long long)S, (long long)H,
-           (long long)Hkv, (long long)D, causal ? " causal" : " full");
-  par_case pc = {name, f_att, &u, 3, {q, k, v}, {true, true, true}, {1e-2, 0}, {1e-2, 0}, true};
-  long before = m2_cuda_attention_tc_calls(), wbefore = m2_cuda_attention_wgmma_calls();
+  const bool v2 = m2_cuda_attn_v2(-1) == 1;
+  const bool wg = tc && !v2 && g_wg_on && g_wg_dev && (D == 64 || D == 128);
+  snprintf(name, sizeof name, "tc%s%s B%lld T%lld S%lld H%lld/%lld D%lld%s", v2 ? "2" : "",
+           v2 ? "" : g_wg_on == 2 ? " wgmma2" : g_wg_on ? " wgmma" : "", (long long)B, (long long)T, (long long)S,
+           (long long)H, (long long)Hkv, (long long)D, causal ? " causal" : " full");
+  par_case pc = {name, f_att, &u, 3, {q, k, v}, {true, true, true}, {1e-2, 0}, {1e-2, 0}, false};
+  long before = m2_cuda_attention_tc_calls(), before2 = m2_cuda_attention_v2_calls(),
+       wbefore = m2_cuda_attention_wgmma_calls();
   par_run(&pc);
-  long ran = m2_cuda_attention_tc_calls() - before, wran = m2_cuda_attention_wgmma_calls() - wbefore;
-  CHECK(ran == (tc ? 2 : 0), "%s: %ld call(s) on the tensor-core path, expected %d", name, ran, tc ? 2 : 0);
-  CHECK(wran == (wg ? 1 : 0), "%s: %ld forward(s) on the warpgroup kernel, expected %d", name, wran, wg ? 1 : 0);
+  long ran = m2_cuda_attention_tc_calls() - before, ran2 = m2_cuda_attention_v2_calls() - before2,
+       wran = m2_cuda_attention_wgmma_calls() - wbefore;
+  CHECK(wran == (wg ? 2 : 0), "%s: %ld forward(s) on the warpgroup kernel, expected %d", name, wran, wg ? 2 : 0);
+  CHECK(ran == (tc ? 4 : 0), "%s: %ld call(s) on the tensor-core path, expected %d", name, ran, tc ? 4 : 0);
+  CHECK(ran2 == (tc && v2 ? 4 : 0), "%s: %ld call(s) on the v2 kernels, expected %d", name, ran2, tc && v2 ? 4 : 0);
   m2_release(q), m2_release(k), m2_release(v);
 }
 
-/* Every case three times: the forward on the mma.sync kernel (switch off), then on the Hopper warpgroup kernel where
- * the device runs it (switch 1, then 2: its variant that overlaps softmax and P v inside a warpgroup; elsewhere the
- * mma.sync kernel again, and the counter checks that nothing else ran). The
- * warpgroup kernel's tiles: 192 query rows a block (3 warpgroups of 64), key tiles of 128 (D 64) or 64 (D 128). */
+/* The dispatcher's rule for an all-bf16 attention call on the GPU: converted to f32 unless the v2 path takes it
+ * (switch on, bf16 products, D 32 / 64 / 128); always converted on the CPU. */
+static void cast_rule(bool v2) {
+  int64_t sq[4] = {1, 16, 2, 64}, s48[4] = {1, 16, 2, 48};
+  m2_tensor *q = dev_f(M2_BF16, 4, sq, 71, -1, 1), *k = dev_f(M2_BF16, 4, sq, 72, -1, 1),
+            *v = dev_f(M2_BF16, 4, sq, 73, -1, 1), *q48 = dev_f(M2_BF16, 4, s48, 74, -1, 1);
+  m2_tensor *in[3] = {q, k, v}, *in48[3] = {q48, q48, q48};
+  m2_attention_attr a, a48;
+  CHECK(q && k && v && q48 && m2_attention_check(in, &a) == M2_OK && m2_attention_check(in48, &a48) == M2_OK,
+        "cast rule: inputs");
+  a.scale = a48.scale = 0.125, a.causal = a48.causal = true, a.bf16 = a48.bf16 = true;
+  m2_opcall c, c48;
+  m2_call_init(&c, &m2_op_attention, 3, in);
+  M2_SET_ATTR(&c, a);
+  m2_call_init(&c48, &m2_op_attention, 3, in48);
+  M2_SET_ATTR(&c48, a48);
+  CHECK(m2_cast_needed(&c, GPU) == !v2, "cast rule: bf16 D 64 with bf16 products on the gpu converted: %d (v2 %d)",
+        (int)m2_cast_needed(&c, GPU), (int)v2);
+  CHECK(m2_cast_needed(&c, M2_DEV_CPU), "cast rule: always converted on the cpu");
+  CHECK(m2_cast_needed(&c48, GPU), "cast rule: D 48 converted");
+  a.bf16 = false;
+  M2_SET_ATTR(&c, a);
+  CHECK(m2_cast_needed(&c, GPU), "cast rule: f32 products converted");
+  m2_release(q), m2_release(k), m2_release(v), m2_release(q48);
+}
+
 static void tensor_core_cases(void) {
-  g_wg_dev = m2_cuda_attention_wgmma_device() != 0;
-  const int was = m2_cuda_attention_wgmma(-1);
-  for (int on = 0; on < 3; on++) { /* off; on; on with the overlap inside a warpgroup */
-    m2_cuda_attention_wgmma(on);
-    g_wg_on = on;
-    m2_set_matmul_precision(M2_MM_BF16);
-    tc_case(2, 200, 200, 4, 2, 64, true, true);   /* grouped heads, a partial last tile */
-    tc_case(1, 130, 300, 2, 1, 64, true, true);   /* S > T: every query sees S - T more keys */
-    tc_case(1, 150, 70, 2, 2, 64, true, true);    /* T > S: the first 80 rows see no key */
-    tc_case(2, 97, 131, 2, 1, 32, false, true);   /* full attention, D 32 (never the warpgroup kernel) */
-    tc_case(1, 77, 77, 2, 2, 128, true, true);    /* D 128 (key tiles of 32 in dq) */
-    tc_case(1, 600, 600, 2, 1, 64, true, true);   /* ten tiles */
-    tc_case(1, 1, 1, 1, 1, 64, true, true);       /* one row, one key */
-    tc_case(1, 450, 200, 4, 1, 64, true, true);   /* T > S over several query blocks, grouped: 250 keyless rows */
-    tc_case(1, 333, 333, 4, 2, 128, true, true);  /* D 128, grouped, T not a multiple of 64 or 192, 6 key tiles */
-    tc_case(1, 130, 300, 2, 2, 128, true, true);  /* D 128, S > T */
-    tc_case(1, 250, 190, 2, 1, 128, false, true); /* D 128 full, T > S, a partial last key tile */
-    tc_case(1, 200, 333, 2, 2, 64, false, true);  /* D 64 full, S > T, a partial last key tile */
-    tc_case(1, 1000, 1000, 2, 1, 64, true, true); /* eight key tiles of 128: the double buffer turns over */
-    tc_case(1, 40, 40, 2, 1, 48, true, false);    /* D 48: the fp32 kernels */
-    m2_set_matmul_precision(M2_MM_F32);
-    tc_case(1, 64, 64, 2, 2, 64, true, false);    /* f32 products: the fp32 kernels */
-  }
-  m2_cuda_attention_wgmma(was);
-  printf("tensor-core path: %d cases (the warpgroup kernel %s); worst error f32 fwd %.2e bwd %.2e\n", par_cases,
-         g_wg_dev ? "ran the D 64 / 128 forwards of rounds 2 and 3" : "not available on this device or build",
-         par_worst_fwd[0], par_worst_bwd[0]);
+  cast_rule(m2_cuda_attn_v2(-1) == 1);
+  m2_set_matmul_precision(M2_MM_BF16);
+  tc_case(2, 200, 200, 4, 2, 64, true, true);   /* grouped heads, a partial last tile */
+  tc_case(1, 130, 300, 2, 1, 64, true, true);   /* S > T: every query sees S - T more keys */
+  tc_case(1, 150, 70, 2, 2, 64, true, true);    /* T > S: the first 80 rows see no key */
+  tc_case(2, 97, 131, 2, 1, 32, false, true);   /* full attention, D 32 */
+  tc_case(1, 77, 77, 2, 2, 128, true, true);    /* D 128 (key tiles of 32 in dq) */
+  tc_case(1, 600, 600, 2, 1, 64, true, true);   /* ten tiles */
+  tc_case(1, 1, 1, 1, 1, 64, true, true);       /* one row, one key */
+  tc_case(2, 70, 45, 4, 1, 128, true, true);    /* T > S at D 128, 4 query heads a kv head */
+  tc_case(1, 33, 200, 3, 3, 32, true, true);    /* S > T at D 32, one query tile */
+  tc_case(1, 450, 200, 4, 1, 64, true, true);   /* T > S over several query blocks, grouped: 250 keyless rows */
+  tc_case(1, 333, 333, 4, 2, 128, true, true);  /* D 128, grouped, T not a multiple of 64 or 192, 6 key tiles */
+  tc_case(1, 130, 300, 2, 2, 128, true, true);  /* D 128, S > T */
+  tc_case(1, 250, 190, 2, 1, 128, false, true); /* D 128 full, T > S, a partial last key tile */
+  tc_case(1, 200, 333, 2, 2, 64, false, true);  /* D 64 full, S > T, a partial last key tile */
+  tc_case(1, 1000, 1000, 2, 1, 64, true, true); /* eight key tiles of 128: the double buffer turns over */
+  tc_case(1, 40, 40, 2, 1, 48, true, false);    /* D 48: the fp32 kernels */
+  m2_set_matmul_precision(M2_MM_F32);
+  tc_case(1, 64, 64, 2, 2, 64, true, false);    /* f32 products: the fp32 kernels */
+  printf("tensor-core path (v2 %s, warpgroup forward %d%s): %d cases; worst error f32 fwd %.2e bwd %.2e, bf16 fwd "
+         "%.2e bwd %.2e\n", m2_cuda_attn_v2(-1) == 1 ? "on" : "off", g_wg_on,
+         g_wg_dev ? "" : ": not on this device or build", par_cases, par_worst_fwd[0], par_worst_bwd[0], par_worst_fwd[1],
+         par_worst_bwd[1]);
 }
 #endif
 
@@ -164,7 +195,20 @@ int main(void) {
   rope_case(1, 5, 1, 6, 500, 0, seed += 10);
   api_and_errors();
 #ifdef M2_HAVE_CUDA
+  /* the tensor-core cases with the M2_ATTN_V2 path off, then on (the environment's setting restored after) */
+  const int v2 = m2_cuda_attn_v2(-1), wg = m2_cuda_attention_wgmma(-1);
+  g_wg_dev = m2_cuda_attention_wgmma_device() != 0;
+  m2_cuda_attn_v2(0);
+  for (g_wg_on = 0; g_wg_on < 3; g_wg_on++) { /* the warpgroup forward off; on; on with its overlap */
+    m2_cuda_attention_wgmma(g_wg_on);
+    tensor_core_cases();
+  }
+  g_wg_on = 1; /* v2 on: its own forward whatever the warpgroup switch says (the counter checks it stays unused) */
+  m2_cuda_attention_wgmma(1);
+  m2_cuda_attn_v2(1);
   tensor_core_cases();
+  m2_cuda_attn_v2(v2);
+  m2_cuda_attention_wgmma(wg);
 #endif
   return mixer_finish("cuda_ops_attention");
 }

@@ -4,9 +4,12 @@
  * m2_backward), median of timed repeats after a warm-up (CUDA events on the device's stream). TFLOP/s counts the
  * causal products as flash-attention papers do: forward 2 matmuls of B H D T^2 / 2 multiply-adds each, backward 5
  * (this backward runs 7: S and dP are recomputed by both the dq and the dk/dv kernels). Also prints how far the two
- * paths' outputs are apart. Two more rows per shape have the forward on the Hopper warpgroup kernel
- * (cuda/attention_wgmma.cu, switched on for those rows only, 1 then 2; sm_90 devices), their difference taken
- * against the f32 row where there is one, else against the mma.sync row. Usage: bench_attention [reps] */
+ * paths' outputs are apart. Two rows per shape have the forward on the Hopper warpgroup kernel (cuda/attention_wgmma.cu,
+ * the default on sm_90; 1 then 2: its softmax / P v overlap), the others run with it off (the mma.sync forward).
+ * The tensor-core rows come with the M2_ATTN_V2 path off (the default) and on
+ * (m2_cuda_attn_v2: operands read in place, one-pass backward with atomic dq: 5 products), for f32 q, k, v and for
+ * bf16 ones (a model with bf16 activations: off, the dispatcher converts them to f32 and o and the gradients back;
+ * on, the kernels read and write bf16). Usage: bench_attention [reps] */
 #include "m2cuda.h"
 #include <cuda_runtime.h>
 #include <math.h>
@@ -66,7 +69,7 @@ int main(int argc, char **argv) {
   cudaGetDeviceProperties(&p, 0);
   printf("# bench_attention on %s (%d SMs), causal, head dim 64, %d timed repeats (median)\n", p.name,
          p.multiProcessorCount, reps);
-  printf("| layer | B | T | heads | products | fwd ms | fwd+bwd ms | fwd TFLOP/s | fwd+bwd TFLOP/s | max |o - o_ref| / max |o_ref| |\n");
+  printf("| layer | B | T | heads | products | fwd ms | fwd+bwd ms | fwd TFLOP/s | fwd+bwd TFLOP/s | max |o - o_ref| / max |o_ref| (ref: the f32 row, else the mma.sync one) |\n");
   printf("|---|---|---|---|---|---|---|---|---|---|\n");
   const shape shapes[] = {{"400M", 2, 4096, 16, 64}, {"400M", 8, 4096, 16, 64}, {"7B", 4, 4096, 24, 64}};
   for (const shape &s : shapes) {
@@ -74,23 +77,32 @@ int main(int argc, char **argv) {
     m2_tensor *q = dev_randn(1, sh), *k = dev_randn(2, sh), *v = dev_randn(3, sh), *dO = dev_randn(4, sh);
     m2_requires_grad_(q, true), m2_requires_grad_(k, true), m2_requires_grad_(v, true);
     double mac = (double)s.B * s.H * s.D * s.T * (s.T + 1) / 2; /* multiply-adds of one causal product */
+    m2_tensor *qb = m2_clone_raw(q, M2_BF16, q->device), *kb = m2_clone_raw(k, M2_BF16, k->device),
+              *vb = m2_clone_raw(v, M2_BF16, v->device), *dOb = m2_clone_raw(dO, M2_BF16, dO->device);
+    if (!qb || !kb || !vb || !dOb) die("bf16 inputs");
+    m2_requires_grad_(qb, true), m2_requires_grad_(kb, true), m2_requires_grad_(vb, true);
+    /* rows: 0 f32 products; 1, 2 bf16 products on f32 inputs, v2 off / on; 3, 4 the same on bf16 inputs (all with
+       the warpgroup forward off); 5, 6 rows 1 and 3 with the warpgroup forward (1), 7 row 1 with its overlap (2) */
+    static const char *rows[8] = {"f32", "bf16 (tensor cores)", "bf16, M2_ATTN_V2", "bf16 in, bf16 products",
+                                  "bf16 in, M2_ATTN_V2", "bf16 (wgmma fwd)", "bf16 in, wgmma fwd",
+                                  "bf16 (wgmma fwd, overlap)"};
+    static const int wg_of[8] = {0, 0, 0, 0, 0, 1, 1, 2}, b16_of[8] = {0, 0, 0, 1, 1, 0, 1, 0};
     m2_tensor *ref = NULL;
-    /* mode 0: f32 products; 1: bf16 on the mma.sync kernels; 2, 3: the same with the forward on the Hopper
-     * warpgroup kernel (cuda/attention_wgmma.cu, M2_ATTN_WGMMA 1, and 2: its softmax / P v overlap), where the
-     * device runs it */
-    for (int mode = 0; mode < 4; mode++) {
-      const int tc = mode > 0;
+    for (int tc = 0; tc < 8; tc++) {
       if (!tc && s.B > 2) continue; /* the fp32 kernels only at the smallest shape (they take ~50 ms there) */
-      if (mode >= 2 && !m2_cuda_attention_wgmma_device()) continue;
+      if (wg_of[tc] && !m2_cuda_attention_wgmma_device()) continue;
       m2_set_matmul_precision(tc ? M2_MM_BF16 : M2_MM_F32);
-      const int was = m2_cuda_attention_wgmma(mode >= 2 ? mode - 1 : 0);
-      double f = time_it(q, k, v, dO, false, reps), fb = time_it(q, k, v, dO, true, reps);
+      m2_cuda_attn_v2(tc == 2 || tc == 4);
+      const int was = m2_cuda_attention_wgmma(wg_of[tc]);
+      const bool b16 = b16_of[tc];
+      m2_tensor *Q = b16 ? qb : q, *K = b16 ? kb : k, *V = b16 ? vb : v, *G = b16 ? dOb : dO;
+      double f = time_it(Q, K, V, G, false, reps), fb = time_it(Q, K, V, G, true, reps);
       double diff = NAN;
-      m2_tensor *o = m2_attention(q, k, v, NULL);
+      m2_tensor *o = m2_attention(Q, K, V, NULL);
       m2_cuda_attention_wgmma(was);
       if (!o) die("m2_attention");
       if (!tc) ref = m2_detach(o);
-      else if (mode == 1 && !ref) ref = m2_detach(o); /* no f32 row: the wgmma row is compared with this one */
+      else if (tc == 1 && !ref) ref = m2_detach(o); /* no f32 row: the other rows are compared with this one */
       else if (ref) {
         m2_tensor *dd = m2_sub(o, ref), *ad = dd ? m2_square(dd) : NULL, *mx = ad ? m2_max_all(ad) : NULL;
         m2_tensor *ar = m2_square(ref), *mr = ar ? m2_max_all(ar) : NULL;
@@ -102,12 +114,12 @@ int main(int argc, char **argv) {
       char dstr[32] = "-";
       if (!isnan(diff)) snprintf(dstr, sizeof dstr, "%.2e", diff);
       printf("| %s | %lld | %lld | %lld | %s | %.3f | %.3f | %.1f | %.1f | %s |\n", s.layer, (long long)s.B,
-             (long long)s.T, (long long)s.H, mode == 3 ? "bf16 (wgmma fwd, overlap)" : mode == 2 ? "bf16 (wgmma fwd)" : tc ? "bf16 (tensor cores)" : "f32", f, fb,
-             4 * mac / f * 1e-9,
-             14 * mac / fb * 1e-9, dstr);
+             (long long)s.T, (long long)s.H, rows[tc], f, fb, 4 * mac / f * 1e-9, 14 * mac / fb * 1e-9, dstr);
     }
     m2_set_matmul_precision(M2_MM_F32);
+    m2_cuda_attn_v2(0);
     m2_release(ref), m2_release(q), m2_release(k), m2_release(v), m2_release(dO);
+    m2_release(qb), m2_release(kb), m2_release(vb), m2_release(dOb);
   }
   return 0;
 }
