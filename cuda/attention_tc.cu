@@ -19,6 +19,7 @@
  * a one-pass backward with an fp32 atomicAdd for dq (not deterministic in its last bits). */
 #include "ops_common.cuh"
 #include "mma.cuh"
+#include "attention_common.cuh"
 #include "attention_tc.h"
 #include "attention_wgmma.h"
 #include "ops_mixers_entry.h"
@@ -33,21 +34,6 @@ __device__ __forceinline__ float ex2(float x) {
   float r;
   asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x));
   return r;
-}
-__device__ __forceinline__ float quad_max(float v) {
-  v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
-  return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
-}
-__device__ __forceinline__ float quad_sum(float v) {
-  v += __shfl_xor_sync(0xffffffffu, v, 1);
-  return v + __shfl_xor_sync(0xffffffffu, v, 2);
-}
-
-/* Keys query t may read: s < att_keys(t). */
-__device__ __forceinline__ int att_keys(int t, int T, int S, bool causal) {
-  if (!causal) return S;
-  int n = t + S - T + 1;
-  return n < 0 ? 0 : n > S ? S : n;
 }
 
 /* Stage rows r0 .. r0 + R - 1 of a packed (L, D) bf16 matrix g into shared rows of D + 8; rows >= L become 0. */

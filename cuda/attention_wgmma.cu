@@ -30,6 +30,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include "wgmma.cuh"
+#include "mma.cuh"
+#include "attention_common.cuh"
 #include "attention_wgmma.h"
 
 namespace {
@@ -51,32 +53,12 @@ template <int D, bool PIPE> constexpr size_t wg_smem_bytes() {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 constexpr float LN2 = 0.6931471805599453f;
 
-/* Keys query t may read: s < wg_keys(t). */
-__device__ __forceinline__ int wg_keys(int t, int T, int S, bool causal) {
-  if (!causal) return S;
-  int n = t + S - T + 1;
-  return n < 0 ? 0 : n > S ? S : n;
-}
 
 /* volatile: kept in PTX order with the wgmma waits (the softmax's exponentials before the wait for the P v they are
  * meant to overlap); ptxas still schedules that wait earlier (see k_fwd_wg) */
 __device__ __forceinline__ float ex2(float x) {
   float r;
   asm volatile("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x));
-  return r;
-}
-__device__ __forceinline__ float quad_max(float v) {
-  v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
-  return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
-}
-__device__ __forceinline__ float quad_sum(float v) {
-  v += __shfl_xor_sync(0xffffffffu, v, 1);
-  return v + __shfl_xor_sync(0xffffffffu, v, 2);
-}
-/* (lo, hi) rounded to bf16 and packed, lo in the low half. */
-__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
-  uint32_t r;
-  asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
   return r;
 }
 __device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
@@ -166,8 +148,8 @@ template <int D> __device__ __forceinline__ void wg_scale(float (&o)[D / 2], con
 template <int BN> __device__ __forceinline__ void wg_pack(uint32_t (&pa)[BN / 16][4], const float (&sa)[BN / 2]) {
 #pragma unroll
   for (int j = 0; j < BN / 8; j++) {
-    pa[j >> 1][(j & 1) * 2] = pack_bf16(sa[4 * j], sa[4 * j + 1]);
-    pa[j >> 1][(j & 1) * 2 + 1] = pack_bf16(sa[4 * j + 2], sa[4 * j + 3]);
+    pa[j >> 1][(j & 1) * 2] = mma_pack(sa[4 * j], sa[4 * j + 1]);
+    pa[j >> 1][(j & 1) * 2 + 1] = mma_pack(sa[4 * j + 2], sa[4 * j + 3]);
   }
 }
 #endif
@@ -194,17 +176,17 @@ __global__ void __launch_bounds__(wg_cfg<D>::NWG * 128, wg_cfg<D>::MINB)
   const int bh = blockIdx.y, b = bh / H, h = bh % H, kh = h / (H / Hkv);
   const int t0 = (gridDim.x - 1 - blockIdx.x) * BM; /* the latest (heaviest) query blocks first */
   const uint16_t *Qg = Q + b * q_sb + h * q_sh, *Kg = K + b * kv_sb + kh * kv_sh, *Vg = V + b * kv_sb + kh * kv_sh;
-  const int ntile = (wg_keys(min(t0 + BM, T) - 1, T, S, causal) + BN - 1) / BN;
+  const int ntile = (att_keys(min(t0 + BM, T) - 1, T, S, causal) + BN - 1) / BN;
   /* this warpgroup's rows tw .. tw + 63: the keys of its first row (fewest) and of its last row (most); it
    * multiplies key tiles 0 .. ntw - 1 */
   const int tw = t0 + 64 * wg;
-  const int wmin = tw < T ? wg_keys(tw, T, S, causal) : 0, wmax = tw < T ? wg_keys(min(tw + 64, T) - 1, T, S, causal) : 0;
+  const int wmin = tw < T ? att_keys(tw, T, S, causal) : 0, wmax = tw < T ? att_keys(min(tw + 64, T) - 1, T, S, causal) : 0;
   const int ntw = (wmax + BN - 1) / BN;
   wg_stage<BM, D, NT>(Qs, Qg, q_st, t0, T, tid);
   if (ntile > 0) wg_stage<BN, D, NT>(Ks, Kg, kv_st, 0, S, tid), wg_stage<BN, D, NT>(Vs, Vg, kv_st, 0, S, tid);
   cp_commit();
   const int r[2] = {tw + 16 * w + g, tw + 16 * w + g + 8};
-  const int nv[2] = {wg_keys(r[0], T, S, causal), wg_keys(r[1], T, S, causal)};
+  const int nv[2] = {att_keys(r[0], T, S, causal), att_keys(r[1], T, S, causal)};
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0, 0}, o[D / 2], alpha[2];
 #pragma unroll
   for (int i = 0; i < D / 2; i++) o[i] = 0;
