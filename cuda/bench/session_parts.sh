@@ -14,7 +14,8 @@
 #   lmact  hybrid-m2rnn with bf16 against f32 activations, two seeds each, the validation curves (issue 20)
 #   steps  whole 400M training steps (experiments/step_time.lua, B 4): hybrid-gdn, hybrid-mamba2, hybrid-m2rnn with
 #          and without activations=bf16
-#          (M2_STEPS: ';'-separated "name|step_time args" rows instead; profile=1 rows print their op table)
+#          (M2_STEPS: ';'-separated "name|step_time args[|VAR=value ...]" rows instead, the third field an
+#          environment for that row only; profile=1 rows print their op table)
 #   ncufull  every Nsight Compute section of one launch of each kernel in M2_NCUFULL_K (default k_gdn_prep
 #          k_gdn_bscan) in bench_gdn
 #   cases  cuda_op_cases and ctest -R lua_cuda
@@ -94,13 +95,14 @@ part_steps() {
   IFS=';' read -ra list <<<"$rows"
   for row in "${list[@]}"; do
     [ "$(left)" -gt 70 ] || break
-    local name=${row%%|*} a=${row#*|}
+    local name=${row%%|*} a=${row#*|} ev=""
+    if [[ "$a" == *"|"* ]]; then ev=${a#*|}; a=${a%%|*}; fi # a third field: VAR=value ... for this row only
     local b=batch=4 n=steps=4
     [[ "$a" == *batch=* ]] && b=""
     [[ "$a" == *steps=* ]] && n=""
-    (cd "$root" && timeout $(($(left) - 30)) "$build/m2lab" run experiments/step_time.lua device=cuda $b $n \
+    (cd "$root" && env $ev timeout $(($(left) - 30)) "$build/m2lab" run experiments/step_time.lua device=cuda $b $n \
       warmup=1 out=/tmp/st_$name.h5 $a >"$out/step_$name.log" 2>&1)
-    echo "step $name ($a): $(tail -1 "$out/step_$name.log")"
+    echo "step $name ($a${ev:+ | $ev}): $(tail -1 "$out/step_$name.log")"
     grep -A30 -i "^profile\|ops by time" "$out/step_$name.log" | head -32
   done
 }
