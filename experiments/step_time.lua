@@ -118,6 +118,9 @@ if cfg.profile ~= 0 then
   if n > 0 then
     print(m2.profile.report { per = n, title = string.format(
       "\nstep_time: ops by time per step over %d profiled step(s) (each op synchronised: read the shares)", n) })
+    local casts = m2.profile.cast_report { per = n, title =
+      "\nstep_time: the bf16 conversions per step (their time is the to_dtype row) by the op that caused them" }
+    if casts then print(casts) end
   end
   if tape_report then print(tape_report) end
 end

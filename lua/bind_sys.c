@@ -14,6 +14,8 @@
  *   m2.core.mem_current(dev) / mem_peak(dev) / mem_reset_peak(dev)   dev: "cpu" | "cuda" (bytes)
  *   m2.core.profile_enable([on]) -> the setting before   m2.core.profile_reset()
  *   m2.core.profile_rows() -> {{op, fwd_calls, fwd_s, bwd_calls, bwd_s}, ...} largest total first (core/profile.h)
+ *   m2.core.profile_cast_rows() -> {{op, fwd_calls, fwd_bytes, bwd_calls, bwd_bytes}, ...} the dispatcher's bf16
+ *                                  conversions by the op that caused them, most first (core/profile.h)
  *   m2.core.tape_rows() -> {{op, role, dtype, bytes, buffers, refs}, ...} most bytes first,
  *        {nodes, bytes, param_bytes, buffers, refs}   what the live tape nodes hold (core/autograd.h)
  *   m2.core.tape_drop_unread([on]) -> the setting before   nodes recorded from now on drop the data of the inputs
@@ -290,6 +292,23 @@ static int l_profile_rows(lua_State *L) {
   return 1;
 }
 
+static int l_profile_cast_rows(lua_State *L) {
+  m2_profile_cast_row rows[256];
+  int n = m2_profile_cast_rows(rows, 256);
+  if (n > 256) n = 256;
+  lua_createtable(L, n, 0);
+  for (int i = 0; i < n; i++) {
+    lua_createtable(L, 0, 5);
+    lua_pushstring(L, rows[i].op), lua_setfield(L, -2, "op");
+    lua_pushinteger(L, rows[i].fwd_calls), lua_setfield(L, -2, "fwd_calls");
+    lua_pushnumber(L, rows[i].fwd_bytes), lua_setfield(L, -2, "fwd_bytes");
+    lua_pushinteger(L, rows[i].bwd_calls), lua_setfield(L, -2, "bwd_calls");
+    lua_pushnumber(L, rows[i].bwd_bytes), lua_setfield(L, -2, "bwd_bytes");
+    lua_rawseti(L, -2, i + 1);
+  }
+  return 1;
+}
+
 static int l_tape_rows(lua_State *L) {
   m2_tape_totals tot;
   int n = m2_tape_rows(NULL, 0, NULL);
@@ -342,6 +361,7 @@ void m2lua_open_sys(lua_State *L) {
       {"wait", l_wait},           {"kill", l_kill},         {"mem_current", l_mem_current},
       {"mem_peak", l_mem_peak},   {"mem_reset_peak", l_mem_reset_peak}, {"profile_enable", l_profile},
       {"profile_reset", l_profile_reset}, {"profile_rows", l_profile_rows},
+      {"profile_cast_rows", l_profile_cast_rows},
       {"tape_rows", l_tape_rows},         {"tape_drop_unread", l_tape_drop_unread},
       {"cast_keep_bf16", l_cast_keep_bf16}, {NULL, NULL},
   };
