@@ -50,7 +50,8 @@ bool m2_cast_needed(const m2_opcall *c, m2_device dev) {
   if (!m.bf16) return false;
   if (dev.type == M2_CPU || m.f64 || (c->op->flags & M2_OP_CAST_F32_KERNELS))
     return true; /* f64 with bf16: m2_call_cast refuses it */
-  return m.f32 && !(c->op->flags & M2_OP_MIXED_KERNELS);
+  if (!m.f32 || (c->op->flags & M2_OP_MIXED_KERNELS)) return false;
+  return !((c->op->flags & M2_OP_MIXED_KERNELS_OPT) && m2_mixed_kernels_on());
 }
 
 /* The dtype of float output j (computed in f32) of a call whose inputs mixed as m, in[0] of dtype in0. */
@@ -75,6 +76,23 @@ bool m2_cast_keep_bf16_on(void) {
 bool m2_cast_keep_bf16(bool on) {
   bool old = m2_cast_keep_bf16_on();
   g_keep = on;
+  return old;
+}
+
+/* ---- the mixed-kernel switch (op.h) ---- */
+static int g_mixed = -1; /* -1: not read from the environment yet */
+
+bool m2_mixed_kernels_on(void) {
+  if (g_mixed < 0) {
+    const char *e = getenv("M2_MIXED_KERNELS");
+    g_mixed = e && e[0] && strcmp(e, "0") != 0;
+  }
+  return g_mixed != 0;
+}
+
+bool m2_mixed_kernels(bool on) {
+  bool old = m2_mixed_kernels_on();
+  g_mixed = on;
   return old;
 }
 
