@@ -21,7 +21,10 @@
  *   m2.core.tape_drop_unread([on]) -> the setting before   nodes recorded from now on drop the data of the inputs
  *        their op's backward never reads (m2_tape_drop_unread, core/autograd.h; on by default)
  *   m2.core.cast_keep_bf16([on]) -> the setting before   a call run on f32 copies of its bf16 inputs records one
- *        node that keeps the bf16 inputs (m2_cast_keep_bf16, core/op.h; off by default, env M2_CAST_KEEP_BF16=1) */
+ *        node that keeps the bf16 inputs (m2_cast_keep_bf16, core/op.h; off by default, env M2_CAST_KEEP_BF16=1)
+ *   m2.core.mixed_kernels([on]) -> the setting before   bf16 / f32 calls of conv1d_causal, add, sub, mul and swiglu
+ *        go to the device's mixed kernels instead of f32 copies (m2_mixed_kernels, core/op.h; off by default, env
+ *        M2_MIXED_KERNELS=1; the CPU always converts) */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -353,6 +356,13 @@ static int l_cast_keep_bf16(lua_State *L) {
   return 1;
 }
 
+static int l_mixed_kernels(lua_State *L) {
+  bool old = m2_mixed_kernels_on();
+  if (!lua_isnoneornil(L, 1)) m2_mixed_kernels(lua_toboolean(L, 1));
+  lua_pushboolean(L, old);
+  return 1;
+}
+
 void m2lua_open_sys(lua_State *L) {
   static const luaL_Reg fns[] = {
       {"clock", l_clock},         {"time", l_time},         {"sleep", l_sleep},
@@ -361,7 +371,7 @@ void m2lua_open_sys(lua_State *L) {
       {"wait", l_wait},           {"kill", l_kill},         {"mem_current", l_mem_current},
       {"mem_peak", l_mem_peak},   {"mem_reset_peak", l_mem_reset_peak}, {"profile_enable", l_profile},
       {"profile_reset", l_profile_reset}, {"profile_rows", l_profile_rows},
-      {"profile_cast_rows", l_profile_cast_rows},
+      {"profile_cast_rows", l_profile_cast_rows}, {"mixed_kernels", l_mixed_kernels},
       {"tape_rows", l_tape_rows},         {"tape_drop_unread", l_tape_drop_unread},
       {"cast_keep_bf16", l_cast_keep_bf16}, {NULL, NULL},
   };
