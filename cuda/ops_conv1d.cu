@@ -175,14 +175,14 @@ __global__ void k_conv_dw_sum(const float *part, int64_t nch, int64_t n, float *
   } while (0)
 static bool conv_windowed(int64_t W) { return W >= 2 && W <= 4; }
 
-/* w (and bias) as the kernels read them: the tensor itself when it has x's dtype; else (a bf16 x with an f32 weight,
- * the model's call; the dispatcher lets such calls through only while the mixed-kernel switch is on,
- * M2_OP_MIXED_KERNELS_OPT) in f32: an f32 one itself, a bf16 one's exact f32 copy (C W or C elements). The kernels
- * then read x (and dy) as bf16 and the weights as f32, compute in f32 in the order of the f32 kernels and round y
- * and dx once to x's dtype (in[0]'s: M2_OP_CAST_IN0), dw and dbias once to their own: the cast path's values. */
-static m2_tensor *conv_param(m2_tensor *p, const m2_tensor *x) {
+/* A call whose x, w and bias do not share one dtype (a bf16 x with an f32 weight, the model's call; the dispatcher
+ * lets such calls through only while the mixed-kernel switch is on, M2_OP_MIXED_KERNELS_OPT) reads w and bias in
+ * f32: an f32 one itself, a bf16 one's exact f32 copy (C W or C elements). The kernels then read x (and dy) in x's
+ * dtype and the weights in f32, compute in f32 in the order of the f32 kernels and round y and dx once to x's dtype
+ * (in[0]'s: M2_OP_CAST_IN0), dw and dbias once to their own: the cast path's values. */
+static m2_tensor *conv_param(m2_tensor *p) {
   if (!p) return NULL;
-  if (p->dtype == x->dtype) { m2_retain(p); return p; }
+  if (p->dtype == M2_F32) { m2_retain(p); return p; }
   return cu_as(p, M2_F32);
 }
 static bool conv_mixed(const m2_tensor *x, const m2_tensor *w, const m2_tensor *bias) {
@@ -226,15 +226,16 @@ extern "C" m2_status m2_cuda_conv1d_causal_fwd(m2_opcall *c) {
   cudaStream_t st;
   M2_TRY(cu_stream(x->device, &st));
   const bool mixed = conv_mixed(x, w, bias);
-  if (mixed) { /* the weights as the kernels read them (conv_param); y stays in x's dtype */
-    w = conv_param(w, x);
-    bias = conv_param(bias, x);
+  if (mixed) { /* the weights in f32 (conv_param); y stays in x's dtype */
+    w = conv_param(w);
+    bias = conv_param(bias);
     if (!w || (c->n_in > 2 && c->in[2] && !bias)) {
       m2_release(w), m2_release(bias);
       return m2_errcode();
     }
   }
-  if (mixed && x->dtype != w->dtype) conv_fwd_bf16_f32(x, w, bias, Tn, C, W, total, y, st);
+  if (mixed && x->dtype == M2_BF16) conv_fwd_bf16_f32(x, w, bias, Tn, C, W, total, y, st);
+  /* (mixed with an f32 x: every operand f32 now, the f32 kernels) */
   else if (conv_windowed(W))
     CU_FLOAT_DISPATCH(x->dtype, CONV_W_DISPATCH(W, k_conv_fwd_win<T, KW><<<conv_grid(total / C, C), CONV_CT, 0, st>>>(
                                                        PC(x), PC(w), PC(bias), Tn, C, total / C, PT(y))));
@@ -260,18 +261,18 @@ extern "C" m2_status m2_cuda_conv1d_causal_bwd(m2_opcall *c) {
   /* a mix (conv_param): dx reads the weight in f32; dw and dbias come from x and dy alone, as below */
   const bool mixed = conv_mixed(x, w, bias);
   m2_tensor *wk = NULL;
-  if (s == M2_OK && mixed && c->needs_din[0] && !(wk = conv_param(w, x))) s = m2_errcode();
+  if (s == M2_OK && mixed && c->needs_din[0] && !(wk = conv_param(w))) s = m2_errcode();
   if (s == M2_OK && c->needs_din[0]) {
     m2_tensor *dx = m2_empty(x->dtype, x->device, 3, x->shape);
     if (!dx) s = m2_errcode();
     else {
       c->din[0] = dx;
-      if (total > 0 && mixed && wk->dtype != x->dtype) {
+      if (total > 0 && mixed && x->dtype == M2_BF16) {
         conv_dx_bf16_f32(dy, wk, Tn, C, W, total, dx, st);
         cudaError_t e = cudaGetLastError();
         if (e != cudaSuccess) s = m2_fail(M2_ERR_CUDA, "conv1d_causal backward: launch failed: %s", cudaGetErrorString(e));
       } else if (total > 0) {
-        m2_tensor *wd = mixed ? wk : w; /* an f32 x with bf16 weights: their f32 copy, the f32 kernels */
+        m2_tensor *wd = mixed ? wk : w; /* mixed with an f32 x: the weight in f32, the f32 kernels */
         if (conv_windowed(W))
           CU_FLOAT_DISPATCH(x->dtype, CONV_W_DISPATCH(W, k_conv_dx_win<T, KW><<<conv_grid(total / C, C), CONV_CT, 0, st>>>(
                                                              PC(dy), PC(wd), Tn, C, total / C, PT(dx))));
