@@ -270,7 +270,8 @@ extern "C" m2_status m2_cuda_conv1d_causal_bwd(m2_opcall *c) {
       if (total > 0 && mixed && x->dtype == M2_BF16) {
         conv_dx_bf16_f32(dy, wk, Tn, C, W, total, dx, st);
         cudaError_t e = cudaGetLastError();
-        if (e != cudaSuccess) s = m2_fail(M2_ERR_CUDA, "conv1d_causal backward: launch failed: %s", cudaGetErrorString(e));
+        if (e != cudaSuccess)
+          s = m2_fail(M2_ERR_CUDA, "conv1d_causal backward: launch failed: %s", cudaGetErrorString(e));
       } else if (total > 0) {
         m2_tensor *wd = mixed ? wk : w; /* mixed with an f32 x: the weight in f32, the f32 kernels */
         if (conv_windowed(W))

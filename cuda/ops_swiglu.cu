@@ -1,5 +1,6 @@
 /* ops_swiglu.cu — swiglu(a, b) = silu(a) * b on CUDA (core/ops_swiglu.c): one grid-stride pass each way, f32 or
- * bf16 storage (a and b may mix them, below), fp32 arithmetic (sigmoid through expf). Backward: s = sigmoid(a), da = g b s (1 + a (1 - s)),
+ * bf16 storage (a and b may mix them, below), fp32 arithmetic (sigmoid through expf).
+ * Backward: s = sigmoid(a), da = g b s (1 + a (1 - s)),
  * db = g a s; a gradient that is not needed is not written. */
 #include "ops.h"
 #include "ops_common.cuh"
@@ -35,11 +36,11 @@ static m2_status swiglu_fwd_mixed(m2_opcall *c, cudaStream_t st) {
   int64_t n = m2_numel(a);
   if (n > 0) {
     if (a->dtype == M2_BF16)
-      k_swiglu_fwd<float, bf16, float><<<cu_grid(n, 256), 256, 0, st>>>((const bf16 *)m2_data(a),
-                                                                          (const float *)m2_data(b), (float *)m2_data(y), n);
+      k_swiglu_fwd<float, bf16, float><<<cu_grid(n, 256), 256, 0, st>>>(
+          (const bf16 *)m2_data(a), (const float *)m2_data(b), (float *)m2_data(y), n);
     else
-      k_swiglu_fwd<float, float, bf16><<<cu_grid(n, 256), 256, 0, st>>>((const float *)m2_data(a),
-                                                                          (const bf16 *)m2_data(b), (float *)m2_data(y), n);
+      k_swiglu_fwd<float, float, bf16><<<cu_grid(n, 256), 256, 0, st>>>(
+          (const float *)m2_data(a), (const bf16 *)m2_data(b), (float *)m2_data(y), n);
     cudaError_t e = cudaGetLastError();
     if (e != cudaSuccess) {
       m2_release(y);

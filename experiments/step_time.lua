@@ -111,7 +111,8 @@ if #times == 0 then
 else
   local med = times[(#times + 1) // 2]
   print(string.format("step_time: %s on %s, " .. cfg.precision .. " products, " .. cfg.activations ..
-    " activations" .. (m2.core.mixed_kernels() and " (mixed kernels)" or "") .. ": median step %.1f ms over %d steps (min %.1f), %.1f k tokens/s, " ..
+    " activations" .. (m2.core.mixed_kernels() and " (mixed kernels)" or "") ..
+    ": median step %.1f ms over %d steps (min %.1f), %.1f k tokens/s, " ..
     "peak memory %.2f GiB (run file %s)", spec.layers, device, med * 1e3, #times, times[1] * 1e3,
     cfg.batch * cfg.len / med / 1e3, peak / 1024, summary.out))
 end

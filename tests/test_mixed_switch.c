@@ -30,7 +30,8 @@ int main(void) {
   m2_tensor *conv[3] = {x16, w32, bias32};
   const m2_op *flagged[] = {&m2_op_add, &m2_op_sub, &m2_op_mul};
 
-  if (!getenv("M2_MIXED_KERNELS")) CHECK(!m2_mixed_kernels_on(), "the switch is off by default (M2_MIXED_KERNELS unset)");
+  if (!getenv("M2_MIXED_KERNELS"))
+    CHECK(!m2_mixed_kernels_on(), "the switch is off by default (M2_MIXED_KERNELS unset)");
   m2_mixed_kernels(false);
   for (int on = 0; on < 2; on++) {
     bool old = m2_mixed_kernels(on);
