@@ -4,6 +4,7 @@
 #include "autograd.h"
 #include "ops.h"
 #include "profile.h"
+#include "ops_view.h"
 #include <stdlib.h>
 
 static uint64_t g_walks; /* backward walks so far: each marks the nodes it collects with its own number */
@@ -78,6 +79,10 @@ static m2_status run_node(m2_node *n) {
   m2_status s = bwd(c);
   if (prof) m2_profile_end(c->op->name, true, n->out_device, t0);
   if (s != M2_OK) return m2_fail_context(s, "backward of %s", c->op->name);
+  if (prof && c->op == &m2_op_to_dtype && c->din[0] && M2_ATTR(c, m2_to_dtype_attr)->cause) {
+    const m2_tensor *d = c->din[0]; /* a dispatcher's conversion: counted under its cause */
+    m2_profile_cast(M2_ATTR(c, m2_to_dtype_attr)->cause, true, (double)m2_numel(d) * (double)m2_elsize(d));
+  }
   for (int i = 0; i < c->n_in && s == M2_OK; i++) {
     if (!c->needs_din[i]) continue;
     m2_tensor *in = c->in[i], *g = c->din[i];

@@ -17,6 +17,7 @@
 #include "op.h"
 #include "autograd.h"
 #include "ops.h"
+#include "ops_view.h"
 #include "profile.h"
 #include <stdlib.h>
 #include <string.h>
@@ -68,6 +69,11 @@ static bool native_takes(const m2_opcall *c, m2_devtype t) {
   return false;
 }
 
+/* the profiler's count of one conversion made for a call of op (profile.h's table by cause) */
+static void count_cast(const m2_op *op, bool bwd, const m2_tensor *t) {
+  if (t && m2_profile_on()) m2_profile_cast(op->name, bwd, (double)m2_numel(t) * (double)m2_elsize(t));
+}
+
 bool m2_cast_needed(const m2_opcall *c, m2_device dev) {
   cast_mix m = mix_of(c);
   if (!m.bf16) return false;
@@ -75,7 +81,8 @@ bool m2_cast_needed(const m2_opcall *c, m2_device dev) {
     return false; /* the backend's kernels take these bf16 inputs as they are */
   if (dev.type == M2_CPU || m.f64 || (c->op->flags & M2_OP_CAST_F32_KERNELS))
     return true; /* f64 with bf16: m2_call_cast refuses it */
-  return m.f32 && !(c->op->flags & M2_OP_MIXED_KERNELS);
+  if (!m.f32 || (c->op->flags & M2_OP_MIXED_KERNELS)) return false;
+  return !((c->op->flags & M2_OP_MIXED_KERNELS_OPT) && m2_mixed_kernels_on());
 }
 
 /* The dtype of float output j (computed in f32) of a call whose inputs mixed as m, in[0] of dtype in0. */
@@ -100,6 +107,23 @@ bool m2_cast_keep_bf16_on(void) {
 bool m2_cast_keep_bf16(bool on) {
   bool old = m2_cast_keep_bf16_on();
   g_keep = on;
+  return old;
+}
+
+/* ---- the mixed-kernel switch (op.h) ---- */
+static int g_mixed = -1; /* -1: not read from the environment yet */
+
+bool m2_mixed_kernels_on(void) {
+  if (g_mixed < 0) {
+    const char *e = getenv("M2_MIXED_KERNELS");
+    g_mixed = e && e[0] && strcmp(e, "0") != 0;
+  }
+  return g_mixed != 0;
+}
+
+bool m2_mixed_kernels(bool on) {
+  bool old = m2_mixed_kernels_on();
+  g_mixed = on;
   return old;
 }
 
@@ -165,6 +189,7 @@ static m2_status cast_call_bwd(m2_opcall *c) {
     /* the f32 copy again (exact), or the contiguous copy of a strided input, as the op's own node held them */
     const m2_dtype dt = x->dtype == M2_BF16 ? M2_F32 : x->dtype;
     tmp[i] = x->storage ? m2_clone_raw(x, dt, x->device) : meta_as(x, dt);
+    if (x->dtype == M2_BF16 && x->storage) count_cast(op, true, tmp[i]);
     if (!tmp[i]) s = m2_errcode();
     else tmp[i]->requires_grad = x->requires_grad;
     ic.in[i] = tmp[i];
@@ -180,6 +205,7 @@ static m2_status cast_call_bwd(m2_opcall *c) {
     if (!a->rounded[j]) continue;
     /* the rounding's to_dtype backward: the bf16 gradient in f32 (exact) */
     tmp[M2_MAX_IN + j] = m2_clone_raw(c->dout[j], M2_F32, c->dout[j]->device);
+    count_cast(op, true, tmp[M2_MAX_IN + j]);
     if (!tmp[M2_MAX_IN + j]) s = m2_errcode();
     ic.dout[j] = tmp[M2_MAX_IN + j];
   }
@@ -202,6 +228,7 @@ static m2_status cast_call_bwd(m2_opcall *c) {
     if (c->in[k]->dtype == M2_BF16 && g->dtype != M2_BF16) {
       /* the input's to_dtype backward: the f32 gradient rounded to bf16 */
       c->din[k] = m2_clone_raw(g, M2_BF16, c->in[k]->device);
+      count_cast(op, true, c->din[k]);
       if (!c->din[k]) s = m2_errcode();
     } else {
       m2_retain(g);
@@ -291,7 +318,8 @@ static m2_status call_cast_keep(m2_opcall *c, m2_tensor **outs, cast_mix m, m2_d
   m2_no_grad_push();
   for (int i = 0; i < c->n_in && s == M2_OK; i++) {
     if (!c->in[i] || c->in[i]->dtype != M2_BF16) continue;
-    conv[i] = m2_to_dtype(c->in[i], M2_F32);
+    conv[i] = m2_to_dtype_for(c->in[i], M2_F32, op->name);
+    count_cast(op, false, conv[i]);
     if (!conv[i]) s = m2_errcode();
     else conv[i]->requires_grad = c->in[i]->requires_grad; /* as the recorded copy's: kernels read it (mixers save
                                                               their states only for a call that needs gradients) */
@@ -337,7 +365,8 @@ static m2_status call_cast_keep(m2_opcall *c, m2_tensor **outs, cast_mix m, m2_d
         if (!n.saved[n.n_saved++]) s = m2_errcode();
       }
       if (s == M2_OK && o->dtype == M2_F32 && out_dtype(op, j, m, in0) == M2_BF16) {
-        n.out[j] = m2_to_dtype(o, M2_BF16); /* o has no history: no node */
+        n.out[j] = m2_to_dtype_for(o, M2_BF16, op->name); /* o has no history: no node */
+        count_cast(op, false, n.out[j]);
         if (!n.out[j]) s = m2_errcode();
         a.rounded[j] = true;
       } else {
@@ -378,7 +407,8 @@ m2_status m2_call_cast(m2_opcall *c, m2_tensor **outs) {
   m2_status s = M2_OK;
   for (int i = 0; i < c->n_in && s == M2_OK; i++) {
     if (!c->in[i] || c->in[i]->dtype != M2_BF16) continue;
-    conv[i] = m2_to_dtype(c->in[i], M2_F32);
+    conv[i] = m2_to_dtype_for(c->in[i], M2_F32, op->name);
+    count_cast(op, false, conv[i]);
     if (!conv[i]) s = m2_errcode();
     c2.in[i] = conv[i];
   }
@@ -390,7 +420,8 @@ m2_status m2_call_cast(m2_opcall *c, m2_tensor **outs) {
   for (int j = 0; j < c2.n_out; j++) {
     outs[j] = o2[j];
     if (!o2[j] || o2[j]->dtype != M2_F32 || out_dtype(op, j, m, in0) != M2_BF16) continue;
-    outs[j] = m2_to_dtype(o2[j], M2_BF16);
+    outs[j] = m2_to_dtype_for(o2[j], M2_BF16, op->name);
+    count_cast(op, false, outs[j]);
     m2_release(o2[j]);
     o2[j] = NULL;
     if (!outs[j]) s = m2_errcode();

@@ -142,7 +142,8 @@ static m2_status conv_bwd(m2_opcall *c) {
   return s;
 }
 
-const m2_op m2_op_conv1d_causal = {"conv1d_causal", conv_fwd, conv_bwd, M2_OP_CAST_IN0};
+const m2_op m2_op_conv1d_causal = {"conv1d_causal", conv_fwd, conv_bwd,
+                                   M2_OP_CAST_IN0 | M2_OP_MIXED_KERNELS_OPT};
 
 m2_tensor *m2_conv1d_causal(m2_tensor *x, m2_tensor *w, m2_tensor *bias) {
   if (m2_conv1d_check(x, w, bias) != M2_OK) return NULL; /* the one check: the kernels trust it */

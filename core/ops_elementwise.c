@@ -145,14 +145,27 @@ static m2_tensor *binary(const m2_op *op, m2_tensor *a, m2_tensor *b) {
   return m2_call1(&c);
 }
 
+/* din[i] in in[i]'s dtype: r (taken over) rounded once when the call mixed a bf16 input with an f32 one on a device
+ * with mixed kernels (M2_OP_MIXED_KERNELS_OPT: the f32 gradient rounded as the cast path's to_dtype backward rounds
+ * it); r itself otherwise (always on the CPU, whose node holds the f32 copies). */
+static m2_status set_din(m2_opcall *c, int i, m2_tensor *r) {
+  if (!r) return m2_errcode();
+  if (r->dtype != c->in[i]->dtype) {
+    m2_tensor *t = m2_clone_raw(r, c->in[i]->dtype, r->device);
+    m2_release(r);
+    if (!t) return m2_errcode();
+    r = t;
+  }
+  c->din[i] = r;
+  return M2_OK;
+}
+
 /* Reduce g (broadcast shape; this takes over the reference) to in[i]'s shape and hand it over as din[i]. */
 static m2_status give_din(m2_opcall *c, int i, m2_tensor *g) {
   if (!g) return m2_errcode();
   m2_tensor *r = m2_sum_to_shape(g, c->in[i]->ndim, c->in[i]->shape);
   m2_release(g);
-  if (!r) return m2_errcode();
-  c->din[i] = r;
-  return M2_OK;
+  return set_din(c, i, r);
 }
 
 /* ---- add: a (...), b (...) broadcast -> (...) ---- */
@@ -162,7 +175,8 @@ static m2_status add_bwd(m2_opcall *c) {
     if (c->needs_din[i]) { m2_retain(c->dout[0]); M2_TRY(give_din(c, i, c->dout[0])); }
   return M2_OK;
 }
-const m2_op m2_op_add = {"add", add_fwd, add_bwd, M2_OP_ANYDEV_BWD, M2_IN(0) | M2_IN(1)};
+const m2_op m2_op_add = {"add", add_fwd, add_bwd, M2_OP_ANYDEV_BWD | M2_OP_MIXED_KERNELS_OPT,
+                         M2_IN(0) | M2_IN(1)};
 m2_tensor *m2_add(m2_tensor *a, m2_tensor *b) { return binary(&m2_op_add, a, b); }
 
 /* ---- sub: da = g, db = -g (each summed to its input's shape) ---- */
@@ -172,13 +186,14 @@ static m2_status sub_bwd(m2_opcall *c) {
   if (c->needs_din[1]) {
     m2_tensor *g = m2_sum_to_shape(c->dout[0], c->in[1]->ndim, c->in[1]->shape);
     if (!g) return m2_errcode();
-    c->din[1] = m2_neg(g); /* negate after reducing: fewer elements */
+    m2_tensor *ng = m2_neg(g); /* negate after reducing: fewer elements */
     m2_release(g);
-    if (!c->din[1]) return m2_errcode();
+    M2_TRY(set_din(c, 1, ng));
   }
   return M2_OK;
 }
-const m2_op m2_op_sub = {"sub", sub_fwd, sub_bwd, M2_OP_ANYDEV_BWD, M2_IN(0) | M2_IN(1)};
+const m2_op m2_op_sub = {"sub", sub_fwd, sub_bwd, M2_OP_ANYDEV_BWD | M2_OP_MIXED_KERNELS_OPT,
+                         M2_IN(0) | M2_IN(1)};
 m2_tensor *m2_sub(m2_tensor *a, m2_tensor *b) { return binary(&m2_op_sub, a, b); }
 
 /* ---- mul: da = g * b, db = g * a ---- */
@@ -188,7 +203,7 @@ static m2_status mul_bwd(m2_opcall *c) {
   if (c->needs_din[1]) M2_TRY(give_din(c, 1, m2_mul(c->dout[0], c->in[0])));
   return M2_OK;
 }
-const m2_op m2_op_mul = {"mul", mul_fwd, mul_bwd, M2_OP_ANYDEV_BWD};
+const m2_op m2_op_mul = {"mul", mul_fwd, mul_bwd, M2_OP_ANYDEV_BWD | M2_OP_MIXED_KERNELS_OPT};
 m2_tensor *m2_mul(m2_tensor *a, m2_tensor *b) { return binary(&m2_op_mul, a, b); }
 
 /* ---- div: t = g / b; da = t, db = -t * a / b ---- */

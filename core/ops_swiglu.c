@@ -85,7 +85,7 @@ static m2_status swiglu_bwd(m2_opcall *c) {
   return M2_OK;
 }
 
-const m2_op m2_op_swiglu = {"swiglu", swiglu_fwd, swiglu_bwd, 0};
+const m2_op m2_op_swiglu = {"swiglu", swiglu_fwd, swiglu_bwd, M2_OP_MIXED_KERNELS_OPT};
 
 m2_tensor *m2_swiglu(m2_tensor *a, m2_tensor *b) {
   if (swiglu_check(a, b, m2_check_float) != M2_OK) return NULL;

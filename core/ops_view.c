@@ -219,11 +219,12 @@ static m2_status to_dtype_bwd(m2_opcall *c) {
 }
 const m2_op m2_op_to_dtype = {"to_dtype", to_dtype_fwd, to_dtype_bwd, M2_OP_VIEW, M2_IN(0)};
 
-m2_tensor *m2_to_dtype(m2_tensor *x, m2_dtype dt) {
+m2_tensor *m2_to_dtype(m2_tensor *x, m2_dtype dt) { return m2_to_dtype_for(x, dt, NULL); }
+m2_tensor *m2_to_dtype_for(m2_tensor *x, m2_dtype dt, const char *cause) {
   if (x->dtype == dt) { m2_retain(x); return x; }
   m2_opcall c;
   m2_call_init(&c, &m2_op_to_dtype, 1, &x);
-  m2_to_dtype_attr a = {.dtype = dt};
+  m2_to_dtype_attr a = {.dtype = dt, .cause = cause};
   M2_SET_ATTR(&c, a);
   return m2_call1(&c);
 }

@@ -30,7 +30,12 @@ typedef struct m2_permute_attr {
 /* to_dtype: the output's dtype (other than x's). */
 typedef struct m2_to_dtype_attr {
   m2_dtype dtype;
+  const char *cause; /* the op whose call the dispatcher converted for (core/op_cast.c; a static name, counted by the
+                        profiler's conversion table, profile.h); NULL: a conversion asked for by name */
 } m2_to_dtype_attr;
+/* m2_to_dtype made by the dispatcher for a call of op `cause` (its bf16 rule, core/op_cast.c): the same op, its node
+   tagged with the cause, so that the profiler counts the conversion (and its backward) under that op. */
+m2_tensor *m2_to_dtype_for(m2_tensor *x, m2_dtype dt, const char *cause);
 
 /* to_device: the output's device (other than x's). */
 typedef struct m2_to_device_attr {

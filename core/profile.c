@@ -13,6 +13,8 @@ static int g_n;
 /* Calls nest (an op's backward may call ops; the optimizer step is timed as one row): only the outermost call is
  * timed, and the inner ones' time stays in its row. */
 static int g_depth;
+static m2_profile_cast_row g_cast[PROF_MAX]; /* the conversions by the op that caused them */
+static int g_ncast;
 
 bool m2_profile_enable(bool on) {
   bool old = g_on;
@@ -24,6 +26,8 @@ void m2_profile_reset(void) {
   memset(g_rows, 0, sizeof g_rows);
   g_n = 0;
   g_depth = 0;
+  memset(g_cast, 0, sizeof g_cast);
+  g_ncast = 0;
 }
 
 static double now(void) {
@@ -79,4 +83,34 @@ int m2_profile_rows(m2_profile_row *rows, int max) {
   qsort(sorted, (size_t)g_n, sizeof sorted[0], by_total);
   for (int i = 0; i < g_n && i < max; i++) rows[i] = sorted[i];
   return g_n;
+}
+
+void m2_profile_cast(const char *op, bool bwd, double bytes) {
+  if (!g_on) return;
+  if (!op) op = "?";
+  m2_profile_cast_row *r = NULL;
+  for (int i = 0; i < g_ncast && !r; i++)
+    if (g_cast[i].op == op || strcmp(g_cast[i].op, op) == 0) r = &g_cast[i];
+  if (!r && g_ncast < PROF_MAX - 1) r = &g_cast[g_ncast++], r->op = op;
+  if (!r) { /* the last row gathers the rest */
+    r = &g_cast[PROF_MAX - 1];
+    r->op = "(other)";
+    g_ncast = PROF_MAX;
+  }
+  if (bwd) r->bwd_calls++, r->bwd_bytes += bytes;
+  else r->fwd_calls++, r->fwd_bytes += bytes;
+}
+
+static int by_calls(const void *a, const void *b) {
+  const m2_profile_cast_row *x = a, *y = b;
+  long cx = x->fwd_calls + x->bwd_calls, cy = y->fwd_calls + y->bwd_calls;
+  return cx < cy ? 1 : cx > cy ? -1 : strcmp(x->op, y->op);
+}
+
+int m2_profile_cast_rows(m2_profile_cast_row *rows, int max) {
+  m2_profile_cast_row sorted[PROF_MAX];
+  memcpy(sorted, g_cast, sizeof(m2_profile_cast_row) * (size_t)g_ncast);
+  qsort(sorted, (size_t)g_ncast, sizeof sorted[0], by_calls);
+  for (int i = 0; i < g_ncast && i < max; i++) rows[i] = sorted[i];
+  return g_ncast;
 }

@@ -25,6 +25,20 @@ void m2_profile_reset(void);
 /* Copy up to max rows, largest total time first; returns how many rows exist. */
 int m2_profile_rows(m2_profile_row *rows, int max);
 
+/* The dispatcher's bf16 conversions (core/op_cast.c: the f32 copies of a call's bf16 inputs, the roundings of its
+ * outputs, and their backwards) counted by the op whose call needed them, while profiling is on: their time is in
+ * the "to_dtype" row above; this table says which op caused them. bytes: those of the copies made (the converted
+ * tensors), in the forward and in the backward. */
+typedef struct m2_profile_cast_row {
+  const char *op; /* the op row's name (static) */
+  long fwd_calls, bwd_calls;
+  double fwd_bytes, bwd_bytes;
+} m2_profile_cast_row;
+/* Count one conversion of `bytes` made for a call of op (the dispatcher's hook; a no-op while profiling is off). */
+void m2_profile_cast(const char *op, bool bwd, double bytes);
+/* Copy up to max rows, most conversions first; returns how many rows exist. Forgotten by m2_profile_reset. */
+int m2_profile_cast_rows(m2_profile_cast_row *rows, int max);
+
 /* Hooks for the dispatchers (op calls, backward nodes, the optimizer step, gradient clipping): begin returns the
  * start time (after synchronising dev), end synchronises dev and adds the time since t0 to op's forward or backward
  * column. Every begin needs its end; nested calls are not timed (their time stays with the outermost). */

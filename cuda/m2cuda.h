@@ -12,6 +12,13 @@ extern "C" {
  * present. Touches no device itself (a host without a GPU pays nothing). Idempotent. */
 m2_status m2_cuda_register(void);
 
+/* The mixed bf16 / f32 kernels of conv1d_causal, add, sub, mul and swiglu (a bf16 activation with an f32 parameter or
+ * the f32 residual stream, without f32 copies): core's switch (m2_mixed_kernels, op.h; the environment variable
+ * M2_MIXED_KERNELS=1) from now on: 1 on, 0 off, -1 keeps; returns the previous setting. Off, such calls convert. */
+int m2_cuda_mixed_kernels(int set);
+/* Kernel calls (forwards and backwards) that took a mixed path so far (tests check that a call took it). */
+long m2_cuda_mixed_calls(void);
+
 /* Calls of the tensor-core attention kernels so far (tests check that a call took that path). */
 long m2_cuda_attention_tc_calls(void);
 /* The attention forward on Hopper's warpgroup products (cuda/attention_wgmma.cu) from now on: 1 on (sm_90 devices,

@@ -89,6 +89,9 @@ static inline bool cu_i32_loop_ok(int64_t n, int block) {
 #define CU_GRID_STRIDE(i, n) for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n); \
                                   i += (int64_t)gridDim.x * blockDim.x)
 
+/* Count one call of a mixed bf16 / f32 kernel (m2_cuda_mixed_calls, m2cuda.h; cuda/ops_elementwise.cu). */
+extern "C" void m2_cuda_mixed_count(void);
+
 /* A contiguous tensor with t's values in dtype dt on t's device (new ref; t itself when it already is). */
 static inline m2_tensor *cu_as(m2_tensor *t, m2_dtype dt) {
   if (t->dtype == dt && m2_is_contiguous(t)) { m2_retain(t); return t; }

@@ -1,4 +1,5 @@
-/* ops_conv1d.cu — CUDA depthwise causal conv1d (the short conv in front of the mixers), f32 / bf16 in fp32.
+/* ops_conv1d.cu — CUDA depthwise causal conv1d (the short conv in front of the mixers), f32 / bf16 in fp32 (a bf16 x
+ * with f32 weights too: conv_param).
  *   x (B, T, C), w (C, W), bias (C) or NULL -> y (B, T, C)
  *   y[b,t,c] = bias[c] + sum_j w[c,j] x[b, t-(W-1)+j, c]
  *   dx[b,s,c] = sum_j w[c,j] dy[b, s+(W-1)-j, c];   dw[c,j] = sum_{b,t} dy[b,t,c] x[b, t-(W-1)+j, c];
@@ -10,8 +11,8 @@
 #include "ops.h"
 #include "ops_common.cuh"
 
-template <class T>
-__global__ void k_conv_fwd(const T *x, const T *w, const T *bias, int64_t Tn, int64_t C, int64_t W, int64_t total,
+template <class T, class TW = T>
+__global__ void k_conv_fwd(const T *x, const TW *w, const TW *bias, int64_t Tn, int64_t C, int64_t W, int64_t total,
                            T *y) {
   CU_GRID_STRIDE(i, total) {
     int64_t c = i % C, row = i / C, t = row % Tn; /* row = b*T + t */
@@ -23,8 +24,8 @@ __global__ void k_conv_fwd(const T *x, const T *w, const T *bias, int64_t Tn, in
     y[i] = from_f<T>(s);
   }
 }
-template <class T>
-__global__ void k_conv_dx(const T *dy, const T *w, int64_t Tn, int64_t C, int64_t W, int64_t total, T *dx) {
+template <class T, class TW = T>
+__global__ void k_conv_dx(const T *dy, const TW *w, int64_t Tn, int64_t C, int64_t W, int64_t total, T *dx) {
   CU_GRID_STRIDE(i, total) {
     int64_t c = i % C, row = i / C, s = row % Tn;
     float acc = 0;
@@ -59,8 +60,8 @@ static dim3 conv_grid(int64_t rows, int64_t C) {
 }
 
 /* y rows of chunks for channel c: win[k] holds x at t - (W - 1) + k (0 before the sequence starts). */
-template <class T, int W>
-__global__ void k_conv_fwd_win(const T *x, const T *w, const T *bias, int64_t Tn, int64_t C, int64_t rows, T *y) {
+template <class T, int W, class TW = T>
+__global__ void k_conv_fwd_win(const T *x, const TW *w, const TW *bias, int64_t Tn, int64_t C, int64_t rows, T *y) {
   const int64_t c = (int64_t)blockIdx.x * CONV_CT + threadIdx.x;
   if (c >= C) return;
   float wr[W], win[W];
@@ -91,8 +92,8 @@ __global__ void k_conv_fwd_win(const T *x, const T *w, const T *bias, int64_t Tn
 }
 
 /* dx[s] = sum_j w[j] dy[s + (W - 1) - j]: fut[k] holds dy at s + k (0 past the sequence's end). */
-template <class T, int W>
-__global__ void k_conv_dx_win(const T *dy, const T *w, int64_t Tn, int64_t C, int64_t rows, T *dx) {
+template <class T, int W, class TW = T>
+__global__ void k_conv_dx_win(const T *dy, const TW *w, int64_t Tn, int64_t C, int64_t rows, T *dx) {
   const int64_t c = (int64_t)blockIdx.x * CONV_CT + threadIdx.x;
   if (c >= C) return;
   float wr[W], fut[W];
@@ -174,6 +175,43 @@ __global__ void k_conv_dw_sum(const float *part, int64_t nch, int64_t n, float *
   } while (0)
 static bool conv_windowed(int64_t W) { return W >= 2 && W <= 4; }
 
+/* A call whose x, w and bias do not share one dtype (a bf16 x with an f32 weight, the model's call; the dispatcher
+ * lets such calls through only while the mixed-kernel switch is on, M2_OP_MIXED_KERNELS_OPT) reads w and bias in
+ * f32: an f32 one itself, a bf16 one's exact f32 copy (C W or C elements). The kernels then read x (and dy) in x's
+ * dtype and the weights in f32, compute in f32 in the order of the f32 kernels and round y and dx once to x's dtype
+ * (in[0]'s: M2_OP_CAST_IN0), dw and dbias once to their own: the cast path's values. */
+static m2_tensor *conv_param(m2_tensor *p) {
+  if (!p) return NULL;
+  if (p->dtype == M2_F32) { m2_retain(p); return p; }
+  return cu_as(p, M2_F32);
+}
+static bool conv_mixed(const m2_tensor *x, const m2_tensor *w, const m2_tensor *bias) {
+  return w->dtype != x->dtype || (bias && bias->dtype != x->dtype);
+}
+
+/* y = conv(x, w, bias) with x bf16, w and bias f32 (windowed widths or not) */
+static void conv_fwd_bf16_f32(const m2_tensor *x, const m2_tensor *w, const m2_tensor *bias, int64_t Tn, int64_t C,
+                              int64_t W, int64_t total, m2_tensor *y, cudaStream_t st) {
+  const bf16 *px = (const bf16 *)m2_data(x);
+  const float *pw = (const float *)m2_data(w), *pb = bias ? (const float *)m2_data(bias) : (const float *)NULL;
+  if (conv_windowed(W))
+    CONV_W_DISPATCH(W, k_conv_fwd_win<bf16, KW, float><<<conv_grid(total / C, C), CONV_CT, 0, st>>>(
+                           px, pw, pb, Tn, C, total / C, (bf16 *)m2_data(y)));
+  else
+    k_conv_fwd<bf16, float><<<cu_grid(total, 256), 256, 0, st>>>(px, pw, pb, Tn, C, W, total, (bf16 *)m2_data(y));
+}
+/* dx from dy (bf16) and w (f32) */
+static void conv_dx_bf16_f32(const m2_tensor *dy, const m2_tensor *w, int64_t Tn, int64_t C, int64_t W,
+                             int64_t total, m2_tensor *dx, cudaStream_t st) {
+  const bf16 *pdy = (const bf16 *)m2_data(dy);
+  const float *pw = (const float *)m2_data(w);
+  if (conv_windowed(W))
+    CONV_W_DISPATCH(W, k_conv_dx_win<bf16, KW, float><<<conv_grid(total / C, C), CONV_CT, 0, st>>>(
+                           pdy, pw, Tn, C, total / C, (bf16 *)m2_data(dx)));
+  else
+    k_conv_dx<bf16, float><<<cu_grid(total, 256), 256, 0, st>>>(pdy, pw, Tn, C, W, total, (bf16 *)m2_data(dx));
+}
+
 /* in: x, w, bias (may be NULL). out: y (B, T, C). */
 extern "C" m2_status m2_cuda_conv1d_causal_fwd(m2_opcall *c) {
   m2_tensor *x = c->in[0], *w = c->in[1], *bias = c->n_in > 2 ? c->in[2] : NULL;
@@ -187,13 +225,28 @@ extern "C" m2_status m2_cuda_conv1d_causal_fwd(m2_opcall *c) {
   if (total == 0) return M2_OK;
   cudaStream_t st;
   M2_TRY(cu_stream(x->device, &st));
-  if (conv_windowed(W))
+  const bool mixed = conv_mixed(x, w, bias);
+  if (mixed) { /* the weights in f32 (conv_param); y stays in x's dtype */
+    w = conv_param(w);
+    bias = conv_param(bias);
+    if (!w || (c->n_in > 2 && c->in[2] && !bias)) {
+      m2_release(w), m2_release(bias);
+      return m2_errcode();
+    }
+  }
+  if (mixed && x->dtype == M2_BF16) conv_fwd_bf16_f32(x, w, bias, Tn, C, W, total, y, st);
+  /* (mixed with an f32 x: every operand f32 now, the f32 kernels) */
+  else if (conv_windowed(W))
     CU_FLOAT_DISPATCH(x->dtype, CONV_W_DISPATCH(W, k_conv_fwd_win<T, KW><<<conv_grid(total / C, C), CONV_CT, 0, st>>>(
                                                        PC(x), PC(w), PC(bias), Tn, C, total / C, PT(y))));
   else
     CU_FLOAT_DISPATCH(x->dtype, k_conv_fwd<T><<<cu_grid(total, 256), 256, 0, st>>>(
                                     (const T *)m2_data(x), (const T *)m2_data(w), bias ? (const T *)m2_data(bias) : (const T *)NULL,
                                     Tn, C, W, total, (T *)m2_data(y)));
+  if (mixed) {
+    m2_release(w), m2_release(bias); /* the stream orders any later reuse of a copy's memory after the kernel */
+    m2_cuda_mixed_count();
+  }
   M2_CUDA_LAUNCH_CHECK("conv1d_causal");
   return M2_OK;
 }
@@ -205,18 +258,28 @@ extern "C" m2_status m2_cuda_conv1d_causal_bwd(m2_opcall *c) {
   if (!dy) return m2_errcode();
   cudaStream_t st;
   m2_status s = cu_stream(x->device, &st);
+  /* a mix (conv_param): dx reads the weight in f32; dw and dbias come from x and dy alone, as below */
+  const bool mixed = conv_mixed(x, w, bias);
+  m2_tensor *wk = NULL;
+  if (s == M2_OK && mixed && c->needs_din[0] && !(wk = conv_param(w))) s = m2_errcode();
   if (s == M2_OK && c->needs_din[0]) {
     m2_tensor *dx = m2_empty(x->dtype, x->device, 3, x->shape);
     if (!dx) s = m2_errcode();
     else {
       c->din[0] = dx;
-      if (total > 0) {
+      if (total > 0 && mixed && x->dtype == M2_BF16) {
+        conv_dx_bf16_f32(dy, wk, Tn, C, W, total, dx, st);
+        cudaError_t e = cudaGetLastError();
+        if (e != cudaSuccess)
+          s = m2_fail(M2_ERR_CUDA, "conv1d_causal backward: launch failed: %s", cudaGetErrorString(e));
+      } else if (total > 0) {
+        m2_tensor *wd = mixed ? wk : w; /* mixed with an f32 x: the weight in f32, the f32 kernels */
         if (conv_windowed(W))
           CU_FLOAT_DISPATCH(x->dtype, CONV_W_DISPATCH(W, k_conv_dx_win<T, KW><<<conv_grid(total / C, C), CONV_CT, 0, st>>>(
-                                                             PC(dy), PC(w), Tn, C, total / C, PT(dx))));
+                                                             PC(dy), PC(wd), Tn, C, total / C, PT(dx))));
         else
           CU_FLOAT_DISPATCH(x->dtype, k_conv_dx<T><<<cu_grid(total, 256), 256, 0, st>>>(
-                                          (const T *)m2_data(dy), (const T *)m2_data(w), Tn, C, W, total, (T *)m2_data(dx)));
+                                          (const T *)m2_data(dy), (const T *)m2_data(wd), Tn, C, W, total, (T *)m2_data(dx)));
         cudaError_t e = cudaGetLastError();
         if (e != cudaSuccess) s = m2_fail(M2_ERR_CUDA, "conv1d_causal backward: launch failed: %s", cudaGetErrorString(e));
       }
@@ -265,6 +328,8 @@ extern "C" m2_status m2_cuda_conv1d_causal_bwd(m2_opcall *c) {
     m2_release(acc);
   }
   m2_release(dy);
+  m2_release(wk);
+  if (s == M2_OK && mixed) m2_cuda_mixed_count();
   return s;
 }
 

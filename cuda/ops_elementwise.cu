@@ -18,15 +18,16 @@ template <int K> __device__ __forceinline__ float bin_apply(float x, float y) {
 
 /* bin_plan: the broadcast iteration space (core/ops_elementwise.h), made by m2_binary_setup as on the CPU. */
 
-/* o[i] = a[i * sa] (op) b[i * sb], sa and sb 0 or 1 (one flat loop) */
-template <class T, int K>
-__global__ void k_bin_flat(const T *a, int64_t sa, const T *b, int64_t sb, T *o, int64_t n) {
+/* o[i] = a[i * sa] (op) b[i * sb], sa and sb 0 or 1 (one flat loop). TA, TB: the operands' dtypes when they mix
+   (bf16 with f32; the output is then f32, as the cast path's), else T. */
+template <class T, int K, class TA = T, class TB = T>
+__global__ void k_bin_flat(const TA *a, int64_t sa, const TB *b, int64_t sb, T *o, int64_t n) {
   CU_GRID_STRIDE(i, n) o[i] = from_f<T>(bin_apply<K>(to_f(a[i * sa]), to_f(b[i * sb])));
 }
 
 /* general broadcast: output row-major over the plan, operands through their strides */
-template <class T, int K, class I>
-__global__ void k_bin_nd(const T *a, const T *b, T *o, bin_plan p, I n) {
+template <class T, int K, class I, class TA = T, class TB = T>
+__global__ void k_bin_nd(const TA *a, const TB *b, T *o, bin_plan p, I n) {
   for (I i = (I)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (I)gridDim.x * blockDim.x) {
     I r = i, oa = 0, ob = 0;
     for (int d = p.nd - 1; d > 0; d--) {
@@ -41,15 +42,49 @@ __global__ void k_bin_nd(const T *a, const T *b, T *o, bin_plan p, I n) {
   }
 }
 
-template <class T, int K>
+template <class T, int K, class TA = T, class TB = T>
 static void bin_launch(const void *a, const void *b, void *o, const bin_plan *p, int64_t n, cudaStream_t st) {
   if (p->nd == 1) {
-    k_bin_flat<T, K><<<cu_grid(n, 256), 256, 0, st>>>((const T *)a, p->sa[0], (const T *)b, p->sb[0], (T *)o, n);
+    k_bin_flat<T, K, TA, TB><<<cu_grid(n, 256), 256, 0, st>>>((const TA *)a, p->sa[0], (const TB *)b, p->sb[0],
+                                                                (T *)o, n);
   } else if (cu_i32_loop_ok(n, 256)) { /* (n < 2^31 alone let i += stride overflow: illegal accesses above ~1.6 G) */
-    k_bin_nd<T, K, int32_t><<<cu_grid(n, 256), 256, 0, st>>>((const T *)a, (const T *)b, (T *)o, *p, (int32_t)n);
+    k_bin_nd<T, K, int32_t, TA, TB><<<cu_grid(n, 256), 256, 0, st>>>((const TA *)a, (const TB *)b, (T *)o, *p,
+                                                                       (int32_t)n);
   } else {
-    k_bin_nd<T, K, int64_t><<<cu_grid(n, 256), 256, 0, st>>>((const T *)a, (const T *)b, (T *)o, *p, n);
+    k_bin_nd<T, K, int64_t, TA, TB><<<cu_grid(n, 256), 256, 0, st>>>((const TA *)a, (const TB *)b, (T *)o, *p, n);
   }
+}
+
+/* The mixed kernels' calls so far (m2cuda.h); the switch itself is core's (m2_mixed_kernels, op.h). */
+static long g_mixed_calls;
+extern "C" void m2_cuda_mixed_count(void) { g_mixed_calls++; }
+extern "C" long m2_cuda_mixed_calls(void) { return g_mixed_calls; }
+extern "C" int m2_cuda_mixed_kernels(int set) {
+  bool old = m2_mixed_kernels_on();
+  if (set >= 0) m2_mixed_kernels(set != 0);
+  return old ? 1 : 0;
+}
+
+/* A bf16 operand with an f32 one (add, sub, mul: the dispatcher lets such calls through only while the mixed-kernel
+ * switch is on, M2_OP_MIXED_KERNELS_OPT): each operand read in its own dtype, the f32 kernel's arithmetic, an f32
+ * output (the promoting rule, as the cast path's), so the values are the cast path's bit for bit. */
+template <int K>
+static m2_status binary_fwd_mixed(m2_opcall *c, const bin_plan *p, int64_t n, cudaStream_t st) {
+  m2_tensor *a = c->in[0], *b = c->in[1];
+  if (K == B_DIV) return m2_fail(M2_ERR_DTYPE, "div: dtypes differ (%s and %s); convert one with :to()",
+                                 m2_dtype_name(a->dtype), m2_dtype_name(b->dtype));
+  if (c->out[0]->dtype != M2_F32) { /* m2_binary_setup made it in a's dtype */
+    m2_tensor *o = m2_empty(M2_F32, a->device, c->out[0]->ndim, c->out[0]->shape);
+    if (!o) return m2_errcode();
+    m2_release(c->out[0]);
+    c->out[0] = o;
+  }
+  if (n == 0) return M2_OK;
+  if (a->dtype == M2_BF16) bin_launch<float, K, bf16, float>(m2_data(a), m2_data(b), m2_data(c->out[0]), p, n, st);
+  else bin_launch<float, K, float, bf16>(m2_data(a), m2_data(b), m2_data(c->out[0]), p, n, st);
+  M2_CUDA_LAUNCH_CHECK(c->op->name);
+  m2_cuda_mixed_count();
+  return M2_OK;
 }
 
 template <int K>
@@ -57,9 +92,13 @@ static m2_status binary_fwd(m2_opcall *c) {
   bin_plan p;
   int64_t n;
   M2_TRY(m2_binary_setup(c, cu_check_float, &p, &n));
-  if (n == 0) return M2_OK;
   m2_tensor *a = c->in[0];
   cudaStream_t st;
+  if (a->dtype != c->in[1]->dtype) {
+    M2_TRY(cu_stream(a->device, &st));
+    return binary_fwd_mixed<K>(c, &p, n, st);
+  }
+  if (n == 0) return M2_OK;
   M2_TRY(cu_stream(a->device, &st));
   CU_FLOAT_DISPATCH(a->dtype, bin_launch<T, K>(m2_data(a), m2_data(c->in[1]), m2_data(c->out[0]), &p, n, st));
   M2_CUDA_LAUNCH_CHECK(c->op->name);
@@ -157,7 +196,7 @@ static m2_status unary_bwd(m2_opcall *c) {
   if (!dx) { m2_release(g); return m2_errcode(); }
   c->din[0] = dx;
   int64_t n = m2_numel(x);
-  cudaStream_t st;
+  cudaStream_t st = NULL; /* set when s is M2_OK (initialised: GCC's maybe-uninitialized) */
   m2_status s = cu_stream(x->device, &st);
   if (s == M2_OK && n > 0) {
     const m2_unary_attr *a = M2_ATTR(c, m2_unary_attr); /* the op's scalars (core/ops_elementwise.h) */

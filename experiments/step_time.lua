@@ -22,6 +22,8 @@
 -- cast_keep=1: a call run on f32 copies of its bf16 inputs (activations=bf16: every op on the CPU, the ops without
 -- mixed kernels on CUDA) records one node that keeps the bf16 inputs, not the copies (m2.core.cast_keep_bf16; 0 off,
 -- -1, the default: as the environment says, M2_CAST_KEEP_BF16=1, else off); same outputs and gradients, bit for bit;
+-- mixed=1: the bf16 / f32 calls of conv1d_causal, add, sub, mul and swiglu run on CUDA's mixed kernels instead of f32
+-- copies (m2.core.mixed_kernels; 0 off, -1, the default: as the environment says, M2_MIXED_KERNELS=1, else off);
 -- chunked: 1 runs the GDN and Mamba-2 layers in their chunked form (m2.gdn_chunked / m2.ssd_chunked), 0 recurrent,
 -- -1 (the default) as the config says;
 -- checkpoint: activation checkpointing of the blocks (spec.checkpoint, m2.checkpoint): 0 off (the default), -1 every
@@ -33,11 +35,12 @@ local cfg = m2.config {
   layers = "", d = 0, vocab = 0, seed = 0, lr = 3e-4, out = "runs/step_time.h5", precision = "bf16", activations = "f32",
   ckpt = 0,
   profile = 0, fused_loss = 1, chunked = -1, drop_unread = 1, checkpoint = 0,
-  cast_keep = -1,
+  cast_keep = -1, mixed = -1,
 }
 m2.seed(cfg.seed)
 m2.core.tape_drop_unread(cfg.drop_unread ~= 0)
 if cfg.cast_keep >= 0 then m2.core.cast_keep_bf16(cfg.cast_keep ~= 0) end
+if cfg.mixed >= 0 then m2.core.mixed_kernels(cfg.mixed ~= 0) end
 
 local spec = m2.models.load(cfg.config) -- as given, else from the repository root
 if type(spec) ~= "table" or not spec.layers then m2.error("step_time: " .. cfg.config .. " returned no model spec") end
@@ -108,7 +111,8 @@ if #times == 0 then
 else
   local med = times[(#times + 1) // 2]
   print(string.format("step_time: %s on %s, " .. cfg.precision .. " products, " .. cfg.activations ..
-    " activations: median step %.1f ms over %d steps (min %.1f), %.1f k tokens/s, " ..
+    " activations" .. (m2.core.mixed_kernels() and " (mixed kernels)" or "") ..
+    ": median step %.1f ms over %d steps (min %.1f), %.1f k tokens/s, " ..
     "peak memory %.2f GiB (run file %s)", spec.layers, device, med * 1e3, #times, times[1] * 1e3,
     cfg.batch * cfg.len / med / 1e3, peak / 1024, summary.out))
 end
@@ -118,6 +122,9 @@ if cfg.profile ~= 0 then
   if n > 0 then
     print(m2.profile.report { per = n, title = string.format(
       "\nstep_time: ops by time per step over %d profiled step(s) (each op synchronised: read the shares)", n) })
+    local casts = m2.profile.cast_report { per = n, title =
+      "\nstep_time: the bf16 conversions per step (their time is the to_dtype row) by the op that caused them" }
+    if casts then print(casts) end
   end
   if tape_report then print(tape_report) end
 end

@@ -14,12 +14,17 @@
  *   m2.core.mem_current(dev) / mem_peak(dev) / mem_reset_peak(dev)   dev: "cpu" | "cuda" (bytes)
  *   m2.core.profile_enable([on]) -> the setting before   m2.core.profile_reset()
  *   m2.core.profile_rows() -> {{op, fwd_calls, fwd_s, bwd_calls, bwd_s}, ...} largest total first (core/profile.h)
+ *   m2.core.profile_cast_rows() -> {{op, fwd_calls, fwd_bytes, bwd_calls, bwd_bytes}, ...} the dispatcher's bf16
+ *                                  conversions by the op that caused them, most first (core/profile.h)
  *   m2.core.tape_rows() -> {{op, role, dtype, bytes, buffers, refs}, ...} most bytes first,
  *        {nodes, bytes, param_bytes, buffers, refs}   what the live tape nodes hold (core/autograd.h)
  *   m2.core.tape_drop_unread([on]) -> the setting before   nodes recorded from now on drop the data of the inputs
  *        their op's backward never reads (m2_tape_drop_unread, core/autograd.h; on by default)
  *   m2.core.cast_keep_bf16([on]) -> the setting before   a call run on f32 copies of its bf16 inputs records one
- *        node that keeps the bf16 inputs (m2_cast_keep_bf16, core/op.h; off by default, env M2_CAST_KEEP_BF16=1) */
+ *        node that keeps the bf16 inputs (m2_cast_keep_bf16, core/op.h; off by default, env M2_CAST_KEEP_BF16=1)
+ *   m2.core.mixed_kernels([on]) -> the setting before   bf16 / f32 calls of conv1d_causal, add, sub, mul and swiglu
+ *        go to the device's mixed kernels instead of f32 copies (m2_mixed_kernels, core/op.h; off by default, env
+ *        M2_MIXED_KERNELS=1; the CPU always converts) */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -290,6 +295,23 @@ static int l_profile_rows(lua_State *L) {
   return 1;
 }
 
+static int l_profile_cast_rows(lua_State *L) {
+  m2_profile_cast_row rows[256];
+  int n = m2_profile_cast_rows(rows, 256);
+  if (n > 256) n = 256;
+  lua_createtable(L, n, 0);
+  for (int i = 0; i < n; i++) {
+    lua_createtable(L, 0, 5);
+    lua_pushstring(L, rows[i].op), lua_setfield(L, -2, "op");
+    lua_pushinteger(L, rows[i].fwd_calls), lua_setfield(L, -2, "fwd_calls");
+    lua_pushnumber(L, rows[i].fwd_bytes), lua_setfield(L, -2, "fwd_bytes");
+    lua_pushinteger(L, rows[i].bwd_calls), lua_setfield(L, -2, "bwd_calls");
+    lua_pushnumber(L, rows[i].bwd_bytes), lua_setfield(L, -2, "bwd_bytes");
+    lua_rawseti(L, -2, i + 1);
+  }
+  return 1;
+}
+
 static int l_tape_rows(lua_State *L) {
   m2_tape_totals tot;
   int n = m2_tape_rows(NULL, 0, NULL);
@@ -334,6 +356,13 @@ static int l_cast_keep_bf16(lua_State *L) {
   return 1;
 }
 
+static int l_mixed_kernels(lua_State *L) {
+  bool old = m2_mixed_kernels_on();
+  if (!lua_isnoneornil(L, 1)) m2_mixed_kernels(lua_toboolean(L, 1));
+  lua_pushboolean(L, old);
+  return 1;
+}
+
 void m2lua_open_sys(lua_State *L) {
   static const luaL_Reg fns[] = {
       {"clock", l_clock},         {"time", l_time},         {"sleep", l_sleep},
@@ -342,6 +371,7 @@ void m2lua_open_sys(lua_State *L) {
       {"wait", l_wait},           {"kill", l_kill},         {"mem_current", l_mem_current},
       {"mem_peak", l_mem_peak},   {"mem_reset_peak", l_mem_reset_peak}, {"profile_enable", l_profile},
       {"profile_reset", l_profile_reset}, {"profile_rows", l_profile_rows},
+      {"profile_cast_rows", l_profile_cast_rows}, {"mixed_kernels", l_mixed_kernels},
       {"tape_rows", l_tape_rows},         {"tape_drop_unread", l_tape_drop_unread},
       {"cast_keep_bf16", l_cast_keep_bf16}, {NULL, NULL},
   };

@@ -7,6 +7,10 @@
 --   m2.profile.rows() -> { {op, fwd_calls, fwd_s, bwd_calls, bwd_s}, ... } largest total time first
 --   m2.profile.report{per = 1, top = 25, title = nil} -> a markdown table (times divided by `per`, e.g. the
 --                                 number of profiled steps; the ops past `top` summed in one line)
+--   m2.profile.casts() -> { {op, fwd_calls, fwd_bytes, bwd_calls, bwd_bytes}, ... } the dispatcher's bf16
+--                                 conversions (their time is the to_dtype row) by the op whose call needed them
+--   m2.profile.cast_report{per = 1, title = nil} -> a markdown table of those (calls and MiB divided by `per`),
+--                                 nil when there were none
 --
 -- What the autograd tape holds at this moment (core/autograd.h, m2_tape_rows; e.g. between a step's forward and its
 -- backward): the bytes of the buffers behind the live nodes' tensors, each buffer once, by the op that recorded the
@@ -54,6 +58,29 @@ function P.report(o)
   end
   if rest[1] > 0 then line(string.format("(%d more ops)", rest[1]), rest[2], rest[3], rest[4], rest[5]) end
   out[#out + 1] = string.format("| all | | | | | %.2f | 100%% |", total * 1e3 / per)
+  return table.concat(out, "\n")
+end
+
+function P.casts() return core.profile_cast_rows() end
+
+function P.cast_report(o)
+  o = o or {}
+  local per = o.per or 1
+  if type(per) ~= "number" or per <= 0 then error("m2.profile.cast_report: per must be a number > 0", 2) end
+  local rows = core.profile_cast_rows()
+  if #rows == 0 then return nil end
+  local out = {}
+  if o.title then out[#out + 1] = o.title end
+  out[#out + 1] = "| to_dtype for | calls fwd | MiB fwd | calls bwd | MiB bwd |"
+  out[#out + 1] = "|---|---|---|---|---|"
+  local t = { 0, 0, 0, 0 }
+  for _, r in ipairs(rows) do
+    out[#out + 1] = string.format("| %s | %g | %.1f | %g | %.1f |", r.op, r.fwd_calls / per,
+      r.fwd_bytes / per / 2 ^ 20, r.bwd_calls / per, r.bwd_bytes / per / 2 ^ 20)
+    t[1], t[2], t[3], t[4] = t[1] + r.fwd_calls, t[2] + r.fwd_bytes, t[3] + r.bwd_calls, t[4] + r.bwd_bytes
+  end
+  out[#out + 1] = string.format("| all | %g | %.1f | %g | %.1f |", t[1] / per, t[2] / per / 2 ^ 20, t[3] / per,
+    t[4] / per / 2 ^ 20)
   return table.concat(out, "\n")
 end
 
