@@ -172,7 +172,7 @@ __global__ void __launch_bounds__(256) k_norm_bwd_vec(const T *x, const T *w, co
 /* The block and NV of a row of d values of T: W warps (1, 2, 4, 8), the fewest that hold the row's words at NV <= 4
  * (NV <= 8 at 8 warps); false when the row is longer (the old kernels run). */
 template <class T> static bool norm_vec_shape(int64_t d, int *threads, int *nv) {
-  const int64_t words = d / vec16<T>::E + 1; /* a cut row has at most d / E words; + 1 spare */
+  const int64_t words = d / vec16<T>::E; /* a cut row has nb = (d - h) / E <= d / E words */
   for (int wps = 1; wps <= 8; wps *= 2) {
     int64_t per = (words + 32 * wps - 1) / (32 * wps);
     if (per <= 4 || (wps == 8 && per <= 8)) {
