@@ -20,24 +20,22 @@ __global__ void __launch_bounds__(COPY_VEC_BLOCK) k_copy_rows(W *dst, const W *s
                                                               int64_t nw, int64_t rows, int64_t qs, int64_t rs) {
   const int64_t total = rows * nw, tile = (int64_t)blockDim.x * COPY_VEC_U;
   for (int64_t t0 = (int64_t)blockIdx.x * tile + threadIdx.x; t0 < total; t0 += (int64_t)gridDim.x * tile) {
-    int64_t r = total <= 0xffffffffLL ? (int64_t)((uint32_t)t0 / (uint32_t)nw) : t0 / nw, j = t0 - r * nw;
-    int64_t od[COPY_VEC_U], os[COPY_VEC_U];
-    bool ok[COPY_VEC_U];
+    const int64_t r0 = total <= 0xffffffffLL ? (int64_t)((uint32_t)t0 / (uint32_t)nw) : t0 / nw, j0 = t0 - r0 * nw;
+    int64_t r = r0, j = j0;
+    W v[COPY_VEC_U];
 #pragma unroll
-    for (int u = 0; u < COPY_VEC_U; u++) {
-      ok[u] = r < rows;
-      od[u] = r * sd + j;
-      os[u] = r * ss + j;
+    for (int u = 0; u < COPY_VEC_U; u++) { /* every load first */
+      if (r < rows) v[u] = src[r * ss + j];
       j += rs, r += qs;
       if (j >= nw) j -= nw, r++;
     }
-    W v[COPY_VEC_U];
+    r = r0, j = j0; /* the same words again (offsets recomputed, not held: fewer registers) */
 #pragma unroll
-    for (int u = 0; u < COPY_VEC_U; u++) /* every load first */
-      if (ok[u]) v[u] = src[os[u]];
-#pragma unroll
-    for (int u = 0; u < COPY_VEC_U; u++)
-      if (ok[u]) dst[od[u]] = v[u];
+    for (int u = 0; u < COPY_VEC_U; u++) {
+      if (r < rows) dst[r * sd + j] = v[u];
+      j += rs, r += qs;
+      if (j >= nw) j -= nw, r++;
+    }
   }
 }
 
