@@ -1,7 +1,7 @@
-/* copy_rows_vec.cuh — the copies of a column range of contiguous rows (ops_view.cu's copy_same_shape: split / concat /
- * narrow along the last dim and their backwards), in words of 16, 8, 4 or 2 bytes. M2_VEC_MEMBOUND=1 only.
+/* copy_rows_vec.cuh — the copies of a column range of contiguous rows (ops_view.cu's copy_same_shape: split /
+ * concat / narrow along the last dim and their backwards), in words of 16, 8, 4 or 2 bytes. M2_VEC_MEMBOUND=1 only.
  *
- *   dst (rows, L) with row stride sd  <-  src (rows, L) with row stride ss   (same dtype: raw bytes; strides in elements)
+ *   dst (rows, L), row stride sd  <-  src (rows, L), row stride ss   (same dtype: raw bytes; strides in elements)
  * The word is the widest (<= 16 bytes, >= the element) that divides both base addresses and both row strides in
  * bytes: a split of bf16 rows of 2900 at column 84 takes 8-byte words, f32 rows of 2900 16-byte words. Each row's
  * L es bytes are nw words and (when L es is no multiple of the word) a tail of elements, copied by a second launch

@@ -22,7 +22,9 @@ __host__ __device__ __forceinline__ bool cu_aligned16(const void *p) { return ((
 /* ---- a 16-byte word as VE<T> values: 4 f32 or 8 bf16; conversions as to_f / from_f (the same bits) ---- */
 template <class T> struct vec16 { static const int E = 16 / (int)sizeof(T); };
 
-__device__ __forceinline__ uint32_t vword(const uint4 &u, int i) { return i == 0 ? u.x : i == 1 ? u.y : i == 2 ? u.z : u.w; }
+__device__ __forceinline__ uint32_t vword(const uint4 &u, int i) {
+  return i == 0 ? u.x : i == 1 ? u.y : i == 2 ? u.z : u.w;
+}
 
 /* f[e] = element e of u, e < vec16<T>::E */
 __device__ __forceinline__ void vunpack(const uint4 &u, float (&f)[4]) {

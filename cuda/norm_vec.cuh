@@ -3,7 +3,7 @@
  *
  * One block of NT = 32 W threads a row of d values (W = 1, 2, 4 or 8 warps); the row is cut at the 16-byte boundaries
  * of its address: a head of h < E values (E = 4 f32 / 8 bf16), nb 16-byte words, a tail of t < E values. Thread i
- * holds words i, i + NT, ..., i + (NV - 1) NT (NV <= 8, registers), head value i (i < h) and tail value i (i < t): every
+ * holds words i, i + NT, ..., i + (NV - 1) NT (NV <= 8, registers), head value i (i < h), tail value i (i < t): every
  * load of the row is issued before the reduction, and the output is made from the registers (x is read once).
  *   forward:  y = x r w, r = 1 / sqrt(inv sum x^2 + eps), rs[row] = r
  *   backward: gy = dy w, dx = r (gy - x r inv sum_j gy_j x_j r)   (x and dy held; w read twice, from cache)

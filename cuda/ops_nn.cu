@@ -321,10 +321,11 @@ static m2_status norm_fwd(m2_opcall *c, bool mean, const char *op) {
   if (rows == 0) return M2_OK;
   cudaStream_t st;
   M2_TRY(cu_stream(x->device, &st));
-  CU_FLOAT_DISPATCH(x->dtype, if (!norm_fwd_vec<T>(PC(x), PC(w), rows, d, inv, eps, PT(o), (float *)m2_data(c->saved[0]), st))
+  float *rs = (float *)m2_data(c->saved[0]);
+  CU_FLOAT_DISPATCH(x->dtype, if (!norm_fwd_vec<T>(PC(x), PC(w), rows, d, inv, eps, PT(o), rs, st))
                                   k_norm_fwd<T><<<(unsigned)rows, row_threads(d), 0, st>>>(
                                       (const T *)m2_data(x), w ? (const T *)m2_data(w) : (const T *)NULL, d, inv, eps,
-                                      (T *)m2_data(o), (float *)m2_data(c->saved[0])));
+                                      (T *)m2_data(o), rs));
   LAUNCH_OK(op);
   return M2_OK;
 }

@@ -52,7 +52,8 @@ static void gpu_run(const par_case *pc, m2_dtype dt, int on, uint64_t seed, gpu_
     loss = nl;
     m2_release(dy), m2_release(dyg), m2_release(p), m2_release(s);
   }
-  if (loss) CHECK(m2_backward(loss, NULL) == M2_OK, "%s %s (switch %d): backward failed", pc->name, m2_dtype_name(dt), on);
+  if (loss)
+    CHECK(m2_backward(loss, NULL) == M2_OK, "%s %s (switch %d): backward failed", pc->name, m2_dtype_name(dt), on);
   m2_release(loss);
   for (int i = 0; i < pc->n_in; i++) {
     if (gi[i] && gi[i]->grad) m2_retain(gi[i]->grad), o->g[i] = gi[i]->grad;
