@@ -37,6 +37,15 @@ int m2_cuda_attention_wgmma_device(void);
  * fp32 atomicAdd for dq (its summation order varies from run to run). Calls of that path so far. */
 int m2_cuda_attn_v2(int set);
 long m2_cuda_attention_v2_calls(void);
+/* The vectorized memory-bound kernels (cuda/membound_vec.cuh): rmsnorm / l2norm forward and backward, the copies of a
+ * column range of contiguous rows (split / concat / narrow along the last dim), the unary maps forward and backward.
+ * set = 1 on, 0 off for this process, -1 only asks; returns the setting (at first: 1 where the environment has
+ * M2_VEC_MEMBOUND=1, else 0: off by default; read once). Off, the launched kernels are the old ones. On, the unary
+ * maps and the copies give the same bits as off; rmsnorm / l2norm sum a row's squares (and the backward's dot
+ * product) in another order (the last bits of 1/rms may differ). Launches of those kernels so far (tests check that a
+ * call took the path). */
+int m2_cuda_vec_membound(int set);
+long m2_cuda_vec_membound_calls(void);
 /* SSD forwards (rows "ssd" and "ssd_chunked") run by the chunked tensor-core kernels so far. */
 long m2_cuda_ssd_chunk_tc_calls(void);
 /* SSD backwards run by the chunked tensor-core kernels so far. */

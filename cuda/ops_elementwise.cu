@@ -166,6 +166,8 @@ __global__ void k_un_bwd(const T *g, const T *x, const T *y, T *dx, int64_t n, f
   }
 }
 
+#include "elementwise_vec.cuh" /* the M2_VEC_MEMBOUND forms of k_un_fwd / k_un_bwd */
+
 template <int K>
 static m2_status unary_fwd(m2_opcall *c) {
   m2_tensor *x = c->in[0];
@@ -180,8 +182,9 @@ static m2_status unary_fwd(m2_opcall *c) {
   M2_TRY(cu_stream(x->device, &st));
   const m2_unary_attr *a = M2_ATTR(c, m2_unary_attr); /* the op's scalars (core/ops_elementwise.h) */
   float s0 = (float)a->s0, s1 = (float)a->s1;
-  CU_FLOAT_DISPATCH(x->dtype, k_un_fwd<T, K><<<cu_grid(n, 256), 256, 0, st>>>((const T *)m2_data(x), (T *)m2_data(y),
-                                                                               n, s0, s1));
+  CU_FLOAT_DISPATCH(x->dtype, if (!un_fwd_vec<T, K>((const T *)m2_data(x), (T *)m2_data(y), n, s0, s1, st))
+                                  k_un_fwd<T, K><<<cu_grid(n, 256), 256, 0, st>>>((const T *)m2_data(x),
+                                                                                  (T *)m2_data(y), n, s0, s1));
   M2_CUDA_LAUNCH_CHECK(c->op->name);
   return M2_OK;
 }
@@ -202,8 +205,11 @@ static m2_status unary_bwd(m2_opcall *c) {
     const m2_unary_attr *a = M2_ATTR(c, m2_unary_attr); /* the op's scalars (core/ops_elementwise.h) */
     float s0 = (float)a->s0, s1 = (float)a->s1;
     const void *py = y ? m2_data(y) : NULL;
-    CU_FLOAT_DISPATCH(x->dtype, k_un_bwd<T, K><<<cu_grid(n, 256), 256, 0, st>>>(
-                                    (const T *)m2_data(g), (const T *)m2_data(x), (const T *)py, (T *)m2_data(dx), n, s0, s1));
+    CU_FLOAT_DISPATCH(x->dtype, if (!un_bwd_vec<T, K>((const T *)m2_data(g), (const T *)m2_data(x), (const T *)py,
+                                                      (T *)m2_data(dx), n, s0, s1, st))
+                                  k_un_bwd<T, K><<<cu_grid(n, 256), 256, 0, st>>>(
+                                      (const T *)m2_data(g), (const T *)m2_data(x), (const T *)py, (T *)m2_data(dx), n,
+                                      s0, s1));
     cudaError_t e = cudaGetLastError();
     if (e != cudaSuccess) s = m2_fail(M2_ERR_CUDA, "%s backward launch failed: %s", c->op->name, cudaGetErrorString(e));
   }

@@ -302,6 +302,8 @@ template <class T> struct load_dw {
   }
 };
 
+#include "norm_vec.cuh" /* the M2_VEC_MEMBOUND forms of k_norm_fwd / k_norm_bwd */
+
 static m2_status norm_fwd(m2_opcall *c, bool mean, const char *op) {
   m2_tensor *x = c->in[0], *w = c->n_in > 1 ? c->in[1] : NULL;
   M2_TRY(m2_norm_check(x, w, op, cu_check_float));
@@ -319,9 +321,11 @@ static m2_status norm_fwd(m2_opcall *c, bool mean, const char *op) {
   if (rows == 0) return M2_OK;
   cudaStream_t st;
   M2_TRY(cu_stream(x->device, &st));
-  CU_FLOAT_DISPATCH(x->dtype, k_norm_fwd<T><<<(unsigned)rows, row_threads(d), 0, st>>>(
-                                  (const T *)m2_data(x), w ? (const T *)m2_data(w) : (const T *)NULL, d, inv, eps,
-                                  (T *)m2_data(o), (float *)m2_data(c->saved[0])));
+  float *rs = (float *)m2_data(c->saved[0]);
+  CU_FLOAT_DISPATCH(x->dtype, if (!norm_fwd_vec<T>(PC(x), PC(w), rows, d, inv, eps, PT(o), rs, st))
+                                  k_norm_fwd<T><<<(unsigned)rows, row_threads(d), 0, st>>>(
+                                      (const T *)m2_data(x), w ? (const T *)m2_data(w) : (const T *)NULL, d, inv, eps,
+                                      (T *)m2_data(o), rs));
   LAUNCH_OK(op);
   return M2_OK;
 }
@@ -343,9 +347,10 @@ static m2_status norm_bwd(m2_opcall *c, bool mean, const char *op) {
     else {
       c->din[0] = dx;
       if (rows > 0) {
-        CU_FLOAT_DISPATCH(x->dtype, k_norm_bwd<T><<<(unsigned)rows, row_threads(d), 0, st>>>(
-                                        (const T *)m2_data(x), w ? (const T *)m2_data(w) : (const T *)NULL,
-                                        (const T *)m2_data(dy), rs, d, inv, (T *)m2_data(dx)));
+        CU_FLOAT_DISPATCH(x->dtype, if (!norm_bwd_vec<T>(PC(x), PC(w), PC(dy), rs, rows, d, inv, PT(dx), st))
+                                        k_norm_bwd<T><<<(unsigned)rows, row_threads(d), 0, st>>>(
+                                            (const T *)m2_data(x), w ? (const T *)m2_data(w) : (const T *)NULL,
+                                            (const T *)m2_data(dy), rs, d, inv, (T *)m2_data(dx)));
         cudaError_t e = cudaGetLastError();
         if (e != cudaSuccess) s = m2_fail(M2_ERR_CUDA, "%s backward: launch failed: %s", op, cudaGetErrorString(e));
       }

@@ -147,6 +147,8 @@ static bool convert_vec(m2_tensor *dst, const m2_tensor *src, int64_t n, cudaStr
   return true;
 }
 
+#include "copy_rows_vec.cuh" /* the M2_VEC_MEMBOUND copies of a column range of contiguous rows */
+
 /* Copy between two same-shape views on one device. */
 static m2_status copy_same_shape(m2_tensor *dst, const m2_tensor *src) {
   int64_t n = m2_numel(dst);
@@ -165,6 +167,11 @@ static m2_status copy_same_shape(m2_tensor *dst, const m2_tensor *src) {
   copy_plan_make(dst->ndim, dst->shape, dst->stride, src->stride, &p);
   /* same dtype: copy raw words of the element size (no conversion instances needed) */
   m2_dtype ddt = dst->dtype, sdt = src->dtype;
+  if (ddt == sdt && p.nd == 2 && p.sd[1] == 1 && p.ss[1] == 1 &&
+      copy_rows_vec(m2_data(dst), m2_data(src), m2_elsize(dst), p.shape[0], p.shape[1], p.sd[0], p.ss[0], st)) {
+    M2_CUDA_LAUNCH_CHECK("copy (rows)");
+    return M2_OK;
+  }
   if (ddt == sdt) {
     size_t es = m2_elsize(dst);
     ddt = sdt = es == 2 ? M2_BF16 : es == 4 ? M2_I32 : M2_I64;
