@@ -297,7 +297,13 @@ __global__ void __launch_bounds__(NW * 32) k2_bwd(att_v Q, att_v K, att_v V, att
         if (t >= T) continue;
         float *row = dqa + (((size_t)b * T + t) * H + h) * D + c0 + 2 * tq;
 #pragma unroll
-        for (int j = 0; j < DH / 8; j++) atomicAdd((float2 *)(row + 8 * j), make_float2(acc[j][2 * i], acc[j][2 * i + 1]));
+        for (int j = 0; j < DH / 8; j++) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 /* float2 atomicAdd: sm_90 and later */
+          atomicAdd((float2 *)(row + 8 * j), make_float2(acc[j][2 * i], acc[j][2 * i + 1]));
+#else
+          atomicAdd(row + 8 * j, acc[j][2 * i]), atomicAdd(row + 8 * j + 1, acc[j][2 * i + 1]);
+#endif
+        }
       }
     }
     __syncthreads(); /* the next tile stages into the buffers just read and rewrites dSs */
