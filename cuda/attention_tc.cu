@@ -538,7 +538,10 @@ m2_status att_v2_fwd(const m2_opcall *c, const m2_attention_attr *d, cudaStream_
   if (e == cudaSuccess) e = operand(c->in[1], d->S, d->Hkv, d->D, &tmp[1], &kv, st);
   if (e == cudaSuccess) e = operand(c->in[2], d->S, d->Hkv, d->D, &tmp[2], &vv, st);
   /* ---- q, k, v: bf16 pointers + element strides (batch, row, head) ---- */
-  if (e == cudaSuccess)
+  if (e == cudaSuccess && att_wgmma_fwd_ok(d)) /* Hopper: the wgmma forward reads the same strided operands */
+    e = att_wgmma_fwd(d, qv.p, kv.p, vv.p, qv.sb, qv.sr, qv.sh, kv.sb, kv.sr, kv.sh, m2_data(o), o->dtype == M2_BF16,
+                      (float *)m2_data(lse), (float)d->scale, d->causal, st);
+  else if (e == cudaSuccess)
     e = ATT_TC_DISPATCH(d->D, launch_fwd2_any)(*d, qv, kv, vv, o, (float *)m2_data(lse), (float)d->scale,
                                                 d->causal, st);
   m2_release(tmp[0]), m2_release(tmp[1]), m2_release(tmp[2]);
@@ -636,7 +639,7 @@ m2_status m2_att_tc_fwd(const m2_opcall *c, const m2_attention_attr *d, cudaStre
     if (e == cudaSuccess) e = pack(c->in[2], vp, d->B, d->S, d->Hkv, d->D, st);
     if (e == cudaSuccess && att_wgmma_fwd_ok(d)) /* packed (B, NH, L, D): strides batch NH L D, row D, head L D */
       e = att_wgmma_fwd(d, qp, kp, vp, d->H * d->T * d->D, d->D, d->T * d->D, d->Hkv * d->S * d->D, d->D,
-                        d->S * d->D, (float *)m2_data(o), (float *)m2_data(lse), (float)d->scale, d->causal, st);
+                        d->S * d->D, m2_data(o), false, (float *)m2_data(lse), (float)d->scale, d->causal, st);
     else if (e == cudaSuccess)
       e = ATT_TC_DISPATCH(d->D, launch_fwd)(*d, qp, kp, vp, (float *)m2_data(o), (float *)m2_data(lse),
                                              (float)d->scale, d->causal, st);

@@ -63,6 +63,9 @@ __device__ __forceinline__ float ex2(float x) {
 }
 __device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 template <int N> __device__ __forceinline__ void cp_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
+/* Two adjacent outputs: fp32, or bf16 bits rounded to nearest (the output dtype of the call; M2_ATTN_V2 keeps bf16). */
+__device__ __forceinline__ void wg_store2(float *p, float a, float b) { *(float2 *)p = make_float2(a, b); }
+__device__ __forceinline__ void wg_store2(uint16_t *p, float a, float b) { *(uint32_t *)p = mma_pack(a, b); }
 
 /* Stage rows r0 .. r0 + R - 1 of a (L, D) bf16 matrix g (row stride ld elements) into the swizzled tile at shared
  * address s (R rows); rows >= L become 0. NT threads, this one tid: its 16-byte chunks are column c = tid % CH of
@@ -161,10 +164,10 @@ template <int BN> __device__ __forceinline__ void wg_pack(uint32_t (&pa)[BN / 16
  * once P v is done. Three tile buffers (tile it + 1 is staged while it and it - 1 are read); one block iteration
  * more, in which each warpgroup issues its last P v. (ptxas 13.0 places the wait for that P v after the mask and
  * the row maxima but before the exponentials: the overlap is partial; to be measured.) */
-template <int D, bool PIPE>
+template <int D, bool PIPE, class OT>
 __global__ void __launch_bounds__(wg_cfg<D>::NWG * 128, wg_cfg<D>::MINB)
     k_fwd_wg(const uint16_t *__restrict__ Q, const uint16_t *__restrict__ K, const uint16_t *__restrict__ V,
-             int64_t q_sb, int64_t q_st, int64_t q_sh, int64_t kv_sb, int64_t kv_st, int64_t kv_sh, float *O,
+             int64_t q_sb, int64_t q_st, int64_t q_sh, int64_t kv_sb, int64_t kv_st, int64_t kv_sh, OT *O,
              float *lse, int T, int H, int S, int Hkv, float sl2, bool causal) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   constexpr int NWG = wg_cfg<D>::NWG, BN = wg_cfg<D>::BN, BM = 64 * NWG, NT = 128 * NWG, NB = PIPE ? 3 : 2;
@@ -257,10 +260,9 @@ __global__ void __launch_bounds__(wg_cfg<D>::NWG * 128, wg_cfg<D>::MINB)
 #pragma unroll
   for (int i = 0; i < 2; i++) {
     if (r[i] >= T) continue;
-    float *row = O + (((size_t)b * T + r[i]) * H + h) * D;
+    OT *row = O + (((size_t)b * T + r[i]) * H + h) * D;
 #pragma unroll
-    for (int j = 0; j < D / 8; j++)
-      *(float2 *)(row + 8 * j + 2 * tq) = make_float2(o[4 * j + 2 * i] * inv[i], o[4 * j + 2 * i + 1] * inv[i]);
+    for (int j = 0; j < D / 8; j++) wg_store2(row + 8 * j + 2 * tq, o[4 * j + 2 * i] * inv[i], o[4 * j + 2 * i + 1] * inv[i]);
   }
 #endif
 }
@@ -288,22 +290,22 @@ bool wg_device_ok() {
     cudaFuncAttributes fa;
     bool yes = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
                cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) == cudaSuccess && major == 9 &&
-               minor == 0 && cudaFuncGetAttributes(&fa, k_fwd_wg<64, false>) == cudaSuccess && fa.binaryVersion == 90;
+               minor == 0 && cudaFuncGetAttributes(&fa, k_fwd_wg<64, false, float>) == cudaSuccess && fa.binaryVersion == 90;
     ok[dev] = yes ? 1 : -1;
   }
   return ok[dev] > 0;
 }
 
-template <int D, bool PIPE>
+template <int D, bool PIPE, class OT>
 cudaError_t launch_wg(const m2_attention_attr &d, const uint16_t *q, const uint16_t *k, const uint16_t *v, int64_t q_sb,
-                      int64_t q_st, int64_t q_sh, int64_t kv_sb, int64_t kv_st, int64_t kv_sh, float *o, float *lse,
+                      int64_t q_st, int64_t q_sh, int64_t kv_sb, int64_t kv_st, int64_t kv_sh, OT *o, float *lse,
                       float scale, bool causal, cudaStream_t st) {
   constexpr int BM = 64 * wg_cfg<D>::NWG;
   const size_t bytes = wg_smem_bytes<D, PIPE>();
-  cudaError_t e = cudaFuncSetAttribute(k_fwd_wg<D, PIPE>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
+  cudaError_t e = cudaFuncSetAttribute(k_fwd_wg<D, PIPE, OT>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
   if (e != cudaSuccess) return e;
   dim3 grid((unsigned)((d.T + BM - 1) / BM), (unsigned)(d.B * d.H));
-  k_fwd_wg<D, PIPE><<<grid, wg_cfg<D>::NWG * 128, bytes, st>>>(q, k, v, q_sb, q_st, q_sh, kv_sb, kv_st, kv_sh, o, lse,
+  k_fwd_wg<D, PIPE, OT><<<grid, wg_cfg<D>::NWG * 128, bytes, st>>>(q, k, v, q_sb, q_st, q_sh, kv_sb, kv_st, kv_sh, o, lse,
                                                                 (int)d.T, (int)d.H, (int)d.S, (int)d.Hkv,
                                                                 scale * LOG2E, causal);
   return cudaGetLastError();
@@ -334,16 +336,27 @@ bool att_wgmma_fwd_ok(const m2_attention_attr *d) {
 #endif
 }
 
+template <class OT>
+static cudaError_t wg_fwd_t(const m2_attention_attr *d, const uint16_t *q, const uint16_t *k, const uint16_t *v, int64_t q_sb,
+                     int64_t q_st, int64_t q_sh, int64_t kv_sb, int64_t kv_st, int64_t kv_sh, OT *o, float *lse,
+                     float scale, bool causal, cudaStream_t st) {
+  const bool pipe = wg_mode() == 2;
+  return d->D == 64 ? (pipe ? launch_wg<64, true, OT> : launch_wg<64, false, OT>)(*d, q, k, v, q_sb, q_st, q_sh, kv_sb,
+                                                                                    kv_st, kv_sh, o, lse, scale,
+                                                                                    causal, st)
+                    : (pipe ? launch_wg<128, true, OT> : launch_wg<128, false, OT>)(*d, q, k, v, q_sb, q_st, q_sh,
+                                                                                      kv_sb, kv_st, kv_sh, o, lse,
+                                                                                      scale, causal, st);
+}
+
 cudaError_t att_wgmma_fwd(const m2_attention_attr *d, const uint16_t *q, const uint16_t *k, const uint16_t *v,
                           int64_t q_sb, int64_t q_st, int64_t q_sh, int64_t kv_sb, int64_t kv_st, int64_t kv_sh,
-                          float *o, float *lse, float scale, bool causal, cudaStream_t st) {
+                          void *o, bool o_bf16, float *lse, float scale, bool causal, cudaStream_t st) {
   if (d->B * d->T * d->H == 0) return cudaSuccess;
-  const bool pipe = wg_mode() == 2;
-  cudaError_t e =
-      d->D == 64 ? (pipe ? launch_wg<64, true> : launch_wg<64, false>)(*d, q, k, v, q_sb, q_st, q_sh, kv_sb, kv_st,
-                                                                       kv_sh, o, lse, scale, causal, st)
-                 : (pipe ? launch_wg<128, true> : launch_wg<128, false>)(*d, q, k, v, q_sb, q_st, q_sh, kv_sb, kv_st,
-                                                                         kv_sh, o, lse, scale, causal, st);
+  cudaError_t e = o_bf16 ? wg_fwd_t(d, q, k, v, q_sb, q_st, q_sh, kv_sb, kv_st, kv_sh, (uint16_t *)o, lse, scale,
+                                    causal, st)
+                         : wg_fwd_t(d, q, k, v, q_sb, q_st, q_sh, kv_sb, kv_st, kv_sh, (float *)o, lse, scale, causal,
+                                    st);
   if (e == cudaSuccess) g_wg_calls++;
   return e;
 }

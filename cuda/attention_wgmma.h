@@ -12,11 +12,11 @@
  * this build holds the sm_90a kernel, and D is 64 or 128. */
 bool att_wgmma_fwd_ok(const m2_attention_attr *d);
 
-/* o (B,T,H,D) f32 contiguous and lse (B,H,T) (natural log; -inf for a row that sees no key) of q (B,T,H,D) against
+/* o (B,T,H,D) contiguous, f32 or (o_bf16) bf16 bits rounded to nearest, and lse (B,H,T) (natural log; -inf for a row that sees no key) of q (B,T,H,D) against
  * k, v (B,S,Hkv,D), all bf16 bits with element strides q_sb, q_st, q_sh (batch, row, head; each row of D
  * contiguous) and kv_sb, kv_st, kv_sh for k and v. Causal: query t reads keys s < clamp(t + S - T + 1, 0, S). P is
  * rounded to bf16 as the operand of P v. Launches on st; returns the launch's error. */
 cudaError_t att_wgmma_fwd(const m2_attention_attr *d, const uint16_t *q, const uint16_t *k, const uint16_t *v,
                           int64_t q_sb, int64_t q_st, int64_t q_sh, int64_t kv_sb, int64_t kv_st, int64_t kv_sh,
-                          float *o, float *lse, float scale, bool causal, cudaStream_t st);
+                          void *o, bool o_bf16, float *lse, float scale, bool causal, cudaStream_t st);
 #endif

@@ -14,7 +14,8 @@
  *    of head dims 64 and 128 on an sm_90 device, and nothing else.
  *    Every case runs in f32 and bf16 (bf16 q, k, v on the GPU, their values in f32 on the CPU; the GPU's o and
  *    gradients come in bf16), twice: with the M2_ATTN_V2 path off (the default: packed operands, dq and dk/dv kernels)
- *    and on (operands read in place, bf16 ones unconverted by the dispatcher, the one-pass backward with atomic dq);
+ *    and on (operands read in place, bf16 ones unconverted by the dispatcher, the one-pass backward with atomic dq;
+ *    the forward with the warpgroup switch off and on: on Hopper it reads the same in-place operands, o in bf16);
  *    a second counter checks that the v2 kernels ran exactly when on, and the dispatcher's cast rule is checked
  *    directly (all-bf16 calls left unconverted only with v2 on).
  * Skips (77) without a GPU. */
@@ -97,7 +98,8 @@ static int f_att(m2_tensor *const *in, void *ud, m2_tensor **outs) {
 }
 
 /* Whether the forwards of the tensor-core path run on the Hopper warpgroup kernel (cuda/attention_wgmma.cu):
- * the switch (m2_cuda_attention_wgmma) on, this build and device able to run it, head dim 64 or 128, v2 off. */
+ * the switch (m2_cuda_attention_wgmma) on, this build and device able to run it, head dim 64 or 128 (v2 off: on
+ * the packed operands, f32 o; v2 on: on the operands in place, o in the inputs' dtype). */
 static int g_wg_on; /* the switch: 0, 1, 2 */
 static bool g_wg_dev;
 
@@ -109,9 +111,9 @@ static void tc_case(int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int
   att_ud u = {{0, causal}};
   char name[96];
   const bool v2 = m2_cuda_attn_v2(-1) == 1;
-  const bool wg = tc && !v2 && g_wg_on && g_wg_dev && (D == 64 || D == 128);
+  const bool wg = tc && g_wg_on && g_wg_dev && (D == 64 || D == 128);
   snprintf(name, sizeof name, "tc%s%s B%lld T%lld S%lld H%lld/%lld D%lld%s", v2 ? "2" : "",
-           v2 ? "" : g_wg_on == 2 ? " wgmma2" : g_wg_on ? " wgmma" : "", (long long)B, (long long)T, (long long)S,
+           g_wg_on == 2 ? " wgmma2" : g_wg_on ? " wgmma" : "", (long long)B, (long long)T, (long long)S,
            (long long)H, (long long)Hkv, (long long)D, causal ? " causal" : " full");
   par_case pc = {name, f_att, &u, 3, {q, k, v}, {true, true, true}, {1e-2, 0}, {1e-2, 0}, false};
   long before = m2_cuda_attention_tc_calls(), before2 = m2_cuda_attention_v2_calls(),
@@ -203,10 +205,11 @@ int main(void) {
     m2_cuda_attention_wgmma(g_wg_on);
     tensor_core_cases();
   }
-  g_wg_on = 1; /* v2 on: its own forward whatever the warpgroup switch says (the counter checks it stays unused) */
-  m2_cuda_attention_wgmma(1);
   m2_cuda_attn_v2(1);
-  tensor_core_cases();
+  for (g_wg_on = 0; g_wg_on < 2; g_wg_on++) { /* v2 on: its mma.sync forward; the warpgroup one on its operands */
+    m2_cuda_attention_wgmma(g_wg_on);
+    tensor_core_cases();
+  }
   m2_cuda_attn_v2(v2);
   m2_cuda_attention_wgmma(wg);
 #endif
