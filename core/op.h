@@ -90,7 +90,7 @@ enum {
   /* The profiler (profile.h) does not time the backward as one row: the ops it runs are timed each in their own row
    * (recompute: the recomputed forward adds forward calls, its backward backward calls). */
   M2_OP_PROFILE_INNER = 1 << 11,
-  /* As M2_OP_MIXED_KERNELS, but only while the mixed-kernel switch is on (m2_mixed_kernels below; off by default):
+  /* As M2_OP_MIXED_KERNELS, but only while the mixed-kernel switch is on (m2_mixed_kernels below; on by default):
    * the op's non-CPU kernels take a bf16 / f32 mix and give exactly what the cast path gives (each input read in
    * its own dtype, f32 arithmetic in the f32 kernel's order, the outputs rounded once to the dtype of the op's
    * M2_OP_CAST_* rule, each input's gradient in its own dtype). While the switch is off such calls convert. */
@@ -174,8 +174,8 @@ m2_status m2_cast_register_native(m2_devtype t, const m2_op *op, bool (*takes)(c
 bool m2_cast_keep_bf16(bool on);
 bool m2_cast_keep_bf16_on(void);
 /* The mixed-kernel switch: whether calls of ops flagged M2_OP_MIXED_KERNELS_OPT that mix bf16 and f32 inputs go to
- * their device kernels as they are (on) or on f32 copies (off, the default: the bf16 rule above). The environment
- * variable M2_MIXED_KERNELS=1 (read once) turns it on; a backend's kernels read nothing of it. Returns the setting
+ * their device kernels as they are (on, the default since 2026-12-07) or on f32 copies (off: the bf16 rule above).
+ * The environment variable M2_MIXED_KERNELS=0 (read once) turns it off; a backend's kernels read nothing of it. Returns the setting
  * before. */
 bool m2_mixed_kernels(bool on);
 bool m2_mixed_kernels_on(void);

@@ -115,8 +115,8 @@ static int g_mixed = -1; /* -1: not read from the environment yet */
 
 bool m2_mixed_kernels_on(void) {
   if (g_mixed < 0) {
-    const char *e = getenv("M2_MIXED_KERNELS");
-    g_mixed = e && e[0] && strcmp(e, "0") != 0;
+    const char *e = getenv("M2_MIXED_KERNELS"); /* on unless 0 (parity on an H100, 2026-12-07: cuda_mixed_kernels) */
+    g_mixed = !(e && strcmp(e, "0") == 0);
   }
   return g_mixed != 0;
 }

@@ -14,7 +14,7 @@
  *            summation order fixed (deterministic, no atomics).
  * Masks: query t reads keys s < n(t) = clamp(t + S - T + 1, 0, S) when causal, all S otherwise; a row with no key
  * gives o = 0 and lse = -inf, and no gradient.
- * M2_ATTN_V2=1 (m2_cuda_attn_v2, off by default) takes the k2_* kernels of attention_tc_v2.cuh instead: operands
+ * M2_ATTN_V2 (m2_cuda_attn_v2; on by default since 2026-12-07, =0 turns it off) takes the k2_* kernels of attention_tc_v2.cuh instead: operands
  * read in place through strides (no packing; bf16 q, k, v left bf16 by the dispatcher, outputs in their dtype) and
  * a one-pass backward with an fp32 atomicAdd for dq (not deterministic in its last bits). */
 #include "ops_common.cuh"
@@ -602,9 +602,9 @@ m2_status att_v2_bwd(const m2_opcall *c, const m2_attention_attr *d, cudaStream_
 
 extern "C" int m2_cuda_attn_v2(int set) {
   if (set >= 0) g_v2 = set ? 1 : 0;
-  else if (g_v2 < 0) { /* off unless M2_ATTN_V2=1 */
-    const char *e = getenv("M2_ATTN_V2");
-    g_v2 = e && strcmp(e, "1") == 0;
+  else if (g_v2 < 0) {
+    const char *e = getenv("M2_ATTN_V2"); /* on unless 0 (parity on an H100, 2026-12-07: cuda_ops_attention) */
+    g_v2 = !(e && strcmp(e, "0") == 0);
   }
   return g_v2;
 }
@@ -626,7 +626,7 @@ bool m2_att_tc_applies(const m2_opcall *c, const m2_attention_attr *d) {
 extern "C" long m2_cuda_attention_tc_calls(void) { return g_tc_calls; }
 
 m2_status m2_att_tc_fwd(const m2_opcall *c, const m2_attention_attr *d, cudaStream_t st, m2_tensor *o, m2_tensor *lse) {
-  if (v2_takes(c)) return att_v2_fwd(c, d, st, o, lse); /* M2_ATTN_V2=1 */
+  if (v2_takes(c)) return att_v2_fwd(c, d, st, o, lse); /* M2_ATTN_V2 (the default) */
   const m2_device dev = c->in[0]->device;
   m2_tensor *q = scratch16(dev, d->B * d->T * d->H * d->D), *k = scratch16(dev, d->B * d->S * d->Hkv * d->D),
             *v = scratch16(dev, d->B * d->S * d->Hkv * d->D);
@@ -653,7 +653,7 @@ m2_status m2_att_tc_fwd(const m2_opcall *c, const m2_attention_attr *d, cudaStre
 
 m2_status m2_att_tc_bwd(const m2_opcall *c, const m2_attention_attr *d, cudaStream_t st, const m2_tensor *dO,
                         const m2_tensor *o, const float *lse, float *Dt, m2_tensor *const din[3]) {
-  if (v2_takes(c)) return att_v2_bwd(c, d, st, dO, o, lse, Dt, din); /* M2_ATTN_V2=1 */
+  if (v2_takes(c)) return att_v2_bwd(c, d, st, dO, o, lse, Dt, din); /* M2_ATTN_V2 (the default) */
   const m2_device dev = c->in[0]->device;
   m2_tensor *q = scratch16(dev, d->B * d->T * d->H * d->D), *k = scratch16(dev, d->B * d->S * d->Hkv * d->D),
             *v = scratch16(dev, d->B * d->S * d->Hkv * d->D), *g = scratch16(dev, d->B * d->T * d->H * d->D);

@@ -7,7 +7,7 @@
 #include "../core/ops_attention.h"
 
 /* Whether call c (attributes d) runs on the tensor-core kernels: f32 q, k, v with bf16 products; with the v2 path on
- * (M2_ATTN_V2=1, m2_cuda_attn_v2 in m2cuda.h) also bf16 ones, which the dispatcher then leaves unconverted
+ * (M2_ATTN_V2, on unless 0, m2_cuda_attn_v2 in m2cuda.h) also bf16 ones, which the dispatcher then leaves unconverted
  * (m2_att_tc_takes_bf16, registered with m2_cast_register_native). */
 bool m2_att_tc_applies(const m2_opcall *c, const m2_attention_attr *d);
 /* Whether the v2 path takes the all-bf16 call c as it is (its attributes checked; bf16 products, D 32 / 64 / 128). */

@@ -1,4 +1,4 @@
-/* attention_tc_v2.cuh — the tensor-core attention kernels of the M2_ATTN_V2 path (m2_cuda_attn_v2; off by default),
+/* attention_tc_v2.cuh — the tensor-core attention kernels of the M2_ATTN_V2 path (m2_cuda_attn_v2; on by default),
  * included by cuda/attention_tc.cu inside its anonymous namespace (they use its fragment helpers: stage, load_a,
  * mul_abt, mul_ab, to_a, ex2, att_keys, lse2). The default kernels there are left as they are.
  *

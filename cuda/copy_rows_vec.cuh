@@ -1,5 +1,5 @@
 /* copy_rows_vec.cuh — the copies of a column range of contiguous rows (ops_view.cu's copy_same_shape: split /
- * concat / narrow along the last dim and their backwards), in words of 16, 8, 4 or 2 bytes. M2_VEC_MEMBOUND=1 only.
+ * concat / narrow along the last dim and their backwards), in words of 16, 8, 4 or 2 bytes. Unless M2_VEC_MEMBOUND=0.
  *
  *   dst (rows, L), row stride sd  <-  src (rows, L), row stride ss   (same dtype: raw bytes; strides in elements)
  * The word is the widest (<= 16 bytes, >= the element) that divides both base addresses and both row strides in

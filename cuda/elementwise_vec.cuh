@@ -1,6 +1,6 @@
 /* elementwise_vec.cuh — the unary maps forward and backward (ops_elementwise.cu) on 16-byte words: each thread
  * loads U words of every operand (U x 4 f32 or U x 8 bf16 values) before it computes and stores any. The values are
- * those of k_un_fwd / k_un_bwd (the same un_fwd / un_bwd per element: the same bits). M2_VEC_MEMBOUND=1 only.
+ * those of k_un_fwd / k_un_bwd (the same un_fwd / un_bwd per element: the same bits). Unless M2_VEC_MEMBOUND=0.
  * Included by ops_elementwise.cu after un_fwd, un_bwd and un_uses_y.
  *
  *   k_un_fwd_vec: y (n) = f(x (n))               x, y 16-byte aligned; the n % E last elements one a thread

@@ -14,7 +14,8 @@ m2_status m2_cuda_register(void);
 
 /* The mixed bf16 / f32 kernels of conv1d_causal, add, sub, mul and swiglu (a bf16 activation with an f32 parameter or
  * the f32 residual stream, without f32 copies): core's switch (m2_mixed_kernels, op.h; the environment variable
- * M2_MIXED_KERNELS=1) from now on: 1 on, 0 off, -1 keeps; returns the previous setting. Off, such calls convert. */
+ * M2_MIXED_KERNELS, on unless 0) from now on: 1 on, 0 off, -1 keeps; returns the previous setting. Off, such calls
+ * convert. */
 int m2_cuda_mixed_kernels(int set);
 /* Kernel calls (forwards and backwards) that took a mixed path so far (tests check that a call took it). */
 long m2_cuda_mixed_calls(void);
@@ -31,7 +32,7 @@ long m2_cuda_attention_wgmma_calls(void);
 /* 1 when this build holds that kernel (its CUDA targets include 90) and the current device runs it (sm_90). */
 int m2_cuda_attention_wgmma_device(void);
 /* The M2_ATTN_V2 path of the tensor-core attention (cuda/attention_tc_v2.cuh): set = 1 on, 0 off for this process,
- * -1 only asks; returns the setting (at first: 1 where the environment has M2_ATTN_V2=1, else 0: off by default).
+ * -1 only asks; returns the setting (at first: 0 where the environment has M2_ATTN_V2=0, else 1: on by default).
  * On: q, k, v and do are read in place as bf16 (bf16 inputs are no longer converted to f32 by the dispatcher; f32
  * ones pass one vectorized conversion), outputs come in the inputs' dtype, and the backward is one kernel with an
  * fp32 atomicAdd for dq (its summation order varies from run to run). Calls of that path so far. */
@@ -39,8 +40,8 @@ int m2_cuda_attn_v2(int set);
 long m2_cuda_attention_v2_calls(void);
 /* The vectorized memory-bound kernels (cuda/membound_vec.cuh): rmsnorm / l2norm forward and backward, the copies of a
  * column range of contiguous rows (split / concat / narrow along the last dim), the unary maps forward and backward.
- * set = 1 on, 0 off for this process, -1 only asks; returns the setting (at first: 1 where the environment has
- * M2_VEC_MEMBOUND=1, else 0: off by default; read once). Off, the launched kernels are the old ones. On, the unary
+ * set = 1 on, 0 off for this process, -1 only asks; returns the setting (at first: 0 where the environment has
+ * M2_VEC_MEMBOUND=0, else 1: on by default; read once). Off, the launched kernels are the old ones. On, the unary
  * maps and the copies give the same bits as off; rmsnorm / l2norm sum a row's squares (and the backward's dot
  * product) in another order (the last bits of 1/rms may differ). Launches of those kernels so far (tests check that a
  * call took the path). */

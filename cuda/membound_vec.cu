@@ -9,9 +9,9 @@ static long g_vec_calls;
 
 extern "C" int m2_cuda_vec_membound(int set) {
   if (set >= 0) g_vec = set ? 1 : 0;
-  else if (g_vec < 0) { /* off unless M2_VEC_MEMBOUND=1 */
+  else if (g_vec < 0) { /* on unless M2_VEC_MEMBOUND=0 (parity on an H100, 2026-12-07: cuda_ops_membound_vec) */
     const char *e = getenv("M2_VEC_MEMBOUND");
-    g_vec = e && strcmp(e, "1") == 0;
+    g_vec = !(e && strcmp(e, "0") == 0);
   }
   return g_vec;
 }

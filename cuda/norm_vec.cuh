@@ -1,5 +1,5 @@
 /* norm_vec.cuh — rmsnorm / l2norm forward and backward (ops_nn.cu) on 16-byte words, the row held in registers.
- * M2_VEC_MEMBOUND=1 only.
+ * Unless M2_VEC_MEMBOUND=0.
  *
  * One block of NT = 32 W threads a row of d values (W = 1, 2, 4 or 8 warps); the row is cut at the 16-byte boundaries
  * of its address: a head of h < E values (E = 4 f32 / 8 bf16), nb 16-byte words, a tail of t < E values. Thread i

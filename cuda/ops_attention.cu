@@ -1,7 +1,7 @@
 /* ops_attention.cu — softmax attention (DESIGN 3.4, grouped-query heads, causal or full) and rotary
  * embedding on CUDA. These kernels compute in fp32 (f32 or bf16 storage) and serve every call except f32 calls with
  * bf16 products (m2_attention_attr.bf16, m2_matmul_precision) and head dim 32 / 64 / 128, which run on tensor cores
- * (cuda/attention_tc.cu; with M2_ATTN_V2=1 also bf16 calls with bf16 products, which the dispatcher then leaves
+ * (cuda/attention_tc.cu; with M2_ATTN_V2, the default, also bf16 calls with bf16 products, which the dispatcher then leaves
  * unconverted). The calls' attributes (m2_attention_attr, m2_rope_attr) were checked by the public
  * functions; here only what these kernels take (f32 / bf16, head dims up to 512, sequences below 2^31).
  *
@@ -435,6 +435,6 @@ extern "C" m2_status m2_cuda_register_ops_attention(void) {
       {&m2_op_rope, m2_cuda_rope_fwd, m2_cuda_rope_bwd},
   };
   M2_TRY(m2_op_register_kernels(M2_CUDA, regs, (int)(sizeof regs / sizeof regs[0])));
-  /* all-bf16 attention calls stay bf16 where the M2_ATTN_V2 tensor-core path takes them (off by default) */
+  /* all-bf16 attention calls stay bf16 where the M2_ATTN_V2 tensor-core path takes them (on by default) */
   return m2_cast_register_native(M2_CUDA, &m2_op_attention, m2_att_tc_takes_bf16);
 }

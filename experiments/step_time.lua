@@ -23,7 +23,7 @@
 -- mixed kernels on CUDA) records one node that keeps the bf16 inputs, not the copies (m2.core.cast_keep_bf16; 0 off,
 -- -1, the default: as the environment says, M2_CAST_KEEP_BF16=1, else off); same outputs and gradients, bit for bit;
 -- mixed=1: the bf16 / f32 calls of conv1d_causal, add, sub, mul and swiglu run on CUDA's mixed kernels instead of f32
--- copies (m2.core.mixed_kernels; 0 off, -1, the default: as the environment says, M2_MIXED_KERNELS=1, else off);
+-- copies (m2.core.mixed_kernels; 0 off, -1, the default: as the environment says, M2_MIXED_KERNELS=0 off, else on);
 -- chunked: 1 runs the GDN and Mamba-2 layers in their chunked form (m2.gdn_chunked / m2.ssd_chunked), 0 recurrent,
 -- -1 (the default) as the config says;
 -- checkpoint: activation checkpointing of the blocks (spec.checkpoint, m2.checkpoint): 0 off (the default), -1 every

@@ -23,8 +23,8 @@
  *   m2.core.cast_keep_bf16([on]) -> the setting before   a call run on f32 copies of its bf16 inputs records one
  *        node that keeps the bf16 inputs (m2_cast_keep_bf16, core/op.h; off by default, env M2_CAST_KEEP_BF16=1)
  *   m2.core.mixed_kernels([on]) -> the setting before   bf16 / f32 calls of conv1d_causal, add, sub, mul and swiglu
- *        go to the device's mixed kernels instead of f32 copies (m2_mixed_kernels, core/op.h; off by default, env
- *        M2_MIXED_KERNELS=1; the CPU always converts) */
+ *        go to the device's mixed kernels instead of f32 copies (m2_mixed_kernels, core/op.h; on by default, env
+ *        M2_MIXED_KERNELS=0 off; the CPU always converts) */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>

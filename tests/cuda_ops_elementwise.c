@@ -66,9 +66,24 @@ int main(void) {
   m2_tensor *g = m2_clone_raw(h, M2_F64, par_gpu);
   CHECK_FAILS(m2_exp(g) == NULL, M2_ERR_DTYPE, "f64");
   CHECK_FAILS(m2_add(g, g) == NULL, M2_ERR_DTYPE, "f64");
-  /* mixed dtypes are refused */
-  m2_tensor *f = m2_clone_raw(h, M2_F32, par_gpu), *bf = m2_clone_raw(h, M2_BF16, par_gpu);
-  CHECK_FAILS(m2_mul(f, bf) == NULL, M2_ERR_DTYPE, "dtypes differ");
+  /* f64 with f32 is refused; bf16 with f32 is promoted to f32 (the dispatcher's rule, core/op_cast.c): the product
+   * equals the one of the f32 values of both */
+  m2_tensor *r = par_randn(1, sd), *f = m2_clone_raw(r, M2_F32, par_gpu),
+            *bf = m2_clone_raw(r, M2_BF16, par_gpu), *bf32 = bf ? m2_clone_raw(bf, M2_F32, par_gpu) : NULL;
+  CHECK_FAILS(m2_mul(g, f) == NULL, M2_ERR_DTYPE, "dtypes differ");
+  m2_tensor *mix = m2_mul(f, bf), *ref = bf32 ? m2_mul(f, bf32) : NULL;
+  CHECK(mix && ref && mix->dtype == M2_F32, "mul(f32, bf16) on cuda: %s", mix ? m2_dtype_name(mix->dtype) : m2_errmsg());
+  if (mix && ref) {
+    m2_tensor *hm = m2_clone_raw(mix, M2_F64, M2_DEV_CPU), *hr = m2_clone_raw(ref, M2_F64, M2_DEV_CPU);
+    double worst = 0;
+    for (int64_t i = 0; hm && hr && i < m2_numel(hm); i++) {
+      const double d = fabs(((const double *)m2_data(hm))[i] - ((const double *)m2_data(hr))[i]);
+      worst = d > worst ? d : worst;
+    }
+    CHECK(hm && hr && worst == 0, "mul(f32, bf16) differs from mul(f32, f32(bf16)) by %.3g", worst);
+    m2_release(hm), m2_release(hr);
+  }
+  m2_release(mix), m2_release(ref), m2_release(r), m2_release(bf32);
   m2_release(h); m2_release(g); m2_release(f); m2_release(bf);
   return par_finish("cuda_ops_elementwise");
 }

@@ -1,7 +1,7 @@
 /* test_mixed_switch.c — the mixed-kernel switch (m2_mixed_kernels, core/op.h) in the dispatcher's bf16 rule
  * (m2_cast_needed, core/op_cast.c), without a GPU: for a device other than the CPU, a bf16 / f32 call of an op
- * flagged M2_OP_MIXED_KERNELS_OPT (conv1d_causal, add, sub, mul, swiglu) converts while the switch is off (the
- * default) and goes to the kernels as it is while it is on; other ops (div) convert either way; all-bf16 calls never
+ * flagged M2_OP_MIXED_KERNELS_OPT (conv1d_causal, add, sub, mul, swiglu) converts while the switch is off and goes
+ * to the kernels as it is while it is on (the default); other ops (div) convert either way; all-bf16 calls never
  * convert there; the CPU converts every bf16 call whatever the switch, with the same results. */
 #include "check.h"
 #include <string.h>
@@ -31,7 +31,7 @@ int main(void) {
   const m2_op *flagged[] = {&m2_op_add, &m2_op_sub, &m2_op_mul};
 
   if (!getenv("M2_MIXED_KERNELS"))
-    CHECK(!m2_mixed_kernels_on(), "the switch is off by default (M2_MIXED_KERNELS unset)");
+    CHECK(m2_mixed_kernels_on(), "the switch is on by default (M2_MIXED_KERNELS unset)");
   m2_mixed_kernels(false);
   for (int on = 0; on < 2; on++) {
     bool old = m2_mixed_kernels(on);

@@ -104,6 +104,7 @@ part_steps() {
     [[ "$a" == *steps=* ]] && n=""
     (cd "$root" && env $ev timeout $(($(left) - 30)) "$build/m2lab" run experiments/step_time.lua device=cuda $b $n \
       warmup=1 out=/tmp/st_$name.h5 $a >"$out/step_$name.log" 2>&1)
+    rm -f /tmp/st_$name.h5 # a 400M run file holds ~6 GB of checkpoints: a few of them fill the machine's disk
     echo "step $name ($a${ev:+ | $ev}): $(tail -1 "$out/step_$name.log")"
     grep -A30 -i "^profile\|ops by time" "$out/step_$name.log" | head -32
   done
