@@ -19,7 +19,7 @@ static int g_ncast;
 /* ---- timeline mode: the outermost calls since the last flush, each with its two mark slots ----
  * Call i of the buffer owns slots 2i (begin) and 2i + 1 (end), so the pool has 2 * TL_CALLS slots per device; a
  * full buffer is resolved and reused from slot 0 (tl_flush). */
-#define TL_CALLS 8192
+#define TL_CALLS M2_PROFILE_TIMELINE_CALLS
 #define TL_DEVS 64 /* device indices whose mark slots are made up front (tl_begin) */
 typedef struct tl_call {
   int row;       /* index in g_rows */

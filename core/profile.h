@@ -29,6 +29,9 @@ typedef struct m2_profile_row {
 } m2_profile_row;
 
 enum { M2_PROFILE_OFF = 0, M2_PROFILE_SYNC = 1, M2_PROFILE_TIMELINE = 2 };
+/* The timeline's buffer: outermost calls (two mark slots each) kept until resolved; a full buffer is resolved and
+ * reused (a flush: it waits for the device mid-run). */
+#define M2_PROFILE_TIMELINE_CALLS 8192
 
 /* Turn profiling on (sync mode) or off; returns whether it was on (in either mode) before. */
 bool m2_profile_enable(bool on);
