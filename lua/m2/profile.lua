@@ -12,7 +12,9 @@
 -- to it passing the end mark) and the host's time to issue them (host ms); the totals say how long the stream sat
 -- between op spans: the GPU waiting for the host, or running work outside any op call (host <-> device copies,
 -- gradient zeroing). Those gaps bound what a CUDA graph could save; idle time inside an op's span (between the
--- kernels of one op, while the host works) is not in them, so they are a lower bound on the GPU's idle time.
+-- kernels of one op, while the host works) is not in them, so they are a lower bound on the GPU's idle time. The
+-- marks cost the host two event records per call (microseconds), outside the host ms but inside the gaps when the
+-- GPU waits for the host: compare the profiled steps' time with unprofiled ones.
 --
 --   m2.profile.start{timeline = false}  forget earlier rows and turn profiling on (sync mode, or timeline mode)
 --   m2.profile.stop()             turn it off (the rows stay)
