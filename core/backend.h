@@ -51,6 +51,13 @@ typedef struct m2_backend {
    * 2 * (the first position of a NaN or +inf logit) + (1 for +inf), or -2 when the row has no finite logit. */
   m2_status (*sample_rows)(const struct m2_tensor *logits, double temperature, const double *u, int64_t *ids,
                            int64_t *bad);
+  /* ---- profiler marks (core/profile.c's timeline mode; NULL: the profiler uses the host clock) ----
+   * mark: record a timestamp into `slot` (0, 1, ...) on device `index`'s stream, behind the work issued so far; the
+   * backend makes each slot once, when first asked for it, and reuses it (a slot recorded again moves).
+   * mark_ms: wait until slot b's timestamp is reached, then *ms = time from slot a's to slot b's (both recorded on
+   * that device's stream, a before b). */
+  m2_status (*mark)(int index, int slot);
+  m2_status (*mark_ms)(int index, int a, int b, float *ms);
 } m2_backend;
 
 /* The backend for a device type; NULL when none is registered or it found no device. The first call for a type

@@ -2,6 +2,7 @@
  * default memory pool, kept warm by a high release threshold), copies, synchronisation. */
 #include <cuda_runtime.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include "cuda_backend.h"
 #include "cuda_check.h"
 #include "cuda_ops.h"
@@ -84,12 +85,44 @@ static m2_status cu_sync(int index) {
   return M2_OK;
 }
 
+/* Profiler marks (core/profile.c's timeline mode): per device, one timing event per slot, made when a slot is
+ * first asked for (the array grows to the next power of two above it) and reused by every later record. */
+static cudaEvent_t *g_marks[M2_MAX_GPUS];
+static int g_nmarks[M2_MAX_GPUS];
+
+static m2_status cu_mark(int index, int slot) {
+  M2_TRY(ensure_device(index));
+  if (slot < 0 || slot >= (1 << 24)) return m2_fail(M2_ERR_VALUE, "cuda:%d: mark slot %d out of range", index, slot);
+  if (slot >= g_nmarks[index]) {
+    int n = g_nmarks[index] > 0 ? g_nmarks[index] : 64;
+    while (n <= slot) n *= 2;
+    cudaEvent_t *e = (cudaEvent_t *)realloc(g_marks[index], sizeof(cudaEvent_t) * (size_t)n);
+    if (!e) return m2_fail(M2_ERR_OOM, "cuda:%d: no host memory for %d profiler marks", index, n);
+    g_marks[index] = e;
+    for (int i = g_nmarks[index]; i < n; i++) {
+      M2_CUDA_TRY(cudaEventCreate(&e[i])); /* default flags: timing on */
+      g_nmarks[index] = i + 1;
+    }
+  }
+  M2_CUDA_TRY(cudaEventRecord(g_marks[index][slot], g_stream[index]));
+  return M2_OK;
+}
+
+static m2_status cu_mark_ms(int index, int a, int b, float *ms) {
+  M2_TRY(ensure_device(index));
+  if (a < 0 || b < 0 || a >= g_nmarks[index] || b >= g_nmarks[index])
+    return m2_fail(M2_ERR_VALUE, "cuda:%d: mark slots %d, %d were never recorded", index, a, b);
+  M2_CUDA_TRY(cudaEventSynchronize(g_marks[index][b]));
+  M2_CUDA_TRY(cudaEventElapsedTime(ms, g_marks[index][a], g_marks[index][b]));
+  return M2_OK;
+}
+
 /* The table core calls for CUDA tensors: memory here, strided copies and fills (ops_view.cu), optimizer updates
- * and the clipping reductions (ops_optim.cu), the temperature sampler (sample.cu). */
+ * and the clipping reductions (ops_optim.cu), the temperature sampler (sample.cu), the profiler marks (here). */
 static const m2_backend cuda_backend = {
     "cuda",           cu_alloc,          cu_free,           cu_memset0,           cu_copy,        cu_sync,
     device_count,     m2_cuda_copy,      m2_cuda_fill,      m2_cuda_sgd_update,   m2_cuda_adamw_update,
-    m2_cuda_sumsq_many, m2_cuda_scale_, m2_cuda_sample_rows};
+    m2_cuda_sumsq_many, m2_cuda_scale_, m2_cuda_sample_rows, cu_mark, cu_mark_ms};
 
 static void probe(void) {
   if (device_count() > 0) m2_backend_register(M2_CUDA, &cuda_backend);

@@ -17,6 +17,12 @@
 -- profile=1: after the warm-up, time every op (m2.profile: a device synchronisation per op, so those steps run
 -- slower) and print a table of the ops by time per step, and one of what the autograd tape holds after the first
 -- profiled step's forward, before its backward (m2.profile.tape_report: bytes by op, role and dtype);
+-- profile=2: the timeline mode over the timed steps (m2.profile.start{timeline = true}: no synchronisation per op,
+-- a timestamp on the device's stream at each op call's begin and end, so the steps run at their normal pace): a
+-- table of the ops by GPU time (their spans on the stream) and host issue time per step, and how long per step the
+-- GPU sat between op spans (waiting for the host, or on copies and gradient zeroing outside op calls), next to
+-- the median step: the most a CUDA graph of the step could save (profiling stops after the last step's optimizer
+-- step, before the final checkpoint; no tape table);
 -- drop_unread=0: the tape's nodes keep every input whole, also those whose values their op's backward never reads
 -- (m2.core.tape_drop_unread; 1, the default: they keep only those inputs' metadata), to compare the tape's bytes;
 -- cast_keep=1: a call run on f32 copies of its bf16 inputs (activations=bf16: every op on the CPU, the ops without
@@ -61,7 +67,9 @@ local model = m2.models.lm(spec)
 local data, batches = {}, 0
 function data:batch() -- fresh random tokens every step, made on the CPU (m2.train moves them)
   batches = batches + 1
-  if cfg.profile ~= 0 and batches == cfg.warmup + 1 then m2.profile.start() end -- the previous step is done
+  if cfg.profile ~= 0 and batches == cfg.warmup + 1 then -- the previous step is done
+    m2.profile.start { timeline = cfg.profile == 2 }
+  end
   return m2.randint(spec.vocab, cfg.batch, cfg.len), m2.randint(spec.vocab, cfg.batch, cfg.len)
 end
 
@@ -71,7 +79,7 @@ local device = m2.args.device or "cpu"
 local tape_report
 local function loss(mdl, x, y)
   local l = type(mdl.loss) == "function" and mdl:loss(x, y) or m2.cross_entropy(mdl(x), y, -100)
-  if cfg.profile ~= 0 and not tape_report and batches == cfg.warmup + 1 then
+  if cfg.profile == 1 and not tape_report and batches == cfg.warmup + 1 then
     local dev = device:match("^cuda") and "cuda" or "cpu"
     tape_report = m2.profile.tape_report { title = string.format(
       "\nstep_time: what the autograd tape holds after the forward of step %d (each buffer once; %s memory in use " ..
@@ -87,9 +95,22 @@ print(string.format("step_time: %s (%s, d %d, vocab %d, %s parameters) on %s, ba
   m2.models.human(m2.models.param_count(model)), device, cfg.batch, cfg.len, cfg.precision, cfg.activations,
   nckpt == 0 and "no block checkpointed" or string.format("%d of %d blocks checkpointed", nckpt, #spec.layers)))
 
+if cfg.profile ~= 0 and cfg.profile ~= 1 and cfg.profile ~= 2 then
+  m2.error("step_time: profile must be 0 (off), 1 (every op synchronised) or 2 (timeline)")
+end
+local opt = m2.optim.adamw { lr = cfg.lr, betas = { 0.9, 0.95 }, eps = 1e-10, weight_decay = 0.1 }
+if cfg.profile == 2 then -- the timeline ends with the last step's optimizer step (not the checkpoint m2.train saves)
+  local step, n = opt.step, 0
+  function opt.step(self, lr)
+    local used = step(self, lr)
+    n = n + 1
+    if n == cfg.steps then m2.profile.stop() end
+    return used
+  end
+end
 local summary = m2.train {
   model = model, data = data, steps = cfg.steps,
-  optim = m2.optim.adamw { lr = cfg.lr, betas = { 0.9, 0.95 }, eps = 1e-10, weight_decay = 0.1 },
+  optim = opt,
   loss = loss, schedule = { kind = "constant" }, clip = 1.0, log_every = 1, out = cfg.out, overwrite = true, config = cfg,
   precision = cfg.precision, activations = cfg.activations,
 }
@@ -106,17 +127,30 @@ for i, step in ipairs(steps) do
   end
 end
 table.sort(times)
+local med
 if #times == 0 then
   print(string.format("step_time: no timed step (steps = %d, warmup = %d)", cfg.steps, cfg.warmup))
 else
-  local med = times[(#times + 1) // 2]
+  med = times[(#times + 1) // 2]
   print(string.format("step_time: %s on %s, " .. cfg.precision .. " products, " .. cfg.activations ..
     " activations" .. (m2.core.mixed_kernels() and " (mixed kernels)" or "") ..
     ": median step %.1f ms over %d steps (min %.1f), %.1f k tokens/s, " ..
     "peak memory %.2f GiB (run file %s)", spec.layers, device, med * 1e3, #times, times[1] * 1e3,
     cfg.batch * cfg.len / med / 1e3, peak / 1024, summary.out))
 end
-if cfg.profile ~= 0 then
+if cfg.profile == 2 then
+  m2.profile.stop()
+  local n = cfg.steps - cfg.warmup
+  if n > 0 then
+    print(m2.profile.report { per = n, title = string.format("\nstep_time: ops by GPU time per step over %d " ..
+      "profiled step(s) (timeline: no synchronisation per op; GPU ms = the op calls' spans on the device's stream, " ..
+      "host ms = the host's time to issue them)", n) })
+    local t = m2.profile.timeline()
+    print(string.format("step_time: GPU idle between ops: %.2f ms of %.2f ms (%.1f %%) per step (timeline window; " ..
+      "median step %s) — a CUDA graph could save at most about that", t.gaps_s * 1e3 / n, t.window_s * 1e3 / n,
+      t.window_s > 0 and 100 * t.gaps_s / t.window_s or 0, med and string.format("%.2f ms", med * 1e3) or "n/a"))
+  end
+elseif cfg.profile ~= 0 then
   m2.profile.stop()
   local n = cfg.steps - cfg.warmup
   if n > 0 then

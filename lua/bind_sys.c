@@ -13,7 +13,11 @@
  *   m2.core.kill(pid, sig)   sig: a number or "KILL" / "TERM" / "INT"
  *   m2.core.mem_current(dev) / mem_peak(dev) / mem_reset_peak(dev)   dev: "cpu" | "cuda" (bytes)
  *   m2.core.profile_enable([on]) -> the setting before   m2.core.profile_reset()
- *   m2.core.profile_rows() -> {{op, fwd_calls, fwd_s, bwd_calls, bwd_s}, ...} largest total first (core/profile.h)
+ *   m2.core.profile_mode([mode]) -> the mode before   0 off, 1 sync (as profile_enable(true)), 2 timeline
+ *   m2.core.profile_rows() -> {{op, fwd_calls, fwd_s, bwd_calls, bwd_s, fwd_gpu_s, bwd_gpu_s}, ...} largest total
+ *        first (core/profile.h; the *_gpu_s columns: timeline mode's spans on the device's stream)
+ *   m2.core.profile_timeline() -> {device, calls, flushes, window_s, spans_s, gaps_s, host_s} timeline mode's
+ *        totals (m2_profile_timeline, core/profile.h; resolving them waits for the device)
  *   m2.core.profile_cast_rows() -> {{op, fwd_calls, fwd_bytes, bwd_calls, bwd_bytes}, ...} the dispatcher's bf16
  *                                  conversions by the op that caused them, most first (core/profile.h)
  *   m2.core.tape_rows() -> {{op, role, dtype, bytes, buffers, refs}, ...} most bytes first,
@@ -272,6 +276,34 @@ static int l_profile(lua_State *L) {
   return 1;
 }
 
+static int l_profile_mode(lua_State *L) {
+  int old = m2_profile_mode();
+  if (!lua_isnoneornil(L, 1)) {
+    lua_Integer m = luaL_checkinteger(L, 1);
+    if (m < M2_PROFILE_OFF || m > M2_PROFILE_TIMELINE || m2_profile_set_mode((int)m) < 0)
+      return luaL_error(L, "m2.core.profile_mode: mode must be 0 (off), 1 (sync) or 2 (timeline)%s",
+                        m == M2_PROFILE_TIMELINE ? ", and the timeline's buffer could not be allocated" : "");
+  }
+  lua_pushinteger(L, old);
+  return 1;
+}
+
+static int l_profile_timeline(lua_State *L) {
+  m2_profile_totals t;
+  m2_profile_timeline(&t);
+  char dev[32];
+  m2_device_name(t.dev, dev, sizeof dev);
+  lua_createtable(L, 0, 7);
+  lua_pushstring(L, dev), lua_setfield(L, -2, "device");
+  lua_pushinteger(L, t.calls), lua_setfield(L, -2, "calls");
+  lua_pushinteger(L, t.flushes), lua_setfield(L, -2, "flushes");
+  lua_pushnumber(L, t.window_s), lua_setfield(L, -2, "window_s");
+  lua_pushnumber(L, t.spans_s), lua_setfield(L, -2, "spans_s");
+  lua_pushnumber(L, t.gaps_s), lua_setfield(L, -2, "gaps_s");
+  lua_pushnumber(L, t.host_s), lua_setfield(L, -2, "host_s");
+  return 1;
+}
+
 static int l_profile_reset(lua_State *L) {
   (void)L;
   m2_profile_reset();
@@ -284,12 +316,14 @@ static int l_profile_rows(lua_State *L) {
   if (n > 256) n = 256;
   lua_createtable(L, n, 0);
   for (int i = 0; i < n; i++) {
-    lua_createtable(L, 0, 5);
+    lua_createtable(L, 0, 7);
     lua_pushstring(L, rows[i].op), lua_setfield(L, -2, "op");
     lua_pushinteger(L, rows[i].fwd_calls), lua_setfield(L, -2, "fwd_calls");
     lua_pushnumber(L, rows[i].fwd_s), lua_setfield(L, -2, "fwd_s");
     lua_pushinteger(L, rows[i].bwd_calls), lua_setfield(L, -2, "bwd_calls");
     lua_pushnumber(L, rows[i].bwd_s), lua_setfield(L, -2, "bwd_s");
+    lua_pushnumber(L, rows[i].fwd_gpu_s), lua_setfield(L, -2, "fwd_gpu_s");
+    lua_pushnumber(L, rows[i].bwd_gpu_s), lua_setfield(L, -2, "bwd_gpu_s");
     lua_rawseti(L, -2, i + 1);
   }
   return 1;
@@ -370,7 +404,8 @@ void m2lua_open_sys(lua_State *L) {
       {"sha256", l_sha256},       {"mkdir_p", l_mkdir_p},   {"spawn", l_spawn},
       {"wait", l_wait},           {"kill", l_kill},         {"mem_current", l_mem_current},
       {"mem_peak", l_mem_peak},   {"mem_reset_peak", l_mem_reset_peak}, {"profile_enable", l_profile},
-      {"profile_reset", l_profile_reset}, {"profile_rows", l_profile_rows},
+      {"profile_reset", l_profile_reset}, {"profile_rows", l_profile_rows}, {"profile_mode", l_profile_mode},
+      {"profile_timeline", l_profile_timeline},
       {"profile_cast_rows", l_profile_cast_rows}, {"mixed_kernels", l_mixed_kernels},
       {"tape_rows", l_tape_rows},         {"tape_drop_unread", l_tape_drop_unread},
       {"cast_keep_bf16", l_cast_keep_bf16}, {NULL, NULL},

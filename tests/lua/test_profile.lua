@@ -1,5 +1,7 @@
 -- test_profile.lua — m2.profile: op rows for forward and backward calls, the optimizer step and gradient clipping as
--- rows of their own, nested calls counted once (with the outer op), nothing recorded while off, the report table.
+-- rows of their own, nested calls counted once (with the outer op), nothing recorded while off, the report table;
+-- the timeline mode (start{timeline = true}: spans, totals, its report) and experiments/step_time.lua profile=2 on a
+-- tiny CPU model.
 local m2 = require "m2"
 local T = m2.test
 
@@ -70,6 +72,58 @@ T.case("the bf16 conversions by the op that caused them", function()
   m2.profile.start()
   T.eq(m2.profile.cast_report(), nil, "no conversions: no table")
   m2.profile.stop()
+end)
+
+T.case("timeline mode: rows with spans, totals, the report", function()
+  m2.seed(4)
+  local w = m2.randn(16, 12, { requires_grad = true })
+  local x = m2.randn(8, 16)
+  m2.profile.start { timeline = true }
+  T.eq(m2.core.profile_mode(), 2, "timeline mode")
+  for _ = 1, 2 do
+    m2.sum_all(m2.tanh(m2.matmul(x, w))):backward()
+    m2.core.sleep(0.01) -- 10 ms without an op: a gap
+  end
+  m2.profile.stop()
+  T.eq(m2.core.profile_mode(), 0, "stop: off")
+  local mm = row("matmul")
+  T.ok(mm and mm.fwd_calls == 2 and mm.bwd_calls == 2, "two matmul calls each way")
+  T.ok(mm.fwd_gpu_s > 0 and mm.fwd_gpu_s == mm.fwd_s, "CPU: the span is the host time, > 0")
+  local t = m2.profile.timeline()
+  T.eq(t.device, "cpu")
+  local calls = 0
+  for _, r in ipairs(m2.profile.rows()) do calls = calls + r.fwd_calls + r.bwd_calls end
+  T.eq(t.calls, calls, "the totals count every call (all on the host clock)")
+  T.ok(t.gaps_s >= 0.008, "the sleep between the two steps is a gap: " .. t.gaps_s)
+  T.ok(math.abs(t.spans_s + t.gaps_s - t.window_s) <= 1e-9 + 1e-9 * t.window_s, "spans + gaps = window")
+  local rep = m2.profile.report { per = 2 }
+  T.ok(rep:find("| op | calls fwd | calls bwd | GPU ms fwd |", 1, true), rep)
+  T.ok(rep:find("| matmul | 1 | 1 |", 1, true), "calls divided by per = 2: " .. rep)
+  T.ok(rep:find("timeline on cpu, per step: window", 1, true) and rep:find("% of the window", 1, true), rep)
+  T.ok(m2.profile.report { per = 2, timeline = false }:find("| ms total |", 1, true), "the sync table on request")
+  m2.profile.start()
+  T.eq(m2.core.profile_mode(), 1, "start(): sync mode again")
+  T.eq(m2.profile.timeline().calls, 0, "start forgets the timeline")
+  T.ok(m2.profile.report():find("| ms total |", 1, true), "sync mode: the sync table")
+  m2.profile.stop()
+  T.raises(function() m2.core.profile_mode(3) end, "mode must be 0")
+end)
+
+T.case("step_time.lua profile=2 on the CPU: the timeline report and the idle line", function()
+  local out = os.tmpname()
+  os.remove(out)
+  out = out .. ".h5"
+  local code, text = T.run_m2lab(string.format("run %s/experiments/step_time.lua layers=MA d=32 vocab=64 batch=1 " ..
+    "len=16 steps=3 warmup=1 profile=2 out=%s", m2.source_dir or ".", out))
+  os.remove(out)
+  T.eq(code, 0, text)
+  T.ok(text:find("median step", 1, true), text)
+  T.ok(text:find("ops by GPU time per step over 2 profiled step(s)", 1, true), text)
+  T.ok(text:find("| (optimizer step) | 1 | 0 |", 1, true), "one optimizer step per step: " .. text)
+  T.ok(text:find("timeline on cpu, per step: window", 1, true), text)
+  local gap, win = text:match("GPU idle between ops: ([%d.]+) ms of ([%d.]+) ms")
+  T.ok(gap and win and tonumber(win) > 0 and tonumber(gap) >= 0 and tonumber(gap) <= tonumber(win), text)
+  T.ok(not text:find("what the autograd tape holds", 1, true), "no tape table in timeline mode")
 end)
 
 T.finish()
