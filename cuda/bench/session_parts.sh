@@ -21,6 +21,7 @@
 #   cases  cuda_op_cases and ctest -R lua_cuda
 #   pending  what landed behind off switches without a GPU run (M2_GDN_BWD_V2, M2_ATTN_V2, M2_MIXED_KERNELS,
 #          M2_VEC_MEMBOUND): parity tests, benchmarks, 400M step rows with and without them (M2_PENDING_STEPS)
+#   tests    the test binaries in M2_TESTS (default cuda_op_cases)
 #   M2_DEADLINE_S  seconds for the whole call (default 570)
 # Carry .deps (Lua), .whl (peers) and, for lm, data/docs-bpe4096.
 set -uo pipefail
@@ -117,6 +118,14 @@ part_ncufull() { # every Nsight Compute section of the first launch of each kern
       "$build/bench/bench_gdn" 1 >"$out/ncufull_$k.txt" 2>&1
     echo "ncu full $k: exit $?"
     grep -E "Duration|Memory Throughput|DRAM Throughput|Compute \(SM\) Throughput|Achieved Occupancy|Registers Per|Theoretical Occupancy|L2 Hit|Stall|Issue Slots Busy|Executed Ipc" "$out/ncufull_$k.txt" | head -20
+  done
+}
+part_tests() { # the test binaries named in M2_TESTS, one after the other
+  local t
+  for t in ${M2_TESTS:-cuda_op_cases}; do
+    [ "$(left)" -gt 60 ] || break
+    timeout $(($(left) - 40)) "$build/tests/$t" >"$out/$t.log" 2>&1
+    echo "$t: exit $? ($(tail -1 "$out/$t.log"))"; grep -E "FAIL" "$out/$t.log" | head -8
   done
 }
 part_cases() {
