@@ -12,7 +12,8 @@
 -- precision: "bf16" (matmul and linear products in bf16 with fp32 accumulation, like bf16 autocast) or "f32";
 -- activations: "bf16" (needs precision=bf16: matmul / linear outputs in bf16, the ops after them on bf16 inputs,
 -- as bf16 autocast; parameters, optimizer state, loss and recurrent states fp32) or "f32" (the default);
--- ckpt: the M2RNN layers' steps between kept states (0: the layer's default, 8; 64 keeps 1/8 of that memory);
+-- ckpt: the M2RNN layers' steps between kept states, a multiple of 8 (0: the layer's default, 8; 16 halves that memory for
+-- ~10% more time a step; 64 keeps 1/8 of it);
 -- fused_loss=0: the LM head's full (B, T, vocab) logits, then the loss (1, the default: m2.linear_cross_entropy);
 -- profile=1: after the warm-up, time every op (m2.profile: a device synchronisation per op, so those steps run
 -- slower) and print a table of the ops by time per step, and one of what the autograd tape holds after the first

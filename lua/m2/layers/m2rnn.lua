@@ -13,8 +13,9 @@ the non-linear matrix-state recurrence m2.m2rnn, D skip, output gate, norm, out_
 Settings (cfg): k (K) = 64, v (V) = 16, heads = 8 (the default for Nv, Nf, Ng, Nw),
 q_heads = 1, k_heads = 1, v_heads, f_heads, g_heads, w_heads (each divides N = max of them),
 conv = 4 (kernel; 0 turns the short conv off), grad_clip = 1 (state-gradient clipping; 0 off),
-ckpt (CUDA: steps between the states kept for the backward; unset: the op's default, 8 (M2_M2RNN_CKPT_EVERY in
-core/ops_mixers.h); 64 keeps 1/8 of that memory, 1.4 GB -> 176 MB a layer at the 400M shape B=8 T=4096, for a ~25%
+ckpt (CUDA: steps between the states kept for the backward, a multiple of 8; unset: the op's default, 8
+(M2_M2RNN_CKPT_EVERY in core/ops_mixers.h); 16 halves the memory for a ~10% slower step (400M hybrid-m2rnn, B 4,
+one H100: 311.8 against 283.9 ms); 64 keeps 1/8 of that memory, 1.4 GB -> 176 MB a layer at the 400M shape B=8 T=4096, for a ~25%
 slower recurrence backward),
 A_range = {0, 16}, dt_min = 1e-3, dt_max = 0.1, dt_floor = 1e-4, norm_eps = 1e-5.
 opts: layers (L) scales the out_proj init N(0, init_std / sqrt(2 L)); init_std = 0.02 (projections).
@@ -58,7 +59,14 @@ function M2RNN.resolve(d, cfg)
     C.divides(h[1], c.N, h[2], ctor)
   end
   if math.type(c.conv) ~= "integer" or c.conv < 0 then m2.error("M2RNN: conv must be a kernel size >= 0") end
-  if c.ckpt ~= false then C.pos_int(c.ckpt, "ckpt (steps between kept states)", ctor) end -- false: the op's default
+  if c.ckpt ~= false then -- false: the op's default
+    C.pos_int(c.ckpt, "ckpt (steps between kept states)", ctor)
+    if c.ckpt % 8 ~= 0 then -- the fast CUDA kernels replay sub-chunks of 8 steps (M2R_BWD_SC, cuda/m2rnn_dev.cuh)
+      m2.error(string.format("%s: ckpt = %d is not a multiple of 8: the fast CUDA kernels keep a state every 8, 16, "
+        .. "24, ... steps; any other spacing runs the general kernels, ~7x slower a step (ckpt = 12 on the 400M "
+        .. "hybrid-m2rnn, one H100: 1958 ms against 292 ms)", ctor, c.ckpt))
+    end
+  end
   c.C_qkv = c.Nq * c.k + c.Nk * c.k + c.Nv * c.v
   c.C_in = c.C_qkv + c.Nf + c.Ng * c.v
   c.state = c.N * c.k * c.v
