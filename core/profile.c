@@ -153,7 +153,7 @@ static void tl_resolve(void) {
     tl_clock *t = &g_clk[k];
     double gap = 0;
     if (t->last < 0) t->first = g_nres;
-    else if (tl_between(&g_calls[t->last], true, c, false, &gap)) t->gaps_s += gap > 0 ? gap : 0;
+    else if (tl_between(&g_calls[t->last], true, c, false, &gap) && gap > 0) t->gaps_s += gap, r->gap_s += gap;
     t->last = g_nres;
     t->calls++;
     t->spans_s += span;

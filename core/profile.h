@@ -26,6 +26,8 @@ typedef struct m2_profile_row {
   long fwd_calls, bwd_calls;
   double fwd_s, bwd_s;         /* sync mode: wall time, device synchronised; timeline mode: host issue time */
   double fwd_gpu_s, bwd_gpu_s; /* timeline mode: the calls' spans on the device's stream (0 in sync mode) */
+  double gap_s;                /* timeline mode: the gaps that ended at this row's calls (the device idle, or on work
+                                * outside op calls, just before they began; summed into the totals' gaps_s) */
 } m2_profile_row;
 
 enum { M2_PROFILE_OFF = 0, M2_PROFILE_SYNC = 1, M2_PROFILE_TIMELINE = 2 };

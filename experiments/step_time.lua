@@ -145,7 +145,7 @@ if cfg.profile == 2 then
   if n > 0 then
     print(m2.profile.report { per = n, title = string.format("\nstep_time: ops by GPU time per step over %d " ..
       "profiled step(s) (timeline: no synchronisation per op; GPU ms = the op calls' spans on the device's stream, " ..
-      "host ms = the host's time to issue them)", n) })
+      "host ms = the host's time to issue them, gap ms before = the GPU idle just before them)", n) })
     local t = m2.profile.timeline()
     print(string.format("step_time: GPU idle between ops: %.2f ms of %.2f ms (%.1f %%) per step (timeline window; " ..
       "median step %s) — a CUDA graph could save at most about that", t.gaps_s * 1e3 / n, t.window_s * 1e3 / n,

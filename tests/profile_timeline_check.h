@@ -5,7 +5,8 @@
  *     device spans and host times > 0 (on the host clock the two are equal); a call nested in an outermost one is
  *     counted once, with the outer; nothing is counted once the mode is off;
  *   - the totals: the op calls on the timeline's device are the rows' calls, the spans the rows' device time, a host
- *     sleep of 20 ms between two op calls shows as >= 15 ms of gaps, and spans + gaps = window (the marks telescope);
+ *     sleep of 20 ms between two op calls shows as >= 15 ms of gaps, in the row of the call after it (the rows' gaps
+ *     sum to the totals'), and spans + gaps = window (the marks telescope);
  *   - on a GPU, an op call on CPU tensors in between gets its row but stays out of the totals;
  *   - more calls than the mark pool holds: the pool is flushed (twice) and the totals still add up;
  *   - m2_profile_reset forgets rows and totals; sync mode (m2_profile_enable) fills no timeline column. */
@@ -118,6 +119,11 @@ static void timeline_checks(m2_device dev) {
   CHECK_CLOSE(tot.spans_s, gpu, 1e-12, 1e-9, "spans = the rows' device time");
   CHECK_CLOSE(tot.host_s, host, 1e-12, 1e-9, "host = the rows' host time");
   CHECK(tot.gaps_s >= 0.015, "the 20 ms sleep shows in the gaps: %.6f s", tot.gaps_s);
+  const m2_profile_row *mr = tl_row(rows, n, "mul");
+  double row_gaps = 0;
+  for (int i = 0; i < n; i++) row_gaps += &rows[i] == ex ? 0 : rows[i].gap_s;
+  CHECK(mr && mr->gap_s >= 0.015, "the 20 ms sleep shows before mul, the call after it: %.6f s", mr ? mr->gap_s : -1);
+  CHECK_CLOSE(row_gaps, tot.gaps_s, 1e-12, 1e-9, "the rows' gaps sum to the totals' gaps");
   tl_check_sums(&tot, host_clock, "step");
   m2_profile_timeline(&tot); /* read again: nothing new to resolve, the same totals */
   CHECK(tot.calls == calls, "totals read twice: %ld calls", tot.calls);

@@ -18,14 +18,15 @@
 --
 --   m2.profile.start{timeline = false}  forget earlier rows and turn profiling on (sync mode, or timeline mode)
 --   m2.profile.stop()             turn it off (the rows stay)
---   m2.profile.rows() -> { {op, fwd_calls, fwd_s, bwd_calls, bwd_s, fwd_gpu_s, bwd_gpu_s}, ... } largest total
---                                 first (timeline mode: fwd_s / bwd_s are host issue times, *_gpu_s the spans)
+--   m2.profile.rows() -> { {op, fwd_calls, fwd_s, bwd_calls, bwd_s, fwd_gpu_s, bwd_gpu_s, gap_s}, ... } largest
+--                                 total first (timeline mode: fwd_s / bwd_s are host issue times, *_gpu_s the spans,
+--                                 gap_s the gaps that ended at the row's calls: where the GPU waited)
 --   m2.profile.timeline() -> {device, calls, flushes, window_s, spans_s, gaps_s, host_s} timeline mode's totals
 --                                 over the op calls on the timeline's device (m2.core.profile_timeline)
 --   m2.profile.report{per = 1, top = 25, title = nil, timeline = (the last start's mode)} -> a markdown table
 --                                 (times divided by `per`, e.g. the number of profiled steps; the ops past `top`
---                                 summed in one line); in timeline mode the table has calls, GPU ms and host ms
---                                 per row, and a summary line after it: window ms, op spans ms, gaps ms and their
+--                                 summed in one line); in timeline mode the table has calls, GPU ms, host ms
+--                                 and the gap ms just before the row's calls per row, and a summary line after it: window ms, op spans ms, gaps ms and their
 --                                 share of the window, host issue ms, op calls (all per `per`)
 --   m2.profile.casts() -> { {op, fwd_calls, fwd_bytes, bwd_calls, bwd_bytes}, ... } the dispatcher's bf16
 --                                 conversions (their time is the to_dtype row) by the op whose call needed them
@@ -66,23 +67,28 @@ local function timeline_report(o, per, top)
   for _, r in ipairs(rows) do total = total + r.fwd_gpu_s + r.bwd_gpu_s end
   local out = {}
   if o.title then out[#out + 1] = o.title end
-  out[#out + 1] = "| op | calls fwd | calls bwd | GPU ms fwd | GPU ms bwd | GPU ms | host ms | GPU share |"
-  out[#out + 1] = "|---|---|---|---|---|---|---|---|"
-  local function line(name, fc, bc, fg, bg, h)
-    out[#out + 1] = string.format("| %s | %g | %g | %.2f | %.2f | %.2f | %.2f | %.1f%% |", name, fc / per, bc / per,
-      fg * 1e3 / per, bg * 1e3 / per, (fg + bg) * 1e3 / per, h * 1e3 / per, total > 0 and 100 * (fg + bg) / total or 0)
+  out[#out + 1] = "| op | calls fwd | calls bwd | GPU ms fwd | GPU ms bwd | GPU ms | host ms | GPU share | gap ms before |"
+  out[#out + 1] = "|---|---|---|---|---|---|---|---|---|"
+  local function line(name, fc, bc, fg, bg, h, gp)
+    out[#out + 1] = string.format("| %s | %g | %g | %.2f | %.2f | %.2f | %.2f | %.1f%% | %.2f |", name, fc / per,
+      bc / per, fg * 1e3 / per, bg * 1e3 / per, (fg + bg) * 1e3 / per, h * 1e3 / per,
+      total > 0 and 100 * (fg + bg) / total or 0, gp * 1e3 / per)
   end
-  local rest, host = { 0, 0, 0, 0, 0, 0 }, 0
+  local rest, host, gaps = { 0, 0, 0, 0, 0, 0, 0 }, 0, 0
   for i, r in ipairs(rows) do
-    host = host + r.fwd_s + r.bwd_s
-    if i <= top then line(r.op, r.fwd_calls, r.bwd_calls, r.fwd_gpu_s, r.bwd_gpu_s, r.fwd_s + r.bwd_s)
+    host, gaps = host + r.fwd_s + r.bwd_s, gaps + (r.gap_s or 0)
+    if i <= top then line(r.op, r.fwd_calls, r.bwd_calls, r.fwd_gpu_s, r.bwd_gpu_s, r.fwd_s + r.bwd_s, r.gap_s or 0)
     else
       rest[1], rest[2], rest[3] = rest[1] + 1, rest[2] + r.fwd_calls, rest[3] + r.bwd_calls
       rest[4], rest[5], rest[6] = rest[4] + r.fwd_gpu_s, rest[5] + r.bwd_gpu_s, rest[6] + r.fwd_s + r.bwd_s
+      rest[7] = rest[7] + (r.gap_s or 0)
     end
   end
-  if rest[1] > 0 then line(string.format("(%d more ops)", rest[1]), rest[2], rest[3], rest[4], rest[5], rest[6]) end
-  out[#out + 1] = string.format("| all | | | | | %.2f | %.2f | 100%% |", total * 1e3 / per, host * 1e3 / per)
+  if rest[1] > 0 then
+    line(string.format("(%d more ops)", rest[1]), rest[2], rest[3], rest[4], rest[5], rest[6], rest[7])
+  end
+  out[#out + 1] = string.format("| all | | | | | %.2f | %.2f | 100%% | %.2f |", total * 1e3 / per, host * 1e3 / per,
+    gaps * 1e3 / per)
   out[#out + 1] = string.format("timeline on %s, per step: window %.2f ms, op spans %.2f ms, gaps %.2f ms (%.1f%% of " ..
     "the window: the GPU waiting for the host, or on work outside op calls such as copies and gradient zeroing), " ..
     "host issue %.2f ms, %g op calls%s", t.device, t.window_s * 1e3 / per, t.spans_s * 1e3 / per, t.gaps_s * 1e3 / per,
