@@ -3,6 +3,8 @@
 #include <cuda_runtime.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <stdlib.h>
 #include "cuda_backend.h"
 #include "cuda_check.h"
 #include "cuda_ops.h"
@@ -74,9 +76,22 @@ static m2_status cu_copy(m2_device dd, void *dst, m2_device sd, const void *src,
   } else {
     M2_CUDA_TRY(cudaMemcpyAsync(dst, src, n, cudaMemcpyDefault, s));
   }
-  /* copies touching host memory are synchronous for the caller */
-  if (dd.type == M2_CPU || sd.type == M2_CPU) M2_CUDA_TRY(cudaStreamSynchronize(s));
+  /* Copies touching host memory are synchronous for the caller: device -> host always (the caller reads dst next);
+   * host -> device unless M2_ASYNC_H2D: from pageable memory (all of m2lab's host memory) cudaMemcpyAsync returns
+   * once the source is staged, so src may be reused or freed at once, and waiting for the copy only makes the host
+   * wait for the stream's earlier work (the previous step's optimizer, when a batch goes up). */
+  if (dd.type == M2_CPU || (sd.type == M2_CPU && !m2_cuda_async_h2d(-1))) M2_CUDA_TRY(cudaStreamSynchronize(s));
   return M2_OK;
+}
+
+static int g_async_h2d = -1; /* -1: the environment not read yet */
+extern "C" int m2_cuda_async_h2d(int set) {
+  if (set >= 0) g_async_h2d = set ? 1 : 0;
+  else if (g_async_h2d < 0) { /* off unless M2_ASYNC_H2D=1 (not yet run on a GPU) */
+    const char *e = getenv("M2_ASYNC_H2D");
+    g_async_h2d = e && strcmp(e, "1") == 0;
+  }
+  return g_async_h2d;
 }
 
 static m2_status cu_sync(int index) {

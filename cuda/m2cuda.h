@@ -46,6 +46,11 @@ long m2_cuda_attention_v2_calls(void);
  * product) in another order (the last bits of 1/rms may differ). Launches of those kernels so far (tests check that a
  * call took the path). */
 int m2_cuda_vec_membound(int set);
+/* Host -> device copies without waiting for them (M2_ASYNC_H2D=1; off by default, not yet run on a GPU): set = 1 on,
+ * 0 off, -1 only asks; returns the setting. The source is staged by the driver before the call returns (pageable
+ * memory), so it may be reused at once; the host no longer waits for the stream's earlier work when a batch goes up.
+ * Device -> host copies always wait. */
+int m2_cuda_async_h2d(int set);
 long m2_cuda_vec_membound_calls(void);
 /* SSD forwards (rows "ssd" and "ssd_chunked") run by the chunked tensor-core kernels so far. */
 long m2_cuda_ssd_chunk_tc_calls(void);

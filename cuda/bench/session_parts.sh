@@ -19,8 +19,8 @@
 #   ncufull  every Nsight Compute section of one launch of each kernel in M2_NCUFULL_K (default k_gdn_prep
 #          k_gdn_bscan) in bench_gdn
 #   cases  cuda_op_cases and ctest -R lua_cuda
-#   pending  what landed behind off switches without a GPU run (M2_GDN_BWD_V2, M2_ATTN_V2, M2_MIXED_KERNELS,
-#          M2_VEC_MEMBOUND): parity tests, benchmarks, 400M step rows with and without them (M2_PENDING_STEPS)
+#   pending  what landed without a GPU run (see part_pending): its tests (M2_PENDING_TESTS) and 400M step rows
+#          (M2_PENDING_STEPS)
 #   tests    the test binaries in M2_TESTS (default cuda_op_cases)
 #   M2_DEADLINE_S  seconds for the whole call (default 570)
 # Carry .deps (Lua), .whl (peers) and, for lm, data/docs-bpe4096.
@@ -134,30 +134,11 @@ part_cases() {
   [ "$(left)" -gt 60 ] && { (cd "$build" && timeout $(($(left) - 20)) ctest -R "lua_cuda" --output-on-failure \
     >"$out/ctest_lua_cuda.log" 2>&1); echo "ctest lua_cuda: exit $? ($(grep "tests passed" "$out/ctest_lua_cuda.log"))"; }
 }
-part_pending() { # the switches written but not yet run on a GPU (2026-12-07 night): their parity tests (each runs
-  # its cases with the switch off and on), benchmarks, and 400M steps with each switch beside the default
-  local t
-  for t in cuda_ops_gdn_chunk cuda_ops_attention cuda_mixed_kernels cuda_ops_membound_vec cuda_ops_conv1d \
-    cuda_ops_elementwise cuda_ops_swiglu cuda_ops_nn cuda_ops_view cuda_op_cases; do
-    [ "$(left)" -gt 60 ] || break
-    timeout $(($(left) - 40)) "$build/tests/$t" >"$out/$t.log" 2>&1
-    echo "$t: exit $? ($(tail -1 "$out/$t.log"))"; grep -E "FAIL" "$out/$t.log" | head -8
-  done
-  for t in M2_MIXED_KERNELS M2_VEC_MEMBOUND; do
-    [ "$(left)" -gt 60 ] || break
-    env $t=1 timeout $(($(left) - 40)) "$build/tests/cuda_op_cases" >"$out/cuda_op_cases_$t.log" 2>&1
-    echo "cuda_op_cases with $t=1: exit $? ($(tail -1 "$out/cuda_op_cases_$t.log"))"
-  done
-  local b
-  for b in gdn attention elementwise; do
-    [ "$(left)" -gt 60 ] || break
-    timeout $(($(left) - 40)) "$build/bench/bench_$b" 5 >"$out/bench_$b.txt" 2>&1; echo "bench_$b: exit $?"
-    cat "$out/bench_$b.txt" | head -60
-  done
-  local G=config=experiments/configs/400m-hybrid-gdn.lua
-  M2_STEPS=${M2_PENDING_STEPS:-"m2|activations=bf16 steps=6;m2all|activations=bf16 steps=6|M2_MIXED_KERNELS=1 \
-M2_VEC_MEMBOUND=1 M2_ATTN_V2=1;m2ck16|activations=bf16 steps=6 ckpt=16 cast_keep=1;gdn|$G steps=6;gdnv2|$G steps=6|\
-M2_GDN_BWD_V2=1"} part_steps
+part_pending() { # what landed without a GPU run (2026-12-07 late): the tests changed since the last GPU call, and
+  # M2_ASYNC_H2D (host -> device copies not waited for) measured with the timeline profile beside the default
+  M2_TESTS=${M2_PENDING_TESTS:-"cuda_backend cuda_ops_elementwise cuda_profile_timeline cuda_op_cases"} part_tests
+  M2_STEPS=${M2_PENDING_STEPS:-"m2tl|activations=bf16 steps=5 profile=2;m2tlasync|activations=bf16 steps=5 profile=2|\
+M2_ASYNC_H2D=1;m2|activations=bf16 steps=5;m2async|activations=bf16 steps=5|M2_ASYNC_H2D=1"} part_steps
 }
 for p in ${M2_PARTS:-gdn ncu lm}; do
   [ "$(left)" -gt 40 ] || { echo "$p: skipped ($(left) s left)"; continue; }
