@@ -198,11 +198,16 @@ function T.m2lab_env(env, ...)
   return code, out
 end
 
--- T.write_temp(text [, suffix]) -> path of a new temporary file holding text
-function T.write_temp(text, suffix)
+-- T.temp_path([suffix]) -> a fresh temporary path ending in suffix (".h5" unless given); nothing is there yet
+function T.temp_path(suffix)
   local base = os.tmpname()
   os.remove(base)
-  local path = base .. (suffix or ".lua")
+  return base .. (suffix or ".h5")
+end
+
+-- T.write_temp(text [, suffix]) -> path of a new temporary file holding text
+function T.write_temp(text, suffix)
+  local path = T.temp_path(suffix or ".lua")
   local f = assert(io.open(path, "w"))
   f:write(text)
   f:close()

@@ -15,9 +15,7 @@ local script = (m2.source_dir or ".") .. "/experiments/tiny_lm.lua"
 
 -- one short run -> exit code, output, run-file status, eval losses
 local function run(args)
-  local out = os.tmpname()
-  os.remove(out)
-  out = out .. ".h5"
+  local out = T.temp_path(".h5")
   local code, text = T.run_m2lab(string.format(
     "run %s %s steps=100 eval_every=50 checkpoint_every=100 log_every=50 out=%s", script, args, out))
   local status, loss = nil, {}
@@ -64,9 +62,7 @@ for _, arch in ipairs { "M", "G", "S", "A" } do
 end
 
 T.case("step_time.lua activations=bf16 on the GPU: a hybrid (M2RNN, attention, GDN) step runs", function()
-  local out = os.tmpname()
-  os.remove(out)
-  out = out .. ".h5"
+  local out = T.temp_path(".h5")
   local code, text = T.run_m2lab(string.format("run %s/experiments/step_time.lua device=cuda layers=MAG d=128 " ..
     "vocab=256 batch=2 len=128 steps=3 activations=bf16 out=%s", m2.source_dir or ".", out))
   T.eq(code, 0, text)
@@ -75,9 +71,7 @@ T.case("step_time.lua activations=bf16 on the GPU: a hybrid (M2RNN, attention, G
 end)
 
 T.case("tiny_lm task=groups device=cuda: the length-generalisation eval runs on the GPU", function()
-  local out = os.tmpname()
-  os.remove(out)
-  out = out .. ".h5"
+  local out = T.temp_path(".h5")
   local code, text = T.run_m2lab(string.format(
     "run %s task=groups arch=M steps=40 eval_every=40 checkpoint_every=40 log_every=40 device=cuda out=%s", script, out))
   T.eq(code, 0, text)

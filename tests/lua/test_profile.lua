@@ -110,9 +110,7 @@ T.case("timeline mode: rows with spans, totals, the report", function()
 end)
 
 T.case("step_time.lua profile=2 on the CPU: the timeline report and the idle line", function()
-  local out = os.tmpname()
-  os.remove(out)
-  out = out .. ".h5"
+  local out = T.temp_path(".h5")
   local code, text = T.run_m2lab(string.format("run %s/experiments/step_time.lua layers=MA d=32 vocab=64 batch=1 " ..
     "len=16 steps=3 warmup=1 profile=2 out=%s", m2.source_dir or ".", out))
   os.remove(out)

@@ -149,9 +149,7 @@ T.case("m2.data.tokens: windows of the text, determinism, resume, ranks, val spl
 end)
 
 T.case("m2.train on the slice: /eval/val_loss and /eval/val_bpb at eval_every", function()
-  local out = os.tmpname()
-  os.remove(out)
-  out = out .. ".h5"
+  local out = T.temp_path(".h5")
   m2.seed(1)
   local data = m2.data.tokens { path = slice, length = 32, batch = 4, seed = 1, eval_batches = 2 }
   local model = m2.models.lm { vocab = data.vocab, d = 16, layers = "M", m2rnn = { heads = 2, k = 4, v = 4 },
@@ -173,9 +171,7 @@ T.case("m2.train on the slice: /eval/val_loss and /eval/val_bpb at eval_every", 
 end)
 
 T.case("experiments/lm.lua runs on the slice (a few steps)", function()
-  local out = os.tmpname()
-  os.remove(out)
-  out = out .. ".h5"
+  local out = T.temp_path(".h5")
   local code, text = T.run_m2lab(string.format("run %s/experiments/lm.lua arch=gdn+m2rnn-1l data=%s d=32 layers=2 " ..
     "length=32 batch=4 steps=4 eval_every=2 eval_batches=1 out=%s", SRC, slice, out))
   T.eq(code, 0, text)
