@@ -137,8 +137,11 @@ part_cases() {
 part_pending() { # what landed without a GPU run (2026-12-07 late): the tests changed since the last GPU call, and
   # M2_ASYNC_H2D (host -> device copies not waited for) measured with the timeline profile beside the default
   M2_TESTS=${M2_PENDING_TESTS:-"cuda_backend cuda_ops_elementwise cuda_profile_timeline cuda_op_cases"} part_tests
+  # and hybrid-gdn's step (277.8 to 325.8 ms between processes with the same kernels, 2026-12-07) profiled twice
+  local G=config=experiments/configs/400m-hybrid-gdn.lua
   M2_STEPS=${M2_PENDING_STEPS:-"m2tl|activations=bf16 steps=5 profile=2;m2tlasync|activations=bf16 steps=5 profile=2|\
-M2_ASYNC_H2D=1;m2|activations=bf16 steps=5;m2async|activations=bf16 steps=5|M2_ASYNC_H2D=1"} part_steps
+M2_ASYNC_H2D=1;m2|activations=bf16 steps=5;m2async|activations=bf16 steps=5|M2_ASYNC_H2D=1;gdntl1|$G steps=5 profile=2;\
+gdntl2|$G steps=5 profile=2"} part_steps
 }
 for p in ${M2_PARTS:-gdn ncu lm}; do
   [ "$(left)" -gt 40 ] || { echo "$p: skipped ($(left) s left)"; continue; }
