@@ -582,7 +582,11 @@ m2_status att_v2_bwd(const m2_opcall *c, const m2_attention_attr *d, cudaStream_
       e = cudaMemsetAsync(dqa, 0, sizeof(float) * (size_t)n, st);
     }
   }
-  if (e == cudaSuccess)
+  if (e == cudaSuccess && att_wgmma_bwd_ok(d)) /* Hopper, M2_ATTN_BWD_WGMMA=1: the warpgroup backward, same operands */
+    e = att_wgmma_bwd(d, {qv.p, qv.sb, qv.sr, qv.sh}, {kv.p, kv.sb, kv.sr, kv.sh}, {vv.p, vv.sb, vv.sr, vv.sh},
+                      {gv.p, gv.sb, gv.sr, gv.sh}, lse, Dt, dqa, din[1] ? m2_data(din[1]) : NULL,
+                      din[2] ? m2_data(din[2]) : NULL, dt == M2_BF16, (float)d->scale, d->causal, st);
+  else if (e == cudaSuccess)
     e = ATT_TC_DISPATCH(d->D, launch_bwd2_any)(*d, qv, kv, vv, gv, lse, Dt, dqa, din[1], din[2], dt,
                                                 (float)d->scale, d->causal, st);
   if (e == cudaSuccess && tmp[4] && n / 8 > 0) {

@@ -31,6 +31,12 @@ int m2_cuda_attention_wgmma(int set);
 long m2_cuda_attention_wgmma_calls(void);
 /* 1 when this build holds that kernel (its CUDA targets include 90) and the current device runs it (sm_90). */
 int m2_cuda_attention_wgmma_device(void);
+/* The attention backward on Hopper's warpgroup products (cuda/attention_wgmma_bwd.cu) from now on: 1 on (sm_90
+ * devices, head dims 64 and 128, backwards of the M2_ATTN_V2 path), 0 off; -1 keeps it. Returns the previous setting
+ * (at first: 1 where M2_ATTN_BWD_WGMMA is "1", else 0: off by default, not yet run on a GPU). */
+int m2_cuda_attention_bwd_wgmma(int set);
+/* Backwards run by that kernel so far (they also count in m2_cuda_attention_tc_calls and _v2_calls). */
+long m2_cuda_attention_bwd_wgmma_calls(void);
 /* The M2_ATTN_V2 path of the tensor-core attention (cuda/attention_tc_v2.cuh): set = 1 on, 0 off for this process,
  * -1 only asks; returns the setting (at first: 0 where the environment has M2_ATTN_V2=0, else 1: on by default).
  * On: q, k, v and do are read in place as bf16 (bf16 inputs are no longer converted to f32 by the dispatcher; f32

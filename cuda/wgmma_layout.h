@@ -60,4 +60,11 @@ WG_HD uint32_t wg_desc_addr_mnmajor(uint64_t d, uint32_t k, uint32_t n) {
   uint32_t start = (uint32_t)(d & 0x3FFFu) << 4, sbo = (uint32_t)((d >> 32) & 0x3FFFu) << 4;
   return wg_swz(start + (k >> 3) * sbo + (k & 7u) * 128u + n * 2u);
 }
+/* Row and column of accumulator element i (i < N / 2) of thread tid (< 128) of a warpgroup after a .m64nNk16
+ * product (wgmma.cuh): warp tid / 32 holds rows 16 (tid / 32) .., lane = 4 g + t holds rows g and g + 8 of them,
+ * columns 8 (i / 4) + 2 t + (i % 2). The backward (cuda/attention_wgmma_bwd.cu) stores dS^T (keys x queries) from
+ * these registers, element pairs (i, i + 1) as one 4-byte word, at wg_elem_off(row, col, 64) of a 64 x 64 tile,
+ * which the product dQ = dS K then reads as its MN-major A operand (wg_desc_mn, trans-a). */
+WG_HD uint32_t wg_acc_row(uint32_t tid, uint32_t i) { return 16u * (tid >> 5) + ((tid & 31u) >> 2) + 8u * ((i >> 1) & 1u); }
+WG_HD uint32_t wg_acc_col(uint32_t tid, uint32_t i) { return 8u * (i >> 2) + 2u * (tid & 3u) + (i & 1u); }
 #endif

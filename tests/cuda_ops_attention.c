@@ -17,7 +17,9 @@
  *    and on (operands read in place, bf16 ones unconverted by the dispatcher, the one-pass backward with atomic dq;
  *    the forward with the warpgroup switch off and on: on Hopper it reads the same in-place operands, o in bf16);
  *    a second counter checks that the v2 kernels ran exactly when on, and the dispatcher's cast rule is checked
- *    directly (all-bf16 calls left unconverted only with v2 on).
+ *    directly (all-bf16 calls left unconverted only with v2 on). The v2 runs come twice more with the Hopper
+ *    warpgroup backward (cuda/attention_wgmma_bwd.cu, M2_ATTN_BWD_WGMMA) on, with either forward; a third counter
+ *    checks that it ran both backwards (f32, bf16) of head dims 64 and 128 on an sm_90 device, and nothing else.
  * Skips (77) without a GPU. */
 #include "cuda_mixer_parity.h"
 #include "ops.h"
@@ -102,6 +104,9 @@ static int f_att(m2_tensor *const *in, void *ud, m2_tensor **outs) {
  * the packed operands, f32 o; v2 on: on the operands in place, o in the inputs' dtype). */
 static int g_wg_on; /* the switch: 0, 1, 2 */
 static bool g_wg_dev;
+/* Whether the backwards of the v2 path run on the Hopper warpgroup backward (cuda/attention_wgmma_bwd.cu): its switch
+ * (m2_cuda_attention_bwd_wgmma, M2_ATTN_BWD_WGMMA) on, v2 on, the same build / device rule, head dim 64 or 128. */
+static int g_bw_on;
 
 /* One case in f32 and bf16; tc = whether the tensor-core kernels must run it (forward and backward, two dtypes: 4
  * calls), on the v2 kernels exactly when the switch is on. */
@@ -112,15 +117,18 @@ static void tc_case(int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int
   char name[96];
   const bool v2 = m2_cuda_attn_v2(-1) == 1;
   const bool wg = tc && g_wg_on && g_wg_dev && (D == 64 || D == 128);
-  snprintf(name, sizeof name, "tc%s%s B%lld T%lld S%lld H%lld/%lld D%lld%s", v2 ? "2" : "",
-           g_wg_on == 2 ? " wgmma2" : g_wg_on ? " wgmma" : "", (long long)B, (long long)T, (long long)S,
+  const bool bw = tc && v2 && g_bw_on && g_wg_dev && (D == 64 || D == 128);
+  snprintf(name, sizeof name, "tc%s%s%s B%lld T%lld S%lld H%lld/%lld D%lld%s", v2 ? "2" : "",
+           g_wg_on == 2 ? " wgmma2" : g_wg_on ? " wgmma" : "", g_bw_on ? " wgbwd" : "", (long long)B, (long long)T,
+           (long long)S,
            (long long)H, (long long)Hkv, (long long)D, causal ? " causal" : " full");
   par_case pc = {name, f_att, &u, 3, {q, k, v}, {true, true, true}, {1e-2, 0}, {1e-2, 0}, false};
   long before = m2_cuda_attention_tc_calls(), before2 = m2_cuda_attention_v2_calls(),
-       wbefore = m2_cuda_attention_wgmma_calls();
+       wbefore = m2_cuda_attention_wgmma_calls(), bbefore = m2_cuda_attention_bwd_wgmma_calls();
   par_run(&pc);
   long ran = m2_cuda_attention_tc_calls() - before, ran2 = m2_cuda_attention_v2_calls() - before2,
-       wran = m2_cuda_attention_wgmma_calls() - wbefore;
+       wran = m2_cuda_attention_wgmma_calls() - wbefore, bran = m2_cuda_attention_bwd_wgmma_calls() - bbefore;
+  CHECK(bran == (bw ? 2 : 0), "%s: %ld backward(s) on the warpgroup kernel, expected %d", name, bran, bw ? 2 : 0);
   CHECK(wran == (wg ? 2 : 0), "%s: %ld forward(s) on the warpgroup kernel, expected %d", name, wran, wg ? 2 : 0);
   CHECK(ran == (tc ? 4 : 0), "%s: %ld call(s) on the tensor-core path, expected %d", name, ran, tc ? 4 : 0);
   CHECK(ran2 == (tc && v2 ? 4 : 0), "%s: %ld call(s) on the v2 kernels, expected %d", name, ran2, tc && v2 ? 4 : 0);
@@ -174,8 +182,8 @@ static void tensor_core_cases(void) {
   tc_case(1, 40, 40, 2, 1, 48, true, false);    /* D 48: the fp32 kernels */
   m2_set_matmul_precision(M2_MM_F32);
   tc_case(1, 64, 64, 2, 2, 64, true, false);    /* f32 products: the fp32 kernels */
-  printf("tensor-core path (v2 %s, warpgroup forward %d%s): %d cases; worst error f32 fwd %.2e bwd %.2e, bf16 fwd "
-         "%.2e bwd %.2e\n", m2_cuda_attn_v2(-1) == 1 ? "on" : "off", g_wg_on,
+  printf("tensor-core path (v2 %s, warpgroup forward %d, warpgroup backward %d%s): %d cases; worst error f32 fwd "
+         "%.2e bwd %.2e, bf16 fwd %.2e bwd %.2e\n", m2_cuda_attn_v2(-1) == 1 ? "on" : "off", g_wg_on, g_bw_on,
          g_wg_dev ? "" : ": not on this device or build", par_cases, par_worst_fwd[0], par_worst_bwd[0], par_worst_fwd[1],
          par_worst_bwd[1]);
 }
@@ -198,20 +206,25 @@ int main(void) {
   api_and_errors();
 #ifdef M2_HAVE_CUDA
   /* the tensor-core cases with the M2_ATTN_V2 path off, then on (the environment's setting restored after) */
-  const int v2 = m2_cuda_attn_v2(-1), wg = m2_cuda_attention_wgmma(-1);
+  const int v2 = m2_cuda_attn_v2(-1), wg = m2_cuda_attention_wgmma(-1), bw = m2_cuda_attention_bwd_wgmma(-1);
   g_wg_dev = m2_cuda_attention_wgmma_device() != 0;
+  m2_cuda_attention_bwd_wgmma(g_bw_on = 0);
   m2_cuda_attn_v2(0);
   for (g_wg_on = 0; g_wg_on < 3; g_wg_on++) { /* the warpgroup forward off; on; on with its overlap */
     m2_cuda_attention_wgmma(g_wg_on);
     tensor_core_cases();
   }
   m2_cuda_attn_v2(1);
-  for (g_wg_on = 0; g_wg_on < 2; g_wg_on++) { /* v2 on: its mma.sync forward; the warpgroup one on its operands */
-    m2_cuda_attention_wgmma(g_wg_on);
-    tensor_core_cases();
+  for (g_bw_on = 0; g_bw_on < 2; g_bw_on++) { /* v2 on: k2_bwd, then the warpgroup backward (M2_ATTN_BWD_WGMMA) */
+    m2_cuda_attention_bwd_wgmma(g_bw_on);
+    for (g_wg_on = 0; g_wg_on < 2; g_wg_on++) { /* its mma.sync forward; the warpgroup one on its operands */
+      m2_cuda_attention_wgmma(g_wg_on);
+      tensor_core_cases();
+    }
   }
   m2_cuda_attn_v2(v2);
   m2_cuda_attention_wgmma(wg);
+  m2_cuda_attention_bwd_wgmma(bw);
 #endif
   return mixer_finish("cuda_ops_attention");
 }

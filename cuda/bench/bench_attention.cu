@@ -9,8 +9,9 @@
  * The tensor-core rows come with the M2_ATTN_V2 path off (the default) and on
  * (m2_cuda_attn_v2: operands read in place, one-pass backward with atomic dq: 5 products), for f32 q, k, v and for
  * bf16 ones (a model with bf16 activations: off, the dispatcher converts them to f32 and o and the gradients back;
- * on, the kernels read and write bf16); the last two rows take v2 with the warpgroup forward on its in-place
- * operands (no packing). Usage: bench_attention [reps] */
+ * on, the kernels read and write bf16); the last three rows take v2 with the warpgroup forward on its in-place
+ * operands (no packing), the very last one also with the warpgroup backward (cuda/attention_wgmma_bwd.cu,
+ * M2_ATTN_BWD_WGMMA, off by default). Usage: bench_attention [reps] */
 #include "m2cuda.h"
 #include <cuda_runtime.h>
 #include <math.h>
@@ -84,27 +85,29 @@ int main(int argc, char **argv) {
     m2_requires_grad_(qb, true), m2_requires_grad_(kb, true), m2_requires_grad_(vb, true);
     /* rows: 0 f32 products; 1, 2 bf16 products on f32 inputs, v2 off / on; 3, 4 the same on bf16 inputs (all with
        the warpgroup forward off); 5, 6 rows 1 and 3 with the warpgroup forward (1), 7 row 1 with its overlap (2);
-       8, 9 rows 2 and 4 (v2) with the warpgroup forward on v2's in-place operands */
-    enum { NROW = 10 };
+       8, 9 rows 2 and 4 (v2) with the warpgroup forward on v2's in-place operands; 10 row 9 with the warpgroup
+       backward too */
+    enum { NROW = 11 };
     static const char *rows[NROW] = {"f32", "bf16 (tensor cores)", "bf16, M2_ATTN_V2", "bf16 in, bf16 products",
                                      "bf16 in, M2_ATTN_V2", "bf16 (wgmma fwd)", "bf16 in, wgmma fwd",
                                      "bf16 (wgmma fwd, overlap)", "bf16, M2_ATTN_V2, wgmma fwd",
-                                     "bf16 in, M2_ATTN_V2, wgmma fwd"};
-    static const int wg_of[NROW] = {0, 0, 0, 0, 0, 1, 1, 2, 1, 1}, b16_of[NROW] = {0, 0, 0, 1, 1, 0, 1, 0, 0, 1},
-                     v2_of[NROW] = {0, 0, 1, 0, 1, 0, 0, 0, 1, 1};
+                                     "bf16 in, M2_ATTN_V2, wgmma fwd", "bf16 in, M2_ATTN_V2, wgmma fwd+bwd"};
+    static const int wg_of[NROW] = {0, 0, 0, 0, 0, 1, 1, 2, 1, 1, 1}, b16_of[NROW] = {0, 0, 0, 1, 1, 0, 1, 0, 0, 1, 1},
+                     v2_of[NROW] = {0, 0, 1, 0, 1, 0, 0, 0, 1, 1, 1}, bw_of[NROW] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1};
     m2_tensor *ref = NULL;
     for (int tc = 0; tc < NROW; tc++) {
       if (!tc && s.B > 2) continue; /* the fp32 kernels only at the smallest shape (they take ~50 ms there) */
       if (wg_of[tc] && !m2_cuda_attention_wgmma_device()) continue;
       m2_set_matmul_precision(tc ? M2_MM_BF16 : M2_MM_F32);
       m2_cuda_attn_v2(v2_of[tc]);
-      const int was = m2_cuda_attention_wgmma(wg_of[tc]);
+      const int was = m2_cuda_attention_wgmma(wg_of[tc]), bwas = m2_cuda_attention_bwd_wgmma(bw_of[tc]);
       const bool b16 = b16_of[tc];
       m2_tensor *Q = b16 ? qb : q, *K = b16 ? kb : k, *V = b16 ? vb : v, *G = b16 ? dOb : dO;
       double f = time_it(Q, K, V, G, false, reps), fb = time_it(Q, K, V, G, true, reps);
       double diff = NAN;
       m2_tensor *o = m2_attention(Q, K, V, NULL);
       m2_cuda_attention_wgmma(was);
+      m2_cuda_attention_bwd_wgmma(bwas);
       if (!o) die("m2_attention");
       if (!tc) ref = m2_detach(o);
       else if (tc == 1 && !ref) ref = m2_detach(o); /* no f32 row: the other rows are compared with this one */
