@@ -134,9 +134,15 @@ part_cases() {
   [ "$(left)" -gt 60 ] && { (cd "$build" && timeout $(($(left) - 20)) ctest -R "lua_cuda" --output-on-failure \
     >"$out/ctest_lua_cuda.log" 2>&1); echo "ctest lua_cuda: exit $? ($(grep "tests passed" "$out/ctest_lua_cuda.log"))"; }
 }
-part_pending() { # what landed without a GPU run (2026-12-07 late): the tests changed since the last GPU call, and
+part_pending() { # what landed without a GPU run (2026-12-07 late): the tests changed since the last GPU call, the
+  # wgmma attention backward,
   # M2_ASYNC_H2D (host -> device copies not waited for) measured with the timeline profile beside the default
-  M2_TESTS=${M2_PENDING_TESTS:-"cuda_backend cuda_ops_elementwise cuda_profile_timeline cuda_op_cases"} part_tests
+  M2_TESTS=${M2_PENDING_TESTS:-"cuda_ops_attention cuda_backend cuda_ops_elementwise cuda_profile_timeline \
+cuda_op_cases"} part_tests
+  # the attention backward on wgmma (M2_ATTN_BWD_WGMMA, off): its parity cases are in cuda_ops_attention ("wgbwd"),
+  # its row in bench_attention ("bf16 in, M2_ATTN_V2, wgmma fwd+bwd")
+  timeout $(($(left) - 40)) "$build/bench/bench_attention" 5 >"$out/bench_attention.txt" 2>&1
+  echo "bench_attention: exit $?"; grep -E "^\| (400M|7B)" "$out/bench_attention.txt" | grep -E "M2_ATTN_V2, wgmma"
   # and hybrid-gdn's step (277.8 to 325.8 ms between processes with the same kernels, 2026-12-07) profiled twice
   local G=config=experiments/configs/400m-hybrid-gdn.lua
   M2_STEPS=${M2_PENDING_STEPS:-"m2tl|activations=bf16 steps=5 profile=2;m2tlasync|activations=bf16 steps=5 profile=2|\
