@@ -1,33 +1,11 @@
 /* cuda_ops_elementwise.c — CPU-vs-CUDA parity of the broadcasting binary ops and the unary maps,
  * forward and backward, in f32 and bf16; f64 refusal on cuda. Skips (77) without a GPU. */
 #include "cuda_parity.h"
+#include "cuda_unary_cases.h"
 
 typedef m2_tensor *(*bin_fn)(m2_tensor *, m2_tensor *);
-typedef struct un_ud { int kind; } un_ud;
 
 static int f_bin(m2_tensor *const *in, void *ud, m2_tensor **outs) { PAR_ONE(((bin_fn)ud)(in[0], in[1])); }
-
-enum { NEG, SCALE, ADDS, EXP, LOG, TANH, SIG, SILU, SOFTPLUS, RELU, SQUARE, SQRT, CLAMP, NKINDS };
-static const char *un_names[] = {"neg", "scale", "add_scalar", "exp", "log", "tanh", "sigmoid", "silu", "softplus",
-                                 "relu", "square", "sqrt", "clamp"};
-static int f_un(m2_tensor *const *in, void *ud, m2_tensor **outs) {
-  m2_tensor *x = in[0];
-  switch (*(int *)ud) {
-    case NEG: PAR_ONE(m2_neg(x));
-    case SCALE: PAR_ONE(m2_scale(x, -1.75));
-    case ADDS: PAR_ONE(m2_add_scalar(x, 0.625));
-    case EXP: PAR_ONE(m2_exp(x));
-    case LOG: PAR_ONE(m2_log(x));
-    case TANH: PAR_ONE(m2_tanh(x));
-    case SIG: PAR_ONE(m2_sigmoid(x));
-    case SILU: PAR_ONE(m2_silu(x));
-    case SOFTPLUS: PAR_ONE(m2_softplus(x));
-    case RELU: PAR_ONE(m2_relu(x));
-    case SQUARE: PAR_ONE(m2_square(x));
-    case SQRT: PAR_ONE(m2_sqrt(x));
-    default: PAR_ONE(m2_clamp(x, -0.5, 0.75));
-  }
-}
 
 int main(void) {
   PAR_SKIP_WITHOUT_GPU("cuda_ops_elementwise");

@@ -11,6 +11,7 @@
  * Skips (77) without a GPU. */
 #include <string.h>
 #include "cuda_parity.h"
+#include "cuda_unary_cases.h"
 
 /* ---- one GPU run: outputs and input gradients of a case in dtype dt with the switch at `on` ---- */
 typedef struct gpu_out {
@@ -138,28 +139,6 @@ static int f_narrow(m2_tensor *const *in, void *ud, m2_tensor **outs) {
   outs[0] = v ? m2_contiguous(v) : NULL; /* the copy of a column range; backward: narrow's (zeros, copy into) */
   m2_release(v);
   return outs[0] ? 1 : -1;
-}
-
-enum { NEG, SCALE, ADDS, EXP, LOG, TANH, SIG, SILU, SOFTPLUS, RELU, SQUARE, SQRT, CLAMP, NKINDS };
-static const char *un_names[] = {"neg", "scale", "add_scalar", "exp", "log", "tanh", "sigmoid", "silu", "softplus",
-                                 "relu", "square", "sqrt", "clamp"};
-static int f_un(m2_tensor *const *in, void *ud, m2_tensor **outs) {
-  m2_tensor *x = in[0];
-  switch (*(int *)ud) {
-    case NEG: PAR_ONE(m2_neg(x));
-    case SCALE: PAR_ONE(m2_scale(x, -1.75));
-    case ADDS: PAR_ONE(m2_add_scalar(x, 0.625));
-    case EXP: PAR_ONE(m2_exp(x));
-    case LOG: PAR_ONE(m2_log(x));
-    case TANH: PAR_ONE(m2_tanh(x));
-    case SIG: PAR_ONE(m2_sigmoid(x));
-    case SILU: PAR_ONE(m2_silu(x));
-    case SOFTPLUS: PAR_ONE(m2_softplus(x));
-    case RELU: PAR_ONE(m2_relu(x));
-    case SQUARE: PAR_ONE(m2_square(x));
-    case SQRT: PAR_ONE(m2_sqrt(x));
-    default: PAR_ONE(m2_clamp(x, -0.5, 0.75));
-  }
 }
 
 /* i64 rows: a narrow's contiguous copy (8-byte elements: 16-byte words and an element tail) against the host's */
