@@ -53,6 +53,17 @@ static m2_status swiglu_fwd_mixed(m2_opcall *c, cudaStream_t st) {
   return M2_OK;
 }
 
+/* A backward's end: on success the input gradients da, db (either may be NULL) go to the call, else they are freed. */
+static m2_status bwd_done(m2_opcall *c, m2_status s, m2_tensor *da, m2_tensor *db) {
+  if (s != M2_OK) {
+    m2_release(da), m2_release(db);
+    return s;
+  }
+  c->din[0] = da;
+  c->din[1] = db;
+  return M2_OK;
+}
+
 static m2_status swiglu_bwd_mixed(m2_opcall *c, cudaStream_t st) {
   m2_tensor *a = c->in[0], *b = c->in[1];
   m2_tensor *g = cu_as(c->dout[0], M2_F32); /* contiguous f32, as the cast path's (y is f32) */
@@ -75,13 +86,7 @@ static m2_status swiglu_bwd_mixed(m2_opcall *c, cudaStream_t st) {
     else m2_cuda_mixed_count();
   }
   m2_release(g);
-  if (s != M2_OK) {
-    m2_release(da), m2_release(db);
-    return s;
-  }
-  c->din[0] = da;
-  c->din[1] = db;
-  return M2_OK;
+  return bwd_done(c, s, da, db);
 }
 
 extern "C" m2_status m2_cuda_swiglu_fwd(m2_opcall *c) {
@@ -123,13 +128,7 @@ extern "C" m2_status m2_cuda_swiglu_bwd(m2_opcall *c) {
     if (e != cudaSuccess) s = m2_fail(M2_ERR_CUDA, "swiglu: backward launch failed: %s", cudaGetErrorString(e));
   }
   m2_release(g);
-  if (s != M2_OK) {
-    m2_release(da), m2_release(db);
-    return s;
-  }
-  c->din[0] = da;
-  c->din[1] = db;
-  return M2_OK;
+  return bwd_done(c, s, da, db);
 }
 
 /* ---- registration: this file's kernels in core's op registry (called by m2_cuda_register) ---- */
