@@ -79,6 +79,10 @@ size_t m2_mem_current(m2_devtype t);
 size_t m2_mem_peak(m2_devtype t);
 void m2_mem_reset_peak(m2_devtype t);
 void m2_mem_account(m2_devtype t, long long delta);
+/* A second watermark, for the profiler (it leaves m2_mem_peak alone): m2_mem_window_start(t) sets it to the bytes held
+ * now; m2_mem_window_peak(t) is the most held since. */
+void m2_mem_window_start(m2_devtype t);
+size_t m2_mem_window_peak(m2_devtype t);
 
 #ifdef __cplusplus
 }

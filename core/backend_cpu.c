@@ -69,11 +69,14 @@ m2_status m2_memcpy(m2_device dd, void *dst, m2_device sd, const void *src, size
   return b->copy(dd, dst, sd, src, n);
 }
 
-static size_t g_cur[M2_NUM_DEVTYPES], g_peak[M2_NUM_DEVTYPES];
+static size_t g_cur[M2_NUM_DEVTYPES], g_peak[M2_NUM_DEVTYPES], g_wpeak[M2_NUM_DEVTYPES];
 size_t m2_mem_current(m2_devtype t) { return g_cur[t]; }
 size_t m2_mem_peak(m2_devtype t) { return g_peak[t]; }
 void m2_mem_reset_peak(m2_devtype t) { g_peak[t] = g_cur[t]; }
 void m2_mem_account(m2_devtype t, long long delta) {
   g_cur[t] = (size_t)((long long)g_cur[t] + delta);
   if (g_cur[t] > g_peak[t]) g_peak[t] = g_cur[t];
+  if (g_cur[t] > g_wpeak[t]) g_wpeak[t] = g_cur[t];
 }
+void m2_mem_window_start(m2_devtype t) { g_wpeak[t] = g_cur[t]; }
+size_t m2_mem_window_peak(m2_devtype t) { return g_wpeak[t]; }

@@ -13,6 +13,8 @@ static int g_n;
 /* Calls nest (an op's backward may call ops; the optimizer step is timed as one row): only the outermost call is
  * timed, and the inner ones' time stays in its row. */
 static int g_depth;
+static m2_devtype g_mem_t;   /* the outermost call's device type and the bytes held there when it began */
+static size_t g_mem0;
 static m2_profile_cast_row g_cast[PROF_MAX]; /* the conversions by the op that caused them */
 static int g_ncast;
 
@@ -107,6 +109,14 @@ static m2_profile_row *row_of(const char *op) {
   r->op = "(other)";
   g_n = PROF_MAX;
   return r;
+}
+
+/* The outermost call's memory high point into its row (both modes). */
+static void mem_row(m2_profile_row *r) {
+  size_t peak = m2_mem_window_peak(g_mem_t);
+  if ((double)peak > r->mem_peak_b) r->mem_peak_b = (double)peak;
+  double rise = peak > g_mem0 ? (double)(peak - g_mem0) : 0;
+  if (rise > r->mem_rise_b) r->mem_rise_b = rise;
 }
 
 static const m2_backend *marker(m2_device dev) {
@@ -212,6 +222,7 @@ static void tl_end(const char *op, bool bwd) {
     else c->s0 = -1; /* no end mark: the host clock stands in for this call */
   }
   m2_profile_row *r = row_of(op ? op : "?");
+  mem_row(r);
   c->row = (int)(r - g_rows);
   c->bwd = bwd;
   if (bwd) r->bwd_calls++, r->bwd_s += c->h1 - c->h0;
@@ -221,6 +232,9 @@ static void tl_end(const char *op, bool bwd) {
 
 double m2_profile_begin(m2_device dev) {
   if (g_depth++ > 0) return -1;
+  g_mem_t = dev.type;
+  g_mem0 = m2_mem_current(dev.type);
+  m2_mem_window_start(dev.type);
   if (g_mode == M2_PROFILE_TIMELINE && g_calls) return tl_begin(dev);
   sync_dev(dev);
   return now();
@@ -235,6 +249,7 @@ void m2_profile_end(const char *op, bool bwd, m2_device dev, double t0) {
   sync_dev(dev);
   double dt = now() - t0;
   m2_profile_row *r = row_of(op ? op : "?");
+  mem_row(r);
   if (bwd) r->bwd_calls++, r->bwd_s += dt;
   else r->fwd_calls++, r->fwd_s += dt;
 }

@@ -28,6 +28,10 @@ typedef struct m2_profile_row {
   double fwd_gpu_s, bwd_gpu_s; /* timeline mode: the calls' spans on the device's stream (0 in sync mode) */
   double gap_s;                /* timeline mode: the gaps that ended at this row's calls (the device idle, or on work
                                 * outside op calls, just before they began; summed into the totals' gaps_s) */
+  double mem_peak_b;           /* both modes: the most bytes held on the calls' device type (m2_mem_current) at any
+                                * moment of any of the row's calls: the row with the largest one held the step's peak */
+  double mem_rise_b;           /* the most any one call raised that above what was held when it began (its outputs,
+                                * workspace and temporaries at their high point) */
 } m2_profile_row;
 
 enum { M2_PROFILE_OFF = 0, M2_PROFILE_SYNC = 1, M2_PROFILE_TIMELINE = 2 };

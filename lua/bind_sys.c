@@ -14,7 +14,8 @@
  *   m2.core.mem_current(dev) / mem_peak(dev) / mem_reset_peak(dev)   dev: "cpu" | "cuda" (bytes)
  *   m2.core.profile_enable([on]) -> the setting before   m2.core.profile_reset()
  *   m2.core.profile_mode([mode]) -> the mode before   0 off, 1 sync (as profile_enable(true)), 2 timeline
- *   m2.core.profile_rows() -> {{op, fwd_calls, fwd_s, bwd_calls, bwd_s, fwd_gpu_s, bwd_gpu_s, gap_s}, ...} largest total
+ *   m2.core.profile_rows() -> {{op, fwd_calls, fwd_s, bwd_calls, bwd_s, fwd_gpu_s, bwd_gpu_s, gap_s, mem_peak_b,
+ *     mem_rise_b}, ...} largest total
  *        first (core/profile.h; the *_gpu_s columns: timeline mode's spans on the device's stream)
  *   m2.core.profile_timeline() -> {device, calls, flushes, window_s, spans_s, gaps_s, host_s} timeline mode's
  *        totals (m2_profile_timeline, core/profile.h; resolving them waits for the device)
@@ -316,7 +317,7 @@ static int l_profile_rows(lua_State *L) {
   if (n > 256) n = 256;
   lua_createtable(L, n, 0);
   for (int i = 0; i < n; i++) {
-    lua_createtable(L, 0, 7);
+    lua_createtable(L, 0, 10);
     lua_pushstring(L, rows[i].op), lua_setfield(L, -2, "op");
     lua_pushinteger(L, rows[i].fwd_calls), lua_setfield(L, -2, "fwd_calls");
     lua_pushnumber(L, rows[i].fwd_s), lua_setfield(L, -2, "fwd_s");
@@ -325,6 +326,8 @@ static int l_profile_rows(lua_State *L) {
     lua_pushnumber(L, rows[i].fwd_gpu_s), lua_setfield(L, -2, "fwd_gpu_s");
     lua_pushnumber(L, rows[i].bwd_gpu_s), lua_setfield(L, -2, "bwd_gpu_s");
     lua_pushnumber(L, rows[i].gap_s), lua_setfield(L, -2, "gap_s");
+    lua_pushnumber(L, rows[i].mem_peak_b), lua_setfield(L, -2, "mem_peak_b");
+    lua_pushnumber(L, rows[i].mem_rise_b), lua_setfield(L, -2, "mem_rise_b");
     lua_rawseti(L, -2, i + 1);
   }
   return 1;

@@ -109,6 +109,35 @@ T.case("timeline mode: rows with spans, totals, the report", function()
   T.raises(function() m2.core.profile_mode(3) end, "mode must be 0")
 end)
 
+T.case("memory: the most held during a row's calls, and the most one call raised it", function()
+  m2.seed(5)
+  local h, w = m2.randn(32, 16), m2.randn(1000, 16)
+  local t = m2.randint(1000, 32)
+  for _, tl in ipairs { false, true } do
+    local before = m2.core.mem_current("cpu")
+    m2.profile.start { timeline = tl }
+    -- chunks of 8 rows: each chunk's (8, 1000) f32 logits (32000 bytes) live only inside the call, and its result
+    -- is a scalar: the rise is the transients', far above what the call leaves behind
+    local loss = m2.linear_cross_entropy(h, w, t, -100, 8)
+    local after = m2.core.mem_current("cpu")
+    local y = m2.matmul(h, m2.randn(16, 256)) -- holds (32, 256) f32 = 32768 bytes more from here
+    m2.profile.stop()
+    local lce, mm = row("linear_cross_entropy"), row("matmul")
+    T.ok(lce.mem_rise_b >= 32000, "the chunk's logits are in the rise: " .. lce.mem_rise_b)
+    T.ok(lce.mem_peak_b >= before + 32000, "peak >= held before + the rise")
+    T.ok(after - before < lce.mem_rise_b / 4, "the transients were freed: " .. (after - before))
+    T.ok(mm.mem_rise_b >= 32768, "the product's output is in its rise: " .. mm.mem_rise_b)
+    T.ok(mm.mem_peak_b >= before + 32768 and mm.mem_peak_b <= m2.core.mem_peak("cpu"), "within the process's peak")
+    local rep = m2.profile.report()
+    T.ok(rep:find("| peak GiB | rise MiB |", 1, true), rep)
+    local who = rep:match("memory: the most held, [%d.]+ GiB, during a call of (%S+) ")
+    local top = lce.mem_peak_b >= mm.mem_peak_b and "linear_cross_entropy" or "matmul"
+    T.eq(who, top, "the line names the row with the highest peak: " .. rep)
+    loss:release()
+    y:release()
+  end
+end)
+
 T.case("step_time.lua profile=2 on the CPU: the timeline report and the idle line", function()
   local out = T.temp_path(".h5")
   local code, text = T.run_m2lab(string.format("run %s/experiments/step_time.lua layers=MA d=32 vocab=64 batch=1 " ..
