@@ -22,6 +22,8 @@
 #   pending  what landed without a GPU run (see part_pending): its tests (M2_PENDING_TESTS) and 400M step rows
 #          (M2_PENDING_STEPS)
 #   tests    the test binaries in M2_TESTS (default cuda_op_cases)
+#   mem      hybrid-m2rnn B 4 with bf16 activations: the op that holds the step's peak (profile=1), then the step's
+#          time and peak with the first 2 / 3 blocks checkpointed and with ckpt=16 (M2_MEM_STEPS: other rows)
 #   M2_DEADLINE_S  seconds for the whole call (default 570)
 # Carry .deps (Lua), .whl (peers) and, for lm, data/docs-bpe4096.
 set -uo pipefail
@@ -148,6 +150,13 @@ cuda_op_cases"} part_tests
   M2_STEPS=${M2_PENDING_STEPS:-"m2tl|activations=bf16 steps=5 profile=2;m2tlasync|activations=bf16 steps=5 profile=2|\
 M2_ASYNC_H2D=1;m2|activations=bf16 steps=5;m2async|activations=bf16 steps=5|M2_ASYNC_H2D=1;gdntl1|$G steps=5 profile=2;\
 gdntl2|$G steps=5 profile=2"} part_steps
+}
+part_mem() { # issue 20's H100 B 4 target (<= 40.8 GiB and <= 296 ms): where the step's peak is (the profile's memory
+  # columns, sync mode, with the tape table) and what block checkpointing of the first n blocks costs against ckpt=16
+  M2_STEPS=${M2_MEM_STEPS:-"m2mem|activations=bf16 steps=3 profile=1;m2|activations=bf16 steps=5;\
+m2c2|activations=bf16 checkpoint=2 steps=5;m2c3|activations=bf16 checkpoint=3 steps=5;m2k16|activations=bf16 ckpt=16 steps=5"} \
+    part_steps
+  grep -h "memory: the most held" "$out"/step_*.log
 }
 for p in ${M2_PARTS:-gdn ncu lm}; do
   [ "$(left)" -gt 40 ] || { echo "$p: skipped ($(left) s left)"; continue; }
