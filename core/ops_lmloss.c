@@ -99,9 +99,10 @@ static m2_status flat(m2_tensor *h, m2_tensor *t, m2_tensor **h2, m2_tensor **t1
 }
 
 /* One chunk's cross-entropy through the cross_entropy op itself (on lg's device): its forward gives the chunk's mean
- * loss (*loss, when asked), and when dl != NULL its backward with gradient gc for that mean gives *dl = dlogits
- * (in bf16 with dl16, CUDA only: what the next bf16 product would round them to anyway). */
-static m2_status chunk_ce(m2_tensor *lg, m2_tensor *tc, int64_t ign, double gc, bool dl16, double *loss,
+ * loss (*loss, a 0-d tensor on lg's device, when asked: not read on the host, so the chunks are not waited for), and
+ * when dl != NULL its backward with gradient gc for that mean gives *dl = dlogits (in bf16 with dl16, CUDA only: what
+ * the next bf16 product would round them to anyway). */
+static m2_status chunk_ce(m2_tensor *lg, m2_tensor *tc, int64_t ign, double gc, bool dl16, m2_tensor **loss,
                           m2_tensor **dl) {
   const m2_op *op = &m2_op_cross_entropy;
   m2_op_fn fwd = m2_op_kernel(op, lg->device, false), bwd = m2_op_kernel(op, lg->device, true);
@@ -114,7 +115,10 @@ static m2_status chunk_ce(m2_tensor *lg, m2_tensor *tc, int64_t ign, double gc, 
   M2_SET_ATTR(&ce, cea);
   m2_tensor *g = NULL, *d = NULL;
   m2_status s = fwd(&ce); /* keeps the rows' lse for the backward */
-  if (s == M2_OK && loss) s = m2_item(ce.out[0], loss);
+  if (s == M2_OK && loss) {
+    m2_retain(ce.out[0]);
+    *loss = ce.out[0];
+  }
   if (s == M2_OK && grad && !(g = m2_scalar(lg->dtype, lg->device, gc))) s = m2_errcode();
   if (s == M2_OK && grad) {
     ce.dout[0] = g;
@@ -128,16 +132,18 @@ static m2_status chunk_ce(m2_tensor *lg, m2_tensor *tc, int64_t ign, double gc, 
   m2_call_clear(&ce);
   if (s != M2_OK) {
     m2_release(d);
+    if (loss) m2_release(*loss), *loss = NULL;
     return s;
   }
   if (dl) *dl = d;
   return M2_OK;
 }
 
-/* One pass over the chunks: the loss and the gradients of the loss into *dh (when want_dh) and *dw (when want_dw).
- * Every chunk: logits = h_c W^T, the cross_entropy op's forward (and backward with gradient kept_c / kept, the
- * chunk's share of the mean), dh_c = dlogits W, dW += dlogits^T h_c. */
-static m2_status lce_pass(m2_opcall *c, bool want_dh, bool want_dw, double *loss, m2_tensor **dh_out,
+/* One pass over the chunks: the loss (a 0-d tensor on h's device: the chunks' means weighted by their kept rows,
+ * summed there, so the host never waits for a chunk) and the gradients of the loss into *dh (when want_dh) and *dw
+ * (when want_dw). Every chunk: logits = h_c W^T, the cross_entropy op's forward (and backward with gradient
+ * kept_c / kept, the chunk's share of the mean), dh_c = dlogits W, dW += dlogits^T h_c. */
+static m2_status lce_pass(m2_opcall *c, bool want_dh, bool want_dw, m2_tensor **loss_out, m2_tensor **dh_out,
                           m2_tensor **dw_out) {
   m2_tensor *h = c->in[0], *w = c->in[1], *t = c->in[2];
   const m2_linear_cross_entropy_attr *a = M2_ATTR(c, m2_linear_cross_entropy_attr);
@@ -145,12 +151,11 @@ static m2_status lce_pass(m2_opcall *c, bool want_dh, bool want_dw, double *loss
   const bool grad = want_dh || want_dw;
   int64_t *kept = NULL, total = 0;
   M2_TRY(kept_rows(t, ign, rows, ch, w->shape[0], &kept, &total));
-  m2_tensor *h2 = NULL, *t1 = NULL, *dh = NULL, *dw = NULL;
+  m2_tensor *h2 = NULL, *t1 = NULL, *dh = NULL, *dw = NULL, *loss = NULL;
   m2_status s = flat(h, t, &h2, &t1);
   int64_t s2[2] = {rows, d};
   if (s == M2_OK && want_dh && !(dh = m2_zeros(h->dtype, h->device, 2, s2))) s = m2_errcode();
   const bool dl16 = a->bf16 && h->device.type == M2_CUDA; /* the matmul's bf16 products take dlogits as they are */
-  double sum = 0;
   for (int64_t r0 = 0, i = 0; s == M2_OK && r0 < rows; r0 += ch, i++) {
     if (!kept[i]) continue; /* every row of the chunk ignored: no loss, no gradient */
     const int64_t len = rows - r0 < ch ? rows - r0 : ch;
@@ -168,12 +173,18 @@ static m2_status lce_pass(m2_opcall *c, bool want_dh, bool want_dw, double *loss
     if (s == M2_OK && (!mm_fwd || !mm_bwd))
       s = m2_fail(M2_ERR_DEVICE, "linear_cross_entropy: no matmul kernel for this device");
     if (s == M2_OK) s = mm_fwd(&mm);
-    double v = 0;
-    m2_tensor *dl = NULL;
-    if (s == M2_OK)
-      s = chunk_ce(mm.out[0], tc, ign, (double)kept[i] / (double)total, dl16, loss ? &v : NULL, grad ? &dl : NULL);
-    sum += v * (double)kept[i]; /* the chunk's mean times its kept rows */
-    m2_release(mm.out[0]);      /* the chunk's logits */
+    m2_tensor *dl = NULL, *v = NULL;
+    const double share = (double)kept[i] / (double)total; /* of the mean: the chunk's kept rows over all kept */
+    if (s == M2_OK) s = chunk_ce(mm.out[0], tc, ign, share, dl16, &v, grad ? &dl : NULL);
+    if (s == M2_OK) { /* loss += share * the chunk's mean, on the device */
+      m2_tensor *part = m2_scale(v, share), *sum = part && loss ? m2_add(loss, part) : part;
+      if (!sum) s = m2_errcode();
+      else if (loss) m2_release(part);
+      m2_release(loss);
+      loss = sum;
+    }
+    m2_release(v);
+    m2_release(mm.out[0]); /* the chunk's logits */
     mm.out[0] = NULL;
     if (s == M2_OK && grad) {
       mm.dout[0] = dl;
@@ -198,6 +209,7 @@ static m2_status lce_pass(m2_opcall *c, bool want_dh, bool want_dw, double *loss
     m2_release(dl), m2_release(hc), m2_release(tc);
   }
   if (s == M2_OK && want_dw && !dw && !(dw = m2_zeros(w->dtype, w->device, 2, w->shape))) s = m2_errcode();
+  if (s == M2_OK && !loss && !(loss = m2_scalar(h->dtype, h->device, 0.0))) s = m2_errcode(); /* every row ignored */
   if (s == M2_OK && dh) {
     m2_tensor *v = m2_reshape(dh, h->ndim, h->shape);
     m2_release(dh);
@@ -207,10 +219,10 @@ static m2_status lce_pass(m2_opcall *c, bool want_dh, bool want_dw, double *loss
   m2_release(h2), m2_release(t1);
   free(kept);
   if (s != M2_OK) {
-    m2_release(dh), m2_release(dw);
+    m2_release(dh), m2_release(dw), m2_release(loss);
     return s;
   }
-  if (loss) *loss = total ? sum / (double)total : 0.0;
+  *loss_out = loss;
   if (dh_out) *dh_out = dh;
   if (dw_out) *dw_out = dw;
   return M2_OK;
@@ -221,16 +233,15 @@ static m2_status lce_pass(m2_opcall *c, bool want_dh, bool want_dw, double *loss
  * then only scales them, and no logits are computed twice (the fused loss costs what the unfused ops cost). */
 static m2_status lce_fwd(m2_opcall *c) {
   M2_TRY(lce_check(c->in[0], c->in[1], c->in[2], m2_check_float));
-  double loss = 0;
-  m2_tensor *dh = NULL, *dw = NULL;
+  m2_tensor *loss = NULL, *dh = NULL, *dw = NULL;
   const m2_linear_cross_entropy_attr *a = M2_ATTR(c, m2_linear_cross_entropy_attr);
   M2_TRY(lce_pass(c, a->want_dh, a->want_dw, &loss, &dh, &dw));
   c->n_saved = 2;
   c->saved[0] = dh;
   c->saved[1] = dw;
   c->n_out = 1;
-  c->out[0] = m2_scalar(c->in[0]->dtype, c->in[0]->device, loss);
-  return c->out[0] ? M2_OK : m2_errcode();
+  c->out[0] = loss;
+  return M2_OK;
 }
 
 /* g * (a gradient kept by the forward), handing the kept one over. */
