@@ -33,6 +33,7 @@
 -- copies (m2.core.mixed_kernels; 0 off, -1, the default: as the environment says, M2_MIXED_KERNELS=0 off, else on);
 -- chunked: 1 runs the GDN and Mamba-2 layers in their chunked form (m2.gdn_chunked / m2.ssd_chunked), 0 recurrent,
 -- -1 (the default) as the config says;
+-- loss_chunk: rows of logits the fused loss holds at a time (spec.loss_chunk; -1, the default: as the config says);
 -- checkpoint: activation checkpointing of the blocks (spec.checkpoint, m2.checkpoint): 0 off (the default), -1 every
 -- block, n the first n blocks (each runs its forward again in the backward, holding only its input).
 local m2 = require "m2"
@@ -42,7 +43,7 @@ local cfg = m2.config {
   layers = "", d = 0, vocab = 0, seed = 0, lr = 3e-4, out = "runs/step_time.h5", precision = "bf16", activations = "f32",
   ckpt = 0,
   profile = 0, fused_loss = 1, chunked = -1, drop_unread = 1, checkpoint = 0,
-  cast_keep = -1, mixed = -1,
+  cast_keep = -1, mixed = -1, loss_chunk = -1,
 }
 m2.seed(cfg.seed)
 m2.core.tape_drop_unread(cfg.drop_unread ~= 0)
@@ -61,6 +62,7 @@ if cfg.chunked >= 0 then
   end
 end
 spec.fused_loss = cfg.fused_loss ~= 0
+if cfg.loss_chunk >= 0 then spec.loss_chunk = cfg.loss_chunk end
 if cfg.checkpoint < -1 then m2.error("step_time: checkpoint must be 0 (off), -1 (every block) or n (the first n)") end
 spec.checkpoint = cfg.checkpoint == -1 or cfg.checkpoint
 local model = m2.models.lm(spec)

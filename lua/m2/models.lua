@@ -37,6 +37,8 @@ Spec fields:
   fused_loss = true   loss() (and so m2.train) runs the head and the cross-entropy as one op
                       (m2.linear_cross_entropy), never holding the (B, T, vocab) logits: -13 GB at B = 8, T = 4096,
                       100 k vocab, at the same speed; the same loss and gradients as false (the logits in full)
+  loss_chunk = 0      rows of logits the fused loss holds at a time (0: as many as make 2^29 logits, 2 GiB of fp32;
+                      fewer rows lower the step's peak memory when the loss holds it, see m2.profile's memory line)
   checkpoint = false  activation checkpointing of the blocks (m2.checkpoint): true every block, an integer n the
                       first n blocks (0 = false). A checkpointed block keeps only its input for the backward, which
                       runs its forward again: a training step costs about one more forward of those blocks, and the
@@ -66,7 +68,7 @@ models.KINDS = KINDS
 
 local SPEC_KEYS = { vocab = true, d = true, layers = true, m2rnn = true, gdn = true, mamba2 = true, attention = true,
                     mlp = true, tie = true, norm_eps = true, name = true, init_std = true, fused_loss = true,
-                    context = true, checkpoint = true }
+                    context = true, checkpoint = true, loss_chunk = true }
 
 local function kind_class(letter) return require(KINDS[letter].module) end
 
@@ -106,6 +108,11 @@ function models.resolve(spec)
   if s.context ~= nil then C.pos_int(s.context, "context (the longest sequence)", "m2.models.lm") end
   if s.fused_loss == nil then s.fused_loss = true end
   if type(s.fused_loss) ~= "boolean" then m2.error("m2.models.lm: fused_loss must be a boolean") end
+  s.loss_chunk = s.loss_chunk or 0
+  if math.type(s.loss_chunk) ~= "integer" or s.loss_chunk < 0 then
+    m2.error("m2.models.lm: loss_chunk must be an integer >= 0 (rows of logits at a time; 0: automatic), got " ..
+      tostring(s.loss_chunk))
+  end
   if s.checkpoint == nil then s.checkpoint = false end
   if type(s.checkpoint) ~= "boolean" and (math.type(s.checkpoint) ~= "integer" or s.checkpoint < 0 or
       s.checkpoint > #s.layers) then
@@ -278,7 +285,8 @@ function LM:loss(ids, targets)
     loss = m2.cross_entropy(self:forward(ids), targets, -100)
   else
     local h = self:hidden(ids)
-    loss = m2.linear_cross_entropy(h, self.lm_head and self.lm_head.weight or self.embed.weight, targets, -100)
+    loss = m2.linear_cross_entropy(h, self.lm_head and self.lm_head.weight or self.embed.weight, targets, -100,
+      self.spec.loss_chunk)
   end
   local aux = self:aux_loss()
   return aux and loss + aux or loss

@@ -40,6 +40,10 @@ T.case("lm: forward shapes, blocks, loss and gradients", function()
       worst = math.max(worst, d)
     end
     T.ok(worst < 1e-12, "fused loss: same gradients (max square diff " .. worst .. ")")
+    -- loss_chunk: 3 rows of logits at a time (14 rows: 5 chunks, the last short), the same loss
+    rawget(model, "spec").loss_chunk = 3
+    T.close(m2.no_grad(function() return model:loss(ids, ids):item() end), loss:item(), 1e-6, "fused loss in chunks")
+    rawget(model, "spec").loss_chunk = 0
     rawget(model, "spec").fused_loss = false
     for _, p in ipairs(model:parameters()) do p.tensor:zero_grad() end
     loss = model:loss(ids, ids)
@@ -220,6 +224,8 @@ T.case("errors are located at the script line", function()
     "unknown layer letter 'X' at position 2")
   T.ok(err and err:find("test_models.lua:" .. (line + 1), 1, true), tostring(err))
   T.raises(function() m2.models.lm { vocab = 5, d = 8, layers = "" } end, "layers must be a non-empty pattern")
+  T.raises(function() m2.models.lm { vocab = 5, d = 8, layers = "M", loss_chunk = -2 } end,
+    "loss_chunk must be an integer >= 0")
   T.raises(function() m2.models.lm { vocab = 5, d = 8, layers = "M", m2rnn = { k = 0 } } end,
     "k (key dim K) must be a positive integer")
   T.raises(function() m2.models.lm { vocab = 5, d = 8, layers = "M", m2rnn = { v = 0 } } end,
