@@ -677,11 +677,13 @@ local function one_step(st, s, step)
     end
     local l = st.lossfn(model, x, y)
     if not m2.is_tensor(l) then fail("loss must return a tensor, got " .. type(l)) end
-    local lv = l:item()
+    local raw = l
     local parts = s.grad_accum * (st.dp and st.dp.world or 1) -- micro-batches in the global batch
     if parts > 1 then l = l * (1.0 / parts) end
     l:backward()
-    lsum = lsum + lv
+    -- the loss is read once the backward is queued: on a GPU the host issues the backward while the device still
+    -- runs the forward, instead of waiting for the forward to finish first
+    lsum = lsum + raw:item()
     if m2.is_tensor(x) then tokens = tokens + x:numel() end
   end
   local loss, gnorm = lsum / s.grad_accum, nil
