@@ -109,7 +109,8 @@ part_steps() {
       warmup=1 out=/tmp/st_$name.h5 $a >"$out/step_$name.log" 2>&1)
     rm -f /tmp/st_$name.h5 # a 400M run file holds ~6 GB of checkpoints: a few of them fill the machine's disk
     echo "step $name ($a${ev:+ | $ev}): $(tail -1 "$out/step_$name.log")"
-    grep -A30 -i "^profile\|ops by time" "$out/step_$name.log" | head -32
+    grep -A30 -i "^profile\|ops by time\|ops by GPU time" "$out/step_$name.log" | head -32
+    grep -E "^memory: the most held|^timeline on" "$out/step_$name.log"
   done
 }
 part_ncufull() { # every Nsight Compute section of the first launch of each kernel in M2_NCUFULL_K
@@ -136,20 +137,30 @@ part_cases() {
   [ "$(left)" -gt 60 ] && { (cd "$build" && timeout $(($(left) - 20)) ctest -R "lua_cuda" --output-on-failure \
     >"$out/ctest_lua_cuda.log" 2>&1); echo "ctest lua_cuda: exit $? ($(grep "tests passed" "$out/ctest_lua_cuda.log"))"; }
 }
-part_pending() { # what landed without a GPU run (2026-12-07 late): the tests changed since the last GPU call, the
-  # wgmma attention backward,
-  # M2_ASYNC_H2D (host -> device copies not waited for) measured with the timeline profile beside the default
-  M2_TESTS=${M2_PENDING_TESTS:-"cuda_ops_attention cuda_backend cuda_ops_elementwise cuda_profile_timeline \
-cuda_op_cases"} part_tests
+part_pending() { # what landed without a GPU run (sessions of 2026-12-07 late and 2026-12-08, no GPU came in the
+  # second): the tests changed since the last GPU call, the wgmma attention backward, the loss summed on the device,
+  # the profile's memory columns, then the 400M steps that measure them
+  M2_TESTS=${M2_PENDING_TESTS:-"cuda_ops_lmloss cuda_backend cuda_profile_timeline cuda_ops_elementwise cuda_op_cases"} \
+    part_tests
   # the attention backward on wgmma (M2_ATTN_BWD_WGMMA, off): its parity cases are in cuda_ops_attention ("wgbwd"),
-  # its row in bench_attention ("bf16 in, M2_ATTN_V2, wgmma fwd+bwd")
+  # its row in bench_attention ("bf16 in, M2_ATTN_V2, wgmma fwd+bwd"); the attention steps with it only if they pass
+  timeout $(($(left) - 40)) "$build/tests/cuda_ops_attention" >"$out/cuda_ops_attention.log" 2>&1
+  local att=$?
+  echo "cuda_ops_attention: exit $att ($(tail -1 "$out/cuda_ops_attention.log"))"
+  grep -E "FAIL" "$out/cuda_ops_attention.log" | head -8
   timeout $(($(left) - 40)) "$build/bench/bench_attention" 5 >"$out/bench_attention.txt" 2>&1
-  echo "bench_attention: exit $?"; grep -E "^\| (400M|7B)" "$out/bench_attention.txt" | grep -E "M2_ATTN_V2, wgmma"
-  # and hybrid-gdn's step (277.8 to 325.8 ms between processes with the same kernels, 2026-12-07) profiled twice
-  local G=config=experiments/configs/400m-hybrid-gdn.lua
-  M2_STEPS=${M2_PENDING_STEPS:-"m2tl|activations=bf16 steps=5 profile=2;m2tlasync|activations=bf16 steps=5 profile=2|\
-M2_ASYNC_H2D=1;m2|activations=bf16 steps=5;m2async|activations=bf16 steps=5|M2_ASYNC_H2D=1;gdntl1|$G steps=5 profile=2;\
-gdntl2|$G steps=5 profile=2"} part_steps
+  echo "bench_attention: exit $?"; grep -E "^\| (400M|7B)" "$out/bench_attention.txt" | grep -E "M2_ATTN_V2"
+  local A=config=experiments/configs/400m-attention.lua G=config=experiments/configs/400m-hybrid-gdn.lua
+  local wg=""
+  [ $att -eq 0 ] && wg="att|$A steps=5;attwg|$A steps=5|M2_ATTN_BWD_WGMMA=1;m2wg|activations=bf16 steps=5|M2_ATTN_BWD_WGMMA=1;"
+  # issue 20: where hybrid-m2rnn's B 4 peak is (the timeline's memory columns) and the gaps; what the first 2 blocks
+  # checkpointed and a 1024-row loss chunk cost and save; the host-to-device copies not waited for; hybrid-gdn twice
+  # (277.8 to 325.8 ms between processes with the same kernels, 2026-12-07)
+  M2_STEPS=${M2_PENDING_STEPS:-"m2tl|activations=bf16 steps=5 profile=2;${wg}m2c2|activations=bf16 checkpoint=2 steps=5;\
+m2lc|activations=bf16 loss_chunk=1024 steps=5;m2c2lc|activations=bf16 checkpoint=2 loss_chunk=1024 steps=5;\
+m2tlasync|activations=bf16 steps=5 profile=2|M2_ASYNC_H2D=1;gdntl1|$G steps=5 profile=2;gdntl2|$G steps=5 profile=2"} \
+    part_steps
+  grep -h "memory: the most held" "$out"/step_*.log
 }
 part_mem() { # issue 20's H100 B 4 target (<= 40.8 GiB and <= 296 ms): where the step's peak is (the profile's memory
   # columns, sync mode, with the tape table) and what block checkpointing of the first n blocks costs against ckpt=16
