@@ -111,7 +111,7 @@ static m2_status chunk_ce(m2_tensor *lg, m2_tensor *tc, int64_t ign, double gc, 
   m2_tensor *in[2] = {lg, tc};
   m2_opcall ce;
   m2_call_init(&ce, op, 2, in);
-  m2_cross_entropy_attr cea = {.ignore_index = ign, .bf16_dlogits = dl16};
+  m2_cross_entropy_attr cea = {.ignore_index = ign, .bf16_dlogits = dl16, .targets_checked = true}; /* kept_rows */
   M2_SET_ATTR(&ce, cea);
   m2_tensor *g = NULL, *d = NULL;
   m2_status s = fwd(&ce); /* keeps the rows' lse for the backward */

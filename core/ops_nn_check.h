@@ -14,6 +14,9 @@ typedef struct m2_cross_entropy_attr {
   int64_t ignore_index; /* rows whose target equals it count neither in the loss nor in the mean */
   bool bf16_dlogits;    /* CUDA, f32 logits only: the backward writes dlogits in bf16 (linear_cross_entropy with bf16
                            products, whose next product rounds them to bf16 anyway); false from m2_cross_entropy */
+  bool targets_checked; /* the caller has checked every target's range (linear_cross_entropy, on the host, over all
+                           chunks at once): CUDA's forward does not read its range flag back, so it does not wait for
+                           the device; false from m2_cross_entropy */
 } m2_cross_entropy_attr;
 
 /* rmsnorm and l2norm. */

@@ -203,8 +203,8 @@ extern "C" m2_status m2_cuda_cross_entropy_fwd(m2_opcall *c) {
       if (e != cudaSuccess) s = m2_fail(M2_ERR_CUDA, "cross_entropy: launch failed: %s", cudaGetErrorString(e));
     }
   }
-  int64_t bad = -1;
-  if (s == M2_OK) s = cu_flag_read(flag, &bad);
+  int64_t bad = -1; /* read back (a wait for the device) unless the caller checked the targets already */
+  if (s == M2_OK && !M2_ATTR(c, m2_cross_entropy_attr)->targets_checked) s = cu_flag_read(flag, &bad);
   if (s == M2_OK && bad >= 0)
     s = m2_fail(M2_ERR_INDEX, "cross_entropy: target %lld (at flat position %lld) is out of range for %lld classes "
                 "(ignore_index is %lld)", (long long)cu_int_at(t, bad), (long long)bad, (long long)C, (long long)ign);
