@@ -178,8 +178,8 @@ static m2_status lce_pass(m2_opcall *c, bool want_dh, bool want_dw, m2_tensor **
     if (s == M2_OK) s = chunk_ce(mm.out[0], tc, ign, share, dl16, &v, grad ? &dl : NULL);
     if (s == M2_OK) { /* loss += share * the chunk's mean, on the device */
       m2_tensor *part = m2_scale(v, share), *sum = part && loss ? m2_add(loss, part) : part;
+      if (sum != part) m2_release(part); /* added into sum, or the addition failed */
       if (!sum) s = m2_errcode();
-      else if (loss) m2_release(part);
       m2_release(loss);
       loss = sum;
     }
